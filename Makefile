@@ -1,0 +1,64 @@
+# Two commands matter: `make demo` (the main job) and `make test`.
+# Each creates the environments it needs, so both work on a fresh clone.
+PY ?= python3.11
+VENV := .venv
+BVENV := .venv-blender
+BVENV313 := .venv-blender313
+TORCH_PIN := torch==2.13.0
+PROMPT ?= a ceramic teapot with a blue glaze
+PRESET ?= auto
+
+.PHONY: test demo addon lint venv venv-blender venv-blender313 test-backend test-addon clean
+
+$(VENV)/.stamp: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# CPU build of torch for tests and the CPU demo; GPU users install their own CUDA build.
+	$(VENV)/bin/pip install -q "$(TORCH_PIN)"
+	$(VENV)/bin/pip install -q -e ".[backend,dev]"
+	touch $@
+
+$(BVENV)/.stamp: blender_addon/requirements-test.txt
+	$(PY) -m venv $(BVENV)
+	$(BVENV)/bin/pip install -q --upgrade pip
+	$(BVENV)/bin/pip install -q -r blender_addon/requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+venv-blender: $(BVENV)/.stamp
+
+# Blender 5.3 needs Python 3.13; only built where such an interpreter exists.
+venv-blender313:
+	@py313=$$(command -v python3.13 || (command -v pyenv >/dev/null && pyenv prefix 3.13.0 2>/dev/null | sed 's|$$|/bin/python3.13|') || true); \
+	if [ -n "$$py313" ] && [ -x "$$py313" ]; then \
+	  if [ ! -f $(BVENV313)/.stamp ]; then \
+	    $$py313 -m venv $(BVENV313) && $(BVENV313)/bin/pip install -q --upgrade pip && \
+	    $(BVENV313)/bin/pip install -q -r blender_addon/requirements-test-313.txt && touch $(BVENV313)/.stamp; \
+	  fi; \
+	else echo "NOTE: no Python 3.13 interpreter found: skipping the Blender 5.3 environment"; fi
+
+addon: venv venv-blender
+	$(VENV)/bin/python build_addon.py --blender-python $(BVENV)/bin/python
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+test-backend: venv
+	$(VENV)/bin/python -m pytest tests/protocol tests/backend -q
+
+test-addon: venv venv-blender venv-blender313 addon
+	$(BVENV)/bin/python -m pytest tests/addon -q -p no:cacheprovider
+	@if [ -f $(BVENV313)/.stamp ]; then $(BVENV313)/bin/python -m pytest tests/addon -q -p no:cacheprovider; \
+	else echo "NOTE: Blender 5.3 add-on tests skipped: no Python 3.13 environment"; fi
+
+test: venv venv-blender venv-blender313 addon lint
+	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e -q
+	$(BVENV)/bin/python -m pytest tests/addon -q -p no:cacheprovider
+	@if [ -f $(BVENV313)/.stamp ]; then $(BVENV313)/bin/python -m pytest tests/addon -q -p no:cacheprovider; \
+	else echo "NOTE: Blender 5.3 add-on tests skipped: no Python 3.13 environment"; fi
+
+demo: venv venv-blender addon
+	$(VENV)/bin/python scripts/demo.py --prompt "$(PROMPT)" --preset "$(PRESET)" --blender-python $(BVENV)/bin/python
+
+clean:
+	rm -rf build dist out .cache

@@ -1,0 +1,1 @@
+"""DreamPolish compute backend: server, job system and the DreamPolish pipeline."""

@@ -1,0 +1,7 @@
+"""DreamPolish wire protocol: pure Python (msgpack + numpy), vendored by the Blender add-on.
+
+Imports inside this package are relative so that the add-on can vendor it as its own subpackage.
+"""
+
+PROTOCOL_VERSION = "1.0"
+"""major.minor: a different major is refused at the handshake; minors are compatible."""

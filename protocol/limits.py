@@ -1,0 +1,35 @@
+"""Published limits, enforced on decode and announced in the welcome message."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_prompt_chars: int = 2000
+    """Longest prompt or negative prompt, in characters."""
+    max_vertices: int = 2_000_000
+    """Most vertices in one mesh."""
+    max_faces: int = 4_000_000
+    """Most triangles in one mesh."""
+    max_frame_bytes: int = 256 * 1024 * 1024
+    """Largest single binary frame."""
+    max_message_bytes: int = 512 * 1024 * 1024
+    """Largest message, all frames together."""
+    max_frames: int = 64
+    """Most frames in one message (header included)."""
+    max_header_bytes: int = 1024 * 1024
+    """Largest msgpack header frame."""
+    max_texture_side: int = 8192
+    """Largest texture width or height."""
+    max_image_side: int = 8192
+    """Largest camera resolution or preview side."""
+    max_cameras: int = 64
+    """Most cameras in one rig."""
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+LIMITS = Limits()

@@ -1,0 +1,165 @@
+"""Scene payloads carried by messages: cameras, meshes and textures.
+
+Pure Python + numpy (works under numpy 1.26 and 2.x), no msgpack here: the codec
+turns these into header fields and binary frames. Conventions (see README.md):
+
+- World: Blender's — right-handed, Z up, metres.
+- Camera: 4x4 camera-to-world in Blender's camera convention (looks down local
+  -Z, +Y up) plus Blender intrinsics (lens and sensor in mm, sensor fit,
+  resolution in pixels, shift as a fraction of the larger image side).
+- Mesh: vertices float32 (N,3), triangles uint32 (M,3), optional per-corner UVs
+  float32 (M,3,2), optional per-vertex normals float32 (N,3) and colours
+  float32 (N,3|4) in linear RGB, an object-to-world transform float32 (4,4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from .errors import ValidationError
+from .limits import LIMITS
+
+SensorFit = Literal["AUTO", "HORIZONTAL", "VERTICAL"]
+SENSOR_FITS: tuple[str, ...] = ("AUTO", "HORIZONTAL", "VERTICAL")
+TEXTURE_ROLES: tuple[str, ...] = ("base_color", "normal", "roughness_metallic")
+
+
+def _finite(name: str, a: np.ndarray) -> None:
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValidationError(f"{name} contains NaN or infinite values")
+
+
+def _check_array(name: str, a: object, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise ValidationError(f"{name} must be an array, got {type(a).__name__}")
+    if a.dtype != np.dtype(dtype):
+        raise ValidationError(f"{name} must be {dtype}, got {a.dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValidationError(f"{name} must have shape {want}, got {a.shape}")
+    return a
+
+
+@dataclass
+class CameraSpec:
+    """One Blender camera, as the add-on reads it from the scene."""
+
+    matrix_world: np.ndarray
+    """float32 (4,4) camera-to-world, Blender camera convention (-Z forward, +Y up)."""
+    lens_mm: float = 50.0
+    """Focal length in millimetres."""
+    sensor_width_mm: float = 36.0
+    sensor_height_mm: float = 24.0
+    sensor_fit: SensorFit = "AUTO"
+    """Which sensor side the lens maps onto, as in Blender's camera data."""
+    resolution: tuple[int, int] = (512, 512)
+    """Render resolution (width, height) in pixels, after the render percentage."""
+    shift: tuple[float, float] = (0.0, 0.0)
+    """Lens shift (x, y) as a fraction of the larger image side, as in Blender."""
+    name: str = ""
+
+    def validate(self) -> CameraSpec:
+        m = _check_array("camera.matrix_world", self.matrix_world, "float32", (4, 4))
+        _finite("camera.matrix_world", m)
+        if not (0.1 <= float(self.lens_mm) <= 5000.0):
+            raise ValidationError(f"camera.lens_mm must be in [0.1, 5000], got {self.lens_mm}")
+        for nm, v in (("sensor_width_mm", self.sensor_width_mm), ("sensor_height_mm", self.sensor_height_mm)):
+            if not (0.1 <= float(v) <= 1000.0):
+                raise ValidationError(f"camera.{nm} must be in [0.1, 1000], got {v}")
+        if self.sensor_fit not in SENSOR_FITS:
+            raise ValidationError(f"camera.sensor_fit must be one of {SENSOR_FITS}, got {self.sensor_fit!r}")
+        w, h = self.resolution
+        if not (1 <= int(w) <= LIMITS.max_image_side and 1 <= int(h) <= LIMITS.max_image_side):
+            raise ValidationError(
+                f"camera.resolution must be within 1..{LIMITS.max_image_side} per side, got {self.resolution}"
+            )
+        if not all(np.isfinite(s) and abs(s) <= 10 for s in self.shift):
+            raise ValidationError(f"camera.shift must be finite and |shift| <= 10, got {self.shift}")
+        return self
+
+
+@dataclass
+class TexturePayload:
+    """A texture map: PNG bytes (8-bit, sRGB for colour) or a raw float array."""
+
+    role: str
+    """One of TEXTURE_ROLES: base_color, normal (tangent space, OpenGL +Y), roughness_metallic."""
+    png: bytes | None = None
+    array: np.ndarray | None = None
+    """float16/float32 (H,W,C) in linear values, where precision matters (normal maps)."""
+
+    def validate(self) -> TexturePayload:
+        if self.role not in TEXTURE_ROLES:
+            raise ValidationError(f"texture role must be one of {TEXTURE_ROLES}, got {self.role!r}")
+        if (self.png is None) == (self.array is None):
+            raise ValidationError(f"texture {self.role!r} needs exactly one of png or array")
+        if self.png is not None:
+            if not isinstance(self.png, (bytes, bytearray, memoryview)):
+                raise ValidationError(f"texture {self.role!r} png must be bytes")
+            if bytes(self.png[:8]) != b"\x89PNG\r\n\x1a\n":
+                raise ValidationError(f"texture {self.role!r} is not a PNG file")
+            if len(self.png) > LIMITS.max_frame_bytes:
+                raise ValidationError(f"texture {self.role!r} is larger than {LIMITS.max_frame_bytes} bytes")
+        else:
+            a = self.array
+            if not isinstance(a, np.ndarray) or a.dtype not in (np.float16, np.float32) or a.ndim != 3:
+                raise ValidationError(f"texture {self.role!r} array must be float16/float32 (H,W,C)")
+            if a.shape[2] not in (1, 2, 3, 4) or max(a.shape[:2]) > LIMITS.max_texture_side:
+                raise ValidationError(
+                    f"texture {self.role!r} must have 1-4 channels and sides <= {LIMITS.max_texture_side}"
+                )
+            _finite(f"texture {self.role!r}", a)
+        return self
+
+
+@dataclass
+class MeshPayload:
+    """A triangle mesh in Blender's world convention (see module docstring)."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    uvs: np.ndarray | None = None
+    normals: np.ndarray | None = None
+    colors: np.ndarray | None = None
+    transform: np.ndarray = field(default_factory=lambda: np.eye(4, dtype=np.float32))
+    textures: list[TexturePayload] = field(default_factory=list)
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    def texture(self, role: str) -> TexturePayload | None:
+        return next((t for t in self.textures if t.role == role), None)
+
+    def validate(self, *, require_faces: bool = True) -> MeshPayload:
+        v = _check_array("mesh.vertices", self.vertices, "float32", (None, 3))
+        f = _check_array("mesh.faces", self.faces, "uint32", (None, 3))
+        if v.shape[0] > LIMITS.max_vertices:
+            raise ValidationError(f"mesh has {v.shape[0]} vertices; the limit is {LIMITS.max_vertices}")
+        if f.shape[0] > LIMITS.max_faces:
+            raise ValidationError(f"mesh has {f.shape[0]} faces; the limit is {LIMITS.max_faces}")
+        if require_faces and f.shape[0] == 0:
+            raise ValidationError("mesh has no faces")
+        _finite("mesh.vertices", v)
+        if f.size and int(f.max()) >= v.shape[0]:
+            raise ValidationError(f"mesh.faces index vertex {int(f.max())} but there are only {v.shape[0]}")
+        if self.uvs is not None:
+            _finite("mesh.uvs", _check_array("mesh.uvs", self.uvs, "float32", (f.shape[0], 3, 2)))
+        if self.normals is not None:
+            _finite("mesh.normals", _check_array("mesh.normals", self.normals, "float32", (v.shape[0], 3)))
+        if self.colors is not None:
+            c = _check_array("mesh.colors", self.colors, "float32", (v.shape[0], None))
+            if c.shape[1] not in (3, 4):
+                raise ValidationError(f"mesh.colors must have 3 or 4 channels, got {c.shape[1]}")
+            _finite("mesh.colors", c)
+        _finite("mesh.transform", _check_array("mesh.transform", self.transform, "float32", (4, 4)))
+        for t in self.textures:
+            t.validate()
+        return self
