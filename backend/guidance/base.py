@@ -10,7 +10,7 @@ scalar loss whose gradient flows into the render, plus float diagnostics
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from torch import Tensor
 
@@ -26,6 +26,8 @@ class GuidanceInput:
     cameras: CameraBatch
     normal: Tensor | None = None
     """[B,H,W,3] rendered unit normals in WORLD space (background zero), when the stage has them."""
+    shading: Literal["albedo", "normal"] = "albedo"
+    """What `rgb` shows: the colour field, or normals shaded as colours ((n+1)/2, for geometry-only steps)."""
     step: int = 0
     """Current step of the stage (for timestep annealing and weight schedules)."""
     total_steps: int = 1
@@ -40,3 +42,12 @@ class GuidanceOutput:
 
 class Guidance(Protocol):
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput: ...
+
+
+class NormalTargets(Protocol):
+    """Supplies target normals for the polish stage: a normal estimator (Marigold), or the oracle."""
+
+    def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> Tensor:
+        """rgb [B,H,W,3] in [0,1], opacity [B,H,W,1] -> [B,H,W,3] unit normals in the renderer's
+        CAMERA frame (+X right, +Y up, +Z towards the viewer); zero where there is no estimate."""
+        ...
