@@ -29,8 +29,8 @@ venv-blender: $(BVENV)/.stamp
 
 # Blender 5.3 needs Python 3.13; only built where such an interpreter exists.
 venv-blender313:
-	@py313=$$(command -v python3.13 || (command -v pyenv >/dev/null && pyenv prefix 3.13.0 2>/dev/null | sed 's|$$|/bin/python3.13|') || true); \
-	if [ -n "$$py313" ] && [ -x "$$py313" ]; then \
+	@py313=$$(scripts/find-python313.sh); \
+	if [ -n "$$py313" ]; then \
 	  if [ ! -f $(BVENV313)/.stamp ]; then \
 	    $$py313 -m venv $(BVENV313) && $(BVENV313)/bin/pip install -q --upgrade pip && \
 	    $(BVENV313)/bin/pip install -q -r blender_addon/requirements-test-313.txt && touch $(BVENV313)/.stamp; \
