@@ -1,0 +1,64 @@
+"""`dreampolish-backend serve`: run the backend (ROUTER socket, job queue, one worker per device)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIND = "tcp://127.0.0.1:5557"
+DEFAULT_PIPELINE = "dreampolish.backend.pipeline:DreamPolishPipeline"
+DEFAULT_STORE = Path.home() / ".local" / "share" / "dreampolish" / "jobs"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the backend server")
+    p.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"job store folder (default {DEFAULT_STORE})")
+    p.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        help="torch device to run jobs on; repeat for one worker per device (default: cuda:0 if present, else cpu)",
+    )
+    p.add_argument("--preset", default=None, help="default preset announced to clients (default: the pipeline's first)")
+    p.add_argument(
+        "--pipeline",
+        default=DEFAULT_PIPELINE,
+        help="MODULE:CALLABLE returning a Pipeline; called once per worker with no arguments "
+        f"(default {DEFAULT_PIPELINE})",
+    )
+    p.add_argument(
+        "--curve-secret-key",
+        type=Path,
+        default=None,
+        help="the server's CURVE secret key file (from `dreampolish-backend keys`); required off loopback",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..security import InsecureBindRefused, load_server_keys
+    from ..server import BackendServer, ServerConfig, load_pipeline_factory, resolve_devices
+
+    try:
+        keys = load_server_keys(args.curve_secret_key) if args.curve_secret_key else None
+        config = ServerConfig(
+            bind=args.bind,
+            store_dir=args.store,
+            devices=resolve_devices(args.device),
+            default_preset=args.preset,
+            curve_keys=keys,
+        )
+        factory = load_pipeline_factory(args.pipeline)
+        server = BackendServer(config, factory)
+    except InsecureBindRefused as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, ImportError, OSError) as exc:
+        log.error("cannot start the backend: %s", exc)
+        return 2
+    server.serve_forever()
+    return 0
