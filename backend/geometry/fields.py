@@ -1,0 +1,180 @@
+"""Neural fields over the object's box [-bound, bound]^3 (world = object frame, Blender Z up).
+
+- DensityField (NeRF stage): hash grid -> small MLP -> density sigma >= 0 and albedo.
+- SdfField (NeuS stage): hash grid -> small MLP -> signed distance (negative inside) and albedo.
+- ColorField (DMTet, texture): hash grid -> small MLP -> albedo only, for a surface given elsewhere.
+
+Albedo is view-independent (the texture stage bakes it). Normals come from the
+field's gradient by finite differences on the tetrahedral stencil
+grad f(x) ~ sum_k k f(x + eps k) / (4 eps), k in {(1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1)},
+which costs 4 extra evaluations and needs no second-order autograd through the grid.
+
+Both geometry fields start as a ball of radius `init_radius` (the "blob" of
+Magic3D/threestudio for density, a sphere SDF bias for NeuS), so that the first
+renders cover the object's place in the frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hashgrid import HashGridConfig, HashGridEncoding
+
+_TETRA_STENCIL = torch.tensor(
+    [[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]]
+)
+
+
+@dataclass
+class FieldConfig:
+    bound: float = 0.7
+    """Half-size of the cube the field covers; the object lives within the radius-0.5 ball."""
+    grid: HashGridConfig = field(default_factory=HashGridConfig)
+    """Hash-grid encoding of positions."""
+    hidden_dim: int = 64
+    """Width of the MLP layers."""
+    n_hidden_layers: int = 1
+    """Hidden layers in the geometry MLP (and in the colour MLP)."""
+    n_feature_dims: int = 15
+    """Geometry features passed from the geometry MLP to the colour head."""
+    init_radius: float = 0.5
+    """Radius of the ball the geometry starts as."""
+    density_blob_scale: float = 10.0
+    """Density bias at the centre of the initial blob: bias(x) = scale * (1 - |x| / init_radius)."""
+    normal_eps: float = 0.004
+    """Finite-difference step (world units) for gradients/normals; about one finest cell."""
+
+
+def _mlp(n_in: int, n_out: int, hidden: int, n_hidden: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(n_hidden):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class _EncodedField(nn.Module):
+    """Shared machinery: world points -> unit cube -> hash-grid features."""
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoding = HashGridEncoding(cfg.grid)
+
+    @property
+    def bound(self) -> float:
+        return self.cfg.bound
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoding((x + self.cfg.bound) / (2 * self.cfg.bound))
+
+    def update_step(self, step: int) -> None:
+        self.encoding.update_step(step)
+
+    def _stencil_gradient(self, fn, x: Tensor) -> Tensor:
+        eps = self.cfg.normal_eps
+        k = _TETRA_STENCIL.to(x)
+        values = fn((x[:, None, :] + eps * k[None]).reshape(-1, 3)).reshape(-1, 4)
+        return (values[..., None] * k[None]).sum(dim=1) / (4 * eps)
+
+
+class DensityField(_EncodedField):
+    """NeRF geometry: sigma(x) = softplus(raw(x) + blob(x) - 1) (threestudio's shifted softplus)."""
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__(cfg)
+        self.geometry_net = _mlp(self.encoding.n_output_dims, 1 + cfg.n_feature_dims, cfg.hidden_dim,
+                                 cfg.n_hidden_layers)
+        self.color_net = _mlp(cfg.n_feature_dims, 3, cfg.hidden_dim, cfg.n_hidden_layers)
+
+    def _blob(self, x: Tensor) -> Tensor:
+        return self.cfg.density_blob_scale * (1 - x.norm(dim=-1) / self.cfg.init_radius)
+
+    def _raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.geometry_net(self.encode(x))
+        sigma = F.softplus(h[:, 0] + self._blob(x) - 1.0)
+        return sigma, h[:, 1:]
+
+    def density(self, x: Tensor) -> Tensor:
+        """x [N,3] -> sigma [N]."""
+        return self._raw(x)[0]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N,3] -> (sigma [N], albedo [N,3] in [0,1])."""
+        sigma, feat = self._raw(x)
+        return sigma, torch.sigmoid(self.color_net(feat))
+
+    def color(self, x: Tensor) -> Tensor:
+        return self.forward(x)[1]
+
+    def normal(self, x: Tensor) -> Tensor:
+        """Outward unit normals -grad sigma / |grad sigma|, [N,3]."""
+        return F.normalize(-self._stencil_gradient(self.density, x), dim=-1)
+
+
+class SdfField(_EncodedField):
+    """NeuS geometry: sdf(x) = raw(x) + (|x| - init_radius), negative inside."""
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__(cfg)
+        self.geometry_net = _mlp(self.encoding.n_output_dims, 1 + cfg.n_feature_dims, cfg.hidden_dim,
+                                 cfg.n_hidden_layers)
+        self.color_net = _mlp(cfg.n_feature_dims, 3, cfg.hidden_dim, cfg.n_hidden_layers)
+        # the last layer starts at zero so that the initial field is exactly the sphere
+        nn.init.zeros_(self.geometry_net[-1].weight)
+        nn.init.zeros_(self.geometry_net[-1].bias)
+
+    def _raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.geometry_net(self.encode(x))
+        return h[:, 0] + (x.norm(dim=-1) - self.cfg.init_radius), h[:, 1:]
+
+    def sdf(self, x: Tensor) -> Tensor:
+        """x [N,3] -> signed distance [N]."""
+        return self._raw(x)[0]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N,3] -> (sdf [N], albedo [N,3])."""
+        s, feat = self._raw(x)
+        return s, torch.sigmoid(self.color_net(feat))
+
+    def color(self, x: Tensor) -> Tensor:
+        return self.forward(x)[1]
+
+    def gradient(self, x: Tensor) -> Tensor:
+        """grad sdf [N,3] (finite differences; differentiable w.r.t. the parameters)."""
+        return self._stencil_gradient(self.sdf, x)
+
+
+class ColorField(_EncodedField):
+    """Albedo on a surface defined elsewhere (DMTet, texture stage): x [N,3] -> rgb [N,3]."""
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__(cfg)
+        self.color_net = _mlp(self.encoding.n_output_dims, 3, cfg.hidden_dim, cfg.n_hidden_layers)
+
+    def color(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.color_net(self.encode(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.color(x)
+
+
+def grid_points(bound: float, resolution: int, device: torch.device | str = "cpu") -> Tensor:
+    """Cell-vertex lattice of [-bound, bound]^3, [R,R,R,3] indexed (x, y, z)."""
+    t = torch.linspace(-bound, bound, resolution, device=device)
+    return torch.stack(torch.meshgrid(t, t, t, indexing="ij"), dim=-1)
+
+
+@torch.no_grad()
+def evaluate_on_grid(fn, bound: float, resolution: int, device: torch.device | str,
+                     chunk: int = 65536) -> Tensor:
+    """fn: [N,3] -> [N]; returns values on grid_points(bound, resolution), [R,R,R]."""
+    pts = grid_points(bound, resolution, device).reshape(-1, 3)
+    vals = torch.cat([fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)])
+    return vals.reshape(resolution, resolution, resolution)

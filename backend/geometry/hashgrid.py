@@ -1,0 +1,114 @@
+"""Multiresolution hash-grid encoding (Instant-NGP, Müller et al. 2022) in plain PyTorch.
+
+Runs on the CPU and on CUDA with the same code. Level l has resolution
+N_l = floor(base_resolution * growth**l); a point x in [0,1]^3 is looked up at the
+8 corners of its cell, each corner index hashed into a table of size T when the
+level's dense grid (N_l+1)^3 does not fit in T (coarse levels are indexed
+densely, so they never collide), and the corner features are blended
+trilinearly. Output: the concatenation of all levels' F features, [N, L*F].
+
+Progressive level unlocking (as in threestudio's ProgressiveBandHashGrid): only
+the first `start_levels` levels are active at step 0, one more level unlocks
+every `unlock_every` steps. Locked levels output zeros, so their tables get no
+gradient and coarse structure is fitted before fine detail.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+# Spatial hash primes (Teschner et al. 2003, as used by Instant-NGP); the first is 1
+# so that, along x, neighbouring cells map to neighbouring table entries.
+_PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass
+class HashGridConfig:
+    n_levels: int = 16
+    """Number of resolution levels L."""
+    n_features_per_level: int = 2
+    """Features F stored per table entry."""
+    log2_hashmap_size: int = 19
+    """log2 of the table size T per level."""
+    base_resolution: int = 16
+    """Resolution N_0 of the coarsest level."""
+    per_level_scale: float = 1.447269237440378
+    """Growth factor b between levels: N_l = floor(N_0 * b**l) (16 levels from 16 reach ~4096)."""
+    start_levels: int = 8
+    """Levels active at step 0 (progressive unlocking); n_levels disables unlocking."""
+    unlock_every: int = 500
+    """Steps between unlocking one more level."""
+    init_scale: float = 1e-4
+    """Tables start uniform in [-init_scale, init_scale]."""
+
+
+class HashGridEncoding(nn.Module):
+    """x [N,3] in [0,1] -> features [N, n_levels * n_features_per_level]."""
+
+    def __init__(self, cfg: HashGridConfig):
+        super().__init__()
+        self.cfg = cfg
+        table_size = 2**cfg.log2_hashmap_size
+        resolutions, sizes, offsets = [], [], [0]
+        for level in range(cfg.n_levels):
+            res = int(math.floor(cfg.base_resolution * cfg.per_level_scale**level))
+            size = min(table_size, (res + 1) ** 3)
+            resolutions.append(res)
+            sizes.append(size)
+            offsets.append(offsets[-1] + size)
+        self.resolutions = resolutions
+        self.level_sizes = sizes
+        self.register_buffer("level_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self.table = nn.Parameter(
+            torch.empty(offsets[-1], cfg.n_features_per_level).uniform_(-cfg.init_scale, cfg.init_scale)
+        )
+        self.active_levels = min(cfg.start_levels, cfg.n_levels)
+        # the 8 cell corners as {0,1}^3 offsets, [8,3]
+        corners = torch.tensor([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=torch.long)
+        self.register_buffer("corners", corners, persistent=False)
+
+    @property
+    def n_output_dims(self) -> int:
+        return self.cfg.n_levels * self.cfg.n_features_per_level
+
+    def update_step(self, step: int) -> None:
+        """Unlock levels for the given global step."""
+        cfg = self.cfg
+        unlocked = cfg.start_levels + (step // max(cfg.unlock_every, 1))
+        self.active_levels = int(min(max(unlocked, 1), cfg.n_levels))
+
+    def _corner_index(self, level: int, cell: Tensor) -> Tensor:
+        """cell [N,8,3] integer corner coordinates -> table rows [N,8]."""
+        res = self.resolutions[level]
+        size = self.level_sizes[level]
+        if (res + 1) ** 3 <= size:
+            idx = cell[..., 0] * (res + 1) ** 2 + cell[..., 1] * (res + 1) + cell[..., 2]
+        else:
+            idx = (cell[..., 0] * _PRIMES[0]) ^ (cell[..., 1] * _PRIMES[1]) ^ (cell[..., 2] * _PRIMES[2])
+            idx = idx % size
+        return idx + self.level_offsets[level]
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        f = self.cfg.n_features_per_level
+        x = x.clamp(0.0, 1.0)
+        out = []
+        for level, res in enumerate(self.resolutions):
+            if level >= self.active_levels:
+                out.append(x.new_zeros(n, f))
+                continue
+            pos = x * res
+            base = pos.floor().clamp(max=res - 1)
+            frac = pos - base  # [N,3], carries the gradient w.r.t. x
+            cell = base.long()[:, None, :] + self.corners[None]  # [N,8,3]
+            rows = self._corner_index(level, cell)
+            feats = self.table[rows]  # [N,8,F]
+            c = self.corners[None].to(x.dtype)
+            # trilinear weight of each corner: prod_d (frac_d if corner_d else 1 - frac_d)
+            w = (c * frac[:, None, :] + (1 - c) * (1 - frac[:, None, :])).prod(dim=-1)  # [N,8]
+            out.append((w[..., None] * feats).sum(dim=1))
+        return torch.cat(out, dim=-1)
