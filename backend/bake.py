@@ -1,0 +1,327 @@
+"""UV unwrap, texture baking into a UV atlas, and glTF binary export.
+
+UV convention: Blender's (and the protocol's) — per-corner UVs, (0, 0) at the
+BOTTOM-left of the image. Image row 0 is the TOP row of the PNG, so texel
+(row r, col c) has its centre at u = (c + 0.5) / W, v = 1 - (r + 0.5) / H.
+trimesh stores UVs the same way and flips v itself when it writes glTF.
+
+Axes: meshes here are in Blender's world (Z up); glTF is Y up. The one
+conversion lives in `blender_to_gltf_axes`, applied when the file is written.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+ColorFunction = Callable[[np.ndarray], np.ndarray]
+"""points [N,3] float32 (mesh frame) -> colours [N,3] in [0,1] (display/sRGB values)."""
+
+
+@dataclass
+class UnwrapConfig:
+    resolution: int = 1024
+    """Atlas side in texels that xatlas packs the charts for."""
+    padding: int = 4
+    """Gap between charts in texels (room for the dilation that hides seams)."""
+
+
+@dataclass
+class TexelCoverage:
+    """Which surface point every texel of an atlas shows."""
+
+    face_id: np.ndarray
+    """[H,W] int64 face whose surface point the texel shows, -1 for none."""
+    bary: np.ndarray
+    """[H,W,3] float32 barycentric coordinates of that point in the face (0 where empty)."""
+    inside: np.ndarray
+    """[H,W] bool: the texel centre lies inside a UV triangle. Texels with a face but not inside form
+    the border ring: they show the nearest point of the neighbouring chart triangle, so that bilinear
+    fetches along a chart's edge read the surface's own colours."""
+
+    @property
+    def filled(self) -> np.ndarray:
+        """[H,W] bool: texels that show a surface point (inside a chart or in its border ring)."""
+        return self.face_id >= 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.face_id.shape[1]), int(self.face_id.shape[0])
+
+
+def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, cfg: UnwrapConfig | None = None) -> np.ndarray:
+    """xatlas charts for a mesh, returned as per-corner UVs [F,3,2] float32 of the SAME faces (the
+    mesh's vertices and faces are kept; seams live only in the per-corner UVs)."""
+    import xatlas
+
+    cfg = cfg or UnwrapConfig()
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = int(cfg.resolution)
+    pack.padding = int(cfg.padding)
+    pack.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmapping, indices, uvs = atlas[0]
+    if indices.shape[0] != faces.shape[0] or not np.array_equal(vmapping[indices], faces):
+        # xatlas keeps face order for a single mesh; anything else would scramble the texture.
+        raise RuntimeError("xatlas changed the face order of the mesh it unwrapped")
+    return np.ascontiguousarray(uvs[indices], dtype=np.float32)
+
+
+def _barycentric(px: np.ndarray, py: np.ndarray, fid: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates [N,3] of points (xs, ys) in triangles fid with corners (px, py) [F,3]."""
+    ax, ay = px[fid, 0], py[fid, 0]
+    bx, by = px[fid, 1], py[fid, 1]
+    cx, cy = px[fid, 2], py[fid, 2]
+    det = (by - cy) * (ax - cx) + (cx - bx) * (ay - cy)
+    det = np.where(np.abs(det) > 1e-12, det, np.inf)  # a degenerate triangle contains nothing
+    l0 = ((by - cy) * (xs - cx) + (cx - bx) * (ys - cy)) / det
+    l1 = ((cy - ay) * (xs - cx) + (ax - cx) * (ys - cy)) / det
+    return np.stack([l0, l1, 1.0 - l0 - l1], -1)
+
+
+def rasterize_uv(uvs: np.ndarray, width: int, height: int, border: int = 2) -> TexelCoverage:
+    """Rasterise per-corner UV triangles [F,3,2] into texel space: face id and barycentrics per texel
+    centre, vectorised over a ragged list of each triangle's bounding-box texels. Texels up to `border`
+    texels outside the charts get the nearest chart texel's face, with barycentrics clamped onto it."""
+    face_id = np.full((height, width), -1, dtype=np.int64)
+    bary_img = np.zeros((height, width, 3), dtype=np.float32)
+    if uvs.shape[0] == 0:
+        return TexelCoverage(face_id, bary_img, face_id >= 0)
+    # Continuous texel coordinates: x = u*W - 0.5 so that integer x is a texel centre; y likewise with v flipped.
+    px = uvs[..., 0].astype(np.float64) * width - 0.5
+    py = (1.0 - uvs[..., 1].astype(np.float64)) * height - 0.5
+    x0 = np.clip(np.ceil(px.min(1)), 0, width - 1).astype(np.int64)
+    x1 = np.clip(np.floor(px.max(1)), 0, width - 1).astype(np.int64)
+    y0 = np.clip(np.ceil(py.min(1)), 0, height - 1).astype(np.int64)
+    y1 = np.clip(np.floor(py.max(1)), 0, height - 1).astype(np.int64)
+    bw = np.maximum(x1 - x0 + 1, 0)
+    bh = np.maximum(y1 - y0 + 1, 0)
+    # Faces entirely between texel centres have an empty box (bw or bh 0) and cover nothing.
+    counts = bw * bh
+    chunk_faces = max(1, int(4_000_000 // max(1, int(counts.mean() if counts.size else 1))))
+    for start in range(0, uvs.shape[0], chunk_faces):
+        sl = slice(start, start + chunk_faces)
+        c = counts[sl]
+        total = int(c.sum())
+        if total == 0:
+            continue
+        fid = np.repeat(np.arange(start, start + c.shape[0]), c)
+        local = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
+        w = bw[fid]
+        xs = x0[fid] + local % np.maximum(w, 1)
+        ys = y0[fid] + local // np.maximum(w, 1)
+        lam = _barycentric(px, py, fid, xs, ys)
+        inside = (lam >= -1e-7).all(-1)
+        face_id[ys[inside], xs[inside]] = fid[inside]
+        bary_img[ys[inside], xs[inside]] = lam[inside].astype(np.float32)
+    inside_mask = face_id >= 0
+    if border > 0 and inside_mask.any():
+        dist, (iy, ix) = ndimage.distance_transform_edt(~inside_mask, return_indices=True)
+        ring_y, ring_x = np.nonzero((dist > 0) & (dist <= border))
+        fid = face_id[iy[ring_y, ring_x], ix[ring_y, ring_x]]
+        lam = _barycentric(px, py, fid, ring_x.astype(np.float64), ring_y.astype(np.float64))
+        # Clamp onto the triangle: drop negative weights and renormalise (a point on its nearest edge).
+        lam = np.clip(np.nan_to_num(lam), 0.0, None)
+        lam /= np.maximum(lam.sum(-1, keepdims=True), 1e-12)
+        face_id[ring_y, ring_x] = fid
+        bary_img[ring_y, ring_x] = lam.astype(np.float32)
+    return TexelCoverage(face_id, bary_img, inside_mask)
+
+
+def texel_attribute(coverage: TexelCoverage, faces: np.ndarray, vertex_attr: np.ndarray) -> np.ndarray:
+    """Interpolate a per-vertex attribute [V,C] at the filled texels -> [N,C] (row-major order of
+    coverage.filled)."""
+    fid = coverage.face_id[coverage.filled]
+    bary = coverage.bary[coverage.filled]
+    corners = vertex_attr[faces[fid]]  # [N,3,C]
+    return np.einsum("nk,nkc->nc", bary, corners).astype(np.float32)
+
+
+def dilate(image: np.ndarray, filled: np.ndarray, padding: int | None = None) -> np.ndarray:
+    """Copy each empty texel from its nearest filled texel (Euclidean), so that bilinear filtering and
+    mipmaps near a chart border only ever read the chart's own colours. `padding` limits how far (in
+    texels) the fill reaches; beyond it empty texels take the mean colour. None fills everything."""
+    if filled.all():
+        return image
+    out = image.copy()
+    if not filled.any():
+        return out
+    dist, (iy, ix) = ndimage.distance_transform_edt(~filled, return_indices=True)
+    reach = ~filled if padding is None else (~filled) & (dist <= padding)
+    out[reach] = image[iy[reach], ix[reach]]
+    if padding is not None:
+        far = ~filled & ~reach
+        out[far] = image[filled].mean(0)
+    return out
+
+
+def bake_color(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    color_fn: ColorFunction,
+    size: int,
+    padding: int | None = None,
+    chunk: int = 262_144,
+) -> np.ndarray:
+    """Evaluate a colour field at the surface point of every texel of the atlas and dilate the charts.
+    Returns [size,size,3] float32 in [0,1]."""
+    coverage = rasterize_uv(uvs, size, size)
+    points = texel_attribute(coverage, faces, vertices.astype(np.float32))
+    colors = np.empty((points.shape[0], 3), dtype=np.float32)
+    for s in range(0, points.shape[0], chunk):
+        colors[s : s + chunk] = color_fn(points[s : s + chunk])
+    image = np.zeros((size, size, 3), dtype=np.float32)
+    image[coverage.filled] = np.clip(colors, 0.0, 1.0)
+    logger.debug("baked %d of %d texels", int(coverage.filled.sum()), size * size)
+    return dilate(image, coverage.filled, padding)
+
+
+def face_tangent_frames(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-face tangent T and bitangent B [F,3] (directions of +u and +v on the surface), the frame
+    that a tangent-space normal map (OpenGL, +Y = +v) is expressed in."""
+    p = vertices[faces].astype(np.float64)
+    t = uvs.astype(np.float64)
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    d1, d2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    det = np.where(np.abs(det) < 1e-20, 1e-20, det)
+    tangent = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) / det[:, None]
+    bitangent = (e2 * d1[:, 0:1] - e1 * d2[:, 0:1]) / det[:, None]
+    return tangent.astype(np.float32), bitangent.astype(np.float32)
+
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals [V,3]."""
+    p = vertices[faces].astype(np.float64)
+    fn = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    vn = np.zeros_like(vertices, dtype=np.float64)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    return (vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def bake_normal_map(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    detail_vertices: np.ndarray,
+    detail_faces: np.ndarray,
+    size: int,
+    padding: int | None = None,
+    neighbours: int = 4,
+) -> np.ndarray:
+    """Tangent-space normal map (OpenGL convention, +Y along +v) that gives the exported mesh the
+    shading normals of a more detailed mesh covering the same surface (the DMTet/polish mesh).
+
+    The detail normal at each texel's surface point is the inverse-distance blend of the normals of its
+    `neighbours` nearest detail vertices. Returns [size,size,3] float32 unit vectors in [-1,1];
+    empty texels hold +Z (flat)."""
+    from scipy.spatial import cKDTree
+
+    coverage = rasterize_uv(uvs, size, size)
+    points = texel_attribute(coverage, faces, vertices.astype(np.float32))
+    low_n = texel_attribute(coverage, faces, vertex_normals(vertices, faces))
+    tree = cKDTree(detail_vertices.astype(np.float64))
+    k = min(neighbours, detail_vertices.shape[0])
+    dist, idx = tree.query(points.astype(np.float64), k=k)
+    dist, idx = dist.reshape(points.shape[0], k), idx.reshape(points.shape[0], k)
+    wts = 1.0 / np.maximum(dist, 1e-9)
+    dn = vertex_normals(detail_vertices, detail_faces)
+    target = np.einsum("nk,nkc->nc", wts, dn[idx]) / wts.sum(1, keepdims=True)
+
+    tangent, bitangent = face_tangent_frames(vertices, faces, uvs)
+    fid = coverage.face_id[coverage.filled]
+    n = low_n / np.maximum(np.linalg.norm(low_n, axis=1, keepdims=True), 1e-12)
+    # Gram-Schmidt the face tangent against the interpolated normal; the bitangent keeps the UV handedness.
+    t = tangent[fid] - n * np.sum(tangent[fid] * n, 1, keepdims=True)
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    handed = np.sign(np.sum(np.cross(n, t) * bitangent[fid], 1, keepdims=True))
+    b = np.cross(n, t) * np.where(handed == 0, 1.0, handed)
+    local = np.stack([np.sum(target * t, 1), np.sum(target * b, 1), np.sum(target * n, 1)], -1)
+    local /= np.maximum(np.linalg.norm(local, axis=1, keepdims=True), 1e-12)
+    image = np.zeros((size, size, 3), dtype=np.float32)
+    image[..., 2] = 1.0
+    image[coverage.filled] = local.astype(np.float32)
+    return dilate(image, coverage.filled, padding)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """[H,W,3|4] float in [0,1] -> 8-bit PNG bytes."""
+    arr = np.clip(np.round(np.asarray(image) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> [H,W,3] float32 in [0,1]."""
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def blender_to_gltf_axes(points: np.ndarray) -> np.ndarray:
+    """Blender world (Z up, -Y forward) -> glTF (Y up, +Z forward): (x, y, z) -> (x, z, -y)."""
+    p = np.asarray(points)
+    return np.stack([p[..., 0], p[..., 2], -p[..., 1]], -1).astype(np.float32)
+
+
+def write_glb(
+    path: Path,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray | None = None,
+    base_color: np.ndarray | None = None,
+    normal_map: np.ndarray | None = None,
+    transform: np.ndarray | None = None,
+) -> Path:
+    """Write a glTF binary of a mesh in Blender's world.
+
+    vertices [V,3] and faces [F,3] in the object frame, `transform` the object-to-world matrix (applied
+    here, so the file holds world positions), per-corner uvs [F,3,2], base_color [H,W,3] in [0,1] (sRGB),
+    normal_map [H,W,3] tangent-space unit vectors in [-1,1]."""
+    import trimesh
+    from trimesh.visual.material import PBRMaterial
+
+    v = np.asarray(vertices, np.float64)
+    if transform is not None:
+        m = np.asarray(transform, np.float64)
+        v = v @ m[:3, :3].T + m[:3, 3]
+    f = np.asarray(faces, np.int64)
+    if uvs is not None:
+        # glTF has per-vertex UVs: split vertices wherever corners of one vertex carry different UVs.
+        corner_uv = np.asarray(uvs, np.float32).reshape(-1, 2)
+        key = np.concatenate([f.reshape(-1, 1).astype(np.float64), corner_uv.astype(np.float64)], 1)
+        uniq, inverse = np.unique(key, axis=0, return_inverse=True)
+        v = v[uniq[:, 0].astype(np.int64)]
+        vert_uv = uniq[:, 1:3]
+        f = inverse.reshape(-1, 3)
+    mesh = trimesh.Trimesh(vertices=blender_to_gltf_axes(v), faces=f, process=False)
+    if uvs is not None:
+        material = PBRMaterial(
+            baseColorTexture=Image.fromarray(np.clip(np.round(base_color * 255), 0, 255).astype(np.uint8))
+            if base_color is not None
+            else None,
+            normalTexture=Image.fromarray(np.clip(np.round((normal_map * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8))
+            if normal_map is not None
+            else None,
+            metallicFactor=0.0,
+            roughnessFactor=0.8,
+        )
+        mesh.visual = trimesh.visual.TextureVisuals(uv=vert_uv, material=material)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(mesh.export(file_type="glb"))
+    logger.info("wrote %s (%d vertices, %d faces)", path, len(mesh.vertices), len(mesh.faces))
+    return path
