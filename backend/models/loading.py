@@ -1,0 +1,287 @@
+"""The one place where diffusion priors are loaded: spec -> from_pretrained -> typed model bundles.
+
+Real checkpoints and the project's tiny models go through the same code. The
+backend chooses device and dtype (bf16 on CUDA where supported, else fp16;
+fp32 on the CPU). Offline mode (HF_HUB_OFFLINE=1) is respected: hub ids are
+then only looked up in the local hub cache. A model that cannot be found
+raises ModelNotFoundError, whose message says how to fetch it.
+
+Every loaded network is frozen (eval mode, requires_grad False): the only
+trainable weights in the priors are the LoRA adapters that guidance adds.
+Attention runs through PyTorch's scaled_dot_product_attention (diffusers'
+default processor), which picks flash / memory-efficient kernels on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    MarigoldNormalsPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+from ..pipeline_api import JobFailed
+from .camera_projection import CLIPCameraProjection
+from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_FILES: dict[ModelRole, tuple[str, ...]] = {
+    "text_to_image": (
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer",
+        "scheduler/scheduler_config.json",
+    ),
+    "zero123": (
+        "unet/config.json",
+        "vae/config.json",
+        "image_encoder/config.json",
+        "clip_camera_projection/config.json",
+        "scheduler/scheduler_config.json",
+    ),
+    "normals": (
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer",
+        "scheduler/scheduler_config.json",
+    ),
+}
+"""What a checkpoint folder must hold for each role (the diffusers folder layout)."""
+
+PULL_IGNORE_PATTERNS = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.ot", "*non_ema*"]
+"""Hub files that diffusers never loads (original-format checkpoints, other frameworks)."""
+
+
+class ModelNotFoundError(JobFailed):
+    """A configured model is not available on this machine."""
+
+    def __init__(self, spec: ModelSpec, detail: str = ""):
+        if spec.hub_id:
+            how = "run `dreampolish-backend models pull` on a machine with internet"
+        else:
+            how = "run `dreampolish-backend models pull --tiny`" if "tiny" in str(spec.local) else (
+                "check the folder named in the models config"
+            )
+        message = f"model {spec.name} ({spec.role}) not found locally; {how}"
+        if detail:
+            message += f" ({detail})"
+        super().__init__("model_missing", message)
+        self.spec = spec
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE asks for no network access."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def choose_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA devices that support it, fp16 on older CUDA devices, fp32 elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def local_checkpoint_dir(spec: ModelSpec) -> Path | None:
+    """The folder holding the checkpoint on this machine, or None if it is not (completely) there."""
+    if spec.local is not None:
+        folder = spec.local_path
+    else:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(spec.hub_id, revision=spec.revision, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            return None
+    if folder is None or not all((folder / rel).exists() for rel in REQUIRED_FILES[spec.role]):
+        return None
+    return folder
+
+
+def pull(spec: ModelSpec) -> Path:
+    """Fetch a hub checkpoint into the local hub cache (needs network); a local folder is only checked."""
+    if spec.hub_id is None:
+        folder = local_checkpoint_dir(spec)
+        if folder is None:
+            raise ModelNotFoundError(spec)
+        return folder
+    from huggingface_hub import snapshot_download
+
+    logger.info("fetching %s@%s", spec.hub_id, spec.revision)
+    return Path(snapshot_download(spec.hub_id, revision=spec.revision, ignore_patterns=PULL_IGNORE_PATTERNS))
+
+
+def _source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    """(path or hub id, from_pretrained keyword arguments) for a spec; raises if a local folder is missing."""
+    if spec.local is not None:
+        if local_checkpoint_dir(spec) is None:
+            raise ModelNotFoundError(spec)
+        return str(spec.local_path), {}
+    kwargs: dict[str, Any] = {"revision": spec.revision}
+    if hub_offline():
+        kwargs["local_files_only"] = True
+    return spec.hub_id, kwargs
+
+
+def _load(spec: ModelSpec, cls: Any, subfolder: str | None, **kwargs: Any) -> Any:
+    source, base = _source(spec)
+    if subfolder is not None:
+        base["subfolder"] = subfolder
+    try:
+        return cls.from_pretrained(source, **base, **kwargs)
+    except (OSError, ValueError) as exc:
+        # OSError covers huggingface_hub's "not in the cache / cannot reach the hub" errors.
+        raise ModelNotFoundError(spec, f"{type(exc).__name__} loading {subfolder or 'pipeline'}") from exc
+
+
+def _freeze(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    module.requires_grad_(False)
+    module.eval()
+    module = module.to(device=device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype=dtype)
+    return module
+
+
+def _load_frozen(spec: ModelSpec, cls: Any, subfolder: str, device: torch.device, dtype: torch.dtype) -> Any:
+    # Loading in the target dtype avoids a full-precision copy of every weight on the way.
+    return _freeze(_load(spec, cls, subfolder, dtype=dtype), device, dtype)
+
+
+@dataclass
+class TextToImageModels:
+    """A Stable Diffusion checkpoint's parts, frozen, on one device."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    device: torch.device
+    dtype: torch.dtype
+    spec: ModelSpec
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        """Image side the UNet was trained at (sample_size latents times the VAE factor)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def pipeline(self) -> StableDiffusionPipeline:
+        """A text-to-image pipeline sharing these modules (no copies)."""
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=DDIMScheduler.from_config(self.scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+@dataclass
+class Zero123Models:
+    """A Zero123-style view-conditioned checkpoint's parts, frozen, on one device."""
+
+    unet: UNet2DConditionModel
+    """Takes 8 channels: the noisy latent and the reference latent."""
+    vae: AutoencoderKL
+    image_encoder: CLIPVisionModelWithProjection
+    camera_projection: CLIPCameraProjection
+    scheduler: DDIMScheduler
+    camera_encoding: CameraEncoding
+    device: torch.device
+    dtype: torch.dtype
+    spec: ModelSpec
+
+
+def load_text_to_image(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> TextToImageModels:
+    device = torch.device(device)
+    dtype = dtype or choose_dtype(device)
+    return TextToImageModels(
+        unet=_load_frozen(spec, UNet2DConditionModel, "unet", device, dtype),
+        vae=_load_frozen(spec, AutoencoderKL, "vae", device, dtype),
+        text_encoder=_load_frozen(spec, CLIPTextModel, "text_encoder", device, dtype),
+        tokenizer=_load(spec, CLIPTokenizer, "tokenizer"),
+        scheduler=_load(spec, DDIMScheduler, "scheduler"),
+        device=device,
+        dtype=dtype,
+        spec=spec,
+    )
+
+
+def load_zero123(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> Zero123Models:
+    device = torch.device(device)
+    dtype = dtype or choose_dtype(device)
+    return Zero123Models(
+        unet=_load_frozen(spec, UNet2DConditionModel, "unet", device, dtype),
+        vae=_load_frozen(spec, AutoencoderKL, "vae", device, dtype),
+        image_encoder=_load_frozen(spec, CLIPVisionModelWithProjection, "image_encoder", device, dtype),
+        camera_projection=_load_frozen(spec, CLIPCameraProjection, "clip_camera_projection", device, dtype),
+        scheduler=_load(spec, DDIMScheduler, "scheduler"),
+        camera_encoding=spec.camera_encoding,
+        device=device,
+        dtype=dtype,
+        spec=spec,
+    )
+
+
+def load_normals(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> MarigoldNormalsPipeline:
+    device = torch.device(device)
+    dtype = dtype or choose_dtype(device)
+    pipe = _load(spec, MarigoldNormalsPipeline, None, dtype=dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        _freeze(module, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@dataclass
+class PriorModels:
+    """The models of one model set, loaded on first use and kept for the life of the backend process."""
+
+    model_set: ModelSet
+    device: torch.device
+    dtype: torch.dtype | None = None
+    """None: chosen from the device (choose_dtype)."""
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def text_to_image(self) -> TextToImageModels:
+        if "text_to_image" not in self._loaded:
+            self._loaded["text_to_image"] = load_text_to_image(self.model_set.text_to_image, self.device, self.dtype)
+        return self._loaded["text_to_image"]
+
+    @property
+    def zero123(self) -> Zero123Models:
+        if "zero123" not in self._loaded:
+            self._loaded["zero123"] = load_zero123(self.model_set.zero123, self.device, self.dtype)
+        return self._loaded["zero123"]
+
+    @property
+    def normals(self) -> MarigoldNormalsPipeline:
+        if "normals" not in self._loaded:
+            self._loaded["normals"] = load_normals(self.model_set.normals, self.device, self.dtype)
+        return self._loaded["normals"]

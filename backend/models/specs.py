@@ -1,0 +1,117 @@
+"""Which checkpoints the diffusion priors use: model specs, model sets, and the cache folder.
+
+A model set maps each role (text_to_image, zero123, normals) to a ModelSpec: a
+hub id with a revision, or a local folder. The sets ship in defaults.json next
+to this module; `tiny` points at the randomly initialised models that
+`dreampolish-backend models pull --tiny` builds into the cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+MODEL_DIR_ENV = "DREAMPOLISH_MODEL_DIR"
+"""Environment variable that overrides the model cache folder."""
+
+DEFAULT_MODEL_DIR = Path("~/.cache/dreampolish/models")
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.json")
+
+ModelRole = Literal["text_to_image", "zero123", "normals"]
+MODEL_ROLES: tuple[ModelRole, ...] = ("text_to_image", "zero123", "normals")
+
+CameraEncoding = Literal["delta_radius", "reference_polar"]
+
+
+def model_dir() -> Path:
+    """The model cache folder: $DREAMPOLISH_MODEL_DIR, else ~/.cache/dreampolish/models."""
+    return Path(os.environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR).expanduser()
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny models live: <model cache>/tiny."""
+    return model_dir() / "tiny"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One diffusers-format checkpoint."""
+
+    role: ModelRole
+    """What the checkpoint is used for."""
+    hub_id: str | None = None
+    """Model hub id, e.g. "stabilityai/stable-diffusion-2-1-base" (exclusive with `local`)."""
+    revision: str = "main"
+    """Hub revision (branch, tag or commit); pin a commit for reproducible results."""
+    local: str | None = None
+    """A local folder; relative paths resolve against the model cache folder."""
+    camera_encoding: CameraEncoding = "delta_radius"
+    """Zero123 only: the 4th entry of the relative camera vector. Zero123/Zero123-XL use the change in
+    camera distance; Stable-Zero123 uses the reference view's polar angle (radians)."""
+    description: str = ""
+    """One line for `models list`."""
+
+    @property
+    def name(self) -> str:
+        """How messages name the model: the hub id, or the local folder."""
+        return self.hub_id if self.hub_id else str(self.local_path)
+
+    @property
+    def local_path(self) -> Path | None:
+        if self.local is None:
+            return None
+        path = Path(self.local).expanduser()
+        return path if path.is_absolute() else model_dir() / path
+
+    @classmethod
+    def from_dict(cls, role: ModelRole, data: dict) -> ModelSpec:
+        known = {"hub_id", "revision", "local", "camera_encoding", "description"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"model spec for {role!r} has unknown fields {sorted(unknown)}")
+        if bool(data.get("hub_id")) == bool(data.get("local")):
+            raise ValueError(f"model spec for {role!r} needs exactly one of 'hub_id' or 'local'")
+        if data.get("camera_encoding", "delta_radius") not in ("delta_radius", "reference_polar"):
+            raise ValueError(f"model spec for {role!r}: camera_encoding must be delta_radius or reference_polar")
+        return cls(role=role, **data)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The checkpoints of every role, as one named set."""
+
+    name: str
+    text_to_image: ModelSpec
+    zero123: ModelSpec
+    normals: ModelSpec
+
+    def spec(self, role: ModelRole) -> ModelSpec:
+        return getattr(self, role)
+
+    def specs(self) -> list[ModelSpec]:
+        return [self.spec(role) for role in MODEL_ROLES]
+
+
+def load_model_sets(path: Path | None = None) -> dict[str, ModelSet]:
+    """Read a models config file (defaults.json by default) into named ModelSets."""
+    data = json.loads((path or DEFAULTS_FILE).read_text())
+    sets: dict[str, ModelSet] = {}
+    for set_name, roles in data["sets"].items():
+        missing = [r for r in MODEL_ROLES if r not in roles]
+        if missing:
+            raise ValueError(f"model set {set_name!r} lacks roles {missing}")
+        specs = {role: ModelSpec.from_dict(role, roles[role]) for role in MODEL_ROLES}
+        sets[set_name] = ModelSet(name=set_name, **specs)
+    return sets
+
+
+def model_set(name: str, path: Path | None = None) -> ModelSet:
+    """One named set ("default", "tiny", ...); KeyError lists the known names."""
+    sets = load_model_sets(path)
+    if name not in sets:
+        raise KeyError(f"unknown model set {name!r}; known: {sorted(sets)}")
+    return sets[name]
