@@ -1,0 +1,362 @@
+"""The backend's front door: a ZeroMQ ROUTER socket, request dispatch and live event delivery.
+
+One thread owns both sockets: the ROUTER that clients (DEALER sockets) talk to,
+and an inproc PULL socket on which job workers publish events. Workers never
+touch a client socket and never wait for one: every event is already in the job
+store when it is published, sends to clients never block (per-peer high-water
+marks), and a client that falls behind or misses events is caught up from the
+store, so memory stays bounded however slow or absent the clients are.
+
+Every request gets a reply or an Error; a malformed message is answered (or
+dropped when it cannot even be answered) and never stops the loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import zmq
+from dreampolish.protocol import PROTOCOL_VERSION, codec
+from dreampolish.protocol import messages as m
+from dreampolish.protocol.errors import DecodeError, ProtocolError, VersionMismatch
+from dreampolish.protocol.limits import LIMITS
+
+from .executor import Executor, LocalExecutor
+from .jobs import JobManager, JobStore
+from .pipeline_api import Pipeline
+from .security import CurveKeys, check_bind_allowed
+
+log = logging.getLogger(__name__)
+
+PipelineFactory = Callable[[], Pipeline]
+
+
+def backend_version() -> str:
+    try:
+        return version("dreampolish")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_pipeline_factory(spec: str) -> PipelineFactory:
+    """Resolve "package.module:Callable" (a Pipeline class or a function returning one)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--pipeline must look like MODULE:CALLABLE, got {spec!r}")
+    module = importlib.import_module(module_name)
+    try:
+        factory = getattr(module, attr)
+    except AttributeError as exc:
+        raise ImportError(f"{module_name} has no {attr!r}") from exc
+    if not callable(factory):
+        raise ValueError(f"{spec} is not callable")
+    return factory
+
+
+def resolve_devices(devices: Sequence[str] | None) -> tuple[str, ...]:
+    """The requested devices, or cuda:0 when torch sees a GPU, else cpu."""
+    if devices:
+        return tuple(devices)
+    try:
+        import torch
+
+        return ("cuda:0",) if torch.cuda.is_available() else ("cpu",)
+    except ImportError:
+        return ("cpu",)
+
+
+@dataclass
+class ServerConfig:
+    bind: str = "tcp://127.0.0.1:5557"
+    """ZeroMQ endpoint; "tcp://127.0.0.1:*" picks a free port (see BackendServer.endpoint)."""
+    store_dir: Path = Path("jobs")
+    """Job store root (one folder per job)."""
+    devices: tuple[str, ...] = ("cpu",)
+    """One job worker per device."""
+    default_preset: str | None = None
+    """Preset announced as the default; None = the pipeline's first preset."""
+    curve_keys: CurveKeys | None = None
+    """Server CURVE key pair; required for a non-loopback bind."""
+    peer_send_hwm: int = 1000
+    """Messages queued per client before further sends to it are deferred (then caught up from the store)."""
+    publish_hwm: int = 100_000
+    """Events queued between workers and the server thread."""
+    poll_interval_s: float = 0.1
+    """Longest wait of the loop; bounds the delay of stop and of catching up slow clients."""
+
+
+@dataclass
+class _Subscriber:
+    last_sent: int
+    """Seq of the last event sent to this client."""
+    behind: bool = False
+    """True when a send was deferred or an event skipped: catch up from the store."""
+
+
+@dataclass
+class _Subscriptions:
+    by_job: dict[str, dict[bytes, _Subscriber]] = field(default_factory=dict)
+
+    def add(self, job_id: str, peer: bytes, last_seq: int) -> _Subscriber:
+        sub = _Subscriber(last_sent=last_seq, behind=True)
+        self.by_job.setdefault(job_id, {})[peer] = sub
+        return sub
+
+    def remove(self, job_id: str, peer: bytes) -> None:
+        peers = self.by_job.get(job_id)
+        if peers is not None:
+            peers.pop(peer, None)
+            if not peers:
+                del self.by_job[job_id]
+
+
+class BackendServer:
+    """Serves one endpoint. serve_forever() in the calling thread, or start()/stop() for a background thread."""
+
+    def __init__(self, config: ServerConfig, pipeline_factory: PipelineFactory, executor: Executor | None = None):
+        check_bind_allowed(config.bind, config.curve_keys)
+        self.config = config
+        self.executor = executor or LocalExecutor(config.devices)
+        pipelines = {device: pipeline_factory() for device in self.executor.devices}
+        first = next(iter(pipelines.values()))
+        self.presets = list(first.presets())
+        if config.default_preset is not None and config.default_preset not in self.presets:
+            raise ValueError(f"preset {config.default_preset!r} is not one of {self.presets}")
+        self.default_preset = config.default_preset or (self.presets[0] if self.presets else "")
+        self.zmq = zmq.Context()
+        self._events_endpoint = f"inproc://dreampolish-events-{id(self)}"
+        self._local = threading.local()
+        self._push_sockets: list[zmq.Socket] = []
+        self._push_lock = threading.Lock()
+        self.manager = JobManager(JobStore(config.store_dir), self.executor, pipelines, self._publish)
+        self.endpoint: str = ""
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subs = _Subscriptions()
+        self._startup_error: BaseException | None = None
+
+    # running -------------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Serve on a background thread; returns the bound endpoint once it accepts connections."""
+        self._thread = threading.Thread(target=self.serve_forever, name="backend-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("the backend server did not start")
+        if self._startup_error is not None:
+            raise self._startup_error
+        return self.endpoint
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+
+    def serve_forever(self) -> None:
+        try:
+            router, pull = self._open_sockets()
+        except Exception as exc:
+            self._startup_error = exc
+            self._ready.set()
+            raise
+        try:
+            self.manager.start()
+            log.info(
+                "DreamPolish backend %s (protocol %s) on %s, devices %s, presets %s",
+                backend_version(),
+                PROTOCOL_VERSION,
+                self.endpoint,
+                ", ".join(self.executor.devices),
+                ", ".join(self.presets),
+            )
+            self._ready.set()
+            self._loop(router, pull)
+        finally:
+            self.manager.stop()
+            router.close(linger=0)
+            pull.close(linger=0)
+            with self._push_lock:
+                for s in self._push_sockets:
+                    s.close(linger=0)
+                self._push_sockets.clear()
+            self.zmq.destroy(linger=0)
+            log.info("backend stopped")
+
+    def _open_sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
+        router = self.zmq.socket(zmq.ROUTER)
+        router.linger = 0
+        router.sndhwm = self.config.peer_send_hwm
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # The transport drops a peer that sends more than this, before any of it is buffered.
+        router.setsockopt(zmq.MAXMSGSIZE, LIMITS.max_message_bytes)
+        if self.config.curve_keys is not None:
+            router.curve_server = True
+            router.curve_publickey = self.config.curve_keys.public
+            router.curve_secretkey = self.config.curve_keys.secret
+        router.bind(self.config.bind)
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        pull = self.zmq.socket(zmq.PULL)
+        pull.linger = 0
+        pull.rcvhwm = self.config.publish_hwm
+        pull.bind(self._events_endpoint)
+        return router, pull
+
+    def _loop(self, router: zmq.Socket, pull: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        timeout_ms = int(self.config.poll_interval_s * 1000)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(timeout_ms))
+            if router in ready:
+                for _ in range(100):  # bounded batches keep event delivery flowing under a request flood
+                    try:
+                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(router, frames)
+            if pull in ready:
+                for _ in range(1000):
+                    try:
+                        job_id, seq, *frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._forward(router, job_id.bytes.decode(), int(seq.bytes), frames)
+            self._catch_up(router)
+
+    # event delivery ------------------------------------------------------------------------------
+
+    def _publish(self, job_id: str, seq: int, frames: list[bytes | memoryview]) -> None:
+        """Called on worker threads (JobManager.emit). Never blocks; a dropped event is caught up from the store."""
+        sock = getattr(self._local, "push", None)
+        try:
+            if sock is None:
+                sock = self.zmq.socket(zmq.PUSH)
+                sock.linger = 0
+                sock.sndhwm = self.config.publish_hwm
+                sock.connect(self._events_endpoint)
+                self._local.push = sock
+                with self._push_lock:
+                    self._push_sockets.append(sock)
+            sock.send_multipart([job_id.encode(), str(seq).encode(), *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("event queue full; job %s event %d will reach clients from the store", job_id, seq)
+        except zmq.ZMQError as exc:
+            log.debug("event %s:%d not published (%s)", job_id, seq, exc)
+
+    def _send(self, router: zmq.Socket, peer: bytes, frames: Sequence[object]) -> bool | None:
+        """True sent, False deferred (peer's queue full), None peer gone."""
+        try:
+            router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return None
+            raise
+
+    def _deliver(self, router: zmq.Socket, job_id: str, peer: bytes, sub: _Subscriber, seq: int, frames) -> None:
+        sent = self._send(router, peer, frames)
+        if sent is None:
+            self._subs.remove(job_id, peer)
+        elif not sent:
+            sub.behind = True
+        else:
+            sub.last_sent = seq
+
+    def _forward(self, router: zmq.Socket, job_id: str, seq: int, frames: list[zmq.Frame]) -> None:
+        for peer, sub in list(self._subs.by_job.get(job_id, {}).items()):
+            if sub.behind or seq <= sub.last_sent:
+                continue
+            if seq > sub.last_sent + 1:
+                sub.behind = True  # an event went missing on the way here: replay from the store
+                continue
+            self._deliver(router, job_id, peer, sub, seq, frames)
+
+    def _catch_up(self, router: zmq.Socket) -> None:
+        for job_id, peers in list(self._subs.by_job.items()):
+            for peer, sub in list(peers.items()):
+                if not sub.behind:
+                    continue
+                sub.behind = False
+                for seq, frames in self.manager.events_after(job_id, sub.last_sent):
+                    self._deliver(router, job_id, peer, sub, seq, frames)
+                    if sub.behind or peer not in self._subs.by_job.get(job_id, {}):
+                        break
+
+    # requests ------------------------------------------------------------------------------------
+
+    def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        peer, body = frames[0].bytes, frames[1:]
+        request_id = ""
+        try:
+            try:
+                request_id = str(codec.decode_header(body).get("id", ""))[: m.MAX_ID_CHARS]
+            except ProtocolError:
+                pass
+            msg = codec.decode(body)
+            self._dispatch(router, peer, msg, body)
+        except VersionMismatch as exc:
+            log.warning("refused a client: %s", exc)
+            self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
+        except ProtocolError as exc:
+            log.debug("bad request from %s: %s", peer.hex(), exc)
+            self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
+        except Exception as exc:  # the loop outlives any bug in one request
+            log.exception("error serving a request")
+            self._reply(router, peer, m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id))
+
+    def _reply(self, router: zmq.Socket, peer: bytes, msg: m.Message) -> None:
+        if self._send(router, peer, codec.encode(msg)) is False:
+            log.warning("reply %s to %s dropped: the client is not reading", msg.TYPE, peer.hex())
+
+    def _dispatch(self, router: zmq.Socket, peer: bytes, msg: m.Message, frames: list[zmq.Frame]) -> None:
+        re = msg.msg_id
+        if isinstance(msg, m.Hello):
+            log.info("hello from %s (%s)", peer.hex(), msg.client or "unnamed client")
+            welcome = m.Welcome(
+                backend_version=backend_version(),
+                devices=list(self.executor.devices),
+                presets=self.presets,
+                default_preset=self.default_preset,
+                limits=LIMITS.to_dict(),
+                re=re,
+            )
+            self._reply(router, peer, welcome)
+        elif isinstance(msg, m.Ping):
+            self._reply(router, peer, m.Pong(re=re))
+        elif isinstance(msg, m.Submit):
+            job, ahead = self.manager.submit(msg.spec, [f.buffer for f in frames])
+            self._subs.add(job.job_id, peer, 0)
+            self._reply(router, peer, m.Accepted(job_id=job.job_id, queue_position=ahead, re=re))
+        elif isinstance(msg, m.Cancel):
+            self.manager.cancel(msg.job_id)
+            self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
+        elif isinstance(msg, m.Resume):
+            ahead = self.manager.resume(msg.job_id, msg.mesh)
+            self._reply(router, peer, m.Accepted(job_id=msg.job_id, queue_position=ahead, re=re))
+        elif isinstance(msg, m.Attach):
+            self.manager.get(msg.job_id)
+            self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
+            self._subs.add(msg.job_id, peer, msg.last_seq)
+        elif isinstance(msg, m.ListJobs):
+            self._reply(router, peer, m.JobList(jobs=self.manager.list(), re=re))
+        elif isinstance(msg, m.FetchResult):
+            state, results = self.manager.stage_results(msg.job_id)
+            self._reply(router, peer, m.Result(state=state, stage_results=results, job_id=msg.job_id, re=re))
+        else:
+            raise DecodeError(f"{msg.TYPE} is a backend message; clients cannot send it")

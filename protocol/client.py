@@ -1,0 +1,363 @@
+"""BackendClient: talk to a DreamPolish backend from any Python (the Blender add-on's worker thread,
+the `dreampolish` command line, tests). No bpy; needs pyzmq, msgpack and numpy.
+
+    from dreampolish.protocol.client import BackendClient
+    from dreampolish.protocol.job import JobSpec
+
+    with BackendClient("tcp://127.0.0.1:5557") as client:
+        welcome = client.connect()                 # handshake: Welcome (presets, devices, limits)
+        job_id = client.submit(JobSpec(prompt="a ceramic teapot", preset=welcome.default_preset))
+        for event in client.events(job_id):        # Progress, StageResult, Paused, Resumed, Done/Failed/Cancelled
+            ...
+
+API (every call may raise BackendUnreachable or VersionMismatch):
+
+- BackendClient(address, server_public_key=None, timeout_s=10.0, heartbeat_s=1.0, dead_after_s=4.0,
+  client_name="dreampolish-client")
+  server_public_key: the backend's CURVE public key (Z85 text, 40 chars) when it runs with keys.
+- connect() -> messages.Welcome: opens the DEALER socket and does the hello/welcome handshake.
+- submit(spec: JobSpec) -> str: queues a job; returns its id. RequestRejected if the backend refuses
+  the spec (e.g. unknown preset), with the backend's message.
+- events(job_id, timeout_s=None, until_pause=True) -> Iterator[Message]: the job's events in seq order,
+  until its final event (Done, Failed, Cancelled) or, with until_pause, a Paused. timeout_s bounds the
+  wait between two events (None: wait as long as the backend is alive).
+- poll(timeout_s) -> Message | None: the next event of any job followed by this client, or None after
+  timeout_s. Use it from a loop that must stay responsive (the add-on's worker thread).
+- wait(job_id) -> list[StageResult]: follow a job to its end; raises JobFailedError / JobCancelledError.
+- cancel(job_id), resume(job_id, mesh=None): the backend acknowledges; the effect arrives as events.
+- attach(job_id, last_seq=None): follow a job after a reconnect; the backend replays every event after
+  last_seq (default: the last seq this client saw for the job, else 0) and streams new ones.
+- list_jobs() -> list[JobInfo]; fetch_result(job_id) -> messages.Result (state + every stage result).
+- ping() -> float: round trip in seconds.
+- close(); the client is also a context manager.
+
+Liveness: while waiting, the client pings the backend every heartbeat_s of silence and raises
+BackendUnreachable when nothing at all came back for dead_after_s after it sent something (dead
+process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as silence).
+
+Events arrive exactly once and in order per job: duplicates (seq already seen) are dropped, and a
+gap makes the client re-attach from the last seq it saw.
+
+A client is not thread-safe: use it from one thread (the add-on's worker thread owns it).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import zmq
+
+from . import PROTOCOL_VERSION, codec
+from . import messages as m
+from .errors import ProtocolError, VersionMismatch
+from .job import JobSpec
+from .scene import MeshPayload
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BackendClient",
+    "BackendUnreachable",
+    "ClientError",
+    "JobCancelledError",
+    "JobFailedError",
+    "RequestRejected",
+    "UnknownJobError",
+    "VersionMismatch",
+    "load_server_public_key",
+]
+
+
+class ClientError(Exception):
+    """Base of the client's own errors."""
+
+
+class BackendUnreachable(ClientError):
+    """No answer from the backend: not running, wrong address, network down, or wrong CURVE server key."""
+
+
+class RequestRejected(ClientError):
+    """The backend answered a request with an Error (code + message)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+
+
+class UnknownJobError(RequestRejected):
+    """The backend has no job with that id."""
+
+
+class JobFailedError(ClientError):
+    def __init__(self, job_id: str, code: str, message: str):
+        super().__init__(f"job {job_id} failed: {message} ({code})")
+        self.job_id = job_id
+        self.code = code
+        self.message = message
+
+
+class JobCancelledError(ClientError):
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+
+def load_server_public_key(value: str | bytes | Path) -> bytes:
+    """A CURVE public key from its Z85 text, or from a NAME.key file written by `dreampolish-backend keys`."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii")
+    text = str(value).strip()
+    if len(text) == 40 and not Path(text).exists():
+        return text.encode("ascii")
+    path = Path(text).expanduser()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("public-key"):
+                return line.split("=", 1)[1].strip().strip('"').encode("ascii")
+        raise ClientError(f"{path} holds no public-key line")
+    raise ClientError("the server key must be 40 Z85 characters or the path of a .key file")
+
+
+class BackendClient:
+    def __init__(
+        self,
+        address: str,
+        server_public_key: str | bytes | None = None,
+        timeout_s: float = 10.0,
+        heartbeat_s: float = 1.0,
+        dead_after_s: float = 4.0,
+        client_name: str = "dreampolish-client",
+        context: zmq.Context | None = None,
+    ):
+        self.address = address
+        self.server_public_key = load_server_public_key(server_public_key) if server_public_key else None
+        self.timeout_s = timeout_s
+        """Longest wait for the reply to a request."""
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.client_name = client_name
+        self.welcome: m.Welcome | None = None
+        self.last_seq: dict[str, int] = {}
+        """Seq of the last event delivered to the caller, per job."""
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._events: collections.deque[m.Message] = collections.deque()
+        self._repairing: set[str] = set()
+        self._last_heard = 0.0
+        self._last_ping = 0.0
+        self._silent_since: float | None = None
+        """Monotonic time of the first message sent since the backend was last heard; None when not waiting."""
+
+    # connection ----------------------------------------------------------------------------------
+
+    def connect(self) -> m.Welcome:
+        """Open the socket and do the handshake. Raises BackendUnreachable, VersionMismatch."""
+        if self._socket is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.linger = 0
+            if self.server_public_key is not None:
+                public, secret = zmq.curve_keypair()
+                sock.curve_serverkey = self.server_public_key
+                sock.curve_publickey = public
+                sock.curve_secretkey = secret
+            sock.connect(self.address)
+            self._socket = sock
+            self._last_heard = time.monotonic()
+        reply = self._request(m.Hello(client=f"{self.client_name} (protocol {PROTOCOL_VERSION})"))
+        if not isinstance(reply, m.Welcome):
+            raise ClientError(f"expected welcome, got {reply.TYPE}")
+        self.welcome = reply
+        return reply
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def __enter__(self) -> BackendClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # requests ------------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> str:
+        reply = self._request(m.Submit(spec=spec))
+        self.last_seq.setdefault(reply.job_id, 0)
+        return reply.job_id
+
+    def cancel(self, job_id: str) -> None:
+        self._request(m.Cancel(job_id=job_id))
+
+    def resume(self, job_id: str, mesh: MeshPayload | None = None) -> None:
+        self._request(m.Resume(job_id=job_id, mesh=mesh))
+
+    def attach(self, job_id: str, last_seq: int | None = None) -> None:
+        seq = self.last_seq.get(job_id, 0) if last_seq is None else last_seq
+        self.last_seq[job_id] = seq
+        # Events of this job already buffered would be replayed again: drop them.
+        self._events = collections.deque(e for e in self._events if e.job_id != job_id)
+        self._request(m.Attach(job_id=job_id, last_seq=seq))
+
+    def list_jobs(self) -> list[m.JobInfo]:
+        reply = self._request(m.ListJobs())
+        return reply.jobs if isinstance(reply, m.JobList) else []
+
+    def fetch_result(self, job_id: str) -> m.Result:
+        reply = self._request(m.FetchResult(job_id=job_id))
+        if not isinstance(reply, m.Result):
+            raise ClientError(f"expected result, got {reply.TYPE}")
+        return reply
+
+    def ping(self) -> float:
+        start = time.monotonic()
+        self._request(m.Ping())
+        return time.monotonic() - start
+
+    # events --------------------------------------------------------------------------------------
+
+    def poll(self, timeout_s: float = 0.0) -> m.Message | None:
+        """The next event of a job this client follows, or None after timeout_s."""
+        if self._events:
+            return self._events.popleft()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self._receive(deadline)
+            if msg is None:
+                return None
+            if msg.IS_EVENT:
+                return msg
+
+    def events(self, job_id: str, timeout_s: float | None = None, until_pause: bool = True) -> Iterator[m.Message]:
+        """Yield job_id's events in order until a final event (or Paused, with until_pause)."""
+        others: list[m.Message] = []
+        try:
+            while True:
+                msg = self.poll(timeout_s if timeout_s is not None else 3600.0)
+                if msg is None:
+                    if timeout_s is not None:
+                        raise TimeoutError(f"no event from job {job_id} for {timeout_s} s")
+                    continue
+                if msg.job_id != job_id:
+                    others.append(msg)
+                    continue
+                yield msg
+                if msg.TYPE in m.FINAL_EVENTS or (until_pause and isinstance(msg, m.Paused)):
+                    return
+        finally:
+            # Events of other jobs stay queued for the next poll, in their order.
+            self._events.extendleft(reversed(others))
+
+    def wait(self, job_id: str, timeout_s: float | None = None) -> list[m.StageResult]:
+        """Follow job_id to its end (through pauses); returns its stage results in order."""
+        results = []
+        for msg in self.events(job_id, timeout_s, until_pause=False):
+            if isinstance(msg, m.StageResult):
+                results.append(msg)
+            elif isinstance(msg, m.Failed):
+                raise JobFailedError(job_id, msg.code, msg.message)
+            elif isinstance(msg, m.Cancelled):
+                raise JobCancelledError(job_id)
+        return results
+
+    # internals -----------------------------------------------------------------------------------
+
+    def _require_socket(self) -> zmq.Socket:
+        if self._socket is None:
+            raise ClientError("not connected: call connect() first")
+        return self._socket
+
+    def _send(self, msg: m.Message) -> None:
+        sock = self._require_socket()
+        now = time.monotonic()
+        if self._silent_since is None:
+            self._silent_since = now
+        try:
+            sock.send_multipart(codec.encode(msg), zmq.NOBLOCK, copy=False)
+        except zmq.Again as exc:
+            raise BackendUnreachable(f"cannot send to {self.address}: the connection is not taking messages") from exc
+
+    def _request(self, msg: m.Message) -> m.Message:
+        msg.msg_id = codec.new_message_id()
+        self._send(msg)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            reply = self._receive(deadline, want_reply=msg.msg_id)
+            if reply is None:
+                raise BackendUnreachable(
+                    f"no reply to {msg.TYPE} from {self.address} within {self.timeout_s:.0f} s"
+                )
+            if reply.re != msg.msg_id:
+                continue
+            if isinstance(reply, m.Error):
+                if reply.code == VersionMismatch.code:
+                    raise VersionMismatch(reply.message)
+                if reply.code == "unknown_job":
+                    raise UnknownJobError(reply.code, reply.message)
+                raise RequestRejected(reply.code, reply.message)
+            return reply
+
+    def _receive(self, deadline: float, want_reply: str = "") -> m.Message | None:
+        """Read until a reply to want_reply, or an event (queued when want_reply is set), or the deadline.
+        Drives the heartbeat and raises BackendUnreachable."""
+        sock = self._require_socket()
+        while True:
+            now = time.monotonic()
+            if self._silent_since is not None and now - self._silent_since > self.dead_after_s:
+                raise BackendUnreachable(
+                    f"the backend at {self.address} has not answered for {self.dead_after_s:.0f} s "
+                    f"(is it running{', and is the server key right' if self.server_public_key else ''}?)"
+                )
+            if now - self._last_heard >= self.heartbeat_s and now - self._last_ping >= self.heartbeat_s:
+                self._last_ping = now
+                self._send(m.Ping())
+            if now >= deadline:
+                return None
+            wait_s = min(deadline - now, self.heartbeat_s / 2)
+            if not sock.poll(max(1, int(wait_s * 1000)), zmq.POLLIN):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            self._last_heard = time.monotonic()
+            self._silent_since = None
+            try:
+                msg = codec.decode(frames)
+            except VersionMismatch:
+                raise
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the backend: %s", exc)
+                continue
+            if isinstance(msg, m.Pong) and msg.re != want_reply:
+                continue
+            if msg.IS_EVENT:
+                if not self._accept_event(msg):
+                    continue
+                if want_reply:
+                    self._events.append(msg)
+                    continue
+                return msg
+            if want_reply:
+                return msg
+            if isinstance(msg, m.Error):
+                log.warning("backend error: %s (%s)", msg.message, msg.code)
+
+    def _accept_event(self, msg: m.Message) -> bool:
+        """Exactly-once, in-order delivery per job: drop duplicates, repair gaps by re-attaching."""
+        last = self.last_seq.get(msg.job_id, 0)
+        if msg.seq <= last:
+            return False
+        if msg.seq > last + 1:
+            if msg.job_id not in self._repairing:
+                self._repairing.add(msg.job_id)
+                log.info("job %s: missed events %d..%d, re-attaching", msg.job_id, last + 1, msg.seq - 1)
+                self._send(m.Attach(job_id=msg.job_id, last_seq=last, msg_id=codec.new_message_id()))
+            return False
+        self._repairing.discard(msg.job_id)
+        self.last_seq[msg.job_id] = msg.seq
+        return True

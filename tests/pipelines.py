@@ -1,0 +1,138 @@
+"""Small deterministic pipelines for tests of the server, the client, the add-on and end to end.
+
+Start a backend with one of them from the repository root:
+
+    PYTHONPATH=. .venv/bin/dreampolish-backend serve --store /tmp/jobs --pipeline tests.pipelines:ScriptedPipeline
+
+ScriptedPipeline is steered by JobSpec.options, so one backend serves every scenario:
+
+    test.steps        optimisation steps per stage (default 3)
+    test.step_s       seconds each step sleeps (default 0.0)
+    test.fail_stage   stage in which to raise, at its first step
+    test.fail_kind    "error" (RuntimeError), "oom" (an OutOfMemoryError like torch's), "job_failed"
+    test.preview      true: send a preview PNG with every progress report
+
+It emits, after each stage, an octahedron scaled by 1 + 0.25 * stage index (so
+results are known exactly), per-corner UVs and, for "texture", a base-colour
+PNG. It honours pause_after; a resume with an edited mesh makes every later
+stage emit that mesh (scaled). It checkpoints the stages it finished under
+ctx.work_dir and skips them when run again with a ResumePoint.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+from dreampolish.backend.pipeline_api import JobContext, JobFailed, ResumePoint, RunOutcome
+from dreampolish.protocol.errors import ValidationError
+from dreampolish.protocol.job import STAGES, JobSpec
+from dreampolish.protocol.scene import MeshPayload, TexturePayload
+
+MODE_STAGES: dict[str, tuple[str, ...]] = {
+    "generate": ("nerf", "neus", "dmtet", "polish", "texture"),
+    "geometry": ("dmtet", "polish", "texture"),
+    "texture": ("texture",),
+}
+OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind", "test.preview")
+
+
+class OutOfMemoryError(RuntimeError):
+    """Same name as torch.cuda.OutOfMemoryError, which the job system recognises by name."""
+
+
+def png_rgb(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour 8-bit RGB PNG (stdlib only)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def octahedron(scale: float = 1.0) -> MeshPayload:
+    v = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], np.float32) * scale
+    f = np.array(
+        [[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]], np.uint32
+    )
+    uvs = np.tile(np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]], np.float32), (len(f), 1, 1))
+    return MeshPayload(vertices=v, faces=f, uvs=uvs)
+
+
+class ScriptedPipeline:
+    """A pipeline whose behaviour is chosen per job through spec.options (see the module docstring)."""
+
+    def presets(self) -> list[str]:
+        return ["tiny", "fast"]
+
+    def check(self, spec: JobSpec) -> None:
+        if not spec.prompt.strip() and spec.mode == "generate":
+            raise ValidationError("prompt is empty")
+        if spec.preset not in self.presets():
+            raise ValidationError(f"preset {spec.preset!r} is not one of {self.presets()}")
+        if spec.mode != "generate" and spec.input_mesh is None:
+            raise ValidationError(f"mode {spec.mode!r} needs input_mesh")
+        for key in spec.options:
+            if key not in OPTION_KEYS:
+                raise ValidationError(f"unknown option {key!r}; known: {OPTION_KEYS}")
+
+    def stages(self, spec: JobSpec) -> list[str]:
+        return [s for s in STAGES if s in (spec.stages or MODE_STAGES[spec.mode])]
+
+    def run(self, spec: JobSpec, ctx: JobContext, resume: ResumePoint | None = None) -> RunOutcome:
+        steps = int(spec.options.get("test.steps", 3))
+        step_s = float(spec.options.get("test.step_s", 0.0))
+        preview = bool(spec.options.get("test.preview", False))
+        checkpoint = ctx.work_dir / "checkpoint.json"
+        state = json.loads(checkpoint.read_text()) if resume is not None and checkpoint.exists() else {}
+        done: list[str] = state.get("done", [])
+        edited_faces: int | None = state.get("edited_faces")
+        edited = resume.edited_mesh if resume is not None else None
+        if edited is not None:
+            np.save(ctx.work_dir / "edited_vertices.npy", edited.vertices)
+            np.save(ctx.work_dir / "edited_faces.npy", edited.faces)
+            edited_faces = int(edited.faces.shape[0])
+        for index, stage in enumerate(self.stages(spec)):
+            if stage in done:
+                continue
+            for step in range(steps):
+                ctx.check_cancel()
+                if stage == spec.options.get("test.fail_stage"):
+                    kind = spec.options.get("test.fail_kind", "error")
+                    if kind == "oom":
+                        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    if kind == "job_failed":
+                        raise JobFailed("model_missing", f"the {stage} model is not installed")
+                    raise RuntimeError(f"scripted failure in {stage}")
+                if step_s:
+                    time.sleep(step_s)
+                png = png_rgb(4, 4, (index * 40 % 256, 128, 200)) if preview else None
+                ctx.progress(stage, step + 1, steps, {"loss": 1.0 / (step + 1)}, png)
+            mesh = self._stage_mesh(ctx, index, stage, edited_faces)
+            ctx.stage_result(stage, index, mesh)
+            done.append(stage)
+            checkpoint.write_text(json.dumps({"done": done, "edited_faces": edited_faces}))
+            if stage in spec.pause_after:
+                return RunOutcome(paused_after=stage)
+        return RunOutcome()
+
+    def _stage_mesh(self, ctx: JobContext, index: int, stage: str, edited_faces: int | None) -> MeshPayload:
+        scale = 1.0 + 0.25 * index
+        if edited_faces is not None:
+            v = np.load(ctx.work_dir / "edited_vertices.npy")
+            f = np.load(ctx.work_dir / "edited_faces.npy")
+            mesh = MeshPayload(vertices=(v * scale).astype(np.float32), faces=f)
+        else:
+            mesh = octahedron(scale)
+        if stage == "texture":
+            mesh.textures.append(TexturePayload(role="base_color", png=png_rgb(8, 8, (200, 60, 30))))
+        return mesh
