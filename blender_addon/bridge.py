@@ -1,0 +1,264 @@
+"""The link between Blender's main thread and the backend.
+
+A client thread owns the ZeroMQ socket: it runs the requests the main thread queues, reads the
+backend's events, and puts what it decodes on an event queue. It never touches bpy. On the main
+thread, `drain()` empties that queue and hands each event to the handler installed by
+job_events.py; a `bpy.app.timers` function calls `drain()` while Blender is idle. Headless
+scripts (and tests), where timers do not fire while the script runs, call `drain()` themselves.
+
+Every connection gets a new generation number; events from an older connection still waiting in
+the queue are dropped, so a reconnect never applies a stale result.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import bpy
+
+from .protocol.client import BackendClient
+from .protocol.messages import Welcome
+
+log = logging.getLogger(__name__)
+
+TIMER_INTERVAL_S = 0.1
+"""How often the timer drains the queue while Blender is idle."""
+POLL_INTERVAL_S = 0.05
+"""How long the client thread waits for a backend event before looking at its requests again."""
+MAX_EVENTS_PER_POLL = 64
+"""Events read in one go before the queued requests get their turn (a cancel must not wait)."""
+
+EventKind = Literal["welcome", "message", "reply", "error", "closed"]
+Request = Callable[[BackendClient], Any]
+
+
+@dataclass
+class ConnectionSettings:
+    """How to reach the backend (read from the preferences on the main thread)."""
+
+    address: str
+    """ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555."""
+    server_key: str = ""
+    """The backend's CURVE public key (Z85); empty for an unauthenticated loopback backend."""
+    timeout_s: float = 5.0
+    """Handshake and request timeout."""
+
+
+@dataclass
+class BridgeEvent:
+    """Something the client thread learnt, for the main thread."""
+
+    generation: int
+    """The connection it belongs to."""
+    kind: EventKind
+    """welcome: the handshake answer; message: a backend event; reply/error: the outcome of a
+    queued request; closed: the thread ended."""
+    request: str
+    """Name of the request a reply or error answers (\"connect\" for the handshake)."""
+    payload: Any
+    """The decoded message, the request's return value, or the exception."""
+
+
+class ClientThread(threading.Thread):
+    """Owns one BackendClient for the whole life of one connection."""
+
+    def __init__(self, settings: ConnectionSettings, generation: int, events: queue.Queue[BridgeEvent]):
+        super().__init__(name=f"dreampolish-client-{generation}", daemon=True)
+        self.settings = settings
+        self.generation = generation
+        self.events = events
+        self.requests: queue.Queue[tuple[str, Request]] = queue.Queue()
+        self.handshake_done = threading.Event()
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def request(self, name: str, fn: Request) -> None:
+        """Run fn(client) on this thread; its result (or exception) comes back as a reply (or error)."""
+        self.requests.put((name, fn))
+
+    def _emit(self, kind: EventKind, request: str, payload: Any) -> None:
+        self.events.put(BridgeEvent(self.generation, kind, request, payload))
+
+    def run(self) -> None:
+        client = None
+        try:
+            client = BackendClient(
+                self.settings.address,
+                server_public_key=self.settings.server_key or None,
+                timeout_s=self.settings.timeout_s,
+                client_name="dreampolish-blender",
+            )
+            welcome = client.connect()
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the artist
+            self._emit("error", "connect", exc)
+            self.handshake_done.set()
+            if client is not None:
+                client.close()
+            self._emit("closed", "", None)
+            return
+        self._emit("welcome", "connect", welcome)
+        self.handshake_done.set()
+        try:
+            while not self._stop_event.is_set():
+                self._run_requests(client)
+                message = client.poll(POLL_INTERVAL_S)
+                for _ in range(MAX_EVENTS_PER_POLL):
+                    if message is None:
+                        break
+                    self._emit("message", "", message)
+                    message = client.poll(0.0)
+        except Exception as exc:  # noqa: BLE001 - the connection is gone; say why
+            log.exception("client thread stopped")
+            self._emit("error", "connection", exc)
+        finally:
+            client.close()
+            self._emit("closed", "", None)
+
+    def _run_requests(self, client: BackendClient) -> None:
+        while True:
+            try:
+                name, fn = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._emit("reply", name, fn(client))
+            except Exception as exc:  # noqa: BLE001 - a failed request is reported, the thread goes on
+                self._emit("error", name, exc)
+
+
+# --- main-thread side ---------------------------------------------------------------------------
+
+_events: queue.Queue[BridgeEvent] = queue.Queue()
+_thread: ClientThread | None = None
+_generation = 0
+_welcome: Welcome | None = None
+_handler: Callable[[BridgeEvent], None] | None = None
+
+
+def set_handler(handler: Callable[[BridgeEvent], None] | None) -> None:
+    """Install the function that applies events on the main thread (job_events.handle_event)."""
+    global _handler
+    _handler = handler
+
+
+def current_welcome() -> Welcome | None:
+    return _welcome
+
+
+def is_connected() -> bool:
+    return _thread is not None and _thread.is_alive() and _welcome is not None
+
+
+def generation() -> int:
+    return _generation
+
+
+def connect(settings: ConnectionSettings, wait: bool = True) -> None:
+    """Start a client thread for `settings`, replacing any earlier one.
+
+    wait=True blocks until the handshake ends (at most the timeout) and applies its outcome, so
+    that the calling operator can report it at once.
+    """
+    global _thread, _generation, _welcome
+    disconnect()
+    _generation += 1
+    _welcome = None
+    _thread = ClientThread(settings, _generation, _events)
+    _thread.start()
+    _ensure_timer()
+    if wait:
+        _thread.handshake_done.wait(settings.timeout_s + 2.0)
+        drain()
+
+
+def disconnect(join_timeout_s: float = 5.0) -> None:
+    """Stop the client thread and wait for it; pending events of this connection become stale."""
+    global _thread, _generation, _welcome
+    thread, _thread = _thread, None
+    _welcome = None
+    _generation += 1
+    if thread is not None:
+        thread.stop()
+        thread.join(join_timeout_s)
+        if thread.is_alive():
+            log.warning("client thread did not stop within %.1f s", join_timeout_s)
+    _clear_queue()
+
+
+def request(name: str, fn: Request) -> bool:
+    """Queue fn(client) on the client thread; False when there is no connection."""
+    if _thread is None or not _thread.is_alive():
+        return False
+    _thread.request(name, fn)
+    return True
+
+
+def drain(max_events: int = 1000) -> int:
+    """Apply queued events on the main thread. Returns how many were applied (stale ones are not)."""
+    global _welcome
+    applied = 0
+    for _ in range(max_events):
+        try:
+            event = _events.get_nowait()
+        except queue.Empty:
+            break
+        if event.generation != _generation:
+            continue
+        if event.kind == "welcome":
+            _welcome = event.payload
+        if _handler is not None:
+            _handler(event)
+        applied += 1
+    return applied
+
+
+def _clear_queue() -> None:
+    while True:
+        try:
+            _events.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _timer() -> float | None:
+    drain()
+    if _thread is None and _events.empty():
+        return None  # nothing left to follow; connect() registers the timer again
+    return TIMER_INTERVAL_S
+
+
+def _ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=TIMER_INTERVAL_S)
+
+
+def shutdown() -> None:
+    """Stop the thread and the timer (add-on disabled, file closed)."""
+    disconnect()
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+
+
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args) -> None:
+    # Jobs belong to the file they were started from: closing it ends the connection.
+    shutdown()
+
+
+def register() -> None:
+    if _on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_on_load_pre)
+
+
+def unregister() -> None:
+    if _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
+    shutdown()
+    set_handler(None)

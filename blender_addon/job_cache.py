@@ -1,0 +1,147 @@
+"""Jobs on disk, under the extension's user directory: what was asked (job.json) and every stage
+result received (arrays as .npz, textures as the PNG bytes sent or .npy arrays).
+
+This is both the re-import cache and the job history, so both survive restarting Blender.
+No bpy here beyond the folder's location, which the caller passes in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .protocol.scene import MeshPayload, TexturePayload
+
+log = logging.getLogger(__name__)
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MESH_ARRAYS = ("vertices", "faces", "uvs", "normals", "colors", "transform")
+
+
+@dataclass
+class JobRecord:
+    """What the history list shows for one job."""
+
+    job_id: str
+    prompt: str = ""
+    seed: int = 0
+    preset: str = ""
+    mode: str = "generate"
+    status: str = "queued"
+    target_object: str = ""
+    """For texture-only refines: the object that receives the textures."""
+    stages: list[str] = field(default_factory=list)
+    """Stage results received, in order."""
+    created_unix: float = field(default_factory=time.time)
+
+
+@dataclass
+class CachedStage:
+    """One stage result read back from disk."""
+
+    stage: str
+    mesh: MeshPayload
+    """Geometry without textures; the textures are files, see texture_files."""
+    texture_files: dict[str, Path]
+    """Texture role -> .png (8-bit) or .npy (float array) file."""
+
+
+class JobCache:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def job_dir(self, job_id: str) -> Path:
+        # Job ids come from the backend: keep them from naming paths outside the cache.
+        if not _SAFE_ID.match(job_id):
+            raise ValueError(f"unusable job id {job_id!r}")
+        path = self.root / job_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # --- job records (the history) --------------------------------------------------------------
+
+    def save_record(self, record: JobRecord) -> None:
+        path = self.job_dir(record.job_id) / "job.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(record), indent=1), encoding="utf-8")
+        tmp.replace(path)
+
+    def load_record(self, job_id: str) -> JobRecord | None:
+        path = self.job_dir(job_id) / "job.json"
+        if not path.is_file():
+            return None
+        return _record_from_json(path)
+
+    def update_record(self, job_id: str, **changes: object) -> JobRecord:
+        record = self.load_record(job_id) or JobRecord(job_id=job_id)
+        for key, value in changes.items():
+            setattr(record, key, value)
+        self.save_record(record)
+        return record
+
+    def history(self) -> list[JobRecord]:
+        """Every job on disk, newest first."""
+        records = []
+        for path in self.root.glob("*/job.json"):
+            record = _record_from_json(path)
+            if record is not None:
+                records.append(record)
+        return sorted(records, key=lambda r: r.created_unix, reverse=True)
+
+    # --- stage results --------------------------------------------------------------------------
+
+    def save_stage(self, job_id: str, stage: str, mesh: MeshPayload) -> None:
+        folder = self.job_dir(job_id)
+        arrays = {name: getattr(mesh, name) for name in MESH_ARRAYS if getattr(mesh, name) is not None}
+        np.savez(folder / f"{stage}.npz", **arrays)
+        for tex in mesh.textures:
+            if tex.png is not None:
+                (folder / f"{stage}_{tex.role}.png").write_bytes(bytes(tex.png))
+            else:
+                np.save(folder / f"{stage}_{tex.role}.npy", np.asarray(tex.array))
+        record = self.load_record(job_id) or JobRecord(job_id=job_id)
+        if stage not in record.stages:
+            record.stages.append(stage)
+        self.save_record(record)
+
+    def load_stage(self, job_id: str, stage: str = "") -> CachedStage | None:
+        """A stage's result, or the latest one when `stage` is empty; None if nothing is cached."""
+        record = self.load_record(job_id)
+        if not stage:
+            if record is None or not record.stages:
+                return None
+            stage = record.stages[-1]
+        folder = self.job_dir(job_id)
+        path = folder / f"{stage}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        mesh = MeshPayload(**arrays).validate(require_faces=False)
+        textures = {}
+        for p in sorted(folder.glob(f"{stage}_*.*")):
+            if p.suffix in (".png", ".npy"):
+                textures[p.stem[len(stage) + 1:]] = p
+        return CachedStage(stage=stage, mesh=mesh, texture_files=textures)
+
+
+def _record_from_json(path: Path) -> JobRecord | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {k: v for k, v in data.items() if k in JobRecord.__dataclass_fields__}
+        return JobRecord(**known)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable job record %s: %s", path, exc)
+        return None
+
+
+def texture_payload(role: str, path: Path) -> TexturePayload:
+    if path.suffix == ".png":
+        return TexturePayload(role=role, png=path.read_bytes())
+    return TexturePayload(role=role, array=np.load(path))

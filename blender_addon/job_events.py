@@ -1,0 +1,211 @@
+"""What each backend event does to Blender, applied on the main thread by bridge.drain().
+
+Progress and state go to the window manager's runtime properties (the panel draws them);
+stage results are written to the job cache and imported by the dreampolish.import_result
+operator, so that every scene change is an undo step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import bpy
+
+from . import bridge
+from .job_cache import JobCache, JobRecord
+from .preferences import user_dir
+from .protocol.messages import FINAL_EVENTS, JobList, Result, StageResult, Welcome
+
+log = logging.getLogger(__name__)
+
+PREVIEW_IMAGE_NAME = "DreamPolish Preview"
+PREVIEW_MIN_INTERVAL_S = 0.5
+"""Reload the preview image at most this often (a reload is a file read and a GPU upload)."""
+
+_last_preview = 0.0
+
+
+def job_cache() -> JobCache:
+    return JobCache(user_dir("jobs"))
+
+
+def runtime(context: bpy.types.Context | None = None):
+    return (context or bpy.context).window_manager.dreampolish
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message an artist can act on, naming what failed."""
+    name = type(exc).__name__
+    text = str(exc) or name
+    if name == "BackendUnreachable":
+        return f"Backend unreachable: {text}. Is it running, and is the address in the preferences right?"
+    if name == "VersionMismatch":
+        return f"Version mismatch: {text}. Update the add-on or the backend so that both match."
+    return text
+
+
+def handle_event(event: bridge.BridgeEvent) -> None:
+    rt = runtime()
+    if event.kind == "welcome":
+        _on_welcome(rt, event.payload)
+    elif event.kind == "error":
+        _on_error(rt, event.request, event.payload)
+    elif event.kind == "reply":
+        _on_reply(rt, event.request, event.payload)
+    elif event.kind == "message":
+        _on_message(rt, event.payload)
+    elif event.kind == "closed" and rt.connection == "connected":
+        rt.connection = "disconnected"
+    _redraw()
+
+
+def _on_welcome(rt, welcome: Welcome) -> None:
+    rt.connection = "connected"
+    rt.device = ", ".join(welcome.devices) or "unknown"
+    rt.message = f"Connected (backend {welcome.backend_version})"
+    # Carry on following a job that was running before the reconnect.
+    if rt.job_id and rt.job_state in ("queued", "running", "paused"):
+        job_id, last_seq = rt.job_id, rt.last_seq
+        bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+
+
+def _on_error(rt, request: str, exc: BaseException) -> None:
+    rt.message = describe_error(exc)
+    if request in ("connect", "connection"):
+        rt.connection = "error"
+    elif request == "submit":
+        rt.job_state = ""
+    log.warning("%s failed: %s", request, rt.message)
+
+
+def _on_reply(rt, request: str, payload) -> None:
+    if request == "submit":
+        job_id, record = payload
+        record.job_id = job_id
+        job_cache().save_record(record)
+        _follow(rt, job_id, "queued", target=record.target_object)
+        refresh_history(rt)
+        rt.message = f"Job {job_id} queued"
+    elif request == "resume":
+        rt.job_state = "running"
+        rt.paused_stage = ""
+    elif request == "fetch_result" and isinstance(payload, Result):
+        for sr in payload.stage_results:
+            _on_stage_result(rt, sr, follow=False)
+        rt.message = f"Fetched {len(payload.stage_results)} stage results of job {payload.job_id}"
+    elif request == "list_jobs" and isinstance(payload, JobList):
+        cache = job_cache()
+        for info in payload.jobs:
+            if cache.load_record(info.job_id) is not None:
+                cache.update_record(info.job_id, status=info.state)
+        refresh_history(rt)
+
+
+def _follow(rt, job_id: str, state: str, target: str = "") -> None:
+    rt.job_id = job_id
+    rt.job_state = state
+    rt.last_seq = 0
+    rt.stage = ""
+    rt.step = rt.total = 0
+    rt.progress = 0.0
+    rt.paused_stage = ""
+    rt.target_object = target
+
+
+def _on_message(rt, msg) -> None:
+    if msg.job_id and msg.job_id != rt.job_id:
+        # An event of a job this window no longer follows (e.g. after a new submit).
+        return
+    if getattr(msg, "IS_EVENT", False):
+        rt.last_seq = max(rt.last_seq, msg.seq)
+    kind = msg.TYPE
+    if kind == "progress":
+        rt.job_state = "running"
+        rt.stage, rt.step, rt.total = msg.stage, msg.step, msg.total
+        rt.progress = min(1.0, msg.step / msg.total) if msg.total else 0.0
+        if msg.preview_png is not None:
+            _show_preview(rt, msg.job_id, msg.preview_png)
+    elif kind == "stage_result":
+        _on_stage_result(rt, msg, follow=True)
+    elif kind == "paused":
+        rt.job_state = "paused"
+        rt.paused_stage = msg.stage
+        rt.message = f"Paused after {msg.stage}: edit the mesh if you like, then Resume"
+    elif kind == "resumed":
+        rt.job_state = "running"
+        rt.paused_stage = ""
+    elif kind in FINAL_EVENTS:
+        rt.job_state = kind
+        rt.paused_stage = ""
+        if kind == "failed":
+            rt.message = f"Job failed ({msg.code}): {msg.message}"
+        elif kind == "done":
+            rt.progress = 1.0
+            rt.message = f"Job {msg.job_id} done"
+        else:
+            rt.message = f"Job {msg.job_id} cancelled"
+        job_cache().update_record(msg.job_id, status=kind)
+        refresh_history(rt)
+    elif kind == "error":
+        rt.message = f"Backend refused a request ({msg.code}): {msg.message}"
+
+
+def _on_stage_result(rt, msg: StageResult, follow: bool) -> None:
+    cache = job_cache()
+    cache.save_stage(msg.job_id, msg.stage, msg.mesh)
+    if follow:
+        rt.stage = msg.stage
+        cache.update_record(msg.job_id, status="running")
+    if msg.mesh.num_faces == 0:
+        return  # the reference stage sends only an image
+    _call_import(msg.job_id, msg.stage)
+    refresh_history(rt)
+
+
+def _call_import(job_id: str, stage: str) -> None:
+    """Run the import operator with an undo step, from a timer as well as from a script."""
+    wm = bpy.context.window_manager
+    window = bpy.context.window or (wm.windows[0] if wm.windows else None)
+    with bpy.context.temp_override(window=window):
+        bpy.ops.dreampolish.import_result("EXEC_DEFAULT", True, job_id=job_id, stage=stage)
+
+
+def _show_preview(rt, job_id: str, png: bytes) -> None:
+    global _last_preview
+    now = time.monotonic()
+    if now - _last_preview < PREVIEW_MIN_INTERVAL_S and rt.preview is not None:
+        return
+    _last_preview = now
+    path = job_cache().job_dir(job_id) / "preview.png"
+    path.write_bytes(png)
+    img = bpy.data.images.get(PREVIEW_IMAGE_NAME)
+    if img is None:
+        img = bpy.data.images.load(str(path), check_existing=False)
+        img.name = PREVIEW_IMAGE_NAME
+    else:
+        img.filepath = str(path)
+        img.reload()
+    img.preview_ensure()
+    rt.preview = img
+
+
+def refresh_history(rt=None) -> None:
+    """Mirror the job records on disk into the panel's history list."""
+    rt = rt or runtime()
+    records: list[JobRecord] = job_cache().history()
+    rt.history.clear()
+    for r in records:
+        item = rt.history.add()
+        item.job_id, item.prompt, item.seed = r.job_id, r.prompt, r.seed
+        item.preset, item.mode, item.status = r.preset, r.mode, r.status
+        item.last_stage = r.stages[-1] if r.stages else ""
+    rt.history_index = min(rt.history_index, max(len(records) - 1, 0))
+
+
+def _redraw() -> None:
+    wm = bpy.context.window_manager
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()

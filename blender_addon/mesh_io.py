@@ -1,0 +1,122 @@
+"""MeshPayload <-> Blender mesh, built from arrays with foreach_set/foreach_get (no temporary files).
+
+Arrays handed to foreach_set are C-contiguous and of the property's own type, so Blender copies
+them in one pass. Geometry is in Blender's world convention (Z up, metres) on both sides.
+"""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from .protocol.errors import LimitExceeded, ValidationError
+from .protocol.limits import Limits
+from .protocol.scene import MeshPayload
+
+UV_LAYER_NAME = "UVMap"
+COLOR_ATTRIBUTE_NAME = "Color"
+
+
+def fill_mesh(mesh: bpy.types.Mesh, payload: MeshPayload) -> bpy.types.Mesh:
+    """Replace the geometry of `mesh` by the payload's triangles, per-corner UVs, normals and colours.
+
+    Objects using `mesh` keep their own transform: only the mesh data changes.
+    """
+    payload.validate()
+    n_verts, n_faces = payload.num_vertices, payload.num_faces
+    mesh.clear_geometry()
+    mesh.vertices.add(n_verts)
+    mesh.vertices.foreach_set("co", np.ascontiguousarray(payload.vertices, dtype=np.float32).ravel())
+    mesh.loops.add(3 * n_faces)
+    mesh.loops.foreach_set("vertex_index", np.ascontiguousarray(payload.faces, dtype=np.int32).ravel())
+    mesh.polygons.add(n_faces)
+    mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * n_faces, 3, dtype=np.int32))
+
+    if payload.uvs is not None:
+        layer = mesh.uv_layers.new(name=UV_LAYER_NAME)
+        layer.data.foreach_set("uv", np.ascontiguousarray(payload.uvs, dtype=np.float32).ravel())
+    if payload.colors is not None:
+        rgba = np.ones((n_verts, 4), dtype=np.float32)
+        rgba[:, : payload.colors.shape[1]] = payload.colors
+        attr = mesh.color_attributes.new(COLOR_ATTRIBUTE_NAME, "FLOAT_COLOR", "POINT")
+        attr.data.foreach_set("color", rgba.ravel())
+    mesh.update(calc_edges=True)
+    if payload.normals is not None:
+        mesh.polygons.foreach_set("use_smooth", np.ones(n_faces, dtype=bool))
+        mesh.normals_split_custom_set_from_vertices(np.ascontiguousarray(payload.normals, dtype=np.float32))
+    mesh.update()
+    return mesh
+
+
+def new_mesh(name: str, payload: MeshPayload) -> bpy.types.Mesh:
+    return fill_mesh(bpy.data.meshes.new(name), payload)
+
+
+def payload_from_object(
+    obj: bpy.types.Object,
+    depsgraph: bpy.types.Depsgraph,
+    *,
+    world_space: bool = True,
+    limits: Limits | None = None,
+) -> MeshPayload:
+    """Triangulated mesh of `obj` as it looks in the viewport (modifiers evaluated).
+
+    world_space=True bakes the object's world transform into the vertices (transform = identity),
+    so that the mesh lines up with the camera rig; otherwise vertices stay in object space and
+    `transform` carries the object's world matrix.
+    """
+    if obj is None:
+        raise ValidationError("nothing selected: select a mesh object")
+    if obj.type != "MESH":
+        raise ValidationError(f"{obj.name!r} is a {obj.type.lower()}, not a mesh")
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        return _payload_from_mesh(mesh, np.array(obj.matrix_world, dtype=np.float32), world_space, limits)
+    finally:
+        evaluated.to_mesh_clear()
+
+
+def _payload_from_mesh(mesh: bpy.types.Mesh, matrix_world: np.ndarray, world_space: bool,
+                       limits: Limits | None) -> MeshPayload:
+    mesh.calc_loop_triangles()
+    n_verts, n_tris = len(mesh.vertices), len(mesh.loop_triangles)
+    if limits is not None:
+        if n_verts > limits.max_vertices:
+            raise LimitExceeded(f"mesh too large: {n_verts} vertices; the backend accepts at most {limits.max_vertices}")
+        if n_tris > limits.max_faces:
+            raise LimitExceeded(f"mesh too large: {n_tris} triangles; the backend accepts at most {limits.max_faces}")
+    if n_tris == 0:
+        raise ValidationError("the mesh has no faces")
+
+    co = np.empty(n_verts * 3, dtype=np.float32)
+    mesh.vertices.foreach_get("co", co)
+    co = co.reshape(n_verts, 3)
+    tris = np.empty(n_tris * 3, dtype=np.int32)
+    mesh.loop_triangles.foreach_get("vertices", tris)
+    tri_loops = np.empty(n_tris * 3, dtype=np.int32)
+    mesh.loop_triangles.foreach_get("loops", tri_loops)
+
+    uvs = None
+    uv_layer = mesh.uv_layers.active
+    if uv_layer is not None:
+        loop_uv = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+        uv_layer.data.foreach_get("uv", loop_uv)
+        uvs = np.ascontiguousarray(loop_uv.reshape(-1, 2)[tri_loops].reshape(n_tris, 3, 2))
+
+    transform = matrix_world.astype(np.float32)
+    if world_space:
+        # x_world = R x + t for every vertex; the transform then becomes the identity.
+        co = co @ transform[:3, :3].T + transform[:3, 3]
+        transform = np.eye(4, dtype=np.float32)
+    return MeshPayload(
+        vertices=np.ascontiguousarray(co, dtype=np.float32),
+        faces=tris.reshape(n_tris, 3).astype(np.uint32),
+        uvs=uvs,
+        transform=transform,
+    ).validate()
+
+
+def set_matrix(obj: bpy.types.Object, transform: np.ndarray) -> None:
+    obj.matrix_world = Matrix(transform.astype(np.float64).tolist())

@@ -1,0 +1,540 @@
+"""The add-on's operators (bpy.ops.dreampolish.*). Scene changes are undo steps ({'REGISTER', 'UNDO'});
+requests to the backend are queued on the client thread and return at once."""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+from pathlib import Path
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, StringProperty
+
+from . import bridge, camera_rig, job_events, materials, mesh_io
+from .job_cache import JobRecord
+from .preferences import prefs, user_dir
+from .properties import USER_STAGES
+from .protocol.errors import ProtocolError, ValidationError
+from .protocol.job import JobSpec
+from .protocol.limits import Limits
+
+log = logging.getLogger(__name__)
+
+JOB_PROP = "dreampolish_job"
+"""Custom property naming the job an object came from."""
+STAGE_PROP = "dreampolish_stage"
+ACTIVE_STATES = ("submitting", "queued", "running", "paused")
+
+_backend_process: subprocess.Popen | None = None
+
+
+# --- shared checks ---------------------------------------------------------------------------------
+
+
+def _job_active(context) -> bool:
+    return context.window_manager.dreampolish.job_state in ACTIVE_STATES
+
+
+def _settings(context) -> bridge.ConnectionSettings:
+    p = prefs(context)
+    return bridge.ConnectionSettings(address=p.backend_address, server_key=p.server_key, timeout_s=p.timeout_s)
+
+
+def _ensure_connected(op: bpy.types.Operator, context) -> bool:
+    """Connect (blocking for at most the timeout) unless connected; report why not."""
+    if bridge.is_connected():
+        return True
+    rt = context.window_manager.dreampolish
+    rt.connection = "connecting"
+    bridge.connect(_settings(context), wait=True)
+    if not bridge.is_connected():
+        if rt.connection != "error":
+            rt.connection = "error"
+            rt.message = f"Backend unreachable at {prefs(context).backend_address}: no answer"
+        op.report({"ERROR"}, rt.message)
+        return False
+    return True
+
+
+def _backend_limits() -> Limits:
+    welcome = bridge.current_welcome()
+    if welcome is None:
+        return Limits()
+    known = {k: v for k, v in welcome.limits.items() if k in Limits.__dataclass_fields__}
+    return Limits(**known)
+
+
+def parse_overrides(text: str) -> dict[str, bool | int | float | str]:
+    """"nerf.steps=500, texture.guidance=dsd" -> {"nerf.steps": 500, "texture.guidance": "dsd"}."""
+    options: dict[str, bool | int | float | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, raw = (x.strip() for x in item.partition("="))
+        if not sep or not key or not raw:
+            raise ValidationError(f"override {item!r} must read stage.field=value")
+        value: bool | int | float | str
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    value = float(raw)
+                except ValueError:
+                    value = raw
+        options[key] = value
+    return options
+
+
+def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:
+    s = context.scene.dreampolish
+    chosen = [st for st in USER_STAGES if st in s.stages]
+    welcome = bridge.current_welcome()
+    preset = s.preset or (welcome.default_preset if welcome is not None else "tiny")
+    return JobSpec(
+        prompt=s.prompt,
+        negative_prompt=s.negative_prompt,
+        seed=s.seed,
+        preset=preset,
+        mode=mode,
+        # All stages ticked: let the mode decide (refines skip the stages before dmtet).
+        stages=None if (mode != "generate" or len(chosen) == len(USER_STAGES)) else chosen + ["export"],
+        pause_after=[st for st in USER_STAGES if st in s.pause_after],
+        options=parse_overrides(s.overrides),
+        cameras=camera_rig.scene_rig(
+            context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views)),
+        input_mesh=input_mesh,
+    )
+
+
+def _submit(op: bpy.types.Operator, context, spec: JobSpec, target_object: str = "") -> set[str]:
+    record = JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
+                       mode=spec.mode, target_object=target_object)
+    rt = context.window_manager.dreampolish
+    rt.job_state = "submitting"
+    rt.message = "Submitting…"
+    bridge.request("submit", lambda client: (client.submit(spec), record))
+    return {"FINISHED"}
+
+
+def job_object(context, job_id: str, stage: str = "") -> bpy.types.Object | None:
+    """The scene object holding a job's result (of `stage`, when given; else the latest)."""
+    found = [o for o in context.scene.objects if o.get(JOB_PROP) == job_id]
+    if stage:
+        found = [o for o in found if o.get(STAGE_PROP) == stage] or found
+    return found[-1] if found else None
+
+
+# --- connection ----------------------------------------------------------------------------------
+
+
+class DREAMPOLISH_OT_connect(bpy.types.Operator):
+    """Connect to the backend set in the preferences"""
+
+    bl_idname = "dreampolish.connect"
+    bl_label = "Connect"
+
+    def execute(self, context):
+        bridge.disconnect()
+        if not _ensure_connected(self, context):
+            return {"CANCELLED"}
+        job_events.refresh_history()
+        self.report({"INFO"}, context.window_manager.dreampolish.message)
+        return {"FINISHED"}
+
+
+class DREAMPOLISH_OT_disconnect(bpy.types.Operator):
+    """Close the connection to the backend (jobs keep running there)"""
+
+    bl_idname = "dreampolish.disconnect"
+    bl_label = "Disconnect"
+
+    def execute(self, context):
+        bridge.disconnect()
+        context.window_manager.dreampolish.connection = "disconnected"
+        return {"FINISHED"}
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+class DREAMPOLISH_OT_generate(bpy.types.Operator):
+    """Make a new object from the prompt"""
+
+    bl_idname = "dreampolish.generate"
+    bl_label = "Generate"
+
+    @classmethod
+    def poll(cls, context):
+        if not context.scene.dreampolish.prompt.strip():
+            cls.poll_message_set("Write a prompt first")
+            return False
+        if _job_active(context):
+            cls.poll_message_set("A job is running: cancel it or wait for it to finish")
+            return False
+        return True
+
+    def execute(self, context):
+        if not _ensure_connected(self, context):
+            return {"CANCELLED"}
+        try:
+            spec = _job_spec(context, "generate")
+        except ProtocolError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return _submit(self, context, spec)
+
+
+class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
+    """Polish and texture the selected mesh, or only texture it on its own UVs"""
+
+    bl_idname = "dreampolish.refine_selected"
+    bl_label = "Refine Selected"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        if obj is None or not obj.select_get():
+            cls.poll_message_set("Nothing selected: select a mesh object to refine")
+            return False
+        if obj.type != "MESH":
+            cls.poll_message_set(f"{obj.name!r} is a {obj.type.lower()}, not a mesh")
+            return False
+        if _job_active(context):
+            cls.poll_message_set("A job is running: cancel it or wait for it to finish")
+            return False
+        return True
+
+    def execute(self, context):
+        obj = context.active_object
+        s = context.scene.dreampolish
+        if not _ensure_connected(self, context):
+            return {"CANCELLED"}
+        try:
+            mesh = mesh_io.payload_from_object(
+                obj, context.evaluated_depsgraph_get(), world_space=True, limits=_backend_limits())
+            if s.refine_mode == "texture" and mesh.uvs is None:
+                self.report({"ERROR"}, f"{obj.name!r} has no UV map: unwrap it, or use Geometry + Texture")
+                return {"CANCELLED"}
+            spec = _job_spec(context, s.refine_mode, input_mesh=mesh)
+        except ProtocolError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if not spec.prompt:
+            spec.prompt = obj.name
+        return _submit(self, context, spec, target_object=obj.name if s.refine_mode == "texture" else "")
+
+
+class DREAMPOLISH_OT_cancel(bpy.types.Operator):
+    """Cancel the running job"""
+
+    bl_idname = "dreampolish.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        rt = context.window_manager.dreampolish
+        if not rt.job_id or rt.job_state not in ("queued", "running", "paused"):
+            cls.poll_message_set("No job to cancel")
+            return False
+        return True
+
+    def execute(self, context):
+        rt = context.window_manager.dreampolish
+        job_id = rt.job_id
+        if not bridge.request("cancel", lambda client: client.cancel(job_id)):
+            self.report({"ERROR"}, "Not connected to the backend")
+            return {"CANCELLED"}
+        rt.message = "Cancelling…"
+        return {"FINISHED"}
+
+
+class DREAMPOLISH_OT_resume(bpy.types.Operator):
+    """Continue the paused job from the job's object as it is now (your edits included)"""
+
+    bl_idname = "dreampolish.resume"
+    bl_label = "Resume"
+
+    @classmethod
+    def poll(cls, context):
+        if context.window_manager.dreampolish.job_state != "paused":
+            cls.poll_message_set("The job is not paused")
+            return False
+        return True
+
+    def execute(self, context):
+        rt = context.window_manager.dreampolish
+        obj = job_object(context, rt.job_id, rt.paused_stage)
+        mesh = None
+        if obj is not None:
+            try:
+                # The backend's frame is the mesh's own: the object's transform is the artist's.
+                mesh = mesh_io.payload_from_object(
+                    obj, context.evaluated_depsgraph_get(), world_space=False, limits=_backend_limits())
+                mesh.transform = np.eye(4, dtype=np.float32)
+            except ProtocolError as exc:
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+        job_id = rt.job_id
+        if not bridge.request("resume", lambda client: client.resume(job_id, mesh)):
+            self.report({"ERROR"}, "Not connected to the backend")
+            return {"CANCELLED"}
+        rt.message = "Resuming" + (f" from {obj.name!r}" if obj is not None else "")
+        return {"FINISHED"}
+
+
+# --- scene changes -------------------------------------------------------------------------------
+
+
+class DREAMPOLISH_OT_import_result(bpy.types.Operator):
+    """Bring a job's stage result into the scene as an editable, textured mesh"""
+
+    bl_idname = "dreampolish.import_result"
+    bl_label = "Import Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    job_id: StringProperty(name="Job")
+    stage: StringProperty(name="Stage", description="Empty: the latest stage received")
+    new_object: BoolProperty(name="New Object", default=False,
+                             description="Always make a new object (re-import from the history)")
+
+    def execute(self, context):
+        cache = job_events.job_cache()
+        cached = cache.load_stage(self.job_id, self.stage)
+        record = cache.load_record(self.job_id)
+        if cached is None or record is None:
+            self.report({"ERROR"}, f"No stored result for job {self.job_id!r}: fetch it from the backend")
+            return {"CANCELLED"}
+        label = (record.prompt or "DreamPolish")[:40]
+        target = bpy.data.objects.get(record.target_object) if record.mode == "texture" else None
+        if target is not None and not self.new_object:
+            obj = target  # texture-only: the artist's object keeps its own topology and UVs
+        else:
+            obj = self._mesh_object(context, cached, record, label)
+        if cached.texture_files:
+            images = {
+                role: materials.load_image(role, path, f"{label} {cached.stage} {role}")
+                for role, path in cached.texture_files.items()
+                if role in ("base_color", "normal", "roughness_metallic")
+            }
+            mine = obj.active_material if obj.active_material and obj.active_material.get(JOB_PROP) else None
+            mat = materials.textured_material(f"{label} material", images, mine)
+            mat[JOB_PROP] = self.job_id
+            materials.assign_material(obj, mat)
+        obj[JOB_PROP] = self.job_id
+        obj[STAGE_PROP] = cached.stage
+        return {"FINISHED"}
+
+    def _mesh_object(self, context, cached, record: JobRecord, label: str) -> bpy.types.Object:
+        per_stage = context.scene.dreampolish.import_mode == "per_stage"
+        obj = None if (self.new_object or per_stage) else job_object(context, self.job_id)
+        if obj is not None and obj.type == "MESH":
+            mesh_io.fill_mesh(obj.data, cached.mesh)  # in place: the artist's transform stays
+            return obj
+        mesh = mesh_io.new_mesh(f"{label} {cached.stage}", cached.mesh)
+        obj = bpy.data.objects.new(f"{label} {cached.stage}" if per_stage else label, mesh)
+        mesh_io.set_matrix(obj, cached.mesh.transform)
+        self._collection(context, record.job_id if per_stage else "").objects.link(obj)
+        for other in context.view_layer.objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        return obj
+
+    @staticmethod
+    def _collection(context, job_id: str) -> bpy.types.Collection:
+        if not job_id:
+            return context.scene.collection
+        name = f"DreamPolish {job_id}"
+        coll = bpy.data.collections.get(name)
+        if coll is None:
+            coll = bpy.data.collections.new(name)
+        if coll.name not in context.scene.collection.children:
+            context.scene.collection.children.link(coll)
+        return coll
+
+
+class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
+    """Store the received textures in the .blend (or beside it), so the file is self-contained"""
+
+    bl_idname = "dreampolish.bake_to_material"
+    bl_label = "Bake to Material"
+    bl_options = {"REGISTER", "UNDO"}
+
+    save_beside: BoolProperty(
+        name="Save Beside .blend", default=False,
+        description="Save the textures in a textures/ folder beside the saved .blend instead of packing them",
+    )
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        if obj is None or obj.type != "MESH":
+            cls.poll_message_set("Select a mesh object with a DreamPolish material")
+            return False
+        if not any(materials.material_images(m) for m in obj.data.materials if m):
+            cls.poll_message_set(f"{obj.name!r} has no image textures to bake")
+            return False
+        return True
+
+    def execute(self, context):
+        obj = context.active_object
+        images = [img for m in obj.data.materials if m for img in materials.material_images(m)]
+        save_dir = None
+        if self.save_beside:
+            if not bpy.data.filepath:
+                self.report({"ERROR"}, "Save the .blend first, or pack the textures instead")
+                return {"CANCELLED"}
+            save_dir = Path(bpy.data.filepath).parent / "textures"
+        n = materials.bake_images(images, save_dir)
+        self.report({"INFO"}, f"{n} textures stored {'beside the file' if save_dir else 'in the file'}")
+        return {"FINISHED"}
+
+
+class DREAMPOLISH_OT_randomize_seed(bpy.types.Operator):
+    """Pick a new random seed"""
+
+    bl_idname = "dreampolish.randomize_seed"
+    bl_label = "Randomise Seed"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        context.scene.dreampolish.seed = random.randrange(0, 2**31 - 1)
+        return {"FINISHED"}
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+class DREAMPOLISH_OT_reimport(bpy.types.Operator):
+    """Import the selected history job's latest result again (fetched from the backend if not cached)"""
+
+    bl_idname = "dreampolish.reimport"
+    bl_label = "Re-import"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        rt = context.window_manager.dreampolish
+        if not (0 <= rt.history_index < len(rt.history)):
+            cls.poll_message_set("Pick a job in the history list")
+            return False
+        return True
+
+    def execute(self, context):
+        rt = context.window_manager.dreampolish
+        job_id = rt.history[rt.history_index].job_id
+        if job_events.job_cache().load_stage(job_id) is not None:
+            return bpy.ops.dreampolish.import_result(job_id=job_id, new_object=True)
+        if not _ensure_connected(self, context):
+            return {"CANCELLED"}
+        rt.job_id = job_id
+        bridge.request("fetch_result", lambda client: client.fetch_result(job_id))
+        rt.message = f"Fetching job {job_id} from the backend…"
+        return {"FINISHED"}
+
+
+class DREAMPOLISH_OT_refresh_history(bpy.types.Operator):
+    """Reload the job history (and the states the backend knows)"""
+
+    bl_idname = "dreampolish.refresh_history"
+    bl_label = "Refresh History"
+
+    def execute(self, context):
+        job_events.refresh_history()
+        if bridge.is_connected():
+            bridge.request("list_jobs", lambda client: client.list_jobs())
+        return {"FINISHED"}
+
+
+# --- local backend -------------------------------------------------------------------------------
+
+
+def backend_running() -> bool:
+    return _backend_process is not None and _backend_process.poll() is None
+
+
+class DREAMPOLISH_OT_backend_start(bpy.types.Operator):
+    """Start the backend executable set in the preferences on this machine"""
+
+    bl_idname = "dreampolish.backend_start"
+    bl_label = "Start Backend"
+
+    @classmethod
+    def poll(cls, context):
+        if backend_running():
+            cls.poll_message_set("The local backend is already running")
+            return False
+        if not prefs(context).backend_executable:
+            cls.poll_message_set("Set the path of the backend executable in the preferences")
+            return False
+        return True
+
+    def execute(self, context):
+        global _backend_process
+        p = prefs(context)
+        exe = bpy.path.abspath(p.backend_executable)
+        cmd = [exe, "serve", "--bind", p.backend_address, "--store", str(user_dir("store"))]
+        if p.backend_pipeline:
+            cmd += ["--pipeline", p.backend_pipeline]
+        try:
+            _backend_process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            self.report({"ERROR"}, f"Could not start {exe}: {exc}")
+            return {"CANCELLED"}
+        context.window_manager.dreampolish.backend_running = True
+        self.report({"INFO"}, f"Backend started on {p.backend_address}")
+        return {"FINISHED"}
+
+
+def stop_backend(timeout_s: float = 10.0) -> None:
+    global _backend_process
+    proc, _backend_process = _backend_process, None
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class DREAMPOLISH_OT_backend_stop(bpy.types.Operator):
+    """Stop the backend this add-on started"""
+
+    bl_idname = "dreampolish.backend_stop"
+    bl_label = "Stop Backend"
+
+    @classmethod
+    def poll(cls, context):
+        if not backend_running():
+            cls.poll_message_set("No local backend started by DreamPolish is running")
+            return False
+        return True
+
+    def execute(self, context):
+        bridge.disconnect()
+        stop_backend()
+        rt = context.window_manager.dreampolish
+        rt.backend_running = False
+        rt.connection = "disconnected"
+        return {"FINISHED"}
+
+
+classes = (
+    DREAMPOLISH_OT_connect,
+    DREAMPOLISH_OT_disconnect,
+    DREAMPOLISH_OT_generate,
+    DREAMPOLISH_OT_refine_selected,
+    DREAMPOLISH_OT_cancel,
+    DREAMPOLISH_OT_resume,
+    DREAMPOLISH_OT_import_result,
+    DREAMPOLISH_OT_bake_to_material,
+    DREAMPOLISH_OT_randomize_seed,
+    DREAMPOLISH_OT_reimport,
+    DREAMPOLISH_OT_refresh_history,
+    DREAMPOLISH_OT_backend_start,
+    DREAMPOLISH_OT_backend_stop,
+)

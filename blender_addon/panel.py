@@ -1,0 +1,146 @@
+"""The "DreamPolish" tab of the 3D viewport's sidebar (N-panel): one small panel per task."""
+
+from __future__ import annotations
+
+import bpy
+
+from .properties import USER_STAGES
+
+
+class _DreamPolishPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DreamPolish"
+
+
+class DREAMPOLISH_PT_main(_DreamPolishPanel, bpy.types.Panel):
+    bl_idname = "DREAMPOLISH_PT_main"
+    bl_label = "DreamPolish"
+
+    def draw(self, context):
+        layout = self.layout
+        rt = context.window_manager.dreampolish
+        row = layout.row(align=True)
+        icon = {"connected": "LINKED", "error": "ERROR", "connecting": "SORTTIME"}.get(rt.connection, "UNLINKED")
+        row.label(text=rt.bl_rna.properties["connection"].enum_items[rt.connection].name, icon=icon)
+        if rt.connection == "connected":
+            row.operator("dreampolish.disconnect", text="", icon="X")
+        else:
+            row.operator("dreampolish.connect", text="", icon="PLUGIN")
+        if rt.device:
+            layout.label(text=f"Device: {rt.device}", icon="DESKTOP")
+        if rt.message:
+            box = layout.box()
+            box.alert = rt.connection == "error" or rt.job_state == "failed"
+            box.label(text=rt.message)
+
+
+class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
+    bl_idname = "DREAMPOLISH_PT_prompt"
+    bl_label = "Generate"
+    bl_parent_id = "DREAMPOLISH_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.dreampolish
+        layout.prop(s, "prompt", text="")
+        layout.prop(s, "negative_prompt")
+        row = layout.row(align=True)
+        row.prop(s, "seed")
+        row.operator("dreampolish.randomize_seed", text="", icon="FILE_REFRESH")
+        layout.prop(s, "preset")
+        layout.operator("dreampolish.generate", icon="PLAY")
+
+
+class DREAMPOLISH_PT_stages(_DreamPolishPanel, bpy.types.Panel):
+    bl_idname = "DREAMPOLISH_PT_stages"
+    bl_label = "Stages"
+    bl_parent_id = "DREAMPOLISH_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        s = context.scene.dreampolish
+        grid = self.layout.grid_flow(columns=3, align=True)
+        grid.label(text="Stage")
+        grid.label(text="Run")
+        grid.label(text="Pause")
+        for stage in USER_STAGES:
+            grid.label(text=stage.capitalize())
+            grid.prop_enum(s, "stages", stage, text="")
+            grid.prop_enum(s, "pause_after", stage, text="")
+        self.layout.prop(s, "overrides")
+        self.layout.prop(s, "import_mode")
+        self.layout.prop(s, "camera_collection")
+        if context.scene.camera is None and s.camera_collection is None:
+            self.layout.prop(s, "orbit_views")
+
+
+class DREAMPOLISH_PT_refine(_DreamPolishPanel, bpy.types.Panel):
+    bl_idname = "DREAMPOLISH_PT_refine"
+    bl_label = "Refine & Bake"
+    bl_parent_id = "DREAMPOLISH_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        s = context.scene.dreampolish
+        layout.prop(s, "refine_mode", expand=True)
+        layout.operator("dreampolish.refine_selected", icon="MODIFIER")
+        layout.operator("dreampolish.bake_to_material", icon="MATERIAL")
+
+
+class DREAMPOLISH_PT_job(_DreamPolishPanel, bpy.types.Panel):
+    bl_idname = "DREAMPOLISH_PT_job"
+    bl_label = "Job"
+    bl_parent_id = "DREAMPOLISH_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        rt = context.window_manager.dreampolish
+        if not rt.job_id:
+            layout.label(text="No job yet")
+            return
+        layout.label(text=f"{rt.job_id}: {rt.job_state or 'unknown'}")
+        if rt.stage:
+            text = f"{rt.stage} {rt.step}/{rt.total}" if rt.total else rt.stage
+            layout.progress(factor=rt.progress, type="BAR", text=text)
+        row = layout.row(align=True)
+        if rt.job_state == "paused":
+            row.operator("dreampolish.resume", icon="PLAY")
+        row.operator("dreampolish.cancel", icon="CANCEL")
+        if rt.preview is not None:
+            layout.template_icon(icon_value=layout.icon(rt.preview), scale=8.0)
+
+
+class DREAMPOLISH_UL_history(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0):
+        row = layout.row(align=True)
+        row.label(text=item.prompt or item.job_id, icon={
+            "done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL", "paused": "PAUSE",
+        }.get(item.status, "SORTTIME"))
+        row.label(text=f"{item.seed} · {item.preset} · {item.status}")
+
+
+class DREAMPOLISH_PT_history(_DreamPolishPanel, bpy.types.Panel):
+    bl_idname = "DREAMPOLISH_PT_history"
+    bl_label = "History"
+    bl_parent_id = "DREAMPOLISH_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        rt = context.window_manager.dreampolish
+        row = self.layout.row()
+        row.template_list("DREAMPOLISH_UL_history", "", rt, "history", rt, "history_index", rows=4)
+        col = row.column(align=True)
+        col.operator("dreampolish.refresh_history", text="", icon="FILE_REFRESH")
+        col.operator("dreampolish.reimport", text="", icon="IMPORT")
+
+
+classes = (
+    DREAMPOLISH_PT_main,
+    DREAMPOLISH_PT_prompt,
+    DREAMPOLISH_PT_stages,
+    DREAMPOLISH_PT_refine,
+    DREAMPOLISH_PT_job,
+    DREAMPOLISH_UL_history,
+    DREAMPOLISH_PT_history,
+)

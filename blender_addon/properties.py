@@ -1,0 +1,141 @@
+"""The add-on's properties, grouped: what the artist asks for lives on the scene (saved in the
+.blend); connection and job state live on the window manager (runtime only, never saved)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .protocol.job import STAGES
+
+# Stages the artist can toggle: export is the backend's own last step and always runs.
+USER_STAGES = tuple(s for s in STAGES if s != "export")
+STAGE_ITEMS = [(s, s.capitalize(), f"The {s} stage") for s in USER_STAGES]
+
+FALLBACK_PRESETS = ("tiny", "auto")
+"""Offered before a backend has announced its own presets."""
+
+_preset_items_cache: list[tuple[str, str, str]] = []
+
+
+def available_presets() -> list[str]:
+    from . import bridge  # the welcome message of the current connection lists the presets
+
+    welcome = bridge.current_welcome()
+    return list(welcome.presets) if welcome is not None and welcome.presets else list(FALLBACK_PRESETS)
+
+
+def _preset_items(self, context):
+    # Blender keeps only pointers to these strings: hold the list at module level.
+    _preset_items_cache[:] = [(p, p, f"Backend preset {p!r}") for p in available_presets()]
+    return _preset_items_cache
+
+
+class DreamPolishSceneSettings(bpy.types.PropertyGroup):
+    """What to make and how; saved with the scene."""
+
+    prompt: StringProperty(name="Prompt", description="What to make (or what the selected mesh is)", default="")
+    negative_prompt: StringProperty(name="Negative", description="What to avoid", default="")
+    seed: IntProperty(name="Seed", description="Seed of every random choice", default=0, min=0)
+    preset: EnumProperty(name="Preset", description="Backend preset (quality vs. time)", items=_preset_items)
+    stages: EnumProperty(
+        name="Stages", description="Stages to run", items=STAGE_ITEMS, options={"ENUM_FLAG"},
+        default=set(USER_STAGES),
+    )
+    pause_after: EnumProperty(
+        name="Pause After", description="Stop after these stages so the mesh can be edited before resuming",
+        items=STAGE_ITEMS, options={"ENUM_FLAG"}, default=set(),
+    )
+    refine_mode: EnumProperty(
+        name="Refine", description="What Refine Selected does",
+        items=[
+            ("geometry", "Geometry + Texture", "Polish the selected mesh's surface, then texture it"),
+            ("texture", "Texture Only", "Keep the mesh and its UVs; bake a texture onto them"),
+        ],
+        default="geometry",
+    )
+    import_mode: EnumProperty(
+        name="Import", description="How stage results appear in the scene",
+        items=[
+            ("update", "Update One Object", "One object per job, updated in place by each stage"),
+            ("per_stage", "Object per Stage", "Keep every stage's mesh in the job's collection"),
+        ],
+        default="update",
+    )
+    camera_collection: PointerProperty(
+        name="Rig Cameras", type=bpy.types.Collection,
+        description="Cameras of this collection join the active camera in the camera rig",
+    )
+    overrides: StringProperty(
+        name="Overrides",
+        description="Preset overrides for this job, as stage.field=value separated by commas (e.g. nerf.steps=500)",
+        default="",
+    )
+    orbit_views: IntProperty(
+        name="Orbit Views", description="Cameras of the default orbit used when the scene has no camera",
+        default=4, min=1, max=32,
+    )
+
+
+class DreamPolishHistoryItem(bpy.types.PropertyGroup):
+    """One job of the history list."""
+
+    job_id: StringProperty(name="Job")
+    prompt: StringProperty(name="Prompt")
+    seed: IntProperty(name="Seed")
+    preset: StringProperty(name="Preset")
+    mode: StringProperty(name="Mode")
+    status: StringProperty(name="Status")
+    last_stage: StringProperty(name="Last Stage", description="Latest stage result received")
+
+
+class DreamPolishRuntime(bpy.types.PropertyGroup):
+    """Connection and job state; lives on the window manager, so it is never saved in a .blend."""
+
+    connection: EnumProperty(
+        name="Connection",
+        items=[
+            ("disconnected", "Disconnected", ""),
+            ("connecting", "Connecting", ""),
+            ("connected", "Connected", ""),
+            ("error", "Error", ""),
+        ],
+        default="disconnected",
+    )
+    device: StringProperty(name="Device", description="The backend's compute device")
+    message: StringProperty(name="Message", description="Last status or error message")
+    job_id: StringProperty(name="Job", description="The job this window follows")
+    job_state: StringProperty(name="State", default="")
+    stage: StringProperty(name="Stage")
+    step: IntProperty(name="Step")
+    total: IntProperty(name="Total")
+    progress: FloatProperty(name="Progress", subtype="FACTOR", min=0.0, max=1.0)
+    last_seq: IntProperty(name="Last Event", description="Sequence number of the job's latest event seen")
+    paused_stage: StringProperty(name="Paused After")
+    target_object: StringProperty(
+        name="Target", description="Object that receives this job's results (texture-only refine)")
+    preview: PointerProperty(name="Preview", type=bpy.types.Image)
+    history: CollectionProperty(type=DreamPolishHistoryItem)
+    history_index: IntProperty(name="History Index", default=0)
+    backend_running: BoolProperty(name="Local Backend Running", default=False)
+
+
+classes = (DreamPolishSceneSettings, DreamPolishHistoryItem, DreamPolishRuntime)
+
+
+def register_properties() -> None:
+    bpy.types.Scene.dreampolish = PointerProperty(type=DreamPolishSceneSettings)
+    bpy.types.WindowManager.dreampolish = PointerProperty(type=DreamPolishRuntime)
+
+
+def unregister_properties() -> None:
+    del bpy.types.WindowManager.dreampolish
+    del bpy.types.Scene.dreampolish

@@ -1,0 +1,62 @@
+"""Shared set-up of the add-on's tests, which run inside the bpy module (.venv-blender, or .venv-blender313).
+
+The built extension zip (build/, from `make addon`; built here if missing) is installed into a
+temporary extension repository exactly as Blender installs it, and enabled. Blender's user
+folders point to a temporary directory, so nothing is written to the real home.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_USER_RESOURCES = Path(tempfile.mkdtemp(prefix="dreampolish-blender-user-"))
+# Must be set before bpy is imported: Blender reads it once at start-up.
+os.environ["BLENDER_USER_RESOURCES"] = str(_USER_RESOURCES)
+
+bpy = pytest.importorskip("bpy", reason="the add-on tests run inside Blender's bpy module (.venv-blender)")
+addon_utils = pytest.importorskip("addon_utils")  # on sys.path only once bpy is imported
+
+REPO_NAME = "dreampolish_test"
+ADDON_ID = "dreampolish"
+MODULE = f"bl_ext.{REPO_NAME}.{ADDON_ID}"
+BACKEND_EXE = REPO_ROOT / ".venv" / "bin" / "dreampolish-backend"
+TEST_PIPELINE = "tests.pipelines:ScriptedPipeline"
+
+
+def built_zip() -> Path:
+    """The Linux x86_64 zip of the extension; built with this interpreter's Blender if absent."""
+    zips = sorted((REPO_ROOT / "build").glob("dreampolish-*-linux_x64.zip"))
+    if not zips:
+        builder = REPO_ROOT / ".venv" / "bin" / "python"
+        if not builder.exists():
+            pytest.skip("no built extension in build/ and no .venv to build it: run `make addon`")
+        subprocess.run(
+            [str(builder), str(REPO_ROOT / "build_addon.py"), "--blender-python", sys.executable],
+            check=True, cwd=REPO_ROOT,
+        )
+        zips = sorted((REPO_ROOT / "build").glob("dreampolish-*-linux_x64.zip"))
+    return zips[-1]
+
+
+def pump(addon, until: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
+    """Drain the add-on's event queue (what its timer does in a live Blender) until `until()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        addon.bridge.drain()
+        if until():
+            return
+        time.sleep(0.02)
+    rt = bpy.context.window_manager.dreampolish
+    raise AssertionError(
+        f"timed out after {timeout_s} s waiting for {what or 'a condition'}; "
+        f"job state {rt.job_state!r}, message {rt.message!r}"
+    )

@@ -1,0 +1,97 @@
+"""The built zip installs as an extension, registers its UI, and disables without leftovers."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+
+import addon_utils
+import bpy
+
+from tests.addon.blender_env import ADDON_ID, MODULE, built_zip
+
+OPERATORS = (
+    "connect", "disconnect", "generate", "refine_selected", "cancel", "resume", "import_result",
+    "bake_to_material", "randomize_seed", "reimport", "refresh_history", "backend_start", "backend_stop",
+)
+PANELS = ("DREAMPOLISH_PT_main", "DREAMPOLISH_PT_prompt", "DREAMPOLISH_PT_stages", "DREAMPOLISH_PT_refine",
+          "DREAMPOLISH_PT_job", "DREAMPOLISH_PT_history")
+
+
+def test_zip_bundles_vendored_protocol_and_wheels_for_both_pythons():
+    with zipfile.ZipFile(built_zip()) as z:
+        names = z.namelist()
+        manifest = z.read("blender_manifest.toml").decode()
+    assert "protocol/client.py" in names and "protocol/scene.py" in names
+    assert "protocol/cli.py" not in names
+    assert not any(n.startswith("requirements-test") for n in names)
+    wheels = [n for n in names if n.startswith("wheels/")]
+    for package in ("pyzmq", "msgpack"):
+        tags = {w.split("-")[2] for w in wheels if w.startswith(f"wheels/{package}-")}
+        assert "cp311" in tags, (package, tags)
+        assert {"cp313", "cp312"} & tags, (package, tags)  # pyzmq ships abi3 (cp312) wheels for 3.13
+    assert f'id = "{ADDON_ID}"' in manifest
+    assert 'blender_version_min = "4.2.0"' in manifest
+    assert "network =" in manifest
+
+
+def test_installed_extension_registers_panel_operators_and_preferences(addon):
+    assert addon.__name__ == MODULE
+    assert addon_utils.check(MODULE)[1], "the extension is not enabled"
+    for op in OPERATORS:
+        assert hasattr(bpy.ops.dreampolish, op), op
+        assert getattr(bpy.ops.dreampolish, op).get_rna_type() is not None
+    for panel in PANELS:
+        cls = getattr(bpy.types, panel)
+        assert cls.bl_category == "DreamPolish" and cls.bl_space_type == "VIEW_3D"
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    assert prefs.backend_address.startswith("tcp://127.0.0.1:")
+    assert prefs.bl_rna.properties["server_key"].subtype == "PASSWORD"
+    # The artist's choices live in one group on the scene, runtime state on the window manager.
+    assert isinstance(bpy.context.scene.dreampolish.prompt, str)
+    assert bpy.context.window_manager.dreampolish.connection == "disconnected"
+    # The vendored protocol is the extension's own subpackage.
+    assert addon.bridge.BackendClient.__module__ == f"{MODULE}.protocol.client"
+
+
+def test_cache_lives_in_the_extension_user_directory_not_the_addon_folder(addon):
+    cache = addon.preferences.user_dir("jobs")
+    addon_dir = addon.__file__.rsplit("/", 1)[0]
+    assert cache.is_dir()
+    assert not str(cache).startswith(addon_dir)
+
+
+def _client_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("dreampolish-client")]
+
+
+def test_disable_stops_thread_and_timer_and_enable_again(addon, fresh_scene):
+    bridge = addon.bridge
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.timeout_s = 30.0  # keep the handshake waiting while we disable
+    prefs.backend_address = "tcp://127.0.0.1:9"  # nothing listens: the thread keeps trying
+    bridge.connect(addon.operators._settings(bpy.context), wait=False)
+    assert _client_threads(), "the client thread did not start"
+    assert bpy.app.timers.is_registered(bridge._timer)
+
+    addon_utils.disable(MODULE, default_set=True)
+    try:
+        assert not _client_threads(), "a client thread outlived the add-on"
+        assert not bpy.app.timers.is_registered(bridge._timer)
+        assert bridge._on_load_pre not in bpy.app.handlers.load_pre
+        assert not hasattr(bpy.types, "DREAMPOLISH_PT_main")
+        assert not hasattr(bpy.types.Scene, "dreampolish")
+    finally:
+        addon_utils.enable(MODULE, default_set=True)
+    assert hasattr(bpy.types, "DREAMPOLISH_PT_main")
+    assert bpy.context.window_manager.dreampolish.connection == "disconnected"
+
+
+def test_closing_the_file_stops_the_client_thread(addon, fresh_scene):
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.timeout_s = 30.0
+    prefs.backend_address = "tcp://127.0.0.1:9"
+    addon.bridge.connect(addon.operators._settings(bpy.context), wait=False)
+    assert _client_threads()
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert not _client_threads()
