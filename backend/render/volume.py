@@ -125,7 +125,8 @@ def render_volume(
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """-> {"rgb": [B,H,W,3], "opacity": [B,H,W,1], "depth": [B,H,W,1] (camera z-depth, 0 on background),
-    "normal": [B,H,W,3] (opacity-weighted world normals, background zero; only with want_normals)}.
+    "normal": [B,H,W,3] (opacity-weighted world normals, background zero) and "orientation": [B,H,W,1]
+    (per-ray Ref-NeRF penalty), both only with want_normals}.
     `generator` jitters the samples (training); None samples at bin centres (evaluation)."""
     origins, dirs, forward = camera_rays(cameras)
     b, h, w, _ = origins.shape
@@ -176,9 +177,15 @@ def render_volume(
         acc = weights.sum(-1, keepdim=True)
         rgb = (weights[..., None] * color.reshape(n, s, 3)).sum(1) + (1 - acc) * bg
         depth = (weights * t).sum(-1, keepdim=True) * cos_fwd[ids, None]
-        nrm = (weights[..., None] * normal.reshape(n, s, 3)).sum(1)
-        pieces.append((ids, rgb, acc, depth, nrm))
-    for ids, rgb, acc, depth, nrm in pieces:
+        normal = normal.reshape(n, s, 3)
+        nrm = (weights[..., None] * normal).sum(1)
+        # Ref-NeRF orientation penalty per ray: sum_i w_i max(0, n_i . d)^2
+        facing_away = F.relu((normal * d[ids, None, :]).sum(-1))
+        orient = (weights * facing_away**2).sum(-1, keepdim=True)
+        pieces.append((ids, rgb, acc, depth, nrm, orient))
+    orient_out = torch.zeros(n_rays, 1, device=dev)
+    for ids, rgb, acc, depth, nrm, orient in pieces:
+        orient_out = orient_out.index_put((ids,), orient)
         rgb_out = rgb_out.index_put((ids,), rgb)
         opacity_out = opacity_out.index_put((ids,), acc)
         depth_out = depth_out.index_put((ids,), depth)
@@ -190,6 +197,7 @@ def render_volume(
     }
     if want_normals:
         out["normal"] = normal_out.reshape(b, h, w, 3)
+        out["orientation"] = orient_out.reshape(b, h, w, 1)
     return out
 
 
