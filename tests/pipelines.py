@@ -21,13 +21,21 @@ ctx.work_dir and skips them when run again with a ResumePoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import struct
+import sys
 import time
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from dreampolish.backend.pipeline_api import JobContext, JobFailed, ResumePoint, RunOutcome
+from dreampolish.backend.server import BackendServer, ServerConfig
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import STAGES, JobSpec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
@@ -136,3 +144,48 @@ class ScriptedPipeline:
         if stage == "texture":
             mesh.textures.append(TexturePayload(role="base_color", png=png_rgb(8, 8, (200, 60, 30))))
         return mesh
+
+
+# --- starting a backend in tests -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_backend(store: Path, pipeline: type = ScriptedPipeline, **config: Any) -> Iterator[BackendServer]:
+    """An in-process backend on a free loopback port; `server.endpoint` is its address."""
+    server = BackendServer(ServerConfig(bind="tcp://127.0.0.1:*", store_dir=store, **config), pipeline)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def backend_command(store: Path, *args: str) -> list[str]:
+    """argv of a real `dreampolish-backend serve` process with ScriptedPipeline (run it with PYTHONPATH=repo)."""
+    return [
+        sys.executable,
+        "-m",
+        "dreampolish.backend.cli",
+        "serve",
+        "--store",
+        str(store),
+        "--pipeline",
+        "tests.pipelines:ScriptedPipeline",
+        "--device",
+        "cpu",
+        *args,
+    ]
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def repo_env() -> dict[str, str]:
+    """Environment for a subprocess that imports tests.pipelines."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env

@@ -60,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ImportError, OSError) as exc:
         log.error("cannot start the backend: %s", exc)
         return 2
+    # SIGTERM/SIGINT stop the loop; running jobs are interrupted and resume after a restart.
+    server.install_signal_handlers()
     server.serve_forever()
     return 0

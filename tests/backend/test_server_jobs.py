@@ -1,0 +1,211 @@
+"""The job system through a real server on loopback: events, attach after a lost client, restart,
+cancel, failures, pause and resume."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from dreampolish.protocol import messages as m
+from dreampolish.protocol.client import BackendClient, JobFailedError, RequestRejected, UnknownJobError
+from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.scene import MeshPayload
+from tests.pipelines import MODE_STAGES, backend_command, free_tcp_endpoint, repo_env, running_backend
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def client_for(endpoint: str) -> BackendClient:
+    c = BackendClient(endpoint, timeout_s=10, heartbeat_s=0.5, dead_after_s=5)
+    c.connect()
+    return c
+
+
+def test_job_streams_every_stage_and_fetch_returns_them(tmp_path):
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        assert client.welcome.presets == ["tiny", "fast"] and client.welcome.devices == ["cpu"]
+        job = client.submit(JobSpec("a teapot", options={"test.preview": True}))
+        events = list(client.events(job, timeout_s=30))
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert isinstance(events[-1], m.Done)
+        previews = [e.preview_png for e in events if isinstance(e, m.Progress)]
+        assert previews and all(p.startswith(b"\x89PNG") for p in previews)
+        streamed = [e for e in events if isinstance(e, m.StageResult)]
+        assert [s.stage for s in streamed] == list(MODE_STAGES["generate"])
+        fetched = client.fetch_result(job)
+        assert fetched.state == "done"
+        assert [s.stage for s in fetched.stage_results] == [s.stage for s in streamed]
+        np.testing.assert_array_equal(fetched.stage_results[-1].mesh.vertices, streamed[-1].mesh.vertices)
+        assert fetched.stage_results[-1].mesh.texture("base_color") is not None
+        [info] = client.list_jobs()
+        assert info.job_id == job and info.state == "done" and info.stages_done == list(MODE_STAGES["generate"])
+
+
+def test_rejected_spec_is_an_error_reply_and_nothing_is_queued(tmp_path):
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        with pytest.raises(RequestRejected, match="preset 'huge'"):
+            client.submit(JobSpec("a teapot", preset="huge"))
+        with pytest.raises(UnknownJobError):
+            client.attach("no-such-job")
+        assert client.list_jobs() == []
+
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from dreampolish.protocol.client import BackendClient
+    from dreampolish.protocol.job import JobSpec
+    client = BackendClient(sys.argv[1])
+    client.connect()
+    job = client.submit(JobSpec("a lost client", options={"test.steps": 4, "test.step_s": 0.05}))
+    print("job", job, flush=True)
+    for event in client.events(job):
+        print("seq", event.seq, event.TYPE, flush=True)
+    """
+)
+
+
+def test_killed_client_then_attach_gets_every_later_event_exactly_once(tmp_path):
+    with running_backend(tmp_path) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLIENT_SCRIPT, server.endpoint], stdout=subprocess.PIPE, text=True, env=repo_env()
+        )
+        job, last_seq = "", 0
+        for line in proc.stdout:
+            word, value, *_ = line.split()
+            if word == "job":
+                job = value
+            elif int(value) >= 6:
+                last_seq = int(value)
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert job and last_seq >= 6
+        with client_for(server.endpoint) as client:
+            client.attach(job, last_seq)
+            events = list(client.events(job, timeout_s=30))
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(last_seq + 1, last_seq + 1 + len(seqs)))
+        assert isinstance(events[-1], m.Done)
+        # Together with what the killed client saw, the stages are all there, once each.
+        full = server.manager.stage_results(job)[1]
+        assert [s.seq for s in full if s.seq > last_seq] == [e.seq for e in events if isinstance(e, m.StageResult)]
+        assert [s.stage for s in full] == list(MODE_STAGES["generate"])
+
+
+def wait_ready(endpoint: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "backend exited"
+        try:
+            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
+                c.connect()
+                return
+        except Exception:
+            time.sleep(0.2)
+    raise TimeoutError("backend did not come up")
+
+
+def start_backend(store, endpoint) -> subprocess.Popen:
+    proc = subprocess.Popen(backend_command(store, "--bind", endpoint), env=repo_env(), stderr=subprocess.DEVNULL)
+    wait_ready(endpoint, proc)
+    return proc
+
+
+def stop_backend(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def test_restarted_backend_serves_finished_results_and_resumes_interrupted_jobs(tmp_path):
+    endpoint = free_tcp_endpoint()
+    proc = start_backend(tmp_path, endpoint)
+    try:
+        with client_for(endpoint) as client:
+            finished = client.submit(JobSpec("finished before the restart"))
+            client.wait(finished, timeout_s=30)
+            slow = client.submit(JobSpec("interrupted", options={"test.steps": 10, "test.step_s": 0.05}))
+            for event in client.events(slow, timeout_s=30):
+                if isinstance(event, m.StageResult) and event.stage == "neus":
+                    break
+        stop_backend(proc)
+        proc = start_backend(tmp_path, endpoint)
+        with client_for(endpoint) as client:
+            result = client.fetch_result(finished)
+            assert result.state == "done"
+            assert [s.stage for s in result.stage_results] == list(MODE_STAGES["generate"])
+            client.attach(slow, 0)
+            events = list(client.events(slow, timeout_s=60, until_pause=False))
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert any(isinstance(e, m.Resumed) for e in events) and isinstance(events[-1], m.Done)
+            stages = [e.stage for e in events if isinstance(e, m.StageResult)]
+            # The pipeline continued from its checkpoint: no stage ran twice.
+            assert stages == list(MODE_STAGES["generate"])
+    finally:
+        stop_backend(proc)
+
+
+def test_cancel_stops_within_one_step_and_the_next_job_runs(tmp_path):
+    step_s = 0.3
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        slow = client.submit(JobSpec("slow", options={"test.steps": 1000, "test.step_s": step_s}))
+        quick = client.submit(JobSpec("quick"))
+        for event in client.events(slow, timeout_s=30):
+            if isinstance(event, m.Progress):
+                break
+        t0 = time.monotonic()
+        client.cancel(slow)
+        events = list(client.events(slow, timeout_s=30))
+        latency = time.monotonic() - t0
+        assert isinstance(events[-1], m.Cancelled)
+        assert latency < step_s + 1.0, f"cancel took {latency:.2f} s with {step_s} s steps"
+        assert sum(isinstance(e, m.Progress) for e in events) <= 1
+        assert len(client.wait(quick, timeout_s=30)) == len(MODE_STAGES["generate"])
+        states = {j.job_id: j.state for j in client.list_jobs()}
+        assert states == {slow: "cancelled", quick: "done"}
+        with pytest.raises(RequestRejected, match="already cancelled"):
+            client.cancel(slow)
+
+
+@pytest.mark.parametrize(
+    "kind, code, text",
+    [
+        ("oom", "out_of_memory", "smaller preset"),
+        ("error", "internal_error", "scripted failure in neus"),
+        ("job_failed", "model_missing", "not installed"),
+    ],
+)
+def test_failing_pipeline_fails_only_that_job(tmp_path, kind, code, text):
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        bad = client.submit(JobSpec("bad", options={"test.fail_stage": "neus", "test.fail_kind": kind}))
+        good = client.submit(JobSpec("good"))
+        with pytest.raises(JobFailedError) as info:
+            client.wait(bad, timeout_s=30)
+        assert info.value.code == code and text in info.value.message
+        assert len(client.wait(good, timeout_s=30)) == len(MODE_STAGES["generate"])
+        failed = next(j for j in client.list_jobs() if j.job_id == bad)
+        assert failed.state == "failed" and text in failed.error
+
+
+def test_pause_then_resume_with_an_edited_mesh(tmp_path):
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        job = client.submit(JobSpec("gated", pause_after=["dmtet"]))
+        events = list(client.events(job, timeout_s=30))
+        assert isinstance(events[-1], m.Paused) and events[-1].stage == "dmtet"
+        assert next(j for j in client.list_jobs() if j.job_id == job).state == "paused"
+        edited = MeshPayload(
+            vertices=np.random.default_rng(0).random((10, 3), dtype=np.float32),
+            faces=np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [7, 8, 9]], np.uint32),
+        )
+        client.resume(job, edited)
+        later = [e for e in client.events(job, timeout_s=30) if isinstance(e, m.StageResult)]
+        assert [e.stage for e in later] == ["polish", "texture"]
+        assert all(e.mesh.num_vertices == 10 and e.mesh.num_faces == 4 for e in later)
+        with pytest.raises(RequestRejected, match="not paused"):
+            client.resume(job)
