@@ -1,0 +1,330 @@
+"""Pure-PyTorch mesh rasteriser (CPU or any device), the fallback behind MeshRasterizer.
+
+Two passes:
+1. Visibility, without gradients: every triangle is binned to the pixel centres inside its
+   screen bounding box; each (triangle, pixel) candidate is tested with edge functions and
+   the nearest one per pixel is found with a scatter-min on depth (ties: lowest face id).
+2. Attributes, with gradients: for the winning face of every covered pixel the
+   perspective-correct barycentrics are recomputed from the clip-space vertices, so that
+   everything interpolated from them is differentiable w.r.t. vertex positions.
+
+Silhouettes get their gradients from analytic edge antialiasing (`antialias`), in the
+manner of nvdiffrast's antialias op: for neighbouring pixels p, q on either side of a
+silhouette edge, the edge crosses the segment between their centres at t in [0, 1]
+(0 at p, the covered side); with a 1-D box filter the uncovered pixel q receives
+max(t - 1/2, 0) of p's colour and p receives max(1/2 - t, 0) of q's colour. t is a
+differentiable function of the edge's screen position, hence of the vertices.
+"""
+
+from __future__ import annotations
+
+import torch
+from dreampolish.backend.geometry.mesh import TriMesh
+from dreampolish.backend.render.cameras import DEFAULT_NEAR, CameraBatch
+from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate, shade_normals
+from torch import Tensor
+
+CANDIDATE_CHUNK = 1 << 22
+"""Most (triangle, pixel) candidates tested at once; bounds the memory of huge triangles."""
+TILE_SIDES = (2, 4, 8, 16)
+"""Size classes (bounding-box side in pixels) of triangles rasterised as dense tiles."""
+MIN_CLIP_W = 0.5 * DEFAULT_NEAR
+"""Triangles with a vertex at a smaller clip w (camera depth) are not drawn."""
+
+
+def screen_positions(clip: Tensor, width: int, height: int) -> Tensor:
+    """[...,2] pixel coordinates (x right, y down from the top-left corner) of clip positions [...,4]."""
+    ndc = clip[..., :2] / clip[..., 3:4]
+    return torch.stack([(ndc[..., 0] + 1.0) * (0.5 * width), (1.0 - ndc[..., 1]) * (0.5 * height)], dim=-1)
+
+
+def _edge_functions(corners: Tensor, p: Tensor) -> Tensor:
+    """[...,3] signed doubled areas l_k = cross(c_{k+1} - p, c_{k+2} - p) for corners [...,3,2] and
+    points [...,2]; l / sum(l) are p's screen-space barycentrics."""
+    d = corners - p.unsqueeze(-2)
+    d1, d2 = d.roll(-1, dims=1), d.roll(-2, dims=1)
+    return d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0]
+
+
+def _fragment_test(rows: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor]:
+    """(inside, depth) of candidate pixels (px, py) against faces whose rows of the visibility
+    table are `rows`; shapes broadcast ([N,14] with [N] or [M,1,14] with [M,K])."""
+    rx = px.to(rows.dtype) + 0.5 - rows[..., 0]
+    ry = py.to(rows.dtype) + 0.5 - rows[..., 1]
+    inside = None
+    for k in range(3):
+        lam = rows[..., 2 + 2 * k] * rx + rows[..., 3 + 2 * k] * ry + rows[..., 8 + k]
+        inside = lam >= 0 if inside is None else inside & (lam >= 0)
+    inv_z = rows[..., 11] * rx + rows[..., 12] * ry + rows[..., 13]
+    return inside, 1.0 / inv_z
+
+
+def _tile_fragments(
+    table: Tensor, box: Tensor, faces_k: Tensor, k: int, n_faces: int, width: int, height: int, zbuf: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Covered (pixel, depth, face) of faces whose boxes fit a k x k tile; updates the z-buffer."""
+    bx = box.index_select(0, faces_k)  # [M,4]
+    offset = torch.arange(k, device=box.device)
+    px = bx[:, 0:1, None] + offset.view(1, 1, k)  # [M,1,k]
+    py = bx[:, 1:2, None] + offset.view(1, k, 1)  # [M,k,1]
+    within = (offset.view(1, 1, k) < bx[:, 2:3, None]) & (offset.view(1, k, 1) < bx[:, 3:4, None])
+    rows = table.index_select(0, faces_k).view(-1, 1, 1, 14)
+    inside, depth = _fragment_test(rows, px, py)
+    keep = inside & within  # [M,k,k]
+    m_idx, ty, tx = torch.nonzero(keep, as_tuple=True)
+    bf = faces_k[m_idx]
+    pix = ((bf // n_faces) * height + bx[m_idx, 1] + ty) * width + bx[m_idx, 0] + tx
+    depth = depth[keep]
+    zbuf.scatter_reduce_(0, pix, depth, reduce="amin")
+    return pix, depth, bf % n_faces
+
+
+def _expanded_fragments(
+    table: Tensor, box: Tensor, faces_l: Tensor, n_faces: int, width: int, height: int, zbuf: Tensor
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Covered (pixel, depth, face) of large faces, one candidate per pixel of each bounding box,
+    in chunks of at most CANDIDATE_CHUNK candidates; updates the z-buffer."""
+    device = box.device
+    bx_all = box.index_select(0, faces_l)
+    counts = bx_all[:, 2] * bx_all[:, 3]
+    cumulative = torch.cumsum(counts, 0)
+    fragments = []
+    start = 0
+    while start < faces_l.numel():
+        # Whole triangles until the chunk holds CANDIDATE_CHUNK candidates (at least one triangle).
+        before = int(cumulative[start - 1]) if start > 0 else 0
+        end = int(torch.searchsorted(cumulative, torch.tensor(before + CANDIDATE_CHUNK, device=device), right=True))
+        end = max(end, start + 1)
+        owner = torch.repeat_interleave(torch.arange(start, end, device=device), counts[start:end])
+        local = torch.arange(owner.numel(), device=device) - (cumulative - counts).index_select(0, owner)
+        start = end
+        bx = bx_all.index_select(0, owner)
+        px = bx[:, 0] + local % bx[:, 2]
+        py = bx[:, 1] + local // bx[:, 2]
+        bf = faces_l.index_select(0, owner)
+        inside, depth = _fragment_test(table.index_select(0, bf), px, py)
+        bf = bf[inside]
+        pix = ((bf // n_faces) * height + py[inside]) * width + px[inside]
+        depth = depth[inside]
+        zbuf.scatter_reduce_(0, pix, depth, reduce="amin")
+        fragments.append((pix, depth, bf % n_faces))
+    return fragments
+
+
+@torch.no_grad()
+def visible_faces(screen: Tensor, w: Tensor, faces: Tensor, width: int, height: int) -> Tensor:
+    """[B,H,W] index of the nearest face covering each pixel centre (-1: none).
+
+    screen [B,V,2] pixel coordinates, w [B,V] clip w (= camera depth) of the vertices.
+    Per face, the screen barycentrics and the inverse depth are affine in the pixel position
+    relative to corner 0, r = p - c_0: lambda_k = a_k . r + b_k and 1/z = g . r + h, so each
+    candidate costs one row gather and four dot products.
+    """
+    b = screen.shape[0]
+    device, dtype = screen.device, screen.dtype
+    n_faces = faces.shape[0]
+    corners = screen[:, faces]  # [B,F,3,2]
+    inv_w = 1.0 / w[:, faces]  # [B,F,3]
+    # l_k(p) = cross(c_{k+1} - p, c_{k+2} - p) = (c_{k+1} - c_{k+2}) x-y swapped . p + cross(c_{k+1}, c_{k+2});
+    # written relative to c_0 the constant terms stay small (float32 precision at edges).
+    rel = corners - corners[:, :, :1]
+    r1, r2 = rel.roll(-1, dims=2), rel.roll(-2, dims=2)
+    grad_l = torch.stack([r1[..., 1] - r2[..., 1], r2[..., 0] - r1[..., 0]], dim=-1)  # [B,F,3,2]
+    const_l = r1[..., 0] * r2[..., 1] - r1[..., 1] * r2[..., 0]  # [B,F,3]
+    doubled_area = const_l.sum(-1)  # l_0 + l_1 + l_2 at any point, here at c_0
+    finite = torch.isfinite(corners).all(-1).all(-1)
+    drawable = (w[:, faces] > MIN_CLIP_W).all(-1) & (doubled_area.abs() > 1e-12) & finite
+    safe_area = torch.where(drawable, doubled_area, torch.ones_like(doubled_area)).unsqueeze(-1)
+    grad_lam, const_lam = grad_l / safe_area.unsqueeze(-1), const_l / safe_area
+    grad_inv_z = (grad_lam * inv_w.unsqueeze(-1)).sum(2)  # [B,F,2]
+    const_inv_z = (const_lam * inv_w).sum(2)  # [B,F]
+    # Row per face: origin (2), lambda gradients (6), lambda constants (3), 1/z gradient (2), constant (1).
+    table = torch.cat([corners[:, :, 0], grad_lam.flatten(2), const_lam, grad_inv_z, const_inv_z.unsqueeze(-1)], -1)
+    table = table.reshape(b * n_faces, 14)
+
+    # Pixel columns i whose centre i + 0.5 lies in [min x, max x], clamped to the image.
+    lo = torch.ceil(corners.amin(2) - 0.5).clamp_min(0)
+    hi = torch.floor(corners.amax(2) - 0.5)
+    hi = torch.minimum(hi, torch.tensor([width - 1, height - 1], device=device, dtype=hi.dtype))
+    extent = (hi - lo + 1).clamp_min(0)
+    count = torch.where(drawable, extent[..., 0] * extent[..., 1], torch.zeros_like(extent[..., 0])).long()
+
+    zbuf = torch.full((b * height * width,), float("inf"), device=device, dtype=dtype)
+    fragments: list[tuple[Tensor, Tensor, Tensor]] = []
+    box = torch.cat([lo, extent], -1).reshape(-1, 4).long()  # [B*F,4] x0, y0, width, height
+    side = torch.where(count.reshape(-1) > 0, extent.reshape(-1, 2).amax(-1).long(), torch.zeros_like(count.reshape(-1)))
+    # Small triangles: dense tiles of k x k candidate pixels per face, by size class (no gathers
+    # per candidate); the rest (few, large) go through the general expansion.
+    smaller = 0
+    for k in TILE_SIDES:
+        faces_k = torch.nonzero((side > smaller) & (side <= k)).squeeze(1)
+        smaller = k
+        if faces_k.numel():
+            fragments.append(_tile_fragments(table, box, faces_k, k, n_faces, width, height, zbuf))
+    large = torch.nonzero(side > smaller).squeeze(1)
+    if large.numel():
+        fragments += _expanded_fragments(table, box, large, n_faces, width, height, zbuf)
+
+    tri = torch.full((b * height * width,), n_faces, dtype=torch.long, device=device)
+    for pix, depth, fi in fragments:
+        nearest = depth <= zbuf[pix]
+        tri.scatter_reduce_(0, pix[nearest], fi[nearest], reduce="amin")
+    tri = torch.where(tri == n_faces, torch.full_like(tri, -1), tri)
+    return tri.view(b, height, width)
+
+
+def perspective_barycentrics(clip: Tensor, faces: Tensor, tri_id: Tensor, width: int, height: int) -> Tensor:
+    """[B,H,W,3] perspective-correct barycentrics of each pixel centre in its face (differentiable).
+
+    With screen barycentrics lambda_k and clip w_k: b_k = (lambda_k / w_k) / sum_j (lambda_j / w_j).
+    """
+    b = clip.shape[0]
+    bary = clip.new_zeros(b * height * width, 3)
+    flat = tri_id.reshape(-1)
+    pix = torch.nonzero(flat >= 0).squeeze(1)
+    if pix.numel() == 0:
+        return bary.view(b, height, width, 3)
+    bi = pix // (height * width)
+    rem = pix % (height * width)
+    centre = torch.stack([rem % width, rem // width], dim=-1).to(clip.dtype) + 0.5
+    corner_clip = clip[bi.unsqueeze(1), faces[flat[pix]]]  # [N,3,4]
+    corners = screen_positions(corner_clip, width, height)
+    edge = _edge_functions(corners, centre)
+    lam = edge / edge.sum(-1, keepdim=True)
+    persp = lam / corner_clip[..., 3]
+    values = persp / persp.sum(-1, keepdim=True)
+    bary = bary.index_put((pix,), values)
+    return bary.view(b, height, width, 3)
+
+
+def rasterize(mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = True) -> RasterOutput:
+    """See MeshRasterizer.rasterize."""
+    width, height = cameras.width, cameras.height
+    clip = clip_positions(mesh.vertices, cameras)
+    screen = screen_positions(clip.detach(), width, height)
+    tri_id = visible_faces(screen, clip[..., 3].detach(), mesh.faces, width, height)
+    bary = perspective_barycentrics(clip, mesh.faces, tri_id, width, height)
+    partial = RasterOutput(
+        tri_id=tri_id, bary=bary, depth=bary[..., :1], mask=bary[..., :1],
+        world_pos=bary, normal=bary,
+    )
+    fg = partial.foreground.to(bary.dtype)
+    partial.depth = interpolate(clip[..., 3:4], partial, mesh.faces)
+    partial.world_pos = interpolate(mesh.vertices, partial, mesh.faces)
+    partial.normal = shade_normals(mesh, partial, smooth_normals)
+    partial.mask = antialias(fg, partial, mesh, cameras).clamp(0.0, 1.0)
+    return partial
+
+
+# -- antialiasing --------------------------------------------------------------------------------
+
+
+def face_neighbours(faces: Tensor) -> Tensor:
+    """[F,3] the face across edge k (the edge opposite corner k) of each face, -1 where the edge
+    has no single neighbour (a boundary or non-manifold edge)."""
+    n_faces = faces.shape[0]
+    a = faces.roll(-1, dims=1)
+    c = faces.roll(-2, dims=1)
+    key = torch.minimum(a, c) * (int(faces.max()) + 1 if n_faces else 1) + torch.maximum(a, c)  # [F,3]
+    flat = key.reshape(-1)
+    order = torch.argsort(flat)
+    sorted_key = flat[order]
+    unique, inverse, counts = torch.unique_consecutive(sorted_key, return_inverse=True, return_counts=True)
+    slot = torch.empty_like(order)
+    slot[order] = torch.arange(order.numel(), device=faces.device)
+    edge_id = inverse[slot]  # [3F] id of each face edge
+    first = torch.cumsum(counts, 0) - counts  # position in `order` of each edge's first use
+    # For manifold edges (count 2) the two uses are adjacent in sorted order.
+    mate_pos = torch.where(slot == first[edge_id], slot + 1, slot - 1)
+    neighbour = torch.div(order[mate_pos.clamp(0, order.numel() - 1)], 3, rounding_mode="floor")
+    neighbour = torch.where(counts[edge_id] == 2, neighbour, torch.full_like(neighbour, -1))
+    return neighbour.view(n_faces, 3)
+
+
+def _edge_value(e0: Tensor, e1: Tensor, x: Tensor) -> Tensor:
+    """[N] cross(e1 - e0, x - e0): the signed (doubled) distance of x from the edge line times its length."""
+    d, r = e1 - e0, x - e0
+    return d[:, 0] * r[:, 1] - d[:, 1] * r[:, 0]
+
+
+def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
+    """Blend colours across silhouette and occlusion edges (see the module docstring).
+
+    image [B,H,W,C]; an edge between neighbouring pixels p (covered by face T, in front) and q
+    is blended when q is background, or when the edge of T crossing p -> q is a silhouette
+    edge of the mesh in that view (a boundary edge, or one whose neighbour faces the other way).
+    """
+    b, height, width, channels = image.shape
+    clip = clip_positions(mesh.vertices, cameras)
+    screen = screen_positions(clip, width, height)  # [B,V,2], differentiable
+    tri = out.tri_id
+    depth = out.depth.detach()[..., 0]
+    faces = mesh.faces
+
+    with torch.no_grad():
+        corners_all = screen.detach()[:, faces]  # [B,F,3,2]
+        facing = _edge_functions(corners_all, corners_all[:, :, 0]).sum(-1) > 0  # [B,F] screen winding
+        neighbour = face_neighbours(faces)
+
+    flat_image = image.reshape(-1, channels)
+    deltas = []
+    indices = []
+    pixel_index = torch.arange(b * height * width, device=image.device).view(b, height, width)
+    for axis in (2, 1):  # horizontal pairs (along W), then vertical pairs (along H)
+        n = tri.shape[axis]
+        ta, tb = tri.narrow(axis, 0, n - 1), tri.narrow(axis, 1, n - 1)
+        da, db = depth.narrow(axis, 0, n - 1), depth.narrow(axis, 1, n - 1)
+        ia, ib = pixel_index.narrow(axis, 0, n - 1), pixel_index.narrow(axis, 1, n - 1)
+        differ = (ta != tb) & ((ta >= 0) | (tb >= 0))
+        if not bool(differ.any()):
+            continue
+        ta, tb, da, db, ia, ib = (x[differ] for x in (ta, tb, da, db, ia, ib))
+        # The front pixel p: the covered one, or the nearer one when both are covered.
+        a_front = (tb < 0) | ((ta >= 0) & (da <= db))
+        p = torch.where(a_front, ia, ib)
+        q = torch.where(a_front, ib, ia)
+        front = torch.where(a_front, ta, tb)
+        back = torch.where(a_front, tb, ta)
+        bi = p // (height * width)
+
+        def centre(i: Tensor) -> Tensor:
+            rem = i % (height * width)
+            return torch.stack([rem % width, rem // width], dim=-1).to(screen.dtype) + 0.5
+
+        cp, cq = centre(p), centre(q)
+        corners = screen[bi.unsqueeze(1), faces[front]]  # [N,3,2], differentiable
+        with torch.no_grad():
+            c_det = corners.detach()
+            orient = torch.sign(_edge_functions(c_det, c_det[:, 0]).sum(-1, keepdim=True))
+            ep = _edge_functions(c_det, cp) * orient
+            eq = _edge_functions(c_det, cq) * orient
+            crossing = (ep >= 0) & (eq < 0)
+            t_all = ep / (ep - eq).where(crossing, torch.ones_like(ep))
+            t_all = torch.where(crossing, t_all, torch.full_like(t_all, 2.0))
+            edge_k = t_all.argmin(-1)  # the first edge the segment leaves the triangle through
+            found = crossing.gather(1, edge_k[:, None]).squeeze(1)
+            across = neighbour[front, edge_k]
+            silhouette = (back < 0) | (across < 0) | (
+                facing[bi, across.clamp_min(0)] != facing[bi, front]
+            )
+            use = found & silhouette
+        if not bool(use.any()):
+            continue
+        corners, edge_k, cp, cq = corners[use], edge_k[use], cp[use], cq[use]
+        p, q = p[use], q[use]
+        # Differentiable crossing: with e(x) = cross(c_{k+2} - c_{k+1}, x - c_{k+1}) (its sign
+        # cancels), t = e(p) / (e(p) - e(q)) moves with the edge's end points.
+        ar = torch.arange(corners.shape[0], device=image.device)
+        e0 = corners[ar, (edge_k + 1) % 3]
+        e1 = corners[ar, (edge_k + 2) % 3]
+        fp, fq = _edge_value(e0, e1, cp), _edge_value(e0, e1, cq)
+        t = fp / (fp - fq)
+        colour_p, colour_q = flat_image[p], flat_image[q]
+        into_q = (t - 0.5).clamp_min(0.0).unsqueeze(-1)
+        into_p = (0.5 - t).clamp_min(0.0).unsqueeze(-1)
+        deltas += [into_q * (colour_p - colour_q), into_p * (colour_q - colour_p)]
+        indices += [q, p]
+    if not deltas:
+        return image
+    result = flat_image.index_add(0, torch.cat(indices), torch.cat(deltas))
+    return result.view(b, height, width, channels)
