@@ -54,7 +54,8 @@ def textured_material(name: str, images: dict[str, bpy.types.Image],
                       material: bpy.types.Material | None = None) -> bpy.types.Material:
     """Create (or rewire) a Principled BSDF material whose image texture nodes hold `images` by role."""
     mat = material or bpy.data.materials.new(name)
-    mat.use_nodes = True
+    if mat.node_tree is None:  # before Blender 5.0 a new material has no node tree until use_nodes
+        mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     for node in [n for n in nodes if n.name.startswith(NODE_PREFIX)]:
         nodes.remove(node)
@@ -95,7 +96,7 @@ def textured_material(name: str, images: dict[str, bpy.types.Image],
 
 
 def material_images(mat: bpy.types.Material) -> list[bpy.types.Image]:
-    if not mat or not mat.use_nodes:
+    if not mat or mat.node_tree is None:
         return []
     return [n.image for n in mat.node_tree.nodes if n.type == "TEX_IMAGE" and n.image is not None]
 

@@ -100,7 +100,7 @@ def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:
         preset=preset,
         mode=mode,
         # All stages ticked: let the mode decide (refines skip the stages before dmtet).
-        stages=None if (mode != "generate" or len(chosen) == len(USER_STAGES)) else chosen + ["export"],
+        stages=None if (mode != "generate" or len(chosen) == len(USER_STAGES)) else chosen,
         pause_after=[st for st in USER_STAGES if st in s.pause_after],
         options=parse_overrides(s.overrides),
         cameras=camera_rig.scene_rig(

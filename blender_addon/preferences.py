@@ -15,7 +15,7 @@ class DreamPolishPreferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
     backend_address: StringProperty(
-        name="Backend Address", default="tcp://127.0.0.1:5555",
+        name="Backend Address", default="tcp://127.0.0.1:5557",
         description="ZeroMQ address of the DreamPolish backend (tcp://host:port)",
     )
     server_key: StringProperty(

@@ -1,0 +1,154 @@
+"""The add-on's operators against a real backend process on loopback (the scripted test pipeline).
+
+The scripted pipeline emits after each stage an octahedron (6 vertices, 8 triangles, per-corner UVs)
+scaled by 1 + 0.25 * stage index, and with the texture stage a solid (200, 60, 30) base-colour PNG.
+"""
+
+from __future__ import annotations
+
+import bmesh
+import numpy as np
+import pytest
+
+from tests.addon.blender_env import bpy, pump
+
+OCTAHEDRON_VERTS, OCTAHEDRON_FACES = 6, 8
+TEXTURE_RGB = np.array([200, 60, 30]) / 255.0
+
+
+def _rt():
+    return bpy.context.window_manager.dreampolish
+
+
+def _job_objects(job_id: str) -> list[bpy.types.Object]:
+    return [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == job_id]
+
+
+def _generate(addon, prompt: str = "a test octahedron", **settings) -> str:
+    s = bpy.context.scene.dreampolish
+    s.prompt = prompt
+    for key, value in settings.items():
+        setattr(s, key, value)
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    pump(addon, lambda: bool(_rt().job_id) and _rt().job_state != "submitting", what="the job to be accepted")
+    return _rt().job_id
+
+
+def _base_color_image(obj: bpy.types.Object) -> bpy.types.Image:
+    mat = obj.active_material
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    link = bsdf.inputs["Base Color"].links[0]
+    assert link.from_node.type == "TEX_IMAGE"
+    return link.from_node.image
+
+
+def test_generate_imports_every_stage_as_a_textured_editable_mesh(addon, connected):
+    job_id = _generate(addon)
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+
+    objects = _job_objects(job_id)
+    assert len(objects) == 1, "by default one object per job is updated in place"
+    obj = objects[0]
+    mesh = obj.data
+    assert (len(mesh.vertices), len(mesh.polygons)) == (OCTAHEDRON_VERTS, OCTAHEDRON_FACES)
+    assert obj["dreampolish_stage"] == "texture"
+    co = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    assert np.abs(co).max() == pytest.approx(2.0)  # texture is stage 4: scale 1 + 0.25 * 4
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    mesh.uv_layers.active.data.foreach_get("uv", uv)
+    assert np.allclose(uv.reshape(-1, 3, 2), [[0, 0], [1, 0], [0.5, 1]])
+    img = _base_color_image(obj)
+    assert tuple(img.size) == (8, 8)
+    px = np.array(img.pixels[:4])
+    # Blender stores the sRGB PNG as is; its pixels read back as the PNG's values.
+    assert np.allclose(px[:3], TEXTURE_RGB, atol=2 / 255)
+    assert _rt().progress == pytest.approx(1.0)
+    history = {item.job_id: item for item in _rt().history}
+    assert history[job_id].status == "done" and history[job_id].last_stage == "texture"
+
+
+def test_object_per_stage_keeps_each_stage_in_a_job_collection(addon, connected):
+    job_id = _generate(addon, import_mode="per_stage", stages={"nerf", "neus"})
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    objects = _job_objects(job_id)
+    assert sorted(o["dreampolish_stage"] for o in objects) == ["nerf", "neus"]
+    assert all(o.users_collection[0].name == f"DreamPolish {job_id}" for o in objects)
+
+
+def test_undo_removes_an_imported_stage(addon, connected):
+    bpy.ops.ed.undo_push(message="before generate")
+    job_id = _generate(addon, pause_after={"nerf"})
+    pump(addon, lambda: _rt().job_state == "paused", what="the pause after nerf")
+    assert len(_job_objects(job_id)) == 1
+    bpy.ops.ed.undo()
+    assert _job_objects(job_id) == []
+    bpy.ops.dreampolish.cancel()
+    pump(addon, lambda: _rt().job_state == "cancelled", what="the cancel")
+
+
+def test_cancel_stops_a_running_job(addon, connected):
+    _generate(addon, overrides="test.steps=200, test.step_s=0.05")
+    pump(addon, lambda: _rt().job_state == "running", what="the job to start")
+    assert bpy.ops.dreampolish.cancel() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "cancelled", timeout_s=10.0, what="the job to be cancelled")
+    assert _rt().stage == "nerf", "the job should stop in its first stage"
+    assert not bpy.ops.dreampolish.cancel.poll()
+
+
+def test_paused_job_resumes_from_the_edited_mesh(addon, connected):
+    job_id = _generate(addon, pause_after={"dmtet"})
+    pump(addon, lambda: _rt().job_state == "paused", what="the pause after dmtet")
+    assert _rt().paused_stage == "dmtet"
+    assert bpy.ops.dreampolish.resume.poll()
+    (obj,) = _job_objects(job_id)
+    # The artist moves the object and subdivides its mesh: 6 + 12 edge midpoints = 18 vertices.
+    obj.location = (3.0, 0.0, 0.0)
+    bm = bmesh.new()
+    bm.from_mesh(obj.data)
+    bmesh.ops.subdivide_edges(bm, edges=bm.edges[:], cuts=1, use_grid_fill=True)
+    bm.to_mesh(obj.data)
+    bm.free()
+    assert len(obj.data.vertices) == 18
+
+    assert bpy.ops.dreampolish.resume() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", what="the resumed job to finish")
+    (obj,) = _job_objects(job_id)
+    # The later stages were built from the edited mesh the backend received.
+    assert len(obj.data.vertices) == 18
+    assert obj["dreampolish_stage"] == "texture"
+    assert tuple(obj.location) == pytest.approx((3.0, 0.0, 0.0)), "the artist's transform is kept"
+
+
+def test_refine_texture_only_keeps_the_objects_topology(addon, connected):
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0, 0, 0))
+    cube = bpy.context.active_object
+    bpy.context.scene.dreampolish.refine_mode = "texture"
+    bpy.context.scene.dreampolish.prompt = "a wooden crate"
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", what="the texture job")
+    assert (len(cube.data.vertices), len(cube.data.polygons)) == (8, 6)
+    assert np.allclose(np.array(_base_color_image(cube).pixels[:3]), TEXTURE_RGB, atol=2 / 255)
+    assert not [o for o in bpy.context.scene.objects if o is not cube]
+
+
+def test_bake_to_material_packs_the_textures(addon, connected):
+    job_id = _generate(addon, stages={"texture"})
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    (obj,) = _job_objects(job_id)
+    bpy.context.view_layer.objects.active = obj
+    img = _base_color_image(obj)
+    assert img.packed_file is None
+    assert bpy.ops.dreampolish.bake_to_material() == {"FINISHED"}
+    assert img.packed_file is not None and img.packed_file.size > 0
+
+
+def test_history_reimport_makes_a_new_object(addon, connected):
+    job_id = _generate(addon, stages={"nerf"})
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    rt = _rt()
+    rt.history_index = [item.job_id for item in rt.history].index(job_id)
+    assert bpy.ops.dreampolish.reimport() == {"FINISHED"}
+    objects = _job_objects(job_id)
+    assert len(objects) == 2
+    assert all(len(o.data.polygons) == OCTAHEDRON_FACES for o in objects)
