@@ -304,10 +304,9 @@ class BackendServer:
         peer, body = frames[0].bytes, frames[1:]
         request_id = ""
         try:
-            try:
-                request_id = str(codec.decode_header(body).get("id", ""))[: m.MAX_ID_CHARS]
-            except ProtocolError:
-                pass
+            if not body:
+                raise DecodeError("empty message")
+            request_id = codec.peek_message_id(body)
             msg = codec.decode(body)
             self._dispatch(router, peer, msg, body)
         except VersionMismatch as exc:

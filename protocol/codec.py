@@ -91,6 +91,19 @@ def decode_header(frames: Sequence[Any]) -> dict[str, Any]:
     return header
 
 
+def peek_message_id(frames: Sequence[Any]) -> str:
+    """The header's message id, or "" when there is none to read; for answering even a refused message."""
+    try:
+        head = _buffer(frames[0])
+        if head.nbytes > LIMITS.max_header_bytes:
+            return ""
+        header = msgpack.unpackb(head, raw=False, strict_map_key=True)
+        msg_id = header.get("id", "") if isinstance(header, dict) else ""
+        return msg_id if isinstance(msg_id, str) and len(msg_id) <= MAX_ID_CHARS else ""
+    except Exception:  # this is best effort by design: the caller is already handling a bad message
+        return ""
+
+
 def decode(frames: Sequence[Any]) -> Message:
     """Decode and validate one message. Raises errors.ProtocolError (never anything else)."""
     header = decode_header(frames)
