@@ -1,0 +1,66 @@
+"""protocol/gltf.py writes .glb files that trimesh reads as glTF (Y-up), and reads them back."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from dreampolish.protocol.errors import DecodeError
+from dreampolish.protocol.gltf import glb_to_mesh, mesh_to_glb
+from dreampolish.protocol.scene import MeshPayload, TexturePayload
+
+from tests.pipelines import octahedron, png_rgb
+
+trimesh = pytest.importorskip("trimesh")
+
+
+def textured_octahedron() -> MeshPayload:
+    mesh = octahedron(2.0)
+    mesh.textures.append(TexturePayload("base_color", png=png_rgb(8, 8, (200, 60, 30))))
+    mesh.transform = np.array([[1, 0, 0, 5], [0, 1, 0, 6], [0, 0, 1, 7], [0, 0, 0, 1]], np.float32)
+    return mesh
+
+
+def test_trimesh_reads_our_glb_in_y_up_with_the_texture():
+    mesh = textured_octahedron()
+    scene = trimesh.load(io.BytesIO(mesh_to_glb(mesh)), file_type="glb", process=False)
+    [geom] = scene.geometry.values()
+    # Per-corner UVs split every corner into its own vertex.
+    assert len(geom.faces) == mesh.num_faces and len(geom.vertices) == 3 * mesh.num_faces
+    corners = mesh.vertices[mesh.faces.reshape(-1)]
+    np.testing.assert_allclose(geom.vertices, corners[:, [0, 2, 1]] * [1, 1, -1], atol=1e-6)
+    np.testing.assert_allclose(geom.visual.uv[:3], [[0, 0], [1, 0], [0.5, 1]], atol=1e-6)
+    image = geom.visual.material.baseColorTexture
+    assert image.size == (8, 8) and image.convert("RGB").getpixel((3, 3)) == (200, 60, 30)
+    # The object transform moved to the node, converted to Y-up: Blender (5, 6, 7) -> glTF (5, 7, -6).
+    transform, _ = scene.graph[scene.graph.nodes_geometry[0]]
+    np.testing.assert_allclose(transform[:3, 3], [5, 7, -6], atol=1e-6)
+
+
+def test_glb_round_trip_restores_blender_axes_uvs_and_textures():
+    mesh = textured_octahedron()
+    mesh.normals = mesh.vertices / np.linalg.norm(mesh.vertices, axis=1, keepdims=True)
+    back = glb_to_mesh(mesh_to_glb(mesh))
+    np.testing.assert_allclose(back.vertices[back.faces], mesh.vertices[mesh.faces], atol=1e-6)
+    np.testing.assert_allclose(back.uvs, mesh.uvs, atol=1e-6)
+    np.testing.assert_allclose(back.normals[back.faces], mesh.normals[mesh.faces], atol=1e-6)
+    np.testing.assert_allclose(back.transform, mesh.transform, atol=1e-6)
+    assert back.texture("base_color").png == mesh.texture("base_color").png
+
+
+def test_reads_a_glb_written_by_trimesh_with_shared_vertices():
+    box = trimesh.creation.box(extents=(1, 2, 3))
+    data = box.export(file_type="glb")
+    mesh = glb_to_mesh(data)
+    assert mesh.num_vertices == len(box.vertices) and mesh.num_faces == len(box.faces)
+    # trimesh's Y extent (2) is Blender's Z extent after the axis conversion.
+    np.testing.assert_allclose(np.ptp(mesh.vertices, axis=0), [1, 3, 2], atol=1e-6)
+
+
+def test_garbage_is_a_decode_error():
+    with pytest.raises(DecodeError):
+        glb_to_mesh(b"not a glb at all, not at all")
+    good = mesh_to_glb(octahedron())
+    with pytest.raises(DecodeError):
+        glb_to_mesh(good[:40])
