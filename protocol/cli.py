@@ -1,0 +1,225 @@
+"""`dreampolish`: the command line front end on BackendClient.
+
+    dreampolish generate "a ceramic teapot" --backend tcp://127.0.0.1:5557 --out teapot.glb
+    dreampolish generate "a stone gargoyle" --mesh rough.glb --mode geometry --out gargoyle.glb
+    dreampolish jobs
+    dreampolish fetch JOB_ID --out results/
+    dreampolish cancel JOB_ID
+    dreampolish resume JOB_ID [--mesh edited.glb]
+
+generate writes each stage's mesh as it arrives (FILE.<stage>.glb) and the
+final one at FILE. The backend address can also come from DREAMPOLISH_BACKEND.
+Not vendored into the Blender add-on (it is a tool for terminals and scripts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import messages as m
+from .client import BackendClient, ClientError, VersionMismatch
+from .errors import ProtocolError
+from .gltf import glb_to_mesh, mesh_to_glb
+from .job import JOB_MODES, STAGES, JobSpec
+
+DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
+
+
+def _option(text: str) -> tuple[str, bool | int | float | str]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"options look like stage.field=value, got {text!r}")
+    value: bool | int | float | str
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = raw
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--backend",
+        default=os.environ.get("DREAMPOLISH_BACKEND", DEFAULT_BACKEND),
+        help=f"backend address (default $DREAMPOLISH_BACKEND or {DEFAULT_BACKEND})",
+    )
+    common.add_argument("--server-key", default=None, help="the backend's CURVE public key (Z85 text or .key file)")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
+
+    parser = argparse.ArgumentParser(prog="dreampolish", description="Talk to a DreamPolish backend.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    gen = sub.add_parser("generate", parents=[common], help="make a textured mesh from a prompt (or refine a mesh)")
+    gen.add_argument("prompt")
+    gen.add_argument("--out", type=Path, required=True, help="final .glb; stage meshes go to OUT.<stage>.glb")
+    gen.add_argument("--preset", default=None, help="backend preset (default: the backend's default)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--mesh", type=Path, default=None, help="a .glb to refine (Blender axes are restored)")
+    gen.add_argument("--mode", choices=JOB_MODES, default=None, help="default: generate, or geometry with --mesh")
+    gen.add_argument("--stage", action="append", choices=STAGES, dest="stages", help="run only these stages")
+    gen.add_argument("--pause-after", action="append", choices=STAGES, default=[], help="stage gate")
+    gen.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
+    gen.set_defaults(run=cmd_generate)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="list the backend's jobs")
+    jobs.set_defaults(run=cmd_jobs)
+
+    fetch = sub.add_parser("fetch", parents=[common], help="download every stage result of a job")
+    fetch.add_argument("job_id")
+    fetch.add_argument("--out", type=Path, required=True, help="folder for <index>_<stage>.glb files")
+    fetch.set_defaults(run=cmd_fetch)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=cmd_cancel)
+
+    resume = sub.add_parser("resume", parents=[common], help="resume a paused job, optionally from an edited mesh")
+    resume.add_argument("job_id")
+    resume.add_argument("--mesh", type=Path, default=None)
+    resume.set_defaults(run=cmd_resume)
+    return parser
+
+
+def _client(args: argparse.Namespace) -> BackendClient:
+    client = BackendClient(args.backend, server_public_key=args.server_key, timeout_s=args.timeout)
+    client.connect()
+    return client
+
+
+def _stage_path(out: Path, stage: str) -> Path:
+    return out.with_name(f"{out.stem}.{stage}{out.suffix or '.glb'}")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    mesh = glb_to_mesh(args.mesh.read_bytes()) if args.mesh else None
+    mode = args.mode or ("geometry" if mesh is not None else "generate")
+    with _client(args) as client:
+        spec = JobSpec(
+            prompt=args.prompt,
+            negative_prompt=args.negative,
+            seed=args.seed,
+            preset=args.preset or client.welcome.default_preset,
+            mode=mode,
+            stages=args.stages,
+            pause_after=args.pause_after,
+            options=dict(args.option),
+            input_mesh=mesh,
+        )
+        job_id = client.submit(spec)
+        print(f"job {job_id} queued on {args.backend} (preset {spec.preset})", flush=True)
+        try:
+            return _follow(client, job_id, args.out)
+        except KeyboardInterrupt:
+            client.cancel(job_id)
+            print(f"\ncancel requested for job {job_id}", file=sys.stderr)
+            return 130
+
+
+def _follow(client: BackendClient, job_id: str, out: Path) -> int:
+    last: m.StageResult | None = None
+    shown = ("", -1)
+    for event in client.events(job_id):
+        if isinstance(event, m.Progress):
+            # One line per stage start and every tenth of it.
+            tenth = event.step * 10 // max(event.total, 1)
+            if (event.stage, tenth) != shown:
+                shown = (event.stage, tenth)
+                losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.losses.items()))
+                print(f"  {event.stage:8s} {event.step:>6d}/{event.total:<6d} {losses}", flush=True)
+        elif isinstance(event, m.StageResult):
+            path = _stage_path(out, event.stage)
+            _write(path, mesh_to_glb(event.mesh, name=f"{event.stage}"))
+            print(f"{event.stage}: {event.mesh.num_vertices} vertices, {event.mesh.num_faces} faces -> {path}")
+            last = event
+        elif isinstance(event, m.Paused):
+            print(f"job {job_id} paused after {event.stage}; continue with: dreampolish resume {job_id}")
+            return 0
+        elif isinstance(event, m.Resumed):
+            print(f"job {job_id} resumed")
+        elif isinstance(event, m.Failed):
+            print(f"job {job_id} failed: {event.message} ({event.code})", file=sys.stderr)
+            return 1
+        elif isinstance(event, m.Cancelled):
+            print(f"job {job_id} was cancelled", file=sys.stderr)
+            return 1
+        elif isinstance(event, m.Done):
+            if last is None:
+                print(f"job {job_id} finished without a mesh", file=sys.stderr)
+                return 1
+            _write(out, mesh_to_glb(last.mesh, name="DreamPolish"))
+            print(f"done: {out}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        jobs = client.list_jobs()
+    if not jobs:
+        print("no jobs")
+    for j in jobs:
+        stages = ",".join(j.stages_done) or "-"
+        print(f"{j.job_id}  {j.state:9s}  {j.mode:8s}  {stages:40s}  {j.prompt[:60]!r}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.fetch_result(args.job_id)
+    for s in result.stage_results:
+        path = args.out / f"{s.index}_{s.stage}.glb"
+        _write(path, mesh_to_glb(s.mesh, name=s.stage))
+        print(path)
+    print(f"job {args.job_id} is {result.state}; {len(result.stage_results)} stage results")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.cancel(args.job_id)
+    print(f"cancel requested for job {args.job_id}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    mesh = glb_to_mesh(args.mesh.read_bytes()) if args.mesh else None
+    with _client(args) as client:
+        client.resume(args.job_id, mesh)
+        print(f"job {args.job_id} resumed")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.run(args))
+    except VersionMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ClientError, ProtocolError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The `dreampolish` command line against a real backend on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from dreampolish.protocol.cli import main
+from dreampolish.protocol.gltf import glb_to_mesh, mesh_to_glb
+
+from tests.pipelines import MODE_STAGES, free_tcp_endpoint, octahedron, running_backend
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_generate_writes_every_stage_and_the_final_mesh(tmp_path, capsys):
+    with running_backend(tmp_path / "store") as server:
+        out = tmp_path / "out" / "teapot.glb"
+        assert main(["generate", "a teapot", "--backend", server.endpoint, "--out", str(out), "--seed", "3"]) == 0
+        for stage in MODE_STAGES["generate"]:
+            assert glb_to_mesh((tmp_path / "out" / f"teapot.{stage}.glb").read_bytes()).num_faces == 8
+        final = glb_to_mesh(out.read_bytes())
+        assert final.texture("base_color") is not None and final.uvs is not None
+        printed = capsys.readouterr().out
+        assert "done:" in printed and "texture: 6 vertices, 8 faces" in printed
+
+        assert main(["jobs", "--backend", server.endpoint]) == 0
+        [job_line] = [line for line in capsys.readouterr().out.splitlines() if "a teapot" in line]
+        job_id = job_line.split()[0]
+        assert "done" in job_line
+
+        assert main(["fetch", job_id, "--backend", server.endpoint, "--out", str(tmp_path / "fetched")]) == 0
+        names = sorted(p.name for p in (tmp_path / "fetched").iterdir())
+        assert names == sorted(f"{i}_{s}.glb" for i, s in enumerate(MODE_STAGES["generate"]))
+
+
+def test_refine_a_mesh_file_in_texture_mode(tmp_path, capsys):
+    source = tmp_path / "rough.glb"
+    source.write_bytes(mesh_to_glb(octahedron(3.0)))
+    with running_backend(tmp_path / "store") as server:
+        out = tmp_path / "refined.glb"
+        argv = ["generate", "a gem", "--backend", server.endpoint, "--out", str(out), "--mesh", str(source)]
+        assert main([*argv, "--mode", "texture"]) == 0
+        assert [s.spec.mode for s in server.manager.jobs.values()] == ["texture"]
+        assert glb_to_mesh(out.read_bytes()).num_faces == 8
+
+
+def test_failures_and_bad_requests_exit_non_zero_with_the_message(tmp_path, capsys):
+    with running_backend(tmp_path / "store") as server:
+        out = str(tmp_path / "x.glb")
+        code = main(
+            ["generate", "x", "--backend", server.endpoint, "--out", out, "--option", "test.fail_stage=nerf"]
+        )
+        assert code == 1 and "scripted failure in nerf (internal_error)" in capsys.readouterr().err
+        assert main(["cancel", "no-such-job", "--backend", server.endpoint]) == 2
+        assert "no job 'no-such-job'" in capsys.readouterr().err
+        assert main(["generate", "x", "--backend", server.endpoint, "--out", out, "--preset", "huge"]) == 2
+        assert "preset 'huge'" in capsys.readouterr().err
+
+
+def test_unreachable_backend_is_reported_within_seconds(capsys):
+    t0 = time.monotonic()
+    assert main(["jobs", "--backend", free_tcp_endpoint()]) == 2
+    assert time.monotonic() - t0 < 8
+    assert "has not answered" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    proc = subprocess.run([sys.executable, "-m", "dreampolish.protocol.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "generate" in proc.stdout and "fetch" in proc.stdout
