@@ -1,0 +1,120 @@
+"""The errors an artist meets say what went wrong and what to do."""
+
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import pytest
+import zmq
+
+from tests.addon.blender_env import MODULE, bpy, pump
+
+
+def _prefs():
+    return bpy.context.preferences.addons[MODULE].preferences
+
+
+def _rt():
+    return bpy.context.window_manager.dreampolish
+
+
+def test_backend_unreachable(addon, fresh_scene):
+    from tests.conftest import free_tcp_port
+
+    _prefs().backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    _prefs().timeout_s = 1.0
+    with pytest.raises(RuntimeError, match="Backend unreachable"):
+        bpy.ops.dreampolish.connect()
+    assert _rt().connection == "error"
+    bpy.context.scene.dreampolish.prompt = "a teapot"
+    with pytest.raises(RuntimeError, match="Backend unreachable"):
+        bpy.ops.dreampolish.generate()
+    assert not _rt().job_id
+
+
+class _FutureBackend(threading.Thread):
+    """A ROUTER that answers every message as a backend of protocol 2.0 would."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            identity, head, *_ = self.sock.recv_multipart()
+            request = msgpack.unpackb(head)
+            reply = {"v": "2.0", "type": "welcome", "id": "future-1", "re": request.get("id", ""),
+                     "job": "", "seq": 0, "body": {}}
+            self.sock.send_multipart([identity, msgpack.packb(reply)])
+        self.sock.close()
+        self.ctx.term()
+
+
+def test_version_mismatch(addon, fresh_scene):
+    server = _FutureBackend()
+    server.start()
+    try:
+        _prefs().backend_address = server.address
+        _prefs().timeout_s = 2.0
+        with pytest.raises(RuntimeError, match="Version mismatch.*protocol 2.0"):
+            bpy.ops.dreampolish.connect()
+    finally:
+        server.stop.set()
+        server.join(5)
+    assert _rt().connection == "error"
+
+
+def test_refine_needs_a_selected_mesh(addon, fresh_scene):
+    with pytest.raises(RuntimeError, match="Nothing selected"):
+        bpy.ops.dreampolish.refine_selected()
+    cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    bpy.context.scene.collection.objects.link(cam)
+    cam.select_set(True)
+    bpy.context.view_layer.objects.active = cam
+    with pytest.raises(RuntimeError, match="'Camera' is a camera, not a mesh"):
+        bpy.ops.dreampolish.refine_selected()
+
+
+def test_mesh_too_large_for_the_backend(addon, connected):
+    # The backend's published limits come with its welcome message; this one accepts 10 triangles.
+    addon.bridge.current_welcome().limits["max_faces"] = 10
+    bpy.ops.mesh.primitive_cube_add()
+    with pytest.raises(RuntimeError, match="mesh too large: 12 triangles; the backend accepts at most 10"):
+        bpy.ops.dreampolish.refine_selected()
+    assert not _rt().job_id
+
+
+def test_failed_job_shows_the_backends_reason(addon, connected):
+    s = bpy.context.scene.dreampolish
+    s.prompt = "a teapot"
+    s.overrides = "test.fail_stage=neus, test.fail_kind=job_failed"
+    bpy.ops.dreampolish.generate()
+    pump(addon, lambda: _rt().job_state == "failed", what="the job to fail")
+    assert "model_missing" in _rt().message and "the neus model is not installed" in _rt().message
+    assert bpy.ops.dreampolish.generate.poll(), "a failed job does not block the next one"
+
+
+def test_refused_request_is_reported(addon, connected):
+    s = bpy.context.scene.dreampolish
+    s.prompt = "a teapot"
+    s.overrides = "nerf.no_such_field=3"
+    bpy.ops.dreampolish.generate()
+    pump(addon, lambda: _rt().job_state != "submitting", what="the backend's answer")
+    assert "nerf.no_such_field" in _rt().message
+    assert not _rt().job_id
+
+
+def test_malformed_overrides_are_refused_before_sending(addon, connected):
+    s = bpy.context.scene.dreampolish
+    s.prompt = "a teapot"
+    s.overrides = "nerf.steps"
+    with pytest.raises(RuntimeError, match="must read stage.field=value"):
+        bpy.ops.dreampolish.generate()

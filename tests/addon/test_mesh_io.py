@@ -1,0 +1,86 @@
+"""MeshPayload <-> Blender mesh: exact counts, per-corner UVs, world transform and modifiers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mathutils import Matrix
+
+from tests.addon.blender_env import bpy
+
+
+def _payload(addon, with_extras: bool = True):
+    scene = addon.protocol.scene
+    # A unit square pyramid: 5 vertices, 6 triangles.
+    v = np.array([[0, 0, 1], [1, 1, 0], [-1, 1, 0], [-1, -1, 0], [1, -1, 0]], np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1], [1, 3, 2], [1, 4, 3]], np.uint32)
+    uvs = np.random.default_rng(0).random((len(f), 3, 2)).astype(np.float32)
+    extras = {}
+    if with_extras:
+        n = v / np.linalg.norm(v, axis=1, keepdims=True)
+        extras = {"normals": n.astype(np.float32), "colors": np.tile([0.2, 0.4, 0.6], (5, 1)).astype(np.float32)}
+    return scene.MeshPayload(vertices=v, faces=f, uvs=uvs, **extras)
+
+
+def test_payload_becomes_a_mesh_with_the_same_triangles_uvs_and_colours(addon, fresh_scene):
+    payload = _payload(addon)
+    mesh = addon.mesh_io.new_mesh("pyramid", payload)
+    assert (len(mesh.vertices), len(mesh.polygons), len(mesh.loops)) == (5, 6, 18)
+    co = np.empty(15, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    np.testing.assert_array_equal(co.reshape(5, 3), payload.vertices)
+    corners = np.empty(18, np.int32)
+    mesh.loops.foreach_get("vertex_index", corners)
+    np.testing.assert_array_equal(corners.reshape(6, 3), payload.faces)
+    uv = np.empty(36, np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_allclose(uv.reshape(6, 3, 2), payload.uvs)
+    col = np.empty(20, np.float32)
+    mesh.color_attributes["Color"].data.foreach_get("color", col)
+    np.testing.assert_allclose(col.reshape(5, 4)[:, :3], payload.colors)
+    assert mesh.validate() is False, "Blender found nothing to fix in the mesh we built"
+
+
+def test_selected_object_is_sent_evaluated_triangulated_and_in_world_space(addon, fresh_scene):
+    bpy.ops.mesh.primitive_cube_add(size=2.0, location=(1.0, 2.0, 3.0), rotation=(0.0, 0.0, math.radians(30)))
+    cube = bpy.context.active_object
+    cube.scale = (2.0, 1.0, 1.0)
+    cube.modifiers.new("Subdivide", "SUBSURF").levels = 1
+    bpy.context.view_layer.update()
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    payload = addon.mesh_io.payload_from_object(cube, depsgraph, world_space=True)
+
+    evaluated = cube.evaluated_get(depsgraph).data
+    assert payload.num_vertices == len(evaluated.vertices) == 26  # subdivided once: 8 + 12 + 6
+    assert payload.num_faces == 2 * len(evaluated.polygons) == 48  # quads split in two
+    local = np.array([v.co for v in evaluated.vertices], np.float32)
+    m = np.array(cube.matrix_world, np.float32)
+    np.testing.assert_allclose(payload.vertices, local @ m[:3, :3].T + m[:3, 3], atol=1e-5)
+    np.testing.assert_array_equal(payload.transform, np.eye(4, dtype=np.float32))
+    assert payload.uvs is not None and payload.uvs.shape == (48, 3, 2)
+
+    object_space = addon.mesh_io.payload_from_object(cube, depsgraph, world_space=False)
+    np.testing.assert_allclose(object_space.vertices, local, atol=1e-6)
+    np.testing.assert_allclose(object_space.transform, m, atol=1e-6)
+
+
+def test_updating_in_place_keeps_the_objects_transform(addon, fresh_scene):
+    obj = bpy.data.objects.new("result", addon.mesh_io.new_mesh("result", _payload(addon, with_extras=False)))
+    bpy.context.scene.collection.objects.link(obj)
+    obj.matrix_world = Matrix.Translation((5.0, 0.0, 0.0)) @ Matrix.Rotation(0.5, 4, "Z")
+    before = obj.matrix_world.copy()
+    bigger = _payload(addon, with_extras=False)
+    bigger.vertices = bigger.vertices * 2
+    addon.mesh_io.fill_mesh(obj.data, bigger)
+    assert obj.matrix_world == before
+    assert max(abs(c) for v in obj.data.vertices for c in v.co) == pytest.approx(2.0)
+
+
+def test_mesh_over_the_backend_limit_is_refused_before_sending(addon, fresh_scene):
+    bpy.ops.mesh.primitive_cube_add()
+    limits = addon.protocol.limits.Limits(max_faces=10)
+    with pytest.raises(addon.protocol.errors.LimitExceeded, match="mesh too large: 12 triangles"):
+        addon.mesh_io.payload_from_object(bpy.context.active_object, bpy.context.evaluated_depsgraph_get(),
+                                          limits=limits)
