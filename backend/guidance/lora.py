@@ -1,0 +1,176 @@
+"""The LoRA variational copy ε_φ of VSD/BSD/DSD: a peft LoRA adapter on the frozen UNet, camera-conditioned.
+
+ε_φ models the distribution of the current renders (ProlificDreamer): it is the
+frozen UNet plus a low-rank adapter on its attention projections, plus a small
+camera MLP whose output is added to the UNet's timestep embedding (the UNet's
+class-embedding slot). It is trained with the ordinary diffusion loss on the
+detached render latents, with the camera dropped (zeroed) for a fraction of
+samples so that it also learns the camera-free score.
+
+The adapter lives on the shared UNet under its own name, so one copy of the
+UNet weights serves the frozen model and every variational copy: frozen passes
+run inside `frozen_unet(unet)`, which disables all adapters. The last layer of
+the camera MLP and peft's LoRA B matrices start at zero, so ε_φ starts equal to
+the frozen model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from peft import LoraConfig as PeftLoraConfig
+from torch import Tensor
+
+CAMERA_FEATURES = 16
+"""Camera condition: the flattened 4x4 camera-to-world matrix."""
+
+_adapter_ids = itertools.count()
+
+
+@dataclass
+class LoraConfig:
+    """The variational copy's adapter and its training."""
+
+    rank: int = 4
+    """LoRA rank of each adapted attention projection."""
+    alpha: float | None = None
+    """LoRA scaling numerator (scale = alpha / rank); None = rank (scale 1)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate of the adapter and the camera MLP."""
+    camera_conditioning: bool = True
+    """Condition ε_φ on the camera through a small MLP added to the timestep embedding."""
+    camera_dropout: float = 0.1
+    """Fraction of training samples whose camera is zeroed."""
+    train_steps: int = 1
+    """Optimiser steps of the adapter per guidance call."""
+    train_t_range: tuple[float, float] = (0.0, 1.0)
+    """Fraction of the training timesteps that the adapter's diffusion loss samples from."""
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """UNet attention projections that get an adapter."""
+
+
+def camera_features(c2w: Tensor) -> Tensor:
+    """[B,4,4] camera-to-world -> [B,16] condition vector."""
+    return c2w.reshape(c2w.shape[0], CAMERA_FEATURES)
+
+
+@contextlib.contextmanager
+def frozen_unet(unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
+    """Run the pretrained UNet: every LoRA adapter on it is switched off inside this block."""
+    has_adapters = bool(getattr(unet, "peft_config", None))
+    if has_adapters:
+        unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        if has_adapters:
+            unet.enable_adapters()
+
+
+class VariationalCopy:
+    """ε_φ(x_t; y, c): one named LoRA adapter on a shared frozen UNet, with its own optimiser."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        scheduler: DDIMScheduler,
+        config: LoraConfig,
+        seed: int = 0,
+        name: str | None = None,
+    ):
+        self.unet = unet
+        self.scheduler = scheduler
+        self.config = config
+        self.name = name or f"variational_{next(_adapter_ids)}"
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        device = unet.device
+        with warnings.catch_warnings():
+            # Several named adapters on one UNet is the design here (one set of base weights in memory).
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            unet.add_adapter(
+                PeftLoraConfig(
+                    r=config.rank,
+                    lora_alpha=config.alpha if config.alpha is not None else config.rank,
+                    init_lora_weights=True,
+                    target_modules=list(config.target_modules),
+                ),
+                adapter_name=self.name,
+            )
+        # The adapter trains in fp32 even when the UNet runs in bf16/fp16 (peft casts the input).
+        self.lora_parameters = [p for n, p in unet.named_parameters() if f".{self.name}." in n]
+        for p in self.lora_parameters:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        time_dim = unet.time_embedding.linear_2.out_features
+        self.camera_mlp: torch.nn.Module | None = None
+        if config.camera_conditioning:
+            self.camera_mlp = torch.nn.Sequential(
+                torch.nn.Linear(CAMERA_FEATURES, time_dim), torch.nn.SiLU(), torch.nn.Linear(time_dim, time_dim)
+            ).to(device)
+            torch.nn.init.zeros_(self.camera_mlp[2].weight)
+            torch.nn.init.zeros_(self.camera_mlp[2].bias)
+        params = list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        """Switch the UNet to this adapter (and its camera MLP) for the duration of the block."""
+        self.unet.set_adapter(self.name)
+        for p in self.lora_parameters:
+            p.requires_grad_(True)
+        previous = self.unet.class_embedding
+        self.unet.class_embedding = self.camera_mlp
+        try:
+            yield
+        finally:
+            self.unet.class_embedding = previous
+
+    def _forward(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
+        labels = None
+        if self.camera_mlp is not None:
+            labels = torch.zeros(x_t.shape[0], CAMERA_FEATURES, device=x_t.device) if camera is None else camera
+            labels = labels.to(device=x_t.device, dtype=torch.float32)
+        return self.unet(x_t, t, encoder_hidden_states=text, class_labels=labels).sample
+
+    @torch.no_grad()
+    def predict(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
+        """ε_φ(x_t; y, c) [B,4,h,w]; camera [B,16] or None (the camera-free score)."""
+        with self._active():
+            return self._forward(x_t, t, text, camera)
+
+    def train_step(self, latents: Tensor, text: Tensor, camera: Tensor | None) -> float:
+        """One diffusion-loss step on detached render latents [B,4,h,w]; returns the mean loss over steps."""
+        latents = latents.detach()
+        n_train = self.scheduler.config.num_train_timesteps
+        lo, hi = (int(n_train * f) for f in self.config.train_t_range)
+        losses = []
+        with self._active():
+            for _ in range(self.config.train_steps):
+                b = latents.shape[0]
+                t = torch.randint(lo, max(hi, lo + 1), (b,), generator=self.generator).to(latents.device)
+                noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+                x_t = self.scheduler.add_noise(latents, noise, t)
+                cam = camera
+                if cam is not None:
+                    keep = torch.rand(b, generator=self.generator) >= self.config.camera_dropout
+                    cam = cam * keep.to(cam)[:, None]
+                pred = self._forward(x_t, t, text.detach(), cam)
+                if self.scheduler.config.prediction_type == "v_prediction":
+                    target = self.scheduler.get_velocity(latents, noise, t)
+                else:
+                    target = noise
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(float(loss.detach()))
+        return sum(losses) / max(len(losses), 1)

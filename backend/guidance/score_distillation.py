@@ -1,0 +1,314 @@
+"""Score distillation with a text-to-image prior: SDS, CSD, VSD, BSD and DSD behind one Guidance.
+
+Notation (METHOD.md): x the render's latent, x_t = √ᾱ_t x + √(1−ᾱ_t) ε with
+injected noise ε, ε(x_t; y) the frozen UNet with the view's prompt y, ε(∅) with
+the negative/empty prompt, s the CFG scale, ε̂ = ε(∅) + s·(ε(y) − ε(∅)), ε_φ
+the LoRA variational copy (camera-conditioned), w(t) = 1 − ᾱ_t. The gradient
+on x for each objective:
+
+    sds  w(t)·(ε̂ − ε)                                   DreamFusion
+    csd  w(t)·λ_cfg·(ε(y) − ε(∅))                       Classifier Score Distillation
+    vsd  w(t)·(ε̂ − ε_φ(x_t; y, c))                      ProlificDreamer
+    bsd  w(t)·(ε̂_T − ε_φ(x_t; y, c))                    DreamCraft3D: ε̂_T is a bootstrapped teacher
+    dsd  w(t)·[λ_cfg·(ε(y) − ε(∅)) + λ_var·(ε(y) − ε_φ)] DreamPolish
+
+Since ε̂ − ε_φ = (s−1)(ε(y) − ε(∅)) + (ε(y) − ε_φ), DSD with λ_cfg = s−1,
+λ_var = 1 is VSD and DSD with λ_var = 0 is CSD. The gradient is applied by
+reparameterisation, loss = ½‖x − sg(x − g)‖² / B, so that ∂loss/∂x = g / B
+flows through the VAE encoder into the render; the UNet runs without
+gradient, and only the LoRA adapters train, in their own optimiser step on
+the detached latents after the gradient has been formed.
+
+BSD here: the teacher is a second LoRA adapter fine-tuned on renders refined
+by the teacher itself (noised to `refine_t` and denoised in one step to its
+x̂₀ estimate with CFG), refreshed every `interval` steps. DreamCraft3D refines
+with a full img2img pass and fine-tunes DreamBooth; the one-step refinement
+keeps the cost of a refresh to one UNet call per view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler
+from torch import Tensor
+
+from ..models.loading import TextToImageModels
+from .base import GuidanceInput, GuidanceOutput
+from .lora import LoraConfig, VariationalCopy, camera_features, frozen_unet
+from .text_prior import PromptEmbeddings
+
+Objective = Literal["sds", "csd", "vsd", "bsd", "dsd"]
+OBJECTIVES: tuple[str, ...] = ("sds", "csd", "vsd", "bsd", "dsd")
+Weighting = Literal["sds", "uniform"]
+
+
+@dataclass
+class Schedule:
+    """A weight that moves linearly from `start` to `end` over a stage's steps (constant if end is None)."""
+
+    start: float
+    """Value at the first step."""
+    end: float | None = None
+    """Value at the last step; None keeps `start`."""
+
+    def at(self, progress: float) -> float:
+        """Value at `progress` = step / total_steps in [0, 1]."""
+        if self.end is None:
+            return self.start
+        p = min(max(progress, 0.0), 1.0)
+        return self.start + (self.end - self.start) * p
+
+
+@dataclass
+class TimestepSchedule:
+    """Which diffusion timesteps are sampled, as fractions of the training schedule."""
+
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """[min, max] at the first step."""
+    t_range_end: tuple[float, float] | None = None
+    """[min, max] reached after `anneal_steps` (e.g. (0.2, 0.5) from (0.7, 0.85)); None = no annealing."""
+    anneal_steps: int = 200
+    """Steps over which t_range moves linearly to t_range_end."""
+
+    def range_at(self, step: int) -> tuple[float, float]:
+        if self.t_range_end is None:
+            return self.t_range
+        p = min(max(step / max(self.anneal_steps, 1), 0.0), 1.0)
+        return (
+            self.t_range[0] + (self.t_range_end[0] - self.t_range[0]) * p,
+            self.t_range[1] + (self.t_range_end[1] - self.t_range[1]) * p,
+        )
+
+    def sample(self, step: int, batch: int, num_train_timesteps: int, generator: torch.Generator) -> Tensor:
+        """[B] integer timesteps drawn uniformly from the current range."""
+        lo, hi = self.range_at(step)
+        lo_i = int(round(lo * num_train_timesteps))
+        hi_i = max(int(round(hi * num_train_timesteps)), lo_i + 1)
+        return torch.randint(lo_i, min(hi_i, num_train_timesteps), (batch,), generator=generator)
+
+
+@dataclass
+class BootstrapConfig:
+    """BSD's teacher: a LoRA adapter fine-tuned on renders refined by itself."""
+
+    interval: int = 100
+    """Steps between teacher refreshes (the first call refreshes too)."""
+    refine_t: float = 0.3
+    """Noise level (fraction of the schedule) of the one-step refinement of the renders."""
+    train_steps: int = 4
+    """Teacher optimiser steps per refresh."""
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=4, learning_rate=1e-4))
+    """The teacher's adapter."""
+
+
+@dataclass
+class ScoreDistillationConfig:
+    """One text-conditioned score distillation objective and its settings."""
+
+    objective: Objective = "sds"
+    """sds | csd | vsd | bsd | dsd (formulas in the module docstring)."""
+    guidance_scale: float = 7.5
+    """CFG scale s of ε̂ (sds, vsd, bsd)."""
+    timesteps: TimestepSchedule = field(default_factory=TimestepSchedule)
+    """Sampled timestep range and its annealing."""
+    weighting: Weighting = "sds"
+    """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
+    vae_resolution: int | None = None
+    """Side the render is resized to before the VAE encoder; None = the model's native resolution."""
+    lambda_cfg: Schedule = field(default_factory=lambda: Schedule(6.5))
+    """Weight of the CFG direction ε(y) − ε(∅) (csd, dsd)."""
+    lambda_var: Schedule = field(default_factory=lambda: Schedule(1.0))
+    """Weight of the variational direction ε(y) − ε_φ (dsd)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """The variational copy ε_φ (vsd, bsd, dsd)."""
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    """The teacher of bsd."""
+    grad_clip: float | None = None
+    """Clamp each element of g to ±grad_clip; None = only non-finite values are zeroed."""
+    seed: int = 0
+    """Seed of the timestep / noise draws and of the adapters' training draws."""
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA; nothing on the CPU (fp32 there)."""
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def timestep_weight(scheduler: DDIMScheduler, t: Tensor, weighting: Weighting) -> Tensor:
+    """[B,1,1,1] w(t)."""
+    if weighting == "uniform":
+        return torch.ones(t.shape[0], 1, 1, 1)
+    alpha_bar = scheduler.alphas_cumprod[t.cpu()]
+    return (1.0 - alpha_bar).reshape(-1, 1, 1, 1)
+
+
+def to_epsilon(scheduler: DDIMScheduler, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    """The UNet's output as a noise prediction (v-prediction: ε = √ᾱ v + √(1−ᾱ) x_t)."""
+    if scheduler.config.prediction_type != "v_prediction":
+        return prediction
+    alpha_bar = scheduler.alphas_cumprod[t.cpu()].to(x_t).reshape(-1, 1, 1, 1)
+    return alpha_bar.sqrt() * prediction + (1 - alpha_bar).sqrt() * x_t
+
+
+def add_noise(scheduler: DDIMScheduler, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    alpha_bar = scheduler.alphas_cumprod[t.cpu()].to(latents).reshape(-1, 1, 1, 1)
+    return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
+
+
+def clean_gradient(grad: Tensor, clip: float | None) -> Tensor:
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return grad.clamp(-clip, clip) if clip is not None else grad
+
+
+def reparameterised_loss(latents: Tensor, grad: Tensor) -> Tensor:
+    """½‖x − sg(x − g)‖² / B: its gradient with respect to x is g / B."""
+    target = (latents - grad).detach()
+    return 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / latents.shape[0]
+
+
+def encode_render(vae: AutoencoderKL, rgb: Tensor, resolution: int) -> Tensor:
+    """rgb [B,H,W,3] in [0,1] -> scaled latents [B,4,h,w] (differentiable; the posterior mean)."""
+    image = rgb.permute(0, 3, 1, 2)
+    if image.shape[-2:] != (resolution, resolution):
+        downsample = image.shape[-1] > resolution or image.shape[-2] > resolution
+        image = F.interpolate(image, (resolution, resolution), mode="bilinear", align_corners=False, antialias=downsample)
+    image = image.to(vae.dtype) * 2.0 - 1.0
+    return vae.encode(image).latent_dist.mean * vae.config.scaling_factor
+
+
+class ScoreDistillation:
+    """Guidance from a text-to-image prior with one of the score distillation objectives."""
+
+    def __init__(self, models: TextToImageModels, prompts: PromptEmbeddings, config: ScoreDistillationConfig):
+        self.models = models
+        self.prompts = prompts
+        self.config = config
+        self.scheduler = models.scheduler
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.resolution = config.vae_resolution or models.native_resolution
+        self.variational: VariationalCopy | None = None
+        self.teacher: VariationalCopy | None = None
+        if config.objective in ("vsd", "bsd", "dsd"):
+            self.variational = VariationalCopy(models.unet, self.scheduler, config.lora, seed=config.seed + 1)
+        if config.objective == "bsd":
+            self.teacher = VariationalCopy(
+                models.unet, self.scheduler, config.bootstrap.lora, seed=config.seed + 2, name=f"bootstrap_{id(self)}"
+            )
+        self._teacher_refreshed_at: int | None = None
+
+    # -- noise predictions -------------------------------------------------------------------------
+
+    def _frozen_cfg_pair(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
+        """(ε(x_t; ∅), ε(x_t; y)) from one batched pass of the pretrained UNet."""
+        unet = self.models.unet
+        with torch.no_grad(), frozen_unet(unet), autocast(self.models.device, self.models.dtype):
+            x_in = torch.cat([x_t, x_t]).to(self.models.dtype)
+            t_in = torch.cat([t, t]).to(self.models.device)
+            pred = unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        pred = to_epsilon(self.scheduler, pred.float(), torch.cat([x_t, x_t]).float(), torch.cat([t, t]))
+        eps_uncond, eps_cond = pred.chunk(2)
+        return eps_uncond, eps_cond
+
+    def _adapter_eps(self, copy: VariationalCopy, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
+        with autocast(self.models.device, self.models.dtype):
+            pred = copy.predict(x_t.to(self.models.dtype), t.to(self.models.device), text, camera)
+        return to_epsilon(self.scheduler, pred.float(), x_t.float(), t)
+
+    # -- the objective -----------------------------------------------------------------------------
+
+    def latent_gradient(
+        self,
+        latents: Tensor,
+        t: Tensor,
+        noise: Tensor,
+        cond: Tensor,
+        uncond: Tensor,
+        camera: Tensor | None,
+        progress: float = 0.0,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """g [B,4,h,w] on the latents x for timesteps t [B] and injected noise ε [B,4,h,w]."""
+        cfg = self.config
+        latents = latents.detach().float()
+        x_t = add_noise(self.scheduler, latents, noise.float(), t)
+        eps_uncond, eps_cond = self._frozen_cfg_pair(x_t, t, cond, uncond)
+        w = timestep_weight(self.scheduler, t, cfg.weighting).to(latents)
+        s = cfg.guidance_scale
+        diagnostics: dict[str, float] = {}
+        if cfg.objective == "sds":
+            eps_hat = eps_uncond + s * (eps_cond - eps_uncond)
+            grad = w * (eps_hat - noise)
+        elif cfg.objective == "csd":
+            lam_cfg = cfg.lambda_cfg.at(progress)
+            grad = w * lam_cfg * (eps_cond - eps_uncond)
+            diagnostics["lambda_cfg"] = lam_cfg
+        elif cfg.objective == "vsd":
+            eps_phi = self._adapter_eps(self.variational, x_t, t, cond, camera)
+            grad = w * (eps_uncond + s * (eps_cond - eps_uncond) - eps_phi)
+        elif cfg.objective == "bsd":
+            eps_t_uncond = self._adapter_eps(self.teacher, x_t, t, uncond, camera)
+            eps_t_cond = self._adapter_eps(self.teacher, x_t, t, cond, camera)
+            eps_phi = self._adapter_eps(self.variational, x_t, t, cond, camera)
+            grad = w * (eps_t_uncond + s * (eps_t_cond - eps_t_uncond) - eps_phi)
+        else:  # dsd
+            eps_phi = self._adapter_eps(self.variational, x_t, t, cond, camera)
+            lam_cfg, lam_var = cfg.lambda_cfg.at(progress), cfg.lambda_var.at(progress)
+            grad = w * (lam_cfg * (eps_cond - eps_uncond) + lam_var * (eps_cond - eps_phi))
+            diagnostics.update(lambda_cfg=lam_cfg, lambda_var=lam_var)
+        grad = clean_gradient(grad, cfg.grad_clip)
+        diagnostics["grad_norm"] = float(grad.norm())
+        diagnostics["t"] = float(t.float().mean()) / self.num_train_timesteps
+        return grad, diagnostics
+
+    def _refresh_teacher(self, latents: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor | None) -> float:
+        """Refine the current renders with the teacher (one-step x̂₀ at refine_t) and fine-tune it on them."""
+        boot = self.config.bootstrap
+        b = latents.shape[0]
+        t = torch.full((b,), int(boot.refine_t * self.num_train_timesteps), dtype=torch.long)
+        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        x_t = add_noise(self.scheduler, latents, noise, t)
+        eps_u = self._adapter_eps(self.teacher, x_t, t, uncond, camera)
+        eps_c = self._adapter_eps(self.teacher, x_t, t, cond, camera)
+        eps_hat = eps_u + self.config.guidance_scale * (eps_c - eps_u)
+        alpha_bar = self.scheduler.alphas_cumprod[t].to(latents).reshape(-1, 1, 1, 1)
+        refined = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
+        steps = self.teacher.config.train_steps
+        self.teacher.config.train_steps = boot.train_steps
+        try:
+            return self.teacher.train_step(refined.detach().to(self.models.dtype), cond, camera)
+        finally:
+            self.teacher.config.train_steps = steps
+
+    def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
+        b = inp.rgb.shape[0]
+        progress = inp.step / max(inp.total_steps, 1)
+        with autocast(self.models.device, self.models.dtype):
+            latents = encode_render(self.models.vae, inp.rgb.to(self.models.device), self.resolution).float()
+        cond, uncond = self.prompts.for_cameras(inp.cameras)
+        camera = camera_features(inp.cameras.c2w.to(self.models.device).float())
+        t = self.config.timesteps.sample(inp.step, b, self.num_train_timesteps, self.generator)
+        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
+        diagnostics: dict[str, float] = {}
+        if self.teacher is not None:
+            interval = self.config.bootstrap.interval
+            if self._teacher_refreshed_at is None or inp.step - self._teacher_refreshed_at >= interval:
+                diagnostics["teacher_loss"] = self._refresh_teacher(latents.detach(), cond, uncond, camera)
+                self._teacher_refreshed_at = inp.step
+        grad, grad_diag = self.latent_gradient(latents, t.to(self.models.device), noise, cond, uncond, camera, progress)
+        diagnostics.update(grad_diag)
+        loss = reparameterised_loss(latents, grad)
+        if self.variational is not None:
+            diagnostics["lora_loss"] = self.variational.train_step(latents.detach().to(self.models.dtype), cond, camera)
+        return GuidanceOutput(loss=loss, diagnostics=diagnostics)
+
