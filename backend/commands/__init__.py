@@ -14,6 +14,8 @@ from typing import Protocol
 COMMAND_MODULES: tuple[str, ...] = (
     "serve",
     "keys",
+    "render",
+    "models",
 )
 """Subcommand modules in the order `--help` lists them."""
 

@@ -247,12 +247,58 @@ def _edge_value(e0: Tensor, e1: Tensor, x: Tensor) -> Tensor:
     return d[:, 0] * r[:, 1] - d[:, 1] * r[:, 0]
 
 
+SILHOUETTE_WALK_STEPS = 6
+"""Faces a pixel-pair segment may cross through interior edges before its silhouette edge."""
+
+
+def _silhouette_crossings(
+    screen: Tensor, faces: Tensor, neighbour: Tensor, facing: Tensor,
+    bi: Tensor, front: Tensor, cp: Tensor, cq: Tensor, horizontal_pairs: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """For segments from pixel centre cp (inside face `front` of view bi) to cq, find the
+    silhouette edge they leave the surface through: the first edge of `front` they cross, or,
+    when that edge is interior (its neighbour faces the same way), the exit edge of the
+    neighbour, and so on for a few faces. Returns (face, edge index k, found) per segment.
+
+    As in a 1-D box filter, horizontal pairs only take edges that run more vertically than
+    horizontally and vertical pairs the others, so that no edge is counted twice.
+    """
+    face = front.clone()
+    edge = torch.zeros_like(front)
+    found = torch.zeros_like(front, dtype=torch.bool)
+    active = torch.ones_like(found)
+    for _ in range(SILHOUETTE_WALK_STEPS):
+        c = screen[bi.unsqueeze(1), faces[face]]  # [N,3,2]
+        orient = torch.sign(_edge_functions(c, c[:, 0]).sum(-1, keepdim=True))
+        ep = _edge_functions(c, cp) * orient
+        eq = _edge_functions(c, cq) * orient
+        # Exit edges: p on the inner side, q on the outer side; the first exit has the smallest t.
+        crossing = (ep >= 0) & (eq < 0)
+        t = torch.where(crossing, ep / (ep - eq).where(crossing, torch.ones_like(ep)), torch.full_like(ep, 2.0))
+        k = t.argmin(-1)
+        crosses = crossing.gather(1, k[:, None]).squeeze(1)
+        across = neighbour[face, k]
+        silhouette = (across < 0) | (facing[bi, across.clamp_min(0)] != facing[bi, face])
+        ar = torch.arange(k.numel(), device=k.device)
+        direction = c[ar, (k + 2) % 3] - c[ar, (k + 1) % 3]
+        steep = direction[:, 1].abs() >= direction[:, 0].abs()
+        done = active & crosses & silhouette & (steep if horizontal_pairs else ~steep)
+        edge = torch.where(done, k, edge)
+        found |= done
+        active = active & crosses & ~silhouette
+        if not bool(active.any()):
+            break
+        face = torch.where(active, across, face)
+    return face, edge, found
+
+
 def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
     """Blend colours across silhouette and occlusion edges (see the module docstring).
 
-    image [B,H,W,C]; an edge between neighbouring pixels p (covered by face T, in front) and q
-    is blended when q is background, or when the edge of T crossing p -> q is a silhouette
-    edge of the mesh in that view (a boundary edge, or one whose neighbour faces the other way).
+    image [B,H,W,C]. Neighbouring pixels p (the nearer covered one) and q with different faces
+    are blended when the segment p -> q leaves the surface through a silhouette edge of that
+    view (a boundary edge, or one whose neighbour faces the other way); interior edges and
+    pairs whose silhouette is not found within SILHOUETTE_WALK_STEPS faces are left as they are.
     """
     b, height, width, channels = image.shape
     clip = clip_positions(mesh.vertices, cameras)
@@ -284,7 +330,6 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
         p = torch.where(a_front, ia, ib)
         q = torch.where(a_front, ib, ia)
         front = torch.where(a_front, ta, tb)
-        back = torch.where(a_front, tb, ta)
         bi = p // (height * width)
 
         def centre(i: Tensor) -> Tensor:
@@ -292,31 +337,18 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
             return torch.stack([rem % width, rem // width], dim=-1).to(screen.dtype) + 0.5
 
         cp, cq = centre(p), centre(q)
-        corners = screen[bi.unsqueeze(1), faces[front]]  # [N,3,2], differentiable
         with torch.no_grad():
-            c_det = corners.detach()
-            orient = torch.sign(_edge_functions(c_det, c_det[:, 0]).sum(-1, keepdim=True))
-            ep = _edge_functions(c_det, cp) * orient
-            eq = _edge_functions(c_det, cq) * orient
-            crossing = (ep >= 0) & (eq < 0)
-            t_all = ep / (ep - eq).where(crossing, torch.ones_like(ep))
-            t_all = torch.where(crossing, t_all, torch.full_like(t_all, 2.0))
-            edge_k = t_all.argmin(-1)  # the first edge the segment leaves the triangle through
-            found = crossing.gather(1, edge_k[:, None]).squeeze(1)
-            across = neighbour[front, edge_k]
-            silhouette = (back < 0) | (across < 0) | (
-                facing[bi, across.clamp_min(0)] != facing[bi, front]
-            )
-            use = found & silhouette
+            edge_face, edge_k, use = _silhouette_crossings(
+                screen.detach(), faces, neighbour, facing, bi, front, cp, cq, horizontal_pairs=axis == 2)
         if not bool(use.any()):
             continue
-        corners, edge_k, cp, cq = corners[use], edge_k[use], cp[use], cq[use]
+        edge_face, edge_k, bi, cp, cq = edge_face[use], edge_k[use], bi[use], cp[use], cq[use]
         p, q = p[use], q[use]
         # Differentiable crossing: with e(x) = cross(c_{k+2} - c_{k+1}, x - c_{k+1}) (its sign
         # cancels), t = e(p) / (e(p) - e(q)) moves with the edge's end points.
-        ar = torch.arange(corners.shape[0], device=image.device)
-        e0 = corners[ar, (edge_k + 1) % 3]
-        e1 = corners[ar, (edge_k + 2) % 3]
+        corner_ids = faces[edge_face]
+        e0 = screen[bi, corner_ids.gather(1, ((edge_k + 1) % 3)[:, None]).squeeze(1)]
+        e1 = screen[bi, corner_ids.gather(1, ((edge_k + 2) % 3)[:, None]).squeeze(1)]
         fp, fq = _edge_value(e0, e1, cp), _edge_value(e0, e1, cq)
         t = fp / (fp - fq)
         colour_p, colour_q = flat_image[p], flat_image[q]
