@@ -1,0 +1,82 @@
+"""`dreampolish-backend models list|pull|check`: the diffusion priors a model set uses, and fetching them.
+
+    models list  [--set NAME]          what each role of the set points at
+    models check [--set NAME] [--tiny] which of them are present on this machine (exit 1 if any is missing)
+    models pull  [--set NAME]          fetch hub checkpoints into the local hub cache (needs internet)
+    models pull  --tiny [--force]      build the tiny random models into <model cache>/tiny (no internet)
+
+The model cache folder is $DREAMPOLISH_MODEL_DIR (default ~/.cache/dreampolish/models);
+hub checkpoints go to the Hugging Face cache (HF_HOME).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="list, check or fetch the diffusion models")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    for name, help_text in (
+        ("list", "show the models of a set"),
+        ("check", "report which models of a set are present locally"),
+        ("pull", "fetch a set's models (or build the tiny ones with --tiny)"),
+    ):
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument("--set", dest="model_set", default="default", help="model set name (default: default)")
+        q.add_argument("--tiny", action="store_true", help="the tiny random models (same as --set tiny)")
+        if name == "pull":
+            q.add_argument("--force", action="store_true", help="with --tiny: rebuild even if already built")
+        q.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.loading import ModelNotFoundError, hub_offline, local_checkpoint_dir, pull
+    from ..models.specs import model_dir, model_set
+    from ..models.tiny import build_tiny_models
+
+    set_name = "tiny" if args.tiny else args.model_set
+    try:
+        models = model_set(set_name)
+    except KeyError as exc:
+        log.error("%s", exc.args[0])
+        return 2
+    if args.models_command == "list":
+        print(f"model set {set_name!r} (model cache: {model_dir()})")
+        for spec in models.specs():
+            where = f"{spec.hub_id}@{spec.revision}" if spec.hub_id else str(spec.local_path)
+            print(f"  {spec.role:<14} {where}  {spec.description}")
+        return 0
+    if args.models_command == "check":
+        missing = 0
+        for spec in models.specs():
+            folder = local_checkpoint_dir(spec)
+            status = f"present  {folder}" if folder else "MISSING"
+            missing += folder is None
+            print(f"  {spec.role:<14} {spec.name:<45} {status}")
+        if missing:
+            how = "`dreampolish-backend models pull --tiny`" if set_name == "tiny" else (
+                "`dreampolish-backend models pull` on a machine with internet"
+            )
+            print(f"{missing} model(s) missing; run {how}")
+        return 1 if missing else 0
+    # pull
+    if set_name == "tiny":
+        root = build_tiny_models(force=args.force)
+        print(f"tiny models ready in {root}")
+        return 0
+    if hub_offline():
+        log.error("HF_HUB_OFFLINE is set: cannot fetch models; unset it on a machine with internet")
+        return 1
+    failed = 0
+    for spec in models.specs():
+        try:
+            folder = pull(spec)
+            print(f"  {spec.role:<14} {spec.name:<45} {folder}")
+        except (ModelNotFoundError, OSError, ValueError) as exc:
+            failed += 1
+            log.error("could not fetch %s: %s", spec.name, exc)
+    return 1 if failed else 0
