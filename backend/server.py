@@ -17,6 +17,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -98,6 +99,10 @@ class _Subscriber:
     """Seq of the last event sent to this client."""
     behind: bool = False
     """True when a send was deferred or an event skipped: catch up from the store."""
+    retry_at: float = 0.0
+    """Monotonic time of the next catch-up attempt."""
+    backoff_s: float = 0.005
+    """Grows while the client reads nothing, so a stalled client costs next to nothing."""
 
 
 @dataclass
@@ -220,7 +225,13 @@ class BackendServer:
         poller.register(pull, zmq.POLLIN)
         timeout_ms = int(self.config.poll_interval_s * 1000)
         while not self._stop.is_set():
-            ready = dict(poller.poll(timeout_ms))
+            # A client that is behind is retried soon: its queue drains as it reads.
+            retry = min(
+                (sub.retry_at for peers in self._subs.by_job.values() for sub in peers.values() if sub.behind),
+                default=None,
+            )
+            wait_ms = timeout_ms if retry is None else max(0, min(timeout_ms, int((retry - time.monotonic()) * 1000)))
+            ready = dict(poller.poll(wait_ms))
             if router in ready:
                 for _ in range(100):  # bounded batches keep event delivery flowing under a request flood
                     try:
@@ -288,15 +299,20 @@ class BackendServer:
             self._deliver(router, job_id, peer, sub, seq, frames)
 
     def _catch_up(self, router: zmq.Socket) -> None:
+        now = time.monotonic()
         for job_id, peers in list(self._subs.by_job.items()):
             for peer, sub in list(peers.items()):
-                if not sub.behind:
+                if not sub.behind or sub.retry_at > now:
                     continue
                 sub.behind = False
+                start = sub.last_sent
                 for seq, frames in self.manager.events_after(job_id, sub.last_sent):
                     self._deliver(router, job_id, peer, sub, seq, frames)
                     if sub.behind or peer not in self._subs.by_job.get(job_id, {}):
                         break
+                if sub.behind:
+                    sub.backoff_s = 0.005 if sub.last_sent > start else min(sub.backoff_s * 2, 0.5)
+                    sub.retry_at = now + sub.backoff_s
 
     # requests ------------------------------------------------------------------------------------
 

@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.client import BackendClient, JobFailedError, RequestRejected, UnknownJobError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
+
 from tests.pipelines import MODE_STAGES, backend_command, free_tcp_endpoint, repo_env, running_backend
 
 pytestmark = pytest.mark.timeout(120)
@@ -209,3 +209,28 @@ def test_pause_then_resume_with_an_edited_mesh(tmp_path):
         assert all(e.mesh.num_vertices == 10 and e.mesh.num_faces == 4 for e in later)
         with pytest.raises(RequestRejected, match="not paused"):
             client.resume(job)
+
+
+def test_a_client_that_stops_reading_never_blocks_the_worker(tmp_path):
+    import zmq
+    from dreampolish.protocol import codec
+
+    with running_backend(tmp_path, peer_send_hwm=5) as server:
+        stalled = zmq.Context.instance().socket(zmq.DEALER)
+        stalled.linger = 0
+        stalled.rcvhwm = 5
+        stalled.connect(server.endpoint)
+        spec = JobSpec("flood", options={"test.steps": 200, "test.preview": True})
+        stalled.send_multipart(codec.encode(m.Submit(spec=spec)))
+        t0 = time.monotonic()
+        total = 5 * 200 + 5 + 1  # progress, stage results, done
+        while not any(j.state == "done" and j.last_seq == total for j in server.manager.list()):
+            assert time.monotonic() - t0 < 60, "the job stalled behind a client that does not read"
+            time.sleep(0.05)
+        [job] = server.manager.list()
+        # Nothing was lost: a client that reads gets every event from the store.
+        with client_for(server.endpoint) as client:
+            client.attach(job.job_id, 0)
+            events = list(client.events(job.job_id, timeout_s=30))
+        assert [e.seq for e in events] == list(range(1, job.last_seq + 1))
+        stalled.close()
