@@ -29,6 +29,10 @@ API (every call may raise BackendUnreachable or VersionMismatch):
   last_seq (default: the last seq this client saw for the job, else 0) and streams new ones.
 - list_jobs() -> list[JobInfo]; fetch_result(job_id) -> messages.Result (state + every stage result).
 - ping() -> float: round trip in seconds.
+- reconnect() -> messages.Welcome: after BackendUnreachable (or a backend restart): a fresh socket, a new
+  handshake, and attach() again to every job this client follows that has not ended, from the last seq it
+  saw, so no event is lost or repeated.
+- following: the ids of jobs whose events this client receives and that have not ended.
 - close(); the client is also a context manager.
 
 Liveness: while waiting, the client pings the backend every heartbeat_s of silence and raises
@@ -149,6 +153,8 @@ class BackendClient:
         self._socket: zmq.Socket | None = None
         self._events: collections.deque[m.Message] = collections.deque()
         self._repairing: set[str] = set()
+        self.following: set[str] = set()
+        """Jobs this client submitted, resumed or attached to, until their final event arrives."""
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._silent_since: float | None = None
@@ -168,12 +174,22 @@ class BackendClient:
                 sock.curve_secretkey = secret
             sock.connect(self.address)
             self._socket = sock
-            self._last_heard = time.monotonic()
+        self._last_heard = time.monotonic()
+        self._silent_since = None
         reply = self._request(m.Hello(client=f"{self.client_name} (protocol {PROTOCOL_VERSION})"))
         if not isinstance(reply, m.Welcome):
             raise ClientError(f"expected welcome, got {reply.TYPE}")
         self.welcome = reply
         return reply
+
+    def reconnect(self) -> m.Welcome:
+        """New socket and handshake, then re-attach every followed job from the last seq seen."""
+        self.close()
+        self._repairing.clear()
+        welcome = self.connect()
+        for job_id in sorted(self.following):
+            self.attach(job_id)
+        return welcome
 
     def close(self) -> None:
         if self._socket is not None:
@@ -191,6 +207,7 @@ class BackendClient:
     def submit(self, spec: JobSpec) -> str:
         reply = self._request(m.Submit(spec=spec))
         self.last_seq.setdefault(reply.job_id, 0)
+        self.following.add(reply.job_id)
         return reply.job_id
 
     def cancel(self, job_id: str) -> None:
@@ -198,13 +215,18 @@ class BackendClient:
 
     def resume(self, job_id: str, mesh: MeshPayload | None = None) -> None:
         self._request(m.Resume(job_id=job_id, mesh=mesh))
+        self.following.add(job_id)
 
     def attach(self, job_id: str, last_seq: int | None = None) -> None:
-        seq = self.last_seq.get(job_id, 0) if last_seq is None else last_seq
+        if last_seq is None:
+            seq = self.last_seq.get(job_id, 0)  # buffered, not yet polled events stay queued
+        else:
+            seq = last_seq
+            # Buffered events after seq will be replayed: drop them so they arrive once.
+            self._events = collections.deque(e for e in self._events if e.job_id != job_id or e.seq <= seq)
         self.last_seq[job_id] = seq
-        # Events of this job already buffered would be replayed again: drop them.
-        self._events = collections.deque(e for e in self._events if e.job_id != job_id)
         self._request(m.Attach(job_id=job_id, last_seq=seq))
+        self.following.add(job_id)
 
     def list_jobs(self) -> list[m.JobInfo]:
         reply = self._request(m.ListJobs())
@@ -360,4 +382,6 @@ class BackendClient:
             return False
         self._repairing.discard(msg.job_id)
         self.last_seq[msg.job_id] = msg.seq
+        if msg.TYPE in m.FINAL_EVENTS:
+            self.following.discard(msg.job_id)
         return True

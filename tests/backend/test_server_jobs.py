@@ -12,7 +12,13 @@ import time
 import numpy as np
 import pytest
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.client import BackendClient, JobFailedError, RequestRejected, UnknownJobError
+from dreampolish.protocol.client import (
+    BackendClient,
+    BackendUnreachable,
+    JobFailedError,
+    RequestRejected,
+    UnknownJobError,
+)
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
@@ -234,3 +240,29 @@ def test_a_client_that_stops_reading_never_blocks_the_worker(tmp_path):
             events = list(client.events(job.job_id, timeout_s=30))
         assert [e.seq for e in events] == list(range(1, job.last_seq + 1))
         stalled.close()
+
+
+def test_client_reconnects_after_a_backend_restart_and_misses_nothing(tmp_path):
+    endpoint = free_tcp_endpoint()
+    proc = start_backend(tmp_path, endpoint)
+    client = BackendClient(endpoint, timeout_s=10, heartbeat_s=0.3, dead_after_s=1.5)
+    try:
+        client.connect()
+        job = client.submit(JobSpec("across a restart", options={"test.steps": 10, "test.step_s": 0.05}))
+        seen = []
+        for event in client.events(job, timeout_s=30):
+            seen.append(event.seq)
+            if isinstance(event, m.StageResult):
+                break
+        stop_backend(proc)
+        with pytest.raises(BackendUnreachable):
+            client.ping()
+        proc = start_backend(tmp_path, endpoint)
+        client.reconnect()
+        for event in client.events(job, timeout_s=60, until_pause=False):
+            seen.append(event.seq)
+        assert seen == list(range(1, len(seen) + 1))
+        assert client.following == set()
+    finally:
+        client.close()
+        stop_backend(proc)
