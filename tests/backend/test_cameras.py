@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from dreampolish.backend.render.cameras import (
     ViewSampler,
     camera_from_blender,
