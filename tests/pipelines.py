@@ -12,9 +12,9 @@ ScriptedPipeline is steered by JobSpec.options, so one backend serves every scen
     test.fail_kind    "error" (RuntimeError), "oom" (an OutOfMemoryError like torch's), "job_failed"
     test.preview      true: send a preview PNG with every progress report
 
-It emits, after each stage, an octahedron scaled by 1 + 0.25 * stage index (so
-results are known exactly), per-corner UVs and, for "texture", a base-colour
-PNG. It honours pause_after; a resume with an edited mesh makes every later
+It emits, after each stage, an octahedron (or the spec's input_mesh) scaled by
+1 + 0.25 * stage index (so results are known exactly; texture mode keeps the
+input unscaled, with its UVs), and, for "texture", a base-colour PNG. It honours pause_after; a resume with an edited mesh makes every later
 stage emit that mesh (scaled). It checkpoints the stages it finished under
 ctx.work_dir and skips them when run again with a ResumePoint.
 """
@@ -125,7 +125,7 @@ class ScriptedPipeline:
                     time.sleep(step_s)
                 png = png_rgb(4, 4, (index * 40 % 256, 128, 200)) if preview else None
                 ctx.progress(stage, step + 1, steps, {"loss": 1.0 / (step + 1)}, png)
-            mesh = self._stage_mesh(ctx, index, stage, edited_faces)
+            mesh = self._stage_mesh(ctx, spec, index, stage, edited_faces)
             ctx.stage_result(stage, index, mesh)
             done.append(stage)
             checkpoint.write_text(json.dumps({"done": done, "edited_faces": edited_faces}))
@@ -133,12 +133,22 @@ class ScriptedPipeline:
                 return RunOutcome(paused_after=stage)
         return RunOutcome()
 
-    def _stage_mesh(self, ctx: JobContext, index: int, stage: str, edited_faces: int | None) -> MeshPayload:
-        scale = 1.0 + 0.25 * index
+    def _stage_mesh(
+        self, ctx: JobContext, spec: JobSpec, index: int, stage: str, edited_faces: int | None
+    ) -> MeshPayload:
+        # Texture-only jobs keep the input's vertices, faces and UVs exactly; other stages scale.
+        scale = 1.0 if spec.mode == "texture" else 1.0 + 0.25 * index
         if edited_faces is not None:
             v = np.load(ctx.work_dir / "edited_vertices.npy")
             f = np.load(ctx.work_dir / "edited_faces.npy")
             mesh = MeshPayload(vertices=(v * scale).astype(np.float32), faces=f)
+        elif spec.input_mesh is not None:
+            given = spec.input_mesh
+            mesh = MeshPayload(
+                vertices=(given.vertices * scale).astype(np.float32),
+                faces=np.array(given.faces, np.uint32),
+                uvs=None if given.uvs is None else np.array(given.uvs, np.float32),
+            )
         else:
             mesh = octahedron(scale)
         if stage == "texture":
