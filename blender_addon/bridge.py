@@ -214,7 +214,10 @@ def drain(max_events: int = 1000) -> int:
         if event.kind == "welcome":
             _welcome = event.payload
         if _handler is not None:
-            _handler(event)
+            try:
+                _handler(event)
+            except Exception:  # noqa: BLE001 - an exception here would unregister the timer for good
+                log.exception("applying a %s event failed", event.kind)
         applied += 1
     return applied
 
@@ -229,7 +232,7 @@ def _clear_queue() -> None:
 
 def _timer() -> float | None:
     drain()
-    if _thread is None and _events.empty():
+    if (_thread is None or not _thread.is_alive()) and _events.empty():
         return None  # nothing left to follow; connect() registers the timer again
     return TIMER_INTERVAL_S
 

@@ -35,12 +35,20 @@ def load_image(role: str, path: Path, name: str) -> bpy.types.Image:
         if c == 1:
             rgba[:, :, 1:3] = arr
         img = bpy.data.images.new(name, w, h, alpha=c == 4, float_buffer=True)
+        # Before the pixels: changing the colour space regenerates a generated image's buffer.
+        _set_colorspace(img, role)
         # Texture rows run top to bottom on the wire; Blender's pixel rows start at the bottom.
         img.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).ravel())
         img.update()
+        return img
+    _set_colorspace(img, role)
+    return img
+
+
+def _set_colorspace(img: bpy.types.Image, role: str) -> None:
+    # Base colour is sRGB colour; normal and roughness/metallic maps are data.
     if role != "base_color":
         img.colorspace_settings.name = "Non-Color"
-    return img
 
 
 def _node(nodes: bpy.types.Nodes, kind: str, label: str, location: tuple[float, float]) -> bpy.types.Node:

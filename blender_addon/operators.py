@@ -34,7 +34,9 @@ _backend_process: subprocess.Popen | None = None
 
 
 def _job_active(context) -> bool:
-    return context.window_manager.dreampolish.job_state in ACTIVE_STATES
+    """A job of the current connection is still going (a job left from a closed connection is not
+    followed any more and does not block a new one)."""
+    return context.window_manager.dreampolish.job_state in ACTIVE_STATES and bridge.is_connected()
 
 
 def _settings(context) -> bridge.ConnectionSettings:

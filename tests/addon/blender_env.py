@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_USER_RESOURCES = Path(tempfile.mkdtemp(prefix="dreampolish-blender-user-"))
+USER_RESOURCES = Path(tempfile.mkdtemp(prefix="dreampolish-blender-user-"))
 # Must be set before bpy is imported: Blender reads it once at start-up.
-os.environ["BLENDER_USER_RESOURCES"] = str(_USER_RESOURCES)
+os.environ["BLENDERUSER_RESOURCES"] = str(USER_RESOURCES)
 
 bpy = pytest.importorskip("bpy", reason="the add-on tests run inside Blender's bpy module (.venv-blender)")
-addon_utils = pytest.importorskip("addon_utils")  # on sys.path only once bpy is imported
+# Blender's own modules: importable only once bpy is imported.
+addon_utils = pytest.importorskip("addon_utils")
+bmesh = pytest.importorskip("bmesh")
+mathutils = pytest.importorskip("mathutils")
 
 REPO_NAME = "dreampolish_test"
 ADDON_ID = "dreampolish"

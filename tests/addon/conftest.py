@@ -13,39 +13,38 @@ from pathlib import Path
 
 import pytest
 
-from tests.addon.blender_env import (
-    _USER_RESOURCES,
-    BACKEND_EXE,
-    MODULE,
-    REPO_NAME,
-    REPO_ROOT,
-    TEST_PIPELINE,
-    addon_utils,
-    bpy,
-    built_zip,
-)
+
+def _env():
+    """The shared set-up, imported only inside fixtures: under an interpreter without bpy the test
+    modules are reported as skipped instead of this conftest failing to load."""
+    from tests.addon import blender_env
+
+    return blender_env
 
 
 @pytest.fixture(scope="session")
 def addon() -> Iterator[object]:
     """The installed and enabled extension's module (bl_ext.dreampolish_test.dreampolish)."""
+    env = _env()
+    bpy, REPO_NAME, MODULE = env.bpy, env.REPO_NAME, env.MODULE
     repo_dir = Path(tempfile.mkdtemp(prefix="dreampolish-ext-repo-"))
     repos = bpy.context.preferences.extensions.repos
     repo = repos.new(name=REPO_NAME, module=REPO_NAME, custom_directory=str(repo_dir), source="USER")
     result = bpy.ops.extensions.package_install_files(
-        filepath=str(built_zip()), repo=REPO_NAME, enable_on_install=True)
+        filepath=str(env.built_zip()), repo=REPO_NAME, enable_on_install=True)
     assert result == {"FINISHED"}, result
     module = sys.modules[MODULE]
     yield module
-    addon_utils.disable(MODULE, default_set=True)
+    env.addon_utils.disable(MODULE, default_set=True)
     repos.remove(repo)
     shutil.rmtree(repo_dir, ignore_errors=True)
-    shutil.rmtree(_USER_RESOURCES, ignore_errors=True)
+    shutil.rmtree(env.USER_RESOURCES, ignore_errors=True)
 
 
 @pytest.fixture
-def fresh_scene(addon) -> Iterator[bpy.types.Scene]:
+def fresh_scene(addon) -> Iterator[object]:
     """An empty scene (no objects, no camera) and an idle add-on for each test."""
+    bpy = _env().bpy
     bpy.ops.wm.read_homefile(use_empty=True)
     addon.bridge.disconnect()
     rt = bpy.context.window_manager.dreampolish
@@ -59,19 +58,21 @@ def fresh_scene(addon) -> Iterator[bpy.types.Scene]:
 @pytest.fixture(scope="session")
 def backend_address() -> Iterator[str]:
     """A real backend process on loopback running the scripted test pipeline."""
-    if not (REPO_ROOT / ".venv").exists():
+    env = _env()
+    if not (env.REPO_ROOT / ".venv").exists():
         pytest.skip("the backend environment .venv is absent: run `make venv`")
     from tests.conftest import free_tcp_port
 
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
     store = Path(tempfile.mkdtemp(prefix="dreampolish-store-"))
     log_path = store / "backend.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    env.pop("BLENDER_USER_RESOURCES", None)
+    backend_env = dict(os.environ, PYTHONPATH=str(env.REPO_ROOT))
+    backend_env.pop("BLENDER_USER_RESOURCES", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(BACKEND_EXE), "serve", "--bind", address, "--store", str(store), "--pipeline", TEST_PIPELINE],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [str(env.BACKEND_EXE), "serve", "--bind", address, "--store", str(store),
+             "--pipeline", env.TEST_PIPELINE],
+            cwd=env.REPO_ROOT, env=backend_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     try:
         yield address
@@ -88,6 +89,7 @@ def backend_address() -> Iterator[str]:
 @pytest.fixture
 def connected(addon, fresh_scene, backend_address) -> str:
     """The add-on connected to the test backend (waits for the backend process to come up)."""
+    bpy, MODULE = _env().bpy, _env().MODULE
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.backend_address = backend_address
     prefs.timeout_s = 5.0

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from mathutils import Euler, Matrix, Vector
 
-from tests.addon.blender_env import bpy
+from tests.addon.blender_env import bpy, mathutils
+
+Euler, Matrix, Vector = mathutils.Euler, mathutils.Matrix, mathutils.Vector
 
 
 def _camera(name: str, *, lens=50.0, sensor=(36.0, 24.0), fit="AUTO", shift=(0.0, 0.0),

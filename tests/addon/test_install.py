@@ -5,10 +5,7 @@ from __future__ import annotations
 import threading
 import zipfile
 
-import addon_utils
-import bpy
-
-from tests.addon.blender_env import ADDON_ID, MODULE, built_zip
+from tests.addon.blender_env import ADDON_ID, MODULE, addon_utils, bpy, built_zip
 
 OPERATORS = (
     "connect", "disconnect", "generate", "refine_selected", "cancel", "resume", "import_result",
@@ -49,7 +46,7 @@ def test_installed_extension_registers_panel_operators_and_preferences(addon):
     assert prefs.bl_rna.properties["server_key"].subtype == "PASSWORD"
     # The artist's choices live in one group on the scene, runtime state on the window manager.
     assert isinstance(bpy.context.scene.dreampolish.prompt, str)
-    assert bpy.context.window_manager.dreampolish.connection == "disconnected"
+    assert bpy.context.window_manager.dreampolish.bl_rna.identifier == "DreamPolishRuntime"
     # The vendored protocol is the extension's own subpackage.
     assert addon.bridge.BackendClient.__module__ == f"{MODULE}.protocol.client"
 

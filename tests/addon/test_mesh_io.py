@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from mathutils import Matrix
 
-from tests.addon.blender_env import bpy
+from tests.addon.blender_env import bpy, mathutils
+
+Matrix = mathutils.Matrix
 
 
 def _payload(addon, with_extras: bool = True):

@@ -6,11 +6,10 @@ scaled by 1 + 0.25 * stage index, and with the texture stage a solid (200, 60, 3
 
 from __future__ import annotations
 
-import bmesh
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy, pump
+from tests.addon.blender_env import bmesh, bpy, pump
 
 OCTAHEDRON_VERTS, OCTAHEDRON_FACES = 6, 8
 TEXTURE_RGB = np.array([200, 60, 30]) / 255.0
@@ -152,3 +151,14 @@ def test_history_reimport_makes_a_new_object(addon, connected):
     objects = _job_objects(job_id)
     assert len(objects) == 2
     assert all(len(o.data.polygons) == OCTAHEDRON_FACES for o in objects)
+
+
+def test_progress_shows_stage_step_and_the_latest_preview(addon, connected):
+    _generate(addon, stages={"nerf"}, pause_after={"nerf"}, overrides="test.preview=true, test.steps=4")
+    pump(addon, lambda: _rt().job_state == "paused", what="the pause after nerf")
+    rt = _rt()
+    assert (rt.stage, rt.step, rt.total) == ("nerf", 4, 4)
+    assert rt.progress == pytest.approx(1.0)
+    assert rt.preview is not None and tuple(rt.preview.size) == (4, 4)
+    bpy.ops.dreampolish.cancel()
+    pump(addon, lambda: _rt().job_state == "cancelled", what="the cancel")

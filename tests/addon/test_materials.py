@@ -1,0 +1,41 @@
+"""Materials from received texture maps: which node holds which map, and packing into the .blend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_maps_are_wired_into_a_principled_bsdf_and_pack_into_the_file(addon, fresh_scene, tmp_path):
+    materials = addon.materials
+    normal = np.zeros((4, 8, 3), np.float32)
+    normal[..., 2] = 1.0
+    normal[0, :, 0] = 0.25  # top row on the wire
+    np.save(tmp_path / "normal.npy", normal)
+    rm = np.zeros((4, 4, 3), np.float32)
+    np.save(tmp_path / "rm.npy", rm)
+    images = {
+        "normal": materials.load_image("normal", tmp_path / "normal.npy", "n"),
+        "roughness_metallic": materials.load_image("roughness_metallic", tmp_path / "rm.npy", "rm"),
+    }
+    n_img = images["normal"]
+    assert tuple(n_img.size) == (8, 4) and n_img.is_float
+    assert n_img.colorspace_settings.name == "Non-Color"
+    px = np.array(n_img.pixels[:], np.float32).reshape(4, 8, 4)
+    assert np.allclose(px[3, :, 0], 0.25) and np.allclose(px[0, :, 0], 0.0), "row 0 on the wire is the top"
+
+    mat = materials.textured_material("m", images)
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    nmap = bsdf.inputs["Normal"].links[0].from_node
+    assert nmap.type == "NORMAL_MAP" and nmap.uv_map == "UVMap"
+    assert nmap.inputs["Color"].links[0].from_node.image == n_img
+    assert bsdf.inputs["Roughness"].links[0].from_socket.name == "Green"
+    assert bsdf.inputs["Metallic"].links[0].from_socket.name == "Blue"
+    assert not bsdf.inputs["Base Color"].links, "no base colour map was given"
+
+    # Rebuilding replaces only the nodes this module made.
+    again = materials.textured_material("m", {"normal": n_img}, mat)
+    assert again == mat
+    assert sum(n.type == "TEX_IMAGE" for n in mat.node_tree.nodes) == 1
+
+    assert materials.bake_images(materials.material_images(mat)) == 1
+    assert n_img.packed_file is not None
