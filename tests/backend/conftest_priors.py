@@ -17,10 +17,17 @@ from dreampolish.backend.render.cameras import CameraBatch
 
 
 @pytest.fixture(scope="session")
-def tiny_model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny models, built into this session's temporary folder (a second request reuses the build)."""
-    root = tmp_path_factory.getbasetemp() / "tiny-models"
-    return build_tiny_models(root)
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache folder (what DREAMPOLISH_MODEL_DIR names) holding the tiny models under tiny/,
+    built once per test session (a second request reuses the finished build)."""
+    cache = tmp_path_factory.getbasetemp() / "model-cache"
+    build_tiny_models(cache / "tiny")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_model_root(model_cache_dir: Path) -> Path:
+    return model_cache_dir / "tiny"
 
 
 def tiny_model_set(root: Path) -> ModelSet:
