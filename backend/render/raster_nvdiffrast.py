@@ -1,0 +1,67 @@
+"""nvdiffrast back end of MeshRasterizer (CUDA only).
+
+nvdiffrast (NVIDIA Source Code License, non-commercial use only) is optional: install
+`diffrp-nvdiffrast` on a CUDA machine. It is imported lazily here, so nothing else in the
+backend needs it. Outputs follow rasterize.py's conventions exactly: nvdiffrast's image
+row 0 is the bottom (OpenGL), so clip-space y is negated before rasterising, which puts
+row 0 at the top (nvdiffrast draws both windings, so the mirrored winding is harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from dreampolish.backend.geometry.mesh import TriMesh
+from dreampolish.backend.render.cameras import CameraBatch
+from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate, shade_normals
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+_FLIP_Y = torch.tensor([1.0, -1.0, 1.0, 1.0])
+
+
+class NvdiffrastRasterizer:
+    """Holds one nvdiffrast CUDA context per device."""
+
+    def __init__(self, device: torch.device):
+        try:
+            import nvdiffrast.torch as dr
+        except ImportError as exc:
+            raise RuntimeError(
+                "the nvdiffrast rasteriser needs the optional package diffrp-nvdiffrast "
+                "(pip install diffrp-nvdiffrast, CUDA only); use backend='torch' otherwise"
+            ) from exc
+        self._dr: Any = dr
+        self.device = device
+        self._context = dr.RasterizeCudaContext(device=device)
+        log.info("nvdiffrast rasteriser on %s", device)
+
+    def _clip(self, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
+        clip = clip_positions(mesh.vertices, cameras)
+        return (clip * _FLIP_Y.to(clip)).contiguous()
+
+    def rasterize(self, mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = True) -> RasterOutput:
+        dr = self._dr
+        clip = self._clip(mesh, cameras)
+        tri = mesh.faces.to(torch.int32).contiguous()
+        rast, _ = dr.rasterize(self._context, clip, tri, resolution=(cameras.height, cameras.width))
+        # rast[..., 3] = face index + 1 (0: background); attribute = u a0 + v a1 + (1 - u - v) a2.
+        tri_id = rast[..., 3].round().long() - 1
+        fg = (tri_id >= 0).unsqueeze(-1).to(rast.dtype)
+        u, v = rast[..., 0], rast[..., 1]
+        bary = torch.stack([u, v, 1.0 - u - v], dim=-1) * fg
+        out = RasterOutput(tri_id=tri_id, bary=bary, depth=bary[..., :1], mask=fg, world_pos=bary,
+                           normal=bary, native=rast)
+        out.depth = interpolate(clip[..., 3:4], out, mesh.faces)
+        out.world_pos = interpolate(mesh.vertices, out, mesh.faces)
+        out.normal = shade_normals(mesh, out, smooth_normals)
+        out.mask = dr.antialias(fg.contiguous(), rast, clip, tri).clamp(0.0, 1.0)
+        return out
+
+    def antialias(self, image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
+        clip = self._clip(mesh, cameras)
+        tri = mesh.faces.to(torch.int32).contiguous()
+        return self._dr.antialias(image.contiguous(), out.native, clip, tri)
