@@ -340,10 +340,11 @@ class BackendClient:
             if now - self._last_heard >= self.heartbeat_s and now - self._last_ping >= self.heartbeat_s:
                 self._last_ping = now
                 self._send(m.Ping())
-            if now >= deadline:
-                return None
-            wait_s = min(deadline - now, self.heartbeat_s / 2)
-            if not sock.poll(max(1, int(wait_s * 1000)), zmq.POLLIN):
+            # At or past the deadline the socket is still checked once, without waiting (poll(0.0)).
+            wait_ms = max(0, int(min(deadline - now, self.heartbeat_s / 2) * 1000))
+            if not sock.poll(wait_ms, zmq.POLLIN):
+                if time.monotonic() >= deadline:
+                    return None
                 continue
             frames = sock.recv_multipart(copy=False)
             self._last_heard = time.monotonic()

@@ -266,3 +266,15 @@ def test_client_reconnects_after_a_backend_restart_and_misses_nothing(tmp_path):
     finally:
         client.close()
         stop_backend(proc)
+
+
+def test_poll_without_waiting_reads_what_has_arrived(tmp_path):
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        job = client.submit(JobSpec("burst"))
+        assert client.wait(job, timeout_s=30)
+        client.attach(job, 0)
+        time.sleep(0.5)  # the whole replay is in the socket's queue now
+        seqs = []
+        while (event := client.poll(0.0)) is not None:
+            seqs.append(event.seq)
+        assert seqs == list(range(1, 22))
