@@ -56,7 +56,9 @@ class LocalExecutor:
 
     def start(self, run_job: RunJob) -> None:
         for device in self.devices:
-            t = threading.Thread(target=self._work, args=(device, run_job), name=f"job-worker-{device}", daemon=True)
+            t = threading.Thread(
+                target=self._work, args=(device, run_job), name=f"job-worker-{device}", daemon=True
+            )
             t.start()
             self._threads.append(t)
 

@@ -200,7 +200,9 @@ class JobStore:
         }
         _write_atomic(job.folder / "state.json", json.dumps(state, indent=1).encode())
 
-    def append_event(self, job: Job, seq: int, kind: str, frames: Sequence[bytes | memoryview], durable: bool) -> None:
+    def append_event(
+        self, job: Job, seq: int, kind: str, frames: Sequence[bytes | memoryview], durable: bool
+    ) -> None:
         rec = record(frames)
         path = job.folder / "events.log"
         with open(path, "ab") as f:
@@ -283,7 +285,11 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
         return exc.code, exc.message
     if isinstance(exc, ValidationError):
         return exc.code, str(exc)
-    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError) or "out of memory" in str(exc):
+    if (
+        type(exc).__name__ == "OutOfMemoryError"
+        or isinstance(exc, MemoryError)
+        or "out of memory" in str(exc)
+    ):
         return "out_of_memory", f"{exc} {OOM_HINT}".strip()
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
@@ -306,7 +312,9 @@ class StoreJobContext:
         losses: dict[str, float] | None = None,
         preview_png: bytes | None = None,
     ) -> None:
-        msg = m.Progress(stage=stage, step=int(step), total=int(total), losses=dict(losses or {}), preview_png=preview_png)
+        msg = m.Progress(
+            stage=stage, step=int(step), total=int(total), losses=dict(losses or {}), preview_png=preview_png
+        )
         self._manager.emit(self._job, msg)
 
     def stage_result(self, stage: str, index: int, mesh: MeshPayload) -> None:
@@ -485,7 +493,9 @@ class JobManager:
                 log.exception("job %s failed", job_id)
             else:
                 log.warning("job %s failed (%s): %s", job_id, code, message)
-            self._finish(job, "failed", m.Failed(code=code, message=message[: m.MAX_MESSAGE_CHARS]), error=message)
+            self._finish(
+                job, "failed", m.Failed(code=code, message=message[: m.MAX_MESSAGE_CHARS]), error=message
+            )
             return
         if outcome.paused_after is not None and job.cancel_requested.is_set():
             # Cancelled during the stage that ended at the gate: the cancel wins over the pause.

@@ -34,7 +34,9 @@ def load_server_keys(secret_key_file: Path) -> CurveKeys:
         raise OSError(f"CURVE secret key file {secret_key_file} does not exist")
     public, secret = zmq.auth.load_certificate(str(secret_key_file))
     if not secret:
-        raise ValueError(f"{secret_key_file} holds no secret key; pass the .key_secret file, not the .key file")
+        raise ValueError(
+            f"{secret_key_file} holds no secret key; pass the .key_secret file, not the .key file"
+        )
     return CurveKeys(public=public, secret=secret)
 
 

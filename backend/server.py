@@ -125,7 +125,9 @@ class _Subscriptions:
 class BackendServer:
     """Serves one endpoint. serve_forever() in the calling thread, or start()/stop() for a background thread."""
 
-    def __init__(self, config: ServerConfig, pipeline_factory: PipelineFactory, executor: Executor | None = None):
+    def __init__(
+        self, config: ServerConfig, pipeline_factory: PipelineFactory, executor: Executor | None = None
+    ):
         check_bind_allowed(config.bind, config.curve_keys)
         self.config = config
         self.executor = executor or LocalExecutor(config.devices)
@@ -227,10 +229,19 @@ class BackendServer:
         while not self._stop.is_set():
             # A client that is behind is retried soon: its queue drains as it reads.
             retry = min(
-                (sub.retry_at for peers in self._subs.by_job.values() for sub in peers.values() if sub.behind),
+                (
+                    sub.retry_at
+                    for peers in self._subs.by_job.values()
+                    for sub in peers.values()
+                    if sub.behind
+                ),
                 default=None,
             )
-            wait_ms = timeout_ms if retry is None else max(0, min(timeout_ms, int((retry - time.monotonic()) * 1000)))
+            wait_ms = (
+                timeout_ms
+                if retry is None
+                else max(0, min(timeout_ms, int((retry - time.monotonic()) * 1000)))
+            )
             ready = dict(poller.poll(wait_ms))
             if router in ready:
                 for _ in range(100):  # bounded batches keep event delivery flowing under a request flood
@@ -280,7 +291,9 @@ class BackendServer:
                 return None
             raise
 
-    def _deliver(self, router: zmq.Socket, job_id: str, peer: bytes, sub: _Subscriber, seq: int, frames) -> None:
+    def _deliver(
+        self, router: zmq.Socket, job_id: str, peer: bytes, sub: _Subscriber, seq: int, frames
+    ) -> None:
         sent = self._send(router, peer, frames)
         if sent is None:
             self._subs.remove(job_id, peer)
@@ -333,7 +346,11 @@ class BackendServer:
             self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
         except Exception as exc:  # the loop outlives any bug in one request
             log.exception("error serving a request")
-            self._reply(router, peer, m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id))
+            self._reply(
+                router,
+                peer,
+                m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id),
+            )
 
     def _reply(self, router: zmq.Socket, peer: bytes, msg: m.Message) -> None:
         if self._send(router, peer, codec.encode(msg)) is False:

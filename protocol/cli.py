@@ -54,21 +54,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("DREAMPOLISH_BACKEND", DEFAULT_BACKEND),
         help=f"backend address (default $DREAMPOLISH_BACKEND or {DEFAULT_BACKEND})",
     )
-    common.add_argument("--server-key", default=None, help="the backend's CURVE public key (Z85 text or .key file)")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
+    common.add_argument(
+        "--server-key", default=None, help="the backend's CURVE public key (Z85 text or .key file)"
+    )
+    common.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)"
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
 
     parser = argparse.ArgumentParser(prog="dreampolish", description="Talk to a DreamPolish backend.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    gen = sub.add_parser("generate", parents=[common], help="make a textured mesh from a prompt (or refine a mesh)")
+    gen = sub.add_parser(
+        "generate", parents=[common], help="make a textured mesh from a prompt (or refine a mesh)"
+    )
     gen.add_argument("prompt")
     gen.add_argument("--out", type=Path, required=True, help="final .glb; stage meshes go to OUT.<stage>.glb")
     gen.add_argument("--preset", default=None, help="backend preset (default: the backend's default)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--mesh", type=Path, default=None, help="a .glb to refine (Blender axes are restored)")
-    gen.add_argument("--mode", choices=JOB_MODES, default=None, help="default: generate, or geometry with --mesh")
+    gen.add_argument(
+        "--mode", choices=JOB_MODES, default=None, help="default: generate, or geometry with --mesh"
+    )
     gen.add_argument("--stage", action="append", choices=STAGES, dest="stages", help="run only these stages")
     gen.add_argument("--pause-after", action="append", choices=STAGES, default=[], help="stage gate")
     gen.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
@@ -86,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.set_defaults(run=cmd_cancel)
 
-    resume = sub.add_parser("resume", parents=[common], help="resume a paused job, optionally from an edited mesh")
+    resume = sub.add_parser(
+        "resume", parents=[common], help="resume a paused job, optionally from an edited mesh"
+    )
     resume.add_argument("job_id")
     resume.add_argument("--mesh", type=Path, default=None)
     resume.set_defaults(run=cmd_resume)
@@ -149,7 +159,9 @@ def _follow(client: BackendClient, job_id: str, out: Path) -> int:
         elif isinstance(event, m.StageResult):
             path = _stage_path(out, event.stage)
             _write(path, mesh_to_glb(event.mesh, name=f"{event.stage}"))
-            print(f"{event.stage}: {event.mesh.num_vertices} vertices, {event.mesh.num_faces} faces -> {path}")
+            print(
+                f"{event.stage}: {event.mesh.num_vertices} vertices, {event.mesh.num_faces} faces -> {path}"
+            )
             last = event
         elif isinstance(event, m.Paused):
             print(f"job {job_id} paused after {event.stage}; continue with: dreampolish resume {job_id}")
@@ -210,7 +222,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
         return int(args.run(args))
     except VersionMismatch as exc:

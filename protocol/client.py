@@ -257,7 +257,9 @@ class BackendClient:
             if msg.IS_EVENT:
                 return msg
 
-    def events(self, job_id: str, timeout_s: float | None = None, until_pause: bool = True) -> Iterator[m.Message]:
+    def events(
+        self, job_id: str, timeout_s: float | None = None, until_pause: bool = True
+    ) -> Iterator[m.Message]:
         """Yield job_id's events in order until a final event (or Paused, with until_pause)."""
         others: list[m.Message] = []
         try:
@@ -304,7 +306,9 @@ class BackendClient:
         try:
             sock.send_multipart(codec.encode(msg), zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
-            raise BackendUnreachable(f"cannot send to {self.address}: the connection is not taking messages") from exc
+            raise BackendUnreachable(
+                f"cannot send to {self.address}: the connection is not taking messages"
+            ) from exc
 
     def _request(self, msg: m.Message) -> m.Message:
         msg.msg_id = codec.new_message_id()

@@ -30,7 +30,14 @@ GLB_MAGIC = b"glTF"
 CHUNK_JSON = 0x4E4F534A
 CHUNK_BIN = 0x004E4942
 FLOAT, UBYTE, USHORT, UINT = 5126, 5121, 5123, 5125
-COMPONENT_DTYPES = {5120: np.int8, UBYTE: np.uint8, 5122: np.int16, USHORT: np.uint16, UINT: np.uint32, FLOAT: np.float32}
+COMPONENT_DTYPES = {
+    5120: np.int8,
+    UBYTE: np.uint8,
+    5122: np.int16,
+    USHORT: np.uint16,
+    UINT: np.uint32,
+    FLOAT: np.float32,
+}
 TYPE_SIZES = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 
@@ -82,7 +89,9 @@ class _GlbWriter:
 
     def image(self, png: bytes) -> int:
         self.gltf.setdefault("images", []).append({"bufferView": self.view(png), "mimeType": "image/png"})
-        self.gltf.setdefault("samplers", [{"magFilter": 9729, "minFilter": 9987, "wrapS": 10497, "wrapT": 10497}])
+        self.gltf.setdefault(
+            "samplers", [{"magFilter": 9729, "minFilter": 9987, "wrapS": 10497, "wrapT": 10497}]
+        )
         self.gltf.setdefault("textures", []).append({"sampler": 0, "source": len(self.gltf["images"]) - 1})
         return len(self.gltf["textures"]) - 1
 
@@ -128,7 +137,11 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
         "indices": w.accessor(indices, "SCALAR", UINT, ELEMENT_ARRAY_BUFFER),
         "mode": 4,
     }
-    pbr: dict[str, Any] = {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.8}
+    pbr: dict[str, Any] = {
+        "baseColorFactor": [1.0, 1.0, 1.0, 1.0],
+        "metallicFactor": 0.0,
+        "roughnessFactor": 0.8,
+    }
     material: dict[str, Any] = {"name": f"{name}_material", "pbrMetallicRoughness": pbr}
     for tex in mesh.textures:
         if tex.png is None:

@@ -59,7 +59,9 @@ def read_str(body: dict[str, Any], key: str, default: Any = _MISSING, max_chars:
     return value
 
 
-def read_int(body: dict[str, Any], key: str, default: Any = _MISSING, lo: int = 0, hi: int = 2**63 - 1) -> Any:
+def read_int(
+    body: dict[str, Any], key: str, default: Any = _MISSING, lo: int = 0, hi: int = 2**63 - 1
+) -> Any:
     value = _get(body, key, default)
     if value is default and default is not _MISSING:
         return value
@@ -93,7 +95,9 @@ def read_map(body: dict[str, Any], key: str, default: Any = _MISSING) -> Any:
     return value
 
 
-def read_list(body: dict[str, Any], key: str, default: Any = _MISSING, max_items: int = MAX_LIST_ITEMS) -> Any:
+def read_list(
+    body: dict[str, Any], key: str, default: Any = _MISSING, max_items: int = MAX_LIST_ITEMS
+) -> Any:
     value = _get(body, key, default)
     if not isinstance(value, list):
         raise ValidationError(f"field {key!r} must be a list, got {type(value).__name__}")
@@ -476,7 +480,11 @@ class Progress(Message):
             if not isinstance(k, str):
                 raise ValidationError("progress.losses keys must be strings")
             clean[k] = read_float(losses, k)
-        png = r.blob(body["preview_png"], "progress.preview_png") if body.get("preview_png") is not None else None
+        png = (
+            r.blob(body["preview_png"], "progress.preview_png")
+            if body.get("preview_png") is not None
+            else None
+        )
         if png is not None and png[:8] != b"\x89PNG\r\n\x1a\n":
             raise ValidationError("progress.preview_png is not a PNG file")
         return cls(
@@ -716,7 +724,16 @@ class Pong(Message):
     TYPE: ClassVar[str] = "pong"
 
 
-CLIENT_MESSAGES: tuple[type[Message], ...] = (Hello, Submit, Cancel, Resume, Attach, ListJobs, FetchResult, Ping)
+CLIENT_MESSAGES: tuple[type[Message], ...] = (
+    Hello,
+    Submit,
+    Cancel,
+    Resume,
+    Attach,
+    ListJobs,
+    FetchResult,
+    Ping,
+)
 BACKEND_MESSAGES: tuple[type[Message], ...] = (
     Welcome,
     Accepted,

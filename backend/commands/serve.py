@@ -16,14 +16,18 @@ DEFAULT_STORE = Path.home() / ".local" / "share" / "dreampolish" / "jobs"
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run the backend server")
     p.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"job store folder (default {DEFAULT_STORE})")
+    p.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, help=f"job store folder (default {DEFAULT_STORE})"
+    )
     p.add_argument(
         "--device",
         action="append",
         default=None,
         help="torch device to run jobs on; repeat for one worker per device (default: cuda:0 if present, else cpu)",
     )
-    p.add_argument("--preset", default=None, help="default preset announced to clients (default: the pipeline's first)")
+    p.add_argument(
+        "--preset", default=None, help="default preset announced to clients (default: the pipeline's first)"
+    )
     p.add_argument(
         "--pipeline",
         default=DEFAULT_PIPELINE,

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.timeout(60)
 def test_generate_writes_every_stage_and_the_final_mesh(tmp_path, capsys):
     with running_backend(tmp_path / "store") as server:
         out = tmp_path / "out" / "teapot.glb"
-        assert main(["generate", "a teapot", "--backend", server.endpoint, "--out", str(out), "--seed", "3"]) == 0
+        assert (
+            main(["generate", "a teapot", "--backend", server.endpoint, "--out", str(out), "--seed", "3"])
+            == 0
+        )
         for stage in MODE_STAGES["generate"]:
             assert glb_to_mesh((tmp_path / "out" / f"teapot.{stage}.glb").read_bytes()).num_faces == 8
         final = glb_to_mesh(out.read_bytes())
@@ -68,5 +71,7 @@ def test_unreachable_backend_is_reported_within_seconds(capsys):
 
 
 def test_console_script_help():
-    proc = subprocess.run([sys.executable, "-m", "dreampolish.protocol.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dreampolish.protocol.cli", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "generate" in proc.stdout and "fetch" in proc.stdout

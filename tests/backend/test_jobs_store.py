@@ -15,7 +15,9 @@ from tests.pipelines import OutOfMemoryError, ScriptedPipeline
 
 
 def manager_for(root, published):
-    return JobManager(JobStore(root), LocalExecutor(["cpu"]), {"cpu": ScriptedPipeline()}, lambda *e: published.append(e))
+    return JobManager(
+        JobStore(root), LocalExecutor(["cpu"]), {"cpu": ScriptedPipeline()}, lambda *e: published.append(e)
+    )
 
 
 def test_torn_event_log_tail_is_dropped_and_the_job_reloads(tmp_path):
@@ -32,7 +34,9 @@ def test_torn_event_log_tail_is_dropped_and_the_job_reloads(tmp_path):
     assert reloaded.job_id == job.job_id and reloaded.last_seq == 3 and reloaded.spec.prompt == "a vase"
     events = [codec.decode(frames) for _, frames in JobStore(tmp_path).read_events(reloaded, reloaded.events)]
     assert [(e.TYPE, e.step) for e in events] == [("progress", 1), ("progress", 2), ("progress", 3)]
-    assert (job.folder / "events.log").stat().st_size == reloaded.events[-1].offset + reloaded.events[-1].length
+    assert (job.folder / "events.log").stat().st_size == reloaded.events[-1].offset + reloaded.events[
+        -1
+    ].length
 
 
 def test_state_file_is_replaced_whole(tmp_path):

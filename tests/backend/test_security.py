@@ -75,7 +75,9 @@ def test_only_a_client_with_the_right_server_key_is_served(tmp_path, key_files):
         wrong = load_server_keys(secret_file).public[:-5] + b"abcde"
         for key in (wrong, None):
             t0 = time.monotonic()
-            with BackendClient(server.endpoint, server_public_key=key, dead_after_s=1.5, heartbeat_s=0.3) as bad:
+            with BackendClient(
+                server.endpoint, server_public_key=key, dead_after_s=1.5, heartbeat_s=0.3
+            ) as bad:
                 with pytest.raises(BackendUnreachable):
                     bad.connect()
                     bad.submit(JobSpec("should not run"))

@@ -50,7 +50,9 @@ def test_job_streams_every_stage_and_fetch_returns_them(tmp_path):
         np.testing.assert_array_equal(fetched.stage_results[-1].mesh.vertices, streamed[-1].mesh.vertices)
         assert fetched.stage_results[-1].mesh.texture("base_color") is not None
         [info] = client.list_jobs()
-        assert info.job_id == job and info.state == "done" and info.stages_done == list(MODE_STAGES["generate"])
+        assert (
+            info.job_id == job and info.state == "done" and info.stages_done == list(MODE_STAGES["generate"])
+        )
 
 
 def test_rejected_spec_is_an_error_reply_and_nothing_is_queued(tmp_path):
@@ -80,7 +82,10 @@ CLIENT_SCRIPT = textwrap.dedent(
 def test_killed_client_then_attach_gets_every_later_event_exactly_once(tmp_path):
     with running_backend(tmp_path) as server:
         proc = subprocess.Popen(
-            [sys.executable, "-c", CLIENT_SCRIPT, server.endpoint], stdout=subprocess.PIPE, text=True, env=repo_env()
+            [sys.executable, "-c", CLIENT_SCRIPT, server.endpoint],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=repo_env(),
         )
         job, last_seq = "", 0
         for line in proc.stdout:
@@ -101,7 +106,9 @@ def test_killed_client_then_attach_gets_every_later_event_exactly_once(tmp_path)
         assert isinstance(events[-1], m.Done)
         # Together with what the killed client saw, the stages are all there, once each.
         full = server.manager.stage_results(job)[1]
-        assert [s.seq for s in full if s.seq > last_seq] == [e.seq for e in events if isinstance(e, m.StageResult)]
+        assert [s.seq for s in full if s.seq > last_seq] == [
+            e.seq for e in events if isinstance(e, m.StageResult)
+        ]
         assert [s.stage for s in full] == list(MODE_STAGES["generate"])
 
 
@@ -119,7 +126,9 @@ def wait_ready(endpoint: str, proc: subprocess.Popen, timeout_s: float = 30) -> 
 
 
 def start_backend(store, endpoint) -> subprocess.Popen:
-    proc = subprocess.Popen(backend_command(store, "--bind", endpoint), env=repo_env(), stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        backend_command(store, "--bind", endpoint), env=repo_env(), stderr=subprocess.DEVNULL
+    )
     wait_ready(endpoint, proc)
     return proc
 

@@ -7,15 +7,14 @@ import dataclasses
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import DecodeError, LimitExceeded, ValidationError, VersionMismatch
 from dreampolish.protocol.job import JOB_MODES, STAGES, JobSpec
 from dreampolish.protocol.scene import SENSOR_FITS, CameraSpec, MeshPayload, TexturePayload
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -39,7 +38,11 @@ def meshes(draw, min_faces: int = 1) -> MeshPayload:
     if draw(st.booleans()):
         textures.append(TexturePayload("base_color", png=PNG + draw(st.binary(max_size=64))))
     if draw(st.booleans()):
-        textures.append(TexturePayload("normal", array=draw(hnp.arrays(np.float16, (4, 4, 3), elements=st.floats(-1, 1, width=16)))))
+        textures.append(
+            TexturePayload(
+                "normal", array=draw(hnp.arrays(np.float16, (4, 4, 3), elements=st.floats(-1, 1, width=16)))
+            )
+        )
     return MeshPayload(
         vertices=draw(f32((n, 3))),
         faces=faces,
@@ -76,7 +79,9 @@ def specs(draw) -> JobSpec:
         mode=draw(st.sampled_from(JOB_MODES)),
         stages=draw(st.none() | st.lists(stages, max_size=3)),
         pause_after=draw(st.lists(stages, max_size=2)),
-        options=draw(st.dictionaries(names, st.booleans() | st.integers(-1000, 1000) | finite | names, max_size=4)),
+        options=draw(
+            st.dictionaries(names, st.booleans() | st.integers(-1000, 1000) | finite | names, max_size=4)
+        ),
         cameras=cams,
         reference_camera=draw(st.integers(0, max(len(cams) - 1, 0))),
         input_mesh=draw(st.none() | meshes()),
@@ -95,7 +100,9 @@ job_infos = st.builds(
     stages_done=st.lists(stages, max_size=4),
     error=st.text(max_size=50),
 )
-stage_results = st.builds(m.StageResult, stage=stages, index=st.integers(0, 6), mesh=meshes(min_faces=0), **event_common)
+stage_results = st.builds(
+    m.StageResult, stage=stages, index=st.integers(0, 6), mesh=meshes(min_faces=0), **event_common
+)
 
 STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Hello: st.builds(m.Hello, client=names, **common),
@@ -222,7 +229,12 @@ def test_limits_are_enforced_on_decode():
         codec.decode(codec.encode(m.Submit(spec=spec)))
     mesh = MeshPayload(np.zeros((3, 3), np.float32), np.array([[0, 1, 2]], np.uint32))
     frames = codec.encode(m.Resume(mesh=mesh))
-    huge = {"mesh": {"vertices": {"frame": 1, "dtype": "<f4", "shape": [10**12, 3]}, "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]}}}
+    huge = {
+        "mesh": {
+            "vertices": {"frame": 1, "dtype": "<f4", "shape": [10**12, 3]},
+            "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]},
+        }
+    }
     with pytest.raises(LimitExceeded):
         codec.decode(_with_header(frames, body=huge))
     with pytest.raises(LimitExceeded):
@@ -234,9 +246,34 @@ def test_limits_are_enforced_on_decode():
     [
         ({"mesh": {"vertices": {"frame": 9, "dtype": "<f4", "shape": [3, 3]}}}, DecodeError),
         ({"mesh": {"vertices": {"frame": 1, "dtype": "|O", "shape": [3, 3]}}}, ValidationError),
-        ({"mesh": {"vertices": {"frame": 1, "dtype": "<f4", "shape": [4, 3]}, "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]}}}, DecodeError),
-        ({"mesh": {"vertices": {"frame": 1, "dtype": "<f8", "shape": [3, 3]}, "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]}}}, (ValidationError, DecodeError)),
-        ({"mesh": {"vertices": {"frame": 1, "dtype": "<f4", "shape": [3, 3]}, "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]}, "textures": "x"}}, ValidationError),
+        (
+            {
+                "mesh": {
+                    "vertices": {"frame": 1, "dtype": "<f4", "shape": [4, 3]},
+                    "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]},
+                }
+            },
+            DecodeError,
+        ),
+        (
+            {
+                "mesh": {
+                    "vertices": {"frame": 1, "dtype": "<f8", "shape": [3, 3]},
+                    "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]},
+                }
+            },
+            (ValidationError, DecodeError),
+        ),
+        (
+            {
+                "mesh": {
+                    "vertices": {"frame": 1, "dtype": "<f4", "shape": [3, 3]},
+                    "faces": {"frame": 2, "dtype": "<u4", "shape": [1, 3]},
+                    "textures": "x",
+                }
+            },
+            ValidationError,
+        ),
         ({"mesh": 5}, ValidationError),
     ],
 )

@@ -38,12 +38,16 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(not BLENDER_PYTHON.exists(), reason="the .venv-blender environment is not built (make venv-blender)")
+@pytest.mark.skipif(
+    not BLENDER_PYTHON.exists(), reason="the .venv-blender environment is not built (make venv-blender)"
+)
 def test_vendored_protocol_under_numpy_1(tmp_path):
     package = tmp_path / "vendored_addon"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    shutil.copytree(REPO / "protocol", package / "dp_protocol", ignore=shutil.ignore_patterns("__pycache__", "cli.py"))
+    shutil.copytree(
+        REPO / "protocol", package / "dp_protocol", ignore=shutil.ignore_patterns("__pycache__", "cli.py")
+    )
     with running_backend(tmp_path / "store") as server:
         proc = subprocess.run(
             [str(BLENDER_PYTHON), "-c", SCRIPT, server.endpoint],
