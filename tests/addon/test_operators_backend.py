@@ -162,3 +162,36 @@ def test_progress_shows_stage_step_and_the_latest_preview(addon, connected):
     assert rt.preview is not None and tuple(rt.preview.size) == (4, 4)
     bpy.ops.dreampolish.cancel()
     pump(addon, lambda: _rt().job_state == "cancelled", what="the cancel")
+
+
+def test_refine_geometry_sends_the_evaluated_mesh_in_world_space(addon, connected):
+    bpy.ops.mesh.primitive_cube_add(size=2.0, location=(1.0, 2.0, 3.0), rotation=(0.0, 0.0, 0.5))
+    cube = bpy.context.active_object
+    cube.scale = (2.0, 1.0, 1.0)
+    cube.modifiers.new("Subdivide", "SUBSURF").levels = 1
+    bpy.context.view_layer.update()
+    evaluated = cube.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    m = np.array(cube.matrix_world)
+    world = np.array([m[:3, :3] @ v.co + m[:3, 3] for v in evaluated.vertices])
+
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt = "geometry", "a stretched box"
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", what="the refine job")
+    (result,) = _job_objects(_rt().job_id)
+    assert result is not cube and len(cube.data.vertices) == 8, "the artist's object is left as it was"
+    # The scripted pipeline returns the mesh it received, scaled by 1.5 at the texture stage (index 2).
+    assert (len(result.data.vertices), len(result.data.polygons)) == (26, 48)
+    got = np.array([v.co for v in result.data.vertices])
+    np.testing.assert_allclose(got, world * 1.5, atol=1e-4)
+    assert result.data.uv_layers.active is not None
+    assert _base_color_image(result) is not None
+
+
+def test_reconnecting_picks_up_a_running_job_where_it_left_off(addon, connected):
+    _generate(addon, stages={"nerf", "neus"}, overrides="test.steps=15, test.step_s=0.05")
+    pump(addon, lambda: _rt().job_state == "running", what="the job to start")
+    addon.bridge.disconnect()  # e.g. the network dropped; the job goes on in the backend
+    assert bpy.ops.dreampolish.connect() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish after the reconnect")
+    assert sorted(o["dreampolish_stage"] for o in _job_objects(_rt().job_id)) == ["neus"]

@@ -1,0 +1,45 @@
+"""Preferences can start a backend on this machine and stop it again."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.addon.blender_env import BACKEND_EXE, MODULE, REPO_ROOT, TEST_PIPELINE, bpy
+
+
+def test_start_connect_and_stop_a_local_backend(addon, fresh_scene, monkeypatch):
+    if not BACKEND_EXE.exists():
+        pytest.skip("the backend environment .venv is absent: run `make venv`")
+    from tests.conftest import free_tcp_port
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # the test pipeline lives in tests/
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.backend_executable = str(BACKEND_EXE)
+    prefs.backend_pipeline = TEST_PIPELINE
+    prefs.backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    prefs.timeout_s = 2.0
+    assert not bpy.ops.dreampolish.backend_stop.poll()
+    try:
+        assert bpy.ops.dreampolish.backend_start() == {"FINISHED"}
+        assert not bpy.ops.dreampolish.backend_start.poll(), "one local backend at a time"
+        process = addon.operators._backend_process
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                bpy.ops.dreampolish.connect()
+                break
+            except RuntimeError:
+                assert process.poll() is None, "the backend exited"
+                if time.monotonic() > deadline:
+                    raise
+        rt = bpy.context.window_manager.dreampolish
+        assert rt.connection == "connected" and rt.device == "cpu"
+        assert bpy.ops.dreampolish.backend_stop() == {"FINISHED"}
+        assert process.poll() is not None, "the backend process is still running"
+        assert rt.connection == "disconnected" and not rt.backend_running
+    finally:
+        addon.operators.stop_backend()
+    # The job store of a local backend lives under the extension's user directory.
+    assert addon.preferences.user_dir("store").is_dir()
