@@ -73,6 +73,25 @@ def resolve_devices(devices: Sequence[str] | None) -> tuple[str, ...]:
         return ("cpu",)
 
 
+def results_that_fit(results: Sequence[m.StageResult]) -> list[m.StageResult]:
+    """The longest prefix of results (at least one) whose meshes fit one message under the limits."""
+    frames, nbytes, part = 1, 0, []
+    for r in results:
+        mesh = r.mesh
+        arrays = [mesh.vertices, mesh.faces, mesh.transform, mesh.uvs, mesh.normals, mesh.colors]
+        arrays += [t.array for t in mesh.textures]
+        need_frames = sum(a is not None for a in arrays) + sum(t.png is not None for t in mesh.textures)
+        need_bytes = sum(a.nbytes for a in arrays if a is not None)
+        need_bytes += sum(len(t.png) for t in mesh.textures if t.png is not None)
+        # A margin of one header's worth keeps the whole message under max_message_bytes.
+        too_big = nbytes + need_bytes > LIMITS.max_message_bytes - LIMITS.max_header_bytes
+        if part and (frames + need_frames > LIMITS.max_frames or too_big):
+            break
+        frames, nbytes = frames + need_frames, nbytes + need_bytes
+        part.append(r)
+    return part
+
+
 @dataclass
 class ServerConfig:
     bind: str = "tcp://127.0.0.1:5557"
@@ -389,6 +408,9 @@ class BackendServer:
             self._reply(router, peer, m.JobList(jobs=self.manager.list(), re=re))
         elif isinstance(msg, m.FetchResult):
             state, results = self.manager.stage_results(msg.job_id)
-            self._reply(router, peer, m.Result(state=state, stage_results=results, job_id=msg.job_id, re=re))
+            part = results_that_fit(results[msg.first :])
+            more_from = msg.first + len(part) if msg.first + len(part) < len(results) else 0
+            reply = m.Result(state=state, stage_results=part, more_from=more_from, job_id=msg.job_id, re=re)
+            self._reply(router, peer, reply)
         else:
             raise DecodeError(f"{msg.TYPE} is a backend message; clients cannot send it")

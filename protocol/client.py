@@ -233,10 +233,19 @@ class BackendClient:
         return reply.jobs if isinstance(reply, m.JobList) else []
 
     def fetch_result(self, job_id: str) -> m.Result:
-        reply = self._request(m.FetchResult(job_id=job_id))
-        if not isinstance(reply, m.Result):
-            raise ClientError(f"expected result, got {reply.TYPE}")
-        return reply
+        """Every stage result of the job (large results arrive in several parts; they are joined here)."""
+        results: list[m.StageResult] = []
+        first = 0
+        while True:
+            reply = self._request(m.FetchResult(job_id=job_id, first=first))
+            if not isinstance(reply, m.Result):
+                raise ClientError(f"expected result, got {reply.TYPE}")
+            results.extend(reply.stage_results)
+            if reply.more_from <= first:
+                reply.stage_results = results
+                reply.more_from = 0
+                return reply
+            first = reply.more_from
 
     def ping(self) -> float:
         start = time.monotonic()

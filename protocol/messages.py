@@ -380,9 +380,18 @@ class ListJobs(Message):
 
 @dataclass
 class FetchResult(Message):
-    """Ask for every stage result of job job_id. Answered by Result or Error."""
+    """Ask for the stage results of job job_id, from position `first` on. Answered by Result or Error."""
 
     TYPE: ClassVar[str] = "fetch_result"
+    first: int = 0
+    """Position in the job's list of stage results to start from (Result.more_from of the previous part)."""
+
+    def body(self, w: FrameWriter) -> dict[str, Any]:
+        return {"first": self.first}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> FetchResult:
+        return cls(first=read_int(body, "first", 0, hi=MAX_LIST_ITEMS), **common)
 
 
 @dataclass
@@ -660,15 +669,19 @@ class JobList(Message):
 
 @dataclass
 class Result(Message):
-    """Answer to FetchResult: the job's state and every stage result stored so far, in order."""
+    """Answer to FetchResult: the job's state and its stage results from `first` on, in order, as many
+    as fit in one message under the limits."""
 
     TYPE: ClassVar[str] = "result"
     state: str = "done"
     stage_results: list[StageResult] = field(default_factory=list)
+    more_from: int = 0
+    """0 when this part ends the list; else the `first` to ask for next."""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
         return {
             "state": self.state,
+            "more_from": self.more_from,
             "stage_results": [
                 {"stage": s.stage, "index": s.index, "seq": s.seq, "mesh": mesh_to_wire(s.mesh, w)}
                 for s in self.stage_results
@@ -693,7 +706,8 @@ class Result(Message):
                     seq=read_int(d, "seq", 0),
                 )
             )
-        return cls(state=state, stage_results=results, **common)
+        more_from = read_int(body, "more_from", 0, hi=MAX_LIST_ITEMS)
+        return cls(state=state, stage_results=results, more_from=more_from, **common)
 
 
 @dataclass

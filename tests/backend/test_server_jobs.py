@@ -287,3 +287,27 @@ def test_poll_without_waiting_reads_what_has_arrived(tmp_path):
         while (event := client.poll(0.0)) is not None:
             seqs.append(event.seq)
         assert seqs == list(range(1, 22))
+
+
+def test_results_that_do_not_fit_one_message_arrive_in_parts_and_are_joined(tmp_path, monkeypatch):
+    import dreampolish.backend.server as server_module
+    from dreampolish.protocol.limits import LIMITS
+    from dreampolish.protocol.scene import TexturePayload
+
+    from tests.pipelines import octahedron, png_rgb
+
+    full = octahedron()
+    full.normals = full.vertices.copy()
+    full.colors = np.ones((6, 4), np.float32)
+    full.textures = [TexturePayload(role, png=png_rgb(2, 2, (1, 2, 3))) for role in ("base_color", "normal")]
+    full.textures.append(TexturePayload("roughness_metallic", array=np.zeros((2, 2, 2), np.float32)))
+    many = [m.StageResult(stage="polish", index=i, mesh=full) for i in range(10)]
+    part = server_module.results_that_fit(many)
+    assert 1 + 9 * len(part) <= LIMITS.max_frames < 1 + 9 * (len(part) + 1)
+
+    monkeypatch.setattr(server_module, "results_that_fit", lambda results: list(results[:2]))
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        job = client.submit(JobSpec("in parts"))
+        streamed = client.wait(job, timeout_s=30)
+        fetched = client.fetch_result(job)
+        assert [r.seq for r in fetched.stage_results] == [r.seq for r in streamed] and fetched.more_from == 0

@@ -111,7 +111,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Resume: st.builds(m.Resume, mesh=st.none() | meshes(), **common),
     m.Attach: st.builds(m.Attach, last_seq=st.integers(0, 10**9), **common),
     m.ListJobs: st.builds(m.ListJobs, **common),
-    m.FetchResult: st.builds(m.FetchResult, **common),
+    m.FetchResult: st.builds(m.FetchResult, first=st.integers(0, 100), **common),
     m.Ping: st.builds(m.Ping, **common),
     m.Welcome: st.builds(
         m.Welcome,
@@ -142,6 +142,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         m.Result,
         state=st.sampled_from(m.JOB_STATES),
         stage_results=st.lists(stage_results, max_size=3),
+        more_from=st.integers(0, 100),
         **common,
     ),
     m.Error: st.builds(m.Error, code=names, message=st.text(max_size=200), **common),
