@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import bpy
 
-from .protocol.client import BackendClient
+from .protocol.client import BackendClient, BackendUnreachable
 from .protocol.messages import Welcome
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ TIMER_INTERVAL_S = 0.1
 """How often the timer drains the queue while Blender is idle."""
 POLL_INTERVAL_S = 0.05
 """How long the client thread waits for a backend event before looking at its requests again."""
+HANDSHAKE_TRY_S = 0.25
+"""Length of one handshake try; the thread checks for stop() between tries."""
 MAX_EVENTS_PER_POLL = 64
 """Events read in one go before the queued requests get their turn (a cancel must not wait)."""
 
@@ -93,9 +96,11 @@ class ClientThread(threading.Thread):
                 self.settings.address,
                 server_public_key=self.settings.server_key or None,
                 timeout_s=self.settings.timeout_s,
+                # Silence is judged by our own timeout, so that a slow remote backend is not dropped early.
+                dead_after_s=max(4.0, self.settings.timeout_s),
                 client_name="dreampolish-blender",
             )
-            welcome = client.connect()
+            welcome = self._handshake(client)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the artist
             self._emit("error", "connect", exc)
             self.handshake_done.set()
@@ -120,6 +125,23 @@ class ClientThread(threading.Thread):
         finally:
             client.close()
             self._emit("closed", "", None)
+
+    def _handshake(self, client: BackendClient) -> Welcome:
+        """Hello/welcome in short tries, so that stop() (add-on disabled, file closed) is honoured
+        within one try rather than after the whole timeout."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        client.timeout_s = HANDSHAKE_TRY_S
+        try:
+            while True:
+                try:
+                    return client.connect()
+                except BackendUnreachable:
+                    if self._stop_event.is_set() or time.monotonic() >= deadline:
+                        raise BackendUnreachable(
+                            f"no answer from {self.settings.address} within {self.settings.timeout_s:g} s"
+                        ) from None
+        finally:
+            client.timeout_s = self.settings.timeout_s
 
     def _run_requests(self, client: BackendClient) -> None:
         while True:

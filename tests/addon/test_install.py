@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import zipfile
 
 from tests.addon.blender_env import ADDON_ID, MODULE, addon_utils, bpy, built_zip
@@ -71,8 +72,10 @@ def test_disable_stops_thread_and_timer_and_enable_again(addon, fresh_scene):
     assert _client_threads(), "the client thread did not start"
     assert bpy.app.timers.is_registered(bridge._timer)
 
+    started = time.monotonic()
     addon_utils.disable(MODULE, default_set=True)
     try:
+        assert time.monotonic() - started < 2.0, "disabling waited for the handshake's timeout"
         assert not _client_threads(), "a client thread outlived the add-on"
         assert not bpy.app.timers.is_registered(bridge._timer)
         assert bridge._on_load_pre not in bpy.app.handlers.load_pre

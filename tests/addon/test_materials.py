@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.addon.blender_env import bpy
+
 
 def test_maps_are_wired_into_a_principled_bsdf_and_pack_into_the_file(addon, fresh_scene, tmp_path):
     materials = addon.materials
@@ -39,3 +41,23 @@ def test_maps_are_wired_into_a_principled_bsdf_and_pack_into_the_file(addon, fre
 
     assert materials.bake_images(materials.material_images(mat)) == 1
     assert n_img.packed_file is not None
+
+
+def test_bake_can_save_textures_beside_the_blend_file(addon, fresh_scene, tmp_path):
+    png = tmp_path / "cache" / "base.png"
+    png.parent.mkdir()
+    img = bpy.data.images.new("src", 2, 2)
+    img.filepath_raw = str(png)
+    img.file_format = "PNG"
+    img.save()
+    bpy.data.images.remove(img)
+    base = addon.materials.load_image("base_color", png, "Teapot base_color")
+    mat = addon.materials.textured_material("Teapot", {"base_color": base})
+    bpy.ops.mesh.primitive_cube_add()
+    addon.materials.assign_material(bpy.context.active_object, mat)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+
+    assert bpy.ops.dreampolish.bake_to_material(save_beside=True) == {"FINISHED"}
+    saved = tmp_path / "textures" / "Teapot_base_color.png"
+    assert saved.is_file()
+    assert base.filepath == "//textures/Teapot_base_color.png" and base.packed_file is None
