@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import zmq
+
     from ..security import InsecureBindRefused, load_server_keys
     from ..server import BackendServer, ServerConfig, load_pipeline_factory, resolve_devices
 
@@ -66,5 +68,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # SIGTERM/SIGINT stop the loop; running jobs are interrupted and resume after a restart.
     server.install_signal_handlers()
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except (OSError, zmq.ZMQError) as exc:  # address in use, bad endpoint, no permission
+        log.error("cannot serve on %s: %s", args.bind, exc)
+        return 2
     return 0

@@ -95,3 +95,20 @@ def test_keys_command_line_writes_a_pair(tmp_path):
     assert proc.returncode == 0, proc.stderr
     public = load_server_public_key(tmp_path / "server.key")
     assert public.decode() in proc.stdout and len(public) == 40
+
+
+def test_serve_reports_an_address_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            backend_command(tmp_path, "--bind", f"tcp://127.0.0.1:{port}"),
+            env=repo_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2 and "cannot serve on" in proc.stderr and "Traceback" not in proc.stderr
