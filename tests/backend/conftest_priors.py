@@ -1,6 +1,7 @@
 """Fixtures for the diffusion-prior tests: the tiny models (built once per test session) and orbit cameras.
 
-Test modules import the fixtures they use from here (`from tests.backend.conftest_priors import ...`).
+Test modules load this file with `pytest_plugins = ("tests.backend.conftest_priors",)` and get the camera
+and model-set helpers through the `orbit` and `fresh_priors` fixtures.
 """
 
 from __future__ import annotations
@@ -82,3 +83,15 @@ def orbit_cameras(
         c2w=c2w, proj=proj.clone(), width=size, height=size, elevation_deg=el, azimuth_deg=az,
         distance=torch.full((n,), distance), fovy_deg=torch.full((n,), fovy_deg),
     )
+
+
+@pytest.fixture
+def orbit():
+    """orbit_cameras(elevation_deg, azimuth_deg, distance=3.8, fovy_deg=20, size=32) -> CameraBatch."""
+    return orbit_cameras
+
+
+@pytest.fixture
+def fresh_priors(tiny_model_root: Path):
+    """A factory of independently loaded tiny models (a second UNet, for side-by-side objectives)."""
+    return lambda: PriorModels(tiny_model_set(tiny_model_root), torch.device("cpu"))

@@ -1,0 +1,206 @@
+"""SDS / CSD / VSD / BSD / DSD on the tiny Stable Diffusion: gradients, the identities between objectives,
+the LoRA variational copy's training, view-dependent prompts and timestep annealing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dreampolish.backend.guidance.base import GuidanceInput
+from dreampolish.backend.guidance.lora import LoraConfig, camera_features, frozen_unet
+from dreampolish.backend.guidance.score_distillation import (
+    OBJECTIVES,
+    BootstrapConfig,
+    Schedule,
+    ScoreDistillation,
+    ScoreDistillationConfig,
+    TimestepSchedule,
+    add_noise,
+    clean_gradient,
+    reparameterised_loss,
+    timestep_weight,
+)
+from dreampolish.backend.guidance.text_prior import (
+    VIEW_DIRECTIONS,
+    ViewPromptConfig,
+    encode_prompts,
+    view_directions,
+)
+
+pytest_plugins = ("tests.backend.conftest_priors",)
+
+SIZE = 32
+
+
+def fast_config(objective: str, **kw) -> ScoreDistillationConfig:
+    return ScoreDistillationConfig(
+        objective=objective,
+        lora=LoraConfig(train_steps=1),
+        bootstrap=BootstrapConfig(interval=1, train_steps=1),
+        **kw,
+    )
+
+
+def make_guidance(priors, config: ScoreDistillationConfig) -> ScoreDistillation:
+    models = priors.text_to_image
+    return ScoreDistillation(models, encode_prompts(models, "a red teapot", ""), config)
+
+
+def render_batch(orbit, seed: int = 0, step: int = 0, total: int = 10) -> GuidanceInput:
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.rand(2, SIZE, SIZE, 3, generator=g).requires_grad_(True)
+    return GuidanceInput(
+        rgb=rgb,
+        opacity=torch.ones(2, SIZE, SIZE, 1),
+        cameras=orbit([10.0, 30.0], [0.0, 120.0], size=SIZE),
+        step=step,
+        total_steps=total,
+    )
+
+
+def randomise_adapter(copy, seed: int) -> None:
+    """Give a variational copy the same non-trivial weights in two objects (it starts equal to the frozen UNet)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_gives_a_finite_loss_whose_gradient_reaches_the_render(tiny_priors, orbit, objective):
+    guidance = make_guidance(tiny_priors, fast_config(objective))
+    inp = render_batch(orbit)
+    out = guidance(inp)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert inp.rgb.grad is not None
+    assert torch.isfinite(inp.rgb.grad).all() and inp.rgb.grad.abs().sum() > 0
+    assert out.diagnostics["grad_norm"] > 0 and 0.0 <= out.diagnostics["t"] <= 1.0
+
+
+def test_sds_with_cfg_scale_one_is_the_plain_noise_residual(tiny_priors, orbit):
+    guidance = make_guidance(tiny_priors, fast_config("sds", guidance_scale=1.0))
+    models = tiny_priors.text_to_image
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    noise = torch.randn(2, 4, 16, 16, generator=g)
+    t = torch.tensor([150, 700])
+    cams = orbit([0.0, 0.0], [0.0, 180.0])
+    cond, uncond = guidance.prompts.for_cameras(cams)
+    grad, _ = guidance.latent_gradient(latents, t, noise, cond, uncond, None)
+    with torch.no_grad():
+        eps = models.unet(add_noise(models.scheduler, latents, noise, t), t, encoder_hidden_states=cond).sample
+    expected = timestep_weight(models.scheduler, t, "sds") * (eps - noise)
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-5)
+    # The reparameterised loss hands exactly g / B to the latents.
+    x = latents.clone().requires_grad_(True)
+    reparameterised_loss(x, grad).backward()
+    torch.testing.assert_close(x.grad, grad / 2)
+
+
+def test_dsd_without_the_variational_term_is_csd(tiny_priors, fresh_priors, orbit):
+
+
+    csd = make_guidance(tiny_priors, fast_config("csd", lambda_cfg=Schedule(4.0)))
+    other = fresh_priors()
+    dsd = make_guidance(other, fast_config("dsd", lambda_cfg=Schedule(4.0), lambda_var=Schedule(0.0)))
+    randomise_adapter(dsd.variational, seed=1)
+    a, b = render_batch(orbit), render_batch(orbit)
+    out_csd, out_dsd = csd(a), dsd(b)
+    out_csd.loss.backward()
+    out_dsd.loss.backward()
+    torch.testing.assert_close(out_dsd.loss, out_csd.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.rgb.grad, a.rgb.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dsd_with_cfg_weight_s_minus_one_and_unit_variational_weight_is_vsd(tiny_priors, fresh_priors, orbit):
+
+
+    s = 7.5
+    vsd = make_guidance(tiny_priors, fast_config("vsd", guidance_scale=s))
+    other = fresh_priors()
+    dsd = make_guidance(other, fast_config("dsd", lambda_cfg=Schedule(s - 1), lambda_var=Schedule(1.0)))
+    randomise_adapter(vsd.variational, seed=2)
+    randomise_adapter(dsd.variational, seed=2)
+    a, b = render_batch(orbit), render_batch(orbit)
+    out_vsd, out_dsd = vsd(a), dsd(b)
+    out_vsd.loss.backward()
+    out_dsd.loss.backward()
+    torch.testing.assert_close(out_dsd.loss, out_vsd.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.rgb.grad, a.rgb.grad, rtol=1e-4, atol=1e-7)
+    # ... and the variational term is really there: VSD differs from CSD with the same CFG weight.
+    third = fresh_priors()
+    csd = make_guidance(third, fast_config("csd", lambda_cfg=Schedule(s - 1)))
+    c = render_batch(orbit)
+    out_csd = csd(c)
+    assert not torch.allclose(out_csd.loss, out_vsd.loss, rtol=1e-3)
+
+
+def test_lora_step_changes_the_adapter_and_leaves_the_frozen_unet_alone(tiny_priors, orbit):
+    guidance = make_guidance(tiny_priors, fast_config("vsd"))
+    unet = tiny_priors.text_to_image.unet
+    copy = guidance.variational
+    adapter_ids = {id(p) for p in copy.lora_parameters}
+    frozen_before = {n: p.detach().clone() for n, p in unet.named_parameters() if id(p) not in adapter_ids}
+    adapter_before = [p.detach().clone() for p in copy.parameters()]
+    out = guidance(render_batch(orbit))
+    out.loss.backward()
+    assert out.diagnostics["lora_loss"] > 0
+    for n, p in unet.named_parameters():
+        if id(p) not in adapter_ids:
+            assert torch.equal(p, frozen_before[n]), n
+            assert p.grad is None, n
+    changed = sum(not torch.equal(p, q) for p, q in zip(copy.parameters(), adapter_before))
+    assert changed >= len(adapter_before) // 2
+    # LoRA B matrices started at zero: ε_φ now differs from the frozen model.
+    x = torch.randn(1, 4, 16, 16)
+    t = torch.tensor([500])
+    text = guidance.prompts.conditional[:1]
+    with torch.no_grad(), frozen_unet(unet):
+        frozen = unet(x, t, encoder_hidden_states=text).sample
+    adapted = copy.predict(x, t, text, camera_features(torch.eye(4)[None]))
+    assert not torch.allclose(frozen, adapted)
+
+
+def test_dsd_weights_follow_their_schedules(tiny_priors, orbit):
+    config = fast_config("dsd", lambda_cfg=Schedule(10.0, 2.0), lambda_var=Schedule(0.5, 1.5))
+    config.lora.train_steps = 0  # the weights alone are under test
+    guidance = make_guidance(tiny_priors, config)
+    first = guidance(render_batch(orbit, step=0, total=10)).diagnostics
+    last = guidance(render_batch(orbit, step=10, total=10)).diagnostics
+    assert (first["lambda_cfg"], first["lambda_var"]) == (10.0, 0.5)
+    assert (last["lambda_cfg"], last["lambda_var"]) == (2.0, 1.5)
+
+
+def test_timestep_range_anneals_from_high_to_low_noise():
+    schedule = TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_steps=200)
+    assert schedule.range_at(0) == (0.7, 0.85)
+    assert schedule.range_at(100) == pytest.approx((0.45, 0.675))
+    assert schedule.range_at(500) == pytest.approx((0.2, 0.5))
+    g = torch.Generator().manual_seed(0)
+    early = schedule.sample(0, 256, 1000, g)
+    late = schedule.sample(400, 256, 1000, g)
+    assert early.min() >= 700 and early.max() <= 850
+    assert late.min() >= 200 and late.max() <= 500
+
+
+def test_non_finite_gradients_are_zeroed_and_clipped():
+    grad = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.0, -0.5])
+    assert clean_gradient(grad, None).tolist() == [0.0, 0.0, 0.0, 3.0, -0.5]
+    assert clean_gradient(grad, 1.0).tolist() == [0.0, 0.0, 0.0, 1.0, -0.5]
+
+
+def test_view_suffix_follows_the_camera_around_the_front():
+    el = torch.tensor([0.0, 0.0, 0.0, 0.0, 75.0])
+    az = torch.tensor([10.0, 90.0, 180.0, -100.0, 180.0])
+    names = [VIEW_DIRECTIONS[i] for i in view_directions(el, az, ViewPromptConfig())]
+    assert names == ["front", "side", "back", "side", "overhead"]
+    turned = [VIEW_DIRECTIONS[i] for i in view_directions(el, az, ViewPromptConfig(front_azimuth_deg=180.0))]
+    assert turned[:3] == ["back", "side", "front"]
+
+
+def test_prompt_embeddings_differ_by_view_direction(tiny_priors, orbit):
+    prompts = encode_prompts(tiny_priors.text_to_image, "a red teapot", "blurry")
+    cond, uncond = prompts.for_cameras(orbit([0.0, 0.0], [0.0, 180.0]))
+    assert cond.shape[0] == uncond.shape[0] == 2
+    assert not torch.allclose(cond[0], cond[1])
+    assert torch.equal(uncond[0], uncond[1])
