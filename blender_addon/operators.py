@@ -111,7 +111,8 @@ def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:
     )
 
 
-def _submit(op: bpy.types.Operator, context, spec: JobSpec, target_object: str = "") -> set[str]:
+def _submit(context, spec: JobSpec, target_object: str = "") -> set[str]:
+    """Queue the submit on the client thread; the job id arrives as a reply (job_events)."""
     record = JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
                        mode=spec.mode, target_object=target_object)
     rt = context.window_manager.dreampolish
@@ -186,7 +187,7 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
         except ProtocolError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        return _submit(self, context, spec)
+        return _submit(context, spec)
 
 
 class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
@@ -226,7 +227,7 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
             return {"CANCELLED"}
         if not spec.prompt:
             spec.prompt = obj.name
-        return _submit(self, context, spec, target_object=obj.name if s.refine_mode == "texture" else "")
+        return _submit(context, spec, target_object=obj.name if s.refine_mode == "texture" else "")
 
 
 class DREAMPOLISH_OT_cancel(bpy.types.Operator):
