@@ -455,6 +455,11 @@ class JobManager:
             msg.job_id, msg.seq = job.job_id, seq
             msg.msg_id = f"{job.job_id}:{seq}"
             frames = codec.encode(msg)
+            try:
+                # Only events every client can decode are stored: a bad one would be replayed forever.
+                codec.decode(frames)
+            except ProtocolError as exc:
+                raise ValidationError(f"the pipeline reported an invalid {msg.TYPE}: {exc}") from exc
             durable = msg.TYPE != m.Progress.TYPE
             self.store.append_event(job, seq, msg.TYPE, frames, durable=durable)
         self.publish(job.job_id, seq, frames)
@@ -493,9 +498,8 @@ class JobManager:
                 log.exception("job %s failed", job_id)
             else:
                 log.warning("job %s failed (%s): %s", job_id, code, message)
-            self._finish(
-                job, "failed", m.Failed(code=code, message=message[: m.MAX_MESSAGE_CHARS]), error=message
-            )
+            failed = m.Failed(code=code[: m.MAX_ID_CHARS], message=message[: m.MAX_MESSAGE_CHARS])
+            self._finish(job, "failed", failed, error=message)
             return
         if outcome.paused_after is not None and job.cancel_requested.is_set():
             # Cancelled during the stage that ended at the gate: the cancel wins over the pause.

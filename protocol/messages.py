@@ -465,6 +465,7 @@ class Progress(Message):
     step: int = 0
     total: int = 0
     losses: dict[str, float] = field(default_factory=dict)
+    """Loss terms by name; may be NaN or infinite when an optimisation diverged."""
     preview_png: bytes | None = None
     """A PNG of the current state seen from the reference camera, when the pipeline sends one."""
 
@@ -485,10 +486,13 @@ class Progress(Message):
         if len(losses) > MAX_OPTIONS:
             raise LimitExceeded("progress.losses has too many entries")
         clean: dict[str, float] = {}
-        for k in losses:
-            if not isinstance(k, str):
-                raise ValidationError("progress.losses keys must be strings")
-            clean[k] = read_float(losses, k)
+        for k, v in losses.items():
+            # NaN and infinity are allowed: they tell the artist the optimisation diverged.
+            if not isinstance(k, str) or len(k) > MAX_NAME_CHARS:
+                raise ValidationError("progress.losses keys must be short strings")
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ValidationError(f"progress.losses[{k!r}] must be a number")
+            clean[k] = float(v)
         png = (
             r.blob(body["preview_png"], "progress.preview_png")
             if body.get("preview_png") is not None

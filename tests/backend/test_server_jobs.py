@@ -311,3 +311,26 @@ def test_results_that_do_not_fit_one_message_arrive_in_parts_and_are_joined(tmp_
         streamed = client.wait(job, timeout_s=30)
         fetched = client.fetch_result(job)
         assert [r.seq for r in fetched.stage_results] == [r.seq for r in streamed] and fetched.more_from == 0
+
+
+class BadStagePipeline:
+    """Reports progress for a stage that does not exist."""
+
+    def presets(self) -> list[str]:
+        return ["tiny"]
+
+    def check(self, spec: JobSpec) -> None:
+        pass
+
+    def run(self, spec, ctx, resume=None):
+        ctx.progress("warp_drive", 1, 1, {"loss": float("nan")})
+
+
+def test_an_event_clients_could_not_decode_fails_the_job_instead_of_being_stored(tmp_path):
+    with (
+        running_backend(tmp_path, pipeline=BadStagePipeline) as server,
+        client_for(server.endpoint) as client,
+    ):
+        job = client.submit(JobSpec("bad stage"))
+        with pytest.raises(JobFailedError, match="invalid progress.*warp_drive"):
+            client.wait(job, timeout_s=30)

@@ -288,3 +288,11 @@ def test_faces_pointing_past_the_vertices_are_rejected():
     mesh = MeshPayload(np.zeros((3, 3), np.float32), np.array([[0, 1, 7]], np.uint32))
     with pytest.raises(ValidationError, match="faces"):
         codec.decode(codec.encode(m.Resume(mesh=mesh)))
+
+
+def test_diverged_losses_travel_as_nan_and_infinity():
+    msg = m.Progress(
+        stage="nerf", step=1, total=2, losses={"sds": float("nan"), "rgb": float("inf")}, job_id="j", seq=1
+    )
+    decoded = codec.decode(codec.encode(msg))
+    assert np.isnan(decoded.losses["sds"]) and decoded.losses["rgb"] == float("inf")
