@@ -156,6 +156,9 @@ class BackendServer:
         if config.default_preset is not None and config.default_preset not in self.presets:
             raise ValueError(f"preset {config.default_preset!r} is not one of {self.presets}")
         self.default_preset = config.default_preset or (self.presets[0] if self.presets else "")
+        # Optional: a pipeline may name its models (`models() -> list[str]`) for the welcome message.
+        models = getattr(first, "models", None)
+        self.models = [str(x) for x in models()] if callable(models) else []
         self.zmq = zmq.Context()
         self._events_endpoint = f"inproc://dreampolish-events-{id(self)}"
         self._local = threading.local()
@@ -384,6 +387,7 @@ class BackendServer:
                 devices=list(self.executor.devices),
                 presets=self.presets,
                 default_preset=self.default_preset,
+                models=self.models,
                 limits=LIMITS.to_dict(),
                 re=re,
             )

@@ -414,6 +414,8 @@ class Welcome(Message):
     """Torch devices with one job worker each, e.g. ["cuda:0"]."""
     presets: list[str] = field(default_factory=list)
     default_preset: str = ""
+    models: list[str] = field(default_factory=list)
+    """Models the pipeline uses (hub ids or local folders), when the pipeline names them."""
     limits: dict[str, int] = field(default_factory=LIMITS.to_dict)
     """The published limits (limits.Limits as a map)."""
 
@@ -423,6 +425,7 @@ class Welcome(Message):
             "devices": self.devices,
             "presets": self.presets,
             "default_preset": self.default_preset,
+            "models": self.models,
             "limits": self.limits,
         }
 
@@ -434,6 +437,7 @@ class Welcome(Message):
             devices=read_str_list(body, "devices", []),
             presets=read_str_list(body, "presets", []),
             default_preset=read_str(body, "default_preset", ""),
+            models=read_str_list(body, "models", []),
             limits={k: v for k, v in limits.items() if isinstance(k, str) and isinstance(v, int)},
             **common,
         )

@@ -82,6 +82,10 @@ class ScriptedPipeline:
     def presets(self) -> list[str]:
         return ["tiny", "fast"]
 
+    def models(self) -> list[str]:
+        """Announced in welcome; this pipeline needs none."""
+        return []
+
     def check(self, spec: JobSpec) -> None:
         if not spec.prompt.strip() and spec.mode == "generate":
             raise ValidationError("prompt is empty")

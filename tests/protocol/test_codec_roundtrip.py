@@ -119,6 +119,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         devices=st.lists(names, max_size=3),
         presets=st.lists(names, max_size=3),
         default_preset=names,
+        models=st.lists(names, max_size=3),
         **common,
     ),
     m.Accepted: st.builds(m.Accepted, queue_position=st.integers(0, 1000), **common),
