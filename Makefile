@@ -8,7 +8,7 @@ TORCH_PIN := torch==2.13.0
 PROMPT ?= a ceramic teapot with a blue glaze
 PRESET ?= auto
 
-.PHONY: test demo addon lint venv venv-blender venv-blender313 test-backend test-addon clean
+.PHONY: test demo addon bench lint venv venv-blender venv-blender313 test-backend test-addon clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,9 @@ test: venv venv-blender venv-blender313 addon lint
 
 demo: venv venv-blender addon
 	$(VENV)/bin/python scripts/demo.py --prompt "$(PROMPT)" --preset "$(PRESET)" --blender-python $(BVENV)/bin/python
+
+bench: venv venv-blender addon
+	bench/run_cpu.sh
 
 clean:
 	rm -rf build dist out .cache
