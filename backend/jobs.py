@@ -430,6 +430,14 @@ class JobManager:
             entries = [e for e in job.events if e.seq > last_seq]
         return self.store.read_events(job, entries)
 
+    def event_type(self, job_id: str, seq: int) -> str:
+        """The message type of a stored event ("" if there is none)."""
+        job = self.jobs.get(job_id)
+        if job is None or not 1 <= seq <= len(job.events):
+            return ""
+        entry = job.events[seq - 1]  # seqs run 1, 2, 3 ... without gaps
+        return entry.type if entry.seq == seq else ""
+
     def stage_results(self, job_id: str) -> tuple[str, list[m.StageResult]]:
         job = self.get(job_id)
         with job.lock:

@@ -323,6 +323,8 @@ class BackendServer:
             sub.behind = True
         else:
             sub.last_sent = seq
+            if self.manager.event_type(job_id, seq) in m.FINAL_EVENTS:
+                self._subs.remove(job_id, peer)  # nothing follows a final event
 
     def _forward(self, router: zmq.Socket, job_id: str, seq: int, frames: list[zmq.Frame]) -> None:
         for peer, sub in list(self._subs.by_job.get(job_id, {}).items()):

@@ -53,6 +53,7 @@ def test_job_streams_every_stage_and_fetch_returns_them(tmp_path):
         assert (
             info.job_id == job and info.state == "done" and info.stages_done == list(MODE_STAGES["generate"])
         )
+        assert server._subs.by_job == {}  # a finished job has no followers left to serve
 
 
 def test_rejected_spec_is_an_error_reply_and_nothing_is_queued(tmp_path):
