@@ -103,6 +103,7 @@ def render_to_folder(mesh_path: Path, camera_path: Path, out_dir: Path, backend:
     from dreampolish.backend.render.rasterize import MeshRasterizer
     from PIL import Image
 
+    mesh_path, camera_path, out_dir = Path(mesh_path), Path(camera_path), Path(out_dir)
     spec = load_camera_json(camera_path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     mesh = load_mesh(mesh_path, device=device)

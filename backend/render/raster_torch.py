@@ -42,7 +42,7 @@ def _edge_functions(corners: Tensor, p: Tensor) -> Tensor:
     """[...,3] signed doubled areas l_k = cross(c_{k+1} - p, c_{k+2} - p) for corners [...,3,2] and
     points [...,2]; l / sum(l) are p's screen-space barycentrics."""
     d = corners - p.unsqueeze(-2)
-    d1, d2 = d.roll(-1, dims=1), d.roll(-2, dims=1)
+    d1, d2 = d.roll(-1, dims=-2), d.roll(-2, dims=-2)
     return d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0]
 
 
@@ -247,7 +247,7 @@ def _edge_value(e0: Tensor, e1: Tensor, x: Tensor) -> Tensor:
     return d[:, 0] * r[:, 1] - d[:, 1] * r[:, 0]
 
 
-SILHOUETTE_WALK_STEPS = 6
+SILHOUETTE_WALK_STEPS = 32
 """Faces a pixel-pair segment may cross through interior edges before its silhouette edge."""
 
 
@@ -266,29 +266,32 @@ def _silhouette_crossings(
     face = front.clone()
     edge = torch.zeros_like(front)
     found = torch.zeros_like(front, dtype=torch.bool)
-    active = torch.ones_like(found)
+    active = torch.arange(front.numel(), device=front.device)  # segments still walking
+    cur = front
     for _ in range(SILHOUETTE_WALK_STEPS):
-        c = screen[bi.unsqueeze(1), faces[face]]  # [N,3,2]
+        b_a, p_a, q_a = bi[active], cp[active], cq[active]
+        c = screen[b_a.unsqueeze(1), faces[cur]]  # [N,3,2]
         orient = torch.sign(_edge_functions(c, c[:, 0]).sum(-1, keepdim=True))
-        ep = _edge_functions(c, cp) * orient
-        eq = _edge_functions(c, cq) * orient
+        ep = _edge_functions(c, p_a) * orient
+        eq = _edge_functions(c, q_a) * orient
         # Exit edges: p on the inner side, q on the outer side; the first exit has the smallest t.
         crossing = (ep >= 0) & (eq < 0)
         t = torch.where(crossing, ep / (ep - eq).where(crossing, torch.ones_like(ep)), torch.full_like(ep, 2.0))
         k = t.argmin(-1)
         crosses = crossing.gather(1, k[:, None]).squeeze(1)
-        across = neighbour[face, k]
-        silhouette = (across < 0) | (facing[bi, across.clamp_min(0)] != facing[bi, face])
+        across = neighbour[cur, k]
+        silhouette = (across < 0) | (facing[b_a, across.clamp_min(0)] != facing[b_a, cur])
         ar = torch.arange(k.numel(), device=k.device)
         direction = c[ar, (k + 2) % 3] - c[ar, (k + 1) % 3]
         steep = direction[:, 1].abs() >= direction[:, 0].abs()
-        done = active & crosses & silhouette & (steep if horizontal_pairs else ~steep)
-        edge = torch.where(done, k, edge)
-        found |= done
-        active = active & crosses & ~silhouette
-        if not bool(active.any()):
+        done = crosses & silhouette & (steep if horizontal_pairs else ~steep)
+        face[active[done]] = cur[done]
+        edge[active[done]] = k[done]
+        found[active[done]] = True
+        walk_on = crosses & ~silhouette
+        active, cur = active[walk_on], across[walk_on]
+        if active.numel() == 0:
             break
-        face = torch.where(active, across, face)
     return face, edge, found
 
 

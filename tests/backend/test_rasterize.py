@@ -63,6 +63,23 @@ def test_triangle_coverage_equals_its_projected_area(angle_deg):
     assert float(out.mask.min()) >= 0.0 and float(out.mask.max()) <= 1.0
 
 
+@pytest.mark.parametrize("subdivisions", [1, 4])
+def test_antialiased_sphere_coverage_matches_supersampling(subdivisions):
+    """Per pixel, the antialiased mask approximates the covered fraction of the pixel's area
+    (8 x 8 supersampled), for coarse and for sub-pixel tessellations of the silhouette."""
+    sphere = icosphere(subdivisions=subdivisions)
+    low = front_camera(width=48, height=40, elevation=10.0, azimuth=30.0)
+    high = front_camera(width=8 * 48, height=8 * 40, elevation=10.0, azimuth=30.0)
+    mask = RASTER.rasterize(sphere, low).mask[0, ..., 0]
+    with torch.no_grad():
+        truth = (RASTER.rasterize(sphere, high).tri_id[0] >= 0).float().view(40, 8, 48, 8).mean((1, 3))
+    edge = (truth > 0) & (truth < 1)
+    assert float(mask.sum()) == pytest.approx(float(truth.sum()), abs=0.01 * float(edge.sum()) + 1.0)
+    assert float((mask - truth)[edge].abs().mean()) < 0.06
+    hard_error = ((RASTER.rasterize(sphere, low).tri_id[0] >= 0).float() - truth)[edge].abs().mean()
+    assert float((mask - truth)[edge].abs().mean()) < 0.5 * float(hard_error)
+
+
 def test_cube_depth_and_positions_are_exact():
     cams = front_camera(distance=3.0, fovy=40.0, width=80, height=64)
     box = cube()
