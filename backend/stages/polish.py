@@ -1,0 +1,177 @@
+"""Surface polishing (DreamPolish §3.2): pull the DMTet mesh's rendered normals towards a normal
+estimator's targets on views whose field of view and distance vary.
+
+Loss (per step, over the views' foreground pixels where the estimator gives a normal):
+    L = λ_n · mean(1 − cos(n_rendered, n_target)) + λ_nc · L_nc(mesh) + λ_lap · L_lap(δ)
+with n_rendered the rendered world normals rotated into the camera frame (the frame the estimator
+answers in), L_nc the mesh normal consistency (1 − cos between faces sharing an edge) and L_lap the
+uniform Laplacian of the vertex offsets δ, so that the mesh moves smoothly rather than per vertex.
+
+Ablation ("smoothness"): no estimator at all, only λ_smooth · L_nc — the plain normal-smoothness
+loss that the paper shows is not enough.
+
+The optimised variables are per-vertex offsets δ of the input mesh (topology is kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..geometry.mesh import TriMesh
+from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
+from ..guidance.base import NormalTargets
+from ..guidance.normals import NormalEstimatorConfig
+from ..render.cameras import CameraBatch, ViewSampler
+from ..render.rasterize import MeshRasterizer, RasterOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PolishConfig:
+    steps: int = 300
+    """Optimisation steps (the method: a short stage of a few hundred steps)."""
+    lr: float = 1e-3
+    """Adam learning rate of the vertex offsets (object radius is 0.5)."""
+    render_size: int = 512
+    """Side in pixels of the square views the estimator sees."""
+    batch_size: int = 4
+    """Views per step."""
+    loss: Literal["normal_estimator", "smoothness"] = "normal_estimator"
+    """normal_estimator: the method; smoothness: the plain normal-smoothness ablation."""
+    fovy_range_deg: tuple[float, float] = (15.0, 60.0)
+    """Vertical field of view drawn uniformly per view (the estimator, unlike Zero123, takes any)."""
+    elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
+    """Orbit elevation drawn uniformly per view."""
+    fill_margin: float = 1.1
+    """Frame-to-object size ratio: the camera distance is set so that the object fills the frame."""
+    view_pool: int = 32
+    """Views are drawn from this many fixed random views (0: fresh views every step); the estimator's
+    targets are cached per view, so a pool costs one estimate per view."""
+    rendered_normals: Literal["smooth", "face"] = "smooth"
+    """Which rendered normals are compared with the targets: interpolated vertex normals, or flat face normals."""
+    normal_weight: float = 1.0
+    """λ_n, weight of 1 − cos(n_rendered, n_target)."""
+    consistency_weight: float = 0.1
+    """λ_nc, the small normal-consistency term on the mesh."""
+    laplacian_weight: float = 1.0
+    """λ_lap, uniform Laplacian of the vertex offsets."""
+    smoothness_weight: float = 1.0
+    """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
+    estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
+    """How the normal estimator (Marigold) is run and its estimates cached."""
+
+
+def normals_to_camera(normal_world: Tensor, cameras: CameraBatch) -> Tensor:
+    """[B,H,W,3] world normals -> the renderer's camera frame (+X right, +Y up, +Z towards the viewer):
+    n_cam = Rᵀ n_world with R the rotation part of camera-to-world."""
+    rot = cameras.c2w[:, :3, :3].to(normal_world.dtype)
+    return torch.einsum("bij,bhwi->bhwj", rot, normal_world)
+
+
+def normal_polish_loss(rendered_cam: Tensor, target_cam: Tensor, foreground: Tensor) -> tuple[Tensor, Tensor]:
+    """mean over valid pixels of 1 − cos(rendered, target); valid = foreground and the target has an
+    estimate (non-zero). Returns (loss, number of valid pixels)."""
+    valid = foreground.squeeze(-1) & (target_cam.norm(dim=-1) > 0.5)
+    count = valid.sum()
+    cos = F.cosine_similarity(rendered_cam, target_cam, dim=-1, eps=1e-8)
+    loss = ((1.0 - cos) * valid).sum() / count.clamp_min(1)
+    return loss, count
+
+
+def shade_for_estimator(mesh: TriMesh, raster: RasterOutput, cameras: CameraBatch,
+                        rasterizer: MeshRasterizer) -> tuple[Tensor, Tensor]:
+    """What the normal estimator looks at: the mesh's albedo (vertex colours, else light grey) under
+    a headlight, on a white background. Returns (rgb [B,H,W,3] in [0,1], opacity [B,H,W,1])."""
+    with torch.no_grad():
+        if mesh.vertex_colors is not None:
+            albedo = rasterizer.interpolate(mesh.vertex_colors, raster, mesh.faces)
+        else:
+            albedo = torch.full_like(raster.world_pos, 0.8)
+        facing = normals_to_camera(raster.normal, cameras)[..., 2:3].clamp_min(0.0)
+        shaded = albedo * (0.35 + 0.65 * facing)
+        opacity = raster.mask.detach().clamp(0.0, 1.0)
+        rgb = shaded * opacity + (1.0 - opacity)
+    return rgb, opacity
+
+
+def polish_view_sampler(cfg: PolishConfig) -> ViewSampler:
+    """Views with varying field of view and distance that frame the object (radius 0.5)."""
+    return ViewSampler(
+        elevation_range=cfg.elevation_range_deg, fovy_range=cfg.fovy_range_deg,
+        fill_frame=True, object_radius=0.5, fill_margin=cfg.fill_margin,
+    )
+
+
+PolishCallback = Callable[[int, TriMesh], None]
+"""Called after every step with (step, current mesh): previews, checkpoints."""
+
+
+def run_polish(
+    cfg: PolishConfig,
+    mesh: TriMesh,
+    targets: NormalTargets | None,
+    reporter,
+    *,
+    rasterizer: MeshRasterizer | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    on_step: PolishCallback | None = None,
+) -> TriMesh:
+    """Polish `mesh` (object frame, radius 0.5) and return the polished mesh (same topology).
+
+    `reporter` has progress(step, total, losses) and check_cancel(); `targets` may be None only for
+    the smoothness ablation."""
+    if cfg.loss == "normal_estimator" and targets is None:
+        raise ValueError("the normal_estimator polish loss needs a NormalTargets provider")
+    rasterizer = rasterizer or MeshRasterizer()
+    mesh = mesh.detach().to(device)
+    base = mesh.vertices.clone()
+    offsets = torch.zeros_like(base, requires_grad=True)
+    optimiser = torch.optim.Adam([offsets], lr=cfg.lr)
+    sampler = polish_view_sampler(cfg)
+    smooth = cfg.rendered_normals == "smooth"
+    pool = None
+    if cfg.view_pool > 0 and cfg.loss == "normal_estimator":
+        pool = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
+    for step in range(cfg.steps):
+        reporter.check_cancel()
+        current = mesh.with_vertices(base + offsets)
+        losses: dict[str, Tensor] = {}
+        if cfg.loss == "normal_estimator":
+            if pool is not None:
+                cameras = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
+            else:
+                cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
+            raster = rasterizer.rasterize(current, cameras, smooth_normals=smooth)
+            rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
+            with torch.no_grad():
+                target = targets(rgb, opacity, cameras).to(raster.normal.dtype)
+            rendered = normals_to_camera(raster.normal, cameras)
+            losses["normal"], _ = normal_polish_loss(rendered, target, raster.foreground)
+            losses["normal_consistency"] = mesh_normal_consistency(current.vertices, current.faces)
+            losses["laplacian"] = mesh_laplacian(offsets, current.faces)
+            total = (cfg.normal_weight * losses["normal"]
+                     + cfg.consistency_weight * losses["normal_consistency"]
+                     + cfg.laplacian_weight * losses["laplacian"])
+        else:
+            losses["normal_consistency"] = mesh_normal_consistency(current.vertices, current.faces)
+            total = cfg.smoothness_weight * losses["normal_consistency"]
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = float(offsets.grad.norm()) if offsets.grad is not None else 0.0
+        optimiser.step()
+        report = {k: float(v.detach()) for k, v in losses.items()}
+        report["total"] = float(total.detach())
+        report["grad_norm"] = grad_norm
+        reporter.progress(step + 1, cfg.steps, report)
+        if on_step is not None:
+            on_step(step + 1, mesh.with_vertices((base + offsets).detach()))
+    return mesh.with_vertices((base + offsets).detach())

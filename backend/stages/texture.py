@@ -1,0 +1,270 @@
+"""Texture stage: fixed geometry, a hash-grid colour field optimised by score distillation (DSD by
+default), then baked into a UV atlas.
+
+Per step: sample views, rasterise the fixed mesh, colour every visible surface point with the
+field, composite over the background with the antialiased coverage, and hand the image to the
+guidance (GuidanceInput, shading="albedo"). With a reference view, an RGB loss on it is added:
+    L = L_guidance + λ_ref · mean(mask_ref · |rgb − rgb_ref|²)
+(DreamCraft3D's texture stage keeps the reference-view RGB loss too).
+
+After optimisation `bake_texture` makes UVs (xatlas, unless the mesh has its own and the stage is
+told to keep them), evaluates the field at every texel's surface point, dilates the charts so no
+seam shows, and optionally bakes a normal map from a more detailed mesh.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import bake
+from ..geometry.fields import ColorField, FieldConfig
+from ..geometry.hashgrid import HashGridConfig
+from ..geometry.mesh import TriMesh
+from ..guidance.base import Guidance, GuidanceInput
+from ..guidance.lora import LoraConfig
+from ..guidance.score_distillation import Schedule, ScoreDistillationConfig, TimestepSchedule
+from ..render.cameras import CameraBatch, ViewSampler
+from ..render.rasterize import MeshRasterizer
+
+logger = logging.getLogger(__name__)
+
+def _texture_guidance() -> ScoreDistillationConfig:
+    # DSD on SD 2.1-base: the CFG direction at a moderate weight plus the variational (LoRA) direction,
+    # timesteps annealed from the whole schedule towards the detail end.
+    return ScoreDistillationConfig(
+        objective="dsd", guidance_scale=7.5,
+        timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.5), anneal_steps=2500),
+        lambda_cfg=Schedule(6.5), lambda_var=Schedule(1.0), lora=LoraConfig(rank=4, learning_rate=1e-4),
+    )
+
+
+def _texture_field() -> FieldConfig:
+    # Colour only: all levels active from the start (the geometry is fixed, nothing to stage).
+    return FieldConfig(grid=HashGridConfig(start_levels=16), hidden_dim=64, n_hidden_layers=1)
+
+
+@dataclass
+class TextureConfig:
+    steps: int = 5000
+    """Optimisation steps (DreamCraft3D's texture stage: 5000)."""
+    lr: float = 1e-2
+    """Adam learning rate of the colour field."""
+    render_size: int = 512
+    """Side in pixels of the rendered training views (the VAE sees 512)."""
+    batch_size: int = 1
+    """Views per step."""
+    guidance: ScoreDistillationConfig = field(default_factory=_texture_guidance)
+    """Score distillation on the text-to-image prior: guidance.objective is dsd (the method), or
+    sds/vsd/bsd/csd for the ablation, with its weights and schedules."""
+    field: FieldConfig = field(default_factory=_texture_field)
+    """The hash-grid colour field."""
+    elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
+    """Orbit elevation of training views."""
+    fovy_deg: float = 20.0
+    """Vertical field of view of training views (Zero123's fixed 20°)."""
+    camera_distance: float = 3.8
+    """Distance of training views from the object centre (object radius 0.5)."""
+    reference_weight: float = 1.0
+    """λ_ref, weight of the RGB loss on the reference view (0 turns it off)."""
+    reference_every: int = 1
+    """Apply the reference loss every this many steps."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Background colour behind the object in training renders."""
+    view_pool: int = 0
+    """0: fresh random views every step; N > 0: rasterise N random views of the fixed mesh once and draw
+    every step's views from them (the geometry does not change, so on the CPU this saves the rasteriser)."""
+    atlas_size: int = 1024
+    """Side of the baked texture atlas in texels."""
+    chart_padding: int = 4
+    """Gap between UV charts in texels (room for the dilation)."""
+    dilation_texels: int = 0
+    """How far, in texels, the colours are dilated beyond the charts; 0 fills the whole atlas."""
+    normal_map: bool = False
+    """Also bake a tangent-space normal map from the detailed geometry (the DMTet/polish mesh)."""
+
+
+@dataclass
+class TextureState:
+    """The texture stage's optimised state: the colour field over a fixed mesh."""
+
+    color_field: ColorField
+    mesh: TriMesh
+
+    @torch.no_grad()
+    def colors_at(self, points: np.ndarray) -> np.ndarray:
+        """points [N,3] (object frame) -> colours [N,3] in [0,1]: the bake's colour function."""
+        p = torch.as_tensor(points, dtype=torch.float32, device=self.mesh.device)
+        return self.color_field.color(p).float().cpu().numpy()
+
+    def state_dict(self) -> dict:
+        return {"field": self.color_field.state_dict(), "active_levels": self.color_field.encoding.active_levels}
+
+    @classmethod
+    def from_state_dict(cls, cfg: TextureConfig, mesh: TriMesh, state: dict) -> TextureState:
+        color_field = ColorField(cfg.field).to(mesh.device)
+        color_field.load_state_dict(state["field"])
+        color_field.encoding.active_levels = int(state["active_levels"])
+        return cls(color_field, mesh)
+
+
+@dataclass
+class SurfaceViews:
+    """The fixed mesh rasterised at a batch of cameras: all that colouring it needs."""
+
+    cameras: CameraBatch
+    world_pos: Tensor
+    """[B,H,W,3] surface point per pixel (0 on the background)."""
+    foreground: Tensor
+    """[B,H,W] bool: pixel centres on the mesh."""
+    opacity: Tensor
+    """[B,H,W,1] antialiased coverage in [0,1]."""
+
+    @classmethod
+    @torch.no_grad()
+    def rasterize(cls, mesh: TriMesh, cameras: CameraBatch, rasterizer: MeshRasterizer) -> SurfaceViews:
+        raster = rasterizer.rasterize(mesh, cameras)
+        return cls(cameras, raster.world_pos.detach(), raster.foreground.squeeze(-1),
+                   raster.mask.detach().clamp(0.0, 1.0))
+
+    def __getitem__(self, idx: Tensor) -> SurfaceViews:
+        return SurfaceViews(self.cameras[idx], self.world_pos[idx], self.foreground[idx], self.opacity[idx])
+
+
+def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tensor) -> Tensor:
+    """The colour field on the surface, composited over the background -> rgb [B,H,W,3]."""
+    fg, pos, opacity = views.foreground, views.world_pos, views.opacity
+    rgb = torch.zeros_like(pos)
+    if bool(fg.any()):
+        rgb = rgb.index_put((fg,), color_field.color(pos[fg]))
+        # Pixels only partly covered at the silhouette take the colour of their nearest covered neighbour:
+        # a 3x3 max-pool of covered colours is enough for the one-pixel antialiasing band.
+        partial = (opacity.squeeze(-1) > 0) & ~fg
+        if bool(partial.any()):
+            spread = torch.nn.functional.max_pool2d(
+                (rgb * fg.unsqueeze(-1)).permute(0, 3, 1, 2), 3, stride=1, padding=1).permute(0, 2, 3, 1)
+            rgb = torch.where(partial.unsqueeze(-1), spread, rgb)
+    return rgb * opacity + background * (1.0 - opacity)
+
+
+def render_albedo(color_field: ColorField, mesh: TriMesh, cameras: CameraBatch, rasterizer: MeshRasterizer,
+                  background: Tensor) -> tuple[Tensor, Tensor]:
+    """Colour field on the fixed mesh seen from `cameras`: (rgb [B,H,W,3], opacity [B,H,W,1])."""
+    views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
+    return shade_albedo(color_field, views, background), views.opacity
+
+
+TextureCallback = Callable[[int, TextureState], None]
+"""Called after every step with (step, state): previews, checkpoints."""
+
+
+def run_texture(
+    cfg: TextureConfig,
+    mesh: TriMesh,
+    guidance: Guidance,
+    reporter,
+    *,
+    reference_rgb: Tensor | None = None,
+    reference_mask: Tensor | None = None,
+    reference_camera: CameraBatch | None = None,
+    rasterizer: MeshRasterizer | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    on_step: TextureCallback | None = None,
+) -> TextureState:
+    """Optimise a colour field on `mesh` (object frame, radius 0.5).
+
+    reference_rgb [1,H,W,3] and reference_mask [1,H,W,1] at reference_camera (B=1, same H, W) add the
+    reference-view RGB loss. `reporter` has progress(step, total, losses) and check_cancel()."""
+    rasterizer = rasterizer or MeshRasterizer()
+    mesh = mesh.detach().to(device)
+    if generator is not None:
+        # The field's initial tables come from the job's generator, not the global RNG.
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            color_field = ColorField(cfg.field)
+    else:
+        color_field = ColorField(cfg.field)
+    color_field = color_field.to(device)
+    optimiser = torch.optim.Adam(color_field.parameters(), lr=cfg.lr, eps=1e-15)
+    background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
+    sampler = ViewSampler(elevation_range=cfg.elevation_range_deg, distance_range=(cfg.camera_distance,) * 2,
+                          fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
+    use_reference = reference_rgb is not None and reference_camera is not None and cfg.reference_weight > 0
+    if use_reference:
+        reference_rgb = reference_rgb.to(device)
+        reference_mask = (torch.ones_like(reference_rgb[..., :1]) if reference_mask is None
+                          else reference_mask.to(device))
+        reference_camera = reference_camera.to(device)
+        reference_views = SurfaceViews.rasterize(mesh, reference_camera, rasterizer)
+    pool = None
+    if cfg.view_pool > 0:
+        pool_cameras = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
+        pool = SurfaceViews.rasterize(mesh, pool_cameras, rasterizer)
+    state = TextureState(color_field, mesh)
+    for step in range(cfg.steps):
+        reporter.check_cancel()
+        color_field.update_step(step)
+        if pool is not None:
+            views = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
+        else:
+            cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
+            views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
+        rgb = shade_albedo(color_field, views, background)
+        out = guidance(GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras, shading="albedo",
+                                     step=step, total_steps=cfg.steps))
+        total = out.loss
+        report = {"guidance": float(out.loss.detach())}
+        if use_reference and step % max(cfg.reference_every, 1) == 0:
+            ref_rgb = shade_albedo(color_field, reference_views, background)
+            ref_loss = (reference_mask * (ref_rgb - reference_rgb) ** 2).mean()
+            total = total + cfg.reference_weight * ref_loss
+            report["reference_rgb"] = float(ref_loss.detach())
+        optimiser.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in color_field.parameters()
+                                   if p.grad is not None))
+        optimiser.step()
+        report["total"] = float(total.detach())
+        report["grad_norm"] = float(grad_norm)
+        report.update({f"guidance_{k}": float(v) for k, v in out.diagnostics.items()})
+        reporter.progress(step + 1, cfg.steps, report)
+        if on_step is not None:
+            on_step(step + 1, state)
+    return state
+
+
+@dataclass
+class BakedTexture:
+    """The texture stage's output mesh: per-corner UVs and the maps baked onto them."""
+
+    uvs: np.ndarray
+    """[F,3,2] float32 per-corner UVs of the mesh's faces."""
+    base_color: np.ndarray
+    """[S,S,3] float32 in [0,1] (display/sRGB values)."""
+    normal_map: np.ndarray | None = None
+    """[S,S,3] float32 tangent-space unit normals (OpenGL, +Y along +v), or None."""
+
+
+def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | None = None,
+                 detail: TriMesh | None = None) -> BakedTexture:
+    """Bake the colour field into an atlas on `uvs` (the mesh's own per-corner UVs [F,3,2]) or, when
+    None, on new xatlas charts; with cfg.normal_map and a `detail` mesh, also a normal map."""
+    vertices = state.mesh.vertices.detach().cpu().numpy().astype(np.float32)
+    faces = state.mesh.faces.detach().cpu().numpy().astype(np.int64)
+    if uvs is None:
+        uvs = bake.unwrap_uv(vertices, faces, bake.UnwrapConfig(resolution=cfg.atlas_size, padding=cfg.chart_padding))
+    padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
+    base_color = bake.bake_color(vertices, faces, uvs, state.colors_at, cfg.atlas_size, padding)
+    normal_map = None
+    if cfg.normal_map and detail is not None:
+        normal_map = bake.bake_normal_map(
+            vertices, faces, uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(),
+            cfg.atlas_size, padding)
+    return BakedTexture(np.ascontiguousarray(uvs, dtype=np.float32), base_color, normal_map)
