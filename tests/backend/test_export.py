@@ -1,0 +1,59 @@
+"""Export: the final payload for Blender and the glTF binary in the job folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from dreampolish.backend import bake
+from dreampolish.backend.geometry.mesh import TriMesh
+from dreampolish.backend.stages.export import ExportConfig, mesh_payload, run_export, texture_payloads
+
+
+@pytest.fixture
+def textured_box() -> tuple[TriMesh, np.ndarray, np.ndarray]:
+    box = trimesh.creation.box((0.6, 0.4, 0.8))
+    v = np.asarray(box.vertices, np.float32)
+    f = np.asarray(box.faces, np.int64)
+    uvs = bake.unwrap_uv(v, f, bake.UnwrapConfig(resolution=64))
+    image = bake.bake_color(v, f, uvs, lambda p: np.clip(p + 0.5, 0, 1), 64)
+    normal_map = np.zeros((64, 64, 3), np.float32)
+    normal_map[..., 2] = 1.0
+    mesh = TriMesh(torch.as_tensor(v), torch.as_tensor(f), torch.as_tensor(uvs))
+    return mesh, image, normal_map
+
+
+def test_payload_carries_uvs_textures_and_the_object_transform(textured_box):
+    mesh, image, normal_map = textured_box
+    transform = np.diag([2.0, 2.0, 2.0, 1.0]).astype(np.float32)
+    transform[:3, 3] = (1.0, -3.0, 0.5)
+    payload = mesh_payload(mesh, transform, texture_payloads(image, normal_map))
+    np.testing.assert_array_equal(payload.transform, transform)
+    np.testing.assert_array_equal(payload.vertices, mesh.vertices.numpy())
+    assert payload.uvs.shape == (mesh.num_faces, 3, 2)
+    base, normal = payload.texture("base_color"), payload.texture("normal")
+    np.testing.assert_allclose(bake.decode_png(base.png), image, atol=1 / 255 + 1e-6)
+    assert normal.array.dtype == np.float16 and normal.array.shape == (64, 64, 3)
+
+
+def test_glb_holds_the_world_mesh_in_y_up_with_its_textures(textured_box, tmp_path):
+    mesh, image, normal_map = textured_box
+    transform = np.eye(4, dtype=np.float32)
+    transform[:3, 3] = (0.0, 0.0, 5.0)  # lifted 5 m along Blender's Z
+    payload = mesh_payload(mesh, transform, texture_payloads(image, normal_map))
+    result = run_export(ExportConfig(), payload, tmp_path)
+    assert result.files["glb"] == tmp_path / "result.glb"
+    (glb,) = trimesh.load(str(result.files["glb"])).geometry.values()
+    lo, hi = glb.vertices.min(0), glb.vertices.max(0)
+    np.testing.assert_allclose(hi - lo, [0.6, 0.8, 0.4], atol=1e-5)  # Blender (x, y, z) -> glTF (x, z, -y)
+    assert (lo[1] + hi[1]) / 2 == pytest.approx(5.0, abs=1e-5)
+    assert glb.visual.material.baseColorTexture is not None
+    assert glb.visual.material.normalTexture is not None
+
+
+def test_export_without_glb_writes_nothing(textured_box, tmp_path):
+    mesh, image, _ = textured_box
+    payload = mesh_payload(mesh, np.eye(4, dtype=np.float32), texture_payloads(image, None))
+    result = run_export(ExportConfig(write_glb=False), payload, tmp_path)
+    assert result.files == {} and not any(tmp_path.iterdir())
