@@ -7,12 +7,14 @@ folders point to a temporary directory, so nothing is written to the real home.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,45 @@ def pump(addon, until: Callable[[], bool], timeout_s: float = 30.0, what: str = 
         f"timed out after {timeout_s} s waiting for {what or 'a condition'}; "
         f"job state {rt.job_state!r}, message {rt.message!r}"
     )
+
+
+@contextlib.contextmanager
+def backend_process(*extra_args: str) -> Iterator[str]:
+    """A real backend process on a free loopback port running the scripted test pipeline; yields its address."""
+    if not (REPO_ROOT / ".venv").exists():
+        pytest.skip("the backend environment .venv is absent: run `make venv`")
+    from tests.conftest import free_tcp_port
+
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    store = Path(tempfile.mkdtemp(prefix="dreampolish-store-"))
+    backend_env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    backend_env.pop("BLENDER_USER_RESOURCES", None)
+    with open(store / "backend.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(BACKEND_EXE), "serve", "--bind", address, "--store", str(store),
+             "--pipeline", TEST_PIPELINE, *extra_args],
+            cwd=REPO_ROOT, env=backend_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def connect_when_up(timeout_s: float = 60.0) -> None:
+    """Press Connect until the backend process has started (its start-up takes a few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            bpy.ops.dreampolish.connect()
+            return
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,10 +40,14 @@ def addon() -> Iterator[object]:
 
 @pytest.fixture
 def fresh_scene(addon) -> Iterator[object]:
-    """An empty scene (no objects, no camera) and an idle add-on for each test."""
+    """An empty scene (no objects, no camera), default preferences and an idle add-on for each test."""
     bpy = _env().bpy
     bpy.ops.wm.read_homefile(use_empty=True)
     addon.bridge.disconnect()
+    prefs = bpy.context.preferences.addons[_env().MODULE].preferences
+    for name in prefs.bl_rna.properties.keys():
+        if name not in ("rna_type", "bl_idname"):
+            prefs.property_unset(name)
     rt = bpy.context.window_manager.dreampolish
     rt.job_id = rt.job_state = rt.message = rt.paused_stage = ""
     rt.connection = "disconnected"
@@ -57,33 +58,9 @@ def fresh_scene(addon) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def backend_address() -> Iterator[str]:
-    """A real backend process on loopback running the scripted test pipeline."""
-    env = _env()
-    if not (env.REPO_ROOT / ".venv").exists():
-        pytest.skip("the backend environment .venv is absent: run `make venv`")
-    from tests.conftest import free_tcp_port
-
-    address = f"tcp://127.0.0.1:{free_tcp_port()}"
-    store = Path(tempfile.mkdtemp(prefix="dreampolish-store-"))
-    log_path = store / "backend.log"
-    backend_env = dict(os.environ, PYTHONPATH=str(env.REPO_ROOT))
-    backend_env.pop("BLENDER_USER_RESOURCES", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(env.BACKEND_EXE), "serve", "--bind", address, "--store", str(store),
-             "--pipeline", env.TEST_PIPELINE],
-            cwd=env.REPO_ROOT, env=backend_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    try:
+    """The shared test backend (started once per session)."""
+    with _env().backend_process() as address:
         yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture
@@ -93,14 +70,6 @@ def connected(addon, fresh_scene, backend_address) -> str:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.backend_address = backend_address
     prefs.timeout_s = 5.0
-    deadline = time.monotonic() + 60.0
-    while True:
-        try:
-            bpy.ops.dreampolish.connect()
-            break
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    _env().connect_when_up()
     assert bpy.context.window_manager.dreampolish.connection == "connected"
     return backend_address
