@@ -272,6 +272,8 @@ class DREAMPOLISH_OT_resume(bpy.types.Operator):
         obj = job_object(context, rt.job_id, rt.paused_stage)
         mesh = None
         if obj is not None:
+            if obj.mode == "EDIT":
+                obj.update_from_editmode()  # resume from what the artist sees, without leaving Edit Mode
             try:
                 # The backend's frame is the mesh's own: the object's transform is the artist's.
                 mesh = mesh_io.payload_from_object(
@@ -333,9 +335,10 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
     def _mesh_object(self, context, cached, record: JobRecord, label: str) -> bpy.types.Object:
         per_stage = context.scene.dreampolish.import_mode == "per_stage"
         obj = None if (self.new_object or per_stage) else job_object(context, self.job_id)
-        if obj is not None and obj.type == "MESH":
+        if obj is not None and obj.type == "MESH" and obj.mode != "EDIT":
             mesh_io.fill_mesh(obj.data, cached.mesh)  # in place: the artist's transform stays
             return obj
+        # (An object in Edit Mode is left alone: leaving Edit Mode would overwrite the new stage.)
         mesh = mesh_io.new_mesh(f"{label} {cached.stage}", cached.mesh)
         obj = bpy.data.objects.new(f"{label} {cached.stage}" if per_stage else label, mesh)
         mesh_io.set_matrix(obj, cached.mesh.transform)

@@ -195,3 +195,20 @@ def test_reconnecting_picks_up_a_running_job_where_it_left_off(addon, connected)
     assert bpy.ops.dreampolish.connect() == {"FINISHED"}
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish after the reconnect")
     assert sorted(o["dreampolish_stage"] for o in _job_objects(_rt().job_id)) == ["neus"]
+
+
+def test_resume_while_still_in_edit_mode_sends_the_edits(addon, connected):
+    job_id = _generate(addon, pause_after={"dmtet"})
+    pump(addon, lambda: _rt().job_state == "paused", what="the pause after dmtet")
+    (obj,) = _job_objects(job_id)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    bm = bmesh.from_edit_mesh(obj.data)
+    bmesh.ops.subdivide_edges(bm, edges=bm.edges[:], cuts=1, use_grid_fill=True)
+    bmesh.update_edit_mesh(obj.data)
+    assert bpy.ops.dreampolish.resume() == {"FINISHED"}  # the artist has not left Edit Mode
+    pump(addon, lambda: _rt().job_state == "done", what="the resumed job to finish")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    # polish arrived while the object was being edited: it went to a new object, not into the edit.
+    stages = {o["dreampolish_stage"]: o for o in _job_objects(job_id)}
+    assert len(stages["texture"].data.vertices) == 18, "the backend received the edited mesh"
