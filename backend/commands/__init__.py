@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keys",
     "render",
     "models",
+    "fidelity",
 )
 """Subcommand modules in the order `--help` lists them."""
 

@@ -3,9 +3,11 @@
 Runs on the CPU and on CUDA with the same code. Level l has resolution
 N_l = floor(base_resolution * growth**l); a point x in [0,1]^3 is looked up at the
 8 corners of its cell, each corner index hashed into a table of size T when the
-level's dense grid (N_l+1)^3 does not fit in T (coarse levels are indexed
-densely, so they never collide), and the corner features are blended
-trilinearly. Output: the concatenation of all levels' F features, [N, L*F].
+level's dense grid (N_l+1)^3 does not fit in T, and the corner features are
+blended trilinearly. Coarse levels whose (N_l+1)^3 grid fits in T are stored
+densely (no collisions) and looked up with `grid_sample`, which computes the same
+trilinear blend several times faster on the CPU than gathering 8 corners.
+Output: the concatenation of all levels' F features, [N, L*F].
 
 Progressive level unlocking (as in threestudio's ProgressiveBandHashGrid): only
 the first `start_levels` levels are active at step 0, one more level unlocks
@@ -19,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Spatial hash primes (Teschner et al. 2003, as used by Instant-NGP); the first is 1
@@ -92,6 +95,16 @@ class HashGridEncoding(nn.Module):
             idx = idx % size
         return idx + self.level_offsets[level]
 
+    def _dense_level(self, level: int, x: Tensor) -> Tensor:
+        """Trilinear lookup in a level stored as a dense (N+1)^3 lattice, [N,F]."""
+        r = self.resolutions[level] + 1
+        f = self.cfg.n_features_per_level
+        start = int(self.level_offsets[level])
+        # rows are x-major (x, y, z) -> volume [1,F,D=x,H=y,W=z]; grid_sample's coordinates are (W, H, D)
+        vol = self.table[start:start + r**3].reshape(r, r, r, f).permute(3, 0, 1, 2)[None]
+        grid = (x * 2 - 1).flip(-1).reshape(1, 1, 1, -1, 3)
+        return F.grid_sample(vol, grid, mode="bilinear", align_corners=True).reshape(f, -1).t()
+
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         f = self.cfg.n_features_per_level
@@ -100,6 +113,9 @@ class HashGridEncoding(nn.Module):
         for level, res in enumerate(self.resolutions):
             if level >= self.active_levels:
                 out.append(x.new_zeros(n, f))
+                continue
+            if (res + 1) ** 3 <= self.level_sizes[level]:
+                out.append(self._dense_level(level, x))
                 continue
             pos = x * res
             base = pos.floor().clamp(max=res - 1)

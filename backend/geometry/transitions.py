@@ -209,7 +209,7 @@ def fit_sdf_field(
             tgt_rgb = target_color(x) if target_color is not None else None
         pred, rgb = sdf_field(x)
         loss = F.l1_loss(pred, tgt)
-        err = float(loss)
+        err = loss.item()
         if tgt_rgb is not None:
             loss = loss + F.mse_loss(rgb, tgt_rgb)
         opt.zero_grad(set_to_none=True)

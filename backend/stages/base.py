@@ -1,0 +1,169 @@
+"""What the geometry stages (NeRF, NeuS, DMTet) share: schedules, the reference view and its
+losses, the progress/cancel reporter, and normal shading.
+
+Every stage step does the same three things (stages/nerf.py, neus.py, dmtet.py):
+1. render the reference camera (when a reference view is given) and add the weighted
+   RGB, mask and relative-depth losses against the reference image;
+2. render a batch of sampled training views and add the guidance loss;
+3. add the stage's regularisers, step the optimiser, report every loss term, check cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..render.cameras import CameraBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ramp:
+    """A value that moves linearly from `start` (at or before start_step) to `end` (at or after end_step)."""
+
+    start: float
+    """Value up to start_step."""
+    end: float | None = None
+    """Value from end_step on; None keeps `start` (a constant)."""
+    start_step: int = 0
+    """Step where the ramp begins."""
+    end_step: int = 0
+    """Step where the ramp ends."""
+
+    def at(self, step: int) -> float:
+        if self.end is None or step <= self.start_step:
+            return float(self.start)
+        if step >= self.end_step:
+            return float(self.end)
+        t = (step - self.start_step) / max(self.end_step - self.start_step, 1)
+        return float(self.start + t * (self.end - self.start))
+
+
+@dataclass
+class ResolutionSchedule:
+    """Render size of training views: `low` pixels square until switch_step, then `high`."""
+
+    low: int
+    """Image side in pixels before switch_step."""
+    high: int | None = None
+    """Image side from switch_step on; None keeps `low`."""
+    switch_step: int = 0
+    """Step where the size switches to `high`."""
+
+    def at(self, step: int) -> int:
+        return int(self.high if self.high is not None and step >= self.switch_step else self.low)
+
+
+@dataclass
+class ReferenceView:
+    """The reference image at the reference camera (from the text-to-image model, or the oracle's render)."""
+
+    rgb: Tensor
+    """[H,W,3] in [0,1] (over a white background where the mask is 0)."""
+    mask: Tensor
+    """[H,W,1] foreground in [0,1]."""
+    camera: CameraBatch
+    """B=1, the same H and W as the images."""
+    depth: Tensor | None = None
+    """[H,W,1] relative depth (larger = farther; any scale and offset), for the relative-depth loss."""
+
+
+class StageReporter(Protocol):
+    """The pipeline adapts its JobContext to this."""
+
+    def progress(self, step: int, total: int, losses: dict[str, float]) -> None: ...
+
+    def check_cancel(self) -> None: ...
+
+
+class LoggingReporter:
+    """Reports to the log every `every` steps; never cancels (command line, tests)."""
+
+    def __init__(self, stage: str, every: int = 20):
+        self.stage = stage
+        self.every = every
+        self.last: dict[str, float] = {}
+
+    def progress(self, step: int, total: int, losses: dict[str, float]) -> None:
+        self.last = losses
+        if step % self.every == 0 or step == total:
+            terms = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            log.info("%s %d/%d %s", self.stage, step, total, terms)
+
+    def check_cancel(self) -> None:
+        return None
+
+
+@dataclass
+class ReferenceWeights:
+    """Weights of the reference-view losses."""
+
+    rgb: Ramp
+    """MSE between the masked rendered colour and the masked reference colour."""
+    mask: Ramp
+    """MSE between the rendered opacity and the reference mask."""
+    depth: Ramp
+    """1 - Pearson correlation of rendered and reference depth inside the mask."""
+    resolution: int = 64
+    """The reference view is rendered at this width (height follows its aspect)."""
+
+
+def reference_at(reference: ReferenceView, width: int) -> tuple[CameraBatch, Tensor, Tensor, Tensor | None]:
+    """The reference camera and images resized to `width` (area filtering); the projection is NDC-based,
+    so the same matrices serve any image size of the same aspect."""
+    h0, w0 = reference.rgb.shape[:2]
+    height = max(1, round(width * h0 / w0))
+    cam = reference.camera
+    cam = CameraBatch(cam.c2w, cam.proj, width, height, cam.elevation_deg, cam.azimuth_deg,
+                      cam.distance, cam.fovy_deg)
+
+    def resize(img: Tensor) -> Tensor:
+        if img.shape[:2] == (height, width):
+            return img[None]
+        return F.interpolate(img.permute(2, 0, 1)[None], size=(height, width), mode="area").permute(0, 2, 3, 1)
+
+    depth = None if reference.depth is None else resize(reference.depth)
+    return cam, resize(reference.rgb), resize(reference.mask), depth
+
+
+def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """1 - corr(pred, target) over pixels with mask > 0.5 (scale and shift invariant)."""
+    m = mask[..., 0] > 0.5
+    if int(m.sum()) < 2:
+        return pred.sum() * 0
+    p, t = pred[..., 0][m], target[..., 0][m]
+    p, t = p - p.mean(), t - t.mean()
+    return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
+
+
+def reference_losses(render: dict[str, Tensor], ref_rgb: Tensor, ref_mask: Tensor, ref_depth: Tensor | None,
+                     weights: ReferenceWeights, step: int) -> tuple[Tensor, dict[str, float]]:
+    """Weighted reference-view loss and its terms. `render` holds [1,H,W,*] rgb/opacity/depth."""
+    rgb_l = F.mse_loss(render["rgb"] * ref_mask, ref_rgb * ref_mask)
+    mask_l = F.mse_loss(render["opacity"], ref_mask)
+    total = weights.rgb.at(step) * rgb_l + weights.mask.at(step) * mask_l
+    terms = {"ref_rgb": rgb_l.item(), "ref_mask": mask_l.item()}
+    w_depth = weights.depth.at(step)
+    if ref_depth is not None and w_depth > 0:
+        depth_l = pearson_depth_loss(render["depth"], ref_depth, ref_mask)
+        total = total + w_depth * depth_l
+        terms["ref_depth"] = depth_l.item()
+    return total, terms
+
+
+def shade_normals(normal: Tensor, opacity: Tensor, background: float = 1.0) -> Tensor:
+    """World normals [B,H,W,3] shown as colours (n+1)/2 over the background -> [B,H,W,3] in [0,1].
+    `normal` may be opacity-weighted (volume renders); it is normalised where the pixel is covered."""
+    n = F.normalize(normal, dim=-1)
+    return (n + 1) * 0.5 * opacity + background * (1 - opacity)
+
+
+def adam_groups(groups: list[tuple[list[torch.nn.Parameter], float]]) -> torch.optim.Adam:
+    """Adam over (parameters, learning rate) groups, skipping empty ones."""
+    return torch.optim.Adam([{"params": p, "lr": lr} for p, lr in groups if p], eps=1e-15)

@@ -1,0 +1,274 @@
+"""DMTet stage: a deformable tetrahedral SDF grid, rasterised, with its own hash-grid colour field.
+
+Representation (Shen et al. 2021): per grid vertex an SDF value and an offset
+delta = deformation_scale * spacing * tanh(d), so vertices never leave their cell's
+neighbourhood; marching tetrahedra turns (deformed vertices, SDF) into a triangle mesh that
+is differentiable w.r.t. both, and the mesh rasteriser renders it (antialiased mask, so
+silhouettes pull on the surface).
+
+Per step (the method's schedule): reference-view losses when a reference is given; the
+guidance on normal-shaded renders ((n+1)/2, "normal" shading) on 3 of every 4 steps
+(`normal_steps_of_4`) and on albedo renders otherwise; normal consistency (ramped 10 -> 1)
+and an optional Laplacian term on the extracted mesh.
+
+Continuing from a DmtetState (polish, texture):
+- `state.surface()` is the current mesh as a TriMesh whose vertices are differentiable
+  w.r.t. `state.sdf` and `state.deform` (the grid parameters): polish can fine-tune those
+  (or take `state.extract_mesh()` and optimise per-vertex offsets of the fixed mesh).
+- `state.color_field` (a geometry.fields.ColorField over the same box) gives albedo at any
+  world point; texture keeps the mesh of `state.extract_mesh()` fixed and can start from
+  this field.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..geometry.fields import ColorField, FieldConfig
+from ..geometry.hashgrid import HashGridConfig
+from ..geometry.marching import marching_tetrahedra
+from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
+from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
+from ..geometry.tets import TetGrid, make_tet_grid
+from ..geometry.transitions import (
+    fit_color_field,
+    grid_sdf_from_field,
+    mesh_signed_distance,
+    vertex_color_function,
+)
+from ..guidance.base import Guidance, GuidanceInput
+from ..render.cameras import CameraBatch, ViewSampler
+from ..render.rasterize import MeshRasterizer, RasterBackend
+from .base import (
+    Ramp,
+    ReferenceView,
+    ReferenceWeights,
+    ResolutionSchedule,
+    StageReporter,
+    adam_groups,
+    reference_at,
+    reference_losses,
+    shade_normals,
+)
+from .neus import NeusState
+
+log = logging.getLogger(__name__)
+
+
+def _color_field() -> FieldConfig:
+    return FieldConfig(grid=HashGridConfig(n_levels=16, log2_hashmap_size=19, start_levels=16))
+
+
+def _reference_weights() -> ReferenceWeights:
+    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.0), resolution=256)
+
+
+@dataclass
+class DmtetConfig:
+    steps: int = 5000
+    """Optimisation steps."""
+    batch_size: int = 1
+    """Training views per step."""
+    resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(1024))
+    """Training-view render size."""
+    views: ViewSampler = field(default_factory=ViewSampler)
+    """Training-view distribution."""
+    grid_resolution: int = 128
+    """Tet-grid cells per axis."""
+    grid_bound: float = 0.7
+    """Half-size of the cube the tet grid covers (the object lives within radius 0.5)."""
+    deformation_scale: float = 0.5
+    """Largest vertex offset, in cell edge lengths."""
+    color: FieldConfig = field(default_factory=_color_field)
+    """Colour field (hash grid + MLP)."""
+    lr_sdf: float = 5e-3
+    """Adam learning rate of the vertex SDF values."""
+    lr_deform: float = 5e-3
+    """Adam learning rate of the vertex deformations (tanh-space)."""
+    lr_color: float = 1e-2
+    """Adam learning rate of the colour field."""
+    reference: ReferenceWeights = field(default_factory=_reference_weights)
+    """Reference-view loss weights."""
+    guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
+    """Weight of the guidance loss."""
+    normal_steps_of_4: int = 3
+    """Of every 4 steps, how many show the guidance normal-shaded renders (the rest albedo)."""
+    normal_consistency_weight: Ramp = field(default_factory=lambda: Ramp(10.0, 1.0, 0, 5000))
+    """Normal consistency between adjacent faces."""
+    laplacian_weight: Ramp = field(default_factory=lambda: Ramp(0.0))
+    """Uniform Laplacian smoothing of the extracted mesh."""
+    color_init_steps: int = 200
+    """Regression steps transferring the previous stage's albedo into the colour field."""
+    rasterizer: RasterBackend = "auto"
+    """Mesh rasteriser back end."""
+    background: float = 1.0
+    """Grey level behind the object."""
+
+
+class DmtetState:
+    """Tet grid + per-vertex SDF and deformation parameters + colour field."""
+
+    def __init__(self, cfg: DmtetConfig, grid: TetGrid, sdf: Tensor, color_field: ColorField):
+        self.cfg = cfg
+        self.grid = grid
+        self.sdf = nn.Parameter(sdf.clone())
+        self.deform = nn.Parameter(torch.zeros_like(grid.vertices))
+        self.color_field = color_field
+        self.rasterizer = MeshRasterizer(cfg.rasterizer)
+        self.steps_done = 0
+        self.seconds = 0.0
+
+    def deformed_vertices(self) -> Tensor:
+        """[V,3] grid vertices moved by their (bounded) offsets."""
+        return self.grid.vertices + self.cfg.deformation_scale * self.grid.spacing * torch.tanh(self.deform)
+
+    def surface(self) -> TriMesh:
+        """Marching-tetrahedra mesh, differentiable w.r.t. `sdf` and `deform` (no clean-up, no colours)."""
+        verts, faces = marching_tetrahedra(self.deformed_vertices(), self.sdf, self.grid.tets)
+        return TriMesh(verts, faces)
+
+    def render(self, cameras: CameraBatch, mesh: TriMesh | None = None) -> dict[str, Tensor]:
+        """{"rgb" (albedo over the background), "opacity", "normal" (world, background 0), "depth"}."""
+        mesh = self.surface() if mesh is None else mesh
+        b, h, w = cameras.batch_size, cameras.height, cameras.width
+        dev = cameras.device
+        if mesh.num_faces == 0:
+            z = torch.zeros(b, h, w, 1, device=dev)
+            return {"rgb": torch.full((b, h, w, 3), self.cfg.background, device=dev), "opacity": z,
+                    "normal": z.expand(b, h, w, 3), "depth": z}
+        out = self.rasterizer.rasterize(mesh, cameras)
+        fg = out.foreground.to(out.mask.dtype)
+        albedo = self.color_field.color(out.world_pos.reshape(-1, 3)).reshape(b, h, w, 3) * fg
+        rgb = albedo + self.cfg.background * (1 - fg)
+        rgb = self.rasterizer.antialias(rgb, out, mesh, cameras)
+        return {"rgb": rgb, "opacity": out.mask, "normal": out.normal, "depth": out.depth}
+
+    @torch.no_grad()
+    def extract_mesh(self, normalize: bool = True) -> TriMesh:
+        """The current surface, cleaned, with vertex albedo; with `normalize` in the object frame
+        (bbox centre at the origin, bounding-sphere radius 0.5, Z up)."""
+        mesh = self.surface().detach()
+        if mesh.num_faces == 0:
+            log.warning("DMTet surface is empty")
+            return mesh
+        mesh = clean_mesh(mesh)
+        colors = self.color_field.color(mesh.vertices).clamp(0, 1)
+        mesh = TriMesh(mesh.vertices, mesh.faces, None, colors)
+        if normalize:
+            mesh, _ = normalize_to_unit(mesh)
+        return mesh
+
+    def geometry_parameters(self) -> list[nn.Parameter]:
+        """[sdf, deform]: what polish may fine-tune through `surface()`."""
+        return [self.sdf, self.deform]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sdf": self.sdf.detach().cpu(), "deform": self.deform.detach().cpu(),
+                "color_field": self.color_field.state_dict(), "steps_done": self.steps_done}
+
+    @classmethod
+    def from_state_dict(cls, cfg: DmtetConfig, state: dict[str, Any], device: torch.device | str = "cpu"
+                        ) -> DmtetState:
+        grid = make_tet_grid(cfg.grid_resolution, cfg.grid_bound, device)
+        color = ColorField(cfg.color).to(device)
+        color.load_state_dict(state["color_field"])
+        s = cls(cfg, grid, state["sdf"].to(device), color)
+        with torch.no_grad():
+            s.deform.copy_(state["deform"].to(device))
+        s.steps_done = int(state["steps_done"])
+        return s
+
+
+def dmtet_from_neus(cfg: DmtetConfig, init: NeusState, *, generator: torch.Generator, device) -> DmtetState:
+    """NeuS -> DMTet: vertex SDF from the SDF field, zero deformation, albedo distilled from the NeuS field."""
+    grid = make_tet_grid(cfg.grid_resolution, cfg.grid_bound, device)
+    sdf = grid_sdf_from_field(init.field.sdf, grid.vertices)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    color = ColorField(cfg.color).to(device)
+    state = DmtetState(cfg, grid, sdf, color)
+    with torch.no_grad():
+        surface_points = state.surface().vertices
+    fit_color_field(color, init.field.color, surface_points, steps=cfg.color_init_steps, batch=4096,
+                    lr=cfg.lr_color, generator=generator)
+    return state
+
+
+def dmtet_from_mesh(cfg: DmtetConfig, mesh: TriMesh, *, generator: torch.Generator, device) -> DmtetState:
+    """Mesh -> DMTet (refining a user's mesh, already in the object frame): vertex SDF = the mesh's signed
+    distance (winding-number sign, robust to holes), albedo from its vertex colours (grey without)."""
+    grid = make_tet_grid(cfg.grid_resolution, cfg.grid_bound, device)
+    sdf = mesh_signed_distance(mesh.to(device), grid.vertices, cfg.grid_resolution + 1, grid.spacing)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    color = ColorField(cfg.color).to(device)
+    state = DmtetState(cfg, grid, sdf, color)
+    with torch.no_grad():
+        surface_points = state.surface().vertices
+    fit_color_field(color, vertex_color_function(mesh.to(device)), surface_points, steps=cfg.color_init_steps,
+                    batch=4096, lr=cfg.lr_color, generator=generator)
+    return state
+
+
+def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, reference: ReferenceView | None,
+              reporter: StageReporter, *, generator: torch.Generator, device: torch.device | str) -> DmtetState:
+    start = time.perf_counter()
+    if isinstance(init, TriMesh):
+        state = dmtet_from_mesh(cfg, init, generator=generator, device=device)
+    else:
+        state = dmtet_from_neus(cfg, init, generator=generator, device=device)
+    opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
+                       (list(state.color_field.parameters()), cfg.lr_color)])
+    ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None
+    for step in range(cfg.steps):
+        reporter.check_cancel()
+        state.color_field.update_step(step)
+        terms: dict[str, float] = {}
+        total = torch.zeros((), device=device)
+        mesh = state.surface()
+
+        # 1. reference view
+        if ref is not None:
+            cam, rgb, mask, depth = ref
+            out = state.render(cam.to(device), mesh)
+            loss, t = reference_losses(out, rgb.to(device), mask.to(device),
+                                       None if depth is None else depth.to(device), cfg.reference, step)
+            total, terms = total + loss, {**terms, **t}
+
+        # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise
+        res = cfg.resolution.at(step)
+        cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
+        out = state.render(cams, mesh)
+        normal_step = step % 4 < cfg.normal_steps_of_4
+        shown = shade_normals(out["normal"], out["opacity"], cfg.background) if normal_step else out["rgb"]
+        g = guidance(GuidanceInput(shown, out["opacity"], cams, normal=out["normal"],
+                                   shading="normal" if normal_step else "albedo", step=step,
+                                   total_steps=cfg.steps))
+        total = total + cfg.guidance_weight.at(step) * g.loss
+        terms["guidance"] = g.loss.item()
+        terms.update(g.diagnostics)
+
+        # 3. mesh regularisers
+        w_nc, w_lap = cfg.normal_consistency_weight.at(step), cfg.laplacian_weight.at(step)
+        if w_nc > 0:
+            nc = mesh_normal_consistency(mesh.vertices, mesh.faces)
+            total = total + w_nc * nc
+            terms["normal_consistency"] = nc.item()
+        if w_lap > 0:
+            lap = mesh_laplacian(mesh.vertices, mesh.faces)
+            total = total + w_lap * lap
+            terms["laplacian"] = lap.item()
+
+        opt.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            total.backward()
+            opt.step()
+        terms["loss"] = total.item()
+        reporter.progress(step + 1, cfg.steps, terms)
+    state.steps_done = cfg.steps
+    state.seconds = time.perf_counter() - start
+    return state

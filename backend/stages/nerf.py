@@ -1,0 +1,203 @@
+"""NeRF stage: a hash-grid density + albedo field fitted by volume rendering.
+
+Per step: reference-view losses (if a reference is given), the guidance loss on a batch of
+sampled views (albedo shading, with volume normals when the orientation term or the guidance
+wants them), orientation / sparsity / opacity regularisers. The occupancy grid that lets the
+volume renderer skip empty space is refreshed every `occupancy_every` steps.
+
+The stage ends with NerfState.extract_mesh(): marching cubes on the density at `iso_density`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..geometry.fields import DensityField, FieldConfig, evaluate_on_grid
+from ..geometry.hashgrid import HashGridConfig
+from ..geometry.marching import marching_cubes
+from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
+from ..geometry.regularisers import opacity_entropy_loss, orientation_loss, sparsity_loss
+from ..guidance.base import Guidance, GuidanceInput
+from ..render.cameras import CameraBatch, ViewSampler
+from ..render.volume import NerfVolume, OccupancyGrid, VolumeRenderConfig, render_volume
+from .base import (
+    Ramp,
+    ReferenceView,
+    ReferenceWeights,
+    ResolutionSchedule,
+    StageReporter,
+    adam_groups,
+    reference_at,
+    reference_losses,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _nerf_field() -> FieldConfig:
+    return FieldConfig(grid=HashGridConfig(n_levels=16, log2_hashmap_size=19, base_resolution=16,
+                                           start_levels=8, unlock_every=500))
+
+
+def _reference_weights() -> ReferenceWeights:
+    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=128)
+
+
+@dataclass
+class NerfConfig:
+    steps: int = 5000
+    """Optimisation steps."""
+    batch_size: int = 1
+    """Training views per step."""
+    resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(128, 384, 3000))
+    """Training-view render size."""
+    views: ViewSampler = field(default_factory=ViewSampler)
+    """Training-view distribution (elevation, azimuth, distance, field of view)."""
+    density: FieldConfig = field(default_factory=_nerf_field)
+    """Density field (hash grid + MLPs)."""
+    render: VolumeRenderConfig = field(default_factory=VolumeRenderConfig)
+    """Volume rendering (samples per ray, occupancy grid, background)."""
+    lr_encoding: float = 1e-2
+    """Adam learning rate of the hash tables."""
+    lr_network: float = 1e-3
+    """Adam learning rate of the MLPs."""
+    reference: ReferenceWeights = field(default_factory=_reference_weights)
+    """Reference-view loss weights."""
+    guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
+    """Weight of the guidance loss."""
+    guidance_normals: bool = False
+    """Render normals for the guidance (4 extra field evaluations per sample)."""
+    orientation_weight: Ramp = field(default_factory=lambda: Ramp(1.0, 10.0, 0, 5000))
+    """Ref-NeRF orientation penalty (needs normals; 0 skips them)."""
+    sparsity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0, 0, 5000))
+    """Mean opacity penalty."""
+    opacity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0, 0, 5000))
+    """Binary-entropy penalty on opacity."""
+    occupancy_every: int = 16
+    """Steps between occupancy-grid refreshes."""
+    occupancy_warmup: int = 32
+    """Steps before the first refresh (everything counts as occupied until then)."""
+    occupancy_density: float = 0.01
+    """Cells whose density stays below this are skipped."""
+    iso_density: float = 5.0
+    """Density level of the extracted surface."""
+    mesh_resolution: int = 128
+    """Lattice points per axis for marching cubes."""
+
+
+@dataclass
+class NerfState:
+    field: DensityField
+    cfg: NerfConfig
+    occupancy: OccupancyGrid
+    steps_done: int = 0
+    seconds: float = 0.0
+
+    def render(self, cameras: CameraBatch, *, want_normals: bool = True,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """{"rgb", "opacity", "normal", "depth"} (see render.volume.render_volume)."""
+        return render_volume(NerfVolume(self.field), cameras, self.field.bound, self.cfg.render, self.occupancy,
+                             want_normals=want_normals, generator=generator)
+
+    @torch.no_grad()
+    def extract_mesh(self, normalize: bool = True) -> TriMesh:
+        """Marching-cubes surface at cfg.iso_density, cleaned, with vertex albedo; with `normalize`
+        in the object frame (bbox centre at the origin, bounding-sphere radius 0.5, Z up)."""
+        dev = next(self.field.parameters()).device
+        values = evaluate_on_grid(self.field.density, self.field.bound, self.cfg.mesh_resolution, dev)
+        verts, faces = marching_cubes(values.cpu().numpy(), self.field.bound, self.cfg.iso_density, inside="above")
+        return _finish_mesh(verts, faces, self.field.color, dev, normalize)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"field": self.field.state_dict(), "occupancy": self.occupancy.cells.cpu(),
+                "steps_done": self.steps_done, "active_levels": self.field.encoding.active_levels}
+
+    @classmethod
+    def from_state_dict(cls, cfg: NerfConfig, state: dict[str, Any], device: torch.device | str = "cpu"
+                        ) -> NerfState:
+        f = DensityField(cfg.density).to(device)
+        f.load_state_dict(state["field"])
+        f.encoding.active_levels = int(state["active_levels"])
+        occ = OccupancyGrid(cfg.density.bound, cfg.render.occupancy_resolution, device)
+        occ.cells = state["occupancy"].to(device)
+        return cls(f, cfg, occ, int(state["steps_done"]))
+
+
+def _finish_mesh(verts: np.ndarray, faces: np.ndarray, color_fn, device, normalize: bool) -> TriMesh:
+    mesh = TriMesh(torch.as_tensor(verts, device=device), torch.as_tensor(faces, device=device))
+    if mesh.num_faces == 0:
+        log.warning("extracted surface is empty")
+        return mesh
+    mesh = clean_mesh(mesh)
+    colors = torch.cat([color_fn(mesh.vertices[i:i + 65536]) for i in range(0, mesh.num_vertices, 65536)])
+    mesh = TriMesh(mesh.vertices, mesh.faces, None, colors.clamp(0, 1))
+    if normalize:
+        mesh, _ = normalize_to_unit(mesh)
+    return mesh
+
+
+def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | None, reporter: StageReporter,
+             *, generator: torch.Generator, device: torch.device | str) -> NerfState:
+    start = time.perf_counter()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # MLP initialisation
+    density = DensityField(cfg.density).to(device)
+    state = NerfState(density, cfg, OccupancyGrid(cfg.density.bound, cfg.render.occupancy_resolution, device))
+    opt = adam_groups([(list(density.encoding.parameters()), cfg.lr_encoding),
+                       (list(density.geometry_net.parameters()) + list(density.color_net.parameters()),
+                        cfg.lr_network)])
+    ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None
+    for step in range(cfg.steps):
+        reporter.check_cancel()
+        density.update_step(step)
+        if step >= cfg.occupancy_warmup and step % cfg.occupancy_every == 0:
+            state.occupancy.update(lambda x: density.density(x) > cfg.occupancy_density, generator)
+        terms: dict[str, float] = {}
+        total = torch.zeros((), device=device)
+        want_normals = cfg.guidance_normals or cfg.orientation_weight.at(step) > 0
+
+        # 1. reference view
+        if ref is not None:
+            cam, rgb, mask, depth = ref
+            out = state.render(cam.to(device), want_normals=False, generator=generator)
+            loss, t = reference_losses(out, rgb.to(device), mask.to(device),
+                                       None if depth is None else depth.to(device), cfg.reference, step)
+            total, terms = total + loss, {**terms, **t}
+
+        # 2. guidance on sampled views
+        res = cfg.resolution.at(step)
+        cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
+        out = state.render(cams, want_normals=want_normals, generator=generator)
+        g = guidance(GuidanceInput(out["rgb"], out["opacity"], cams,
+                                   normal=out.get("normal") if cfg.guidance_normals else None,
+                                   shading="albedo", step=step, total_steps=cfg.steps))
+        total = total + cfg.guidance_weight.at(step) * g.loss
+        terms["guidance"] = g.loss.item()
+        terms.update(g.diagnostics)
+
+        # 3. regularisers
+        if want_normals and cfg.orientation_weight.at(step) > 0:
+            o = orientation_loss(out["orientation"], out["opacity"])
+            total = total + cfg.orientation_weight.at(step) * o
+            terms["orientation"] = o.item()
+        for name, w, fn in (("sparsity", cfg.sparsity_weight, sparsity_loss),
+                            ("opacity", cfg.opacity_weight, opacity_entropy_loss)):
+            if w.at(step) > 0:
+                v = fn(out["opacity"])
+                total = total + w.at(step) * v
+                terms[name] = v.item()
+
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        terms["loss"] = total.item()
+        reporter.progress(step + 1, cfg.steps, terms)
+    state.steps_done = cfg.steps
+    state.seconds = time.perf_counter() - start
+    return state

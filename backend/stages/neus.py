@@ -1,0 +1,220 @@
+"""NeuS stage: a hash-grid SDF + albedo field, initialised from the NeRF, fitted by NeuS volume rendering.
+
+Sharpness schedule: NeuS's logistic density uses an inverse standard deviation s
+(`sharpness`), ramped up so that the surface starts soft (wide gradients) and ends sharp;
+the section-cosine annealing (`cos_anneal`) goes from 0 to 1 in the first steps as in NeuS.
+Normals are the normalised SDF gradients, which the alpha computation needs anyway, so
+the guidance always gets them. The occupancy grid keeps only a band |sdf| < band around
+the surface, band = max(occupancy_band_cells * cell diagonal, occupancy_band_sharpness / s),
+which is where NeuS's alpha is non-negligible.
+
+The stage ends with NeusState.extract_mesh(): marching cubes on the SDF at 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..geometry.fields import FieldConfig, SdfField, evaluate_on_grid
+from ..geometry.hashgrid import HashGridConfig
+from ..geometry.marching import marching_cubes
+from ..geometry.mesh import TriMesh
+from ..geometry.regularisers import eikonal_loss
+from ..geometry.transitions import sdf_field_from_density
+from ..guidance.base import Guidance, GuidanceInput
+from ..render.cameras import CameraBatch, ViewSampler
+from ..render.volume import NeusVolume, OccupancyGrid, VolumeRenderConfig, render_volume
+from .base import (
+    Ramp,
+    ReferenceView,
+    ReferenceWeights,
+    ResolutionSchedule,
+    StageReporter,
+    adam_groups,
+    reference_at,
+    reference_losses,
+)
+from .nerf import NerfState, _finish_mesh
+
+log = logging.getLogger(__name__)
+
+
+def _neus_field() -> FieldConfig:
+    return FieldConfig(grid=HashGridConfig(n_levels=16, log2_hashmap_size=19, base_resolution=16,
+                                           start_levels=16))
+
+
+def _reference_weights() -> ReferenceWeights:
+    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=128)
+
+
+@dataclass
+class NeusConfig:
+    steps: int = 5000
+    """Optimisation steps."""
+    batch_size: int = 1
+    """Training views per step."""
+    resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(256))
+    """Training-view render size."""
+    views: ViewSampler = field(default_factory=ViewSampler)
+    """Training-view distribution."""
+    sdf: FieldConfig = field(default_factory=_neus_field)
+    """SDF field (hash grid + MLPs)."""
+    render: VolumeRenderConfig = field(default_factory=VolumeRenderConfig)
+    """Volume rendering (samples per ray, occupancy grid, background)."""
+    lr_encoding: float = 1e-2
+    """Adam learning rate of the hash tables."""
+    lr_network: float = 1e-3
+    """Adam learning rate of the MLPs."""
+    sharpness: Ramp = field(default_factory=lambda: Ramp(50.0, 800.0, 0, 5000))
+    """NeuS inverse standard deviation s of the logistic density (ramped up: soft -> sharp surface)."""
+    cos_anneal: Ramp = field(default_factory=lambda: Ramp(0.0, 1.0, 0, 500))
+    """NeuS cosine annealing ratio."""
+    reference: ReferenceWeights = field(default_factory=_reference_weights)
+    """Reference-view loss weights."""
+    guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
+    """Weight of the guidance loss."""
+    eikonal_weight: Ramp = field(default_factory=lambda: Ramp(0.1))
+    """Eikonal regulariser weight."""
+    eikonal_points: int = 4096
+    """Random points in the box per step for the eikonal term."""
+    occupancy_every: int = 16
+    """Steps between occupancy-band refreshes."""
+    occupancy_band_cells: float = 1.5
+    """Band half-width in occupancy-cell diagonals."""
+    occupancy_band_sharpness: float = 4.0
+    """Band half-width in units of 1/s (where the logistic density has decayed)."""
+    init_steps: int = 300
+    """Regression steps fitting the SDF to the NeRF's thresholded density."""
+    init_batch: int = 8192
+    """Points per regression step."""
+    init_resolution: int = 96
+    """Lattice resolution of the density -> signed distance conversion."""
+    mesh_resolution: int = 128
+    """Lattice points per axis for marching cubes."""
+
+
+@dataclass
+class NeusState:
+    field: SdfField
+    cfg: NeusConfig
+    occupancy: OccupancyGrid
+    sharpness: float
+    cos_anneal: float = 1.0
+    steps_done: int = 0
+    seconds: float = 0.0
+
+    def volume(self) -> NeusVolume:
+        return NeusVolume(self.field, self.sharpness, self.cos_anneal)
+
+    def render(self, cameras: CameraBatch, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """{"rgb", "opacity", "normal", "depth", "orientation"} (see render.volume.render_volume)."""
+        return render_volume(self.volume(), cameras, self.field.bound, self.cfg.render, self.occupancy,
+                             want_normals=True, generator=generator)
+
+    def update_occupancy(self, generator: torch.Generator | None = None) -> None:
+        occ = self.occupancy
+        cell_diag = 2 * occ.bound / occ.resolution * math.sqrt(3)
+        band = max(self.cfg.occupancy_band_cells * cell_diag, self.cfg.occupancy_band_sharpness / self.sharpness)
+        occ.update(lambda x: self.field.sdf(x).abs() < band, generator)
+
+    @torch.no_grad()
+    def extract_mesh(self, normalize: bool = True) -> TriMesh:
+        """Marching-cubes zero level set, cleaned, with vertex albedo; with `normalize` in the object
+        frame (bbox centre at the origin, bounding-sphere radius 0.5, Z up)."""
+        dev = next(self.field.parameters()).device
+        values = evaluate_on_grid(self.field.sdf, self.field.bound, self.cfg.mesh_resolution, dev)
+        verts, faces = marching_cubes(values.cpu().numpy(), self.field.bound, 0.0, inside="below")
+        return _finish_mesh(verts, faces, self.field.color, dev, normalize)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"field": self.field.state_dict(), "occupancy": self.occupancy.cells.cpu(),
+                "sharpness": self.sharpness, "cos_anneal": self.cos_anneal, "steps_done": self.steps_done,
+                "active_levels": self.field.encoding.active_levels}
+
+    @classmethod
+    def from_state_dict(cls, cfg: NeusConfig, state: dict[str, Any], device: torch.device | str = "cpu"
+                        ) -> NeusState:
+        f = SdfField(cfg.sdf).to(device)
+        f.load_state_dict(state["field"])
+        f.encoding.active_levels = int(state["active_levels"])
+        occ = OccupancyGrid(cfg.sdf.bound, cfg.render.occupancy_resolution, device)
+        occ.cells = state["occupancy"].to(device)
+        return cls(f, cfg, occ, float(state["sharpness"]), float(state["cos_anneal"]), int(state["steps_done"]))
+
+
+def neus_from_nerf(cfg: NeusConfig, init: NerfState, *, generator: torch.Generator, device) -> NeusState:
+    """NeRF -> NeuS hand-over (geometry/transitions.py): fit the SDF field to the density's surface."""
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    sdf = SdfField(cfg.sdf).to(device)
+    sdf.update_step(0)
+    sdf_field_from_density(init.field, sdf, threshold=init.cfg.iso_density, resolution=cfg.init_resolution,
+                           steps=cfg.init_steps, batch=cfg.init_batch, lr=cfg.lr_encoding, generator=generator,
+                           device=device)
+    state = NeusState(sdf, cfg, OccupancyGrid(cfg.sdf.bound, cfg.render.occupancy_resolution, device),
+                      sharpness=cfg.sharpness.at(0), cos_anneal=cfg.cos_anneal.at(0))
+    state.update_occupancy(generator)
+    return state
+
+
+def run_neus(cfg: NeusConfig, init: NerfState, guidance: Guidance, reference: ReferenceView | None,
+             reporter: StageReporter, *, generator: torch.Generator, device: torch.device | str) -> NeusState:
+    start = time.perf_counter()
+    state = neus_from_nerf(cfg, init, generator=generator, device=device)
+    sdf = state.field
+    opt = adam_groups([(list(sdf.encoding.parameters()), cfg.lr_encoding),
+                       (list(sdf.geometry_net.parameters()) + list(sdf.color_net.parameters()), cfg.lr_network)])
+    ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None
+    bound = sdf.bound
+    for step in range(cfg.steps):
+        reporter.check_cancel()
+        sdf.update_step(step)
+        state.sharpness = cfg.sharpness.at(step)
+        state.cos_anneal = cfg.cos_anneal.at(step)
+        if step > 0 and step % cfg.occupancy_every == 0:
+            state.update_occupancy(generator)
+        terms: dict[str, float] = {}
+        total = torch.zeros((), device=device)
+
+        # 1. reference view
+        if ref is not None:
+            cam, rgb, mask, depth = ref
+            out = state.render(cam.to(device), generator=generator)
+            loss, t = reference_losses(out, rgb.to(device), mask.to(device),
+                                       None if depth is None else depth.to(device), cfg.reference, step)
+            total, terms = total + loss, {**terms, **t}
+
+        # 2. guidance on sampled views
+        res = cfg.resolution.at(step)
+        cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
+        out = state.render(cams, generator=generator)
+        g = guidance(GuidanceInput(out["rgb"], out["opacity"], cams, normal=out["normal"], shading="albedo",
+                                   step=step, total_steps=cfg.steps))
+        total = total + cfg.guidance_weight.at(step) * g.loss
+        terms["guidance"] = g.loss.item()
+        terms.update(g.diagnostics)
+
+        # 3. eikonal regulariser at random points of the box
+        w_eik = cfg.eikonal_weight.at(step)
+        if w_eik > 0:
+            x = (torch.rand(cfg.eikonal_points, 3, generator=generator).to(device) * 2 - 1) * bound
+            eik = eikonal_loss(sdf.gradient(x))
+            total = total + w_eik * eik
+            terms["eikonal"] = eik.item()
+
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        terms["loss"] = total.item()
+        terms["sharpness"] = state.sharpness
+        reporter.progress(step + 1, cfg.steps, terms)
+    state.steps_done = cfg.steps
+    state.seconds = time.perf_counter() - start
+    return state
