@@ -7,6 +7,7 @@ folders point to a temporary directory, so nothing is written to the real home.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USER_RESOURCES = Path(tempfile.mkdtemp(prefix="dreampolish-blender-user-"))
+atexit.register(shutil.rmtree, USER_RESOURCES, True)
 # Must be set before bpy is imported: Blender reads it once at start-up.
 os.environ["BLENDERUSER_RESOURCES"] = str(USER_RESOURCES)
 
