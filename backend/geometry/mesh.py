@@ -78,7 +78,7 @@ class TriMesh:
 
     def face_normals(self, normalize: bool = True) -> Tensor:
         """[F,3] face normals; unnormalised they are (v1 - v0) x (v2 - v0), twice the face area long."""
-        v = self.vertices[self.faces]
+        v = self.vertices.index_select(0, self.faces.reshape(-1)).view(-1, 3, 3)
         n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
         return torch.nn.functional.normalize(n, dim=-1) if normalize else n
 
@@ -86,7 +86,8 @@ class TriMesh:
         """[V,3] unit vertex normals, the area-weighted mean of the adjacent face normals."""
         n = self.face_normals(normalize=False)
         acc = torch.zeros_like(self.vertices)
-        acc = acc.index_add(0, self.faces.reshape(-1), n.repeat_interleave(3, dim=0))
+        for corner in range(3):
+            acc = acc.index_add(0, self.faces[:, corner], n)
         return torch.nn.functional.normalize(acc, dim=-1)
 
     def bounds(self) -> tuple[Tensor, Tensor]:

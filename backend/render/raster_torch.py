@@ -173,6 +173,13 @@ def visible_faces(screen: Tensor, w: Tensor, faces: Tensor, width: int, height: 
     return tri.view(b, height, width)
 
 
+def _gather_corners(per_vertex: Tensor, faces: Tensor, batch: Tensor, face: Tensor) -> Tensor:
+    """[N,3,C] values of per_vertex [B,V,C] at the corners of faces `face` [N] in views `batch` [N]."""
+    n_vertices, channels = per_vertex.shape[1], per_vertex.shape[2]
+    rows = faces.index_select(0, face) + (batch * n_vertices).unsqueeze(1)
+    return per_vertex.reshape(-1, channels).index_select(0, rows.reshape(-1)).view(-1, 3, channels)
+
+
 def perspective_barycentrics(clip: Tensor, faces: Tensor, tri_id: Tensor, width: int, height: int) -> Tensor:
     """[B,H,W,3] perspective-correct barycentrics of each pixel centre in its face (differentiable).
 
@@ -187,7 +194,7 @@ def perspective_barycentrics(clip: Tensor, faces: Tensor, tri_id: Tensor, width:
     bi = pix // (height * width)
     rem = pix % (height * width)
     centre = torch.stack([rem % width, rem // width], dim=-1).to(clip.dtype) + 0.5
-    corner_clip = clip[bi.unsqueeze(1), faces[flat[pix]]]  # [N,3,4]
+    corner_clip = _gather_corners(clip, faces, bi, flat[pix])  # [N,3,4]
     corners = screen_positions(corner_clip, width, height)
     edge = _edge_functions(corners, centre)
     lam = edge / edge.sum(-1, keepdim=True)
@@ -248,12 +255,14 @@ def _edge_value(e0: Tensor, e1: Tensor, x: Tensor) -> Tensor:
 
 
 SILHOUETTE_WALK_STEPS = 32
-"""Faces a pixel-pair segment may cross through interior edges before its silhouette edge."""
+"""Faces a pixel-pair segment may cross through interior edges before its silhouette edge, when the
+far pixel is background (the outline, which drives mask fitting). Pairs of covered pixels
+(occlusion edges inside the outline) look at the near face's own edges only, as nvdiffrast does."""
 
 
 def _silhouette_crossings(
     screen: Tensor, faces: Tensor, neighbour: Tensor, facing: Tensor,
-    bi: Tensor, front: Tensor, cp: Tensor, cq: Tensor, horizontal_pairs: bool,
+    bi: Tensor, front: Tensor, cp: Tensor, cq: Tensor, horizontal_pairs: bool, max_steps: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For segments from pixel centre cp (inside face `front` of view bi) to cq, find the
     silhouette edge they leave the surface through: the first edge of `front` they cross, or,
@@ -268,9 +277,9 @@ def _silhouette_crossings(
     found = torch.zeros_like(front, dtype=torch.bool)
     active = torch.arange(front.numel(), device=front.device)  # segments still walking
     cur = front
-    for _ in range(SILHOUETTE_WALK_STEPS):
+    for _ in range(max_steps):
         b_a, p_a, q_a = bi[active], cp[active], cq[active]
-        c = screen[b_a.unsqueeze(1), faces[cur]]  # [N,3,2]
+        c = _gather_corners(screen, faces, b_a, cur)  # [N,3,2]
         orient = torch.sign(_edge_functions(c, c[:, 0]).sum(-1, keepdim=True))
         ep = _edge_functions(c, p_a) * orient
         eq = _edge_functions(c, q_a) * orient
@@ -314,6 +323,10 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
         corners_all = screen.detach()[:, faces]  # [B,F,3,2]
         facing = _edge_functions(corners_all, corners_all[:, :, 0]).sum(-1) > 0  # [B,F] screen winding
         neighbour = face_neighbours(faces)
+        # [B,F] faces with a silhouette edge in the view: only these can end an occlusion edge
+        # between two covered pixels (whose search does not walk).
+        across_facing = facing.gather(1, neighbour.clamp_min(0).reshape(1, -1).expand(b, -1)).view(b, -1, 3)
+        has_silhouette = ((neighbour < 0).unsqueeze(0) | (across_facing != facing.unsqueeze(-1))).any(-1)
 
     flat_image = image.reshape(-1, channels)
     deltas = []
@@ -334,6 +347,9 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
         q = torch.where(a_front, ib, ia)
         front = torch.where(a_front, ta, tb)
         bi = p // (height * width)
+        q_background = torch.where(a_front, tb, ta) < 0
+        keep = q_background | has_silhouette[bi, front]
+        p, q, front, bi, q_background = (x[keep] for x in (p, q, front, bi, q_background))
 
         def centre(i: Tensor) -> Tensor:
             rem = i % (height * width)
@@ -341,8 +357,16 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
 
         cp, cq = centre(p), centre(q)
         with torch.no_grad():
-            edge_face, edge_k, use = _silhouette_crossings(
-                screen.detach(), faces, neighbour, facing, bi, front, cp, cq, horizontal_pairs=axis == 2)
+            edge_face, edge_k = front.clone(), torch.zeros_like(front)
+            use = torch.zeros_like(q_background)
+            for subset, steps in ((q_background, SILHOUETTE_WALK_STEPS), (~q_background, 1)):
+                idx = torch.nonzero(subset).squeeze(1)
+                if idx.numel() == 0:
+                    continue
+                f_s, k_s, use_s = _silhouette_crossings(
+                    screen.detach(), faces, neighbour, facing, bi[idx], front[idx], cp[idx], cq[idx],
+                    horizontal_pairs=axis == 2, max_steps=steps)
+                edge_face[idx], edge_k[idx], use[idx] = f_s, k_s, use_s
         if not bool(use.any()):
             continue
         edge_face, edge_k, bi, cp, cq = edge_face[use], edge_k[use], bi[use], cp[use], cq[use]

@@ -64,12 +64,14 @@ def interpolate(attr: Tensor, out: RasterOutput, faces: Tensor) -> Tensor:
     (0 for background); differentiable w.r.t. both the attributes and the barycentrics."""
     b, h, w = out.tri_id.shape
     fg = out.tri_id >= 0
-    corner_vertex = faces[out.tri_id.clamp_min(0)]  # [B,H,W,3]
+    corner_vertex = faces.index_select(0, out.tri_id.clamp_min(0).reshape(-1)).reshape(b, h * w * 3)
     if attr.dim() == 2:
-        corners = attr[corner_vertex]  # [B,H,W,3,C]
+        corners = attr.index_select(0, corner_vertex.reshape(-1))
     else:
-        batch_index = torch.arange(b, device=attr.device).view(b, 1, 1, 1)
-        corners = attr[batch_index, corner_vertex]
+        # Rows of the flattened [B*V,C] attributes: batch * V + vertex.
+        offset = torch.arange(b, device=attr.device).unsqueeze(1) * attr.shape[1]
+        corners = attr.reshape(-1, attr.shape[-1]).index_select(0, (corner_vertex + offset).reshape(-1))
+    corners = corners.view(b, h, w, 3, attr.shape[-1])
     values = (out.bary.unsqueeze(-1) * corners).sum(dim=-2)
     return values * fg.unsqueeze(-1).to(values.dtype)
 
