@@ -23,9 +23,11 @@ def register() -> None:
     properties.register_properties()
     bridge.set_handler(job_events.handle_event)
     bridge.register()
+    job_events.register()
 
 
 def unregister() -> None:
+    job_events.unregister()
     bridge.unregister()
     operators.stop_backend()
     properties.unregister_properties()

@@ -209,3 +209,29 @@ def _redraw() -> None:
         for area in window.screen.areas:
             if area.type in ("VIEW_3D", "PREFERENCES"):
                 area.tag_redraw()
+
+
+def _refresh_once() -> float | None:
+    refresh_history()
+    return None  # a one-shot timer
+
+
+@bpy.app.handlers.persistent
+def _on_load_post(*_args) -> None:
+    # A loaded file may bring its own window manager: show the history again.
+    refresh_history()
+
+
+def register() -> None:
+    """Show past jobs as soon as Blender is idle (the registration context cannot write to the window manager)."""
+    if _on_load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_on_load_post)
+    bpy.app.timers.register(_refresh_once, first_interval=0.1)
+
+
+def unregister() -> None:
+    if _on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load_post)
+    if bpy.app.timers.is_registered(_refresh_once):
+        bpy.app.timers.unregister(_refresh_once)
+

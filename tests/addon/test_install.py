@@ -79,6 +79,8 @@ def test_disable_stops_thread_and_timer_and_enable_again(addon, fresh_scene):
         assert not _client_threads(), "a client thread outlived the add-on"
         assert not bpy.app.timers.is_registered(bridge._timer)
         assert bridge._on_load_pre not in bpy.app.handlers.load_pre
+        assert addon.job_events._on_load_post not in bpy.app.handlers.load_post
+        assert not bpy.app.timers.is_registered(addon.job_events._refresh_once)
         assert not hasattr(bpy.types, "DREAMPOLISH_PT_main")
         assert not hasattr(bpy.types.Scene, "dreampolish")
     finally:

@@ -152,6 +152,11 @@ def test_history_reimport_makes_a_new_object(addon, connected):
     assert len(objects) == 2
     assert all(len(o.data.polygons) == OCTAHEDRON_FACES for o in objects)
 
+    # The history is on disk: a newly opened file lists the job again.
+    _rt().history.clear()
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert job_id in [item.job_id for item in _rt().history]
+
 
 def test_progress_shows_stage_step_and_the_latest_preview(addon, connected):
     _generate(addon, stages={"nerf"}, pause_after={"nerf"}, overrides="test.preview=true, test.steps=4")
