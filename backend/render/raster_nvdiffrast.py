@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.render.cameras import CameraBatch
-from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate, shade_normals
+from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate_at, shade_normals
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,15 @@ class NvdiffrastRasterizer:
         fg = (tri_id >= 0).unsqueeze(-1).to(rast.dtype)
         u, v = rast[..., 0], rast[..., 1]
         bary = torch.stack([u, v, 1.0 - u - v], dim=-1) * fg
-        out = RasterOutput(tri_id=tri_id, bary=bary, depth=bary[..., :1], mask=fg, world_pos=bary,
-                           normal=bary, native=rast)
-        out.depth = interpolate(clip[..., 3:4], out, mesh.faces)
-        out.world_pos = interpolate(mesh.vertices, out, mesh.faces)
-        out.normal = shade_normals(mesh, out, smooth_normals)
-        out.mask = dr.antialias(fg.contiguous(), rast, clip, tri).clamp(0.0, 1.0)
-        return out
+        return RasterOutput(
+            tri_id=tri_id,
+            bary=bary,
+            depth=interpolate_at(clip[..., 3:4], tri_id, bary, mesh.faces),
+            mask=dr.antialias(fg.contiguous(), rast, clip, tri).clamp(0.0, 1.0),
+            world_pos=interpolate_at(mesh.vertices, tri_id, bary, mesh.faces),
+            normal=shade_normals(mesh, tri_id, bary, smooth_normals),
+            native=rast,
+        )
 
     def antialias(self, image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
         clip = self._clip(mesh, cameras)

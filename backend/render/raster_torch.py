@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.render.cameras import DEFAULT_NEAR, CameraBatch
-from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate, shade_normals
+from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate_at, shade_normals
 from torch import Tensor
 
 CANDIDATE_CHUNK = 1 << 22
@@ -211,16 +211,16 @@ def rasterize(mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = Tru
     screen = screen_positions(clip.detach(), width, height)
     tri_id = visible_faces(screen, clip[..., 3].detach(), mesh.faces, width, height)
     bary = perspective_barycentrics(clip, mesh.faces, tri_id, width, height)
-    partial = RasterOutput(
-        tri_id=tri_id, bary=bary, depth=bary[..., :1], mask=bary[..., :1],
-        world_pos=bary, normal=bary,
+    depth = interpolate_at(clip[..., 3:4], tri_id, bary, mesh.faces)
+    hard_mask = (tri_id >= 0).unsqueeze(-1).to(bary.dtype)
+    return RasterOutput(
+        tri_id=tri_id,
+        bary=bary,
+        depth=depth,
+        mask=antialias_at(hard_mask, tri_id, depth, mesh, cameras).clamp(0.0, 1.0),
+        world_pos=interpolate_at(mesh.vertices, tri_id, bary, mesh.faces),
+        normal=shade_normals(mesh, tri_id, bary, smooth_normals),
     )
-    fg = partial.foreground.to(bary.dtype)
-    partial.depth = interpolate(clip[..., 3:4], partial, mesh.faces)
-    partial.world_pos = interpolate(mesh.vertices, partial, mesh.faces)
-    partial.normal = shade_normals(mesh, partial, smooth_normals)
-    partial.mask = antialias(fg, partial, mesh, cameras).clamp(0.0, 1.0)
-    return partial
 
 
 # -- antialiasing --------------------------------------------------------------------------------
@@ -305,6 +305,11 @@ def _silhouette_crossings(
 
 
 def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
+    """See MeshRasterizer.antialias."""
+    return antialias_at(image, out.tri_id, out.depth, mesh, cameras)
+
+
+def antialias_at(image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
     """Blend colours across silhouette and occlusion edges (see the module docstring).
 
     image [B,H,W,C]. Neighbouring pixels p (the nearer covered one) and q with different faces
@@ -315,8 +320,8 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
     b, height, width, channels = image.shape
     clip = clip_positions(mesh.vertices, cameras)
     screen = screen_positions(clip, width, height)  # [B,V,2], differentiable
-    tri = out.tri_id
-    depth = out.depth.detach()[..., 0]
+    tri = tri_id
+    depth = depth.detach()[..., 0]
     faces = mesh.faces
 
     with torch.no_grad():

@@ -62,9 +62,13 @@ def clip_positions(vertices: Tensor, cameras: CameraBatch) -> Tensor:
 def interpolate(attr: Tensor, out: RasterOutput, faces: Tensor) -> Tensor:
     """Interpolate per-vertex attributes [V,C] or [B,V,C] with the barycentrics -> [B,H,W,C]
     (0 for background); differentiable w.r.t. both the attributes and the barycentrics."""
-    b, h, w = out.tri_id.shape
-    fg = out.tri_id >= 0
-    corner_vertex = faces.index_select(0, out.tri_id.clamp_min(0).reshape(-1)).reshape(b, h * w * 3)
+    return interpolate_at(attr, out.tri_id, out.bary, faces)
+
+
+def interpolate_at(attr: Tensor, tri_id: Tensor, bary: Tensor, faces: Tensor) -> Tensor:
+    """`interpolate` from the visible faces [B,H,W] and barycentrics [B,H,W,3] directly."""
+    b, h, w = tri_id.shape
+    corner_vertex = faces.index_select(0, tri_id.clamp_min(0).reshape(-1)).reshape(b, h * w * 3)
     if attr.dim() == 2:
         corners = attr.index_select(0, corner_vertex.reshape(-1))
     else:
@@ -72,18 +76,18 @@ def interpolate(attr: Tensor, out: RasterOutput, faces: Tensor) -> Tensor:
         offset = torch.arange(b, device=attr.device).unsqueeze(1) * attr.shape[1]
         corners = attr.reshape(-1, attr.shape[-1]).index_select(0, (corner_vertex + offset).reshape(-1))
     corners = corners.view(b, h, w, 3, attr.shape[-1])
-    values = (out.bary.unsqueeze(-1) * corners).sum(dim=-2)
-    return values * fg.unsqueeze(-1).to(values.dtype)
+    values = (bary.unsqueeze(-1) * corners).sum(dim=-2)
+    return values * (tri_id >= 0).unsqueeze(-1).to(values.dtype)
 
 
-def shade_normals(mesh: TriMesh, out: RasterOutput, smooth: bool) -> Tensor:
-    """[B,H,W,3] unit world normals for the visible faces (0 for background)."""
-    fg = out.foreground.to(mesh.vertices.dtype)
+def shade_normals(mesh: TriMesh, tri_id: Tensor, bary: Tensor, smooth: bool) -> Tensor:
+    """[B,H,W,3] unit world normals of the visible faces (0 for background): interpolated vertex
+    normals when `smooth`, else face normals."""
     if smooth:
-        n = interpolate(mesh.vertex_normals(), out, mesh.faces)
+        n = interpolate_at(mesh.vertex_normals(), tri_id, bary, mesh.faces)
     else:
-        n = mesh.face_normals()[out.tri_id.clamp_min(0)]
-    return torch.nn.functional.normalize(n, dim=-1) * fg
+        n = mesh.face_normals().index_select(0, tri_id.clamp_min(0).reshape(-1)).view(*tri_id.shape, 3)
+    return torch.nn.functional.normalize(n, dim=-1) * (tri_id >= 0).unsqueeze(-1).to(n.dtype)
 
 
 def _nvdiffrast_available() -> bool:
