@@ -37,8 +37,9 @@ venv-blender313:
 	  fi; \
 	else echo "NOTE: no Python 3.13 interpreter found: skipping the Blender 5.3 environment"; fi
 
-addon: venv venv-blender
-	$(VENV)/bin/python build_addon.py --blender-python $(BVENV)/bin/python
+addon: venv venv-blender venv-blender313
+	$(VENV)/bin/python build_addon.py --blender-python $(BVENV)/bin/python \
+	  $(if $(wildcard $(BVENV313)/.stamp),--blender-python $(BVENV313)/bin/python)
 
 lint: venv
 	$(VENV)/bin/ruff check .
