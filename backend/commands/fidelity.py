@@ -71,30 +71,30 @@ def _fidelity_views() -> ViewSampler:
 def tiny_preset() -> FidelityConfig:
     """Small enough for a 2-core CPU: a few hundred cheap steps per target."""
     views = _fidelity_views()
-    grid = HashGridConfig(n_levels=6, n_features_per_level=2, log2_hashmap_size=19, base_resolution=16,
-                          per_level_scale=1.35, start_levels=3, unlock_every=20)
+    grid = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=18, base_resolution=16,
+                          per_level_scale=1.5, start_levels=2, unlock_every=20)
     small_field = FieldConfig(grid=grid, hidden_dim=32, n_hidden_layers=1, n_feature_dims=7, normal_eps=0.01)
     render = VolumeRenderConfig(n_samples=24, occupancy_resolution=32)
     reference = ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.0), resolution=24)
     nerf = NerfConfig(
-        steps=80, batch_size=1, resolution=ResolutionSchedule(24), views=views, density=small_field,
+        steps=60, batch_size=1, resolution=ResolutionSchedule(24), views=views, density=small_field,
         render=render, lr_encoding=3e-2, lr_network=3e-3, reference=reference,
         orientation_weight=Ramp(0.0), sparsity_weight=Ramp(0.0), opacity_weight=Ramp(0.001),
         occupancy_every=8, occupancy_warmup=0, occupancy_density=0.5, iso_density=5.0, mesh_resolution=64,
     )
     neus = NeusConfig(
-        steps=40, batch_size=1, resolution=ResolutionSchedule(24), views=views,
-        sdf=FieldConfig(grid=HashGridConfig(n_levels=6, log2_hashmap_size=19, base_resolution=16,
-                                            per_level_scale=1.35, start_levels=6),
+        steps=30, batch_size=1, resolution=ResolutionSchedule(24), views=views,
+        sdf=FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=18, base_resolution=16,
+                                            per_level_scale=1.5, start_levels=4),
                         hidden_dim=32, n_hidden_layers=1, n_feature_dims=7, normal_eps=0.01),
-        render=render, lr_encoding=1e-2, lr_network=1e-3, sharpness=Ramp(100.0, 200.0, 0, 40),
+        render=render, lr_encoding=1e-2, lr_network=1e-3, sharpness=Ramp(100.0, 200.0, 0, 30),
         cos_anneal=Ramp(1.0), reference=reference, eikonal_weight=Ramp(0.01), eikonal_points=2048,
-        occupancy_every=8, init_steps=150, init_batch=4096, init_resolution=64, mesh_resolution=64,
+        occupancy_every=8, init_steps=60, init_batch=2048, init_resolution=64, mesh_resolution=64,
     )
     dmtet = DmtetConfig(
         steps=200, batch_size=2, resolution=ResolutionSchedule(64), views=views, grid_resolution=32,
-        color=FieldConfig(grid=HashGridConfig(n_levels=6, log2_hashmap_size=19, base_resolution=16,
-                                              per_level_scale=1.35, start_levels=6), hidden_dim=32),
+        color=FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=18, base_resolution=16,
+                                              per_level_scale=1.5, start_levels=4), hidden_dim=32),
         lr_sdf=2e-3, lr_deform=1e-2, lr_color=1e-2,
         reference=ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.0), resolution=64),
         normal_consistency_weight=Ramp(0.02, 0.002, 0, 200), color_init_steps=50, rasterizer="auto",
@@ -140,13 +140,13 @@ def run_fidelity(target: TriMesh, cfg: FidelityConfig, device: torch.device | st
     report: dict = {"stages": {}}
     start = time.perf_counter()
 
-    nerf = run_nerf(cfg.nerf, guidance, reference, LoggingReporter("nerf"), generator=gen, device=device)
+    nerf = run_nerf(cfg.nerf, guidance, reference, LoggingReporter("nerf", 10), generator=gen, device=device)
     report["stages"]["nerf"] = {**stage_figures(nerf.extract_mesh(normalize=False), target, cfg, rasterizer, device),
                                 "seconds": nerf.seconds, "steps": nerf.steps_done}
-    neus = run_neus(cfg.neus, nerf, guidance, reference, LoggingReporter("neus"), generator=gen, device=device)
+    neus = run_neus(cfg.neus, nerf, guidance, reference, LoggingReporter("neus", 10), generator=gen, device=device)
     report["stages"]["neus"] = {**stage_figures(neus.extract_mesh(normalize=False), target, cfg, rasterizer, device),
                                 "seconds": neus.seconds, "steps": neus.steps_done}
-    dmtet = run_dmtet(cfg.dmtet, neus, guidance, reference, LoggingReporter("dmtet"), generator=gen, device=device)
+    dmtet = run_dmtet(cfg.dmtet, neus, guidance, reference, LoggingReporter("dmtet", 10), generator=gen, device=device)
     report["stages"]["dmtet"] = {**stage_figures(dmtet.extract_mesh(normalize=False), target, cfg, rasterizer,
                                                  device), "seconds": dmtet.seconds, "steps": dmtet.steps_done}
     report["seconds_total"] = time.perf_counter() - start

@@ -5,7 +5,7 @@ It rasterises the target at the cameras a stage rendered and compares:
 - normals (when the stage supplies world normals): MSE between the rendered normals and
   the target's normals times its coverage (volume renders give opacity-weighted normals,
   so both sides are "normal x coverage");
-- colour (only when shading == "albedo"): MSE inside the target's coverage between the
+- colour (only when shading == "albedo"): MSE on the target's fully covered pixels between the
   rendered albedo and the target's albedo (vertex colours, or a UV texture; grey otherwise).
 With it the optimisation machinery can be tested and measured without pretrained weights.
 """
@@ -94,7 +94,9 @@ class OracleGuidance:
             loss = loss + self.weights.normal * normal_l
             diag["oracle_normal"] = normal_l.item()
         if inp.shading == "albedo" and self.weights.rgb > 0:
-            rgb_l = F.mse_loss(inp.rgb * tgt.mask, tgt.albedo * tgt.mask)
+            # fully covered pixels only: at silhouettes the render blends in the stage's background
+            interior = (tgt.mask > 0.99).to(inp.rgb.dtype)
+            rgb_l = F.mse_loss(inp.rgb * interior, tgt.albedo * interior)
             loss = loss + self.weights.rgb * rgb_l
             diag["oracle_rgb"] = rgb_l.item()
         return GuidanceOutput(loss, diag)
