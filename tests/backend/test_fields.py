@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import torch
-from dreampolish.backend.geometry.fields import ColorField, DensityField, FieldConfig, SdfField, evaluate_on_grid
+from dreampolish.backend.geometry.fields import (
+    ColorField,
+    DensityField,
+    FieldConfig,
+    SdfField,
+    evaluate_on_grid,
+)
 from dreampolish.backend.geometry.hashgrid import HashGridConfig
 
 SMALL = FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=14, base_resolution=8, start_levels=4),
