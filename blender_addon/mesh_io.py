@@ -27,15 +27,21 @@ def fill_mesh(mesh: bpy.types.Mesh, payload: MeshPayload) -> bpy.types.Mesh:
     n_verts, n_faces = payload.num_vertices, payload.num_faces
     mesh.clear_geometry()
     mesh.vertices.add(n_verts)
-    mesh.vertices.foreach_set("co", np.ascontiguousarray(payload.vertices, dtype=np.float32).ravel())
     mesh.loops.add(3 * n_faces)
-    mesh.loops.foreach_set("vertex_index", np.ascontiguousarray(payload.faces, dtype=np.int32).ravel())
     mesh.polygons.add(n_faces)
+    # Write through the generic attribute API: it copies the arrays straight into Blender's storage,
+    # several times faster than the legacy per-element collections on large meshes (bench/blender_import.py).
+    attrs = mesh.attributes
+    attrs["position"].data.foreach_set("vector", np.ascontiguousarray(payload.vertices, dtype=np.float32).ravel())
+    attrs[".corner_vert"].data.foreach_set("value", np.ascontiguousarray(payload.faces, dtype=np.int32).ravel())
     mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * n_faces, 3, dtype=np.int32))
 
     if payload.uvs is not None:
-        layer = mesh.uv_layers.new(name=UV_LAYER_NAME)
-        layer.data.foreach_set("uv", np.ascontiguousarray(payload.uvs, dtype=np.float32).ravel())
+        # A 2D float corner attribute is a UV map in Blender 4.x and 5.x.
+        layer = attrs.new(UV_LAYER_NAME, "FLOAT2", "CORNER")
+        layer.data.foreach_set("vector", np.ascontiguousarray(payload.uvs, dtype=np.float32).ravel())
+        mesh.uv_layers.active = mesh.uv_layers[UV_LAYER_NAME]
+        mesh.uv_layers[UV_LAYER_NAME].active_render = True
     if payload.colors is not None:
         rgba = np.ones((n_verts, 4), dtype=np.float32)
         rgba[:, : payload.colors.shape[1]] = payload.colors
