@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.render.cameras import DEFAULT_NEAR, CameraBatch
-from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate_at, shade_normals
+from dreampolish.backend.render.rasterize import RasterOutput, clip_positions
 from torch import Tensor
 
 CANDIDATE_CHUNK = 1 << 22
@@ -180,17 +180,16 @@ def _gather_corners(per_vertex: Tensor, faces: Tensor, batch: Tensor, face: Tens
     return per_vertex.reshape(-1, channels).index_select(0, rows.reshape(-1)).view(-1, 3, channels)
 
 
-def perspective_barycentrics(clip: Tensor, faces: Tensor, tri_id: Tensor, width: int, height: int) -> Tensor:
-    """[B,H,W,3] perspective-correct barycentrics of each pixel centre in its face (differentiable).
+def perspective_barycentrics(
+    clip: Tensor, faces: Tensor, tri_id: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Perspective-correct barycentrics of the covered pixel centres in their faces (differentiable).
 
     With screen barycentrics lambda_k and clip w_k: b_k = (lambda_k / w_k) / sum_j (lambda_j / w_j).
+    Returns (pixel [N] flat indices into B*H*W, view [N], barycentrics [N,3]) for the N covered pixels.
     """
-    b = clip.shape[0]
-    bary = clip.new_zeros(b * height * width, 3)
     flat = tri_id.reshape(-1)
     pix = torch.nonzero(flat >= 0).squeeze(1)
-    if pix.numel() == 0:
-        return bary.view(b, height, width, 3)
     bi = pix // (height * width)
     rem = pix % (height * width)
     centre = torch.stack([rem % width, rem // width], dim=-1).to(clip.dtype) + 0.5
@@ -199,27 +198,38 @@ def perspective_barycentrics(clip: Tensor, faces: Tensor, tri_id: Tensor, width:
     edge = _edge_functions(corners, centre)
     lam = edge / edge.sum(-1, keepdim=True)
     persp = lam / corner_clip[..., 3]
-    values = persp / persp.sum(-1, keepdim=True)
-    bary = bary.index_put((pix,), values)
-    return bary.view(b, height, width, 3)
+    return pix, bi, persp / persp.sum(-1, keepdim=True)
 
 
 def rasterize(mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = True) -> RasterOutput:
     """See MeshRasterizer.rasterize."""
     width, height = cameras.width, cameras.height
+    b, n_vertices = cameras.batch_size, mesh.num_vertices
     clip = clip_positions(mesh.vertices, cameras)
     screen = screen_positions(clip.detach(), width, height)
     tri_id = visible_faces(screen, clip[..., 3].detach(), mesh.faces, width, height)
-    bary = perspective_barycentrics(clip, mesh.faces, tri_id, width, height)
-    depth = interpolate_at(clip[..., 3:4], tri_id, bary, mesh.faces)
-    hard_mask = (tri_id >= 0).unsqueeze(-1).to(bary.dtype)
+    pix, bi, bary = perspective_barycentrics(clip, mesh.faces, tri_id, width, height)
+
+    # Depth (clip w), position and smooth normal interpolated together at the covered pixels only.
+    per_vertex = [clip[..., 3:4], mesh.vertices.expand(b, n_vertices, 3)]
+    if smooth_normals:
+        per_vertex.append(mesh.vertex_normals().expand(b, n_vertices, 3))
+    visible = tri_id.reshape(-1)[pix]
+    values = (bary.unsqueeze(-1) * _gather_corners(torch.cat(per_vertex, -1), mesh.faces, bi, visible)).sum(1)
+    if not smooth_normals:
+        values = torch.cat([values, mesh.face_normals().index_select(0, visible)], -1)
+    values = torch.cat([values[:, :4], torch.nn.functional.normalize(values[:, 4:], dim=-1)], -1)
+    image = values.new_zeros(b * height * width, 10).index_put((pix,), torch.cat([bary, values], -1))
+    image = image.view(b, height, width, 10)
+    depth = image[..., 3:4]
+    hard_mask = (tri_id >= 0).unsqueeze(-1).to(depth.dtype)
     return RasterOutput(
         tri_id=tri_id,
-        bary=bary,
+        bary=image[..., :3],
         depth=depth,
         mask=antialias_at(hard_mask, tri_id, depth, mesh, cameras).clamp(0.0, 1.0),
-        world_pos=interpolate_at(mesh.vertices, tri_id, bary, mesh.faces),
-        normal=shade_normals(mesh, tri_id, bary, smooth_normals),
+        world_pos=image[..., 4:7],
+        normal=image[..., 7:10],
     )
 
 
@@ -262,7 +272,7 @@ far pixel is background (the outline, which drives mask fitting). Pairs of cover
 
 def _silhouette_crossings(
     screen: Tensor, faces: Tensor, neighbour: Tensor, facing: Tensor,
-    bi: Tensor, front: Tensor, cp: Tensor, cq: Tensor, horizontal_pairs: bool, max_steps: int,
+    bi: Tensor, front: Tensor, cp: Tensor, cq: Tensor, horizontal: Tensor, max_steps: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For segments from pixel centre cp (inside face `front` of view bi) to cq, find the
     silhouette edge they leave the surface through: the first edge of `front` they cross, or,
@@ -293,7 +303,7 @@ def _silhouette_crossings(
         ar = torch.arange(k.numel(), device=k.device)
         direction = c[ar, (k + 2) % 3] - c[ar, (k + 1) % 3]
         steep = direction[:, 1].abs() >= direction[:, 0].abs()
-        done = crosses & silhouette & (steep if horizontal_pairs else ~steep)
+        done = crosses & silhouette & (steep == horizontal[active])
         face[active[done]] = cur[done]
         edge[active[done]] = k[done]
         found[active[done]] = True
@@ -320,12 +330,11 @@ def antialias_at(image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, ca
     b, height, width, channels = image.shape
     clip = clip_positions(mesh.vertices, cameras)
     screen = screen_positions(clip, width, height)  # [B,V,2], differentiable
-    tri = tri_id
     depth = depth.detach()[..., 0]
     faces = mesh.faces
 
     with torch.no_grad():
-        corners_all = screen.detach()[:, faces]  # [B,F,3,2]
+        corners_all = screen.detach().index_select(1, faces.reshape(-1)).view(b, -1, 3, 2)  # [B,F,3,2]
         facing = _edge_functions(corners_all, corners_all[:, :, 0]).sum(-1) > 0  # [B,F] screen winding
         neighbour = face_neighbours(faces)
         # [B,F] faces with a silhouette edge in the view: only these can end an occlusion edge
@@ -333,62 +342,60 @@ def antialias_at(image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, ca
         across_facing = facing.gather(1, neighbour.clamp_min(0).reshape(1, -1).expand(b, -1)).view(b, -1, 3)
         has_silhouette = ((neighbour < 0).unsqueeze(0) | (across_facing != facing.unsqueeze(-1))).any(-1)
 
-    flat_image = image.reshape(-1, channels)
-    deltas = []
-    indices = []
+    # Neighbouring pixel pairs (a, b) with different faces, at least one covered: horizontal
+    # pairs (along W) first, then vertical pairs (along H).
     pixel_index = torch.arange(b * height * width, device=image.device).view(b, height, width)
-    for axis in (2, 1):  # horizontal pairs (along W), then vertical pairs (along H)
-        n = tri.shape[axis]
-        ta, tb = tri.narrow(axis, 0, n - 1), tri.narrow(axis, 1, n - 1)
-        da, db = depth.narrow(axis, 0, n - 1), depth.narrow(axis, 1, n - 1)
-        ia, ib = pixel_index.narrow(axis, 0, n - 1), pixel_index.narrow(axis, 1, n - 1)
+    pairs = []
+    for axis in (2, 1):
+        n = tri_id.shape[axis]
+        ta, tb = tri_id.narrow(axis, 0, n - 1), tri_id.narrow(axis, 1, n - 1)
         differ = (ta != tb) & ((ta >= 0) | (tb >= 0))
-        if not bool(differ.any()):
-            continue
-        ta, tb, da, db, ia, ib = (x[differ] for x in (ta, tb, da, db, ia, ib))
-        # The front pixel p: the covered one, or the nearer one when both are covered.
-        a_front = (tb < 0) | ((ta >= 0) & (da <= db))
-        p = torch.where(a_front, ia, ib)
-        q = torch.where(a_front, ib, ia)
-        front = torch.where(a_front, ta, tb)
-        bi = p // (height * width)
-        q_background = torch.where(a_front, tb, ta) < 0
-        keep = q_background | has_silhouette[bi, front]
-        p, q, front, bi, q_background = (x[keep] for x in (p, q, front, bi, q_background))
+        ia = pixel_index.narrow(axis, 0, n - 1)[differ]
+        step = 1 if axis == 2 else width
+        pairs.append((ia, ia + step, torch.full_like(ia, axis == 2, dtype=torch.bool)))
+    ia, ib, horizontal = (torch.cat(x) for x in zip(*pairs))
+    flat_tri, flat_depth = tri_id.reshape(-1), depth.reshape(-1)
+    ta, tb = flat_tri[ia], flat_tri[ib]
+    # The front pixel p: the covered one, or the nearer one when both are covered.
+    a_front = (tb < 0) | ((ta >= 0) & (flat_depth[ia] <= flat_depth[ib]))
+    p, q = torch.where(a_front, ia, ib), torch.where(a_front, ib, ia)
+    front = torch.where(a_front, ta, tb)
+    q_background = torch.where(a_front, tb, ta) < 0
+    bi = p // (height * width)
+    keep = q_background | has_silhouette[bi, front]
+    p, q, front, bi, q_background, horizontal = (
+        x[keep] for x in (p, q, front, bi, q_background, horizontal))
 
-        def centre(i: Tensor) -> Tensor:
-            rem = i % (height * width)
-            return torch.stack([rem % width, rem // width], dim=-1).to(screen.dtype) + 0.5
+    def centre(i: Tensor) -> Tensor:
+        rem = i % (height * width)
+        return torch.stack([rem % width, rem // width], dim=-1).to(screen.dtype) + 0.5
 
-        cp, cq = centre(p), centre(q)
-        with torch.no_grad():
-            edge_face, edge_k = front.clone(), torch.zeros_like(front)
-            use = torch.zeros_like(q_background)
-            for subset, steps in ((q_background, SILHOUETTE_WALK_STEPS), (~q_background, 1)):
-                idx = torch.nonzero(subset).squeeze(1)
-                if idx.numel() == 0:
-                    continue
-                f_s, k_s, use_s = _silhouette_crossings(
-                    screen.detach(), faces, neighbour, facing, bi[idx], front[idx], cp[idx], cq[idx],
-                    horizontal_pairs=axis == 2, max_steps=steps)
-                edge_face[idx], edge_k[idx], use[idx] = f_s, k_s, use_s
-        if not bool(use.any()):
-            continue
-        edge_face, edge_k, bi, cp, cq = edge_face[use], edge_k[use], bi[use], cp[use], cq[use]
-        p, q = p[use], q[use]
-        # Differentiable crossing: with e(x) = cross(c_{k+2} - c_{k+1}, x - c_{k+1}) (its sign
-        # cancels), t = e(p) / (e(p) - e(q)) moves with the edge's end points.
-        corner_ids = faces[edge_face]
-        e0 = screen[bi, corner_ids.gather(1, ((edge_k + 1) % 3)[:, None]).squeeze(1)]
-        e1 = screen[bi, corner_ids.gather(1, ((edge_k + 2) % 3)[:, None]).squeeze(1)]
-        fp, fq = _edge_value(e0, e1, cp), _edge_value(e0, e1, cq)
-        t = fp / (fp - fq)
-        colour_p, colour_q = flat_image[p], flat_image[q]
-        into_q = (t - 0.5).clamp_min(0.0).unsqueeze(-1)
-        into_p = (0.5 - t).clamp_min(0.0).unsqueeze(-1)
-        deltas += [into_q * (colour_p - colour_q), into_p * (colour_q - colour_p)]
-        indices += [q, p]
-    if not deltas:
+    cp, cq = centre(p), centre(q)
+    with torch.no_grad():
+        edge_face, edge_k = front.clone(), torch.zeros_like(front)
+        use = torch.zeros_like(q_background)
+        for subset, steps in ((q_background, SILHOUETTE_WALK_STEPS), (~q_background, 1)):
+            idx = torch.nonzero(subset).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            f_s, k_s, use_s = _silhouette_crossings(
+                screen.detach(), faces, neighbour, facing, bi[idx], front[idx], cp[idx], cq[idx],
+                horizontal[idx], max_steps=steps)
+            edge_face[idx], edge_k[idx], use[idx] = f_s, k_s, use_s
+    if not bool(use.any()):
         return image
-    result = flat_image.index_add(0, torch.cat(indices), torch.cat(deltas))
+    edge_face, edge_k, bi, cp, cq, p, q = (x[use] for x in (edge_face, edge_k, bi, cp, cq, p, q))
+    # Differentiable crossing: with e(x) = cross(c_{k+2} - c_{k+1}, x - c_{k+1}) (its sign
+    # cancels), t = e(p) / (e(p) - e(q)) moves with the edge's end points.
+    corners = _gather_corners(screen, faces, bi, edge_face)  # [N,3,2]
+    ar = torch.arange(edge_k.numel(), device=image.device)
+    e0, e1 = corners[ar, (edge_k + 1) % 3], corners[ar, (edge_k + 2) % 3]
+    fp, fq = _edge_value(e0, e1, cp), _edge_value(e0, e1, cq)
+    t = fp / (fp - fq)
+    flat_image = image.reshape(-1, channels)
+    colour_p, colour_q = flat_image.index_select(0, p), flat_image.index_select(0, q)
+    into_q = (t - 0.5).clamp_min(0.0).unsqueeze(-1)
+    into_p = (0.5 - t).clamp_min(0.0).unsqueeze(-1)
+    result = flat_image.index_add(0, torch.cat([q, p]),
+                                  torch.cat([into_q * (colour_p - colour_q), into_p * (colour_q - colour_p)]))
     return result.view(b, height, width, channels)
