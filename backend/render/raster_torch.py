@@ -223,13 +223,15 @@ def rasterize(mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = Tru
     image = image.view(b, height, width, 10)
     depth = image[..., 3:4]
     hard_mask = (tri_id >= 0).unsqueeze(-1).to(depth.dtype)
+    neighbour = face_neighbours(mesh.faces)
     return RasterOutput(
         tri_id=tri_id,
         bary=image[..., :3],
         depth=depth,
-        mask=antialias_at(hard_mask, tri_id, depth, mesh, cameras).clamp(0.0, 1.0),
+        mask=antialias_at(hard_mask, tri_id, depth, mesh, cameras, neighbour).clamp(0.0, 1.0),
         world_pos=image[..., 4:7],
         normal=image[..., 7:10],
+        topology=(mesh.faces, neighbour),
     )
 
 
@@ -316,13 +318,19 @@ def _silhouette_crossings(
 
 def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
     """See MeshRasterizer.antialias."""
-    return antialias_at(image, out.tri_id, out.depth, mesh, cameras)
+    neighbour = None
+    if out.topology is not None and out.topology[0] is mesh.faces:
+        neighbour = out.topology[1]
+    return antialias_at(image, out.tri_id, out.depth, mesh, cameras, neighbour)
 
 
-def antialias_at(image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
+def antialias_at(
+    image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, cameras: CameraBatch,
+    neighbour: Tensor | None = None,
+) -> Tensor:
     """Blend colours across silhouette and occlusion edges (see the module docstring).
 
-    image [B,H,W,C]. Neighbouring pixels p (the nearer covered one) and q with different faces
+    image [B,H,W,C]; `neighbour` is face_neighbours(mesh.faces) when the caller has it. Neighbouring pixels p (the nearer covered one) and q with different faces
     are blended when the segment p -> q leaves the surface through a silhouette edge of that
     view (a boundary edge, or one whose neighbour faces the other way); interior edges and
     pairs whose silhouette is not found within SILHOUETTE_WALK_STEPS faces are left as they are.
@@ -336,7 +344,8 @@ def antialias_at(image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, ca
     with torch.no_grad():
         corners_all = screen.detach().index_select(1, faces.reshape(-1)).view(b, -1, 3, 2)  # [B,F,3,2]
         facing = _edge_functions(corners_all, corners_all[:, :, 0]).sum(-1) > 0  # [B,F] screen winding
-        neighbour = face_neighbours(faces)
+        if neighbour is None:
+            neighbour = face_neighbours(faces)
         # [B,F] faces with a silhouette edge in the view: only these can end an occlusion edge
         # between two covered pixels (whose search does not walk).
         across_facing = facing.gather(1, neighbour.clamp_min(0).reshape(1, -1).expand(b, -1)).view(b, -1, 3)

@@ -46,6 +46,9 @@ class RasterOutput:
     """[B,H,W,3] unit world-space normal (smooth vertex normals or face normals), 0 for background."""
     native: Any = None
     """Back-end state needed by `antialias` (nvdiffrast's rast tensor); None for the torch back end."""
+    topology: tuple[Tensor, Tensor] | None = None
+    """(faces, face neighbours [F,3]) found by the torch back end; its `antialias` reuses the
+    neighbours when it is given the very same faces tensor."""
 
     @property
     def foreground(self) -> Tensor:

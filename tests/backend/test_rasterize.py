@@ -251,3 +251,22 @@ def test_backend_choice():
         MeshRasterizer("nvdiffrast").resolve_backend(torch.device("cpu"))
     with pytest.raises(ValueError):
         MeshRasterizer("opengl")  # type: ignore[arg-type]
+
+
+def test_face_neighbours_of_closed_and_open_meshes():
+    from dreampolish.backend.render.raster_torch import face_neighbours
+
+    box = cube()
+    nb = face_neighbours(box.faces)
+    assert (nb >= 0).all()
+    # Symmetric: if g is across edge k of f, then f is across some edge of g, and they share 2 vertices.
+    for f in range(box.num_faces):
+        for k in range(3):
+            g = int(nb[f, k])
+            assert f in nb[g].tolist()
+            edge = {int(box.faces[f, (k + 1) % 3]), int(box.faces[f, (k + 2) % 3])}
+            assert edge <= set(box.faces[g].tolist())
+    # A lone triangle has only boundary edges; two triangles sharing one edge see each other once.
+    assert (face_neighbours(torch.tensor([[0, 1, 2]])) == -1).all()
+    pair = face_neighbours(torch.tensor([[0, 1, 2], [2, 1, 3]]))
+    assert pair.tolist() == [[1, -1, -1], [-1, -1, 0]]
