@@ -147,14 +147,15 @@ class VariationalCopy:
         with self._active():
             return self._forward(x_t, t, text, camera)
 
-    def train_step(self, latents: Tensor, text: Tensor, camera: Tensor | None) -> float:
-        """One diffusion-loss step on detached render latents [B,4,h,w]; returns the mean loss over steps."""
+    def train_step(self, latents: Tensor, text: Tensor, camera: Tensor | None, steps: int | None = None) -> float:
+        """`steps` (default config.train_steps) diffusion-loss steps on detached render latents [B,4,h,w];
+        returns the mean loss over them."""
         latents = latents.detach()
         n_train = self.scheduler.config.num_train_timesteps
         lo, hi = (int(n_train * f) for f in self.config.train_t_range)
         losses = []
         with self._active():
-            for _ in range(self.config.train_steps):
+            for _ in range(self.config.train_steps if steps is None else steps):
                 b = latents.shape[0]
                 t = torch.randint(lo, max(hi, lo + 1), (b,), generator=self.generator).to(latents.device)
                 noise = torch.randn(latents.shape, generator=self.generator).to(latents)

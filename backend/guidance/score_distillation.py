@@ -283,12 +283,7 @@ class ScoreDistillation:
         eps_hat = eps_u + self.config.guidance_scale * (eps_c - eps_u)
         alpha_bar = self.scheduler.alphas_cumprod[t].to(latents).reshape(-1, 1, 1, 1)
         refined = (x_t - (1 - alpha_bar).sqrt() * eps_hat) / alpha_bar.sqrt()
-        steps = self.teacher.config.train_steps
-        self.teacher.config.train_steps = boot.train_steps
-        try:
-            return self.teacher.train_step(refined.detach().to(self.models.dtype), cond, camera)
-        finally:
-            self.teacher.config.train_steps = steps
+        return self.teacher.train_step(refined.detach().to(self.models.dtype), cond, camera, steps=boot.train_steps)
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         b = inp.rgb.shape[0]
