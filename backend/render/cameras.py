@@ -145,13 +145,15 @@ def camera_from_blender(
     """The one conversion from a protocol (Blender) camera to the renderer's CameraBatch (B=1).
 
     The camera-to-world matrix is already in our camera convention (Blender's: -Z forward,
-    +Y up); only the intrinsics need converting. Orbit fields describe the camera position
+    +Y up), less any object scale; only the intrinsics need converting. Orbit fields describe the camera position
     about the world origin; fovy is the vertical field of view of the full image.
     """
     spec.validate()
     w, h = (int(s) for s in spec.resolution)
     focal_px, shift_x, shift_y = blender_intrinsics(spec)
-    c2w = torch.as_tensor(np.asarray(spec.matrix_world, dtype=np.float32), device=device).reshape(1, 4, 4)
+    c2w = torch.as_tensor(np.asarray(spec.matrix_world, dtype=np.float32), device=device).reshape(1, 4, 4).clone()
+    # Blender ignores a camera object's scale when rendering (it normalises the matrix's axes).
+    c2w[:, :3, :3] = torch.nn.functional.normalize(c2w[:, :3, :3], dim=1)
     focal = torch.tensor([focal_px], dtype=torch.float32, device=device)
     shift = torch.tensor([[shift_x, shift_y]], dtype=torch.float32, device=device)
     proj = perspective(focal, w, h, shift, near, far)

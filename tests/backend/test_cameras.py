@@ -101,6 +101,15 @@ def test_camera_pose_from_matrix_world():
     assert float(depth[0, 0]) == pytest.approx(5.0)
 
 
+def test_camera_object_scale_is_ignored_as_in_blender():
+    rot = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
+    plain = blender_camera(location=(0.3, -5.0, 0.2), rotation=rot, resolution=(80, 60))
+    scaled = blender_camera(location=(0.3, -5.0, 0.2), rotation=rot * np.array([2.0, 0.5, 3.0], np.float32),
+                            resolution=(80, 60))
+    points = [(0.0, 0.0, 0.0), (0.4, 0.3, -0.2)]
+    np.testing.assert_allclose(pixels_of(scaled, points), pixels_of(plain, points), atol=1e-3)
+
+
 def test_cameras_in_one_batch_must_share_a_resolution():
     a = blender_camera(resolution=(64, 64), name="front")
     b = blender_camera(resolution=(64, 48), name="side")
