@@ -1,0 +1,121 @@
+"""The geometry stages as the pipeline drives them: reporting, cancel, checkpoints, hand-over, refinement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import trimesh
+from dreampolish.backend.geometry.fields import FieldConfig
+from dreampolish.backend.geometry.hashgrid import HashGridConfig
+from dreampolish.backend.geometry.mesh import TriMesh
+from dreampolish.backend.geometry.metrics import chamfer_fraction
+from dreampolish.backend.guidance.oracle import OracleGuidance, oracle_reference
+from dreampolish.backend.render.cameras import ViewSampler
+from dreampolish.backend.render.rasterize import MeshRasterizer
+from dreampolish.backend.render.volume import VolumeRenderConfig
+from dreampolish.backend.stages.base import Ramp, ReferenceWeights, ResolutionSchedule
+from dreampolish.backend.stages.dmtet import DmtetConfig, DmtetState, run_dmtet
+from dreampolish.backend.stages.nerf import NerfConfig, NerfState, run_nerf
+from dreampolish.backend.stages.neus import NeusConfig, run_neus
+
+GRID = HashGridConfig(n_levels=3, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5, start_levels=2,
+                      unlock_every=2)
+FIELD = FieldConfig(grid=GRID, hidden_dim=16, n_feature_dims=3, normal_eps=0.02)
+VIEWS = ViewSampler(elevation_range=(-30.0, 60.0))
+REF = ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.1), resolution=12)
+RENDER = VolumeRenderConfig(n_samples=12, occupancy_resolution=8)
+
+
+class Recorder:
+    def __init__(self, cancel_at: int | None = None):
+        self.calls: list[tuple[int, int, dict[str, float]]] = []
+        self.cancel_checks = 0
+        self.cancel_at = cancel_at
+
+    def progress(self, step, total, losses):
+        self.calls.append((step, total, losses))
+
+    def check_cancel(self):
+        self.cancel_checks += 1
+        if self.cancel_at is not None and self.cancel_checks > self.cancel_at:
+            raise RuntimeError("cancelled")
+
+
+def _torus() -> TriMesh:
+    t = trimesh.creation.torus(0.33, 0.14, major_sections=32, minor_sections=16)
+    v = torch.tensor(t.vertices, dtype=torch.float32)
+    return TriMesh(v, torch.tensor(t.faces), vertex_colors=torch.tensor([0.8, 0.3, 0.2]).expand(v.shape[0], 3).clone())
+
+
+@pytest.fixture(scope="module")
+def oracle_setup():
+    target = _torus()
+    raster = MeshRasterizer("torch")
+    ref = oracle_reference(target, VIEWS.reference(24, 24), raster)
+    return target, raster, OracleGuidance(target, raster), ref
+
+
+def _nerf_cfg(steps=3) -> NerfConfig:
+    return NerfConfig(steps=steps, resolution=ResolutionSchedule(12), views=VIEWS, density=FIELD, render=RENDER,
+                      reference=REF, orientation_weight=Ramp(0.1), occupancy_every=2, occupancy_warmup=0,
+                      occupancy_density=0.5, mesh_resolution=24)
+
+
+def test_nerf_neus_chain_reports_every_loss_each_step_and_checkpoints(oracle_setup):
+    target, raster, guidance, ref = oracle_setup
+    gen = torch.Generator().manual_seed(0)
+    rec = Recorder()
+    nerf = run_nerf(_nerf_cfg(), guidance, ref, rec, generator=gen, device="cpu")
+    assert [c[0] for c in rec.calls] == [1, 2, 3] and rec.cancel_checks == 3
+    assert {"ref_rgb", "ref_mask", "ref_depth", "guidance", "oracle_opacity", "orientation", "loss"} <= set(rec.calls[-1][2])
+    assert all(isinstance(v, float) for v in rec.calls[-1][2].values())
+    out = nerf.render(VIEWS.sample(1, 10, 10, gen))
+    assert {k: tuple(v.shape) for k, v in out.items() if k != "orientation"} == {
+        "rgb": (1, 10, 10, 3), "opacity": (1, 10, 10, 1), "normal": (1, 10, 10, 3), "depth": (1, 10, 10, 1)}
+
+    restored = NerfState.from_state_dict(nerf.cfg, nerf.state_dict())
+    x = torch.rand(64, 3) - 0.5
+    torch.testing.assert_close(restored.field.density(x), nerf.field.density(x))
+    mesh = nerf.extract_mesh()
+    assert mesh.num_faces > 0 and mesh.vertex_colors is not None
+    assert abs(float(mesh.vertices.norm(dim=-1).max()) - 0.5) < 1e-4
+
+    neus_cfg = NeusConfig(steps=2, resolution=ResolutionSchedule(12), views=VIEWS, sdf=FIELD, render=RENDER,
+                          reference=REF, occupancy_every=1, init_steps=20, init_batch=512, init_resolution=24,
+                          mesh_resolution=24, eikonal_points=256)
+    rec = Recorder()
+    neus = run_neus(neus_cfg, nerf, guidance, ref, rec, generator=gen, device="cpu")
+    assert len(rec.calls) == 2 and {"oracle_normal", "eikonal", "sharpness"} <= set(rec.calls[-1][2])
+    assert neus.extract_mesh().num_faces > 0
+
+
+def test_cancel_stops_a_stage_within_one_step(oracle_setup):
+    _, _, guidance, ref = oracle_setup
+    rec = Recorder(cancel_at=1)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run_nerf(_nerf_cfg(steps=10), guidance, ref, rec, generator=torch.Generator().manual_seed(0), device="cpu")
+    assert len(rec.calls) == 1
+
+
+def test_dmtet_refines_a_users_mesh_towards_the_target(oracle_setup):
+    target, raster, guidance, ref = oracle_setup
+    # the user's mesh: the target squashed along Z; the oracle pulls it back
+    user = target.with_vertices(target.vertices * torch.tensor([1.0, 1.0, 0.6]))
+    cfg = DmtetConfig(steps=24, resolution=ResolutionSchedule(40), views=VIEWS, grid_resolution=20, grid_bound=0.6,
+                      color=FieldConfig(grid=GRID, hidden_dim=16), lr_sdf=1e-2, lr_deform=2e-2,
+                      reference=ReferenceWeights(Ramp(1.0), Ramp(1.0), Ramp(0.0), 24),
+                      normal_consistency_weight=Ramp(0.01), laplacian_weight=Ramp(0.01), color_init_steps=10,
+                      rasterizer="torch")
+    rec = Recorder()
+    state = run_dmtet(cfg, user, guidance, ref, rec, generator=torch.Generator().manual_seed(0), device="cpu")
+    assert len(rec.calls) == 24 and {"normal_consistency", "laplacian", "oracle_normal"} <= set(rec.calls[-1][2])
+    # 3 of 4 steps are normal-shaded: the colour term only appears on the others
+    assert ["oracle_rgb" in c[2] for c in rec.calls[:4]] == [False, False, False, True]
+    before = chamfer_fraction(user, target, 5000)
+    after = chamfer_fraction(state.extract_mesh(normalize=False), target, 5000)
+    assert after < 0.7 * before
+
+    surface = state.surface()
+    assert surface.vertices.requires_grad  # polish can fine-tune sdf/deform through it
+    restored = DmtetState.from_state_dict(cfg, state.state_dict())
+    torch.testing.assert_close(restored.surface().vertices, surface.vertices.detach())
