@@ -64,17 +64,27 @@ def _tile_fragments(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Covered (pixel, depth, face) of faces whose boxes fit a k x k tile; updates the z-buffer."""
     bx = box.index_select(0, faces_k)  # [M,4]
+    rows = table.index_select(0, faces_k)  # [M,14]
     offset = torch.arange(k, device=box.device)
-    px = bx[:, 0:1, None] + offset.view(1, 1, k)  # [M,1,k]
-    py = bx[:, 1:2, None] + offset.view(1, k, 1)  # [M,k,1]
-    within = (offset.view(1, 1, k) < bx[:, 2:3, None]) & (offset.view(1, k, 1) < bx[:, 3:4, None])
-    rows = table.index_select(0, faces_k).view(-1, 1, 1, 14)
-    inside, depth = _fragment_test(rows, px, py)
-    keep = inside & within  # [M,k,k]
+    # Affine functions are separable over the tile: f(x, y) = (g_y y + c) + g_x x, so each is
+    # one [M,k,1] + [M,1,k] sum; columns and rows outside the box get -inf in lambda_0.
+    rx = (bx[:, 0:1] + offset).to(rows.dtype) + 0.5 - rows[:, 0:1]  # [M,k] pixel-centre x - c_0
+    ry = (bx[:, 1:2] + offset).to(rows.dtype) + 0.5 - rows[:, 1:2]
+    outside_x = torch.where(offset < bx[:, 2:3], 0.0, float("-inf")).to(rows.dtype)
+    outside_y = torch.where(offset < bx[:, 3:4], 0.0, float("-inf")).to(rows.dtype)
+    keep = None
+    for c in range(3):
+        along_x = rows[:, 2 + 2 * c, None] * rx
+        along_y = rows[:, 3 + 2 * c, None] * ry + rows[:, 8 + c, None]
+        if c == 0:
+            along_x, along_y = along_x + outside_x, along_y + outside_y
+        inside = (along_y.unsqueeze(2) + along_x.unsqueeze(1)) >= 0  # [M,k,k] (row, column)
+        keep = inside if keep is None else keep & inside
+    inv_z = (rows[:, 12, None] * ry + rows[:, 13, None]).unsqueeze(2) + (rows[:, 11, None] * rx).unsqueeze(1)
     m_idx, ty, tx = torch.nonzero(keep, as_tuple=True)
     bf = faces_k[m_idx]
     pix = ((bf // n_faces) * height + bx[m_idx, 1] + ty) * width + bx[m_idx, 0] + tx
-    depth = depth[keep]
+    depth = inv_z[m_idx, ty, tx].reciprocal()
     zbuf.scatter_reduce_(0, pix, depth, reduce="amin")
     return pix, depth, bf % n_faces
 
