@@ -2,8 +2,9 @@
 
 Two passes:
 1. Visibility, without gradients: every triangle is binned to the pixel centres inside its
-   screen bounding box; each (triangle, pixel) candidate is tested with edge functions and
-   the nearest one per pixel is found with a scatter-min on depth (ties: lowest face id).
+   screen bounding box (small boxes as dense k x k tiles per size class, large ones expanded
+   pixel by pixel); each (triangle, pixel) candidate is tested with edge functions and the
+   nearest one per pixel is found with a scatter-min on depth (ties: lowest face id).
 2. Attributes, with gradients: for the winning face of every covered pixel the
    perspective-correct barycentrics are recomputed from the clip-space vertices, so that
    everything interpolated from them is differentiable w.r.t. vertex positions.
@@ -13,7 +14,11 @@ manner of nvdiffrast's antialias op: for neighbouring pixels p, q on either side
 silhouette edge, the edge crosses the segment between their centres at t in [0, 1]
 (0 at p, the covered side); with a 1-D box filter the uncovered pixel q receives
 max(t - 1/2, 0) of p's colour and p receives max(1/2 - t, 0) of q's colour. t is a
-differentiable function of the edge's screen position, hence of the vertices.
+differentiable function of the edge's screen position, hence of the vertices. Horizontal
+pairs take the edges steeper than 45 degrees and vertical pairs the others. A silhouette
+edge is a boundary edge or one whose neighbour has the other screen winding; towards the
+background the search walks across interior edges of sub-pixel faces to reach it. Checked
+against 8x supersampled coverage and against Cycles in the tests.
 """
 
 from __future__ import annotations

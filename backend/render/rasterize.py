@@ -2,8 +2,9 @@
 
 Conventions are the cameras module's: world Z up, OpenGL clip space, image row 0 at the
 TOP, pixel (i, j)'s centre at (i + 0.5, j + 0.5) in pixel units. A pixel is covered by a
-triangle when its centre is inside; the nearest covered triangle wins. Triangles with a
-vertex closer than the camera's near plane are not drawn (objects sit well inside it).
+triangle when its centre is inside; the nearest covered triangle wins; both windings are
+drawn (no culling). Triangles with a vertex closer than about the camera's near plane are
+not drawn (objects sit well beyond it).
 
 Everything that reaches a loss is differentiable w.r.t. the vertex positions: barycentrics,
 depth, positions and normals inside the silhouette, and the antialiased coverage mask (and
