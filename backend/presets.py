@@ -1,0 +1,355 @@
+"""Presets: every setting of a DreamPolish run as typed, nested dataclasses of the stage configs.
+
+A preset is an instance of PipelinePreset; `to_json_dict` saves its fields as
+plain JSON (never pickles), `from_json_dict` rebuilds it with every value
+checked against the field's annotation, and `apply_options` overrides fields
+named by dotted path ("nerf.steps", "texture.field.grid.n_levels") as a request's
+options do, raising ValidationError for unknown keys and wrong types.
+
+Presets: tiny (tiny models, CPU, seconds per stage), draft (GPU, fast),
+standard (the method's settings), high (more of everything).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from dreampolish.protocol.errors import ValidationError
+
+from .guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
+from .guidance.text_prior import ViewPromptConfig
+from .guidance.zero123 import Zero123GuidanceConfig
+from .stages.dmtet import DmtetConfig
+from .stages.export import ExportConfig
+from .stages.nerf import NerfConfig
+from .stages.neus import NeusConfig
+from .stages.polish import PolishConfig
+from .stages.reference import ReferenceConfig
+from .stages.texture import TextureConfig
+
+T = TypeVar("T")
+
+
+def _describe(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against annotation `tp` and return it in that type (ints widen to floats, lists to
+    tuples). Raises ValidationError naming `path`."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        raise ValidationError(f"{path} must be {_describe(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ValidationError(f"{path} must not be null")
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, path)
+            except ValidationError as e:
+                errors.append(str(e))
+        raise ValidationError(errors[0] if len(errors) == 1 else f"{path} has the wrong type: {value!r}")
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValidationError(f"{path} must be a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValidationError(f"{path} must have {len(args)} items, got {len(value)}")
+        return tuple(coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValidationError(f"{path} must be a list, got {type(value).__name__}")
+        return [coerce(v, arg, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = get_args(tp)
+        if not isinstance(value, dict):
+            raise ValidationError(f"{path} must be a mapping, got {type(value).__name__}")
+        return {coerce(k, kt, path): coerce(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValidationError(f"{path} must be a mapping of {tp.__name__} fields")
+        return from_json_dict(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValidationError(f"{path} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValidationError(f"{path} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValidationError(f"{path} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValidationError(f"{path} must be a string, got {value!r}")
+    raise ValidationError(f"{path}: unsupported field type {_describe(tp)}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls, include_extras=False)
+
+
+def to_json_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON of a dataclass's fields (tuples become lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(cfg)
+
+
+def from_json_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
+    """Rebuild a dataclass from plain JSON; missing fields keep their defaults, unknown ones are errors."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ValidationError(f"unknown field(s) {', '.join(unknown)}{where}; known: {', '.join(sorted(names))}")
+    kwargs = {k: coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def field_paths(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of a nested dataclass as {"a.b.c": type annotation}."""
+    out: dict[str, Any] = {}
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        name = f"{prefix}{f.name}"
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(field_paths(value, name + "."))
+        else:
+            out[name] = hints[f.name]
+    return out
+
+
+def apply_options(cfg: T, options: dict[str, Any]) -> T:
+    """A deep copy of `cfg` with fields overridden by dotted paths ("nerf.steps": 200)."""
+    out = copy.deepcopy(cfg)
+    for key, value in options.items():
+        if not isinstance(key, str) or not key:
+            raise ValidationError(f"option names must be non-empty strings, got {key!r}")
+        parts = key.split(".")
+        node = out
+        for depth, part in enumerate(parts):
+            if not dataclasses.is_dataclass(node):
+                raise ValidationError(f"unknown option {key!r}: {'.'.join(parts[:depth])} has no fields")
+            names = {f.name for f in dataclasses.fields(node)}
+            if part not in names:
+                where = ".".join(parts[:depth]) or "the preset"
+                raise ValidationError(
+                    f"unknown option {key!r}: {where} has no field {part!r} (known: {', '.join(sorted(names))})"
+                )
+            if depth == len(parts) - 1:
+                tp = _hints(type(node))[part]
+                if dataclasses.is_dataclass(getattr(node, part)) and not isinstance(value, dict):
+                    raise ValidationError(f"option {key!r} names a group of settings; set one of its fields")
+                setattr(node, part, coerce(value, tp, key))
+            else:
+                node = getattr(node, part)
+    return out
+
+
+
+# -- the pipeline's presets ----------------------------------------------------------------------------
+
+
+@dataclass
+class ReferenceStageConfig:
+    """The reference image for the reference camera."""
+
+    size: int = 512
+    """Longer side in pixels the reference image (and the reference camera) is used at."""
+    generation: ReferenceConfig = field(default_factory=ReferenceConfig)
+    """How the text-to-image model makes the image and how its mask is found."""
+    default_fovy_deg: float = 40.0
+    """Field of view of the front camera used when the request has no cameras."""
+    fill_margin: float = 1.15
+    """Frame-to-object size ratio: the generated object is scaled to fill the reference camera's frame."""
+
+
+@dataclass
+class GeometryGuidanceConfig:
+    """The priors that guide NeRF, NeuS and DMTet: view-conditioned (Zero123) SDS plus text SDS."""
+
+    zero123_weight: float = 0.1
+    """Weight of the Zero123 SDS loss (DreamCraft3D: 0.1, next to reference RGB 1000)."""
+    zero123: Zero123GuidanceConfig = field(default_factory=Zero123GuidanceConfig)
+    """Zero123 settings (CFG 5, timesteps annealed from [0.7, 0.85] to [0.2, 0.5] over 200 steps)."""
+    text_weight: float = 0.1
+    """Weight of the text SDS loss."""
+    text: ScoreDistillationConfig = field(default_factory=lambda: ScoreDistillationConfig(
+        objective="sds", guidance_scale=20.0,
+        timesteps=TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_steps=200)))
+    """Text-to-image SDS settings (CFG 20)."""
+    view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
+    """View-dependent prompt suffixes ("front/side/back/overhead view")."""
+
+
+@dataclass
+class PipelinePreset:
+    """Every setting of one DreamPolish run. Per-request options override fields by dotted path."""
+
+    description: str = ""
+    """One line shown to users."""
+    model_set: str = "default"
+    """Model set (models/defaults.json) of the text-to-image, Zero123 and normal-estimator priors."""
+    rasterizer: Literal["auto", "torch", "nvdiffrast"] = "auto"
+    """Mesh rasteriser: nvdiffrast on CUDA when installed ("auto"), else the PyTorch one."""
+    preview_every: int = 100
+    """Steps between preview images (0: none)."""
+    preview_size: int = 256
+    """Longer side in pixels of preview images."""
+    reference: ReferenceStageConfig = field(default_factory=ReferenceStageConfig)
+    """The reference stage."""
+    guidance: GeometryGuidanceConfig = field(default_factory=GeometryGuidanceConfig)
+    """The priors of the geometry stages."""
+    nerf: NerfConfig = field(default_factory=NerfConfig)
+    """NeRF stage (coarse geometry)."""
+    neus: NeusConfig = field(default_factory=NeusConfig)
+    """NeuS stage (SDF geometry)."""
+    dmtet: DmtetConfig = field(default_factory=DmtetConfig)
+    """DMTet stage (mesh geometry)."""
+    polish: PolishConfig = field(default_factory=PolishConfig)
+    """Surface polishing with the normal estimator."""
+    texture: TextureConfig = field(default_factory=TextureConfig)
+    """Texture by score distillation and UV bake."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Final artefacts."""
+
+
+def standard_preset() -> PipelinePreset:
+    """The method's settings (METHOD.md: DreamCraft3D's public configs for NeRF/NeuS/DMTet/texture, a
+    few hundred polish steps). GPU."""
+    return PipelinePreset(description="the method's settings (GPU, about an hour)")
+
+
+def draft_preset() -> PipelinePreset:
+    """A fast GPU preview of the whole method at reduced steps and resolution."""
+    preset = apply_options(standard_preset(), {
+        "nerf.steps": 1200, "nerf.resolution.high": 256, "nerf.resolution.switch_step": 800,
+        "neus.steps": 1000, "dmtet.steps": 1000, "polish.steps": 150, "polish.render_size": 384,
+        "texture.steps": 1000, "texture.atlas_size": 1024, "preview_every": 50,
+    })
+    preset.description = "fast GPU preview of the method (a few minutes)"
+    return preset
+
+
+def high_preset() -> PipelinePreset:
+    """More steps, finer grids and a larger atlas than the method's settings. GPU with ample memory."""
+    preset = apply_options(standard_preset(), {
+        "nerf.steps": 8000, "neus.steps": 8000, "dmtet.steps": 8000, "polish.steps": 600,
+        "polish.render_size": 768, "texture.steps": 8000, "texture.atlas_size": 2048,
+        "texture.normal_map": True,
+    })
+    preset.description = "longer runs, finer detail, 2K texture (GPU)"
+    return preset
+
+
+TINY_OPTIONS: dict[str, Any] = {
+    "model_set": "tiny", "rasterizer": "torch", "preview_every": 2, "preview_size": 48,
+    "reference.size": 64, "reference.generation.num_inference_steps": 2,
+    "guidance.zero123_weight": 1.0, "guidance.text_weight": 1.0,
+    "nerf.steps": 4, "nerf.resolution.low": 24, "nerf.resolution.high": 24,
+    "nerf.density.grid.n_levels": 4, "nerf.density.grid.log2_hashmap_size": 12,
+    "nerf.density.grid.base_resolution": 8, "nerf.density.grid.start_levels": 4,
+    "nerf.density.hidden_dim": 16, "nerf.render.n_samples": 16,
+    "nerf.orientation_weight.start": 0.0, "nerf.orientation_weight.end": 0.0, "nerf.render.occupancy_resolution": 16,
+    "nerf.mesh_resolution": 32, "nerf.reference.resolution": 32, "nerf.occupancy_warmup": 100,
+    "neus.steps": 4, "neus.resolution.low": 24, "neus.sdf.grid.n_levels": 4, "neus.sdf.grid.log2_hashmap_size": 12,
+    "neus.sdf.grid.base_resolution": 8, "neus.sdf.grid.start_levels": 4, "neus.sdf.hidden_dim": 16,
+    "neus.render.n_samples": 16, "neus.render.occupancy_resolution": 16, "neus.init_steps": 10,
+    "neus.init_batch": 2048, "neus.init_resolution": 32, "neus.mesh_resolution": 32, "neus.eikonal_points": 256,
+    "neus.reference.resolution": 32,
+    "dmtet.steps": 4, "dmtet.resolution.low": 32, "dmtet.grid_resolution": 16, "dmtet.color.grid.n_levels": 4,
+    "dmtet.color.grid.log2_hashmap_size": 12, "dmtet.color.grid.base_resolution": 8,
+    "dmtet.color.grid.start_levels": 4, "dmtet.color.hidden_dim": 16, "dmtet.color_init_steps": 10,
+    "dmtet.reference.resolution": 32,
+    "polish.steps": 4, "polish.render_size": 32, "polish.batch_size": 1, "polish.view_pool": 4,
+    "polish.estimator.num_inference_steps": 1,
+    "texture.steps": 4, "texture.render_size": 32, "texture.view_pool": 4, "texture.atlas_size": 128,
+    "texture.field.grid.n_levels": 4, "texture.field.grid.log2_hashmap_size": 12,
+    "texture.field.grid.base_resolution": 8, "texture.field.grid.start_levels": 4,
+    "texture.field.hidden_dim": 16, "texture.chart_padding": 2,
+}
+"""The tiny preset as overrides of the standard one (so every key is checked against the real fields)."""
+
+
+def tiny_preset() -> PipelinePreset:
+    """Tiny models, CPU, a few steps per stage at low resolution: the whole chain in about a minute on a
+    two-core CPU. For tests and the CPU demo; the result shows that everything runs, not a good asset."""
+    preset = apply_options(standard_preset(), TINY_OPTIONS)
+    preset.description = "tiny models on the CPU, seconds per stage (tests and demo)"
+    return preset
+
+
+PRESETS: dict[str, Callable[[], PipelinePreset]] = {
+    "tiny": tiny_preset,
+    "draft": draft_preset,
+    "standard": standard_preset,
+    "high": high_preset,
+}
+"""Built-in presets by name (fresh instances each call)."""
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str, options: dict[str, Any] | None = None) -> PipelinePreset:
+    """The named preset with a request's "stage.field" options applied; ValidationError for an
+    unknown name, an unknown option or a value of the wrong type."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValidationError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return apply_options(PRESETS[name](), options or {})
+
+
+def save_preset(preset: PipelinePreset, path: Path) -> Path:
+    """Write a preset as plain JSON of its fields."""
+    path = Path(path)
+    path.write_text(json.dumps(to_json_dict(preset), indent=1, sort_keys=True))
+    return path
+
+
+def load_preset(path: Path) -> PipelinePreset:
+    """Read a preset written by save_preset (missing fields keep the standard defaults)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValidationError(f"{path} does not hold a preset (a JSON object of fields)")
+    return from_json_dict(PipelinePreset, data)

@@ -1,0 +1,74 @@
+"""Shared by the pipeline tests: a recording JobContext, the tiny models as the model cache, test meshes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from dreampolish.backend.models.specs import MODEL_DIR_ENV
+from dreampolish.backend.models.tiny import build_tiny_models
+from dreampolish.protocol.scene import MeshPayload
+
+
+class BackendStopped(Exception):
+    """What the job system raises from check_cancel when the backend shuts down mid-job."""
+
+
+@dataclass
+class RecordingContext:
+    """pipeline_api.JobContext that records every report; `stop_in` makes check_cancel raise in a stage."""
+
+    work_dir: Path
+    job_id: str = "job"
+    device: str = "cpu"
+    stop_in: str | None = None
+    progress_events: list[tuple[str, int, int, dict, bytes | None]] = field(default_factory=list)
+    results: list[tuple[str, int, MeshPayload]] = field(default_factory=list)
+
+    def progress(self, stage, step, total, losses=None, preview_png=None):
+        self.progress_events.append((stage, step, total, dict(losses or {}), preview_png))
+
+    def stage_result(self, stage, index, mesh):
+        mesh.validate(require_faces=False)
+        self.results.append((stage, index, mesh))
+
+    def check_cancel(self):
+        if self.stop_in is not None and self.progress_events and self.progress_events[-1][0] == self.stop_in:
+            raise BackendStopped(f"stopped in {self.stop_in}")
+
+    def result(self, stage: str) -> MeshPayload:
+        return next(m for s, _, m in self.results if s == stage)
+
+    @property
+    def result_stages(self) -> list[str]:
+        return [s for s, _, _ in self.results]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = tmp_path_factory.getbasetemp() / "model-cache"
+    build_tiny_models(cache / "tiny")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_model_cache: Path) -> Iterator[Path]:
+    """The tiny models as the model cache that the `tiny` preset's model set loads from."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MODEL_DIR_ENV, str(tiny_model_cache))
+        yield tiny_model_cache
+
+
+def box_payload(offset=(2.0, 0.0, 1.0), with_uvs: bool = False) -> MeshPayload:
+    """A box in Blender's world away from the origin (what Refine Selected sends)."""
+    box = trimesh.creation.box((1.0, 0.6, 0.8)).subdivide().subdivide()
+    faces = np.asarray(box.faces, np.uint32)
+    uvs = None
+    if with_uvs:
+        rng = np.random.default_rng(3)
+        uvs = rng.random((len(faces), 3, 2)).astype(np.float32)
+    return MeshPayload(vertices=(np.asarray(box.vertices) + offset).astype(np.float32), faces=faces, uvs=uvs)

@@ -1,0 +1,81 @@
+"""The DreamPolish pipeline end to end with the tiny preset (tiny diffusion models, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+from dreampolish.backend.bake import decode_png
+from dreampolish.backend.pipeline import DreamPolishPipeline, stage_seed
+from dreampolish.protocol.job import JobSpec
+
+from tests.backend.pipeline_fixtures import RecordingContext, tiny_model_cache, tiny_models  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prompt_job(request, tmp_path_factory):
+    """One full job from a prompt, shared by the tests below."""
+    request.getfixturevalue("tiny_models")
+    ctx = RecordingContext(tmp_path_factory.mktemp("prompt-job"))
+    pipeline = DreamPolishPipeline()
+    outcome = pipeline.run(JobSpec(prompt="a ceramic teapot", preset="tiny", seed=3), ctx)
+    return pipeline, ctx, outcome
+
+
+def test_prompt_job_emits_a_mesh_after_every_stage(prompt_job):
+    _, ctx, outcome = prompt_job
+    assert outcome.paused_after is None
+    assert ctx.result_stages == ["nerf", "neus", "dmtet", "polish", "texture", "export"]
+    assert [i for _, i, _ in ctx.results] == [1, 2, 3, 4, 5, 6]
+    for stage, _, mesh in ctx.results:
+        assert mesh.num_faces > 0, stage
+        # Generated meshes live in the object frame (inside the radius-0.5 ball) placed by the transform.
+        assert np.linalg.norm(mesh.vertices, axis=1).max() < 0.75, stage
+
+
+def test_final_mesh_is_uv_mapped_and_textured_and_written_as_glb(prompt_job):
+    _, ctx, outcome = prompt_job
+    final = ctx.result("export")
+    assert final.uvs is not None and final.uvs.shape == (final.num_faces, 3, 2)
+    assert 0.0 <= final.uvs.min() and final.uvs.max() <= 1.0
+    base = decode_png(final.texture("base_color").png)
+    assert base.shape == (128, 128, 3) and base.std() > 0.0
+    glb = outcome.result_files["glb"]
+    assert glb.exists() and glb.parent == ctx.work_dir
+    (mesh,) = trimesh.load(str(glb)).geometry.values()
+    assert len(mesh.faces) == final.num_faces
+
+
+def test_progress_reports_losses_gradient_norms_and_previews(prompt_job):
+    _, ctx, _ = prompt_job
+    stages = {e[0] for e in ctx.progress_events}
+    assert stages == {"reference", "nerf", "neus", "dmtet", "polish", "texture", "export"}
+    for stage in ("nerf", "neus", "dmtet", "polish", "texture"):
+        events = [e for e in ctx.progress_events if e[0] == stage]
+        assert [e[1] for e in events] == list(range(1, events[0][2] + 1)), stage
+        assert any(k.endswith("grad_norm") for e in events for k in e[3]), stage
+        previews = [e[4] for e in events if e[4] is not None]
+        assert previews and all(p.startswith(b"\x89PNG") for p in previews), stage
+    reference = [e for e in ctx.progress_events if e[0] == "reference"]
+    assert reference[-1][4].startswith(b"\x89PNG")
+
+
+def test_same_request_and_seed_reproduce_the_stage(prompt_job, tmp_path):
+    pipeline, ctx, _ = prompt_job
+    again = RecordingContext(tmp_path)
+    pipeline.run(JobSpec(prompt="a ceramic teapot", preset="tiny", seed=3, stages=["reference", "nerf"]), again)
+    first, second = ctx.result("nerf"), again.result("nerf")
+    # Same topology; positions agree to float rounding (CPU kernels may sum in a different order).
+    np.testing.assert_array_equal(first.faces, second.faces)
+    np.testing.assert_allclose(first.vertices, second.vertices, atol=1e-5, rtol=0)
+    other = RecordingContext(tmp_path / "other")
+    pipeline.run(JobSpec(prompt="a ceramic teapot", preset="tiny", seed=4, stages=["reference", "nerf"]), other)
+    assert other.result("nerf").vertices.shape != first.vertices.shape or not np.array_equal(
+        other.result("nerf").vertices, first.vertices)
+
+
+def test_stage_seeds_are_stable_and_distinct():
+    assert stage_seed(3, "nerf") == stage_seed(3, "nerf")
+    assert len({stage_seed(s, st) for s in range(3) for st in ("nerf", "neus", "texture")}) == 9

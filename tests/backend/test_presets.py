@@ -1,0 +1,111 @@
+"""Presets: typed configs, JSON round trip, per-request options, and request checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dreampolish.backend.pipeline import DreamPolishPipeline
+from dreampolish.backend.presets import (
+    PipelinePreset,
+    apply_options,
+    field_paths,
+    get_preset,
+    load_preset,
+    preset_names,
+    save_preset,
+    to_json_dict,
+)
+from dreampolish.protocol.errors import ValidationError
+from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.limits import LIMITS
+from dreampolish.protocol.scene import CameraSpec, MeshPayload
+
+from tests.backend.pipeline_fixtures import box_payload
+
+
+def test_presets_are_named_and_scale_up():
+    assert preset_names() == ["tiny", "draft", "standard", "high"]
+    tiny, draft, standard, high = (get_preset(n) for n in preset_names())
+    assert tiny.model_set == "tiny" and standard.model_set == "default"
+    for stage in ("nerf", "neus", "dmtet", "polish", "texture"):
+        steps = [getattr(p, stage).steps for p in (tiny, draft, standard, high)]
+        assert steps == sorted(steps) and steps[0] < 10, stage
+    # The method's settings (METHOD.md).
+    assert standard.nerf.steps == 5000 and standard.dmtet.grid_resolution == 128
+    assert standard.texture.guidance.objective == "dsd" and standard.polish.fovy_range_deg == (15.0, 60.0)
+    assert standard.polish.loss == "normal_estimator"
+
+
+def test_preset_round_trips_through_plain_json(tmp_path):
+    preset = get_preset("draft", {"texture.guidance.objective": "vsd", "polish.loss": "smoothness"})
+    path = save_preset(preset, tmp_path / "draft.json")
+    assert path.read_text().lstrip().startswith("{")
+    assert load_preset(path) == preset
+    assert to_json_dict(load_preset(path)) == to_json_dict(preset)
+
+
+def test_every_field_is_reachable_by_a_request_option():
+    preset = get_preset("standard")
+    paths = field_paths(preset)
+    assert {"nerf.steps", "neus.sdf.grid.n_levels", "dmtet.grid_resolution", "polish.consistency_weight",
+            "texture.guidance.lambda_var.start", "texture.atlas_size", "export.write_glb"} <= set(paths)
+    changed = apply_options(preset, {"polish.steps": 12, "texture.guidance.guidance_scale": 3,
+                                     "nerf.views.fovy_range": [15, 30], "texture.normal_map": True})
+    assert changed.polish.steps == 12 and changed.texture.guidance.guidance_scale == 3.0
+    assert changed.nerf.views.fovy_range == (15.0, 30.0) and changed.texture.normal_map is True
+    assert preset.polish.steps == 300  # the preset itself is untouched
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"polish.stepz": 3}, "no field 'stepz'"),
+    ({"sculpt.steps": 3}, "no field 'sculpt'"),
+    ({"polish.steps": "many"}, "polish.steps must be an integer"),
+    ({"polish.steps": True}, "polish.steps must be an integer"),
+    ({"texture.guidance.objective": "xsd"}, "texture.guidance.objective must be one of"),
+    ({"polish": 3}, "names a group of settings"),
+    ({"texture.normal_map": 1}, "must be true or false"),
+])
+def test_bad_options_name_the_field(options, message):
+    with pytest.raises(ValidationError, match=message):
+        get_preset("tiny", options)
+
+
+def _spec(**kw) -> JobSpec:
+    return JobSpec(**{"prompt": "a teapot", "preset": "tiny", **kw})
+
+
+def _nan_mesh() -> MeshPayload:
+    m = box_payload()
+    m.vertices[0, 0] = np.nan
+    return m
+
+
+@pytest.mark.parametrize("spec, message", [
+    (_spec(prompt="   "), "prompt is empty"),
+    (_spec(preset="ultra"), "unknown preset 'ultra'"),
+    (_spec(stages=["reference", "nerf", "sculpt"]), "unknown stage 'sculpt'"),
+    (_spec(pause_after=["glaze"]), "unknown stage 'glaze'"),
+    (_spec(stages=["reference", "neus"]), "skip a stage"),
+    (_spec(mode="geometry"), "input_mesh is missing"),
+    (_spec(mode="geometry", input_mesh=_nan_mesh()), "NaN"),
+    (_spec(mode="texture", input_mesh=MeshPayload(np.zeros((3, 3), np.float32), np.zeros((0, 3), np.uint32))),
+     "no faces"),
+    (_spec(mode="geometry", input_mesh=MeshPayload(np.zeros((LIMITS.max_vertices + 1, 3), np.float32),
+                                                    np.zeros((1, 3), np.uint32))), "limit"),
+    (_spec(mode="texture", input_mesh=box_payload(), stages=["dmtet"]), "not part of a 'texture' job"),
+    (_spec(options={"nerf.steps": -1.5}), "nerf.steps must be an integer"),
+    (_spec(prompt="x" * (LIMITS.max_prompt_chars + 1)), "limit"),
+    (_spec(cameras=[CameraSpec(np.eye(4, dtype=np.float32))], reference_camera=2), "reference_camera 2"),
+])
+def test_bad_requests_are_rejected_before_any_work(spec, message):
+    with pytest.raises(ValidationError, match=message):
+        DreamPolishPipeline().check(spec)
+
+
+def test_good_requests_pass_the_check():
+    pipeline = DreamPolishPipeline()
+    pipeline.check(_spec(options={"nerf.steps": 3, "texture.guidance.objective": "sds"}, pause_after=["dmtet"]))
+    pipeline.check(_spec(mode="geometry", input_mesh=box_payload(), prompt=""))
+    pipeline.check(_spec(stages=["reference", "nerf"]))
+    assert set(pipeline.presets()) >= {"tiny", "draft", "standard", "high"}
+    assert isinstance(get_preset("tiny"), PipelinePreset)
