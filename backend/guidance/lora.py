@@ -118,6 +118,14 @@ class VariationalCopy:
         params = list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
 
+    def release(self) -> None:
+        """Remove this adapter from the shared UNet (its weights and optimiser state go with it)."""
+        if self.name in getattr(self.unet, "peft_config", {}):
+            self.unet.delete_adapters(self.name)
+        self.lora_parameters = []
+        self.camera_mlp = None
+        self.optimizer = None
+
     def parameters(self) -> list[Tensor]:
         return list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
 

@@ -212,6 +212,14 @@ class ScoreDistillation:
             )
         self._teacher_refreshed_at: int | None = None
 
+    def release(self) -> None:
+        """Remove this objective's LoRA adapters from the shared UNet. Call it when the stage ends: the UNet
+        outlives jobs in the backend process, and every adapter left on it costs memory and time."""
+        for copy in (self.variational, self.teacher):
+            if copy is not None:
+                copy.release()
+        self.variational = self.teacher = None
+
     # -- noise predictions -------------------------------------------------------------------------
 
     def _frozen_cfg_pair(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:

@@ -204,3 +204,14 @@ def test_prompt_embeddings_differ_by_view_direction(tiny_priors, orbit):
     assert cond.shape[0] == uncond.shape[0] == 2
     assert not torch.allclose(cond[0], cond[1])
     assert torch.equal(uncond[0], uncond[1])
+
+
+def test_release_takes_the_adapters_off_the_shared_unet(tiny_priors, orbit):
+    unet = tiny_priors.text_to_image.unet
+    guidance = make_guidance(tiny_priors, fast_config("bsd"))
+    assert len(unet.peft_config) == 2
+    guidance.release()
+    assert not getattr(unet, "peft_config", {})
+    # The frozen model still serves a fresh objective.
+    out = make_guidance(tiny_priors, fast_config("sds"))(render_batch(orbit))
+    assert torch.isfinite(out.loss)
