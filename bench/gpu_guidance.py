@@ -141,9 +141,7 @@ def main() -> int:
         r = results[objective]
         print(f"{objective:>4}: {r['ms_per_step']:8.1f} ms/step   peak {r['peak_gib']:.2f} GiB "
               f"(+{r['peak_over_weights_gib']:.2f} over the frozen weights)")
-        for copy in (guidance.variational, guidance.teacher):
-            if copy is not None:
-                unet.delete_adapters(copy.name)
+        guidance.release()
         del guidance, render, out
         torch.cuda.empty_cache()
         base_memory = torch.cuda.memory_allocated()
