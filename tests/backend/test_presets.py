@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.presets import (
     PipelinePreset,
@@ -109,3 +110,35 @@ def test_good_requests_pass_the_check():
     pipeline.check(_spec(stages=["reference", "nerf"]))
     assert set(pipeline.presets()) >= {"tiny", "draft", "standard", "high"}
     assert isinstance(get_preset("tiny"), PipelinePreset)
+
+
+def test_generated_object_is_scaled_to_fill_the_reference_camera():
+    from dreampolish.backend.pipeline import job_frame
+    from dreampolish.backend.render.cameras import project_to_pixels
+
+    c2w = np.array([[1, 0, 0, 0], [0, 0, -1, -10], [0, 1, 0, 0], [0, 0, 0, 1]], np.float32)  # at -Y, looking +Y
+    camera = CameraSpec(c2w, lens_mm=50.0, resolution=(400, 200))
+    preset = get_preset("tiny")
+    frame = job_frame(_spec(cameras=[camera, camera]), preset)
+    scale = float(frame.transform[0, 0])
+    assert scale > 1.0 and np.allclose(frame.transform, np.diag([scale, scale, scale, 1.0]))
+    ref = frame.reference_camera
+    assert (ref.width, ref.height) == (64, 32) and len(frame.preview_cameras) == 2
+    # The top of the radius-0.5 object reaches (half the frame height) / margin above the image centre.
+    (pix,), _ = project_to_pixels(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]]), ref)
+    reach = float(pix[0, 1] - pix[1, 1])
+    assert reach == pytest.approx(ref.height / 2 / preset.reference.fill_margin, rel=0.03)
+
+
+def test_refined_mesh_is_normalised_and_cameras_follow_it():
+    from dreampolish.backend.pipeline import job_frame
+
+    source = box_payload(offset=(2.0, 0.0, 1.0))
+    c2w = np.eye(4, dtype=np.float32)
+    c2w[:3, 3] = (2.0, 0.0, 6.0)  # above the box, looking down -Z
+    frame = job_frame(_spec(mode="geometry", input_mesh=source, cameras=[CameraSpec(c2w)]), get_preset("tiny"))
+    assert float(frame.input_mesh.vertices.norm(dim=1).max()) == pytest.approx(0.5, abs=1e-4)
+    world = frame.input_mesh.vertices.numpy() @ frame.transform[:3, :3].T + frame.transform[:3, 3]
+    np.testing.assert_allclose(np.sort(world, 0), np.sort(source.vertices, 0), atol=1e-5)
+    cam = frame.reference_camera
+    assert float(cam.c2w[0, 0, 3]) == pytest.approx(0.0, abs=1e-5)  # straight above the object's centre
