@@ -65,10 +65,14 @@ class MarigoldNormalTargets:
     def clear(self) -> None:
         self._cache.clear()
 
-    def _key(self, cameras: CameraBatch, i: int) -> tuple:
+    def _keys(self, cameras: CameraBatch) -> list[tuple]:
         d = self.config.cache_decimals
-        pose = tuple(round(float(v), d) for v in cameras.c2w[i].flatten())
-        return (pose, round(float(cameras.fovy_deg[i]), d), cameras.width, cameras.height)
+        c2w = cameras.c2w.detach().cpu().reshape(-1, 16).tolist()  # one device sync for the batch
+        fovy = cameras.fovy_deg.detach().cpu().tolist()
+        return [
+            (tuple(round(v, d) for v in pose), round(f, d), cameras.width, cameras.height)
+            for pose, f in zip(c2w, fovy)
+        ]
 
     @torch.no_grad()
     def _estimate(self, image: Tensor) -> Tensor:
@@ -90,7 +94,7 @@ class MarigoldNormalTargets:
     def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> Tensor:
         """rgb [B,H,W,3] in [0,1], opacity [B,H,W,1] -> [B,H,W,3] unit camera-frame normals, zero off the mask."""
         b = rgb.shape[0]
-        keys = [self._key(cameras, i) for i in range(b)]
+        keys = self._keys(cameras)
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         found = {k: self._cache[k] for k in keys if k in self._cache}
         if missing:
