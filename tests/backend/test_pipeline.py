@@ -70,10 +70,6 @@ def test_same_request_and_seed_reproduce_the_stage(prompt_job, tmp_path):
     # Same topology; positions agree to float rounding (CPU kernels may sum in a different order).
     np.testing.assert_array_equal(first.faces, second.faces)
     np.testing.assert_allclose(first.vertices, second.vertices, atol=1e-5, rtol=0)
-    other = RecordingContext(tmp_path / "other")
-    pipeline.run(JobSpec(prompt="a ceramic teapot", preset="tiny", seed=4, stages=["reference", "nerf"]), other)
-    assert other.result("nerf").vertices.shape != first.vertices.shape or not np.array_equal(
-        other.result("nerf").vertices, first.vertices)
 
 
 def test_stage_seeds_are_stable_and_distinct():
