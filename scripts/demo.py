@@ -51,6 +51,34 @@ def choose_preset(requested: str) -> tuple[str, str]:
     return "draft", f"CUDA GPU ({torch.cuda.get_device_name(0)}) and model weights present"
 
 
+def prepare_models(preset: str) -> None:
+    """The tiny preset's models are built here (seconds, no network); real ones come from `models pull`."""
+    if preset != "tiny":
+        return
+    log.info("building the tiny models (once; cached)")
+    subprocess.run([sys.executable, "-m", "dreampolish.backend.cli", "--log-level", "WARNING", "models", "pull",
+                    "--tiny"], cwd=REPO, check=True)
+
+
+def wait_for_backend(address: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Block until the backend answers the handshake (or has died), so Blender connects first time."""
+    from dreampolish.protocol.client import BackendClient, BackendUnreachable
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the backend exited with code {proc.returncode} before it was ready")
+        try:
+            with BackendClient(address, timeout_s=2.0) as client:
+                welcome = client.connect()
+                log.info("backend ready on %s (devices: %s)", address, ", ".join(welcome.devices))
+                return
+        except BackendUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def start_backend(address: str, store: Path, preset: str, log_path: Path) -> subprocess.Popen:
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--bind", address, "--store", str(store),
@@ -96,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     preset, why = choose_preset(args.preset)
     log.info("preset %s: %s", preset, why)
+    prepare_models(preset)
     address = f"tcp://127.0.0.1:{free_port()}"
     backend = start_backend(address, store, preset, out / "backend.log")
     t0 = time.monotonic()
     try:
+        wait_for_backend(address, backend)
         blender = subprocess.run(
             [args.blender_python, str(REPO / "scripts" / "blender_demo.py"), "--zip", str(zips[-1]),
              "--backend", address, "--prompt", args.prompt, "--preset", preset, "--out", str(out),
