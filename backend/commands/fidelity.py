@@ -80,7 +80,7 @@ def tiny_preset() -> FidelityConfig:
         steps=60, batch_size=1, resolution=ResolutionSchedule(24), views=views, density=small_field,
         render=render, lr_encoding=3e-2, lr_network=3e-3, reference=reference,
         orientation_weight=Ramp(0.0), sparsity_weight=Ramp(0.0), opacity_weight=Ramp(0.001),
-        occupancy_every=8, occupancy_warmup=0, occupancy_density=0.5, iso_density=5.0, mesh_resolution=64,
+        occupancy_every=8, occupancy_warmup=0, occupancy_density=0.5, iso_density=1.0, mesh_resolution=64,
     )
     neus = NeusConfig(
         steps=30, batch_size=1, resolution=ResolutionSchedule(24), views=views,
@@ -92,12 +92,12 @@ def tiny_preset() -> FidelityConfig:
         occupancy_every=8, init_steps=60, init_batch=2048, init_resolution=64, mesh_resolution=64,
     )
     dmtet = DmtetConfig(
-        steps=60, batch_size=1, resolution=ResolutionSchedule(64), views=views, grid_resolution=32,
+        steps=40, batch_size=1, resolution=ResolutionSchedule(64), views=views, grid_resolution=32,
         color=FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=18, base_resolution=16,
                                               per_level_scale=1.5, start_levels=4), hidden_dim=32),
         lr_sdf=2e-3, lr_deform=1e-2, lr_color=1e-2,
         reference=ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.0), resolution=64),
-        normal_consistency_weight=Ramp(0.02, 0.002, 0, 60), color_init_steps=50, rasterizer="auto",
+        normal_consistency_weight=Ramp(0.02, 0.002, 0, 40), color_init_steps=50, rasterizer="auto",
     )
     return FidelityConfig(nerf=nerf, neus=neus, dmtet=dmtet, reference_resolution=64, held_out_resolution=96)
 

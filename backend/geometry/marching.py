@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 from skimage import measure
 from torch import Tensor
 
@@ -116,3 +117,30 @@ def marching_cubes(values: np.ndarray, bound: float, level: float = 0.0, inside:
                                                 gradient_direction=direction)
     verts = verts - bound
     return verts.astype(np.float32), faces.astype(np.int64)
+
+
+def keep_main_solid(values: np.ndarray, level: float = 0.0, inside: str = "below") -> np.ndarray:
+    """Lattice values [R,R,R] with everything but the main solid removed: inside regions other than the
+    largest connected one become outside (floaters), and outside regions not connected to the lattice
+    boundary become inside (bubbles, inner shells). Optimised fields hold both wherever training never
+    looked. Changed samples are moved just across `level`, so the kept surface is untouched."""
+    solid = values < level if inside == "below" else values > level
+    labels, n = ndimage.label(solid)
+    if n > 1:
+        sizes = ndimage.sum(solid, labels, index=np.arange(1, n + 1))
+        solid = labels == (1 + int(np.argmax(sizes)))
+    empty_labels, m = ndimage.label(~solid)
+    if m > 1:
+        border = np.unique(np.concatenate([
+            empty_labels[[0, -1]].ravel(), empty_labels[:, [0, -1]].ravel(), empty_labels[:, :, [0, -1]].ravel()]))
+        solid |= ~np.isin(empty_labels, border[border > 0]) & (empty_labels > 0)
+    out = values.copy()
+    spread = float(np.abs(values - level).max()) or 1.0
+    eps = 1e-3 * spread
+    was_solid = values < level if inside == "below" else values > level
+    sign = -1.0 if inside == "below" else 1.0  # direction of "inside" from the level
+    flip_in = solid & ~was_solid
+    flip_out = ~solid & was_solid
+    out[flip_in] = level + sign * np.maximum(np.abs(values[flip_in] - level), eps)
+    out[flip_out] = level - sign * np.maximum(np.abs(values[flip_out] - level), eps)
+    return out

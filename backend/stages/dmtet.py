@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
-from ..geometry.marching import marching_tetrahedra
+from ..geometry.marching import keep_main_solid, marching_tetrahedra
 from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
 from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
 from ..geometry.tets import TetGrid, make_tet_grid
@@ -186,9 +186,12 @@ class DmtetState:
 
 
 def dmtet_from_neus(cfg: DmtetConfig, init: NeusState, *, generator: torch.Generator, device) -> DmtetState:
-    """NeuS -> DMTet: vertex SDF from the SDF field, zero deformation, albedo distilled from the NeuS field."""
+    """NeuS -> DMTet: vertex SDF from the SDF field (floaters and inner bubbles removed), zero deformation,
+    albedo distilled from the NeuS field."""
     grid = make_tet_grid(cfg.grid_resolution, cfg.grid_bound, device)
-    sdf = grid_sdf_from_field(init.field.sdf, grid.vertices)
+    r = cfg.grid_resolution + 1
+    sdf = grid_sdf_from_field(init.field.sdf, grid.vertices).reshape(r, r, r).cpu().numpy()
+    sdf = torch.as_tensor(keep_main_solid(sdf, 0.0, inside="below"), device=device).reshape(-1)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     color = ColorField(cfg.color).to(device)
     state = DmtetState(cfg, grid, sdf, color)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..geometry.fields import DensityField, FieldConfig, evaluate_on_grid
 from ..geometry.hashgrid import HashGridConfig
-from ..geometry.marching import marching_cubes
+from ..geometry.marching import keep_main_solid, marching_cubes
 from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
 from ..geometry.regularisers import opacity_entropy_loss, orientation_loss, sparsity_loss
 from ..guidance.base import Guidance, GuidanceInput
@@ -112,7 +112,8 @@ class NerfState:
         in the object frame (bbox centre at the origin, bounding-sphere radius 0.5, Z up)."""
         dev = next(self.field.parameters()).device
         values = evaluate_on_grid(self.field.density, self.field.bound, self.cfg.mesh_resolution, dev)
-        verts, faces = marching_cubes(values.cpu().numpy(), self.field.bound, self.cfg.iso_density, inside="above")
+        lattice = keep_main_solid(values.cpu().numpy(), self.cfg.iso_density, inside="above")
+        verts, faces = marching_cubes(lattice, self.field.bound, self.cfg.iso_density, inside="above")
         return _finish_mesh(verts, faces, self.field.color, dev, normalize)
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..geometry.fields import FieldConfig, SdfField, evaluate_on_grid
 from ..geometry.hashgrid import HashGridConfig
-from ..geometry.marching import marching_cubes
+from ..geometry.marching import keep_main_solid, marching_cubes
 from ..geometry.mesh import TriMesh
 from ..geometry.regularisers import eikonal_loss
 from ..geometry.transitions import sdf_field_from_density
@@ -131,7 +131,8 @@ class NeusState:
         frame (bbox centre at the origin, bounding-sphere radius 0.5, Z up)."""
         dev = next(self.field.parameters()).device
         values = evaluate_on_grid(self.field.sdf, self.field.bound, self.cfg.mesh_resolution, dev)
-        verts, faces = marching_cubes(values.cpu().numpy(), self.field.bound, 0.0, inside="below")
+        lattice = keep_main_solid(values.cpu().numpy(), 0.0, inside="below")
+        verts, faces = marching_cubes(lattice, self.field.bound, 0.0, inside="below")
         return _finish_mesh(verts, faces, self.field.color, dev, normalize)
 
     def state_dict(self) -> dict[str, Any]:

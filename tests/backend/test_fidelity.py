@@ -18,7 +18,7 @@ def _reduced():
     cfg.nerf.steps = 40
     cfg.neus.steps = 10
     cfg.neus.init_steps = 40
-    cfg.dmtet.steps = 40
+    cfg.dmtet.steps = 30
     cfg.held_out_views = 4
     cfg.metric_samples = 8000
     return cfg
@@ -30,6 +30,7 @@ def test_reduced_fidelity_on_a_sphere_meets_the_thresholds_and_each_stage_keeps_
     target = TriMesh(torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces))
     report = run_fidelity(target, _reduced(), "cpu")
     stages = report["stages"]
+    print(json.dumps(stages))
     assert list(stages) == ["nerf", "neus", "dmtet"]
     final = stages["dmtet"]
     assert final["chamfer_fraction"] <= 0.02
