@@ -82,3 +82,18 @@ def test_marching_cubes_orients_outward_for_both_conventions():
     assert np.abs(np.linalg.norm(v, axis=1) - 0.45).max() < 0.01
     empty_v, empty_f = marching_cubes(values + 10, 0.6)
     assert empty_v.shape == (0, 3) and empty_f.shape == (0, 3)
+
+
+def test_keep_main_solid_drops_floaters_and_fills_bubbles():
+    from dreampolish.backend.geometry.marching import keep_main_solid
+
+    p = grid_points(0.7, 40)
+    ball = p.norm(dim=-1) - 0.5
+    bubble = -(p.norm(dim=-1) - 0.15)
+    floater = (p - torch.tensor([0.6, 0.6, 0.6])).norm(dim=-1) - 0.05
+    sdf = torch.minimum(torch.maximum(ball, bubble), floater).numpy()
+    cleaned = keep_main_solid(sdf, 0.0, inside="below")
+    np.testing.assert_array_equal(cleaned < 0, (ball < 0).numpy())
+    # density convention (inside above the level) behaves the same
+    cleaned_density = keep_main_solid(-sdf, 0.0, inside="above")
+    np.testing.assert_array_equal(cleaned_density > 0, (ball < 0).numpy())
