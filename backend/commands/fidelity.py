@@ -112,13 +112,13 @@ def standard_preset() -> FidelityConfig:
 PRESETS = {"tiny": tiny_preset, "standard": standard_preset}
 
 
-def held_out_cameras(cfg: FidelityConfig, device) -> ViewSampler:
-    return ViewSampler(elevation_range=(-45.0, 60.0), distance_range=(3.8, 3.8), fovy_range=(20.0, 20.0))
+HELD_OUT_VIEWS = ViewSampler(elevation_range=(-45.0, 60.0), distance_range=(3.8, 3.8), fovy_range=(20.0, 20.0))
+"""Where the held-out cameras come from; drawn with a seed the training views never use."""
 
 
 def stage_figures(mesh: TriMesh, target: TriMesh, cfg: FidelityConfig, rasterizer: MeshRasterizer,
                   device) -> dict[str, float]:
-    cams = held_out_cameras(cfg, device).sample(
+    cams = HELD_OUT_VIEWS.sample(
         cfg.held_out_views, cfg.held_out_resolution, cfg.held_out_resolution,
         torch.Generator().manual_seed(cfg.seed + 7919), device)
     return {
