@@ -197,12 +197,18 @@ class PriorSource(Protocol):
 
     def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView: ...
 
-    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset,
+    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance: ...
 
     def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets: ...
 
-    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, seed: int) -> CombinedGuidance: ...
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
+                         ) -> CombinedGuidance: ...
+
+
+def front_view_prompts(cfg: Any, frame: JobFrame) -> Any:
+    """View prompts whose "front" is the reference camera's side of the object."""
+    return dataclasses.replace(cfg, front_azimuth_deg=float(frame.reference_camera.azimuth_deg[0]))
 
 
 def _seeded(cfg: Any, seed: int) -> Any:
@@ -234,7 +240,7 @@ class DiffusionPriors:
                                        seed % (2**31), self.device, preset.reference.generation)
         return ReferenceView(rgb=rgb, mask=mask, camera=cam)
 
-    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset,
+    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance:
         from .guidance.score_distillation import ScoreDistillation
         from .guidance.text_prior import encode_prompts
@@ -244,10 +250,9 @@ class DiffusionPriors:
         g = preset.guidance
         models = self.models(preset)
         parts: list[tuple[str, float, Guidance]] = []
-        view_prompts = g.view_prompts
+        view_prompts = front_view_prompts(g.view_prompts, frame)
         if reference is not None:
             cam = reference.camera
-            view_prompts = dataclasses.replace(view_prompts, front_azimuth_deg=float(cam.azimuth_deg[0]))
             if g.zero123_weight:
                 orbit = OrbitView(float(cam.elevation_deg[0]), float(cam.azimuth_deg[0]), float(cam.distance[0]))
                 parts.append(("zero123", g.zero123_weight, Zero123Guidance(
@@ -263,12 +268,14 @@ class DiffusionPriors:
 
         return MarigoldNormalTargets(self.models(preset).normals, _seeded(preset.polish.estimator, seed))
 
-    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, seed: int) -> CombinedGuidance:
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
+                         ) -> CombinedGuidance:
         from .guidance.score_distillation import ScoreDistillation
         from .guidance.text_prior import encode_prompts
 
         models = self.models(preset)
-        prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt, preset.guidance.view_prompts)
+        prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt,
+                                 front_view_prompts(preset.guidance.view_prompts, frame))
         return CombinedGuidance([("texture", 1.0, ScoreDistillation(
             models.text_to_image, prompts, _seeded(preset.texture.guidance, seed)))])
 
@@ -289,7 +296,7 @@ class OraclePriors:
         return oracle_reference(self.target.to(frame.reference_camera.device), frame.reference_camera,
                                 self.rasterizer, self.texture)
 
-    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset,
+    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance:
         from .guidance.oracle import OracleGuidance
 
@@ -300,7 +307,8 @@ class OraclePriors:
 
         return OracleNormals(self.target, self.rasterizer)
 
-    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, seed: int) -> CombinedGuidance:
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
+                         ) -> CombinedGuidance:
         from .guidance.oracle import OracleGuidance
 
         return CombinedGuidance([("oracle", 1.0, OracleGuidance(self.target, self.rasterizer, texture=self.texture))])
@@ -622,7 +630,7 @@ class DreamPolishPipeline:
 
     def _run_nerf(self, *, spec, preset, frame, carry, priors, reporter, generator, seed, device, **_):
         reference = self._reference_view(carry, frame)
-        guidance = priors.geometry_guidance("nerf", spec, preset, reference, seed)
+        guidance = priors.geometry_guidance("nerf", spec, preset, frame, reference, seed)
         reporter.preview = _training_view_preview(guidance)
         try:
             state = run_nerf(preset.nerf, guidance, reference, reporter, generator=generator, device=device)
@@ -640,7 +648,7 @@ class DreamPolishPipeline:
             reporter.progress(1, 1, {"skipped": 1.0})
             return {"mesh": _mesh_to_ckpt(carry.mesh)}
         reference = self._reference_view(carry, frame)
-        guidance = priors.geometry_guidance("neus", spec, preset, reference, seed)
+        guidance = priors.geometry_guidance("neus", spec, preset, frame, reference, seed)
         reporter.preview = _training_view_preview(guidance)
         try:
             state = run_neus(preset.neus, carry.geometry, guidance, reference, reporter, generator=generator,
@@ -653,7 +661,7 @@ class DreamPolishPipeline:
 
     def _run_dmtet(self, *, spec, preset, frame, carry, priors, reporter, generator, seed, device, **_):
         reference = self._reference_view(carry, frame)
-        guidance = priors.geometry_guidance("dmtet", spec, preset, reference, seed)
+        guidance = priors.geometry_guidance("dmtet", spec, preset, frame, reference, seed)
         reporter.preview = _training_view_preview(guidance)
         if isinstance(carry.geometry, NeusState):
             init: Any = carry.geometry
@@ -688,7 +696,7 @@ class DreamPolishPipeline:
         mesh = frame.input_mesh if keep_topology else carry.mesh
         if mesh is None:
             raise JobFailed("no_geometry", "the texture stage has no mesh to texture")
-        guidance = priors.texture_guidance(spec, preset, seed)
+        guidance = priors.texture_guidance(spec, preset, frame, seed)
         reference = self._reference_view(carry, frame)
         latest: dict[str, TextureState] = {}
         reporter.preview = lambda step: None if "state" not in latest else render_preview(
