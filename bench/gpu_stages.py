@@ -1,0 +1,584 @@
+"""Speed and peak GPU memory of every stage at the `draft` and `standard` settings, and the projected time
+of a whole job, without downloading weights.
+
+On CUDA the priors of the default model set are built at full size from their published configs, with
+random weights (the same FLOPs and memory as the real checkpoints): Stable Diffusion 2.1-base (configs
+shared with bench/gpu_guidance.py), Zero123-XL (SD 1.x UNet with 8 input channels, CLIP ViT-L/14 image
+encoder, camera projection) and Marigold normals v1.1 (SD 2 UNet with 8 input channels). A job then runs
+through the real DreamPolishPipeline (reference -> nerf -> neus -> dmtet -> polish -> texture -> export)
+with the preset's real resolutions, batches, grids and guidance, but only a few steps per stage. From the
+time of each progress report it derives, per stage:
+
+    ms/step     mean over the steps after `--warmup` warm-up steps (per resolution phase when the
+                stage switches its render size, e.g. NeRF's 128 -> 384 px);
+    fixed_s     the stage's time outside its step loop (initialisation, NeuS/DMTet hand-over fits,
+                mesh extraction, UV bake), measured once;
+    projected_s fixed_s + Σ_phase preset_steps_phase · ms/step_phase, plus for polish the normal
+                estimator's cost per distinct view times the views the preset's pool will show it;
+    peak_gb     torch.cuda.max_memory_allocated during the stage (reset at each stage's start).
+
+The projected job time is the sum over the stages (reference and export at their measured time), shown
+next to the targets on one H100: standard <= 10 min, draft <= 3 min, peak memory <= 24 GB. The model
+build is reported apart (a backend keeps its priors loaded between jobs).
+
+Caveats of a short run: the steps measured are the stage's first ones, so NeRF's occupancy grid is not yet
+skipping empty space and the hash grids have only their start levels (both make later steps cheaper,
+so NeRF/NeuS tend to be over-estimated); the meshes polish and texture see come from a few steps of
+random guidance, so their sizes (and the bake's time) differ from a real job's.
+
+The run is bounded by --budget-s (default 150 s, model build included): the budget is checked at every
+step, and the stages and presets left when it runs out are listed as skipped with a note.
+
+Without CUDA (or with --smoke) it runs a smoke mode on the CPU that follows the same code path: the
+project's tiny models are built into a temporary folder and loaded through the real loader, the presets
+are shrunk with the `tiny` preset's overrides and each stage runs 2 steps, so that CI proves the script
+works. Every run ends with ONE JSON line holding every figure, the device name and "smoke".
+
+Run:  .venv/bin/python bench/gpu_stages.py [--presets draft,standard] [--warmup 2] [--measure 4]
+                                           [--budget-s 150] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from dreampolish.backend.guidance.base import NormalTargets
+from dreampolish.backend.models.loading import PriorModels
+from dreampolish.backend.pipeline import DiffusionPriors, DreamPolishPipeline
+from dreampolish.backend.pipeline_api import JobCancelled, JobFailed
+from dreampolish.backend.presets import TINY_OPTIONS, PipelinePreset, apply_options, get_preset
+from dreampolish.backend.render.cameras import CameraBatch
+from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.scene import MeshPayload
+from torch import Tensor
+
+logger = logging.getLogger("gpu_stages")
+
+MEASURED_STAGES = ("nerf", "neus", "dmtet", "polish", "texture")
+"""Stages with a step loop: measured per step and projected to the preset's step count."""
+
+FIXED_STAGES = ("reference", "export")
+"""Stages without a step loop: counted at their measured time."""
+
+JOB_TARGET_S = {"standard": 600.0, "draft": 180.0}
+"""Target time of a whole job on one H100 (issue 7)."""
+
+PEAK_TARGET_GB = 24.0
+"""Target peak GPU memory of a job, in GB (10^9 bytes)."""
+
+BUDGET_RESERVE_S = 15.0
+"""Seconds of the budget kept for what cannot be interrupted (a stage's mesh extraction or bake in
+flight when the budget runs out) and the summary."""
+
+# -- the published configs of the default model set's Zero123 and Marigold checkpoints -----------------
+
+ZERO123_XL_UNET = dict(
+    sample_size=32,
+    in_channels=8,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+"""ashawkey/zero123-xl-diffusers unet/config.json: the SD 1.x UNet at 256 px with 8 input channels."""
+
+ZERO123_IMAGE_ENCODER = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+"""The CLIP ViT-L/14 image encoder of Zero123 (image_encoder/config.json)."""
+
+ZERO123_CAMERA_PROJECTION = dict(embedding_dim=768, additional_embeddings=4)
+"""clip_camera_projection/config.json."""
+
+MARIGOLD_NORMALS_UNET = dict(
+    sample_size=96,
+    in_channels=8,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    norm_num_groups=32,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+"""prs-eth/marigold-normals-v1-1 unet/config.json: the SD 2 UNet with the image latent concatenated (8 channels)."""
+
+MARIGOLD_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="v_prediction",
+    timestep_spacing="trailing",
+    rescale_betas_zero_snr=True,
+)
+"""Marigold v1.1's DDIM scheduler (v-prediction, trailing timesteps, zero terminal SNR)."""
+
+MARIGOLD_PIPELINE = dict(prediction_type="normals", use_full_z_range=True, default_denoising_steps=4,
+                         default_processing_resolution=768)
+"""Marigold normals v1.1 model_index.json: 4 denoising steps at 768 px by default."""
+
+
+@dataclass
+class BenchSettings:
+    """What one benchmark run measures."""
+
+    presets: tuple[str, ...] = ("draft", "standard")
+    """Presets measured, in order."""
+    warmup_steps: int = 2
+    """Steps at the start of each phase that are run but not timed (allocator, kernel selection)."""
+    measured_steps: int = 4
+    """Timed steps per phase."""
+    budget_s: float = 150.0
+    """Wall-clock bound of the whole run, model build included."""
+    smoke: bool = False
+    """CPU smoke mode: tiny models, tiny sizes (module docstring)."""
+    prompt: str = "a ceramic teapot with a blue glaze"
+    """The job's prompt (the weights are random: it only sets the token count)."""
+
+
+# -- 1. the priors ----------------------------------------------------------------------------------------
+
+
+def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorModels:
+    """The default model set's three priors at full size with random weights, frozen, in the backend's dtype.
+
+    Modules are created directly on the device (fast random initialisation), then cast. The tokenizer is
+    the tiny builder's byte-level CLIP vocabulary: token ids differ from the real one, the 77-token
+    sequences (and so the cost) do not."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldNormalsPipeline, UNet2DConditionModel
+    from dreampolish.backend.models.camera_projection import CLIPCameraProjection
+    from dreampolish.backend.models.loading import TextToImageModels, Zero123Models, choose_dtype
+    from dreampolish.backend.models.specs import model_set
+    from dreampolish.backend.models.tiny import write_tiny_tokenizer_files
+    from gpu_guidance import SD21_BASE_UNET, SD21_SCHEDULER, SD21_TEXT_ENCODER, SD21_VAE
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    dtype = choose_dtype(device)
+    specs = model_set("default")
+    tokenizer = write_tiny_tokenizer_files(tokenizer_dir)
+    token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id)
+
+    def frozen(module: torch.nn.Module) -> Any:
+        return module.to(dtype=dtype).requires_grad_(False).eval()
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        text_to_image = TextToImageModels(
+            unet=frozen(UNet2DConditionModel(**SD21_BASE_UNET)),
+            vae=frozen(AutoencoderKL(**SD21_VAE)),
+            text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
+            tokenizer=tokenizer, scheduler=DDIMScheduler(**SD21_SCHEDULER), device=device, dtype=dtype,
+            spec=specs.text_to_image)
+        zero123 = Zero123Models(
+            unet=frozen(UNet2DConditionModel(**ZERO123_XL_UNET)),
+            vae=frozen(AutoencoderKL(**{**SD21_VAE, "sample_size": 256})),
+            image_encoder=frozen(CLIPVisionModelWithProjection(CLIPVisionConfig(**ZERO123_IMAGE_ENCODER))),
+            camera_projection=frozen(CLIPCameraProjection(**ZERO123_CAMERA_PROJECTION)),
+            scheduler=DDIMScheduler(**SD21_SCHEDULER), camera_encoding=specs.zero123.camera_encoding,
+            device=device, dtype=dtype, spec=specs.zero123)
+        normals = MarigoldNormalsPipeline(
+            unet=frozen(UNet2DConditionModel(**MARIGOLD_NORMALS_UNET)),
+            vae=frozen(AutoencoderKL(**{**SD21_VAE, "sample_size": 768})),
+            scheduler=DDIMScheduler(**MARIGOLD_SCHEDULER),
+            text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
+            tokenizer=tokenizer, **MARIGOLD_PIPELINE)
+    normals.set_progress_bar_config(disable=True)
+    return PriorModels(specs, device, dtype,
+                       _loaded={"text_to_image": text_to_image, "zero123": zero123, "normals": normals})
+
+
+def load_tiny_models(root: Path, device: torch.device) -> PriorModels:
+    """The tiny models, built by the project's builder under `root` and loaded by the real loader."""
+    from dreampolish.backend.models.specs import MODEL_DIR_ENV, model_set
+    from dreampolish.backend.models.tiny import build_tiny_models
+
+    os.environ[MODEL_DIR_ENV] = str(root)  # the tiny set's local paths resolve against the model cache
+    build_tiny_models(root / "tiny")
+    return PriorModels(model_set("tiny"), device)
+
+
+class TimedNormalTargets:
+    """The polish stage's normal targets, timed: seconds spent in the estimator and views it estimated,
+    so that the projection can count the estimator per distinct view instead of per step."""
+
+    def __init__(self, inner: Any, clock: StageClock):
+        self.inner = inner
+        self.clock = clock
+
+    def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> Tensor:
+        misses_before = self.inner.misses
+        self.clock.sync()
+        start = time.perf_counter()
+        normals = self.inner(rgb, opacity, cameras)
+        self.clock.sync()
+        self.clock.estimator_calls.append((time.perf_counter() - start, self.inner.misses - misses_before))
+        return normals
+
+
+class BenchPriors(DiffusionPriors):
+    """The pipeline's diffusion priors with the benchmark's models put in place of loading them."""
+
+    def __init__(self, models: PriorModels, clock: StageClock):
+        super().__init__(models.device)
+        self._bench_models = models
+        self.clock = clock
+
+    def models(self, preset: PipelinePreset) -> PriorModels:
+        return self._bench_models
+
+    def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets:
+        return TimedNormalTargets(super().normal_targets(preset, seed), self.clock)
+
+
+# -- 2. the job context that times every stage ------------------------------------------------------------
+
+
+@dataclass
+class StageRecord:
+    """What the context saw of one stage."""
+
+    start: float
+    """perf_counter when the stage began (the end of the one before)."""
+    steps: list[tuple[int, float, float]] = field(default_factory=list)
+    """(step, perf_counter, estimator seconds so far) at each progress report."""
+    end: float | None = None
+    peak_bytes: int | None = None
+    faces: int | None = None
+
+
+class StageClock:
+    """JobContext (pipeline_api) that timestamps every progress report, records each stage's peak GPU
+    memory, and cancels the job when the benchmark's deadline passes."""
+
+    def __init__(self, work_dir: Path, device: torch.device, deadline: float):
+        self.job_id = "bench"
+        self.work_dir = work_dir
+        self.device = str(device)
+        self.cuda = device.type == "cuda"
+        self.deadline = deadline
+        self.stages: dict[str, StageRecord] = {}
+        self.estimator_calls: list[tuple[float, int]] = []
+        """(seconds, views estimated) of each call of the polish stage's normal estimator."""
+        self._last_end = time.perf_counter()
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def begin(self) -> None:
+        """Start the clock of the job's first stage."""
+        self.sync()
+        self._last_end = time.perf_counter()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def _record(self, stage: str) -> StageRecord:
+        if stage not in self.stages:
+            self.stages[stage] = StageRecord(start=self._last_end)
+        return self.stages[stage]
+
+    def _finish(self, stage: str) -> None:
+        self.sync()
+        record = self._record(stage)
+        record.end = self._last_end = time.perf_counter()
+        if self.cuda:
+            record.peak_bytes = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def progress(self, stage: str, step: int, total: int, losses: dict[str, float] | None = None,
+                 preview_png: bytes | None = None) -> None:
+        self.sync()
+        estimator_s = sum(s for s, _ in self.estimator_calls)
+        self._record(stage).steps.append((int(step), time.perf_counter(), estimator_s))
+        if stage in FIXED_STAGES and step >= total:
+            self._finish(stage)  # stages without a mesh end with their last progress report
+
+    def stage_result(self, stage: str, index: int, mesh: MeshPayload) -> None:
+        self._finish(stage)
+        self.stages[stage].faces = mesh.num_faces
+
+    def check_cancel(self) -> None:
+        if time.perf_counter() > self.deadline:
+            raise JobCancelled("the benchmark's time budget ran out")
+
+
+# -- 3. what each stage runs: phases of equal step cost ---------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """A run of a stage's steps with the same cost per step (one render size)."""
+
+    name: str
+    preset_steps: int
+    """How many of the preset's steps fall in this phase."""
+    run_steps: int
+    """Steps the benchmark runs of it (warm-up + timed)."""
+    resolution: int | None = None
+    """Render side in pixels of the training views, where the stage has a schedule."""
+
+
+def stage_phases(preset: PipelinePreset, run: PipelinePreset, stage: str, settings: BenchSettings) -> list[Phase]:
+    """The stage's phases: step counts from `preset` (what users run), render sizes from `run` (what the
+    benchmark runs; smaller in smoke mode). NeRF renders at `low` px until switch_step and at `high`
+    after it; every other stage has one phase."""
+    cfg, run_cfg = getattr(preset, stage), getattr(run, stage)
+    steps = settings.warmup_steps + settings.measured_steps
+    schedule, run_schedule = getattr(cfg, "resolution", None), getattr(run_cfg, "resolution", None)
+    if schedule is not None and schedule.high is not None and 0 < schedule.switch_step < cfg.steps:
+        return [Phase("low", schedule.switch_step, steps, run_schedule.low),
+                Phase("high", cfg.steps - schedule.switch_step, steps, run_schedule.high)]
+    size = run_schedule.at(0) if run_schedule is not None else getattr(run_cfg, "render_size", None)
+    return [Phase("all", cfg.steps, steps, size)]
+
+
+def run_options(phases: dict[str, list[Phase]]) -> dict[str, Any]:
+    """Preset options that make each stage run its phases' steps (and no preview images, whose cost
+    would land on the few steps measured)."""
+    options: dict[str, Any] = {"preview_every": 0}
+    for stage, stage_phases_ in phases.items():
+        options[f"{stage}.steps"] = sum(p.run_steps for p in stage_phases_)
+        if len(stage_phases_) == 2:
+            options[f"{stage}.resolution.switch_step"] = stage_phases_[0].run_steps
+    return options
+
+
+def run_preset(name: str, settings: BenchSettings) -> tuple[PipelinePreset, PipelinePreset, dict[str, list[Phase]]]:
+    """(the preset as users get it, the preset the benchmark runs, the phases of each measured stage).
+    Smoke mode shrinks the preset with the tiny preset's overrides first (models, grids, sizes)."""
+    preset = get_preset(name)
+    shrunk = apply_options(preset, TINY_OPTIONS) if settings.smoke else preset
+    phases = {stage: stage_phases(preset, shrunk, stage, settings) for stage in MEASURED_STAGES}
+    # The run keeps the (possibly shrunk) preset's sizes; only its step counts and switch steps change.
+    run = apply_options(shrunk, run_options(phases))
+    return preset, run, phases
+
+
+# -- 4. turning timestamps into figures -------------------------------------------------------------------
+
+
+def polish_estimator_views(preset: PipelinePreset) -> float:
+    """Expected distinct views the polish stage shows the normal estimator: with a pool of P views drawn
+    N = steps · batch times with replacement, P · (1 − (1 − 1/P)^N); without a pool every view is new."""
+    cfg = preset.polish
+    draws = cfg.steps * cfg.batch_size
+    if cfg.loss != "normal_estimator":
+        return 0.0
+    if cfg.view_pool <= 0:
+        return float(draws)
+    return cfg.view_pool * (1.0 - (1.0 - 1.0 / cfg.view_pool) ** draws)
+
+
+def stage_figures(stage: str, record: StageRecord, phases: list[Phase], preset: PipelinePreset,
+                  clock: StageClock, settings: BenchSettings) -> dict[str, Any]:
+    """Per-step speed, fixed time, peak memory and projected time of one measured stage."""
+    times = {step: (t, est) for step, t, est in record.steps}
+    out: dict[str, Any] = {"status": "measured", "steps_run": len(record.steps), "faces": record.faces,
+                           "peak_gb": None if record.peak_bytes is None else round(record.peak_bytes / 1e9, 3)}
+    phase_rows = []
+    first = 0
+    loop_s = 0.0
+    for phase in phases:
+        # Step k (1-based) takes t_k − t_{k−1}, less the estimator's time in it (counted per view below).
+        timed = range(first + settings.warmup_steps + 1, first + phase.run_steps + 1)
+        intervals = [(times[k][0] - times[k - 1][0]) - (times[k][1] - times[k - 1][1])
+                     for k in timed if k in times and k - 1 in times]
+        ms = 1000 * sum(intervals) / len(intervals) if intervals else None
+        phase_rows.append({"phase": phase.name, "resolution": phase.resolution, "preset_steps": phase.preset_steps,
+                           "ms_per_step": None if ms is None else round(ms, 2)})
+        first += phase.run_steps
+    if record.steps:
+        loop_s = record.steps[-1][1] - record.steps[0][1]
+    known = [r["ms_per_step"] for r in phase_rows if r["ms_per_step"] is not None]
+    if len(known) < len(phase_rows) or record.end is None or not record.steps:
+        out.update(status="incomplete", phases=phase_rows)
+        return out
+    wall = record.end - record.start
+    estimator_s = record.steps[-1][2] if stage == "polish" else 0.0
+    # Outside the step loop: from the stage's start to its first report (less one steady step) and from
+    # its last report to its end (mesh extraction, bake). Estimator time is counted per view instead.
+    fixed_s = max(wall - loop_s - phase_rows[0]["ms_per_step"] / 1000 - estimator_s, 0.0)
+    loop_projected = sum(r["preset_steps"] * r["ms_per_step"] / 1000 for r in phase_rows)
+    total_steps = sum(r["preset_steps"] for r in phase_rows)
+    mean_ms = 1000 * loop_projected / max(total_steps, 1)
+    projected = fixed_s + loop_projected
+    if stage == "polish":
+        calls = [c for c in clock.estimator_calls if c[1] > 0]
+        timed_calls = calls[1:] if len(calls) > 1 else calls  # the first call warms the estimator up
+        views = sum(v for _, v in timed_calls)
+        per_view = sum(s for s, _ in timed_calls) / views if views else 0.0
+        expected_views = polish_estimator_views(preset)
+        projected += per_view * expected_views
+        out.update(estimator_s_per_view=round(per_view, 4), estimator_views=round(expected_views, 1))
+    out.update(wall_s=round(wall, 3), fixed_s=round(fixed_s, 3), preset_steps=total_steps,
+               ms_per_step=round(mean_ms, 2), steps_per_s=round(1000 / mean_ms, 3) if mean_ms > 0 else None,
+               projected_s=round(projected, 2), phases=phase_rows)
+    return out
+
+
+def preset_figures(name: str, preset: PipelinePreset, phases: dict[str, list[Phase]], clock: StageClock,
+                   settings: BenchSettings, note: str | None) -> dict[str, Any]:
+    """Every stage's figures, the projected job time and the comparison with the targets."""
+    stages: dict[str, Any] = {}
+    for stage in ("reference", *MEASURED_STAGES, "export"):
+        record = clock.stages.get(stage)
+        if record is None or record.end is None:
+            stages[stage] = {"status": "skipped", "note": note or "not reached"}
+        elif stage in FIXED_STAGES:
+            stages[stage] = {"status": "measured", "wall_s": round(record.end - record.start, 3),
+                             "projected_s": round(record.end - record.start, 2),
+                             "peak_gb": None if record.peak_bytes is None else round(record.peak_bytes / 1e9, 3)}
+        else:
+            stages[stage] = stage_figures(stage, record, phases[stage], preset, clock, settings)
+    complete = all(s["status"] == "measured" for s in stages.values())
+    projected = sum(s.get("projected_s") or 0.0 for s in stages.values())
+    peaks = [s["peak_gb"] for s in stages.values() if s.get("peak_gb") is not None]
+    target = JOB_TARGET_S.get(name)
+    peak = max(peaks) if peaks else None
+    return {
+        "stages": stages,
+        "complete": complete,
+        "projected_job_s": round(projected, 1) if stages else None,
+        "target_job_s": target,
+        "meets_time_target": (projected <= target) if complete and target is not None else None,
+        "peak_gb": peak,
+        "meets_memory_target": (peak <= PEAK_TARGET_GB) if complete and peak is not None else None,
+        "note": note,
+    }
+
+
+# -- 5. one preset, end to end ----------------------------------------------------------------------------
+
+
+def measure_preset(name: str, models: PriorModels, device: torch.device, deadline: float,
+                   settings: BenchSettings) -> dict[str, Any]:
+    """Run a generate job of the preset through the pipeline and return its figures."""
+    preset, run, phases = run_preset(name, settings)
+    spec = JobSpec(prompt=settings.prompt, preset=f"bench-{name}", seed=0)
+    note = None
+    with tempfile.TemporaryDirectory(prefix="dreampolish-gpu-stages-") as tmp:
+        clock = StageClock(Path(tmp), device, deadline)
+        pipeline = DreamPolishPipeline(presets={f"bench-{name}": lambda: run}, priors=BenchPriors(models, clock))
+        pipeline.check(spec)
+        clock.begin()
+        try:
+            pipeline.run(spec, clock)
+        except JobCancelled:
+            note = "the time budget ran out (--budget-s)"
+        except JobFailed as exc:
+            note = f"the job failed: {exc.code}: {exc.message}"
+    return preset_figures(name, preset, phases, clock, settings, note)
+
+
+# -- 6. the command -----------------------------------------------------------------------------------
+
+
+def print_table(name: str, figures: dict[str, Any]) -> None:
+    print(f"preset {name}:")
+    for stage, s in figures["stages"].items():
+        if s["status"] != "measured":
+            print(f"  {stage:10s} {s['status']}: {s.get('note') or ''}")
+            continue
+        peak = "" if s.get("peak_gb") is None else f"  peak {s['peak_gb']:.2f} GB"
+        if "ms_per_step" in s:
+            print(f"  {stage:10s} {s['ms_per_step']:9.1f} ms/step {s['steps_per_s'] or 0:8.2f} steps/s  "
+                  f"fixed {s['fixed_s']:6.1f} s  -> {s['preset_steps']:5d} steps: {s['projected_s']:7.1f} s{peak}")
+        else:
+            print(f"  {stage:10s} {s['wall_s']:7.1f} s{peak}")
+    target = figures["target_job_s"]
+    verdict = {True: "meets", False: "misses", None: "not comparable (incomplete)"}[figures["meets_time_target"]]
+    print(f"  projected job {figures['projected_job_s']} s, target {target} s: {verdict}; "
+          f"peak {figures['peak_gb']} GB (target {PEAK_TARGET_GB} GB)")
+
+
+def parse_args(argv: list[str] | None) -> BenchSettings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="draft,standard", help="comma-separated presets to measure")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per phase (default 2; smoke 1)")
+    parser.add_argument("--measure", type=int, default=None, help="timed steps per phase (default 4; smoke 1)")
+    parser.add_argument("--budget-s", type=float, default=150.0, help="bound of the whole run in seconds")
+    parser.add_argument("--smoke", action="store_true", help="CPU smoke mode even when CUDA is available")
+    args = parser.parse_args(argv)
+    smoke = args.smoke or not torch.cuda.is_available()
+    warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
+    measure = args.measure if args.measure is not None else (1 if smoke else 4)
+    if warmup < 1 or measure < 1:
+        parser.error("--warmup and --measure must be at least 1 (the first step carries the stage's setup)")
+    return BenchSettings(presets=tuple(p for p in args.presets.split(",") if p), warmup_steps=warmup,
+                         measured_steps=measure, budget_s=args.budget_s, smoke=smoke)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    deadline = start + settings.budget_s - BUDGET_RESERVE_S
+    device = torch.device("cpu" if settings.smoke else "cuda")
+    device_name = "cpu" if device.type == "cpu" else torch.cuda.get_device_name()
+    result: dict[str, Any] = {"bench": "gpu_stages", "device": device_name, "smoke": settings.smoke,
+                              "budget_s": settings.budget_s, "warmup_steps": settings.warmup_steps,
+                              "measured_steps": settings.measured_steps,
+                              "targets": {"standard_s": JOB_TARGET_S["standard"], "draft_s": JOB_TARGET_S["draft"],
+                                          "peak_gb": PEAK_TARGET_GB},
+                              "presets": {}}
+    with tempfile.TemporaryDirectory(prefix="dreampolish-bench-models-") as tmp:
+        # 1. The priors: full size with random weights on CUDA, the tiny models in smoke mode.
+        if settings.smoke:
+            print("gpu_stages: CPU smoke mode (tiny models and sizes; the figures say nothing about GPU speed)")
+            models = load_tiny_models(Path(tmp), device)
+        else:
+            models = build_full_size_models(device, Path(tmp) / "tokenizer")
+            torch.cuda.synchronize()
+        result["build_s"] = round(time.perf_counter() - start, 2)
+        result["dtype"] = str(models.dtype or torch.float32)
+        if device.type == "cuda":
+            result["weights_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3)
+        print(f"device {device_name}; priors ready in {result['build_s']} s")
+        # 2. Each preset through the pipeline, until the budget runs out.
+        for name in settings.presets:
+            if time.perf_counter() > deadline:
+                preset, _, _ = run_preset(name, settings)
+                result["presets"][name] = preset_figures(name, preset, {}, StageClock(Path(tmp), device, deadline),
+                                                         settings, "the time budget ran out before this preset")
+            else:
+                result["presets"][name] = measure_preset(name, models, device, deadline, settings)
+            print_table(name, result["presets"][name])
+    result["elapsed_s"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
