@@ -44,6 +44,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -177,6 +178,7 @@ def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorMo
     the tiny builder's byte-level CLIP vocabulary: token ids differ from the real one, the 77-token
     sequences (and so the cost) do not."""
     from diffusers import AutoencoderKL, DDIMScheduler, MarigoldNormalsPipeline, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
     from dreampolish.backend.models.camera_projection import CLIPCameraProjection
     from dreampolish.backend.models.loading import TextToImageModels, Zero123Models, choose_dtype
     from dreampolish.backend.models.specs import model_set
@@ -184,8 +186,11 @@ def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorMo
     from gpu_guidance import SD21_BASE_UNET, SD21_SCHEDULER, SD21_TEXT_ENCODER, SD21_VAE
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    diffusers_logging.set_verbosity_error()  # one "cast with .to()" warning per module says nothing here
     dtype = choose_dtype(device)
     specs = model_set("default")
+    # Schedulers stay on the CPU, as from_pretrained leaves them (outside the device context below).
+    sd_scheduler, marigold_scheduler = DDIMScheduler(**SD21_SCHEDULER), DDIMScheduler(**MARIGOLD_SCHEDULER)
     tokenizer = write_tiny_tokenizer_files(tokenizer_dir)
     token_ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id)
@@ -199,19 +204,19 @@ def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorMo
             unet=frozen(UNet2DConditionModel(**SD21_BASE_UNET)),
             vae=frozen(AutoencoderKL(**SD21_VAE)),
             text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
-            tokenizer=tokenizer, scheduler=DDIMScheduler(**SD21_SCHEDULER), device=device, dtype=dtype,
+            tokenizer=tokenizer, scheduler=sd_scheduler, device=device, dtype=dtype,
             spec=specs.text_to_image)
         zero123 = Zero123Models(
             unet=frozen(UNet2DConditionModel(**ZERO123_XL_UNET)),
             vae=frozen(AutoencoderKL(**{**SD21_VAE, "sample_size": 256})),
             image_encoder=frozen(CLIPVisionModelWithProjection(CLIPVisionConfig(**ZERO123_IMAGE_ENCODER))),
             camera_projection=frozen(CLIPCameraProjection(**ZERO123_CAMERA_PROJECTION)),
-            scheduler=DDIMScheduler(**SD21_SCHEDULER), camera_encoding=specs.zero123.camera_encoding,
+            scheduler=DDIMScheduler.from_config(sd_scheduler.config), camera_encoding=specs.zero123.camera_encoding,
             device=device, dtype=dtype, spec=specs.zero123)
         normals = MarigoldNormalsPipeline(
             unet=frozen(UNet2DConditionModel(**MARIGOLD_NORMALS_UNET)),
             vae=frozen(AutoencoderKL(**{**SD21_VAE, "sample_size": 768})),
-            scheduler=DDIMScheduler(**MARIGOLD_SCHEDULER),
+            scheduler=marigold_scheduler,
             text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
             tokenizer=tokenizer, **MARIGOLD_PIPELINE)
     normals.set_progress_bar_config(disable=True)
@@ -331,7 +336,7 @@ class StageClock:
 
     def check_cancel(self) -> None:
         if time.perf_counter() > self.deadline:
-            raise JobCancelled("the benchmark's time budget ran out")
+            raise JobCancelled("the time budget ran out (--budget-s)")
 
 
 # -- 3. what each stage runs: phases of equal step cost ---------------------------------------------------
@@ -495,11 +500,23 @@ def measure_preset(name: str, models: PriorModels, device: torch.device, deadlin
         clock.begin()
         try:
             pipeline.run(spec, clock)
-        except JobCancelled:
-            note = "the time budget ran out (--budget-s)"
+        except JobCancelled as exc:
+            note = str(exc)
         except JobFailed as exc:
             note = f"the job failed: {exc.code}: {exc.message}"
     return preset_figures(name, preset, phases, clock, settings, note)
+
+
+_STOP = {"requested": False}
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """An outer time limit (`timeout` in bench/gpu_run.sh) sends SIGTERM: stop the job in flight as a
+    cancel, so that the figures gathered so far still end in the JSON line. Raises once only, so that a
+    second signal cannot interrupt the summary."""
+    if not _STOP["requested"]:
+        _STOP["requested"] = True
+        raise JobCancelled("stopped by SIGTERM (an outer time limit)")
 
 
 # -- 6. the command -----------------------------------------------------------------------------------
@@ -566,12 +583,14 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             result["weights_gb"] = round(torch.cuda.memory_allocated() / 1e9, 3)
         print(f"device {device_name}; priors ready in {result['build_s']} s")
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
         # 2. Each preset through the pipeline, until the budget runs out.
         for name in settings.presets:
-            if time.perf_counter() > deadline:
+            if time.perf_counter() > deadline or _STOP["requested"]:
                 preset, _, _ = run_preset(name, settings)
+                why = "stopped by SIGTERM" if _STOP["requested"] else "the time budget ran out (--budget-s)"
                 result["presets"][name] = preset_figures(name, preset, {}, StageClock(Path(tmp), device, deadline),
-                                                         settings, "the time budget ran out before this preset")
+                                                         settings, f"{why} before this preset")
             else:
                 result["presets"][name] = measure_preset(name, models, device, deadline, settings)
             print_table(name, result["presets"][name])
