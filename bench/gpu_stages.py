@@ -296,6 +296,9 @@ class StageClock:
         self.stages: dict[str, StageRecord] = {}
         self.estimator_calls: list[tuple[float, int]] = []
         """(seconds, views estimated) of each call of the polish stage's normal estimator."""
+        self.estimator_s_before: dict[str, float] = {}
+        """Estimator seconds at each stage's start (the end of the one before)."""
+        self._estimator_at_last_end = 0.0
         self._last_end = time.perf_counter()
 
     def sync(self) -> None:
@@ -312,12 +315,18 @@ class StageClock:
     def _record(self, stage: str) -> StageRecord:
         if stage not in self.stages:
             self.stages[stage] = StageRecord(start=self._last_end)
+            self.estimator_s_before[stage] = self._estimator_at_last_end
         return self.stages[stage]
+
+    def estimator_s(self) -> float:
+        """Seconds spent in the normal estimator so far in this job."""
+        return sum(s for s, _ in self.estimator_calls)
 
     def _finish(self, stage: str) -> None:
         self.sync()
         record = self._record(stage)
         record.end = self._last_end = time.perf_counter()
+        self._estimator_at_last_end = self.estimator_s()
         if self.cuda:
             record.peak_bytes = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
@@ -325,8 +334,7 @@ class StageClock:
     def progress(self, stage: str, step: int, total: int, losses: dict[str, float] | None = None,
                  preview_png: bytes | None = None) -> None:
         self.sync()
-        estimator_s = sum(s for s, _ in self.estimator_calls)
-        self._record(stage).steps.append((int(step), time.perf_counter(), estimator_s))
+        self._record(stage).steps.append((int(step), time.perf_counter(), self.estimator_s()))
         if stage in FIXED_STAGES and step >= total:
             self._finish(stage)  # stages without a mesh end with their last progress report
 
@@ -431,10 +439,11 @@ def stage_figures(stage: str, record: StageRecord, phases: list[Phase], preset: 
         out.update(status="incomplete", phases=phase_rows)
         return out
     wall = record.end - record.start
-    estimator_s = record.steps[-1][2] if stage == "polish" else 0.0
-    # Outside the step loop: from the stage's start to its first report (less one steady step) and from
-    # its last report to its end (mesh extraction, bake). Estimator time is counted per view instead.
-    fixed_s = max(wall - loop_s - phase_rows[0]["ms_per_step"] / 1000 - estimator_s, 0.0)
+    # Outside the step loop: from the stage's start to its first report, less one steady step and the
+    # estimator's time in that step (estimates are counted per view below), and from its last report to
+    # its end (mesh extraction, bake). loop_s already holds the later steps with their estimates.
+    estimator_first_s = record.steps[0][2] - clock.estimator_s_before[stage]
+    fixed_s = max(wall - loop_s - phase_rows[0]["ms_per_step"] / 1000 - estimator_first_s, 0.0)
     loop_projected = sum(r["preset_steps"] * r["ms_per_step"] / 1000 for r in phase_rows)
     total_steps = sum(r["preset_steps"] for r in phase_rows)
     mean_ms = 1000 * loop_projected / max(total_steps, 1)
