@@ -42,6 +42,6 @@ run() {
 }
 run 150 bench/gpu_raster.py
 run 200 bench/gpu_guidance.py
-run 150 bench/gpu_stages.py
+run 200 bench/gpu_stages.py
 log ""
 log "report: $report"
