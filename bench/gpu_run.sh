@@ -40,8 +40,8 @@ run() {
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || log "(exit $rc)"
 }
-run 150 bench/gpu_raster.py
-run 200 bench/gpu_guidance.py
+run 90 bench/gpu_raster.py
+run 150 bench/gpu_guidance.py
 run 200 bench/gpu_stages.py
 log ""
 log "report: $report"
