@@ -16,8 +16,8 @@ from . import bridge, camera_rig, job_events, materials, mesh_io
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
 from .properties import USER_STAGES
-from .protocol.errors import ProtocolError, ValidationError
-from .protocol.job import JobSpec
+from .protocol.errors import ProtocolError
+from .protocol.job import JobSpec, parse_options
 from .protocol.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -69,25 +69,8 @@ def _backend_limits() -> Limits:
 
 
 def parse_overrides(text: str) -> dict[str, bool | int | float | str]:
-    """"nerf.steps=500, texture.guidance=dsd" -> {"nerf.steps": 500, "texture.guidance": "dsd"}."""
-    options: dict[str, bool | int | float | str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, raw = (x.strip() for x in item.partition("="))
-        if not sep or not key or not raw:
-            raise ValidationError(f"override {item!r} must read stage.field=value")
-        value: bool | int | float | str
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = raw
-        options[key] = value
-    return options
+    """The panel's "Overrides" field: "nerf.steps=500, texture.objective=dsd" -> options of the JobSpec."""
+    return parse_options(text)
 
 
 def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:

@@ -24,27 +24,16 @@ from . import messages as m
 from .client import BackendClient, ClientError, VersionMismatch
 from .errors import ProtocolError
 from .gltf import glb_to_mesh, mesh_to_glb
-from .job import JOB_MODES, STAGES, JobSpec
+from .job import JOB_MODES, STAGES, JobSpec, parse_option
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
 
 
 def _option(text: str) -> tuple[str, bool | int | float | str]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"options look like stage.field=value, got {text!r}")
-    value: bool | int | float | str
-    if raw.lower() in ("true", "false"):
-        value = raw.lower() == "true"
-    else:
-        try:
-            value = int(raw)
-        except ValueError:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = raw
-    return key, value
+    try:
+        return parse_option(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import ValidationError
 from .scene import CameraSpec, MeshPayload
 
 STAGES: tuple[str, ...] = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
@@ -43,3 +44,24 @@ class JobSpec:
     reference_camera: int = 0
     input_mesh: MeshPayload | None = None
     """The mesh to refine (geometry/texture modes)."""
+
+
+def parse_option(item: str) -> tuple[str, OptionValue]:
+    """"nerf.steps=500" -> ("nerf.steps", 500): the value becomes a bool, int or float where it reads as
+    one, else stays a string. Used by every front end that lets a person type overrides."""
+    key, sep, raw = (x.strip() for x in item.partition("="))
+    if not sep or not key or not raw:
+        raise ValidationError(f"override {item!r} must read stage.field=value")
+    if raw.lower() in ("true", "false"):
+        return key, raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+def parse_options(text: str) -> dict[str, OptionValue]:
+    """"nerf.steps=500, texture.objective=dsd" -> {"nerf.steps": 500, "texture.objective": "dsd"}."""
+    return dict(parse_option(part) for part in text.split(",") if part.strip())
