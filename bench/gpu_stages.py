@@ -61,6 +61,7 @@ from dreampolish.backend.presets import TINY_OPTIONS, PipelinePreset, apply_opti
 from dreampolish.backend.render.cameras import CameraBatch
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
+from gpu_guidance import SD21_BASE_UNET, SD21_SCHEDULER, SD21_TEXT_ENCODER, SD21_VAE
 from torch import Tensor
 
 logger = logging.getLogger("gpu_stages")
@@ -114,35 +115,11 @@ ZERO123_IMAGE_ENCODER = dict(
 ZERO123_CAMERA_PROJECTION = dict(embedding_dim=768, additional_embeddings=4)
 """clip_camera_projection/config.json."""
 
-MARIGOLD_NORMALS_UNET = dict(
-    sample_size=96,
-    in_channels=8,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-    norm_num_groups=32,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
+MARIGOLD_NORMALS_UNET = {**SD21_BASE_UNET, "sample_size": 96, "in_channels": 8}
 """prs-eth/marigold-normals-v1-1 unet/config.json: the SD 2 UNet with the image latent concatenated (8 channels)."""
 
-MARIGOLD_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="v_prediction",
-    timestep_spacing="trailing",
-    rescale_betas_zero_snr=True,
-)
+MARIGOLD_SCHEDULER = {**SD21_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+                      "rescale_betas_zero_snr": True}
 """Marigold v1.1's DDIM scheduler (v-prediction, trailing timesteps, zero terminal SNR)."""
 
 MARIGOLD_PIPELINE = dict(prediction_type="normals", use_full_z_range=True, default_denoising_steps=4,
@@ -183,7 +160,6 @@ def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorMo
     from dreampolish.backend.models.loading import TextToImageModels, Zero123Models, choose_dtype
     from dreampolish.backend.models.specs import model_set
     from dreampolish.backend.models.tiny import write_tiny_tokenizer_files
-    from gpu_guidance import SD21_BASE_UNET, SD21_SCHEDULER, SD21_TEXT_ENCODER, SD21_VAE
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     diffusers_logging.set_verbosity_error()  # one "cast with .to()" warning per module says nothing here
