@@ -142,6 +142,12 @@ def turntable(bpy, obj, out_dir: Path, frames: int, size: int, samples: int) -> 
     sun = bpy.data.objects.new("Key", sun_data)
     sun.rotation_euler = (math.radians(50), 0.0, math.radians(30))
     scene.collection.objects.link(sun)
+    # A weaker fill light from the other side, so the turntable's back views are not black.
+    fill_data = bpy.data.lights.new("Fill", type="SUN")
+    fill_data.energy = 1.2
+    fill = bpy.data.objects.new("Fill", fill_data)
+    fill.rotation_euler = (math.radians(50), 0.0, math.radians(210))
+    scene.collection.objects.link(fill)
 
     paths = []
     for i in range(frames):
@@ -155,6 +161,7 @@ def turntable(bpy, obj, out_dir: Path, frames: int, size: int, samples: int) -> 
         paths.append(path)
     bpy.data.objects.remove(cam)
     bpy.data.objects.remove(sun)
+    bpy.data.objects.remove(fill)
     return paths
 
 
