@@ -39,6 +39,7 @@ class TimingContext:
         s = self._stage(stage)
         s["steps"] = max(s["steps"], int(step))
         s["total"] = int(total)
+        s["last"] = time.perf_counter()
 
     def stage_result(self, stage: str, index: int, mesh: MeshPayload) -> None:
         s = self._stage(stage)
@@ -68,7 +69,8 @@ def main() -> int:
     rows = []
     prev_end = t0
     for name, s in ctx.stages.items():
-        end = s["end"] or time.perf_counter()
+        # A stage ends with its mesh; the reference stage sends none, its image comes with its last progress.
+        end = s["end"] or s.get("last") or s["start"]
         wall = end - prev_end
         prev_end = end
         rows.append({"stage": name, "wall_s": round(wall, 2), "steps": s["steps"],
