@@ -47,16 +47,19 @@ lint: venv
 test-backend: venv
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend -q
 
+# The add-on's tests, inside Blender 5.0 and, where its environment exists, Blender 5.3.
+define ADDON_TESTS
+scripts/test-addon.sh $(BVENV)
+@if [ -f $(BVENV313)/.stamp ]; then scripts/test-addon.sh $(BVENV313); \
+else echo "NOTE: Blender 5.3 add-on tests skipped: no Python 3.13 environment"; fi
+endef
+
 test-addon: venv venv-blender venv-blender313 addon
-	$(BVENV)/bin/python -m pytest tests/addon -q -p no:cacheprovider
-	@if [ -f $(BVENV313)/.stamp ]; then $(BVENV313)/bin/python -m pytest tests/addon -q -p no:cacheprovider; \
-	else echo "NOTE: Blender 5.3 add-on tests skipped: no Python 3.13 environment"; fi
+	$(ADDON_TESTS)
 
 test: venv venv-blender venv-blender313 addon lint
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e -q
-	$(BVENV)/bin/python -m pytest tests/addon -q -p no:cacheprovider
-	@if [ -f $(BVENV313)/.stamp ]; then $(BVENV313)/bin/python -m pytest tests/addon -q -p no:cacheprovider; \
-	else echo "NOTE: Blender 5.3 add-on tests skipped: no Python 3.13 environment"; fi
+	$(ADDON_TESTS)
 
 demo: venv venv-blender addon
 	$(VENV)/bin/python scripts/demo.py --prompt "$(PROMPT)" --preset "$(PRESET)" --blender-python $(BVENV)/bin/python
