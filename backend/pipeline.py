@@ -641,17 +641,13 @@ class DreamPolishPipeline:
         return {"state": state.state_dict(), "mesh": _mesh_to_ckpt(carry.mesh)}
 
     def _run_neus(self, *, spec, preset, frame, carry, priors, reporter, generator, seed, device, **_):
-        if not isinstance(carry.geometry, NerfState):
-            # Resumed with an edited mesh after NeRF: NeuS starts only from a density field, so the edited
-            # mesh passes through unchanged and DMTet starts from it (the mesh -> DMTet hand-over).
-            logger.info("neus: starting from an edited mesh; NeuS is skipped and DMTet takes the mesh")
-            reporter.progress(1, 1, {"skipped": 1.0})
-            return {"mesh": _mesh_to_ckpt(carry.mesh)}
+        # After a resume with an edited mesh (carry.geometry cleared), NeuS starts from that mesh.
+        init = carry.geometry if isinstance(carry.geometry, NerfState) else carry.mesh
         reference = self._reference_view(carry, frame)
         guidance = priors.geometry_guidance("neus", spec, preset, frame, reference, seed)
         reporter.preview = _training_view_preview(guidance)
         try:
-            state = run_neus(preset.neus, carry.geometry, guidance, reference, reporter, generator=generator,
+            state = run_neus(preset.neus, init, guidance, reference, reporter, generator=generator,
                              device=device)
         finally:
             guidance.release()

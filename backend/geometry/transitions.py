@@ -27,7 +27,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .fields import ColorField, DensityField, SdfField, evaluate_on_grid
+from .fields import ColorField, DensityField, SdfField, evaluate_on_grid, grid_points
 from .mesh import TriMesh
 from .metrics import sample_surface
 
@@ -240,6 +240,32 @@ def sdf_field_from_density(
         surface_band=3 * 2 * bound / resolution,
     )
     log.info("NeuS initialised from the density field: mean |sdf error| %.4f", err)
+    return err
+
+
+def sdf_field_from_mesh(
+    mesh: TriMesh,
+    sdf_field: SdfField,
+    *,
+    resolution: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    generator: torch.Generator,
+    device,
+) -> float:
+    """Mesh -> NeuS (an artist's edit arriving after the NeRF stage): fit `sdf_field` to the mesh's
+    signed distance, sampled once on a lattice, and its vertex colours."""
+    bound = sdf_field.bound
+    points = grid_points(bound, resolution, device).reshape(-1, 3)
+    spacing = 2 * bound / (resolution - 1)
+    volume = mesh_signed_distance(mesh.to(device), points, lattice_resolution=resolution, spacing=spacing)
+    vol = volume.reshape(resolution, resolution, resolution)
+    err = fit_sdf_field(
+        sdf_field, lambda x: sample_volume(vol, bound, x), vertex_color_function(mesh),
+        steps=steps, batch=batch, lr=lr, generator=generator, device=device, surface_band=3 * spacing,
+    )
+    log.info("NeuS initialised from a mesh (%d faces): mean |sdf error| %.4f", mesh.num_faces, err)
     return err
 
 

@@ -27,7 +27,7 @@ from ..geometry.hashgrid import HashGridConfig
 from ..geometry.marching import keep_main_solid, marching_cubes
 from ..geometry.mesh import TriMesh
 from ..geometry.regularisers import eikonal_loss
-from ..geometry.transitions import sdf_field_from_density
+from ..geometry.transitions import sdf_field_from_density, sdf_field_from_mesh
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.volume import NeusVolume, OccupancyGrid, VolumeRenderConfig, render_volume
@@ -151,21 +151,25 @@ class NeusState:
         return cls(f, cfg, occ, float(state["sharpness"]), float(state["cos_anneal"]), int(state["steps_done"]))
 
 
-def neus_from_nerf(cfg: NeusConfig, init: NerfState, *, generator: torch.Generator, device) -> NeusState:
-    """NeRF -> NeuS hand-over (geometry/transitions.py): fit the SDF field to the density's surface."""
+def neus_from_nerf(cfg: NeusConfig, init: NerfState | TriMesh, *, generator: torch.Generator, device) -> NeusState:
+    """NeRF -> NeuS hand-over (geometry/transitions.py): fit the SDF field to the density's surface, or to
+    a mesh's signed distance when the artist edited the NeRF stage's mesh (in the object frame)."""
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     sdf = SdfField(cfg.sdf).to(device)
     sdf.update_step(0)
-    sdf_field_from_density(init.field, sdf, threshold=init.cfg.iso_density, resolution=cfg.init_resolution,
-                           steps=cfg.init_steps, batch=cfg.init_batch, lr=cfg.lr_encoding, generator=generator,
-                           device=device)
+    fit = dict(resolution=cfg.init_resolution, steps=cfg.init_steps, batch=cfg.init_batch, lr=cfg.lr_encoding,
+               generator=generator, device=device)
+    if isinstance(init, TriMesh):
+        sdf_field_from_mesh(init, sdf, **fit)
+    else:
+        sdf_field_from_density(init.field, sdf, threshold=init.cfg.iso_density, **fit)
     state = NeusState(sdf, cfg, OccupancyGrid(cfg.sdf.bound, cfg.render.occupancy_resolution, device),
                       sharpness=cfg.sharpness.at(0), cos_anneal=cfg.cos_anneal.at(0))
     state.update_occupancy(generator)
     return state
 
 
-def run_neus(cfg: NeusConfig, init: NerfState, guidance: Guidance, reference: ReferenceView | None,
+def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, reference: ReferenceView | None,
              reporter: StageReporter, *, generator: torch.Generator, device: torch.device | str) -> NeusState:
     start = time.perf_counter()
     state = neus_from_nerf(cfg, init, generator=generator, device=device)

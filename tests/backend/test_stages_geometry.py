@@ -119,3 +119,18 @@ def test_dmtet_refines_a_users_mesh_towards_the_target(oracle_setup):
     assert surface.vertices.requires_grad  # polish can fine-tune sdf/deform through it
     restored = DmtetState.from_state_dict(cfg, state.state_dict())
     torch.testing.assert_close(restored.surface().vertices, surface.vertices.detach())
+
+
+def test_neus_starts_from_an_edited_mesh_and_keeps_its_shape(oracle_setup):
+    """An artist's edit of the NeRF stage's mesh: NeuS is initialised from the mesh's signed distance."""
+    target, _, guidance, ref = oracle_setup
+    cfg = NeusConfig(steps=1, resolution=ResolutionSchedule(12), views=VIEWS,
+                     sdf=FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=15, base_resolution=8,
+                                                         per_level_scale=1.6, start_levels=4),
+                                     hidden_dim=32, n_feature_dims=3, normal_eps=0.02),
+                     render=RENDER, reference=REF, occupancy_every=1, init_steps=300, init_batch=1024,
+                     init_resolution=32, mesh_resolution=40, eikonal_points=256)
+    neus = run_neus(cfg, target, guidance, ref, Recorder(), generator=torch.Generator().manual_seed(0),
+                    device="cpu")
+    mesh = neus.extract_mesh(normalize=False)
+    assert chamfer_fraction(mesh, target) < 0.03
