@@ -165,21 +165,17 @@ class CombinedGuidance:
 
     def __init__(self, parts: list[tuple[str, float, Guidance]]):
         self.parts = [(name, w, g) for name, w, g in parts if w != 0]
-        self.last_input: GuidanceInput | None = None
-        """The most recent input, kept for preview images of stages that render inside themselves."""
 
     def release(self) -> None:
         """Drop the LoRA adapters that variational objectives (VSD/BSD/DSD) added to the shared UNet, so
         that a long-lived backend does not collect one per job."""
+        from .guidance.score_distillation import ScoreDistillation  # imported where the priors are built
+
         for _, _, guidance in self.parts:
-            for attr in ("variational", "teacher"):
-                copy = getattr(guidance, attr, None)
-                if copy is not None and hasattr(copy.unet, "delete_adapters"):
-                    copy.unet.delete_adapters([copy.name])
-                    setattr(guidance, attr, None)
+            if isinstance(guidance, ScoreDistillation):
+                guidance.release()
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
-        self.last_input = inp
         total: Tensor | None = None
         diagnostics: dict[str, float] = {}
         for name, weight, guidance in self.parts:
@@ -349,6 +345,8 @@ class StageProgress:
         self.stage = stage
         self.every = every
         self.preview: Callable[[int], bytes | None] | None = None
+        self.state: Any = None
+        """The running geometry stage's state (see watch), for previews from the request's cameras."""
 
     def progress(self, step: int, total: int, losses: dict[str, float] | None = None) -> None:
         png = None
@@ -360,15 +358,24 @@ class StageProgress:
     def check_cancel(self) -> None:
         self.ctx.check_cancel()
 
+    def watch(self, state: Any) -> None:
+        self.state = state
 
-def _training_view_preview(guidance: CombinedGuidance) -> Callable[[int], bytes | None]:
-    """Preview of a stage that renders inside itself: its latest training render."""
 
+def _state_preview(reporter: StageProgress, cameras: list[CameraBatch], every: int,
+                   device: torch.device | str) -> Callable[[int], bytes | None]:
+    """Preview of a geometry stage: its current state rendered from the request's camera rig, one camera
+    after another, albedo over a neutral grey background."""
+
+    @torch.no_grad()
     def preview(step: int) -> bytes | None:
-        inp = guidance.last_input
-        if inp is None:
+        if reporter.state is None:
             return None
-        return bake.encode_png(inp.rgb[0].detach().float().clamp(0, 1).cpu().numpy())
+        camera = cameras[step // max(every, 1) % len(cameras)]
+        out = reporter.state.render(camera.to(device))
+        alpha = out["opacity"][0].clamp(0, 1)
+        image = out["rgb"][0].clamp(0, 1) * alpha + 0.25 * (1 - alpha)
+        return bake.encode_png(image.float().cpu().numpy())
 
     return preview
 
@@ -631,7 +638,7 @@ class DreamPolishPipeline:
     def _run_nerf(self, *, spec, preset, frame, carry, priors, reporter, generator, seed, device, **_):
         reference = self._reference_view(carry, frame)
         guidance = priors.geometry_guidance("nerf", spec, preset, frame, reference, seed)
-        reporter.preview = _training_view_preview(guidance)
+        reporter.preview = _state_preview(reporter, frame.preview_cameras, preset.preview_every, device)
         try:
             state = run_nerf(preset.nerf, guidance, reference, reporter, generator=generator, device=device)
         finally:
@@ -645,7 +652,7 @@ class DreamPolishPipeline:
         init = carry.geometry if isinstance(carry.geometry, NerfState) else carry.mesh
         reference = self._reference_view(carry, frame)
         guidance = priors.geometry_guidance("neus", spec, preset, frame, reference, seed)
-        reporter.preview = _training_view_preview(guidance)
+        reporter.preview = _state_preview(reporter, frame.preview_cameras, preset.preview_every, device)
         try:
             state = run_neus(preset.neus, init, guidance, reference, reporter, generator=generator,
                              device=device)
@@ -658,7 +665,7 @@ class DreamPolishPipeline:
     def _run_dmtet(self, *, spec, preset, frame, carry, priors, reporter, generator, seed, device, **_):
         reference = self._reference_view(carry, frame)
         guidance = priors.geometry_guidance("dmtet", spec, preset, frame, reference, seed)
-        reporter.preview = _training_view_preview(guidance)
+        reporter.preview = _state_preview(reporter, frame.preview_cameras, preset.preview_every, device)
         if isinstance(carry.geometry, NeusState):
             init: Any = carry.geometry
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,11 @@ class StageReporter(Protocol):
 
     def check_cancel(self) -> None: ...
 
+    def watch(self, state: Any) -> None:
+        """Called once, when the stage's state (NerfState, NeusState, DmtetState) exists, so that the caller
+        can render previews of it from its own cameras while the stage runs."""
+        ...
+
 
 class LoggingReporter:
     """Reports to the log every `every` steps; never cancels (command line, tests)."""
@@ -97,6 +102,9 @@ class LoggingReporter:
             log.info("%s %d/%d %s", self.stage, step, total, terms)
 
     def check_cancel(self) -> None:
+        return None
+
+    def watch(self, state: Any) -> None:
         return None
 
 

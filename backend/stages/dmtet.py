@@ -224,6 +224,7 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
         state = dmtet_from_mesh(cfg, init, generator=generator, device=device)
     else:
         state = dmtet_from_neus(cfg, init, generator=generator, device=device)
+    reporter.watch(state)
     opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
                        (list(state.color_field.parameters()), cfg.lr_color)])
     ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None

@@ -150,6 +150,7 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # MLP initialisation
     density = DensityField(cfg.density).to(device)
     state = NerfState(density, cfg, OccupancyGrid(cfg.density.bound, cfg.render.occupancy_resolution, device))
+    reporter.watch(state)
     opt = adam_groups([(list(density.encoding.parameters()), cfg.lr_encoding),
                        (list(density.geometry_net.parameters()) + list(density.color_net.parameters()),
                         cfg.lr_network)])

@@ -173,6 +173,7 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
              reporter: StageReporter, *, generator: torch.Generator, device: torch.device | str) -> NeusState:
     start = time.perf_counter()
     state = neus_from_nerf(cfg, init, generator=generator, device=device)
+    reporter.watch(state)
     sdf = state.field
     opt = adam_groups([(list(sdf.encoding.parameters()), cfg.lr_encoding),
                        (list(sdf.geometry_net.parameters()) + list(sdf.color_net.parameters()), cfg.lr_network)])

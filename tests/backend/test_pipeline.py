@@ -58,6 +58,9 @@ def test_progress_reports_losses_gradient_norms_and_previews(prompt_job):
         assert any(k.endswith("grad_norm") for e in events for k in e[3]), stage
         previews = [e[4] for e in events if e[4] is not None]
         assert previews and all(p.startswith(b"\x89PNG") for p in previews), stage
+        # Every stage previews the object from the request's rig at the preset's preview size (tiny: 48²),
+        # not its own training renders.
+        assert all(decode_png(p).shape[:2] == (48, 48) for p in previews), stage
     reference = [e for e in ctx.progress_events if e[0] == "reference"]
     assert reference[-1][4].startswith(b"\x89PNG")
 

@@ -35,6 +35,9 @@ class Recorder:
     def progress(self, step, total, losses):
         self.calls.append((step, total, losses))
 
+    def watch(self, state):
+        self.watched = state
+
     def check_cancel(self):
         self.cancel_checks += 1
         if self.cancel_at is not None and self.cancel_checks > self.cancel_at:
