@@ -43,7 +43,7 @@ from torch import Tensor
 
 from . import bake
 from .checkpoints import CheckpointStore
-from .geometry.mesh import TriMesh, normalize_to_unit
+from .geometry.mesh import TriMesh, normalize_to_unit, simplify_mesh
 from .guidance.base import Guidance, GuidanceInput, GuidanceOutput, NormalTargets
 from .pipeline_api import JobContext, JobFailed, ResumePoint, RunOutcome
 from .presets import PipelinePreset, apply_options, get_preset, preset_names
@@ -699,6 +699,10 @@ class DreamPolishPipeline:
         mesh = frame.input_mesh if keep_topology else carry.mesh
         if mesh is None:
             raise JobFailed("no_geometry", "the texture stage has no mesh to texture")
+        if cfg.simplify_to_faces and not keep_topology and mesh.num_faces > cfg.simplify_to_faces:
+            detail_faces = mesh.num_faces
+            mesh = simplify_mesh(mesh, cfg.simplify_to_faces)
+            logger.info("texture: mesh simplified from %d to %d faces", detail_faces, mesh.num_faces)
         guidance = priors.texture_guidance(spec, preset, frame, seed)
         reference = self._reference_view(carry, frame)
         latest: dict[str, TextureState] = {}

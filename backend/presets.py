@@ -276,7 +276,7 @@ def high_preset() -> PipelinePreset:
     preset = apply_options(standard_preset(), {
         "nerf.steps": 8000, "neus.steps": 8000, "dmtet.steps": 8000, "polish.steps": 600,
         "polish.render_size": 768, "texture.steps": 8000, "texture.atlas_size": 2048,
-        "texture.normal_map": True,
+        "texture.normal_map": True, "texture.simplify_to_faces": 60000,
     })
     preset.description = "longer runs, finer detail, 2K texture (GPU)"
     return preset

@@ -321,3 +321,22 @@ def clean_mesh(mesh: TriMesh, min_component_fraction: float = 0.05, weld_toleran
     mesh = merge_close_vertices(mesh, weld_tolerance)
     mesh = remove_degenerate_faces(mesh)
     return keep_largest_components(mesh, min_component_fraction)
+
+
+def simplify_mesh(mesh: TriMesh, target_faces: int) -> TriMesh:
+    """Quadric-error decimation to about `target_faces` triangles (fast-simplification); vertex colours
+    follow from the nearest original vertex, UVs are dropped (the caller unwraps the result anew)."""
+    if mesh.num_faces <= target_faces:
+        return mesh
+    import fast_simplification  # a backend dependency; imported here because only texturing needs it
+
+    verts = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+    faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+    new_v, new_f = fast_simplification.simplify(verts, faces, target_count=int(target_faces))
+    colors = None
+    if mesh.vertex_colors is not None:
+        nearest = cKDTree(verts).query(new_v)[1]
+        colors = mesh.vertex_colors.detach().cpu()[torch.as_tensor(nearest)].to(mesh.vertices.device)
+    out = TriMesh(torch.as_tensor(new_v, dtype=torch.float32, device=mesh.vertices.device),
+                  torch.as_tensor(new_f, dtype=torch.int64, device=mesh.vertices.device), vertex_colors=colors)
+    return remove_degenerate_faces(out)

@@ -87,6 +87,9 @@ class TextureConfig:
     """How far, in texels, the colours are dilated beyond the charts; 0 fills the whole atlas."""
     normal_map: bool = False
     """Also bake a tangent-space normal map from the detailed geometry (the DMTet/polish mesh)."""
+    simplify_to_faces: int = 0
+    """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
+    detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
 
 
 @dataclass

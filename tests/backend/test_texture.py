@@ -84,3 +84,27 @@ def test_texture_only_bakes_onto_the_given_uvs(coloured_sphere):
                         OracleGuidance(coloured_sphere, raster), LoggingReporter("texture"), rasterizer=raster)
     baked = bake_texture(cfg, state, uvs=uvs)
     np.testing.assert_array_equal(baked.uvs, uvs)
+
+
+def test_a_simplified_mesh_gets_its_lost_detail_back_in_the_normal_map():
+    """texture.simplify_to_faces + normal_map: the decimated mesh's normal map carries the bumps that the
+    decimation removed; baked from the same mesh it would be flat."""
+    from dreampolish.backend.geometry.fields import ColorField
+    from dreampolish.backend.geometry.mesh import simplify_mesh
+    from dreampolish.backend.stages.texture import TextureState
+
+    sphere = trimesh.creation.icosphere(4, radius=0.4)
+    v = sphere.vertices * (1 + 0.06 * np.sin(9 * sphere.vertices[:, [0]]) * np.sin(9 * sphere.vertices[:, [1]]))
+    detail = TriMesh(torch.tensor(v, dtype=torch.float32), torch.tensor(sphere.faces))
+    coarse = simplify_mesh(detail, 300)
+    assert 250 <= coarse.num_faces <= 320
+    cfg = TextureConfig(field=SMALL_FIELD, atlas_size=96, normal_map=True)
+    field = ColorField(SMALL_FIELD)
+
+    def tilt(nm: np.ndarray) -> float:
+        covered = np.abs(nm - np.array([0.0, 0.0, 1.0])).sum(-1) > 1e-6
+        return float(np.degrees(np.arccos(np.clip(nm[covered][:, 2], -1, 1))).mean()) if covered.any() else 0.0
+
+    from_coarse = bake_texture(cfg, TextureState(field, coarse), detail=detail).normal_map
+    from_itself = bake_texture(cfg, TextureState(field, detail), detail=detail).normal_map
+    assert tilt(from_coarse) > 4.0 * tilt(from_itself) and tilt(from_coarse) > 1.5
