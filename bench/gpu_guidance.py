@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+from dreampolish.backend.models.tiny import SD21_SCHEDULER  # the same noise schedule the tiny models use
 
 SD21_BASE_UNET = dict(
     sample_size=64,
@@ -62,16 +63,6 @@ SD21_TEXT_ENCODER = dict(
     projection_dim=512,
 )
 
-SD21_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
 
 
 def main() -> int:

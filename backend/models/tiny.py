@@ -67,7 +67,7 @@ class TinyModelConfig:
 
 
 # SD 2.1-base's training noise schedule, shared by every tiny model.
-_SCHEDULER_CONFIG = dict(
+SD21_SCHEDULER = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
     beta_end=0.012,
@@ -165,7 +165,7 @@ def build_text_to_image(folder: Path, cfg: TinyModelConfig) -> None:
         text_encoder=_text_encoder(cfg, tokenizer),
         tokenizer=tokenizer,
         unet=_unet(cfg, in_channels=4, seed_offset=3),
-        scheduler=DDIMScheduler(**_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**SD21_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -197,7 +197,7 @@ def build_zero123(folder: Path, cfg: TinyModelConfig) -> None:
         folder / "feature_extractor"
     )
     projection.save_pretrained(folder / "clip_camera_projection")
-    DDIMScheduler(**_SCHEDULER_CONFIG).save_pretrained(folder / "scheduler")
+    DDIMScheduler(**SD21_SCHEDULER).save_pretrained(folder / "scheduler")
 
 
 def build_normals(folder: Path, cfg: TinyModelConfig) -> None:
@@ -205,7 +205,7 @@ def build_normals(folder: Path, cfg: TinyModelConfig) -> None:
     pipe = MarigoldNormalsPipeline(
         unet=_unet(cfg, in_channels=8, seed_offset=8),
         vae=_vae(cfg, 9),
-        scheduler=DDIMScheduler(**_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**SD21_SCHEDULER),
         text_encoder=_text_encoder(cfg, tokenizer),
         tokenizer=tokenizer,
         prediction_type="normals",
