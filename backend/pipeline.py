@@ -362,6 +362,11 @@ class StageProgress:
         self.state = state
 
 
+def rig_camera(cameras: list[CameraBatch], step: int, every: int) -> CameraBatch:
+    """The rig's camera for the preview at `step`: previews go round the rig, one camera each."""
+    return cameras[step // max(every, 1) % len(cameras)]
+
+
 def _state_preview(reporter: StageProgress, cameras: list[CameraBatch], every: int,
                    device: torch.device | str) -> Callable[[int], bytes | None]:
     """Preview of a geometry stage: its current state rendered from the request's camera rig, one camera
@@ -371,7 +376,7 @@ def _state_preview(reporter: StageProgress, cameras: list[CameraBatch], every: i
     def preview(step: int) -> bytes | None:
         if reporter.state is None:
             return None
-        camera = cameras[step // max(every, 1) % len(cameras)]
+        camera = rig_camera(cameras, step, every)
         out = reporter.state.render(camera.to(device))
         alpha = out["opacity"][0].clamp(0, 1)
         image = out["rgb"][0].clamp(0, 1) * alpha + 0.25 * (1 - alpha)
@@ -683,7 +688,7 @@ class DreamPolishPipeline:
         targets = priors.normal_targets(preset, seed) if preset.polish.loss == "normal_estimator" else None
         latest = {"mesh": mesh}
         reporter.preview = lambda step: render_preview(
-            latest["mesh"], frame.preview_cameras[step // max(preset.preview_every, 1) % len(frame.preview_cameras)],
+            latest["mesh"], rig_camera(frame.preview_cameras, step, preset.preview_every),
             rasterizer)
         polished = run_polish(preset.polish, mesh, targets, reporter, rasterizer=rasterizer, generator=generator,
                               device=device, on_step=lambda step, m: latest.__setitem__("mesh", m))
@@ -707,7 +712,7 @@ class DreamPolishPipeline:
         reference = self._reference_view(carry, frame)
         latest: dict[str, TextureState] = {}
         reporter.preview = lambda step: None if "state" not in latest else render_preview(
-            mesh, frame.preview_cameras[step // max(preset.preview_every, 1) % len(frame.preview_cameras)],
+            mesh, rig_camera(frame.preview_cameras, step, preset.preview_every),
             rasterizer, latest["state"].color_field.color)
         try:
             state = run_texture(
