@@ -20,10 +20,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dreampolish-bench-blender-"))
 
 import bpy  # noqa: E402
 import zmq  # noqa: E402
+from blender_demo import install_extension  # noqa: E402  (the demo installs the extension the same way)
 from payloads import grid_mesh, png_bytes, texture_image  # noqa: E402
 
 
@@ -31,12 +33,7 @@ def install_addon():
     zips = sorted((REPO / "build").glob("dreampolish-*-linux_x64.zip"))
     if not zips:
         sys.exit("no built extension in build/: run `make addon`")
-    repo_dir = tempfile.mkdtemp(prefix="dreampolish-bench-ext-")
-    bpy.context.preferences.extensions.repos.new(
-        name="dreampolish_bench", module="dreampolish_bench", custom_directory=repo_dir, source="USER")
-    bpy.ops.extensions.package_install_files(filepath=str(zips[-1]), repo="dreampolish_bench",
-                                             enable_on_install=True)
-    return sys.modules["bl_ext.dreampolish_bench.dreampolish"]
+    return install_extension(bpy, zips[-1], Path(tempfile.mkdtemp(prefix="dreampolish-bench-ext-")))
 
 
 def main() -> int:
