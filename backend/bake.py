@@ -1,12 +1,14 @@
-"""UV unwrap, texture baking into a UV atlas, and glTF binary export.
+"""UV unwrap and texture baking into a UV atlas.
 
 UV convention: Blender's (and the protocol's) — per-corner UVs, (0, 0) at the
 BOTTOM-left of the image. Image row 0 is the TOP row of the PNG, so texel
 (row r, col c) has its centre at u = (c + 0.5) / W, v = 1 - (r + 0.5) / H.
-trimesh stores UVs the same way and flips v itself when it writes glTF.
+protocol/gltf.py's .glb writer takes UVs in this convention and flips v itself.
 
-Axes: meshes here are in Blender's world (Z up); glTF is Y up. The one
-conversion lives in `blender_to_gltf_axes`, applied when the file is written.
+Baked colour maps hold display (sRGB) values, as PNG base-colour textures do
+(glTF 2.0: baseColorTexture is sRGB-encoded). Meshes here are in Blender's
+world (Z up); .glb files are written by protocol/gltf.py, the one place that
+converts to glTF's Y up.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -269,59 +270,3 @@ def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes -> [H,W,3] float32 in [0,1]."""
     with Image.open(io.BytesIO(bytes(data))) as im:
         return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-
-
-def blender_to_gltf_axes(points: np.ndarray) -> np.ndarray:
-    """Blender world (Z up, -Y forward) -> glTF (Y up, +Z forward): (x, y, z) -> (x, z, -y)."""
-    p = np.asarray(points)
-    return np.stack([p[..., 0], p[..., 2], -p[..., 1]], -1).astype(np.float32)
-
-
-def write_glb(
-    path: Path,
-    vertices: np.ndarray,
-    faces: np.ndarray,
-    uvs: np.ndarray | None = None,
-    base_color: np.ndarray | None = None,
-    normal_map: np.ndarray | None = None,
-    transform: np.ndarray | None = None,
-) -> Path:
-    """Write a glTF binary of a mesh in Blender's world.
-
-    vertices [V,3] and faces [F,3] in the object frame, `transform` the object-to-world matrix (applied
-    here, so the file holds world positions), per-corner uvs [F,3,2], base_color [H,W,3] in [0,1] (sRGB),
-    normal_map [H,W,3] tangent-space unit vectors in [-1,1]."""
-    import trimesh
-    from trimesh.visual.material import PBRMaterial
-
-    v = np.asarray(vertices, np.float64)
-    if transform is not None:
-        m = np.asarray(transform, np.float64)
-        v = v @ m[:3, :3].T + m[:3, 3]
-    f = np.asarray(faces, np.int64)
-    if uvs is not None:
-        # glTF has per-vertex UVs: split vertices wherever corners of one vertex carry different UVs.
-        corner_uv = np.asarray(uvs, np.float32).reshape(-1, 2)
-        key = np.concatenate([f.reshape(-1, 1).astype(np.float64), corner_uv.astype(np.float64)], 1)
-        uniq, inverse = np.unique(key, axis=0, return_inverse=True)
-        v = v[uniq[:, 0].astype(np.int64)]
-        vert_uv = uniq[:, 1:3]
-        f = inverse.reshape(-1, 3)
-    mesh = trimesh.Trimesh(vertices=blender_to_gltf_axes(v), faces=f, process=False)
-    if uvs is not None:
-        material = PBRMaterial(
-            baseColorTexture=Image.fromarray(np.clip(np.round(base_color * 255), 0, 255).astype(np.uint8))
-            if base_color is not None
-            else None,
-            normalTexture=Image.fromarray(np.clip(np.round((normal_map * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8))
-            if normal_map is not None
-            else None,
-            metallicFactor=0.0,
-            roughnessFactor=0.8,
-        )
-        mesh.visual = trimesh.visual.TextureVisuals(uv=vert_uv, material=material)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(mesh.export(file_type="glb"))
-    logger.info("wrote %s (%d vertices, %d faces)", path, len(mesh.vertices), len(mesh.faces))
-    return path

@@ -1,9 +1,15 @@
 """MeshPayload <-> glTF 2.0 binary (.glb), with numpy, json and struct only.
 
-The one place where Blender's Z-up world meets glTF's Y-up: positions and
-normals go through BLENDER_TO_GLTF = (x, y, z) -> (x, z, -y) on write and its
-inverse on read, and the object transform T becomes C T C^-1. UV V is flipped
-(glTF's image origin is the top-left corner, Blender's the bottom-left).
+The one place where Blender's Z-up world meets glTF's Y-up, for the add-on and
+the backend alike (the backend's mesh files import `blender_to_gltf` and
+`gltf_to_blender` from here): positions and normals go through BLENDER_TO_GLTF
+= (x, y, z) -> (x, z, -y) on write and its inverse on read, and the object
+transform T becomes C T C^-1. UV V is flipped (glTF's image origin is the
+top-left corner, Blender's the bottom-left). This is also the one .glb writer.
+
+Vertex colours (COLOR_0) are linear RGB, as the glTF 2.0 specification
+(section 3.7.2.1) and the protocol's MeshPayload both define them: they are
+written and read as they are.
 
 Per-corner UVs (MeshPayload.uvs, (M,3,2)) are written by giving every face
 corner its own vertex, as glTF has no per-corner attributes. Textures: PNG
@@ -46,12 +52,14 @@ BLENDER_TO_GLTF = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0,
 GLTF_TO_BLENDER = BLENDER_TO_GLTF.T.copy()
 
 
-def _to_gltf(p: np.ndarray) -> np.ndarray:
-    return (p @ BLENDER_TO_GLTF[:3, :3].T).astype(np.float32)
+def blender_to_gltf(points: np.ndarray) -> np.ndarray:
+    """Points or directions [..., 3] from Blender's Z-up world to glTF's Y-up: (x, y, z) -> (x, z, -y)."""
+    return (np.asarray(points) @ BLENDER_TO_GLTF[:3, :3].T).astype(np.float32)
 
 
-def _to_blender(p: np.ndarray) -> np.ndarray:
-    return (p @ GLTF_TO_BLENDER[:3, :3].T).astype(np.float32)
+def gltf_to_blender(points: np.ndarray) -> np.ndarray:
+    """Points or directions [..., 3] from glTF's Y-up to Blender's Z-up: (x, y, z) -> (x, -z, y)."""
+    return (np.asarray(points) @ GLTF_TO_BLENDER[:3, :3].T).astype(np.float32)
 
 
 class _GlbWriter:
@@ -124,9 +132,9 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
     else:
         positions, normals, colors, uvs, indices = v, mesh.normals, mesh.colors, None, f.reshape(-1)
     w = _GlbWriter()
-    attributes = {"POSITION": w.accessor(_to_gltf(positions), "VEC3", FLOAT, ARRAY_BUFFER, bounds=True)}
+    attributes = {"POSITION": w.accessor(blender_to_gltf(positions), "VEC3", FLOAT, ARRAY_BUFFER, bounds=True)}
     if normals is not None:
-        attributes["NORMAL"] = w.accessor(_to_gltf(normals), "VEC3", FLOAT, ARRAY_BUFFER)
+        attributes["NORMAL"] = w.accessor(blender_to_gltf(normals), "VEC3", FLOAT, ARRAY_BUFFER)
     if uvs is not None:
         uvs[:, 1] = 1.0 - uvs[:, 1]
         attributes["TEXCOORD_0"] = w.accessor(uvs, "VEC2", FLOAT, ARRAY_BUFFER)
@@ -256,14 +264,14 @@ def _glb_to_mesh(data: bytes) -> MeshPayload:
         if idx.size % 3:
             raise ValidationError("triangle indices are not a multiple of 3")
         tri = idx.reshape(-1, 3)
-        vertices.append(_to_blender(pos))
+        vertices.append(gltf_to_blender(pos))
         faces.append(tri + base)
         if has_uv:
             uv = _accessor(gltf, binary, attrs["TEXCOORD_0"]).astype(np.float32)
             uv[:, 1] = 1.0 - uv[:, 1]
             uvs.append(uv[tri])
         if has_normals:
-            normals.append(_to_blender(_accessor(gltf, binary, attrs["NORMAL"]).astype(np.float32)))
+            normals.append(gltf_to_blender(_accessor(gltf, binary, attrs["NORMAL"]).astype(np.float32)))
         if has_colors:
             colors.append(_accessor(gltf, binary, attrs["COLOR_0"]).astype(np.float32))
         base += len(pos)

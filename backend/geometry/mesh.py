@@ -1,12 +1,17 @@
 """The backend's triangle mesh: a small tensor container, file IO and clean-up.
 
 Frame: Blender's world (right-handed, Z up, metres). Files in Y-up formats (glTF/GLB)
-are converted at the file boundary, here and nowhere else. The documented object frame
-of every generated mesh is `normalize_to_unit`'s: centred on the origin (bounding-box
-centre) with a bounding sphere of radius 0.5.
+are converted at the file boundary with protocol/gltf.py's `blender_to_gltf` /
+`gltf_to_blender` (the one axis conversion); .glb files are written by its `mesh_to_glb`
+(the one .glb writer). The documented object frame of every generated mesh is
+`normalize_to_unit`'s: centred on the origin (bounding-box centre) with a bounding sphere
+of radius 0.5.
 
-Vertex colours are linear RGB in [0, 1]; files store them as 8-bit values that are read
-and written as value / 255 with no transfer curve (glTF COLOR_0 is linear by definition).
+Vertex colours inside the backend are display (sRGB) values in [0, 1], what the colour
+fields output and the image priors see. They are converted (render/colour.py) where a mesh
+leaves or enters the backend: the wire (MeshPayload.colors) and glTF files (COLOR_0) hold
+linear values, as both define them; .ply/.obj keep 8-bit sRGB values, the convention of
+byte colours (Blender's PLY importer reads them as sRGB by default).
 """
 
 from __future__ import annotations
@@ -18,19 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import trimesh
+from dreampolish.protocol.gltf import blender_to_gltf, gltf_to_blender, mesh_to_glb
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from ..render.colour import linear_to_srgb, srgb_to_linear
+
 log = logging.getLogger(__name__)
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl")
 Y_UP_SUFFIXES = (".glb", ".gltf")
-
-# glTF (x, y, z) Y-up -> Blender (x, -z, y) Z-up, the mapping Blender's glTF importer uses.
-_Y_UP_TO_Z_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)
 
 
 @dataclass
@@ -44,7 +49,7 @@ class TriMesh:
     uvs: Tensor | None = None
     """[F,3,2] float32 per-corner texture coordinates (OpenGL convention: v up), or None."""
     vertex_colors: Tensor | None = None
-    """[V,3] float32 linear RGB in [0, 1], or None."""
+    """[V,3] float32 display (sRGB) RGB in [0, 1], or None (linear only on the wire and in glTF)."""
 
     @property
     def num_vertices(self) -> int:
@@ -114,7 +119,8 @@ class TriMesh:
                 faces, uvs = payload.faces, payload.uvs
         else:
             faces, uvs = payload.faces, payload.uvs
-        colors = None if payload.colors is None else payload.colors[:, :3]
+        # The wire's colours are linear; the backend works in display values.
+        colors = None if payload.colors is None else linear_to_srgb(payload.colors[:, :3].astype(np.float32))
         return cls(
             torch.as_tensor(vertices, dtype=torch.float32, device=device),
             torch.as_tensor(np.ascontiguousarray(faces).astype(np.int64), device=device),
@@ -124,7 +130,8 @@ class TriMesh:
 
     def to_payload(self, textures: list[TexturePayload] | None = None,
                    transform: np.ndarray | None = None, *, with_normals: bool = True) -> MeshPayload:
-        """The mesh for the wire (vertices in the frame `transform` maps to world; identity by default)."""
+        """The mesh for the wire (vertices in the frame `transform` maps to world; identity by default),
+        with its vertex colours as the linear values the wire carries."""
         mesh = self.detach().to("cpu")
         payload = MeshPayload(
             vertices=np.ascontiguousarray(mesh.vertices.numpy(), dtype=np.float32),
@@ -132,7 +139,7 @@ class TriMesh:
             uvs=None if mesh.uvs is None else np.ascontiguousarray(mesh.uvs.numpy(), dtype=np.float32),
             normals=np.ascontiguousarray(mesh.vertex_normals().numpy(), dtype=np.float32) if with_normals else None,
             colors=None if mesh.vertex_colors is None else np.ascontiguousarray(
-                mesh.vertex_colors.numpy(), dtype=np.float32),
+                srgb_to_linear(mesh.vertex_colors.numpy()), dtype=np.float32),
             transform=np.eye(4, dtype=np.float32) if transform is None else np.asarray(transform, np.float32),
             textures=list(textures or []),
         )
@@ -171,7 +178,7 @@ def load_mesh(path: str | Path, device: torch.device | str = "cpu") -> TriMesh:
     vertices = np.asarray(tm.vertices, dtype=np.float64)
     faces = np.asarray(tm.faces, dtype=np.int64)
     if suffix in Y_UP_SUFFIXES:
-        vertices = vertices @ _Y_UP_TO_Z_UP.T
+        vertices = gltf_to_blender(vertices).astype(np.float64)
     uvs = None
     uv = getattr(tm.visual, "uv", None)
     if uv is not None and len(uv) == len(vertices):
@@ -179,6 +186,8 @@ def load_mesh(path: str | Path, device: torch.device | str = "cpu") -> TriMesh:
     colors = None
     if getattr(tm.visual, "kind", None) == "vertex":
         colors = np.asarray(tm.visual.vertex_colors, dtype=np.float32)[:, :3] / 255.0
+        if suffix in Y_UP_SUFFIXES:
+            colors = linear_to_srgb(colors)  # glTF COLOR_0 is linear
     mesh = TriMesh(
         torch.as_tensor(vertices, dtype=torch.float32, device=device),
         torch.as_tensor(faces, device=device),
@@ -195,14 +204,21 @@ def save_mesh(mesh: TriMesh, path: str | Path) -> Path:
     """Write .obj/.ply/.stl in our Z-up frame, or .glb/.gltf converted to glTF's Y-up.
 
     Per-corner UVs are stored by splitting vertices where corners disagree (files keep
-    UVs per vertex); vertex colours are written as 8-bit RGBA.
+    UVs per vertex); vertex colours are written as 8-bit sRGB RGBA, linear in .gltf, and as
+    linear floats in .glb (protocol/gltf.py's writer).
     """
     path = Path(path)
     suffix = _suffix(path)
     mesh = mesh.detach().to("cpu")
+    if suffix == ".glb":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(mesh_to_glb(mesh.to_payload(), name=path.stem))
+        return path
     vertices = mesh.vertices.numpy().astype(np.float64)
     faces = mesh.faces.numpy()
     colors = None if mesh.vertex_colors is None else mesh.vertex_colors.numpy()
+    if colors is not None and suffix in Y_UP_SUFFIXES:
+        colors = srgb_to_linear(colors)  # glTF COLOR_0 is linear
     if mesh.uvs is not None and suffix != ".stl":
         # One file vertex per distinct (vertex, uv) corner.
         corner_uv = mesh.uvs.numpy().reshape(-1, 2)
@@ -218,7 +234,7 @@ def save_mesh(mesh: TriMesh, path: str | Path) -> Path:
     else:
         visual = None
     if suffix in Y_UP_SUFFIXES:
-        vertices = vertices @ _Y_UP_TO_Z_UP  # the inverse of a rotation is its transpose
+        vertices = blender_to_gltf(vertices).astype(np.float64)
     tm = trimesh.Trimesh(vertices=vertices, faces=faces, visual=visual, process=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tm.export(str(path))

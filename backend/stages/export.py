@@ -3,7 +3,11 @@ and as a glTF binary in the job's folder.
 
 Frames: the mesh's vertices are in its object frame and `transform` maps them to Blender's world;
 the payload carries both unchanged, the .glb holds world positions converted to glTF's Y up (by
-`bake.write_glb`, the one place that converts).
+protocol/gltf.py's `mesh_to_glb`, the one .glb writer and the one place that converts).
+
+Colours: the payload's vertex colours are linear (TriMesh.to_payload converts the backend's display
+values), and the .glb stores those same values as COLOR_0; the base-colour PNG stays sRGB-encoded,
+as glTF defines baseColorTexture.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from dreampolish.protocol.gltf import mesh_to_glb
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
 from .. import bake
@@ -45,7 +50,7 @@ def texture_payloads(base_color: np.ndarray | None, normal_map: np.ndarray | Non
 
 
 def mesh_payload(mesh: TriMesh, transform: np.ndarray, textures: list[TexturePayload] | None = None) -> MeshPayload:
-    """The mesh (object frame) with its object-to-world transform, for the wire."""
+    """The mesh (object frame) with its object-to-world transform, for the wire (linear vertex colours)."""
     return mesh.to_payload(textures=textures, transform=np.asarray(transform, np.float32))
 
 
@@ -57,20 +62,53 @@ class ExportResult:
     """Artefacts in the job folder, e.g. {"glb": path}."""
 
 
+def world_payload(payload: MeshPayload) -> MeshPayload:
+    """The payload with its transform applied to the vertices (and normals) and an identity transform:
+    what a file that holds world positions stores. A mirroring transform flips the winding, so that
+    faces keep pointing outward."""
+    m = np.asarray(payload.transform, np.float64)
+    linear = m[:3, :3]
+    vertices = payload.vertices.astype(np.float64) @ linear.T + m[:3, 3]
+    normals = None
+    if payload.normals is not None:
+        # Normals transform by the inverse transpose of the linear part.
+        n = payload.normals.astype(np.float64) @ np.linalg.inv(linear)
+        normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    faces, uvs = payload.faces, payload.uvs
+    if np.linalg.det(linear) < 0:
+        faces = np.ascontiguousarray(faces[:, ::-1])
+        uvs = None if uvs is None else np.ascontiguousarray(uvs[:, ::-1])
+    return MeshPayload(vertices=vertices.astype(np.float32), faces=faces, uvs=uvs, normals=normals,
+                       colors=payload.colors, transform=np.eye(4, dtype=np.float32),
+                       textures=list(payload.textures))
+
+
+def _glb_textures(payload: MeshPayload) -> list[TexturePayload]:
+    """The payload's textures as a .glb holds them: images only, so the raw normal map (unit vectors
+    in [-1, 1]) is encoded as the usual 8-bit normal texture, n * 0.5 + 0.5."""
+    out = []
+    for tex in payload.textures:
+        if tex.role == "normal" and tex.png is None and tex.array is not None:
+            if payload.uvs is None:
+                continue  # a normal map without UVs has no tangent frame to live in
+            n = np.asarray(tex.array, np.float32)[..., :3]
+            out.append(TexturePayload(role="normal", png=bake.encode_png(n * 0.5 + 0.5)))
+        else:
+            out.append(tex)
+    return out
+
+
 def run_export(cfg: ExportConfig, payload: MeshPayload, work_dir: Path) -> ExportResult:
     """Write the final artefacts for a finished mesh payload (vertices, faces, per-corner UVs,
     textures and transform as they go to Blender)."""
     payload.validate()
     files: dict[str, Path] = {}
     if cfg.write_glb:
-        base = payload.texture("base_color")
-        normal = payload.texture("normal")
-        base_img = bake.decode_png(base.png) if base is not None and base.png is not None else None
-        normal_img = None
-        if normal is not None and normal.array is not None:
-            normal_img = np.asarray(normal.array, np.float32)[..., :3]
-        files["glb"] = bake.write_glb(
-            Path(work_dir) / cfg.glb_name, payload.vertices, payload.faces.astype(np.int64),
-            payload.uvs, base_img, normal_img if payload.uvs is not None else None, payload.transform,
-        )
+        world = world_payload(payload)
+        world.textures = _glb_textures(payload)
+        path = Path(work_dir) / cfg.glb_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(mesh_to_glb(world, name=Path(cfg.glb_name).stem))
+        logger.info("wrote %s (%d vertices, %d faces)", path, world.num_vertices, world.num_faces)
+        files["glb"] = path
     return ExportResult(payload, files)

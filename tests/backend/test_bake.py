@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import trimesh
 from dreampolish.backend import bake
+from dreampolish.protocol.gltf import mesh_to_glb
+from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
 
 def _sphere(subdivisions: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +127,10 @@ def test_glb_is_y_up_with_the_texture_and_uvs(tmp_path):
     v[:, 2] *= 2.0  # tall along Blender's Z
     uvs = bake.unwrap_uv(v, f, bake.UnwrapConfig(resolution=64))
     image = bake.bake_color(v, f, uvs, _color, 64)
-    path = bake.write_glb(tmp_path / "out.glb", v, f, uvs, image, transform=np.diag([1, 1, 1, 1]).astype(np.float32))
+    payload = MeshPayload(vertices=v.astype(np.float32), faces=f.astype(np.uint32), uvs=uvs,
+                          textures=[TexturePayload(role="base_color", png=bake.encode_png(image))])
+    path = tmp_path / "out.glb"
+    path.write_bytes(mesh_to_glb(payload))
     scene = trimesh.load(str(path))
     (mesh,) = scene.geometry.values()
     extent = mesh.vertices.max(0) - mesh.vertices.min(0)
