@@ -84,12 +84,6 @@ def save_camera_json(spec: CameraSpec, path: Path) -> Path:
     return Path(path)
 
 
-def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 transfer curve."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-
-
 def _to_u8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -100,6 +94,7 @@ def render_to_folder(mesh_path: Path, camera_path: Path, out_dir: Path, backend:
     import torch
     from dreampolish.backend.geometry.mesh import load_mesh
     from dreampolish.backend.render.cameras import camera_from_blender
+    from dreampolish.backend.render.colour import linear_to_srgb, srgb_to_linear
     from dreampolish.backend.render.rasterize import MeshRasterizer
     from PIL import Image
 
@@ -112,7 +107,8 @@ def render_to_folder(mesh_path: Path, camera_path: Path, out_dir: Path, backend:
     with torch.no_grad():
         out = rasterizer.rasterize(mesh, cameras, smooth_normals=smooth_normals)
         if mesh.vertex_colors is not None:
-            albedo = rasterizer.interpolate(mesh.vertex_colors, out, mesh.faces)
+            # The mesh's colours are display values (load_mesh decodes the file's); light adds in linear.
+            albedo = rasterizer.interpolate(srgb_to_linear(mesh.vertex_colors), out, mesh.faces)
         else:
             albedo = torch.full_like(out.normal, GREY_ALBEDO)
         # Head light: Lambert term with the light at the camera, two-sided.
@@ -134,7 +130,7 @@ def render_to_folder(mesh_path: Path, camera_path: Path, out_dir: Path, backend:
         "depth_png": out_dir / "depth.png", "depth_preview": out_dir / "depth_preview.png",
         "normals": out_dir / "normals.png",
     }
-    Image.fromarray(np.dstack([_to_u8(_linear_to_srgb(rgb)), _to_u8(mask)]), "RGBA").save(files["rgba"])
+    Image.fromarray(np.dstack([_to_u8(linear_to_srgb(rgb)), _to_u8(mask)]), "RGBA").save(files["rgba"])
     Image.fromarray(_to_u8(mask), "L").save(files["mask"])
     np.save(files["depth_npy"], depth)
     depth_mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)

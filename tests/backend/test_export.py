@@ -9,6 +9,7 @@ import trimesh
 from dreampolish.backend import bake
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.stages.export import ExportConfig, mesh_payload, run_export, texture_payloads
+from dreampolish.protocol.gltf import glb_to_mesh
 
 
 @pytest.fixture
@@ -57,3 +58,18 @@ def test_export_without_glb_writes_nothing(textured_box, tmp_path):
     payload = mesh_payload(mesh, np.eye(4, dtype=np.float32), texture_payloads(image, None))
     result = run_export(ExportConfig(write_glb=False), payload, tmp_path)
     assert result.files == {} and not any(tmp_path.iterdir())
+
+
+def test_a_field_colour_leaves_as_its_linear_value_on_the_wire_and_in_the_glb(textured_box, tmp_path):
+    # The colour fields output display (sRGB) values; the wire and glTF's COLOR_0 are linear.
+    mesh, image, _ = textured_box
+    srgb = torch.tensor([0.5, 0.2, 0.8])
+    expected = [0.2140411, 0.0331048, 0.6038273]  # ((s + 0.055) / 1.055) ** 2.4, IEC 61966-2-1
+    mesh.vertex_colors = srgb.expand(mesh.num_vertices, 3).clone()
+    payload = mesh_payload(mesh, np.eye(4, dtype=np.float32), texture_payloads(image, None))
+    np.testing.assert_allclose(payload.colors, np.broadcast_to(expected, payload.colors.shape), atol=1e-6)
+    result = run_export(ExportConfig(), payload, tmp_path)
+    stored = glb_to_mesh(result.files["glb"].read_bytes())
+    np.testing.assert_allclose(stored.colors, np.broadcast_to(expected, stored.colors.shape), atol=1e-6)
+    # And back into the backend as the display value the field gave.
+    torch.testing.assert_close(TriMesh.from_payload(payload).vertex_colors, mesh.vertex_colors, atol=1e-5, rtol=0)

@@ -110,3 +110,17 @@ def test_render_of_a_sphere_is_round_and_centred(tmp_path):
     col, row = coverage_centroid(mask)
     assert col == pytest.approx(32, abs=0.1)
     assert row == pytest.approx(32 - f * 0.3 / 4.0, abs=0.3)
+
+
+def test_vertex_colours_are_display_values_lit_in_linear_light(tmp_path):
+    # A .ply's byte colours are sRGB: 128 lit head-on (Lambert 1) by the head light renders as 128, not
+    # as the washed-out 188 of treating 128 / 255 as linear and encoding it again.
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    box.visual.vertex_colors = np.tile([128, 128, 128, 255], (len(box.vertices), 1)).astype(np.uint8)
+    mesh_path = tmp_path / "grey.ply"
+    box.export(str(mesh_path))
+    camera_path = save_camera_json(front_view(resolution=(64, 64)), tmp_path / "camera.json")
+    assert main(["render", "--mesh", str(mesh_path), "--camera", str(camera_path), "--out", str(tmp_path / "o"),
+                 "--backend", "torch", "--device", "cpu", "--face-normals"]) == 0
+    rgba = np.asarray(Image.open(tmp_path / "o" / "rgba.png")).astype(int)
+    np.testing.assert_allclose(rgba[32, 32, :3], [128, 128, 128], atol=1)
