@@ -4,7 +4,8 @@ A preset is an instance of PipelinePreset; `to_json_dict` saves its fields as
 plain JSON (never pickles), `from_json_dict` rebuilds it with every value
 checked against the field's annotation, and `apply_options` overrides fields
 named by dotted path ("nerf.steps", "texture.field.grid.n_levels") as a request's
-options do, raising ValidationError for unknown keys and wrong types.
+options do, raising ValidationError for unknown keys, wrong types, values outside a
+field's declared range and unsafe file names (config_fields.py).
 
 Presets: tiny (tiny models, CPU, seconds per stage), draft (GPU, fast),
 standard (the method's settings), high (more of everything).
@@ -23,6 +24,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 from dreampolish.protocol.errors import ValidationError
 
+from .config_fields import check_field, ranged
 from .guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
 from .guidance.text_prior import ViewPromptConfig
 from .guidance.zero123 import Zero123GuidanceConfig
@@ -141,7 +143,11 @@ def from_json_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     if unknown:
         where = f" in {path}" if path else ""
         raise ValidationError(f"unknown field(s) {', '.join(unknown)}{where}; known: {', '.join(sorted(names))}")
-    kwargs = {k: coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        where = f"{path}.{k}" if path else k
+        kwargs[k] = check_field(fields[k], coerce(v, hints[k], where), where)
     return cls(**kwargs)
 
 
@@ -170,7 +176,8 @@ def apply_options(cfg: T, options: dict[str, Any]) -> T:
         for depth, part in enumerate(parts):
             if not dataclasses.is_dataclass(node):
                 raise ValidationError(f"unknown option {key!r}: {'.'.join(parts[:depth])} has no fields")
-            names = {f.name for f in dataclasses.fields(node)}
+            fields = {f.name: f for f in dataclasses.fields(node)}
+            names = set(fields)
             if part not in names:
                 where = ".".join(parts[:depth]) or "the preset"
                 raise ValidationError(
@@ -180,7 +187,7 @@ def apply_options(cfg: T, options: dict[str, Any]) -> T:
                 tp = _hints(type(node))[part]
                 if dataclasses.is_dataclass(getattr(node, part)) and not isinstance(value, dict):
                     raise ValidationError(f"option {key!r} names a group of settings; set one of its fields")
-                setattr(node, part, coerce(value, tp, key))
+                setattr(node, part, check_field(fields[part], coerce(value, tp, key), key))
             else:
                 node = getattr(node, part)
     return out
@@ -194,13 +201,13 @@ def apply_options(cfg: T, options: dict[str, Any]) -> T:
 class ReferenceStageConfig:
     """The reference image for the reference camera."""
 
-    size: int = 512
+    size: int = ranged(512, 32, 2048)
     """Longer side in pixels the reference image (and the reference camera) is used at."""
     generation: ReferenceConfig = field(default_factory=ReferenceConfig)
     """How the text-to-image model makes the image and how its mask is found."""
-    default_fovy_deg: float = 40.0
+    default_fovy_deg: float = ranged(40.0, 1, 170)
     """Field of view of the front camera used when the request has no cameras."""
-    fill_margin: float = 1.15
+    fill_margin: float = ranged(1.15, 0.5, 4.0)
     """Frame-to-object size ratio: the generated object is scaled to fill the reference camera's frame."""
 
 
@@ -208,11 +215,11 @@ class ReferenceStageConfig:
 class GeometryGuidanceConfig:
     """The priors that guide NeRF, NeuS and DMTet: view-conditioned (Zero123) SDS plus text SDS."""
 
-    zero123_weight: float = 0.1
+    zero123_weight: float = ranged(0.1, 0, 1e6)
     """Weight of the Zero123 SDS loss (DreamCraft3D: 0.1, next to reference RGB 1000)."""
     zero123: Zero123GuidanceConfig = field(default_factory=Zero123GuidanceConfig)
     """Zero123 settings (CFG 5, timesteps annealed from [0.7, 0.85] to [0.2, 0.5] over 200 steps)."""
-    text_weight: float = 0.1
+    text_weight: float = ranged(0.1, 0, 1e6)
     """Weight of the text SDS loss."""
     text: ScoreDistillationConfig = field(default_factory=lambda: ScoreDistillationConfig(
         objective="sds", guidance_scale=20.0,
@@ -232,9 +239,9 @@ class PipelinePreset:
     """Model set (models/defaults.json) of the text-to-image, Zero123 and normal-estimator priors."""
     rasterizer: Literal["auto", "torch", "nvdiffrast"] = "auto"
     """Mesh rasteriser: nvdiffrast on CUDA when installed ("auto"), else the PyTorch one."""
-    preview_every: int = 100
+    preview_every: int = ranged(100, 0, 200_000)
     """Steps between preview images (0: none)."""
-    preview_size: int = 256
+    preview_size: int = ranged(256, 16, 2048)
     """Longer side in pixels of preview images."""
     reference: ReferenceStageConfig = field(default_factory=ReferenceStageConfig)
     """The reference stage."""

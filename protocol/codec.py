@@ -23,6 +23,7 @@ from .errors import DecodeError, LimitExceeded, ProtocolError, ValidationError, 
 from .frames import FrameReader, FrameWriter
 from .limits import LIMITS
 from .messages import MAX_ID_CHARS, MESSAGE_TYPES, Message, read_int, read_str
+from .names import check_file_name
 
 _counter = itertools.count(1)
 _prefix = os.urandom(4).hex()
@@ -125,6 +126,8 @@ def decode(frames: Sequence[Any]) -> Message:
         "job_id": read_str(header, "job", "", max_chars=MAX_ID_CHARS),
         "seq": read_int(header, "seq", 0),
     }
+    if common["job_id"]:
+        check_file_name(common["job_id"], "header field 'job'")  # a job id names its folder in the store
     cls = MESSAGE_TYPES[header["type"]]
     try:
         return cls.from_body(body, FrameReader(views), **common)

@@ -21,6 +21,7 @@ from .errors import LimitExceeded, ValidationError
 from .frames import FrameReader, FrameWriter
 from .job import JOB_MODES, STAGES, JobSpec
 from .limits import LIMITS
+from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
 
 JOB_STATES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
@@ -648,7 +649,7 @@ class JobInfo:
         if state not in JOB_STATES:
             raise ValidationError(f"job state must be one of {JOB_STATES}, got {state!r}")
         return cls(
-            job_id=read_str(d, "job_id", max_chars=MAX_ID_CHARS),
+            job_id=check_file_name(read_str(d, "job_id", max_chars=MAX_ID_CHARS), "field 'job_id'"),
             state=state,
             prompt=read_str(d, "prompt", "", max_chars=LIMITS.max_prompt_chars),
             mode=read_str(d, "mode", "generate"),

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config_fields import ranged
 from .hashgrid import HashGridConfig, HashGridEncoding
 
 _TETRA_STENCIL = torch.tensor(
@@ -31,21 +32,21 @@ _TETRA_STENCIL = torch.tensor(
 
 @dataclass
 class FieldConfig:
-    bound: float = 0.7
+    bound: float = ranged(0.7, 0.1, 10)
     """Half-size of the cube the field covers; the object lives within the radius-0.5 ball."""
     grid: HashGridConfig = field(default_factory=HashGridConfig)
     """Hash-grid encoding of positions."""
-    hidden_dim: int = 64
+    hidden_dim: int = ranged(64, 1, 1024)
     """Width of the MLP layers."""
-    n_hidden_layers: int = 1
+    n_hidden_layers: int = ranged(1, 0, 16)
     """Hidden layers in the geometry MLP (and in the colour MLP)."""
-    n_feature_dims: int = 15
+    n_feature_dims: int = ranged(15, 1, 256)
     """Geometry features passed from the geometry MLP to the colour head."""
-    init_radius: float = 0.5
+    init_radius: float = ranged(0.5, 0, 10)
     """Radius of the ball the geometry starts as."""
-    density_blob_scale: float = 10.0
+    density_blob_scale: float = ranged(10.0, 0, 1000)
     """Density bias at the centre of the initial blob: bias(x) = scale * (1 - |x| / init_radius)."""
-    normal_eps: float = 0.004
+    normal_eps: float = ranged(0.004, 1e-06, 0.1)
     """Finite-difference step (world units) for gradients/normals; about one finest cell."""
 
 

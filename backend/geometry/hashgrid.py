@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config_fields import ranged
+
 # Spatial hash primes (Teschner et al. 2003, as used by Instant-NGP); the first is 1
 # so that, along x, neighbouring cells map to neighbouring table entries.
 _PRIMES = (1, 2654435761, 805459861)
@@ -31,21 +33,21 @@ _PRIMES = (1, 2654435761, 805459861)
 
 @dataclass
 class HashGridConfig:
-    n_levels: int = 16
+    n_levels: int = ranged(16, 1, 32)
     """Number of resolution levels L."""
-    n_features_per_level: int = 2
+    n_features_per_level: int = ranged(2, 1, 8)
     """Features F stored per table entry."""
-    log2_hashmap_size: int = 19
+    log2_hashmap_size: int = ranged(19, 8, 24)
     """log2 of the table size T per level."""
-    base_resolution: int = 16
+    base_resolution: int = ranged(16, 2, 1024)
     """Resolution N_0 of the coarsest level."""
-    per_level_scale: float = 1.447269237440378
+    per_level_scale: float = ranged(1.447269237440378, 1.0, 4.0)
     """Growth factor b between levels: N_l = floor(N_0 * b**l) (16 levels from 16 reach ~4096)."""
-    start_levels: int = 8
+    start_levels: int = ranged(8, 1, 32)
     """Levels active at step 0 (progressive unlocking); n_levels disables unlocking."""
-    unlock_every: int = 500
+    unlock_every: int = ranged(500, 1, 1_000_000)
     """Steps between unlocking one more level."""
-    init_scale: float = 1e-4
+    init_scale: float = ranged(1e-4, 0, 1)
     """Tables start uniform in [-init_scale, init_scale]."""
 
 

@@ -27,6 +27,8 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from peft import LoraConfig as PeftLoraConfig
 from torch import Tensor
 
+from ..config_fields import ranged
+
 CAMERA_FEATURES = 16
 """Camera condition: the flattened 4x4 camera-to-world matrix."""
 
@@ -37,19 +39,19 @@ _adapter_ids = itertools.count()
 class LoraConfig:
     """The variational copy's adapter and its training."""
 
-    rank: int = 4
+    rank: int = ranged(4, 1, 512)
     """LoRA rank of each adapted attention projection."""
-    alpha: float | None = None
+    alpha: float | None = ranged(None, 0, 4096)
     """LoRA scaling numerator (scale = alpha / rank); None = rank (scale 1)."""
-    learning_rate: float = 1e-4
+    learning_rate: float = ranged(1e-4, 0, 1)
     """AdamW learning rate of the adapter and the camera MLP."""
     camera_conditioning: bool = True
     """Condition ε_φ on the camera through a small MLP added to the timestep embedding."""
-    camera_dropout: float = 0.1
+    camera_dropout: float = ranged(0.1, 0, 1)
     """Fraction of training samples whose camera is zeroed."""
-    train_steps: int = 1
+    train_steps: int = ranged(1, 0, 100_000)
     """Optimiser steps of the adapter per guidance call."""
-    train_t_range: tuple[float, float] = (0.0, 1.0)
+    train_t_range: tuple[float, float] = ranged((0.0, 1.0), 0, 1)
     """Fraction of the training timesteps that the adapter's diffusion loss samples from."""
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     """UNet attention projections that get an adapter."""

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..render.cameras import CameraBatch
 
 MARIGOLD_TO_CAMERA = torch.eye(3)
@@ -34,21 +35,21 @@ MARIGOLD_TO_CAMERA = torch.eye(3)
 class NormalEstimatorConfig:
     """How the normal estimator is run and cached."""
 
-    num_inference_steps: int | None = None
+    num_inference_steps: int | None = ranged(None, 1, 500)
     """Denoising steps; None = the checkpoint's default_denoising_steps."""
-    ensemble_size: int = 1
+    ensemble_size: int = ranged(1, 1, 64)
     """Predictions averaged per image (Marigold's test-time ensembling)."""
-    processing_resolution: int | None = None
+    processing_resolution: int | None = ranged(None, 0, 4096)
     """Side the estimator works at; None = the checkpoint's default."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    background: tuple[float, float, float] = ranged((1.0, 1.0, 1.0), 0, 1)
     """Colour the render is composited over before estimation."""
-    mask_threshold: float = 0.5
+    mask_threshold: float = ranged(0.5, 0, 1)
     """Pixels with opacity below this get no estimate (zero normal)."""
-    cache_size: int = 256
+    cache_size: int = ranged(256, 0, 65_536)
     """Views kept in the cache (least recently used dropped first)."""
-    cache_decimals: int = 4
+    cache_decimals: int = ranged(4, 0, 12)
     """Camera parameters are rounded to this many decimals to form the cache key."""
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**63 - 1)
     """Seed of the estimator's initial noise."""
 
 

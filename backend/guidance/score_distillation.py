@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from torch import Tensor
 
+from ..config_fields import ranged, ranged_required
 from ..models.loading import TextToImageModels
 from .base import GuidanceInput, GuidanceOutput
 from .lora import LoraConfig, VariationalCopy, camera_features, frozen_unet
@@ -55,9 +56,9 @@ Weighting = Literal["sds", "uniform"]
 class Schedule:
     """A weight that moves linearly from `start` to `end` over a stage's steps (constant if end is None)."""
 
-    start: float
+    start: float = ranged_required(0, 1e6)
     """Value at the first step."""
-    end: float | None = None
+    end: float | None = ranged(None, 0, 1e6)
     """Value at the last step; None keeps `start`."""
 
     def at(self, progress: float) -> float:
@@ -72,11 +73,11 @@ class Schedule:
 class TimestepSchedule:
     """Which diffusion timesteps are sampled, as fractions of the training schedule."""
 
-    t_range: tuple[float, float] = (0.02, 0.98)
+    t_range: tuple[float, float] = ranged((0.02, 0.98), 0, 1)
     """[min, max] at the first step."""
-    t_range_end: tuple[float, float] | None = None
+    t_range_end: tuple[float, float] | None = ranged(None, 0, 1)
     """[min, max] reached after `anneal_steps` (e.g. (0.2, 0.5) from (0.7, 0.85)); None = no annealing."""
-    anneal_steps: int = 200
+    anneal_steps: int = ranged(200, 0, 1_000_000)
     """Steps over which t_range moves linearly to t_range_end."""
 
     def range_at(self, step: int) -> tuple[float, float]:
@@ -100,13 +101,13 @@ class TimestepSchedule:
 class BootstrapConfig:
     """BSD's teacher: a LoRA adapter fine-tuned on renders refined by itself."""
 
-    interval: int = 100
+    interval: int = ranged(100, 1, 1_000_000)
     """Steps between teacher refreshes (the first call refreshes too)."""
-    refine_t: float = 0.3
+    refine_t: float = ranged(0.3, 0, 1)
     """Noise level (fraction of the schedule) the renders are noised to before refinement."""
-    refine_steps: int = 4
+    refine_steps: int = ranged(4, 1, 1000)
     """DDIM steps of the img2img refinement from refine_t down to a clean image."""
-    train_steps: int = 4
+    train_steps: int = ranged(4, 0, 100_000)
     """Teacher optimiser steps per refresh."""
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=4, learning_rate=1e-4))
     """The teacher's adapter."""
@@ -118,13 +119,13 @@ class ScoreDistillationConfig:
 
     objective: Objective = "sds"
     """sds | csd | vsd | bsd | dsd (formulas in the module docstring)."""
-    guidance_scale: float = 7.5
+    guidance_scale: float = ranged(7.5, 0, 200)
     """CFG scale s of ε̂ (sds, vsd, bsd)."""
     timesteps: TimestepSchedule = field(default_factory=TimestepSchedule)
     """Sampled timestep range and its annealing."""
     weighting: Weighting = "sds"
     """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
-    vae_resolution: int | None = None
+    vae_resolution: int | None = ranged(None, 32, 2048)
     """Side the render is resized to before the VAE encoder; None = the model's native resolution."""
     lambda_cfg: Schedule = field(default_factory=lambda: Schedule(6.5))
     """Weight of the CFG direction ε(y) − ε(∅) (csd, dsd)."""
@@ -134,9 +135,9 @@ class ScoreDistillationConfig:
     """The variational copy ε_φ (vsd, bsd, dsd)."""
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     """The teacher of bsd."""
-    grad_clip: float | None = None
+    grad_clip: float | None = ranged(None, 0, 1e6)
     """Clamp each element of g to ±grad_clip; None = only non-finite values are zeroed."""
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**63 - 1)
     """Seed of the timestep / noise draws and of the adapters' training draws."""
 
     def __post_init__(self) -> None:

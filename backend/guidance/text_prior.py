@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..models.loading import TextToImageModels
 from ..render.cameras import CameraBatch
 
@@ -28,13 +29,13 @@ class ViewPromptConfig:
 
     view_dependent: bool = True
     """Append the view suffix; False uses the bare prompt for every view."""
-    front_azimuth_deg: float = 0.0
+    front_azimuth_deg: float = ranged(0.0, -360, 360)
     """Azimuth that counts as the front: the reference camera's azimuth."""
-    front_half_angle_deg: float = 45.0
+    front_half_angle_deg: float = ranged(45.0, 0, 180)
     """Views within this many degrees of the front azimuth are "front"."""
-    back_half_angle_deg: float = 45.0
+    back_half_angle_deg: float = ranged(45.0, 0, 180)
     """Views within this many degrees of the opposite azimuth are "back"."""
-    overhead_elevation_deg: float = 60.0
+    overhead_elevation_deg: float = ranged(60.0, -90, 90)
     """Views above this elevation are "overhead"."""
 
 

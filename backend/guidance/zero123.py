@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..models.loading import Zero123Models
 from ..models.specs import CameraEncoding
 from .base import GuidanceInput, GuidanceOutput
@@ -51,7 +52,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class Zero123GuidanceConfig:
     """View-conditioned SDS settings."""
 
-    guidance_scale: float = 5.0
+    guidance_scale: float = ranged(5.0, 0, 100)
     """CFG scale over the image+camera condition."""
     timesteps: TimestepSchedule = field(
         default_factory=lambda: TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_steps=200)
@@ -59,11 +60,11 @@ class Zero123GuidanceConfig:
     """Sampled timestep range and its annealing."""
     weighting: Weighting = "sds"
     """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
-    image_resolution: int | None = None
+    image_resolution: int | None = ranged(None, 32, 2048)
     """Side of the model's images (256 for Zero123); None = the UNet's native resolution."""
-    grad_clip: float | None = None
+    grad_clip: float | None = ranged(None, 0, 1e6)
     """Clamp each element of the gradient to ±grad_clip; None = only non-finite values are zeroed."""
-    seed: int = 0
+    seed: int = ranged(0, 0, 2**63 - 1)
     """Seed of the timestep and noise draws."""
 
 

@@ -20,6 +20,8 @@ from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.scene import CameraSpec
 from torch import Tensor
 
+from ..config_fields import ranged
+
 
 @dataclass
 class CameraBatch:
@@ -254,23 +256,23 @@ def fill_distance(fovy_deg: Tensor | float, object_radius: float = 0.5, margin: 
 class ViewSampler:
     """Random training views on orbits about the origin (the method's prior views)."""
 
-    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    elevation_range: tuple[float, float] = ranged((-10.0, 45.0), -90, 90)
     """Elevation in degrees, uniform in this range."""
-    azimuth_range: tuple[float, float] = (-180.0, 180.0)
+    azimuth_range: tuple[float, float] = ranged((-180.0, 180.0), -360, 360)
     """Azimuth in degrees, uniform in this range."""
-    distance_range: tuple[float, float] = (3.8, 3.8)
+    distance_range: tuple[float, float] = ranged((3.8, 3.8), 0.1, 100)
     """Camera distance from the origin, uniform in this range (ignored when fill_frame is set)."""
-    fovy_range: tuple[float, float] = (20.0, 20.0)
+    fovy_range: tuple[float, float] = ranged((20.0, 20.0), 1, 170)
     """Vertical field of view in degrees, uniform in this range."""
     fill_frame: bool = False
     """Set the distance from the field of view so the object fills the frame (polish stage)."""
-    object_radius: float = 0.5
+    object_radius: float = ranged(0.5, 0.01, 100)
     """Bounding-sphere radius of the object, used with fill_frame."""
-    fill_margin: float = 1.1
+    fill_margin: float = ranged(1.1, 0.5, 4.0)
     """Frame-to-object size ratio used with fill_frame."""
-    reference_elevation_deg: float = 0.0
+    reference_elevation_deg: float = ranged(0.0, -90, 90)
     """Elevation of the reference view (the method's reference view is at elevation 0)."""
-    reference_azimuth_deg: float = 0.0
+    reference_azimuth_deg: float = ranged(0.0, -360, 360)
     """Azimuth of the reference view."""
 
     def sample(

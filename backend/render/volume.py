@@ -25,18 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config_fields import ranged
 from .cameras import CameraBatch
 
 
 @dataclass
 class VolumeRenderConfig:
-    n_samples: int = 64
+    n_samples: int = ranged(64, 1, 1024)
     """Samples per ray across the box."""
-    occupancy_resolution: int = 32
+    occupancy_resolution: int = ranged(32, 8, 512)
     """Cells per axis of the occupancy grid."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    background: tuple[float, float, float] = ranged((1.0, 1.0, 1.0), 0, 1)
     """Colour behind the object (linear blend by 1 - opacity)."""
-    chunk_rays: int = 16384
+    chunk_rays: int = ranged(16384, 1, 1 << 22)
     """Rays rendered at once (bounds peak memory at evaluation time)."""
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config_fields import ranged, ranged_required
 from ..render.cameras import CameraBatch
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,13 @@ log = logging.getLogger(__name__)
 class Ramp:
     """A value that moves linearly from `start` (at or before start_step) to `end` (at or after end_step)."""
 
-    start: float
+    start: float = ranged_required(0, 1e6)
     """Value up to start_step."""
-    end: float | None = None
+    end: float | None = ranged(None, 0, 1e6)
     """Value from end_step on; None keeps `start` (a constant)."""
-    start_step: int = 0
+    start_step: int = ranged(0, 0, 1_000_000)
     """Step where the ramp begins."""
-    end_step: int = 0
+    end_step: int = ranged(0, 0, 1_000_000)
     """Step where the ramp ends."""
 
     def at(self, step: int) -> float:
@@ -49,11 +50,11 @@ class Ramp:
 class ResolutionSchedule:
     """Render size of training views: `low` pixels square until switch_step, then `high`."""
 
-    low: int
+    low: int = ranged_required(8, 2048)
     """Image side in pixels before switch_step."""
-    high: int | None = None
+    high: int | None = ranged(None, 8, 2048)
     """Image side from switch_step on; None keeps `low`."""
-    switch_step: int = 0
+    switch_step: int = ranged(0, 0, 1_000_000)
     """Step where the size switches to `high`."""
 
     def at(self, step: int) -> int:
@@ -118,7 +119,7 @@ class ReferenceWeights:
     """MSE between the rendered opacity and the reference mask."""
     depth: Ramp
     """1 - Pearson correlation of rendered and reference depth inside the mask."""
-    resolution: int = 64
+    resolution: int = ranged(64, 8, 2048)
     """The reference view is rendered at this width (height follows its aspect)."""
 
 

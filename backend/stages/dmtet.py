@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config_fields import ranged
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.marching import keep_main_solid, marching_tetrahedra
@@ -71,43 +72,43 @@ def _reference_weights() -> ReferenceWeights:
 
 @dataclass
 class DmtetConfig:
-    steps: int = 5000
+    steps: int = ranged(5000, 1, 200_000)
     """Optimisation steps."""
-    batch_size: int = 1
+    batch_size: int = ranged(1, 1, 64)
     """Training views per step."""
     resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(1024))
     """Training-view render size."""
     views: ViewSampler = field(default_factory=ViewSampler)
     """Training-view distribution."""
-    grid_resolution: int = 128
+    grid_resolution: int = ranged(128, 8, 512)
     """Tet-grid cells per axis."""
-    grid_bound: float = 0.7
+    grid_bound: float = ranged(0.7, 0.1, 10)
     """Half-size of the cube the tet grid covers (the object lives within radius 0.5)."""
-    deformation_scale: float = 0.5
+    deformation_scale: float = ranged(0.5, 0, 10)
     """Largest vertex offset, in cell edge lengths."""
     color: FieldConfig = field(default_factory=_color_field)
     """Colour field (hash grid + MLP)."""
-    lr_sdf: float = 5e-3
+    lr_sdf: float = ranged(5e-3, 0, 1)
     """Adam learning rate of the vertex SDF values."""
-    lr_deform: float = 5e-3
+    lr_deform: float = ranged(5e-3, 0, 1)
     """Adam learning rate of the vertex deformations (tanh-space)."""
-    lr_color: float = 1e-2
+    lr_color: float = ranged(1e-2, 0, 1)
     """Adam learning rate of the colour field."""
     reference: ReferenceWeights = field(default_factory=_reference_weights)
     """Reference-view loss weights."""
     guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
     """Weight of the guidance loss."""
-    normal_steps_of_4: int = 3
+    normal_steps_of_4: int = ranged(3, 0, 4)
     """Of every 4 steps, how many show the guidance normal-shaded renders (the rest albedo)."""
     normal_consistency_weight: Ramp = field(default_factory=lambda: Ramp(10.0, 1.0, 0, 5000))
     """Normal consistency between adjacent faces."""
     laplacian_weight: Ramp = field(default_factory=lambda: Ramp(0.0))
     """Uniform Laplacian smoothing of the extracted mesh."""
-    color_init_steps: int = 200
+    color_init_steps: int = ranged(200, 0, 100_000)
     """Regression steps transferring the previous stage's albedo into the colour field."""
     rasterizer: RasterBackend = "auto"
     """Mesh rasteriser back end."""
-    background: float = 1.0
+    background: float = ranged(1.0, 0, 1)
     """Grey level behind the object."""
 
 

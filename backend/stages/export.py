@@ -19,9 +19,11 @@ from typing import Literal
 
 import numpy as np
 from dreampolish.protocol.gltf import mesh_to_glb
+from dreampolish.protocol.names import check_file_name
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
 from .. import bake
+from ..config_fields import file_name
 from ..geometry.mesh import TriMesh
 
 logger = logging.getLogger(__name__)
@@ -31,8 +33,8 @@ logger = logging.getLogger(__name__)
 class ExportConfig:
     write_glb: bool = True
     """Write the final textured mesh as a glTF binary (RunOutcome.result_files["glb"])."""
-    glb_name: str = "result.glb"
-    """File name of the glTF binary inside the job folder."""
+    glb_name: str = file_name("result.glb", ".glb")
+    """File name of the glTF binary inside the job folder (a plain name ending in .glb)."""
     normal_map_dtype: Literal["float16", "float32"] = "float16"
     """Precision of the raw normal-map array sent to Blender."""
 
@@ -106,7 +108,8 @@ def run_export(cfg: ExportConfig, payload: MeshPayload, work_dir: Path) -> Expor
     if cfg.write_glb:
         world = world_payload(payload)
         world.textures = _glb_textures(payload)
-        path = Path(work_dir) / cfg.glb_name
+        # The name may come from a request: it must stay a plain file name inside the job's folder.
+        path = Path(work_dir) / check_file_name(cfg.glb_name, "export.glb_name", suffix=".glb")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(mesh_to_glb(world, name=Path(cfg.glb_name).stem))
         logger.info("wrote %s (%d vertices, %d faces)", path, world.num_vertices, world.num_faces)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..geometry.fields import DensityField, FieldConfig, evaluate_on_grid
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.marching import keep_main_solid, marching_cubes
@@ -52,9 +53,9 @@ def _reference_weights() -> ReferenceWeights:
 
 @dataclass
 class NerfConfig:
-    steps: int = 5000
+    steps: int = ranged(5000, 1, 200_000)
     """Optimisation steps."""
-    batch_size: int = 1
+    batch_size: int = ranged(1, 1, 64)
     """Training views per step."""
     resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(128, 384, 3000))
     """Training-view render size."""
@@ -64,9 +65,9 @@ class NerfConfig:
     """Density field (hash grid + MLPs)."""
     render: VolumeRenderConfig = field(default_factory=VolumeRenderConfig)
     """Volume rendering (samples per ray, occupancy grid, background)."""
-    lr_encoding: float = 1e-2
+    lr_encoding: float = ranged(1e-2, 0, 1)
     """Adam learning rate of the hash tables."""
-    lr_network: float = 1e-3
+    lr_network: float = ranged(1e-3, 0, 1)
     """Adam learning rate of the MLPs."""
     reference: ReferenceWeights = field(default_factory=_reference_weights)
     """Reference-view loss weights."""
@@ -80,15 +81,15 @@ class NerfConfig:
     """Mean opacity penalty."""
     opacity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0, 0, 5000))
     """Binary-entropy penalty on opacity."""
-    occupancy_every: int = 16
+    occupancy_every: int = ranged(16, 1, 1_000_000)
     """Steps between occupancy-grid refreshes."""
-    occupancy_warmup: int = 32
+    occupancy_warmup: int = ranged(32, 0, 1_000_000)
     """Steps before the first refresh (everything counts as occupied until then)."""
-    occupancy_density: float = 0.01
+    occupancy_density: float = ranged(0.01, 0, 1e6)
     """Cells whose density stays below this are skipped."""
-    iso_density: float = 5.0
+    iso_density: float = ranged(5.0, 0, 1e6)
     """Density level of the extracted surface."""
-    mesh_resolution: int = 128
+    mesh_resolution: int = ranged(128, 8, 1024)
     """Lattice points per axis for marching cubes."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..geometry.fields import FieldConfig, SdfField, evaluate_on_grid
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.marching import keep_main_solid, marching_cubes
@@ -57,9 +58,9 @@ def _reference_weights() -> ReferenceWeights:
 
 @dataclass
 class NeusConfig:
-    steps: int = 5000
+    steps: int = ranged(5000, 1, 200_000)
     """Optimisation steps."""
-    batch_size: int = 1
+    batch_size: int = ranged(1, 1, 64)
     """Training views per step."""
     resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(256))
     """Training-view render size."""
@@ -69,9 +70,9 @@ class NeusConfig:
     """SDF field (hash grid + MLPs)."""
     render: VolumeRenderConfig = field(default_factory=VolumeRenderConfig)
     """Volume rendering (samples per ray, occupancy grid, background)."""
-    lr_encoding: float = 1e-2
+    lr_encoding: float = ranged(1e-2, 0, 1)
     """Adam learning rate of the hash tables."""
-    lr_network: float = 1e-3
+    lr_network: float = ranged(1e-3, 0, 1)
     """Adam learning rate of the MLPs."""
     sharpness: Ramp = field(default_factory=lambda: Ramp(50.0, 800.0, 0, 5000))
     """NeuS inverse standard deviation s of the logistic density (ramped up: soft -> sharp surface)."""
@@ -83,21 +84,21 @@ class NeusConfig:
     """Weight of the guidance loss."""
     eikonal_weight: Ramp = field(default_factory=lambda: Ramp(0.1))
     """Eikonal regulariser weight."""
-    eikonal_points: int = 4096
+    eikonal_points: int = ranged(4096, 0, 1 << 22)
     """Random points in the box per step for the eikonal term."""
-    occupancy_every: int = 16
+    occupancy_every: int = ranged(16, 1, 1_000_000)
     """Steps between occupancy-band refreshes."""
-    occupancy_band_cells: float = 1.5
+    occupancy_band_cells: float = ranged(1.5, 0, 1000)
     """Band half-width in occupancy-cell diagonals."""
-    occupancy_band_sharpness: float = 4.0
+    occupancy_band_sharpness: float = ranged(4.0, 0, 1000)
     """Band half-width in units of 1/s (where the logistic density has decayed)."""
-    init_steps: int = 300
+    init_steps: int = ranged(300, 0, 100_000)
     """Regression steps fitting the SDF to the NeRF's thresholded density."""
-    init_batch: int = 8192
+    init_batch: int = ranged(8192, 1, 1 << 22)
     """Points per regression step."""
-    init_resolution: int = 96
+    init_resolution: int = ranged(96, 8, 1024)
     """Lattice resolution of the density -> signed distance conversion."""
-    mesh_resolution: int = 128
+    mesh_resolution: int = ranged(128, 8, 1024)
     """Lattice points per axis for marching cubes."""
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..geometry.mesh import TriMesh
 from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
 from ..guidance.base import NormalTargets
@@ -36,34 +37,34 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PolishConfig:
-    steps: int = 300
+    steps: int = ranged(300, 1, 200_000)
     """Optimisation steps (the method: a short stage of a few hundred steps)."""
-    lr: float = 1e-3
+    lr: float = ranged(1e-3, 0, 1)
     """Adam learning rate of the vertex offsets (object radius is 0.5)."""
-    render_size: int = 512
+    render_size: int = ranged(512, 16, 2048)
     """Side in pixels of the square views the estimator sees."""
-    batch_size: int = 4
+    batch_size: int = ranged(4, 1, 64)
     """Views per step."""
     loss: Literal["normal_estimator", "smoothness"] = "normal_estimator"
     """normal_estimator: the method; smoothness: the plain normal-smoothness ablation."""
-    fovy_range_deg: tuple[float, float] = (15.0, 60.0)
+    fovy_range_deg: tuple[float, float] = ranged((15.0, 60.0), 1, 170)
     """Vertical field of view drawn uniformly per view (the estimator, unlike Zero123, takes any)."""
-    elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
+    elevation_range_deg: tuple[float, float] = ranged((-10.0, 45.0), -90, 90)
     """Orbit elevation drawn uniformly per view."""
-    fill_margin: float = 1.1
+    fill_margin: float = ranged(1.1, 0.5, 4.0)
     """Frame-to-object size ratio: the camera distance is set so that the object fills the frame."""
-    view_pool: int = 32
+    view_pool: int = ranged(32, 1, 4096)
     """Views are drawn from this many fixed random views (0: fresh views every step); the estimator's
     targets are cached per view, so a pool costs one estimate per view."""
     rendered_normals: Literal["smooth", "face"] = "smooth"
     """Which rendered normals are compared with the targets: interpolated vertex normals, or flat face normals."""
-    normal_weight: float = 1.0
+    normal_weight: float = ranged(1.0, 0, 1e6)
     """λ_n, weight of 1 − cos(n_rendered, n_target)."""
-    consistency_weight: float = 0.1
+    consistency_weight: float = ranged(0.1, 0, 1e6)
     """λ_nc, the small normal-consistency term on the mesh."""
-    laplacian_weight: float = 1.0
+    laplacian_weight: float = ranged(1.0, 0, 1e6)
     """λ_lap, uniform Laplacian of the vertex offsets."""
-    smoothness_weight: float = 1.0
+    smoothness_weight: float = ranged(1.0, 0, 1e6)
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
     """How the normal estimator (Marigold) is run and its estimates cached."""

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from ..config_fields import ranged
 from ..guidance.text_prior import view_prompt
 from ..models.loading import PriorModels
 
@@ -38,17 +39,17 @@ logger = logging.getLogger(__name__)
 class ReferenceConfig:
     """Settings of the reference image and its mask."""
 
-    num_inference_steps: int = 30
+    num_inference_steps: int = ranged(30, 1, 500)
     """Denoising steps of the text-to-image pipeline."""
-    guidance_scale: float = 7.5
+    guidance_scale: float = ranged(7.5, 0, 100)
     """CFG scale of the text-to-image pipeline."""
     background_prompt: str = "isolated on a plain white background"
     """Appended to the prompt so that the object stands on a plain background the mask can find."""
-    background_tolerance: float = 0.12
+    background_tolerance: float = ranged(0.12, 0, 1)
     """RGB distance (colours in [0,1]) within which a pixel counts as background colour."""
-    min_foreground_fraction: float = 0.005
+    min_foreground_fraction: float = ranged(0.005, 0, 1)
     """Below this share of the image the mask is considered failed (whole image used)."""
-    max_foreground_fraction: float = 0.98
+    max_foreground_fraction: float = ranged(0.98, 0, 1)
     """Above this share the mask is considered failed (whole image used)."""
 
 

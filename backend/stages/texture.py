@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import bake
+from ..config_fields import ranged
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.mesh import TriMesh
@@ -51,43 +52,43 @@ def _texture_field() -> FieldConfig:
 
 @dataclass
 class TextureConfig:
-    steps: int = 5000
+    steps: int = ranged(5000, 1, 200_000)
     """Optimisation steps (DreamCraft3D's texture stage: 5000)."""
-    lr: float = 1e-2
+    lr: float = ranged(1e-2, 0, 1)
     """Adam learning rate of the colour field."""
-    render_size: int = 512
+    render_size: int = ranged(512, 16, 2048)
     """Side in pixels of the rendered training views (the VAE sees 512)."""
-    batch_size: int = 1
+    batch_size: int = ranged(1, 1, 64)
     """Views per step."""
     guidance: ScoreDistillationConfig = field(default_factory=_texture_guidance)
     """Score distillation on the text-to-image prior: guidance.objective is dsd (the method), or
     sds/vsd/bsd/csd for the ablation, with its weights and schedules."""
     field: FieldConfig = field(default_factory=_texture_field)
     """The hash-grid colour field."""
-    elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
+    elevation_range_deg: tuple[float, float] = ranged((-10.0, 45.0), -90, 90)
     """Orbit elevation of training views."""
-    fovy_deg: float = 20.0
+    fovy_deg: float = ranged(20.0, 1, 170)
     """Vertical field of view of training views (Zero123's fixed 20°)."""
-    camera_distance: float = 3.8
+    camera_distance: float = ranged(3.8, 0.1, 100)
     """Distance of training views from the object centre (object radius 0.5)."""
-    reference_weight: float = 1.0
+    reference_weight: float = ranged(1.0, 0, 1e6)
     """λ_ref, weight of the RGB loss on the reference view (0 turns it off)."""
-    reference_every: int = 1
+    reference_every: int = ranged(1, 1, 1_000_000)
     """Apply the reference loss every this many steps."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    background: tuple[float, float, float] = ranged((1.0, 1.0, 1.0), 0, 1)
     """Background colour behind the object in training renders."""
-    view_pool: int = 0
+    view_pool: int = ranged(0, 0, 4096)
     """0: fresh random views every step; N > 0: rasterise N random views of the fixed mesh once and draw
     every step's views from them (the geometry does not change, so on the CPU this saves the rasteriser)."""
-    atlas_size: int = 1024
+    atlas_size: int = ranged(1024, 16, 8192)
     """Side of the baked texture atlas in texels."""
-    chart_padding: int = 4
+    chart_padding: int = ranged(4, 0, 64)
     """Gap between UV charts in texels (room for the dilation)."""
-    dilation_texels: int = 0
+    dilation_texels: int = ranged(0, 0, 8192)
     """How far, in texels, the colours are dilated beyond the charts; 0 fills the whole atlas."""
     normal_map: bool = False
     """Also bake a tangent-space normal map from the detailed geometry (the DMTet/polish mesh)."""
-    simplify_to_faces: int = 0
+    simplify_to_faces: int = ranged(0, 0, 4_000_000)
     """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
     detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
 

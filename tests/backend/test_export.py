@@ -9,6 +9,7 @@ import trimesh
 from dreampolish.backend import bake
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.stages.export import ExportConfig, mesh_payload, run_export, texture_payloads
+from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.gltf import glb_to_mesh
 
 
@@ -73,3 +74,14 @@ def test_a_field_colour_leaves_as_its_linear_value_on_the_wire_and_in_the_glb(te
     np.testing.assert_allclose(stored.colors, np.broadcast_to(expected, stored.colors.shape), atol=1e-6)
     # And back into the backend as the display value the field gave.
     torch.testing.assert_close(TriMesh.from_payload(payload).vertex_colors, mesh.vertex_colors, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["../../other-job/state.json", "/tmp/elsewhere.glb", "sub/result.glb", "state.json"])
+def test_export_refuses_a_glb_name_that_leaves_the_job_folder(textured_box, tmp_path, name):
+    mesh, image, _ = textured_box
+    job = tmp_path / "store" / "job" / "work"
+    job.mkdir(parents=True)
+    payload = mesh_payload(mesh, np.eye(4, dtype=np.float32), texture_payloads(image, None))
+    with pytest.raises(ValidationError, match="export.glb_name must be a plain file name"):
+        run_export(ExportConfig(glb_name=name), payload, job)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
