@@ -18,18 +18,11 @@ from typing import Protocol
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
+from .errors import JobFailed as JobFailed  # part of the contract; defined below it (models raise it too)
+
 
 class JobCancelled(Exception):
     """Raised by JobContext.check_cancel() when the client cancelled the job."""
-
-
-class JobFailed(Exception):
-    """A pipeline's clear, user-facing failure (bad input found late, missing model ...)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass

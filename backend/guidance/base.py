@@ -4,7 +4,8 @@ stands in for them in tests and benchmarks.
 
 A Guidance takes what a stage rendered at a batch of cameras and returns a
 scalar loss whose gradient flows into the render, plus float diagnostics
-(e.g. "grad_norm", "t") that go into progress messages.
+(e.g. "grad_norm", "t") that go into progress messages. The reference view that
+the stages fit and the oracle renders lives here too, below the stages that use it.
 """
 
 from __future__ import annotations
@@ -51,3 +52,17 @@ class NormalTargets(Protocol):
         """rgb [B,H,W,3] in [0,1], opacity [B,H,W,1] -> [B,H,W,3] unit normals in the renderer's
         CAMERA frame (+X right, +Y up, +Z towards the viewer); zero where there is no estimate."""
         ...
+
+
+@dataclass
+class ReferenceView:
+    """The reference image at the reference camera (from the text-to-image model, or the oracle's render)."""
+
+    rgb: Tensor
+    """[H,W,3] in [0,1] (over a white background where the mask is 0)."""
+    mask: Tensor
+    """[H,W,1] foreground in [0,1]."""
+    camera: CameraBatch
+    """B=1, the same H and W as the images."""
+    depth: Tensor | None = None
+    """[H,W,1] relative depth (larger = farther; any scale and offset), for the relative-depth loss."""

@@ -21,8 +21,7 @@ from torch import Tensor
 from ..geometry.mesh import TriMesh
 from ..render.cameras import CameraBatch
 from ..render.rasterize import MeshRasterizer
-from ..stages.base import ReferenceView
-from .base import GuidanceInput, GuidanceOutput
+from .base import GuidanceInput, GuidanceOutput, ReferenceView
 
 _GREY = 0.7
 

@@ -30,7 +30,7 @@ from diffusers import (
 )
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from ..pipeline_api import JobFailed
+from ..errors import JobFailed
 from .camera_projection import CLIPCameraProjection
 from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
 

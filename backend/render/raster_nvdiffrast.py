@@ -15,7 +15,12 @@ from typing import Any
 import torch
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.render.cameras import CameraBatch
-from dreampolish.backend.render.rasterize import RasterOutput, clip_positions, interpolate_at, shade_normals
+from dreampolish.backend.render.raster_output import (
+    RasterOutput,
+    clip_positions,
+    interpolate_at,
+    shade_normals,
+)
 from torch import Tensor
 
 log = logging.getLogger(__name__)

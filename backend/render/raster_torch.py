@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.render.cameras import DEFAULT_NEAR, CameraBatch
-from dreampolish.backend.render.rasterize import RasterOutput, clip_positions
+from dreampolish.backend.render.raster_output import RasterOutput, clip_positions
 from torch import Tensor
 
 CANDIDATE_CHUNK = 1 << 22

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config_fields import ranged, ranged_required
+from ..guidance.base import ReferenceView
 from ..render.cameras import CameraBatch
 
 log = logging.getLogger(__name__)
@@ -59,20 +60,6 @@ class ResolutionSchedule:
 
     def at(self, step: int) -> int:
         return int(self.high if self.high is not None and step >= self.switch_step else self.low)
-
-
-@dataclass
-class ReferenceView:
-    """The reference image at the reference camera (from the text-to-image model, or the oracle's render)."""
-
-    rgb: Tensor
-    """[H,W,3] in [0,1] (over a white background where the mask is 0)."""
-    mask: Tensor
-    """[H,W,1] foreground in [0,1]."""
-    camera: CameraBatch
-    """B=1, the same H and W as the images."""
-    depth: Tensor | None = None
-    """[H,W,1] relative depth (larger = farther; any scale and offset), for the relative-depth loss."""
 
 
 class StageReporter(Protocol):
