@@ -6,7 +6,8 @@ turns these into header fields and binary frames. Conventions (see README.md):
 - World: Blender's — right-handed, Z up, metres.
 - Camera: 4x4 camera-to-world in Blender's camera convention (looks down local
   -Z, +Y up) plus Blender intrinsics (lens and sensor in mm, sensor fit,
-  resolution in pixels, shift as a fraction of the fitted sensor side, as Blender does).
+  resolution in pixels, shift as a fraction of the fitted image side (the width for
+  HORIZONTAL, the height for VERTICAL, the larger side for AUTO), as Blender does).
 - Mesh: vertices float32 (N,3), triangles uint32 (M,3), optional per-corner UVs
   float32 (M,3,2), optional per-vertex normals float32 (N,3) and colours
   float32 (N,3|4) in linear RGB, an object-to-world transform float32 (4,4).
@@ -58,7 +59,8 @@ class CameraSpec:
     resolution: tuple[int, int] = (512, 512)
     """Render resolution (width, height) in pixels, after the render percentage."""
     shift: tuple[float, float] = (0.0, 0.0)
-    """Lens shift (x, y) as a fraction of the fitted sensor side (for AUTO fit: the larger image side), as in Blender."""
+    """Lens shift (x, y) as a fraction of the fitted image side (the width for HORIZONTAL, the height for
+    VERTICAL, the larger side for AUTO), as in Blender."""
     name: str = ""
 
     def validate(self) -> CameraSpec:
