@@ -339,36 +339,25 @@ def antialias(image: Tensor, out: RasterOutput, mesh: TriMesh, cameras: CameraBa
     return antialias_at(image, out.tri_id, out.depth, mesh, cameras, neighbour)
 
 
-def antialias_at(
-    image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, cameras: CameraBatch,
-    neighbour: Tensor | None = None,
-) -> Tensor:
-    """Blend colours across silhouette and occlusion edges (see the module docstring).
+@torch.no_grad()
+def _silhouette_faces(screen: Tensor, faces: Tensor, neighbour: Tensor) -> tuple[Tensor, Tensor]:
+    """(facing [B,F]: the face's screen winding is counter-clockwise, has_silhouette [B,F]: the face has a
+    silhouette edge in the view, a boundary edge or one whose neighbour faces the other way). Only such
+    faces can end an occlusion edge between two covered pixels (whose search does not walk)."""
+    b = screen.shape[0]
+    corners_all = screen.index_select(1, faces.reshape(-1)).view(b, -1, 3, 2)  # [B,F,3,2]
+    facing = _edge_functions(corners_all, corners_all[:, :, 0]).sum(-1) > 0  # [B,F] screen winding
+    across_facing = facing.gather(1, neighbour.clamp_min(0).reshape(1, -1).expand(b, -1)).view(b, -1, 3)
+    has_silhouette = ((neighbour < 0).unsqueeze(0) | (across_facing != facing.unsqueeze(-1))).any(-1)
+    return facing, has_silhouette
 
-    image [B,H,W,C]; `neighbour` is face_neighbours(mesh.faces) when the caller has it. Neighbouring pixels p (the nearer covered one) and q with different faces
-    are blended when the segment p -> q leaves the surface through a silhouette edge of that
-    view (a boundary edge, or one whose neighbour faces the other way); interior edges and
-    pairs whose silhouette is not found within SILHOUETTE_WALK_STEPS faces are left as they are.
-    """
-    b, height, width, channels = image.shape
-    clip = clip_positions(mesh.vertices, cameras)
-    screen = screen_positions(clip, width, height)  # [B,V,2], differentiable
-    depth = depth.detach()[..., 0]
-    faces = mesh.faces
 
-    with torch.no_grad():
-        corners_all = screen.detach().index_select(1, faces.reshape(-1)).view(b, -1, 3, 2)  # [B,F,3,2]
-        facing = _edge_functions(corners_all, corners_all[:, :, 0]).sum(-1) > 0  # [B,F] screen winding
-        if neighbour is None:
-            neighbour = face_neighbours(faces)
-        # [B,F] faces with a silhouette edge in the view: only these can end an occlusion edge
-        # between two covered pixels (whose search does not walk).
-        across_facing = facing.gather(1, neighbour.clamp_min(0).reshape(1, -1).expand(b, -1)).view(b, -1, 3)
-        has_silhouette = ((neighbour < 0).unsqueeze(0) | (across_facing != facing.unsqueeze(-1))).any(-1)
-
-    # Neighbouring pixel pairs (a, b) with different faces, at least one covered: horizontal
-    # pairs (along W) first, then vertical pairs (along H).
-    pixel_index = torch.arange(b * height * width, device=image.device).view(b, height, width)
+def _edge_pixel_pairs(tri_id: Tensor, depth: Tensor, has_silhouette: Tensor) -> tuple[Tensor, ...]:
+    """Neighbouring pixel pairs with different faces, at least one covered, that may straddle a
+    silhouette: (p the front pixel, q the other, front face, batch index, q is background, pair is
+    horizontal), flat pixel indices. Horizontal pairs (along W) first, then vertical (along H)."""
+    b, height, width = tri_id.shape
+    pixel_index = torch.arange(b * height * width, device=tri_id.device).view(b, height, width)
     pairs = []
     for axis in (2, 1):
         n = tri_id.shape[axis]
@@ -387,8 +376,49 @@ def antialias_at(
     q_background = torch.where(a_front, tb, ta) < 0
     bi = p // (height * width)
     keep = q_background | has_silhouette[bi, front]
-    p, q, front, bi, q_background, horizontal = (
-        x[keep] for x in (p, q, front, bi, q_background, horizontal))
+    return tuple(x[keep] for x in (p, q, front, bi, q_background, horizontal))
+
+
+def _blend_across(image: Tensor, screen: Tensor, faces: Tensor, crossing: tuple[Tensor, ...]) -> Tensor:
+    """Move colour across each found silhouette crossing: by how far the crossing point t along p -> q
+    lies past the middle, image [B,H,W,C] -> [B,H,W,C]."""
+    b, height, width, channels = image.shape
+    edge_face, edge_k, bi, cp, cq, p, q = crossing
+    # Differentiable crossing: with e(x) = cross(c_{k+2} - c_{k+1}, x - c_{k+1}) (its sign
+    # cancels), t = e(p) / (e(p) - e(q)) moves with the edge's end points.
+    corners = _gather_corners(screen, faces, bi, edge_face)  # [N,3,2]
+    ar = torch.arange(edge_k.numel(), device=image.device)
+    e0, e1 = corners[ar, (edge_k + 1) % 3], corners[ar, (edge_k + 2) % 3]
+    fp, fq = _edge_value(e0, e1, cp), _edge_value(e0, e1, cq)
+    t = fp / (fp - fq)
+    flat_image = image.reshape(-1, channels)
+    colour_p, colour_q = flat_image.index_select(0, p), flat_image.index_select(0, q)
+    into_q = (t - 0.5).clamp_min(0.0).unsqueeze(-1)
+    into_p = (0.5 - t).clamp_min(0.0).unsqueeze(-1)
+    result = flat_image.index_add(0, torch.cat([q, p]),
+                                  torch.cat([into_q * (colour_p - colour_q), into_p * (colour_q - colour_p)]))
+    return result.view(b, height, width, channels)
+
+
+def antialias_at(
+    image: Tensor, tri_id: Tensor, depth: Tensor, mesh: TriMesh, cameras: CameraBatch,
+    neighbour: Tensor | None = None,
+) -> Tensor:
+    """Blend colours across silhouette and occlusion edges (see the module docstring).
+
+    image [B,H,W,C]; `neighbour` is face_neighbours(mesh.faces) when the caller has it. Neighbouring pixels p (the nearer covered one) and q with different faces
+    are blended when the segment p -> q leaves the surface through a silhouette edge of that
+    view (a boundary edge, or one whose neighbour faces the other way); interior edges and
+    pairs whose silhouette is not found within SILHOUETTE_WALK_STEPS faces are left as they are.
+    """
+    b, height, width, channels = image.shape
+    clip = clip_positions(mesh.vertices, cameras)
+    screen = screen_positions(clip, width, height)  # [B,V,2], differentiable
+    faces = mesh.faces
+    if neighbour is None:
+        neighbour = face_neighbours(faces)
+    facing, has_silhouette = _silhouette_faces(screen.detach(), faces, neighbour)
+    p, q, front, bi, q_background, horizontal = _edge_pixel_pairs(tri_id, depth.detach()[..., 0], has_silhouette)
 
     def centre(i: Tensor) -> Tensor:
         rem = i % (height * width)
@@ -408,18 +438,4 @@ def antialias_at(
             edge_face[idx], edge_k[idx], use[idx] = f_s, k_s, use_s
     if not bool(use.any()):
         return image
-    edge_face, edge_k, bi, cp, cq, p, q = (x[use] for x in (edge_face, edge_k, bi, cp, cq, p, q))
-    # Differentiable crossing: with e(x) = cross(c_{k+2} - c_{k+1}, x - c_{k+1}) (its sign
-    # cancels), t = e(p) / (e(p) - e(q)) moves with the edge's end points.
-    corners = _gather_corners(screen, faces, bi, edge_face)  # [N,3,2]
-    ar = torch.arange(edge_k.numel(), device=image.device)
-    e0, e1 = corners[ar, (edge_k + 1) % 3], corners[ar, (edge_k + 2) % 3]
-    fp, fq = _edge_value(e0, e1, cp), _edge_value(e0, e1, cq)
-    t = fp / (fp - fq)
-    flat_image = image.reshape(-1, channels)
-    colour_p, colour_q = flat_image.index_select(0, p), flat_image.index_select(0, q)
-    into_q = (t - 0.5).clamp_min(0.0).unsqueeze(-1)
-    into_p = (0.5 - t).clamp_min(0.0).unsqueeze(-1)
-    result = flat_image.index_add(0, torch.cat([q, p]),
-                                  torch.cat([into_q * (colour_p - colour_q), into_p * (colour_q - colour_p)]))
-    return result.view(b, height, width, channels)
+    return _blend_across(image, screen, faces, tuple(x[use] for x in (edge_face, edge_k, bi, cp, cq, p, q)))

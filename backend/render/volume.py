@@ -115,6 +115,59 @@ class OccupancyGrid:
         return float(self.cells.float().mean())
 
 
+def _sample_rays(o: Tensor, d: Tensor, t_near: Tensor, t_far: Tensor, s: int,
+                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """`s` samples per ray between near and far, one per equal bin (at its centre, or jittered inside
+    it with `generator`): (t [n,s], bin length delta [n,1], points [n,s,3])."""
+    n, dev = o.shape[0], o.device
+    bins = (torch.arange(s, device=dev, dtype=torch.float32)[None] + 0.5).expand(n, s)
+    if generator is not None:
+        bins = bins + (torch.rand(n, s, generator=generator, device="cpu").to(dev) - 0.5)
+    delta = ((t_far - t_near) / s)[:, None]  # [n,1]
+    t = t_near[:, None] + bins * delta  # [n,s]
+    return t, delta, o[:, None, :] + t[..., None] * d[:, None, :]
+
+
+def _query_samples(field: VolumeField, occupancy: OccupancyGrid | None, pts: Tensor, d: Tensor, delta: Tensor,
+                   want_normals: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The field at the samples [n,s,3] that the occupancy grid keeps (empty elsewhere):
+    (alpha [n,s], colour [n,s,3], normal [n,s,3], zero where the field gives none)."""
+    n, s, dev = pts.shape[0], pts.shape[1], pts.device
+    flat = pts.reshape(-1, 3)
+    keep = occupancy.lookup(flat) if occupancy is not None else torch.ones_like(flat[:, 0], dtype=torch.bool)
+    keep_idx = keep.nonzero().squeeze(-1)
+    alpha = torch.zeros(n * s, device=dev)
+    color = torch.zeros(n * s, 3, device=dev)
+    normal = torch.zeros(n * s, 3, device=dev)
+    if keep_idx.numel() > 0:
+        a_k, c_k, n_k = field.query(
+            flat[keep_idx], d.repeat_interleave(s, dim=0)[keep_idx],
+            delta.expand(n, s).reshape(-1)[keep_idx], want_normals,
+        )
+        alpha = alpha.index_put((keep_idx,), a_k)
+        color = color.index_put((keep_idx,), c_k)
+        if n_k is not None:
+            normal = normal.index_put((keep_idx,), n_k)
+    return alpha.reshape(n, s), color.reshape(n, s, 3), normal.reshape(n, s, 3)
+
+
+def _composite(alpha: Tensor, color: Tensor, normal: Tensor, t: Tensor, d: Tensor, cos_fwd: Tensor,
+               bg: Tensor) -> tuple[Tensor, ...]:
+    """Front-to-back alpha compositing, w_i = alpha_i prod_{j<i} (1 - alpha_j):
+    (rgb over bg [n,3], opacity [n,1], z-depth [n,1], weighted normal [n,3], orientation [n,1])."""
+    n = alpha.shape[0]
+    trans = torch.cumprod(torch.cat([torch.ones(n, 1, device=alpha.device), 1 - alpha + 1e-10], dim=1), dim=1)[:, :-1]
+    weights = alpha * trans  # [n,s]
+    acc = weights.sum(-1, keepdim=True)
+    rgb = (weights[..., None] * color).sum(1) + (1 - acc) * bg
+    depth = (weights * t).sum(-1, keepdim=True) * cos_fwd[:, None]
+    nrm = (weights[..., None] * normal).sum(1)
+    # Ref-NeRF orientation penalty per ray: sum_i w_i max(0, n_i . d)^2
+    facing_away = F.relu((normal * d[:, None, :]).sum(-1))
+    orient = (weights * facing_away**2).sum(-1, keepdim=True)
+    return rgb, acc, depth, nrm, orient
+
+
 def render_volume(
     field: VolumeField,
     cameras: CameraBatch,
@@ -135,62 +188,23 @@ def render_volume(
     d = dirs.reshape(-1, 3)
     # z-depth per unit of ray length, to report depth along the camera axis
     cos_fwd = (dirs * forward[:, None, None, :]).sum(-1).reshape(-1)
-    n_rays = o.shape[0]
-    s = cfg.n_samples
-    dev = o.device
+    n_rays, dev = o.shape[0], o.device
     near, far, hit = ray_box(o, d, bound)
     bg = torch.tensor(cfg.background, device=dev, dtype=torch.float32)
 
-    rgb_out = bg.expand(n_rays, 3).clone()
-    opacity_out = torch.zeros(n_rays, 1, device=dev)
-    depth_out = torch.zeros(n_rays, 1, device=dev)
-    normal_out = torch.zeros(n_rays, 3, device=dev)
+    # rgb, opacity, depth, normal, orientation per ray; rays that miss the box keep these values.
+    outs = [bg.expand(n_rays, 3).clone(), torch.zeros(n_rays, 1, device=dev), torch.zeros(n_rays, 1, device=dev),
+            torch.zeros(n_rays, 3, device=dev), torch.zeros(n_rays, 1, device=dev)]
     ray_ids = hit.nonzero().squeeze(-1)
     pieces = []
     for start in range(0, ray_ids.numel(), cfg.chunk_rays):
         ids = ray_ids[start:start + cfg.chunk_rays]
-        n = ids.numel()
-        t_near, t_far = near[ids], far[ids]
-        bins = (torch.arange(s, device=dev, dtype=torch.float32)[None] + 0.5).expand(n, s)
-        if generator is not None:
-            bins = bins + (torch.rand(n, s, generator=generator, device="cpu").to(dev) - 0.5)
-        delta = ((t_far - t_near) / s)[:, None]  # [n,1]
-        t = t_near[:, None] + bins * delta  # [n,s]
-        pts = o[ids, None, :] + t[..., None] * d[ids, None, :]  # [n,s,3]
-        flat = pts.reshape(-1, 3)
-        keep = occupancy.lookup(flat) if occupancy is not None else torch.ones_like(flat[:, 0], dtype=torch.bool)
-        keep_idx = keep.nonzero().squeeze(-1)
-        alpha = torch.zeros(n * s, device=dev)
-        color = torch.zeros(n * s, 3, device=dev)
-        normal = torch.zeros(n * s, 3, device=dev)
-        if keep_idx.numel() > 0:
-            a_k, c_k, n_k = field.query(
-                flat[keep_idx], d[ids].repeat_interleave(s, dim=0)[keep_idx],
-                delta.expand(n, s).reshape(-1)[keep_idx], want_normals,
-            )
-            alpha = alpha.index_put((keep_idx,), a_k)
-            color = color.index_put((keep_idx,), c_k)
-            if n_k is not None:
-                normal = normal.index_put((keep_idx,), n_k)
-        alpha = alpha.reshape(n, s)
-        trans = torch.cumprod(torch.cat([torch.ones(n, 1, device=dev), 1 - alpha + 1e-10], dim=1), dim=1)[:, :-1]
-        weights = alpha * trans  # [n,s]
-        acc = weights.sum(-1, keepdim=True)
-        rgb = (weights[..., None] * color.reshape(n, s, 3)).sum(1) + (1 - acc) * bg
-        depth = (weights * t).sum(-1, keepdim=True) * cos_fwd[ids, None]
-        normal = normal.reshape(n, s, 3)
-        nrm = (weights[..., None] * normal).sum(1)
-        # Ref-NeRF orientation penalty per ray: sum_i w_i max(0, n_i . d)^2
-        facing_away = F.relu((normal * d[ids, None, :]).sum(-1))
-        orient = (weights * facing_away**2).sum(-1, keepdim=True)
-        pieces.append((ids, rgb, acc, depth, nrm, orient))
-    orient_out = torch.zeros(n_rays, 1, device=dev)
-    for ids, rgb, acc, depth, nrm, orient in pieces:
-        orient_out = orient_out.index_put((ids,), orient)
-        rgb_out = rgb_out.index_put((ids,), rgb)
-        opacity_out = opacity_out.index_put((ids,), acc)
-        depth_out = depth_out.index_put((ids,), depth)
-        normal_out = normal_out.index_put((ids,), nrm)
+        t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, generator)
+        alpha, color, normal = _query_samples(field, occupancy, pts, d[ids], delta, want_normals)
+        pieces.append((ids, _composite(alpha, color, normal, t, d[ids], cos_fwd[ids], bg)))
+    for ids, values in pieces:
+        outs = [out.index_put((ids,), v) for out, v in zip(outs, values)]
+    rgb_out, opacity_out, depth_out, normal_out, orient_out = outs
     out = {
         "rgb": rgb_out.reshape(b, h, w, 3),
         "opacity": opacity_out.reshape(b, h, w, 1),
