@@ -8,7 +8,9 @@ options do, raising ValidationError for unknown keys, wrong types, values outsid
 field's declared range and unsafe file names (config_fields.py).
 
 Presets: tiny (tiny models, CPU, seconds per stage), draft (GPU, fast),
-standard (the method's settings), high (more of everything).
+standard (the method's settings), high (more of everything). They are written
+as typed instances (dataclasses.replace of the standard one), so that an editor
+and a type checker see into them; only requests name fields by dotted strings.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import dataclasses
 import json
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from dreampolish.protocol.errors import ValidationError
 
 from .config_fields import check_field, ranged
+from .geometry.fields import FieldConfig
 from .guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
 from .guidance.text_prior import ViewPromptConfig
 from .guidance.zero123 import Zero123GuidanceConfig
@@ -269,61 +272,76 @@ def standard_preset() -> PipelinePreset:
 
 def draft_preset() -> PipelinePreset:
     """A fast GPU preview of the whole method at reduced steps and resolution."""
-    preset = apply_options(standard_preset(), {
-        "nerf.steps": 1200, "nerf.resolution.high": 256, "nerf.resolution.switch_step": 800,
-        "neus.steps": 1000, "dmtet.steps": 1000, "polish.steps": 150, "polish.render_size": 384,
-        "texture.steps": 1000, "texture.atlas_size": 1024, "preview_every": 50,
-    })
-    preset.description = "fast GPU preview of the method (a few minutes)"
-    return preset
+    p = standard_preset()
+    return replace(
+        p, description="fast GPU preview of the method (a few minutes)", preview_every=50,
+        nerf=replace(p.nerf, steps=1200, resolution=replace(p.nerf.resolution, high=256, switch_step=800)),
+        neus=replace(p.neus, steps=1000),
+        dmtet=replace(p.dmtet, steps=1000),
+        polish=replace(p.polish, steps=150, render_size=384),
+        texture=replace(p.texture, steps=1000, atlas_size=1024),
+    )
 
 
 def high_preset() -> PipelinePreset:
     """More steps, finer grids and a larger atlas than the method's settings. GPU with ample memory."""
-    preset = apply_options(standard_preset(), {
-        "nerf.steps": 8000, "neus.steps": 8000, "dmtet.steps": 8000, "polish.steps": 600,
-        "polish.render_size": 768, "texture.steps": 8000, "texture.atlas_size": 2048,
-        "texture.normal_map": True, "texture.simplify_to_faces": 60000,
-    })
-    preset.description = "longer runs, finer detail, 2K texture (GPU)"
-    return preset
+    p = standard_preset()
+    return replace(
+        p, description="longer runs, finer detail, 2K texture (GPU)",
+        nerf=replace(p.nerf, steps=8000),
+        neus=replace(p.neus, steps=8000),
+        dmtet=replace(p.dmtet, steps=8000),
+        polish=replace(p.polish, steps=600, render_size=768),
+        texture=replace(p.texture, steps=8000, atlas_size=2048, normal_map=True, simplify_to_faces=60000),
+    )
 
 
-TINY_OPTIONS: dict[str, Any] = {
-    "model_set": "tiny", "rasterizer": "torch", "preview_every": 2, "preview_size": 48,
-    "reference.size": 64, "reference.generation.num_inference_steps": 2,
-    "guidance.zero123_weight": 1.0, "guidance.text_weight": 1.0,
-    "nerf.steps": 4, "nerf.resolution.low": 24, "nerf.resolution.high": 24,
-    "nerf.density.grid.n_levels": 4, "nerf.density.grid.log2_hashmap_size": 12,
-    "nerf.density.grid.base_resolution": 8, "nerf.density.grid.start_levels": 4,
-    "nerf.density.hidden_dim": 16, "nerf.render.n_samples": 16,
-    "nerf.orientation_weight.start": 0.0, "nerf.orientation_weight.end": 0.0, "nerf.render.occupancy_resolution": 16,
-    "nerf.mesh_resolution": 32, "nerf.reference.resolution": 32, "nerf.occupancy_warmup": 100,
-    "neus.steps": 4, "neus.resolution.low": 24, "neus.sdf.grid.n_levels": 4, "neus.sdf.grid.log2_hashmap_size": 12,
-    "neus.sdf.grid.base_resolution": 8, "neus.sdf.grid.start_levels": 4, "neus.sdf.hidden_dim": 16,
-    "neus.render.n_samples": 16, "neus.render.occupancy_resolution": 16, "neus.init_steps": 10,
-    "neus.init_batch": 2048, "neus.init_resolution": 32, "neus.mesh_resolution": 32, "neus.eikonal_points": 256,
-    "neus.reference.resolution": 32,
-    "dmtet.steps": 4, "dmtet.resolution.low": 32, "dmtet.grid_resolution": 16, "dmtet.color.grid.n_levels": 4,
-    "dmtet.color.grid.log2_hashmap_size": 12, "dmtet.color.grid.base_resolution": 8,
-    "dmtet.color.grid.start_levels": 4, "dmtet.color.hidden_dim": 16, "dmtet.color_init_steps": 10,
-    "dmtet.reference.resolution": 32,
-    "polish.steps": 4, "polish.render_size": 32, "polish.batch_size": 1, "polish.view_pool": 4,
-    "polish.estimator.num_inference_steps": 1,
-    "texture.steps": 4, "texture.render_size": 32, "texture.view_pool": 4, "texture.atlas_size": 128,
-    "texture.field.grid.n_levels": 4, "texture.field.grid.log2_hashmap_size": 12,
-    "texture.field.grid.base_resolution": 8, "texture.field.grid.start_levels": 4,
-    "texture.field.hidden_dim": 16, "texture.chart_padding": 2,
-}
-"""The tiny preset as overrides of the standard one (so every key is checked against the real fields)."""
+def _tiny_field(f: FieldConfig) -> FieldConfig:
+    """A 4-level, 4096-entry hash grid and 16-wide MLPs: the smallest field that still learns a shape."""
+    grid = replace(f.grid, n_levels=4, log2_hashmap_size=12, base_resolution=8, start_levels=4)
+    return replace(f, grid=grid, hidden_dim=16)
+
+
+def _tiny_geometry(p: PipelinePreset) -> dict[str, Any]:
+    """The NeRF, NeuS and DMTet stages of `p` at four steps, small grids and 24-32 px renders."""
+    nerf, neus, dmtet = p.nerf, p.neus, p.dmtet
+    return dict(
+        nerf=replace(
+            nerf, steps=4, resolution=replace(nerf.resolution, low=24, high=24), density=_tiny_field(nerf.density),
+            render=replace(nerf.render, n_samples=16, occupancy_resolution=16),
+            orientation_weight=replace(nerf.orientation_weight, start=0.0, end=0.0),
+            mesh_resolution=32, reference=replace(nerf.reference, resolution=32), occupancy_warmup=100),
+        neus=replace(
+            neus, steps=4, resolution=replace(neus.resolution, low=24), sdf=_tiny_field(neus.sdf),
+            render=replace(neus.render, n_samples=16, occupancy_resolution=16), init_steps=10, init_batch=2048,
+            init_resolution=32, mesh_resolution=32, eikonal_points=256, reference=replace(neus.reference, resolution=32)),
+        dmtet=replace(
+            dmtet, steps=4, resolution=replace(dmtet.resolution, low=32), grid_resolution=16,
+            color=_tiny_field(dmtet.color), color_init_steps=10, reference=replace(dmtet.reference, resolution=32)),
+    )
+
+
+def shrink_to_tiny(preset: PipelinePreset) -> PipelinePreset:
+    """`preset` with the tiny models, the PyTorch rasteriser, a few steps per stage and small grids and
+    renders: what the tiny preset is made of, and what GPU smoke benchmarks shrink other presets with."""
+    p = copy.deepcopy(preset)
+    return replace(
+        p, model_set="tiny", rasterizer="torch", preview_every=2, preview_size=48,
+        reference=replace(p.reference, size=64, generation=replace(p.reference.generation, num_inference_steps=2)),
+        guidance=replace(p.guidance, zero123_weight=1.0, text_weight=1.0),
+        **_tiny_geometry(p),
+        polish=replace(p.polish, steps=4, render_size=32, batch_size=1, view_pool=4,
+                       estimator=replace(p.polish.estimator, num_inference_steps=1)),
+        texture=replace(p.texture, steps=4, render_size=32, view_pool=4, atlas_size=128, field=_tiny_field(p.texture.field),
+                        chart_padding=2),
+    )
 
 
 def tiny_preset() -> PipelinePreset:
     """Tiny models, CPU, a few steps per stage at low resolution: the whole chain in about a minute on a
     two-core CPU. For tests and the CPU demo; the result shows that everything runs, not a good asset."""
-    preset = apply_options(standard_preset(), TINY_OPTIONS)
-    preset.description = "tiny models on the CPU, seconds per stage (tests and demo)"
-    return preset
+    return replace(shrink_to_tiny(standard_preset()),
+                   description="tiny models on the CPU, seconds per stage (tests and demo)")
 
 
 PRESETS: dict[str, Callable[[], PipelinePreset]] = {

@@ -57,7 +57,7 @@ from dreampolish.backend.guidance.base import NormalTargets
 from dreampolish.backend.models.loading import PriorModels
 from dreampolish.backend.pipeline import DiffusionPriors, DreamPolishPipeline
 from dreampolish.backend.pipeline_api import JobCancelled, JobFailed
-from dreampolish.backend.presets import TINY_OPTIONS, PipelinePreset, apply_options, get_preset
+from dreampolish.backend.presets import PipelinePreset, apply_options, get_preset, shrink_to_tiny
 from dreampolish.backend.render.cameras import CameraBatch
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
@@ -366,9 +366,9 @@ def run_options(phases: dict[str, list[Phase]]) -> dict[str, Any]:
 
 def run_preset(name: str, settings: BenchSettings) -> tuple[PipelinePreset, PipelinePreset, dict[str, list[Phase]]]:
     """(the preset as users get it, the preset the benchmark runs, the phases of each measured stage).
-    Smoke mode shrinks the preset with the tiny preset's overrides first (models, grids, sizes)."""
+    Smoke mode shrinks the preset as the tiny preset is made (presets.shrink_to_tiny) first (models, grids, sizes)."""
     preset = get_preset(name)
-    shrunk = apply_options(preset, TINY_OPTIONS) if settings.smoke else preset
+    shrunk = shrink_to_tiny(preset) if settings.smoke else preset
     phases = {stage: stage_phases(preset, shrunk, stage, settings) for stage in MEASURED_STAGES}
     # The run keeps the (possibly shrunk) preset's sizes; only its step counts and switch steps change.
     run = apply_options(shrunk, run_options(phases))

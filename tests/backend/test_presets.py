@@ -142,3 +142,18 @@ def test_refined_mesh_is_normalised_and_cameras_follow_it():
     np.testing.assert_allclose(np.sort(world, 0), np.sort(source.vertices, 0), atol=1e-5)
     cam = frame.reference_camera
     assert float(cam.c2w[0, 0, 3]) == pytest.approx(0.0, abs=1e-5)  # straight above the object's centre
+
+
+def test_shrinking_to_tiny_keeps_the_rest_of_a_preset_and_leaves_it_untouched():
+    from dreampolish.backend.presets import shrink_to_tiny
+
+    draft = get_preset("draft")
+    before = to_json_dict(draft)
+    small = shrink_to_tiny(draft)
+    assert to_json_dict(draft) == before  # the input is not changed, and shares nothing mutable
+    small.nerf.density.grid.n_levels = 2
+    assert draft.nerf.density.grid.n_levels != 2
+    assert (small.model_set, small.nerf.steps, small.texture.atlas_size) == ("tiny", 4, 128)
+    assert small.preview_every == 2 and small.description == draft.description
+    assert to_json_dict(shrink_to_tiny(get_preset("standard"))) == {**to_json_dict(get_preset("tiny")),
+                                                                     "description": get_preset("standard").description}
