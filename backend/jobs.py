@@ -1,33 +1,19 @@
-"""The job system: job states, the on-disk job store with its event logs, and the runner that calls
-the pipeline.
+"""The job system: job states and the runner that calls the pipeline; the store is job_store.py.
 
-Store layout, one folder per job (job ids never come from the wire as paths):
-
-    STORE/<job_id>/state.json    state, prompt, stages done, error (rewritten atomically)
-    STORE/<job_id>/spec.msg      the submit message as received (framed, see write_frames)
-    STORE/<job_id>/events.log    every event, in seq order, as its encoded frames
-    STORE/<job_id>/resume.msg    the pending resume message (edited mesh), until the job runs
-    STORE/<job_id>/work/         the pipeline's own folder (checkpoints)
-
-Every event goes to events.log before it is published, so a client that
+Every event goes to the store before it is published, so a client that
 reconnects and attaches with the last seq it saw gets everything after it, and
 a restarted backend still serves finished results. Jobs that were queued or
 running when the backend stopped are queued again and run with ResumePoint().
+A stage result is recorded once per (stage, index): a pipeline that reports a
+stage again after a restart (restored from its checkpoint) sends nothing twice.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import secrets
-import struct
+import sys
 import threading
-import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
@@ -36,7 +22,10 @@ from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
 from .executor import Executor
+from .job_store import SEQ_STEP, DiskFull, Job, JobStore, StoreError
 from .pipeline_api import JobCancelled, JobFailed, Pipeline, ResumePoint, RunOutcome
+
+__all__ = ["DiskFull", "Job", "JobManager", "JobStore", "StoreError", "classify_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -56,220 +45,6 @@ class JobInterrupted(JobCancelled):
     """Raised by check_cancel when the backend shuts down: the job stays resumable, it is not cancelled."""
 
 
-# --- framed records on disk ----------------------------------------------------------------------
-
-_RECORD = struct.Struct("<4sIQ")  # magic, crc32 of payload, payload length
-_MAGIC = b"DPEV"
-
-
-def pack_frames(frames: Sequence[bytes | memoryview]) -> bytes:
-    lens = struct.pack(f"<I{len(frames)}Q", len(frames), *(memoryview(f).nbytes for f in frames))
-    return lens + b"".join(bytes(f) for f in frames)
-
-
-def unpack_frames(payload: bytes | memoryview) -> list[memoryview]:
-    view = memoryview(payload)
-    (n,) = struct.unpack_from("<I", view, 0)
-    lens = struct.unpack_from(f"<{n}Q", view, 4)
-    pos = 4 + 8 * n
-    frames = []
-    for length in lens:
-        frames.append(view[pos : pos + length])
-        pos += length
-    return frames
-
-
-def record(frames: Sequence[bytes | memoryview]) -> bytes:
-    payload = pack_frames(frames)
-    return _RECORD.pack(_MAGIC, zlib.crc32(payload), len(payload)) + payload
-
-
-def write_frames_atomic(path: Path, frames: Sequence[bytes | memoryview]) -> None:
-    _write_atomic(path, record(frames))
-
-
-def read_frames(path: Path) -> list[memoryview]:
-    data = path.read_bytes()
-    records = list(_scan_records(data))
-    if not records:
-        raise OSError(f"{path} holds no complete record")
-    offset, length = records[0]
-    return unpack_frames(memoryview(data)[offset : offset + length])
-
-
-def _scan_records(data: bytes) -> Iterator[tuple[int, int]]:
-    """(payload offset, payload length) of every intact record; stops at a torn or corrupt tail."""
-    pos = 0
-    while pos + _RECORD.size <= len(data):
-        magic, crc, length = _RECORD.unpack_from(data, pos)
-        start = pos + _RECORD.size
-        if magic != _MAGIC or start + length > len(data) or zlib.crc32(data[start : start + length]) != crc:
-            return
-        yield start, length
-        pos = start + length
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-# --- jobs ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class EventIndex:
-    seq: int
-    type: str
-    offset: int
-    """Payload offset in events.log."""
-    length: int
-
-
-@dataclass
-class Job:
-    """One job, in memory. The store folder holds everything needed to rebuild it."""
-
-    job_id: str
-    spec: JobSpec
-    folder: Path
-    state: str = "queued"
-    created_unix: float = field(default_factory=time.time)
-    error: str = ""
-    stages_done: list[str] = field(default_factory=list)
-    resume: ResumePoint | None = None
-    """What the next run starts from: None for a fresh job, ResumePoint(...) to continue one."""
-    events: list[EventIndex] = field(default_factory=list)
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def last_seq(self) -> int:
-        return self.events[-1].seq if self.events else 0
-
-    @property
-    def work_dir(self) -> Path:
-        return self.folder / "work"
-
-    def info(self) -> m.JobInfo:
-        return m.JobInfo(
-            job_id=self.job_id,
-            state=self.state,
-            prompt=self.spec.prompt,
-            mode=self.spec.mode,
-            preset=self.spec.preset,
-            created_unix=self.created_unix,
-            last_seq=self.last_seq,
-            stages_done=list(self.stages_done),
-            error=self.error,
-        )
-
-
-def new_job_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-class JobStore:
-    """The job folders under one root. Writes are atomic (state files) or append-only with checksums (events)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def create(self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview]) -> Job:
-        job_id = new_job_id()
-        folder = self.root / job_id
-        folder.mkdir()
-        (folder / "work").mkdir()
-        job = Job(job_id=job_id, spec=spec, folder=folder)
-        write_frames_atomic(folder / "spec.msg", submit_frames)
-        self.save_state(job)
-        return job
-
-    def save_state(self, job: Job) -> None:
-        state = {
-            "job_id": job.job_id,
-            "state": job.state,
-            "created_unix": job.created_unix,
-            "error": job.error,
-            "stages_done": job.stages_done,
-        }
-        _write_atomic(job.folder / "state.json", json.dumps(state, indent=1).encode())
-
-    def append_event(
-        self, job: Job, seq: int, kind: str, frames: Sequence[bytes | memoryview], durable: bool
-    ) -> None:
-        rec = record(frames)
-        path = job.folder / "events.log"
-        with open(path, "ab") as f:
-            offset = f.tell()
-            f.write(rec)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        job.events.append(EventIndex(seq, kind, offset + _RECORD.size, len(rec) - _RECORD.size))
-
-    def read_events(self, job: Job, entries: Sequence[EventIndex]) -> Iterator[tuple[int, list[memoryview]]]:
-        if not entries:
-            return
-        with open(job.folder / "events.log", "rb") as f:
-            for e in entries:
-                f.seek(e.offset)
-                yield e.seq, unpack_frames(f.read(e.length))
-
-    def save_resume(self, job: Job, mesh: MeshPayload | None) -> None:
-        write_frames_atomic(job.folder / "resume.msg", codec.encode(m.Resume(mesh=mesh, job_id=job.job_id)))
-
-    def clear_resume(self, job: Job) -> None:
-        (job.folder / "resume.msg").unlink(missing_ok=True)
-
-    def load_all(self) -> list[Job]:
-        jobs = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            try:
-                jobs.append(self._load(folder))
-            except (OSError, ValueError, KeyError, ProtocolError) as exc:
-                log.warning("skipping unreadable job folder %s: %s", folder, exc)
-        return jobs
-
-    def _load(self, folder: Path) -> Job:
-        state = json.loads((folder / "state.json").read_text())
-        submit = codec.decode(read_frames(folder / "spec.msg"))
-        if not isinstance(submit, m.Submit):
-            raise ValueError("spec.msg does not hold a submit message")
-        job = Job(
-            job_id=folder.name,
-            spec=submit.spec,
-            folder=folder,
-            state=state["state"],
-            created_unix=float(state["created_unix"]),
-            error=state.get("error", ""),
-            stages_done=list(state.get("stages_done", [])),
-        )
-        log_path = folder / "events.log"
-        if log_path.exists():
-            data = log_path.read_bytes()
-            end = 0
-            for offset, length in _scan_records(data):
-                header = codec.decode_header(unpack_frames(memoryview(data)[offset : offset + length]))
-                job.events.append(EventIndex(int(header["seq"]), str(header["type"]), offset, length))
-                end = offset + length
-            if end < len(data):
-                log.warning("job %s: dropping a torn event record at the end of its log", job.job_id)
-                with open(log_path, "r+b") as f:
-                    f.truncate(end)
-        resume_path = folder / "resume.msg"
-        if resume_path.exists():
-            msg = codec.decode(read_frames(resume_path))
-            if isinstance(msg, m.Resume):
-                job.resume = ResumePoint(edited_mesh=msg.mesh)
-        return job
-
-
 # --- running jobs --------------------------------------------------------------------------------
 
 
@@ -277,20 +52,38 @@ OOM_HINT = (
     "The GPU ran out of memory. Try a smaller preset, fewer or smaller cameras, or close other programs "
     "using the GPU, then submit again."
 )
+CPU_OOM_HINT = (
+    "The computer ran out of memory. Try a smaller preset or fewer or smaller cameras, or close other "
+    "programs, then submit again."
+)
+
+
+def _torch_oom_type() -> type[BaseException] | None:
+    """torch.OutOfMemoryError when torch is loaded (a torch error cannot happen before it is)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return oom if isinstance(oom, type) else None
+
+
+def _is_cpu_allocation_failure(exc: BaseException) -> bool:
+    # torch's CPU allocator raises a plain RuntimeError ("[enforce fail at alloc_cpu.cpp] ...
+    # DefaultCPUAllocator: can't allocate memory" / "not enough memory"): no type says it is one.
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc)
 
 
 def classify_failure(exc: BaseException) -> tuple[str, str]:
     """(code, message) for the failed event of a job whose pipeline raised exc."""
     if isinstance(exc, JobFailed):
         return exc.code, exc.message
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ProtocolError):  # ValidationError, DiskFull, StoreError: their code says it
         return exc.code, str(exc)
-    if (
-        type(exc).__name__ == "OutOfMemoryError"
-        or isinstance(exc, MemoryError)
-        or "out of memory" in str(exc)
+    torch_oom = _torch_oom_type()
+    if (torch_oom is not None and isinstance(exc, torch_oom)) or (
+        isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
     ):
         return "out_of_memory", f"{exc} {OOM_HINT}".strip()
+    if isinstance(exc, MemoryError) or _is_cpu_allocation_failure(exc):
+        return "out_of_memory", f"{exc} {CPU_OOM_HINT}".strip()
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
 
@@ -318,11 +111,9 @@ class StoreJobContext:
         self._manager.emit(self._job, msg)
 
     def stage_result(self, stage: str, index: int, mesh: MeshPayload) -> None:
+        """Durable and idempotent per (stage, index): reporting a recorded stage again sends nothing."""
         mesh.validate(require_faces=False)
         self._manager.emit(self._job, m.StageResult(stage=stage, index=int(index), mesh=mesh))
-        if stage not in self._job.stages_done:
-            self._job.stages_done.append(stage)
-            self._manager.store.save_state(self._job)
 
     def check_cancel(self) -> None:
         if self._job.cancel_requested.is_set():
@@ -368,16 +159,28 @@ class JobManager:
                 job.state = "queued"
                 if job.resume is None and (interrupted or job.events):
                     job.resume = ResumePoint()
-                self.store.save_state(job)
+                self._save_state(job)
                 if interrupted:
                     log.info("job %s was interrupted by a restart; queued to resume", job.job_id)
-                    self.emit(job, m.Resumed(with_edited_mesh=False))
+                    try:
+                        self.emit(job, m.Resumed(with_edited_mesh=False))
+                    except StoreError as exc:
+                        log.warning("job %s: resumed event not stored: %s", job.job_id, exc)
                 self.executor.enqueue(job.job_id)
         log.info("job store %s: %d jobs", self.store.root, len(self.jobs))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stopping.set()
         self.executor.shutdown(timeout_s)
+
+    def _save_state(self, job: Job) -> bool:
+        """Save the state where it is a cache of the log (the events say the same): a failure is logged."""
+        try:
+            self.store.save_state(job)
+            return True
+        except StoreError as exc:
+            log.warning("job %s: state not saved: %s", job.job_id, exc)
+            return False
 
     # requests from clients (server thread) ------------------------------------------------------
 
@@ -388,7 +191,8 @@ class JobManager:
         return job
 
     def submit(self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview]) -> tuple[Job, int]:
-        """Check the spec with the pipeline (raises ValidationError), store it and queue it."""
+        """Check the spec with the pipeline (raises ValidationError), store it and queue it (raises
+        DiskFull when it cannot be stored: nothing is left behind)."""
         self.checker.check(spec)
         job = self.store.create(spec, submit_frames)
         with self._lock:
@@ -408,21 +212,34 @@ class JobManager:
                 # The worker sees the flag at the pipeline's next check_cancel (within one step).
                 return
             job.state = "cancelled"
+            job.resume = None
+        self.emit(job, m.Cancelled(), final=True)
         self.store.clear_resume(job)
-        self.store.save_state(job)
-        self.emit(job, m.Cancelled())
+        self._save_state(job)
 
     def resume(self, job_id: str, mesh: MeshPayload | None) -> int:
         job = self.get(job_id)
         with job.lock:
             if job.state != "paused":
                 raise BadJobState(f"job {job_id} is {job.state}, not paused; only a paused job can resume")
+            # The edited mesh is durable before the job changes state (DiskFull refuses the resume).
+            self.store.save_resume(job, codec.encode(m.Resume(mesh=mesh, job_id=job.job_id)))
             job.state = "queued"
             job.resume = ResumePoint(edited_mesh=mesh)
-        self.store.save_resume(job, mesh)
-        self.store.save_state(job)
-        self.emit(job, m.Resumed(with_edited_mesh=mesh is not None))
+        self._save_state(job)
+        self.emit(job, m.Resumed(with_edited_mesh=mesh is not None), final=True)
         return self.executor.enqueue(job.job_id)
+
+    def attach(self, job_id: str, last_seq: int) -> bool:
+        """Check an attach; True when events follow (False: the client has seen the whole finished job)."""
+        job = self.get(job_id)
+        with job.lock:
+            last, state = job.last_seq, job.state
+        if last_seq > last:
+            raise ValidationError(
+                f"attach: last_seq {last_seq} is past the end of job {job_id}, whose last event is {last}"
+            )
+        return not (state in m.FINAL_STATES and last_seq == last)
 
     def events_after(self, job_id: str, last_seq: int) -> Iterator[tuple[int, list[memoryview]]]:
         job = self.get(job_id)
@@ -444,7 +261,11 @@ class JobManager:
             entries = [e for e in job.events if e.type == m.StageResult.TYPE]
         results = []
         for _, frames in self.store.read_events(job, entries):
-            msg = codec.decode(frames)
+            try:
+                msg = codec.decode(frames)
+            except ProtocolError as exc:
+                log.warning("job %s: a stored stage result does not decode: %s", job_id, exc)
+                continue
             if isinstance(msg, m.StageResult):
                 results.append(msg)
         return job.state, results
@@ -456,9 +277,17 @@ class JobManager:
 
     # events --------------------------------------------------------------------------------------
 
-    def emit(self, job: Job, msg: m.Message) -> int:
-        """Give msg the job's next seq, store it, then publish it. Thread-safe; never blocks on clients."""
+    def emit(self, job: Job, msg: m.Message, final: bool = False) -> int:
+        """Give msg the job's next seq, store it, then publish it. Thread-safe; never blocks on clients.
+
+        Raises StoreError (DiskFull) when the store cannot take it, except with final=True (the final
+        events and answers to requests): those are published anyway and served from memory, so a
+        waiting client always hears how its job ended. A stage result already recorded is not sent
+        again (returns its seq)."""
         with job.lock:
+            if isinstance(msg, m.StageResult) and (msg.stage, msg.index) in job.results:
+                log.info("job %s: %s result already recorded; not sent again", job.job_id, msg.stage)
+                return job.results[(msg.stage, msg.index)]
             seq = job.last_seq + 1
             msg.job_id, msg.seq = job.job_id, seq
             msg.msg_id = f"{job.job_id}:{seq}"
@@ -468,10 +297,28 @@ class JobManager:
                 codec.decode(frames)
             except ProtocolError as exc:
                 raise ValidationError(f"the pipeline reported an invalid {msg.TYPE}: {exc}") from exc
-            durable = msg.TYPE != m.Progress.TYPE
-            self.store.append_event(job, seq, msg.TYPE, frames, durable=durable)
+            try:
+                self._store_event(job, seq, msg, frames)
+            except StoreError:
+                if not final:
+                    raise
+                log.warning("job %s: event %d (%s) kept in memory only", job.job_id, seq, msg.TYPE)
+                self.store.keep_in_memory(job, seq, msg.TYPE, frames)
         self.publish(job.job_id, seq, frames)
         return seq
+
+    def _store_event(self, job: Job, seq: int, msg: m.Message, frames: list[bytes | memoryview]) -> None:
+        if seq > job.seq_mark:
+            # state.json holds a mark no published seq passes, so numbering after a damaged log
+            # tail resumes beyond every seq a client may have seen.
+            job.seq_mark = seq + SEQ_STEP
+            self.store.save_state(job)
+        if isinstance(msg, m.StageResult):
+            self.store.record_stage_result(job, seq, msg.stage, msg.index, frames)
+            if msg.stage not in job.stages_done:
+                job.stages_done.append(msg.stage)
+        else:
+            self.store.append_event(job, seq, msg.TYPE, frames, durable=not isinstance(msg, m.Progress))
 
     # the worker side -----------------------------------------------------------------------------
 
@@ -488,12 +335,12 @@ class JobManager:
                 return
             job.state = "running"
             resume = job.resume
-        self.store.save_state(job)
         log.info("job %s running on %s%s", job_id, device, " (resuming)" if resume else "")
-        ctx = StoreJobContext(self, job, device)
-        pipeline = self.pipelines[device]
         try:
-            outcome: RunOutcome = pipeline.run(job.spec, ctx, resume)
+            self.store.save_state(job)
+            outcome: RunOutcome = self.pipelines[device].run(
+                job.spec, StoreJobContext(self, job, device), resume
+            )
         except JobInterrupted:
             log.info("job %s interrupted by shutdown; it resumes after a restart", job_id)
             return  # state stays "running": start() queues it again
@@ -501,34 +348,35 @@ class JobManager:
             self._finish(job, "cancelled", m.Cancelled())
             return
         except Exception as exc:  # a pipeline failure ends this job only
-            code, message = classify_failure(exc)
-            if code == "internal_error":
-                log.exception("job %s failed", job_id)
-            else:
-                log.warning("job %s failed (%s): %s", job_id, code, message)
-            failed = m.Failed(code=code[: m.MAX_ID_CHARS], message=message[: m.MAX_MESSAGE_CHARS])
-            self._finish(job, "failed", failed, error=message)
+            self._fail(job, exc)
             return
         if outcome.paused_after is not None and job.cancel_requested.is_set():
             # Cancelled during the stage that ended at the gate: the cancel wins over the pause.
             self._finish(job, "cancelled", m.Cancelled())
         elif outcome.paused_after is not None:
-            with job.lock:
-                job.state = "paused"
-                job.resume = None
-            self.store.clear_resume(job)
-            self.store.save_state(job)
-            self.emit(job, m.Paused(stage=outcome.paused_after))
+            self._finish(job, "paused", m.Paused(stage=outcome.paused_after))
             log.info("job %s paused after %s", job_id, outcome.paused_after)
         else:
             self._finish(job, "done", m.Done())
 
-    def _finish(self, job: Job, state: str, event: m.Message, error: str = "") -> None:
+    def _fail(self, job: Job, exc: Exception) -> None:
+        code, message = classify_failure(exc)
+        if code == "internal_error":
+            log.exception("job %s failed", job.job_id)
+        else:
+            log.warning("job %s failed (%s): %s", job.job_id, code, message)
+        failed = m.Failed(code=code[: m.MAX_ID_CHARS], message=message[: m.MAX_MESSAGE_CHARS])
+        self._finish(job, "failed", failed, error=message, error_code=code)
+
+    def _finish(self, job: Job, state: str, event: m.Message, error: str = "", error_code: str = "") -> None:
+        """The event first (stored, or kept in memory when the store fails), then the state file: the
+        log is the record of how the job ended, and state.json follows it."""
         with job.lock:
             job.state = state
             job.error = error
+            job.error_code = error_code
             job.resume = None
+        self.emit(job, event, final=True)
         self.store.clear_resume(job)
-        self.store.save_state(job)
-        self.emit(job, event)
+        self._save_state(job)
         log.info("job %s %s", job.job_id, state)
