@@ -29,7 +29,8 @@ class Executor(Protocol):
     def start(self, run_job: RunJob) -> None: ...
 
     def enqueue(self, job_id: str) -> int:
-        """Queue a job; returns how many jobs wait before it."""
+        """Queue a job; returns its queue position: how many jobs are ahead of it (queued or running)
+        when no worker is free for it, 0 when it starts at once."""
         ...
 
     def pending(self) -> int:
@@ -53,6 +54,9 @@ class LocalExecutor:
         self.devices = tuple(devices)
         self._queue: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._busy = 0
+        """Workers running a job now."""
+        self._count_lock = threading.Lock()
 
     def start(self, run_job: RunJob) -> None:
         for device in self.devices:
@@ -67,15 +71,21 @@ class LocalExecutor:
             item = self._queue.get()
             if item is _STOP:
                 return
+            with self._count_lock:
+                self._busy += 1
             try:
                 run_job(str(item), device)
             except Exception:  # run_job handles job failures; this only keeps the worker alive
                 log.exception("worker on %s: unexpected error running job %s", device, item)
+            finally:
+                with self._count_lock:
+                    self._busy -= 1
 
     def enqueue(self, job_id: str) -> int:
-        ahead = self._queue.qsize()
-        self._queue.put(job_id)
-        return ahead
+        with self._count_lock:
+            ahead = self._queue.qsize() + self._busy
+            self._queue.put(job_id)
+        return ahead if ahead >= len(self.devices) else 0
 
     def pending(self) -> int:
         return self._queue.qsize()
