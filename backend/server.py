@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 PipelineFactory = Callable[[], Pipeline]
 
 
+class CannotBind(OSError):
+    """The server socket could not be bound (address in use, bad endpoint, no permission)."""
+
+
 def backend_version() -> str:
     try:
         return version("dreampolish")
@@ -145,8 +149,13 @@ class BackendServer:
     """Serves one endpoint. serve_forever() in the calling thread, or start()/stop() for a background thread."""
 
     def __init__(
-        self, config: ServerConfig, pipeline_factory: PipelineFactory, executor: Executor | None = None
+        self,
+        config: ServerConfig,
+        pipeline_factory: PipelineFactory,
+        executor: Executor | None = None,
+        store: JobStore | None = None,
     ):
+        """store: the job store (default: a JobStore on config.store_dir)."""
         check_bind_allowed(config.bind, config.curve_keys)
         self.config = config
         self.executor = executor or LocalExecutor(config.devices)
@@ -164,7 +173,9 @@ class BackendServer:
         self._local = threading.local()
         self._push_sockets: list[zmq.Socket] = []
         self._push_lock = threading.Lock()
-        self.manager = JobManager(JobStore(config.store_dir), self.executor, pipelines, self._publish)
+        self.manager = JobManager(
+            store or JobStore(config.store_dir), self.executor, pipelines, self._publish
+        )
         self.endpoint: str = ""
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -197,6 +208,10 @@ class BackendServer:
     def serve_forever(self) -> None:
         try:
             router, pull = self._open_sockets()
+        except (OSError, zmq.ZMQError) as exc:
+            self._startup_error = CannotBind(f"cannot serve on {self.config.bind}: {exc}")
+            self._ready.set()
+            raise self._startup_error from exc
         except Exception as exc:
             self._startup_error = exc
             self._ready.set()
@@ -341,15 +356,22 @@ class BackendServer:
             for peer, sub in list(peers.items()):
                 if not sub.behind or sub.retry_at > now:
                     continue
-                sub.behind = False
-                start = sub.last_sent
-                for seq, frames in self.manager.events_after(job_id, sub.last_sent):
-                    self._deliver(router, job_id, peer, sub, seq, frames)
-                    if sub.behind or peer not in self._subs.by_job.get(job_id, {}):
-                        break
-                if sub.behind:
-                    sub.backoff_s = 0.005 if sub.last_sent > start else min(sub.backoff_s * 2, 0.5)
-                    sub.retry_at = now + sub.backoff_s
+                try:
+                    self._replay(router, job_id, peer, sub, now)
+                except Exception:  # the loop outlives any one job's files; that follower is dropped
+                    log.exception("cannot replay job %s to %s; it stops following", job_id, peer.hex())
+                    self._subs.remove(job_id, peer)
+
+    def _replay(self, router: zmq.Socket, job_id: str, peer: bytes, sub: _Subscriber, now: float) -> None:
+        sub.behind = False
+        start = sub.last_sent
+        for seq, frames in self.manager.events_after(job_id, sub.last_sent):
+            self._deliver(router, job_id, peer, sub, seq, frames)
+            if sub.behind or peer not in self._subs.by_job.get(job_id, {}):
+                break
+        if sub.behind:
+            sub.backoff_s = 0.005 if sub.last_sent > start else min(sub.backoff_s * 2, 0.5)
+            sub.retry_at = now + sub.backoff_s
 
     # requests ------------------------------------------------------------------------------------
 
@@ -407,9 +429,10 @@ class BackendServer:
             ahead = self.manager.resume(msg.job_id, msg.mesh)
             self._reply(router, peer, m.Accepted(job_id=msg.job_id, queue_position=ahead, re=re))
         elif isinstance(msg, m.Attach):
-            self.manager.get(msg.job_id)
+            follow = self.manager.attach(msg.job_id, msg.last_seq)
             self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
-            self._subs.add(msg.job_id, peer, msg.last_seq)
+            if follow:
+                self._subs.add(msg.job_id, peer, msg.last_seq)
         elif isinstance(msg, m.ListJobs):
             self._reply(router, peer, m.JobList(jobs=self.manager.list(), re=re))
         elif isinstance(msg, m.FetchResult):

@@ -44,13 +44,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import zmq
-
-    from ..security import InsecureBindRefused, load_server_keys
-    from ..server import BackendServer, ServerConfig, load_pipeline_factory, resolve_devices
+    from ..security import InsecureBindRefused, check_bind_allowed, load_server_keys
 
     try:
         keys = load_server_keys(args.curve_secret_key) if args.curve_secret_key else None
+        # Before anything slow (torch, the pipeline's models): a refused bind is answered at once.
+        check_bind_allowed(args.bind, keys)
+    except InsecureBindRefused as exc:
+        log.error("%s", exc)
+        return 2
+    except (ValueError, OSError) as exc:
+        log.error("cannot start the backend: %s", exc)
+        return 2
+
+    from ..server import BackendServer, CannotBind, ServerConfig, load_pipeline_factory, resolve_devices
+
+    try:
         config = ServerConfig(
             bind=args.bind,
             store_dir=args.store,
@@ -60,9 +69,6 @@ def run(args: argparse.Namespace) -> int:
         )
         factory = load_pipeline_factory(args.pipeline)
         server = BackendServer(config, factory)
-    except InsecureBindRefused as exc:
-        log.error("%s", exc)
-        return 2
     except (ValueError, ImportError, OSError) as exc:
         log.error("cannot start the backend: %s", exc)
         return 2
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     server.install_signal_handlers()
     try:
         server.serve_forever()
-    except (OSError, zmq.ZMQError) as exc:  # address in use, bad endpoint, no permission
-        log.error("cannot serve on %s: %s", args.bind, exc)
+    except CannotBind as exc:  # address in use, bad endpoint, no permission
+        log.error("%s", exc)
         return 2
     return 0
