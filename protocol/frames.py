@@ -64,7 +64,12 @@ class FrameReader:
 
     def array(self, ref: object, name: str) -> np.ndarray:
         ref, buf = self._frame(ref, name)
-        dtype = WIRE_DTYPES.get(ref.get("dtype"))  # type: ignore[arg-type]
+        kind = ref.get("dtype")
+        if not isinstance(kind, str):
+            raise ValidationError(
+                f"{name}.dtype must be a type string such as '<f4', got {type(kind).__name__}"
+            )
+        dtype = WIRE_DTYPES.get(kind)
         if dtype is None:
             raise ValidationError(f"{name} has dtype {ref.get('dtype')!r}; allowed: {sorted(WIRE_DTYPES)}")
         shape = ref.get("shape")

@@ -66,6 +66,13 @@ class CameraSpec:
     def validate(self) -> CameraSpec:
         m = _check_array("camera.matrix_world", self.matrix_world, "float32", (4, 4))
         _finite("camera.matrix_world", m)
+        # A camera whose rotation-scale part cannot be inverted has no view (its world-to-camera
+        # matrix would be NaN or infinite further on): say so here, by name.
+        if abs(float(np.linalg.det(m[:3, :3].astype(np.float64)))) < 1e-12:
+            raise ValidationError(
+                "camera.matrix_world is singular (a zero scale or collapsed axes): give the camera an "
+                "invertible transform (apply a scale of 1 to it in Blender)"
+            )
         if not (0.1 <= float(self.lens_mm) <= 5000.0):
             raise ValidationError(f"camera.lens_mm must be in [0.1, 5000], got {self.lens_mm}")
         for nm, v in (("sensor_width_mm", self.sensor_width_mm), ("sensor_height_mm", self.sensor_height_mm)):
