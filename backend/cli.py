@@ -13,10 +13,10 @@ import argparse
 import logging
 import sys
 
-from .commands import command_modules
+from .commands import COMMAND_MODULES, command_modules
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dreampolish-backend",
         description="DreamPolish compute backend: text or mesh to a polished, textured mesh.",
@@ -28,13 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging verbosity (default INFO)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in command_modules():
+    for module in command_modules(commands):
         module.register(subparsers)
     return parser
 
 
+def _named_command(argv: list[str]) -> tuple[str, ...]:
+    """The command named in argv alone, when there is one: some command modules import torch and
+    the pipeline at import time (seconds), which `serve` must not wait for to refuse a bind."""
+    named = [a for a in argv if a in COMMAND_MODULES]
+    return (named[0],) if named and "-h" not in argv[: argv.index(named[0])] else COMMAND_MODULES
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_named_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

@@ -25,6 +25,6 @@ class CommandModule(Protocol):
     def register(self, subparsers: argparse._SubParsersAction) -> None: ...
 
 
-def command_modules() -> list[CommandModule]:
-    """Import every listed subcommand module (relative to this package)."""
-    return [importlib.import_module(f"{__name__}.{name}") for name in COMMAND_MODULES]
+def command_modules(names: tuple[str, ...] = COMMAND_MODULES) -> list[CommandModule]:
+    """Import the listed subcommand modules (relative to this package), by default all of them."""
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
