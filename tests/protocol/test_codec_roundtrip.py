@@ -58,8 +58,13 @@ def meshes(draw, min_faces: int = 1) -> MeshPayload:
 
 @st.composite
 def cameras(draw) -> CameraSpec:
+    matrix = draw(f32((4, 4)))
+    if abs(np.linalg.det(matrix[:3, :3].astype(np.float64))) < 1e-12:
+        # A singular camera is refused with its own message (test_clear_messages.py); keep the draw's
+        # translation and row 4, and give it an invertible rotation-scale part.
+        matrix[:3, :3] = np.diag(draw(hnp.arrays(np.float32, 3, elements=st.floats(0.125, 64.0, width=32))))
     return CameraSpec(
-        matrix_world=draw(f32((4, 4))),
+        matrix_world=matrix,
         lens_mm=draw(st.floats(1, 500)),
         sensor_width_mm=draw(st.floats(1, 100)),
         sensor_height_mm=draw(st.floats(1, 100)),
