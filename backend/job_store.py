@@ -541,7 +541,7 @@ class _Scanned:
 
     by_seq: dict[int, EventIndex] = field(default_factory=dict)
     bodies: dict[int, dict[str, object]] = field(default_factory=dict)
-    """Header body of each stage_result, paused and failed event (stage, index, code, message)."""
+    """Header body of each stage_result, paused, failed and resumed event."""
     bad_regions: int = 0
     torn_tail: bool = False
     damaged_tail: bool = False
@@ -570,7 +570,9 @@ def scan_log(path: Path) -> _Scanned:
             continue
         out.by_seq[seq] = EventIndex(seq, kind, offset, length)
         body = header.get("body")
-        if kind in (m.StageResult.TYPE, m.Paused.TYPE, m.Failed.TYPE) and isinstance(body, dict):
+        if kind in (m.StageResult.TYPE, m.Paused.TYPE, m.Failed.TYPE, m.Resumed.TYPE) and isinstance(
+            body, dict
+        ):
             out.bodies[seq] = body
     if scan.end < len(data):
         out.torn_tail = True
@@ -626,7 +628,7 @@ class JobLoader:
         self._index_results(job, scanned)
         self._settle_state(job, state, state_problem, scanned)
         self._fill_gaps(job, scanned, state)
-        self._read_resume(job)
+        self._read_resume(job, scanned)
         if spec_problem:
             self._spec_lost(job, spec_problem)
         self._write_repairs(job)
@@ -720,9 +722,11 @@ class JobLoader:
         self.repairs[:0] = [placeholder(job, s) for s in lost] + ([self.tail] if self.tail else [])
         self._lost_seqs = lost
 
-    def _read_resume(self, job: Job) -> None:
+    def _read_resume(self, job: Job, scanned: _Scanned) -> None:
         path = self.folder / "resume.msg"
         if not path.exists():
+            if job.state == "queued" and self._resume_pending(scanned):
+                self._pause_again(job, "resume.msg missing")
             return
         try:
             msg = codec.decode(read_frames(path))
@@ -733,15 +737,31 @@ class JobLoader:
         except (OSError, ValueError, ProtocolError):
             pass
         if job.state == "queued" and job.stages_done:
-            job.state, job.resume = "paused", None
-            self.repairs.append(m.Paused(stage=job.stages_done[-1]))
-            self.notes.append("resume.msg damaged: the edited mesh is lost; paused again, resume it again")
+            self._pause_again(job, "resume.msg damaged")
         else:
             job.resume = ResumePoint()
             self.notes.append(
                 "resume.msg damaged: the job goes on from its checkpoint without the edited mesh"
             )
         path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _resume_pending(scanned: _Scanned) -> bool:
+        """A queued job whose last event is its pause, or a resume that brought an edited mesh, was
+        resumed by a client: resume.msg (written before the state changed) should be there."""
+        if not scanned.by_seq:
+            return False
+        last = max(scanned.by_seq)
+        kind = scanned.by_seq[last].type
+        return kind == m.Paused.TYPE or (
+            kind == m.Resumed.TYPE and bool(scanned.bodies.get(last, {}).get("with_edited_mesh"))
+        )
+
+    def _pause_again(self, job: Job, problem: str) -> None:
+        job.state, job.resume = "paused", None
+        if job.stages_done:
+            self.repairs.append(m.Paused(stage=job.stages_done[-1]))
+        self.notes.append(f"{problem}: the edited mesh is lost; paused again, resume it again")
 
     def _spec_lost(self, job: Job, problem: str) -> None:
         if job.state in m.FINAL_STATES:
