@@ -25,6 +25,7 @@ run $py bench/cpu_stages.py
 for script in bench/fidelity.py bench/guidance_toy2d.py bench/pipeline_oracle.py; do
   [ -f "$script" ] && run $py "$script"
 done
+run $py bench/store_faults.py
 run $py bench/raster_cpu.py
 run $py bench/gpu_raster.py
 echo; echo "JSON lines: $report"

@@ -3,6 +3,9 @@ deleted, truncated to half and bit-flipped at its middle, then a restart; one ro
 
     PYTHONPATH=. .venv/bin/python bench/store_faults.py [--out table.md]
 
+It then times the store's costs: progress events per second (the seq mark's fsynced state writes),
+one large stage result (its own file and its event, both fsynced), and loading the job back.
+
 A row says whether the backend started and served the neighbouring job, the damaged job's state,
 how many of its events and stage results a client attaching from 0 gets (and whether the seqs are
 contiguous and end in the final event), and the job's one-line damage report. The kill -9 cases
@@ -12,6 +15,7 @@ are tests/backend/test_store_faults.py::test_kill_at_a_stage_boundary_sends_ever
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -21,13 +25,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+from dreampolish.backend.executor import LocalExecutor  # noqa: E402
 from dreampolish.backend.job_store import JobStore  # noqa: E402
+from dreampolish.backend.jobs import JobManager, StoreJobContext  # noqa: E402
 from dreampolish.protocol import codec  # noqa: E402
 from dreampolish.protocol import messages as m  # noqa: E402
 from dreampolish.protocol.client import BackendClient  # noqa: E402
 from dreampolish.protocol.job import JobSpec  # noqa: E402
 
-from tests.pipelines import octahedron, running_backend  # noqa: E402
+from tests.pipelines import ScriptedPipeline, octahedron, running_backend  # noqa: E402
 
 
 def flip(path: Path) -> None:
@@ -92,6 +99,40 @@ def one_case(root: Path, job: str, neighbour: str, name: str, damage: str) -> st
         )
 
 
+def costs(root: Path, progress_events: int = 2000) -> dict[str, float]:
+    manager = JobManager(JobStore(root), LocalExecutor(["cpu"]), {"cpu": ScriptedPipeline()}, lambda *e: None)
+    spec = JobSpec("costs")
+    job, _ = manager.submit(spec, codec.encode(m.Submit(spec=spec)))
+    ctx = StoreJobContext(manager, job, "cpu")
+    t0 = time.perf_counter()
+    for i in range(progress_events):
+        ctx.progress("nerf", i + 1, progress_events, {"loss": 1.0})
+    per_s = progress_events / (time.perf_counter() - t0)
+    rng = np.random.default_rng(0)
+    mesh = octahedron()
+    mesh.uvs = None
+    mesh.vertices = rng.random((200_000, 3), dtype=np.float32)
+    mesh.faces = rng.integers(0, 200_000, (400_000, 3)).astype(np.uint32)
+    t0 = time.perf_counter()
+    for index, stage in enumerate(["nerf", "neus", "dmtet", "polish", "texture"]):
+        ctx.stage_result(stage, index, mesh)
+    result_ms = (time.perf_counter() - t0) / 5 * 1000
+    t0 = time.perf_counter()
+    JobStore(root).load_all()
+    load_ms = (time.perf_counter() - t0) * 1000
+    mb = (mesh.vertices.nbytes + mesh.faces.nbytes) / 1e6
+    print(
+        f"progress events: {per_s:.0f}/s; a {mb:.1f} MB stage result: {result_ms:.0f} ms; "
+        f"loading the job ({progress_events + 5} events): {load_ms:.0f} ms"
+    )
+    return {
+        "progress_events_per_s": round(per_s),
+        "stage_result_ms": round(result_ms),
+        "stage_result_mb": round(mb, 1),
+        "load_ms": round(load_ms),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,10 +151,20 @@ def main() -> int:
             job = paused if name == "resume.msg" else done
             for damage in DAMAGE:
                 rows.append(one_case(root, job, neighbour, name, damage))
-    table = "\n".join(rows)
-    print(table)
+        table = "\n".join(rows)
+        print(table)
+        figures = costs(Path(tmp) / "costs")
     if args.out:
         args.out.write_text(table + "\n")
+    cases = rows[2:]
+    summary = {
+        "benchmark": "store_faults",
+        "cases": len(cases),
+        "backend_up": sum("| yes (" in r for r in cases),
+        "contiguous_to_the_end": sum("contiguous, ends" in r for r in cases),
+        **figures,
+    }
+    print(json.dumps(summary))
     return 0
 
 
