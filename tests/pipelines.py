@@ -49,7 +49,8 @@ OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind",
 
 
 class OutOfMemoryError(RuntimeError):
-    """Same name as torch.cuda.OutOfMemoryError, which the job system recognises by name."""
+    """A RuntimeError with CUDA's out-of-memory message, as kernels outside torch's allocator raise
+    it (torch's own allocator raises torch.OutOfMemoryError, which the job system knows by type)."""
 
 
 def png_rgb(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
