@@ -6,6 +6,7 @@ one line."""
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import signal
 import subprocess
@@ -374,3 +375,64 @@ def test_full_disk_fails_the_job_with_disk_full_and_refuses_submits(tmp_path):
             assert len(client.wait(ok, timeout_s=30)) == len(STAGES)
     finally:
         server.stop()
+
+
+def _tmpfs_backend(store: Path, endpoint: str) -> subprocess.Popen | None:
+    """The real backend on its own 1 MB tmpfs (a private mount namespace), or None where this
+    machine cannot mount one."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    store.mkdir()
+    ns = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
+    serve = [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(store)]
+    serve += ["--pipeline", "tests.pipelines:ScriptedPipeline", "--device", "cpu", "--bind", endpoint]
+    script = 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"'
+    proc = subprocess.Popen(
+        [*ns, "sh", "-c", script, str(store), *serve], env=repo_env(), stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
+                c.connect()
+                return proc
+        except Exception:
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    return None
+
+
+def test_a_really_full_disk_fails_the_job_with_disk_full(tmp_path):
+    endpoint = free_tcp_endpoint()
+    proc = _tmpfs_backend(tmp_path / "store", endpoint)
+    if proc is None:
+        pytest.skip("no tmpfs can be mounted here (unshare/mount refused)")
+    # The backend's view of its store, through its own mount namespace.
+    store = Path(f"/proc/{proc.pid}/root") / tmp_path.relative_to("/") / "store"
+    try:
+        with client_for(endpoint) as client:
+            job = client.submit(JobSpec("fills the disk", options={"test.steps": 200, "test.step_s": 0.01}))
+            for event in client.events(job, timeout_s=30):
+                if isinstance(event, m.Progress):
+                    break
+            filler = store / "filler"
+            with open(filler, "wb") as f, pytest.raises(OSError) as full:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            assert full.value.errno == errno.ENOSPC
+            with pytest.raises(JobFailedError) as failed:
+                client.wait(job, timeout_s=30)
+            assert failed.value.code == "disk_full"
+            folders = sorted(p.name for p in store.iterdir())
+            with pytest.raises(RequestRejected) as refused:
+                client.submit(JobSpec("no room"))
+            assert refused.value.code == "disk_full" and sorted(p.name for p in store.iterdir()) == folders
+            filler.unlink()
+            ok = client.submit(JobSpec("room again"))
+            assert len(client.wait(ok, timeout_s=30)) == len(STAGES)
+    finally:
+        proc.kill()
+        proc.wait()
