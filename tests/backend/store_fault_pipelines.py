@@ -99,3 +99,48 @@ class OldOrderPipeline(ContractPipeline):
     """Today's order: the result is reported before the checkpoint is saved."""
 
     OLD_ORDER = True
+
+
+CRASH_ENV = "DREAMPOLISH_TEST_CRASH"
+"""STAGE:before|after — CrashingDreamPolish kills its process around that stage's ctx.stage_result."""
+
+
+class _CrashingContext:
+    """Passes every report on; SIGKILLs the process once, before or after one stage result."""
+
+    def __init__(self, ctx: JobContext, crash: str) -> None:
+        self._ctx, self._crash = ctx, crash
+        self.job_id, self.work_dir, self.device = ctx.job_id, ctx.work_dir, ctx.device
+
+    def _maybe_crash(self, stage: str, point: str) -> None:
+        marker = self.work_dir / "crashed"
+        if self._crash == f"{stage}:{point}" and not marker.exists():
+            marker.write_text(self._crash)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def progress(self, *args, **kwargs) -> None:
+        self._ctx.progress(*args, **kwargs)
+
+    def stage_result(self, stage: str, index: int, mesh: MeshPayload) -> None:
+        self._maybe_crash(stage, "before")
+        self._ctx.stage_result(stage, index, mesh)
+        self._maybe_crash(stage, "after")
+
+    def check_cancel(self) -> None:
+        self._ctx.check_cancel()
+
+
+class CrashingDreamPolish:
+    """The DreamPolish pipeline, killed once around one stage result (CRASH_ENV, read at start)."""
+
+    def __init__(self) -> None:
+        from dreampolish.backend.pipeline import DreamPolishPipeline
+
+        self._inner = DreamPolishPipeline()
+        self._crash = os.environ.get(CRASH_ENV, "")
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def run(self, spec: JobSpec, ctx: JobContext, resume: ResumePoint | None = None) -> RunOutcome:
+        return self._inner.run(spec, _CrashingContext(ctx, self._crash) if self._crash else ctx, resume)
