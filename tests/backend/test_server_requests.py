@@ -78,18 +78,29 @@ def test_a_public_bind_is_refused_before_the_pipeline_loads(tmp_path):
     assert took < 3.0, f"the refusal took {took:.1f} s"
 
 
-def test_damaged_checkpoints_cost_that_stage_and_later_ones(tmp_path):
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+CHECKPOINT_DAMAGE = {
+    "delete": lambda p: p.unlink(),
+    "truncate": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "bitflip": _flip,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(CHECKPOINT_DAMAGE))
+def test_damaged_checkpoints_cost_that_stage_and_later_ones(tmp_path, damage):
     store = CheckpointStore(tmp_path)
     for i, stage in enumerate(["reference", "nerf", "neus"]):
         store.save(stage, {"x": torch.full((4,), float(i))})
     assert store.finished() == ["reference", "nerf", "neus"]
-    path = tmp_path / "checkpoints" / "nerf.pt"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x10
-    path.write_bytes(bytes(data))
+    CHECKPOINT_DAMAGE[damage](tmp_path / "checkpoints" / "nerf.pt")
     assert store.finished() == ["reference"]
     store.save("nerf", {"x": torch.ones(4)})  # the stage ran again
     assert store.finished() == ["reference", "nerf", "neus"]
     np.testing.assert_array_equal(store.load("nerf")["x"].numpy(), np.ones(4))
-    (tmp_path / "checkpoints" / "manifest.json").write_text('{"finished": "reference"')
+    CHECKPOINT_DAMAGE[damage](tmp_path / "checkpoints" / "manifest.json")
     assert store.finished() == [] and store.paused_after() is None
