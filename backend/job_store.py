@@ -693,6 +693,10 @@ class JobLoader:
         job.state = str(state["state"])
         if from_log in m.FINAL_STATES and job.state != from_log:
             job.state = from_log  # the final event is stored; state.json was not rewritten after it
+        elif from_log == "paused" and job.state == "running":
+            job.state = "paused"  # likewise for the pause: the job must not run past its gate
+        elif job.state == "paused" and last_type == m.Resumed.TYPE:
+            job.state = "queued"  # resumed, and state.json was not rewritten after it
         elif (job.state in m.FINAL_STATES and from_log not in m.FINAL_STATES) or (
             job.state == "paused" and from_log != "paused"
         ):

@@ -436,3 +436,17 @@ def test_a_really_full_disk_fails_the_job_with_disk_full(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_pause_stored_before_its_state_file_keeps_the_job_paused(tmp_path, pristine):
+    root, _, paused, _, infos = pristine
+    store = tmp_path / "store"
+    shutil.copytree(root, store)
+    job_store = JobStore(store)
+    [job] = [j for j in job_store.load_all() if j.job_id == paused]
+    job.state = "running"  # killed after the paused event, before state.json said so
+    job_store.save_state(job)
+    with running_backend(store) as server, client_for(server.endpoint) as client:
+        time.sleep(0.3)  # a job queued again would be running by now
+        [info] = [j for j in client.list_jobs() if j.job_id == paused]
+        assert info.state == "paused" and info.last_seq == infos[paused].last_seq
