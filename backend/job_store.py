@@ -794,9 +794,12 @@ class JobLoader:
                 entry = EventIndex(seq, msg.TYPE, 0, 0, frames=list(frames))
             job.events.append(entry)
             job.events.sort(key=lambda e: e.seq)
-        if not self.notes:
+        # Damage that stays on disk (a skipped stretch of the log) is found at every start: said once.
+        known = "; ".join(job.damage)
+        fresh = [note for note in self.notes if note not in known]
+        if not fresh:
             return
-        line = "; ".join(self.notes)
+        line = "; ".join(fresh)
         job.damage.append(line)
         log.warning("job %s: store damage: %s", job.job_id, line)
         try:

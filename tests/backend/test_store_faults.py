@@ -450,3 +450,16 @@ def test_a_pause_stored_before_its_state_file_keeps_the_job_paused(tmp_path, pri
         time.sleep(0.3)  # a job queued again would be running by now
         [info] = [j for j in client.list_jobs() if j.job_id == paused]
         assert info.state == "paused" and info.last_seq == infos[paused].last_seq
+
+
+def test_damage_that_stays_on_disk_is_reported_once_over_restarts(tmp_path, pristine):
+    root, done, _, _, _ = pristine
+    store = tmp_path / "store"
+    shutil.copytree(root, store)
+    _flip(store / done / "results/02-dmtet.msg")
+    _flip(store / done / "events.log", 0.3)
+    lines = []
+    for _ in range(3):
+        [job] = [j for j in JobStore(store).load_all() if j.job_id == done]
+        lines.append(job.info().error)
+    assert lines[0].startswith("store damage: ") and lines[0] == lines[1] == lines[2]
