@@ -463,3 +463,22 @@ def test_damage_that_stays_on_disk_is_reported_once_over_restarts(tmp_path, pris
         [job] = [j for j in JobStore(store).load_all() if j.job_id == done]
         lines.append(job.info().error)
     assert lines[0].startswith("store damage: ") and lines[0] == lines[1] == lines[2]
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_state_and_spec_damaged_while_the_job_runs(tmp_path, damage):
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        job = client.submit(JobSpec("damaged mid-run", options={"test.steps": 20, "test.step_s": 0.01}))
+        for event in client.events(job, timeout_s=30):
+            if isinstance(event, m.StageResult):
+                break
+        for name in ("spec.msg", "state.json"):
+            if (tmp_path / job / name).exists():
+                DAMAGE[damage](tmp_path / job / name)
+        assert len(client.wait(job, timeout_s=30)) == len(STAGES) - 1  # the rest of the stages
+        last = next(j.last_seq for j in client.list_jobs() if j.job_id == job)
+    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+        [info] = client.list_jobs()
+        assert info.state == "done" and info.last_seq == last and info.stages_done == STAGES
+        assert "spec.msg" in info.error and info.error.count("store damage") == 1
+        assert [r.stage for r in client.fetch_result(job).stage_results] == STAGES
