@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from .errors import ValidationError
+from .limits import LIMITS
 from .scene import CameraSpec, MeshPayload
 
 STAGES: tuple[str, ...] = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
@@ -22,6 +25,9 @@ texture: keep input_mesh's topology and UVs, texture only."""
 
 OptionValue = bool | int | float | str
 
+SEED_LIMIT = 2**63
+"""Seeds are integers in [0, SEED_LIMIT): what the wire decodes and what validate_spec accepts."""
+
 
 @dataclass
 class JobSpec:
@@ -29,7 +35,8 @@ class JobSpec:
     """What to make; for refine modes, what the mesh is."""
     negative_prompt: str = ""
     seed: int = 0
-    """Seed of every random choice; the same spec and seed on the same device reproduce the result."""
+    """Seed of every random choice, in [0, 2^63); the same spec and seed on the same device reproduce the
+    result."""
     preset: str = "tiny"
     """Name of a backend preset (welcome lists them)."""
     mode: JobMode = "generate"
@@ -65,3 +72,87 @@ def parse_option(item: str) -> tuple[str, OptionValue]:
 def parse_options(text: str) -> dict[str, OptionValue]:
     """"nerf.steps=500, texture.objective=dsd" -> {"nerf.steps": 500, "texture.objective": "dsd"}."""
     return dict(parse_option(part) for part in text.split(",") if part.strip())
+
+
+# --- validation -----------------------------------------------------------------------------------
+# One validation of a request, shared by every side: the wire decoder (messages.spec_from_wire) uses the
+# field rules below, the backend's pipelines call validate_spec at submit and before running, and a front
+# end (CLI, add-on) may call it before sending. What depends on a backend's presets (preset names,
+# options, model sets) is checked by that backend's pipeline after this.
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < SEED_LIMIT):
+        raise ValidationError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    return seed
+
+
+def check_mode(mode: object) -> str:
+    if mode not in JOB_MODES:
+        raise ValidationError(f"mode must be one of {', '.join(JOB_MODES)}, got {mode!r}")
+    return str(mode)
+
+
+def check_stage_names(label: str, names: list[str]) -> list[str]:
+    for stage in names:
+        if stage not in STAGES:
+            raise ValidationError(f"unknown stage {stage!r} in {label}; stages are {', '.join(STAGES)}")
+    return names
+
+
+def validate_spec(spec: JobSpec) -> JobSpec:
+    """Refuse a request that no backend can run (ValidationError naming the field); returns the spec."""
+    for name, text in (("prompt", spec.prompt), ("negative_prompt", spec.negative_prompt)):
+        if not isinstance(text, str):
+            raise ValidationError("prompt and negative_prompt must be strings")
+        if len(text) > LIMITS.max_prompt_chars:
+            raise ValidationError(f"{name} has {len(text)} characters; the limit is {LIMITS.max_prompt_chars}")
+    check_mode(spec.mode)
+    if spec.mode == "generate" and not spec.prompt.strip():
+        raise ValidationError("prompt is empty: say what to make")
+    check_seed(spec.seed)
+    if not isinstance(spec.preset, str) or not spec.preset:
+        raise ValidationError(f"preset must be a preset name, got {spec.preset!r}")
+    check_stage_names("stages", list(spec.stages or []))
+    check_stage_names("pause_after", list(spec.pause_after))
+    for key, value in spec.options.items():
+        if not isinstance(key, str) or isinstance(value, (list, dict, tuple)) or value is None:
+            raise ValidationError(f"option {key!r} must be a bool, number or string keyed by a name")
+    _check_cameras(spec)
+    _check_input_mesh(spec)
+    return spec
+
+
+def _check_cameras(spec: JobSpec) -> None:
+    if len(spec.cameras) > LIMITS.max_cameras:
+        raise ValidationError(f"{len(spec.cameras)} cameras; the limit is {LIMITS.max_cameras}")
+    for camera in spec.cameras:
+        camera.validate()
+    if spec.cameras and not (0 <= spec.reference_camera < len(spec.cameras)):
+        raise ValidationError(f"reference_camera {spec.reference_camera} is not one of the "
+                              f"{len(spec.cameras)} cameras")
+
+
+def _check_input_mesh(spec: JobSpec) -> None:
+    if spec.mode == "generate":
+        if spec.input_mesh is not None:
+            raise ValidationError("a generate job takes no input_mesh; use mode 'geometry' or 'texture' to refine")
+        return
+    if spec.input_mesh is None:
+        raise ValidationError(f"mode {spec.mode!r} refines a mesh: input_mesh is missing")
+    mesh = spec.input_mesh.validate(require_faces=True)
+    # The stages see the mesh placed in the world (its transform applied), so that is what must have a
+    # size: a zero scale or an overflow there would leave nothing to normalise.
+    t = mesh.transform.astype(np.float64)
+    with np.errstate(all="ignore"):
+        world = mesh.vertices.astype(np.float64) @ t[:3, :3].T + t[:3, 3]
+    if not np.all(np.isfinite(world)):
+        raise ValidationError("input_mesh is not finite once its transform is applied")
+    extent = float(np.linalg.norm(np.ptp(world, axis=0)))
+    if extent <= 0:
+        raise ValidationError("input_mesh has no extent: all its vertices coincide")
+    tri = world[mesh.faces.astype(np.int64)]
+    area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1).sum())
+    # Relative to the mesh's size: float32 vertices resolve areas down to about 1e-7 of extent².
+    if area <= 1e-10 * extent * extent:
+        raise ValidationError(f"input_mesh has no surface: its {mesh.num_faces} faces all have zero area")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import LimitExceeded, ValidationError
 from .frames import FrameReader, FrameWriter
-from .job import JOB_MODES, STAGES, JobSpec
+from .job import STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
 from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
@@ -239,14 +239,12 @@ def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
 def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
     if not isinstance(d, dict):
         raise ValidationError("spec must be a map")
-    mode = read_str(d, "mode", "generate")
-    if mode not in JOB_MODES:
-        raise ValidationError(f"spec.mode must be one of {JOB_MODES}, got {mode!r}")
+    # The field rules are job.py's, which validate_spec applies to the whole request at submit.
+    mode = check_mode(read_str(d, "mode", "generate"))
     stages = read_str_list(d, "stages", None, max_items=len(STAGES)) if d.get("stages") is not None else None
     pause_after = read_str_list(d, "pause_after", [], max_items=len(STAGES))
-    for name in (stages or []) + pause_after:
-        if name not in STAGES:
-            raise ValidationError(f"unknown stage {name!r}; stages are {STAGES}")
+    check_stage_names("stages", stages or [])
+    check_stage_names("pause_after", pause_after)
     options = read_map(d, "options", {})
     if len(options) > MAX_OPTIONS:
         raise LimitExceeded(f"spec.options has {len(options)} entries; the limit is {MAX_OPTIONS}")
@@ -261,7 +259,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
     return JobSpec(
         prompt=read_str(d, "prompt", max_chars=LIMITS.max_prompt_chars),
         negative_prompt=read_str(d, "negative_prompt", "", max_chars=LIMITS.max_prompt_chars),
-        seed=read_int(d, "seed", 0, lo=-(2**63), hi=2**63 - 1),
+        seed=check_seed(read_int(d, "seed", 0, lo=-(2**63), hi=2**63 - 1)),
         preset=read_str(d, "preset", "tiny"),
         mode=mode,  # type: ignore[arg-type]
         stages=stages,
