@@ -86,9 +86,9 @@ def main() -> None:
     # Polish: normal consistency before / after / smoothness ablation.
     t0 = time.perf_counter()
     cfg = PolishConfig(steps=args.polish_steps, lr=2e-3, render_size=args.size, batch_size=4, view_pool=32)
-    polished = run_polish(cfg, rounded, OracleNormals(target, raster), LoggingReporter("polish", 50),
+    polished = run_polish(cfg, rounded, OracleNormals(target, raster), None, LoggingReporter("polish", 50),
                           rasterizer=raster, generator=torch.Generator().manual_seed(0), device=device)
-    smoothed = run_polish(PolishConfig(steps=args.polish_steps, lr=2e-3, loss="smoothness"), rounded, None,
+    smoothed = run_polish(PolishConfig(steps=args.polish_steps, lr=2e-3, loss="smoothness"), rounded, None, None,
                           LoggingReporter("polish", 50), rasterizer=raster, device=device)
     figures["polish_seconds"] = time.perf_counter() - t0
     figures["nc_dmtet_like"] = normal_consistency(rounded, target)
@@ -102,7 +102,7 @@ def main() -> None:
                                             per_level_scale=1.4, start_levels=12), hidden_dim=32)
     tcfg = TextureConfig(steps=args.texture_steps, lr=2e-2, render_size=args.size, batch_size=2, field=field,
                          camera_distance=3.2, reference_weight=0.0, view_pool=48, atlas_size=args.atlas)
-    state = run_texture(tcfg, geometry, OracleGuidance(target, raster), LoggingReporter("texture", 100),
+    state = run_texture(tcfg, geometry, OracleGuidance(target, raster), None, LoggingReporter("texture", 100),
                         rasterizer=raster, generator=torch.Generator().manual_seed(0), device=device)
     baked = bake_texture(tcfg, state)
     figures["texture_seconds"] = time.perf_counter() - t0

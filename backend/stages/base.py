@@ -1,7 +1,7 @@
-"""What the geometry stages (NeRF, NeuS, DMTet) share: schedules, the reference view and its
-losses, the progress/cancel reporter, and normal shading.
+"""What the stages share: schedules, the reference view and its losses, typed renders, the
+progress/cancel reporter, and normal shading. The step they share is in stages/step.py.
 
-Every stage step does the same three things (stages/nerf.py, neus.py, dmtet.py):
+Every geometry stage step does the same three things (stages/nerf.py, neus.py, dmtet.py):
 1. render the reference camera (when a reference view is given) and add the weighted
    RGB, mask and relative-depth losses against the reference image;
 2. render a batch of sampled training views and add the guidance loss;
@@ -70,8 +70,9 @@ class StageReporter(Protocol):
     def check_cancel(self) -> None: ...
 
     def watch(self, state: Any) -> None:
-        """Called once, when the stage's state (NerfState, NeusState, DmtetState) exists, so that the caller
-        can render previews of it from its own cameras while the stage runs."""
+        """Called once, when the stage's state exists (NerfState, NeusState, DmtetState, PolishState,
+        TextureState; updated in place as the stage runs), so that the caller can render previews of it
+        from its own cameras while the stage runs."""
         ...
 
 
@@ -110,7 +111,45 @@ class ReferenceWeights:
     """The reference view is rendered at this width (height follows its aspect)."""
 
 
-def reference_at(reference: ReferenceView, width: int) -> tuple[CameraBatch, Tensor, Tensor, Tensor | None]:
+@dataclass
+class StageRender:
+    """What a stage's state renders from a batch of cameras (volume render or rasterised mesh)."""
+
+    rgb: Tensor
+    """[B,H,W,3] albedo over the stage's background."""
+    opacity: Tensor
+    """[B,H,W,1] coverage in [0,1]."""
+    depth: Tensor | None = None
+    """[B,H,W,1] camera z-depth, 0 on the background."""
+    normal: Tensor | None = None
+    """[B,H,W,3] world normals (opacity-weighted for volume renders), background 0."""
+    orientation: Tensor | None = None
+    """[B,H,W,1] per-ray Ref-NeRF orientation penalty (volume renders with normals)."""
+
+    @classmethod
+    def from_volume(cls, out: dict[str, Tensor]) -> StageRender:
+        """From render.volume.render_volume's output."""
+        return cls(out["rgb"], out["opacity"], out.get("depth"), out.get("normal"), out.get("orientation"))
+
+
+@dataclass
+class ScaledReference:
+    """The reference camera and images at the size a stage renders its reference view at."""
+
+    camera: CameraBatch
+    rgb: Tensor
+    """[1,H,W,3]"""
+    mask: Tensor
+    """[1,H,W,1]"""
+    depth: Tensor | None
+    """[1,H,W,1] relative depth, or None."""
+
+    def to(self, device: torch.device | str) -> ScaledReference:
+        return ScaledReference(self.camera.to(device), self.rgb.to(device), self.mask.to(device),
+                               None if self.depth is None else self.depth.to(device))
+
+
+def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
     """The reference camera and images resized to `width` (area filtering); the projection is NDC-based,
     so the same matrices serve any image size of the same aspect."""
     h0, w0 = reference.rgb.shape[:2]
@@ -125,7 +164,7 @@ def reference_at(reference: ReferenceView, width: int) -> tuple[CameraBatch, Ten
         return F.interpolate(img.permute(2, 0, 1)[None], size=(height, width), mode="area").permute(0, 2, 3, 1)
 
     depth = None if reference.depth is None else resize(reference.depth)
-    return cam, resize(reference.rgb), resize(reference.mask), depth
+    return ScaledReference(cam, resize(reference.rgb), resize(reference.mask), depth)
 
 
 def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -138,16 +177,16 @@ def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
 
 
-def reference_losses(render: dict[str, Tensor], ref_rgb: Tensor, ref_mask: Tensor, ref_depth: Tensor | None,
-                     weights: ReferenceWeights, step: int) -> tuple[Tensor, dict[str, float]]:
-    """Weighted reference-view loss and its terms. `render` holds [1,H,W,*] rgb/opacity/depth."""
-    rgb_l = F.mse_loss(render["rgb"] * ref_mask, ref_rgb * ref_mask)
-    mask_l = F.mse_loss(render["opacity"], ref_mask)
+def reference_losses(render: StageRender, ref: ScaledReference, weights: ReferenceWeights, step: int
+                     ) -> tuple[Tensor, dict[str, float]]:
+    """Weighted reference-view loss and its terms, for a render at the reference camera."""
+    rgb_l = F.mse_loss(render.rgb * ref.mask, ref.rgb * ref.mask)
+    mask_l = F.mse_loss(render.opacity, ref.mask)
     total = weights.rgb.at(step) * rgb_l + weights.mask.at(step) * mask_l
     terms = {"ref_rgb": rgb_l.item(), "ref_mask": mask_l.item()}
     w_depth = weights.depth.at(step)
-    if ref_depth is not None and w_depth > 0:
-        depth_l = pearson_depth_loss(render["depth"], ref_depth, ref_mask)
+    if ref.depth is not None and w_depth > 0 and render.depth is not None:
+        depth_l = pearson_depth_loss(render.depth, ref.depth, ref.mask)
         total = total + w_depth * depth_l
         terms["ref_depth"] = depth_l.item()
     return total, terms

@@ -22,6 +22,7 @@ Continuing from a DmtetState (polish, texture):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,13 +52,14 @@ from .base import (
     ReferenceView,
     ReferenceWeights,
     ResolutionSchedule,
+    StageRender,
     StageReporter,
     adam_groups,
     reference_at,
-    reference_losses,
     shade_normals,
 )
 from .neus import NeusState
+from .step import StepLoss, optimiser_step, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +136,21 @@ class DmtetState:
         verts, faces = marching_tetrahedra(self.deformed_vertices(), self.sdf, self.grid.tets)
         return TriMesh(verts, faces)
 
-    def render(self, cameras: CameraBatch, mesh: TriMesh | None = None) -> dict[str, Tensor]:
-        """{"rgb" (albedo over the background), "opacity", "normal" (world, background 0), "depth"}."""
+    def render(self, cameras: CameraBatch, mesh: TriMesh | None = None) -> StageRender:
+        """Rasterised surface: albedo over the background, opacity, world normals (background 0), depth."""
         mesh = self.surface() if mesh is None else mesh
         b, h, w = cameras.batch_size, cameras.height, cameras.width
         dev = cameras.device
         if mesh.num_faces == 0:
             z = torch.zeros(b, h, w, 1, device=dev)
-            return {"rgb": torch.full((b, h, w, 3), self.cfg.background, device=dev), "opacity": z,
-                    "normal": z.expand(b, h, w, 3), "depth": z}
+            return StageRender(rgb=torch.full((b, h, w, 3), self.cfg.background, device=dev), opacity=z,
+                               depth=z, normal=z.expand(b, h, w, 3))
         out = self.rasterizer.rasterize(mesh, cameras)
         fg = out.foreground.to(out.mask.dtype)
         albedo = self.color_field.color(out.world_pos.reshape(-1, 3)).reshape(b, h, w, 3) * fg
         rgb = albedo + self.cfg.background * (1 - fg)
         rgb = self.rasterizer.antialias(rgb, out, mesh, cameras)
-        return {"rgb": rgb, "opacity": out.mask, "normal": out.normal, "depth": out.depth}
+        return StageRender(rgb=rgb, opacity=out.mask, depth=out.depth, normal=out.normal)
 
     @torch.no_grad()
     def extract_mesh(self, normalize: bool = True) -> TriMesh:
@@ -193,8 +195,8 @@ def dmtet_from_neus(cfg: DmtetConfig, init: NeusState, *, generator: torch.Gener
     r = cfg.grid_resolution + 1
     sdf = grid_sdf_from_field(init.field.sdf, grid.vertices).reshape(r, r, r).cpu().numpy()
     sdf = torch.as_tensor(keep_main_solid(sdf, 0.0, inside="below"), device=device).reshape(-1)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    color = ColorField(cfg.color).to(device)
+    with seeded_init(generator):
+        color = ColorField(cfg.color).to(device)
     state = DmtetState(cfg, grid, sdf, color)
     with torch.no_grad():
         surface_points = state.surface().vertices
@@ -208,8 +210,8 @@ def dmtet_from_mesh(cfg: DmtetConfig, mesh: TriMesh, *, generator: torch.Generat
     distance (winding-number sign, robust to holes), albedo from its vertex colours (grey without)."""
     grid = make_tet_grid(cfg.grid_resolution, cfg.grid_bound, device)
     sdf = mesh_signed_distance(mesh.to(device), grid.vertices, cfg.grid_resolution + 1, grid.spacing)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    color = ColorField(cfg.color).to(device)
+    with seeded_init(generator):
+        color = ColorField(cfg.color).to(device)
     state = DmtetState(cfg, grid, sdf, color)
     with torch.no_grad():
         surface_points = state.surface().vertices
@@ -228,52 +230,29 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
     reporter.watch(state)
     opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
                        (list(state.color_field.parameters()), cfg.lr_color)])
-    ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None
+    ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     for step in range(cfg.steps):
         reporter.check_cancel()
         state.color_field.update_step(step)
-        terms: dict[str, float] = {}
-        total = torch.zeros((), device=device)
         mesh = state.surface()
-
-        # 1. reference view
-        if ref is not None:
-            cam, rgb, mask, depth = ref
-            out = state.render(cam.to(device), mesh)
-            loss, t = reference_losses(out, rgb.to(device), mask.to(device),
-                                       None if depth is None else depth.to(device), cfg.reference, step)
-            total, terms = total + loss, {**terms, **t}
-
+        loss = StepLoss.start(device)
+        loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, step)
         # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise
         res = cfg.resolution.at(step)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, mesh)
         normal_step = step % 4 < cfg.normal_steps_of_4
-        shown = shade_normals(out["normal"], out["opacity"], cfg.background) if normal_step else out["rgb"]
-        g = guidance(GuidanceInput(shown, out["opacity"], cams, normal=out["normal"],
-                                   shading="normal" if normal_step else "albedo", step=step,
-                                   total_steps=cfg.steps))
-        total = total + cfg.guidance_weight.at(step) * g.loss
-        terms["guidance"] = g.loss.item()
-        terms.update(g.diagnostics)
-
+        shown = shade_normals(out.normal, out.opacity, cfg.background) if normal_step else out.rgb
+        loss.add_guidance(guidance, GuidanceInput(shown, out.opacity, cams, normal=out.normal,
+                                                  shading="normal" if normal_step else "albedo", step=step,
+                                                  total_steps=cfg.steps), cfg.guidance_weight.at(step))
         # 3. mesh regularisers
         w_nc, w_lap = cfg.normal_consistency_weight.at(step), cfg.laplacian_weight.at(step)
         if w_nc > 0:
-            nc = mesh_normal_consistency(mesh.vertices, mesh.faces)
-            total = total + w_nc * nc
-            terms["normal_consistency"] = nc.item()
+            loss.add("normal_consistency", w_nc, mesh_normal_consistency(mesh.vertices, mesh.faces))
         if w_lap > 0:
-            lap = mesh_laplacian(mesh.vertices, mesh.faces)
-            total = total + w_lap * lap
-            terms["laplacian"] = lap.item()
-
-        opt.zero_grad(set_to_none=True)
-        if total.requires_grad:
-            total.backward()
-            opt.step()
-        terms["loss"] = total.item()
-        reporter.progress(step + 1, cfg.steps, terms)
+            loss.add("laplacian", w_lap, mesh_laplacian(mesh.vertices, mesh.faces))
+        optimiser_step(opt, loss, reporter, step, cfg.steps)
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
     return state

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..config_fields import ranged
 from ..geometry.fields import DensityField, FieldConfig, evaluate_on_grid
@@ -33,11 +32,12 @@ from .base import (
     ReferenceView,
     ReferenceWeights,
     ResolutionSchedule,
+    StageRender,
     StageReporter,
     adam_groups,
     reference_at,
-    reference_losses,
 )
+from .step import StepLoss, optimiser_step, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,11 @@ class NerfState:
     seconds: float = 0.0
 
     def render(self, cameras: CameraBatch, *, want_normals: bool = True,
-               generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """{"rgb", "opacity", "normal", "depth"} (see render.volume.render_volume)."""
-        return render_volume(NerfVolume(self.field), cameras, self.field.bound, self.cfg.render, self.occupancy,
-                             want_normals=want_normals, generator=generator)
+               generator: torch.Generator | None = None) -> StageRender:
+        """Volume render (render.volume.render_volume); normal and orientation only with want_normals."""
+        return StageRender.from_volume(render_volume(NerfVolume(self.field), cameras, self.field.bound,
+                                                     self.cfg.render, self.occupancy, want_normals=want_normals,
+                                                     generator=generator))
 
     @torch.no_grad()
     def extract_mesh(self, normalize: bool = True) -> TriMesh:
@@ -148,59 +149,38 @@ def _finish_mesh(verts: np.ndarray, faces: np.ndarray, color_fn, device, normali
 def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | None, reporter: StageReporter,
              *, generator: torch.Generator, device: torch.device | str) -> NerfState:
     start = time.perf_counter()
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))  # MLP initialisation
-    density = DensityField(cfg.density).to(device)
+    with seeded_init(generator):  # MLP initialisation
+        density = DensityField(cfg.density).to(device)
     state = NerfState(density, cfg, OccupancyGrid(cfg.density.bound, cfg.render.occupancy_resolution, device))
     reporter.watch(state)
     opt = adam_groups([(list(density.encoding.parameters()), cfg.lr_encoding),
                        (list(density.geometry_net.parameters()) + list(density.color_net.parameters()),
                         cfg.lr_network)])
-    ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None
+    ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     for step in range(cfg.steps):
         reporter.check_cancel()
         density.update_step(step)
         if step >= cfg.occupancy_warmup and step % cfg.occupancy_every == 0:
             state.occupancy.update(lambda x: density.density(x) > cfg.occupancy_density, generator)
-        terms: dict[str, float] = {}
-        total = torch.zeros((), device=device)
         want_normals = cfg.guidance_normals or cfg.orientation_weight.at(step) > 0
-
-        # 1. reference view
-        if ref is not None:
-            cam, rgb, mask, depth = ref
-            out = state.render(cam.to(device), want_normals=False, generator=generator)
-            loss, t = reference_losses(out, rgb.to(device), mask.to(device),
-                                       None if depth is None else depth.to(device), cfg.reference, step)
-            total, terms = total + loss, {**terms, **t}
-
-        # 2. guidance on sampled views
+        loss = StepLoss.start(device)
+        loss.add_reference(lambda cam: state.render(cam, want_normals=False, generator=generator), ref,
+                           cfg.reference, step)
         res = cfg.resolution.at(step)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, want_normals=want_normals, generator=generator)
-        g = guidance(GuidanceInput(out["rgb"], out["opacity"], cams,
-                                   normal=out.get("normal") if cfg.guidance_normals else None,
-                                   shading="albedo", step=step, total_steps=cfg.steps))
-        total = total + cfg.guidance_weight.at(step) * g.loss
-        terms["guidance"] = g.loss.item()
-        terms.update(g.diagnostics)
-
+        loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams,
+                                                  normal=out.normal if cfg.guidance_normals else None,
+                                                  shading="albedo", step=step, total_steps=cfg.steps),
+                          cfg.guidance_weight.at(step))
         # 3. regularisers
-        if want_normals and cfg.orientation_weight.at(step) > 0:
-            o = orientation_loss(out["orientation"], out["opacity"])
-            total = total + cfg.orientation_weight.at(step) * o
-            terms["orientation"] = o.item()
+        if want_normals and cfg.orientation_weight.at(step) > 0 and out.orientation is not None:
+            loss.add("orientation", cfg.orientation_weight.at(step), orientation_loss(out.orientation, out.opacity))
         for name, w, fn in (("sparsity", cfg.sparsity_weight, sparsity_loss),
                             ("opacity", cfg.opacity_weight, opacity_entropy_loss)):
             if w.at(step) > 0:
-                v = fn(out["opacity"])
-                total = total + w.at(step) * v
-                terms[name] = v.item()
-
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        terms["loss"] = total.item()
-        reporter.progress(step + 1, cfg.steps, terms)
+                loss.add(name, w.at(step), fn(out.opacity))
+        optimiser_step(opt, loss, reporter, step, cfg.steps)
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
     return state

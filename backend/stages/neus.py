@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..config_fields import ranged
 from ..geometry.fields import FieldConfig, SdfField, evaluate_on_grid
@@ -37,12 +36,13 @@ from .base import (
     ReferenceView,
     ReferenceWeights,
     ResolutionSchedule,
+    StageRender,
     StageReporter,
     adam_groups,
     reference_at,
-    reference_losses,
 )
 from .nerf import NerfState, _finish_mesh
+from .step import StepLoss, optimiser_step, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,10 @@ class NeusState:
     def volume(self) -> NeusVolume:
         return NeusVolume(self.field, self.sharpness, self.cos_anneal)
 
-    def render(self, cameras: CameraBatch, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """{"rgb", "opacity", "normal", "depth", "orientation"} (see render.volume.render_volume)."""
-        return render_volume(self.volume(), cameras, self.field.bound, self.cfg.render, self.occupancy,
-                             want_normals=True, generator=generator)
+    def render(self, cameras: CameraBatch, *, generator: torch.Generator | None = None) -> StageRender:
+        """Volume render with normals (render.volume.render_volume)."""
+        return StageRender.from_volume(render_volume(self.volume(), cameras, self.field.bound, self.cfg.render,
+                                                     self.occupancy, want_normals=True, generator=generator))
 
     def update_occupancy(self, generator: torch.Generator | None = None) -> None:
         occ = self.occupancy
@@ -155,8 +155,8 @@ class NeusState:
 def neus_from_nerf(cfg: NeusConfig, init: NerfState | TriMesh, *, generator: torch.Generator, device) -> NeusState:
     """NeRF -> NeuS hand-over (geometry/transitions.py): fit the SDF field to the density's surface, or to
     a mesh's signed distance when the artist edited the NeRF stage's mesh (in the object frame)."""
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-    sdf = SdfField(cfg.sdf).to(device)
+    with seeded_init(generator):
+        sdf = SdfField(cfg.sdf).to(device)
     sdf.update_step(0)
     fit = dict(resolution=cfg.init_resolution, steps=cfg.init_steps, batch=cfg.init_batch, lr=cfg.lr_encoding,
                generator=generator, device=device)
@@ -178,7 +178,7 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
     sdf = state.field
     opt = adam_groups([(list(sdf.encoding.parameters()), cfg.lr_encoding),
                        (list(sdf.geometry_net.parameters()) + list(sdf.color_net.parameters()), cfg.lr_network)])
-    ref = reference_at(reference, cfg.reference.resolution) if reference is not None else None
+    ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     bound = sdf.bound
     for step in range(cfg.steps):
         reporter.check_cancel()
@@ -187,41 +187,19 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
         state.cos_anneal = cfg.cos_anneal.at(step)
         if step > 0 and step % cfg.occupancy_every == 0:
             state.update_occupancy(generator)
-        terms: dict[str, float] = {}
-        total = torch.zeros((), device=device)
-
-        # 1. reference view
-        if ref is not None:
-            cam, rgb, mask, depth = ref
-            out = state.render(cam.to(device), generator=generator)
-            loss, t = reference_losses(out, rgb.to(device), mask.to(device),
-                                       None if depth is None else depth.to(device), cfg.reference, step)
-            total, terms = total + loss, {**terms, **t}
-
-        # 2. guidance on sampled views
+        loss = StepLoss.start(device)
+        loss.add_reference(lambda cam: state.render(cam, generator=generator), ref, cfg.reference, step)
         res = cfg.resolution.at(step)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, generator=generator)
-        g = guidance(GuidanceInput(out["rgb"], out["opacity"], cams, normal=out["normal"], shading="albedo",
-                                   step=step, total_steps=cfg.steps))
-        total = total + cfg.guidance_weight.at(step) * g.loss
-        terms["guidance"] = g.loss.item()
-        terms.update(g.diagnostics)
-
+        loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams, normal=out.normal, shading="albedo",
+                                                  step=step, total_steps=cfg.steps), cfg.guidance_weight.at(step))
         # 3. eikonal regulariser at random points of the box
         w_eik = cfg.eikonal_weight.at(step)
         if w_eik > 0:
             x = (torch.rand(cfg.eikonal_points, 3, generator=generator).to(device) * 2 - 1) * bound
-            eik = eikonal_loss(sdf.gradient(x))
-            total = total + w_eik * eik
-            terms["eikonal"] = eik.item()
-
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        terms["loss"] = total.item()
-        terms["sharpness"] = state.sharpness
-        reporter.progress(step + 1, cfg.steps, terms)
+            loss.add("eikonal", w_eik, eikonal_loss(sdf.gradient(x)))
+        optimiser_step(opt, loss, reporter, step, cfg.steps, {"sharpness": state.sharpness})
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
     return state

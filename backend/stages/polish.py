@@ -16,7 +16,6 @@ The optimised variables are per-vertex offsets δ of the input mesh (topology is
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +30,7 @@ from ..guidance.base import NormalTargets
 from ..guidance.normals import NormalEstimatorConfig
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.rasterize import MeshRasterizer, RasterOutput
+from .base import ReferenceView, StageReporter
 
 logger = logging.getLogger(__name__)
 
@@ -111,25 +111,38 @@ def polish_view_sampler(cfg: PolishConfig) -> ViewSampler:
     )
 
 
-PolishCallback = Callable[[int, TriMesh], None]
-"""Called after every step with (step, current mesh): previews, checkpoints."""
+@dataclass
+class PolishState:
+    """The polish stage's state as it runs: the current mesh (what previews show)."""
+
+    mesh: TriMesh
 
 
-def run_polish(
-    cfg: PolishConfig,
-    mesh: TriMesh,
-    targets: NormalTargets | None,
-    reporter,
-    *,
-    rasterizer: MeshRasterizer | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    on_step: PolishCallback | None = None,
-) -> TriMesh:
+def _estimator_losses(cfg: PolishConfig, current: TriMesh, offsets: Tensor, cameras: CameraBatch,
+                      targets: NormalTargets, rasterizer: MeshRasterizer) -> tuple[Tensor, dict[str, Tensor]]:
+    """The method's loss (module docstring) on one batch of views."""
+    raster = rasterizer.rasterize(current, cameras, smooth_normals=cfg.rendered_normals == "smooth")
+    rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
+    with torch.no_grad():
+        target = targets(rgb, opacity, cameras).to(raster.normal.dtype)
+    rendered = normals_to_camera(raster.normal, cameras)
+    losses: dict[str, Tensor] = {}
+    losses["normal"], _ = normal_polish_loss(rendered, target, raster.foreground)
+    losses["normal_consistency"] = mesh_normal_consistency(current.vertices, current.faces)
+    losses["laplacian"] = mesh_laplacian(offsets, current.faces)
+    total = (cfg.normal_weight * losses["normal"]
+             + cfg.consistency_weight * losses["normal_consistency"]
+             + cfg.laplacian_weight * losses["laplacian"])
+    return total, losses
+
+
+def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, reference: ReferenceView | None,
+               reporter: StageReporter, *, generator: torch.Generator | None = None,
+               device: torch.device | str = "cpu", rasterizer: MeshRasterizer | None = None) -> TriMesh:
     """Polish `mesh` (object frame, radius 0.5) and return the polished mesh (same topology).
 
-    `reporter` has progress(step, total, losses) and check_cancel(); `targets` may be None only for
-    the smoothness ablation."""
+    The geometry stages' signature: `targets` (the normal estimator) is the guidance, and may be None only
+    for the smoothness ablation; the reference view is not used (the estimator sees every view alike)."""
     if cfg.loss == "normal_estimator" and targets is None:
         raise ValueError("the normal_estimator polish loss needs a NormalTargets provider")
     rasterizer = rasterizer or MeshRasterizer()
@@ -138,41 +151,30 @@ def run_polish(
     offsets = torch.zeros_like(base, requires_grad=True)
     optimiser = torch.optim.Adam([offsets], lr=cfg.lr)
     sampler = polish_view_sampler(cfg)
-    smooth = cfg.rendered_normals == "smooth"
     pool = None
     if cfg.view_pool > 0 and cfg.loss == "normal_estimator":
         pool = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
+    state = PolishState(mesh)
+    reporter.watch(state)
     for step in range(cfg.steps):
         reporter.check_cancel()
         current = mesh.with_vertices(base + offsets)
-        losses: dict[str, Tensor] = {}
-        if cfg.loss == "normal_estimator":
+        if cfg.loss == "normal_estimator" and targets is not None:
             if pool is not None:
                 cameras = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
             else:
                 cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
-            raster = rasterizer.rasterize(current, cameras, smooth_normals=smooth)
-            rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
-            with torch.no_grad():
-                target = targets(rgb, opacity, cameras).to(raster.normal.dtype)
-            rendered = normals_to_camera(raster.normal, cameras)
-            losses["normal"], _ = normal_polish_loss(rendered, target, raster.foreground)
-            losses["normal_consistency"] = mesh_normal_consistency(current.vertices, current.faces)
-            losses["laplacian"] = mesh_laplacian(offsets, current.faces)
-            total = (cfg.normal_weight * losses["normal"]
-                     + cfg.consistency_weight * losses["normal_consistency"]
-                     + cfg.laplacian_weight * losses["laplacian"])
+            total, losses = _estimator_losses(cfg, current, offsets, cameras, targets, rasterizer)
         else:
-            losses["normal_consistency"] = mesh_normal_consistency(current.vertices, current.faces)
+            losses = {"normal_consistency": mesh_normal_consistency(current.vertices, current.faces)}
             total = cfg.smoothness_weight * losses["normal_consistency"]
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = float(offsets.grad.norm()) if offsets.grad is not None else 0.0
         optimiser.step()
+        state.mesh = mesh.with_vertices((base + offsets).detach())
         report = {k: float(v.detach()) for k, v in losses.items()}
         report["total"] = float(total.detach())
         report["grad_norm"] = grad_norm
         reporter.progress(step + 1, cfg.steps, report)
-        if on_step is not None:
-            on_step(step + 1, mesh.with_vertices((base + offsets).detach()))
     return mesh.with_vertices((base + offsets).detach())

@@ -15,7 +15,6 @@ seam shows, and optionally bakes a normal map from a more detailed mesh.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +31,8 @@ from ..guidance.lora import LoraConfig
 from ..guidance.score_distillation import Schedule, ScoreDistillationConfig, TimestepSchedule
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.rasterize import MeshRasterizer
+from .base import ReferenceView, StageReporter
+from .step import seeded_init
 
 logger = logging.getLogger(__name__)
 
@@ -163,55 +164,53 @@ def render_albedo(color_field: ColorField, mesh: TriMesh, cameras: CameraBatch, 
     return shade_albedo(color_field, views, background), views.opacity
 
 
-TextureCallback = Callable[[int, TextureState], None]
-"""Called after every step with (step, state): previews, checkpoints."""
+@dataclass
+class ReferenceTarget:
+    """The reference view as the texture stage compares with it: the fixed mesh seen from the reference
+    camera, and the reference image and mask there."""
+
+    views: SurfaceViews
+    rgb: Tensor
+    """[1,H,W,3]"""
+    mask: Tensor
+    """[1,H,W,1]"""
+
+    @classmethod
+    def build(cls, reference: ReferenceView, mesh: TriMesh, rasterizer: MeshRasterizer,
+              device: torch.device | str) -> ReferenceTarget:
+        rgb = reference.rgb[None].to(device)
+        mask = torch.ones_like(rgb[..., :1]) if reference.mask is None else reference.mask[None].to(device)
+        return cls(SurfaceViews.rasterize(mesh, reference.camera.to(device), rasterizer), rgb, mask)
+
+    def loss(self, color_field: ColorField, background: Tensor) -> Tensor:
+        """mean(mask_ref · |rgb − rgb_ref|²) at the reference camera."""
+        return (self.mask * (shade_albedo(color_field, self.views, background) - self.rgb) ** 2).mean()
 
 
-def run_texture(
-    cfg: TextureConfig,
-    mesh: TriMesh,
-    guidance: Guidance,
-    reporter,
-    *,
-    reference_rgb: Tensor | None = None,
-    reference_mask: Tensor | None = None,
-    reference_camera: CameraBatch | None = None,
-    rasterizer: MeshRasterizer | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-    on_step: TextureCallback | None = None,
-) -> TextureState:
-    """Optimise a colour field on `mesh` (object frame, radius 0.5).
+def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference: ReferenceView | None,
+                reporter: StageReporter, *, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu", rasterizer: MeshRasterizer | None = None) -> TextureState:
+    """Optimise a colour field on `mesh` (object frame, radius 0.5), with the geometry stages' signature.
 
-    reference_rgb [1,H,W,3] and reference_mask [1,H,W,1] at reference_camera (B=1, same H, W) add the
-    reference-view RGB loss. `reporter` has progress(step, total, losses) and check_cancel()."""
+    With a reference view (and cfg.reference_weight > 0) the reference-view RGB loss is added."""
     rasterizer = rasterizer or MeshRasterizer()
     mesh = mesh.detach().to(device)
-    if generator is not None:
-        # The field's initial tables come from the job's generator, not the global RNG.
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            color_field = ColorField(cfg.field)
-    else:
+    with seeded_init(generator):  # the field's initial tables come from the job's generator
         color_field = ColorField(cfg.field)
     color_field = color_field.to(device)
     optimiser = torch.optim.Adam(color_field.parameters(), lr=cfg.lr, eps=1e-15)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
     sampler = ViewSampler(elevation_range=cfg.elevation_range_deg, distance_range=(cfg.camera_distance,) * 2,
                           fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
-    use_reference = reference_rgb is not None and reference_camera is not None and cfg.reference_weight > 0
-    if use_reference:
-        reference_rgb = reference_rgb.to(device)
-        reference_mask = (torch.ones_like(reference_rgb[..., :1]) if reference_mask is None
-                          else reference_mask.to(device))
-        reference_camera = reference_camera.to(device)
-        reference_views = SurfaceViews.rasterize(mesh, reference_camera, rasterizer)
+    target = None
+    if reference is not None and cfg.reference_weight > 0:
+        target = ReferenceTarget.build(reference, mesh, rasterizer, device)
     pool = None
     if cfg.view_pool > 0:
         pool_cameras = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
         pool = SurfaceViews.rasterize(mesh, pool_cameras, rasterizer)
     state = TextureState(color_field, mesh)
+    reporter.watch(state)
     for step in range(cfg.steps):
         reporter.check_cancel()
         color_field.update_step(step)
@@ -225,9 +224,8 @@ def run_texture(
                                      step=step, total_steps=cfg.steps))
         total = out.loss
         report = {"guidance": float(out.loss.detach())}
-        if use_reference and step % max(cfg.reference_every, 1) == 0:
-            ref_rgb = shade_albedo(color_field, reference_views, background)
-            ref_loss = (reference_mask * (ref_rgb - reference_rgb) ** 2).mean()
+        if target is not None and step % max(cfg.reference_every, 1) == 0:
+            ref_loss = target.loss(color_field, background)
             total = total + cfg.reference_weight * ref_loss
             report["reference_rgb"] = float(ref_loss.detach())
         optimiser.zero_grad(set_to_none=True)
@@ -239,8 +237,6 @@ def run_texture(
         report["grad_norm"] = float(grad_norm)
         report.update({f"guidance_{k}": float(v) for k, v in out.diagnostics.items()})
         reporter.progress(step + 1, cfg.steps, report)
-        if on_step is not None:
-            on_step(step + 1, state)
     return state
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,11 @@ class BackendStopped(Exception):
 
 @dataclass
 class RecordingContext:
-    """pipeline_api.JobContext that records every report; `stop_in` makes check_cancel raise in a stage."""
+    """pipeline_api.JobContext that records every report; `stop_in` makes check_cancel raise in a stage.
+
+    Like the job store, it records a stage result once per (stage, index): the pipeline hands the results
+    of restored stages to the job again after a restart, and the store drops those it has (`repeated`
+    counts them)."""
 
     work_dir: Path
     job_id: str = "job"
@@ -28,17 +33,40 @@ class RecordingContext:
     stop_in: str | None = None
     progress_events: list[tuple[str, int, int, dict, bytes | None]] = field(default_factory=list)
     results: list[tuple[str, int, MeshPayload]] = field(default_factory=list)
+    repeated: list[tuple[str, int]] = field(default_factory=list)
 
     def progress(self, stage, step, total, losses=None, preview_png=None):
         self.progress_events.append((stage, step, total, dict(losses or {}), preview_png))
 
     def stage_result(self, stage, index, mesh):
         mesh.validate(require_faces=False)
+        if (stage, index) in self.recorded:
+            self.repeated.append((stage, index))
+            return
         self.results.append((stage, index, mesh))
+        self._record(stage, index)
 
     def check_cancel(self):
         if self.stop_in is not None and self.progress_events and self.progress_events[-1][0] == self.stop_in:
             raise BackendStopped(f"stopped in {self.stop_in}")
+
+    @property
+    def _recorded_path(self) -> Path:
+        # Kept in the job's folder, as the job store keeps its results: a later run of the same job (a
+        # resume, a restart) sees what earlier runs recorded.
+        return Path(self.work_dir) / "recorded_results.json"
+
+    @property
+    def recorded(self) -> set[tuple[str, int]]:
+        """(stage, index) of every result this job already has, from any run of it."""
+        if not self._recorded_path.exists():
+            return set()
+        return {(s, int(i)) for s, i in json.loads(self._recorded_path.read_text())}
+
+    def _record(self, stage: str, index: int) -> None:
+        keys = sorted(self.recorded | {(stage, int(index))})
+        self._recorded_path.parent.mkdir(parents=True, exist_ok=True)
+        self._recorded_path.write_text(json.dumps(keys))
 
     def result(self, stage: str) -> MeshPayload:
         return next(m for s, _, m in self.results if s == stage)

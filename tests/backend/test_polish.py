@@ -71,12 +71,12 @@ def test_polish_sharpens_a_rounded_mesh_where_plain_smoothness_does_not(sharp_bo
     raster = MeshRasterizer("torch")
     before = normal_consistency(rounded, target)
     cfg = PolishConfig(steps=40, lr=3e-3, render_size=64, batch_size=2)
-    polished = run_polish(cfg, rounded, OracleNormals(target, raster), LoggingReporter("polish"),
+    polished = run_polish(cfg, rounded, OracleNormals(target, raster), None, LoggingReporter("polish"),
                           rasterizer=raster, generator=torch.Generator().manual_seed(0))
     assert polished.num_faces == rounded.num_faces
     after = normal_consistency(polished, target)
     smooth_cfg = PolishConfig(steps=40, lr=3e-3, loss="smoothness")
-    smoothed = run_polish(smooth_cfg, rounded, None, LoggingReporter("polish"), rasterizer=raster)
+    smoothed = run_polish(smooth_cfg, rounded, None, None, LoggingReporter("polish"), rasterizer=raster)
     ablation = normal_consistency(smoothed, target)
     assert after > before + 0.01, (before, after)
     assert after > ablation + 0.01, (ablation, after)
@@ -86,6 +86,6 @@ def test_polish_is_deterministic_for_a_seed(sharp_box):
     target, rounded = sharp_box
     raster = MeshRasterizer("torch")
     cfg = PolishConfig(steps=3, render_size=32, batch_size=1)
-    runs = [run_polish(cfg, rounded, OracleNormals(target, raster), LoggingReporter("polish"), rasterizer=raster,
+    runs = [run_polish(cfg, rounded, OracleNormals(target, raster), None, LoggingReporter("polish"), rasterizer=raster,
                        generator=torch.Generator().manual_seed(7)).vertices for _ in range(2)]
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)

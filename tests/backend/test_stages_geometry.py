@@ -73,7 +73,7 @@ def test_nerf_neus_chain_reports_every_loss_each_step_and_checkpoints(oracle_set
     assert {"ref_rgb", "ref_mask", "ref_depth", "guidance", "oracle_opacity", "orientation", "loss"} <= set(rec.calls[-1][2])
     assert all(isinstance(v, float) for v in rec.calls[-1][2].values())
     out = nerf.render(VIEWS.sample(1, 10, 10, gen))
-    assert {k: tuple(v.shape) for k, v in out.items() if k != "orientation"} == {
+    assert {k: tuple(getattr(out, k).shape) for k in ("rgb", "opacity", "normal", "depth")} == {
         "rgb": (1, 10, 10, 3), "opacity": (1, 10, 10, 1), "normal": (1, 10, 10, 3), "depth": (1, 10, 10, 1)}
 
     restored = NerfState.from_state_dict(nerf.cfg, nerf.state_dict())

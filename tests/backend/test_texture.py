@@ -64,7 +64,7 @@ def test_texture_stage_recovers_the_target_albedo_in_the_baked_atlas(coloured_sp
                         atlas_size=256, reference_weight=0.0)
     guidance = OracleGuidance(coloured_sphere, raster)
     ViewMemo(guidance.oracle)
-    state = run_texture(cfg, geometry, guidance, LoggingReporter("texture"), rasterizer=raster,
+    state = run_texture(cfg, geometry, guidance, None, LoggingReporter("texture"), rasterizer=raster,
                         generator=torch.Generator().manual_seed(0))
     baked = bake_texture(cfg, state)
     assert baked.uvs.shape == (geometry.num_faces, 3, 2)
@@ -81,7 +81,7 @@ def test_texture_only_bakes_onto_the_given_uvs(coloured_sphere):
     uvs = np.random.default_rng(0).random((coloured_sphere.num_faces, 3, 2)).astype(np.float32)
     cfg = TextureConfig(steps=1, render_size=32, field=SMALL_FIELD, atlas_size=64)
     state = run_texture(cfg, TriMesh(coloured_sphere.vertices, coloured_sphere.faces),
-                        OracleGuidance(coloured_sphere, raster), LoggingReporter("texture"), rasterizer=raster)
+                        OracleGuidance(coloured_sphere, raster), None, LoggingReporter("texture"), rasterizer=raster)
     baked = bake_texture(cfg, state, uvs=uvs)
     np.testing.assert_array_equal(baked.uvs, uvs)
 

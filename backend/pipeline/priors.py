@@ -1,0 +1,171 @@
+"""Where a job's guidance comes from: the method's diffusion priors, or an oracle target mesh.
+
+Both are seeded from (request seed, stage name) by the caller, so a stage rerun after a restart
+draws exactly what it drew before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import torch
+from dreampolish.protocol.job import JobSpec
+from torch import Tensor
+
+from ..geometry.mesh import TriMesh
+from ..guidance.base import Guidance, GuidanceInput, GuidanceOutput, NormalTargets
+from ..presets import PipelinePreset
+from ..render.rasterize import MeshRasterizer
+from ..stages.base import ReferenceView
+from .frame import JobFrame
+
+
+class CombinedGuidance:
+    """Weighted sum of several guidances: L = Σ_k w_k L_k; diagnostics prefixed by each one's name."""
+
+    def __init__(self, parts: list[tuple[str, float, Guidance]]):
+        self.parts = [(name, w, g) for name, w, g in parts if w != 0]
+
+    def release(self) -> None:
+        """Drop the LoRA adapters that variational objectives (VSD/BSD/DSD) added to the shared UNet, so
+        that a long-lived backend does not collect one per job."""
+        from ..guidance.score_distillation import ScoreDistillation  # imported where the priors are built
+
+        for _, _, guidance in self.parts:
+            if isinstance(guidance, ScoreDistillation):
+                guidance.release()
+
+    def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
+        total: Tensor | None = None
+        diagnostics: dict[str, float] = {}
+        for name, weight, guidance in self.parts:
+            out = guidance(inp)
+            total = weight * out.loss if total is None else total + weight * out.loss
+            diagnostics[f"{name}_loss"] = float(out.loss.detach())
+            diagnostics.update({f"{name}_{k}": float(v) for k, v in out.diagnostics.items()})
+        if total is None:
+            total = inp.rgb.sum() * 0.0
+        return GuidanceOutput(total, diagnostics)
+
+
+class PriorSource(Protocol):
+    """Where a job's guidance comes from: the diffusion priors, or an oracle target."""
+
+    def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView: ...
+
+    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
+                          reference: ReferenceView | None, seed: int) -> CombinedGuidance: ...
+
+    def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets: ...
+
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
+                         ) -> CombinedGuidance: ...
+
+
+def front_view_prompts(cfg: Any, frame: JobFrame) -> Any:
+    """View prompts whose "front" is the reference camera's side of the object."""
+    return dataclasses.replace(cfg, front_azimuth_deg=float(frame.reference_camera.azimuth_deg[0]))
+
+
+def _seeded(cfg: Any, seed: int) -> Any:
+    return dataclasses.replace(cfg, seed=seed % (2**31))
+
+
+class DiffusionPriors:
+    """The method's priors: the text-to-image model (reference image, text SDS, DSD on the texture),
+    Zero123 (view-conditioned SDS) and Marigold (polish normals), loaded once per model set and device
+    and kept for the life of the process."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._models: dict[str, Any] = {}
+
+    def models(self, preset: PipelinePreset):
+        from ..models.loading import PriorModels
+        from ..models.specs import model_set
+
+        if preset.model_set not in self._models:
+            self._models[preset.model_set] = PriorModels(model_set(preset.model_set), self.device)
+        return self._models[preset.model_set]
+
+    def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView:
+        from ..stages.reference import generate_reference
+
+        cam = frame.reference_camera
+        rgb, mask = generate_reference(self.models(preset), spec.prompt, spec.negative_prompt, cam.width, cam.height,
+                                       seed % (2**31), self.device, preset.reference.generation)
+        return ReferenceView(rgb=rgb, mask=mask, camera=cam)
+
+    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
+                          reference: ReferenceView | None, seed: int) -> CombinedGuidance:
+        from ..guidance.score_distillation import ScoreDistillation
+        from ..guidance.text_prior import encode_prompts
+        from ..guidance.zero123 import ReferenceView as OrbitView
+        from ..guidance.zero123 import Zero123Guidance
+
+        g = preset.guidance
+        models = self.models(preset)
+        parts: list[tuple[str, float, Guidance]] = []
+        view_prompts = front_view_prompts(g.view_prompts, frame)
+        if reference is not None:
+            cam = reference.camera
+            if g.zero123_weight:
+                orbit = OrbitView(float(cam.elevation_deg[0]), float(cam.azimuth_deg[0]), float(cam.distance[0]))
+                parts.append(("zero123", g.zero123_weight, Zero123Guidance(
+                    models.zero123, reference.rgb, reference.mask, orbit, _seeded(g.zero123, seed))))
+        if g.text_weight:
+            prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt, view_prompts)
+            parts.append(("text", g.text_weight,
+                          ScoreDistillation(models.text_to_image, prompts, _seeded(g.text, seed + 1))))
+        return CombinedGuidance(parts)
+
+    def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets:
+        from ..guidance.normals import MarigoldNormalTargets
+
+        return MarigoldNormalTargets(self.models(preset).normals, _seeded(preset.polish.estimator, seed))
+
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
+                         ) -> CombinedGuidance:
+        from ..guidance.score_distillation import ScoreDistillation
+        from ..guidance.text_prior import encode_prompts
+
+        models = self.models(preset)
+        prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt,
+                                 front_view_prompts(preset.guidance.view_prompts, frame))
+        return CombinedGuidance([("texture", 1.0, ScoreDistillation(
+            models.text_to_image, prompts, _seeded(preset.texture.guidance, seed)))])
+
+
+class OraclePriors:
+    """A known target mesh (object frame) in place of every prior: the reference image is its render,
+    the geometry and texture guidance compare with its renders, the polish targets are its normals.
+    For tests and fidelity benchmarks without pretrained weights."""
+
+    def __init__(self, target: TriMesh, texture: Tensor | None = None, rasterizer: MeshRasterizer | None = None):
+        self.target = target
+        self.texture = texture
+        self.rasterizer = rasterizer or MeshRasterizer("torch")
+
+    def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView:
+        from ..guidance.oracle import oracle_reference
+
+        return oracle_reference(self.target.to(frame.reference_camera.device), frame.reference_camera,
+                                self.rasterizer, self.texture)
+
+    def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
+                          reference: ReferenceView | None, seed: int) -> CombinedGuidance:
+        from ..guidance.oracle import OracleGuidance
+
+        return CombinedGuidance([("oracle", 1.0, OracleGuidance(self.target, self.rasterizer, texture=self.texture))])
+
+    def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets:
+        from ..guidance.oracle import OracleNormals
+
+        return OracleNormals(self.target, self.rasterizer)
+
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
+                         ) -> CombinedGuidance:
+        from ..guidance.oracle import OracleGuidance
+
+        return CombinedGuidance([("oracle", 1.0, OracleGuidance(self.target, self.rasterizer, texture=self.texture))])

@@ -1,0 +1,268 @@
+"""One runner per stage: how the stage runs inside a job, and how it comes back from its checkpoint.
+
+A runner is small: `run` takes the stage's StageContext, calls the stage function (backend/stages/),
+leaves what the next stage needs in the carry and returns its checkpoint (plain tensors and values);
+`restore` puts a checkpoint back into the carry, as if the stage had just run; `result` is the mesh
+the client receives for the stage (None: the stage ends with no mesh). `STAGE_RUNNERS` lists them
+once, in order, and each says which job modes run it. docs/adding-a-stage.md shows how to add one.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from dreampolish.protocol.job import JOB_MODES
+from dreampolish.protocol.scene import MeshPayload
+
+from .. import bake
+from ..geometry.mesh import TriMesh, simplify_mesh
+from ..pipeline_api import JobFailed
+from ..presets import PipelinePreset
+from ..stages.base import ReferenceView
+from ..stages.dmtet import DmtetState, run_dmtet
+from ..stages.export import mesh_payload, run_export, texture_payloads
+from ..stages.nerf import NerfState, run_nerf
+from ..stages.neus import NeusState, run_neus
+from ..stages.polish import run_polish
+from ..stages.texture import BakedTexture, bake_texture, run_texture
+from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
+from .context import JobSetup, StageCarry, StageContext
+from .previews import render_preview, render_state
+from .priors import CombinedGuidance
+
+logger = logging.getLogger(__name__)
+
+Checkpoint = dict[str, Any]
+"""What a stage saves: plain tensors and values (CheckpointStore loads them with weights_only=True)."""
+
+
+class StageRunner(ABC):
+    """One stage of the pipeline (module docstring)."""
+
+    name: ClassVar[str]
+    """The stage's name on the wire (protocol.job.STAGES) and in checkpoints."""
+    modes: ClassVar[tuple[str, ...]] = JOB_MODES
+    """The job modes whose chain includes this stage."""
+
+    @abstractmethod
+    def run(self, c: StageContext) -> Checkpoint:
+        """Run the stage, leave its output in c.carry, return its checkpoint."""
+
+    @abstractmethod
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        """Put a finished stage's checkpoint back into the carry, as `run` left it."""
+
+    def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
+        """The mesh the client receives when the stage ends (by default the carry's mesh)."""
+        return None if carry.mesh is None else mesh_payload(carry.mesh, job.frame.transform)
+
+
+class ReferenceRunner(StageRunner):
+    name = "reference"
+    modes = ("generate",)
+
+    def run(self, c: StageContext) -> Checkpoint:
+        c.reporter.check_cancel()
+        view = c.priors.reference(c.spec, c.preset, c.frame, c.seed)
+        c.carry.reference = view
+        rgba = torch.cat([view.rgb, view.mask], -1).float().clamp(0, 1).cpu().numpy()
+        c.reporter.progress(1, 1, {}, bake.encode_png(rgba))
+        return {"rgb": view.rgb.detach().cpu(), "mask": view.mask.detach().cpu(),
+                "depth": None if view.depth is None else view.depth.detach().cpu()}
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        carry.reference = ReferenceView(rgb=ckpt["rgb"], mask=ckpt["mask"], camera=job.frame.reference_camera,
+                                        depth=ckpt.get("depth"))
+
+    def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
+        return None  # an image, sent as the stage's preview
+
+
+class GeometryRunner(StageRunner):
+    """NeRF, NeuS and DMTet: guidance from the priors, previews of the state, the extracted mesh."""
+
+    def run(self, c: StageContext) -> Checkpoint:
+        guidance = c.priors.geometry_guidance(self.name, c.spec, c.preset, c.frame, c.carry.reference, c.seed)
+        c.reporter.preview = lambda state, step: render_state(state, c.reporter.camera(step))
+        try:
+            state = self.optimise(c, guidance)
+        finally:
+            guidance.release()
+        mesh = state.extract_mesh(normalize=False)  # stay in the job's object frame
+        if mesh.num_faces == 0:
+            raise JobFailed("empty_geometry", f"the {self.name} stage ended with no surface; try another seed or "
+                                              "more steps")
+        c.carry.geometry, c.carry.mesh = state, mesh
+        return {"state": state.state_dict(), "mesh": mesh_to_ckpt(mesh)}
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        carry.mesh = mesh_from_ckpt(ckpt["mesh"], job.device)
+        carry.geometry = self.state_from_dict(job.preset, ckpt["state"], job.device)
+
+    @abstractmethod
+    def optimise(self, c: StageContext, guidance: CombinedGuidance) -> Any:
+        """The stage function on the carry's input: its final state."""
+
+    @abstractmethod
+    def state_from_dict(self, preset: PipelinePreset, state: Checkpoint, device: torch.device) -> Any: ...
+
+
+class NerfRunner(GeometryRunner):
+    name = "nerf"
+    modes = ("generate",)
+
+    def optimise(self, c: StageContext, guidance: CombinedGuidance) -> NerfState:
+        return run_nerf(c.preset.nerf, guidance, c.carry.reference, c.reporter, generator=c.generator,
+                        device=c.device)
+
+    def state_from_dict(self, preset: PipelinePreset, state: Checkpoint, device: torch.device) -> NerfState:
+        return NerfState.from_state_dict(preset.nerf, state, device)
+
+
+class NeusRunner(GeometryRunner):
+    name = "neus"
+    modes = ("generate",)
+
+    def optimise(self, c: StageContext, guidance: CombinedGuidance) -> NeusState:
+        # After a resume with an edited mesh (carry.geometry cleared), NeuS starts from that mesh.
+        init = c.carry.geometry if isinstance(c.carry.geometry, NerfState) else c.carry.mesh
+        return run_neus(c.preset.neus, init, guidance, c.carry.reference, c.reporter, generator=c.generator,
+                        device=c.device)
+
+    def state_from_dict(self, preset: PipelinePreset, state: Checkpoint, device: torch.device) -> NeusState:
+        return NeusState.from_state_dict(preset.neus, state, device)
+
+
+class DmtetRunner(GeometryRunner):
+    name = "dmtet"
+    modes = ("generate", "geometry")
+
+    def optimise(self, c: StageContext, guidance: CombinedGuidance) -> DmtetState:
+        init: Any = c.carry.geometry
+        if not isinstance(init, NeusState):
+            init = c.carry.mesh if c.carry.mesh is not None else c.frame.input_mesh
+        return run_dmtet(c.preset.dmtet, init, guidance, c.carry.reference, c.reporter, generator=c.generator,
+                         device=c.device)
+
+    def state_from_dict(self, preset: PipelinePreset, state: Checkpoint, device: torch.device) -> DmtetState:
+        return DmtetState.from_state_dict(preset.dmtet, state, device)
+
+
+class PolishRunner(StageRunner):
+    name = "polish"
+    modes = ("generate", "geometry")
+
+    def run(self, c: StageContext) -> Checkpoint:
+        mesh = c.carry.mesh if c.carry.mesh is not None else c.frame.input_mesh
+        if mesh is None:
+            raise JobFailed("no_geometry", "the polish stage has no mesh to polish")
+        targets = c.priors.normal_targets(c.preset, c.seed) if c.preset.polish.loss == "normal_estimator" else None
+        c.reporter.preview = lambda state, step: render_preview(state.mesh, c.reporter.camera(step),
+                                                                c.job.rasterizer)
+        polished = run_polish(c.preset.polish, mesh, targets, c.carry.reference, c.reporter,
+                              generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
+        c.carry.mesh = c.carry.detail = polished
+        c.carry.geometry = None
+        return {"mesh": mesh_to_ckpt(polished)}
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        carry.mesh = carry.detail = mesh_from_ckpt(ckpt["mesh"], job.device)
+        carry.geometry = None
+
+
+class TextureRunner(StageRunner):
+    """Texture: optimise a colour field on the fixed mesh, bake it into an atlas. Texture-only jobs keep
+    the input's topology, UVs and transform exactly."""
+
+    name = "texture"
+
+    def run(self, c: StageContext) -> Checkpoint:
+        keep_topology = c.spec.mode == "texture" and c.carry.mesh is None
+        mesh = self._mesh(c, keep_topology)
+        guidance = c.priors.texture_guidance(c.spec, c.preset, c.frame, c.seed)
+        c.reporter.preview = lambda state, step: render_preview(
+            mesh, c.reporter.camera(step), c.job.rasterizer, state.color_field.color)
+        try:
+            state = run_texture(c.preset.texture, mesh, guidance, c.carry.reference, c.reporter,
+                                generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
+        finally:
+            guidance.release()
+        own_uvs = None if mesh.uvs is None else mesh.uvs.detach().cpu().numpy()
+        baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail)
+        c.carry.baked = baked
+        textures = texture_payloads(baked.base_color, baked.normal_map, c.preset.export.normal_map_dtype)
+        if keep_topology:
+            c.carry.payload = self._input_payload(c, mesh, baked, textures)
+        else:
+            textured = TriMesh(mesh.vertices, mesh.faces, torch.as_tensor(baked.uvs, device=mesh.device),
+                               mesh.vertex_colors)
+            c.carry.mesh = textured
+            c.carry.payload = mesh_payload(textured, c.frame.transform, textures)
+        return {"mesh": mesh_to_ckpt(c.carry.mesh if c.carry.mesh is not None else mesh),
+                "payload": payload_to_ckpt(c.carry.payload), "field": state.state_dict()}
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        carry.mesh = mesh_from_ckpt(ckpt["mesh"], job.device)
+        carry.payload = payload_from_ckpt(ckpt["payload"])
+        carry.baked = None
+
+    def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
+        return carry.payload
+
+    @staticmethod
+    def _mesh(c: StageContext, keep_topology: bool) -> TriMesh:
+        cfg = c.preset.texture
+        mesh = c.frame.input_mesh if keep_topology else c.carry.mesh
+        if mesh is None:
+            raise JobFailed("no_geometry", "the texture stage has no mesh to texture")
+        if cfg.simplify_to_faces and not keep_topology and mesh.num_faces > cfg.simplify_to_faces:
+            detail_faces = mesh.num_faces
+            mesh = simplify_mesh(mesh, cfg.simplify_to_faces)
+            logger.info("texture: mesh simplified from %d to %d faces", detail_faces, mesh.num_faces)
+        return mesh
+
+    @staticmethod
+    def _input_payload(c: StageContext, mesh: TriMesh, baked: BakedTexture, textures: list) -> MeshPayload:
+        """Texture only: the input's vertices, faces, UVs and transform go back exactly as they came."""
+        source = c.spec.input_mesh
+        if source is None:  # the request check refuses this; a stage must not crash on it either
+            raise JobFailed("no_geometry", "a texture-only job needs input_mesh")
+        uvs = source.uvs
+        if uvs is None:
+            # New xatlas UVs, in the input's own corner order (TriMesh.from_payload reverses the corners of
+            # a mirrored object).
+            same_order = np.array_equal(mesh.faces.cpu().numpy().astype(np.uint32), source.faces)
+            uvs = baked.uvs if same_order else np.ascontiguousarray(baked.uvs[:, ::-1])
+        return MeshPayload(vertices=source.vertices, faces=source.faces, uvs=uvs, normals=source.normals,
+                           colors=source.colors, transform=source.transform, textures=textures).validate()
+
+
+class ExportRunner(StageRunner):
+    name = "export"
+
+    def run(self, c: StageContext) -> Checkpoint:
+        c.reporter.check_cancel()
+        if c.carry.payload is None:
+            raise JobFailed("no_texture", "export needs the texture stage's result")
+        result = run_export(c.preset.export, c.carry.payload, c.job.work_dir)
+        c.carry.files.update(result.files)
+        c.reporter.progress(1, 1, {})
+        return {"payload": payload_to_ckpt(c.carry.payload),
+                "files": {k: str(v) for k, v in result.files.items()}}
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        carry.payload = payload_from_ckpt(ckpt["payload"])
+
+    def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
+        return carry.payload
+
+
+STAGE_RUNNERS: tuple[StageRunner, ...] = (
+    ReferenceRunner(), NerfRunner(), NeusRunner(), DmtetRunner(), PolishRunner(), TextureRunner(), ExportRunner(),
+)
+"""The DreamPolish stages, in order. A job runs those of its mode (StageRunner.modes), or the subset
+its request names."""

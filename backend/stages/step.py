@@ -1,0 +1,90 @@
+"""The optimisation step the stages share (stages/base.py lists its three parts).
+
+A stage's step is written as:
+
+    loss = StepLoss.start(device)
+    loss.add_reference(lambda cam: state.render(cam), ref, cfg.reference, step)    # 1. reference view
+    loss.add_guidance(guidance, GuidanceInput(...), cfg.guidance_weight.at(step))   # 2. guidance
+    loss.add("eikonal", w, eikonal_loss(...))                                       # 3. regularisers
+    optimiser_step(optimiser, loss, reporter, step, cfg.steps)
+
+and every stage builds its modules inside `seeded_init(generator)`, so that their initial weights come
+from the job's generator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..guidance.base import Guidance, GuidanceInput
+from ..render.cameras import CameraBatch
+from .base import ReferenceWeights, ScaledReference, StageRender, StageReporter, reference_losses
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A 31-bit seed drawn from the job's generator (or from the global RNG when there is none)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+@contextlib.contextmanager
+def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
+    """Modules built inside draw their initial weights from a seed of `generator`; the global RNG is left as
+    it was. Without a generator they use the global RNG as it stands."""
+    if generator is None:
+        yield
+        return
+    seed = draw_seed(generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass
+class StepLoss:
+    """One step's loss: the weighted sum of its terms, and each term's value for the report."""
+
+    total: Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, device: torch.device | str) -> StepLoss:
+        return cls(torch.zeros((), device=device))
+
+    def add(self, name: str, weight: float, value: Tensor) -> None:
+        """L += w · value, reported as `name` (unweighted)."""
+        self.total = self.total + weight * value
+        self.terms[name] = value.item()
+
+    def add_reference(self, render: Callable[[CameraBatch], StageRender], ref: ScaledReference | None,
+                      weights: ReferenceWeights, step: int) -> None:
+        """1. The reference-view losses (RGB, mask, relative depth) when the stage has a reference."""
+        if ref is None:
+            return
+        loss, terms = reference_losses(render(ref.camera), ref, weights, step)
+        self.total = self.total + loss
+        self.terms.update(terms)
+
+    def add_guidance(self, guidance: Guidance, inp: GuidanceInput, weight: float) -> None:
+        """2. The guidance loss on sampled views, with the guidance's own diagnostics."""
+        g = guidance(inp)
+        self.total = self.total + weight * g.loss
+        self.terms["guidance"] = g.loss.item()
+        self.terms.update(g.diagnostics)
+
+
+def optimiser_step(optimiser: torch.optim.Optimizer, loss: StepLoss, reporter: StageReporter, step: int,
+                   steps: int, extra: dict[str, float] | None = None) -> None:
+    """Step the optimiser on the loss (skipped when nothing in it depends on the parameters, e.g. an empty
+    DMTet surface), then report every term, the total as "loss", and `extra`."""
+    optimiser.zero_grad(set_to_none=True)
+    if loss.total.requires_grad:
+        loss.total.backward()
+        optimiser.step()
+    loss.terms["loss"] = loss.total.item()
+    loss.terms.update(extra or {})
+    reporter.progress(step + 1, steps, loss.terms)
