@@ -24,7 +24,7 @@ from . import messages as m
 from .client import BackendClient, ClientError, VersionMismatch
 from .errors import ProtocolError
 from .gltf import glb_to_mesh, mesh_to_glb
-from .job import JOB_MODES, STAGES, JobSpec, parse_option
+from .job import JOB_MODES, STAGES, JobSpec, parse_option, validate_spec
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
 
@@ -124,6 +124,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             options=dict(args.option),
             input_mesh=mesh,
         )
+        validate_spec(spec)  # the backend's own first check, here before anything is sent
         job_id = client.submit(spec)
         print(f"job {job_id} queued on {args.backend} (preset {spec.preset})", flush=True)
         try:

@@ -37,7 +37,7 @@ import numpy as np
 from dreampolish.backend.pipeline_api import JobContext, JobFailed, ResumePoint, RunOutcome
 from dreampolish.backend.server import BackendServer, ServerConfig
 from dreampolish.protocol.errors import ValidationError
-from dreampolish.protocol.job import STAGES, JobSpec
+from dreampolish.protocol.job import STAGES, JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
 MODE_STAGES: dict[str, tuple[str, ...]] = {
@@ -88,12 +88,11 @@ class ScriptedPipeline:
         return []
 
     def check(self, spec: JobSpec) -> None:
-        if not spec.prompt.strip() and spec.mode == "generate":
-            raise ValidationError("prompt is empty")
+        # What every pipeline refuses, by the protocol's own validation (as DreamPolishPipeline.check does);
+        # then what depends on this pipeline: its presets and its options.
+        validate_spec(spec)
         if spec.preset not in self.presets():
             raise ValidationError(f"preset {spec.preset!r} is not one of {self.presets()}")
-        if spec.mode != "generate" and spec.input_mesh is None:
-            raise ValidationError(f"mode {spec.mode!r} needs input_mesh")
         for key in spec.options:
             if key not in OPTION_KEYS:
                 raise ValidationError(f"unknown option {key!r}; known: {OPTION_KEYS}")
