@@ -11,9 +11,9 @@ from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
 from ..geometry.mesh import TriMesh
+from ..guidance.base import ReferenceView
 from ..presets import PipelinePreset
 from ..render.rasterize import MeshRasterizer
-from ..stages.base import ReferenceView
 from ..stages.texture import BakedTexture
 from .frame import JobFrame
 from .previews import StageProgress

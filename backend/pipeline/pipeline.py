@@ -118,14 +118,11 @@ class DreamPolishPipeline:
             self._check_stage_chain(spec)
 
     def _check_preset(self, preset: PipelinePreset) -> None:
-        """Preset values that would only fail once the job runs."""
+        """Preset values that would only fail once the job runs and that the fields' own ranges do not
+        cover (those, e.g. preview_size, apply_options checked)."""
         model_sets = load_model_sets()
         if self._priors is None and preset.model_set not in model_sets:
             raise ValidationError(f"model_set {preset.model_set!r} is not one of {', '.join(model_sets)}")
-        if preset.preview_size < 1:
-            raise ValidationError(f"preview_size must be at least 1 pixel, got {preset.preview_size}")
-        if preset.reference.size < 1:
-            raise ValidationError(f"reference.size must be at least 1 pixel, got {preset.reference.size}")
 
     def _check_stage_chain(self, spec: JobSpec) -> None:
         """A subset must be a contiguous run of the mode's chain: each stage starts from the last."""

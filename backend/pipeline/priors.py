@@ -14,10 +14,9 @@ from dreampolish.protocol.job import JobSpec
 from torch import Tensor
 
 from ..geometry.mesh import TriMesh
-from ..guidance.base import Guidance, GuidanceInput, GuidanceOutput, NormalTargets
+from ..guidance.base import Guidance, GuidanceInput, GuidanceOutput, NormalTargets, ReferenceView
 from ..presets import PipelinePreset
 from ..render.rasterize import MeshRasterizer
-from ..stages.base import ReferenceView
 from .frame import JobFrame
 
 

@@ -20,9 +20,9 @@ from dreampolish.protocol.scene import MeshPayload
 
 from .. import bake
 from ..geometry.mesh import TriMesh, simplify_mesh
+from ..guidance.base import ReferenceView
 from ..pipeline_api import JobFailed
 from ..presets import PipelinePreset
-from ..stages.base import ReferenceView
 from ..stages.dmtet import DmtetState, run_dmtet
 from ..stages.export import mesh_payload, run_export, texture_payloads
 from ..stages.nerf import NerfState, run_nerf

@@ -72,8 +72,8 @@ def test_the_wire_refuses_the_seeds_the_pipeline_refuses():
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"model_set": "no-such-models"}, "model_set 'no-such-models' is not one of"),
-    ({"preview_size": 0}, "preview_size must be at least 1"),
-    ({"reference.size": 0}, "reference.size must be at least 1"),
+    ({"preview_size": 0}, r"preview_size .*\[16, 2048\]"),
+    ({"reference.size": 0}, r"reference.size .*\[32, 2048\]"),
 ])
 def test_preset_values_that_would_fail_inside_a_stage_are_refused_at_check(options, message):
     with pytest.raises(ValidationError, match=message):
