@@ -25,7 +25,7 @@ class RecordingContext:
 
     Like the job store, it records a stage result once per (stage, index): the pipeline hands the results
     of restored stages to the job again after a restart, and the store drops those it has (`repeated`
-    counts them)."""
+    counts them). One work_dir is one job: give a fresh job a fresh folder, as the job store does."""
 
     work_dir: Path
     job_id: str = "job"
