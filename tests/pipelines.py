@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 import zlib
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 from dreampolish.backend.pipeline_api import JobContext, JobFailed, ResumePoint, RunOutcome
 from dreampolish.backend.server import BackendServer, ServerConfig
+from dreampolish.protocol.client import BackendClient
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import STAGES, JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
@@ -174,21 +176,35 @@ def running_backend(store: Path, pipeline: type = ScriptedPipeline, **config: An
         server.stop()
 
 
-def backend_command(store: Path, *args: str) -> list[str]:
-    """argv of a real `dreampolish-backend serve` process with ScriptedPipeline (run it with PYTHONPATH=repo)."""
-    return [
-        sys.executable,
-        "-m",
-        "dreampolish.backend.cli",
-        "serve",
-        "--store",
-        str(store),
-        "--pipeline",
-        "tests.pipelines:ScriptedPipeline",
-        "--device",
-        "cpu",
-        *args,
-    ]
+def backend_command(store: Path, *args: str, pipeline: str = "tests.pipelines:ScriptedPipeline") -> list[str]:
+    """argv of a real `dreampolish-backend serve` process (run it with PYTHONPATH=repo: `repo_env()`)."""
+    return [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(store),
+            "--pipeline", pipeline, "--device", "cpu", *args]
+
+
+def wait_until_serving(endpoint: str, proc: subprocess.Popen, timeout_s: float = 30) -> bool:
+    """Wait for a backend process to answer the handshake; False if it exited first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
+                c.connect()
+                return True
+        except Exception:
+            time.sleep(0.1)
+    if proc.poll() is None:
+        raise TimeoutError("backend did not come up")
+    return False
+
+
+def start_backend_process(store: Path, endpoint: str, *, pipeline: str = "tests.pipelines:ScriptedPipeline",
+                          env: dict[str, str] | None = None, timeout_s: float = 30) -> subprocess.Popen:
+    """A real backend process on `endpoint`, started and answering; the caller stops it by its PID."""
+    proc = subprocess.Popen(backend_command(store, "--bind", endpoint, pipeline=pipeline),
+                            env=repo_env() | (env or {}), stderr=subprocess.DEVNULL)
+    if not wait_until_serving(endpoint, proc, timeout_s):
+        raise RuntimeError(f"backend exited with {proc.returncode} before serving")
+    return proc
 
 
 def free_tcp_endpoint() -> str:

@@ -22,7 +22,7 @@ from dreampolish.protocol.client import (
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.pipelines import MODE_STAGES, backend_command, free_tcp_endpoint, repo_env, running_backend
+from tests.pipelines import MODE_STAGES, free_tcp_endpoint, repo_env, running_backend, start_backend_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,25 +113,8 @@ def test_killed_client_then_attach_gets_every_later_event_exactly_once(tmp_path)
         assert [s.stage for s in full] == list(MODE_STAGES["generate"])
 
 
-def wait_ready(endpoint: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "backend exited"
-        try:
-            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
-                c.connect()
-                return
-        except Exception:
-            time.sleep(0.2)
-    raise TimeoutError("backend did not come up")
-
-
 def start_backend(store, endpoint) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        backend_command(store, "--bind", endpoint), env=repo_env(), stderr=subprocess.DEVNULL
-    )
-    wait_ready(endpoint, proc)
-    return proc
+    return start_backend_process(store, endpoint)
 
 
 def stop_backend(proc: subprocess.Popen) -> None:

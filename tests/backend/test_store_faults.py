@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,10 +27,13 @@ from dreampolish.protocol.job import JobSpec
 from tests.pipelines import (
     MODE_STAGES,
     ScriptedPipeline,
+    backend_command,
     free_tcp_endpoint,
     octahedron,
     repo_env,
     running_backend,
+    start_backend_process,
+    wait_until_serving,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,31 +47,7 @@ def client_for(endpoint: str) -> BackendClient:
 
 
 def backend(store: Path, endpoint: str, pipeline: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "dreampolish.backend.cli",
-        "serve",
-        "--store",
-        str(store),
-        "--pipeline",
-        pipeline,
-        "--device",
-        "cpu",
-        "--bind",
-        endpoint,
-    ]
-    proc = subprocess.Popen(cmd, env=repo_env(), stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "backend exited"
-        try:
-            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
-                c.connect()
-                return proc
-        except Exception:
-            time.sleep(0.1)
-    raise TimeoutError("backend did not come up")
+    return start_backend_process(store, endpoint, pipeline=pipeline)
 
 
 # --- kill -9 at a stage boundary -----------------------------------------------------------------
@@ -385,20 +363,16 @@ def _tmpfs_backend(store: Path, endpoint: str) -> subprocess.Popen | None:
         return None
     store.mkdir()
     ns = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
-    serve = [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(store)]
-    serve += ["--pipeline", "tests.pipelines:ScriptedPipeline", "--device", "cpu", "--bind", endpoint]
+    serve = backend_command(store, "--bind", endpoint)
     script = 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"'
     proc = subprocess.Popen(
         [*ns, "sh", "-c", script, str(store), *serve], env=repo_env(), stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
-                c.connect()
-                return proc
-        except Exception:
-            time.sleep(0.1)
+    try:
+        if wait_until_serving(endpoint, proc):
+            return proc
+    except TimeoutError:
+        pass
     proc.kill()
     proc.wait()
     return None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,7 +22,7 @@ from dreampolish.protocol.job import JobSpec
 
 from tests.backend.pipeline_fixtures import tiny_model_cache  # noqa: F401
 from tests.backend.store_fault_pipelines import CRASH_ENV
-from tests.pipelines import free_tcp_endpoint, repo_env
+from tests.pipelines import free_tcp_endpoint, start_backend_process
 
 LONG_ENV = "DREAMPOLISH_LONG_FAULTS"
 # Four backend starts (torch and the tiny models each time) and three real jobs: 7 minutes on the
@@ -38,20 +36,8 @@ SPEC = JobSpec("a stone lantern", preset="tiny", seed=3)
 
 
 def start(store, endpoint, cache, crash: str = "") -> subprocess.Popen:
-    env = repo_env() | {MODEL_DIR_ENV: str(cache), CRASH_ENV: crash}
-    cmd = [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(store), "--device", "cpu"]
-    cmd += ["--pipeline", "tests.backend.store_fault_pipelines:CrashingDreamPolish", "--bind", endpoint]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "backend exited"
-        try:
-            with BackendClient(endpoint, timeout_s=1, heartbeat_s=0.3, dead_after_s=1) as c:
-                c.connect()
-                return proc
-        except Exception:
-            time.sleep(0.2)
-    raise TimeoutError("backend did not come up")
+    return start_backend_process(store, endpoint, pipeline="tests.backend.store_fault_pipelines:CrashingDreamPolish",
+                                 env={MODEL_DIR_ENV: str(cache), CRASH_ENV: crash}, timeout_s=60)
 
 
 @pytest.mark.parametrize("point", ["before", "after"])
