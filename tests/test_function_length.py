@@ -1,5 +1,5 @@
-"""No function over 80 lines in protocol/ and backend/ (CONVENTIONS: each function one job to hold in
-one's head). The job system is being restructured separately and is not held to it yet."""
+"""No function over 80 lines in protocol/, backend/ and blender_addon/ (CONVENTIONS: each function one
+job to hold in one's head)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LINES = 80
-NOT_YET = ("backend/jobs.py", "backend/server.py")
 
 
 def long_functions() -> list[str]:
     found = []
-    for folder in ("protocol", "backend"):
+    for folder in ("protocol", "backend", "blender_addon"):
         for path in sorted((REPO / folder).rglob("*.py")):
             rel = path.relative_to(REPO).as_posix()
-            if rel.startswith(NOT_YET):
-                continue
             for node in ast.walk(ast.parse(path.read_text(), rel)):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     lines = node.end_lineno - node.lineno + 1
