@@ -9,6 +9,10 @@ densely (no collisions) and looked up with `grid_sample`, which computes the sam
 trilinear blend several times faster on the CPU than gathering 8 corners.
 Output: the concatenation of all levels' F features, [N, L*F].
 
+On CUDA the encoding runs as fused Triton kernels (`hashgrid_triton`: forward, backward and
+double backward, same hashing and layout) unless `implementation="torch"`; this module's PyTorch
+code is the reference the kernels are tested against and the fallback everywhere else.
+
 Progressive level unlocking (as in threestudio's ProgressiveBandHashGrid): only
 the first `start_levels` levels are active at step 0, one more level unlocks
 every `unlock_every` steps. Locked levels output zeros, so their tables get no
@@ -17,8 +21,11 @@ gradient and coarse structure is fitted before fine detail.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +56,13 @@ class HashGridConfig:
     """Steps between unlocking one more level."""
     init_scale: float = ranged(1e-4, 0, 1)
     """Tables start uniform in [-init_scale, init_scale]."""
+    implementation: Literal["auto", "triton", "torch"] = "auto"
+    """"auto": the fused Triton kernels for CUDA inputs when Triton is installed, PyTorch otherwise;
+    "triton": always the kernels (CPU inputs need TRITON_INTERPRET=1, set before Triton is imported);
+    "torch": always the PyTorch code."""
+
+
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 class HashGridEncoding(nn.Module):
@@ -68,6 +82,11 @@ class HashGridEncoding(nn.Module):
         self.resolutions = resolutions
         self.level_sizes = sizes
         self.register_buffer("level_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        # the layout as the Triton kernels read it: resolution, size and dense flag per level
+        self.register_buffer("level_resolutions", torch.tensor(resolutions, dtype=torch.long), persistent=False)
+        self.register_buffer("level_sizes_t", torch.tensor(sizes, dtype=torch.long), persistent=False)
+        dense = [int((r + 1) ** 3 <= n) for r, n in zip(resolutions, sizes)]
+        self.register_buffer("level_dense", torch.tensor(dense, dtype=torch.long), persistent=False)
         self.table = nn.Parameter(
             torch.empty(offsets[-1], cfg.n_features_per_level).uniform_(-cfg.init_scale, cfg.init_scale)
         )
@@ -107,7 +126,32 @@ class HashGridEncoding(nn.Module):
         grid = (x * 2 - 1).flip(-1).reshape(1, 1, 1, -1, 3)
         return F.grid_sample(vol, grid, mode="bilinear", align_corners=True).reshape(f, -1).t()
 
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether forward(x) runs the fused kernels (see HashGridConfig.implementation)."""
+        choice = self.cfg.implementation
+        if choice == "torch":
+            return False
+        if choice == "triton":
+            if not _TRITON_INSTALLED:
+                raise RuntimeError("hash grid implementation 'triton' needs the triton package")
+            if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                raise RuntimeError("hash grid implementation 'triton' needs CUDA inputs, or TRITON_INTERPRET=1 "
+                                   "set before triton is imported to run its interpreter on the CPU")
+            return True
+        return x.is_cuda and _TRITON_INSTALLED
+
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[-1] != 3:
+            raise ValueError(f"hash-grid input must be [N,3], got {tuple(x.shape)}")
+        if self.uses_triton(x):
+            from . import hashgrid_triton  # imported on first use: Triton is optional
+
+            return hashgrid_triton.encode(x.to(self.table.dtype), self.table, self.level_resolutions,
+                                          self.level_sizes_t, self.level_offsets[:-1], self.level_dense,
+                                          self.active_levels)
+        return self._torch_forward(x)
+
+    def _torch_forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         f = self.cfg.n_features_per_level
         x = x.clamp(0.0, 1.0)
