@@ -4,10 +4,16 @@
 - SdfField (NeuS stage): hash grid -> small MLP -> signed distance (negative inside) and albedo.
 - ColorField (DMTet, texture): hash grid -> small MLP -> albedo only, for a surface given elsewhere.
 
-Albedo is view-independent (the texture stage bakes it). Normals come from the
-field's gradient by finite differences on the tetrahedral stencil
-grad f(x) ~ sum_k k f(x + eps k) / (4 eps), k in {(1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1)},
-which costs 4 extra evaluations and needs no second-order autograd through the grid.
+Albedo is view-independent (the texture stage bakes it). Normals come from the field's
+gradient, computed one of two ways (FieldConfig.normals):
+- "analytic" (default): grad f(x) by autograd through the MLP and the hash-grid encoding, one
+  backward pass over one evaluation (threestudio's `normal_type: "analytic"` in
+  models/geometry/implicit_sdf.py and implicit_volume.py). When grad mode is on the gradient keeps
+  its graph (create_graph), so losses on normals or on the eikonal term train the field through a
+  double backward; both encodings (PyTorch and the fused Triton kernels) support it.
+- "finite_difference": the tetrahedral stencil
+  grad f(x) ~ sum_k k f(x + eps k) / (4 eps), k in {(1,-1,-1), (-1,-1,1), (-1,1,-1), (1,1,1)},
+  4 extra evaluations and no second-order autograd; it also smooths the gradient over eps.
 
 Both geometry fields start as a ball of radius `init_radius` (the "blob" of
 Magic3D/threestudio for density, a sphere SDF bias for NeuS), so that the first
@@ -17,6 +23,7 @@ renders cover the object's place in the frame.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +53,11 @@ class FieldConfig:
     """Radius of the ball the geometry starts as."""
     density_blob_scale: float = ranged(10.0, 0, 1000)
     """Density bias at the centre of the initial blob: bias(x) = scale * (1 - |x| / init_radius)."""
+    normals: Literal["analytic", "finite_difference"] = "analytic"
+    """How field gradients and normals are computed (see the module docstring): autograd through the
+    encoding and the MLP, or the 4-point finite-difference stencil with step normal_eps."""
     normal_eps: float = ranged(0.004, 1e-06, 0.1)
-    """Finite-difference step (world units) for gradients/normals; about one finest cell."""
+    """Finite-difference step (world units) for normals="finite_difference"; about one finest cell."""
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, n_hidden: int) -> nn.Sequential:
@@ -77,6 +87,24 @@ class _EncodedField(nn.Module):
 
     def update_step(self, step: int) -> None:
         self.encoding.update_step(step)
+
+    def _gradient(self, fn, x: Tensor) -> Tensor:
+        """grad fn(x) [N,3] for fn: [N,3] -> [N], by the configured method."""
+        if self.cfg.normals == "finite_difference":
+            return self._stencil_gradient(fn, x)
+        if self.cfg.normals != "analytic":
+            raise ValueError(f"unknown normals method {self.cfg.normals!r}: 'analytic' or 'finite_difference'")
+        return self._analytic_gradient(fn, x)
+
+    @staticmethod
+    def _analytic_gradient(fn, x: Tensor) -> Tensor:
+        # Under grad mode the result stays differentiable w.r.t. the parameters (and x, when x has
+        # a graph of its own); under no_grad (previews, export) it is computed and detached.
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(fn(xg).sum(), xg, create_graph=create_graph)
+        return grad if create_graph else grad.detach()
 
     def _stencil_gradient(self, fn, x: Tensor) -> Tensor:
         eps = self.cfg.normal_eps
@@ -116,7 +144,7 @@ class DensityField(_EncodedField):
 
     def normal(self, x: Tensor) -> Tensor:
         """Outward unit normals -grad sigma / |grad sigma|, [N,3]."""
-        return F.normalize(-self._stencil_gradient(self.density, x), dim=-1)
+        return F.normalize(-self._gradient(self.density, x), dim=-1)
 
 
 class SdfField(_EncodedField):
@@ -148,8 +176,8 @@ class SdfField(_EncodedField):
         return self.forward(x)[1]
 
     def gradient(self, x: Tensor) -> Tensor:
-        """grad sdf [N,3] (finite differences; differentiable w.r.t. the parameters)."""
-        return self._stencil_gradient(self.sdf, x)
+        """grad sdf [N,3] (FieldConfig.normals; differentiable w.r.t. the parameters)."""
+        return self._gradient(self.sdf, x)
 
 
 class ColorField(_EncodedField):

@@ -58,3 +58,88 @@ def test_evaluate_on_grid_matches_the_function_on_the_lattice():
     vals = evaluate_on_grid(lambda p: p[:, 0] + 2 * p[:, 1] + 3 * p[:, 2], 1.0, 5, "cpu", chunk=7)
     assert vals.shape == (5, 5, 5)
     assert float(vals[4, 0, 0]) == 1.0 - 2.0 - 3.0 and float(vals[0, 4, 4]) == -1.0 + 2.0 + 3.0
+
+
+def _textured(cls, normals: str, eps: float = 0.004):
+    """A field whose gradient is not just the initial sphere's: a random table and MLP, in float64."""
+    torch.manual_seed(1)
+    cfg = FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, start_levels=4,
+                                          init_scale=0.2), hidden_dim=16, n_feature_dims=3, normals=normals,
+                      normal_eps=eps)
+    f = cls(cfg).double()
+    for p in f.parameters():
+        if p.ndim == 2 and p.shape[0] > 1 and p is not f.encoding.table:
+            torch.nn.init.normal_(p, std=0.5)
+    torch.nn.init.normal_(f.geometry_net[-1].weight, std=0.5)
+    return f
+
+
+def _central_differences(fn, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return torch.stack([(fn(x + eps * e) - fn(x - eps * e)) / (2 * eps) for e in torch.eye(3, dtype=x.dtype)], -1)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b).norm(dim=-1) / b.norm(dim=-1)).detach()
+
+
+def test_analytic_normals_agree_with_finite_differences():
+    x = ((torch.rand(256, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1) * 0.6).double()
+    for cls, method, value in ((SdfField, "gradient", "sdf"), (DensityField, "normal", "density")):
+        analytic = _textured(cls, "analytic")
+        a = getattr(analytic, method)(x)
+        # per-axis central differences of the field itself: second-order accurate inside a grid cell
+        cd = _central_differences(getattr(analytic, value), x)
+        if method == "normal":
+            cd = torch.nn.functional.normalize(-cd, dim=-1)
+        err = _relative(a, cd)
+        assert float(err.median()) < 1e-7 and float((err < 1e-5).float().mean()) > 0.99, (cls, err.max())
+        # the finite-difference option at a tiny step; the tetrahedral stencil is first-order accurate
+        # (its error is eps times the field's mixed second derivatives), so the match is looser
+        fine = getattr(_textured(cls, "finite_difference", eps=1e-7), method)(x)
+        err = _relative(a, fine)
+        assert float(err.median()) < 1e-5 and float((err < 1e-4).float().mean()) > 0.99, (cls, err.max())
+        # at the default step the stencil smooths over ~one fine cell but points the same way
+        coarse = getattr(_textured(cls, "finite_difference"), method)(x)
+        cos = torch.nn.functional.cosine_similarity(a, coarse, dim=-1)
+        assert float(cos.median()) > 0.95, cls
+
+
+def test_finite_difference_option_is_the_tetrahedral_stencil():
+    f = _textured(SdfField, "finite_difference", eps=0.01)
+    x = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
+    k = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]],
+                     dtype=torch.float64)
+    expected = sum(kk * f.sdf(x + 0.01 * kk)[:, None] for kk in k) / (4 * 0.01)
+    torch.testing.assert_close(f.gradient(x), expected)
+
+
+class _GradientOf(torch.nn.Module):
+    """module(x) = field.gradient(x), so that torch.func.functional_call can swap the field's parameters."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+
+    def forward(self, x):
+        return self.field.gradient(x)
+
+
+def test_analytic_gradient_trains_the_field_through_a_double_backward():
+    f = _textured(SdfField, "analytic")
+    x = ((torch.rand(64, 3, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 0.6).double()
+    g = f.gradient(x)
+    assert g.requires_grad and not x.requires_grad
+    module = _GradientOf(f)
+    names = ["field.encoding.table", "field.geometry_net.0.weight"]
+    params = dict(module.named_parameters())
+
+    def eikonal(table, weight):
+        grad = torch.func.functional_call(module, {names[0]: table, names[1]: weight}, (x,), strict=False)
+        return ((grad.norm(dim=-1) - 1) ** 2).mean()
+
+    inputs = tuple(params[n].detach().clone().requires_grad_(True) for n in names)
+    assert torch.autograd.gradcheck(eikonal, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
+    with torch.no_grad():
+        detached = f.gradient(x)
+    assert not detached.requires_grad
+    torch.testing.assert_close(detached, g.detach())
