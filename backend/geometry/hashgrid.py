@@ -22,6 +22,7 @@ gradient and coarse structure is fitted before fine detail.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config_fields import ranged
+
+log = logging.getLogger(__name__)
 
 # Spatial hash primes (Teschner et al. 2003, as used by Instant-NGP); the first is 1
 # so that, along x, neighbouring cells map to neighbouring table entries.
@@ -63,6 +66,8 @@ class HashGridConfig:
 
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_TRITON_CHECKED: dict[tuple[str, int], bool] = {}
+"""(device, features per level) -> whether the kernels passed their self-check there ("auto" only)."""
 
 
 class HashGridEncoding(nn.Module):
@@ -138,7 +143,7 @@ class HashGridEncoding(nn.Module):
                 raise RuntimeError("hash grid implementation 'triton' needs CUDA inputs, or TRITON_INTERPRET=1 "
                                    "set before triton is imported to run its interpreter on the CPU")
             return True
-        return x.is_cuda and _TRITON_INSTALLED
+        return x.is_cuda and _TRITON_INSTALLED and _triton_works(x.device, self.cfg.n_features_per_level)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[-1] != 3:
@@ -174,3 +179,44 @@ class HashGridEncoding(nn.Module):
             w = (c * frac[:, None, :] + (1 - c) * (1 - frac[:, None, :])).prod(dim=-1)  # [N,8]
             out.append((w[..., None] * feats).sum(dim=1))
         return torch.cat(out, dim=-1)
+
+
+def _triton_works(device: torch.device, n_features: int) -> bool:
+    """Once per device and feature count: do the fused kernels compile there and agree with the PyTorch
+    encoding (values, table gradient, double backward) on a small grid with dense and hashed levels?
+    "auto" falls back to PyTorch, with a warning, where they do not, rather than failing the job."""
+    key = (str(device), n_features)
+    if key not in _TRITON_CHECKED:
+        try:
+            error = _triton_self_check(device, n_features)
+        except Exception as exc:  # a compile or launch failure of the kernels on this device
+            error = f"{type(exc).__name__}: {exc}"
+        if error:
+            log.warning("fused hash-grid kernels unusable on %s (%s); using the PyTorch encoding", device, error)
+        _TRITON_CHECKED[key] = error is None
+    return _TRITON_CHECKED[key]
+
+
+def _triton_self_check(device: torch.device, n_features: int) -> str | None:
+    from . import hashgrid_triton
+
+    cfg = HashGridConfig(n_levels=3, n_features_per_level=n_features, log2_hashmap_size=10, base_resolution=4,
+                         per_level_scale=2.0, start_levels=3, init_scale=1.0, implementation="torch")
+    ref = HashGridEncoding(cfg).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(1000, 3, device=device, generator=gen)
+    results = []
+    with torch.enable_grad():
+        for fused in (False, True):
+            xi = x.clone().requires_grad_(True)
+            out = hashgrid_triton.encode(xi, ref.table, ref.level_resolutions, ref.level_sizes_t,
+                                         ref.level_offsets[:-1], ref.level_dense, 3) if fused else ref(xi)
+            (gx,) = torch.autograd.grad(out.square().sum(), xi, create_graph=True)
+            results.append((out, gx, *torch.autograd.grad(gx.square().sum(), [xi, ref.table])))
+    for name, a, b in zip(("values", "grad_x", "double backward x", "double backward table"), *results):
+        a, b = a.detach(), b.detach()
+        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+        if not err < 1e-4:  # the interpreter tests agree to ~5e-7; 1e-4 leaves room for GPU arithmetic
+            return f"{name} differ from the PyTorch encoding by {err:.2g} (relative)"
+    return None
+

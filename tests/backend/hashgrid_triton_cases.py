@@ -129,14 +129,21 @@ def fields(n: int) -> dict:
     return out
 
 
+def self_check() -> dict:
+    """The check "auto" runs once per device before trusting the kernels, here through the interpreter."""
+    from dreampolish.backend.geometry.hashgrid import _triton_self_check
+
+    return {"f2": _triton_self_check(torch.device("cpu"), 2), "f3": _triton_self_check(torch.device("cpu"), 3)}
+
+
 def main() -> None:
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("run with TRITON_INTERPRET=1 (set before triton is imported)")
     torch.set_num_threads(1)
-    which = sys.argv[1:] or ["mixed", "three", "double", "gradgradcheck", "fields"]
+    which = sys.argv[1:] or ["mixed", "three", "double", "gradgradcheck", "fields", "self_check"]
     cases = {"mixed": lambda: first_order(MIXED, 3000), "three": lambda: first_order(THREE, 1000),
              "double": lambda: double_backward(MIXED, 2000), "gradgradcheck": gradgradcheck,
-             "fields": lambda: fields(1000)}
+             "fields": lambda: fields(1000), "self_check": self_check}
     print(json.dumps({name: cases[name]() for name in which}))
 
 

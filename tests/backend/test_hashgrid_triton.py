@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dreampolish.backend.geometry import hashgrid
 from dreampolish.backend.geometry.hashgrid import HashGridConfig, HashGridEncoding
 
 CASES = Path(__file__).with_name("hashgrid_triton_cases.py")
@@ -61,6 +62,25 @@ def test_fields_analytic_normals_agree_between_encodings(cases):
     for name in ("density", "sdf"):
         c = cases["fields"][name]
         assert c["value"] < TOL and c["dloss_dtable"] < TOL and c["dloss_dtable_scale"] > 0.1, c
+
+
+@needs_triton
+def test_the_self_check_auto_runs_before_trusting_the_kernels_passes(cases):
+    assert cases["self_check"] == {"f2": None, "f3": None}
+
+
+def test_auto_falls_back_to_pytorch_where_the_kernels_fail_their_self_check(monkeypatch, caplog):
+    def broken(device, n_features):
+        raise RuntimeError("PassManager::run failed")  # what a Triton compile failure looks like
+
+    monkeypatch.setattr(hashgrid, "_triton_self_check", broken)
+    monkeypatch.setattr(hashgrid, "_TRITON_CHECKED", {})
+    with caplog.at_level("WARNING"):
+        assert hashgrid._triton_works(torch.device("cuda:7"), 2) is False
+    assert "PassManager::run failed" in caplog.text and "PyTorch encoding" in caplog.text
+    monkeypatch.setattr(hashgrid, "_triton_self_check", lambda device, n_features: None)
+    assert hashgrid._triton_works(torch.device("cuda:7"), 2) is False  # decided once per device
+    assert hashgrid._triton_works(torch.device("cuda:7"), 3) is True
 
 
 def test_auto_uses_pytorch_on_the_cpu_and_triton_on_cuda_only():
