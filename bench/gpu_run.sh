@@ -41,6 +41,7 @@ run() {
   [ "$rc" = 0 ] || log "(exit $rc)"
 }
 run 90 bench/gpu_raster.py
+run 60 bench/hashgrid.py
 run 150 bench/gpu_guidance.py
 run 200 bench/gpu_stages.py
 log ""

@@ -27,6 +27,7 @@ for script in bench/fidelity.py bench/guidance_toy2d.py bench/pipeline_oracle.py
 done
 run $py bench/store_faults.py
 run $py bench/raster_cpu.py
+run $py bench/hashgrid.py
 run $py bench/gpu_raster.py
 echo; echo "JSON lines: $report"
 exit $status
