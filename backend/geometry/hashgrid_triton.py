@@ -55,14 +55,18 @@ def _axis(raw, resf):
 @triton.jit
 def _corner_row(bx, by, bz, cx: tl.constexpr, cy: tl.constexpr, cz: tl.constexpr, res, size, offset, dense,
                 p1, p2):
-    """Table row of one cell corner: x-major dense index, or the XOR hash mod the level size."""
+    """Table row of one cell corner: x-major dense index, or the XOR hash mod the level size (2^k)."""
     ix = bx + cx
     iy = by + cy
     iz = bz + cz
     r1 = res + 1
     dense_row = ix * r1 * r1 + iy * r1 + iz
-    hashed = (ix ^ (iy * p1) ^ (iz * p2)) % size
-    return tl.where(dense, dense_row, hashed) + offset
+    # Hashed levels hold 2^k rows (k <= 24, HashGridConfig.log2_hashmap_size): the low k bits of the int64
+    # products PyTorch computes equal those of 32-bit wrapping products, so the hash runs in uint32 with
+    # a mask instead of a 64-bit modulo (slow on GPUs), and picks the same rows.
+    u32 = tl.uint32
+    hashed = (ix.to(u32) ^ (iy.to(u32) * p1.to(u32)) ^ (iz.to(u32) * p2.to(u32))) & (size - 1).to(u32)
+    return tl.where(dense, dense_row, hashed.to(tl.int64)) + offset
 
 
 @triton.jit
@@ -315,7 +319,8 @@ def encode(x: Tensor, table: Tensor, resolutions: Tensor, sizes: Tensor, offsets
     """x [N,3] (clamped to [0,1] inside), table [rows,F] -> features [N, L*F]; levels >= n_active are zero.
 
     resolutions, sizes, offsets (row of each level's first entry), dense (1 where the level is stored as
-    an (R+1)^3 lattice): int64 [L] on x's device.
+    an (R+1)^3 lattice): int64 [L] on x's device. Hashed levels' sizes must be powers of two (at most
+    2^32), as HashGridEncoding makes them.
     """
     if x.ndim != 2 or x.shape[1] != 3:
         raise ValueError(f"hash-grid input must be [N,3], got {tuple(x.shape)}")
