@@ -101,16 +101,19 @@ def _forward_kernel(x_ptr, table_ptr, out_ptr, res_ptr, size_ptr, off_ptr, dense
     idx = pid * BLOCK + tl.arange(0, BLOCK)
     mask = idx < n
     res, resf, size, offset, dense = _level(res_ptr, size_ptr, off_ptr, dense_ptr, level, ACC)
-    bx, tx = _axis(_load_x(x_ptr, idx, mask, 0)[0], resf)
-    by, ty = _axis(_load_x(x_ptr, idx, mask, 1)[0], resf)
-    bz, tz = _axis(_load_x(x_ptr, idx, mask, 2)[0], resf)
+    x0, _in0 = _load_x(x_ptr, idx, mask, 0)
+    x1, _in1 = _load_x(x_ptr, idx, mask, 1)
+    x2, _in2 = _load_x(x_ptr, idx, mask, 2)
+    bx, tx = _axis(x0, resf)
+    by, ty = _axis(x1, resf)
+    bz, tz = _axis(x2, resf)
     fcol = tl.arange(0, FP)
     fmask = mask[:, None] & (fcol < F)[None, :]
     acc = tl.zeros((BLOCK, FP), dtype=ACC)
     for c in tl.static_range(8):
-        cx: tl.constexpr = (c >> 2) & 1
-        cy: tl.constexpr = (c >> 1) & 1
-        cz: tl.constexpr = c & 1
+        cx = (c >> 2) & 1
+        cy = (c >> 1) & 1
+        cz = c & 1
         row = _corner_row(bx, by, bz, cx, cy, cz, res, size, offset, dense, p1, p2)
         w = _factor(tx, cx) * _factor(ty, cy) * _factor(tz, cz)
         feats = tl.load(table_ptr + row[:, None] * F + fcol[None, :], mask=fmask, other=0.0)
@@ -141,9 +144,9 @@ def _backward_kernel(x_ptr, table_ptr, go_ptr, gx_ptr, gt_ptr, res_ptr, size_ptr
         go = tl.load(go_ptr + idx[:, None] * go_stride + level * F + fcol[None, :], mask=fmask,
                      other=0.0).to(ACC)
         for c in tl.static_range(8):
-            cx: tl.constexpr = (c >> 2) & 1
-            cy: tl.constexpr = (c >> 1) & 1
-            cz: tl.constexpr = c & 1
+            cx = (c >> 2) & 1
+            cy = (c >> 1) & 1
+            cz = c & 1
             row = _corner_row(bx, by, bz, cx, cy, cz, res, size, offset, dense, p1, p2)
             fx = _factor(tx, cx)
             fy = _factor(ty, cy)
@@ -195,12 +198,12 @@ def _double_backward_kernel(x_ptr, table_ptr, go_ptr, ggx_ptr, ggt_ptr, out_go_p
         go = tl.load(go_ptr + gptrs, mask=fmask, other=0.0).to(ACC)
         out_go = tl.zeros((BLOCK, FP), dtype=ACC)
         for c in tl.static_range(8):
-            cx: tl.constexpr = (c >> 2) & 1
-            cy: tl.constexpr = (c >> 1) & 1
-            cz: tl.constexpr = c & 1
-            sx: tl.constexpr = 2 * cx - 1
-            sy: tl.constexpr = 2 * cy - 1
-            sz: tl.constexpr = 2 * cz - 1
+            cx = (c >> 2) & 1
+            cy = (c >> 1) & 1
+            cz = c & 1
+            sx = 2 * cx - 1
+            sy = 2 * cy - 1
+            sz = 2 * cz - 1
             row = _corner_row(bx, by, bz, cx, cy, cz, res, size, offset, dense, p1, p2)
             fx = _factor(tx, cx)
             fy = _factor(ty, cy)

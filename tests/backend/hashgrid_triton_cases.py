@@ -136,7 +136,39 @@ def self_check() -> dict:
     return {"f2": _triton_self_check(torch.device("cpu"), 2), "f3": _triton_self_check(torch.device("cpu"), 3)}
 
 
+def compile_for_gpus() -> dict:
+    """Compile the kernels for sm_90 (H100/H200) without a GPU: Triton's compiler and ptxas refuse what
+    its interpreter accepts (constexpr rules, types). Run without TRITON_INTERPRET."""
+    import triton
+    import triton.language as tl
+    from dreampolish.backend.geometry import hashgrid_triton as ht
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    scalars = {"n": "i32", "n_active": "i32", "out_stride": "i32", "go_stride": "i32", "p1": "i64", "p2": "i64",
+               "res_ptr": "*i64", "size_ptr": "*i64", "off_ptr": "*i64", "dense_ptr": "*i64"}
+    # the variants training launches: float32, 2 features; backward with and without the position
+    # gradient; double backward with and without a gradient at grad_x / the points
+    variants = [(ht._forward_kernel, {}), (ht._backward_kernel, {"NEED_X": False, "NEED_T": True}),
+                (ht._backward_kernel, {"NEED_X": True, "NEED_T": True})]
+    variants += [(ht._double_backward_kernel, {"HAS_GX": True, "HAS_GT": gt, "NEED_X": x, "NEED_T": True})
+                 for gt in (True, False) for x in (True, False)]
+    compiled = []
+    for fn, extra in variants:
+        consts = {"F": 2, "FP": 2, "BLOCK": 128, "ACC": tl.float32, **extra}
+        sig = {a: "constexpr" if a in consts else scalars.get(a, "*fp32") for a in fn.arg_names}
+        kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
+        compiled.append("cubin" in kernel.asm)
+    return {"variants": len(compiled), "compiled": sum(compiled)}
+
+
 def main() -> None:
+    if sys.argv[1:] == ["compile"]:
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            sys.exit("compile without TRITON_INTERPRET")
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated to silence it
+        print(json.dumps({"compile": compile_for_gpus()}))
+        return
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("run with TRITON_INTERPRET=1 (set before triton is imported)")
     torch.set_num_threads(1)

@@ -65,6 +65,17 @@ def test_fields_analytic_normals_agree_between_encodings(cases):
 
 
 @needs_triton
+def test_kernels_compile_for_the_gpu_without_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), CUDA_VISIBLE_DEVICES="")  # a fresh cache: really compile
+    proc = subprocess.run([sys.executable, str(CASES), "compile"], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=CASES.parents[2])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])["compile"]
+    assert result["variants"] == result["compiled"] == 7
+
+
+@needs_triton
 def test_the_self_check_auto_runs_before_trusting_the_kernels_passes(cases):
     assert cases["self_check"] == {"f2": None, "f3": None}
 
