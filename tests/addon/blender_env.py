@@ -37,6 +37,8 @@ ADDON_ID = "dreampolish"
 MODULE = f"bl_ext.{REPO_NAME}.{ADDON_ID}"
 BACKEND_EXE = REPO_ROOT / ".venv" / "bin" / "dreampolish-backend"
 TEST_PIPELINE = "tests.pipelines:ScriptedPipeline"
+PID_DIR_ENV = "DREAMPOLISH_TEST_PID_DIR"
+"""Folder where each backend a test starts leaves <pid>.pid while it runs (set by scripts/test-addon.sh)."""
 
 
 def built_zip() -> Path:
@@ -69,23 +71,51 @@ def pump(addon, until: Callable[[], bool], timeout_s: float = 30.0, what: str = 
     )
 
 
+def ensure_tiny_models() -> None:
+    """Build the tiny preset's models (seconds, no network) unless the model cache has them."""
+    subprocess.run([str(BACKEND_EXE), "--log-level", "WARNING", "models", "pull", "--tiny"],
+                   cwd=REPO_ROOT, check=True, stdin=subprocess.DEVNULL)
+
+
+def _record_pid(pid: int) -> Path | None:
+    """Note a started backend's PID where scripts/test-addon.sh finds it: if Blender crashes, the
+    script stops exactly the processes these tests started."""
+    folder = os.environ.get(PID_DIR_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"{pid}.pid"
+    path.write_text(str(pid))
+    return path
+
+
 @contextlib.contextmanager
-def backend_process(*extra_args: str) -> Iterator[str]:
-    """A real backend process on a free loopback port running the scripted test pipeline; yields its address."""
+def backend_process(*extra_args: str, pipeline: str | None = TEST_PIPELINE,
+                    store: Path | None = None) -> Iterator[str]:
+    """A real backend process on a free loopback port; yields its address.
+
+    pipeline=None runs the real pipeline at the tiny preset (its announced default); otherwise the
+    named test pipeline. `store` keeps the job store (for a restart on the same jobs)."""
     if not (REPO_ROOT / ".venv").exists():
         pytest.skip("the backend environment .venv is absent: run `make venv`")
     from tests.conftest import free_tcp_port
 
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
-    store = Path(tempfile.mkdtemp(prefix="dreampolish-store-"))
+    own_store = store is None
+    store = Path(tempfile.mkdtemp(prefix="dreampolish-store-")) if store is None else store
+    store.mkdir(parents=True, exist_ok=True)
     backend_env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     backend_env.pop("BLENDER_USER_RESOURCES", None)
-    with open(store / "backend.log", "wb") as log:
+    if pipeline is None:
+        ensure_tiny_models()
+        args = ["--preset", "tiny", "--device", "cpu", *extra_args]
+    else:
+        args = ["--pipeline", pipeline, *extra_args]
+    with open(store / "backend.log", "ab") as log:
         proc = subprocess.Popen(
-            [str(BACKEND_EXE), "serve", "--bind", address, "--store", str(store),
-             "--pipeline", TEST_PIPELINE, *extra_args],
+            [str(BACKEND_EXE), "serve", "--bind", address, "--store", str(store), *args],
             cwd=REPO_ROOT, env=backend_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
+    pid_file = _record_pid(proc.pid)
     try:
         yield address
     finally:
@@ -95,7 +125,10 @@ def backend_process(*extra_args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.rmtree(store, ignore_errors=True)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
+        if own_store:
+            shutil.rmtree(store, ignore_errors=True)
 
 
 def connect_when_up(timeout_s: float = 60.0) -> None:

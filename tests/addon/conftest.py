@@ -63,13 +63,30 @@ def backend_address() -> Iterator[str]:
         yield address
 
 
-@pytest.fixture
-def connected(addon, fresh_scene, backend_address) -> str:
-    """The add-on connected to the test backend (waits for the backend process to come up)."""
+@pytest.fixture(scope="session")
+def tiny_backend_address() -> Iterator[str]:
+    """A backend running the real pipeline at the tiny preset (started once per session)."""
+    with _env().backend_process(pipeline=None) as address:
+        yield address
+
+
+def _connect(address: str) -> str:
     bpy, MODULE = _env().bpy, _env().MODULE
     prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.backend_address = backend_address
+    prefs.backend_address = address
     prefs.timeout_s = 5.0
     _env().connect_when_up()
     assert bpy.context.window_manager.dreampolish.connection == "connected"
-    return backend_address
+    return address
+
+
+@pytest.fixture
+def connected(addon, fresh_scene, backend_address) -> str:
+    """The add-on connected to the scripted test backend (for tests that need timing they control)."""
+    return _connect(backend_address)
+
+
+@pytest.fixture
+def connected_tiny(addon, fresh_scene, tiny_backend_address) -> str:
+    """The add-on connected to the real pipeline at the tiny preset."""
+    return _connect(tiny_backend_address)
