@@ -21,7 +21,7 @@ def register() -> None:
     for cls in _classes:
         bpy.utils.register_class(cls)
     properties.register_properties()
-    bridge.set_handler(job_events.handle_event)
+    bridge.set_handler(job_events.handle_event, job_events.on_apply_failed)
     bridge.register()
     job_events.register()
 

@@ -162,12 +162,15 @@ _thread: ClientThread | None = None
 _generation = 0
 _welcome: Welcome | None = None
 _handler: Callable[[BridgeEvent], None] | None = None
+_failure_handler: Callable[[BridgeEvent, BaseException], None] | None = None
 
 
-def set_handler(handler: Callable[[BridgeEvent], None] | None) -> None:
-    """Install the function that applies events on the main thread (job_events.handle_event)."""
-    global _handler
-    _handler = handler
+def set_handler(handler: Callable[[BridgeEvent], None] | None,
+                on_failure: Callable[[BridgeEvent, BaseException], None] | None = None) -> None:
+    """Install the function that applies events on the main thread (job_events.handle_event), and
+    the one that tells the artist when applying an event raised."""
+    global _handler, _failure_handler
+    _handler, _failure_handler = handler, on_failure
 
 
 def current_welcome() -> Welcome | None:
@@ -238,10 +241,20 @@ def drain(max_events: int = 1000) -> int:
         if _handler is not None:
             try:
                 _handler(event)
-            except Exception:  # noqa: BLE001 - an exception here would unregister the timer for good
+            except Exception as exc:  # noqa: BLE001 - an exception here would unregister the timer for good
                 log.exception("applying a %s event failed", event.kind)
+                _report_failure(event, exc)
         applied += 1
     return applied
+
+
+def _report_failure(event: BridgeEvent, exc: BaseException) -> None:
+    if _failure_handler is None:
+        return
+    try:
+        _failure_handler(event, exc)
+    except Exception:  # noqa: BLE001 - reporting must not break the drain loop either
+        log.exception("reporting a failed %s event failed", event.kind)
 
 
 def _clear_queue() -> None:

@@ -11,10 +11,13 @@ import logging
 import time
 
 import bpy
+import numpy as np
 
 from . import bridge
 from .job_cache import JobCache, JobRecord
 from .preferences import user_dir
+from .protocol.client import BackendUnreachable
+from .protocol.errors import VersionMismatch
 from .protocol.messages import FINAL_EVENTS, JobList, Result, StageResult, Welcome
 
 log = logging.getLogger(__name__)
@@ -36,13 +39,35 @@ def runtime(context: bpy.types.Context | None = None):
 
 def describe_error(exc: BaseException) -> str:
     """A message an artist can act on, naming what failed."""
-    name = type(exc).__name__
-    text = str(exc) or name
-    if name == "BackendUnreachable":
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, BackendUnreachable):
         return f"Backend unreachable: {text}. Is it running, and is the address in the preferences right?"
-    if name == "VersionMismatch":
+    if isinstance(exc, VersionMismatch):
         return f"Version mismatch: {text}. Update the add-on or the backend so that both match."
     return text
+
+
+def report_failure(text: str, status_bar: bool = True) -> None:
+    """Tell the artist: in the panel (a red box) and in the status bar (an operator report; pass
+    status_bar=False when an operator has reported it already)."""
+    rt = runtime()
+    rt.message = text
+    rt.alert = True
+    log.error("%s", text)
+    if not status_bar:
+        return
+    wm = bpy.context.window_manager
+    window = bpy.context.window or (wm.windows[0] if wm.windows else None)
+    try:
+        with bpy.context.temp_override(window=window):
+            bpy.ops.dreampolish.report("EXEC_DEFAULT", message=text)
+    except RuntimeError:
+        pass  # headless Blender raises the reported error back at the caller: it is already shown
+
+
+def on_apply_failed(event: bridge.BridgeEvent, exc: BaseException) -> None:
+    """bridge.drain() calls this when applying an event raised: the artist hears of it."""
+    report_failure(f"Could not apply the backend's {event.request or event.kind}: {exc}")
 
 
 def handle_event(event: bridge.BridgeEvent) -> None:
@@ -91,9 +116,7 @@ def _on_reply(rt, request: str, payload) -> None:
         rt.job_state = "running"
         rt.paused_stage = ""
     elif request == "fetch_result" and isinstance(payload, Result):
-        for sr in payload.stage_results:
-            _on_stage_result(rt, sr, follow=False)
-        rt.message = f"Fetched {len(payload.stage_results)} stage results of job {payload.job_id}"
+        _on_fetched(rt, payload)
     elif request == "list_jobs" and isinstance(payload, JobList):
         cache = job_cache()
         for info in payload.jobs:
@@ -103,6 +126,7 @@ def _on_reply(rt, request: str, payload) -> None:
 
 
 def _follow(rt, job_id: str, state: str, target: str = "") -> None:
+    rt.alert = False
     rt.job_id = job_id
     rt.job_state = state
     rt.last_seq = 0
@@ -151,24 +175,65 @@ def _on_message(rt, msg) -> None:
         rt.message = f"Backend refused a request ({msg.code}): {msg.message}"
 
 
+def _on_fetched(rt, result: Result) -> None:
+    """A re-import from the history: store every stage the backend has, then show the latest one with
+    a mesh in a new object. The job this window follows is left as it is."""
+    cache = job_cache()
+    latest = ""
+    for sr in result.stage_results:
+        if _repeats_texture(cache, sr):
+            continue
+        cache.save_stage(sr.job_id, sr.stage, sr.mesh)
+        if sr.mesh.num_faces:
+            latest = sr.stage
+    cache.update_record(result.job_id, status=result.state)
+    refresh_history(rt)
+    if not latest:
+        rt.message = f"Job {result.job_id} has no mesh yet ({result.state})"
+        return
+    if _call_import(result.job_id, latest, new_object=True):
+        rt.message = f"Imported the {latest} result of job {result.job_id} ({result.state})"
+
+
+def _repeats_texture(cache: JobCache, msg: StageResult) -> bool:
+    """The export stage sends the textured mesh the texture stage sent: importing it again would
+    double the scene's data for nothing (the exported GLB is a file on the backend)."""
+    if msg.stage != "export":
+        return False
+    textured = cache.load_stage(msg.job_id, "texture")
+    return (textured is not None and textured.mesh.num_faces == msg.mesh.num_faces
+            and textured.mesh.num_vertices == msg.mesh.num_vertices
+            and np.array_equal(textured.mesh.vertices, msg.mesh.vertices)
+            and np.array_equal(textured.mesh.faces, msg.mesh.faces))
+
+
 def _on_stage_result(rt, msg: StageResult, follow: bool) -> None:
     cache = job_cache()
-    cache.save_stage(msg.job_id, msg.stage, msg.mesh)
     if follow:
         rt.stage = msg.stage
         cache.update_record(msg.job_id, status="running")
+    if _repeats_texture(cache, msg):
+        return
+    cache.save_stage(msg.job_id, msg.stage, msg.mesh)
     if msg.mesh.num_faces == 0:
         return  # the reference stage sends only an image
     _call_import(msg.job_id, msg.stage)
     refresh_history(rt)
 
 
-def _call_import(job_id: str, stage: str) -> None:
-    """Run the import operator with an undo step, from a timer as well as from a script."""
+def _call_import(job_id: str, stage: str, new_object: bool = False) -> bool:
+    """Run the import operator with an undo step, from a timer as well as from a script; a failure
+    is reported to the artist. True when the result was imported."""
     wm = bpy.context.window_manager
     window = bpy.context.window or (wm.windows[0] if wm.windows else None)
-    with bpy.context.temp_override(window=window):
-        bpy.ops.dreampolish.import_result("EXEC_DEFAULT", True, job_id=job_id, stage=stage)
+    try:
+        with bpy.context.temp_override(window=window):
+            result = bpy.ops.dreampolish.import_result(
+                "EXEC_DEFAULT", True, job_id=job_id, stage=stage, new_object=new_object)
+    except RuntimeError as exc:  # the operator reported an error (Blender raises it at the caller)
+        report_failure(str(exc).removeprefix("Error: ").strip(), status_bar=False)
+        return False
+    return "FINISHED" in result
 
 
 def _show_preview(rt, job_id: str, png: bytes) -> None:

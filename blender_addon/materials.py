@@ -1,8 +1,9 @@
-"""Principled BSDF materials holding the backend's baked texture maps.
+"""Principled BSDF materials holding the backend's baked texture maps, or a stage mesh's colours.
 
 base_color -> Image Texture (sRGB) -> Base Color
 normal -> Image Texture (Non-Color) -> Normal Map (tangent space, on the mesh's UV map) -> Normal
 roughness_metallic -> Image Texture (Non-Color) -> Separate Color: G = roughness, B = metallic (glTF order)
+colour attribute (before the texture stage) -> Color Attribute node -> Base Color
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .mesh_io import UV_LAYER_NAME
+from .mesh_io import COLOR_ATTRIBUTE_NAME, UV_LAYER_NAME
 
 log = logging.getLogger(__name__)
 
+JOB_PROP = "dreampolish_job"
+"""Custom property naming the job an object or material came from."""
 NODE_PREFIX = "DreamPolish "
 """Names of the nodes this module manages, so that a rebuild finds and replaces only its own."""
 
@@ -29,6 +32,8 @@ def load_image(role: str, path: Path, name: str) -> bpy.types.Image:
         img.name = name
     else:
         arr = np.asarray(np.load(path), dtype=np.float32)
+        if role == "normal":
+            arr = encode_normals(arr)
         h, w, c = arr.shape
         rgba = np.ones((h, w, 4), dtype=np.float32)
         rgba[:, :, :c] = arr
@@ -45,6 +50,13 @@ def load_image(role: str, path: Path, name: str) -> bpy.types.Image:
     return img
 
 
+def encode_normals(normals: np.ndarray) -> np.ndarray:
+    """Signed tangent-space normals in [-1, 1] as the colours a Normal Map node decodes:
+    c = 0.5 n + 0.5 (the inverse of the node's n = 2 c - 1; glTF 2.0's normalTexture uses the same
+    encoding, so the GLB writer and this image agree)."""
+    return 0.5 * normals + 0.5
+
+
 def _set_colorspace(img: bpy.types.Image, role: str) -> None:
     # Base colour is sRGB colour; normal and roughness/metallic maps are data.
     if role != "base_color":
@@ -58,9 +70,8 @@ def _node(nodes: bpy.types.Nodes, kind: str, label: str, location: tuple[float, 
     return node
 
 
-def textured_material(name: str, images: dict[str, bpy.types.Image],
-                      material: bpy.types.Material | None = None) -> bpy.types.Material:
-    """Create (or rewire) a Principled BSDF material whose image texture nodes hold `images` by role."""
+def _principled(name: str, material: bpy.types.Material | None) -> tuple[bpy.types.Material, bpy.types.Node]:
+    """The material (new, or the given one with this module's nodes removed) and its Principled BSDF."""
     mat = material or bpy.data.materials.new(name)
     if mat.node_tree is None:  # before Blender 5.0 a new material has no node tree until use_nodes
         mat.use_nodes = True
@@ -76,9 +87,28 @@ def textured_material(name: str, images: dict[str, bpy.types.Image],
         output.location = (300, 0)
     if not bsdf.outputs["BSDF"].links:
         links.new(bsdf.outputs["BSDF"], output.inputs["Surface"])
+    return mat, bsdf
 
+
+def color_attribute_material(name: str, material: bpy.types.Material | None = None,
+                             attribute: str = COLOR_ATTRIBUTE_NAME) -> bpy.types.Material:
+    """Create (or rewire) a material that shows the mesh's colour attribute as its base colour."""
+    mat, bsdf = _principled(name, material)
+    node = _node(mat.node_tree.nodes, "ShaderNodeVertexColor", "Color Attribute", (-400, 200))
+    node.layer_name = attribute
+    mat.node_tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def textured_material(name: str, images: dict[str, bpy.types.Image],
+                      material: bpy.types.Material | None = None,
+                      uv_map: str = UV_LAYER_NAME) -> bpy.types.Material:
+    """Create (or rewire) a Principled BSDF material whose image texture nodes hold `images` by role,
+    sampled on the mesh's UV map `uv_map` (the one the textures were baked on)."""
+    mat, bsdf = _principled(name, material)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
     uv = _node(nodes, "ShaderNodeUVMap", "UV", (-900, 0))
-    uv.uv_map = UV_LAYER_NAME
+    uv.uv_map = uv_map
     if "base_color" in images:
         tex = _node(nodes, "ShaderNodeTexImage", "Base Color", (-500, 300))
         tex.image = images["base_color"]
@@ -89,7 +119,7 @@ def textured_material(name: str, images: dict[str, bpy.types.Image],
         tex.image = images["normal"]
         links.new(uv.outputs["UV"], tex.inputs["Vector"])
         nmap = _node(nodes, "ShaderNodeNormalMap", "Normal Map", (-200, -300))
-        nmap.uv_map = UV_LAYER_NAME
+        nmap.uv_map = uv_map
         links.new(tex.outputs["Color"], nmap.inputs["Color"])
         links.new(nmap.outputs["Normal"], bsdf.inputs["Normal"])
     if "roughness_metallic" in images:
@@ -110,9 +140,21 @@ def material_images(mat: bpy.types.Material) -> list[bpy.types.Image]:
 
 
 def assign_material(obj: bpy.types.Object, mat: bpy.types.Material) -> None:
-    """Make `mat` the object's only material (a stage result replaces the previous look)."""
-    obj.data.materials.clear()
-    obj.data.materials.append(mat)
+    """Show `mat` on every face of `obj` (the baked textures cover the whole mesh). It takes the slot
+    of an earlier DreamPolish material (one marked with JOB_PROP), else a new slot: the artist's
+    own materials stay in their slots."""
+    slots = obj.data.materials
+    index = next((i for i, m in enumerate(slots) if m == mat), None)
+    if index is None:
+        index = next((i for i, m in enumerate(slots) if m is not None and JOB_PROP in m), None)
+        if index is None:
+            slots.append(mat)
+            index = len(slots) - 1
+        else:
+            slots[index] = mat
+    polygons = obj.data.polygons
+    polygons.foreach_set("material_index", np.full(len(polygons), index, dtype=np.int32))
+    obj.active_material_index = index
 
 
 def bake_images(images: list[bpy.types.Image], save_dir: Path | None = None) -> int:

@@ -15,15 +15,13 @@ from bpy.props import BoolProperty, StringProperty
 from . import bridge, camera_rig, job_events, materials, mesh_io
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
-from .properties import USER_STAGES
-from .protocol.errors import ProtocolError
+from .protocol.errors import ProtocolError, ValidationError
 from .protocol.job import JobSpec, parse_options
 from .protocol.limits import Limits
 
 log = logging.getLogger(__name__)
 
-JOB_PROP = "dreampolish_job"
-"""Custom property naming the job an object came from."""
+JOB_PROP = materials.JOB_PROP
 STAGE_PROP = "dreampolish_stage"
 ACTIVE_STATES = ("submitting", "queued", "running", "paused")
 
@@ -69,29 +67,75 @@ def _backend_limits() -> Limits:
 
 
 def parse_overrides(text: str) -> dict[str, bool | int | float | str]:
-    """The panel's "Overrides" field: "nerf.steps=500, texture.objective=dsd" -> options of the JobSpec."""
+    """The panel's "Overrides" field: "nerf.steps=500, texture.guidance.objective=sds" -> options of the JobSpec."""
     return parse_options(text)
+
+
+MODE_CHAINS: dict[str, tuple[str, ...]] = {
+    "generate": ("reference", "nerf", "neus", "dmtet", "polish", "texture"),
+    "geometry": ("dmtet", "polish", "texture"),
+    "texture": ("texture",),
+}
+"""The stages each job mode runs, in order, without export (which follows texture by itself): the
+backend's MODE_STAGES (backend/pipeline.py). It accepts an unbroken run from the mode's first stage."""
+
+
+def stage_plan(mode: str, run_until: str) -> list[str]:
+    """The stages a job of `mode` runs when the artist asks to run up to `run_until`."""
+    chain = MODE_CHAINS[mode]
+    if run_until not in chain:
+        raise ValidationError(
+            f"Run Up To is {run_until.capitalize()}, before a {mode} refine's first stage "
+            f"({chain[0].capitalize()}): pick {chain[0].capitalize()} or a later stage")
+    return list(chain[: chain.index(run_until) + 1])
+
+
+def _preset_for(welcome) -> str:
+    """The preset the artist chose, or the backend's announced default."""
+    chosen = bpy.context.scene.dreampolish.preset_name
+    if welcome is None:
+        raise ValidationError("not connected: the backend announces its presets when connected")
+    if not chosen:
+        return welcome.default_preset
+    if chosen not in welcome.presets:
+        raise ValidationError(f"preset {chosen!r} is not offered by this backend; "
+                              f"choose one of {', '.join(welcome.presets)}")
+    return chosen
 
 
 def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:
     s = context.scene.dreampolish
-    chosen = [st for st in USER_STAGES if st in s.stages]
-    welcome = bridge.current_welcome()
-    preset = s.preset or (welcome.default_preset if welcome is not None else "tiny")
+    plan = stage_plan(mode, s.run_until)
     return JobSpec(
         prompt=s.prompt,
         negative_prompt=s.negative_prompt,
         seed=s.seed,
-        preset=preset,
+        preset=_preset_for(bridge.current_welcome()),
         mode=mode,
-        # All stages ticked: let the mode decide (refines skip the stages before dmtet).
-        stages=None if (mode != "generate" or len(chosen) == len(USER_STAGES)) else chosen,
-        pause_after=[st for st in USER_STAGES if st in s.pause_after],
+        stages=None if plan == list(MODE_CHAINS[mode]) else plan,
+        # A pause after the last stage run would never be resumed into anything.
+        pause_after=[st for st in plan[:-1] if st in s.pause_after],
         options=parse_overrides(s.overrides),
         cameras=camera_rig.scene_rig(
             context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views)),
         input_mesh=input_mesh,
     )
+
+
+def triangle_count(mesh: bpy.types.Mesh) -> int:
+    """Triangles of a mesh once triangulated: a polygon of k corners makes k - 2 (no per-face loop)."""
+    return len(mesh.loops) - 2 * len(mesh.polygons)
+
+
+def over_limits(obj: bpy.types.Object, limits: Limits) -> str:
+    """Why the object is too large for the backend, or ""."""
+    mesh = obj.data
+    n_tris = triangle_count(mesh)
+    if len(mesh.vertices) > limits.max_vertices:
+        return f"mesh too large: {len(mesh.vertices)} vertices; the backend accepts at most {limits.max_vertices}"
+    if n_tris > limits.max_faces:
+        return f"mesh too large: {n_tris} triangles; the backend accepts at most {limits.max_faces}"
+    return ""
 
 
 def _submit(context, spec: JobSpec, target_object: str = "") -> set[str]:
@@ -174,7 +218,8 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
 
 
 class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
-    """Polish and texture the selected mesh, or only texture it on its own UVs"""
+    """Polish and texture the selected mesh, or only texture it on its own UVs (greyed out while the
+    mesh is over the backend's vertex or face limit)"""
 
     bl_idname = "dreampolish.refine_selected"
     bl_label = "Refine Selected"
@@ -190,6 +235,16 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
             return False
         if _job_active(context):
             cls.poll_message_set("A job is running: cancel it or wait for it to finish")
+            return False
+        try:
+            stage_plan(context.scene.dreampolish.refine_mode, context.scene.dreampolish.run_until)
+        except ValidationError as exc:
+            cls.poll_message_set(str(exc))
+            return False
+        # The mesh as sent: with its modifiers (the evaluated object the depsgraph already holds).
+        too_large = over_limits(obj.evaluated_get(context.evaluated_depsgraph_get()), _backend_limits())
+        if too_large:
+            cls.poll_message_set(too_large)
             return False
         return True
 
@@ -295,25 +350,41 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
         if cached is None or record is None:
             self.report({"ERROR"}, f"No stored result for job {self.job_id!r}: fetch it from the backend")
             return {"CANCELLED"}
+        try:
+            obj = self._import(context, cached, record)
+        except Exception as exc:  # noqa: BLE001 - the artist is told, the add-on goes on
+            log.exception("importing %s of job %s failed", cached.stage, self.job_id)
+            self.report({"ERROR"}, f"Could not import the {cached.stage} result of job {self.job_id}: {exc}")
+            return {"CANCELLED"}
+        obj[JOB_PROP] = self.job_id
+        obj[STAGE_PROP] = cached.stage
+        return {"FINISHED"}
+
+    def _import(self, context, cached, record: JobRecord) -> bpy.types.Object:
         label = (record.prompt or "DreamPolish")[:40]
         target = bpy.data.objects.get(record.target_object) if record.mode == "texture" else None
         if target is not None and not self.new_object:
-            obj = target  # texture-only: the artist's object keeps its own topology and UVs
+            obj = target  # texture-only: the artist's object keeps its own topology, UVs and materials
         else:
             obj = self._mesh_object(context, cached, record, label)
+        mine = next((m for m in obj.data.materials if m is not None and JOB_PROP in m), None)
         if cached.texture_files:
             images = {
                 role: materials.load_image(role, path, f"{label} {cached.stage} {role}")
                 for role, path in cached.texture_files.items()
                 if role in ("base_color", "normal", "roughness_metallic")
             }
-            mine = obj.active_material if obj.active_material and obj.active_material.get(JOB_PROP) else None
-            mat = materials.textured_material(f"{label} material", images, mine)
-            mat[JOB_PROP] = self.job_id
-            materials.assign_material(obj, mat)
-        obj[JOB_PROP] = self.job_id
-        obj[STAGE_PROP] = cached.stage
-        return {"FINISHED"}
+            # The textures were baked on the UV map the payload carried: the mesh's active one.
+            uv = obj.data.uv_layers.active
+            mat = materials.textured_material(f"{label} material", images, mine,
+                                              uv_map=uv.name if uv is not None else mesh_io.UV_LAYER_NAME)
+        elif cached.mesh.colors is not None and obj is not target:
+            mat = materials.color_attribute_material(f"{label} material", mine)
+        else:
+            return obj
+        mat[JOB_PROP] = self.job_id
+        materials.assign_material(obj, mat)
+        return obj
 
     def _mesh_object(self, context, cached, record: JobRecord, label: str) -> bpy.types.Object:
         per_stage = context.scene.dreampolish.import_mode == "per_stage"
@@ -382,6 +453,20 @@ class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DREAMPOLISH_OT_report(bpy.types.Operator):
+    """Show a failure in the status bar and the Info log"""
+
+    bl_idname = "dreampolish.report"
+    bl_label = "Report"
+    bl_options = {"INTERNAL"}
+
+    message: StringProperty(name="Message")
+
+    def execute(self, context):
+        self.report({"ERROR"}, self.message)
+        return {"CANCELLED"}
+
+
 class DREAMPOLISH_OT_randomize_seed(bpy.types.Operator):
     """Pick a new random seed"""
 
@@ -398,7 +483,8 @@ class DREAMPOLISH_OT_randomize_seed(bpy.types.Operator):
 
 
 class DREAMPOLISH_OT_reimport(bpy.types.Operator):
-    """Import the selected history job's latest result again (fetched from the backend if not cached)"""
+    """Import the selected history job's latest result again, as a new object: fetched from the backend
+    when connected (it may have newer stages than the cache), else from the cache"""
 
     bl_idname = "dreampolish.reimport"
     bl_label = "Re-import"
@@ -415,11 +501,16 @@ class DREAMPOLISH_OT_reimport(bpy.types.Operator):
     def execute(self, context):
         rt = context.window_manager.dreampolish
         job_id = rt.history[rt.history_index].job_id
+        if bridge.is_connected():
+            # The reply (job_events) stores every stage and imports the latest one; the job this
+            # window follows stays followed.
+            bridge.request("fetch_result", lambda client: client.fetch_result(job_id))
+            rt.message = f"Fetching job {job_id} from the backend…"
+            return {"FINISHED"}
         if job_events.job_cache().load_stage(job_id) is not None:
             return bpy.ops.dreampolish.import_result(job_id=job_id, new_object=True)
         if not _ensure_connected(self, context):
             return {"CANCELLED"}
-        rt.job_id = job_id
         bridge.request("fetch_result", lambda client: client.fetch_result(job_id))
         rt.message = f"Fetching job {job_id} from the backend…"
         return {"FINISHED"}
@@ -521,6 +612,7 @@ classes = (
     DREAMPOLISH_OT_resume,
     DREAMPOLISH_OT_import_result,
     DREAMPOLISH_OT_bake_to_material,
+    DREAMPOLISH_OT_report,
     DREAMPOLISH_OT_randomize_seed,
     DREAMPOLISH_OT_reimport,
     DREAMPOLISH_OT_refresh_history,

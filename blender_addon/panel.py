@@ -31,7 +31,7 @@ class DREAMPOLISH_PT_main(_DreamPolishPanel, bpy.types.Panel):
             layout.label(text=f"Device: {rt.device}", icon="DESKTOP")
         if rt.message:
             box = layout.box()
-            box.alert = rt.connection == "error" or rt.job_state == "failed"
+            box.alert = rt.alert or rt.connection == "error" or rt.job_state == "failed"
             box.label(text=rt.message)
 
 
@@ -60,14 +60,14 @@ class DREAMPOLISH_PT_stages(_DreamPolishPanel, bpy.types.Panel):
 
     def draw(self, context):
         s = context.scene.dreampolish
-        grid = self.layout.grid_flow(columns=3, align=True)
-        grid.label(text="Stage")
-        grid.label(text="Run")
-        grid.label(text="Pause")
-        for stage in USER_STAGES:
-            grid.label(text=stage.capitalize())
-            grid.prop_enum(s, "stages", stage, text="")
-            grid.prop_enum(s, "pause_after", stage, text="")
+        # The backend runs an unbroken chain of stages: the artist picks where it ends, and where
+        # it pauses on the way (a refine starts at its own first stage).
+        self.layout.prop(s, "run_until")
+        col = self.layout.column(align=True)
+        col.label(text="Pause After")
+        last = USER_STAGES.index(s.run_until)
+        for stage in USER_STAGES[:last]:
+            col.prop_enum(s, "pause_after", stage)
         self.layout.prop(s, "overrides")
         self.layout.prop(s, "import_mode")
         self.layout.prop(s, "camera_collection")

@@ -20,23 +20,50 @@ from .protocol.job import STAGES
 USER_STAGES = tuple(s for s in STAGES if s != "export")
 STAGE_ITEMS = [(s, s.capitalize(), f"The {s} stage") for s in USER_STAGES]
 
-FALLBACK_PRESETS = ("tiny", "auto")
-"""Offered before a backend has announced its own presets."""
+BACKEND_DEFAULT = "BACKEND_DEFAULT"
+"""The preset item that sends the backend's own default (what `serve --preset` announced)."""
 
-_preset_items_cache: list[tuple[str, str, str]] = []
+_preset_items_cache: list[tuple[str, str, str, int]] = []
 
 
 def available_presets() -> list[str]:
+    """The presets the connected backend announced (none before a connection)."""
     from . import bridge  # the welcome message of the current connection lists the presets
 
     welcome = bridge.current_welcome()
-    return list(welcome.presets) if welcome is not None and welcome.presets else list(FALLBACK_PRESETS)
+    return list(welcome.presets) if welcome is not None else []
+
+
+def _announced_default() -> str:
+    from . import bridge
+
+    welcome = bridge.current_welcome()
+    return welcome.default_preset if welcome is not None else ""
 
 
 def _preset_items(self, context):
+    default = _announced_default()
+    items = [(BACKEND_DEFAULT, f"Backend Default ({default})" if default else "Backend Default",
+              "The preset the backend was started with", 0)]
+    items += [(p, p, f"Backend preset {p!r}", i + 1) for i, p in enumerate(available_presets())]
     # Blender keeps only pointers to these strings: hold the list at module level.
-    _preset_items_cache[:] = [(p, p, f"Backend preset {p!r}") for p in available_presets()]
+    _preset_items_cache[:] = items
     return _preset_items_cache
+
+
+def _get_preset(self) -> int:
+    # The choice is stored by name (preset_name): a dynamic enum's stored number would point at
+    # another preset as soon as a backend announces a different list.
+    names = [item[0] for item in _preset_items(self, None)]
+    return names.index(self.preset_name) if self.preset_name in names else 0
+
+
+def _set_preset(self, value: int) -> None:
+    names = [item[0] for item in _preset_items(self, None)]
+    name = names[value] if 0 <= value < len(names) else BACKEND_DEFAULT
+    self.preset_name = "" if name == BACKEND_DEFAULT else name
+
+
 
 
 class DreamPolishSceneSettings(bpy.types.PropertyGroup):
@@ -45,13 +72,18 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What to make (or what the selected mesh is)", default="")
     negative_prompt: StringProperty(name="Negative", description="What to avoid", default="")
     seed: IntProperty(name="Seed", description="Seed of every random choice", default=0, min=0)
-    preset: EnumProperty(name="Preset", description="Backend preset (quality vs. time)", items=_preset_items)
-    stages: EnumProperty(
-        name="Stages", description="Stages to run", items=STAGE_ITEMS, options={"ENUM_FLAG"},
-        default=set(USER_STAGES),
+    preset: EnumProperty(name="Preset", description="Backend preset (quality vs. time); the backend announces them",
+                         items=_preset_items, get=_get_preset, set=_set_preset)
+    preset_name: StringProperty(name="Preset Name", description="The chosen preset; empty: the backend's default",
+                                default="")
+    run_until: EnumProperty(
+        name="Run Up To", description="Last stage to run (each stage starts from the one before it); "
+        "a refine starts at its own first stage",
+        items=STAGE_ITEMS, default=USER_STAGES[-1],
     )
     pause_after: EnumProperty(
-        name="Pause After", description="Stop after these stages so the mesh can be edited before resuming",
+        name="Pause After", description="Stop after these stages so the mesh can be edited before resuming "
+        "(only stages the job runs count)",
         items=STAGE_ITEMS, options={"ENUM_FLAG"}, default=set(),
     )
     refine_mode: EnumProperty(
@@ -76,7 +108,8 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     )
     overrides: StringProperty(
         name="Overrides",
-        description="Preset overrides for this job, as stage.field=value separated by commas (e.g. nerf.steps=500)",
+        description="Preset overrides for this job, as stage.field=value separated by commas "
+        "(e.g. nerf.steps=500, texture.guidance.objective=sds)",
         default="",
     )
     orbit_views: IntProperty(
@@ -112,6 +145,7 @@ class DreamPolishRuntime(bpy.types.PropertyGroup):
     )
     device: StringProperty(name="Device", description="The backend's compute device")
     message: StringProperty(name="Message", description="Last status or error message")
+    alert: BoolProperty(name="Alert", description="The message reports a failure", default=False)
     job_id: StringProperty(name="Job", description="The job this window follows")
     job_state: StringProperty(name="State", default="")
     stage: StringProperty(name="Stage")

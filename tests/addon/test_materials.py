@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.addon.blender_env import bpy
 
@@ -23,7 +24,8 @@ def test_maps_are_wired_into_a_principled_bsdf_and_pack_into_the_file(addon, fre
     assert tuple(n_img.size) == (8, 4) and n_img.is_float
     assert n_img.colorspace_settings.name == "Non-Color"
     px = np.array(n_img.pixels[:], np.float32).reshape(4, 8, 4)
-    assert np.allclose(px[3, :, 0], 0.25) and np.allclose(px[0, :, 0], 0.0), "row 0 on the wire is the top"
+    # Stored as a Normal Map node reads it, 0.5 n + 0.5; row 0 on the wire is the top.
+    assert np.allclose(px[3, :, 0], 0.625) and np.allclose(px[0, :, 0], 0.5), "row 0 on the wire is the top"
 
     mat = materials.textured_material("m", images)
     bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
@@ -61,3 +63,62 @@ def test_bake_can_save_textures_beside_the_blend_file(addon, fresh_scene, tmp_pa
     saved = tmp_path / "textures" / "Teapot_base_color.png"
     assert saved.is_file()
     assert base.filepath == "//textures/Teapot_base_color.png" and base.packed_file is None
+
+
+def _render_plane_brightness(addon, tmp_path, normal: np.ndarray | None) -> float:
+    """Mean linear brightness of a white diffuse plane under a sun straight above it, seen from above,
+    with a (4, 4) tangent-space normal map of the constant vector `normal` (None: no normal map)."""
+    import math
+
+    bpy.ops.mesh.primitive_plane_add(size=2.0)
+    plane = bpy.context.active_object
+    images = {}
+    if normal is not None:
+        np.save(tmp_path / "n.npy", np.tile(np.asarray(normal, np.float32), (4, 4, 1)))
+        images["normal"] = addon.materials.load_image("normal", tmp_path / "n.npy", "n")
+    mat = addon.materials.textured_material("plane", images)
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    bsdf.inputs["Base Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+    bsdf.inputs["Roughness"].default_value = 1.0
+    bsdf.inputs["Specular IOR Level"].default_value = 0.0  # diffuse only: brightness = albedo * cos
+    addon.materials.assign_material(plane, mat)
+    sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
+    sun.data.energy, sun.data.angle = 1.0, 0.0  # a point-like sun shining down -Z
+    cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    cam.location = (0.0, 0.0, 4.0)
+    cam.data.lens = 80.0
+    scene = bpy.context.scene
+    for obj in (sun, cam):
+        scene.collection.objects.link(obj)
+    scene.camera = cam
+    world = bpy.data.worlds.new("Black")
+    world.color = (0.0, 0.0, 0.0)
+    scene.world = world
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 4, False
+    scene.render.resolution_x = scene.render.resolution_y = 16
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "OPEN_EXR"  # linear values, no view transform
+    path = tmp_path / f"render-{len(list(tmp_path.iterdir()))}.exr"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    img = bpy.data.images.load(str(path), check_existing=False)
+    px = np.array(img.pixels[:], np.float32).reshape(16, 16, 4)
+    bpy.data.images.remove(img)
+    for obj in (plane, sun, cam):
+        bpy.data.objects.remove(obj)
+    assert math.isfinite(px.mean())
+    return float(px[4:12, 4:12, :3].mean())
+
+
+def test_a_flat_normal_map_shades_like_none_and_a_tilt_like_its_angle(addon, fresh_scene, tmp_path):
+    import math
+
+    plain = _render_plane_brightness(addon, tmp_path, None)
+    assert plain > 0.05, "the sun should light the plane"
+    flat = _render_plane_brightness(addon, tmp_path, [0.0, 0.0, 1.0])
+    assert flat == pytest.approx(plain, rel=0.02), "a flat normal map must not change the shading"
+    # Tilted by 60 degrees towards the tangent: the sun overhead then gives cos 60 = 0.5 of the light.
+    t = math.radians(60.0)
+    tilted = _render_plane_brightness(addon, tmp_path, [math.sin(t), 0.0, math.cos(t)])
+    assert tilted / plain == pytest.approx(0.5, abs=0.03)
