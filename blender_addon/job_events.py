@@ -51,8 +51,7 @@ def report_failure(text: str, status_bar: bool = True) -> None:
     """Tell the artist: in the panel (a red box) and in the status bar (an operator report; pass
     status_bar=False when an operator has reported it already)."""
     rt = runtime()
-    rt.message = text
-    rt.alert = True
+    rt.message = rt.failure = text
     log.error("%s", text)
     if not status_bar:
         return
@@ -126,7 +125,7 @@ def _on_reply(rt, request: str, payload) -> None:
 
 
 def _follow(rt, job_id: str, state: str, target: str = "") -> None:
-    rt.alert = False
+    rt.failure = ""
     rt.job_id = job_id
     rt.job_state = state
     rt.last_seq = 0

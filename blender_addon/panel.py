@@ -31,8 +31,12 @@ class DREAMPOLISH_PT_main(_DreamPolishPanel, bpy.types.Panel):
             layout.label(text=f"Device: {rt.device}", icon="DESKTOP")
         if rt.message:
             box = layout.box()
-            box.alert = rt.alert or rt.connection == "error" or rt.job_state == "failed"
+            box.alert = rt.connection == "error" or rt.job_state == "failed"
             box.label(text=rt.message)
+        if rt.failure and rt.failure != rt.message:
+            box = layout.box()
+            box.alert = True
+            box.label(text=rt.failure, icon="ERROR")
 
 
 class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):

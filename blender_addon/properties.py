@@ -145,7 +145,7 @@ class DreamPolishRuntime(bpy.types.PropertyGroup):
     )
     device: StringProperty(name="Device", description="The backend's compute device")
     message: StringProperty(name="Message", description="Last status or error message")
-    alert: BoolProperty(name="Alert", description="The message reports a failure", default=False)
+    failure: StringProperty(name="Failure", description="The latest failure, shown until the next job starts")
     job_id: StringProperty(name="Job", description="The job this window follows")
     job_state: StringProperty(name="State", default="")
     stage: StringProperty(name="Stage")

@@ -49,7 +49,7 @@ def fresh_scene(addon) -> Iterator[object]:
         if name not in ("rna_type", "bl_idname"):
             prefs.property_unset(name)
     rt = bpy.context.window_manager.dreampolish
-    rt.job_id = rt.job_state = rt.message = rt.paused_stage = ""
+    rt.job_id = rt.job_state = rt.message = rt.paused_stage = rt.failure = ""
     rt.connection = "disconnected"
     scene = bpy.context.scene
     yield scene

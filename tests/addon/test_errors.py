@@ -118,3 +118,29 @@ def test_malformed_overrides_are_refused_before_sending(addon, connected):
     s.overrides = "nerf.steps"
     with pytest.raises(RuntimeError, match="must read stage.field=value"):
         bpy.ops.dreampolish.generate()
+
+
+def test_refine_selected_is_greyed_out_over_the_face_limit(addon, connected):
+    addon.bridge.current_welcome().limits["max_faces"] = 10
+    bpy.ops.mesh.primitive_cube_add()  # 12 triangles
+    assert not bpy.ops.dreampolish.refine_selected.poll()
+    addon.bridge.current_welcome().limits["max_faces"] = 12
+    assert bpy.ops.dreampolish.refine_selected.poll()
+    # Modifiers count: the backend receives the evaluated mesh (a subdivided cube: 48 triangles).
+    bpy.context.active_object.modifiers.new("Subdivide", "SUBSURF").levels = 1
+    bpy.context.view_layer.update()
+    assert not bpy.ops.dreampolish.refine_selected.poll()
+
+
+def test_a_failed_import_is_reported_in_the_panel(addon, connected, monkeypatch):
+    def broken_fill(mesh, payload):
+        raise MemoryError("out of memory while building the mesh")
+
+    monkeypatch.setattr(addon.mesh_io, "fill_mesh", broken_fill)
+    monkeypatch.setattr(addon.mesh_io, "new_mesh", lambda name, payload: broken_fill(None, payload))
+    s = bpy.context.scene.dreampolish
+    s.prompt = "a teapot"
+    bpy.ops.dreampolish.generate()
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    # The failure stays in the panel after the job's later events (here: done).
+    assert "Could not import" in _rt().failure and "out of memory while building the mesh" in _rt().failure

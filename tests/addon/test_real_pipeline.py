@@ -1,0 +1,85 @@
+"""The add-on against the real pipeline at the tiny preset (random tiny models on the CPU: the shapes
+mean nothing, but every request, message and payload is the real one)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.addon.blender_env import bpy, pump
+
+
+def _rt():
+    return bpy.context.window_manager.dreampolish
+
+
+def _job_objects(job_id: str) -> list[bpy.types.Object]:
+    return [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == job_id]
+
+
+def _submit(addon, operator, **settings) -> str:
+    s = bpy.context.scene.dreampolish
+    for key, value in settings.items():
+        setattr(s, key, value)
+    assert operator() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state != "submitting", what="the backend's answer to the submit")
+    assert _rt().job_id, f"the backend refused the job: {_rt().message}"
+    return _rt().job_id
+
+
+def _generate(addon, prompt: str = "a small wooden stool", **settings) -> str:
+    return _submit(addon, bpy.ops.dreampolish.generate, prompt=prompt, **settings)
+
+
+def _base_color_link(mat: bpy.types.Material):
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    return bsdf.inputs["Base Color"].links[0]
+
+
+def _cancel_and_wait(addon) -> None:
+    assert bpy.ops.dreampolish.cancel() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state in ("cancelled", "done"), timeout_s=120, what="the cancel")
+
+
+def test_a_leftover_pause_after_nerf_does_not_break_refine_selected(addon, connected_tiny):
+    bpy.ops.mesh.primitive_cube_add(size=1.0)
+    job_id = _submit(addon, bpy.ops.dreampolish.refine_selected, refine_mode="geometry",
+                     prompt="a crate", pause_after={"nerf", "polish"})
+    spec_pause = addon.job_events.job_cache().load_record(job_id)
+    assert spec_pause is not None
+    _cancel_and_wait(addon)
+
+
+def test_run_up_to_sends_an_unbroken_chain_the_backend_accepts(addon, connected_tiny):
+    s = bpy.context.scene.dreampolish
+    assert addon.operators.stage_plan("generate", "neus") == ["reference", "nerf", "neus"]
+    assert addon.operators.stage_plan("geometry", "polish") == ["dmtet", "polish"]
+    _generate(addon, run_until="neus", pause_after={"texture"})
+    _cancel_and_wait(addon)
+    # A refine that would end before its own first stage is greyed out, saying why.
+    bpy.ops.mesh.primitive_cube_add(size=1.0)
+    s.refine_mode, s.run_until = "geometry", "nerf"
+    assert not bpy.ops.dreampolish.refine_selected.poll()
+    with pytest.raises(RuntimeError, match="before a geometry refine's first stage"):
+        bpy.ops.dreampolish.refine_selected()
+
+
+def test_stage_meshes_show_their_colours_and_the_final_mesh_arrives_once(addon, connected_tiny):
+    job_id = _generate(addon, pause_after={"nerf"})
+    pump(addon, lambda: _rt().job_state == "paused", timeout_s=120, what="the pause after nerf")
+    (obj,) = _job_objects(job_id)
+    colors = obj.data.color_attributes
+    assert colors.active_color is not None, "the nerf stage sends vertex colours"
+    link = _base_color_link(obj.active_material)
+    assert link.from_node.type == "VERTEX_COLOR" and link.from_node.layer_name == colors.active_color.name
+
+    images_before = set(bpy.data.images.keys())
+    assert bpy.ops.dreampolish.resume() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", timeout_s=180, what="the job to finish")
+    (obj,) = _job_objects(job_id)
+    assert obj["dreampolish_stage"] == "texture", "export repeats the texture stage's mesh: not imported again"
+    new_images = sorted(set(bpy.data.images.keys()) - images_before)
+    roles = [name.rsplit(" ", 1)[-1] for name in new_images]
+    assert len(roles) == len(set(roles)), f"one image per texture role, got {new_images}"
+    assert _base_color_link(obj.active_material).from_node.type == "TEX_IMAGE"
+    record = addon.job_events.job_cache().load_record(job_id)
+    assert "export" not in record.stages
