@@ -113,11 +113,13 @@ class JobCache:
     def load_stage(self, job_id: str, stage: str = "") -> CachedStage | None:
         """A stage's result, or the latest one when `stage` is empty; None if nothing is cached."""
         record = self.load_record(job_id)
-        if not stage:
-            if record is None or not record.stages:
-                return None
-            stage = record.stages[-1]
         folder = self.job_dir(job_id)
+        if not stage:
+            # The latest stage stored with a mesh (export may be listed without one: it repeats texture).
+            stored = [s for s in (record.stages if record else []) if (folder / f"{s}.npz").is_file()]
+            if not stored:
+                return None
+            stage = stored[-1]
         path = folder / f"{stage}.npz"
         if not path.is_file():
             return None

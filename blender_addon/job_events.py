@@ -15,6 +15,7 @@ import numpy as np
 
 from . import bridge
 from .job_cache import JobCache, JobRecord
+from .materials import JOB_PROP
 from .preferences import user_dir
 from .protocol.client import BackendUnreachable
 from .protocol.errors import VersionMismatch
@@ -22,6 +23,8 @@ from .protocol.messages import FINAL_EVENTS, JobList, Result, StageResult, Welco
 
 log = logging.getLogger(__name__)
 
+STAGE_PROP = "dreampolish_stage"
+"""Custom property naming the stage an object shows."""
 PREVIEW_IMAGE_NAME = "DreamPolish Preview"
 PREVIEW_MIN_INTERVAL_S = 0.5
 """Reload the preview image at most this often (a reload is a file read and a GPU upload)."""
@@ -116,9 +119,11 @@ def _on_reply(rt, request: str, payload) -> None:
         rt.paused_stage = ""
     elif request == "fetch_result" and isinstance(payload, Result):
         _on_fetched(rt, payload)
-    elif request == "list_jobs" and isinstance(payload, JobList):
+    elif request == "list_jobs":
+        # BackendClient.list_jobs() answers the JobList's rows.
+        infos = payload.jobs if isinstance(payload, JobList) else payload
         cache = job_cache()
-        for info in payload.jobs:
+        for info in infos:
             if cache.load_record(info.job_id) is not None:
                 cache.update_record(info.job_id, status=info.state)
         refresh_history(rt)
@@ -206,12 +211,25 @@ def _repeats_texture(cache: JobCache, msg: StageResult) -> bool:
             and np.array_equal(textured.mesh.faces, msg.mesh.faces))
 
 
+def _mark_exported(cache: JobCache, job_id: str) -> None:
+    """The export stage ended with the mesh already shown: say so on the job's objects and in the history."""
+    record = cache.load_record(job_id)
+    if record is not None and "export" not in record.stages:
+        record.stages.append("export")
+        cache.save_record(record)
+    for obj in bpy.context.scene.objects:
+        if obj.get(JOB_PROP) == job_id and obj.get(STAGE_PROP) == "texture":
+            obj[STAGE_PROP] = "export"
+    refresh_history()
+
+
 def _on_stage_result(rt, msg: StageResult, follow: bool) -> None:
     cache = job_cache()
     if follow:
         rt.stage = msg.stage
         cache.update_record(msg.job_id, status="running")
     if _repeats_texture(cache, msg):
+        _mark_exported(cache, msg.job_id)
         return
     cache.save_stage(msg.job_id, msg.stage, msg.mesh)
     if msg.mesh.num_faces == 0:

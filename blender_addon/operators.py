@@ -22,7 +22,7 @@ from .protocol.limits import Limits
 log = logging.getLogger(__name__)
 
 JOB_PROP = materials.JOB_PROP
-STAGE_PROP = "dreampolish_stage"
+STAGE_PROP = job_events.STAGE_PROP
 ACTIVE_STATES = ("submitting", "queued", "running", "paused")
 
 _backend_process: subprocess.Popen | None = None
@@ -95,12 +95,11 @@ def _preset_for(welcome) -> str:
     chosen = bpy.context.scene.dreampolish.preset_name
     if welcome is None:
         raise ValidationError("not connected: the backend announces its presets when connected")
-    if not chosen:
+    if chosen and chosen not in welcome.presets:
+        # The dropdown shows "Backend Default" for a preset this backend does not offer: send that.
+        log.info("preset %r is not offered by this backend; using its default %r", chosen, welcome.default_preset)
         return welcome.default_preset
-    if chosen not in welcome.presets:
-        raise ValidationError(f"preset {chosen!r} is not offered by this backend; "
-                              f"choose one of {', '.join(welcome.presets)}")
-    return chosen
+    return chosen or welcome.default_preset
 
 
 def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:

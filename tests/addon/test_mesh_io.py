@@ -85,3 +85,31 @@ def test_mesh_over_the_backend_limit_is_refused_before_sending(addon, fresh_scen
     with pytest.raises(addon.protocol.errors.LimitExceeded, match="mesh too large: 12 triangles"):
         addon.mesh_io.payload_from_object(bpy.context.active_object, bpy.context.evaluated_depsgraph_get(),
                                           limits=limits)
+
+
+def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 decoding: c / 12.92 below 0.04045, else ((c + 0.055) / 1.055) ** 2.4."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def test_stage_colours_arrive_linear_and_the_stage_material_shows_them(addon, fresh_scene):
+    """The wire carries linear RGB (protocol/README.md): Blender stores it as is, and shows it."""
+    srgb = np.array([200, 60, 30]) / 255.0
+    linear = _srgb_to_linear(srgb).astype(np.float32)
+    payload = _payload(addon, with_extras=False)
+    payload.colors = np.tile(linear, (payload.num_vertices, 1))
+    cache = addon.job_events.job_cache()
+    cache.save_record(addon.job_cache.JobRecord(job_id="colourjob", prompt="a red pyramid"))
+    cache.save_stage("colourjob", "nerf", payload)
+    assert bpy.ops.dreampolish.import_result(job_id="colourjob", stage="nerf") == {"FINISHED"}
+    obj = bpy.context.view_layer.objects.active
+    attr = obj.data.color_attributes.active_color
+    assert (attr.data_type, attr.domain) == ("FLOAT_COLOR", "POINT")
+    got = np.array([d.color[:3] for d in attr.data])
+    np.testing.assert_allclose(got, np.tile(linear, (len(got), 1)), atol=1e-6)
+    # Blender's own sRGB view of the same value is the colour we started from.
+    np.testing.assert_allclose(np.array(attr.data[0].color_srgb[:3]), srgb, atol=1e-3)
+
+    bsdf = next(n for n in obj.active_material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    node = bsdf.inputs["Base Color"].links[0].from_node
+    assert node.type == "VERTEX_COLOR" and node.layer_name == attr.name

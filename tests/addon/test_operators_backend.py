@@ -67,14 +67,6 @@ def test_generate_imports_every_stage_as_a_textured_editable_mesh(addon, connect
     assert history[job_id].status == "done" and history[job_id].last_stage == "texture"
 
 
-def test_object_per_stage_keeps_each_stage_in_a_job_collection(addon, connected):
-    job_id = _generate(addon, import_mode="per_stage", stages={"nerf", "neus"})
-    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
-    objects = _job_objects(job_id)
-    assert sorted(o["dreampolish_stage"] for o in objects) == ["nerf", "neus"]
-    assert all(o.users_collection[0].name == f"DreamPolish {job_id}" for o in objects)
-
-
 def test_undo_removes_an_imported_stage(addon, connected):
     bpy.ops.ed.undo_push(message="before generate")
     job_id = _generate(addon, pause_after={"nerf"})
@@ -132,7 +124,7 @@ def test_refine_texture_only_keeps_the_objects_topology(addon, connected):
 
 
 def test_bake_to_material_packs_the_textures(addon, connected):
-    job_id = _generate(addon, stages={"texture"})
+    job_id = _generate(addon)
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
     (obj,) = _job_objects(job_id)
     bpy.context.view_layer.objects.active = obj
@@ -143,13 +135,14 @@ def test_bake_to_material_packs_the_textures(addon, connected):
 
 
 def test_history_reimport_makes_a_new_object(addon, connected):
-    job_id = _generate(addon, stages={"nerf"})
+    job_id = _generate(addon, run_until="nerf")
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
     rt = _rt()
     rt.history_index = [item.job_id for item in rt.history].index(job_id)
     assert bpy.ops.dreampolish.reimport() == {"FINISHED"}
+    # Connected, the result is fetched from the backend (it may be newer than the cache).
+    pump(addon, lambda: len(_job_objects(job_id)) == 2, what="the re-imported object")
     objects = _job_objects(job_id)
-    assert len(objects) == 2
     assert all(len(o.data.polygons) == OCTAHEDRON_FACES for o in objects)
 
     # The history is on disk: a newly opened file lists the job again.
@@ -159,7 +152,7 @@ def test_history_reimport_makes_a_new_object(addon, connected):
 
 
 def test_progress_shows_stage_step_and_the_latest_preview(addon, connected):
-    _generate(addon, stages={"nerf"}, pause_after={"nerf"}, overrides="test.preview=true, test.steps=4")
+    _generate(addon, run_until="neus", pause_after={"nerf"}, overrides="test.preview=true, test.steps=4")
     pump(addon, lambda: _rt().job_state == "paused", what="the pause after nerf")
     rt = _rt()
     assert (rt.stage, rt.step, rt.total) == ("nerf", 4, 4)
@@ -194,7 +187,7 @@ def test_refine_geometry_sends_the_evaluated_mesh_in_world_space(addon, connecte
 
 
 def test_reconnecting_picks_up_a_running_job_where_it_left_off(addon, connected):
-    _generate(addon, stages={"nerf", "neus"}, overrides="test.steps=15, test.step_s=0.05")
+    _generate(addon, run_until="neus", overrides="test.steps=15, test.step_s=0.05")
     pump(addon, lambda: _rt().job_state == "running", what="the job to start")
     addon.bridge.disconnect()  # e.g. the network dropped; the job goes on in the backend
     assert bpy.ops.dreampolish.connect() == {"FINISHED"}
@@ -217,3 +210,63 @@ def test_resume_while_still_in_edit_mode_sends_the_edits(addon, connected):
     # polish arrived while the object was being edited: it went to a new object, not into the edit.
     stages = {o["dreampolish_stage"]: o for o in _job_objects(job_id)}
     assert len(stages["texture"].data.vertices) == 18, "the backend received the edited mesh"
+
+
+def test_texture_only_refine_keeps_the_artists_uv_map_and_materials(addon, connected):
+    bpy.ops.mesh.primitive_cube_add(size=1.0)
+    cube = bpy.context.active_object
+    uvs = cube.data.uv_layers
+    uvs[0].name = "Lightmap"  # as imported from FBX: two UV maps, the texture one is not "UVMap"
+    texture_uv = uvs.new(name="UVChannel_1")
+    uvs.active = texture_uv
+    wood, metal = bpy.data.materials.new("Wood"), bpy.data.materials.new("Metal")
+    cube.data.materials.append(wood)
+    cube.data.materials.append(metal)
+    for i, poly in enumerate(cube.data.polygons):
+        poly.material_index = i % 2
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt = "texture", "a wooden crate"
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", what="the texture job")
+
+    mats = list(cube.data.materials)
+    assert wood in mats and metal in mats, "the artist's materials stay on the object"
+    ours = [m for m in mats if m.get("dreampolish_job")]
+    assert len(ours) == 1
+    index = mats.index(ours[0])
+    assert all(p.material_index == index for p in cube.data.polygons), "the baked texture covers every face"
+    uv_nodes = [n for n in ours[0].node_tree.nodes if n.type in ("UVMAP", "NORMAL_MAP")]
+    assert uv_nodes and all(n.uv_map == "UVChannel_1" for n in uv_nodes), "sampled on the UV map it was baked on"
+    assert [uv.name for uv in cube.data.uv_layers] == ["Lightmap", "UVChannel_1"]
+
+    # A second texture refine replaces our material in its slot; nothing piles up.
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state == "done", what="the second texture job")
+    assert len(cube.data.materials) == 3
+
+
+def test_reimport_fetches_newer_stages_and_keeps_following_the_running_job(addon, connected):
+    cache = addon.job_events.job_cache()
+    job_a = _generate(addon, run_until="neus", overrides="test.steps=3, test.step_s=0.1")
+    pump(addon, lambda: cache.load_stage(job_a) is not None, what="the first stage result")
+    # Blender crashes: no more events reach this window, and what it followed is lost.
+    addon.bridge.disconnect()
+    _rt().job_id = _rt().job_state = ""
+    assert bpy.ops.dreampolish.connect() == {"FINISHED"}
+    assert cache.load_stage(job_a).stage != "neus"
+
+    def job_a_done() -> bool:
+        bpy.ops.dreampolish.refresh_history()
+        pump(addon, lambda: True)
+        return {i.job_id: i.status for i in _rt().history}.get(job_a) == "done"
+
+    pump(addon, job_a_done, what="job A to finish on the backend")
+    job_b = _generate(addon, run_until="neus", overrides="test.steps=10, test.step_s=0.05")
+    pump(addon, lambda: _rt().job_state == "running", what="job B to start")
+    _rt().history_index = [item.job_id for item in _rt().history].index(job_a)
+    assert bpy.ops.dreampolish.reimport() == {"FINISHED"}
+    pump(addon, lambda: any(o["dreampolish_stage"] == "neus" for o in _job_objects(job_a)),
+         what="job A's final stage, fetched from the backend")
+    assert _rt().job_id == job_b, "re-importing another job does not change the job this window follows"
+    pump(addon, lambda: _rt().job_state == "done", what="job B to finish")
+    assert [o["dreampolish_stage"] for o in _job_objects(job_b)] == ["neus"]

@@ -76,10 +76,22 @@ def test_stage_meshes_show_their_colours_and_the_final_mesh_arrives_once(addon, 
     assert bpy.ops.dreampolish.resume() == {"FINISHED"}
     pump(addon, lambda: _rt().job_state == "done", timeout_s=180, what="the job to finish")
     (obj,) = _job_objects(job_id)
-    assert obj["dreampolish_stage"] == "texture", "export repeats the texture stage's mesh: not imported again"
+    assert obj["dreampolish_stage"] == "export"
     new_images = sorted(set(bpy.data.images.keys()) - images_before)
     roles = [name.rsplit(" ", 1)[-1] for name in new_images]
     assert len(roles) == len(set(roles)), f"one image per texture role, got {new_images}"
     assert _base_color_link(obj.active_material).from_node.type == "TEX_IMAGE"
-    record = addon.job_events.job_cache().load_record(job_id)
-    assert "export" not in record.stages
+    # export repeats the texture stage's mesh: it is not stored or imported a second time.
+    cache = addon.job_events.job_cache()
+    assert cache.load_record(job_id).stages[-2:] == ["texture", "export"]
+    assert not (cache.job_dir(job_id) / "export.npz").exists()
+    assert cache.load_stage(job_id).stage == "texture"
+
+
+def test_object_per_stage_keeps_each_stage_in_a_job_collection(addon, connected_tiny):
+    job_id = _generate(addon, import_mode="per_stage", run_until="neus")
+    pump(addon, lambda: _rt().job_state == "done", timeout_s=120, what="the job to finish")
+    objects = _job_objects(job_id)
+    # The reference stage ends with an image, not a mesh: nothing to import for it.
+    assert sorted(o["dreampolish_stage"] for o in objects) == ["nerf", "neus"]
+    assert all(o.users_collection[0].name == f"DreamPolish {job_id}" for o in objects)

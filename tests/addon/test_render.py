@@ -54,7 +54,6 @@ def test_baked_object_renders_with_its_texture_after_reopening(addon, connected,
     _light_and_camera()
     s = bpy.context.scene.dreampolish
     s.prompt = "a red octahedron"
-    s.stages = {"texture"}
     bpy.ops.dreampolish.generate()
     rt = bpy.context.window_manager.dreampolish
     pump(addon, lambda: rt.job_state == "done", what="the job to finish")
