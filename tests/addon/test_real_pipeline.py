@@ -3,9 +3,11 @@ mean nothing, but every request, message and payload is the real one)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tests.addon.blender_env import bpy, pump
+from tests.addon.blender_env import REPO_ROOT, bpy, pump
 
 
 def _rt():
@@ -95,3 +97,31 @@ def test_object_per_stage_keeps_each_stage_in_a_job_collection(addon, connected_
     # The reference stage ends with an image, not a mesh: nothing to import for it.
     assert sorted(o["dreampolish_stage"] for o in objects) == ["nerf", "neus"]
     assert all(o.users_collection[0].name == f"DreamPolish {job_id}" for o in objects)
+
+
+OVERRIDE_EXAMPLE = re.compile(r"[a-z_]+(?:\.[a-z_]+)+=[\w.]+(?:, [a-z_]+(?:\.[a-z_]+)+=[\w.]+)*")
+"""An "Overrides" example as the docs write it: stage.field=value, comma separated."""
+
+
+def _override_examples(addon) -> list[tuple[str, str]]:
+    """Every Overrides example shown to an artist: README, the field's tooltip, the parser's docstring."""
+    sources = {
+        "README.md": (REPO_ROOT / "README.md").read_text(encoding="utf-8"),
+        "Overrides tooltip": bpy.context.scene.dreampolish.bl_rna.properties["overrides"].description,
+        "parse_overrides docstring": addon.operators.parse_overrides.__doc__,
+    }
+    return [(example, where) for where, text in sources.items() for example in OVERRIDE_EXAMPLE.findall(text)
+            if example != "stage.field=value"]  # the form itself, not an example
+
+
+def test_every_overrides_example_is_accepted_by_the_real_pipeline(addon, connected_tiny):
+    examples = _override_examples(addon)
+    assert {where for _, where in examples} == {"README.md", "Overrides tooltip", "parse_overrides docstring"}
+    for example, where in dict(examples).items():
+        s = bpy.context.scene.dreampolish
+        s.prompt, s.overrides, s.run_until = "a teapot", example, "reference"
+        assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+        pump(addon, lambda: _rt().job_state != "submitting", what=f"the answer to {example!r}")
+        assert _rt().job_id, f"{where}: the backend refused {example!r}: {_rt().message}"
+        pump(addon, lambda: _rt().job_state == "done", timeout_s=60, what=f"the job of {example!r}")
+        _rt().job_id = ""
