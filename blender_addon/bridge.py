@@ -8,6 +8,11 @@ scripts (and tests), where timers do not fire while the script runs, call `drain
 
 Every connection gets a new generation number; events from an older connection still waiting in
 the queue are dropped, so a reconnect never applies a stale result.
+
+Connecting never blocks the main thread: the handshake runs on the client thread and its outcome
+arrives as an event. Once a connection has been made, losing it (the backend restarted, the
+network dropped) starts another try every RECONNECT_INTERVAL_S until one succeeds or disconnect()
+is called.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ POLL_INTERVAL_S = 0.05
 """How long the client thread waits for a backend event before looking at its requests again."""
 HANDSHAKE_TRY_S = 0.25
 """Length of one handshake try; the thread checks for stop() between tries."""
+RECONNECT_INTERVAL_S = 2.0
+"""Pause between reconnection tries after a connection was lost."""
 MAX_EVENTS_PER_POLL = 64
 """Events read in one go before the queued requests get their turn (a cancel must not wait)."""
 
@@ -161,6 +168,11 @@ _events: queue.Queue[BridgeEvent] = queue.Queue()
 _thread: ClientThread | None = None
 _generation = 0
 _welcome: Welcome | None = None
+_settings: ConnectionSettings | None = None
+_keep_connected = False
+"""A connection was made and not closed by disconnect(): a lost one is tried again."""
+_retry_at: float | None = None
+"""time.monotonic() of the next reconnection try, or None."""
 _handler: Callable[[BridgeEvent], None] | None = None
 _failure_handler: Callable[[BridgeEvent, BaseException], None] | None = None
 
@@ -181,30 +193,59 @@ def is_connected() -> bool:
     return _thread is not None and _thread.is_alive() and _welcome is not None
 
 
+def is_connecting() -> bool:
+    """A handshake is under way (its outcome has not been applied yet)."""
+    return _thread is not None and _thread.is_alive() and _welcome is None
+
+
+def keeps_connected() -> bool:
+    """A connection was made and not closed by disconnect(): losing it starts reconnection tries."""
+    return _keep_connected
+
+
+def reconnecting() -> bool:
+    """A lost connection will be tried again."""
+    return _retry_at is not None
+
+
 def generation() -> int:
     return _generation
 
 
-def connect(settings: ConnectionSettings, wait: bool = True) -> None:
-    """Start a client thread for `settings`, replacing any earlier one.
+def connect(settings: ConnectionSettings, wait: bool = False) -> None:
+    """Start a client thread for `settings`, replacing any earlier one; requests queued from now on
+    run once the handshake has succeeded.
 
-    wait=True blocks until the handshake ends (at most the timeout) and applies its outcome, so
-    that the calling operator can report it at once.
+    wait=True blocks until the handshake ends (at most the timeout) and applies its outcome: for
+    scripts only, never from the UI.
     """
-    global _thread, _generation, _welcome
     disconnect()
-    _generation += 1
-    _welcome = None
-    _thread = ClientThread(settings, _generation, _events)
-    _thread.start()
-    _ensure_timer()
+    _start(settings)
     if wait:
         _thread.handshake_done.wait(settings.timeout_s + 2.0)
         drain()
 
 
+def _start(settings: ConnectionSettings) -> None:
+    global _thread, _generation, _welcome, _settings, _retry_at
+    _stop_thread()
+    _settings, _retry_at = settings, None
+    _generation += 1
+    _welcome = None
+    _thread = ClientThread(settings, _generation, _events)
+    _thread.start()
+    _ensure_timer()
+
+
 def disconnect(join_timeout_s: float = 5.0) -> None:
-    """Stop the client thread and wait for it; pending events of this connection become stale."""
+    """Stop the client thread and wait for it, and stop trying to reconnect; pending events of this
+    connection become stale."""
+    global _keep_connected, _retry_at
+    _keep_connected, _retry_at = False, None
+    _stop_thread(join_timeout_s)
+
+
+def _stop_thread(join_timeout_s: float = 5.0) -> None:
     global _thread, _generation, _welcome
     thread, _thread = _thread, None
     _welcome = None
@@ -226,8 +267,11 @@ def request(name: str, fn: Request) -> bool:
 
 
 def drain(max_events: int = 1000) -> int:
-    """Apply queued events on the main thread. Returns how many were applied (stale ones are not)."""
-    global _welcome
+    """Apply queued events on the main thread, and start a due reconnection try. Returns how many
+    events were applied (stale ones are not)."""
+    global _welcome, _keep_connected, _retry_at
+    if _retry_at is not None and time.monotonic() >= _retry_at and _settings is not None:
+        _start(_settings)
     applied = 0
     for _ in range(max_events):
         try:
@@ -238,6 +282,9 @@ def drain(max_events: int = 1000) -> int:
             continue
         if event.kind == "welcome":
             _welcome = event.payload
+            _keep_connected = True
+        elif event.kind == "closed" and _keep_connected:
+            _retry_at = time.monotonic() + RECONNECT_INTERVAL_S
         if _handler is not None:
             try:
                 _handler(event)
@@ -267,7 +314,7 @@ def _clear_queue() -> None:
 
 def _timer() -> float | None:
     drain()
-    if (_thread is None or not _thread.is_alive()) and _events.empty():
+    if (_thread is None or not _thread.is_alive()) and _events.empty() and _retry_at is None:
         return None  # nothing left to follow; connect() registers the timer again
     return TIMER_INTERVAL_S
 

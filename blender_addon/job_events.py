@@ -83,7 +83,7 @@ def handle_event(event: bridge.BridgeEvent) -> None:
     elif event.kind == "message":
         _on_message(rt, event.payload)
     elif event.kind == "closed" and rt.connection == "connected":
-        rt.connection = "disconnected"
+        rt.connection = "connecting" if bridge.reconnecting() else "disconnected"
     _redraw()
 
 
@@ -101,6 +101,12 @@ def _on_error(rt, request: str, exc: BaseException) -> None:
     rt.message = describe_error(exc)
     if request in ("connect", "connection"):
         rt.connection = "error"
+        if rt.job_state == "submitting":
+            rt.job_state = ""  # the submit queued behind the handshake was never sent
+        if request == "connection":
+            rt.message = f"Connection lost: {rt.message} Reconnecting…"
+        elif bridge.keeps_connected():
+            rt.message += f" Trying again every {bridge.RECONNECT_INTERVAL_S:g} s."
     elif request == "submit":
         rt.job_state = ""
     log.warning("%s failed: %s", request, rt.message)

@@ -15,6 +15,7 @@ from bpy.props import BoolProperty, StringProperty
 from . import bridge, camera_rig, job_events, materials, mesh_io
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
+from .protocol.client import ClientError, load_server_public_key
 from .protocol.errors import ProtocolError, ValidationError
 from .protocol.job import JobSpec, parse_options
 from .protocol.limits import Limits
@@ -43,19 +44,19 @@ def _settings(context) -> bridge.ConnectionSettings:
 
 
 def _ensure_connected(op: bpy.types.Operator, context) -> bool:
-    """Connect (blocking for at most the timeout) unless connected; report why not."""
-    if bridge.is_connected():
+    """Start connecting unless connected or connecting, without waiting: requests queued now run
+    once the handshake succeeds (a failed one is reported by job_events)."""
+    if bridge.is_connected() or bridge.is_connecting():
         return True
+    start_connecting(context)
+    return True
+
+
+def start_connecting(context) -> None:
     rt = context.window_manager.dreampolish
     rt.connection = "connecting"
-    bridge.connect(_settings(context), wait=True)
-    if not bridge.is_connected():
-        if rt.connection != "error":
-            rt.connection = "error"
-            rt.message = f"Backend unreachable at {prefs(context).backend_address}: no answer"
-        op.report({"ERROR"}, rt.message)
-        return False
-    return True
+    rt.message = f"Connecting to {prefs(context).backend_address}…"
+    bridge.connect(_settings(context))
 
 
 def _backend_limits() -> Limits:
@@ -94,7 +95,7 @@ def _preset_for(welcome) -> str:
     """The preset the artist chose, or the backend's announced default."""
     chosen = bpy.context.scene.dreampolish.preset_name
     if welcome is None:
-        raise ValidationError("not connected: the backend announces its presets when connected")
+        return chosen  # still connecting: an empty name is filled in once the backend has answered
     if chosen and chosen not in welcome.presets:
         # The dropdown shows "Backend Default" for a preset this backend does not offer: send that.
         log.info("preset %r is not offered by this backend; using its default %r", chosen, welcome.default_preset)
@@ -144,7 +145,14 @@ def _submit(context, spec: JobSpec, target_object: str = "") -> set[str]:
     rt = context.window_manager.dreampolish
     rt.job_state = "submitting"
     rt.message = "Submitting…"
-    bridge.request("submit", lambda client: (client.submit(spec), record))
+
+    def submit(client):
+        # Sent after the handshake: an empty preset is the default that backend announced.
+        if not spec.preset and client.welcome is not None:
+            spec.preset = record.preset = client.welcome.default_preset
+        return client.submit(spec), record
+
+    bridge.request("submit", submit)
     return {"FINISHED"}
 
 
@@ -166,11 +174,16 @@ class DREAMPOLISH_OT_connect(bpy.types.Operator):
     bl_label = "Connect"
 
     def execute(self, context):
-        bridge.disconnect()
-        if not _ensure_connected(self, context):
-            return {"CANCELLED"}
+        key = prefs(context).server_key
+        if key:
+            try:
+                load_server_public_key(key)  # a malformed key is said at once, not after a handshake
+            except ClientError as exc:
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+        # Returns at once: the handshake's outcome shows in the panel when it arrives.
+        start_connecting(context)
         job_events.refresh_history()
-        self.report({"INFO"}, context.window_manager.dreampolish.message)
         return {"FINISHED"}
 
 

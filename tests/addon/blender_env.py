@@ -90,16 +90,16 @@ def _record_pid(pid: int) -> Path | None:
 
 @contextlib.contextmanager
 def backend_process(*extra_args: str, pipeline: str | None = TEST_PIPELINE,
-                    store: Path | None = None) -> Iterator[str]:
+                    store: Path | None = None, address: str | None = None) -> Iterator[str]:
     """A real backend process on a free loopback port; yields its address.
 
     pipeline=None runs the real pipeline at the tiny preset (its announced default); otherwise the
-    named test pipeline. `store` keeps the job store (for a restart on the same jobs)."""
+    named test pipeline. `store` and `address` let a restarted backend take over the same jobs."""
     if not (REPO_ROOT / ".venv").exists():
         pytest.skip("the backend environment .venv is absent: run `make venv`")
     from tests.conftest import free_tcp_port
 
-    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    address = address or f"tcp://127.0.0.1:{free_tcp_port()}"
     own_store = store is None
     store = Path(tempfile.mkdtemp(prefix="dreampolish-store-")) if store is None else store
     store.mkdir(parents=True, exist_ok=True)
@@ -131,14 +131,21 @@ def backend_process(*extra_args: str, pipeline: str | None = TEST_PIPELINE,
             shutil.rmtree(store, ignore_errors=True)
 
 
+def connect_and_wait(timeout_s: float = 30.0) -> str:
+    """Press Connect (it returns at once) and pump until the handshake's outcome is applied;
+    returns the connection state, "connected" or "error"."""
+    addon = sys.modules[MODULE]
+    assert bpy.ops.dreampolish.connect() == {"FINISHED"}
+    rt = bpy.context.window_manager.dreampolish
+    pump(addon, lambda: rt.connection in ("connected", "error"), timeout_s=timeout_s, what="the handshake")
+    return rt.connection
+
+
 def connect_when_up(timeout_s: float = 60.0) -> None:
     """Press Connect until the backend process has started (its start-up takes a few seconds)."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            bpy.ops.dreampolish.connect()
-            return
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    while connect_and_wait() != "connected":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no connection within {timeout_s} s: "
+                                 f"{bpy.context.window_manager.dreampolish.message}")
+        time.sleep(0.5)

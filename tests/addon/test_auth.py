@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.addon.blender_env import BACKEND_EXE, MODULE, REPO_ROOT, backend_process, bpy, connect_when_up
+from tests.addon.blender_env import (
+    BACKEND_EXE,
+    MODULE,
+    REPO_ROOT,
+    backend_process,
+    bpy,
+    connect_and_wait,
+    connect_when_up,
+)
 
 
 def _keys(folder: Path) -> Path:
@@ -32,9 +40,8 @@ def test_server_key_from_the_preferences_authenticates(addon, fresh_scene, tmp_p
         assert bpy.context.window_manager.dreampolish.connection == "connected"
 
         prefs.server_key = str(other)  # the backend is up: only the key is wrong
-        with pytest.raises(RuntimeError, match="Backend unreachable"):
-            bpy.ops.dreampolish.connect()
-        assert bpy.context.window_manager.dreampolish.connection == "error"
+        assert connect_and_wait() == "error"
+        assert "Backend unreachable" in bpy.context.window_manager.dreampolish.message
 
         prefs.server_key = "not a key"
         with pytest.raises(RuntimeError, match="server key must be 40 Z85 characters"):

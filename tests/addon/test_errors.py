@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import msgpack
 import pytest
 import zmq
 
-from tests.addon.blender_env import MODULE, bpy, pump
+from tests.addon.blender_env import MODULE, bpy, connect_and_wait, pump
 
 
 def _prefs():
@@ -24,13 +25,13 @@ def test_backend_unreachable(addon, fresh_scene):
 
     _prefs().backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
     _prefs().timeout_s = 1.0
-    with pytest.raises(RuntimeError, match="Backend unreachable"):
-        bpy.ops.dreampolish.connect()
-    assert _rt().connection == "error"
+    assert connect_and_wait() == "error"
+    assert "Backend unreachable" in _rt().message
     bpy.context.scene.dreampolish.prompt = "a teapot"
-    with pytest.raises(RuntimeError, match="Backend unreachable"):
-        bpy.ops.dreampolish.generate()
-    assert not _rt().job_id
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}  # connects on the way, without waiting
+    pump(addon, lambda: _rt().connection == "error", what="the failed handshake")
+    assert "Backend unreachable" in _rt().message
+    assert not _rt().job_id and _rt().job_state == "", "the queued submit was never sent"
 
 
 class _FutureBackend(threading.Thread):
@@ -64,8 +65,8 @@ def test_version_mismatch(addon, fresh_scene):
     try:
         _prefs().backend_address = server.address
         _prefs().timeout_s = 2.0
-        with pytest.raises(RuntimeError, match="Version mismatch.*protocol 2.0"):
-            bpy.ops.dreampolish.connect()
+        assert connect_and_wait() == "error"
+        assert re.search("Version mismatch.*protocol 2.0", _rt().message), _rt().message
     finally:
         server.stop.set()
         server.join(5)
@@ -144,3 +145,41 @@ def test_a_failed_import_is_reported_in_the_panel(addon, connected, monkeypatch)
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
     # The failure stays in the panel after the job's later events (here: done).
     assert "Could not import" in _rt().failure and "out of memory while building the mesh" in _rt().failure
+
+
+def test_connect_returns_at_once_and_the_handshake_ends_later(addon, fresh_scene):
+    import time
+
+    from tests.conftest import free_tcp_port
+
+    _prefs().backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    _prefs().timeout_s = 3.0
+    started = time.monotonic()
+    assert bpy.ops.dreampolish.connect() == {"FINISHED"}
+    assert time.monotonic() - started < 0.5, "Connect held Blender up"
+    assert _rt().connection == "connecting"
+    pump(addon, lambda: _rt().connection == "error", what="the handshake to give up")
+    assert "Backend unreachable" in _rt().message
+
+
+def test_the_connection_comes_back_after_the_backend_restarts(addon, fresh_scene, tmp_path):
+    from tests.addon.blender_env import backend_process, connect_when_up
+    from tests.conftest import free_tcp_port
+
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    store = tmp_path / "store"
+    _prefs().backend_address = address
+    _prefs().timeout_s = 1.0  # the client gives a silent backend up after max(4, timeout) s
+    with backend_process(address=address, store=store):
+        connect_when_up()
+        s = bpy.context.scene.dreampolish
+        s.prompt, s.overrides = "a teapot", "test.steps=10, test.step_s=0.2"
+        bpy.ops.dreampolish.generate()
+        pump(addon, lambda: _rt().job_state == "running", what="the job to start")
+    # The backend is gone: the add-on notices, then keeps trying.
+    pump(addon, lambda: _rt().connection != "connected", timeout_s=15, what="the lost connection")
+    assert addon.bridge.reconnecting() or addon.bridge.is_connecting()
+    with backend_process(address=address, store=store):
+        pump(addon, lambda: _rt().connection == "connected", timeout_s=60, what="the connection to come back")
+        # The job resumed on the restarted backend and is followed again.
+        pump(addon, lambda: _rt().job_state == "done", timeout_s=60, what="the job to finish")

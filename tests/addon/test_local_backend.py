@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.addon.blender_env import BACKEND_EXE, MODULE, REPO_ROOT, TEST_PIPELINE, bpy
+from tests.addon.blender_env import BACKEND_EXE, MODULE, REPO_ROOT, TEST_PIPELINE, bpy, connect_and_wait
 
 
 def test_start_connect_and_stop_a_local_backend(addon, fresh_scene, monkeypatch):
@@ -26,14 +26,10 @@ def test_start_connect_and_stop_a_local_backend(addon, fresh_scene, monkeypatch)
         assert not bpy.ops.dreampolish.backend_start.poll(), "one local backend at a time"
         process = addon.operators._backend_process
         deadline = time.monotonic() + 60.0
-        while True:
-            try:
-                bpy.ops.dreampolish.connect()
-                break
-            except RuntimeError:
-                assert process.poll() is None, "the backend exited"
-                if time.monotonic() > deadline:
-                    raise
+        while connect_and_wait() != "connected":
+            assert process.poll() is None, "the backend exited"
+            assert time.monotonic() < deadline, "the local backend did not answer"
+            time.sleep(0.5)
         rt = bpy.context.window_manager.dreampolish
         assert rt.connection == "connected" and rt.device == "cpu"
         assert bpy.ops.dreampolish.backend_stop() == {"FINISHED"}

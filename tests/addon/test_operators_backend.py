@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bmesh, bpy, pump
+from tests.addon.blender_env import bmesh, bpy, connect_and_wait, pump
 
 OCTAHEDRON_VERTS, OCTAHEDRON_FACES = 6, 8
 TEXTURE_RGB = np.array([200, 60, 30]) / 255.0
@@ -190,7 +190,7 @@ def test_reconnecting_picks_up_a_running_job_where_it_left_off(addon, connected)
     _generate(addon, run_until="neus", overrides="test.steps=15, test.step_s=0.05")
     pump(addon, lambda: _rt().job_state == "running", what="the job to start")
     addon.bridge.disconnect()  # e.g. the network dropped; the job goes on in the backend
-    assert bpy.ops.dreampolish.connect() == {"FINISHED"}
+    assert connect_and_wait() == "connected"
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish after the reconnect")
     assert sorted(o["dreampolish_stage"] for o in _job_objects(_rt().job_id)) == ["neus"]
 
@@ -252,7 +252,7 @@ def test_reimport_fetches_newer_stages_and_keeps_following_the_running_job(addon
     # Blender crashes: no more events reach this window, and what it followed is lost.
     addon.bridge.disconnect()
     _rt().job_id = _rt().job_state = ""
-    assert bpy.ops.dreampolish.connect() == {"FINISHED"}
+    assert connect_and_wait() == "connected"
     assert cache.load_stage(job_a).stage != "neus"
 
     def job_a_done() -> bool:
