@@ -110,6 +110,29 @@ def scene_rig(
     return [camera_spec(o, scene) for o in objects]
 
 
+def placement_point(scene: bpy.types.Scene, placement: str = "CAMERA") -> Vector:
+    """Where a generated object goes: on the active camera's view axis at its focus distance (its
+    focus object, if set), or at the 3D cursor ("CURSOR", and always when there is no camera)."""
+    cam = scene.camera
+    if placement == "CURSOR" or cam is None or cam.type != "CAMERA":
+        return scene.cursor.location.copy()
+    dof = cam.data.dof
+    if dof.focus_object is not None:
+        return dof.focus_object.matrix_world.translation.copy()
+    forward = cam.matrix_world.to_quaternion() @ Vector((0.0, 0.0, -1.0))  # cameras look down local -Z
+    return cam.matrix_world.translation + forward * dof.focus_distance
+
+
+def rig_about(specs: list[CameraSpec], point: Vector) -> list[CameraSpec]:
+    """The rig in a frame whose origin is `point`: the backend makes a generated object at its frame's
+    origin, sized by the reference camera's distance to it, so the object lands at `point`."""
+    offset = np.array(point, dtype=np.float32)
+    for spec in specs:
+        spec.matrix_world = spec.matrix_world.copy()
+        spec.matrix_world[:3, 3] -= offset
+    return specs
+
+
 def view_tangents(spec: CameraSpec) -> tuple[float, float, float, float]:
     """Image-plane bounds (left, right, bottom, top) at unit distance in front of the camera.
 

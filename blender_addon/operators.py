@@ -103,9 +103,13 @@ def _preset_for(welcome) -> str:
     return chosen or welcome.default_preset
 
 
-def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:
+def _job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
+    """The request; a generate job's cameras are sent about `placement`, where its object will be."""
     s = context.scene.dreampolish
     plan = stage_plan(mode, s.run_until)
+    cameras = camera_rig.scene_rig(context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views))
+    if placement is not None:
+        cameras = camera_rig.rig_about(cameras, placement)
     return JobSpec(
         prompt=s.prompt,
         negative_prompt=s.negative_prompt,
@@ -116,8 +120,7 @@ def _job_spec(context, mode: str, input_mesh=None) -> JobSpec:
         # A pause after the last stage run would never be resumed into anything.
         pause_after=[st for st in plan[:-1] if st in s.pause_after],
         options=parse_overrides(s.overrides),
-        cameras=camera_rig.scene_rig(
-            context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views)),
+        cameras=cameras,
         input_mesh=input_mesh,
     )
 
@@ -138,10 +141,11 @@ def over_limits(obj: bpy.types.Object, limits: Limits) -> str:
     return ""
 
 
-def _submit(context, spec: JobSpec, target_object: str = "") -> set[str]:
+def _submit(context, spec: JobSpec, target_object: str = "", placement=None) -> set[str]:
     """Queue the submit on the client thread; the job id arrives as a reply (job_events)."""
     record = JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
-                       mode=spec.mode, target_object=target_object)
+                       mode=spec.mode, target_object=target_object,
+                       placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement])
     rt = context.window_manager.dreampolish
     rt.job_state = "submitting"
     rt.message = "Submitting…"
@@ -221,12 +225,13 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
     def execute(self, context):
         if not _ensure_connected(self, context):
             return {"CANCELLED"}
+        placement = camera_rig.placement_point(context.scene, context.scene.dreampolish.placement)
         try:
-            spec = _job_spec(context, "generate")
+            spec = _job_spec(context, "generate", placement=placement)
         except ProtocolError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        return _submit(context, spec)
+        return _submit(context, spec, placement=placement)
 
 
 class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
@@ -407,7 +412,10 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
         # (An object in Edit Mode is left alone: leaving Edit Mode would overwrite the new stage.)
         mesh = mesh_io.new_mesh(f"{label} {cached.stage}", cached.mesh)
         obj = bpy.data.objects.new(f"{label} {cached.stage}" if per_stage else label, mesh)
-        mesh_io.set_matrix(obj, cached.mesh.transform)
+        # The backend's transform is relative to the frame the cameras were sent in.
+        placed = np.eye(4, dtype=np.float32)
+        placed[:3, 3] = record.placement
+        mesh_io.set_matrix(obj, placed @ cached.mesh.transform)
         self._collection(context, record.job_id if per_stage else "").objects.link(obj)
         for other in context.view_layer.objects:
             other.select_set(False)

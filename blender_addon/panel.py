@@ -53,6 +53,7 @@ class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
         row.prop(s, "seed")
         row.operator("dreampolish.randomize_seed", text="", icon="FILE_REFRESH")
         layout.prop(s, "preset")
+        layout.prop(s, "placement")
         layout.operator("dreampolish.generate", icon="PLAY")
 
 

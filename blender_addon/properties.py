@@ -102,6 +102,15 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
         ],
         default="update",
     )
+    placement: EnumProperty(
+        name="Place At", description="Where Generate puts the new object",
+        items=[
+            ("CAMERA", "Camera View", "On the active camera's view axis at its focus distance (or at its focus "
+             "object), sized to fill the view"),
+            ("CURSOR", "3D Cursor", "At the 3D cursor, sized by the active camera's distance to it"),
+        ],
+        default="CAMERA",
+    )
     camera_collection: PointerProperty(
         name="Rig Cameras", type=bpy.types.Collection,
         description="Cameras of this collection join the active camera in the camera rig",

@@ -115,3 +115,59 @@ def test_orthographic_camera_is_refused_with_a_clear_message(addon, fresh_scene)
     cam.data.type = "ORTHO"
     with pytest.raises(addon.protocol.errors.ValidationError, match="only perspective cameras"):
         addon.camera_rig.camera_spec(cam, bpy.context.scene)
+
+
+def _camera_looking_away_from_the_origin(focus_distance: float):
+    """A camera at (10, 0, 2) looking along +Y (the origin is behind its right shoulder)."""
+    import math
+
+    cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    cam.location = (10.0, 0.0, 2.0)
+    cam.rotation_euler = (math.radians(90), 0.0, 0.0)  # -Z turned to +Y
+    cam.data.dof.focus_distance = focus_distance
+    bpy.context.scene.collection.objects.link(cam)
+    bpy.context.scene.camera = cam
+    return cam
+
+
+def test_a_generated_object_appears_where_the_camera_looks(addon, connected):
+    from tests.addon.blender_env import pump
+
+    _camera_looking_away_from_the_origin(5.0)
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.run_until = "a lantern", "nerf"
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    rt = bpy.context.window_manager.dreampolish
+    pump(addon, lambda: rt.job_state == "done", what="the job to finish")
+    (obj,) = [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == rt.job_id]
+    # The scripted pipeline's octahedron sits at its frame's origin: the frame is at the focus point.
+    np.testing.assert_allclose(np.array(obj.matrix_world.translation), (10.0, 5.0, 2.0), atol=1e-5)
+
+    s.placement = "CURSOR"
+    bpy.context.scene.cursor.location = (-3.0, 1.0, 0.5)
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    pump(addon, lambda: rt.job_state == "done", what="the second job to finish")
+    (obj,) = [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == rt.job_id]
+    np.testing.assert_allclose(np.array(obj.matrix_world.translation), (-3.0, 1.0, 0.5), atol=1e-5)
+
+
+def test_the_real_pipeline_sizes_the_object_by_the_distance_to_where_the_camera_looks(addon, connected_tiny):
+    import math
+
+    from tests.addon.blender_env import pump
+
+    cam = _camera_looking_away_from_the_origin(5.0)
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.run_until = "a lantern", "nerf"
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    rt = bpy.context.window_manager.dreampolish
+    pump(addon, lambda: rt.job_state == "done", timeout_s=120, what="the job to finish")
+    (obj,) = [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == rt.job_id]
+    loc, _rot, scale = obj.matrix_world.decompose()
+    np.testing.assert_allclose(np.array(loc), (10.0, 5.0, 2.0), atol=1e-4)
+    # backend/pipeline.py job_frame: the unit frame (radius 0.5) is scaled by 2 r, r = d sin(atan(tan(fov/2) / m)),
+    # with d the reference camera's distance to the frame's origin and m = ReferenceConfig.fill_margin (1.15).
+    spec = addon.camera_rig.camera_spec(cam, bpy.context.scene)
+    half = math.radians(min(addon.camera_rig.field_of_view_deg(spec))) / 2
+    expected = 2 * 5.0 * math.sin(math.atan(math.tan(half) / 1.15))
+    np.testing.assert_allclose(np.array(scale), expected, rtol=1e-3)

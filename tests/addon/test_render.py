@@ -22,6 +22,7 @@ def _render(path: Path) -> np.ndarray:
     scene.render.resolution_x = scene.render.resolution_y = 48
     scene.render.resolution_percentage = 100
     scene.render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"  # the default (AgX, Filmic) differs across Blender versions
     scene.render.image_settings.file_format = "PNG"
     scene.render.image_settings.color_mode = "RGBA"
     scene.render.filepath = str(path)
