@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from tests.addon.blender_env import REPO_ROOT, bpy, pump
@@ -125,3 +126,39 @@ def test_every_overrides_example_is_accepted_by_the_real_pipeline(addon, connect
         assert _rt().job_id, f"{where}: the backend refused {example!r}: {_rt().message}"
         pump(addon, lambda: _rt().job_state == "done", timeout_s=60, what=f"the job of {example!r}")
         _rt().job_id = ""
+
+
+def test_pause_edit_in_edit_mode_and_resume_the_next_stage_starts_from_the_edit(addon, connected_tiny):
+    from tests.addon.blender_env import bmesh
+
+    job_id = _generate(addon, run_until="polish", pause_after={"dmtet"})
+    pump(addon, lambda: _rt().job_state == "paused", timeout_s=180, what="the pause after dmtet")
+    (obj,) = _job_objects(job_id)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    bm = bmesh.from_edit_mesh(obj.data)
+    size = max(obj.dimensions)
+    # Move everything, extrude one face outwards, delete two others: what an artist does.
+    bmesh.ops.translate(bm, verts=bm.verts[:], vec=(0.1 * size, 0.0, 0.0))
+    bm.faces.ensure_lookup_table()
+    face = bm.faces[0]
+    normal = face.normal.copy()
+    extruded = bmesh.ops.extrude_face_region(bm, geom=[face])
+    new_verts = [g for g in extruded["geom"] if isinstance(g, bmesh.types.BMVert)]
+    bmesh.ops.translate(bm, verts=new_verts, vec=normal * 0.3 * size)
+    bm.faces.ensure_lookup_table()
+    bmesh.ops.delete(bm, geom=[bm.faces[-1], bm.faces[-2]], context="FACES_ONLY")
+    edited_tris = sum(len(f.verts) - 2 for f in bm.faces)
+    edited_verts = len(bm.verts)
+    edited_co = np.array([v.co[:] for v in bm.verts])
+    bmesh.update_edit_mesh(obj.data)
+
+    assert bpy.ops.dreampolish.resume() == {"FINISHED"}  # still in Edit Mode
+    pump(addon, lambda: _rt().job_state == "done", timeout_s=180, what="the resumed job to finish")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    polished = next(o for o in _job_objects(job_id) if o["dreampolish_stage"] == "polish")
+    # Polish keeps the topology it is given: the edited mesh's, triangulated.
+    assert (len(polished.data.vertices), len(polished.data.polygons)) == (edited_verts, edited_tris)
+    got = np.array([v.co[:] for v in polished.data.vertices])
+    np.testing.assert_allclose(got.max(axis=0), edited_co.max(axis=0), atol=0.1 * size)
+    np.testing.assert_allclose(got.min(axis=0), edited_co.min(axis=0), atol=0.1 * size)
