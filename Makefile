@@ -8,7 +8,8 @@ TORCH_PIN := torch==2.13.0
 PROMPT ?= a ceramic teapot with a blue glaze
 PRESET ?= auto
 
-.PHONY: test demo addon bench lint venv venv-blender venv-blender313 test-backend test-addon clean
+.PHONY: test demo addon bench lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
+  test-addon-lts clean
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +37,23 @@ venv-blender313:
 	    $(BVENV313)/bin/pip install -q -r blender_addon/requirements-test-313.txt && touch $(BVENV313)/.stamp; \
 	  fi; \
 	else echo "NOTE: no Python 3.13 interpreter found: skipping the Blender 5.3 environment"; fi
+
+# Blender 4.2 LTS and 4.5 LTS as Python modules (Python 3.11), for `make test-addon-lts` (not part of
+# `make test`: see blender_version_min in blender_addon/blender_manifest.toml).
+BVENV42 := .venv-blender42
+BVENV45 := .venv-blender45
+$(BVENV42)/.stamp $(BVENV45)/.stamp: blender_addon/requirements-test.txt
+	$(PY) -m venv $(@D)
+	$(@D)/bin/pip install -q --upgrade pip
+	$(@D)/bin/pip install -q "bpy==$(if $(findstring 42,$(@D)),4.2,4.5).*" \
+	  $$(grep -v -e '^bpy' -e '^#' blender_addon/requirements-test.txt)
+	touch $@
+
+venv-blender-lts: $(BVENV42)/.stamp $(BVENV45)/.stamp
+
+test-addon-lts: venv venv-blender-lts addon
+	scripts/test-addon.sh $(BVENV42)
+	scripts/test-addon.sh $(BVENV45)
 
 addon: venv venv-blender venv-blender313
 	$(VENV)/bin/python build_addon.py --blender-python $(BVENV)/bin/python \
