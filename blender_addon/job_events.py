@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 STAGE_PROP = "dreampolish_stage"
 """Custom property naming the stage an object shows."""
 PREVIEW_IMAGE_NAME = "DreamPolish Preview"
+GOING_STATES = ("queued", "running", "paused")
+"""Backend job states of a job that is still going."""
 PREVIEW_MIN_INTERVAL_S = 0.5
 """Reload the preview image at most this often (a reload is a file read and a GPU upload)."""
 
@@ -91,10 +93,23 @@ def _on_welcome(rt, welcome: Welcome) -> None:
     rt.connection = "connected"
     rt.device = ", ".join(welcome.devices) or "unknown"
     rt.message = f"Connected (backend {welcome.backend_version})"
-    # Carry on following a job that was running before the reconnect.
-    if rt.job_id and rt.job_state in ("queued", "running", "paused"):
+    # Carry on following a job that was running before the reconnect; the backend's job list then
+    # brings the history up to date and, after a restart of Blender, re-attaches a job still going.
+    if rt.job_id and rt.job_state in GOING_STATES:
         job_id, last_seq = rt.job_id, rt.last_seq
         bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+    bridge.request("list_jobs", lambda c: c.list_jobs())
+
+
+def attach(rt, job_id: str) -> None:
+    """Follow a job of the history that is still going on the backend, from the last stage result
+    this Blender stored (its later events are replayed): its stages land in the job's objects."""
+    record = job_cache().load_record(job_id)
+    _follow(rt, job_id, record.status if record is not None else "queued",
+            target=record.target_object if record is not None else "")
+    rt.last_seq = last_seq = record.last_seq if record is not None else 0
+    bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+    rt.message = f"Following job {job_id} again"
 
 
 def _on_error(rt, request: str, exc: BaseException) -> None:
@@ -129,10 +144,13 @@ def _on_reply(rt, request: str, payload) -> None:
         # BackendClient.list_jobs() answers the JobList's rows.
         infos = payload.jobs if isinstance(payload, JobList) else payload
         cache = job_cache()
-        for info in infos:
-            if cache.load_record(info.job_id) is not None:
-                cache.update_record(info.job_id, status=info.state)
+        ours = [info for info in infos if cache.load_record(info.job_id) is not None]
+        for info in ours:
+            cache.update_record(info.job_id, status=info.state)
         refresh_history(rt)
+        going = [i for i in ours if i.state in GOING_STATES]
+        if going and not (rt.job_id and rt.job_state in GOING_STATES + ("submitting",)):
+            attach(rt, max(going, key=lambda i: i.created_unix).job_id)
 
 
 def _follow(rt, job_id: str, state: str, target: str = "") -> None:
@@ -233,7 +251,7 @@ def _on_stage_result(rt, msg: StageResult, follow: bool) -> None:
     cache = job_cache()
     if follow:
         rt.stage = msg.stage
-        cache.update_record(msg.job_id, status="running")
+        cache.update_record(msg.job_id, status="running", last_seq=msg.seq)
     if _repeats_texture(cache, msg):
         _mark_exported(cache, msg.job_id)
         return

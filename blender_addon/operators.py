@@ -536,6 +536,33 @@ class DREAMPOLISH_OT_reimport(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DREAMPOLISH_OT_attach(bpy.types.Operator):
+    """Follow the selected history job again: it is still going on the backend, and its remaining
+    stages land in its objects"""
+
+    bl_idname = "dreampolish.attach"
+    bl_label = "Follow Job"
+
+    @classmethod
+    def poll(cls, context):
+        rt = context.window_manager.dreampolish
+        if not (0 <= rt.history_index < len(rt.history)):
+            cls.poll_message_set("Pick a job in the history list")
+            return False
+        if rt.history[rt.history_index].status not in job_events.GOING_STATES:
+            cls.poll_message_set("That job is not running on the backend")
+            return False
+        if not bridge.is_connected():
+            cls.poll_message_set("Connect to the backend first")
+            return False
+        return True
+
+    def execute(self, context):
+        rt = context.window_manager.dreampolish
+        job_events.attach(rt, rt.history[rt.history_index].job_id)
+        return {"FINISHED"}
+
+
 class DREAMPOLISH_OT_refresh_history(bpy.types.Operator):
     """Reload the job history (and the states the backend knows)"""
 
@@ -635,6 +662,7 @@ classes = (
     DREAMPOLISH_OT_report,
     DREAMPOLISH_OT_randomize_seed,
     DREAMPOLISH_OT_reimport,
+    DREAMPOLISH_OT_attach,
     DREAMPOLISH_OT_refresh_history,
     DREAMPOLISH_OT_backend_start,
     DREAMPOLISH_OT_backend_stop,

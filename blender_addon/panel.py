@@ -138,6 +138,7 @@ class DREAMPOLISH_PT_history(_DreamPolishPanel, bpy.types.Panel):
         col = row.column(align=True)
         col.operator("dreampolish.refresh_history", text="", icon="FILE_REFRESH")
         col.operator("dreampolish.reimport", text="", icon="IMPORT")
+        col.operator("dreampolish.attach", text="", icon="LINKED")
 
 
 classes = (

@@ -270,3 +270,24 @@ def test_reimport_fetches_newer_stages_and_keeps_following_the_running_job(addon
     assert _rt().job_id == job_b, "re-importing another job does not change the job this window follows"
     pump(addon, lambda: _rt().job_state == "done", what="job B to finish")
     assert [o["dreampolish_stage"] for o in _job_objects(job_b)] == ["neus"]
+
+
+def test_a_job_outlives_the_blender_session_and_lands_in_its_object(addon, connected, tmp_path):
+    job_id = _generate(addon, overrides="test.steps=6, test.step_s=0.1")
+    pump(addon, lambda: len(_job_objects(job_id)) == 1, what="the first stage's object")
+    blend = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    # Blender closes (the connection with it) and starts again on the saved file.
+    addon.bridge.disconnect()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    rt = _rt()
+    rt.job_id = rt.job_state = ""
+    rt.last_seq = 0
+    assert connect_and_wait() == "connected"
+    # The backend's job list shows the job still going; it is followed again from the history.
+    pump(addon, lambda: rt.job_id == job_id, what="the job to be re-attached")
+    pump(addon, lambda: rt.job_state == "done", what="the job to finish")
+    objects = _job_objects(job_id)
+    assert len(objects) == 1, "the remaining stages land in the job's object from the saved file"
+    assert objects[0]["dreampolish_stage"] == "texture"
+    assert {i.job_id: i.status for i in rt.history}[job_id] == "done"
