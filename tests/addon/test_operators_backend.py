@@ -291,3 +291,28 @@ def test_a_job_outlives_the_blender_session_and_lands_in_its_object(addon, conne
     assert len(objects) == 1, "the remaining stages land in the job's object from the saved file"
     assert objects[0]["dreampolish_stage"] == "texture"
     assert {i.job_id: i.status for i in rt.history}[job_id] == "done"
+
+
+def test_undoing_stage_imports_leaves_the_job_running_and_the_next_stage_lands_fresh(addon, connected):
+    bpy.ops.mesh.primitive_cube_add(size=1.0)
+    bpy.ops.ed.undo_push(message="before refine")
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt, s.pause_after = "geometry", "a crate", {"dmtet", "polish"}
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: bool(_rt().job_id) and _rt().job_state != "submitting", what="the job to be accepted")
+    job_id = _rt().job_id
+    for stage in ("dmtet", "polish"):
+        pump(addon, lambda: _rt().job_state == "paused" and _rt().paused_stage == stage,
+             what=f"the pause after {stage}")
+        (obj,) = _job_objects(job_id)
+        assert obj["dreampolish_stage"] == stage
+        name = obj.name
+        bpy.ops.ed.undo()
+        assert _job_objects(job_id) == [] and name not in bpy.data.objects, f"undo removes the {stage} import"
+        assert _rt().job_id == job_id and _rt().job_state == "paused", "undo does not touch the job"
+        assert bpy.ops.dreampolish.resume() == {"FINISHED"}  # nothing to send: the backend goes on from its own
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    (obj,) = _job_objects(job_id)
+    assert obj["dreampolish_stage"] == "texture", "the last stage lands in a fresh object"
+    assert len(obj.data.polygons) == 12, "the cube's triangles, as the scripted pipeline returns them"
+    assert "Cube" in bpy.data.objects, "the undos went no further back than the imports"
