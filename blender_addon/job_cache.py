@@ -38,6 +38,8 @@ class JobRecord:
     """For texture-only refines: the object that receives the textures."""
     stages: list[str] = field(default_factory=list)
     """Stage results received, in order."""
+    plan: list[str] = field(default_factory=list)
+    """The stages the job runs, in order (without export)."""
     last_seq: int = 0
     """Sequence number of the latest stage result stored: a re-attach replays the events after it."""
     placement: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])

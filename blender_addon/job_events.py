@@ -17,6 +17,7 @@ from . import bridge
 from .job_cache import JobCache, JobRecord
 from .materials import JOB_PROP
 from .preferences import user_dir
+from .progress import JobClock
 from .protocol.client import BackendUnreachable
 from .protocol.errors import VersionMismatch
 from .protocol.messages import FINAL_EVENTS, JobList, Result, StageResult, Welcome
@@ -32,6 +33,8 @@ PREVIEW_MIN_INTERVAL_S = 0.5
 """Reload the preview image at most this often (a reload is a file read and a GPU upload)."""
 
 _last_preview = 0.0
+_clocks: dict[str, JobClock] = {}
+"""The followed jobs' progress clocks, by job id."""
 
 
 def job_cache() -> JobCache:
@@ -160,9 +163,12 @@ def _follow(rt, job_id: str, state: str, target: str = "") -> None:
     rt.last_seq = 0
     rt.stage = ""
     rt.step = rt.total = 0
-    rt.progress = 0.0
+    rt.progress = rt.overall = 0.0
+    rt.eta_s = -1.0
     rt.paused_stage = ""
     rt.target_object = target
+    record = job_cache().load_record(job_id)
+    _clocks[job_id] = JobClock(plan=list(record.plan) if record is not None and record.plan else [])
 
 
 def _on_message(rt, msg) -> None:
@@ -176,6 +182,7 @@ def _on_message(rt, msg) -> None:
         rt.job_state = "running"
         rt.stage, rt.step, rt.total = msg.stage, msg.step, msg.total
         rt.progress = min(1.0, msg.step / msg.total) if msg.total else 0.0
+        _clock_progress(rt, msg)
         if msg.preview_png is not None:
             _show_preview(rt, msg.job_id, msg.preview_png)
     elif kind == "stage_result":
@@ -193,7 +200,8 @@ def _on_message(rt, msg) -> None:
         if kind == "failed":
             rt.message = f"Job failed ({msg.code}): {msg.message}"
         elif kind == "done":
-            rt.progress = 1.0
+            rt.progress = rt.overall = 1.0
+            rt.eta_s = 0.0
             rt.message = f"Job {msg.job_id} done"
         else:
             rt.message = f"Job {msg.job_id} cancelled"
@@ -201,6 +209,14 @@ def _on_message(rt, msg) -> None:
         refresh_history(rt)
     elif kind == "error":
         rt.message = f"Backend refused a request ({msg.code}): {msg.message}"
+
+
+def _clock_progress(rt, msg) -> None:
+    clock = _clocks.get(msg.job_id)
+    if clock is None or not clock.plan:
+        return
+    rt.overall, eta = clock.progress(msg.stage, msg.step, msg.total, time.monotonic())
+    rt.eta_s = -1.0 if eta is None else eta
 
 
 def _on_fetched(rt, result: Result) -> None:

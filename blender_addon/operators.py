@@ -145,7 +145,8 @@ def _submit(context, spec: JobSpec, target_object: str = "", placement=None) -> 
     """Queue the submit on the client thread; the job id arrives as a reply (job_events)."""
     record = JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
                        mode=spec.mode, target_object=target_object,
-                       placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement])
+                       placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
+                       plan=list(spec.stages) if spec.stages else list(MODE_CHAINS[spec.mode]))
     rt = context.window_manager.dreampolish
     rt.job_state = "submitting"
     rt.message = "Submitting…"

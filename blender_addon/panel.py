@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bpy
 
+from .progress import format_eta
 from .properties import USER_STAGES
 
 
@@ -108,6 +109,9 @@ class DREAMPOLISH_PT_job(_DreamPolishPanel, bpy.types.Panel):
         if rt.stage:
             text = f"{rt.stage} {rt.step}/{rt.total}" if rt.total else rt.stage
             layout.progress(factor=rt.progress, type="BAR", text=text)
+            eta = format_eta(rt.eta_s if rt.eta_s >= 0 else None)
+            layout.progress(factor=rt.overall, type="BAR",
+                            text=f"All stages {round(100 * rt.overall)}%" + (f" · {eta}" if eta else ""))
         row = layout.row(align=True)
         if rt.job_state == "paused":
             row.operator("dreampolish.resume", icon="PLAY")

@@ -161,6 +161,10 @@ class DreamPolishRuntime(bpy.types.PropertyGroup):
     step: IntProperty(name="Step")
     total: IntProperty(name="Total")
     progress: FloatProperty(name="Progress", subtype="FACTOR", min=0.0, max=1.0)
+    overall: FloatProperty(name="Overall", description="Progress of the whole job", subtype="FACTOR",
+                           min=0.0, max=1.0)
+    eta_s: FloatProperty(name="Time Left", description="Estimated seconds until the job ends; negative: unknown",
+                         default=-1.0)
     last_seq: IntProperty(name="Last Event", description="Sequence number of the job's latest event seen")
     paused_stage: StringProperty(name="Paused After")
     target_object: StringProperty(

@@ -302,7 +302,7 @@ def test_undoing_stage_imports_leaves_the_job_running_and_the_next_stage_lands_f
     pump(addon, lambda: bool(_rt().job_id) and _rt().job_state != "submitting", what="the job to be accepted")
     job_id = _rt().job_id
     for stage in ("dmtet", "polish"):
-        pump(addon, lambda: _rt().job_state == "paused" and _rt().paused_stage == stage,
+        pump(addon, lambda stage=stage: _rt().job_state == "paused" and _rt().paused_stage == stage,
              what=f"the pause after {stage}")
         (obj,) = _job_objects(job_id)
         assert obj["dreampolish_stage"] == stage
@@ -316,3 +316,24 @@ def test_undoing_stage_imports_leaves_the_job_running_and_the_next_stage_lands_f
     assert obj["dreampolish_stage"] == "texture", "the last stage lands in a fresh object"
     assert len(obj.data.polygons) == 12, "the cube's triangles, as the scripted pipeline returns them"
     assert "Cube" in bpy.data.objects, "the undos went no further back than the imports"
+
+
+def test_overall_progress_and_time_left_follow_the_measured_step_rate(addon, connected):
+    clock = addon.progress.JobClock(plan=["nerf", "neus", "dmtet"])
+    assert clock.progress("nerf", 0, 10, now=100.0) == (0.0, None)
+    # 5 of 10 steps in 2.5 s: 2 steps/s, 2.5 s left in nerf, two later stages of 5 s each (nerf's projection).
+    overall, left = clock.progress("nerf", 5, 10, now=102.5)
+    assert overall == pytest.approx(0.5 / 3) and left == pytest.approx(2.5 + 2 * 5.0)
+    # nerf took 6 s; neus at 1 of 4 steps after 1 s: 3 s left, then dmtet at nerf's measured 6 s.
+    clock.progress("neus", 0, 4, now=106.0)
+    overall, left = clock.progress("neus", 1, 4, now=107.0)
+    assert overall == pytest.approx(1.25 / 3) and left == pytest.approx(3.0 + 6.0)
+
+    _generate(addon, run_until="neus", overrides="test.steps=4, test.step_s=0.1")
+    rt = _rt()
+    pump(addon, lambda: rt.stage == "nerf" and 2 <= rt.step < 4, what="the middle of the nerf stage")
+    # The scripted pipeline runs reference, nerf and neus here: three stages, the first one done.
+    assert rt.overall == pytest.approx((1 + rt.step / 4) / 3)
+    assert 0.0 < rt.eta_s < 10.0
+    pump(addon, lambda: rt.job_state == "done", what="the job to finish")
+    assert rt.overall == 1.0 and rt.eta_s == 0.0
