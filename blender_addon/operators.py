@@ -474,6 +474,57 @@ class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
+    """Save the selected DreamPolish object as a .glb through Blender's glTF exporter (your edits,
+    modifiers and material included)"""
+
+    bl_idname = "dreampolish.export_glb"
+    bl_label = "Export GLB"
+
+    filepath: StringProperty(name="File", subtype="FILE_PATH", default="")
+    filter_glob: StringProperty(default="*.glb", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        if obj is None or obj.type != "MESH" or JOB_PROP not in obj:
+            cls.poll_message_set("Select an object DreamPolish made")
+            return False
+        if not hasattr(bpy.ops.export_scene, "gltf"):
+            cls.poll_message_set("Enable Blender's glTF 2.0 add-on (File > Export > glTF 2.0)")
+            return False
+        return True
+
+    def invoke(self, context, event):
+        if not self.filepath:
+            self.filepath = bpy.path.clean_name(context.active_object.name) + ".glb"
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        if not self.filepath:
+            self.report({"ERROR"}, "Choose where to save the .glb")
+            return {"CANCELLED"}
+        path = bpy.path.ensure_ext(bpy.path.abspath(self.filepath), ".glb")
+        obj = context.active_object
+        if obj.mode == "EDIT":
+            obj.update_from_editmode()
+        selected = [o for o in context.view_layer.objects if o.select_get()]
+        try:
+            for other in selected:
+                other.select_set(False)
+            obj.select_set(True)
+            # The exporter converts Blender's Z-up to glTF's Y-up and applies the modifiers.
+            bpy.ops.export_scene.gltf(filepath=path, export_format="GLB", use_selection=True,
+                                      export_apply=True)
+        finally:
+            obj.select_set(False)
+            for other in selected:
+                other.select_set(True)
+        self.report({"INFO"}, f"Saved {path}")
+        return {"FINISHED"}
+
+
 class DREAMPOLISH_OT_report(bpy.types.Operator):
     """Show a failure in the status bar and the Info log"""
 
@@ -660,6 +711,7 @@ classes = (
     DREAMPOLISH_OT_resume,
     DREAMPOLISH_OT_import_result,
     DREAMPOLISH_OT_bake_to_material,
+    DREAMPOLISH_OT_export_glb,
     DREAMPOLISH_OT_report,
     DREAMPOLISH_OT_randomize_seed,
     DREAMPOLISH_OT_reimport,

@@ -92,6 +92,7 @@ class DREAMPOLISH_PT_refine(_DreamPolishPanel, bpy.types.Panel):
         layout.prop(s, "refine_mode", expand=True)
         layout.operator("dreampolish.refine_selected", icon="MODIFIER")
         layout.operator("dreampolish.bake_to_material", icon="MATERIAL")
+        layout.operator("dreampolish.export_glb", icon="EXPORT")
 
 
 class DREAMPOLISH_PT_job(_DreamPolishPanel, bpy.types.Panel):

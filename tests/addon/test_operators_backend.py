@@ -337,3 +337,33 @@ def test_overall_progress_and_time_left_follow_the_measured_step_rate(addon, con
     assert 0.0 < rt.eta_s < 10.0
     pump(addon, lambda: rt.job_state == "done", what="the job to finish")
     assert rt.overall == 1.0 and rt.eta_s == 0.0
+
+
+def _glb_json(path) -> dict:
+    """The JSON chunk of a binary glTF (glTF 2.0 spec, "GLB File Format Specification")."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    magic, _version, _length = struct.unpack_from("<4sII", data, 0)
+    assert magic == b"glTF"
+    chunk_length, chunk_type = struct.unpack_from("<I4s", data, 12)
+    assert chunk_type == b"JSON"
+    return json.loads(data[20:20 + chunk_length])
+
+
+def test_export_glb_carries_the_artists_edits_and_the_texture(addon, connected, tmp_path):
+    job_id = _generate(addon)
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    (obj,) = _job_objects(job_id)
+    obj.data.vertices[0].co.z = 5.0  # an edit the backend never saw (Blender's +Z is glTF's +Y)
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    path = tmp_path / "result.glb"
+    assert bpy.ops.dreampolish.export_glb(filepath=str(path)) == {"FINISHED"}
+    gltf = _glb_json(path)
+    assert len(gltf["meshes"]) == 1
+    position = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"]]
+    assert position["max"][1] == pytest.approx(5.0)
+    material = gltf["materials"][gltf["meshes"][0]["primitives"][0]["material"]]
+    assert "baseColorTexture" in material["pbrMetallicRoughness"] and len(gltf["images"]) == 1
