@@ -101,7 +101,16 @@ def _on_welcome(rt, welcome: Welcome) -> None:
     if rt.job_id and rt.job_state in GOING_STATES:
         job_id, last_seq = rt.job_id, rt.last_seq
         bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+    cache = job_cache()
+    for item in rt.jobs:
+        if item.job_id != rt.job_id and item.state in GOING_STATES:
+            record = cache.load_record(item.job_id)
+            _attach_request(item.job_id, record.last_seq if record is not None else 0)
     bridge.request("list_jobs", lambda c: c.list_jobs())
+
+
+def _attach_request(job_id: str, last_seq: int) -> None:
+    bridge.request("attach", lambda c: c.attach(job_id, last_seq))
 
 
 def attach(rt, job_id: str) -> None:
@@ -110,8 +119,8 @@ def attach(rt, job_id: str) -> None:
     record = job_cache().load_record(job_id)
     _follow(rt, job_id, record.status if record is not None else "queued",
             target=record.target_object if record is not None else "")
-    rt.last_seq = last_seq = record.last_seq if record is not None else 0
-    bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+    rt.last_seq = record.last_seq if record is not None else 0
+    _attach_request(job_id, rt.last_seq)
     rt.message = f"Following job {job_id} again"
 
 
@@ -168,13 +177,50 @@ def _follow(rt, job_id: str, state: str, target: str = "") -> None:
     rt.paused_stage = ""
     rt.target_object = target
     record = job_cache().load_record(job_id)
+    for i in reversed(range(len(rt.jobs))):  # the list shows jobs still going
+        if rt.jobs[i].state in FINAL_EVENTS:
+            rt.jobs.remove(i)
+    item = _job_item(rt, job_id) or rt.jobs.add()
+    item.job_id, item.state, item.stage, item.progress, item.paused_stage = job_id, state, "", 0.0, ""
+    item.prompt = record.prompt if record is not None else ""
     _clocks[job_id] = JobClock(plan=list(record.plan) if record is not None and record.plan else [])
 
 
+def _job_item(rt, job_id: str):
+    return next((item for item in rt.jobs if item.job_id == job_id), None)
+
+
+def _update_item(item, msg) -> None:
+    kind = msg.TYPE
+    if kind == "progress":
+        item.state, item.stage = "running", msg.stage
+        item.progress = min(1.0, msg.step / msg.total) if msg.total else 0.0
+    elif kind == "paused":
+        item.state, item.paused_stage = "paused", msg.stage
+    elif kind == "resumed":
+        item.state, item.paused_stage = "running", ""
+    elif kind in FINAL_EVENTS:
+        item.state, item.paused_stage = kind, ""
+
+
+def _on_other_job(rt, msg) -> None:
+    """An event of a followed job other than the one shown in full: its stages still land in its
+    own objects, and its end is recorded."""
+    if msg.TYPE == "stage_result":
+        _on_stage_result(rt, msg, follow=False)
+    elif msg.TYPE in FINAL_EVENTS:
+        job_cache().update_record(msg.job_id, status=msg.TYPE)
+        refresh_history(rt)
+
+
 def _on_message(rt, msg) -> None:
+    item = _job_item(rt, msg.job_id) if msg.job_id else None
+    if item is not None:
+        _update_item(item, msg)
     if msg.job_id and msg.job_id != rt.job_id:
-        # An event of a job this window no longer follows (e.g. after a new submit).
-        return
+        if item is not None:
+            _on_other_job(rt, msg)
+        return  # else: an event of a job this window does not follow
     if getattr(msg, "IS_EVENT", False):
         rt.last_seq = max(rt.last_seq, msg.seq)
     kind = msg.TYPE
@@ -265,9 +311,9 @@ def _mark_exported(cache: JobCache, job_id: str) -> None:
 
 def _on_stage_result(rt, msg: StageResult, follow: bool) -> None:
     cache = job_cache()
+    cache.update_record(msg.job_id, status="running", last_seq=msg.seq)
     if follow:
         rt.stage = msg.stage
-        cache.update_record(msg.job_id, status="running", last_seq=msg.seq)
     if _repeats_texture(cache, msg):
         _mark_exported(cache, msg.job_id)
         return

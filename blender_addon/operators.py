@@ -24,18 +24,11 @@ log = logging.getLogger(__name__)
 
 JOB_PROP = materials.JOB_PROP
 STAGE_PROP = job_events.STAGE_PROP
-ACTIVE_STATES = ("submitting", "queued", "running", "paused")
 
 _backend_process: subprocess.Popen | None = None
 
 
 # --- shared checks ---------------------------------------------------------------------------------
-
-
-def _job_active(context) -> bool:
-    """A job of the current connection is still going (a job left from a closed connection is not
-    followed any more and does not block a new one)."""
-    return context.window_manager.dreampolish.job_state in ACTIVE_STATES and bridge.is_connected()
 
 
 def _settings(context) -> bridge.ConnectionSettings:
@@ -218,8 +211,8 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
         if not context.scene.dreampolish.prompt.strip():
             cls.poll_message_set("Write a prompt first")
             return False
-        if _job_active(context):
-            cls.poll_message_set("A job is running: cancel it or wait for it to finish")
+        if context.window_manager.dreampolish.job_state == "submitting":
+            cls.poll_message_set("Sending the last job: wait for the backend's answer")
             return False
         return True
 
@@ -251,8 +244,8 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
         if obj.type != "MESH":
             cls.poll_message_set(f"{obj.name!r} is a {obj.type.lower()}, not a mesh")
             return False
-        if _job_active(context):
-            cls.poll_message_set("A job is running: cancel it or wait for it to finish")
+        if context.window_manager.dreampolish.job_state == "submitting":
+            cls.poll_message_set("Sending the last job: wait for the backend's answer")
             return False
         try:
             stage_plan(context.scene.dreampolish.refine_mode, context.scene.dreampolish.run_until)

@@ -119,6 +119,13 @@ class DREAMPOLISH_PT_job(_DreamPolishPanel, bpy.types.Panel):
         row.operator("dreampolish.cancel", icon="CANCEL")
         if rt.preview is not None:
             layout.template_icon(icon_value=layout.icon(rt.preview), scale=8.0)
+        others = [item for item in rt.jobs if item.job_id != rt.job_id]
+        if others:
+            col = layout.column(align=True)
+            col.label(text="Other jobs")
+            for item in others:
+                text = f"{item.prompt or item.job_id}: {item.state}" + (f" ({item.stage})" if item.stage else "")
+                col.progress(factor=item.progress, type="BAR", text=text)
 
 
 class DREAMPOLISH_UL_history(bpy.types.UIList):

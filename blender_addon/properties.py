@@ -139,6 +139,17 @@ class DreamPolishHistoryItem(bpy.types.PropertyGroup):
     last_stage: StringProperty(name="Last Stage", description="Latest stage result received")
 
 
+class DreamPolishJobItem(bpy.types.PropertyGroup):
+    """One job this window follows (the panel's job list)."""
+
+    job_id: StringProperty(name="Job")
+    prompt: StringProperty(name="Prompt")
+    state: StringProperty(name="State")
+    stage: StringProperty(name="Stage")
+    progress: FloatProperty(name="Stage Progress", subtype="FACTOR", min=0.0, max=1.0)
+    paused_stage: StringProperty(name="Paused After")
+
+
 class DreamPolishRuntime(bpy.types.PropertyGroup):
     """Connection and job state; lives on the window manager, so it is never saved in a .blend."""
 
@@ -170,12 +181,13 @@ class DreamPolishRuntime(bpy.types.PropertyGroup):
     target_object: StringProperty(
         name="Target", description="Object that receives this job's results (texture-only refine)")
     preview: PointerProperty(name="Preview", type=bpy.types.Image)
+    jobs: CollectionProperty(type=DreamPolishJobItem, description="Jobs followed; the latest one is shown in full")
     history: CollectionProperty(type=DreamPolishHistoryItem)
     history_index: IntProperty(name="History Index", default=0)
     backend_running: BoolProperty(name="Local Backend Running", default=False)
 
 
-classes = (DreamPolishSceneSettings, DreamPolishHistoryItem, DreamPolishRuntime)
+classes = (DreamPolishSceneSettings, DreamPolishHistoryItem, DreamPolishJobItem, DreamPolishRuntime)
 
 
 def register_properties() -> None:

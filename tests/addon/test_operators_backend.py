@@ -367,3 +367,19 @@ def test_export_glb_carries_the_artists_edits_and_the_texture(addon, connected, 
     assert position["max"][1] == pytest.approx(5.0)
     material = gltf["materials"][gltf["meshes"][0]["primitives"][0]["material"]]
     assert "baseColorTexture" in material["pbrMetallicRoughness"] and len(gltf["images"]) == 1
+
+
+def test_several_jobs_at_once_each_follow_their_own_object(addon, connected):
+    first = _generate(addon, "a first octahedron", overrides="test.steps=5, test.step_s=0.1")
+    assert bpy.ops.dreampolish.generate.poll(), "a running job does not block the next one"
+    second = _generate(addon, "a second octahedron", overrides="test.steps=2")
+    rt = _rt()
+    listed = {item.job_id: item.state for item in rt.jobs}
+    assert set(listed) >= {first, second} and all(listed[j] in ("queued", "running") for j in (first, second))
+    pump(addon, lambda: all(item.state == "done" for item in rt.jobs if item.job_id in (first, second)),
+         timeout_s=60, what="both jobs to finish")
+    for job_id, prompt in ((first, "a first octahedron"), (second, "a second octahedron")):
+        (obj,) = _job_objects(job_id)
+        assert obj["dreampolish_stage"] == "texture" and obj.name.startswith(prompt)
+    history = {item.job_id: item.status for item in rt.history}
+    assert history[first] == history[second] == "done"
