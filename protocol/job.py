@@ -70,7 +70,7 @@ def parse_option(item: str) -> tuple[str, OptionValue]:
 
 
 def parse_options(text: str) -> dict[str, OptionValue]:
-    """"nerf.steps=500, texture.objective=dsd" -> {"nerf.steps": 500, "texture.objective": "dsd"}."""
+    """"nerf.steps=500, texture.guidance.objective=dsd" -> {"nerf.steps": 500, "texture.guidance.objective": "dsd"}."""
     return dict(parse_option(part) for part in text.split(",") if part.strip())
 
 
