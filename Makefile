@@ -63,7 +63,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 test-backend: venv
-	$(VENV)/bin/python -m pytest tests/protocol tests/backend -q
+	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/test_*.py -q
 
 # The add-on's tests, inside Blender 5.0 and, where its environment exists, Blender 5.3.
 define ADDON_TESTS
@@ -76,7 +76,7 @@ test-addon: venv venv-blender venv-blender313 addon
 	$(ADDON_TESTS)
 
 test: venv venv-blender venv-blender313 addon lint
-	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e -q
+	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e tests/test_*.py -q
 	$(ADDON_TESTS)
 
 demo: venv venv-blender addon

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_stages.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "gpu_stages.py"
 MEASURED = ("nerf", "neus", "dmtet", "polish", "texture")
 ALL_STAGES = ("reference", *MEASURED, "export")
 DRAFT_STEPS = {"nerf": 1200, "neus": 1000, "dmtet": 1000, "polish": 150, "texture": 1000}

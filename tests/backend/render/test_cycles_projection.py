@@ -24,7 +24,7 @@ from dreampolish.backend.render.cameras import camera_from_blender
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BLENDER_PYTHON = REPO / ".venv-blender" / "bin" / "python"
 
 pytestmark = pytest.mark.skipif(
