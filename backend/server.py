@@ -32,7 +32,7 @@ from dreampolish.protocol.limits import LIMITS
 from .executor import Executor, LocalExecutor
 from .jobs import JobManager, JobStore
 from .pipeline_api import Pipeline
-from .security import CurveKeys, check_bind_allowed
+from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed, start_authenticator
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,13 @@ class ServerConfig:
     """Preset announced as the default; None = the pipeline's first preset."""
     curve_keys: CurveKeys | None = None
     """Server CURVE key pair; required for a non-loopback bind."""
+    curve_clients: Path | None = None
+    """Folder of the client public keys served (NAME.key files, re-read when it changes); None with
+    CURVE serves any client key (allowed off loopback only with allow_any_client)."""
+    curve_admins: Path | None = None
+    """Folder of admin public keys: served, and they see and cancel every client's jobs."""
+    allow_any_client: bool = False
+    """Serve any client key off loopback (said in so many words: serve --allow-any-client)."""
     peer_send_hwm: int = 1000
     """Messages queued per client before further sends to it are deferred (then caught up from the store)."""
     publish_hwm: int = 100_000
@@ -145,6 +152,15 @@ class _Subscriptions:
                 del self.by_job[job_id]
 
 
+@dataclass(frozen=True)
+class Caller:
+    """The client a request came from: its key (ZAP User-Id) and whether it is an admin."""
+
+    user: str = ""
+    """The client's Z85 public key; "" without CURVE (one user: loopback, as before keys)."""
+    admin: bool = False
+
+
 class BackendServer:
     """Serves one endpoint. serve_forever() in the calling thread, or start()/stop() for a background thread."""
 
@@ -156,7 +172,17 @@ class BackendServer:
         store: JobStore | None = None,
     ):
         """store: the job store (default: a JobStore on config.store_dir)."""
-        check_bind_allowed(config.bind, config.curve_keys)
+        check_bind_allowed(
+            config.bind, config.curve_keys, config.curve_clients or config.curve_admins, config.allow_any_client
+        )
+        if (config.curve_clients or config.curve_admins) and config.curve_keys is None:
+            raise ValueError("--curve-clients and --curve-admins need CURVE (--curve-secret-key)")
+        self.access = ClientAccess(
+            clients=KeyFolder(config.curve_clients) if config.curve_clients else None,
+            admins=KeyFolder(config.curve_admins) if config.curve_admins else None,
+            allow_any=config.curve_clients is None and config.curve_admins is None,
+        )
+        self._authenticator: object | None = None
         self.config = config
         self.executor = executor or LocalExecutor(config.devices)
         pipelines = {device: pipeline_factory() for device in self.executor.devices}
@@ -232,6 +258,8 @@ class BackendServer:
             self.manager.stop()
             router.close(linger=0)
             pull.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()  # type: ignore[attr-defined]
             with self._push_lock:
                 for s in self._push_sockets:
                     s.close(linger=0)
@@ -247,6 +275,8 @@ class BackendServer:
         # The transport drops a peer that sends more than this, before any of it is buffered.
         router.setsockopt(zmq.MAXMSGSIZE, LIMITS.max_message_bytes)
         if self.config.curve_keys is not None:
+            if self._authenticator is None:
+                self._authenticator = start_authenticator(self.zmq, self.access)
             router.curve_server = True
             router.curve_publickey = self.config.curve_keys.public
             router.curve_secretkey = self.config.curve_keys.secret
@@ -383,7 +413,7 @@ class BackendServer:
                 raise DecodeError("empty message")
             request_id = codec.peek_message_id(body)
             msg = codec.decode(body)
-            self._dispatch(router, peer, msg, body)
+            self._dispatch(router, peer, self._caller(body[0]), msg, body)
         except VersionMismatch as exc:
             log.warning("refused a client: %s", exc)
             self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
@@ -398,11 +428,24 @@ class BackendServer:
                 m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id),
             )
 
+    def _caller(self, frame: zmq.Frame) -> Caller:
+        """Who sent frame: with CURVE, ZAP's User-Id (the client's Z85 public key); else the one user."""
+        if self.config.curve_keys is None:
+            return Caller()
+        try:
+            user = frame.get("User-Id")
+        except (zmq.ZMQError, AttributeError):
+            user = ""
+        user = user.decode() if isinstance(user, bytes) else str(user or "")
+        return Caller(user=user, admin=self.access.is_admin(user))
+
     def _reply(self, router: zmq.Socket, peer: bytes, msg: m.Message) -> None:
         if self._send(router, peer, codec.encode(msg)) is False:
             log.warning("reply %s to %s dropped: the client is not reading", msg.TYPE, peer.hex())
 
-    def _dispatch(self, router: zmq.Socket, peer: bytes, msg: m.Message, frames: list[zmq.Frame]) -> None:
+    def _dispatch(
+        self, router: zmq.Socket, peer: bytes, caller: Caller, msg: m.Message, frames: list[zmq.Frame]
+    ) -> None:
         re = msg.msg_id
         if isinstance(msg, m.Hello):
             log.info("hello from %s (%s)", peer.hex(), msg.client or "unnamed client")

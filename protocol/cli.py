@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-key", default=None, help="the backend's CURVE public key (Z85 text or .key file)"
     )
     common.add_argument(
+        "--client-key",
+        default=os.environ.get("DREAMPOLISH_CLIENT_KEY"),
+        help="this client's CURVE key pair: the NAME.key_secret file from `dreampolish keys` "
+        "(default $DREAMPOLISH_CLIENT_KEY)",
+    )
+    common.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)"
     )
     common.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
@@ -71,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     gen.set_defaults(run=cmd_generate)
 
+    keys = sub.add_parser("keys", help="create this client's CURVE key pair (NAME.key, NAME.key_secret)")
+    keys.add_argument("--out", type=Path, required=True, help="folder to write the key files into")
+    keys.add_argument("--name", default="client", help="file name stem (default: client)")
+    keys.set_defaults(run=cmd_keys)
+
     jobs = sub.add_parser("jobs", parents=[common], help="list the backend's jobs")
     jobs.set_defaults(run=cmd_jobs)
 
@@ -93,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(args: argparse.Namespace) -> BackendClient:
-    client = BackendClient(args.backend, server_public_key=args.server_key, timeout_s=args.timeout)
+    client = BackendClient(
+        args.backend, server_public_key=args.server_key, timeout_s=args.timeout, client_key=args.client_key
+    )
     client.connect()
     return client
 
@@ -173,6 +186,27 @@ def _follow(client: BackendClient, job_id: str, out: Path) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    name = args.name
+    if not name or name in (".", "..") or not all(c.isalnum() or c in "-_." for c in name):
+        print(f"error: key name {name!r} must be a plain file name", file=sys.stderr)
+        return 2
+    public_file, secret_file = args.out / f"{name}.key", args.out / f"{name}.key_secret"
+    if public_file.exists() or secret_file.exists():
+        print(f"error: {public_file} or {secret_file} exists; not overwritten", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    zmq.auth.create_certificates(str(args.out), name)
+    os.chmod(secret_file, 0o600)  # the secret must not be readable by other users of the machine
+    public, _ = zmq.auth.load_certificate(str(public_file))
+    print(f"secret key file (pass it as --client-key): {secret_file}")
+    print(f"public key file (give it to the backend's administrator): {public_file}")
+    print(f"client public key: {public.decode('ascii')}")
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         jobs = client.list_jobs()
@@ -213,7 +247,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
         return int(args.run(args))

@@ -64,6 +64,7 @@ from .scene import MeshPayload
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AccessRefused",
     "BackendClient",
     "BackendUnreachable",
     "ClientError",
@@ -72,8 +73,15 @@ __all__ = [
     "RequestRejected",
     "UnknownJobError",
     "VersionMismatch",
+    "load_client_key",
     "load_server_public_key",
 ]
+
+# ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH (zmq.h): one side speaks CURVE, the other does not.
+_MECHANISM_MISMATCH = 0x11000002
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+)
 
 
 class ClientError(Exception):
@@ -82,6 +90,11 @@ class ClientError(Exception):
 
 class BackendUnreachable(ClientError):
     """No answer from the backend: not running, wrong address, network down, or wrong CURVE server key."""
+
+
+class AccessRefused(BackendUnreachable):
+    """The backend refused the connection itself: it does not know this client's key, or the client
+    and the backend disagree on CURVE. The message is one line that says which."""
 
 
 class RequestRejected(ClientError):
@@ -128,6 +141,22 @@ def load_server_public_key(value: str | bytes | Path) -> bytes:
     raise ClientError("the server key must be 40 Z85 characters or the path of a .key file")
 
 
+def load_client_key(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) Z85 keys from a NAME.key_secret certificate (`dreampolish keys`)."""
+    import zmq.auth
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ClientError(f"client key file {file} does not exist")
+    try:
+        public, secret = zmq.auth.load_certificate(str(file))
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"{file} is not a ZeroMQ certificate: {exc}") from exc
+    if not secret:
+        raise ClientError(f"{file} holds no secret key; pass the .key_secret file, not the .key file")
+    return public, secret
+
+
 class BackendClient:
     def __init__(
         self,
@@ -138,9 +167,18 @@ class BackendClient:
         dead_after_s: float = 4.0,
         client_name: str = "dreampolish-client",
         context: zmq.Context | None = None,
+        client_key: str | Path | tuple[bytes, bytes] | None = None,
     ):
+        """client_key: this client's CURVE key pair, a .key_secret file or (public, secret); without
+        one a CURVE client makes a pair for this connection only (served only by a backend that
+        serves any client key)."""
         self.address = address
         self.server_public_key = load_server_public_key(server_public_key) if server_public_key else None
+        if client_key is None or isinstance(client_key, tuple):
+            self.client_key = client_key
+        else:
+            self.client_key = load_client_key(client_key)
+        self._monitor: zmq.Socket | None = None
         self.timeout_s = timeout_s
         """Longest wait for the reply to a request."""
         self.heartbeat_s = heartbeat_s
@@ -168,10 +206,14 @@ class BackendClient:
             sock = self._context.socket(zmq.DEALER)
             sock.linger = 0
             if self.server_public_key is not None:
-                public, secret = zmq.curve_keypair()
+                public, secret = self.client_key or zmq.curve_keypair()
                 sock.curve_serverkey = self.server_public_key
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret
+            # Handshake events tell a refused key from a dead backend, which both look like silence.
+            self._monitor = sock.get_monitor_socket(
+                _HANDSHAKE_EVENTS, f"inproc://dreampolish-client-monitor-{id(self)}-{time.monotonic_ns()}"
+            )
             sock.connect(self.address)
             self._socket = sock
         self._last_heard = time.monotonic()
@@ -193,8 +235,43 @@ class BackendClient:
 
     def close(self) -> None:
         if self._socket is not None:
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
+
+    @property
+    def public_key(self) -> str:
+        """This client's CURVE public key (Z85), or "" when it has no key pair of its own."""
+        return self.client_key[0].decode("ascii") if self.client_key else ""
+
+    def _check_handshake(self) -> None:
+        """Raise AccessRefused when the backend refused the handshake (ZAP 400 or mechanism mismatch)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        mon = self._monitor
+        while mon is not None and mon.poll(0):
+            event = recv_monitor_message(mon)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise AccessRefused(self._refusal_line())
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MECHANISM_MISMATCH:
+                if self.server_public_key is None:
+                    raise AccessRefused(
+                        f"the backend at {self.address} uses CURVE encryption: set its server key"
+                    )
+                raise AccessRefused(
+                    f"the backend at {self.address} does not use CURVE encryption: clear the server key"
+                )
+
+    def _refusal_line(self) -> str:
+        if self.client_key is None:
+            return (
+                "this backend does not know your client key (this client has none of its own: "
+                "create one with `dreampolish keys` and pass --client-key)"
+            )
+        return f"this backend does not know your client key {self.public_key[:8]}"
 
     def __enter__(self) -> BackendClient:
         return self
@@ -344,6 +421,7 @@ class BackendClient:
         Drives the heartbeat and raises BackendUnreachable."""
         sock = self._require_socket()
         while True:
+            self._check_handshake()
             now = time.monotonic()
             if self._silent_since is not None and now - self._silent_since > self.dead_after_s:
                 raise BackendUnreachable(
@@ -355,7 +433,7 @@ class BackendClient:
                 self._send(m.Ping())
             # At or past the deadline the socket is still checked once, without waiting (poll(0.0)).
             wait_ms = max(0, int(min(deadline - now, self.heartbeat_s / 2) * 1000))
-            if not sock.poll(wait_ms, zmq.POLLIN):
+            if not self._wait_readable(sock, wait_ms):
                 if time.monotonic() >= deadline:
                     return None
                 continue
@@ -382,6 +460,15 @@ class BackendClient:
                 return msg
             if isinstance(msg, m.Error):
                 log.warning("backend error: %s (%s)", msg.message, msg.code)
+
+    def _wait_readable(self, sock: zmq.Socket, wait_ms: int) -> bool:
+        """Wait for a message, waking early for a handshake event (checked by the caller's loop)."""
+        if self._monitor is None:
+            return bool(sock.poll(wait_ms, zmq.POLLIN))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        return sock in dict(poller.poll(wait_ms))
 
     def _accept_event(self, msg: m.Message) -> bool:
         """Exactly-once, in-order delivery per job: drop duplicates, repair gaps by re-attaching."""

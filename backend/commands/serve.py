@@ -40,6 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="the server's CURVE secret key file (from `dreampolish-backend keys`); required off loopback",
     )
+    p.add_argument(
+        "--curve-clients",
+        type=Path,
+        default=None,
+        help="folder of the client public keys (NAME.key) this backend serves; re-read when it changes. "
+        "Required off loopback unless --allow-any-client",
+    )
+    p.add_argument(
+        "--curve-admins",
+        type=Path,
+        default=None,
+        help="folder of admin public keys: served, and they may see and cancel every client's jobs",
+    )
+    p.add_argument(
+        "--allow-any-client",
+        action="store_true",
+        help="serve every client that holds the server key, off loopback too (no allow-list)",
+    )
     p.set_defaults(run=run)
 
 
@@ -49,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         keys = load_server_keys(args.curve_secret_key) if args.curve_secret_key else None
         # Before anything slow (torch, the pipeline's models): a refused bind is answered at once.
-        check_bind_allowed(args.bind, keys)
+        check_bind_allowed(args.bind, keys, args.curve_clients or args.curve_admins, args.allow_any_client)
     except InsecureBindRefused as exc:
         log.error("%s", exc)
         return 2
@@ -66,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             devices=resolve_devices(args.device),
             default_preset=args.preset,
             curve_keys=keys,
+            curve_clients=args.curve_clients,
+            curve_admins=args.curve_admins,
+            allow_any_client=args.allow_any_client,
         )
         factory = load_pipeline_factory(args.pipeline)
         server = BackendServer(config, factory)
