@@ -2,16 +2,18 @@
 
 The job system hands job ids to an Executor, which calls back
 `run_job(job_id, device)` wherever it decides to run it. LocalExecutor runs one
-worker thread per local device, each taking the oldest queued job. A
+worker thread per local device, each taking the next job of a FairQueue: jobs
+from different clients interleave (round robin between clients, first come first
+served within one), so one client's twenty jobs do not hold back another's one. A
 distributed executor (e.g. Ray actors, one per remote GPU) implements the same
-four methods, so one backend address can front many GPUs without changing the
-server or the job store.
+four methods and takes its jobs from a FairQueue too, so one backend address can
+front many GPUs without changing the server or the job store.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -28,9 +30,10 @@ class Executor(Protocol):
 
     def start(self, run_job: RunJob) -> None: ...
 
-    def enqueue(self, job_id: str) -> int:
-        """Queue a job; returns its queue position: how many jobs are ahead of it (queued or running)
-        when no worker is free for it, 0 when it starts at once."""
+    def enqueue(self, job_id: str, client: str = "") -> int:
+        """Queue a job of `client` (its key; "" = the one user); returns its queue position: how many
+        jobs are ahead of it (queued or running) when no worker is free for it, 0 when it starts at
+        once. Jobs are taken round robin between clients (FairQueue)."""
         ...
 
     def pending(self) -> int:
@@ -42,17 +45,73 @@ class Executor(Protocol):
         ...
 
 
-_STOP = object()
+class FairQueue:
+    """Job ids per client, taken round robin between clients and in order within one. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._by_client: dict[str, collections.deque[str]] = {}
+        self._turns: collections.deque[str] = collections.deque()
+        """Clients with queued jobs, the one whose turn is next first."""
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, job_id: str, client: str = "") -> int:
+        """Queue job_id; returns how many queued jobs will be taken before it."""
+        with self._cond:
+            jobs = self._by_client.get(client)
+            if jobs is None:
+                jobs = self._by_client[client] = collections.deque()
+                self._turns.append(client)
+            rounds = len(jobs)  # it is taken in this round of the rotation (0 = the next)
+            ahead = rounds
+            before = True
+            for other in self._turns:
+                if other == client:
+                    before = False
+                    continue
+                ahead += min(len(self._by_client[other]), rounds + 1 if before else rounds)
+            jobs.append(job_id)
+            self._cond.notify()
+            return ahead
+
+    def get(self) -> str | None:
+        """The next job (waits for one); None once closed."""
+        with self._cond:
+            while not self._turns and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            client = self._turns.popleft()
+            jobs = self._by_client[client]
+            job_id = jobs.popleft()
+            if jobs:
+                self._turns.append(client)  # its next job waits for every other client's turn
+            else:
+                del self._by_client[client]
+            return job_id
+
+    def __len__(self) -> int:
+        with self._cond:
+            return sum(len(j) for j in self._by_client.values())
+
+    def close(self) -> None:
+        """Drop every queued job (they stay "queued" in the store) and wake every waiting get()."""
+        with self._cond:
+            self._closed = True
+            self._by_client.clear()
+            self._turns.clear()
+            self._cond.notify_all()
+
 
 
 class LocalExecutor:
-    """One worker thread per device; a FIFO queue shared by all of them."""
+    """One worker thread per device; a FairQueue shared by all of them."""
 
     def __init__(self, devices: Sequence[str]) -> None:
         if not devices:
             raise ValueError("LocalExecutor needs at least one device")
         self.devices = tuple(devices)
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._queue = FairQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0
         """Workers running a job now."""
@@ -69,7 +128,7 @@ class LocalExecutor:
     def _work(self, device: str, run_job: RunJob) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
             with self._count_lock:
                 self._busy += 1
@@ -81,24 +140,17 @@ class LocalExecutor:
                 with self._count_lock:
                     self._busy -= 1
 
-    def enqueue(self, job_id: str) -> int:
+    def enqueue(self, job_id: str, client: str = "") -> int:
         with self._count_lock:
-            ahead = self._queue.qsize() + self._busy
-            self._queue.put(job_id)
+            ahead = self._queue.put(job_id, client) + self._busy
         return ahead if ahead >= len(self.devices) else 0
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         # Drop queued jobs (they stay "queued" in the store and run after a restart).
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
-        for _ in self._threads:
-            self._queue.put(_STOP)
+        self._queue.close()
         for t in self._threads:
             t.join(timeout_s)
             if t.is_alive():

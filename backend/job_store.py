@@ -4,6 +4,7 @@ Layout (job ids never come from the wire as paths):
 
     STORE/<job_id>/state.json             state, prompt, mode, preset, error, seq mark (rewritten atomically)
     STORE/<job_id>/spec.msg               the submit message as received (one record)
+    STORE/<job_id>/owner                  the Z85 public key of the client that submitted it (CURVE only)
     STORE/<job_id>/events.log             every event as one record each, appended
     STORE/<job_id>/results/<i>-<stage>.msg  each stage result (one record), written before its event
     STORE/<job_id>/resume.msg             the pending resume message (edited mesh), until the job runs
@@ -201,6 +202,8 @@ class Job:
     spec: JobSpec
     folder: Path
     state: str = "queued"
+    owner: str = ""
+    """The submitting client's key (ZAP User-Id); "" without CURVE (the one user)."""
     created_unix: float = field(default_factory=time.time)
     error: str = ""
     error_code: str = ""
@@ -310,8 +313,8 @@ class JobStore:
 
     # jobs ------------------------------------------------------------------------------------------
 
-    def create(self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview]) -> Job:
-        """A new job folder with its spec and state, both durable; nothing is left behind on failure."""
+    def create(self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview], owner: str = "") -> Job:
+        """A new job folder with its spec, owner and state, all durable; nothing is left behind on failure."""
         job_id = new_job_id()
         folder = self.root / job_id
         try:
@@ -320,8 +323,11 @@ class JobStore:
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise store_error(exc, "a new job folder") from exc
-        job = Job(job_id=job_id, spec=spec, folder=folder, seq_mark=SEQ_STEP)
+        job = Job(job_id=job_id, spec=spec, folder=folder, seq_mark=SEQ_STEP, owner=owner)
         try:
+            if owner:
+                # Its own file, so that a damaged state.json never hands the job to another client.
+                self._write_file(folder / "owner", owner.encode("ascii"), "the job's owner")
             self._write_file(folder / "spec.msg", record(submit_frames), "the job's spec")
             self.save_state(job)
         except StoreError:
@@ -341,6 +347,7 @@ class JobStore:
             "prompt": job.spec.prompt,
             "mode": job.spec.mode,
             "preset": job.spec.preset,
+            "owner": job.owner,
             "last_seq": job.last_seq,
             "seq_mark": max(job.seq_mark, job.last_seq),
             "damage": job.damage,
@@ -384,10 +391,23 @@ class JobStore:
         except OSError as exc:
             log.warning("job %s: cannot remove resume.msg: %s", job.job_id, exc)
 
+    def delete(self, job: Job) -> None:
+        """Remove a job's folder: first renamed out of the store (one atomic step, so a crash never
+        leaves half a job to load), then removed; a leftover is removed at the next start."""
+        trash = self.root / f".deleted-{job.job_id}"
+        try:
+            os.replace(job.folder, trash)
+        except OSError as exc:
+            raise store_error(exc, f"the folder of job {job.job_id}") from exc
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def load_all(self) -> list[Job]:
         """Every job folder, each repaired as far as it can be; one job's files never stop the others."""
         jobs = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for trash in self.root.glob(".deleted-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if not any((folder / name).exists() for name in ("state.json", "spec.msg", "events.log")):
                 log.warning("skipping %s: not a job folder", folder)
                 continue
@@ -487,6 +507,7 @@ _STATE_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("prompt", str),
     ("mode", str),
     ("preset", str),
+    ("owner", str),
     ("last_seq", int),
     ("seq_mark", int),
 )
@@ -521,6 +542,19 @@ def read_state(folder: Path) -> tuple[dict[str, object] | None, str]:
     damage = raw.get("damage")
     clean["damage"] = [str(d) for d in damage] if isinstance(damage, list) else []
     return clean, ""
+
+
+def read_owner(folder: Path, from_state: str) -> str:
+    """The owner file's key; state.json's copy when the file is missing. A job whose owner is lost
+    belongs to no client key: only an admin (or a backend without CURVE) may touch it."""
+    try:
+        text = (folder / "owner").read_bytes().decode("ascii").strip()
+    except FileNotFoundError:
+        return from_state
+    except (OSError, UnicodeDecodeError):
+        return ""
+    # A Z85 CURVE public key is 40 characters (zmq.auth certificates).
+    return text if len(text) == 40 else ""
 
 
 def read_spec(folder: Path) -> tuple[JobSpec | None, str]:
@@ -619,6 +653,7 @@ class JobLoader:
                 preset=str(fields.get("preset", "")),
             )
         job = Job(job_id=self.folder.name, spec=spec, folder=self.folder)
+        job.owner = read_owner(self.folder, str(fields.get("owner", "")))
         job.created_unix = float(fields.get("created_unix", self._folder_time()))  # type: ignore[arg-type]
         job.error = str(fields.get("error", ""))
         job.error_code = str(fields.get("error_code", ""))

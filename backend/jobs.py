@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
@@ -41,8 +43,49 @@ class BadJobState(ProtocolError):
     code = "bad_state"
 
 
+class NotYourJob(ProtocolError):
+    """The job belongs to another client key (only its owner or an admin may touch it)."""
+
+    code = "not_your_job"
+
+
+class QueueFull(ProtocolError):
+    """The client's queue, or the backend's, holds as many queued jobs as it may; nothing was lost."""
+
+    code = "queue_full"
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """Queued (not yet running) jobs a backend takes: per client key and overall (announced in welcome)."""
+
+    per_client: int = 100
+    total: int = 1000
+
+
+LISTING_PAGE = 200
+"""Most jobs in one job_list page: with prompt and error cut to LISTING_TEXT_CHARS (4 bytes a character
+at worst in UTF-8), 200 rows stay under half of max_header_bytes (1 MiB)."""
+LISTING_TEXT_CHARS = 200
+
+
 class JobInterrupted(JobCancelled):
     """Raised by check_cancel when the backend shuts down: the job stays resumable, it is not cancelled."""
+
+
+def _parse_page_token(token: str) -> tuple[float, str]:
+    """list_jobs' page token "CREATED/JOB_ID" (from the previous job_list) -> its sort key."""
+    if not token:
+        return (float("-inf"), "")
+    created, sep, job_id = token.partition("/")
+    try:
+        return (float(created), job_id) if sep else _bad_token(token)
+    except ValueError:
+        return _bad_token(token)
+
+
+def _bad_token(token: str) -> tuple[float, str]:
+    raise ValidationError(f"list_jobs: page {token[:80]!r} is not a page token from a job_list reply")
 
 
 # --- running jobs --------------------------------------------------------------------------------
@@ -131,8 +174,10 @@ class JobManager:
         executor: Executor,
         pipelines: dict[str, Pipeline],
         publish: Publish,
+        limits: QueueLimits | None = None,
     ) -> None:
         """pipelines: one Pipeline per executor device (pipelines[device] runs that device's jobs)."""
+        self.limits = limits or QueueLimits()
         self.store = store
         self.executor = executor
         self.pipelines = pipelines
@@ -166,7 +211,7 @@ class JobManager:
                         self.emit(job, m.Resumed(with_edited_mesh=False))
                     except StoreError as exc:
                         log.warning("job %s: resumed event not stored: %s", job.job_id, exc)
-                self.executor.enqueue(job.job_id)
+                self.executor.enqueue(job.job_id, job.owner)
         log.info("job store %s: %d jobs", self.store.root, len(self.jobs))
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -190,14 +235,41 @@ class JobManager:
             raise UnknownJob(f"no job {job_id!r} on this backend")
         return job
 
-    def submit(self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview]) -> tuple[Job, int]:
-        """Check the spec with the pipeline (raises ValidationError), store it and queue it (raises
-        DiskFull when it cannot be stored: nothing is left behind)."""
+    def owned(self, job_id: str, user: str, admin: bool = False) -> Job:
+        """The job, when `user` may touch it: its owner, or an admin. Raises UnknownJob, NotYourJob."""
+        job = self.get(job_id)
+        if not admin and job.owner != user:
+            raise NotYourJob(
+                f"job {job_id} belongs to another client key; only its owner or an admin may use it"
+            )
+        return job
+
+    def check_queue(self, owner: str) -> None:
+        """Raise QueueFull when owner's queue or the backend's is full (before anything is stored)."""
+        with self._lock:
+            queued = [j.owner for j in self.jobs.values() if j.state == "queued"]
+        if len(queued) >= self.limits.total:
+            raise QueueFull(
+                f"the backend's queue is full ({self.limits.total} jobs waiting); submit again later"
+            )
+        mine = sum(1 for o in queued if o == owner)
+        if mine >= self.limits.per_client:
+            raise QueueFull(
+                f"you have {mine} jobs waiting, the most this backend queues per client; "
+                f"submit again when one has started, or cancel one"
+            )
+
+    def submit(
+        self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview], owner: str = ""
+    ) -> tuple[Job, int]:
+        """Check the spec with the pipeline (raises ValidationError) and the queue limits (QueueFull),
+        store it and queue it (raises DiskFull when it cannot be stored: nothing is left behind)."""
         self.checker.check(spec)
-        job = self.store.create(spec, submit_frames)
+        self.check_queue(owner)
+        job = self.store.create(spec, submit_frames, owner)
         with self._lock:
             self.jobs[job.job_id] = job
-        ahead = self.executor.enqueue(job.job_id)
+        ahead = self.executor.enqueue(job.job_id, owner)
         log.info("job %s queued (%d ahead): %r", job.job_id, ahead, spec.prompt[:80])
         return job, ahead
 
@@ -228,7 +300,7 @@ class JobManager:
             job.resume = ResumePoint(edited_mesh=mesh)
         self._save_state(job)
         self.emit(job, m.Resumed(with_edited_mesh=mesh is not None), final=True)
-        return self.executor.enqueue(job.job_id)
+        return self.executor.enqueue(job.job_id, job.owner)
 
     def attach(self, job_id: str, last_seq: int) -> bool:
         """Check an attach; True when events follow (False: the client has seen the whole finished job)."""
@@ -271,9 +343,53 @@ class JobManager:
         return job.state, results
 
     def list(self) -> list[m.JobInfo]:
+        """Every job, oldest first (the backend's own view; clients get list_page)."""
         with self._lock:
             jobs = sorted(self.jobs.values(), key=lambda j: (j.created_unix, j.job_id))
         return [j.info() for j in jobs]
+
+    def list_page(
+        self, user: str, admin: bool, after: str = "", limit: int = LISTING_PAGE
+    ) -> tuple[list[m.JobInfo], str]:
+        """One page of the jobs user may see, oldest first, after the page token `after`; returns the
+        rows (prompt and error cut to LISTING_TEXT_CHARS) and the next page's token ("" at the end)."""
+        start = _parse_page_token(after)
+        limit = max(1, min(limit or LISTING_PAGE, LISTING_PAGE))
+        with self._lock:
+            jobs = [j for j in self.jobs.values() if admin or j.owner == user]
+        keyed = sorted(((j.created_unix, j.job_id), j) for j in jobs if (j.created_unix, j.job_id) > start)
+        page = [j for _, j in keyed[:limit]]
+        rows = []
+        for j in page:
+            info = j.info()
+            info.prompt = info.prompt[:LISTING_TEXT_CHARS]
+            info.error = info.error[:LISTING_TEXT_CHARS]
+            rows.append(info)
+        more = len(keyed) > limit
+        return rows, (f"{page[-1].created_unix!r}/{page[-1].job_id}" if more else "")
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job and its folder (the caller checked ownership)."""
+        job = self.get(job_id)
+        with job.lock:
+            if job.state not in m.FINAL_STATES:
+                raise BadJobState(f"job {job_id} is {job.state}; only a finished job can be deleted (cancel it first)")
+            with self._lock:
+                self.jobs.pop(job_id, None)
+        self.store.delete(job)
+        log.info("job %s deleted", job_id)
+
+    def expire(self, older_than_s: float, now: float | None = None) -> int:
+        """Delete every finished job created more than older_than_s ago; returns how many."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        with self._lock:
+            old = [j.job_id for j in self.jobs.values() if j.state in m.FINAL_STATES and j.created_unix < cutoff]
+        for job_id in old:
+            try:
+                self.delete(job_id)
+            except (UnknownJob, BadJobState):
+                continue
+        return len(old)
 
     # events --------------------------------------------------------------------------------------
 

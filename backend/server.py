@@ -30,13 +30,15 @@ from dreampolish.protocol.errors import DecodeError, ProtocolError, VersionMisma
 from dreampolish.protocol.limits import LIMITS
 
 from .executor import Executor, LocalExecutor
-from .jobs import JobManager, JobStore
+from .jobs import JobManager, JobStore, QueueLimits
 from .pipeline_api import Pipeline
 from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed, start_authenticator
 
 log = logging.getLogger(__name__)
 
 PipelineFactory = Callable[[], Pipeline]
+EXPIRY_CHECK_S = 60.0
+"""How often the loop looks for expired jobs (serve --expire-after)."""
 
 
 class CannotBind(OSError):
@@ -115,6 +117,12 @@ class ServerConfig:
     """Folder of admin public keys: served, and they see and cancel every client's jobs."""
     allow_any_client: bool = False
     """Serve any client key off loopback (said in so many words: serve --allow-any-client)."""
+    max_queued_per_client: int = QueueLimits.per_client
+    """Queued (not yet running) jobs one client key may have; a submit past it gets queue_full."""
+    max_queued_total: int = QueueLimits.total
+    """Queued jobs of all clients together."""
+    expire_after_s: float | None = None
+    """Finished jobs submitted longer ago than this are deleted (checked every EXPIRY_CHECK_S); None keeps them."""
     peer_send_hwm: int = 1000
     """Messages queued per client before further sends to it are deferred (then caught up from the store)."""
     publish_hwm: int = 100_000
@@ -183,6 +191,10 @@ class BackendServer:
             allow_any=config.curve_clients is None and config.curve_admins is None,
         )
         self._authenticator: object | None = None
+        if config.max_queued_per_client < 1 or config.max_queued_total < 1:
+            raise ValueError("the queue limits must be at least 1")
+        if config.expire_after_s is not None and config.expire_after_s <= 0:
+            raise ValueError("--expire-after must be a positive number of days")
         self.config = config
         self.executor = executor or LocalExecutor(config.devices)
         pipelines = {device: pipeline_factory() for device in self.executor.devices}
@@ -199,9 +211,11 @@ class BackendServer:
         self._local = threading.local()
         self._push_sockets: list[zmq.Socket] = []
         self._push_lock = threading.Lock()
+        limits = QueueLimits(per_client=config.max_queued_per_client, total=config.max_queued_total)
         self.manager = JobManager(
-            store or JobStore(config.store_dir), self.executor, pipelines, self._publish
+            store or JobStore(config.store_dir), self.executor, pipelines, self._publish, limits
         )
+        self._next_expiry = 0.0
         self.endpoint: str = ""
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -325,6 +339,19 @@ class BackendServer:
                         break
                     self._forward(router, job_id.bytes.decode(), int(seq.bytes), frames)
             self._catch_up(router)
+            self._expire()
+
+    def _expire(self) -> None:
+        if self.config.expire_after_s is None or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + EXPIRY_CHECK_S
+        try:
+            n = self.manager.expire(self.config.expire_after_s)
+        except Exception:  # the loop outlives a store that cannot delete; tried again later
+            log.exception("expiring old jobs failed")
+            return
+        if n:
+            log.info("deleted %d finished jobs older than %.1f days", n, self.config.expire_after_s / 86400)
 
     # event delivery ------------------------------------------------------------------------------
 
@@ -449,23 +476,39 @@ class BackendServer:
         re = msg.msg_id
         if isinstance(msg, m.Hello):
             log.info("hello from %s (%s)", peer.hex(), msg.client or "unnamed client")
-            welcome = m.Welcome(
-                backend_version=backend_version(),
-                devices=list(self.executor.devices),
-                presets=self.presets,
-                default_preset=self.default_preset,
-                models=self.models,
-                limits=LIMITS.to_dict(),
-                re=re,
-            )
-            self._reply(router, peer, welcome)
+            self._reply(router, peer, self._welcome(re))
         elif isinstance(msg, m.Ping):
             self._reply(router, peer, m.Pong(re=re))
         elif isinstance(msg, m.Submit):
-            job, ahead = self.manager.submit(msg.spec, [f.buffer for f in frames])
+            job, ahead = self.manager.submit(msg.spec, [f.buffer for f in frames], caller.user)
             self._subs.add(job.job_id, peer, 0)
             self._reply(router, peer, m.Accepted(job_id=job.job_id, queue_position=ahead, re=re))
-        elif isinstance(msg, m.Cancel):
+        elif isinstance(msg, m.ListJobs):
+            jobs, next_page = self.manager.list_page(caller.user, caller.admin, msg.page, msg.limit)
+            self._reply(router, peer, m.JobList(jobs=jobs, next_page=next_page, re=re))
+        elif isinstance(msg, (m.Cancel, m.Resume, m.Attach, m.FetchResult, m.DeleteJob)):
+            # Every request naming a job: only its owner, or an admin, may use it.
+            self.manager.owned(msg.job_id, caller.user, caller.admin)
+            self._job_request(router, peer, msg)
+        else:
+            raise DecodeError(f"{msg.TYPE} is a backend message; clients cannot send it")
+
+    def _welcome(self, re: str) -> m.Welcome:
+        return m.Welcome(
+            backend_version=backend_version(),
+            devices=list(self.executor.devices),
+            presets=self.presets,
+            default_preset=self.default_preset,
+            models=self.models,
+            limits=LIMITS.to_dict(),
+            max_queued_per_client=self.manager.limits.per_client,
+            max_queued_total=self.manager.limits.total,
+            re=re,
+        )
+
+    def _job_request(self, router: zmq.Socket, peer: bytes, msg: m.Message) -> None:
+        re = msg.msg_id
+        if isinstance(msg, m.Cancel):
             self.manager.cancel(msg.job_id)
             self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
         elif isinstance(msg, m.Resume):
@@ -476,13 +519,13 @@ class BackendServer:
             self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
             if follow:
                 self._subs.add(msg.job_id, peer, msg.last_seq)
-        elif isinstance(msg, m.ListJobs):
-            self._reply(router, peer, m.JobList(jobs=self.manager.list(), re=re))
+        elif isinstance(msg, m.DeleteJob):
+            self.manager.delete(msg.job_id)
+            self._subs.by_job.pop(msg.job_id, None)
+            self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
         elif isinstance(msg, m.FetchResult):
             state, results = self.manager.stage_results(msg.job_id)
             part = results_that_fit(results[msg.first :])
             more_from = msg.first + len(part) if msg.first + len(part) < len(results) else 0
             reply = m.Result(state=state, stage_results=part, more_from=more_from, job_id=msg.job_id, re=re)
             self._reply(router, peer, reply)
-        else:
-            raise DecodeError(f"{msg.TYPE} is a backend message; clients cannot send it")

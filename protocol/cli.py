@@ -5,6 +5,8 @@
     dreampolish jobs
     dreampolish fetch JOB_ID --out results/
     dreampolish cancel JOB_ID
+    dreampolish delete JOB_ID
+    dreampolish keys --out DIR [--name NAME]   (this client's key pair; pass --client-key DIR/NAME.key_secret)
     dreampolish resume JOB_ID [--mesh edited.glb]
 
 generate writes each stage's mesh as it arrives (FILE.<stage>.glb) and the
@@ -89,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("job_id")
     fetch.add_argument("--out", type=Path, required=True, help="folder for <index>_<stage>.glb files")
     fetch.set_defaults(run=cmd_fetch)
+
+    delete = sub.add_parser("delete", parents=[common], help="delete a finished job and its results")
+    delete.add_argument("job_id")
+    delete.set_defaults(run=cmd_delete)
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")
     cancel.add_argument("job_id")
@@ -226,6 +232,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         _write(path, mesh_to_glb(s.mesh, name=s.stage))
         print(path)
     print(f"job {args.job_id} is {result.state}; {len(result.stage_results)} stage results")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete(args.job_id)
+    print(f"job {args.job_id} deleted")
     return 0
 
 

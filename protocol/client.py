@@ -10,11 +10,14 @@ the `dreampolish` command line, tests). No bpy; needs pyzmq, msgpack and numpy.
         for event in client.events(job_id):        # Progress, StageResult, Paused, Resumed, Done/Failed/Cancelled
             ...
 
-API (every call may raise BackendUnreachable or VersionMismatch):
+API (every call may raise BackendUnreachable, AccessRefused or VersionMismatch):
 
 - BackendClient(address, server_public_key=None, timeout_s=10.0, heartbeat_s=1.0, dead_after_s=4.0,
   client_name="dreampolish-client")
   server_public_key: the backend's CURVE public key (Z85 text, 40 chars) when it runs with keys.
+  client_key: this client's key pair (a NAME.key_secret file): a backend with an allow-list serves
+  only the keys in it, and refuses others at once with AccessRefused ("this backend does not know
+  your client key XXXXXXXX").
 - connect() -> messages.Welcome: opens the DEALER socket and does the hello/welcome handshake.
 - submit(spec: JobSpec) -> str: queues a job; returns its id. RequestRejected if the backend refuses
   the spec (e.g. unknown preset), with the backend's message.
@@ -27,7 +30,9 @@ API (every call may raise BackendUnreachable or VersionMismatch):
 - cancel(job_id), resume(job_id, mesh=None): the backend acknowledges; the effect arrives as events.
 - attach(job_id, last_seq=None): follow a job after a reconnect; the backend replays every event after
   last_seq (default: the last seq this client saw for the job, else 0) and streams new ones.
-- list_jobs() -> list[JobInfo]; fetch_result(job_id) -> messages.Result (state + every stage result).
+- list_jobs() -> list[JobInfo] (every page); list_jobs_page(page="", limit=0) -> (jobs, next_page);
+  delete(job_id): remove a finished job. A client sees its own jobs only (an admin key: all).
+- fetch_result(job_id) -> messages.Result (state + every stage result).
 - ping() -> float: round trip in seconds.
 - reconnect() -> messages.Welcome: after BackendUnreachable (or a backend restart): a fresh socket, a new
   handshake, and attach() again to every job this client follows that has not ended, from the last seq it
@@ -306,8 +311,29 @@ class BackendClient:
         self.following.add(job_id)
 
     def list_jobs(self) -> list[m.JobInfo]:
-        reply = self._request(m.ListJobs())
-        return reply.jobs if isinstance(reply, m.JobList) else []
+        """Every job this client may see (its own; an admin: all), oldest first, page by page."""
+        jobs: list[m.JobInfo] = []
+        page = ""
+        while True:
+            part, page = self.list_jobs_page(page)
+            jobs.extend(part)
+            if not page:
+                return jobs
+
+    def list_jobs_page(self, page: str = "", limit: int = 0) -> tuple[list[m.JobInfo], str]:
+        """One page of jobs and the token of the next ("" after the last page)."""
+        reply = self._request(m.ListJobs(page=page, limit=limit))
+        if not isinstance(reply, m.JobList):
+            raise ClientError(f"expected job_list, got {reply.TYPE}")
+        if reply.next_page and reply.next_page == page:
+            raise ClientError("the backend sent the same job_list page twice")
+        return reply.jobs, reply.next_page
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job of this client (an admin: any) and everything stored for it."""
+        self._request(m.DeleteJob(job_id=job_id))
+        self.following.discard(job_id)
+        self.last_seq.pop(job_id, None)
 
     def fetch_result(self, job_id: str) -> m.Result:
         """Every stage result of the job (large results arrive in several parts; they are joined here)."""

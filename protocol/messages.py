@@ -372,9 +372,32 @@ class Attach(Message):
 
 @dataclass
 class ListJobs(Message):
-    """Ask for every job the backend knows. Answered by JobList."""
+    """Ask for one page of the jobs this client may see (its own; an admin's: all). Answered by JobList."""
 
     TYPE: ClassVar[str] = "list_jobs"
+    page: str = ""
+    """"" for the first page; else the `next_page` of the previous job_list."""
+    limit: int = 0
+    """Most jobs in the page; 0 = the backend's page size (which also caps it)."""
+
+    def body(self, w: FrameWriter) -> dict[str, Any]:
+        return {"page": self.page, "limit": self.limit}
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> ListJobs:
+        return cls(
+            page=read_str(body, "page", "", max_chars=MAX_NAME_CHARS),
+            limit=read_int(body, "limit", 0, hi=MAX_LIST_ITEMS),
+            **common,
+        )
+
+
+@dataclass
+class DeleteJob(Message):
+    """Delete finished job job_id and everything stored for it (its owner or an admin). Answered by
+    Accepted or Error."""
+
+    TYPE: ClassVar[str] = "delete_job"
 
 
 @dataclass
@@ -417,6 +440,10 @@ class Welcome(Message):
     """Models the pipeline uses (hub ids or local folders), when the pipeline names them."""
     limits: dict[str, int] = field(default_factory=LIMITS.to_dict)
     """The published limits (limits.Limits as a map)."""
+    max_queued_per_client: int = 0
+    """Most queued (not yet running) jobs of one client; a submit past it gets queue_full. 0: not said."""
+    max_queued_total: int = 0
+    """Most queued jobs of all clients together. 0: not said."""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
         return {
@@ -426,6 +453,8 @@ class Welcome(Message):
             "default_preset": self.default_preset,
             "models": self.models,
             "limits": self.limits,
+            "max_queued_per_client": self.max_queued_per_client,
+            "max_queued_total": self.max_queued_total,
         }
 
     @classmethod
@@ -438,6 +467,8 @@ class Welcome(Message):
             default_preset=read_str(body, "default_preset", ""),
             models=read_str_list(body, "models", []),
             limits={k: v for k, v in limits.items() if isinstance(k, str) and isinstance(v, int)},
+            max_queued_per_client=read_int(body, "max_queued_per_client", 0),
+            max_queued_total=read_int(body, "max_queued_total", 0),
             **common,
         )
 
@@ -661,17 +692,23 @@ class JobInfo:
 
 @dataclass
 class JobList(Message):
-    """Answer to ListJobs: every job, oldest first."""
+    """Answer to ListJobs: one page of jobs, oldest first."""
 
     TYPE: ClassVar[str] = "job_list"
     jobs: list[JobInfo] = field(default_factory=list)
+    next_page: str = ""
+    """"" when this page ends the list; else the `page` to ask for next."""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
-        return {"jobs": [j.to_wire() for j in self.jobs]}
+        return {"jobs": [j.to_wire() for j in self.jobs], "next_page": self.next_page}
 
     @classmethod
     def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> JobList:
-        return cls(jobs=[JobInfo.from_wire(j) for j in read_list(body, "jobs", [])], **common)
+        return cls(
+            jobs=[JobInfo.from_wire(j) for j in read_list(body, "jobs", [])],
+            next_page=read_str(body, "next_page", "", max_chars=MAX_NAME_CHARS),
+            **common,
+        )
 
 
 @dataclass
@@ -752,6 +789,7 @@ CLIENT_MESSAGES: tuple[type[Message], ...] = (
     Resume,
     Attach,
     ListJobs,
+    DeleteJob,
     FetchResult,
     Ping,
 )

@@ -58,6 +58,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve every client that holds the server key, off loopback too (no allow-list)",
     )
+    p.add_argument(
+        "--max-queued-per-client",
+        type=int,
+        default=100,
+        help="queued jobs one client key may have (default 100); more get queue_full",
+    )
+    p.add_argument(
+        "--max-queued", type=int, default=1000, help="queued jobs of all clients together (default 1000)"
+    )
+    p.add_argument(
+        "--expire-after",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="delete finished jobs submitted more than DAYS days ago (default: keep them)",
+    )
     p.set_defaults(run=run)
 
 
@@ -87,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
             curve_clients=args.curve_clients,
             curve_admins=args.curve_admins,
             allow_any_client=args.allow_any_client,
+            max_queued_per_client=args.max_queued_per_client,
+            max_queued_total=args.max_queued,
+            expire_after_s=args.expire_after * 86400 if args.expire_after is not None else None,
         )
         factory = load_pipeline_factory(args.pipeline)
         server = BackendServer(config, factory)

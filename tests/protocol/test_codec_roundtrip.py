@@ -117,7 +117,8 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Cancel: st.builds(m.Cancel, **common),
     m.Resume: st.builds(m.Resume, mesh=st.none() | meshes(), **common),
     m.Attach: st.builds(m.Attach, last_seq=st.integers(0, 10**9), **common),
-    m.ListJobs: st.builds(m.ListJobs, **common),
+    m.ListJobs: st.builds(m.ListJobs, page=names, limit=st.integers(0, 10_000), **common),
+    m.DeleteJob: st.builds(m.DeleteJob, **common),
     m.FetchResult: st.builds(m.FetchResult, first=st.integers(0, 100), **common),
     m.Ping: st.builds(m.Ping, **common),
     m.Welcome: st.builds(
@@ -127,6 +128,8 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
         presets=st.lists(names, max_size=3),
         default_preset=names,
         models=st.lists(names, max_size=3),
+        max_queued_per_client=st.integers(0, 10**6),
+        max_queued_total=st.integers(0, 10**6),
         **common,
     ),
     m.Accepted: st.builds(m.Accepted, queue_position=st.integers(0, 1000), **common),
@@ -145,7 +148,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.Done: st.builds(m.Done, **event_common),
     m.Failed: st.builds(m.Failed, code=names, message=st.text(max_size=200), **event_common),
     m.Cancelled: st.builds(m.Cancelled, **event_common),
-    m.JobList: st.builds(m.JobList, jobs=st.lists(job_infos, max_size=4), **common),
+    m.JobList: st.builds(m.JobList, jobs=st.lists(job_infos, max_size=4), next_page=names, **common),
     m.Result: st.builds(
         m.Result,
         state=st.sampled_from(m.JOB_STATES),
