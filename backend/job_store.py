@@ -30,6 +30,7 @@ promises, and what each kind of damage costs:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -202,6 +203,8 @@ class Job:
     spec: JobSpec
     folder: Path
     state: str = "queued"
+    spec_on_disk: bool = False
+    """True when spec holds no input mesh because spec.msg has it (JobStore.full_spec reads it)."""
     owner: str = ""
     """The submitting client's key (ZAP User-Id); "" without CURVE (the one user)."""
     created_unix: float = field(default_factory=time.time)
@@ -334,7 +337,17 @@ class JobStore:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         fsync_dir(self.root)
+        keep_mesh_on_disk(job)
         return job
+
+    def full_spec(self, job: Job) -> JobSpec:
+        """The job's spec with its input mesh, read again from spec.msg when only the disk holds it."""
+        if not job.spec_on_disk:
+            return job.spec
+        spec, problem = read_spec(job.folder)
+        if spec is None:
+            raise StoreError(f"the job's input mesh is lost ({problem}); submit the job again")
+        return spec
 
     def save_state(self, job: Job) -> None:
         state = {
@@ -544,6 +557,14 @@ def read_state(folder: Path) -> tuple[dict[str, object] | None, str]:
     return clean, ""
 
 
+def keep_mesh_on_disk(job: Job) -> None:
+    """Drop the input mesh from the job in memory once spec.msg holds it: a submitted mesh (tens of
+    MB, viewing the received frames) is not held for the life of the process."""
+    if job.spec.input_mesh is not None:
+        job.spec = dataclasses.replace(job.spec, input_mesh=None)
+        job.spec_on_disk = True
+
+
 def read_owner(folder: Path, from_state: str) -> str:
     """The owner file's key; state.json's copy when the file is missing. A job whose owner is lost
     belongs to no client key: only an admin (or a backend without CURVE) may touch it."""
@@ -653,6 +674,7 @@ class JobLoader:
                 preset=str(fields.get("preset", "")),
             )
         job = Job(job_id=self.folder.name, spec=spec, folder=self.folder)
+        keep_mesh_on_disk(job)
         job.owner = read_owner(self.folder, str(fields.get("owner", "")))
         job.created_unix = float(fields.get("created_unix", self._folder_time()))  # type: ignore[arg-type]
         job.error = str(fields.get("error", ""))

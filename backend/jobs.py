@@ -455,7 +455,7 @@ class JobManager:
         try:
             self.store.save_state(job)
             outcome: RunOutcome = self.pipelines[device].run(
-                job.spec, StoreJobContext(self, job, device), resume
+                self.store.full_spec(job), StoreJobContext(self, job, device), resume
             )
         except JobInterrupted:
             log.info("job %s interrupted by shutdown; it resumes after a restart", job_id)
