@@ -10,6 +10,7 @@ stage again after a restart (restored from its checkpoint) sends nothing twice.
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import threading
@@ -185,6 +186,8 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        self._storing: collections.Counter[str] = collections.Counter()
+        """Submits being written to the store now, per owner (they count against the queue limits)."""
 
     @property
     def checker(self) -> Pipeline:
@@ -244,18 +247,18 @@ class JobManager:
             )
         return job
 
-    def check_queue(self, owner: str) -> None:
-        """Raise QueueFull when owner's queue or the backend's is full (before anything is stored)."""
-        with self._lock:
-            queued = [j.owner for j in self.jobs.values() if j.state == "queued"]
-        if len(queued) >= self.limits.total:
+    def _check_queue(self, owner: str) -> None:
+        """Raise QueueFull when owner's queue or the backend's is full. Holds self._lock; submits
+        being stored (on the server thread and the submit thread) count as queued."""
+        queued = collections.Counter(j.owner for j in self.jobs.values() if j.state == "queued")
+        queued.update(self._storing)
+        if queued.total() >= self.limits.total:
             raise QueueFull(
                 f"the backend's queue is full ({self.limits.total} jobs waiting); submit again later"
             )
-        mine = sum(1 for o in queued if o == owner)
-        if mine >= self.limits.per_client:
+        if queued[owner] >= self.limits.per_client:
             raise QueueFull(
-                f"you have {mine} jobs waiting, the most this backend queues per client; "
+                f"you have {queued[owner]} jobs waiting, the most this backend queues per client; "
                 f"submit again when one has started, or cancel one"
             )
 
@@ -263,12 +266,19 @@ class JobManager:
         self, spec: JobSpec, submit_frames: Sequence[bytes | memoryview], owner: str = ""
     ) -> tuple[Job, int]:
         """Check the spec with the pipeline (raises ValidationError) and the queue limits (QueueFull),
-        store it and queue it (raises DiskFull when it cannot be stored: nothing is left behind)."""
+        store it and queue it (raises DiskFull when it cannot be stored: nothing is left behind).
+        Thread-safe: large submits are stored on the server's submit thread."""
         self.checker.check(spec)
-        self.check_queue(owner)
-        job = self.store.create(spec, submit_frames, owner)
         with self._lock:
-            self.jobs[job.job_id] = job
+            self._check_queue(owner)
+            self._storing[owner] += 1
+        try:
+            job = self.store.create(spec, submit_frames, owner)
+            with self._lock:
+                self.jobs[job.job_id] = job
+        finally:
+            with self._lock:
+                self._storing[owner] -= 1
         ahead = self.executor.enqueue(job.job_id, owner)
         log.info("job %s queued (%d ahead): %r", job.job_id, ahead, spec.prompt[:80])
         return job, ahead

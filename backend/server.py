@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,6 +39,9 @@ from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed, st
 log = logging.getLogger(__name__)
 
 PipelineFactory = Callable[[], Pipeline]
+OFFLOAD_BYTES = 1 << 20
+"""A request whose frames carry more than this (a submitted or edited mesh) is decoded, checked and
+stored on the submit thread, so that the loop keeps answering every other client meanwhile."""
 EXPIRY_CHECK_S = 60.0
 """How often the loop looks for expired jobs (serve --expire-after)."""
 
@@ -216,6 +221,9 @@ class BackendServer:
             store or JobStore(config.store_dir), self.executor, pipelines, self._publish, limits
         )
         self._next_expiry = 0.0
+        self._offload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-submit")
+        self._completions: queue.SimpleQueue[Callable[[zmq.Socket], None]] = queue.SimpleQueue()
+        """Work the submit thread hands back to the loop (replies: only the loop touches the ROUTER)."""
         self.endpoint: str = ""
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -269,6 +277,7 @@ class BackendServer:
             self._ready.set()
             self._loop(router, pull)
         finally:
+            self._offload.shutdown(wait=True, cancel_futures=True)
             self.manager.stop()
             router.close(linger=0)
             pull.close(linger=0)
@@ -337,7 +346,9 @@ class BackendServer:
                         job_id, seq, *frames = pull.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._forward(router, job_id.bytes.decode(), int(seq.bytes), frames)
+                    if job_id.bytes:  # an empty job id only wakes the loop for _completions
+                        self._forward(router, job_id.bytes.decode(), int(seq.bytes), frames)
+            self._run_completions(router)
             self._catch_up(router)
             self._expire()
 
@@ -357,21 +368,43 @@ class BackendServer:
 
     def _publish(self, job_id: str, seq: int, frames: list[bytes | memoryview]) -> None:
         """Called on worker threads (JobManager.emit). Never blocks; a dropped event is caught up from the store."""
-        sock = getattr(self._local, "push", None)
         try:
-            if sock is None:
-                sock = self.zmq.socket(zmq.PUSH)
-                sock.linger = 0
-                sock.sndhwm = self.config.publish_hwm
-                sock.connect(self._events_endpoint)
-                self._local.push = sock
-                with self._push_lock:
-                    self._push_sockets.append(sock)
+            sock = self._push_socket()
             sock.send_multipart([job_id.encode(), str(seq).encode(), *frames], zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.warning("event queue full; job %s event %d will reach clients from the store", job_id, seq)
         except zmq.ZMQError as exc:
             log.debug("event %s:%d not published (%s)", job_id, seq, exc)
+
+    def _push_socket(self) -> zmq.Socket:
+        """This thread's PUSH socket to the loop's PULL (sockets are not shared between threads)."""
+        sock = getattr(self._local, "push", None)
+        if sock is None:
+            sock = self.zmq.socket(zmq.PUSH)
+            sock.linger = 0
+            sock.sndhwm = self.config.publish_hwm
+            sock.connect(self._events_endpoint)
+            self._local.push = sock
+            with self._push_lock:
+                self._push_sockets.append(sock)
+        return sock
+
+    def _complete(self, work: Callable[[zmq.Socket], None]) -> None:
+        """Hand work to the loop (from the submit thread) and wake it; a lost wake-up only delays the
+        work to the loop's next turn (at most poll_interval_s)."""
+        self._completions.put(work)
+        try:
+            self._push_socket().send_multipart([b"", b"0"], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _run_completions(self, router: zmq.Socket) -> None:
+        while True:
+            try:
+                work = self._completions.get_nowait()
+            except queue.Empty:
+                return
+            work(router)
 
     def _send(self, router: zmq.Socket, peer: bytes, frames: Sequence[object]) -> bool | None:
         """True sent, False deferred (peer's queue full), None peer gone."""
@@ -434,13 +467,21 @@ class BackendServer:
 
     def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         peer, body = frames[0].bytes, frames[1:]
-        request_id = ""
-        try:
+        if len(body) > 1 and sum(f.buffer.nbytes for f in body[1:]) > OFFLOAD_BYTES:
+            self._offload.submit(self._handle_large, peer, self._caller(body[0]), body)
+            return
+
+        def serve() -> None:
             if not body:
                 raise DecodeError("empty message")
-            request_id = codec.peek_message_id(body)
-            msg = codec.decode(body)
-            self._dispatch(router, peer, self._caller(body[0]), msg, body)
+            self._dispatch(router, peer, self._caller(body[0]), codec.decode(body), body)
+
+        self._answer(router, peer, codec.peek_message_id(body) if body else "", serve)
+
+    def _answer(self, router: zmq.Socket, peer: bytes, request_id: str, serve: Callable[[], None]) -> None:
+        """Run serve(); any error it raises is the client's answer (the loop outlives every request)."""
+        try:
+            serve()
         except VersionMismatch as exc:
             log.warning("refused a client: %s", exc)
             self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
@@ -454,6 +495,42 @@ class BackendServer:
                 peer,
                 m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id),
             )
+
+    def _handle_large(self, peer: bytes, caller: Caller, body: list[zmq.Frame]) -> None:
+        """On the submit thread: decode, check and store a large submit or resume; the reply (and the
+        subscription to the new job) go back to the loop."""
+        request_id = codec.peek_message_id(body)
+        try:
+            msg = codec.decode(body)
+            if isinstance(msg, m.Submit):
+                job, ahead = self.manager.submit(msg.spec, [f.buffer for f in body], caller.user)
+                reply: m.Message = m.Accepted(job_id=job.job_id, queue_position=ahead, re=request_id)
+                follow = job.job_id
+            elif isinstance(msg, m.Resume):
+                self.manager.owned(msg.job_id, caller.user, caller.admin)
+                ahead = self.manager.resume(msg.job_id, msg.mesh)
+                reply, follow = m.Accepted(job_id=msg.job_id, queue_position=ahead, re=request_id), ""
+            else:  # nothing else carries large frames; the loop answers it as any request
+                self._complete(
+                    lambda router: self._answer(
+                        router, peer, request_id, lambda: self._dispatch(router, peer, caller, msg, body)
+                    )
+                )
+                return
+        except ProtocolError as exc:
+            log.debug("bad request from %s: %s", peer.hex(), exc)
+            reply, follow = m.Error(code=exc.code, message=str(exc), re=request_id), ""
+        except Exception as exc:  # this thread too outlives any bug in one request
+            log.exception("error serving a large request")
+            reply = m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id)
+            follow = ""
+
+        def finish(router: zmq.Socket) -> None:
+            if follow:
+                self._subs.add(follow, peer, 0)  # behind: events already published come from the store
+            self._reply(router, peer, reply)
+
+        self._complete(finish)
 
     def _caller(self, frame: zmq.Frame) -> Caller:
         """Who sent frame: with CURVE, ZAP's User-Id (the client's Z85 public key); else the one user."""
