@@ -101,17 +101,22 @@ class KeyFolder:
         return tuple(sorted(entries))
 
     def keys(self) -> frozenset[bytes]:
-        """The Z85 public keys now in the folder."""
+        """The Z85 public keys now in the folder (a file that does not read as a certificate, e.g.
+        one still being copied, is left out until it changes again)."""
         signature = self._current_signature()
         if signature != self._signature:
             import zmq.auth
 
-            try:
-                # zmq.auth.load_certificates: every *.key file, public keys only, as z85 bytes.
-                self._keys = frozenset(zmq.auth.load_certificates(str(self.folder)))
-            except (OSError, ValueError) as exc:
-                log.warning("client key folder %s not read again (%s); keeping the last keys", self.folder, exc)
-                return self._keys
+            keys = set()
+            for path in sorted(self.folder.glob("*.key")):
+                try:
+                    public, _ = zmq.auth.load_certificate(str(path))
+                except (OSError, ValueError) as exc:
+                    log.warning("client key file %s not read: %s", path, exc)
+                    continue
+                if public:
+                    keys.add(public)
+            self._keys = frozenset(keys)
             self._signature = signature
             log.info("client keys in %s: %d", self.folder, len(self._keys))
         return self._keys

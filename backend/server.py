@@ -170,7 +170,7 @@ class Caller:
     """The client a request came from: its key (ZAP User-Id) and whether it is an admin."""
 
     user: str = ""
-    """The client's Z85 public key; "" without CURVE (one user: loopback, as before keys)."""
+    """The client's Z85 public key; "" without an allow-list (one user, as before client keys)."""
     admin: bool = False
 
 
@@ -533,8 +533,10 @@ class BackendServer:
         self._complete(finish)
 
     def _caller(self, frame: zmq.Frame) -> Caller:
-        """Who sent frame: with CURVE, ZAP's User-Id (the client's Z85 public key); else the one user."""
-        if self.config.curve_keys is None:
+        """Who sent frame: with an allow-list, ZAP's User-Id (the client's Z85 public key); else the one
+        user (no CURVE, or CURVE serving any key: such a client may hold a new key per connection,
+        so its key cannot name an owner)."""
+        if self.config.curve_keys is None or self.access.allow_any:
             return Caller()
         try:
             user = frame.get("User-Id")

@@ -184,6 +184,7 @@ class BackendClient:
         else:
             self.client_key = load_client_key(client_key)
         self._monitor: zmq.Socket | None = None
+        self._own_pair: tuple[bytes, bytes] | None = None
         self.timeout_s = timeout_s
         """Longest wait for the reply to a request."""
         self.heartbeat_s = heartbeat_s
@@ -211,7 +212,10 @@ class BackendClient:
             sock = self._context.socket(zmq.DEALER)
             sock.linger = 0
             if self.server_public_key is not None:
-                public, secret = self.client_key or zmq.curve_keypair()
+                if self.client_key is None:
+                    # A pair for this client object only (kept across reconnects).
+                    self._own_pair = self._own_pair or zmq.curve_keypair()
+                public, secret = self.client_key or self._own_pair
                 sock.curve_serverkey = self.server_public_key
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret

@@ -119,6 +119,14 @@ def test_key_added_while_running_is_served_and_a_removed_key_refused(served, key
         alice.connect()  # the others are still served
 
 
+def test_a_file_that_is_not_a_certificate_does_not_stop_the_others(served, keyring):
+    (keyring["allowed"] / "half-copied.key").write_text("metadata\n")  # no public-key line yet
+    shutil.copy(keyring["bob_public"], keyring["allowed"])
+    for name in ("alice", "bob"):
+        with client_for(served, keyring, keyring[name]) as c:
+            c.connect()
+
+
 def test_off_loopback_needs_an_allow_list_or_allow_any(tmp_path, keyring):
     with pytest.raises(InsecureBindRefused, match="--curve-clients"):
         check_bind_allowed("tcp://0.0.0.0:5557", keyring["server"])

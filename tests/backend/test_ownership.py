@@ -117,3 +117,18 @@ def test_owner_deletes_a_finished_job_not_a_running_one(setup):
         assert gone.value.code == "unknown_job"
         alice.cancel(slow)
         alice.close()
+
+
+def test_without_an_allow_list_every_client_is_the_one_user(tmp_path, setup):
+    _, config, server_key, _ = setup
+    any_key = {"curve_keys": config["curve_keys"]}  # CURVE serving any key: one user, as before
+    with running_backend(tmp_path / "any", **any_key) as server:
+        first = BackendClient(server.endpoint, server_public_key=str(server_key), timeout_s=5)
+        first.connect()
+        job = first.submit(JobSpec("mine"))
+        first.wait(job, timeout_s=30)
+        first.close()
+        with BackendClient(server.endpoint, server_public_key=str(server_key), timeout_s=5) as later:
+            later.connect()  # another key made for this connection: still the same user
+            assert [j.job_id for j in later.list_jobs()] == [job]
+            assert len(later.fetch_result(job).stage_results) == 5
