@@ -1,7 +1,8 @@
 """`dreampolish-backend`: the compute server's command line.
 
     dreampolish-backend serve [--bind tcp://127.0.0.1:5557] [--store DIR] ...
-    dreampolish-backend keys --out DIR
+    dreampolish-backend keys --out DIR                  (the server's pair)
+    dreampolish-backend keys --client NAME --out DIR    (a client's pair; NAME.key goes in --curve-clients)
 
 The subcommands live in backend/commands/ (one module each, listed in
 commands.COMMAND_MODULES).
