@@ -42,3 +42,18 @@ def test_pages_cut_long_text_and_refuse_a_made_up_token(tmp_path):
             c.delete(jobs[0])  # a deleted row does not break a token that points past it
             rest, _ = c.list_jobs_page(token)
             assert [j.job_id for j in rest] == jobs[2:]
+
+
+def test_cli_deletes_a_finished_job(tmp_path, capsys):
+    from dreampolish.protocol import cli
+
+    with running_backend(tmp_path / "store") as server:
+        with BackendClient(server.endpoint, timeout_s=10) as c:
+            c.connect()
+            job = c.submit(JobSpec("to delete", stages=["nerf"]))
+            c.wait(job, timeout_s=30)
+        assert cli.main(["delete", job, "--backend", server.endpoint]) == 0
+        assert f"job {job} deleted" in capsys.readouterr().out
+        assert server.manager.jobs == {} and not (tmp_path / "store" / job).exists()
+        assert cli.main(["delete", job, "--backend", server.endpoint]) == 2
+        assert "unknown_job" in capsys.readouterr().err
