@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 
 from ..errors import JobFailed
 from .camera_projection import CLIPCameraProjection
+from .hub_files import ROLE_COMPONENTS, WEIGHTED_COMPONENTS, PullPlan, plan_pull, weights_variant
 from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -61,10 +63,6 @@ REQUIRED_FILES: dict[ModelRole, tuple[str, ...]] = {
     ),
 }
 """What a checkpoint folder must hold for each role (the diffusers folder layout)."""
-
-PULL_IGNORE_PATTERNS = ["*.ckpt", "*.msgpack", "*.onnx", "*.onnx_data", "*.pb", "*.h5", "*.ot", "*non_ema*"]
-"""Hub files that diffusers never loads (original-format checkpoints, other frameworks)."""
-
 
 class ModelNotFoundError(JobFailed):
     """A configured model is not available on this machine."""
@@ -113,17 +111,22 @@ def local_checkpoint_dir(spec: ModelSpec) -> Path | None:
     return folder
 
 
-def pull(spec: ModelSpec) -> Path:
-    """Fetch a hub checkpoint into the local hub cache (needs network); a local folder is only checked."""
+def pull(spec: ModelSpec, plan: PullPlan | None = None, download: Callable[..., str] | None = None) -> Path:
+    """Fetch the files of a hub checkpoint that loading reads (plan_pull) into the local hub cache (needs
+    network); a local folder is only checked. `download` defaults to huggingface_hub.snapshot_download."""
     if spec.hub_id is None:
         folder = local_checkpoint_dir(spec)
         if folder is None:
             raise ModelNotFoundError(spec)
         return folder
-    from huggingface_hub import snapshot_download
+    if plan is None:
+        from huggingface_hub import HfApi
 
-    logger.info("fetching %s@%s", spec.hub_id, spec.revision)
-    return Path(snapshot_download(spec.hub_id, revision=spec.revision, ignore_patterns=PULL_IGNORE_PATTERNS))
+        plan = plan_pull(spec, HfApi())
+    if download is None:
+        from huggingface_hub import snapshot_download as download
+    logger.info("fetching %s@%s (%d files)", spec.hub_id, spec.revision, len(plan.files))
+    return Path(download(spec.hub_id, revision=spec.revision, allow_patterns=plan.allow_patterns))
 
 
 def _source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
@@ -138,10 +141,25 @@ def _source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     return spec.hub_id, kwargs
 
 
+def _variant(spec: ModelSpec, subfolder: str | None) -> str | None:
+    """The weights variant `models pull` kept for this component (or, for a whole pipeline, for any of its
+    weighted components), read from the local folder; None when plain weights are there or it is not local."""
+    folder = local_checkpoint_dir(spec)
+    if folder is None:
+        return None
+    components = [subfolder] if subfolder else [c for c in ROLE_COMPONENTS[spec.role] if c in WEIGHTED_COMPONENTS]
+    variants = {weights_variant(folder / c) for c in components if (folder / c).is_dir()}
+    return next((v for v in variants if v), None)
+
+
 def _load(spec: ModelSpec, cls: Any, subfolder: str | None, **kwargs: Any) -> Any:
     source, base = _source(spec)
     if subfolder is not None:
         base["subfolder"] = subfolder
+    if subfolder is None or subfolder in WEIGHTED_COMPONENTS:
+        variant = _variant(spec, subfolder)
+        if variant:
+            base["variant"] = variant
     try:
         return cls.from_pretrained(source, **base, **kwargs)
     except (OSError, ValueError) as exc:

