@@ -86,7 +86,8 @@ def relative_camera(
 ) -> Tensor:
     """[B,4] Zero123 camera condition of views relative to the reference view (see the module docstring)."""
     polar = torch.deg2rad(90.0 - elevation_deg.float())
-    polar_ref = torch.deg2rad(torch.tensor(90.0 - reference.elevation_deg))
+    # On the views' device: a CPU scalar stacked with CUDA tensors fails on the first step.
+    polar_ref = torch.deg2rad(torch.tensor(90.0 - reference.elevation_deg, device=polar.device))
     d_az = torch.deg2rad(azimuth_deg.float() - reference.azimuth_deg)
     if encoding == "delta_radius":
         last = distance.float() - reference.distance

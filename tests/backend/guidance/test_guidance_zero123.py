@@ -70,3 +70,12 @@ def test_the_camera_changes_the_conditioning(tiny_priors):
     tokens = guidance.conditioning(torch.tensor([0.0, 0.0]), torch.tensor([0.0, 90.0]), torch.tensor([3.8, 3.8]))
     assert tokens.shape == (2, 1, tiny_priors.zero123.unet.config.cross_attention_dim)
     assert not torch.allclose(tokens[0], tokens[1])
+
+
+@pytest.mark.parametrize("encoding", ["delta_radius", "reference_polar"])
+def test_relative_camera_stays_on_the_views_device(encoding):
+    # `meta` holds no data but checks devices like CUDA does: a CPU tensor stacked in raises there.
+    meta = torch.device("meta")
+    el, az, dist = (torch.zeros(3, device=meta) for _ in range(3))
+    camera = relative_camera(el, az, dist, ReferenceView(0.0, 0.0, 3.8), encoding)
+    assert camera.device == meta and camera.shape == (3, 4)
