@@ -28,7 +28,7 @@ from dreampolish.protocol.errors import ValidationError
 
 from .config_fields import check_field, ranged
 from .geometry.fields import FieldConfig
-from .guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
+from .guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule, method_dsd_weights
 from .guidance.text_prior import ViewPromptConfig
 from .guidance.zero123 import Zero123GuidanceConfig
 from .stages.dmtet import DmtetConfig
@@ -267,7 +267,10 @@ class PipelinePreset:
 def standard_preset() -> PipelinePreset:
     """The method's settings (METHOD.md: DreamCraft3D's public configs for NeRF/NeuS/DMTet/texture, a
     few hundred polish steps). GPU."""
-    return PipelinePreset(description="the method's settings (GPU, about an hour)")
+    preset = PipelinePreset(description="the method's settings (GPU, about an hour)")
+    texture = preset.texture.guidance
+    texture.lambda_cfg, texture.lambda_var = method_dsd_weights(texture.guidance_scale)
+    return preset
 
 
 def draft_preset() -> PipelinePreset:

@@ -69,6 +69,15 @@ class Schedule:
         return self.start + (self.end - self.start) * p
 
 
+def method_dsd_weights(guidance_scale: float = 7.5) -> tuple[Schedule, Schedule]:
+    """(λ_cfg, λ_var) of the shipped DSD: the CFG direction starts at the weight it has inside VSD's ε̂
+    (s − 1) and falls to a third of it over the stage while the variational direction keeps weight 1, so the
+    texture leans on the variational domain rather than on a high CFG scale (METHOD.md, claim 3). These are
+    the weights bench/guidance_toy2d.py measured (BENCHMARKS.md: "DSD (λ_cfg 6.5→2.2, λ_var 1)"). The
+    paper's own values are not public; a constant (s − 1, 1) would be VSD, λ_var = 0 CSD."""
+    return Schedule(guidance_scale - 1.0, (guidance_scale - 1.0) / 3.0), Schedule(1.0)
+
+
 @dataclass
 class TimestepSchedule:
     """Which diffusion timesteps are sampled, as fractions of the training schedule."""
@@ -127,9 +136,9 @@ class ScoreDistillationConfig:
     """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
     vae_resolution: int | None = ranged(None, 32, 2048)
     """Side the render is resized to before the VAE encoder; None = the model's native resolution."""
-    lambda_cfg: Schedule = field(default_factory=lambda: Schedule(6.5))
-    """Weight of the CFG direction ε(y) − ε(∅) (csd, dsd)."""
-    lambda_var: Schedule = field(default_factory=lambda: Schedule(1.0))
+    lambda_cfg: Schedule = field(default_factory=lambda: method_dsd_weights(7.5)[0])
+    """Weight of the CFG direction ε(y) − ε(∅) (csd, dsd); the default is method_dsd_weights' for s = 7.5."""
+    lambda_var: Schedule = field(default_factory=lambda: method_dsd_weights(7.5)[1])
     """Weight of the variational direction ε(y) − ε_φ (dsd)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """The variational copy ε_φ (vsd, bsd, dsd)."""

@@ -215,3 +215,28 @@ def test_release_takes_the_adapters_off_the_shared_unet(tiny_priors, orbit):
     # The frozen model still serves a fresh objective.
     out = make_guidance(tiny_priors, fast_config("sds"))(render_batch(orbit))
     assert torch.isfinite(out.loss)
+
+
+def _is_a_special_case(config: ScoreDistillationConfig, progress: float) -> str | None:
+    """Which objective DSD reduces to at this point of the stage (METHOD.md: VSD is λ_cfg = s−1, λ_var = 1;
+    CSD is λ_var = 0), or None."""
+    lam_cfg, lam_var = config.lambda_cfg.at(progress), config.lambda_var.at(progress)
+    if abs(lam_var) < 1e-9:
+        return "csd"
+    if abs(lam_cfg - (config.guidance_scale - 1)) < 1e-6 and abs(lam_var - 1) < 1e-6:
+        return "vsd"
+    return None
+
+
+def test_the_shipped_dsd_is_not_one_of_the_objectives_it_generalises():
+    from dreampolish.backend.presets import get_preset
+
+    configs = {"ScoreDistillationConfig()": ScoreDistillationConfig(objective="dsd")}
+    configs.update({name: get_preset(name).texture.guidance for name in ("draft", "standard", "high")})
+    for name, config in configs.items():
+        assert config.objective == "dsd", name
+        cases = [_is_a_special_case(config, p / 10) for p in range(1, 11)]
+        assert cases == [None] * 10, f"{name}: DSD reduces to {cases}"
+        # and over the stage as a whole: the mean CFG weight is below VSD's s − 1
+        mean_cfg = sum(config.lambda_cfg.at(p / 100) for p in range(101)) / 101
+        assert mean_cfg < config.guidance_scale - 1 - 0.5, name
