@@ -162,9 +162,11 @@ def _composite(alpha: Tensor, color: Tensor, normal: Tensor, t: Tensor, d: Tenso
     rgb = (weights[..., None] * color).sum(1) + (1 - acc) * bg
     depth = (weights * t).sum(-1, keepdim=True) * cos_fwd[:, None]
     nrm = (weights[..., None] * normal).sum(1)
-    # Ref-NeRF orientation penalty per ray: sum_i w_i max(0, n_i . d)^2
+    # Ref-NeRF orientation penalty per ray: sum_i sg(w_i) max(0, n_i . d)^2. The weights are held fixed
+    # (threestudio/DreamCraft3D: `out["weights"].detach()` in systems/dreamcraft3d.py), so the term turns
+    # normals towards the camera instead of emptying the space where they face away.
     facing_away = F.relu((normal * d[:, None, :]).sum(-1))
-    orient = (weights * facing_away**2).sum(-1, keepdim=True)
+    orient = (weights.detach() * facing_away**2).sum(-1, keepdim=True)
     return rgb, acc, depth, nrm, orient
 
 

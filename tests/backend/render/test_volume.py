@@ -89,3 +89,27 @@ def test_neus_alpha_renders_the_sphere_and_sharpens_with_s():
     assert iou > 0.9
     # outside the silhouette the soft surface leaks more coverage than the sharp one
     assert float(soft[~disc].mean()) > float(sharp[~disc].mean())
+
+
+class BackFacingFog:
+    """A learnable density in the ball, with normals that point along the rays (facing away everywhere)."""
+
+    def __init__(self):
+        self.log_sigma = torch.tensor(3.0, requires_grad=True)
+        self.normal_tilt = torch.tensor(1.0, requires_grad=True)
+
+    def query(self, points, dirs, deltas, want_normals):
+        sigma = torch.where(points.norm(dim=-1) < RADIUS, self.log_sigma.exp(), torch.zeros(()))
+        alpha = 1 - torch.exp(-sigma * deltas)
+        rgb = torch.full_like(points, 0.5)
+        return alpha, rgb, self.normal_tilt * dirs if want_normals else None
+
+
+def test_orientation_penalty_moves_normals_not_density():
+    # threestudio's orientation loss detaches the ray weights: it must not lower the penalty by removing
+    # density where normals face away.
+    fog = BackFacingFog()
+    out = render_volume(fog, _camera(16), 0.6, VolumeRenderConfig(n_samples=32), want_normals=True)
+    out["orientation"].sum().backward()
+    assert fog.normal_tilt.grad is not None and fog.normal_tilt.grad.abs() > 0
+    assert fog.log_sigma.grad is None or fog.log_sigma.grad.abs() == 0
