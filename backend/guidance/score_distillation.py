@@ -298,7 +298,9 @@ class ScoreDistillation:
     def _refresh_teacher(self, latents: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor | None) -> float:
         """Refine the current renders with the teacher (img2img from refine_t with CFG) and fine-tune it on them."""
         boot = self.config.bootstrap
-        ddim = DDIMScheduler.from_config(self.scheduler.config)
+        # The steps below are fed ε̂ (adapter outputs go through to_epsilon), so this DDIM must read its input
+        # as ε whatever the checkpoint predicts: with a v-prediction config it would take ε̂ for v.
+        ddim = DDIMScheduler.from_config(self.scheduler.config, prediction_type="epsilon")
         ddim.set_timesteps(max(int(round(boot.refine_steps / max(boot.refine_t, 1e-3))), boot.refine_steps))
         start = boot.refine_t * self.num_train_timesteps
         timesteps = [int(t) for t in ddim.timesteps if int(t) <= start][: boot.refine_steps]

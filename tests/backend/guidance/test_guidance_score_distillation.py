@@ -240,3 +240,34 @@ def test_the_shipped_dsd_is_not_one_of_the_objectives_it_generalises():
         # and over the stage as a whole: the mean CFG weight is below VSD's s − 1
         mean_cfg = sum(config.lambda_cfg.at(p / 100) for p in range(101)) / 101
         assert mean_cfg < config.guidance_scale - 1 - 0.5, name
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_bsd_refinement_recovers_the_clean_latent_for_both_prediction_types(tiny_priors, prediction_type):
+    # A teacher that knows the clean latent x0 exactly: the img2img refinement must land on x0 whatever the
+    # checkpoint predicts (SD 2.1 at 768 px is v-prediction); the DDIM step is fed ε, not v.
+    import dataclasses
+
+    from diffusers import DDIMScheduler
+
+    base = tiny_priors.text_to_image
+    scheduler = DDIMScheduler.from_config(base.scheduler.config, prediction_type=prediction_type)
+    models = dataclasses.replace(base, scheduler=scheduler)
+    config = fast_config("bsd")
+    config.bootstrap = BootstrapConfig(interval=1, train_steps=1, refine_t=0.8, refine_steps=8)
+    guidance = ScoreDistillation(models, encode_prompts(models, "a red teapot", ""), config)
+    x0 = 0.8 * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    alphas = scheduler.alphas_cumprod
+
+    def exact_eps(copy, x_t, t, text, camera):
+        a = alphas[t].reshape(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    refined = {}
+    guidance._adapter_eps = exact_eps
+    guidance.teacher.train_step = lambda x, *a, **k: refined.setdefault("x", x) is None or 0.0
+    cond, uncond = guidance.prompts.conditional[:2], guidance.prompts.unconditional.expand(2, -1, -1)
+    guidance._refresh_teacher(x0, cond, uncond, None)
+    # DDIM's last step stops at timestep 0's noise level (√(1−ᾱ_0) ≈ 0.03 of noise left)
+    assert (refined["x"].float() - x0).abs().mean() < 0.03
+    guidance.release()
