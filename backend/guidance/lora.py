@@ -119,6 +119,11 @@ class VariationalCopy:
             torch.nn.init.zeros_(self.camera_mlp[2].bias)
         params = list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        # The adapter's weights are fp32, but in fp16 (cards without bf16) its gradient flows back through the
+        # UNet's fp16 activations, where small values flush to zero: dynamic loss scaling, as torch.amp does
+        # for mixed precision. bf16 has fp32's exponent range and needs none.
+        scaled = unet.dtype == torch.float16 and device.type in ("cuda", "cpu")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
 
     def release(self) -> None:
         """Remove this adapter from the shared UNet (its weights and optimiser state go with it)."""
@@ -181,7 +186,8 @@ class VariationalCopy:
                     target = noise
                 loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)  # unscales first; skips the step if anything overflowed
+                self.scaler.update()
                 losses.append(float(loss.detach()))
         return sum(losses) / max(len(losses), 1)

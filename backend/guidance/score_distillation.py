@@ -193,14 +193,39 @@ def reparameterised_loss(latents: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * F.mse_loss(latents.float(), target.float(), reduction="sum") / latents.shape[0]
 
 
+FP16_GRAD_SCALE = 2.0**10
+"""Loss scale of the VAE encoder's backward in fp16 (cards without bf16). The render gradient g/B is small
+per pixel; fp16 flushes values below about 6e-8 to zero and keeps few bits below 6e-5, so the gradient is
+multiplied by this on its way into the fp16 encoder and divided out again at its fp32 input, the static
+form of torch.amp.GradScaler's loss scaling. Values that overflow are zeroed, as clean_gradient does."""
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by `scale` (and zeroes non-finite)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return torch.nan_to_num(grad.float() * ctx.scale, nan=0.0, posinf=0.0, neginf=0.0).to(grad.dtype), None
+
+
 def encode_render(vae: AutoencoderKL, rgb: Tensor, resolution: int) -> Tensor:
-    """rgb [B,H,W,3] in [0,1] -> scaled latents [B,4,h,w] (differentiable; the posterior mean)."""
+    """rgb [B,H,W,3] in [0,1] -> scaled latents [B,4,h,w] (differentiable; the posterior mean).
+    An fp16 VAE gets its backward loss-scaled (FP16_GRAD_SCALE)."""
     image = rgb.permute(0, 3, 1, 2)
     if image.shape[-2:] != (resolution, resolution):
         downsample = image.shape[-1] > resolution or image.shape[-2] > resolution
         image = F.interpolate(image, (resolution, resolution), mode="bilinear", align_corners=False, antialias=downsample)
+    scaled = vae.dtype == torch.float16 and image.requires_grad
+    if scaled:
+        image = _GradScale.apply(image, 1.0 / FP16_GRAD_SCALE)
     image = image.to(vae.dtype) * 2.0 - 1.0
-    return vae.encode(image).latent_dist.mean * vae.config.scaling_factor
+    latents = vae.encode(image).latent_dist.mean * vae.config.scaling_factor
+    return _GradScale.apply(latents, FP16_GRAD_SCALE) if scaled else latents
 
 
 class ScoreDistillation:

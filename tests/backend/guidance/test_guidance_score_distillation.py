@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from dreampolish.backend.guidance.base import GuidanceInput
 from dreampolish.backend.guidance.lora import LoraConfig, camera_features, frozen_unet
 from dreampolish.backend.guidance.score_distillation import (
@@ -16,6 +17,7 @@ from dreampolish.backend.guidance.score_distillation import (
     TimestepSchedule,
     add_noise,
     clean_gradient,
+    encode_render,
     reparameterised_loss,
     timestep_weight,
 )
@@ -271,3 +273,60 @@ def test_bsd_refinement_recovers_the_clean_latent_for_both_prediction_types(tiny
     # DDIM's last step stops at timestep 0's noise level (√(1−ᾱ_0) ≈ 0.03 of noise left)
     assert (refined["x"].float() - x0).abs().mean() < 0.03
     guidance.release()
+
+
+def test_an_fp16_vae_backward_keeps_small_render_gradients(tiny_model_root):
+    # Cards without bf16 run the priors in fp16: a small render gradient must not vanish in the VAE backward.
+    from diffusers import AutoencoderKL
+
+    vae32 = AutoencoderKL.from_pretrained(tiny_model_root / "text_to_image", subfolder="vae").requires_grad_(False)
+    vae16 = AutoencoderKL.from_pretrained(tiny_model_root / "text_to_image", subfolder="vae").requires_grad_(False)
+    vae16 = vae16.half()
+    rgb = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    upstream = 1e-6 * torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for vae in (vae32, vae16):
+        x = rgb.clone().requires_grad_(True)
+        latents = encode_render(vae, x, 32)
+        (latents.float() * upstream).sum().backward()
+        grads.append(x.grad.float())
+    ref, half = grads
+    assert half.abs().max() > 0
+    cosine = F.cosine_similarity(ref.flatten(), half.flatten(), dim=0)
+    assert cosine > 0.98 and (half.norm() / ref.norm() - 1).abs() < 0.05
+
+
+def _lora_grads_of_one_step(root, dtype):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from dreampolish.backend.guidance.lora import VariationalCopy
+
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype).requires_grad_(False)
+    scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler")
+    copy = VariationalCopy(unet, scheduler, LoraConfig(camera_conditioning=False), seed=0)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in copy.lora_parameters:
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    seen = {}
+    step = copy.optimizer.step
+
+    def spy(*a, **k):
+        seen["grad"] = torch.cat([p.grad.flatten().float() for p in copy.lora_parameters])
+        return step(*a, **k)
+
+    copy.optimizer.step = spy
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
+    copy.train_step(latents, text.to(dtype), None)
+    return copy, seen["grad"]
+
+
+def test_an_fp16_unet_trains_its_adapter_with_loss_scaling(tiny_model_root):
+    root = tiny_model_root / "text_to_image"
+    copy16, grad16 = _lora_grads_of_one_step(root, torch.float16)
+    _, grad32 = _lora_grads_of_one_step(root, torch.float32)
+    # the backward ran on a scaled loss, and the optimiser saw the unscaled gradient
+    assert copy16.scaler.is_enabled() and copy16.scaler.get_scale() > 1
+    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.999
+    assert (grad16.norm() / grad32.norm() - 1).abs() < 0.01
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in copy16.lora_parameters)
