@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "render",
     "models",
     "fidelity",
+    "dryrun",
 )
 """Subcommand modules in the order `--help` lists them."""
 

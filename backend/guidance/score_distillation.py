@@ -182,6 +182,11 @@ def add_noise(scheduler: DDIMScheduler, latents: Tensor, noise: Tensor, t: Tenso
     return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
 
 
+def scalar(x: Tensor) -> float:
+    """A diagnostic's value; NaN on the `meta` device, which holds no data (the dry run)."""
+    return float("nan") if x.device.type == "meta" else float(x)
+
+
 def clean_gradient(grad: Tensor, clip: float | None) -> Tensor:
     grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     return grad.clamp(-clip, clip) if clip is not None else grad
@@ -316,7 +321,7 @@ class ScoreDistillation:
             grad = w * (lam_cfg * (eps_cond - eps_uncond) + lam_var * (eps_cond - eps_phi))
             diagnostics.update(lambda_cfg=lam_cfg, lambda_var=lam_var)
         grad = clean_gradient(grad, cfg.grad_clip)
-        diagnostics["grad_norm"] = float(grad.norm())
+        diagnostics["grad_norm"] = scalar(grad.norm())
         diagnostics["t"] = float(t.float().mean()) / self.num_train_timesteps
         return grad, diagnostics
 
@@ -358,7 +363,8 @@ class ScoreDistillation:
             if self._teacher_refreshed_at is None or inp.step - self._teacher_refreshed_at >= interval:
                 diagnostics["teacher_loss"] = self._refresh_teacher(latents.detach(), cond, uncond, camera)
                 self._teacher_refreshed_at = inp.step
-        grad, grad_diag = self.latent_gradient(latents, t.to(self.models.device), noise, cond, uncond, camera, progress)
+        # t stays on the CPU: it indexes the scheduler's tables there and is moved for each UNet call.
+        grad, grad_diag = self.latent_gradient(latents, t, noise, cond, uncond, camera, progress)
         diagnostics.update(grad_diag)
         loss = reparameterised_loss(latents, grad)
         if self.variational is not None:

@@ -40,6 +40,7 @@ from .score_distillation import (
     clean_gradient,
     encode_render,
     reparameterised_loss,
+    scalar,
     timestep_weight,
     to_epsilon,
 )
@@ -164,7 +165,7 @@ class Zero123Guidance:
         eps_hat = eps_uncond + self.config.guidance_scale * (eps_cond - eps_uncond)
         w = timestep_weight(self.scheduler, t, self.config.weighting).to(latents)
         grad = clean_gradient(w * (eps_hat - noise), self.config.grad_clip)
-        return grad, {"grad_norm": float(grad.norm()), "t": float(t.float().mean()) / self.num_train_timesteps}
+        return grad, {"grad_norm": scalar(grad.norm()), "t": float(t.float().mean()) / self.num_train_timesteps}
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         m = self.models
@@ -175,5 +176,6 @@ class Zero123Guidance:
         context = self.conditioning(cams.elevation_deg, cams.azimuth_deg, cams.distance)
         t = self.config.timesteps.sample(inp.step, b, self.num_train_timesteps, self.generator)
         noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-        grad, diagnostics = self.latent_gradient(latents, t.to(m.device), noise, context)
+        # t stays on the CPU: it indexes the scheduler's tables there and is moved for the UNet call.
+        grad, diagnostics = self.latent_gradient(latents, t, noise, context)
         return GuidanceOutput(loss=reparameterised_loss(latents, grad), diagnostics=diagnostics)

@@ -1,0 +1,207 @@
+"""`dreampolish-backend dryrun --preset NAME [--option KEY=VALUE ...]`: will a preset fit, before an hour is spent?
+
+Every stage of a generate job runs two steps through the pipeline's public API (`DreamPolishPipeline` with a
+priors object and a JobContext), with the configured diffusion priors at FULL SIZE and random weights on
+PyTorch's `meta` device: real shapes, no data, nothing downloaded (backend/models/full_size.py). A tensor
+that slips onto the wrong device raises there as it would on CUDA ("Tensor on device meta is not on the
+expected device cpu!"). The stages' own tensors (fields, renders, meshes) have data and live on the CPU.
+
+Memory: a TorchDispatchMode sees every op's outputs, on every device; it counts each new storage's bytes
+until the storage is freed, so `live` is what a GPU would hold (weights, activations kept for backward,
+optimiser state) and the stage's peak is the most that was live at once. What it does not see: the CUDA
+caching allocator's slack and fragmentation, cuDNN/cuBLAS workspaces, the CUDA context (~0.5 GB), and
+kernels that differ on the GPU (nvdiffrast instead of the PyTorch rasteriser, fused attention, which
+needs less than the math attention counted here). It is an estimate to compare with the card, not a
+measurement.
+
+`--geometry small` runs the stages' own (CPU) work at the tiny preset's resolutions while the priors stay
+full size; the priors see their own input size whatever the render size (the VAE resizes), so their share
+is unchanged, and the stages' share is then the small one. On a 2-core CPU the full-size geometry takes
+minutes per step; the priors on `meta` take seconds.
+
+The last line printed is one JSON object:
+    {"preset": ..., "device": "meta", "dtype": ..., "geometry": "full"|"small",
+     "stages": {"reference": {"ok": true, "peak_gb": ...}, ...}, "peak_gb": ..., "weights_gb": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+log = logging.getLogger(__name__)
+
+STAGES = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
+"""The stages of a generate job, in order (the dry run's report lists them all)."""
+
+TWO_STEPS: dict[str, Any] = {
+    "nerf.steps": 2, "neus.steps": 2, "dmtet.steps": 2, "polish.steps": 2, "texture.steps": 2,
+    "reference.generation.num_inference_steps": 2, "preview_every": 0,
+}
+"""Every optimisation stage runs two steps (the second one sees the optimiser state the first made)."""
+
+SMALL_GEOMETRY_PREFIXES = ("nerf.", "neus.", "dmtet.", "polish.", "texture.", "reference.size")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+GB = 1e9
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of the storages that ops create, on every device, until each is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.segment_peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = id(storage)
+                if key not in self._seen:
+                    nbytes = storage.nbytes()
+                    self._seen.add(key)
+                    self.live += nbytes
+                    weakref.finalize(storage, self._release, key, nbytes)
+        self.peak = max(self.peak, self.live)
+        self.segment_peak = max(self.segment_peak, self.live)
+        return out
+
+    def reset_segment(self) -> int:
+        """The peak since the last reset; the next segment starts from what is live now."""
+        peak, self.segment_peak = self.segment_peak, self.live
+        return peak
+
+
+class DryRunContext:
+    """pipeline_api.JobContext that closes a stage's memory segment when the stage reports its end."""
+
+    def __init__(self, work_dir: Path, counter: LiveBytes):
+        self.job_id = "dryrun"
+        self.work_dir = work_dir
+        self.device = "cpu"
+        self.counter = counter
+        self.peaks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.current: str | None = None
+        self._started = time.perf_counter()
+
+    def _end(self, stage: str) -> None:
+        self.peaks[stage] = max(self.peaks.get(stage, 0), self.counter.reset_segment())
+        now = time.perf_counter()
+        self.seconds[stage] = now - self._started
+        self._started = now
+
+    def progress(self, stage, step, total, losses=None, preview_png=None) -> None:
+        self.current = stage
+        log.info("dryrun %s %d/%d", stage, step, total)
+        if stage == "reference" and step >= total:
+            self._end(stage)  # the reference stage sends no mesh
+
+    def stage_result(self, stage, index, mesh) -> None:
+        self._end(stage)
+
+    def check_cancel(self) -> None:
+        return None
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from dreampolish.protocol.job import parse_option
+
+    from ..presets import TINY_OPTIONS
+
+    options: dict[str, Any] = dict(TWO_STEPS)
+    if args.geometry == "small":
+        options.update({k: v for k, v in TINY_OPTIONS.items()
+                        if k.startswith(SMALL_GEOMETRY_PREFIXES) and not k.endswith(".steps")
+                        and k not in TWO_STEPS})
+    for item in args.option:
+        key, value = parse_option(item)
+        options[key] = value
+    return options
+
+
+def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: str = "full") -> dict[str, Any]:
+    """Run every stage of `preset` (with `options`) for two steps; the report as a JSON-able dict."""
+    from dreampolish.protocol.job import JobSpec
+
+    from ..models.specs import model_set
+    from ..pipeline import DreamPolishPipeline
+    from ..presets import get_preset
+    from .dryrun_priors import DryRunPriors
+
+    resolved = get_preset(preset, options)
+    counter = LiveBytes()
+    priors = DryRunPriors(model_set(resolved.model_set), torch.device("meta"), dtype)
+    spec = JobSpec(prompt="a dry run of the preset", preset=preset, options=options)
+    error: str | None = None
+    with tempfile.TemporaryDirectory(prefix="dreampolish-dryrun-") as work:
+        ctx = DryRunContext(Path(work), counter)
+        with counter:
+            try:
+                DreamPolishPipeline(priors=priors).run(spec, ctx)
+            except Exception as exc:  # noqa: BLE001 - the report names the failing stage and the error
+                error = f"{type(exc).__name__}: {exc}"
+                log.exception("dry run failed in stage %s", ctx.current)
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        if stage in ctx.peaks:
+            stages[stage] = {"ok": True, "peak_gb": round(ctx.peaks[stage] / GB, 3),
+                             "seconds": round(ctx.seconds[stage], 1)}
+        elif error is not None:  # the first stage that did not finish is the one that failed
+            stages[stage] = {"ok": False, "peak_gb": round(counter.segment_peak / GB, 3), "error": error}
+            error = "not reached"
+        else:
+            stages[stage] = {"ok": False, "error": "not run"}
+    return {
+        "preset": preset, "device": "meta", "dtype": str(dtype).removeprefix("torch."), "geometry": geometry,
+        "stages": stages, "peak_gb": round(counter.peak / GB, 3),
+        "weights_gb": {k: round(v / GB, 3) for k, v in priors.models.parameter_bytes().items()},
+    }
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "dryrun", help="run every stage two steps with full-size models on the meta device; report peak memory")
+    p.add_argument("--preset", default="standard", help="preset name (default: standard)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a preset option, as a job's options (repeatable), e.g. texture.render_size=1024")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                   help="precision of the priors (default bf16, what CUDA cards with bf16 run)")
+    p.add_argument("--geometry", choices=("full", "small"), default="full",
+                   help="the stages' own work at the preset's sizes, or at the tiny preset's (fast on a CPU)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dreampolish.protocol.errors import ValidationError
+
+    try:
+        options = _options(args)
+        report = dry_run(args.preset, options, DTYPES[args.dtype], args.geometry)
+    except (ValidationError, KeyError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    for stage, entry in report["stages"].items():
+        status = f"ok   peak {entry['peak_gb']:.2f} GB" if entry["ok"] else f"FAILED  {entry['error']}"
+        print(f"  {stage:<10} {status}")
+    print(json.dumps(report))
+    return 0 if all(e["ok"] for e in report["stages"].values()) else 1
+

