@@ -165,6 +165,8 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
         if stage in ctx.peaks:
             stages[stage] = {"ok": True, "peak_gb": round(ctx.peaks[stage] / GB, 3),
                              "seconds": round(ctx.seconds[stage], 1)}
+        elif error == "not reached":
+            stages[stage] = {"ok": False, "error": error}
         elif error is not None:  # the first stage that did not finish is the one that failed
             stages[stage] = {"ok": False, "peak_gb": round(counter.segment_peak / GB, 3), "error": error}
             error = "not reached"

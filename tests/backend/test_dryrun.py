@@ -1,0 +1,70 @@
+"""`dreampolish-backend dryrun`: every stage with the full-size priors on `meta`, a peak per stage, one JSON line;
+a device slip in the guidance is reported as the failing stage. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from dreampolish.backend.cli import main as backend_cli
+from dreampolish.backend.commands.dryrun import LiveBytes
+from dreampolish.backend.guidance import zero123 as zero123_module
+
+
+def test_live_bytes_counts_new_storages_once_until_they_are_freed():
+    counter = LiveBytes()
+    with counter:
+        a = torch.empty(250_000, device="meta")  # 1 MB
+        view = a.view(500, 500)
+        b = torch.empty(500_000, dtype=torch.bfloat16)  # 1 MB on the CPU
+        both = counter.live
+        del a, b
+        after = counter.live
+        del view
+        last = counter.live
+    assert both == 2_000_000
+    assert after == 1_000_000  # the view keeps the meta storage alive
+    assert last == 0 and counter.peak == 2_000_000
+
+
+def _report(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_dryrun_draft_runs_every_stage_with_full_size_priors(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
+    monkeypatch.setenv("DREAMPOLISH_MODEL_DIR", str(tmp_path))
+    assert backend_cli(["dryrun", "--preset", "draft", "--geometry", "small"]) == 0
+    report = _report(capsys.readouterr().out)
+    assert report["preset"] == "draft" and report["device"] == "meta" and report["dtype"] == "bfloat16"
+    assert list(report["stages"]) == ["reference", "nerf", "neus", "dmtet", "polish", "texture", "export"]
+    assert all(s["ok"] for s in report["stages"].values()), report["stages"]
+    # full-size weights: SD 2.1-base is 1.29 B parameters, 2.58 GB in bf16; Zero123-XL and Marigold alike
+    assert report["weights_gb"]["text_to_image"] == pytest.approx(2.58, abs=0.01)
+    assert set(report["weights_gb"]) == {"text_to_image", "zero123", "normals"}
+    weights = sum(report["weights_gb"].values())
+    assert report["peak_gb"] > weights
+    assert report["peak_gb"] == pytest.approx(max(s["peak_gb"] for s in report["stages"].values()), abs=1e-3)
+    # the texture stage trains a LoRA through the UNet and backpropagates through the VAE encoder
+    assert report["stages"]["texture"]["peak_gb"] > report["stages"]["reference"]["peak_gb"]
+
+
+def test_dryrun_names_the_stage_a_device_slip_in_the_guidance_breaks(monkeypatch, capsys, tmp_path):
+    # A slip of the stable-zero123 kind inside the guidance: a CPU tensor stacked with device (meta) tensors.
+    def cpu_polar(elevation_deg, azimuth_deg, distance, reference, encoding="delta_radius"):
+        polar = torch.deg2rad(90.0 - elevation_deg.float()).to("meta")
+        polar_ref = torch.deg2rad(torch.tensor(90.0 - reference.elevation_deg))
+        d_az = torch.deg2rad(azimuth_deg.float() - reference.azimuth_deg).to("meta")
+        return torch.stack([polar - polar_ref, d_az.sin(), d_az.cos(), polar_ref.expand_as(polar)], dim=-1)
+
+    monkeypatch.setattr(zero123_module, "relative_camera", cpu_polar)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DREAMPOLISH_MODEL_DIR", str(tmp_path))
+    code = backend_cli(["dryrun", "--preset", "draft", "--geometry", "small", "--option", "model_set=stable-zero123",
+                        "--option", "neus.steps=1"])
+    assert code == 1
+    stages = _report(capsys.readouterr().out)["stages"]
+    assert stages["reference"]["ok"] and not stages["nerf"]["ok"]
+    assert "device" in stages["nerf"]["error"]
+    assert stages["texture"] == {"ok": False, "error": "not reached"}
