@@ -50,7 +50,6 @@ TWO_STEPS: dict[str, Any] = {
 }
 """Every optimisation stage runs two steps (the second one sees the optimiser state the first made)."""
 
-SMALL_GEOMETRY_PREFIXES = ("nerf.", "neus.", "dmtet.", "polish.", "texture.", "reference.size")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GB = 1e9
 
@@ -125,17 +124,25 @@ class DryRunContext:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     from dreampolish.protocol.job import parse_option
 
-    from ..presets import TINY_OPTIONS
-
     options: dict[str, Any] = dict(TWO_STEPS)
-    if args.geometry == "small":
-        options.update({k: v for k, v in TINY_OPTIONS.items()
-                        if k.startswith(SMALL_GEOMETRY_PREFIXES) and not k.endswith(".steps")
-                        and k not in TWO_STEPS})
     for item in args.option:
         key, value = parse_option(item)
         options[key] = value
     return options
+
+
+def _small_geometry(preset: Any) -> Any:
+    """`preset` with the stages' own work at the tiny preset's sizes; models, guidance settings and the
+    Marigold estimator's settings unchanged (the priors' inputs are resized to their own resolution)."""
+    from dataclasses import replace
+
+    from ..presets import shrink_to_tiny
+
+    tiny = shrink_to_tiny(preset)
+    return replace(
+        preset, reference=replace(preset.reference, size=tiny.reference.size),
+        nerf=tiny.nerf, neus=tiny.neus, dmtet=tiny.dmtet, texture=tiny.texture,
+        polish=replace(tiny.polish, estimator=preset.polish.estimator))
 
 
 def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: str = "full") -> dict[str, Any]:
@@ -147,19 +154,32 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
     from ..presets import get_preset
     from .dryrun_priors import DryRunPriors
 
-    resolved = get_preset(preset, options)
+    base = get_preset(preset)
+    if geometry == "small":
+        base = _small_geometry(base)
+    pipeline = DreamPolishPipeline(presets={"dryrun": lambda: base}, priors=None)
+    spec = JobSpec(prompt="a dry run of the preset", preset="dryrun", options=options)
+    resolved = pipeline.resolve_preset(spec)  # ValidationError for a bad option, before anything is built
     counter = LiveBytes()
     priors = DryRunPriors(model_set(resolved.model_set), torch.device("meta"), dtype)
-    spec = JobSpec(prompt="a dry run of the preset", preset=preset, options=options)
+    pipeline = DreamPolishPipeline(presets={"dryrun": lambda: base}, priors=priors)
     error: str | None = None
     with tempfile.TemporaryDirectory(prefix="dreampolish-dryrun-") as work:
         ctx = DryRunContext(Path(work), counter)
         with counter:
             try:
-                DreamPolishPipeline(priors=priors).run(spec, ctx)
+                pipeline.run(spec, ctx)
             except Exception as exc:  # noqa: BLE001 - the report names the failing stage and the error
                 error = f"{type(exc).__name__}: {exc}"
                 log.exception("dry run failed in stage %s", ctx.current)
+    return {
+        "preset": preset, "device": "meta", "dtype": str(dtype).removeprefix("torch."), "geometry": geometry,
+        "stages": _stage_reports(ctx, counter, error), "peak_gb": round(counter.peak / GB, 3),
+        "weights_gb": {k: round(v / GB, 3) for k, v in priors.models.parameter_bytes().items()},
+    }
+
+
+def _stage_reports(ctx: DryRunContext, counter: LiveBytes, error: str | None) -> dict[str, dict[str, Any]]:
     stages: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         if stage in ctx.peaks:
@@ -172,11 +192,7 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
             error = "not reached"
         else:
             stages[stage] = {"ok": False, "error": "not run"}
-    return {
-        "preset": preset, "device": "meta", "dtype": str(dtype).removeprefix("torch."), "geometry": geometry,
-        "stages": stages, "peak_gb": round(counter.peak / GB, 3),
-        "weights_gb": {k: round(v / GB, 3) for k, v in priors.models.parameter_bytes().items()},
-    }
+    return stages
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
