@@ -107,6 +107,7 @@ class DryRunContext:
         now = time.perf_counter()
         self.seconds[stage] = now - self._started
         self._started = now
+        log.info("dryrun %s finished: peak %.3f GB, %.1f s", stage, self.peaks[stage] / GB, self.seconds[stage])
 
     def progress(self, stage, step, total, losses=None, preview_png=None) -> None:
         self.current = stage
