@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .camera_projection import CLIPCameraProjection
@@ -99,7 +100,7 @@ def _scheduler(spec: ModelSpec) -> DDIMScheduler:
 def _build(spec: ModelSpec, component: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     cfg = _config(spec, component)
     with torch.device(device):
-        if component in ("unet",):
+        if component == "unet":
             module = UNet2DConditionModel.from_config(cfg)
         elif component == "vae":
             module = AutoencoderKL.from_config(cfg)
@@ -109,8 +110,13 @@ def _build(spec: ModelSpec, component: str, device: torch.device, dtype: torch.d
             module = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
         else:
             module = CLIPCameraProjection.from_config(cfg)
-    module = module.to(dtype).requires_grad_(False).eval()
-    return module
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # .to(dtype) warns about fp32-kept modules; these have none
+    try:
+        module = module.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    return module.requires_grad_(False).eval()
 
 
 @dataclass
