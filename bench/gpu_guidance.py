@@ -21,48 +21,11 @@ import sys
 import time
 
 import torch
+from dreampolish.backend.models.full_size import SD21_TEXT_ENCODER, SD21_UNET, SD_VAE
 from dreampolish.backend.models.tiny import SD21_SCHEDULER  # the same noise schedule the tiny models use
 
-SD21_BASE_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024,
-    attention_head_dim=(5, 10, 20, 20),
-    use_linear_projection=True,
-    norm_num_groups=32,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
-"""stabilityai/stable-diffusion-2-1-base unet/config.json (the fields that differ from diffusers' defaults)."""
-
-SD21_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
-
-SD21_TEXT_ENCODER = dict(
-    vocab_size=49408,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=23,
-    num_attention_heads=16,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    projection_dim=512,
-)
-
+# The full-size architectures, written once for the meta-device dry run and for these benchmarks.
+SD21_BASE_UNET, SD21_VAE = SD21_UNET, SD_VAE
 
 
 def main() -> int:

@@ -54,6 +54,7 @@ from typing import Any
 
 import torch
 from dreampolish.backend.guidance.base import NormalTargets
+from dreampolish.backend.models.full_size import CLIP_VIT_L14_VISION, MARIGOLD_UNET, ZERO123_UNET
 from dreampolish.backend.models.loading import PriorModels
 from dreampolish.backend.pipeline import DiffusionPriors, DreamPolishPipeline
 from dreampolish.backend.pipeline_api import JobCancelled, JobFailed
@@ -84,38 +85,13 @@ flight when the budget runs out) and the summary."""
 
 # -- the published configs of the default model set's Zero123 and Marigold checkpoints -----------------
 
-ZERO123_XL_UNET = dict(
-    sample_size=32,
-    in_channels=8,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-)
-"""ashawkey/zero123-xl-diffusers unet/config.json: the SD 1.x UNet at 256 px with 8 input channels."""
-
-ZERO123_IMAGE_ENCODER = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=224,
-    patch_size=14,
-    projection_dim=768,
-    hidden_act="quick_gelu",
-)
-"""The CLIP ViT-L/14 image encoder of Zero123 (image_encoder/config.json)."""
+# The full-size architectures are written once, in dreampolish.backend.models.full_size.
+ZERO123_XL_UNET, ZERO123_IMAGE_ENCODER = ZERO123_UNET, CLIP_VIT_L14_VISION
 
 ZERO123_CAMERA_PROJECTION = dict(embedding_dim=768, additional_embeddings=4)
 """clip_camera_projection/config.json."""
 
-MARIGOLD_NORMALS_UNET = {**SD21_BASE_UNET, "sample_size": 96, "in_channels": 8}
+MARIGOLD_NORMALS_UNET = MARIGOLD_UNET
 """prs-eth/marigold-normals-v1-1 unet/config.json: the SD 2 UNet with the image latent concatenated (8 channels)."""
 
 MARIGOLD_SCHEDULER = {**SD21_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
