@@ -57,20 +57,28 @@ def install_extension(bpy, zip_path: Path, repo_dir: Path):
     return sys.modules["bl_ext.dreampolish_demo.dreampolish"]
 
 
-def connect(bpy, addon_module: str, address: str, timeout_s: float = 60.0) -> None:
+def connect(bpy, addon, addon_module: str, address: str, timeout_s: float = 60.0) -> None:
+    """Connect as the panel's button does: the operator returns at once and the handshake ends on the
+    client thread, so pump the add-on's queue (what its timer does) until it is connected; while the
+    backend is still starting the handshake fails, and the demo tries again."""
     prefs = bpy.context.preferences.addons[addon_module].preferences
     prefs.backend_address = address
+    rt = bpy.context.window_manager.dreampolish
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             bpy.ops.dreampolish.connect()
-        except RuntimeError as exc:  # the operator reports an error while the backend is still starting
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"backend at {address} did not answer within {timeout_s:.0f} s: {exc}") from exc
-            time.sleep(0.5)
-            continue
-        if bpy.context.window_manager.dreampolish.connection == "connected":
+        except RuntimeError as exc:  # the operator reports a refusal it can see at once
+            log.info("connect: %s", exc)
+        while rt.connection == "connecting" and time.monotonic() < deadline:
+            if addon.bridge.drain() == 0:
+                time.sleep(0.05)
+        if rt.connection == "connected":
             return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"backend at {address} did not answer within {timeout_s:.0f} s "
+                               f"(the add-on says: {rt.connection})")
+        time.sleep(0.5)
 
 
 def run_job(bpy, addon, prompt: str, preset: str, seed: int, timeout_s: float) -> dict:
@@ -211,7 +219,7 @@ def main(argv: list[str]) -> int:
     module = addon.__name__
     log.info("installed and enabled the extension %s", module)
     try:
-        connect(bpy, module, args.backend)
+        connect(bpy, addon, module, args.backend)
         rt = bpy.context.window_manager.dreampolish
         log.info("connected to %s (device: %s)", args.backend, rt.device)
         job = run_job(bpy, addon, args.prompt, args.preset, args.seed, args.timeout)
