@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import bpy
 
-from .protocol.client import BackendClient, BackendUnreachable
+from .protocol.client import AccessRefused, BackendClient, BackendUnreachable
 from .protocol.messages import Welcome
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class ConnectionSettings:
     """The backend's CURVE public key (Z85); empty for an unauthenticated loopback backend."""
     timeout_s: float = 5.0
     """Handshake and request timeout."""
+    client_key: str = ""
+    """This add-on's own CURVE pair (a NAME.key_secret file), used with a server key: a backend with
+    an allow-list serves only the keys it knows."""
 
 
 @dataclass
@@ -106,6 +109,7 @@ class ClientThread(threading.Thread):
                 # Silence is judged by our own timeout, so that a slow remote backend is not dropped early.
                 dead_after_s=max(4.0, self.settings.timeout_s),
                 client_name="dreampolish-blender",
+                client_key=(self.settings.client_key or None) if self.settings.server_key else None,
             )
             welcome = self._handshake(client)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the artist
@@ -142,6 +146,8 @@ class ClientThread(threading.Thread):
             while True:
                 try:
                     return client.connect()
+                except AccessRefused:
+                    raise  # the backend said why: its one line reaches the artist as it is
                 except BackendUnreachable:
                     if self._stop_event.is_set() or time.monotonic() >= deadline:
                         raise BackendUnreachable(

@@ -18,7 +18,7 @@ from .job_cache import JobCache, JobRecord
 from .materials import JOB_PROP
 from .preferences import user_dir
 from .progress import JobClock
-from .protocol.client import BackendUnreachable
+from .protocol.client import AccessRefused, BackendUnreachable
 from .protocol.errors import VersionMismatch
 from .protocol.messages import FINAL_EVENTS, JobList, Result, StageResult, Welcome
 
@@ -48,6 +48,12 @@ def runtime(context: bpy.types.Context | None = None):
 def describe_error(exc: BaseException) -> str:
     """A message an artist can act on, naming what failed."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, AccessRefused):
+        # The backend answered, and said why: not "unreachable", and nothing to add to its line but
+        # where the key is.
+        if "client key" in text:
+            return f"Refused: {text}. Send the public key in the add-on's preferences to the backend's administrator."
+        return f"Refused: {text}."
     if isinstance(exc, BackendUnreachable):
         return f"Backend unreachable: {text}. Is it running, and is the address in the preferences right?"
     if isinstance(exc, VersionMismatch):
@@ -134,6 +140,8 @@ def _on_error(rt, request: str, exc: BaseException) -> None:
             rt.message = f"Connection lost: {rt.message} Reconnecting…"
         elif bridge.keeps_connected():
             rt.message += f" Trying again every {bridge.RECONNECT_INTERVAL_S:g} s."
+        if isinstance(exc, AccessRefused):
+            report_failure(rt.message)  # a refusal needs the artist (or the administrator): say it loudly
     elif request == "submit":
         rt.job_state = ""
     log.warning("%s failed: %s", request, rt.message)

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, StringProperty
 
-from . import bridge, camera_rig, job_events, materials, mesh_io
+from . import bridge, camera_rig, client_key, job_events, materials, mesh_io
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
 from .protocol.client import ClientError, load_server_public_key
@@ -33,7 +33,10 @@ _backend_process: subprocess.Popen | None = None
 
 def _settings(context) -> bridge.ConnectionSettings:
     p = prefs(context)
-    return bridge.ConnectionSettings(address=p.backend_address, server_key=p.server_key, timeout_s=p.timeout_s)
+    # The add-on's own key pair goes with every CURVE connection (made here on first use).
+    key = str(client_key.ensure().secret_file) if p.server_key else ""
+    return bridge.ConnectionSettings(address=p.backend_address, server_key=p.server_key, timeout_s=p.timeout_s,
+                                     client_key=key)
 
 
 def _ensure_connected(op: bpy.types.Operator, context) -> bool:
@@ -532,6 +535,20 @@ class DREAMPOLISH_OT_report(bpy.types.Operator):
         return {"CANCELLED"}
 
 
+class DREAMPOLISH_OT_copy_client_key(bpy.types.Operator):
+    """Copy this Blender's public client key, to send to the backend's administrator"""
+
+    bl_idname = "dreampolish.copy_client_key"
+    bl_label = "Copy Public Key"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        key = client_key.ensure().public_key
+        context.window_manager.clipboard = key
+        self.report({"INFO"}, f"Copied the public client key {key[:8]}…")
+        return {"FINISHED"}
+
+
 class DREAMPOLISH_OT_randomize_seed(bpy.types.Operator):
     """Pick a new random seed"""
 
@@ -706,6 +723,7 @@ classes = (
     DREAMPOLISH_OT_bake_to_material,
     DREAMPOLISH_OT_export_glb,
     DREAMPOLISH_OT_report,
+    DREAMPOLISH_OT_copy_client_key,
     DREAMPOLISH_OT_randomize_seed,
     DREAMPOLISH_OT_reimport,
     DREAMPOLISH_OT_attach,

@@ -7,6 +7,8 @@ from pathlib import Path
 import bpy
 from bpy.props import FloatProperty, StringProperty
 
+from . import client_key
+
 ADDON_ID = __package__
 """The extension's module name (bl_ext.<repository>.dreampolish), which is also its preferences key."""
 
@@ -40,6 +42,7 @@ class DreamPolishPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "backend_address")
         layout.prop(self, "server_key")
         layout.prop(self, "timeout_s")
+        _draw_client_key(layout.box())
         box = layout.box()
         box.label(text="Local backend")
         box.prop(self, "backend_executable")
@@ -50,6 +53,21 @@ class DreamPolishPreferences(bpy.types.AddonPreferences):
         row.operator("dreampolish.backend_stop", icon="PAUSE")
         box.label(text="Running" if running else "Not running", icon="CHECKMARK" if running else "BLANK1")
         layout.label(text=f"Cache: {user_dir()}", icon="FILE_FOLDER")
+
+
+def _draw_client_key(box) -> None:
+    """This Blender's public key, for the administrator of a backend that serves only known keys."""
+    box.label(text="Client key (send the public key to the backend's administrator)")
+    try:
+        key = client_key.ensure()  # the first draw makes the pair: the artist can send it at once
+    except OSError as exc:
+        box.alert = True
+        box.label(text=f"Could not make a client key: {exc}", icon="ERROR")
+        return
+    row = box.row(align=True)
+    row.label(text=key.public_key)
+    row.operator("dreampolish.copy_client_key", text="Copy", icon="COPYDOWN")
+    box.label(text=f"Public certificate: {key.public_file}", icon="FILE")
 
 
 def prefs(context: bpy.types.Context | None = None) -> DreamPolishPreferences:
