@@ -45,6 +45,10 @@ def runtime(context: bpy.types.Context | None = None):
     return (context or bpy.context).window_manager.dreampolish
 
 
+REFUSED_PREFIX = "Refused: "
+"""Starts the message of a refused connection (AccessRefused), which a later welcome clears."""
+
+
 def describe_error(exc: BaseException) -> str:
     """A message an artist can act on, naming what failed."""
     text = str(exc) or type(exc).__name__
@@ -52,8 +56,9 @@ def describe_error(exc: BaseException) -> str:
         # The backend answered, and said why: not "unreachable", and nothing to add to its line but
         # where the key is.
         if "client key" in text:
-            return f"Refused: {text}. Send the public key in the add-on's preferences to the backend's administrator."
-        return f"Refused: {text}."
+            return (f"{REFUSED_PREFIX}{text}. "
+                    "Send the public key in the add-on's preferences to the backend's administrator.")
+        return f"{REFUSED_PREFIX}{text}."
     if isinstance(exc, BackendUnreachable):
         return f"Backend unreachable: {text}. Is it running, and is the address in the preferences right?"
     if isinstance(exc, VersionMismatch):
@@ -102,6 +107,8 @@ def _on_welcome(rt, welcome: Welcome) -> None:
     rt.connection = "connected"
     rt.device = ", ".join(welcome.devices) or "unknown"
     rt.message = f"Connected (backend {welcome.backend_version})"
+    if rt.failure.startswith(REFUSED_PREFIX):
+        rt.failure = ""  # the refusal is over; a job's failure stays until the next job
     # Carry on following a job that was running before the reconnect; the backend's job list then
     # brings the history up to date and, after a restart of Blender, re-attaches a job still going.
     if rt.job_id and rt.job_state in GOING_STATES:

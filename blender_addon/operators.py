@@ -33,8 +33,14 @@ _backend_process: subprocess.Popen | None = None
 
 def _settings(context) -> bridge.ConnectionSettings:
     p = prefs(context)
-    # The add-on's own key pair goes with every CURVE connection (made here on first use).
-    key = str(client_key.ensure().secret_file) if p.server_key else ""
+    key = ""
+    if p.server_key:
+        # The add-on's own key pair goes with every CURVE connection (made here on first use).
+        try:
+            key = str(client_key.ensure().secret_file)
+        except OSError as exc:
+            # Still connect: a backend without an allow-list serves a key made for this connection.
+            job_events.report_failure(f"Could not make this Blender's client key: {exc}")
     return bridge.ConnectionSettings(address=p.backend_address, server_key=p.server_key, timeout_s=p.timeout_s,
                                      client_key=key)
 

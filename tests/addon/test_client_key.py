@@ -132,7 +132,8 @@ def test_an_allow_list_refuses_the_add_on_until_its_key_is_added(no_client_key, 
         prefs.server_key = str(server_public)
         # Until the process is up the add-on hears nothing; once it is, it is refused by name.
         _connect_until(lambda rt: "does not know your client key" in rt.message, "refusal")
-        key = sys_module().client_key.ensure()  # made by the first connect
+        key = sys_module().client_key.existing()
+        assert key is not None, "the first connect with a server key makes the pair"
         assert rt.connection == "error"
         assert f"this backend does not know your client key {key.public_key[:8]}" in rt.message
         assert "unreachable" not in rt.message.lower()
@@ -141,3 +142,4 @@ def test_an_allow_list_refuses_the_add_on_until_its_key_is_added(no_client_key, 
         shutil.copy(key.public_file, clients)  # what the administrator does; the backend keeps running
         _connect_until(lambda rt: rt.connection == "connected", "connection after the key was added")
         assert rt.message.startswith("Connected")
+        assert not rt.failure  # the panel's red box of the refusal is gone
