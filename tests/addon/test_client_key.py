@@ -117,7 +117,7 @@ def _connect_until(predicate, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def test_an_allow_list_refuses_the_add_on_until_its_key_is_added(no_client_key, tmp_path):
+def test_an_allow_list_refuses_the_add_on_until_its_key_is_added(no_client_key, tmp_path, monkeypatch):
     if not BACKEND_EXE.exists():
         pytest.skip("the backend environment .venv is absent: run `make venv`")
     server_public = _keys(tmp_path / "server")
@@ -125,6 +125,15 @@ def test_an_allow_list_refuses_the_add_on_until_its_key_is_added(no_client_key, 
     clients.mkdir()
     prefs = bpy.context.preferences.addons[MODULE].preferences
     rt = bpy.context.window_manager.dreampolish
+    reported: list[str] = []
+    report_op = bpy.types.DREAMPOLISH_OT_report
+    original = report_op.execute
+
+    def recording_execute(self, context):
+        reported.append(self.message)
+        return original(self, context)
+
+    monkeypatch.setattr(report_op, "execute", recording_execute)  # what reaches the status bar
     with backend_process("--curve-secret-key", str(server_public) + "_secret",
                          "--curve-clients", str(clients)) as address:
         prefs.backend_address = address
@@ -137,7 +146,8 @@ def test_an_allow_list_refuses_the_add_on_until_its_key_is_added(no_client_key, 
         assert rt.connection == "error"
         assert f"this backend does not know your client key {key.public_key[:8]}" in rt.message
         assert "unreachable" not in rt.message.lower()
-        assert rt.failure == rt.message  # the red box of the panel (and the status bar's report)
+        assert rt.failure == rt.message  # the panel's red box
+        assert reported and reported[-1] == rt.message  # the status bar
 
         shutil.copy(key.public_file, clients)  # what the administrator does; the backend keeps running
         _connect_until(lambda rt: rt.connection == "connected", "connection after the key was added")
