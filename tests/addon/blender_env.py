@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 USER_RESOURCES = Path(tempfile.mkdtemp(prefix="dreampolish-blender-user-"))
 atexit.register(shutil.rmtree, USER_RESOURCES, True)
 # Must be set before bpy is imported: Blender reads it once at start-up.
-os.environ["BLENDERUSER_RESOURCES"] = str(USER_RESOURCES)
+os.environ["BLENDER_USER_RESOURCES"] = str(USER_RESOURCES)
 
 bpy = pytest.importorskip("bpy", reason="the add-on tests run inside Blender's bpy module (.venv-blender)")
 # Blender's own modules: importable only once bpy is imported.

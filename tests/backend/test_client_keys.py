@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import zmq
@@ -59,11 +58,11 @@ def served(tmp_path, keyring):
         yield server
 
 
-def refused_within(client, seconds):
-    t0 = time.monotonic()
+def refusal(client):
+    """The backend's refusal: a silent backend would raise BackendUnreachable after timeout_s, which is
+    not an AccessRefused, so this fails on a 4-second silence without timing anything."""
     with pytest.raises(AccessRefused) as info:
         client.connect()
-    assert time.monotonic() - t0 < seconds, "a refusal must not wait for the liveness timeout"
     return str(info.value)
 
 
@@ -76,7 +75,7 @@ def test_allowed_key_is_served_and_its_jobs_run(served, keyring):
 
 def test_unknown_key_is_refused_with_one_line_naming_it(served, keyring):
     with client_for(served, keyring, keyring["bob"]) as bob:
-        line = refused_within(bob, 2.0)
+        line = refusal(bob)
         assert line == f"this backend does not know your client key {bob.public_key[:8]}"
         assert "\n" not in line
     assert served.manager.list() == []
@@ -84,13 +83,13 @@ def test_unknown_key_is_refused_with_one_line_naming_it(served, keyring):
 
 def test_no_client_key_is_refused_and_told_to_make_one(served, keyring):
     with client_for(served, keyring, None) as anonymous:
-        line = refused_within(anonymous, 2.0)
+        line = refusal(anonymous)
     assert line.startswith("this backend does not know your client key") and "--client-key" in line
 
 
 def test_plain_client_against_curve_server_is_told_to_set_the_server_key(served, keyring):
     with client_for(served, keyring, None, server_public_key=None) as plain:
-        line = refused_within(plain, 2.0)
+        line = refusal(plain)
     assert "uses CURVE encryption: set its server key" in line
 
 
@@ -107,14 +106,14 @@ def test_wrong_server_key_is_unreachable_not_served(served, keyring):
 
 def test_key_added_while_running_is_served_and_a_removed_key_refused(served, keyring):
     with client_for(served, keyring, keyring["bob"]) as bob:
-        refused_within(bob, 2.0)
+        refusal(bob)
     shutil.copy(keyring["bob_public"], keyring["allowed"])
     with client_for(served, keyring, keyring["bob"]) as bob:
         bob.connect()
         bob.submit(JobSpec("bob's, after his key was added"))
     (keyring["allowed"] / "bob.key").unlink()
     with client_for(served, keyring, keyring["bob"]) as bob:
-        assert refused_within(bob, 2.0).startswith("this backend does not know your client key")
+        assert refusal(bob).startswith("this backend does not know your client key")
     with client_for(served, keyring, keyring["alice"]) as alice:
         alice.connect()  # the others are still served
 
