@@ -22,6 +22,7 @@ white background, which is what Zero123 was trained on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +68,12 @@ class Zero123GuidanceConfig:
     """Clamp each element of the gradient to ±grad_clip; None = only non-finite values are zeroed."""
     seed: int = ranged(0, 0, 2**63 - 1)
     """Seed of the timestep and noise draws."""
+    view_distance: float = ranged(3.8, 0.1, 100)
+    """Distance of the sampled views the prior judges; the reference image is reframed to it, so that
+    Δr = 0 (DreamCraft3D configs/dreamcraft3d-*.yaml: camera_distance_range [3.8, 3.8], and
+    stable_zero123_guidance.py get_cond uses the data's distance as cond_camera_distance)."""
+    view_fovy_deg: float = ranged(20.0, 1, 170)
+    """Vertical field of view of the sampled views (DreamCraft3D configs: fovy_range [20, 20])."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,33 @@ class ReferenceView:
     elevation_deg: float
     azimuth_deg: float
     distance: float
+    fovy_deg: float | None = None
+    """Vertical field of view of the reference image; None = already framed as the sampled views."""
+
+
+def frame_like_views(rgb: Tensor, mask: Tensor, view: ReferenceView, distance: float, fovy_deg: float
+                     ) -> tuple[Tensor, Tensor]:
+    """The reference image [H,W,3] / mask [H,W,1] as a square view at `distance`, `fovy_deg`, by a
+    centred crop or a pad (coverage 0, so white once composited), never a squash.
+
+    Both cameras look at the orbit centre; at its plane the reference shows a half height
+    d_ref·tan(fovy_ref/2) over H pixels, a view d·tan(fovy/2), so the view's square side is
+    H·d·tan(fovy/2) / (d_ref·tan(fovy_ref/2)) reference pixels (exact for the centre plane)."""
+    h, w = rgb.shape[0], rgb.shape[1]
+    ref_half = view.distance * math.tan(math.radians(view.fovy_deg or fovy_deg) / 2)
+    side = max(1, round(h * distance * math.tan(math.radians(fovy_deg) / 2) / ref_half))
+    if view.fovy_deg is None and h == w:
+        side = h
+    both = torch.cat([rgb, mask], dim=-1).permute(2, 0, 1)
+    top, left = (h - side) // 2, (w - side) // 2
+    if top >= 0 and left >= 0:
+        both = both[:, top:top + side, left:left + side]
+    else:
+        pad_y, pad_x = max(0, -top), max(0, -left)
+        both = both[:, max(0, top):max(0, top) + min(h, side), max(0, left):max(0, left) + min(w, side)]
+        both = F.pad(both, (pad_x, side - both.shape[2] - pad_x, pad_y, side - both.shape[1] - pad_y))
+    both = both.permute(1, 2, 0)
+    return both[..., :3], both[..., 3:]
 
 
 def relative_camera(
@@ -116,7 +150,11 @@ class Zero123Guidance:
         """reference_rgb [H,W,3] in [0,1] and reference_mask [H,W,1] in [0,1] from the reference stage."""
         self.models = models
         self.config = config or Zero123GuidanceConfig()
-        self.reference_view = reference_view
+        # The prior sees the reference framed as its sampled views, and from their distance (Δr = 0).
+        reference_rgb, reference_mask = frame_like_views(
+            reference_rgb, reference_mask, reference_view, self.config.view_distance, self.config.view_fovy_deg)
+        self.reference_view = ReferenceView(reference_view.elevation_deg, reference_view.azimuth_deg,
+                                            self.config.view_distance)
         self.scheduler = models.scheduler
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)

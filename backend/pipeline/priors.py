@@ -67,6 +67,15 @@ def front_view_prompts(cfg: Any, frame: JobFrame) -> Any:
     return dataclasses.replace(cfg, front_azimuth_deg=float(frame.reference_camera.azimuth_deg[0]))
 
 
+def zero123_reference_view(cam: Any) -> Any:
+    """The artist's reference camera (B=1) as Zero123's reference orbit view, with its field of view so
+    that the guidance can reframe the image as its sampled views."""
+    from ..guidance.zero123 import ReferenceView as OrbitView
+
+    return OrbitView(float(cam.elevation_deg[0]), float(cam.azimuth_deg[0]), float(cam.distance[0]),
+                     float(cam.fovy_deg[0]))
+
+
 def _seeded(cfg: Any, seed: int) -> Any:
     return dataclasses.replace(cfg, seed=seed % (2**31))
 
@@ -100,7 +109,6 @@ class DiffusionPriors:
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance:
         from ..guidance.score_distillation import ScoreDistillation
         from ..guidance.text_prior import encode_prompts
-        from ..guidance.zero123 import ReferenceView as OrbitView
         from ..guidance.zero123 import Zero123Guidance
 
         g = preset.guidance
@@ -110,7 +118,7 @@ class DiffusionPriors:
         if reference is not None:
             cam = reference.camera
             if g.zero123_weight:
-                orbit = OrbitView(float(cam.elevation_deg[0]), float(cam.azimuth_deg[0]), float(cam.distance[0]))
+                orbit = zero123_reference_view(cam)
                 parts.append(("zero123", g.zero123_weight, Zero123Guidance(
                     models.zero123, reference.rgb, reference.mask, orbit, _seeded(g.zero123, seed))))
         if g.text_weight:
