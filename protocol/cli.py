@@ -166,6 +166,10 @@ def _follow(client: BackendClient, job_id: str, out: Path) -> int:
                 losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.losses.items()))
                 print(f"  {event.stage:8s} {event.step:>6d}/{event.total:<6d} {losses}", flush=True)
         elif isinstance(event, m.StageResult):
+            if event.stage == "export" and event.mesh.num_vertices == 0:
+                # The export marker: the final mesh is the texture stage's, already written.
+                print("export: done (the final mesh is the texture stage's)")
+                continue
             path = _stage_path(out, event.stage)
             _write(path, mesh_to_glb(event.mesh, name=f"{event.stage}"))
             print(

@@ -258,7 +258,9 @@ class ExportRunner(StageRunner):
         carry.payload = payload_from_ckpt(ckpt["payload"])
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
-        return carry.payload
+        # The final mesh is the texture stage's result, already sent: sending it again doubled the
+        # bytes and the client's import. An empty mesh marks the export done (protocol/README.md).
+        return MeshPayload(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32))
 
 
 STAGE_RUNNERS: tuple[StageRunner, ...] = (

@@ -29,7 +29,7 @@ def test_prompt_job_emits_a_mesh_after_every_stage(prompt_job):
     assert outcome.paused_after is None
     assert ctx.result_stages == ["nerf", "neus", "dmtet", "polish", "texture", "export"]
     assert [i for _, i, _ in ctx.results] == [1, 2, 3, 4, 5, 6]
-    for stage, _, mesh in ctx.results:
+    for stage, _, mesh in ctx.results[:-1]:
         assert mesh.num_faces > 0, stage
         # Generated meshes live in the object frame (inside the radius-0.5 ball) placed by the transform.
         assert np.linalg.norm(mesh.vertices, axis=1).max() < 0.75, stage
@@ -37,7 +37,9 @@ def test_prompt_job_emits_a_mesh_after_every_stage(prompt_job):
 
 def test_final_mesh_is_uv_mapped_and_textured_and_written_as_glb(prompt_job):
     _, ctx, outcome = prompt_job
-    final = ctx.result("export")
+    # The final mesh is the texture stage's; export marks itself done with an empty mesh.
+    final = ctx.result("texture")
+    assert ctx.result("export").num_vertices == 0
     assert final.uvs is not None and final.uvs.shape == (final.num_faces, 3, 2)
     assert 0.0 <= final.uvs.min() and final.uvs.max() <= 1.0
     base = decode_png(final.texture("base_color").png)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.protocol import messages as m
+from dreampolish.protocol.codec import encode
 from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.job import JobSpec
 
@@ -38,7 +39,13 @@ def test_bad_requests_get_clear_errors_and_the_backend_keeps_serving(tmp_path):
             assert isinstance(events[-1], m.Done), events[-1]
             results = [e for e in events if isinstance(e, m.StageResult)]
             assert [r.stage for r in results] == ["texture", "export"]
-            final = results[-1].mesh
+            # The final mesh travels once: export's result is an empty marker, so the job's stage results
+            # weigh what the textured mesh weighs (before, export sent that mesh a second time).
+            sizes = {r.stage: sum(len(f) for f in encode(r)) for r in results}
+            assert sizes["texture"] > 10_000, sizes
+            assert sizes["export"] < 2_000, sizes
+            assert results[1].mesh.num_vertices == 0 and not results[1].mesh.textures
+            final = results[0].mesh
             np.testing.assert_array_equal(final.uvs, source.uvs)
             np.testing.assert_array_equal(final.faces, source.faces)
             assert final.texture("base_color").png.startswith(b"\x89PNG")
