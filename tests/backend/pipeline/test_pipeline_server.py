@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.codec import encode
 from dreampolish.protocol.client import BackendClient, RequestRejected
+from dreampolish.protocol.codec import encode
 from dreampolish.protocol.job import JobSpec
 
 from tests.backend.pipeline_fixtures import box_payload, tiny_model_cache, tiny_models  # noqa: F401
