@@ -301,10 +301,13 @@ def _on_fetched(rt, result: Result) -> None:
 
 
 def _repeats_texture(cache: JobCache, msg: StageResult) -> bool:
-    """The export stage sends the textured mesh the texture stage sent: importing it again would
-    double the scene's data for nothing (the exported GLB is a file on the backend)."""
+    """The export stage's result is the final mesh the texture stage sent: an empty marker from this
+    backend, the same textured mesh from an older one. Importing it again would double the scene's
+    data for nothing (the exported GLB is a file on the backend)."""
     if msg.stage != "export":
         return False
+    if msg.mesh.num_vertices == 0:
+        return True  # the backend's export marker: the final mesh is the texture stage's
     textured = cache.load_stage(msg.job_id, "texture")
     return (textured is not None and textured.mesh.num_faces == msg.mesh.num_faces
             and textured.mesh.num_vertices == msg.mesh.num_vertices
