@@ -117,6 +117,12 @@ def _client(args: argparse.Namespace) -> BackendClient:
     return client
 
 
+def _is_export_marker(result: m.StageResult) -> bool:
+    """The export stage's empty mesh says the export is done; the final mesh is the texture stage's,
+    already received (protocol/README.md, stage_result)."""
+    return result.stage == "export" and result.mesh.num_vertices == 0
+
+
 def _stage_path(out: Path, stage: str) -> Path:
     return out.with_name(f"{out.stem}.{stage}{out.suffix or '.glb'}")
 
@@ -166,8 +172,7 @@ def _follow(client: BackendClient, job_id: str, out: Path) -> int:
                 losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.losses.items()))
                 print(f"  {event.stage:8s} {event.step:>6d}/{event.total:<6d} {losses}", flush=True)
         elif isinstance(event, m.StageResult):
-            if event.stage == "export" and event.mesh.num_vertices == 0:
-                # The export marker: the final mesh is the texture stage's, already written.
+            if _is_export_marker(event):
                 print("export: done (the final mesh is the texture stage's)")
                 continue
             path = _stage_path(out, event.stage)
@@ -232,6 +237,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.fetch_result(args.job_id)
     for s in result.stage_results:
+        if _is_export_marker(s):
+            continue
         path = args.out / f"{s.index}_{s.stage}.glb"
         _write(path, mesh_to_glb(s.mesh, name=s.stage))
         print(path)
