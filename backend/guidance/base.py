@@ -29,9 +29,19 @@ class GuidanceInput:
     """[B,H,W,3] rendered unit normals in WORLD space (background zero), when the stage has them."""
     shading: Literal["albedo", "normal"] = "albedo"
     """What `rgb` shows: the colour field, or normals shaded as colours ((n+1)/2, for geometry-only steps)."""
+    colour: Tensor | None = None
+    """[B,H,W,3] the colour render when `rgb` is normal-shaded. Priors that must always see colour use
+    `colour_render()`: DreamCraft3D (systems/dreamcraft3d.py, stage geometry) gives `comp_normal` to the text
+    guidance only and `comp_rgb` to guidance_3d (Zero123) on every step."""
     step: int = 0
     """Current step of the stage (for timestep annealing and weight schedules)."""
     total_steps: int = 1
+
+    def colour_render(self) -> Tensor:
+        """The colour render: `rgb`, or `colour` when `rgb` shows shaded normals."""
+        if self.shading == "normal" and self.colour is not None:
+            return self.colour
+        return self.rgb
 
 
 @dataclass

@@ -207,9 +207,10 @@ class Zero123Guidance:
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         m = self.models
-        b = inp.rgb.shape[0]
+        rgb = inp.colour_render()  # Zero123 is trained on colour images, never on shaded normals
+        b = rgb.shape[0]
         with autocast(m.device, m.dtype):
-            latents = encode_render(m.vae, inp.rgb.to(m.device), self.resolution).float()
+            latents = encode_render(m.vae, rgb.to(m.device), self.resolution).float()
         cams = inp.cameras
         context = self.conditioning(cams.elevation_deg, cams.azimuth_deg, cams.distance)
         t = self.config.timesteps.sample(inp.step, b, self.num_train_timesteps, self.generator)

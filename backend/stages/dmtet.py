@@ -8,7 +8,8 @@ silhouettes pull on the surface).
 
 Per step (the method's schedule): reference-view losses when a reference is given; the
 guidance on normal-shaded renders ((n+1)/2, "normal" shading) on 3 of every 4 steps
-(`normal_steps_of_4`) and on albedo renders otherwise; normal consistency (ramped 10 -> 1)
+(`normal_steps_of_4`) and on albedo renders otherwise, with the colour render alongside, which
+Zero123 always reads (GuidanceInput.colour_render); normal consistency (ramped 10 -> 1)
 and an optional Laplacian term on the extracted mesh.
 
 Continuing from a DmtetState (polish, texture):
@@ -237,7 +238,8 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
         mesh = state.surface()
         loss = StepLoss.start(device)
         loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, step)
-        # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise
+        # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise;
+        # the colour render rides along for Zero123
         res = cfg.resolution.at(step)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, mesh)
@@ -245,6 +247,7 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
         shown = shade_normals(out.normal, out.opacity, cfg.background) if normal_step else out.rgb
         loss.add_guidance(guidance, GuidanceInput(shown, out.opacity, cams, normal=out.normal,
                                                   shading="normal" if normal_step else "albedo", step=step,
+                                                  colour=out.rgb if normal_step else None,
                                                   total_steps=cfg.steps), cfg.guidance_weight.at(step))
         # 3. mesh regularisers
         w_nc, w_lap = cfg.normal_consistency_weight.at(step), cfg.laplacian_weight.at(step)
