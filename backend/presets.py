@@ -215,6 +215,16 @@ class ReferenceStageConfig:
 
 
 @dataclass
+class PriorTimesteps:
+    """One stage's timestep schedule for each geometry prior."""
+
+    text: TimestepSchedule = field(default_factory=TimestepSchedule)
+    """Text SDS timesteps in this stage."""
+    zero123: TimestepSchedule = field(default_factory=TimestepSchedule)
+    """Zero123 SDS timesteps in this stage."""
+
+
+@dataclass
 class GeometryGuidanceConfig:
     """The priors that guide NeRF, NeuS and DMTet: view-conditioned (Zero123) SDS plus text SDS."""
 
@@ -230,6 +240,22 @@ class GeometryGuidanceConfig:
     """Text-to-image SDS settings (CFG 20)."""
     view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
     """View-dependent prompt suffixes ("front/side/back/overhead view")."""
+    # Later stages start from a formed shape, so they refine at low and middle noise instead of restarting
+    # the NeRF's high-noise anneal (`text.timesteps`, `zero123.timesteps` above, used by NeRF).
+    neus_timesteps: PriorTimesteps = field(default_factory=lambda: PriorTimesteps(
+        text=TimestepSchedule(t_range=(0.2, 0.5)), zero123=TimestepSchedule(t_range=(0.2, 0.5))))
+    """NeuS timesteps, both priors (DreamCraft3D configs/dreamcraft3d-coarse-neus.yaml: min/max_step_percent 0.2, 0.5)."""
+    dmtet_timesteps: PriorTimesteps = field(default_factory=lambda: PriorTimesteps(
+        text=TimestepSchedule(t_range=(0.02, 0.5)), zero123=TimestepSchedule(t_range=(0.2, 0.5))))
+    """DMTet timesteps (DreamCraft3D configs/dreamcraft3d-geometry.yaml: guidance 0.02-0.5, guidance_3d 0.2-0.5)."""
+
+    def for_stage(self, stage: str) -> GeometryGuidanceConfig:
+        """These settings with the stage's own timestep schedules ("nerf" keeps `text`/`zero123` as they are)."""
+        own = {"neus": self.neus_timesteps, "dmtet": self.dmtet_timesteps}.get(stage)
+        if own is None:
+            return self
+        return replace(self, text=replace(self.text, timesteps=own.text),
+                       zero123=replace(self.zero123, timesteps=own.zero123))
 
 
 @dataclass

@@ -111,7 +111,7 @@ class DiffusionPriors:
         from ..guidance.text_prior import encode_prompts
         from ..guidance.zero123 import Zero123Guidance
 
-        g = preset.guidance
+        g = preset.guidance.for_stage(stage)  # each stage its own timestep schedule per prior
         models = self.models(preset)
         parts: list[tuple[str, float, Guidance]] = []
         view_prompts = front_view_prompts(g.view_prompts, frame)
