@@ -42,8 +42,10 @@ class MetaGuidance:
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         rgb = inp.rgb.detach().to(self.device).requires_grad_(inp.rgb.requires_grad)
+        colour = None if inp.colour is None else inp.colour.detach().to(self.device).requires_grad_(
+            inp.colour.requires_grad)
         moved = dataclasses.replace(
-            inp, rgb=rgb, opacity=inp.opacity.detach().to(self.device),
+            inp, rgb=rgb, opacity=inp.opacity.detach().to(self.device), colour=colour,
             normal=None if inp.normal is None else inp.normal.detach().to(self.device))
         total: Tensor | None = None
         for _, weight, guidance in self.parts:
@@ -120,7 +122,7 @@ class DryRunPriors:
         from ..guidance.zero123 import ReferenceView as OrbitView
         from ..guidance.zero123 import Zero123Guidance
 
-        g = preset.guidance
+        g = preset.guidance.for_stage(stage)  # as DiffusionPriors: the stage's own timestep schedules
         parts: list[tuple[str, float, Any]] = []
         if reference is not None and g.zero123_weight:
             cam = reference.camera
