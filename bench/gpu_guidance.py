@@ -24,9 +24,6 @@ import torch
 from dreampolish.backend.models.full_size import SD21_TEXT_ENCODER, SD21_UNET, SD_VAE
 from dreampolish.backend.models.tiny import SD21_SCHEDULER  # the same noise schedule the tiny models use
 
-# The full-size architectures, written once for the meta-device dry run and for these benchmarks.
-SD21_BASE_UNET, SD21_VAE = SD21_UNET, SD_VAE
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,8 +48,8 @@ def main() -> int:
     device = torch.device("cuda")
     dtype = choose_dtype(device)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD21_BASE_UNET).to(device, dtype).requires_grad_(False).eval()
-    vae = AutoencoderKL(**SD21_VAE).to(device, dtype).requires_grad_(False).eval()
+    unet = UNet2DConditionModel(**SD21_UNET).to(device, dtype).requires_grad_(False).eval()
+    vae = AutoencoderKL(**SD_VAE).to(device, dtype).requires_grad_(False).eval()
     text_encoder = CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER)).to(device, dtype).requires_grad_(False).eval()
     models = TextToImageModels(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=None,
                                scheduler=DDIMScheduler(**SD21_SCHEDULER), device=device, dtype=dtype, spec=None)

@@ -54,15 +54,22 @@ from typing import Any
 
 import torch
 from dreampolish.backend.guidance.base import NormalTargets
-from dreampolish.backend.models.full_size import CLIP_VIT_L14_VISION, MARIGOLD_UNET, ZERO123_UNET
+from dreampolish.backend.models.full_size import (
+    CLIP_VIT_L14_VISION,
+    MARIGOLD_UNET,
+    SD21_TEXT_ENCODER,
+    SD21_UNET,
+    SD_VAE,
+    ZERO123_UNET,
+)
 from dreampolish.backend.models.loading import PriorModels
+from dreampolish.backend.models.tiny import SD21_SCHEDULER
 from dreampolish.backend.pipeline import DiffusionPriors, DreamPolishPipeline
 from dreampolish.backend.pipeline_api import JobCancelled, JobFailed
 from dreampolish.backend.presets import PipelinePreset, apply_options, get_preset, shrink_to_tiny
 from dreampolish.backend.render.cameras import CameraBatch
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
-from gpu_guidance import SD21_BASE_UNET, SD21_SCHEDULER, SD21_TEXT_ENCODER, SD21_VAE
 from torch import Tensor
 
 logger = logging.getLogger("gpu_stages")
@@ -85,14 +92,9 @@ flight when the budget runs out) and the summary."""
 
 # -- the published configs of the default model set's Zero123 and Marigold checkpoints -----------------
 
-# The full-size architectures are written once, in dreampolish.backend.models.full_size.
-ZERO123_XL_UNET, ZERO123_IMAGE_ENCODER = ZERO123_UNET, CLIP_VIT_L14_VISION
-
 ZERO123_CAMERA_PROJECTION = dict(embedding_dim=768, additional_embeddings=4)
 """clip_camera_projection/config.json."""
 
-MARIGOLD_NORMALS_UNET = MARIGOLD_UNET
-"""prs-eth/marigold-normals-v1-1 unet/config.json: the SD 2 UNet with the image latent concatenated (8 channels)."""
 
 MARIGOLD_SCHEDULER = {**SD21_SCHEDULER, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
                       "rescale_betas_zero_snr": True}
@@ -153,21 +155,21 @@ def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorMo
     torch.manual_seed(0)
     with torch.device(device):
         text_to_image = TextToImageModels(
-            unet=frozen(UNet2DConditionModel(**SD21_BASE_UNET)),
-            vae=frozen(AutoencoderKL(**SD21_VAE)),
+            unet=frozen(UNet2DConditionModel(**SD21_UNET)),
+            vae=frozen(AutoencoderKL(**SD_VAE)),
             text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
             tokenizer=tokenizer, scheduler=sd_scheduler, device=device, dtype=dtype,
             spec=specs.text_to_image)
         zero123 = Zero123Models(
-            unet=frozen(UNet2DConditionModel(**ZERO123_XL_UNET)),
-            vae=frozen(AutoencoderKL(**{**SD21_VAE, "sample_size": 256})),
-            image_encoder=frozen(CLIPVisionModelWithProjection(CLIPVisionConfig(**ZERO123_IMAGE_ENCODER))),
+            unet=frozen(UNet2DConditionModel(**ZERO123_UNET)),
+            vae=frozen(AutoencoderKL(**{**SD_VAE, "sample_size": 256})),
+            image_encoder=frozen(CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14_VISION))),
             camera_projection=frozen(CLIPCameraProjection(**ZERO123_CAMERA_PROJECTION)),
             scheduler=DDIMScheduler.from_config(sd_scheduler.config), camera_encoding=specs.zero123.camera_encoding,
             device=device, dtype=dtype, spec=specs.zero123)
         normals = MarigoldNormalsPipeline(
-            unet=frozen(UNet2DConditionModel(**MARIGOLD_NORMALS_UNET)),
-            vae=frozen(AutoencoderKL(**{**SD21_VAE, "sample_size": 768})),
+            unet=frozen(UNet2DConditionModel(**MARIGOLD_UNET)),
+            vae=frozen(AutoencoderKL(**{**SD_VAE, "sample_size": 768})),
             scheduler=marigold_scheduler,
             text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
             tokenizer=tokenizer, **MARIGOLD_PIPELINE)
