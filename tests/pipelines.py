@@ -207,6 +207,13 @@ def start_backend_process(store: Path, endpoint: str, *, pipeline: str = "tests.
     return proc
 
 
+def connected_client(endpoint: str, heartbeat_s: float = 0.5) -> BackendClient:
+    """A client that has finished the handshake with the backend at `endpoint`."""
+    client = BackendClient(endpoint, timeout_s=10, heartbeat_s=heartbeat_s, dead_after_s=5)
+    client.connect()
+    return client
+
+
 def free_tcp_endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,19 +22,20 @@ from dreampolish.protocol.client import (
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.pipelines import MODE_STAGES, free_tcp_endpoint, repo_env, running_backend, start_backend_process
+from tests.pipelines import (
+    MODE_STAGES,
+    connected_client,
+    free_tcp_endpoint,
+    repo_env,
+    running_backend,
+    start_backend_process,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def client_for(endpoint: str) -> BackendClient:
-    c = BackendClient(endpoint, timeout_s=10, heartbeat_s=0.5, dead_after_s=5)
-    c.connect()
-    return c
-
-
 def test_job_streams_every_stage_and_fetch_returns_them(tmp_path):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         assert client.welcome.presets == ["tiny", "fast"] and client.welcome.devices == ["cpu"]
         job = client.submit(JobSpec("a teapot", options={"test.preview": True}))
         events = list(client.events(job, timeout_s=30))
@@ -57,7 +58,7 @@ def test_job_streams_every_stage_and_fetch_returns_them(tmp_path):
 
 
 def test_rejected_spec_is_an_error_reply_and_nothing_is_queued(tmp_path):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         with pytest.raises(RequestRejected, match="preset 'huge'"):
             client.submit(JobSpec("a teapot", preset="huge"))
         with pytest.raises(UnknownJobError):
@@ -99,7 +100,7 @@ def test_killed_client_then_attach_gets_every_later_event_exactly_once(tmp_path)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert job and last_seq >= 6
-        with client_for(server.endpoint) as client:
+        with connected_client(server.endpoint) as client:
             client.attach(job, last_seq)
             events = list(client.events(job, timeout_s=30))
         seqs = [e.seq for e in events]
@@ -126,7 +127,7 @@ def test_restarted_backend_serves_finished_results_and_resumes_interrupted_jobs(
     endpoint = free_tcp_endpoint()
     proc = start_backend(tmp_path, endpoint)
     try:
-        with client_for(endpoint) as client:
+        with connected_client(endpoint) as client:
             finished = client.submit(JobSpec("finished before the restart"))
             client.wait(finished, timeout_s=30)
             slow = client.submit(JobSpec("interrupted", options={"test.steps": 10, "test.step_s": 0.05}))
@@ -135,7 +136,7 @@ def test_restarted_backend_serves_finished_results_and_resumes_interrupted_jobs(
                     break
         stop_backend(proc)
         proc = start_backend(tmp_path, endpoint)
-        with client_for(endpoint) as client:
+        with connected_client(endpoint) as client:
             result = client.fetch_result(finished)
             assert result.state == "done"
             assert [s.stage for s in result.stage_results] == list(MODE_STAGES["generate"])
@@ -152,7 +153,7 @@ def test_restarted_backend_serves_finished_results_and_resumes_interrupted_jobs(
 
 def test_cancel_stops_within_one_step_and_the_next_job_runs(tmp_path):
     step_s = 0.3
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         slow = client.submit(JobSpec("slow", options={"test.steps": 1000, "test.step_s": step_s}))
         quick = client.submit(JobSpec("quick"))
         for event in client.events(slow, timeout_s=30):
@@ -181,7 +182,7 @@ def test_cancel_stops_within_one_step_and_the_next_job_runs(tmp_path):
     ],
 )
 def test_failing_pipeline_fails_only_that_job(tmp_path, kind, code, text):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         bad = client.submit(JobSpec("bad", options={"test.fail_stage": "neus", "test.fail_kind": kind}))
         good = client.submit(JobSpec("good"))
         with pytest.raises(JobFailedError) as info:
@@ -193,7 +194,7 @@ def test_failing_pipeline_fails_only_that_job(tmp_path, kind, code, text):
 
 
 def test_pause_then_resume_with_an_edited_mesh(tmp_path):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         job = client.submit(JobSpec("gated", pause_after=["dmtet"]))
         events = list(client.events(job, timeout_s=30))
         assert isinstance(events[-1], m.Paused) and events[-1].stage == "dmtet"
@@ -228,7 +229,7 @@ def test_a_client_that_stops_reading_never_blocks_the_worker(tmp_path):
             time.sleep(0.05)
         [job] = server.manager.list()
         # Nothing was lost: a client that reads gets every event from the store.
-        with client_for(server.endpoint) as client:
+        with connected_client(server.endpoint) as client:
             client.attach(job.job_id, 0)
             events = list(client.events(job.job_id, timeout_s=30))
         assert [e.seq for e in events] == list(range(1, job.last_seq + 1))
@@ -262,7 +263,7 @@ def test_client_reconnects_after_a_backend_restart_and_misses_nothing(tmp_path):
 
 
 def test_poll_without_waiting_reads_what_has_arrived(tmp_path):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         job = client.submit(JobSpec("burst"))
         assert client.wait(job, timeout_s=30)
         client.attach(job, 0)
@@ -290,7 +291,7 @@ def test_results_that_do_not_fit_one_message_arrive_in_parts_and_are_joined(tmp_
     assert 1 + 9 * len(part) <= LIMITS.max_frames < 1 + 9 * (len(part) + 1)
 
     monkeypatch.setattr(server_module, "results_that_fit", lambda results: list(results[:2]))
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         job = client.submit(JobSpec("in parts"))
         streamed = client.wait(job, timeout_s=30)
         fetched = client.fetch_result(job)
@@ -313,7 +314,7 @@ class BadStagePipeline:
 def test_an_event_clients_could_not_decode_fails_the_job_instead_of_being_stored(tmp_path):
     with (
         running_backend(tmp_path, pipeline=BadStagePipeline) as server,
-        client_for(server.endpoint) as client,
+        connected_client(server.endpoint) as client,
     ):
         job = client.submit(JobSpec("bad stage"))
         with pytest.raises(JobFailedError, match="invalid progress.*warp_drive"):

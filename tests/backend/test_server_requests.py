@@ -12,22 +12,16 @@ import torch
 from dreampolish.backend.checkpoints import CheckpointStore
 from dreampolish.backend.jobs import classify_failure
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.client import BackendClient, RequestRejected
+from dreampolish.protocol.client import RequestRejected
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import backend_command, repo_env, running_backend
+from tests.pipelines import backend_command, connected_client, repo_env, running_backend
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def client_for(endpoint: str) -> BackendClient:
-    c = BackendClient(endpoint, timeout_s=10, heartbeat_s=0.5, dead_after_s=5)
-    c.connect()
-    return c
-
-
 def test_queue_position_counts_the_running_job(tmp_path):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         first = client._request(m.Submit(spec=JobSpec("first", options={"test.steps": 100, "test.step_s": 0.02})))
         assert first.queue_position == 0
         for event in client.events(first.job_id, timeout_s=30):
@@ -40,7 +34,7 @@ def test_queue_position_counts_the_running_job(tmp_path):
 
 
 def test_attach_past_the_end_is_refused_and_at_the_end_of_a_finished_job_sends_nothing(tmp_path):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint) as client:
         job = client.submit(JobSpec("short"))
         client.wait(job, timeout_s=30)
         [info] = client.list_jobs()

@@ -28,6 +28,7 @@ from tests.pipelines import (
     MODE_STAGES,
     ScriptedPipeline,
     backend_command,
+    connected_client,
     free_tcp_endpoint,
     octahedron,
     repo_env,
@@ -38,12 +39,6 @@ from tests.pipelines import (
 
 pytestmark = pytest.mark.timeout(120)
 STAGES = list(MODE_STAGES["generate"])
-
-
-def client_for(endpoint: str) -> BackendClient:
-    c = BackendClient(endpoint, timeout_s=10, heartbeat_s=0.3, dead_after_s=5)
-    c.connect()
-    return c
 
 
 def backend(store: Path, endpoint: str, pipeline: str) -> subprocess.Popen:
@@ -80,7 +75,7 @@ def test_kill_at_a_stage_boundary_sends_every_stage_once(tmp_path, pipeline, poi
             assert event.seq not in seen
             seen[event.seq] = event
         client.close()
-        with client_for(endpoint) as again:
+        with connected_client(endpoint, heartbeat_s=0.3) as again:
             fetched = again.fetch_result(job)
     finally:
         proc.kill()
@@ -150,7 +145,7 @@ DAMAGE = {"delete": lambda p: p.unlink(), "truncate": _truncate, "bitflip": _fli
 def pristine(tmp_path_factory):
     """A store with a finished job, a paused job with a pending edited mesh, and a finished neighbour."""
     root = tmp_path_factory.mktemp("pristine")
-    with running_backend(root) as server, client_for(server.endpoint) as client:
+    with running_backend(root) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         done = client.submit(JobSpec("finished", options={"test.steps": 4}))
         client.wait(done, timeout_s=30)
         paused = client.submit(JobSpec("gated", pause_after=["neus"], options={"test.steps": 2}))
@@ -162,7 +157,7 @@ def pristine(tmp_path_factory):
 
 
 def _restart_and_check(store: Path, job: str, neighbour: str, infos: dict) -> m.JobInfo:
-    with running_backend(store) as server, client_for(server.endpoint) as client:
+    with running_backend(store) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         listed = {j.job_id: j for j in client.list_jobs()}
         assert listed[neighbour].error == "" and listed[neighbour].last_seq == infos[neighbour].last_seq
         info = listed[job]
@@ -201,7 +196,7 @@ def test_damaged_file_of_a_finished_job_costs_only_that_record(tmp_path, pristin
         assert info.stages_done == STAGES  # every stage result is in its own file as well
     else:
         assert info.error.startswith("store damage: ") and name in info.error
-    with running_backend(store) as server, client_for(server.endpoint) as client:
+    with running_backend(store) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         assert [r.stage for r in client.fetch_result(done).stage_results] == STAGES
 
 
@@ -256,7 +251,7 @@ def test_damaged_spec_of_an_unfinished_job_fails_it_clearly(tmp_path, pristine, 
     store = tmp_path / "store"
     shutil.copytree(root, store)
     DAMAGE[damage](store / paused / "spec.msg")
-    with running_backend(store) as server, client_for(server.endpoint) as client:
+    with running_backend(store) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         listed = {j.job_id: j for j in client.list_jobs()}
         assert listed[paused].state == "failed" and "submit it again" in listed[paused].error
         client.attach(paused, infos[paused].last_seq)
@@ -277,7 +272,7 @@ def test_damaged_resume_message_pauses_the_job_again(tmp_path, pristine, damage)
     job.state = "queued"
     job_store.save_state(job)
     DAMAGE[damage](store / paused / "resume.msg")
-    with running_backend(store) as server, client_for(server.endpoint) as client:
+    with running_backend(store) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         [info] = [j for j in client.list_jobs() if j.job_id == paused]
         assert info.state == "paused" and "resume it again" in info.error
         client.attach(paused, infos[paused].last_seq)
@@ -292,7 +287,7 @@ def test_damaged_resume_message_pauses_the_job_again(tmp_path, pristine, damage)
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_attach_to_a_job_whose_log_was_damaged_while_running_keeps_the_backend_up(tmp_path, damage):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         job = client.submit(JobSpec("damaged under us"))
         client.wait(job, timeout_s=30)
         last = next(j.last_seq for j in client.list_jobs() if j.job_id == job)
@@ -330,7 +325,7 @@ def test_full_disk_fails_the_job_with_disk_full_and_refuses_submits(tmp_path):
     server = BackendServer(config, ScriptedPipeline, store=store)
     server.start()
     try:
-        with client_for(server.endpoint) as client:
+        with connected_client(server.endpoint, heartbeat_s=0.3) as client:
             job = client.submit(JobSpec("fills the disk", options={"test.steps": 50, "test.step_s": 0.02}))
             for event in client.events(job, timeout_s=30):
                 if isinstance(event, m.Progress):
@@ -386,7 +381,7 @@ def test_a_really_full_disk_fails_the_job_with_disk_full(tmp_path):
     # The backend's view of its store, through its own mount namespace.
     store = Path(f"/proc/{proc.pid}/root") / tmp_path.relative_to("/") / "store"
     try:
-        with client_for(endpoint) as client:
+        with connected_client(endpoint, heartbeat_s=0.3) as client:
             job = client.submit(JobSpec("fills the disk", options={"test.steps": 200, "test.step_s": 0.01}))
             for event in client.events(job, timeout_s=30):
                 if isinstance(event, m.Progress):
@@ -420,7 +415,7 @@ def test_a_pause_stored_before_its_state_file_keeps_the_job_paused(tmp_path, pri
     [job] = [j for j in job_store.load_all() if j.job_id == paused]
     job.state = "running"  # killed after the paused event, before state.json said so
     job_store.save_state(job)
-    with running_backend(store) as server, client_for(server.endpoint) as client:
+    with running_backend(store) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         time.sleep(0.3)  # a job queued again would be running by now
         [info] = [j for j in client.list_jobs() if j.job_id == paused]
         assert info.state == "paused" and info.last_seq == infos[paused].last_seq
@@ -441,7 +436,7 @@ def test_damage_that_stays_on_disk_is_reported_once_over_restarts(tmp_path, pris
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_state_and_spec_damaged_while_the_job_runs(tmp_path, damage):
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         job = client.submit(JobSpec("damaged mid-run", options={"test.steps": 20, "test.step_s": 0.01}))
         for event in client.events(job, timeout_s=30):
             if isinstance(event, m.StageResult):
@@ -451,7 +446,7 @@ def test_state_and_spec_damaged_while_the_job_runs(tmp_path, damage):
                 DAMAGE[damage](tmp_path / job / name)
         assert len(client.wait(job, timeout_s=30)) == len(STAGES) - 1  # the rest of the stages
         last = next(j.last_seq for j in client.list_jobs() if j.job_id == job)
-    with running_backend(tmp_path) as server, client_for(server.endpoint) as client:
+    with running_backend(tmp_path) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         [info] = client.list_jobs()
         assert info.state == "done" and info.last_seq == last and info.stages_done == STAGES
         assert "spec.msg" in info.error and info.error.count("store damage") == 1
