@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .protocol.scene import MeshPayload, TexturePayload
+from .protocol.scene import MeshPayload
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,3 @@ def _record_from_json(path: Path) -> JobRecord | None:
     except (OSError, ValueError, TypeError) as exc:
         log.warning("ignoring unreadable job record %s: %s", path, exc)
         return None
-
-
-def texture_payload(role: str, path: Path) -> TexturePayload:
-    if path.suffix == ".png":
-        return TexturePayload(role=role, png=path.read_bytes())
-    return TexturePayload(role=role, array=np.load(path))

@@ -157,13 +157,6 @@ def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tenso
     return rgb * opacity + background * (1.0 - opacity)
 
 
-def render_albedo(color_field: ColorField, mesh: TriMesh, cameras: CameraBatch, rasterizer: MeshRasterizer,
-                  background: Tensor) -> tuple[Tensor, Tensor]:
-    """Colour field on the fixed mesh seen from `cameras`: (rgb [B,H,W,3], opacity [B,H,W,1])."""
-    views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
-    return shade_albedo(color_field, views, background), views.opacity
-
-
 @dataclass
 class ReferenceTarget:
     """The reference view as the texture stage compares with it: the fixed mesh seen from the reference
