@@ -1,5 +1,5 @@
-"""BackendClient: talk to a DreamPolish backend from any Python (the Blender add-on's worker thread,
-the `dreampolish` command line, tests). No bpy; needs pyzmq, msgpack and numpy.
+"""BackendClient: talk to a DreamPolish backend from any Python (the Blender add-on, the
+`dreampolish` command line, tests). No bpy; needs pyzmq, msgpack and numpy.
 
     from dreampolish.protocol.client import BackendClient
     from dreampolish.protocol.job import JobSpec
@@ -25,7 +25,10 @@ API (every call may raise BackendUnreachable, AccessRefused or VersionMismatch):
   until its final event (Done, Failed, Cancelled) or, with until_pause, a Paused. timeout_s bounds the
   wait between two events (None: wait as long as the backend is alive).
 - poll(timeout_s) -> Message | None: the next event of any job followed by this client, or None after
-  timeout_s. Use it from a loop that must stay responsive (the add-on's worker thread).
+  timeout_s. Use it from a loop that must stay responsive.
+- open() and the *_flow() methods (hello_flow, submit_flow, attach_flow, ...): the same requests as
+  flows, for protocol.nonblocking.RequestQueue, which runs them without ever waiting (the add-on,
+  on Blender's main thread).
 - wait(job_id) -> list[StageResult]: follow a job to its end; raises JobFailedError / JobCancelledError.
 - cancel(job_id), resume(job_id, mesh=None): the backend acknowledges; the effect arrives as events.
 - attach(job_id, last_seq=None): follow a job after a reconnect; the backend replays every event after
@@ -47,7 +50,7 @@ process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as sil
 Events arrive exactly once and in order per job: duplicates (seq already seen) are dropped, and a
 gap makes the client re-attach from the last seq it saw.
 
-A client is not thread-safe: use it from one thread (the add-on's worker thread owns it).
+A client is not thread-safe: use it from one thread.
 """
 
 from __future__ import annotations
@@ -55,8 +58,9 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import zmq
 
@@ -162,6 +166,22 @@ def load_client_key(path: str | Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
+T = TypeVar("T")
+Flow = Generator[m.Message, m.Message, T]
+"""A request: yields each message to send, receives its reply, returns the request's result."""
+
+
+def checked_reply(reply: m.Message) -> m.Message:
+    """The reply itself, or the exception an Error reply stands for."""
+    if isinstance(reply, m.Error):
+        if reply.code == VersionMismatch.code:
+            raise VersionMismatch(reply.message)
+        if reply.code == "unknown_job":
+            raise UnknownJobError(reply.code, reply.message)
+        raise RequestRejected(reply.code, reply.message)
+    return reply
+
+
 class BackendClient:
     def __init__(
         self,
@@ -208,6 +228,12 @@ class BackendClient:
 
     def connect(self) -> m.Welcome:
         """Open the socket and do the handshake. Raises BackendUnreachable, VersionMismatch."""
+        self.open()
+        return self.run_flow(self.hello_flow())
+
+    def open(self) -> None:
+        """Open the DEALER socket (no waiting: ZeroMQ connects in the background and keeps what is
+        sent until then). connect() is open() and the hello_flow()."""
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.linger = 0
@@ -227,7 +253,9 @@ class BackendClient:
             self._socket = sock
         self._last_heard = time.monotonic()
         self._silent_since = None
-        reply = self._request(m.Hello(client=f"{self.client_name} (protocol {PROTOCOL_VERSION})"))
+
+    def hello_flow(self) -> Flow[m.Welcome]:
+        reply = yield m.Hello(client=f"{self.client_name} (protocol {PROTOCOL_VERSION})")
         if not isinstance(reply, m.Welcome):
             raise ClientError(f"expected welcome, got {reply.TYPE}")
         self.welcome = reply
@@ -289,21 +317,50 @@ class BackendClient:
         self.close()
 
     # requests ------------------------------------------------------------------------------------
+    # Each request is a flow: a generator that yields the messages to send and receives each one's
+    # reply. The blocking methods run a flow here (run_flow); a caller that must never wait (Blender's
+    # main thread) runs the same flows through protocol.nonblocking.RequestQueue.
+
+    def run_flow(self, flow: Flow[T]) -> T:
+        """Send each message the flow yields and hand it the reply, waiting up to timeout_s for each."""
+        try:
+            msg = next(flow)
+            while True:
+                try:
+                    reply = self._request(msg)
+                except ClientError as exc:
+                    msg = flow.throw(exc)
+                else:
+                    msg = flow.send(reply)
+        except StopIteration as done:
+            return done.value
 
     def submit(self, spec: JobSpec) -> str:
-        reply = self._request(m.Submit(spec=spec))
+        return self.run_flow(self.submit_flow(spec))
+
+    def submit_flow(self, spec: JobSpec) -> Flow[str]:
+        reply = yield m.Submit(spec=spec)
         self.last_seq.setdefault(reply.job_id, 0)
         self.following.add(reply.job_id)
         return reply.job_id
 
     def cancel(self, job_id: str) -> None:
-        self._request(m.Cancel(job_id=job_id))
+        self.run_flow(self.cancel_flow(job_id))
+
+    def cancel_flow(self, job_id: str) -> Flow[None]:
+        yield m.Cancel(job_id=job_id)
 
     def resume(self, job_id: str, mesh: MeshPayload | None = None) -> None:
-        self._request(m.Resume(job_id=job_id, mesh=mesh))
+        self.run_flow(self.resume_flow(job_id, mesh))
+
+    def resume_flow(self, job_id: str, mesh: MeshPayload | None = None) -> Flow[None]:
+        yield m.Resume(job_id=job_id, mesh=mesh)
         self.following.add(job_id)
 
     def attach(self, job_id: str, last_seq: int | None = None) -> None:
+        self.run_flow(self.attach_flow(job_id, last_seq))
+
+    def attach_flow(self, job_id: str, last_seq: int | None = None) -> Flow[None]:
         if last_seq is None:
             seq = self.last_seq.get(job_id, 0)  # buffered, not yet polled events stay queued
         else:
@@ -311,22 +368,28 @@ class BackendClient:
             # Buffered events after seq will be replayed: drop them so they arrive once.
             self._events = collections.deque(e for e in self._events if e.job_id != job_id or e.seq <= seq)
         self.last_seq[job_id] = seq
-        self._request(m.Attach(job_id=job_id, last_seq=seq))
+        yield m.Attach(job_id=job_id, last_seq=seq)
         self.following.add(job_id)
 
     def list_jobs(self) -> list[m.JobInfo]:
         """Every job this client may see (its own; an admin: all), oldest first, page by page."""
+        return self.run_flow(self.list_jobs_flow())
+
+    def list_jobs_flow(self) -> Flow[list[m.JobInfo]]:
         jobs: list[m.JobInfo] = []
         page = ""
         while True:
-            part, page = self.list_jobs_page(page)
+            part, page = yield from self.list_jobs_page_flow(page)
             jobs.extend(part)
             if not page:
                 return jobs
 
     def list_jobs_page(self, page: str = "", limit: int = 0) -> tuple[list[m.JobInfo], str]:
         """One page of jobs and the token of the next ("" after the last page)."""
-        reply = self._request(m.ListJobs(page=page, limit=limit))
+        return self.run_flow(self.list_jobs_page_flow(page, limit))
+
+    def list_jobs_page_flow(self, page: str = "", limit: int = 0) -> Flow[tuple[list[m.JobInfo], str]]:
+        reply = yield m.ListJobs(page=page, limit=limit)
         if not isinstance(reply, m.JobList):
             raise ClientError(f"expected job_list, got {reply.TYPE}")
         if reply.next_page and reply.next_page == page:
@@ -335,16 +398,22 @@ class BackendClient:
 
     def delete(self, job_id: str) -> None:
         """Delete a finished job of this client (an admin: any) and everything stored for it."""
-        self._request(m.DeleteJob(job_id=job_id))
+        self.run_flow(self.delete_flow(job_id))
+
+    def delete_flow(self, job_id: str) -> Flow[None]:
+        yield m.DeleteJob(job_id=job_id)
         self.following.discard(job_id)
         self.last_seq.pop(job_id, None)
 
     def fetch_result(self, job_id: str) -> m.Result:
         """Every stage result of the job (large results arrive in several parts; they are joined here)."""
+        return self.run_flow(self.fetch_result_flow(job_id))
+
+    def fetch_result_flow(self, job_id: str) -> Flow[m.Result]:
         results: list[m.StageResult] = []
         first = 0
         while True:
-            reply = self._request(m.FetchResult(job_id=job_id, first=first))
+            reply = yield m.FetchResult(job_id=job_id, first=first)
             if not isinstance(reply, m.Result):
                 raise ClientError(f"expected result, got {reply.TYPE}")
             results.extend(reply.stage_results)
@@ -356,8 +425,11 @@ class BackendClient:
 
     def ping(self) -> float:
         start = time.monotonic()
-        self._request(m.Ping())
+        self.run_flow(self.ping_flow())
         return time.monotonic() - start
+
+    def ping_flow(self) -> Flow[None]:
+        yield m.Ping()
 
     # events --------------------------------------------------------------------------------------
 
@@ -367,11 +439,13 @@ class BackendClient:
             return self._events.popleft()
         deadline = time.monotonic() + timeout_s
         while True:
-            msg = self._receive(deadline)
+            msg = self.receive(deadline)
             if msg is None:
                 return None
             if msg.IS_EVENT:
                 return msg
+            if isinstance(msg, m.Error):
+                log.warning("backend error: %s (%s)", msg.message, msg.code)
 
     def events(
         self, job_id: str, timeout_s: float | None = None, until_pause: bool = True
@@ -426,70 +500,80 @@ class BackendClient:
                 f"cannot send to {self.address}: the connection is not taking messages"
             ) from exc
 
-    def _request(self, msg: m.Message) -> m.Message:
+    def send_request(self, msg: m.Message) -> str:
+        """Send a request without waiting; returns the msg_id its reply will carry in `re`."""
         msg.msg_id = codec.new_message_id()
         self._send(msg)
+        return msg.msg_id
+
+    def no_reply(self, msg: m.Message) -> BackendUnreachable:
+        return BackendUnreachable(f"no reply to {msg.TYPE} from {self.address} within {self.timeout_s:.0f} s")
+
+    def buffer_event(self, msg: m.Message) -> None:
+        """Keep an event for the next poll() (it arrived while a reply was awaited)."""
+        self._events.append(msg)
+
+    def take_buffered_events(self) -> list[m.Message]:
+        events, self._events = list(self._events), collections.deque()
+        return events
+
+    def _request(self, msg: m.Message) -> m.Message:
+        msg_id = self.send_request(msg)
         deadline = time.monotonic() + self.timeout_s
         while True:
-            reply = self._receive(deadline, want_reply=msg.msg_id)
+            reply = self.receive(deadline)
             if reply is None:
-                raise BackendUnreachable(
-                    f"no reply to {msg.TYPE} from {self.address} within {self.timeout_s:.0f} s"
-                )
-            if reply.re != msg.msg_id:
-                continue
-            if isinstance(reply, m.Error):
-                if reply.code == VersionMismatch.code:
-                    raise VersionMismatch(reply.message)
-                if reply.code == "unknown_job":
-                    raise UnknownJobError(reply.code, reply.message)
-                raise RequestRejected(reply.code, reply.message)
-            return reply
+                raise self.no_reply(msg)
+            if reply.IS_EVENT:
+                self.buffer_event(reply)
+            elif reply.re == msg_id:
+                return checked_reply(reply)
 
-    def _receive(self, deadline: float, want_reply: str = "") -> m.Message | None:
-        """Read until a reply to want_reply, or an event (queued when want_reply is set), or the deadline.
-        Drives the heartbeat and raises BackendUnreachable."""
+    def receive(self, deadline: float) -> m.Message | None:
+        """The next message (an event this client accepts, or a reply to any request), or None at
+        the deadline; a deadline already past checks the socket once without waiting. Drives the
+        heartbeat and raises BackendUnreachable or AccessRefused."""
         sock = self._require_socket()
         while True:
             self._check_handshake()
-            now = time.monotonic()
-            if self._silent_since is not None and now - self._silent_since > self.dead_after_s:
-                raise BackendUnreachable(
-                    f"the backend at {self.address} has not answered for {self.dead_after_s:.0f} s "
-                    f"(is it running{', and is the server key right' if self.server_public_key else ''}?)"
-                )
-            if now - self._last_heard >= self.heartbeat_s and now - self._last_ping >= self.heartbeat_s:
-                self._last_ping = now
-                self._send(m.Ping())
-            # At or past the deadline the socket is still checked once, without waiting (poll(0.0)).
-            wait_ms = max(0, int(min(deadline - now, self.heartbeat_s / 2) * 1000))
-            if not self._wait_readable(sock, wait_ms):
-                if time.monotonic() >= deadline:
+            # What has arrived is read before silence is judged: the caller may have been away for
+            # longer than dead_after_s (a Blender busy rendering calls no timer).
+            if not self._wait_readable(sock, 0):
+                now = time.monotonic()
+                self._check_alive(now)
+                wait_ms = max(0, int(min(deadline - now, self.heartbeat_s / 2) * 1000))
+                if wait_ms == 0 and now >= deadline:
                     return None
-                continue
-            frames = sock.recv_multipart(copy=False)
-            self._last_heard = time.monotonic()
-            self._silent_since = None
-            try:
-                msg = codec.decode(frames)
-            except VersionMismatch:
-                raise
-            except ProtocolError as exc:
-                log.warning("dropped a malformed message from the backend: %s", exc)
-                continue
-            if isinstance(msg, m.Pong) and msg.re != want_reply:
-                continue
-            if msg.IS_EVENT:
-                if not self._accept_event(msg):
+                if not self._wait_readable(sock, wait_ms):
                     continue
-                if want_reply:
-                    self._events.append(msg)
-                    continue
+            msg = self._read(sock)
+            if msg is None:
+                continue
+            if not msg.IS_EVENT or self._accept_event(msg):
                 return msg
-            if want_reply:
-                return msg
-            if isinstance(msg, m.Error):
-                log.warning("backend error: %s (%s)", msg.message, msg.code)
+
+    def _check_alive(self, now: float) -> None:
+        """Raise when the backend has been silent too long; ping it after heartbeat_s of silence."""
+        if self._silent_since is not None and now - self._silent_since > self.dead_after_s:
+            raise BackendUnreachable(
+                f"the backend at {self.address} has not answered for {self.dead_after_s:.0f} s "
+                f"(is it running{', and is the server key right' if self.server_public_key else ''}?)"
+            )
+        if now - self._last_heard >= self.heartbeat_s and now - self._last_ping >= self.heartbeat_s:
+            self._last_ping = now
+            self._send(m.Ping())
+
+    def _read(self, sock: zmq.Socket) -> m.Message | None:
+        frames = sock.recv_multipart(copy=False)
+        self._last_heard = time.monotonic()
+        self._silent_since = None
+        try:
+            return codec.decode(frames)
+        except VersionMismatch:
+            raise
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from the backend: %s", exc)
+            return None
 
     def _wait_readable(self, sock: zmq.Socket, wait_ms: int) -> bool:
         """Wait for a message, waking early for a handshake event (checked by the caller's loop)."""
