@@ -1,15 +1,17 @@
-"""The link between Blender's main thread and the backend.
+"""The link between Blender and the backend, all of it on Blender's main thread.
 
-A client thread owns the ZeroMQ socket: it runs the requests the main thread queues, reads the
-backend's events, and puts what it decodes on an event queue. It never touches bpy. On the main
-thread, `drain()` empties that queue and hands each event to the handler installed by
-job_events.py; a `bpy.app.timers` function calls `drain()` while Blender is idle. Headless
-scripts (and tests), where timers do not fire while the script runs, call `drain()` themselves.
+The add-on runs no thread of its own. Blender runs its C code (every undo push, renders) with the
+GIL released and may then act on Python's thread state as if no other thread ran Python: a thread
+of ours that took the GIL at that moment crashed Blender (it did, in tests, within a hundred undo
+pushes). So the socket is read on the main thread, never waiting: a `bpy.app.timers` function calls
+`drain()` while Blender is idle, and drain() reads what has arrived (protocol.nonblocking), turns it
+into BridgeEvents and hands each to the handler installed by job_events.py. Headless scripts (and
+tests), where timers do not fire while the script runs, call `drain()` themselves.
 
-Every connection gets a new generation number; events from an older connection still waiting in
+Every connection gets a new generation number; events of an older connection still waiting in
 the queue are dropped, so a reconnect never applies a stale result.
 
-Connecting never blocks the main thread: the handshake runs on the client thread and its outcome
+Connecting never blocks: the handshake is the first request of the connection and its outcome
 arrives as an event. Once a connection has been made, losing it (the backend restarted, the
 network dropped) starts another try every RECONNECT_INTERVAL_S until one succeeds or disconnect()
 is called.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,27 +30,26 @@ import bpy
 
 from .protocol.client import AccessRefused, BackendClient, BackendUnreachable
 from .protocol.messages import Welcome
+from .protocol.nonblocking import RequestQueue, StartFlow
 
 log = logging.getLogger(__name__)
 
 TIMER_INTERVAL_S = 0.1
-"""How often the timer drains the queue while Blender is idle."""
-POLL_INTERVAL_S = 0.05
-"""How long the client thread waits for a backend event before looking at its requests again."""
-HANDSHAKE_TRY_S = 0.25
-"""Length of one handshake try; the thread checks for stop() between tries."""
+"""How often the timer reads the socket and applies events while Blender is idle."""
 RECONNECT_INTERVAL_S = 2.0
 """Pause between reconnection tries after a connection was lost."""
-MAX_EVENTS_PER_POLL = 64
-"""Events read in one go before the queued requests get their turn (a cancel must not wait)."""
+MAX_MESSAGES_PER_DRAIN = 64
+"""Messages read by one drain(), so that a busy backend cannot hold Blender's main thread."""
 
 EventKind = Literal["welcome", "message", "reply", "error", "closed"]
-Request = Callable[[BackendClient], Any]
+Request = StartFlow
+"""A request: fn(client) returning one of the client's flows (client.attach_flow(...), or a
+generator function that `yield from`s them)."""
 
 
 @dataclass
 class ConnectionSettings:
-    """How to reach the backend (read from the preferences on the main thread)."""
+    """How to reach the backend (read from the preferences)."""
 
     address: str
     """ZeroMQ endpoint, e.g. tcp://127.0.0.1:5555."""
@@ -64,114 +64,83 @@ class ConnectionSettings:
 
 @dataclass
 class BridgeEvent:
-    """Something the client thread learnt, for the main thread."""
+    """Something the connection learnt, for the handler."""
 
     generation: int
     """The connection it belongs to."""
     kind: EventKind
     """welcome: the handshake answer; message: a backend event; reply/error: the outcome of a
-    queued request; closed: the thread ended."""
+    queued request; closed: the connection ended."""
     request: str
     """Name of the request a reply or error answers (\"connect\" for the handshake)."""
     payload: Any
     """The decoded message, the request's return value, or the exception."""
 
 
-class ClientThread(threading.Thread):
-    """Owns one BackendClient for the whole life of one connection."""
+class Connection:
+    """One BackendClient and its requests, for the whole life of one connection."""
 
-    def __init__(self, settings: ConnectionSettings, generation: int, events: queue.Queue[BridgeEvent]):
-        super().__init__(name=f"dreampolish-client-{generation}", daemon=True)
+    def __init__(self, settings: ConnectionSettings, generation: int):
         self.settings = settings
         self.generation = generation
-        self.events = events
-        self.requests: queue.Queue[tuple[str, Request]] = queue.Queue()
-        self.handshake_done = threading.Event()
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
+        self.client = BackendClient(
+            settings.address,
+            server_public_key=settings.server_key or None,
+            timeout_s=settings.timeout_s,
+            # Silence is judged by our own timeout, so that a slow remote backend is not dropped early.
+            dead_after_s=max(4.0, settings.timeout_s),
+            client_name="dreampolish-blender",
+            client_key=(settings.client_key or None) if settings.server_key else None,
+        )
+        self.requests = RequestQueue(self.client, MAX_MESSAGES_PER_DRAIN)
+        self.welcomed = False
+        self.closed = False
+        self.client.open()
+        self.requests.add("connect", lambda c: c.hello_flow())
 
     def request(self, name: str, fn: Request) -> None:
-        """Run fn(client) on this thread; its result (or exception) comes back as a reply (or error)."""
-        self.requests.put((name, fn))
+        self.requests.add(name, fn)
 
-    def _emit(self, kind: EventKind, request: str, payload: Any) -> None:
-        self.events.put(BridgeEvent(self.generation, kind, request, payload))
-
-    def run(self) -> None:
-        client = None
+    def step(self) -> list[BridgeEvent]:
+        """What has arrived since the last step, as events; a lost connection ends with closed."""
         try:
-            client = BackendClient(
-                self.settings.address,
-                server_public_key=self.settings.server_key or None,
-                timeout_s=self.settings.timeout_s,
-                # Silence is judged by our own timeout, so that a slow remote backend is not dropped early.
-                dead_after_s=max(4.0, self.settings.timeout_s),
-                client_name="dreampolish-blender",
-                client_key=(self.settings.client_key or None) if self.settings.server_key else None,
-            )
-            welcome = self._handshake(client)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported to the artist
-            self._emit("error", "connect", exc)
-            self.handshake_done.set()
-            if client is not None:
-                client.close()
-            self._emit("closed", "", None)
-            return
-        self._emit("welcome", "connect", welcome)
-        self.handshake_done.set()
-        try:
-            while not self._stop_event.is_set():
-                self._run_requests(client)
-                message = client.poll(POLL_INTERVAL_S)
-                for _ in range(MAX_EVENTS_PER_POLL):
-                    if message is None:
-                        break
-                    self._emit("message", "", message)
-                    message = client.poll(0.0)
+            items = self.requests.step()
         except Exception as exc:  # noqa: BLE001 - the connection is gone; say why
-            log.exception("client thread stopped")
-            self._emit("error", "connection", exc)
-        finally:
-            client.close()
-            self._emit("closed", "", None)
+            return self._close("connection" if self.welcomed else "connect", exc)
+        events: list[BridgeEvent] = []
+        for item in items:
+            if item.request == "connect":
+                if item.kind == "error":
+                    return events + self._close("connect", item.payload)
+                self.welcomed = True
+                events.append(self._event("welcome", "connect", item.payload))
+            else:
+                events.append(self._event("message" if item.kind == "event" else item.kind,
+                                          item.request, item.payload))
+        return events
 
-    def _handshake(self, client: BackendClient) -> Welcome:
-        """Hello/welcome in short tries, so that stop() (add-on disabled, file closed) is honoured
-        within one try rather than after the whole timeout."""
-        deadline = time.monotonic() + self.settings.timeout_s
-        client.timeout_s = HANDSHAKE_TRY_S
-        try:
-            while True:
-                try:
-                    return client.connect()
-                except AccessRefused:
-                    raise  # the backend said why: its one line reaches the artist as it is
-                except BackendUnreachable:
-                    if self._stop_event.is_set() or time.monotonic() >= deadline:
-                        raise BackendUnreachable(
-                            f"no answer from {self.settings.address} within {self.settings.timeout_s:g} s"
-                        ) from None
-        finally:
-            client.timeout_s = self.settings.timeout_s
+    def _close(self, request: str, exc: BaseException) -> list[BridgeEvent]:
+        if request == "connect" and isinstance(exc, BackendUnreachable) and not isinstance(exc, AccessRefused):
+            exc = BackendUnreachable(f"no answer from {self.settings.address} within {self.settings.timeout_s:g} s")
+        elif request == "connection":
+            log.warning("connection lost: %s", exc)
+        self.close()
+        return [self._event("error", request, exc), self._event("closed", "", None)]
 
-    def _run_requests(self, client: BackendClient) -> None:
-        while True:
-            try:
-                name, fn = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self._emit("reply", name, fn(client))
-            except Exception as exc:  # noqa: BLE001 - a failed request is reported, the thread goes on
-                self._emit("error", name, exc)
+    def _event(self, kind: EventKind, request: str, payload: Any) -> BridgeEvent:
+        return BridgeEvent(self.generation, kind, request, payload)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.client.close()
 
 
-# --- main-thread side ---------------------------------------------------------------------------
+# --- the add-on's side --------------------------------------------------------------------------
 
-_events: queue.Queue[BridgeEvent] = queue.Queue()
-_thread: ClientThread | None = None
+_events: queue.SimpleQueue[BridgeEvent] = queue.SimpleQueue()
+"""Events read but not yet applied (a handler may connect again while others wait)."""
+_conn: Connection | None = None
 _generation = 0
 _welcome: Welcome | None = None
 _settings: ConnectionSettings | None = None
@@ -185,8 +154,8 @@ _failure_handler: Callable[[BridgeEvent, BaseException], None] | None = None
 
 def set_handler(handler: Callable[[BridgeEvent], None] | None,
                 on_failure: Callable[[BridgeEvent, BaseException], None] | None = None) -> None:
-    """Install the function that applies events on the main thread (job_events.handle_event), and
-    the one that tells the artist when applying an event raised."""
+    """Install the function that applies events (job_events.handle_event), and the one that tells
+    the artist when applying an event raised."""
     global _handler, _failure_handler
     _handler, _failure_handler = handler, on_failure
 
@@ -196,12 +165,12 @@ def current_welcome() -> Welcome | None:
 
 
 def is_connected() -> bool:
-    return _thread is not None and _thread.is_alive() and _welcome is not None
+    return _conn is not None and _welcome is not None
 
 
 def is_connecting() -> bool:
     """A handshake is under way (its outcome has not been applied yet)."""
-    return _thread is not None and _thread.is_alive() and _welcome is None
+    return _conn is not None and _welcome is None
 
 
 def keeps_connected() -> bool:
@@ -219,86 +188,104 @@ def generation() -> int:
 
 
 def connect(settings: ConnectionSettings, wait: bool = False) -> None:
-    """Start a client thread for `settings`, replacing any earlier one; requests queued from now on
-    run once the handshake has succeeded.
+    """Open a connection for `settings`, replacing any earlier one; requests queued from now on
+    are sent once the handshake has succeeded.
 
-    wait=True blocks until the handshake ends (at most the timeout) and applies its outcome: for
+    wait=True reads and applies events until the handshake ends (at most the timeout): for
     scripts only, never from the UI.
     """
     disconnect()
     _start(settings)
     if wait:
-        _thread.handshake_done.wait(settings.timeout_s + 2.0)
-        drain()
+        deadline = time.monotonic() + settings.timeout_s + 2.0
+        while is_connecting() and time.monotonic() < deadline:
+            drain()
+            time.sleep(0.01)
 
 
 def _start(settings: ConnectionSettings) -> None:
-    global _thread, _generation, _welcome, _settings, _retry_at
-    _stop_thread()
+    global _conn, _generation, _welcome, _settings, _retry_at
+    _close_connection()
     _settings, _retry_at = settings, None
     _generation += 1
     _welcome = None
-    _thread = ClientThread(settings, _generation, _events)
-    _thread.start()
+    try:
+        _conn = Connection(settings, _generation)
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed address or key: the artist hears why
+        _events.put(BridgeEvent(_generation, "error", "connect", exc))
+        _events.put(BridgeEvent(_generation, "closed", "", None))
     _ensure_timer()
 
 
-def disconnect(join_timeout_s: float = 5.0) -> None:
-    """Stop the client thread and wait for it, and stop trying to reconnect; pending events of this
-    connection become stale."""
+def disconnect() -> None:
+    """Close the connection and stop trying to reconnect; its pending events become stale."""
     global _keep_connected, _retry_at
     _keep_connected, _retry_at = False, None
-    _stop_thread(join_timeout_s)
+    _close_connection()
 
 
-def _stop_thread(join_timeout_s: float = 5.0) -> None:
-    global _thread, _generation, _welcome
-    thread, _thread = _thread, None
+def _close_connection() -> None:
+    global _conn, _generation, _welcome
+    conn, _conn = _conn, None
     _welcome = None
     _generation += 1
-    if thread is not None:
-        thread.stop()
-        thread.join(join_timeout_s)
-        if thread.is_alive():
-            log.warning("client thread did not stop within %.1f s", join_timeout_s)
+    if conn is not None:
+        conn.close()
     _clear_queue()
 
 
 def request(name: str, fn: Request) -> bool:
-    """Queue fn(client) on the client thread; False when there is no connection."""
-    if _thread is None or not _thread.is_alive():
+    """Queue fn(client)'s flow on the connection; False when there is none. Its messages are sent
+    from here on, in turn; the reply (or error) arrives as an event."""
+    if _conn is None:
         return False
-    _thread.request(name, fn)
+    _conn.request(name, fn)
     return True
 
 
 def drain(max_events: int = 1000) -> int:
-    """Apply queued events on the main thread, and start a due reconnection try. Returns how many
-    events were applied (stale ones are not)."""
-    global _welcome, _keep_connected, _retry_at
+    """Read what the backend sent and apply the events, and start a due reconnection try. Returns
+    how many events were applied (stale ones are not)."""
     if _retry_at is not None and time.monotonic() >= _retry_at and _settings is not None:
         _start(_settings)
+    conn = _conn
+    if conn is not None:
+        for event in conn.step():
+            _events.put(event)
+        if conn.closed:
+            _drop(conn)
     applied = 0
     for _ in range(max_events):
         try:
             event = _events.get_nowait()
         except queue.Empty:
             break
-        if event.generation != _generation:
-            continue
-        if event.kind == "welcome":
-            _welcome = event.payload
-            _keep_connected = True
-        elif event.kind == "closed" and _keep_connected:
-            _retry_at = time.monotonic() + RECONNECT_INTERVAL_S
-        if _handler is not None:
-            try:
-                _handler(event)
-            except Exception as exc:  # noqa: BLE001 - an exception here would unregister the timer for good
-                log.exception("applying a %s event failed", event.kind)
-                _report_failure(event, exc)
-        applied += 1
+        if event.generation == _generation:
+            _apply(event)
+            applied += 1
     return applied
+
+
+def _drop(conn: Connection) -> None:
+    """The connection ended by itself: its last events (error, closed) still apply."""
+    global _conn
+    if conn is _conn:
+        _conn = None
+
+
+def _apply(event: BridgeEvent) -> None:
+    global _welcome, _keep_connected, _retry_at
+    if event.kind == "welcome":
+        _welcome = event.payload
+        _keep_connected = True
+    elif event.kind == "closed" and _keep_connected:
+        _retry_at = time.monotonic() + RECONNECT_INTERVAL_S
+    if _handler is not None:
+        try:
+            _handler(event)
+        except Exception as exc:  # noqa: BLE001 - an exception here would unregister the timer for good
+            log.exception("applying a %s event failed", event.kind)
+            _report_failure(event, exc)
 
 
 def _report_failure(event: BridgeEvent, exc: BaseException) -> None:
@@ -320,7 +307,7 @@ def _clear_queue() -> None:
 
 def _timer() -> float | None:
     drain()
-    if (_thread is None or not _thread.is_alive()) and _events.empty() and _retry_at is None:
+    if _conn is None and _events.empty() and _retry_at is None:
         return None  # nothing left to follow; connect() registers the timer again
     return TIMER_INTERVAL_S
 
@@ -331,7 +318,7 @@ def _ensure_timer() -> None:
 
 
 def shutdown() -> None:
-    """Stop the thread and the timer (add-on disabled, file closed)."""
+    """Close the connection and stop the timer (add-on disabled, file closed)."""
     disconnect()
     if bpy.app.timers.is_registered(_timer):
         bpy.app.timers.unregister(_timer)

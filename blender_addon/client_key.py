@@ -6,7 +6,7 @@ holds the public key, the file the artist sends to the backend's administrator; 
 holds both keys and never leaves this machine. Both live in the extension's user folder, which
 survives add-on updates and is never saved into a .blend file.
 
-Main thread only (bpy.utils.extension_path_user); the client thread receives the secret file's path.
+Main thread only (bpy.utils.extension_path_user); the connection receives the secret file's path.
 """
 
 from __future__ import annotations

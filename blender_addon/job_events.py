@@ -113,17 +113,17 @@ def _on_welcome(rt, welcome: Welcome) -> None:
     # brings the history up to date and, after a restart of Blender, re-attaches a job still going.
     if rt.job_id and rt.job_state in GOING_STATES:
         job_id, last_seq = rt.job_id, rt.last_seq
-        bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+        bridge.request("attach", lambda c: c.attach_flow(job_id, last_seq))
     cache = job_cache()
     for item in rt.jobs:
         if item.job_id != rt.job_id and item.state in GOING_STATES:
             record = cache.load_record(item.job_id)
             _attach_request(item.job_id, record.last_seq if record is not None else 0)
-    bridge.request("list_jobs", lambda c: c.list_jobs())
+    bridge.request("list_jobs", lambda c: c.list_jobs_flow())
 
 
 def _attach_request(job_id: str, last_seq: int) -> None:
-    bridge.request("attach", lambda c: c.attach(job_id, last_seq))
+    bridge.request("attach", lambda c: c.attach_flow(job_id, last_seq))
 
 
 def attach(rt, job_id: str) -> None:

@@ -1,5 +1,5 @@
 """The add-on's operators (bpy.ops.dreampolish.*). Scene changes are undo steps ({'REGISTER', 'UNDO'});
-requests to the backend are queued on the client thread and return at once."""
+requests to the backend are queued on the connection (bridge.py) and return at once."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def over_limits(obj: bpy.types.Object, limits: Limits) -> str:
 
 
 def _submit(context, spec: JobSpec, target_object: str = "", placement=None) -> set[str]:
-    """Queue the submit on the client thread; the job id arrives as a reply (job_events)."""
+    """Queue the submit on the connection; the job id arrives as a reply (job_events)."""
     record = JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
                        mode=spec.mode, target_object=target_object,
                        placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
@@ -157,7 +157,8 @@ def _submit(context, spec: JobSpec, target_object: str = "", placement=None) -> 
         # Sent after the handshake: an empty preset is the default that backend announced.
         if not spec.preset and client.welcome is not None:
             spec.preset = record.preset = client.welcome.default_preset
-        return client.submit(spec), record
+        job_id = yield from client.submit_flow(spec)
+        return job_id, record
 
     bridge.request("submit", submit)
     return {"FINISHED"}
@@ -305,7 +306,7 @@ class DREAMPOLISH_OT_cancel(bpy.types.Operator):
     def execute(self, context):
         rt = context.window_manager.dreampolish
         job_id = rt.job_id
-        if not bridge.request("cancel", lambda client: client.cancel(job_id)):
+        if not bridge.request("cancel", lambda client: client.cancel_flow(job_id)):
             self.report({"ERROR"}, "Not connected to the backend")
             return {"CANCELLED"}
         rt.message = "Cancelling…"
@@ -341,7 +342,7 @@ class DREAMPOLISH_OT_resume(bpy.types.Operator):
                 self.report({"ERROR"}, str(exc))
                 return {"CANCELLED"}
         job_id = rt.job_id
-        if not bridge.request("resume", lambda client: client.resume(job_id, mesh)):
+        if not bridge.request("resume", lambda client: client.resume_flow(job_id, mesh)):
             self.report({"ERROR"}, "Not connected to the backend")
             return {"CANCELLED"}
         rt.message = "Resuming" + (f" from {obj.name!r}" if obj is not None else "")
@@ -592,14 +593,14 @@ class DREAMPOLISH_OT_reimport(bpy.types.Operator):
         if bridge.is_connected():
             # The reply (job_events) stores every stage and imports the latest one; the job this
             # window follows stays followed.
-            bridge.request("fetch_result", lambda client: client.fetch_result(job_id))
+            bridge.request("fetch_result", lambda client: client.fetch_result_flow(job_id))
             rt.message = f"Fetching job {job_id} from the backend…"
             return {"FINISHED"}
         if job_events.job_cache().load_stage(job_id) is not None:
             return bpy.ops.dreampolish.import_result(job_id=job_id, new_object=True)
         if not _ensure_connected(self, context):
             return {"CANCELLED"}
-        bridge.request("fetch_result", lambda client: client.fetch_result(job_id))
+        bridge.request("fetch_result", lambda client: client.fetch_result_flow(job_id))
         rt.message = f"Fetching job {job_id} from the backend…"
         return {"FINISHED"}
 
@@ -640,7 +641,7 @@ class DREAMPOLISH_OT_refresh_history(bpy.types.Operator):
     def execute(self, context):
         job_events.refresh_history()
         if bridge.is_connected():
-            bridge.request("list_jobs", lambda client: client.list_jobs())
+            bridge.request("list_jobs", lambda client: client.list_jobs_flow())
         return {"FINISHED"}
 
 

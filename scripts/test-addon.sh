@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Runs the add-on's tests inside one Blender Python (the bpy module): scripts/test-addon.sh VENV
-# Blender itself has crashed (SIGSEGV) once in many runs while a test drove it and the add-on's
-# client thread was decoding a message; a crash is not a test verdict, so the suite is run once
-# more after a crash, and says so. Failing assertions are never retried.
+# Runs the add-on's tests inside one Blender Python (the bpy module): scripts/test-addon.sh VENV [PYTEST ARGS]
+# A crash of Blender fails the run like any failing test: the add-on must never crash it.
 # Each backend the tests start leaves <pid>.pid in $DREAMPOLISH_TEST_PID_DIR while it runs
-# (tests/addon/blender_env.py): after a crash exactly those processes are stopped, by PID.
+# (tests/addon/blender_env.py): when the run ends, however it ends, exactly those processes that
+# are still running are stopped, by PID.
 set -u
 venv="$1"
 pid_dir=$(mktemp -d)
@@ -23,13 +22,4 @@ stop_left_backends() {
   done
 }
 
-run() { "$venv/bin/python" -X faulthandler -m pytest tests/addon -q -p no:cacheprovider "${@:2}"; }
-run "$@"
-rc=$?
-if [ "$rc" -ge 128 ]; then
-  echo "NOTE: Blender crashed (exit $rc, signal $((rc - 128))) during the add-on tests; running them once more"
-  stop_left_backends
-  run "$@"
-  rc=$?
-fi
-exit "$rc"
+"$venv/bin/python" -X faulthandler -m pytest tests/addon -q -p no:cacheprovider "${@:2}"

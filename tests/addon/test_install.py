@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import zipfile
 
@@ -59,24 +58,21 @@ def test_cache_lives_in_the_extension_user_directory_not_the_addon_folder(addon)
     assert not str(cache).startswith(addon_dir)
 
 
-def _client_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("dreampolish-client")]
-
-
-def test_disable_stops_thread_and_timer_and_enable_again(addon, fresh_scene):
+def test_disable_closes_the_connection_and_timer_and_enable_again(addon, fresh_scene):
     bridge = addon.bridge
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.timeout_s = 30.0  # keep the handshake waiting while we disable
-    prefs.backend_address = "tcp://127.0.0.1:9"  # nothing listens: the thread keeps trying
+    prefs.backend_address = "tcp://127.0.0.1:9"  # nothing listens: the handshake keeps waiting
     bridge.connect(addon.operators._settings(bpy.context), wait=False)
-    assert _client_threads(), "the client thread did not start"
+    bridge.drain()
+    assert bridge.is_connecting(), "the handshake did not start"
     assert bpy.app.timers.is_registered(bridge._timer)
 
     started = time.monotonic()
     addon_utils.disable(MODULE, default_set=True)
     try:
         assert time.monotonic() - started < 2.0, "disabling waited for the handshake's timeout"
-        assert not _client_threads(), "a client thread outlived the add-on"
+        assert not bridge.is_connecting() and not bridge.is_connected(), "a connection outlived the add-on"
         assert not bpy.app.timers.is_registered(bridge._timer)
         assert bridge._on_load_pre not in bpy.app.handlers.load_pre
         assert addon.job_events._on_load_post not in bpy.app.handlers.load_post
@@ -89,11 +85,11 @@ def test_disable_stops_thread_and_timer_and_enable_again(addon, fresh_scene):
     assert bpy.context.window_manager.dreampolish.connection == "disconnected"
 
 
-def test_closing_the_file_stops_the_client_thread(addon, fresh_scene):
+def test_closing_the_file_closes_the_connection(addon, fresh_scene):
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.timeout_s = 30.0
     prefs.backend_address = "tcp://127.0.0.1:9"
     addon.bridge.connect(addon.operators._settings(bpy.context), wait=False)
-    assert _client_threads()
+    assert addon.bridge.is_connecting()
     bpy.ops.wm.read_homefile(use_empty=True)
-    assert not _client_threads()
+    assert not addon.bridge.is_connecting()

@@ -6,6 +6,8 @@ scaled by 1 + 0.25 * stage index, and with the texture stage a solid (200, 60, 3
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -184,6 +186,25 @@ def test_refine_geometry_sends_the_evaluated_mesh_in_world_space(addon, connecte
     np.testing.assert_allclose(got, world * 1.5, atol=1e-4)
     assert result.data.uv_layers.active is not None
     assert _base_color_image(result) is not None
+
+
+def test_undo_steps_while_a_job_streams_leave_blender_running(addon, connected):
+    """The artist works while a job runs: every edit is an undo push, which Blender does with the
+    GIL released. A Python thread of the add-on taking the GIL then crashed Blender (a bare thread
+    doing what the old client thread did crashed it within a hundred pushes), so the add-on keeps
+    no thread: its socket is read on the main thread."""
+    threads_before = set(threading.enumerate())
+    _generate(addon, overrides="test.steps=30, test.step_s=0.02")
+    window = bpy.context.window_manager.windows[0]
+    pushes = 0
+    while _rt().job_state not in ("done", "failed") and pushes < 5000:
+        with bpy.context.temp_override(window=window):
+            bpy.ops.ed.undo_push("EXEC_DEFAULT", message="artist edit")
+        pushes += 1
+        addon.bridge.drain()
+    assert _rt().job_state == "done", (pushes, _rt().message)
+    assert set(threading.enumerate()) <= threads_before, "the add-on started a Python thread"
+    assert len(_job_objects(_rt().job_id)) == 1
 
 
 def test_reconnecting_picks_up_a_running_job_where_it_left_off(addon, connected):
