@@ -10,6 +10,10 @@ the field may be non-empty (refreshed by the stage every few steps, dilated by
 one cell); samples in empty cells are never sent to the field. Only the kept
 samples are evaluated, then scattered back into the per-ray arrays.
 
+Memory: with `recompute_chunks`, a training render keeps one chunk's field activations at a time
+(torch.utils.checkpoint per chunk; the sample positions are drawn outside it, so the recomputation
+sees the same jitter).
+
 Compositing (Max 1995): T_i = prod_{j<i} (1 - alpha_j), w_i = T_i alpha_i,
 C = sum w_i c_i + (1 - sum w_i) * background. How alpha is obtained is up to the
 field adapter: NeRF alpha_i = 1 - exp(-sigma_i delta_i); NeuS (Wang et al. 2021)
@@ -24,6 +28,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..config_fields import ranged
 from .cameras import CameraBatch
@@ -39,6 +44,10 @@ class VolumeRenderConfig:
     """Colour behind the object (linear blend by 1 - opacity)."""
     chunk_rays: int = ranged(16384, 1, 1 << 22)
     """Rays rendered at once (bounds peak memory at evaluation time)."""
+    recompute_chunks: bool = True
+    """When training renders more than one chunk, keep only each chunk's per-ray results for the
+    backward pass and evaluate its samples again there (activation checkpointing per chunk), so that
+    training memory is one chunk's field graph, not every chunk's: NeRF at 384^2 is 9 chunks."""
 
 
 class VolumeField(Protocol):
@@ -170,6 +179,13 @@ def _composite(alpha: Tensor, color: Tensor, normal: Tensor, t: Tensor, d: Tenso
     return rgb, acc, depth, nrm, orient
 
 
+def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_normals: bool, t: Tensor,
+                  delta: Tensor, pts: Tensor, d: Tensor, cos_fwd: Tensor, bg: Tensor) -> tuple[Tensor, ...]:
+    """One chunk of rays, from its samples to its per-ray values (what _composite returns)."""
+    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, want_normals)
+    return _composite(alpha, color, normal, t, d, cos_fwd, bg)
+
+
 def render_volume(
     field: VolumeField,
     cameras: CameraBatch,
@@ -198,12 +214,14 @@ def render_volume(
     outs = [bg.expand(n_rays, 3).clone(), torch.zeros(n_rays, 1, device=dev), torch.zeros(n_rays, 1, device=dev),
             torch.zeros(n_rays, 3, device=dev), torch.zeros(n_rays, 1, device=dev)]
     ray_ids = hit.nonzero().squeeze(-1)
+    recompute = cfg.recompute_chunks and torch.is_grad_enabled() and ray_ids.numel() > cfg.chunk_rays
     pieces = []
     for start in range(0, ray_ids.numel(), cfg.chunk_rays):
         ids = ray_ids[start:start + cfg.chunk_rays]
         t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, generator)
-        alpha, color, normal = _query_samples(field, occupancy, pts, d[ids], delta, want_normals)
-        pieces.append((ids, _composite(alpha, color, normal, t, d[ids], cos_fwd[ids], bg)))
+        args = (field, occupancy, want_normals, t, delta, pts, d[ids], cos_fwd[ids], bg)
+        values = checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args)
+        pieces.append((ids, values))
     for ids, values in pieces:
         outs = [out.index_put((ids,), v) for out, v in zip(outs, values)]
     rgb_out, opacity_out, depth_out, normal_out, orient_out = outs
