@@ -28,6 +28,7 @@ from peft import LoraConfig as PeftLoraConfig
 from torch import Tensor
 
 from ..config_fields import ranged
+from ..rng import global_rng_seeded
 
 CAMERA_FEATURES = 16
 """Camera condition: the flattened 4x4 camera-to-world matrix."""
@@ -92,6 +93,20 @@ class VariationalCopy:
         self.name = name or f"variational_{next(_adapter_ids)}"
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         device = unet.device
+        # The adapter's and the camera MLP's initial weights come from `seed` (peft initialises
+        # lora_A with the global RNG), whatever other jobs in the process do meanwhile.
+        with global_rng_seeded(seed):
+            self.lora_parameters = self._add_adapter(unet, config)
+            self.camera_mlp = self._camera_mlp(unet, config, device)
+        params = list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        # The adapter's weights are fp32, but in fp16 (cards without bf16) its gradient flows back through the
+        # UNet's fp16 activations, where small values flush to zero: dynamic loss scaling, as torch.amp does
+        # for mixed precision. bf16 has fp32's exponent range and needs none.
+        scaled = unet.dtype == torch.float16 and device.type in ("cuda", "cpu")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
+
+    def _add_adapter(self, unet: UNet2DConditionModel, config: LoraConfig) -> list[Tensor]:
         with warnings.catch_warnings():
             # Several named adapters on one UNet is the design here (one set of base weights in memory).
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
@@ -105,25 +120,23 @@ class VariationalCopy:
                 adapter_name=self.name,
             )
         # The adapter trains in fp32 even when the UNet runs in bf16/fp16 (peft casts the input).
-        self.lora_parameters = [p for n, p in unet.named_parameters() if f".{self.name}." in n]
-        for p in self.lora_parameters:
+        params = [p for n, p in unet.named_parameters() if f".{self.name}." in n]
+        for p in params:
             p.data = p.data.float()
             p.requires_grad_(True)
+        return params
+
+    @staticmethod
+    def _camera_mlp(unet: UNet2DConditionModel, config: LoraConfig, device: torch.device) -> torch.nn.Module | None:
+        if not config.camera_conditioning:
+            return None
         time_dim = unet.time_embedding.linear_2.out_features
-        self.camera_mlp: torch.nn.Module | None = None
-        if config.camera_conditioning:
-            self.camera_mlp = torch.nn.Sequential(
-                torch.nn.Linear(CAMERA_FEATURES, time_dim), torch.nn.SiLU(), torch.nn.Linear(time_dim, time_dim)
-            ).to(device)
-            torch.nn.init.zeros_(self.camera_mlp[2].weight)
-            torch.nn.init.zeros_(self.camera_mlp[2].bias)
-        params = list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
-        # The adapter's weights are fp32, but in fp16 (cards without bf16) its gradient flows back through the
-        # UNet's fp16 activations, where small values flush to zero: dynamic loss scaling, as torch.amp does
-        # for mixed precision. bf16 has fp32's exponent range and needs none.
-        scaled = unet.dtype == torch.float16 and device.type in ("cuda", "cpu")
-        self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
+        mlp = torch.nn.Sequential(
+            torch.nn.Linear(CAMERA_FEATURES, time_dim), torch.nn.SiLU(), torch.nn.Linear(time_dim, time_dim)
+        ).to(device)
+        torch.nn.init.zeros_(mlp[2].weight)
+        torch.nn.init.zeros_(mlp[2].bias)
+        return mlp
 
     def release(self) -> None:
         """Remove this adapter from the shared UNet (its weights and optimiser state go with it)."""

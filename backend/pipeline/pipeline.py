@@ -189,8 +189,8 @@ class DreamPolishPipeline:
     def _stage_context(stage: str, job: JobSetup, carry: StageCarry, priors: PriorSource,
                        ctx: JobContext) -> StageContext:
         seed = stage_seed(job.spec.seed, stage)
-        # Modules built with the global RNG (MLPs, LoRA adapters) start the same on every run of this stage.
-        torch.manual_seed(seed)
+        # The stage draws from this generator, and builds its modules inside seeded blocks of it
+        # (stages/step.py seeded_init, backend/rng.py): never from the global RNG as it happens to be.
         reporter = StageProgress(ctx, stage, job.preset.preview_every, job.frame.preview_cameras, job.device)
         return StageContext(job, carry, priors, reporter, torch.Generator().manual_seed(seed), seed)
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch
+from ..rng import global_rng_seeded
 from .base import ReferenceWeights, ScaledReference, StageRender, StageReporter, reference_losses
 
 
@@ -33,14 +34,13 @@ def draw_seed(generator: torch.Generator | None) -> int:
 
 @contextlib.contextmanager
 def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
-    """Modules built inside draw their initial weights from a seed of `generator`; the global RNG is left as
-    it was. Without a generator they use the global RNG as it stands."""
+    """Modules built inside draw their initial weights from a seed of `generator`, whatever other jobs
+    do meanwhile (backend/rng.py); the global RNG is left as it was. Without a generator they use the
+    global RNG as it stands."""
     if generator is None:
         yield
         return
-    seed = draw_seed(generator)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with global_rng_seeded(draw_seed(generator)):
         yield
 
 
