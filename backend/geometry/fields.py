@@ -106,6 +106,22 @@ class _EncodedField(nn.Module):
             (grad,) = torch.autograd.grad(fn(xg).sum(), xg, create_graph=create_graph)
         return grad if create_graph else grad.detach()
 
+    def _raw_with_gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(value [N], features [N,F], grad value [N,3]) from ONE evaluation of the encoding and the
+        geometry net when normals are analytic (the gradient is one backward through it); the
+        finite-difference stencil evaluates its four points besides."""
+        if self.cfg.normals != "analytic":
+            value, feat = self._raw(x)
+            return value, feat, self._gradient(lambda p: self._raw(p)[0], x)
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+            value, feat = self._raw(xg)
+            (grad,) = torch.autograd.grad(value.sum(), xg, create_graph=create_graph)
+        if not create_graph:
+            return value.detach(), feat.detach(), grad.detach()
+        return value, feat, grad
+
     def _stencil_gradient(self, fn, x: Tensor) -> Tensor:
         eps = self.cfg.normal_eps
         k = _TETRA_STENCIL.to(x)
@@ -146,6 +162,11 @@ class DensityField(_EncodedField):
         """Outward unit normals -grad sigma / |grad sigma|, [N,3]."""
         return F.normalize(-self._gradient(self.density, x), dim=-1)
 
+    def forward_with_normals(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """forward() and normal() together, from one evaluation of the field (analytic normals)."""
+        sigma, feat, grad = self._raw_with_gradient(x)
+        return sigma, torch.sigmoid(self.color_net(feat)), F.normalize(-grad, dim=-1)
+
 
 class SdfField(_EncodedField):
     """NeuS geometry: sdf(x) = raw(x) + (|x| - init_radius), negative inside."""
@@ -178,6 +199,11 @@ class SdfField(_EncodedField):
     def gradient(self, x: Tensor) -> Tensor:
         """grad sdf [N,3] (FieldConfig.normals; differentiable w.r.t. the parameters)."""
         return self._gradient(self.sdf, x)
+
+    def forward_with_gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """forward() and gradient() together, from one evaluation of the field (analytic normals)."""
+        s, feat, grad = self._raw_with_gradient(x)
+        return s, torch.sigmoid(self.color_net(feat)), grad
 
 
 class ColorField(_EncodedField):

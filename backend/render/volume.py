@@ -243,9 +243,11 @@ class NerfVolume:
         self.field = density_field
 
     def query(self, points, dirs, deltas, want_normals):
-        sigma, rgb = self.field(points)
+        if want_normals:
+            sigma, rgb, normals = self.field.forward_with_normals(points)
+        else:
+            (sigma, rgb), normals = self.field(points), None
         alpha = 1 - torch.exp(-sigma * deltas)
-        normals = self.field.normal(points) if want_normals else None
         return alpha, rgb, normals
 
 
@@ -263,8 +265,7 @@ class NeusVolume:
         self.cos_anneal = cos_anneal
 
     def query(self, points, dirs, deltas, want_normals):
-        sdf, rgb = self.field(points)
-        grad = self.field.gradient(points)
+        sdf, rgb, grad = self.field.forward_with_gradient(points)
         c = (dirs * grad).sum(-1)
         r = self.cos_anneal
         iter_cos = -(F.relu(-c * 0.5 + 0.5) * (1.0 - r) + F.relu(-c) * r)

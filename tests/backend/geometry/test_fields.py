@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from dreampolish.backend.geometry.fields import (
     ColorField,
@@ -143,3 +144,40 @@ def test_analytic_gradient_trains_the_field_through_a_double_backward():
         detached = f.gradient(x)
     assert not detached.requires_grad
     torch.testing.assert_close(detached, g.detach())
+
+
+def _small_field_config(normals: str) -> FieldConfig:
+    return FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=10, start_levels=4), hidden_dim=16,
+                       normals=normals)
+
+
+@pytest.mark.parametrize("normals", ["analytic", "finite_difference"])
+def test_value_and_gradient_together_equal_the_separate_calls_from_one_evaluation(normals):
+    torch.manual_seed(0)
+    x = torch.rand(256, 3) - 0.5
+    for field, together, separate in (
+        (nerf := DensityField(_small_field_config(normals)), nerf.forward_with_normals,
+         lambda p: (*nerf(p), nerf.normal(p))),
+        (neus := SdfField(_small_field_config(normals)), neus.forward_with_gradient,
+         lambda p: (*neus(p), neus.gradient(p))),
+    ):
+        torch.nn.init.normal_(field.geometry_net[-1].weight, std=0.5)  # a field with some shape
+        calls = []
+        hook = field.encoding.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        got = together(x)
+        evaluations = len(calls)
+        hook.remove()
+        want = separate(x)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+        # The training loss flows through either form identically.
+        params = [p for p in field.parameters() if p.requires_grad]
+        grads_together = torch.autograd.grad(sum(t.square().sum() for t in together(x)), params)
+        grads_separate = torch.autograd.grad(sum(t.square().sum() for t in separate(x)), params)
+        for g, w in zip(grads_together, grads_separate):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+        with torch.no_grad():
+            assert all(not t.requires_grad for t in together(x))
+        # Analytic: one evaluation of the encoding (the gradient is a backward through it); the
+        # stencil evaluates its 4 points besides the sample itself.
+        assert evaluations == (1 if normals == "analytic" else 2), (type(field).__name__, evaluations)

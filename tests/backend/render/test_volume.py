@@ -37,6 +37,9 @@ class SphereSdf:
     def gradient(self, x):
         return torch.nn.functional.normalize(x, dim=-1)
 
+    def forward_with_gradient(self, x):
+        return (*self(x), self.gradient(x))
+
 
 def _camera(res=32):
     one = torch.ones(1)
