@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -256,6 +257,109 @@ def bake_normal_map(
     image[..., 2] = 1.0
     image[coverage.filled] = local.astype(np.float32)
     return dilate(image, coverage.filled, padding)
+
+
+@dataclass
+class ViewSamples:
+    """Per-pixel values seen from a batch of cameras, with the surface each pixel shows (what
+    `fuse_views` projects the atlas's texels into)."""
+
+    c2w: torch.Tensor
+    """[B,4,4] camera-to-world (Blender camera convention)."""
+    mvp: torch.Tensor
+    """[B,4,4] world -> clip."""
+    focal_px: torch.Tensor
+    """[B] vertical focal length in pixels (for the size of a pixel on the surface)."""
+    world_pos: torch.Tensor
+    """[B,H,W,3] surface point per pixel."""
+    foreground: torch.Tensor
+    """[B,H,W] bool: pixel centres on the surface."""
+    values: torch.Tensor
+    """[B,H,W,C] what each pixel shows (e.g. albedo, roughness, metallic)."""
+
+
+@dataclass
+class FusedTexels:
+    """Per-view estimates fused into the atlas."""
+
+    coverage: TexelCoverage
+    values: np.ndarray
+    """[H,W,C] float32 weighted mean over the views at the texels they see, 0 elsewhere."""
+    weight: np.ndarray
+    """[H,W] float32 total weight; 0 where no view sees the texel."""
+
+    @property
+    def seen(self) -> np.ndarray:
+        return self.weight > 0
+
+
+def _view_weights(points: torch.Tensor, normals: torch.Tensor, views: ViewSamples, b: int, power: float,
+                  tolerance_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [N], grid [N,2]) of texel surface points seen from view b: cos(n, to-camera)^power where the
+    pixel the point projects to shows that same point (within `tolerance_px` pixels' worth of surface,
+    so occluded texels get 0), and grid_sample coordinates of that pixel."""
+    _, h, w, _ = views.world_pos.shape
+    homo = torch.cat([points, torch.ones_like(points[:, :1])], -1)
+    clip = homo @ views.mvp[b].T
+    in_front = clip[:, 3] > 1e-6
+    ndc = clip[:, :2] / clip[:, 3:4].clamp_min(1e-6)
+    x = (ndc[:, 0] + 1.0) * 0.5 * w  # pixel coordinates, y down, as render/cameras.project_to_pixels
+    y = (1.0 - ndc[:, 1]) * 0.5 * h
+    col, row = x.floor().long(), y.floor().long()
+    inside = in_front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    col, row = col.clamp(0, w - 1), row.clamp(0, h - 1)
+    surface = views.world_pos[b, row, col]
+    to_camera = views.c2w[b, :3, 3] - points
+    dist = to_camera.norm(dim=-1).clamp_min(1e-9)
+    cos = (normals * to_camera).sum(-1) / dist
+    # A pixel covers depth / focal_px of surface facing the camera; a texel is visible from the view when
+    # the pixel it falls in shows a point within a few of those (else something nearer hides it).
+    footprint = clip[:, 3].clamp_min(1e-6) / views.focal_px[b]
+    visible = inside & views.foreground[b, row, col] & ((surface - points).norm(dim=-1) <= tolerance_px * footprint)
+    weight = torch.where(visible & (cos > 0), cos.clamp_min(0) ** power, torch.zeros_like(cos))
+    grid = torch.stack([x / w * 2 - 1, y / h * 2 - 1], -1)
+    return weight, grid
+
+
+@torch.no_grad()
+def fuse_views(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int, views: ViewSamples,
+               power: float = 2.0, tolerance_px: float = 2.5) -> FusedTexels:
+    """Fuse per-view, per-pixel estimates into the UV atlas: every texel's surface point is projected into
+    each view, and the views that see it (not occluded, facing it) are averaged with weights
+    cos(normal, to-camera)^power, so the views that see the texel most squarely count most.
+
+        value(texel) = sum_b w_b v_b(pixel_b) / sum_b w_b,   w_b = visible_b cos_b^power
+
+    Values are sampled bilinearly over the foreground pixels only (background pixels carry no estimate).
+    Returns the fused values before dilation; callers dilate them like the base colour."""
+    coverage = rasterize_uv(uvs, size, size)
+    device = views.values.device
+    points = torch.as_tensor(texel_attribute(coverage, faces, vertices.astype(np.float32)), device=device)
+    normals = torch.as_tensor(texel_attribute(coverage, faces, vertex_normals(vertices, faces)), device=device)
+    normals = torch.nn.functional.normalize(normals, dim=-1)
+    channels = views.values.shape[-1]
+    acc = torch.zeros(points.shape[0], channels, device=device)
+    wsum = torch.zeros(points.shape[0], device=device)
+    fg = views.foreground.unsqueeze(1).float()  # [B,1,H,W]
+    masked = views.values.permute(0, 3, 1, 2).float() * fg
+    for b in range(views.values.shape[0]):
+        weight, grid = _view_weights(points, normals, views, b, power, tolerance_px)
+        keep = weight > 0
+        if not bool(keep.any()):
+            continue
+        g = grid[keep][None, None]  # [1,1,M,2]
+        sampled = torch.nn.functional.grid_sample(masked[b:b + 1], g, mode="bilinear", align_corners=False)[0, :, 0].T
+        cover = torch.nn.functional.grid_sample(fg[b:b + 1], g, mode="bilinear", align_corners=False)[0, 0, 0]
+        value = sampled / cover.clamp_min(1e-6)[:, None]
+        wk = weight[keep] * (cover > 1e-6)
+        acc[keep] += wk[:, None] * value
+        wsum[keep] += wk
+    fused = (acc / wsum.clamp_min(1e-12)[:, None]).cpu().numpy()
+    image = np.zeros((size, size, channels), np.float32)
+    weight_img = np.zeros((size, size), np.float32)
+    image[coverage.filled] = np.where(wsum.cpu().numpy()[:, None] > 0, fused, 0.0)
+    weight_img[coverage.filled] = wsum.cpu().numpy()
+    return FusedTexels(coverage, image, weight_img)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -288,6 +288,8 @@ class PipelinePreset:
     """Texture by score distillation and UV bake."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """Final artefacts."""
+    base_color_only: bool = False
+    """Bake the texture field's colours alone: no de-lighting, metallic-roughness or normal map."""
 
 
 def standard_preset() -> PipelinePreset:
@@ -362,7 +364,7 @@ def shrink_to_tiny(preset: PipelinePreset) -> PipelinePreset:
         polish=replace(p.polish, steps=4, render_size=32, batch_size=1, view_pool=4,
                        estimator=replace(p.polish.estimator, num_inference_steps=1)),
         texture=replace(p.texture, steps=4, render_size=32, view_pool=4, atlas_size=128, field=_tiny_field(p.texture.field),
-                        chart_padding=2),
+                        chart_padding=2, pbr=replace(p.texture.pbr, views=4, render_size=32)),
     )
 
 

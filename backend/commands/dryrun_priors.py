@@ -3,8 +3,8 @@
 Each guidance is the production one (Zero123Guidance, ScoreDistillation with its LoRA adapters, the same
 settings the diffusion priors use), fed the stage's render moved to `meta`; its forward and backward run
 there (shapes only) and the stage gets a zero loss on its own device, so the CPU geometry carries on. The
-reference image and the Marigold estimate run their denoising loops on `meta` and hand back stand-ins of
-the right size (a grey disc; normals facing the camera).
+reference image and the Marigold estimates run their denoising loops on `meta` and hand back stand-ins of
+the right size (a grey disc; normals facing the camera; grey albedo of roughness 0.5).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..guidance.base import GuidanceInput, GuidanceOutput
+from ..guidance.intrinsics import IntrinsicMaps
 from ..models.full_size import FullSizePriors, MarigoldShape
 from ..models.specs import ModelSet
 from ..render.cameras import CameraBatch
@@ -56,6 +57,23 @@ class MetaGuidance:
         return GuidanceOutput(inp.rgb.sum() * 0.0, {})
 
 
+def _meta_marigold(m: MarigoldShape, rgb: Tensor, steps: int) -> None:
+    """Marigold's encode -> denoise -> decode on `meta` for a batch of renders [B,H,W,3] (every target decoded)."""
+    b, h, w, _ = rgb.shape
+    side = m.processing_resolution
+    scale = side / max(h, w)
+    size = (max(8, round(h * scale / 8) * 8), max(8, round(w * scale / 8) * 8))
+    image = F.interpolate(rgb.detach().permute(0, 3, 1, 2).to(m.device), size, mode="bilinear")
+    latent = m.vae.encode(image.to(m.dtype) * 2 - 1).latent_dist.mode()
+    text = m.text_encoder(torch.full((1, 77), 49406, dtype=torch.long, device=m.device))[0].expand(b, -1, -1)
+    x = torch.randn(b, 4 * m.n_targets, *latent.shape[2:], dtype=latent.dtype).to(latent)
+    for t in range(steps):
+        t_in = torch.full((b,), 999 - t * (1000 // steps), dtype=torch.long, device=m.device)
+        x = m.unet(torch.cat([latent, x], 1), t_in, encoder_hidden_states=text).sample
+    x = x.reshape(b * m.n_targets, 4, *x.shape[2:])
+    _ = m.vae.decode(x / m.vae.config.scaling_factor).sample  # its memory is what is measured
+
+
 class MetaNormals:
     """NormalTargets: Marigold's encode → denoise → decode on `meta`; normals facing the camera back."""
 
@@ -65,22 +83,27 @@ class MetaNormals:
 
     @torch.no_grad()
     def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> Tensor:
-        m = self.models
-        b, h, w, _ = rgb.shape
-        side = m.processing_resolution
-        scale = side / max(h, w)
-        size = (max(8, round(h * scale / 8) * 8), max(8, round(w * scale / 8) * 8))
-        image = F.interpolate(rgb.detach().permute(0, 3, 1, 2).to(m.device), size, mode="bilinear")
-        latent = m.vae.encode(image.to(m.dtype) * 2 - 1).latent_dist.mode()
-        text = m.text_encoder(torch.full((1, 77), 49406, dtype=torch.long, device=m.device))[0].expand(b, -1, -1)
-        x = torch.randn(latent.shape, dtype=latent.dtype).to(latent)
-        for t in range(self.steps):
-            t_in = torch.full((b,), 999 - t * (1000 // self.steps), dtype=torch.long, device=m.device)
-            x = m.unet(torch.cat([latent, x], 1), t_in, encoder_hidden_states=text).sample
-        _ = m.vae.decode(x / m.vae.config.scaling_factor).sample  # its memory is what is measured
+        _meta_marigold(self.models, rgb, self.steps)
         normals = torch.zeros_like(rgb)
         normals[..., 2] = 1.0
         return normals * (opacity.detach() >= 0.5).to(normals)
+
+
+class MetaIntrinsics:
+    """Decomposer: Marigold-IID's encode → denoise → decode on `meta`, in the configured batches; grey
+    albedo, roughness 0.5 and metallic 0 back."""
+
+    def __init__(self, models: MarigoldShape, num_inference_steps: int | None, batch_size: int):
+        self.models = models
+        self.steps = num_inference_steps or models.denoising_steps
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> IntrinsicMaps:
+        for i in range(0, rgb.shape[0], self.batch_size):
+            _meta_marigold(self.models, rgb[i:i + self.batch_size], self.steps)
+        fg = (opacity.detach() > 0).to(rgb)
+        return IntrinsicMaps(0.5 * fg.expand_as(rgb), 0.5 * fg, 0.0 * fg)
 
 
 def _disc_reference(camera: CameraBatch) -> ReferenceView:
@@ -138,6 +161,10 @@ class DryRunPriors:
 
     def normal_targets(self, preset, seed: int) -> MetaNormals:
         return MetaNormals(self.models.normals, preset.polish.estimator.num_inference_steps)
+
+    def intrinsics(self, preset, seed: int) -> MetaIntrinsics:
+        cfg = preset.texture.pbr.intrinsics
+        return MetaIntrinsics(self.models.intrinsics, cfg.num_inference_steps, cfg.batch_size)
 
     def texture_guidance(self, spec, preset, frame, seed: int) -> MetaGuidance:
         from ..guidance.score_distillation import ScoreDistillation

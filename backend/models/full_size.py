@@ -14,6 +14,8 @@ Sources (the fields that differ from diffusers' / transformers' defaults):
   clip_camera_projection (768 + 4 -> 768).
 - Marigold normals v1-1 (prs-eth/marigold-normals-v1-1): the SD 2 UNet with 8 input channels (image latent
   and noisy normal latent) at 96×96 latents (768 px processing resolution), SD VAE, SD 2 text encoder.
+- Marigold IID appearance v1-1 (prs-eth/marigold-iid-appearance-v1-1): the same UNet with 12 input channels
+  (image latent and the albedo and material latents) and 8 output channels, SD VAE, SD 2 text encoder.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ SD21_UNET = dict(
 ZERO123_UNET = dict(SD21_UNET, sample_size=32, in_channels=8, cross_attention_dim=768, attention_head_dim=8,
                     use_linear_projection=False)
 MARIGOLD_UNET = dict(SD21_UNET, sample_size=96, in_channels=8)
+MARIGOLD_IID_UNET = dict(SD21_UNET, sample_size=96, in_channels=12, out_channels=8)
 SD_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
@@ -67,6 +70,7 @@ BUILT_IN: dict[ModelRole, dict[str, dict[str, Any]]] = {
     "zero123": {"unet": ZERO123_UNET, "vae": SD_VAE, "image_encoder": CLIP_VIT_L14_VISION,
                 "clip_camera_projection": {"embedding_dim": 768, "additional_embeddings": 4}},
     "normals": {"unet": MARIGOLD_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
+    "intrinsics": {"unet": MARIGOLD_IID_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
 }
 
 
@@ -121,7 +125,7 @@ def _build(spec: ModelSpec, component: str, device: torch.device, dtype: torch.d
 
 @dataclass
 class MarigoldShape:
-    """The parts of a MarigoldNormalsPipeline whose memory and compute a normal estimate costs."""
+    """The parts of a Marigold pipeline (normals, intrinsics) whose memory and compute an estimate costs."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -130,6 +134,11 @@ class MarigoldShape:
     dtype: torch.dtype
     processing_resolution: int = MARIGOLD_PROCESSING_RESOLUTION
     denoising_steps: int = MARIGOLD_DENOISING_STEPS
+
+    @property
+    def n_targets(self) -> int:
+        """Predicted images per input (1 for normals; albedo and material for IID appearance)."""
+        return int(self.unet.config.out_channels) // int(self.vae.config.latent_channels)
 
 
 class FullSizePriors:
@@ -173,6 +182,14 @@ class FullSizePriors:
                 unet=self._part("normals", "unet"), vae=self._part("normals", "vae"),
                 text_encoder=self._part("normals", "text_encoder"), device=self.device, dtype=self.dtype)
         return self._built["normals"]
+
+    @property
+    def intrinsics(self) -> MarigoldShape:
+        if "intrinsics" not in self._built:
+            self._built["intrinsics"] = MarigoldShape(
+                unet=self._part("intrinsics", "unet"), vae=self._part("intrinsics", "vae"),
+                text_encoder=self._part("intrinsics", "text_encoder"), device=self.device, dtype=self.dtype)
+        return self._built["intrinsics"]
 
     def parameter_bytes(self) -> dict[str, int]:
         """Bytes of the weights built so far, per role."""

@@ -27,8 +27,10 @@ ROLE_COMPONENTS: dict[ModelRole, tuple[str, ...]] = {
     "text_to_image": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "zero123": ("unet", "vae", "image_encoder", "clip_camera_projection", "scheduler"),
     "normals": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "intrinsics": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
-"""The subfolders loading.py reads for each role (MarigoldNormalsPipeline loads exactly these five)."""
+"""The subfolders loading.py reads for each role (MarigoldNormalsPipeline and MarigoldIntrinsicsPipeline load
+exactly these five)."""
 
 WEIGHTED_COMPONENTS = frozenset({"unet", "vae", "text_encoder", "image_encoder", "clip_camera_projection"})
 """Components that must bring weights (tokenizer and scheduler are configs only)."""

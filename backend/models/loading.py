@@ -25,6 +25,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    MarigoldIntrinsicsPipeline,
     MarigoldNormalsPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -54,6 +55,14 @@ REQUIRED_FILES: dict[ModelRole, tuple[str, ...]] = {
         "scheduler/scheduler_config.json",
     ),
     "normals": (
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer",
+        "scheduler/scheduler_config.json",
+    ),
+    "intrinsics": (
         "model_index.json",
         "unet/config.json",
         "vae/config.json",
@@ -266,14 +275,23 @@ def load_zero123(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype
     )
 
 
-def load_normals(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> MarigoldNormalsPipeline:
+def _load_marigold(spec: ModelSpec, cls: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:
     device = torch.device(device)
     dtype = dtype or choose_dtype(device)
-    pipe = _load(spec, MarigoldNormalsPipeline, None, dtype=dtype)
+    pipe = _load(spec, cls, None, dtype=dtype)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         _freeze(module, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_normals(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> MarigoldNormalsPipeline:
+    return _load_marigold(spec, MarigoldNormalsPipeline, device, dtype)
+
+
+def load_intrinsics(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None
+                    ) -> MarigoldIntrinsicsPipeline:
+    return _load_marigold(spec, MarigoldIntrinsicsPipeline, device, dtype)
 
 
 @dataclass
@@ -303,3 +321,12 @@ class PriorModels:
         if "normals" not in self._loaded:
             self._loaded["normals"] = load_normals(self.model_set.normals, self.device, self.dtype)
         return self._loaded["normals"]
+
+    @property
+    def intrinsics(self) -> MarigoldIntrinsicsPipeline:
+        if "intrinsics" not in self._loaded:
+            if self.model_set.intrinsics is None:
+                raise JobFailed("model_missing", f"model set {self.model_set.name!r} has no intrinsics model (the "
+                                "PBR bake's Marigold-IID); add one to the models config or set base_color_only")
+            self._loaded["intrinsics"] = load_intrinsics(self.model_set.intrinsics, self.device, self.dtype)
+        return self._loaded["intrinsics"]

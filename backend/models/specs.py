@@ -1,7 +1,7 @@
 """Which checkpoints the diffusion priors use: model specs, model sets, and the cache folder.
 
-A model set maps each role (text_to_image, zero123, normals) to a ModelSpec: a
-hub id with a revision, or a local folder. The sets ship in defaults.json next
+A model set maps each role (text_to_image, zero123, normals, and optionally
+intrinsics) to a ModelSpec: a hub id with a revision, or a local folder. The sets ship in defaults.json next
 to this module; `tiny` points at the randomly initialised models that
 `dreampolish-backend models pull --tiny` builds into the cache folder.
 """
@@ -28,8 +28,11 @@ hub ids, revisions and local folders can change without editing the installed pa
 EXPECT_KEYS = ("sample_size", "prediction_type", "cross_attention_dim")
 """What a spec may pin about its checkpoint's architecture (checked by `models check`)."""
 
-ModelRole = Literal["text_to_image", "zero123", "normals"]
-MODEL_ROLES: tuple[ModelRole, ...] = ("text_to_image", "zero123", "normals")
+ModelRole = Literal["text_to_image", "zero123", "normals", "intrinsics"]
+MODEL_ROLES: tuple[ModelRole, ...] = ("text_to_image", "zero123", "normals", "intrinsics")
+OPTIONAL_ROLES: frozenset[str] = frozenset({"intrinsics"})
+"""Roles a model set may leave out (a set written before the role existed): a job that needs one then
+fails with a message that names it."""
 
 CameraEncoding = Literal["delta_radius", "reference_polar"]
 
@@ -101,12 +104,18 @@ class ModelSet:
     text_to_image: ModelSpec
     zero123: ModelSpec
     normals: ModelSpec
+    intrinsics: ModelSpec | None = None
+    """The intrinsic-decomposition model of the PBR bake (Marigold-IID-Appearance); None when the set has none."""
 
     def spec(self, role: ModelRole) -> ModelSpec:
-        return getattr(self, role)
+        spec = getattr(self, role)
+        if spec is None:
+            raise KeyError(f"model set {self.name!r} has no {role!r} model; add one to the models config "
+                           "or set base_color_only")
+        return spec
 
     def specs(self) -> list[ModelSpec]:
-        return [self.spec(role) for role in MODEL_ROLES]
+        return [getattr(self, role) for role in MODEL_ROLES if getattr(self, role) is not None]
 
 
 def models_config_file() -> Path:
@@ -120,10 +129,10 @@ def load_model_sets(path: Path | None = None) -> dict[str, ModelSet]:
     data = json.loads((path or models_config_file()).read_text())
     sets: dict[str, ModelSet] = {}
     for set_name, roles in data["sets"].items():
-        missing = [r for r in MODEL_ROLES if r not in roles]
+        missing = [r for r in MODEL_ROLES if r not in roles and r not in OPTIONAL_ROLES]
         if missing:
             raise ValueError(f"model set {set_name!r} lacks roles {missing}")
-        specs = {role: ModelSpec.from_dict(role, roles[role]) for role in MODEL_ROLES}
+        specs = {role: ModelSpec.from_dict(role, roles[role]) for role in MODEL_ROLES if role in roles}
         sets[set_name] = ModelSet(name=set_name, **specs)
     return sets
 

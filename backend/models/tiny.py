@@ -13,6 +13,8 @@ Layout written under `root` (default <model cache>/tiny):
     zero123/         unet (8 input channels), vae, image_encoder, feature_extractor,
                      clip_camera_projection, scheduler  (the layout of the diffusers Zero123 conversions)
     normals/         a MarigoldNormalsPipeline folder
+    intrinsics/      a MarigoldIntrinsicsPipeline folder with Marigold-IID-Appearance's targets
+                     (albedo; roughness and metallicity stacked in "material")
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    MarigoldIntrinsicsPipeline,
     MarigoldNormalsPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -47,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "tiny_models.json"
 """Written last into the root; its presence means a complete build of this format version."""
-TINY_FORMAT_VERSION = 1
+TINY_FORMAT_VERSION = 2
+"""2: the intrinsics model was added."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +131,12 @@ def _text_encoder(cfg: TinyModelConfig, tokenizer: CLIPTokenizer) -> CLIPTextMod
     )
 
 
-def _unet(cfg: TinyModelConfig, in_channels: int, seed_offset: int) -> UNet2DConditionModel:
+def _unet(cfg: TinyModelConfig, in_channels: int, seed_offset: int, out_channels: int = 4) -> UNet2DConditionModel:
     torch.manual_seed(cfg.seed + seed_offset)
     return UNet2DConditionModel(
         sample_size=cfg.latent_size,
         in_channels=in_channels,
-        out_channels=4,
+        out_channels=out_channels,
         layers_per_block=1,
         block_out_channels=cfg.unet_channels,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -217,6 +221,35 @@ def build_normals(folder: Path, cfg: TinyModelConfig) -> None:
     shutil.rmtree(folder / "_tokenizer_src")
 
 
+IID_APPEARANCE_TARGETS = {
+    "target_names": ["albedo", "material"],
+    "albedo": {"prediction_space": "srgb"},
+    "material": {"prediction_space": "stack", "sub_target_names": ["roughness", "metallicity", None]},
+    "roughness": {"prediction_space": "linear"},
+    "metallicity": {"prediction_space": "linear"},
+}
+"""target_properties of prs-eth/marigold-iid-appearance-v1-1's model_index.json (guidance/intrinsics.py)."""
+
+
+def build_intrinsics(folder: Path, cfg: TinyModelConfig) -> None:
+    tokenizer = write_tiny_tokenizer_files(folder / "_tokenizer_src")
+    n_targets = len(IID_APPEARANCE_TARGETS["target_names"])
+    pipe = MarigoldIntrinsicsPipeline(
+        # The image latent and one latent per target in, one latent per target out (as the real UNet: 12 -> 8).
+        unet=_unet(cfg, in_channels=4 * (1 + n_targets), seed_offset=10, out_channels=4 * n_targets),
+        vae=_vae(cfg, 11),
+        scheduler=DDIMScheduler(**SD21_SCHEDULER),
+        text_encoder=_text_encoder(cfg, tokenizer),
+        tokenizer=tokenizer,
+        prediction_type="intrinsics",
+        target_properties=IID_APPEARANCE_TARGETS,
+        default_denoising_steps=1,
+        default_processing_resolution=cfg.latent_size * 2,
+    )
+    pipe.save_pretrained(folder)
+    shutil.rmtree(folder / "_tokenizer_src")
+
+
 def tiny_models_present(root: Path | None = None) -> bool:
     root = root or tiny_model_dir()
     marker = root / BUILD_MARKER
@@ -241,7 +274,9 @@ def build_tiny_models(root: Path | None = None, cfg: TinyModelConfig | None = No
         return root
     root.mkdir(parents=True, exist_ok=True)
     (root / BUILD_MARKER).unlink(missing_ok=True)
-    for name, build in (("text_to_image", build_text_to_image), ("zero123", build_zero123), ("normals", build_normals)):
+    builders = (("text_to_image", build_text_to_image), ("zero123", build_zero123), ("normals", build_normals),
+                ("intrinsics", build_intrinsics))
+    for name, build in builders:
         staging = root / f".{name}.building"
         shutil.rmtree(staging, ignore_errors=True)
         build(staging, cfg)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..geometry.mesh import TriMesh
 from ..guidance.base import Guidance, GuidanceInput, GuidanceOutput, NormalTargets, ReferenceView
+from ..guidance.intrinsics import Decomposer
 from ..presets import PipelinePreset
 from ..render.rasterize import MeshRasterizer
 from .frame import JobFrame
@@ -60,6 +61,8 @@ class PriorSource(Protocol):
 
     def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
                          ) -> CombinedGuidance: ...
+
+    def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer: ...
 
 
 def front_view_prompts(cfg: Any, frame: JobFrame) -> Any:
@@ -143,6 +146,12 @@ class DiffusionPriors:
         return CombinedGuidance([("texture", 1.0, ScoreDistillation(
             models.text_to_image, prompts, _seeded(preset.texture.guidance, seed)))])
 
+    def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer:
+        from ..guidance.intrinsics import MarigoldIntrinsics
+
+        return MarigoldIntrinsics(self.models(preset).intrinsics, _seeded(preset.texture.pbr.intrinsics, seed),
+                                  background=preset.texture.background)
+
 
 class OraclePriors:
     """A known target mesh (object frame) in place of every prior: the reference image is its render,
@@ -176,3 +185,12 @@ class OraclePriors:
         from ..guidance.oracle import OracleGuidance
 
         return CombinedGuidance([("oracle", 1.0, OracleGuidance(self.target, self.rasterizer, texture=self.texture))])
+
+    def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer:
+        from ..guidance.intrinsics import OracleDecomposer
+
+        # The target's own colours are its albedo; the oracle target has no other material than the
+        # defaults the texture stage falls back to.
+        pbr = preset.texture.pbr
+        return OracleDecomposer(self.target, self.rasterizer, roughness=pbr.default_roughness,
+                                metallic=pbr.default_metallic, texture=self.texture)

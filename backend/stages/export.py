@@ -40,14 +40,18 @@ class ExportConfig:
 
 
 def texture_payloads(base_color: np.ndarray | None, normal_map: np.ndarray | None,
-                     normal_dtype: str = "float16") -> list[TexturePayload]:
+                     normal_dtype: str = "float16", roughness_metallic: np.ndarray | None = None
+                     ) -> list[TexturePayload]:
     """Baked maps as protocol textures: base colour as an sRGB PNG, the normal map as a raw float
-    array of unit vectors in [-1, 1] (tangent space, OpenGL +Y)."""
+    array of unit vectors in [-1, 1] (tangent space, OpenGL +Y), roughness/metallic as a PNG of linear
+    data in glTF's packing (G roughness, B metallic)."""
     textures = []
     if base_color is not None:
         textures.append(TexturePayload(role="base_color", png=bake.encode_png(base_color)))
     if normal_map is not None:
         textures.append(TexturePayload(role="normal", array=np.ascontiguousarray(normal_map.astype(normal_dtype))))
+    if roughness_metallic is not None:
+        textures.append(TexturePayload(role="roughness_metallic", png=bake.encode_png(roughness_metallic)))
     return textures
 
 

@@ -10,6 +10,13 @@ guidance (GuidanceInput, shading="albedo"). With a reference view, an RGB loss o
 After optimisation `bake_texture` makes UVs (xatlas, unless the mesh has its own and the stage is
 told to keep them), evaluates the field at every texel's surface point, dilates the charts so no
 seam shows, and optionally bakes a normal map from a more detailed mesh.
+
+Materials (`bake_materials`): the field's colours carry the 2D prior's lighting. The textured mesh is
+rendered from a ring of views at the stage's own camera distance, field of view and elevation range,
+each render is decomposed into albedo, roughness and metallic (guidance/intrinsics.py: Marigold-IID, or
+the oracle), and the per-view estimates are fused per texel (bake.fuse_views: weights cos^p of how
+squarely each view sees the texel, zero where it is hidden). Texels no view sees keep the field's colour
+and the configured roughness and metallic. The maps are dilated exactly as the base colour.
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.mesh import TriMesh
 from ..guidance.base import Guidance, GuidanceInput
+from ..guidance.intrinsics import Decomposer, IntrinsicsConfig
 from ..guidance.lora import LoraConfig
 from ..guidance.score_distillation import Schedule, ScoreDistillationConfig, TimestepSchedule
-from ..render.cameras import CameraBatch, ViewSampler
+from ..render.cameras import CameraBatch, ViewSampler, orbit_cameras
 from ..render.rasterize import MeshRasterizer
 from .base import ReferenceView, StageReporter
 from .step import seeded_init
@@ -49,6 +57,33 @@ def _texture_guidance() -> ScoreDistillationConfig:
 def _texture_field() -> FieldConfig:
     # Colour only: all levels active from the start (the geometry is fixed, nothing to stage).
     return FieldConfig(grid=HashGridConfig(start_levels=16), hidden_dim=64, n_hidden_layers=1)
+
+
+@dataclass
+class MaterialBakeConfig:
+    """The PBR maps baked beside the base colour (module docstring, "Materials")."""
+
+    delit_base_color: bool = True
+    """Base colour from the decomposed (de-lit) albedo instead of the colour field as it is."""
+    roughness_metallic: bool = True
+    """Bake a glTF metallic-roughness map (G roughness, B metallic) from the decomposition."""
+    views: int = ranged(8, 1, 64)
+    """Views of the textured mesh that are decomposed (azimuths evenly spaced, elevations alternating
+    between the ends of the stage's elevation range)."""
+    render_size: int = ranged(512, 16, 2048)
+    """Side in pixels of the decomposed renders."""
+    view_weight_power: float = ranged(2.0, 0, 16)
+    """p in the fusion weight cos(normal, to-camera)^p: higher trusts the most frontal view more."""
+    default_roughness: float = ranged(0.8, 0, 1)
+    """Roughness of texels no view sees (and of the GLB's material without a map)."""
+    default_metallic: float = ranged(0.0, 0, 1)
+    """Metallic of texels no view sees."""
+    intrinsics: IntrinsicsConfig = field(default_factory=IntrinsicsConfig)
+    """How the intrinsic model runs."""
+
+    @property
+    def decomposes(self) -> bool:
+        return self.delit_base_color or self.roughness_metallic
 
 
 @dataclass
@@ -87,11 +122,13 @@ class TextureConfig:
     """Gap between UV charts in texels (room for the dilation)."""
     dilation_texels: int = ranged(0, 0, 8192)
     """How far, in texels, the colours are dilated beyond the charts; 0 fills the whole atlas."""
-    normal_map: bool = False
+    normal_map: bool = True
     """Also bake a tangent-space normal map from the detailed geometry (the DMTet/polish mesh)."""
     simplify_to_faces: int = ranged(0, 0, 4_000_000)
     """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
     detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
+    pbr: MaterialBakeConfig = field(default_factory=MaterialBakeConfig)
+    """De-lit base colour and the metallic-roughness map (the preset's base_color_only turns all maps off)."""
 
 
 @dataclass
@@ -240,24 +277,82 @@ class BakedTexture:
     uvs: np.ndarray
     """[F,3,2] float32 per-corner UVs of the mesh's faces."""
     base_color: np.ndarray
-    """[S,S,3] float32 in [0,1] (display/sRGB values)."""
+    """[S,S,3] float32 in [0,1] (display/sRGB values): the de-lit albedo when materials were baked."""
     normal_map: np.ndarray | None = None
     """[S,S,3] float32 tangent-space unit normals (OpenGL, +Y along +v), or None."""
+    roughness_metallic: np.ndarray | None = None
+    """[S,S,3] float32 in [0,1], glTF's packing: R unused (1), G roughness, B metallic; or None."""
+    lit_base_color: np.ndarray | None = None
+    """[S,S,3] the colour field baked as it is (lighting included), kept when base_color is de-lit."""
+
+
+def decomposition_cameras(cfg: TextureConfig, device: torch.device | str = "cpu") -> CameraBatch:
+    """The views the materials are decomposed from: cfg.pbr.views orbit cameras at the stage's distance and
+    field of view, azimuths evenly spaced, elevations alternating between the ends of its elevation range."""
+    n = cfg.pbr.views
+    lo, hi = cfg.elevation_range_deg
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
+    elevation = torch.tensor([lo if i % 2 == 0 else hi for i in range(n)], dtype=torch.float32)
+    size = cfg.pbr.render_size
+    return orbit_cameras(elevation, azimuth, torch.full((n,), cfg.camera_distance),
+                         torch.full((n,), cfg.fovy_deg), size, size).to(device)
+
+
+@torch.no_grad()
+def bake_materials(cfg: TextureConfig, state: TextureState, uvs: np.ndarray, decomposer: Decomposer,
+                   rasterizer: MeshRasterizer, lit_base_color: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(albedo [S,S,3] display values, roughness_metallic [S,S,3] glTF-packed), both dilated as the base
+    colour: render the textured mesh, decompose every render, fuse the estimates per texel (module
+    docstring). Texels no view sees keep the lit colour and the configured roughness and metallic."""
+    mesh = state.mesh
+    cameras = decomposition_cameras(cfg, mesh.device)
+    views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
+    background = torch.tensor(cfg.background, dtype=torch.float32, device=mesh.device)
+    rgb = shade_albedo(state.color_field, views, background)
+    maps = decomposer(rgb, views.opacity, cameras)
+    values = torch.cat([maps.albedo, maps.roughness, maps.metallic], -1).float()
+    focal = cameras.proj[:, 1, 1] * cameras.height * 0.5
+    samples = bake.ViewSamples(cameras.c2w, cameras.mvp, focal, views.world_pos, views.foreground, values)
+    vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+    faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+    fused = bake.fuse_views(vertices, faces, uvs, cfg.atlas_size, samples, power=cfg.pbr.view_weight_power)
+    filled, seen = fused.coverage.filled, fused.seen
+    unseen = filled & ~seen
+    albedo = fused.values[..., :3].copy()
+    albedo[unseen] = lit_base_color[unseen]
+    rm = np.ones(albedo.shape, np.float32)
+    rm[..., 1], rm[..., 2] = fused.values[..., 3], fused.values[..., 4]
+    rm[unseen, 1], rm[unseen, 2] = cfg.pbr.default_roughness, cfg.pbr.default_metallic
+    logger.info("materials: %d of %d texels seen by %d views", int(seen.sum()), int(filled.sum()),
+                cameras.batch_size)
+    padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
+    return (bake.dilate(np.clip(albedo, 0, 1), filled, padding), bake.dilate(np.clip(rm, 0, 1), filled, padding))
 
 
 def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | None = None,
-                 detail: TriMesh | None = None) -> BakedTexture:
+                 detail: TriMesh | None = None, decomposer: Decomposer | None = None,
+                 rasterizer: MeshRasterizer | None = None, base_color_only: bool = False) -> BakedTexture:
     """Bake the colour field into an atlas on `uvs` (the mesh's own per-corner UVs [F,3,2]) or, when
-    None, on new xatlas charts; with cfg.normal_map and a `detail` mesh, also a normal map."""
+    None, on new xatlas charts; with cfg.normal_map and a `detail` mesh, also a normal map; with a
+    `decomposer` and cfg.pbr, the de-lit base colour and the metallic-roughness map. `base_color_only`
+    bakes the field's colours alone."""
     vertices = state.mesh.vertices.detach().cpu().numpy().astype(np.float32)
     faces = state.mesh.faces.detach().cpu().numpy().astype(np.int64)
     if uvs is None:
         uvs = bake.unwrap_uv(vertices, faces, bake.UnwrapConfig(resolution=cfg.atlas_size, padding=cfg.chart_padding))
     padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
     base_color = bake.bake_color(vertices, faces, uvs, state.colors_at, cfg.atlas_size, padding)
-    normal_map = None
+    baked = BakedTexture(np.ascontiguousarray(uvs, dtype=np.float32), base_color)
+    if base_color_only:
+        return baked
     if cfg.normal_map and detail is not None:
-        normal_map = bake.bake_normal_map(
+        baked.normal_map = bake.bake_normal_map(
             vertices, faces, uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(),
             cfg.atlas_size, padding)
-    return BakedTexture(np.ascontiguousarray(uvs, dtype=np.float32), base_color, normal_map)
+    if decomposer is not None and cfg.pbr.decomposes:
+        albedo, rm = bake_materials(cfg, state, baked.uvs, decomposer, rasterizer or MeshRasterizer(), base_color)
+        if cfg.pbr.delit_base_color:
+            baked.lit_base_color, baked.base_color = base_color, albedo
+        if cfg.pbr.roughness_metallic:
+            baked.roughness_metallic = rm
+    return baked

@@ -37,6 +37,7 @@ def tiny_model_set(root: Path) -> ModelSet:
         text_to_image=ModelSpec("text_to_image", local=str(root / "text_to_image")),
         zero123=ModelSpec("zero123", local=str(root / "zero123")),
         normals=ModelSpec("normals", local=str(root / "normals")),
+        intrinsics=ModelSpec("intrinsics", local=str(root / "intrinsics")),
     )
 
 
