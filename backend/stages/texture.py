@@ -21,6 +21,7 @@ and the configured roughness and metallic. The maps are dilated exactly as the b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -127,7 +128,7 @@ class TextureConfig:
     simplify_to_faces: int = ranged(0, 0, 4_000_000)
     """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
     detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
-    pbr: MaterialBakeConfig = field(default_factory=MaterialBakeConfig)
+    pbr: MaterialBakeConfig = dataclasses.field(default_factory=MaterialBakeConfig)  # `field` is a field here
     """De-lit base colour and the metallic-roughness map (the preset's base_color_only turns all maps off)."""
 
 
