@@ -42,7 +42,7 @@ def test_dryrun_draft_runs_every_stage_with_full_size_priors(monkeypatch, capsys
     assert all(s["ok"] for s in report["stages"].values()), report["stages"]
     # full-size weights: SD 2.1-base is 1.29 B parameters, 2.58 GB in bf16; Zero123-XL and Marigold alike
     assert report["weights_gb"]["text_to_image"] == pytest.approx(2.58, abs=0.01)
-    assert set(report["weights_gb"]) == {"text_to_image", "zero123", "normals"}
+    assert set(report["weights_gb"]) == {"text_to_image", "zero123", "normals", "intrinsics"}  # intrinsics: the PBR bake
     weights = sum(report["weights_gb"].values())
     assert report["peak_gb"] > weights
     assert report["peak_gb"] == pytest.approx(max(s["peak_gb"] for s in report["stages"].values()), abs=1e-3)
