@@ -9,7 +9,7 @@ PROMPT ?= a ceramic teapot with a blue glaze
 PRESET ?= auto
 
 .PHONY: test demo addon bench lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
-  test-addon-lts clean
+  test-addon-lts clean gltf-validator
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,10 +59,19 @@ addon: venv venv-blender venv-blender313
 	$(VENV)/bin/python build_addon.py --blender-python $(BVENV)/bin/python \
 	  $(if $(wildcard $(BVENV313)/.stamp),--blender-python $(BVENV313)/bin/python)
 
+# The Khronos glTF validator (npm package, pinned in tools/gltf-validator/package-lock.json) for the
+# tests that check the .glb files the backend writes.
+GLTF_VALIDATOR := tools/gltf-validator/node_modules/gltf-validator/package.json
+$(GLTF_VALIDATOR): tools/gltf-validator/package-lock.json
+	cd tools/gltf-validator && npm ci --no-audit --no-fund --silent
+	touch $@
+
+gltf-validator: $(GLTF_VALIDATOR)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test-backend: venv
+test-backend: venv gltf-validator
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/test_*.py -q
 
 # The add-on's tests, inside Blender 5.0 and, where its environment exists, Blender 5.3.
@@ -75,7 +84,7 @@ endef
 test-addon: venv venv-blender venv-blender313 addon
 	$(ADDON_TESTS)
 
-test: venv venv-blender venv-blender313 addon lint
+test: venv venv-blender venv-blender313 addon lint gltf-validator
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e tests/test_*.py -q
 	$(ADDON_TESTS)
 

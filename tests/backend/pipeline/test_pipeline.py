@@ -108,3 +108,22 @@ def test_a_seed_gives_the_same_result_beside_another_job(prompt_job, tmp_path):
     assert set(side_by_side) == {"again", "other"}
     assert side_by_side["again"].shape == alone.shape
     np.testing.assert_allclose(side_by_side["again"], alone, atol=1e-5, rtol=0)
+
+
+def test_tiny_job_returns_pbr_maps_on_the_wire_and_in_a_valid_glb(prompt_job):
+    """Base colour (de-lit), tangent-space normal map and glTF metallic-roughness: on the wire, in the GLB,
+    and the GLB passes the Khronos validator."""
+    from dreampolish.protocol.gltf import glb_to_mesh
+
+    from tests.gltf_validator import validate_glb
+
+    _, ctx, outcome = prompt_job
+    final = ctx.result("texture")
+    assert sorted(t.role for t in final.textures) == ["base_color", "normal", "roughness_metallic"]
+    assert final.texture("normal").array.shape == (128, 128, 3)
+    rm = decode_png(final.texture("roughness_metallic").png)
+    assert rm.shape == (128, 128, 3) and np.isfinite(rm).all()
+    glb = outcome.result_files["glb"]
+    validate_glb(glb)
+    back = glb_to_mesh(glb.read_bytes())
+    assert sorted(t.role for t in back.textures) == ["base_color", "normal", "roughness_metallic"]

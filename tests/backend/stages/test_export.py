@@ -85,3 +85,21 @@ def test_export_refuses_a_glb_name_that_leaves_the_job_folder(textured_box, tmp_
     with pytest.raises(ValidationError, match="export.glb_name must be a plain file name"):
         run_export(ExportConfig(glb_name=name), payload, job)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_glb_carries_every_pbr_map_and_passes_the_khronos_validator(textured_box, tmp_path):
+    from tests.gltf_validator import validate_glb
+
+    mesh, image, normal_map = textured_box
+    rm = np.ones((64, 64, 3), np.float32)
+    rm[..., 1], rm[..., 2] = 0.35, 0.9  # G roughness, B metallic
+    payload = mesh_payload(mesh, np.eye(4, dtype=np.float32), texture_payloads(image, normal_map, "float16", rm))
+    assert [t.role for t in payload.textures] == ["base_color", "normal", "roughness_metallic"]
+    result = run_export(ExportConfig(), payload, tmp_path)
+    glb = result.files["glb"]
+    report = validate_glb(glb)
+    assert report["info"]["materialCount"] == 1 and report["info"]["animationCount"] == 0
+    back = glb_to_mesh(glb.read_bytes())
+    assert sorted(t.role for t in back.textures) == ["base_color", "normal", "roughness_metallic"]
+    packed = bake.decode_png(back.texture("roughness_metallic").png)
+    np.testing.assert_allclose(packed[..., 1:].mean((0, 1)), [0.35, 0.9], atol=1 / 255)
