@@ -22,7 +22,7 @@ run() {
 run $py bench/transport.py
 run $bpy_py bench/blender_import.py
 run $py bench/cpu_stages.py
-for script in bench/fidelity.py bench/guidance_toy2d.py bench/pipeline_oracle.py; do
+for script in bench/fidelity.py bench/guidance_toy2d.py bench/pipeline_oracle.py bench/materials_oracle.py; do
   [ -f "$script" ] && run $py "$script"
 done
 run $py bench/store_faults.py

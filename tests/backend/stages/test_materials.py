@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +15,6 @@ from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.guidance.intrinsics import IntrinsicsConfig, MarigoldIntrinsics, OracleDecomposer
 from dreampolish.backend.guidance.oracle import OracleGuidance
 from dreampolish.backend.render.cameras import orbit_cameras
-from dreampolish.backend.render.colour import linear_to_srgb, srgb_to_linear
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.backend.stages.base import LoggingReporter
 from dreampolish.backend.stages.texture import (
@@ -27,45 +25,13 @@ from dreampolish.backend.stages.texture import (
     run_texture,
 )
 
+from tests.backend.materials_target import lit_colour, material_at
 from tests.backend.stages.test_texture import ViewMemo
 
 pytest_plugins = ("tests.backend.conftest_priors",)
 
 SMALL_FIELD = FieldConfig(grid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8,
                                               per_level_scale=1.6, start_levels=6), hidden_dim=32)
-
-# Three regions around the sphere's vertical axis (sectors of azimuth), each one material:
-# albedo (display values), roughness, metallic.
-REGIONS = torch.tensor([
-    [0.90, 0.70, 0.30, 0.20, 1.00],  # polished gold
-    [0.80, 0.15, 0.10, 0.90, 0.00],  # rough red plastic
-    [0.20, 0.40, 0.80, 0.50, 0.00],  # satin blue paint
-])
-LIGHT = torch.nn.functional.normalize(torch.tensor([1.0, -0.6, 0.8]), dim=0)
-AMBIENT = 0.25
-
-
-def material_at(points: torch.Tensor) -> torch.Tensor:
-    """points [N,3] -> [N,5] the target's material (REGIONS by azimuth sector)."""
-    azimuth = torch.atan2(points[:, 1], points[:, 0]) % (2 * math.pi)
-    region = (azimuth / (2 * math.pi / 3)).long().clamp(0, 2)
-    return REGIONS.to(points)[region]
-
-
-def lit_colour(points: torch.Tensor) -> torch.Tensor:
-    """The target under one known light, as a view-independent colour (display values): what a 2D prior's
-    image bakes in. Lambert diffuse (1 - metallic) * albedo * (ambient + (1 - ambient) n.l), plus a
-    highlight F0 * (n.l)^s around the light with F0 = mix(0.04, albedo, metallic) and s = 2 / roughness^2."""
-    m = material_at(points)
-    albedo = srgb_to_linear(m[:, :3])
-    rough, metal = m[:, 3:4], m[:, 4:5]
-    n = torch.nn.functional.normalize(points, dim=-1)
-    ndl = (n @ LIGHT.to(points)).clamp_min(0)[:, None]
-    diffuse = (1 - metal) * albedo * (AMBIENT + (1 - AMBIENT) * ndl)
-    f0 = 0.04 * (1 - metal) + albedo * metal
-    highlight = f0 * ndl ** (2.0 / rough**2) * (0.3 + 0.7 * metal)
-    return linear_to_srgb((diffuse + highlight + AMBIENT * metal * albedo).clamp(0, 1))
-
 
 @pytest.fixture(scope="module")
 def sphere() -> TriMesh:
