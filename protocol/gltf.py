@@ -12,7 +12,8 @@ Vertex colours (COLOR_0) are linear RGB, as the glTF 2.0 specification
 written and read as they are.
 
 Per-corner UVs (MeshPayload.uvs, (M,3,2)) are written by giving every face
-corner its own vertex, as glTF has no per-corner attributes. Textures: PNG
+corner its own vertex, as glTF has no per-corner attributes. With a normal map,
+UVs and normals, TANGENT holds the tangent frame the normal map was baked in. Textures: PNG
 base colour -> baseColorTexture, normal -> normalTexture, roughness_metallic
 (G roughness, B metallic, as glTF packs them) -> metallicRoughnessTexture.
 Float-array textures cannot live in a .glb and are left out (logged).
@@ -118,6 +119,34 @@ class _GlbWriter:
         )
 
 
+def corner_tangents(positions: np.ndarray, uvs: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """glTF TANGENT [C,4] (glTF axes) of split corners (every 3 consecutive corners one triangle; positions,
+    Blender-convention UVs (v up) and unit normals in Blender's axes): xyz the direction of +u on the face,
+    made orthogonal to the corner's normal; w = +1 or -1 so that cross(normal, xyz) * w points along +v, the
+    normal texture's +Y (glTF 2.0, 3.7.2.1: "bitangent = cross(normal.xyz, tangent.xyz) * tangent.w"). That
+    is the frame backend/bake.py's bake_normal_map expresses the map in."""
+    p = positions.astype(np.float64).reshape(-1, 3, 3)
+    t = uvs.astype(np.float64).reshape(-1, 3, 2)
+    n = normals.astype(np.float64).reshape(-1, 3, 3)
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    d1, d2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d2[:, 0] * d1[:, 1]
+    det = np.where(np.abs(det) < 1e-20, 1e-20, det)[:, None]
+    tangent = (e1 * d2[:, 1:2] - e2 * d1[:, 1:2]) / det
+    bitangent = (e2 * d1[:, 0:1] - e1 * d2[:, 0:1]) / det
+    tan = np.repeat(tangent[:, None], 3, 1)
+    tan = tan - n * np.sum(tan * n, -1, keepdims=True)
+    # A face without a usable UV direction gets any tangent perpendicular to its normal.
+    fallback = np.cross(n, np.where(np.abs(n[..., :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]))
+    length = np.linalg.norm(tan, axis=-1, keepdims=True)
+    tan = np.where(length > 1e-12, tan, fallback)
+    tan /= np.maximum(np.linalg.norm(tan, axis=-1, keepdims=True), 1e-12)
+    sign = np.sign(np.sum(np.cross(n, tan) * bitangent[:, None], -1, keepdims=True))
+    sign = np.where(sign == 0, 1.0, sign)
+    out = np.concatenate([blender_to_gltf(tan.reshape(-1, 3)), sign.reshape(-1, 1)], -1)
+    return out.astype(np.float32)
+
+
 def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
     """One mesh, one node (carrying mesh.transform), one material with the PNG textures."""
     mesh.validate(require_faces=False)
@@ -135,6 +164,9 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
     attributes = {"POSITION": w.accessor(blender_to_gltf(positions), "VEC3", FLOAT, ARRAY_BUFFER, bounds=True)}
     if normals is not None:
         attributes["NORMAL"] = w.accessor(blender_to_gltf(normals), "VEC3", FLOAT, ARRAY_BUFFER)
+    if uvs is not None and normals is not None and mesh.texture("normal") is not None:
+        # glTF ignores TANGENT without NORMAL; with both, viewers use this frame rather than generating one.
+        attributes["TANGENT"] = w.accessor(corner_tangents(positions, uvs, normals), "VEC4", FLOAT, ARRAY_BUFFER)
     if uvs is not None:
         uvs[:, 1] = 1.0 - uvs[:, 1]
         attributes["TEXCOORD_0"] = w.accessor(uvs, "VEC2", FLOAT, ARRAY_BUFFER)

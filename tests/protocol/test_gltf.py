@@ -64,3 +64,18 @@ def test_garbage_is_a_decode_error():
     good = mesh_to_glb(octahedron())
     with pytest.raises(DecodeError):
         glb_to_mesh(good[:40])
+
+
+def test_tangents_point_along_u_with_the_sign_that_makes_the_bitangent_point_along_v():
+    from dreampolish.protocol.gltf import corner_tangents
+
+    # A square in Blender's XY plane, facing +Z: glTF's +Z is Blender's -Y, glTF's +X Blender's +X.
+    positions = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0]], np.float32)
+    normals = np.tile(np.array([0, 0, 1], np.float32), (3, 1))
+    uvs = positions[:, :2].copy()
+    t = corner_tangents(positions, uvs, normals)
+    np.testing.assert_allclose(t, np.tile([1.0, 0.0, 0.0, 1.0], (3, 1)), atol=1e-6)
+    mirrored = uvs.copy()
+    mirrored[:, 0] = 1.0 - mirrored[:, 0]  # u runs along -X: cross(n, t) = -Y, but +v is +Y
+    t = corner_tangents(positions, mirrored, normals)
+    np.testing.assert_allclose(t, np.tile([-1.0, 0.0, 0.0, -1.0], (3, 1)), atol=1e-6)
