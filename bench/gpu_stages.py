@@ -56,6 +56,7 @@ import torch
 from dreampolish.backend.guidance.base import NormalTargets
 from dreampolish.backend.models.full_size import (
     CLIP_VIT_L14_VISION,
+    MARIGOLD_IID_UNET,
     MARIGOLD_UNET,
     SD21_TEXT_ENCODER,
     SD21_UNET,
@@ -174,8 +175,28 @@ def build_full_size_models(device: torch.device, tokenizer_dir: Path) -> PriorMo
             text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
             tokenizer=tokenizer, **MARIGOLD_PIPELINE)
     normals.set_progress_bar_config(disable=True)
-    return PriorModels(specs, device, dtype,
-                       _loaded={"text_to_image": text_to_image, "zero123": zero123, "normals": normals})
+    intrinsics = _random_intrinsics(tokenizer, token_ids, frozen, device)
+    return PriorModels(specs, device, dtype, _loaded={"text_to_image": text_to_image, "zero123": zero123,
+                                                      "normals": normals, "intrinsics": intrinsics})
+
+
+def _random_intrinsics(tokenizer: Any, token_ids: dict, frozen: Any, device: torch.device) -> Any:
+    """A MarigoldIntrinsicsPipeline of Marigold-IID-Appearance's shapes (12 -> 8 latent channels) with random
+    weights; its scheduler and step count as Marigold v1.1's normals (MARIGOLD_SCHEDULER, 4 steps at 768 px)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, MarigoldIntrinsicsPipeline, UNet2DConditionModel
+    from dreampolish.backend.models.tiny import IID_APPEARANCE_TARGETS
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    scheduler = DDIMScheduler(**MARIGOLD_SCHEDULER)
+    with torch.device(device):
+        pipe = MarigoldIntrinsicsPipeline(
+            unet=frozen(UNet2DConditionModel(**MARIGOLD_IID_UNET)),
+            vae=frozen(AutoencoderKL(**{**SD_VAE, "sample_size": 768})), scheduler=scheduler,
+            text_encoder=frozen(CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER, **token_ids))),
+            tokenizer=tokenizer, prediction_type="intrinsics", target_properties=IID_APPEARANCE_TARGETS,
+            default_denoising_steps=4, default_processing_resolution=768)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def load_tiny_models(root: Path, device: torch.device) -> PriorModels:
