@@ -139,3 +139,19 @@ def test_cycles_lights_the_maps_as_a_pbr_material_not_as_baked_shading(addon, fr
     assert rough_tilt / rough_over == pytest.approx(math.cos(math.radians(50.0)), rel=0.1)
     assert metal_tilt / metal_over < 0.15
     assert metal_over > 2.0 * rough_over, "the smooth metal should mirror the overhead sun into the camera"
+
+
+def test_a_tiny_job_arrives_with_every_map_wired_with_its_colour_space(addon, connected_tiny):
+    """The real pipeline (tiny preset): the final object's material holds the base colour (sRGB), the
+    metallic-roughness map (Non-Color, G and B) and the normal map (Non-Color, through a Normal Map node)."""
+    from tests.addon.blender_env import pump
+    from tests.addon.test_real_pipeline import _generate, _job_objects, _rt
+
+    job_id = _generate(addon)
+    pump(addon, lambda: _rt().job_state == "done", timeout_s=300, what="the job to finish")
+    (obj,) = _job_objects(job_id)
+    wiring = _wiring(obj.active_material)
+    assert wiring["Base Color"] == (["TEX_IMAGE"], "Color", "sRGB")
+    assert wiring["Roughness"] == (["SEPARATE_COLOR", "TEX_IMAGE"], "Green", "Non-Color")
+    assert wiring["Metallic"] == (["SEPARATE_COLOR", "TEX_IMAGE"], "Blue", "Non-Color")
+    assert wiring["Normal"] == (["NORMAL_MAP", "TEX_IMAGE"], "Normal", "Non-Color")
