@@ -80,9 +80,11 @@ class RequestQueue:
         out: list[Item] = []
         self._start_next(out)
         for _ in range(self.max_messages_per_step):
-            self._check_deadline(out)
             msg = self.client.receive(deadline=0.0)
             if msg is None:
+                # A request's time is judged only once what has arrived is read: the caller may
+                # have been away for longer than the timeout while the reply waited in the socket.
+                self._check_deadline(out)
                 break
             if msg.IS_EVENT:
                 if self._current is None:
@@ -91,7 +93,6 @@ class RequestQueue:
                     self.client.buffer_event(msg)  # after the reply: see the module's docstring
             elif self._current is not None and msg.re == self._current.msg_id:
                 self._advance(out, msg)
-        self._check_deadline(out)
         return out
 
     def _start_next(self, out: list[Item]) -> None:

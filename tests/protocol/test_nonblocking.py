@@ -103,3 +103,37 @@ def test_a_silent_backend_ends_the_connection(tmp_path):
             _run_until(queue, lambda got: False, timeout_s=10.0)
     finally:
         client.close()
+
+
+# --- attacks: what the add-on meets on Blender's main thread -------------------------------------
+
+
+def _events_of(items: list[Item], job_id: str) -> list:
+    return [i.payload for i in items if i.kind == "event" and i.payload.job_id == job_id]
+
+
+def test_a_reply_that_came_while_the_caller_was_away_is_taken_and_the_link_survives(tmp_path):
+    # Blender rendering calls no timer: the caller is away for longer than both the request's
+    # timeout and dead_after_s, while the backend answered long ago. The reply is in the socket.
+    with running_backend(tmp_path / "store") as server:
+        client, queue = _opened(server.endpoint, timeout_s=0.4)
+        client.dead_after_s = 0.4
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            queue.add("ping", lambda c: c.ping_flow())
+            items = queue.step()  # sends the hello
+            time.sleep(1.2)
+            items += queue.step()  # the welcome, and sends the ping
+            time.sleep(1.2)
+            items += _run_until(queue, lambda got: len(items) + len(got) >= 2, timeout_s=5)
+            # Idle for longer than dead_after_s, with heartbeats sent before: still alive.
+            started = time.monotonic()
+            while time.monotonic() - started < 1.0:  # heartbeats go out (heartbeat_s=0.5)
+                items += queue.step()
+                time.sleep(0.02)
+            time.sleep(1.2)
+            queue.add("after", lambda c: c.ping_flow())
+            items += _run_until(queue, lambda got: any(i.request == "after" for i in got), timeout_s=5)
+        finally:
+            client.close()
+    assert [(i.kind, i.request) for i in items] == [("reply", "connect"), ("reply", "ping"), ("reply", "after")]
