@@ -45,7 +45,10 @@ API (every call may raise BackendUnreachable, AccessRefused or VersionMismatch):
 
 Liveness: while waiting, the client pings the backend every heartbeat_s of silence and raises
 BackendUnreachable when nothing at all came back for dead_after_s after it sent something (dead
-process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as silence).
+process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as silence). Once the
+connection was made, its dropping raises BackendUnreachable at once, and again on every call until
+reconnect(): ZeroMQ would connect again by itself, but the backend (restarted, or seeing a new peer)
+no longer knows the requests and jobs of this client.
 
 Events arrive exactly once and in order per job: duplicates (seq already seen) are dropped, and a
 gap makes the client re-attach from the last seq it saw.
@@ -90,6 +93,7 @@ __all__ = [
 _MECHANISM_MISMATCH = 0x11000002
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
 )
 
 
@@ -223,6 +227,11 @@ class BackendClient:
         self._last_ping = 0.0
         self._silent_since: float | None = None
         """Monotonic time of the first message sent since the backend was last heard; None when not waiting."""
+        self._session_up = False
+        """The socket's connection to the backend completed its handshake."""
+        self._lost: str = ""
+        """Why this socket's connection was lost ("" while it is not): said by every receive until
+        reconnect(), since the backend on the other side has forgotten this client."""
 
     # connection ----------------------------------------------------------------------------------
 
@@ -251,6 +260,7 @@ class BackendClient:
             )
             sock.connect(self.address)
             self._socket = sock
+            self._session_up, self._lost = False, ""
         self._last_heard = time.monotonic()
         self._silent_since = None
 
@@ -285,12 +295,21 @@ class BackendClient:
         return self.client_key[0].decode("ascii") if self.client_key else ""
 
     def _check_handshake(self) -> None:
-        """Raise AccessRefused when the backend refused the handshake (ZAP 400 or mechanism mismatch)."""
+        """Raise AccessRefused when the backend refused the handshake (ZAP 400 or mechanism mismatch),
+        BackendUnreachable once an established connection has dropped."""
         from zmq.utils.monitor import recv_monitor_message
 
         mon = self._monitor
-        while mon is not None and mon.poll(0):
+        while not self._lost and mon is not None and mon.poll(0):
             event = recv_monitor_message(mon)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._session_up = True
+            elif event["event"] == zmq.EVENT_DISCONNECTED and self._session_up:
+                # ZeroMQ reconnects by itself, and a restarted backend even answers pings, but the
+                # backend now sees a new peer: its replies to what was sent and every job this client
+                # follows are gone. Only a new handshake and attach bring them back (reconnect()).
+                self._lost = (f"the connection to the backend at {self.address} was lost "
+                              "(the backend stopped or restarted)")
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 raise AccessRefused(self._refusal_line())
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MECHANISM_MISMATCH:
@@ -301,6 +320,8 @@ class BackendClient:
                 raise AccessRefused(
                     f"the backend at {self.address} does not use CURVE encryption: clear the server key"
                 )
+        if self._lost:
+            raise BackendUnreachable(self._lost)
 
     def _refusal_line(self) -> str:
         if self.client_key is None:

@@ -4,14 +4,26 @@ while it was awaited, rejected and unanswered requests as errors, and the connec
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
+import msgpack
 import pytest
-from dreampolish.protocol.client import BackendClient, BackendUnreachable, RequestRejected, UnknownJobError
+import zmq
+from dreampolish.protocol import codec
+from dreampolish.protocol import messages as m
+from dreampolish.protocol.client import (
+    BackendClient,
+    BackendUnreachable,
+    RequestRejected,
+    UnknownJobError,
+    VersionMismatch,
+)
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.nonblocking import Item, RequestQueue
 
-from tests.pipelines import free_tcp_endpoint, running_backend
+from tests.pipelines import free_tcp_endpoint, running_backend, start_backend_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,3 +149,230 @@ def test_a_reply_that_came_while_the_caller_was_away_is_taken_and_the_link_survi
         finally:
             client.close()
     assert [(i.kind, i.request) for i in items] == [("reply", "connect"), ("reply", "ping"), ("reply", "after")]
+
+
+def test_a_backend_restarted_mid_job_ends_the_connection_and_the_job_goes_on_from_its_last_seq(tmp_path):
+    # Restarted at once (a supervisor does that): ZeroMQ reconnects by itself and the new backend
+    # answers pings, but it knows nothing of this client's subscriptions; without a word the job's
+    # events would never come again. The lost connection must be said, so that the caller attaches.
+    endpoint = free_tcp_endpoint()
+    proc = start_backend_process(tmp_path / "store", endpoint)
+    try:
+        client, queue = _opened(endpoint)
+        client.dead_after_s = 60.0  # the loss is told by the connection itself, not by silence
+        queue.add("connect", lambda c: c.hello_flow())
+        queue.add("submit", lambda c: c.submit_flow(
+            JobSpec("across a restart", options={"test.steps": 10, "test.step_s": 0.05})))
+        items = _run_until(queue, lambda got: any(i.kind == "event" and i.payload.TYPE == "stage_result"
+                                                  for i in got))
+        job_id = next(i.payload for i in items if i.request == "submit")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = start_backend_process(tmp_path / "store", endpoint)
+        deadline = time.monotonic() + 15
+        with pytest.raises(BackendUnreachable, match="connection to the backend .* was lost"):
+            while time.monotonic() < deadline:
+                items.extend(queue.step())
+                time.sleep(0.005)
+        client.close()
+        seen = [e.seq for e in _events_of(items, job_id)]
+        client, queue = _opened(endpoint)
+        queue.add("connect", lambda c: c.hello_flow())
+        queue.add("attach", lambda c: c.attach_flow(job_id, seen[-1]))
+        after = _run_until(queue, lambda got: any(i.kind == "event" and i.payload.TYPE in ("done", "failed")
+                                                  for i in got), timeout_s=60)
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    events = _events_of(items, job_id) + _events_of(after, job_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), "events lost or repeated"
+    assert events[-1].TYPE == "done"
+    assert [e.stage for e in events if e.TYPE == "stage_result"] == ["nerf", "neus", "dmtet", "polish", "texture"]
+
+
+def test_a_flow_that_raises_fails_alone_and_one_that_catches_an_error_reply_goes_on(tmp_path):
+    def broken(c):
+        yield m.Ping()
+        raise ValueError("the flow's own bug")
+
+    def cannot_start(c):
+        raise KeyError("before anything was sent")
+
+    def recovers(c):
+        try:
+            yield m.Cancel(job_id="20260101-000000-000000")
+        except UnknownJobError:
+            pass
+        yield m.Ping()
+        return "recovered"
+
+    with running_backend(tmp_path / "store") as server:
+        client, queue = _opened(server.endpoint)
+        try:
+            for name, start in [("connect", lambda c: c.hello_flow()), ("broken", broken),
+                                ("cannot start", cannot_start), ("recovers", recovers),
+                                ("ping", lambda c: c.ping_flow())]:
+                queue.add(name, start)
+            items = _run_until(queue, lambda got: len(got) >= 5)
+        finally:
+            client.close()
+    assert [(i.kind, i.request) for i in items] == [
+        ("reply", "connect"), ("error", "broken"), ("error", "cannot start"), ("reply", "recovers"), ("reply", "ping")]
+    assert isinstance(items[1].payload, ValueError) and isinstance(items[2].payload, KeyError)
+    assert items[3].payload == "recovered"
+
+
+def test_many_requests_queued_at_once_are_answered_in_order_and_no_step_waits(tmp_path):
+    with running_backend(tmp_path / "store") as server:
+        client, queue = _opened(server.endpoint)
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            for n in range(200):
+                if n % 3 == 0:
+                    queue.add(f"r{n}", lambda c: c.cancel_flow("20260101-000000-000000"))
+                else:
+                    queue.add(f"r{n}", lambda c: c.ping_flow())
+            items: list[Item] = []
+            slowest = 0.0
+            deadline = time.monotonic() + 60
+            while len(items) < 201:
+                assert time.monotonic() < deadline, f"timed out after {len(items)} answers"
+                started = time.monotonic()
+                items += queue.step()
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.001)
+        finally:
+            client.close()
+    assert [i.request for i in items] == ["connect"] + [f"r{n}" for n in range(200)]
+    assert [i.kind for i in items[1:]] == ["error" if n % 3 == 0 else "reply" for n in range(200)]
+    assert slowest < 0.1, f"a step waited {slowest:.3f} s"
+    assert not queue.busy()
+
+
+def test_flows_of_several_messages_keep_the_events_that_arrive_meanwhile(tmp_path, monkeypatch):
+    # fetch_result in one part per stage and the job list in pages of one, while another job
+    # streams: each flow's messages go out in turn, and the job's events arrive exactly once, in
+    # order, none of them before the submit's reply.
+    import dreampolish.backend.server as server_module
+
+    monkeypatch.setattr(server_module, "results_that_fit", lambda results: list(results[:1]))
+
+    def listed_one_by_one(c):
+        jobs, page = [], ""
+        while True:
+            part, page = yield from c.list_jobs_page_flow(page, limit=1)
+            jobs += part
+            if not page:
+                return jobs
+
+    with running_backend(tmp_path / "store") as server:
+        client, queue = _opened(server.endpoint)
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            queue.add("first", lambda c: c.submit_flow(JobSpec("done first")))
+            items = _run_until(queue, lambda got: any(i.kind == "event" and i.payload.TYPE == "done" for i in got))
+            first = next(i.payload for i in items if i.request == "first")
+            queue.add("second", lambda c: c.submit_flow(
+                JobSpec("streams meanwhile", options={"test.steps": 20, "test.step_s": 0.01})))
+            queue.add("fetch", lambda c: c.fetch_result_flow(first))
+            queue.add("list", listed_one_by_one)
+            queue.add("list all", lambda c: c.list_jobs_flow())
+            more = _run_until(queue, lambda got: any(i.kind == "event" and i.payload.TYPE == "done"
+                                                     and i.payload.job_id != first for i in got)
+                              and not queue.busy())
+        finally:
+            client.close()
+    replies = {i.request: i.payload for i in more if i.kind == "reply"}
+    assert set(replies) == {"second", "fetch", "list", "list all"}, [(i.kind, i.request) for i in more]
+    second = replies["second"]
+    assert [r.stage for r in replies["fetch"].stage_results] == ["nerf", "neus", "dmtet", "polish", "texture"]
+    assert replies["fetch"].state == "done" and replies["fetch"].more_from == 0
+    assert [j.job_id for j in replies["list"]] == [first, second] == [j.job_id for j in replies["list all"]]
+    seqs = [e.seq for e in _events_of(more, second)]
+    assert seqs == list(range(1, len(seqs) + 1)) and _events_of(more, second)[-1].TYPE == "done"
+    first_event = next(n for n, i in enumerate(more) if i.kind == "event")
+    assert first_event > next(n for n, i in enumerate(more) if i.request == "second")
+
+
+class _ScriptedBackend(threading.Thread):
+    """A ROUTER that answers each request with the frames answer(request) returns: a backend that
+    sends what a real one never would."""
+
+    def __init__(self, answer):
+        super().__init__(daemon=True)
+        self.answer = answer
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.endpoint = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            if self.sock.poll(20):
+                peer, *frames = self.sock.recv_multipart()
+                for reply in self.answer(codec.decode(frames)):
+                    self.sock.send_multipart([peer, *reply])
+        self.sock.close()
+        self.ctx.term()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.join(5)
+
+
+def _header(**fields) -> bytes:
+    return msgpack.packb({"v": "1.0", "id": "b-1", "re": "", "job": "", "seq": 0, "body": {}} | fields)
+
+
+def test_malformed_messages_from_the_backend_are_dropped_and_the_reply_still_taken():
+    def answer(request):
+        if not isinstance(request, m.Hello):
+            return [codec.encode(m.Pong(re=request.msg_id))]
+        re = request.msg_id
+        return [
+            [b"\xc1"],                                           # not msgpack
+            [msgpack.packb([1, 2, 3])],                          # not a map
+            [_header(type="no_such_type", re=re)],
+            [_header(type="welcome", re=re, body={"devices": 5})],  # a field of the wrong type
+            [_header(type="progress", job="../../etc", seq=1)],  # a job id that is a path
+            [_header(type="welcome", re=re), b"an extra frame nobody asked for"] * 40,  # over max_frames
+            codec.encode(m.Welcome(backend_version="wrong request", re="another-id")),
+            codec.encode(m.Welcome(backend_version="fake", re=re)),
+        ]
+
+    with _ScriptedBackend(answer) as backend:
+        client, queue = _opened(backend.endpoint, timeout_s=5)
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            queue.add("ping", lambda c: c.ping_flow())
+            items = _run_until(queue, lambda got: len(got) >= 2, timeout_s=10)
+        finally:
+            client.close()
+    assert [(i.kind, i.request) for i in items] == [("reply", "connect"), ("reply", "ping")]
+    assert items[0].payload.backend_version == "fake"
+
+
+def test_a_version_mismatch_reply_fails_the_request_and_a_newer_protocol_ends_the_connection():
+    def answer(request):
+        if isinstance(request, m.Hello):
+            return [codec.encode(m.Error(code=VersionMismatch.code, message="protocol 1.0 is too old", re=request.msg_id))]
+        return [[_header(v="2.0", type="pong", re=request.msg_id)]]
+
+    with _ScriptedBackend(answer) as backend:
+        client, queue = _opened(backend.endpoint, timeout_s=5)
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            items = _run_until(queue, lambda got: len(got) >= 1, timeout_s=10)
+            queue.add("ping", lambda c: c.ping_flow())
+            with pytest.raises(VersionMismatch, match="protocol 2.0"):
+                _run_until(queue, lambda got: False, timeout_s=10)
+        finally:
+            client.close()
+    assert [(i.kind, i.request) for i in items] == [("error", "connect")]
+    assert isinstance(items[0].payload, VersionMismatch) and "too old" in str(items[0].payload)
