@@ -1,0 +1,62 @@
+"""What the artist sees when the link to the backend is interrupted: the backend restarted while a
+job streams, or Blender busy (rendering, no timer runs) for longer than the timeout."""
+
+from __future__ import annotations
+
+import time
+
+from tests.addon.blender_env import MODULE, backend_process, bpy, connect_when_up, pump
+
+STAGES = ["nerf", "neus", "dmtet", "polish", "texture"]
+
+
+def _rt():
+    return bpy.context.window_manager.dreampolish
+
+
+def _job_objects(job_id: str) -> list[bpy.types.Object]:
+    return [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == job_id]
+
+
+def test_a_backend_restarted_at_once_mid_job_is_noticed_and_the_job_lands_in_its_object(addon, fresh_scene, tmp_path):
+    # A supervisor restarts the backend within a second: ZeroMQ reconnects by itself and the new
+    # backend answers pings, so silence never tells; the job's events must still come back.
+    from tests.conftest import free_tcp_port
+
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    store = tmp_path / "store"
+    prefs.backend_address, prefs.timeout_s = address, 5.0
+    with backend_process(address=address, store=store):
+        connect_when_up()
+        s = bpy.context.scene.dreampolish
+        s.prompt, s.overrides = "a teapot", "test.steps=10, test.step_s=0.1"
+        bpy.ops.dreampolish.generate()
+        pump(addon, lambda: bool(_job_objects(_rt().job_id)), what="the first stage's object")
+        job_id = _rt().job_id
+    messages: list[str] = []
+    with backend_process(address=address, store=store):
+        def back_and_done() -> bool:
+            messages.append(_rt().message)
+            return _rt().connection == "connected" and _rt().job_state == "done"
+
+        pump(addon, back_and_done, timeout_s=60, what="the job to finish after the restart")
+    assert any(text.startswith("Connection lost") for text in messages), sorted(set(messages))
+    (obj,) = _job_objects(job_id)
+    assert obj.get("dreampolish_stage") in ("texture", "export")
+    assert len(obj.data.polygons) == 8
+
+
+def test_blender_busy_for_longer_than_the_timeout_loses_neither_the_submit_nor_the_job(addon, connected):
+    # The submit is sent, then Blender renders for longer than the timeout and than dead_after_s
+    # (no timer runs): the backend's reply and the job's events wait in the socket meanwhile.
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.overrides = "a teapot", "test.steps=5, test.step_s=0.05"
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    addon.bridge.drain()  # sends the submit
+    assert _rt().job_state == "submitting"
+    time.sleep(bpy.context.preferences.addons[MODULE].preferences.timeout_s + 1.5)
+    pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
+    assert _rt().connection == "connected", _rt().message
+    (obj,) = _job_objects(_rt().job_id)
+    assert obj.get("dreampolish_stage") in ("texture", "export")
