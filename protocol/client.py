@@ -511,11 +511,17 @@ class BackendClient:
 
     def _send(self, msg: m.Message) -> None:
         sock = self._require_socket()
+        try:
+            frames = codec.encode(msg)
+        except Exception as exc:  # noqa: BLE001 - msgpack raises several types (TypeError, OverflowError)
+            # A value that cannot go on the wire (an integer over 64 bits, an object) is this
+            # request's fault, not the connection's: a ClientError, not BackendUnreachable.
+            raise ClientError(f"cannot send {msg.TYPE}: {exc}") from exc
         now = time.monotonic()
         if self._silent_since is None:
             self._silent_since = now
         try:
-            sock.send_multipart(codec.encode(msg), zmq.NOBLOCK, copy=False)
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
             raise BackendUnreachable(
                 f"cannot send to {self.address}: the connection is not taking messages"
@@ -523,6 +529,8 @@ class BackendClient:
 
     def send_request(self, msg: m.Message) -> str:
         """Send a request without waiting; returns the msg_id its reply will carry in `re`."""
+        if not isinstance(msg, m.Message):
+            raise ClientError(f"a request is a protocol message, not {type(msg).__name__}")
         msg.msg_id = codec.new_message_id()
         self._send(msg)
         return msg.msg_id

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import messages as m
-from .client import BackendClient, ClientError, Flow, checked_reply
+from .client import BackendClient, BackendUnreachable, ClientError, Flow, checked_reply
 
 __all__ = ["Item", "RequestQueue", "StartFlow"]
 
@@ -110,11 +110,20 @@ class RequestQueue:
             except Exception as exc:  # noqa: BLE001 - a request that cannot start fails alone
                 out.append(Item("error", name, exc))
                 continue
-            self._send(name, flow, msg)
+            self._send(out, name, flow, msg)
 
-    def _send(self, name: str, flow: Flow[Any], msg: m.Message) -> None:
-        msg_id = self.client.send_request(msg)
+    def _send(self, out: list[Item], name: str, flow: Flow[Any], msg: m.Message) -> bool:
+        """Send the flow's message; False when this message cannot be sent (the request fails alone)."""
+        try:
+            msg_id = self.client.send_request(msg)
+        except BackendUnreachable:
+            raise  # the connection is gone: step() says so
+        except ClientError as exc:  # e.g. a value that cannot be encoded: the connection goes on
+            flow.close()
+            out.append(Item("error", name, exc))
+            return False
         self._current = _InFlight(name, flow, msg, msg_id, time.monotonic() + self.client.timeout_s)
+        return True
 
     def _advance(self, out: list[Item], reply: m.Message) -> None:
         """Hand the flow its reply (or the error it stands for); send its next message or finish it."""
@@ -131,8 +140,8 @@ class RequestQueue:
         except Exception as exc:  # noqa: BLE001 - the request failed; the connection goes on
             out.append(Item("error", current.name, exc))
         else:
-            self._send(current.name, current.flow, msg)
-            return
+            if self._send(out, current.name, current.flow, msg):
+                return
         self._start_next(out)
 
     def _check_deadline(self, out: list[Item]) -> None:

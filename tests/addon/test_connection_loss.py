@@ -1,5 +1,6 @@
-"""What the artist sees when the link to the backend is interrupted: the backend restarted while a
-job streams, or Blender busy (rendering, no timer runs) for longer than the timeout."""
+"""What the artist sees when the link to the backend is interrupted (the backend restarted while a
+job streams, Blender busy for longer than the timeout, the add-on disabled), and that a request
+that cannot be sent does not interrupt it."""
 
 from __future__ import annotations
 
@@ -60,3 +61,46 @@ def test_blender_busy_for_longer_than_the_timeout_loses_neither_the_submit_nor_t
     assert _rt().connection == "connected", _rt().message
     (obj,) = _job_objects(_rt().job_id)
     assert obj.get("dreampolish_stage") in ("texture", "export")
+
+
+def test_disabling_the_add_on_with_a_request_in_flight_and_enabling_it_follows_the_job_again(addon, connected):
+    import threading
+
+    from tests.addon.blender_env import addon_utils, connect_when_up
+
+    threads_before = set(threading.enumerate())
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.overrides = "a teapot", "test.steps=10, test.step_s=0.1"
+    bpy.ops.dreampolish.generate()
+    pump(addon, lambda: _rt().job_state == "running", what="the job to start")
+    job_id = _rt().job_id
+    assert addon.bridge.request("list_jobs", lambda c: c.list_jobs_flow())
+    addon.bridge.drain()  # the list request is sent; its reply and the job's events are on their way
+    addon_utils.disable(MODULE, default_set=True)
+    try:
+        assert not addon.bridge.is_connected() and not addon.bridge.is_connecting()
+        assert not bpy.app.timers.is_registered(addon.bridge._timer)
+        assert addon.bridge.drain() == 0, "events of the closed connection were applied"
+    finally:
+        addon_utils.enable(MODULE, default_set=True)
+    assert set(threading.enumerate()) == threads_before, "the add-on left a thread"
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.backend_address, prefs.timeout_s = connected, 5.0
+    connect_when_up()
+    # The job list that comes with the welcome finds the job still going: it is followed again.
+    pump(addon, lambda: _rt().job_id == job_id and _rt().job_state == "done", what="the job to be followed to its end")
+    (obj,) = _job_objects(job_id)
+    assert obj.get("dreampolish_stage") in ("texture", "export")
+
+
+def test_an_override_that_cannot_be_sent_fails_the_submit_and_keeps_the_connection(addon, connected):
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.overrides = "a teapot", "nerf.steps=99999999999999999999999"
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    pump(addon, lambda: _rt().job_state != "submitting", what="the submit to fail")
+    assert "cannot send submit" in _rt().message, _rt().message
+    assert _rt().connection == "connected" and not _rt().job_id
+    for _ in range(10):  # nothing follows: no lost connection, no reconnect
+        addon.bridge.drain()
+        time.sleep(0.02)
+    assert _rt().connection == "connected" and "cannot send submit" in _rt().message, _rt().message

@@ -376,3 +376,27 @@ def test_a_version_mismatch_reply_fails_the_request_and_a_newer_protocol_ends_th
             client.close()
     assert [(i.kind, i.request) for i in items] == [("error", "connect")]
     assert isinstance(items[0].payload, VersionMismatch) and "too old" in str(items[0].payload)
+
+
+def test_a_message_that_cannot_be_encoded_fails_its_request_alone(tmp_path):
+    # An override typed as 10^30 parses as an int that msgpack cannot encode; it used to end the
+    # whole connection (and every job it followed) from inside step().
+    def second_message_bad(c):
+        yield m.Ping()
+        yield m.Ping(msg_id="")  # fine
+        yield None  # a flow's bug: not a message
+
+    with running_backend(tmp_path / "store") as server:
+        client, queue = _opened(server.endpoint)
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            queue.add("huge", lambda c: c.submit_flow(JobSpec("x", options={"nerf.steps": 10**30})))
+            queue.add("not a message", second_message_bad)
+            queue.add("after", lambda c: c.ping_flow())
+            items = _run_until(queue, lambda got: len(got) >= 4)
+        finally:
+            client.close()
+    assert [(i.kind, i.request) for i in items] == [
+        ("reply", "connect"), ("error", "huge"), ("error", "not a message"), ("reply", "after")]
+    assert "cannot send submit" in str(items[1].payload)
+    assert "not NoneType" in str(items[2].payload)
