@@ -130,10 +130,16 @@ def attach(rt, job_id: str) -> None:
     """Follow a job of the history that is still going on the backend, from the last stage result
     this Blender stored (its later events are replayed): its stages land in the job's objects."""
     record = job_cache().load_record(job_id)
+    item = _job_item(rt, job_id)
+    # A job still going in the list is followed on this connection already (submitted, or attached
+    # with the welcome): attaching it again from its last stage would replay what it sent since then,
+    # and a stage result among that would be imported twice.
+    followed = item is not None and item.state in GOING_STATES and bridge.is_connected()
     _follow(rt, job_id, record.status if record is not None else "queued",
             target=record.target_object if record is not None else "")
     rt.last_seq = record.last_seq if record is not None else 0
-    _attach_request(job_id, rt.last_seq)
+    if not followed:
+        _attach_request(job_id, rt.last_seq)
     rt.message = f"Following job {job_id} again"
 
 

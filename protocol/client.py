@@ -309,7 +309,7 @@ class BackendClient:
                 # backend now sees a new peer: its replies to what was sent and every job this client
                 # follows are gone. Only a new handshake and attach bring them back (reconnect()).
                 self._lost = (f"the connection to the backend at {self.address} was lost "
-                              "(the backend stopped or restarted)")
+                              "(the backend stopped, restarted or dropped it)")
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 raise AccessRefused(self._refusal_line())
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MECHANISM_MISMATCH:

@@ -104,3 +104,46 @@ def test_an_override_that_cannot_be_sent_fails_the_submit_and_keeps_the_connecti
         addon.bridge.drain()
         time.sleep(0.02)
     assert _rt().connection == "connected" and "cannot send submit" in _rt().message, _rt().message
+
+
+def test_after_a_restart_a_second_job_still_going_is_shown_and_no_stage_lands_twice(addon, fresh_scene, tmp_path,
+                                                                                     monkeypatch):
+    # Job A runs; B, queued after it, is cancelled: the panel shows B, A goes on beside it. After
+    # the restart the add-on attaches A again from its last stage, and the job list (A still going,
+    # B ended) makes A the job shown: that must not attach A a second time, which replayed the
+    # stages A made while the backend was away once more (each imported twice).
+    from tests.conftest import free_tcp_port
+
+    applied: list[tuple[str, int]] = []
+    real = addon.job_events._on_stage_result
+
+    def recording(rt, msg, follow):
+        applied.append((msg.job_id, msg.seq))
+        real(rt, msg, follow)
+
+    monkeypatch.setattr(addon.job_events, "_on_stage_result", recording)
+    # The add-on comes back after A has made a stage or two on the restarted backend.
+    monkeypatch.setattr(addon.bridge, "RECONNECT_INTERVAL_S", 6.0)
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+    store = tmp_path / "store"
+    prefs.backend_address, prefs.timeout_s = address, 5.0
+    s = bpy.context.scene.dreampolish
+    with backend_process(address=address, store=store):
+        connect_when_up()
+        s.prompt, s.overrides = "job a", "test.steps=10, test.step_s=0.25"
+        bpy.ops.dreampolish.generate()
+        pump(addon, lambda: _rt().job_state == "running", what="job A to start")
+        job_a = _rt().job_id
+        s.prompt, s.overrides = "job b", "test.steps=1"
+        bpy.ops.dreampolish.generate()
+        pump(addon, lambda: _rt().job_id != job_a and _rt().job_state == "queued", what="job B to be queued")
+        assert bpy.ops.dreampolish.cancel() == {"FINISHED"}
+        pump(addon, lambda: _rt().job_state == "cancelled", what="job B to be cancelled")
+        pump(addon, lambda: any(j == job_a for j, _ in applied), what="job A's first stage")
+    with backend_process(address=address, store=store):
+        pump(addon, lambda: _rt().job_id == job_a and _rt().job_state == "done", timeout_s=60,
+             what="job A to be shown and finish after the restart")
+    stages_a = [seq for job, seq in applied if job == job_a]
+    assert len(stages_a) == len(set(stages_a)), f"stage results applied twice: {stages_a}"
+    assert len(stages_a) == len(STAGES)
