@@ -187,6 +187,11 @@ def generation() -> int:
     return _generation
 
 
+def pending_requests() -> list[str]:
+    """The names of the current connection's requests that have no answer yet."""
+    return _conn.requests.pending() if _conn is not None else []
+
+
 def connect(settings: ConnectionSettings, wait: bool = False) -> None:
     """Open a connection for `settings`, replacing any earlier one; requests queued from now on
     are sent once the handshake has succeeded.

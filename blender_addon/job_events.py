@@ -109,6 +109,10 @@ def _on_welcome(rt, welcome: Welcome) -> None:
     rt.message = f"Connected (backend {welcome.backend_version})"
     if rt.failure.startswith(REFUSED_PREFIX):
         rt.failure = ""  # the refusal is over; a job's failure stays until the next job
+    if rt.job_state == "submitting" and "submit" not in bridge.pending_requests():
+        # The submit went with an earlier connection, closed (Disconnect, Connect again) before the
+        # backend answered; waiting for its answer would keep Generate greyed out for good.
+        rt.job_state = ""
     # Carry on following a job that was running before the reconnect; the backend's job list then
     # brings the history up to date and, after a restart of Blender, re-attaches a job still going.
     if rt.job_id and rt.job_state in GOING_STATES:

@@ -74,6 +74,10 @@ class RequestQueue:
         """A request is waiting for its reply or for its turn."""
         return self._current is not None or bool(self._waiting)
 
+    def pending(self) -> list[str]:
+        """The names of the requests not answered yet, in their order."""
+        return ([self._current.name] if self._current is not None else []) + [name for name, _ in self._waiting]
+
     def step(self) -> list[Item]:
         """Send what is due, read what has arrived (never waiting), and say what came of it.
         Raises BackendUnreachable, AccessRefused or VersionMismatch when the connection is lost."""

@@ -147,3 +147,20 @@ def test_after_a_restart_a_second_job_still_going_is_shown_and_no_stage_lands_tw
     stages_a = [seq for job, seq in applied if job == job_a]
     assert len(stages_a) == len(set(stages_a)), f"stage results applied twice: {stages_a}"
     assert len(stages_a) == len(STAGES)
+
+
+def test_disconnect_with_a_submit_unanswered_does_not_keep_generate_greyed_out(addon, connected):
+    from tests.addon.blender_env import connect_and_wait
+
+    s = bpy.context.scene.dreampolish
+    s.prompt = "a teapot"
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}
+    assert _rt().job_state == "submitting"
+    assert bpy.ops.dreampolish.disconnect() == {"FINISHED"}  # before the submit's answer came
+    assert connect_and_wait() == "connected"
+    assert _rt().job_state != "submitting" and bpy.ops.dreampolish.generate.poll(), _rt().job_state
+    # A submit queued behind the handshake of a new connection is still awaited, and answered.
+    assert bpy.ops.dreampolish.disconnect() == {"FINISHED"}
+    assert bpy.ops.dreampolish.generate() == {"FINISHED"}  # connects on the way
+    pump(addon, lambda: bool(_rt().job_id) and _rt().job_state not in ("submitting", ""),
+         what="the submit sent after the handshake to be answered")
