@@ -131,7 +131,7 @@ def test_after_a_restart_a_second_job_still_going_is_shown_and_no_stage_lands_tw
     s = bpy.context.scene.dreampolish
     with backend_process(address=address, store=store):
         connect_when_up()
-        s.prompt, s.overrides = "job a", "test.steps=10, test.step_s=0.25"
+        s.prompt, s.overrides = "job a", "test.steps=14, test.step_s=0.25"
         bpy.ops.dreampolish.generate()
         pump(addon, lambda: _rt().job_state == "running", what="job A to start")
         job_a = _rt().job_id

@@ -312,7 +312,10 @@ class _ScriptedBackend(threading.Thread):
         while not self.stopping.is_set():
             if self.sock.poll(20):
                 peer, *frames = self.sock.recv_multipart()
-                for reply in self.answer(codec.decode(frames)):
+                replies = self.answer(codec.decode(frames))
+                if replies is None:
+                    break  # the backend dies with the request unanswered
+                for reply in replies:
                     self.sock.send_multipart([peer, *reply])
         self.sock.close()
         self.ctx.term()
@@ -400,3 +403,28 @@ def test_a_message_that_cannot_be_encoded_fails_its_request_alone(tmp_path):
         ("reply", "connect"), ("error", "huge"), ("error", "not a message"), ("reply", "after")]
     assert "cannot send submit" in str(items[1].payload)
     assert "not NoneType" in str(items[2].payload)
+
+
+def test_a_backend_that_dies_with_a_request_in_flight_ends_the_connection_at_once():
+    # Not after the request's timeout, nor after dead_after_s of silence: the dropped connection
+    # itself tells, so the add-on reconnects (and says so) within a step or two.
+    def answer(request):
+        if isinstance(request, m.Hello):
+            return [codec.encode(m.Welcome(backend_version="fake", re=request.msg_id))]
+        return None
+
+    with _ScriptedBackend(answer) as backend:
+        client, queue = _opened(backend.endpoint, timeout_s=30)
+        client.dead_after_s = 60.0
+        try:
+            queue.add("connect", lambda c: c.hello_flow())
+            _run_until(queue, lambda got: len(got) >= 1, timeout_s=10)
+            queue.add("list", lambda c: c.list_jobs_flow())
+            started = time.monotonic()
+            with pytest.raises(BackendUnreachable, match="was lost"):
+                _run_until(queue, lambda got: False, timeout_s=10)
+            assert time.monotonic() - started < 5
+            with pytest.raises(BackendUnreachable, match="was lost"):
+                queue.step()  # and it stays said until the caller reconnects
+        finally:
+            client.close()
