@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import bpy
 
-from .protocol.client import AccessRefused, BackendClient, BackendUnreachable
+from .protocol.client import AccessRefused, BackendClient, BackendUnreachable, ClientError
 from .protocol.messages import Welcome
 from .protocol.nonblocking import RequestQueue, StartFlow
 
@@ -77,6 +77,14 @@ class BridgeEvent:
     """The decoded message, the request's return value, or the exception."""
 
 
+class RequestLost(ClientError):
+    """A request that the connection took with it when it was lost (unsent, or without an answer)."""
+
+
+def _spoken(request: str) -> str:
+    return request.replace("_", " ").capitalize()
+
+
 class Connection:
     """One BackendClient and its requests, for the whole life of one connection."""
 
@@ -94,12 +102,17 @@ class Connection:
         )
         self.requests = RequestQueue(self.client, MAX_MESSAGES_PER_DRAIN)
         self.welcomed = False
+        self._before_welcome: list[tuple[str, Request]] = []
+        """Requests made while the handshake runs: sent once it has succeeded, in their order."""
         self.closed = False
         self.client.open()
         self.requests.add("connect", lambda c: c.hello_flow())
 
     def request(self, name: str, fn: Request) -> None:
-        self.requests.add(name, fn)
+        if self.welcomed:
+            self.requests.add(name, fn)
+        else:
+            self._before_welcome.append((name, fn))
 
     def step(self) -> list[BridgeEvent]:
         """What has arrived since the last step, as events; a lost connection ends with closed."""
@@ -113,6 +126,9 @@ class Connection:
                 if item.kind == "error":
                     return events + self._close("connect", item.payload)
                 self.welcomed = True
+                for name, fn in self._before_welcome:
+                    self.requests.add(name, fn)
+                self._before_welcome.clear()
                 events.append(self._event("welcome", "connect", item.payload))
             else:
                 events.append(self._event("message" if item.kind == "event" else item.kind,
@@ -125,7 +141,18 @@ class Connection:
         elif request == "connection":
             log.warning("connection lost: %s", exc)
         self.close()
-        return [self._event("error", request, exc), self._event("closed", "", None)]
+        return [*self._abandoned(), self._event("error", request, exc), self._event("closed", "", None)]
+
+    def _abandoned(self) -> list[BridgeEvent]:
+        """A RequestLost error for each request the lost connection takes with it, so that none
+        vanishes unsaid (a Cancel queued behind a reconnection's handshake, a submit unanswered)."""
+        sent, unsent = self.requests.abandon()
+        unsent += [name for name, _ in self._before_welcome]
+        self._before_welcome.clear()
+        lost = [] if sent in (None, "connect") else [(sent, RequestLost(
+            f"{_spoken(sent)}: no answer before the connection was lost (the backend may have received it)"))]
+        lost += [(name, RequestLost(f"{_spoken(name)} was not sent: the connection was lost")) for name in unsent]
+        return [self._event("error", name, exc) for name, exc in lost]
 
     def _event(self, kind: EventKind, request: str, payload: Any) -> BridgeEvent:
         return BridgeEvent(self.generation, kind, request, payload)

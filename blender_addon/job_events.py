@@ -147,6 +147,10 @@ def attach(rt, job_id: str) -> None:
     rt.message = f"Following job {job_id} again"
 
 
+ARTIST_REQUESTS = ("submit", "cancel", "resume", "fetch_result")
+"""Requests an artist's button sent; the others (attach, list_jobs) are made again after each welcome."""
+
+
 def _on_error(rt, request: str, exc: BaseException) -> None:
     rt.message = describe_error(exc)
     if request in ("connect", "connection"):
@@ -161,6 +165,8 @@ def _on_error(rt, request: str, exc: BaseException) -> None:
             report_failure(rt.message)  # a refusal needs the artist (or the administrator): say it loudly
     elif request == "submit":
         rt.job_state = ""
+    if isinstance(exc, bridge.RequestLost) and request in ARTIST_REQUESTS:
+        report_failure(rt.message)  # the artist pressed a button that did nothing: say so
     log.warning("%s failed: %s", request, rt.message)
 
 

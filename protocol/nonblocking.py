@@ -74,6 +74,16 @@ class RequestQueue:
         """A request is waiting for its reply or for its turn."""
         return self._current is not None or bool(self._waiting)
 
+    def abandon(self) -> tuple[str | None, list[str]]:
+        """Drop every request (the connection is gone): (the one sent and unanswered, or None; the
+        names of those never sent), so that the caller can say what became of each."""
+        sent = self._current.name if self._current is not None else None
+        if self._current is not None:
+            self._current.flow.close()
+        unsent = [name for name, _ in self._waiting]
+        self._current, self._waiting = None, collections.deque()
+        return sent, unsent
+
     def pending(self) -> list[str]:
         """The names of the requests not answered yet, in their order."""
         return ([self._current.name] if self._current is not None else []) + [name for name, _ in self._waiting]

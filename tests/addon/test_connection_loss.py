@@ -164,3 +164,16 @@ def test_disconnect_with_a_submit_unanswered_does_not_keep_generate_greyed_out(a
     assert bpy.ops.dreampolish.generate() == {"FINISHED"}  # connects on the way
     pump(addon, lambda: bool(_rt().job_id) and _rt().job_state not in ("submitting", ""),
          what="the submit sent after the handshake to be answered")
+
+
+def test_a_cancel_queued_behind_a_failing_handshake_is_said_not_to_have_been_sent(addon, fresh_scene):
+    # The artist presses Cancel while a reconnection's handshake is still under way; the handshake
+    # fails: the cancel must not vanish without a word (the job would go on while the artist thinks
+    # it stopped).
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.backend_address, prefs.timeout_s = "tcp://127.0.0.1:9", 1.0  # nothing listens there
+    addon.bridge.connect(addon.operators._settings(bpy.context), wait=False)
+    assert addon.bridge.request("cancel", lambda client: client.cancel_flow("20261201-000000-abcdef"))
+    pump(addon, lambda: _rt().connection == "error", what="the handshake to fail")
+    assert _rt().failure == "Cancel was not sent: the connection was lost", _rt().failure
+    assert "no answer from tcp://127.0.0.1:9" in _rt().message
