@@ -231,13 +231,14 @@ class GeometryGuidanceConfig:
     zero123_weight: float = ranged(0.1, 0, 1e6)
     """Weight of the Zero123 SDS loss (DreamCraft3D: 0.1, next to reference RGB 1000)."""
     zero123: Zero123GuidanceConfig = field(default_factory=Zero123GuidanceConfig)
-    """Zero123 settings (CFG 5, timesteps annealed from [0.7, 0.85] to [0.2, 0.5] over 200 steps)."""
+    """Zero123 settings (CFG 5, timesteps annealed from [0.7, 0.85] to [0.2, 0.5] over the first 4% of the stage)."""
     text_weight: float = ranged(0.1, 0, 1e6)
     """Weight of the text SDS loss."""
     text: ScoreDistillationConfig = field(default_factory=lambda: ScoreDistillationConfig(
         objective="sds", guidance_scale=20.0,
-        timesteps=TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_steps=200)))
-    """Text-to-image SDS settings (CFG 20)."""
+        timesteps=TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_until=0.04)))
+    """Text-to-image SDS settings (CFG 20; timesteps as DreamCraft3D configs/dreamcraft3d-coarse-nerf.yaml
+    guidance: [0.7, 0.85] -> [0.2, 0.5] over 200 of its 5000 steps, 0.04 of the stage)."""
     view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
     """View-dependent prompt suffixes ("front/side/back/overhead view")."""
     # Later stages start from a formed shape, so they refine at low and middle noise instead of restarting
@@ -306,7 +307,7 @@ def draft_preset() -> PipelinePreset:
     p = standard_preset()
     return replace(
         p, description="fast GPU preview of the method (a few minutes)", preview_every=50,
-        nerf=replace(p.nerf, steps=1200, resolution=replace(p.nerf.resolution, high=256, switch_step=800)),
+        nerf=replace(p.nerf, steps=1200, resolution=replace(p.nerf.resolution, high=256, switch_at=2 / 3)),
         neus=replace(p.neus, steps=1000),
         dmtet=replace(p.dmtet, steps=1000),
         polish=replace(p.polish, steps=150, render_size=384),

@@ -69,6 +69,8 @@ from dreampolish.backend.pipeline import DiffusionPriors, DreamPolishPipeline
 from dreampolish.backend.pipeline_api import JobCancelled, JobFailed
 from dreampolish.backend.presets import PipelinePreset, apply_options, get_preset, shrink_to_tiny
 from dreampolish.backend.render.cameras import CameraBatch
+from dreampolish.backend.schedules import stage_progress
+from dreampolish.backend.stages.base import ResolutionSchedule
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 from torch import Tensor
@@ -338,17 +340,25 @@ class Phase:
     """Render side in pixels of the training views, where the stage has a schedule."""
 
 
+def first_high_step(schedule: ResolutionSchedule, steps: int) -> int | None:
+    """The first of a stage's `steps` steps that renders at the schedule's `high` size, or None."""
+    if schedule.high is None:
+        return None
+    return next((s for s in range(steps) if stage_progress(s, steps) >= schedule.switch_at), None)
+
+
 def stage_phases(preset: PipelinePreset, run: PipelinePreset, stage: str, settings: BenchSettings) -> list[Phase]:
     """The stage's phases: step counts from `preset` (what users run), render sizes from `run` (what the
-    benchmark runs; smaller in smoke mode). NeRF renders at `low` px until switch_step and at `high`
-    after it; every other stage has one phase."""
+    benchmark runs; smaller in smoke mode). NeRF renders at `low` px until its schedule's switch_at and
+    at `high` after it; every other stage has one phase."""
     cfg, run_cfg = getattr(preset, stage), getattr(run, stage)
     steps = settings.warmup_steps + settings.measured_steps
     schedule, run_schedule = getattr(cfg, "resolution", None), getattr(run_cfg, "resolution", None)
-    if schedule is not None and schedule.high is not None and 0 < schedule.switch_step < cfg.steps:
-        return [Phase("low", schedule.switch_step, steps, run_schedule.low),
-                Phase("high", cfg.steps - schedule.switch_step, steps, run_schedule.high)]
-    size = run_schedule.at(0) if run_schedule is not None else getattr(run_cfg, "render_size", None)
+    switch = first_high_step(schedule, cfg.steps) if schedule is not None else None
+    if switch is not None and 0 < switch < cfg.steps:
+        return [Phase("low", switch, steps, run_schedule.low),
+                Phase("high", cfg.steps - switch, steps, run_schedule.high)]
+    size = run_schedule.at(0.0) if run_schedule is not None else getattr(run_cfg, "render_size", None)
     return [Phase("all", cfg.steps, steps, size)]
 
 
@@ -359,7 +369,9 @@ def run_options(phases: dict[str, list[Phase]]) -> dict[str, Any]:
     for stage, stage_phases_ in phases.items():
         options[f"{stage}.steps"] = sum(p.run_steps for p in stage_phases_)
         if len(stage_phases_) == 2:
-            options[f"{stage}.resolution.switch_step"] = stage_phases_[0].run_steps
+            # step k of N is at progress k / (N − 1) (schedules.stage_progress): the switch lands on step k
+            total = options[f"{stage}.steps"]
+            options[f"{stage}.resolution.switch_at"] = stage_phases_[0].run_steps / max(total - 1, 1)
     return options
 
 

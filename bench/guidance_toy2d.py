@@ -35,7 +35,6 @@ from dreampolish.backend.guidance.lora import LoraConfig
 from dreampolish.backend.guidance.score_distillation import (
     OBJECTIVES,
     BootstrapConfig,
-    Schedule,
     ScoreDistillation,
     ScoreDistillationConfig,
     TimestepSchedule,
@@ -44,6 +43,7 @@ from dreampolish.backend.guidance.score_distillation import (
 from dreampolish.backend.guidance.text_prior import VIEW_DIRECTIONS, PromptEmbeddings, ViewPromptConfig
 from dreampolish.backend.models.loading import TextToImageModels
 from dreampolish.backend.render.cameras import CameraBatch
+from dreampolish.backend.schedules import Ramp
 
 logger = logging.getLogger("guidance_toy2d")
 
@@ -152,11 +152,11 @@ def run_objective(objective: str, models: TextToImageModels, prompts: PromptEmbe
     config = ScoreDistillationConfig(
         objective=objective,
         guidance_scale=s,
-        timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.6), anneal_steps=args.opt_steps // 2),
+        timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.6), anneal_until=0.5),
         vae_resolution=SIDE,
         # DSD leans on the variational term and lowers the CFG weight over time; CSD uses the same CFG weight as SDS.
-        lambda_cfg=Schedule(s - 1, (s - 1) / 3) if objective == "dsd" else Schedule(s - 1),
-        lambda_var=Schedule(1.0),
+        lambda_cfg=Ramp(s - 1, (s - 1) / 3) if objective == "dsd" else Ramp(s - 1),
+        lambda_var=Ramp(1.0),
         lora=LoraConfig(rank=4, learning_rate=1e-3, camera_conditioning=False, train_steps=1),
         bootstrap=BootstrapConfig(interval=25, train_steps=4,
                                   lora=LoraConfig(rank=4, learning_rate=1e-3, camera_conditioning=False)),

@@ -47,11 +47,11 @@ STAGES = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
 TWO_STEPS: dict[str, Any] = {
     "nerf.steps": 2, "neus.steps": 2, "dmtet.steps": 2, "polish.steps": 2, "texture.steps": 2,
     "reference.generation.num_inference_steps": 2, "preview_every": 0,
-    "nerf.resolution.switch_step": 1, "neus.resolution.switch_step": 1, "dmtet.resolution.switch_step": 1,
 }
-"""Every optimisation stage runs two steps (the second one sees the optimiser state the first made), and
-a render size that grows during a stage (NeRF: 128 px, then 384 from step 3000) switches at the second
-step, so that the stage's largest renders are measured."""
+"""Every optimisation stage runs two steps (the second one sees the optimiser state the first made). The
+second is the stage's last step, where every schedule has reached its end (schedules.stage_progress): a
+render size that grows during a stage (NeRF: 128 px, then 384) is at its largest there, so the stage's
+largest renders are measured."""
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GB = 1e9

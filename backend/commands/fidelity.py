@@ -72,7 +72,7 @@ def tiny_preset() -> FidelityConfig:
     """Small enough for a 2-core CPU: a few hundred cheap steps per target."""
     views = _fidelity_views()
     grid = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=18, base_resolution=16,
-                          per_level_scale=1.5, start_levels=2, unlock_every=20)
+                          per_level_scale=1.5, start_levels=2, unlock_until=2 / 3)
     small_field = FieldConfig(grid=grid, hidden_dim=32, n_hidden_layers=1, n_feature_dims=7, normal_eps=0.01)
     render = VolumeRenderConfig(n_samples=24, occupancy_resolution=32)
     reference = ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.0), resolution=24)
@@ -87,7 +87,7 @@ def tiny_preset() -> FidelityConfig:
         sdf=FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=18, base_resolution=16,
                                             per_level_scale=1.5, start_levels=4),
                         hidden_dim=32, n_hidden_layers=1, n_feature_dims=7, normal_eps=0.01),
-        render=render, lr_encoding=1e-2, lr_network=1e-3, sharpness=Ramp(100.0, 200.0, 0, 30),
+        render=render, lr_encoding=1e-2, lr_network=1e-3, sharpness=Ramp(100.0, 200.0),
         cos_anneal=Ramp(1.0), reference=reference, eikonal_weight=Ramp(0.01), eikonal_points=2048,
         occupancy_every=8, init_steps=60, init_batch=2048, init_resolution=64, mesh_resolution=64,
     )
@@ -97,7 +97,7 @@ def tiny_preset() -> FidelityConfig:
                                               per_level_scale=1.5, start_levels=4), hidden_dim=32),
         lr_sdf=2e-3, lr_deform=1e-2, lr_color=1e-2,
         reference=ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.0), resolution=64),
-        normal_consistency_weight=Ramp(0.02, 0.002, 0, 40), color_init_steps=50, rasterizer="auto",
+        normal_consistency_weight=Ramp(0.02, 0.002), color_init_steps=50, rasterizer="auto",
     )
     return FidelityConfig(nerf=nerf, neus=neus, dmtet=dmtet, reference_resolution=64, held_out_resolution=96)
 

@@ -85,8 +85,9 @@ class _EncodedField(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         return self.encoding((x + self.cfg.bound) / (2 * self.cfg.bound))
 
-    def update_step(self, step: int) -> None:
-        self.encoding.update_step(step)
+    def update_progress(self, progress: float) -> None:
+        """Coarse-to-fine levels of the encoding at `progress` (schedules.stage_progress) through the stage."""
+        self.encoding.update_progress(progress)
 
     def _gradient(self, fn, x: Tensor) -> Tensor:
         """grad fn(x) [N,3] for fn: [N,3] -> [N], by the configured method."""

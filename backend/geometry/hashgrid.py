@@ -14,9 +14,11 @@ double backward, same hashing and layout) unless `implementation="torch"`; this 
 code is the reference the kernels are tested against and the fallback everywhere else.
 
 Progressive level unlocking (as in threestudio's ProgressiveBandHashGrid): only
-the first `start_levels` levels are active at step 0, one more level unlocks
-every `unlock_every` steps. Locked levels output zeros, so their tables get no
-gradient and coarse structure is fitted before fine detail.
+the first `start_levels` levels are active at the stage's first step, and the
+others unlock one by one at even intervals until all are active at the fraction
+`unlock_until` of the stage (schedules.stage_progress), whatever its length.
+Locked levels output zeros, so their tables get no gradient and coarse structure
+is fitted before fine detail.
 """
 
 from __future__ import annotations
@@ -55,14 +57,23 @@ class HashGridConfig:
     """Growth factor b between levels: N_l = floor(N_0 * b**l) (16 levels from 16 reach ~4096)."""
     start_levels: int = ranged(8, 1, 32)
     """Levels active at step 0 (progressive unlocking); n_levels disables unlocking."""
-    unlock_every: int = ranged(500, 1, 1_000_000)
-    """Steps between unlocking one more level."""
+    unlock_until: float = ranged(0.8, 0, 1)
+    """Fraction of the stage by which every level is active; the levels above start_levels unlock at even
+    intervals before it (0.8 with 8 of 16 levels at the start: one level per 500 steps of 5000)."""
     init_scale: float = ranged(1e-4, 0, 1)
     """Tables start uniform in [-init_scale, init_scale]."""
     implementation: Literal["auto", "triton", "torch"] = "auto"
     """"auto": the fused Triton kernels for CUDA inputs when Triton is installed, PyTorch otherwise;
     "triton": always the kernels (CPU inputs need TRITON_INTERPRET=1, set before Triton is imported);
     "torch": always the PyTorch code."""
+
+    def levels_at(self, progress: float) -> int:
+        """Active levels at `progress` in [0, 1]: start_levels + ⌊(n_levels − start_levels) · progress /
+        unlock_until⌋, all of them from unlock_until on."""
+        start = min(max(self.start_levels, 1), self.n_levels)
+        if progress >= self.unlock_until:
+            return self.n_levels
+        return start + int((self.n_levels - start) * progress / self.unlock_until)
 
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -104,11 +115,9 @@ class HashGridEncoding(nn.Module):
     def n_output_dims(self) -> int:
         return self.cfg.n_levels * self.cfg.n_features_per_level
 
-    def update_step(self, step: int) -> None:
-        """Unlock levels for the given global step."""
-        cfg = self.cfg
-        unlocked = cfg.start_levels + (step // max(cfg.unlock_every, 1))
-        self.active_levels = int(min(max(unlocked, 1), cfg.n_levels))
+    def update_progress(self, progress: float) -> None:
+        """Unlock the levels due at `progress` (schedules.stage_progress) through the stage."""
+        self.active_levels = self.cfg.levels_at(progress)
 
     def _corner_index(self, level: int, cell: Tensor) -> Tensor:
         """cell [N,8,3] integer corner coordinates -> table rows [N,8]."""

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 from torch import Tensor
 
 from ..render.cameras import CameraBatch
+from ..schedules import stage_progress
 
 
 @dataclass
@@ -36,6 +37,11 @@ class GuidanceInput:
     step: int = 0
     """Current step of the stage (for timestep annealing and weight schedules)."""
     total_steps: int = 1
+    """Steps of the stage."""
+
+    def progress(self) -> float:
+        """Fraction of the stage done (schedules.stage_progress): what the guidance's schedules read."""
+        return stage_progress(self.step, self.total_steps)
 
     def colour_render(self) -> Tensor:
         """The colour render: `rgb`, or `colour` when `rgb` shows shaded normals."""

@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler
 from torch import Tensor
 
-from ..config_fields import ranged, ranged_required
+from ..config_fields import ranged
 from ..models.loading import TextToImageModels
+from ..schedules import Ramp
 from .base import GuidanceInput, GuidanceOutput
 from .lora import LoraConfig, VariationalCopy, camera_features, frozen_unet
 from .text_prior import PromptEmbeddings
@@ -52,55 +53,44 @@ OBJECTIVES: tuple[str, ...] = ("sds", "csd", "vsd", "bsd", "dsd")
 Weighting = Literal["sds", "uniform"]
 
 
-@dataclass
-class Schedule:
-    """A weight that moves linearly from `start` to `end` over a stage's steps (constant if end is None)."""
-
-    start: float = ranged_required(0, 1e6)
-    """Value at the first step."""
-    end: float | None = ranged(None, 0, 1e6)
-    """Value at the last step; None keeps `start`."""
-
-    def at(self, progress: float) -> float:
-        """Value at `progress` = step / total_steps in [0, 1]."""
-        if self.end is None:
-            return self.start
-        p = min(max(progress, 0.0), 1.0)
-        return self.start + (self.end - self.start) * p
-
-
-def method_dsd_weights(guidance_scale: float = 7.5) -> tuple[Schedule, Schedule]:
+def method_dsd_weights(guidance_scale: float = 7.5) -> tuple[Ramp, Ramp]:
     """(λ_cfg, λ_var) of the shipped DSD: the CFG direction starts at the weight it has inside VSD's ε̂
     (s − 1) and falls to a third of it over the stage while the variational direction keeps weight 1, so the
     texture leans on the variational domain rather than on a high CFG scale (METHOD.md, claim 3). These are
     the weights bench/guidance_toy2d.py measured (BENCHMARKS.md: "DSD (λ_cfg 6.5→2.2, λ_var 1)"). The
     paper's own values are not public; a constant (s − 1, 1) would be VSD, λ_var = 0 CSD."""
-    return Schedule(guidance_scale - 1.0, (guidance_scale - 1.0) / 3.0), Schedule(1.0)
+    return Ramp(guidance_scale - 1.0, (guidance_scale - 1.0) / 3.0), Ramp(1.0)
 
 
 @dataclass
 class TimestepSchedule:
-    """Which diffusion timesteps are sampled, as fractions of the training schedule."""
+    """Which diffusion timesteps are sampled, as fractions of the training schedule, annealed over a
+    fraction of the stage (schedules.stage_progress)."""
 
     t_range: tuple[float, float] = ranged((0.02, 0.98), 0, 1)
     """[min, max] at the first step."""
     t_range_end: tuple[float, float] | None = ranged(None, 0, 1)
-    """[min, max] reached after `anneal_steps` (e.g. (0.2, 0.5) from (0.7, 0.85)); None = no annealing."""
-    anneal_steps: int = ranged(200, 0, 1_000_000)
-    """Steps over which t_range moves linearly to t_range_end."""
+    """[min, max] reached at `anneal_until` (e.g. (0.2, 0.5) from (0.7, 0.85)); None = no annealing."""
+    anneal_until: float = ranged(1.0, 0, 1)
+    """Fraction of the stage over which t_range moves linearly to t_range_end."""
 
-    def range_at(self, step: int) -> tuple[float, float]:
+    def range_at(self, progress: float) -> tuple[float, float]:
+        """[min, max] at `progress` in [0, 1]."""
         if self.t_range_end is None:
             return self.t_range
-        p = min(max(step / max(self.anneal_steps, 1), 0.0), 1.0)
+        p = 1.0 if progress >= self.anneal_until else max(progress, 0.0) / self.anneal_until
         return (
             self.t_range[0] + (self.t_range_end[0] - self.t_range[0]) * p,
             self.t_range[1] + (self.t_range_end[1] - self.t_range[1]) * p,
         )
 
-    def sample(self, step: int, batch: int, num_train_timesteps: int, generator: torch.Generator) -> Tensor:
-        """[B] integer timesteps drawn uniformly from the current range."""
-        lo, hi = self.range_at(step)
+    def final(self) -> tuple[float, float]:
+        """The range the stage ends with."""
+        return self.t_range if self.t_range_end is None else self.t_range_end
+
+    def sample(self, progress: float, batch: int, num_train_timesteps: int, generator: torch.Generator) -> Tensor:
+        """[B] integer timesteps drawn uniformly from the range at `progress`."""
+        lo, hi = self.range_at(progress)
         lo_i = int(round(lo * num_train_timesteps))
         hi_i = max(int(round(hi * num_train_timesteps)), lo_i + 1)
         return torch.randint(lo_i, min(hi_i, num_train_timesteps), (batch,), generator=generator)
@@ -136,9 +126,9 @@ class ScoreDistillationConfig:
     """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
     vae_resolution: int | None = ranged(None, 32, 2048)
     """Side the render is resized to before the VAE encoder; None = the model's native resolution."""
-    lambda_cfg: Schedule = field(default_factory=lambda: method_dsd_weights(7.5)[0])
+    lambda_cfg: Ramp = field(default_factory=lambda: method_dsd_weights(7.5)[0])
     """Weight of the CFG direction ε(y) − ε(∅) (csd, dsd); the default is method_dsd_weights' for s = 7.5."""
-    lambda_var: Schedule = field(default_factory=lambda: method_dsd_weights(7.5)[1])
+    lambda_var: Ramp = field(default_factory=lambda: method_dsd_weights(7.5)[1])
     """Weight of the variational direction ε(y) − ε_φ (dsd)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """The variational copy ε_φ (vsd, bsd, dsd)."""
@@ -350,12 +340,12 @@ class ScoreDistillation:
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         b = inp.rgb.shape[0]
-        progress = inp.step / max(inp.total_steps, 1)
+        progress = inp.progress()
         with autocast(self.models.device, self.models.dtype):
             latents = encode_render(self.models.vae, inp.rgb.to(self.models.device), self.resolution).float()
         cond, uncond = self.prompts.for_cameras(inp.cameras)
         camera = camera_features(inp.cameras.c2w.to(self.models.device).float())
-        t = self.config.timesteps.sample(inp.step, b, self.num_train_timesteps, self.generator)
+        t = self.config.timesteps.sample(progress, b, self.num_train_timesteps, self.generator)
         noise = torch.randn(latents.shape, generator=self.generator).to(latents)
         diagnostics: dict[str, float] = {}
         if self.teacher is not None:

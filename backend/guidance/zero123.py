@@ -56,8 +56,10 @@ class Zero123GuidanceConfig:
 
     guidance_scale: float = ranged(5.0, 0, 100)
     """CFG scale over the image+camera condition."""
+    # DreamCraft3D configs/dreamcraft3d-coarse-nerf.yaml guidance_3d: min/max_step_percent [0, 0.7, 0.2, 200],
+    # [0, 0.85, 0.5, 200] of max_steps 5000, so the anneal ends at 200 / 5000 = 0.04 of the stage.
     timesteps: TimestepSchedule = field(
-        default_factory=lambda: TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_steps=200)
+        default_factory=lambda: TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_until=0.04)
     )
     """Sampled timestep range and its annealing."""
     weighting: Weighting = "sds"
@@ -213,7 +215,7 @@ class Zero123Guidance:
             latents = encode_render(m.vae, rgb.to(m.device), self.resolution).float()
         cams = inp.cameras
         context = self.conditioning(cams.elevation_deg, cams.azimuth_deg, cams.distance)
-        t = self.config.timesteps.sample(inp.step, b, self.num_train_timesteps, self.generator)
+        t = self.config.timesteps.sample(inp.progress(), b, self.num_train_timesteps, self.generator)
         noise = torch.randn(latents.shape, generator=self.generator).to(latents)
         # t stays on the CPU: it indexes the scheduler's tables there and is moved for the UNet call.
         grad, diagnostics = self.latent_gradient(latents, t, noise, context)

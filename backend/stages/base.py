@@ -21,45 +21,30 @@ from torch import Tensor
 from ..config_fields import ranged, ranged_required
 from ..guidance.base import ReferenceView
 from ..render.cameras import CameraBatch
+from ..schedules import Ramp
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Ramp:
-    """A value that moves linearly from `start` (at or before start_step) to `end` (at or after end_step)."""
-
-    start: float = ranged_required(0, 1e6)
-    """Value up to start_step."""
-    end: float | None = ranged(None, 0, 1e6)
-    """Value from end_step on; None keeps `start` (a constant)."""
-    start_step: int = ranged(0, 0, 1_000_000)
-    """Step where the ramp begins."""
-    end_step: int = ranged(0, 0, 1_000_000)
-    """Step where the ramp ends."""
-
-    def at(self, step: int) -> float:
-        if self.end is None or step <= self.start_step:
-            return float(self.start)
-        if step >= self.end_step:
-            return float(self.end)
-        t = (step - self.start_step) / max(self.end_step - self.start_step, 1)
-        return float(self.start + t * (self.end - self.start))
-
-
-@dataclass
 class ResolutionSchedule:
-    """Render size of training views: `low` pixels square until switch_step, then `high`."""
+    """Render size of training views: `low` pixels square until the fraction switch_at of the stage, then
+    `high`."""
 
     low: int = ranged_required(8, 2048)
-    """Image side in pixels before switch_step."""
+    """Image side in pixels before switch_at."""
     high: int | None = ranged(None, 8, 2048)
-    """Image side from switch_step on; None keeps `low`."""
-    switch_step: int = ranged(0, 0, 1_000_000)
-    """Step where the size switches to `high`."""
+    """Image side from switch_at on; None keeps `low`."""
+    switch_at: float = ranged(0.0, 0, 1)
+    """Fraction of the stage (schedules.stage_progress) where the size switches to `high`."""
 
-    def at(self, step: int) -> int:
-        return int(self.high if self.high is not None and step >= self.switch_step else self.low)
+    def at(self, progress: float) -> int:
+        """The render size at `progress` in [0, 1]."""
+        return int(self.high if self.high is not None and progress >= self.switch_at else self.low)
+
+    def final(self) -> int:
+        """The size the stage ends with."""
+        return int(self.low if self.high is None else self.high)
 
 
 class StageReporter(Protocol):
@@ -177,14 +162,15 @@ def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
 
 
-def reference_losses(render: StageRender, ref: ScaledReference, weights: ReferenceWeights, step: int
+def reference_losses(render: StageRender, ref: ScaledReference, weights: ReferenceWeights, progress: float
                      ) -> tuple[Tensor, dict[str, float]]:
-    """Weighted reference-view loss and its terms, for a render at the reference camera."""
+    """Weighted reference-view loss and its terms, for a render at the reference camera, at `progress`
+    (schedules.stage_progress) through the stage."""
     rgb_l = F.mse_loss(render.rgb * ref.mask, ref.rgb * ref.mask)
     mask_l = F.mse_loss(render.opacity, ref.mask)
-    total = weights.rgb.at(step) * rgb_l + weights.mask.at(step) * mask_l
+    total = weights.rgb.at(progress) * rgb_l + weights.mask.at(progress) * mask_l
     terms = {"ref_rgb": rgb_l.item(), "ref_mask": mask_l.item()}
-    w_depth = weights.depth.at(step)
+    w_depth = weights.depth.at(progress)
     if ref.depth is not None and w_depth > 0 and render.depth is not None:
         depth_l = pearson_depth_loss(render.depth, ref.depth, ref.mask)
         total = total + w_depth * depth_l

@@ -48,6 +48,7 @@ from ..geometry.transitions import (
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.rasterize import MeshRasterizer, RasterBackend
+from ..schedules import stage_progress
 from .base import (
     Ramp,
     ReferenceView,
@@ -103,7 +104,7 @@ class DmtetConfig:
     """Weight of the guidance loss."""
     normal_steps_of_4: int = ranged(3, 0, 4)
     """Of every 4 steps, how many show the guidance normal-shaded renders (the rest albedo)."""
-    normal_consistency_weight: Ramp = field(default_factory=lambda: Ramp(10.0, 1.0, 0, 5000))
+    normal_consistency_weight: Ramp = field(default_factory=lambda: Ramp(10.0, 1.0))
     """Normal consistency between adjacent faces."""
     laplacian_weight: Ramp = field(default_factory=lambda: Ramp(0.0))
     """Uniform Laplacian smoothing of the extracted mesh."""
@@ -234,13 +235,14 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     for step in range(cfg.steps):
         reporter.check_cancel()
-        state.color_field.update_step(step)
+        p = stage_progress(step, cfg.steps)
+        state.color_field.update_progress(p)
         mesh = state.surface()
         loss = StepLoss.start(device)
-        loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, step)
+        loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, p)
         # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise;
         # the colour render rides along for Zero123
-        res = cfg.resolution.at(step)
+        res = cfg.resolution.at(p)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, mesh)
         normal_step = step % 4 < cfg.normal_steps_of_4
@@ -248,9 +250,9 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
         loss.add_guidance(guidance, GuidanceInput(shown, out.opacity, cams, normal=out.normal,
                                                   shading="normal" if normal_step else "albedo", step=step,
                                                   colour=out.rgb if normal_step else None,
-                                                  total_steps=cfg.steps), cfg.guidance_weight.at(step))
+                                                  total_steps=cfg.steps), cfg.guidance_weight.at(p))
         # 3. mesh regularisers
-        w_nc, w_lap = cfg.normal_consistency_weight.at(step), cfg.laplacian_weight.at(step)
+        w_nc, w_lap = cfg.normal_consistency_weight.at(p), cfg.laplacian_weight.at(p)
         if w_nc > 0:
             loss.add("normal_consistency", w_nc, mesh_normal_consistency(mesh.vertices, mesh.faces))
         if w_lap > 0:

@@ -27,6 +27,7 @@ from ..geometry.regularisers import opacity_entropy_loss, orientation_loss, spar
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.volume import NerfVolume, OccupancyGrid, VolumeRenderConfig, render_volume
+from ..schedules import stage_progress
 from .base import (
     Ramp,
     ReferenceView,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 def _nerf_field() -> FieldConfig:
     return FieldConfig(grid=HashGridConfig(n_levels=16, log2_hashmap_size=19, base_resolution=16,
-                                           start_levels=8, unlock_every=500))
+                                           start_levels=8, unlock_until=0.8))
 
 
 def _reference_weights() -> ReferenceWeights:
@@ -57,8 +58,8 @@ class NerfConfig:
     """Optimisation steps."""
     batch_size: int = ranged(1, 1, 64)
     """Training views per step."""
-    resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(128, 384, 3000))
-    """Training-view render size."""
+    resolution: ResolutionSchedule = field(default_factory=lambda: ResolutionSchedule(128, 384, 0.6))
+    """Training-view render size (DreamCraft3D coarse-nerf: 128 then 384 px from step 3000 of 5000)."""
     views: ViewSampler = field(default_factory=ViewSampler)
     """Training-view distribution (elevation, azimuth, distance, field of view)."""
     density: FieldConfig = field(default_factory=_nerf_field)
@@ -75,11 +76,11 @@ class NerfConfig:
     """Weight of the guidance loss."""
     guidance_normals: bool = False
     """Render normals for the guidance (4 extra field evaluations per sample)."""
-    orientation_weight: Ramp = field(default_factory=lambda: Ramp(1.0, 10.0, 0, 5000))
+    orientation_weight: Ramp = field(default_factory=lambda: Ramp(1.0, 10.0))
     """Ref-NeRF orientation penalty (needs normals; 0 skips them)."""
-    sparsity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0, 0, 5000))
+    sparsity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0))
     """Mean opacity penalty."""
-    opacity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0, 0, 5000))
+    opacity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0))
     """Binary-entropy penalty on opacity."""
     occupancy_every: int = ranged(16, 1, 1_000_000)
     """Steps between occupancy-grid refreshes."""
@@ -159,27 +160,29 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     for step in range(cfg.steps):
         reporter.check_cancel()
-        density.update_step(step)
+        p = stage_progress(step, cfg.steps)
+        density.update_progress(p)
         if step >= cfg.occupancy_warmup and step % cfg.occupancy_every == 0:
             state.occupancy.update(lambda x: density.density(x) > cfg.occupancy_density, generator)
-        want_normals = cfg.guidance_normals or cfg.orientation_weight.at(step) > 0
+        w_orient = cfg.orientation_weight.at(p)
+        want_normals = cfg.guidance_normals or w_orient > 0
         loss = StepLoss.start(device)
         loss.add_reference(lambda cam: state.render(cam, want_normals=False, generator=generator), ref,
-                           cfg.reference, step)
-        res = cfg.resolution.at(step)
+                           cfg.reference, p)
+        res = cfg.resolution.at(p)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, want_normals=want_normals, generator=generator)
         loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams,
                                                   normal=out.normal if cfg.guidance_normals else None,
                                                   shading="albedo", step=step, total_steps=cfg.steps),
-                          cfg.guidance_weight.at(step))
+                          cfg.guidance_weight.at(p))
         # 3. regularisers
-        if want_normals and cfg.orientation_weight.at(step) > 0 and out.orientation is not None:
-            loss.add("orientation", cfg.orientation_weight.at(step), orientation_loss(out.orientation, out.opacity))
+        if w_orient > 0 and out.orientation is not None:
+            loss.add("orientation", w_orient, orientation_loss(out.orientation, out.opacity))
         for name, w, fn in (("sparsity", cfg.sparsity_weight, sparsity_loss),
                             ("opacity", cfg.opacity_weight, opacity_entropy_loss)):
-            if w.at(step) > 0:
-                loss.add(name, w.at(step), fn(out.opacity))
+            if w.at(p) > 0:
+                loss.add(name, w.at(p), fn(out.opacity))
         optimiser_step(opt, loss, reporter, step, cfg.steps)
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start

@@ -31,6 +31,7 @@ from ..geometry.transitions import sdf_field_from_density, sdf_field_from_mesh
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.volume import NeusVolume, OccupancyGrid, VolumeRenderConfig, render_volume
+from ..schedules import stage_progress
 from .base import (
     Ramp,
     ReferenceView,
@@ -74,10 +75,10 @@ class NeusConfig:
     """Adam learning rate of the hash tables."""
     lr_network: float = ranged(1e-3, 0, 1)
     """Adam learning rate of the MLPs."""
-    sharpness: Ramp = field(default_factory=lambda: Ramp(50.0, 800.0, 0, 5000))
-    """NeuS inverse standard deviation s of the logistic density (ramped up: soft -> sharp surface)."""
-    cos_anneal: Ramp = field(default_factory=lambda: Ramp(0.0, 1.0, 0, 500))
-    """NeuS cosine annealing ratio."""
+    sharpness: Ramp = field(default_factory=lambda: Ramp(50.0, 800.0))
+    """NeuS inverse standard deviation s of the logistic density (ramped up over the stage: soft -> sharp)."""
+    cos_anneal: Ramp = field(default_factory=lambda: Ramp(0.0, 1.0, end_at=0.1))
+    """NeuS cosine annealing ratio (0 -> 1 over the first tenth of the stage)."""
     reference: ReferenceWeights = field(default_factory=_reference_weights)
     """Reference-view loss weights."""
     guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
@@ -157,7 +158,7 @@ def neus_from_nerf(cfg: NeusConfig, init: NerfState | TriMesh, *, generator: tor
     a mesh's signed distance when the artist edited the NeRF stage's mesh (in the object frame)."""
     with seeded_init(generator):
         sdf = SdfField(cfg.sdf).to(device)
-    sdf.update_step(0)
+    sdf.update_progress(0.0)
     fit = dict(resolution=cfg.init_resolution, steps=cfg.init_steps, batch=cfg.init_batch, lr=cfg.lr_encoding,
                generator=generator, device=device)
     if isinstance(init, TriMesh):
@@ -165,7 +166,7 @@ def neus_from_nerf(cfg: NeusConfig, init: NerfState | TriMesh, *, generator: tor
     else:
         sdf_field_from_density(init.field, sdf, threshold=init.cfg.iso_density, **fit)
     state = NeusState(sdf, cfg, OccupancyGrid(cfg.sdf.bound, cfg.render.occupancy_resolution, device),
-                      sharpness=cfg.sharpness.at(0), cos_anneal=cfg.cos_anneal.at(0))
+                      sharpness=cfg.sharpness.at(0.0), cos_anneal=cfg.cos_anneal.at(0.0))
     state.update_occupancy(generator)
     return state
 
@@ -182,20 +183,21 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
     bound = sdf.bound
     for step in range(cfg.steps):
         reporter.check_cancel()
-        sdf.update_step(step)
-        state.sharpness = cfg.sharpness.at(step)
-        state.cos_anneal = cfg.cos_anneal.at(step)
+        p = stage_progress(step, cfg.steps)
+        sdf.update_progress(p)
+        state.sharpness = cfg.sharpness.at(p)
+        state.cos_anneal = cfg.cos_anneal.at(p)
         if step > 0 and step % cfg.occupancy_every == 0:
             state.update_occupancy(generator)
         loss = StepLoss.start(device)
-        loss.add_reference(lambda cam: state.render(cam, generator=generator), ref, cfg.reference, step)
-        res = cfg.resolution.at(step)
+        loss.add_reference(lambda cam: state.render(cam, generator=generator), ref, cfg.reference, p)
+        res = cfg.resolution.at(p)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, generator=generator)
         loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams, normal=out.normal, shading="albedo",
-                                                  step=step, total_steps=cfg.steps), cfg.guidance_weight.at(step))
+                                                  step=step, total_steps=cfg.steps), cfg.guidance_weight.at(p))
         # 3. eikonal regulariser at random points of the box
-        w_eik = cfg.eikonal_weight.at(step)
+        w_eik = cfg.eikonal_weight.at(p)
         if w_eik > 0:
             x = (torch.rand(cfg.eikonal_points, 3, generator=generator).to(device) * 2 - 1) * bound
             loss.add("eikonal", w_eik, eikonal_loss(sdf.gradient(x)))

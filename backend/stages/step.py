@@ -2,10 +2,11 @@
 
 A stage's step is written as:
 
+    p = stage_progress(step, cfg.steps)                                         # schedules.py
     loss = StepLoss.start(device)
-    loss.add_reference(lambda cam: state.render(cam), ref, cfg.reference, step)    # 1. reference view
-    loss.add_guidance(guidance, GuidanceInput(...), cfg.guidance_weight.at(step))   # 2. guidance
-    loss.add("eikonal", w, eikonal_loss(...))                                       # 3. regularisers
+    loss.add_reference(lambda cam: state.render(cam), ref, cfg.reference, p)    # 1. reference view
+    loss.add_guidance(guidance, GuidanceInput(...), cfg.guidance_weight.at(p))  # 2. guidance
+    loss.add("eikonal", w, eikonal_loss(...))                                   # 3. regularisers
     optimiser_step(optimiser, loss, reporter, step, cfg.steps)
 
 and every stage builds its modules inside `seeded_init(generator)`, so that their initial weights come
@@ -61,11 +62,12 @@ class StepLoss:
         self.terms[name] = value.item()
 
     def add_reference(self, render: Callable[[CameraBatch], StageRender], ref: ScaledReference | None,
-                      weights: ReferenceWeights, step: int) -> None:
-        """1. The reference-view losses (RGB, mask, relative depth) when the stage has a reference."""
+                      weights: ReferenceWeights, progress: float) -> None:
+        """1. The reference-view losses (RGB, mask, relative depth) when the stage has a reference, with
+        their weights at `progress` through the stage."""
         if ref is None:
             return
-        loss, terms = reference_losses(render(ref.camera), ref, weights, step)
+        loss, terms = reference_losses(render(ref.camera), ref, weights, progress)
         self.total = self.total + loss
         self.terms.update(terms)
 

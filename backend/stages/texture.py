@@ -37,9 +37,10 @@ from ..geometry.mesh import TriMesh
 from ..guidance.base import Guidance, GuidanceInput
 from ..guidance.intrinsics import Decomposer, IntrinsicsConfig
 from ..guidance.lora import LoraConfig
-from ..guidance.score_distillation import Schedule, ScoreDistillationConfig, TimestepSchedule
+from ..guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
 from ..render.cameras import CameraBatch, ViewSampler, orbit_cameras
 from ..render.rasterize import MeshRasterizer
+from ..schedules import Ramp, stage_progress
 from .base import ReferenceView, StageReporter
 from .step import seeded_init
 
@@ -47,11 +48,11 @@ logger = logging.getLogger(__name__)
 
 def _texture_guidance() -> ScoreDistillationConfig:
     # DSD on SD 2.1-base: the CFG direction at a moderate weight plus the variational (LoRA) direction,
-    # timesteps annealed from the whole schedule towards the detail end.
+    # timesteps annealed from the whole schedule towards the detail end over the first half of the stage.
     return ScoreDistillationConfig(
         objective="dsd", guidance_scale=7.5,
-        timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.5), anneal_steps=2500),
-        lambda_cfg=Schedule(6.5), lambda_var=Schedule(1.0), lora=LoraConfig(rank=4, learning_rate=1e-4),
+        timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.5), anneal_until=0.5),
+        lambda_cfg=Ramp(6.5), lambda_var=Ramp(1.0), lora=LoraConfig(rank=4, learning_rate=1e-4),
     )
 
 
@@ -244,7 +245,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     reporter.watch(state)
     for step in range(cfg.steps):
         reporter.check_cancel()
-        color_field.update_step(step)
+        color_field.update_progress(stage_progress(step, cfg.steps))
         if pool is not None:
             views = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
         else:

@@ -73,10 +73,11 @@ def test_dryrun_names_the_stage_a_device_slip_in_the_guidance_breaks(monkeypatch
 def test_the_second_step_renders_at_each_stage_s_largest_size():
     from dreampolish.backend.commands.dryrun import TWO_STEPS
     from dreampolish.backend.presets import get_preset
+    from dreampolish.backend.schedules import stage_progress
 
     standard, dry = get_preset("standard"), get_preset("standard", TWO_STEPS)
     for stage in ("nerf", "neus", "dmtet"):
         schedule = getattr(standard, stage).resolution
         largest = schedule.high if schedule.high is not None else schedule.low
-        assert getattr(dry, stage).resolution.at(1) == largest, stage
-    assert dry.nerf.resolution.at(1) == 384 and dry.nerf.steps == 2
+        assert getattr(dry, stage).resolution.at(stage_progress(1, 2)) == largest, stage
+    assert dry.nerf.resolution.at(stage_progress(1, 2)) == 384 and dry.nerf.steps == 2

@@ -20,10 +20,10 @@ def _trilinear_by_gather(enc: HashGridEncoding, level: int, x: torch.Tensor) -> 
 
 def test_levels_unlock_progressively_and_locked_levels_get_no_gradient():
     cfg = HashGridConfig(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4,
-                         per_level_scale=2.0, start_levels=1, unlock_every=10, init_scale=0.5)
+                         per_level_scale=2.0, start_levels=1, unlock_until=0.6, init_scale=0.5)
     enc = HashGridEncoding(cfg)
     x = torch.rand(256, 3, generator=torch.Generator().manual_seed(0))
-    enc.update_step(0)
+    enc.update_progress(0.0)
     out = enc(x)
     assert out.shape == (256, 8)
     assert out[:, 2:].abs().max() == 0 and out[:, :2].abs().max() > 0
@@ -31,11 +31,11 @@ def test_levels_unlock_progressively_and_locked_levels_get_no_gradient():
     lo, hi = int(enc.level_offsets[1]), int(enc.level_offsets[-1])
     assert enc.table.grad[lo:hi].abs().max() == 0
 
-    enc.update_step(25)  # start 1 + 25 // 10 = 3 levels
+    enc.update_progress(0.4)  # start 1 + ⌊3 · 0.4 / 0.6⌋ = 3 levels
     out = enc(x)
     assert out[:, :6].abs().amin(dim=0).min() >= 0 and (out[:, :6].abs().sum(0) > 0).all()
     assert out[:, 6:].abs().max() == 0
-    enc.update_step(10_000)
+    enc.update_progress(1.0)
     assert enc.active_levels == 4
 
 

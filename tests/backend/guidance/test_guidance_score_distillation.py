@@ -11,7 +11,6 @@ from dreampolish.backend.guidance.lora import LoraConfig, camera_features, froze
 from dreampolish.backend.guidance.score_distillation import (
     OBJECTIVES,
     BootstrapConfig,
-    Schedule,
     ScoreDistillation,
     ScoreDistillationConfig,
     TimestepSchedule,
@@ -27,6 +26,7 @@ from dreampolish.backend.guidance.text_prior import (
     encode_prompts,
     view_directions,
 )
+from dreampolish.backend.schedules import Ramp
 
 pytest_plugins = ("tests.backend.conftest_priors",)
 
@@ -102,9 +102,9 @@ def test_sds_with_cfg_scale_one_is_the_plain_noise_residual(tiny_priors, orbit):
 def test_dsd_without_the_variational_term_is_csd(tiny_priors, fresh_priors, orbit):
 
 
-    csd = make_guidance(tiny_priors, fast_config("csd", lambda_cfg=Schedule(4.0)))
+    csd = make_guidance(tiny_priors, fast_config("csd", lambda_cfg=Ramp(4.0)))
     other = fresh_priors()
-    dsd = make_guidance(other, fast_config("dsd", lambda_cfg=Schedule(4.0), lambda_var=Schedule(0.0)))
+    dsd = make_guidance(other, fast_config("dsd", lambda_cfg=Ramp(4.0), lambda_var=Ramp(0.0)))
     randomise_adapter(dsd.variational, seed=1)
     a, b = render_batch(orbit), render_batch(orbit)
     out_csd, out_dsd = csd(a), dsd(b)
@@ -120,7 +120,7 @@ def test_dsd_with_cfg_weight_s_minus_one_and_unit_variational_weight_is_vsd(tiny
     s = 7.5
     vsd = make_guidance(tiny_priors, fast_config("vsd", guidance_scale=s))
     other = fresh_priors()
-    dsd = make_guidance(other, fast_config("dsd", lambda_cfg=Schedule(s - 1), lambda_var=Schedule(1.0)))
+    dsd = make_guidance(other, fast_config("dsd", lambda_cfg=Ramp(s - 1), lambda_var=Ramp(1.0)))
     randomise_adapter(vsd.variational, seed=2)
     randomise_adapter(dsd.variational, seed=2)
     a, b = render_batch(orbit), render_batch(orbit)
@@ -131,7 +131,7 @@ def test_dsd_with_cfg_weight_s_minus_one_and_unit_variational_weight_is_vsd(tiny
     torch.testing.assert_close(b.rgb.grad, a.rgb.grad, rtol=1e-4, atol=1e-7)
     # ... and the variational term is really there: VSD differs from CSD with the same CFG weight.
     third = fresh_priors()
-    csd = make_guidance(third, fast_config("csd", lambda_cfg=Schedule(s - 1)))
+    csd = make_guidance(third, fast_config("csd", lambda_cfg=Ramp(s - 1)))
     c = render_batch(orbit)
     out_csd = csd(c)
     assert not torch.allclose(out_csd.loss, out_vsd.loss, rtol=1e-3)
@@ -164,7 +164,7 @@ def test_lora_step_changes_the_adapter_and_leaves_the_frozen_unet_alone(tiny_pri
 
 
 def test_dsd_weights_follow_their_schedules(tiny_priors, orbit):
-    config = fast_config("dsd", lambda_cfg=Schedule(10.0, 2.0), lambda_var=Schedule(0.5, 1.5))
+    config = fast_config("dsd", lambda_cfg=Ramp(10.0, 2.0), lambda_var=Ramp(0.5, 1.5))
     config.lora.train_steps = 0  # the weights alone are under test
     guidance = make_guidance(tiny_priors, config)
     first = guidance(render_batch(orbit, step=0, total=10)).diagnostics
@@ -174,13 +174,13 @@ def test_dsd_weights_follow_their_schedules(tiny_priors, orbit):
 
 
 def test_timestep_range_anneals_from_high_to_low_noise():
-    schedule = TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_steps=200)
-    assert schedule.range_at(0) == (0.7, 0.85)
-    assert schedule.range_at(100) == pytest.approx((0.45, 0.675))
-    assert schedule.range_at(500) == pytest.approx((0.2, 0.5))
+    schedule = TimestepSchedule(t_range=(0.7, 0.85), t_range_end=(0.2, 0.5), anneal_until=0.4)
+    assert schedule.range_at(0.0) == (0.7, 0.85)
+    assert schedule.range_at(0.2) == pytest.approx((0.45, 0.675))
+    assert schedule.range_at(1.0) == pytest.approx((0.2, 0.5))
     g = torch.Generator().manual_seed(0)
-    early = schedule.sample(0, 256, 1000, g)
-    late = schedule.sample(400, 256, 1000, g)
+    early = schedule.sample(0.0, 256, 1000, g)
+    late = schedule.sample(0.8, 256, 1000, g)
     assert early.min() >= 700 and early.max() <= 850
     assert late.min() >= 200 and late.max() <= 500
 

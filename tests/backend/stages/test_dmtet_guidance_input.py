@@ -18,7 +18,7 @@ from tests.backend.stages.test_stages_geometry import Recorder, _torus
 pytest_plugins = ("tests.backend.conftest_priors",)
 
 GRID = HashGridConfig(n_levels=3, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5, start_levels=2,
-                      unlock_every=2)
+                      unlock_until=0.5)
 
 
 class Spy:

@@ -19,7 +19,7 @@ from dreampolish.backend.stages.nerf import NerfConfig, NerfState, run_nerf
 from dreampolish.backend.stages.neus import NeusConfig, run_neus
 
 GRID = HashGridConfig(n_levels=3, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5, start_levels=2,
-                      unlock_every=2)
+                      unlock_until=0.5)
 FIELD = FieldConfig(grid=GRID, hidden_dim=16, n_feature_dims=3, normal_eps=0.02)
 VIEWS = ViewSampler(elevation_range=(-30.0, 60.0))
 REF = ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.1), resolution=12)
