@@ -3,9 +3,11 @@ default), then baked into a UV atlas.
 
 Per step: sample views, rasterise the fixed mesh, colour every visible surface point with the
 field, composite over the background with the antialiased coverage, and hand the image to the
-guidance (GuidanceInput, shading="albedo"). With a reference view, an RGB loss on it is added:
-    L = L_guidance + λ_ref · mean(mask_ref · |rgb − rgb_ref|²)
-(DreamCraft3D's texture stage keeps the reference-view RGB loss too).
+guidance (GuidanceInput, shading="albedo"). With a reference view, an L1 loss on it is added:
+    L = L_guidance + λ_ref · mean(erode(mask_ref) · |rgb − rgb_ref|)
+as DreamCraft3D's texture stage does (threestudio/systems/dreamcraft3d.py, stage "texture": F.l1_loss on
+the reference mask eroded by a 9×9 max-pool at 1024 px), at its weight relative to the guidance
+(TextureConfig.reference_weight).
 
 After optimisation `bake_texture` makes UVs (xatlas, unless the mesh has its own and the stage is
 told to keep them), evaluates the field at every texel's surface point, dilates the charts so no
@@ -109,8 +111,16 @@ class TextureConfig:
     """Vertical field of view of training views (Zero123's fixed 20°)."""
     camera_distance: float = ranged(3.8, 0.1, 100)
     """Distance of training views from the object centre (object radius 0.5)."""
-    reference_weight: float = ranged(1.0, 0, 1e6)
-    """λ_ref, weight of the RGB loss on the reference view (0 turns it off)."""
+    # DreamCraft3D configs/dreamcraft3d-texture.yaml: lambda_rgb 1000 on the L1 reference loss against
+    # lambda_sd 0.01 on the guidance, whose loss is ½‖x − sg(x − g)‖² / B (stable_diffusion_bsd_guidance.py
+    # loss_vsd), the same reparameterised form as ours (score_distillation.reparameterised_loss), which this
+    # stage adds at weight 1: so λ_ref = 1000 / 0.01 = 1e5. The earlier weight 1 on a masked MSE left the
+    # reference 1e4-1e5 times weaker than there and the guidance repainted the reference view.
+    reference_weight: float = ranged(1e5, 0, 1e6)
+    """λ_ref, weight of the L1 loss on the reference view, relative to the guidance at 1 (0 turns it off)."""
+    reference_erosion: float = ranged(4 / 1024, 0, 0.25)
+    """The reference mask is eroded by this fraction of the image width before the L1 loss, so that the
+    silhouette's mixed pixels do not pull background into the texture (DreamCraft3D: 4 px at 1024)."""
     reference_every: int = ranged(1, 1, 1_000_000)
     """Apply the reference loss every this many steps."""
     background: tuple[float, float, float] = ranged((1.0, 1.0, 1.0), 0, 1)
@@ -209,14 +219,25 @@ class ReferenceTarget:
 
     @classmethod
     def build(cls, reference: ReferenceView, mesh: TriMesh, rasterizer: MeshRasterizer,
-              device: torch.device | str) -> ReferenceTarget:
+              device: torch.device | str, erosion: float = 0.0) -> ReferenceTarget:
+        """`erosion`: how far the mask is eroded, as a fraction of the image width."""
         rgb = reference.rgb[None].to(device)
         mask = torch.ones_like(rgb[..., :1]) if reference.mask is None else reference.mask[None].to(device)
-        return cls(SurfaceViews.rasterize(mesh, reference.camera.to(device), rasterizer), rgb, mask)
+        return cls(SurfaceViews.rasterize(mesh, reference.camera.to(device), rasterizer), rgb,
+                   erode_mask(mask, round(erosion * rgb.shape[2])))
 
     def loss(self, color_field: ColorField, background: Tensor) -> Tensor:
-        """mean(mask_ref · |rgb − rgb_ref|²) at the reference camera."""
-        return (self.mask * (shade_albedo(color_field, self.views, background) - self.rgb) ** 2).mean()
+        """mean(mask · |rgb − rgb_ref|) at the reference camera, `mask` the eroded reference mask."""
+        return (self.mask * (shade_albedo(color_field, self.views, background) - self.rgb).abs()).mean()
+
+
+def erode_mask(mask: Tensor, radius: int) -> Tensor:
+    """[B,H,W,1] mask eroded by `radius` pixels: 1 − maxpool(1 − mask) over a (2r+1)² window, as DreamCraft3D's
+    texture stage makes its `grow_mask`."""
+    if radius <= 0:
+        return mask
+    background = torch.nn.functional.max_pool2d((1 - mask).permute(0, 3, 1, 2), 2 * radius + 1, 1, radius)
+    return (1 - background).permute(0, 2, 3, 1)
 
 
 def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference: ReferenceView | None,
@@ -236,7 +257,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
                           fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
     target = None
     if reference is not None and cfg.reference_weight > 0:
-        target = ReferenceTarget.build(reference, mesh, rasterizer, device)
+        target = ReferenceTarget.build(reference, mesh, rasterizer, device, cfg.reference_erosion)
     pool = None
     if cfg.view_pool > 0:
         pool_cameras = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
