@@ -33,6 +33,7 @@ import torch
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec, validate_spec
 
+from .. import memory_check
 from ..checkpoints import CheckpointStore
 from ..geometry.mesh import TriMesh
 from ..models.specs import load_model_sets
@@ -173,7 +174,12 @@ class DreamPolishPipeline:
         # 5. Load the priors (lazily: each stage asks for what it needs).
         priors = self._priors_for(device)
 
-        # 6. Run the remaining stages: checkpoint first, then the result (module docstring).
+        # 6. Say so when the preset will not fit the card (memory_check.py), then run the remaining stages:
+        #    checkpoint first, then the result (module docstring).
+        shortfall = memory_check.check_memory(spec.preset, device)
+        if shortfall is not None:
+            logger.warning("job %s: %s", ctx.job_id, shortfall.message())
+            ctx.progress(remaining[0].name, 0, 0, shortfall.losses())
         for runner in remaining:
             ctx.check_cancel()
             stage_ctx = self._stage_context(runner.name, job, carry, priors, ctx)
