@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from dreampolish.protocol.messages import DEVICE_MEMORY_GB, MEMORY_NEEDED_GB
 
 GB = 1e9
 
@@ -47,7 +48,7 @@ class MemoryShortfall:
 
     def losses(self) -> dict[str, float]:
         """What the job's first progress event carries."""
-        return {"memory_needed_gb": round(self.needed_gb, 2), "device_memory_gb": round(self.device_gb, 2)}
+        return {MEMORY_NEEDED_GB: round(self.needed_gb, 2), DEVICE_MEMORY_GB: round(self.device_gb, 2)}
 
 
 def check_memory(preset: str, device: torch.device,

@@ -20,7 +20,15 @@ from .preferences import user_dir
 from .progress import JobClock
 from .protocol.client import AccessRefused, BackendUnreachable
 from .protocol.errors import VersionMismatch
-from .protocol.messages import FINAL_EVENTS, JobList, Result, StageResult, Welcome
+from .protocol.messages import (
+    DEVICE_MEMORY_GB,
+    FINAL_EVENTS,
+    MEMORY_NEEDED_GB,
+    JobList,
+    Result,
+    StageResult,
+    Welcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +268,7 @@ def _on_message(rt, msg) -> None:
         rt.stage, rt.step, rt.total = msg.stage, msg.step, msg.total
         rt.progress = min(1.0, msg.step / msg.total) if msg.total else 0.0
         _clock_progress(rt, msg)
+        _warn_memory(msg)
         if msg.preview_png is not None:
             _show_preview(rt, msg.job_id, msg.preview_png)
     elif kind == "stage_result":
@@ -286,6 +295,16 @@ def _on_message(rt, msg) -> None:
         refresh_history(rt)
     elif kind == "error":
         rt.message = f"Backend refused a request ({msg.code}): {msg.message}"
+
+
+def _warn_memory(msg) -> None:
+    """The backend's warning, before a job starts on its card, that the preset will not fit
+    (backend/memory_check.py: the job's first progress event carries these two losses)."""
+    needed, have = msg.losses.get(MEMORY_NEEDED_GB), msg.losses.get(DEVICE_MEMORY_GB)
+    if needed is not None and have is not None:
+        report_failure(f"This preset needs about {needed:.1f} GB of GPU memory and the backend's card has "
+                       f"{have:.1f} GB: the job will probably run out of memory. Cancel it and choose a smaller "
+                       "preset, or let it run to see.")
 
 
 def _clock_progress(rt, msg) -> None:

@@ -489,6 +489,12 @@ class Accepted(Message):
         return cls(queue_position=read_int(body, "queue_position", 0), **common)
 
 
+MEMORY_NEEDED_GB = "memory_needed_gb"
+DEVICE_MEMORY_GB = "device_memory_gb"
+"""The two losses of a job's first progress event (step 0 of 0) when its preset needs more GPU memory
+than the card it runs on has: the preset's estimated peak and the card's memory, in GB."""
+
+
 @dataclass
 class Progress(Message):
     """Event: one optimisation step of a stage, with losses and an optional preview image."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import threading
 
@@ -183,3 +184,16 @@ def test_the_connection_comes_back_after_the_backend_restarts(addon, fresh_scene
         pump(addon, lambda: _rt().connection == "connected", timeout_s=60, what="the connection to come back")
         # The job resumed on the restarted backend and is followed again.
         pump(addon, lambda: _rt().job_state == "done", timeout_s=60, what="the job to finish")
+
+
+def test_the_backends_memory_warning_reaches_the_panel(addon, fresh_scene):
+    # backend/memory_check.py: before a job starts on a card too small for its preset, the job's
+    # first progress event carries the estimate and the card's memory.
+    messages = importlib.import_module(f"{MODULE}.protocol.messages")
+    rt = bpy.context.window_manager.dreampolish
+    rt.job_id, rt.job_state, rt.failure = "20261201-000000-abcdef", "queued", ""
+    warning = messages.Progress(job_id=rt.job_id, seq=1, stage="nerf", step=0, total=0,
+                                losses={messages.MEMORY_NEEDED_GB: 22.68, messages.DEVICE_MEMORY_GB: 15.9})
+    addon.job_events.handle_event(addon.bridge.BridgeEvent(addon.bridge.generation(), "message", "", warning))
+    assert "needs about 22.7 GB of GPU memory" in rt.failure and "has 15.9 GB" in rt.failure, rt.failure
+    rt.job_id, rt.job_state, rt.failure = "", "", ""
