@@ -16,7 +16,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	# CPU build of torch for tests and the CPU demo; GPU users install their own CUDA build.
 	$(VENV)/bin/pip install -q "$(TORCH_PIN)"
-	$(VENV)/bin/pip install -q -e ".[backend,dev]"
+	$(VENV)/bin/pip install -q -e ".[backend,ray,dev]"
 	touch $@
 
 $(BVENV)/.stamp: blender_addon/requirements-test.txt
