@@ -94,6 +94,11 @@ class FairQueue:
         with self._cond:
             return sum(len(j) for j in self._by_client.values())
 
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
     def close(self) -> None:
         """Drop every queued job (they stay "queued" in the store) and wake every waiting get()."""
         with self._cond:
@@ -103,13 +108,18 @@ class FairQueue:
             self._cond.notify_all()
 
 
+class WorkerLost(Exception):
+    """Raised by a Pipeline.run when the worker running the job went away mid-job (a lost node or
+    process): the job system queues the job again, to resume from its last finished stage."""
 
-class LocalExecutor:
-    """One worker thread per device; a FairQueue shared by all of them."""
+
+class QueueWorkers:
+    """One worker thread per device, taking jobs from a FairQueue shared by all of them. Subclasses may
+    retire a device's thread (device_usable) when what runs its jobs is gone for good."""
 
     def __init__(self, devices: Sequence[str]) -> None:
         if not devices:
-            raise ValueError("LocalExecutor needs at least one device")
+            raise ValueError(f"{type(self).__name__} needs at least one device")
         self.devices = tuple(devices)
         self._queue = FairQueue()
         self._threads: list[threading.Thread] = []
@@ -125,8 +135,12 @@ class LocalExecutor:
             t.start()
             self._threads.append(t)
 
+    def device_usable(self, device: str) -> bool:
+        """Called before each job a device's thread takes; False ends that thread."""
+        return True
+
     def _work(self, device: str, run_job: RunJob) -> None:
-        while True:
+        while self.device_usable(device):
             item = self._queue.get()
             if item is None:
                 return
@@ -139,6 +153,7 @@ class LocalExecutor:
             finally:
                 with self._count_lock:
                     self._busy -= 1
+        log.warning("worker on %s retired: it takes no more jobs", device)
 
     def enqueue(self, job_id: str, client: str = "") -> int:
         with self._count_lock:
@@ -156,3 +171,7 @@ class LocalExecutor:
             if t.is_alive():
                 log.warning("%s did not stop within %.0f s", t.name, timeout_s)
         self._threads.clear()
+
+
+class LocalExecutor(QueueWorkers):
+    """One worker thread per local device; a FairQueue shared by all of them."""

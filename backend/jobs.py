@@ -24,7 +24,7 @@ from dreampolish.protocol.errors import ProtocolError, ValidationError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
-from .executor import Executor
+from .executor import Executor, WorkerLost
 from .job_store import SEQ_STEP, DiskFull, Job, JobStore, StoreError
 from .pipeline_api import JobCancelled, JobFailed, Pipeline, ResumePoint, RunOutcome
 
@@ -470,6 +470,9 @@ class JobManager:
         except JobInterrupted:
             log.info("job %s interrupted by shutdown; it resumes after a restart", job_id)
             return  # state stays "running": start() queues it again
+        except WorkerLost as exc:
+            self._requeue_lost(job, exc)
+            return
         except JobCancelled:
             self._finish(job, "cancelled", m.Cancelled())
             return
@@ -484,6 +487,27 @@ class JobManager:
             log.info("job %s paused after %s", job_id, outcome.paused_after)
         else:
             self._finish(job, "done", m.Done())
+
+    def _requeue_lost(self, job: Job, exc: WorkerLost) -> None:
+        """The worker running job went away: queue it again to resume from its last finished stage
+        (its checkpoints and results are in the store), as a backend restart does."""
+        if self.stopping.is_set():
+            log.info("job %s lost its worker during shutdown; it resumes after a restart", job.job_id)
+            return  # state stays "running": start() queues it again
+        if job.cancel_requested.is_set():  # cancelled while running on the lost worker
+            self._finish(job, "cancelled", m.Cancelled())
+            return
+        log.warning("job %s lost its worker (%s); queued to resume on another", job.job_id, exc)
+        with job.lock:
+            job.state = "queued"
+            if job.resume is None:
+                job.resume = ResumePoint()
+        self._save_state(job)
+        try:
+            self.emit(job, m.Resumed(with_edited_mesh=False))
+        except StoreError as store_exc:
+            log.warning("job %s: resumed event not stored: %s", job.job_id, store_exc)
+        self.executor.enqueue(job.job_id, job.owner)
 
     def _fail(self, job: Job, exc: Exception) -> None:
         code, message = classify_failure(exc)
