@@ -162,7 +162,7 @@ class PipelineWorker:
         self._lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
-        return {"node": ray.util.get_node_ip_address(), "label": self.label, "pid": os.getpid()}
+        return {"node_id": ray.get_runtime_context().get_node_id(), "label": self.label, "pid": os.getpid()}
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
@@ -270,6 +270,7 @@ class RayPipeline:
 
     def run(self, spec: JobSpec, ctx: JobContext, resume: ResumePoint | None = None) -> RunOutcome:
         actor = self._executor.actor(ctx.device)
+        log.info("job %s: starting on %s", ctx.job_id, ctx.device)
         stream = actor.run.remote(ctx.job_id, spec, resume, read_files(Path(ctx.work_dir)))
         with _CancelWatcher(ctx, actor) as watcher:
             try:
@@ -351,7 +352,9 @@ class RayExecutor(QueueWorkers):
             for a in actors:
                 ray.kill(a)
             raise
-        labels = [f"ray{i}@{info['node']}/{info['label']}" for i, info in enumerate(infos)]
+        # The node's address as the cluster knows it (the one given to `ray start --node-ip-address`).
+        address = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+        labels = [f"ray{i}@{address.get(info['node_id'], '?')}/{info['label']}" for i, info in enumerate(infos)]
         log.info("Ray workers: %s", ", ".join(labels))
         return actors, labels
 

@@ -1,0 +1,145 @@
+"""The Ray executor on a local Ray cluster on loopback: two actors standing in for two GPUs (a custom
+resource), the real server and client, and ScriptedPipeline (the job system is the point here)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from dreampolish.backend.server import BackendServer, ServerConfig
+from dreampolish.protocol import messages as m
+from dreampolish.protocol.job import JobSpec
+
+from tests.pipelines import connected_client
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (make venv installs it)")
+from dreampolish.backend.executor_ray import RayExecutor  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+REPO = str(Path(__file__).resolve().parents[2])
+RESOURCE = "test_gpu"
+PIPELINE = "tests.pipelines:ScriptedPipeline"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Workers import tests.pipelines from the repository, as the head does.
+    ray.init(num_cpus=4, resources={RESOURCE: 2}, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": REPO}})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_backend(ray_cluster, tmp_path):
+    executor = RayExecutor(PIPELINE, resource=RESOURCE)
+    server = BackendServer(ServerConfig(bind="tcp://127.0.0.1:*", store_dir=tmp_path), executor.pipeline_factory,
+                           executor=executor)
+    server.start()
+    try:
+        yield server, executor
+    finally:
+        server.stop()  # stops the executor: its actors are killed
+
+
+def spec(prompt: str, steps: int, step_s: float) -> JobSpec:
+    return JobSpec(prompt, preset="tiny", options={"test.steps": steps, "test.step_s": step_s})
+
+
+def follow(client, jobs: set[str], timeout_s: float = 120) -> list[m.Message]:
+    """Every event of `jobs` in the order it arrived, until each has ended."""
+    events, open_jobs = [], set(jobs)
+    deadline = time.monotonic() + timeout_s
+    while open_jobs:
+        msg = client.poll(max(0.0, deadline - time.monotonic()))
+        assert msg is not None, f"no event for {timeout_s} s; still running: {open_jobs}"
+        events.append(msg)
+        if msg.TYPE in m.FINAL_EVENTS:
+            open_jobs.discard(msg.job_id)
+    return events
+
+
+def test_welcome_announces_the_workers_and_two_jobs_run_at_once(ray_backend):
+    server, executor = ray_backend
+    client = connected_client(server.endpoint)
+    try:
+        assert client.welcome.devices == list(executor.devices) and len(executor.devices) == 2
+        # One per actor, named by its node and what it runs on (no GPU here).
+        assert len(set(executor.devices)) == 2 and all(d.endswith("/cpu") for d in executor.devices)
+        a = client.submit(spec("a vase", 3, 0.1))
+        b = client.submit(spec("a lamp", 3, 0.1))
+        events = follow(client, {a, b})
+    finally:
+        client.close()
+    for job in (a, b):
+        mine = [e for e in events if e.job_id == job]
+        assert isinstance(mine[-1], m.Done), mine[-1]
+        assert [e.seq for e in mine] == list(range(1, len(mine) + 1))  # each once, in order
+        assert [e.stage for e in mine if isinstance(e, m.StageResult)] == ["nerf", "neus", "dmtet", "polish",
+                                                                           "texture"]
+    # Interleaved: each job's first stage event comes before the other's last.
+    order = [e.job_id for e in events if isinstance(e, (m.Progress, m.StageResult))]
+    assert order.index(b) < len(order) - 1 - order[::-1].index(a)
+    assert order.index(a) < len(order) - 1 - order[::-1].index(b)
+
+
+def test_a_worker_killed_mid_job_leaves_the_job_to_finish_on_the_other(ray_backend, caplog):
+    server, executor = ray_backend
+    caplog.set_level(logging.INFO, logger="dreampolish.backend")
+    client = connected_client(server.endpoint)
+    try:
+        job = client.submit(spec("a chair", 3, 0.15))
+        events: list[m.Message] = []
+        for msg in client.events(job, timeout_s=60):
+            events.append(msg)
+            if isinstance(msg, m.StageResult) and msg.stage == "neus":
+                first = running_device(caplog, job)
+                ray.kill(executor.actor(first), no_restart=True)
+        result = client.fetch_result(job)
+    finally:
+        client.close()
+    assert isinstance(events[-1], m.Done), events[-1]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    stages = ["nerf", "neus", "dmtet", "polish", "texture"]
+    assert [e.stage for e in events if isinstance(e, m.StageResult)] == stages  # none sent twice
+    assert [r.stage for r in result.stage_results] == stages
+    assert any(isinstance(e, m.Resumed) for e in events)
+    # It resumed from its last finished stage on the other worker: nerf (checkpointed) did not run again.
+    after = events[next(i for i, e in enumerate(events) if isinstance(e, m.Resumed)):]
+    assert not [e for e in after if getattr(e, "stage", "") == "nerf"]
+    second = running_device(caplog, job)
+    assert second != first and second in executor.devices
+
+
+def running_device(caplog, job: str) -> str:
+    """The device the job last started on (from the job system's log)."""
+    starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {job}: starting on ")]
+    assert starts, "the job never started"
+    return starts[-1].rsplit(" ", 1)[-1]
+
+
+def test_cancel_reaches_a_job_running_on_a_worker_within_one_step(ray_backend):
+    server, _ = ray_backend
+    client = connected_client(server.endpoint)
+    try:
+        job = client.submit(spec("a bowl", 40, 0.25))
+        events = []
+        for msg in client.events(job, timeout_s=60):
+            events.append(msg)
+            if isinstance(msg, m.Progress) and msg.step == 2:
+                cancelled_at = len(events)
+                client.cancel(job)
+        # The job frees its worker: a next job runs to its end.
+        after = client.submit(spec("a cup", 1, 0.0))
+        assert isinstance(list(client.events(after, timeout_s=60))[-1], m.Done)
+    finally:
+        client.close()
+    assert isinstance(events[-1], m.Cancelled), events[-1]
+    # At most the step running when the cancel arrived reports after it (40 steps of 0.25 s otherwise).
+    late = [e for e in events[cancelled_at:] if isinstance(e, m.Progress)]
+    assert len(late) <= 1, late
