@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..executor import Executor
+    from ..server import PipelineFactory
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         help="torch device to run jobs on; repeat for one worker per device (default: cuda:0 if present, else cpu)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where jobs run: local (one worker per --device, the default) or ray (one worker per GPU of "
+        "a Ray cluster; needs the ray extra)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="with --executor ray: the cluster's address, e.g. 10.0.0.1:6379 or auto (default: RAY_ADDRESS, "
+        "a cluster started on this machine by `ray start`, else a new one on this machine)",
     )
     p.add_argument(
         "--preset", default=None, help="default preset announced to clients (default: the pipeline's first)"
@@ -77,6 +95,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _executor(args: argparse.Namespace) -> tuple[Executor | None, PipelineFactory]:
+    """The executor (None: the server's LocalExecutor on --device) and the server's pipeline factory."""
+    from ..server import load_pipeline_factory
+
+    if args.executor == "local":
+        if args.ray_address:
+            raise ValueError("--ray-address needs --executor ray")
+        return None, load_pipeline_factory(args.pipeline)
+    if args.device:
+        raise ValueError("--device is for --executor local; with ray, every GPU of the cluster runs jobs")
+    try:
+        from ..executor_ray import RayExecutor
+    except ImportError as exc:
+        raise ImportError(f"--executor ray needs Ray: pip install 'dreampolish[ray]' ({exc})") from exc
+    load_pipeline_factory(args.pipeline)  # a bad --pipeline is refused before any actor starts
+    executor = RayExecutor(args.pipeline, args.ray_address)
+    return executor, executor.pipeline_factory
+
+
 def run(args: argparse.Namespace) -> int:
     from ..security import InsecureBindRefused, check_bind_allowed, load_server_keys
 
@@ -91,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start the backend: %s", exc)
         return 2
 
-    from ..server import BackendServer, CannotBind, ServerConfig, load_pipeline_factory, resolve_devices
+    from ..server import BackendServer, CannotBind, ServerConfig, resolve_devices
 
     try:
         config = ServerConfig(
@@ -107,10 +144,16 @@ def run(args: argparse.Namespace) -> int:
             max_queued_total=args.max_queued,
             expire_after_s=args.expire_after * 86400 if args.expire_after is not None else None,
         )
-        factory = load_pipeline_factory(args.pipeline)
-        server = BackendServer(config, factory)
+        executor, factory = _executor(args)
+    except (ValueError, ImportError, OSError, ConnectionError) as exc:
+        log.error("cannot start the backend: %s", exc)
+        return 2
+    try:
+        server = BackendServer(config, factory, executor=executor)
     except (ValueError, ImportError, OSError) as exc:
         log.error("cannot start the backend: %s", exc)
+        if executor is not None:
+            executor.shutdown()
         return 2
     # SIGTERM/SIGINT stop the loop; running jobs are interrupted and resume after a restart.
     server.install_signal_handlers()

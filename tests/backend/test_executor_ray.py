@@ -4,6 +4,8 @@ resource), the real server and client, and ScriptedPipeline (the job system is t
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from dreampolish.backend.server import BackendServer, ServerConfig
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import connected_client
+from tests.pipelines import connected_client, repo_env
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make venv installs it)")
 from dreampolish.backend.executor_ray import RayExecutor  # noqa: E402
@@ -143,3 +145,25 @@ def test_cancel_reaches_a_job_running_on_a_worker_within_one_step(ray_backend):
     # At most the step running when the cancel arrived reports after it (40 steps of 0.25 s otherwise).
     late = [e for e in events[cancelled_at:] if isinstance(e, m.Progress)]
     assert len(late) <= 1, late
+
+
+def run_serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(tmp_path / "jobs"),
+            "--pipeline", PIPELINE, "--bind", "tcp://127.0.0.1:0", *args]
+    return subprocess.run(argv, env=repo_env() | {"RAY_ADDRESS": ""}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_serve_refuses_ray_options_that_do_not_go_together(tmp_path):
+    done = run_serve(tmp_path, "--ray-address", "10.0.0.1:6379")
+    assert done.returncode == 2 and "--ray-address needs --executor ray" in done.stderr
+    done = run_serve(tmp_path, "--executor", "ray", "--device", "cuda:1")
+    assert done.returncode == 2 and "--device is for --executor local" in done.stderr
+
+
+def test_serve_with_ray_on_a_machine_without_gpus_says_so(tmp_path):
+    # No cluster given: Ray starts one on this machine, which has no GPU; the backend refuses to start
+    # (and stops that cluster) instead of serving with nothing to run jobs on.
+    done = run_serve(tmp_path, "--executor", "ray")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the Ray cluster has no GPU" in done.stderr
