@@ -140,7 +140,11 @@ class QueueWorkers:
         return True
 
     def _work(self, device: str, run_job: RunJob) -> None:
-        while self.device_usable(device):
+        while True:
+            if not self.device_usable(device):
+                if not self._queue.closed:
+                    log.warning("worker on %s retired: it takes no more jobs", device)
+                return
             item = self._queue.get()
             if item is None:
                 return
@@ -153,7 +157,6 @@ class QueueWorkers:
             finally:
                 with self._count_lock:
                     self._busy -= 1
-        log.warning("worker on %s retired: it takes no more jobs", device)
 
     def enqueue(self, job_id: str, client: str = "") -> int:
         with self._count_lock:

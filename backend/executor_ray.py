@@ -341,7 +341,9 @@ class RayExecutor(QueueWorkers):
     @staticmethod
     def _start_actors(pipeline: PipelineSpec, resource: str, count: int,
                       work_root: str | None) -> tuple[list[Any], list[str]]:
-        need: dict[str, Any] = {"num_gpus": 1} if resource == "GPU" else {"resources": {resource: 1}}
+        # An actor holds one CPU for scheduling unless told otherwise: a resource standing in for GPUs
+        # (tests, benchmarks) takes no CPU, so a 2-core machine can host 4 stand-in workers.
+        need: dict[str, Any] = {"num_gpus": 1} if resource == "GPU" else {"resources": {resource: 1}, "num_cpus": 0}
         cls = ray.remote(PipelineWorker).options(
             max_concurrency=ACTOR_CONCURRENCY, max_restarts=-1, max_task_retries=0, **need
         )

@@ -3,17 +3,21 @@ resource), the real server and client, and ScriptedPipeline (the job system is t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from dreampolish.backend.models.specs import MODEL_DIR_ENV
 from dreampolish.backend.server import BackendServer, ServerConfig
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.job import JobSpec
 
+from tests.backend.pipeline_fixtures import tiny_model_cache  # noqa: F401
 from tests.pipelines import connected_client, repo_env
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make venv installs it)")
@@ -27,26 +31,33 @@ PIPELINE = "tests.pipelines:ScriptedPipeline"
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    # Workers import tests.pipelines from the repository, as the head does.
+def ray_cluster(tiny_model_cache):  # noqa: F811
+    # Workers import tests.pipelines from the repository, as the head does, and load the tiny models.
+    env = {"PYTHONPATH": REPO, MODEL_DIR_ENV: str(tiny_model_cache)}
     ray.init(num_cpus=4, resources={RESOURCE: 2}, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": REPO}})
+             runtime_env={"env_vars": env})
     try:
         yield
     finally:
         ray.shutdown()
 
 
-@pytest.fixture
-def ray_backend(ray_cluster, tmp_path):
-    executor = RayExecutor(PIPELINE, resource=RESOURCE)
-    server = BackendServer(ServerConfig(bind="tcp://127.0.0.1:*", store_dir=tmp_path), executor.pipeline_factory,
+@contextlib.contextmanager
+def backend_on_ray(store: Path, pipeline: str = PIPELINE):
+    executor = RayExecutor(pipeline, resource=RESOURCE)
+    server = BackendServer(ServerConfig(bind="tcp://127.0.0.1:*", store_dir=store), executor.pipeline_factory,
                            executor=executor)
     server.start()
     try:
         yield server, executor
     finally:
         server.stop()  # stops the executor: its actors are killed
+
+
+@pytest.fixture
+def ray_backend(ray_cluster, tmp_path):
+    with backend_on_ray(tmp_path) as backend:
+        yield backend
 
 
 def spec(prompt: str, steps: int, step_s: float) -> JobSpec:
@@ -145,6 +156,34 @@ def test_cancel_reaches_a_job_running_on_a_worker_within_one_step(ray_backend):
     # At most the step running when the cancel arrived reports after it (40 steps of 0.25 s otherwise).
     late = [e for e in events[cancelled_at:] if isinstance(e, m.Progress)]
     assert len(late) <= 1, late
+
+
+def test_the_real_pipeline_resumes_from_its_checkpoints_on_the_other_worker(ray_cluster, tmp_path, caplog):
+    # The tiny DreamPolish pipeline: its checkpoints (checkpoints/*.pt and the manifest) reach the
+    # head's store with each stage result and go to the other worker with the job, which restores the
+    # finished stages and ends where an uninterrupted run of the same seed ends.
+    caplog.set_level(logging.INFO, logger="dreampolish.backend")
+    request = JobSpec("a ceramic teapot", preset="tiny", seed=5)
+    with backend_on_ray(tmp_path / "store", "dreampolish.backend.pipeline:DreamPolishPipeline") as (server, ex):
+        client = connected_client(server.endpoint)
+        try:
+            whole = client.wait(client.submit(request), timeout_s=240)
+            job = client.submit(request)
+            events: list[m.Message] = []
+            for msg in client.events(job, timeout_s=240):
+                events.append(msg)
+                if isinstance(msg, m.StageResult) and msg.stage == "nerf":
+                    first = running_device(caplog, job)
+                    ray.kill(ex.actor(first), no_restart=True)
+        finally:
+            client.close()
+    assert isinstance(events[-1], m.Done), events[-1]
+    assert running_device(caplog, job) != first
+    resumed = next(i for i, e in enumerate(events) if isinstance(e, m.Resumed))
+    assert not [e for e in events[resumed:] if getattr(e, "stage", "") in ("reference", "nerf")]
+    results = [e for e in events if isinstance(e, m.StageResult)]
+    assert [r.stage for r in results] == [r.stage for r in whole]  # each once
+    np.testing.assert_allclose(results[-2].mesh.vertices, whole[-2].mesh.vertices, atol=1e-5, rtol=0)
 
 
 def run_serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
