@@ -68,15 +68,16 @@ def _relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _tree(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under root, by relative path."""
+def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
+    """(size, mtime_ns, inode) of every file under root, by relative path. The inode tells a file
+    replaced by rename (as CheckpointStore writes) even within the file system's mtime granularity."""
     if not root.is_dir():
         return {}
     out = {}
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.name.endswith(".tmp"):
             st = path.stat()
-            out[_relative(root, path)] = (st.st_size, st.st_mtime_ns)
+            out[_relative(root, path)] = (st.st_size, st.st_mtime_ns, st.st_ino)
     return out
 
 
@@ -103,7 +104,7 @@ def write_files(root: Path, files: WorkFiles) -> None:
 
 
 class _ChangedFiles:
-    """The files of a work folder written since the last call (by size and mtime)."""
+    """The files of a work folder written since the last call (by size, mtime and inode)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
