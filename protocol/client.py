@@ -70,7 +70,7 @@ import zmq
 from . import PROTOCOL_VERSION, codec
 from . import messages as m
 from .errors import ProtocolError, VersionMismatch
-from .job import JobSpec
+from .job import JobSpec, variant_specs
 from .scene import MeshPayload
 
 log = logging.getLogger(__name__)
@@ -364,6 +364,17 @@ class BackendClient:
         self.last_seq.setdefault(reply.job_id, 0)
         self.following.add(reply.job_id)
         return reply.job_id
+
+    def submit_variants(self, spec: JobSpec, count: int, up_to: str) -> list[str]:
+        """Submit `count` seed variants of spec that pause after stage `up_to` (job.variant_specs);
+        returns their job ids, variant 0 (spec's own seed) first. Resume the chosen one, cancel the rest."""
+        return self.run_flow(self.submit_variants_flow(spec, count, up_to))
+
+    def submit_variants_flow(self, spec: JobSpec, count: int, up_to: str) -> Flow[list[str]]:
+        jobs = []
+        for variant in variant_specs(spec, count, up_to):  # every variant is checked before any is sent
+            jobs.append((yield from self.submit_flow(variant)))
+        return jobs
 
     def cancel(self, job_id: str) -> None:
         self.run_flow(self.cancel_flow(job_id))

@@ -6,7 +6,7 @@ object. Stage names are listed once, here, so that both sides agree on them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -51,6 +51,24 @@ class JobSpec:
     reference_camera: int = 0
     input_mesh: MeshPayload | None = None
     """The mesh to refine (geometry/texture modes)."""
+
+
+MAX_VARIANTS = 8
+"""Most seed variants one request fans out to (each is a job of its own)."""
+
+
+def variant_specs(spec: JobSpec, count: int, up_to: str) -> list[JobSpec]:
+    """`count` seed variants of spec, each pausing after stage `up_to`: variant i has seed spec.seed + i
+    (modulo SEED_LIMIT), so variant 0 is spec itself. Submitted as separate jobs, they run side by side
+    on free GPUs; the artist resumes the one to continue and cancels the others."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_VARIANTS:
+        raise ValidationError(f"variants must be an integer in [1, {MAX_VARIANTS}], got {count!r}")
+    if up_to not in STAGES:
+        raise ValidationError(f"variants: up_to must be a stage ({', '.join(STAGES)}), got {up_to!r}")
+    seed = check_seed(spec.seed)
+    gates = list(dict.fromkeys([*spec.pause_after, up_to]))
+    return [replace(spec, seed=(seed + i) % SEED_LIMIT, pause_after=list(gates), options=dict(spec.options),
+                    cameras=list(spec.cameras)) for i in range(count)]
 
 
 def parse_option(item: str) -> tuple[str, OptionValue]:

@@ -64,15 +64,15 @@ def spec(prompt: str, steps: int, step_s: float) -> JobSpec:
     return JobSpec(prompt, preset="tiny", options={"test.steps": steps, "test.step_s": step_s})
 
 
-def follow(client, jobs: set[str], timeout_s: float = 120) -> list[m.Message]:
-    """Every event of `jobs` in the order it arrived, until each has ended."""
+def follow(client, jobs: set[str], timeout_s: float = 120, until: tuple[type, ...] = ()) -> list[m.Message]:
+    """Every event of `jobs` in the order it arrived, until each has ended (or sent an `until` event)."""
     events, open_jobs = [], set(jobs)
     deadline = time.monotonic() + timeout_s
     while open_jobs:
         msg = client.poll(max(0.0, deadline - time.monotonic()))
         assert msg is not None, f"no event for {timeout_s} s; still running: {open_jobs}"
         events.append(msg)
-        if msg.TYPE in m.FINAL_EVENTS:
+        if msg.TYPE in m.FINAL_EVENTS or isinstance(msg, until):
             open_jobs.discard(msg.job_id)
     return events
 
@@ -184,6 +184,30 @@ def test_the_real_pipeline_resumes_from_its_checkpoints_on_the_other_worker(ray_
     results = [e for e in events if isinstance(e, m.StageResult)]
     assert [r.stage for r in results] == [r.stage for r in whole]  # each once
     np.testing.assert_allclose(results[-2].mesh.vertices, whole[-2].mesh.vertices, atol=1e-5, rtol=0)
+
+
+def test_seed_variants_fan_out_across_the_workers_and_the_chosen_one_continues(ray_cluster, tmp_path):
+    request = JobSpec("a ceramic teapot", preset="tiny", seed=21)
+    with backend_on_ray(tmp_path / "store", "dreampolish.backend.pipeline:DreamPolishPipeline") as (server, _):
+        client = connected_client(server.endpoint)
+        try:
+            variants = client.submit_variants(request, 2, "dmtet")
+            events = follow(client, set(variants), timeout_s=240, until=(m.Paused,))
+            chosen, other = variants[1], variants[0]
+            client.resume(chosen)
+            client.cancel(other)
+            rest = follow(client, {chosen, other}, timeout_s=240)
+        finally:
+            client.close()
+    order = [e.job_id for e in events if isinstance(e, m.Progress)]
+    assert order.index(chosen) < len(order) - 1 - order[::-1].index(other)  # side by side
+    drafts = {e.job_id: e.mesh for e in events if isinstance(e, m.StageResult) and e.stage == "dmtet"}
+    assert set(drafts) == set(variants)
+    assert not np.array_equal(drafts[chosen].vertices, drafts[other].vertices)  # different seeds
+    assert [e.TYPE for e in rest if e.job_id == other] == ["cancelled"]
+    mine = [e for e in rest if e.job_id == chosen]
+    assert isinstance(mine[-1], m.Done)
+    assert [e.stage for e in mine if isinstance(e, m.StageResult)] == ["polish", "texture", "export"]
 
 
 def run_serve(tmp_path, *args: str) -> subprocess.CompletedProcess:
