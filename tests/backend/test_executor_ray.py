@@ -129,6 +129,31 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_finish_on_the_other(ray_backe
     assert second != first and second in executor.devices
 
 
+def test_a_worker_ray_restarts_takes_jobs_again(ray_backend, caplog):
+    server, executor = ray_backend
+    caplog.set_level(logging.INFO, logger="dreampolish.backend")
+    client = connected_client(server.endpoint)
+    try:
+        job = client.submit(spec("a stool", 3, 0.15))
+        for msg in client.events(job, timeout_s=60):
+            if isinstance(msg, m.StageResult) and msg.stage == "nerf":
+                lost = running_device(caplog, job)
+                ray.kill(executor.actor(lost), no_restart=False)  # a crash Ray recovers from
+            last = msg
+        assert isinstance(last, m.Done), last
+        deadline = time.monotonic() + 60
+        while not any(r.getMessage() == f"worker {lost} is back" for r in caplog.records):
+            assert time.monotonic() < deadline, "the restarted worker never came back"
+            time.sleep(0.1)
+        # Two jobs at once need both workers: the restarted one runs one of them.
+        jobs = [client.submit(spec(f"a stool {i}", 3, 0.15)) for i in range(2)]
+        ends = [e for e in follow(client, set(jobs)) if e.TYPE in m.FINAL_EVENTS]
+    finally:
+        client.close()
+    assert all(isinstance(e, m.Done) for e in ends) and len(ends) == 2
+    assert {running_device(caplog, j) for j in jobs} == set(executor.devices)
+
+
 def running_device(caplog, job: str) -> str:
     """The device the job last started on (from the job system's log)."""
     starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {job}: starting on ")]
