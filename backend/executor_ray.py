@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -311,6 +312,25 @@ def _deliver(item: tuple, ctx: JobContext) -> RunOutcome | None:
     return RunOutcome(paused_after=detail)
 
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long the cluster's address may take to accept a TCP connection before serve gives up."""
+
+
+def check_reachable(address: str | None) -> None:
+    """Refuse a HOST:PORT that accepts no connection (ray.init would retry it for minutes). Other forms
+    ("auto", "ray://…", None) are left to Ray."""
+    if not address or "://" in address or address == "auto":
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--ray-address must be HOST:PORT, auto or ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({exc}); start its head with "
+                              f"`ray start --head` and give its address") from exc
+
+
 class RayExecutor(QueueWorkers):
     """One PipelineWorker actor per GPU of a Ray cluster, fed from one FairQueue on the head.
 
@@ -323,6 +343,7 @@ class RayExecutor(QueueWorkers):
                  workers: int | None = None, work_root: str | None = None) -> None:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            check_reachable(address)
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         try:
             count = int(ray.cluster_resources().get(resource, 0)) if workers is None else workers

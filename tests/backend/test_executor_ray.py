@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -247,6 +248,16 @@ def test_serve_refuses_ray_options_that_do_not_go_together(tmp_path):
     assert done.returncode == 2 and "--ray-address needs --executor ray" in done.stderr
     done = run_serve(tmp_path, "--executor", "ray", "--device", "cuda:1")
     assert done.returncode == 2 and "--device is for --executor local" in done.stderr
+
+
+def test_serve_says_when_no_ray_cluster_answers_at_the_address(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens on it
+    start = time.monotonic()
+    done = run_serve(tmp_path, "--executor", "ray", "--ray-address", address)
+    assert done.returncode == 2 and f"no Ray cluster answers at {address}" in done.stderr, done.stderr[-2000:]
+    assert time.monotonic() - start < 60  # Ray itself retries such an address for minutes
 
 
 def test_serve_with_ray_on_a_machine_without_gpus_says_so(tmp_path):
