@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -266,3 +267,36 @@ def test_serve_with_ray_on_a_machine_without_gpus_says_so(tmp_path):
     done = run_serve(tmp_path, "--executor", "ray")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "the Ray cluster has no GPU" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["../state.json", "/etc/passwd", "checkpoints/../../x", ""])
+def test_a_worker_file_outside_the_job_folder_is_refused(tmp_path, name):
+    from dreampolish.backend.executor_ray import write_files
+    from dreampolish.backend.pipeline_api import JobFailed
+
+    with pytest.raises(JobFailed, match="outside the job's folder"):
+        write_files(tmp_path / "work", [(name, b"x")])
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_work_files_travel_and_only_changed_ones_come_back(tmp_path):
+    from dreampolish.backend.executor_ray import _ChangedFiles, read_files, write_files
+
+    head, worker = tmp_path / "head", tmp_path / "worker"
+    (head / "checkpoints").mkdir(parents=True)
+    (head / "checkpoints" / "nerf.pt").write_bytes(b"nerf")
+    (head / "checkpoints" / "manifest.json").write_text('{"finished": ["nerf"]}')
+    (head / "checkpoints" / "neus.pt.tmp").write_bytes(b"half written")
+    write_files(worker, read_files(head))
+    assert sorted(p.name for p in (worker / "checkpoints").iterdir()) == ["manifest.json", "nerf.pt"]
+    changed = _ChangedFiles(worker)
+    assert changed.take() == []
+    (worker / "checkpoints" / "neus.pt").write_bytes(b"neus")
+    tmp = worker / "checkpoints" / "manifest.json.tmp"
+    manifest = worker / "checkpoints" / "manifest.json"
+    before = manifest.stat()
+    tmp.write_text('{"finished": ["neus"]}')  # the same size, replaced by rename as CheckpointStore does
+    tmp.replace(manifest)
+    os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))  # within a coarse clock's tick
+    back = dict(changed.take())
+    assert back == {"checkpoints/neus.pt": b"neus", "checkpoints/manifest.json": b'{"finished": ["neus"]}'}
