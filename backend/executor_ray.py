@@ -281,6 +281,9 @@ class RayPipeline:
                     if end is not None:
                         return end
             except _LOST as exc:
+                # An actor that was only unreachable may still run the job: it is told to stop, so
+                # that the job never runs twice at once when it answers again.
+                watcher.stop_remote()
                 self._executor.mark_lost(ctx.device)
                 raise WorkerLost(f"{ctx.device}: {type(exc).__name__}") from exc
             except BaseException:
