@@ -45,6 +45,8 @@ class JobRecord:
     placement: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     """World position of the frame the job's cameras were sent in (a generated object's place)."""
     created_unix: float = field(default_factory=time.time)
+    variant_group: str = ""
+    """Shared by the seed variants submitted together (Generate Variants); "" for a single job."""
 
 
 @dataclass

@@ -186,6 +186,14 @@ def _on_reply(rt, request: str, payload) -> None:
         _follow(rt, job_id, "queued", target=record.target_object)
         refresh_history(rt)
         rt.message = f"Job {job_id} queued"
+    elif request == "submit_variants":
+        cache = job_cache()
+        for job_id, record in payload:
+            record.job_id = job_id
+            cache.save_record(record)
+            _follow(rt, job_id, "queued")  # the last one stays the job shown in full; all are followed
+        refresh_history(rt)
+        rt.message = f"{len(payload)} variants queued: pick one when they pause"
     elif request == "resume":
         rt.job_state = "running"
         rt.paused_stage = ""
@@ -223,6 +231,16 @@ def _follow(rt, job_id: str, state: str, target: str = "") -> None:
     item.job_id, item.state, item.stage, item.progress, item.paused_stage = job_id, state, "", 0.0, ""
     item.prompt = record.prompt if record is not None else ""
     _clocks[job_id] = JobClock(plan=list(record.plan) if record is not None and record.plan else [])
+
+
+def follow_paused(rt, job_id: str) -> None:
+    """Show a paused job already in the list in full (a picked seed variant), keeping what it reported."""
+    item = _job_item(rt, job_id)
+    rt.job_id, rt.job_state = job_id, "paused"
+    rt.paused_stage = item.paused_stage if item is not None else ""
+    rt.stage, rt.step, rt.total, rt.progress = "", 0, 0, 0.0
+    record = job_cache().load_record(job_id)
+    rt.target_object = record.target_object if record is not None else ""
 
 
 def _job_item(rt, job_id: str):

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import subprocess
 from pathlib import Path
 
 import bpy
 import numpy as np
 from bpy.props import BoolProperty, StringProperty
+from mathutils import Vector
 
 from . import bridge, camera_rig, client_key, job_events, materials, mesh_io
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
 from .protocol.client import ClientError, load_server_public_key
 from .protocol.errors import ProtocolError, ValidationError
-from .protocol.job import JobSpec, parse_options
+from .protocol.job import JobSpec, parse_options, variant_specs
 from .protocol.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -143,12 +145,17 @@ def over_limits(obj: bpy.types.Object, limits: Limits) -> str:
     return ""
 
 
+def _record(spec: JobSpec, target_object: str = "", placement=None, variant_group: str = "") -> JobRecord:
+    return JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
+                     mode=spec.mode, target_object=target_object,
+                     placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
+                     plan=list(spec.stages) if spec.stages else list(MODE_CHAINS[spec.mode]),
+                     variant_group=variant_group)
+
+
 def _submit(context, spec: JobSpec, target_object: str = "", placement=None) -> set[str]:
     """Queue the submit on the connection; the job id arrives as a reply (job_events)."""
-    record = JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
-                       mode=spec.mode, target_object=target_object,
-                       placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
-                       plan=list(spec.stages) if spec.stages else list(MODE_CHAINS[spec.mode]))
+    record = _record(spec, target_object, placement)
     rt = context.window_manager.dreampolish
     rt.job_state = "submitting"
     rt.message = "Submitting…"
@@ -236,6 +243,117 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         return _submit(context, spec, placement=placement)
+
+
+VARIANT_SPACING = 1.5
+"""Gap between variants placed side by side, in units of the first one's distance from the camera
+divided by 4 (a generated object is sized by that distance: camera_rig.rig_about)."""
+
+
+def _variant_places(context, first, count: int) -> list:
+    """Where the variants go: in a row along the active camera's right axis (world X without one),
+    so that they stand side by side in the camera's view."""
+    cam = context.scene.camera
+    right = cam.matrix_world.to_3x3().col[0].normalized() if cam is not None else Vector((1.0, 0.0, 0.0))
+    distance = (first - cam.matrix_world.translation).length if cam is not None else 4.0
+    step = right * (VARIANT_SPACING * distance / 4.0)
+    return [first + step * i for i in range(count)]
+
+
+class DREAMPOLISH_OT_generate_variants(bpy.types.Operator):
+    """Try several seeds of the prompt side by side; each stops after Stop After for you to pick one"""
+
+    bl_idname = "dreampolish.generate_variants"
+    bl_label = "Generate Variants"
+
+    @classmethod
+    def poll(cls, context):
+        return DREAMPOLISH_OT_generate.poll(context)
+
+    def execute(self, context):
+        s = context.scene.dreampolish
+        if not _ensure_connected(self, context):
+            return {"CANCELLED"}
+        first = camera_rig.placement_point(context.scene, s.placement)
+        try:
+            base = _job_spec(context, "generate")
+            plan = stage_plan("generate", s.run_until)
+            if s.variants_up_to not in plan[:-1]:
+                raise ValidationError(f"Stop After ({s.variants_up_to}) must be a stage before Run Up To "
+                                      f"({s.run_until}): the variants would have nothing left to continue")
+            variants = variant_specs(base, s.variants, s.variants_up_to)
+        except ProtocolError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        group = secrets.token_hex(4)
+        jobs = []
+        for spec, place in zip(variants, _variant_places(context, first, len(variants))):
+            spec.cameras = camera_rig.rig_about(base.cameras, place)
+            jobs.append((spec, _record(spec, placement=place, variant_group=group)))
+        rt = context.window_manager.dreampolish
+        rt.job_state = "submitting"
+        rt.message = f"Submitting {len(jobs)} variants…"
+
+        def submit(client):
+            answers = []
+            for spec, record in jobs:
+                if not spec.preset and client.welcome is not None:
+                    spec.preset = record.preset = client.welcome.default_preset
+                answers.append(((yield from client.submit_flow(spec)), record))
+            return answers
+
+        bridge.request("submit_variants", submit)
+        return {"FINISHED"}
+
+
+def _variant_siblings(rt, job_id: str) -> tuple[str, list[str]]:
+    """The variant group of job_id ("" if none) and its other jobs still going."""
+    cache = job_events.job_cache()
+    record = cache.load_record(job_id)
+    group = record.variant_group if record is not None else ""
+    if not group:
+        return "", []
+    others = [item.job_id for item in rt.jobs if item.job_id != job_id and item.state in job_events.GOING_STATES]
+    return group, [j for j in others if (cache.load_record(j) or JobRecord(job_id=j)).variant_group == group]
+
+
+class DREAMPOLISH_OT_pick_variant(bpy.types.Operator):
+    """Continue the selected variant through its remaining stages and cancel the other variants"""
+
+    bl_idname = "dreampolish.pick_variant"
+    bl_label = "Continue This Variant"
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        job_id = obj.get(materials.JOB_PROP) if obj is not None and obj.select_get() else None
+        rt = context.window_manager.dreampolish
+        item = next((i for i in rt.jobs if i.job_id == job_id), None) if job_id else None
+        if item is None or not _variant_siblings(rt, job_id)[0]:
+            cls.poll_message_set("Select one of the variants' objects")
+            return False
+        if item.state != "paused":
+            cls.poll_message_set("That variant has not reached its stop yet")
+            return False
+        return True
+
+    def execute(self, context):
+        rt = context.window_manager.dreampolish
+        job_id = context.active_object[materials.JOB_PROP]
+        _, others = _variant_siblings(rt, job_id)
+
+        def pick(client):
+            yield from client.resume_flow(job_id)
+            for other in others:
+                yield from client.cancel_flow(other)
+
+        # The picked variant becomes the job this window follows (its progress, its Resume/Cancel).
+        job_events.follow_paused(rt, job_id)
+        if not bridge.request("resume", pick):
+            self.report({"ERROR"}, "Not connected to the backend")
+            return {"CANCELLED"}
+        rt.message = f"Continuing variant {job_id}" + (f"; cancelling {len(others)} others" if others else "")
+        return {"FINISHED"}
 
 
 class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
@@ -723,6 +841,8 @@ classes = (
     DREAMPOLISH_OT_connect,
     DREAMPOLISH_OT_disconnect,
     DREAMPOLISH_OT_generate,
+    DREAMPOLISH_OT_generate_variants,
+    DREAMPOLISH_OT_pick_variant,
     DREAMPOLISH_OT_refine_selected,
     DREAMPOLISH_OT_cancel,
     DREAMPOLISH_OT_resume,

@@ -56,6 +56,10 @@ class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
         layout.prop(s, "preset")
         layout.prop(s, "placement")
         layout.operator("dreampolish.generate", icon="PLAY")
+        row = layout.row(align=True)
+        row.prop(s, "variants")
+        row.prop(s, "variants_up_to", text="")
+        layout.operator("dreampolish.generate_variants", icon="MOD_ARRAY")
 
 
 class DREAMPOLISH_PT_stages(_DreamPolishPanel, bpy.types.Panel):
@@ -117,6 +121,8 @@ class DREAMPOLISH_PT_job(_DreamPolishPanel, bpy.types.Panel):
         if rt.job_state == "paused":
             row.operator("dreampolish.resume", icon="PLAY")
         row.operator("dreampolish.cancel", icon="CANCEL")
+        if any(item.state == "paused" for item in rt.jobs):
+            layout.operator("dreampolish.pick_variant", icon="CHECKMARK")
         if rt.preview is not None:
             layout.template_icon(icon_value=layout.icon(rt.preview), scale=8.0)
         others = [item for item in rt.jobs if item.job_id != rt.job_id]

@@ -14,7 +14,7 @@ from bpy.props import (
     StringProperty,
 )
 
-from .protocol.job import STAGES
+from .protocol.job import MAX_VARIANTS, STAGES
 
 # Stages the artist can toggle: export is the backend's own last step and always runs.
 USER_STAGES = tuple(s for s in STAGES if s != "export")
@@ -85,6 +85,15 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
         name="Pause After", description="Stop after these stages so the mesh can be edited before resuming "
         "(only stages the job runs count)",
         items=STAGE_ITEMS, options={"ENUM_FLAG"}, default=set(),
+    )
+    variants: IntProperty(
+        name="Variants", description="Seeds Generate Variants tries side by side (Seed, Seed + 1, …); each "
+        "stops after Stop After for you to pick one to continue",
+        default=2, min=2, max=MAX_VARIANTS,
+    )
+    variants_up_to: EnumProperty(
+        name="Stop After", description="The stage after which the variants wait for your pick",
+        items=STAGE_ITEMS, default="dmtet",
     )
     refine_mode: EnumProperty(
         name="Refine", description="What Refine Selected does",

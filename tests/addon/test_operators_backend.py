@@ -404,3 +404,34 @@ def test_several_jobs_at_once_each_follow_their_own_object(addon, connected):
         assert obj["dreampolish_stage"] == "texture" and obj.name.startswith(prompt)
     history = {item.job_id: item.status for item in rt.history}
     assert history[first] == history[second] == "done"
+
+
+def test_seed_variants_stand_side_by_side_and_the_picked_one_continues(addon, connected):
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.seed, s.variants, s.variants_up_to = "a test octahedron", 40, 3, "dmtet"
+    assert bpy.ops.dreampolish.generate_variants() == {"FINISHED"}
+    pump(addon, lambda: len(_rt().jobs) == 3 and all(i.state == "paused" for i in _rt().jobs),
+         timeout_s=60.0, what="the three variants to stop after dmtet")
+    jobs = [item.job_id for item in _rt().jobs]
+    history = {item.job_id: item for item in _rt().history}
+    assert sorted(history[j].seed for j in jobs) == [40, 41, 42]
+    objects = {j: _job_objects(j) for j in jobs}
+    assert all(len(found) == 1 and found[0]["dreampolish_stage"] == "dmtet" for found in objects.values())
+    # Side by side: each in its own place, in a row.
+    places = [np.array(objects[j][0].matrix_world.translation) for j in jobs]
+    gaps = sorted(np.linalg.norm(a - b) for i, a in enumerate(places) for b in places[i + 1:])
+    assert gaps[0] > 0.5, places
+
+    bpy.ops.object.select_all(action="DESELECT")
+    assert not bpy.ops.dreampolish.pick_variant.poll(), "nothing selected: nothing to pick"
+    picked = jobs[1]
+    obj = objects[picked][0]
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    assert bpy.ops.dreampolish.pick_variant() == {"FINISHED"}
+    items = lambda: {item.job_id: item.state for item in _rt().jobs}  # noqa: E731
+    pump(addon, lambda: items()[picked] == "done" and all(items()[j] == "cancelled" for j in jobs if j != picked),
+         timeout_s=60.0, what="the picked variant to finish and the others to be cancelled")
+    assert _rt().job_id == picked and _rt().job_state == "done"
+    assert _job_objects(picked)[0]["dreampolish_stage"] == "texture"
+    assert all(_job_objects(j)[0]["dreampolish_stage"] == "dmtet" for j in jobs if j != picked)
