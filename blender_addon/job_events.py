@@ -171,7 +171,7 @@ def _on_error(rt, request: str, exc: BaseException) -> None:
             rt.message += f" Trying again every {bridge.RECONNECT_INTERVAL_S:g} s."
         if isinstance(exc, AccessRefused):
             report_failure(rt.message)  # a refusal needs the artist (or the administrator): say it loudly
-    elif request == "submit":
+    elif request in ("submit", "submit_variants"):
         rt.job_state = ""
     if isinstance(exc, bridge.RequestLost) and request in ARTIST_REQUESTS:
         report_failure(rt.message)  # the artist pressed a button that did nothing: say so
@@ -187,13 +187,16 @@ def _on_reply(rt, request: str, payload) -> None:
         refresh_history(rt)
         rt.message = f"Job {job_id} queued"
     elif request == "submit_variants":
+        answers, refused = payload
         cache = job_cache()
-        for job_id, record in payload:
+        for job_id, record in answers:
             record.job_id = job_id
             cache.save_record(record)
             _follow(rt, job_id, "queued")  # the last one stays the job shown in full; all are followed
         refresh_history(rt)
-        rt.message = f"{len(payload)} variants queued: pick one when they pause"
+        rt.message = f"{len(answers)} variants queued: pick one when they pause"
+        if refused:
+            rt.message = f"Only {len(answers)} variants queued; the next was refused: {refused}"
     elif request == "resume":
         rt.job_state = "running"
         rt.paused_stage = ""

@@ -17,7 +17,7 @@ from mathutils import Vector
 from . import bridge, camera_rig, client_key, job_events, materials, mesh_io
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
-from .protocol.client import ClientError, load_server_public_key
+from .protocol.client import ClientError, RequestRejected, load_server_public_key
 from .protocol.errors import ProtocolError, ValidationError
 from .protocol.job import JobSpec, parse_options, variant_specs
 from .protocol.limits import Limits
@@ -299,8 +299,13 @@ class DREAMPOLISH_OT_generate_variants(bpy.types.Operator):
             for spec, record in jobs:
                 if not spec.preset and client.welcome is not None:
                     spec.preset = record.preset = client.welcome.default_preset
-                answers.append(((yield from client.submit_flow(spec)), record))
-            return answers
+                try:
+                    answers.append(((yield from client.submit_flow(spec)), record))
+                except RequestRejected as exc:  # e.g. queue_full: the variants queued so far go on
+                    if not answers:
+                        raise
+                    return answers, str(exc)
+            return answers, ""
 
         bridge.request("submit_variants", submit)
         return {"FINISHED"}

@@ -11,7 +11,15 @@ import threading
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bmesh, bpy, connect_and_wait, pump
+from tests.addon.blender_env import (
+    MODULE,
+    backend_process,
+    bmesh,
+    bpy,
+    connect_and_wait,
+    connect_when_up,
+    pump,
+)
 
 OCTAHEDRON_VERTS, OCTAHEDRON_FACES = 6, 8
 TEXTURE_RGB = np.array([200, 60, 30]) / 255.0
@@ -435,3 +443,21 @@ def test_seed_variants_stand_side_by_side_and_the_picked_one_continues(addon, co
     assert _rt().job_id == picked and _rt().job_state == "done"
     assert _job_objects(picked)[0]["dreampolish_stage"] == "texture"
     assert all(_job_objects(j)[0]["dreampolish_stage"] == "dmtet" for j in jobs if j != picked)
+
+
+def test_variants_a_full_queue_refuses_go_on_as_far_as_they_were_queued(addon, fresh_scene):
+    # One queued job per client: the first variant runs, the second waits, the third is refused.
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.variants, s.variants_up_to = "a test octahedron", 4, "nerf"
+    s.overrides = "test.steps=40, test.step_s=0.05"
+    with backend_process("--max-queued-per-client", "1") as address:
+        prefs = bpy.context.preferences.addons[MODULE].preferences
+        prefs.backend_address, prefs.timeout_s = address, 5.0
+        connect_when_up()
+        assert bpy.ops.dreampolish.generate_variants() == {"FINISHED"}
+        pump(addon, lambda: _rt().job_state != "submitting", what="the variants' submits")
+        queued = [item.job_id for item in _rt().jobs]
+        assert 1 <= len(queued) < 4
+        assert _rt().message.startswith(f"Only {len(queued)} variants queued; the next was refused"), _rt().message
+        assert bpy.ops.dreampolish.generate_variants.poll(), "the panel is not left waiting"
+        addon.bridge.disconnect()  # the backend and its jobs stop with the block
