@@ -149,3 +149,28 @@ def connect_when_up(timeout_s: float = 60.0) -> None:
             raise AssertionError(f"no connection within {timeout_s} s: "
                                  f"{bpy.context.window_manager.dreampolish.message}")
         time.sleep(0.5)
+
+
+def render_cycles_linear(path: Path, sun, cam, resolution: int, samples: int):
+    """Render the scene with Cycles on the CPU from `cam`, lit by `sun` only (black world), to an EXR at
+    `path`: linear RGBA pixels [resolution, resolution, 4], top row first (no view transform)."""
+    import numpy as np
+
+    scene = bpy.context.scene
+    for obj in (sun, cam):
+        scene.collection.objects.link(obj)
+    scene.camera = cam
+    world = bpy.data.worlds.new("Black")
+    world.color = (0.0, 0.0, 0.0)
+    scene.world = world
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", samples, False
+    scene.render.resolution_x = scene.render.resolution_y = resolution
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "OPEN_EXR"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    img = bpy.data.images.load(str(path), check_existing=False)
+    px = np.array(img.pixels[:], np.float32).reshape(resolution, resolution, 4)[::-1]
+    bpy.data.images.remove(img)
+    return px

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy
+from tests.addon.blender_env import bpy, render_cycles_linear
 
 
 def test_maps_are_wired_into_a_principled_bsdf_and_pack_into_the_file(addon, fresh_scene, tmp_path):
@@ -87,24 +87,7 @@ def _render_plane_brightness(addon, tmp_path, normal: np.ndarray | None) -> floa
     cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     cam.location = (0.0, 0.0, 4.0)
     cam.data.lens = 80.0
-    scene = bpy.context.scene
-    for obj in (sun, cam):
-        scene.collection.objects.link(obj)
-    scene.camera = cam
-    world = bpy.data.worlds.new("Black")
-    world.color = (0.0, 0.0, 0.0)
-    scene.world = world
-    scene.render.engine = "CYCLES"
-    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 4, False
-    scene.render.resolution_x = scene.render.resolution_y = 16
-    scene.render.resolution_percentage = 100
-    scene.render.image_settings.file_format = "OPEN_EXR"  # linear values, no view transform
-    path = tmp_path / f"render-{len(list(tmp_path.iterdir()))}.exr"
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
-    img = bpy.data.images.load(str(path), check_existing=False)
-    px = np.array(img.pixels[:], np.float32).reshape(16, 16, 4)
-    bpy.data.images.remove(img)
+    px = render_cycles_linear(tmp_path / f"render-{len(list(tmp_path.iterdir()))}.exr", sun, cam, 16, 4)
     for obj in (plane, sun, cam):
         bpy.data.objects.remove(obj)
     assert math.isfinite(px.mean())

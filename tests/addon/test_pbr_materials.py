@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy
+from tests.addon.blender_env import bpy, render_cycles_linear
 
 ROLES = ("base_color", "normal", "roughness_metallic")
 
@@ -105,24 +105,7 @@ def _render_halves(addon, tmp_path: Path, sun_tilt_deg: float) -> tuple[float, f
     sun.rotation_euler = (0.0, math.radians(sun_tilt_deg), 0.0)
     cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     cam.location, cam.data.lens = (0.0, 0.0, 6.0), 120.0
-    scene = bpy.context.scene
-    for obj in (sun, cam):
-        scene.collection.objects.link(obj)
-    scene.camera = cam
-    world = bpy.data.worlds.new("Black")
-    world.color = (0.0, 0.0, 0.0)
-    scene.world = world
-    scene.render.engine = "CYCLES"
-    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 16, False
-    scene.render.resolution_x = scene.render.resolution_y = 24
-    scene.render.resolution_percentage = 100
-    scene.render.image_settings.file_format = "OPEN_EXR"  # linear values, no view transform
-    path = tmp_path / f"render-{name}.exr"
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
-    img = bpy.data.images.load(str(path), check_existing=False)
-    px = np.array(img.pixels[:], np.float32).reshape(24, 24, 4)[::-1]
-    bpy.data.images.remove(img)
+    px = render_cycles_linear(tmp_path / f"render-{name}.exr", sun, cam, 24, 16)
     for obj in (plane, sun, cam):
         bpy.data.objects.remove(obj)
     return float(px[6:18, 2:10, :3].mean()), float(px[6:18, 14:22, :3].mean())
