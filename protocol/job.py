@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 
 from .errors import ValidationError
+from .image import ReferenceImage
 from .limits import LIMITS
 from .scene import CameraSpec, MeshPayload
 
@@ -32,7 +33,8 @@ SEED_LIMIT = 2**63
 @dataclass
 class JobSpec:
     prompt: str
-    """What to make; for refine modes, what the mesh is."""
+    """What to make; for refine modes, what the mesh is. May be empty when `image` is given (it then only
+    steers the text prior where it says something)."""
     negative_prompt: str = ""
     seed: int = 0
     """Seed of every random choice, in [0, 2^63); the same spec and seed on the same device reproduce the
@@ -51,6 +53,9 @@ class JobSpec:
     reference_camera: int = 0
     input_mesh: MeshPayload | None = None
     """The mesh to refine (geometry/texture modes)."""
+    image: ReferenceImage | None = None
+    """The artist's picture as the reference view (generate mode): seen from cameras[reference_camera]
+    (or the default front camera); the reference stage prepares it instead of making one from the prompt."""
 
 
 MAX_VARIANTS = 8
@@ -126,8 +131,8 @@ def validate_spec(spec: JobSpec) -> JobSpec:
         if len(text) > LIMITS.max_prompt_chars:
             raise ValidationError(f"{name} has {len(text)} characters; the limit is {LIMITS.max_prompt_chars}")
     check_mode(spec.mode)
-    if spec.mode == "generate" and not spec.prompt.strip():
-        raise ValidationError("prompt is empty: say what to make")
+    if spec.mode == "generate" and not spec.prompt.strip() and spec.image is None:
+        raise ValidationError("prompt is empty: say what to make, or give a reference image")
     check_seed(spec.seed)
     if not isinstance(spec.preset, str) or not spec.preset:
         raise ValidationError(f"preset must be a preset name, got {spec.preset!r}")
@@ -138,7 +143,20 @@ def validate_spec(spec: JobSpec) -> JobSpec:
             raise ValidationError(f"option {key!r} must be a bool, number or string keyed by a name")
     _check_cameras(spec)
     _check_input_mesh(spec)
+    _check_image(spec)
     return spec
+
+
+def _check_image(spec: JobSpec) -> None:
+    if spec.image is None:
+        return
+    if not isinstance(spec.image, ReferenceImage):
+        raise ValidationError(f"image must be a ReferenceImage, got {type(spec.image).__name__}")
+    if spec.mode != "generate":
+        raise ValidationError(f"a reference image is for generate jobs, not mode {spec.mode!r}")
+    if spec.stages is not None and "reference" not in spec.stages:
+        raise ValidationError("a job with a reference image runs the reference stage (it prepares the image)")
+    spec.image.validate()
 
 
 def _check_cameras(spec: JobSpec) -> None:

@@ -27,6 +27,12 @@ class Limits:
     """Largest camera resolution or preview side."""
     max_cameras: int = 64
     """Most cameras in one rig."""
+    max_reference_image_bytes: int = 64 * 1024 * 1024
+    """Largest reference image PNG file."""
+    max_reference_image_side: int = 4096
+    """Largest reference image width or height."""
+    min_reference_image_side: int = 16
+    """Smallest reference image width or height (less shows too little to fit a shape to)."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

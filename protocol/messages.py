@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import LimitExceeded, ValidationError
 from .frames import FrameReader, FrameWriter
+from .image import ReferenceImage
 from .job import STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
 from .names import check_file_name
@@ -218,6 +219,20 @@ def camera_from_wire(d: object, r: FrameReader) -> CameraSpec:
     return cam.validate()
 
 
+def image_to_wire(image: ReferenceImage, w: FrameWriter) -> dict[str, Any]:
+    if image.png is not None:
+        return {"png": w.blob(image.png)}
+    return {"array": w.array(image.array)}
+
+
+def image_from_wire(d: object, r: FrameReader) -> ReferenceImage:
+    if not isinstance(d, dict):
+        raise ValidationError("spec.image must be a map")
+    png = r.blob(d["png"], "spec.image.png") if d.get("png") is not None else None
+    array = r.array(d["array"], "spec.image.array") if d.get("array") is not None else None
+    return ReferenceImage(png=png, array=array).validate()
+
+
 def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
     out: dict[str, Any] = {
         "prompt": s.prompt,
@@ -233,6 +248,8 @@ def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
     }
     if s.input_mesh is not None:
         out["input_mesh"] = mesh_to_wire(s.input_mesh, w)
+    if s.image is not None:
+        out["image"] = image_to_wire(s.image, w)
     return out
 
 
@@ -256,6 +273,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
     cameras = read_list(d, "cameras", [], max_items=LIMITS.max_cameras)
     reference_camera = read_int(d, "reference_camera", 0, hi=max(len(cameras) - 1, 0))
     input_mesh = mesh_from_wire(d["input_mesh"], r) if d.get("input_mesh") is not None else None
+    image = image_from_wire(d["image"], r) if d.get("image") is not None else None
     return JobSpec(
         prompt=read_str(d, "prompt", max_chars=LIMITS.max_prompt_chars),
         negative_prompt=read_str(d, "negative_prompt", "", max_chars=LIMITS.max_prompt_chars),
@@ -268,6 +286,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
         cameras=[camera_from_wire(c, r) for c in cameras],
         reference_camera=reference_camera,
         input_mesh=input_mesh,
+        image=image,
     )
 
 

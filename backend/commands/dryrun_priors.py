@@ -21,6 +21,7 @@ from ..guidance.base import GuidanceInput, GuidanceOutput
 from ..guidance.intrinsics import IntrinsicMaps
 from ..models.full_size import FullSizePriors, MarigoldShape
 from ..models.specs import ModelSet
+from ..pipeline.priors import reference_needs
 from ..render.cameras import CameraBatch
 from ..stages.base import ReferenceView
 
@@ -137,7 +138,19 @@ class DryRunPriors:
             t = torch.full((2,), 999 - step, dtype=torch.long, device=t2i.device)
             x = t2i.unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample[:1]
         _ = t2i.vae.decode(x / t2i.vae.config.scaling_factor).sample  # its memory is what is measured
-        return _disc_reference(cam)
+        view = _disc_reference(cam)
+        # The reference depth and normals, estimated where a stage weighs them (as DiffusionPriors.reference).
+        wants_depth, wants_normals = reference_needs(preset)
+        if wants_depth:  # a stand-in depth (a bowl), so that the stages run their depth loss
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, cam.height), torch.linspace(-1, 1, cam.width), indexing="ij")
+            view.depth = (xx**2 + yy**2)[..., None] * view.mask
+        steps = preset.reference.generation.estimator.num_inference_steps
+        for role in [r for r, wanted in (("depth", wants_depth), ("normals", wants_normals)) if wanted]:
+            models = getattr(self.models, role)  # built only when wanted
+            if models is not None:
+                _meta_marigold(models, view.rgb[None], steps or models.denoising_steps)
+        self.models.unload("depth")  # as DiffusionPriors.reference: not resident after this stage
+        return view
 
     def geometry_guidance(self, stage, spec, preset, frame, reference, seed: int) -> MetaGuidance:
         from ..guidance.score_distillation import ScoreDistillation

@@ -82,3 +82,6 @@ class ReferenceView:
     """B=1, the same H and W as the images."""
     depth: Tensor | None = None
     """[H,W,1] relative depth (larger = farther; any scale and offset), for the relative-depth loss."""
+    normal: Tensor | None = None
+    """[H,W,3] unit normals in the reference camera's frame (+X right, +Y up, +Z towards the viewer), zero
+    where there is no estimate, for the reference normal loss."""

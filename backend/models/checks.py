@@ -34,6 +34,11 @@ ROLE_ARCHITECTURE: dict[ModelRole, dict[str, dict[str, Any]]] = {
         "unet/config.json": {"_class_name": "UNet2DConditionModel", "in_channels": 8, "out_channels": 4},
         "vae/config.json": {"_class_name": "AutoencoderKL", "latent_channels": 4},
     },
+    "depth": {
+        "model_index.json": {"_class_name": "MarigoldDepthPipeline"},
+        "unet/config.json": {"_class_name": "UNet2DConditionModel", "in_channels": 8, "out_channels": 4},
+        "vae/config.json": {"_class_name": "AutoencoderKL", "latent_channels": 4},
+    },
     # Marigold-IID-Appearance: the image latent and two target latents (albedo, material) in, two out.
     "intrinsics": {
         "model_index.json": {"_class_name": "MarigoldIntrinsicsPipeline"},

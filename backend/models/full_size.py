@@ -16,6 +16,8 @@ Sources (the fields that differ from diffusers' / transformers' defaults):
   and noisy normal latent) at 96×96 latents (768 px processing resolution), SD VAE, SD 2 text encoder.
 - Marigold IID appearance v1-1 (prs-eth/marigold-iid-appearance-v1-1): the same UNet with 12 input channels
   (image latent and the albedo and material latents) and 8 output channels, SD VAE, SD 2 text encoder.
+- Marigold depth v1-1 (prs-eth/marigold-depth-v1-1): the normals architecture (a depth latent in place of
+  the normal latent), 4 steps at 768 px (its model_index.json).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ CLIP_VIT_L14_VISION = dict(
 MARIGOLD_PROCESSING_RESOLUTION = 768
 """Marigold v1-1's default processing resolution (its model_index.json)."""
 MARIGOLD_DENOISING_STEPS = 4
-"""Marigold normals v1-1's default_denoising_steps (its model_index.json)."""
+"""Marigold normals v1-1's and depth v1-1's default_denoising_steps (their model_index.json)."""
 
 BUILT_IN: dict[ModelRole, dict[str, dict[str, Any]]] = {
     "text_to_image": {"unet": SD21_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
@@ -71,6 +73,7 @@ BUILT_IN: dict[ModelRole, dict[str, dict[str, Any]]] = {
                 "clip_camera_projection": {"embedding_dim": 768, "additional_embeddings": 4}},
     "normals": {"unet": MARIGOLD_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
     "intrinsics": {"unet": MARIGOLD_IID_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
+    "depth": {"unet": MARIGOLD_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
 }
 
 
@@ -125,7 +128,7 @@ def _build(spec: ModelSpec, component: str, device: torch.device, dtype: torch.d
 
 @dataclass
 class MarigoldShape:
-    """The parts of a Marigold pipeline (normals, intrinsics) whose memory and compute an estimate costs."""
+    """The parts of a Marigold pipeline (normals, intrinsics, depth) whose memory and compute an estimate costs."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -190,6 +193,20 @@ class FullSizePriors:
                 unet=self._part("intrinsics", "unet"), vae=self._part("intrinsics", "vae"),
                 text_encoder=self._part("intrinsics", "text_encoder"), device=self.device, dtype=self.dtype)
         return self._built["intrinsics"]
+
+    @property
+    def depth(self) -> MarigoldShape | None:
+        if self.model_set.depth is None:
+            return None
+        if "depth" not in self._built:
+            self._built["depth"] = MarigoldShape(
+                unet=self._part("depth", "unet"), vae=self._part("depth", "vae"),
+                text_encoder=self._part("depth", "text_encoder"), device=self.device, dtype=self.dtype)
+        return self._built["depth"]
+
+    def unload(self, role: str) -> None:
+        """Drop a built model, as PriorModels.unload drops a loaded one."""
+        self._built.pop(role, None)
 
     def parameter_bytes(self) -> dict[str, int]:
         """Bytes of the weights built so far, per role."""

@@ -28,8 +28,9 @@ ROLE_COMPONENTS: dict[ModelRole, tuple[str, ...]] = {
     "zero123": ("unet", "vae", "image_encoder", "clip_camera_projection", "scheduler"),
     "normals": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
     "intrinsics": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "depth": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
 }
-"""The subfolders loading.py reads for each role (MarigoldNormalsPipeline and MarigoldIntrinsicsPipeline load
+"""The subfolders loading.py reads for each role (the Marigold normals, intrinsics and depth pipelines load
 exactly these five)."""
 
 WEIGHTED_COMPONENTS = frozenset({"unet", "vae", "text_encoder", "image_encoder", "clip_camera_projection"})

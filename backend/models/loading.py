@@ -25,6 +25,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    MarigoldDepthPipeline,
     MarigoldIntrinsicsPipeline,
     MarigoldNormalsPipeline,
     StableDiffusionPipeline,
@@ -63,6 +64,14 @@ REQUIRED_FILES: dict[ModelRole, tuple[str, ...]] = {
         "scheduler/scheduler_config.json",
     ),
     "intrinsics": (
+        "model_index.json",
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "tokenizer",
+        "scheduler/scheduler_config.json",
+    ),
+    "depth": (
         "model_index.json",
         "unet/config.json",
         "vae/config.json",
@@ -294,6 +303,10 @@ def load_intrinsics(spec: ModelSpec, device: torch.device | str, dtype: torch.dt
     return _load_marigold(spec, MarigoldIntrinsicsPipeline, device, dtype)
 
 
+def load_depth(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> MarigoldDepthPipeline:
+    return _load_marigold(spec, MarigoldDepthPipeline, device, dtype)
+
+
 @dataclass
 class PriorModels:
     """The models of one model set, loaded on first use and kept for the life of the backend process."""
@@ -330,3 +343,12 @@ class PriorModels:
                                 "PBR bake's Marigold-IID); add one to the models config or set base_color_only")
             self._loaded["intrinsics"] = load_intrinsics(self.model_set.intrinsics, self.device, self.dtype)
         return self._loaded["intrinsics"]
+
+    @property
+    def depth(self) -> MarigoldDepthPipeline | None:
+        """The reference depth estimator; None when the model set names none."""
+        if self.model_set.depth is None:
+            return None
+        if "depth" not in self._loaded:
+            self._loaded["depth"] = load_depth(self.model_set.depth, self.device, self.dtype)
+        return self._loaded["depth"]

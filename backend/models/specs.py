@@ -1,7 +1,7 @@
 """Which checkpoints the diffusion priors use: model specs, model sets, and the cache folder.
 
 A model set maps each role (text_to_image, zero123, normals, and optionally
-intrinsics) to a ModelSpec: a hub id with a revision, or a local folder. The sets ship in defaults.json next
+intrinsics and depth) to a ModelSpec: a hub id with a revision, or a local folder. The sets ship in defaults.json next
 to this module; `tiny` points at the randomly initialised models that
 `dreampolish-backend models pull --tiny` builds into the cache folder.
 """
@@ -28,9 +28,9 @@ hub ids, revisions and local folders can change without editing the installed pa
 EXPECT_KEYS = ("sample_size", "prediction_type", "cross_attention_dim")
 """What a spec may pin about its checkpoint's architecture (checked by `models check`)."""
 
-ModelRole = Literal["text_to_image", "zero123", "normals", "intrinsics"]
-MODEL_ROLES: tuple[ModelRole, ...] = ("text_to_image", "zero123", "normals", "intrinsics")
-OPTIONAL_ROLES: frozenset[str] = frozenset({"intrinsics"})
+ModelRole = Literal["text_to_image", "zero123", "normals", "intrinsics", "depth"]
+MODEL_ROLES: tuple[ModelRole, ...] = ("text_to_image", "zero123", "normals", "intrinsics", "depth")
+OPTIONAL_ROLES: frozenset[str] = frozenset({"intrinsics", "depth"})
 """Roles a model set may leave out (a set written before the role existed): a job that needs one then
 fails with a message that names it."""
 
@@ -106,6 +106,9 @@ class ModelSet:
     normals: ModelSpec
     intrinsics: ModelSpec | None = None
     """The intrinsic-decomposition model of the PBR bake (Marigold-IID-Appearance); None when the set has none."""
+    depth: ModelSpec | None = None
+    """The reference view's depth estimator (Marigold depth); None: the reference has no depth and the
+    relative-depth loss does not apply."""
 
     def spec(self, role: ModelRole) -> ModelSpec:
         spec = getattr(self, role)

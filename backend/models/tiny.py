@@ -15,6 +15,7 @@ Layout written under `root` (default <model cache>/tiny):
     normals/         a MarigoldNormalsPipeline folder
     intrinsics/      a MarigoldIntrinsicsPipeline folder with Marigold-IID-Appearance's targets
                      (albedo; roughness and metallicity stacked in "material")
+    depth/           a MarigoldDepthPipeline folder (affine-invariant depth, as prs-eth/marigold-depth-v1-1)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    MarigoldDepthPipeline,
     MarigoldIntrinsicsPipeline,
     MarigoldNormalsPipeline,
     StableDiffusionPipeline,
@@ -50,8 +52,8 @@ logger = logging.getLogger(__name__)
 
 BUILD_MARKER = "tiny_models.json"
 """Written last into the root; its presence means a complete build of this format version."""
-TINY_FORMAT_VERSION = 2
-"""2: the intrinsics model was added."""
+TINY_FORMAT_VERSION = 3
+"""2: the intrinsics model was added; 3: the depth model."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,25 @@ def build_intrinsics(folder: Path, cfg: TinyModelConfig) -> None:
     shutil.rmtree(folder / "_tokenizer_src")
 
 
+def build_depth(folder: Path, cfg: TinyModelConfig) -> None:
+    tokenizer = write_tiny_tokenizer_files(folder / "_tokenizer_src")
+    # prediction_type, scale_invariant and shift_invariant as in prs-eth/marigold-depth-v1-1's model_index.json
+    pipe = MarigoldDepthPipeline(
+        unet=_unet(cfg, in_channels=8, seed_offset=12),
+        vae=_vae(cfg, 13),
+        scheduler=DDIMScheduler(**SD21_SCHEDULER),
+        text_encoder=_text_encoder(cfg, tokenizer),
+        tokenizer=tokenizer,
+        prediction_type="depth",
+        scale_invariant=True,
+        shift_invariant=True,
+        default_denoising_steps=1,
+        default_processing_resolution=cfg.latent_size * 2,
+    )
+    pipe.save_pretrained(folder)
+    shutil.rmtree(folder / "_tokenizer_src")
+
+
 def tiny_models_present(root: Path | None = None) -> bool:
     root = root or tiny_model_dir()
     marker = root / BUILD_MARKER
@@ -275,7 +296,7 @@ def build_tiny_models(root: Path | None = None, cfg: TinyModelConfig | None = No
     root.mkdir(parents=True, exist_ok=True)
     (root / BUILD_MARKER).unlink(missing_ok=True)
     builders = (("text_to_image", build_text_to_image), ("zero123", build_zero123), ("normals", build_normals),
-                ("intrinsics", build_intrinsics))
+                ("intrinsics", build_intrinsics), ("depth", build_depth))
     for name, build in builders:
         staging = root / f".{name}.building"
         shutil.rmtree(staging, ignore_errors=True)

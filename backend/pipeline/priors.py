@@ -79,6 +79,25 @@ def zero123_reference_view(cam: Any) -> Any:
                      float(cam.fovy_deg[0]))
 
 
+def reference_needs(preset: PipelinePreset) -> tuple[bool, bool]:
+    """(depth, normals): whether any geometry stage weighs the reference depth / normal loss (DreamCraft3D's
+    requires_depth / requires_normal follow its lambda_depth_rel / lambda_normal the same way)."""
+    weights = [preset.nerf.reference, preset.neus.reference, preset.dmtet.reference]
+    return (any(max(w.depth.start, w.depth.final()) > 0 for w in weights),
+            any(max(w.normal.start, w.normal.final()) > 0 for w in weights))
+
+
+def given_reference(spec: JobSpec, preset: PipelinePreset, frame: JobFrame) -> tuple[Tensor, Tensor]:
+    """The request's image prepared as the reference view (rgb [H,W,3], mask [H,W,1] on the frame's device)."""
+    from ..stages.reference import prepare_image
+
+    cam = frame.reference_camera
+    if spec.image is None:  # the callers check; a bad call must still fail clearly
+        raise ValueError("the request has no reference image")
+    return prepare_image(spec.image, cam.width, cam.height, preset.reference.fill_margin,
+                         preset.reference.generation, cam.device)
+
+
 def _seeded(cfg: Any, seed: int) -> Any:
     return dataclasses.replace(cfg, seed=seed % (2**31))
 
@@ -101,12 +120,21 @@ class DiffusionPriors:
         return self._models[preset.model_set]
 
     def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView:
-        from ..stages.reference import generate_reference
+        """The artist's image or one made from the prompt, with Marigold's depth and normals of it where a
+        stage weighs their losses (stages/reference.py)."""
+        from ..stages.reference import estimate_geometry, generate_reference
 
-        cam = frame.reference_camera
-        rgb, mask = generate_reference(self.models(preset), spec.prompt, spec.negative_prompt, cam.width, cam.height,
-                                       seed % (2**31), self.device, preset.reference.generation)
-        return ReferenceView(rgb=rgb, mask=mask, camera=cam)
+        cam, cfg, models = frame.reference_camera, preset.reference.generation, self.models(preset)
+        if spec.image is not None:
+            rgb, mask = given_reference(spec, preset, frame)
+        else:
+            rgb, mask = generate_reference(models, spec.prompt, spec.negative_prompt, cam.width, cam.height,
+                                           seed % (2**31), self.device, cfg)
+        wants_depth, wants_normals = reference_needs(preset)
+        depth, normal = estimate_geometry(models.depth if wants_depth else None,
+                                          models.normals if wants_normals else None, rgb, mask, cfg.estimator,
+                                          seed % (2**31))
+        return ReferenceView(rgb=rgb, mask=mask, camera=cam, depth=depth, normal=normal)
 
     def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance:
@@ -124,7 +152,7 @@ class DiffusionPriors:
                 orbit = zero123_reference_view(cam)
                 parts.append(("zero123", g.zero123_weight, Zero123Guidance(
                     models.zero123, reference.rgb, reference.mask, orbit, _seeded(g.zero123, seed))))
-        if g.text_weight:
+        if g.text_weight and spec.prompt.strip():  # an image job may come without a prompt
             prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt, view_prompts)
             parts.append(("text", g.text_weight,
                           ScoreDistillation(models.text_to_image, prompts, _seeded(g.text, seed + 1))))
@@ -164,8 +192,13 @@ class OraclePriors:
         self.rasterizer = rasterizer or MeshRasterizer("torch")
 
     def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView:
+        """The target's render at the reference camera; with an image in the request, that image instead
+        (without depth: the oracle has no estimator)."""
         from ..guidance.oracle import oracle_reference
 
+        if spec.image is not None:
+            rgb, mask = given_reference(spec, preset, frame)
+            return ReferenceView(rgb=rgb, mask=mask, camera=frame.reference_camera)
         return oracle_reference(self.target.to(frame.reference_camera.device), frame.reference_camera,
                                 self.rasterizer, self.texture)
 

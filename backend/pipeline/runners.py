@@ -72,11 +72,12 @@ class ReferenceRunner(StageRunner):
         rgba = torch.cat([view.rgb, view.mask], -1).float().clamp(0, 1).cpu().numpy()
         c.reporter.progress(1, 1, {}, bake.encode_png(rgba))
         return {"rgb": view.rgb.detach().cpu(), "mask": view.mask.detach().cpu(),
-                "depth": None if view.depth is None else view.depth.detach().cpu()}
+                "depth": None if view.depth is None else view.depth.detach().cpu(),
+                "normal": None if view.normal is None else view.normal.detach().cpu()}
 
     def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
         carry.reference = ReferenceView(rgb=ckpt["rgb"], mask=ckpt["mask"], camera=job.frame.reference_camera,
-                                        depth=ckpt.get("depth"))
+                                        depth=ckpt.get("depth"), normal=ckpt.get("normal"))
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
         return None  # an image, sent as the stage's preview

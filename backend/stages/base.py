@@ -11,7 +11,7 @@ Every geometry stage step does the same three things (stages/nerf.py, neus.py, d
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -94,6 +94,11 @@ class ReferenceWeights:
     """1 - Pearson correlation of rendered and reference depth inside the mask."""
     resolution: int = ranged(64, 8, 2048)
     """The reference view is rendered at this width (height follows its aspect)."""
+    normal: Ramp = field(default_factory=lambda: Ramp(0.0))
+    """1 - cos(rendered, reference normal) inside the mask, in the reference camera's frame
+    (DreamCraft3D systems/dreamcraft3d.py, loss "normal"; lambda_normal is 0.0 in all four of its configs
+    dreamcraft3d-coarse-nerf / -coarse-neus / -geometry / -texture.yaml, so 0 here too). Above 0, the
+    reference stage estimates the reference normals and the stage renders normals on the reference view."""
 
 
 @dataclass
@@ -128,10 +133,13 @@ class ScaledReference:
     """[1,H,W,1]"""
     depth: Tensor | None
     """[1,H,W,1] relative depth, or None."""
+    normal: Tensor | None = None
+    """[1,H,W,3] unit camera-frame normals (zero where there is no estimate), or None."""
 
     def to(self, device: torch.device | str) -> ScaledReference:
         return ScaledReference(self.camera.to(device), self.rgb.to(device), self.mask.to(device),
-                               None if self.depth is None else self.depth.to(device))
+                               None if self.depth is None else self.depth.to(device),
+                               None if self.normal is None else self.normal.to(device))
 
 
 def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
@@ -149,7 +157,8 @@ def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
         return F.interpolate(img.permute(2, 0, 1)[None], size=(height, width), mode="area").permute(0, 2, 3, 1)
 
     depth = None if reference.depth is None else resize(reference.depth)
-    return ScaledReference(cam, resize(reference.rgb), resize(reference.mask), depth)
+    normal = None if reference.normal is None else F.normalize(resize(reference.normal), dim=-1)
+    return ScaledReference(cam, resize(reference.rgb), resize(reference.mask), depth, normal)
 
 
 def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -160,6 +169,25 @@ def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     p, t = pred[..., 0][m], target[..., 0][m]
     p, t = p - p.mean(), t - t.mean()
     return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
+
+
+def normals_to_camera(normal_world: Tensor, cameras: CameraBatch) -> Tensor:
+    """[B,H,W,3] world normals -> the renderer's camera frame (+X right, +Y up, +Z towards the viewer):
+    n_cam = Rᵀ n_world with R the rotation part of camera-to-world."""
+    rot = cameras.c2w[:, :3, :3].to(normal_world.dtype)
+    return torch.einsum("bij,bhwi->bhwj", rot, normal_world)
+
+
+def reference_normal_loss(render_normal: Tensor, ref: ScaledReference) -> Tensor:
+    """1 − mean cos(rendered, reference) over pixels inside the mask where the reference has an estimate
+    (DreamCraft3D systems/dreamcraft3d.py: 1 - F.cosine_similarity(pred, gt).mean() inside gt_mask)."""
+    if ref.normal is None:
+        return render_normal.sum() * 0
+    rendered = normals_to_camera(render_normal, ref.camera.to(render_normal.device))
+    valid = (ref.mask[..., 0] > 0.5) & (ref.normal.norm(dim=-1) > 0.5)
+    if int(valid.sum()) == 0:
+        return render_normal.sum() * 0
+    return 1 - F.cosine_similarity(rendered[valid], ref.normal[valid], dim=-1, eps=1e-8).mean()
 
 
 def reference_losses(render: StageRender, ref: ScaledReference, weights: ReferenceWeights, progress: float
@@ -175,6 +203,11 @@ def reference_losses(render: StageRender, ref: ScaledReference, weights: Referen
         depth_l = pearson_depth_loss(render.depth, ref.depth, ref.mask)
         total = total + w_depth * depth_l
         terms["ref_depth"] = depth_l.item()
+    w_normal = weights.normal.at(progress)
+    if ref.normal is not None and w_normal > 0 and render.normal is not None:
+        normal_l = reference_normal_loss(render.normal, ref)
+        total = total + w_normal * normal_l
+        terms["ref_normal"] = normal_l.item()
     return total, terms
 
 

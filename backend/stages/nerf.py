@@ -10,6 +10,7 @@ The stage ends with NerfState.extract_mesh(): marching cubes on the density at `
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -167,8 +168,9 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
         w_orient = cfg.orientation_weight.at(p)
         want_normals = cfg.guidance_normals or w_orient > 0
         loss = StepLoss.start(device)
-        loss.add_reference(lambda cam: state.render(cam, want_normals=False, generator=generator), ref,
-                           cfg.reference, p)
+        # normals on the reference view only for the reference normal loss
+        loss.add_reference(functools.partial(state.render, want_normals=cfg.reference.normal.at(p) > 0,
+                                             generator=generator), ref, cfg.reference, p)
         res = cfg.resolution.at(p)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
         out = state.render(cams, want_normals=want_normals, generator=generator)

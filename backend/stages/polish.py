@@ -30,7 +30,7 @@ from ..guidance.base import NormalTargets
 from ..guidance.normals import NormalEstimatorConfig
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.rasterize import MeshRasterizer, RasterOutput
-from .base import ReferenceView, StageReporter
+from .base import ReferenceView, StageReporter, normals_to_camera
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,6 @@ class PolishConfig:
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
     """How the normal estimator (Marigold) is run and its estimates cached."""
-
-
-def normals_to_camera(normal_world: Tensor, cameras: CameraBatch) -> Tensor:
-    """[B,H,W,3] world normals -> the renderer's camera frame (+X right, +Y up, +Z towards the viewer):
-    n_cam = Rᵀ n_world with R the rotation part of camera-to-world."""
-    rot = cameras.c2w[:, :3, :3].to(normal_world.dtype)
-    return torch.einsum("bij,bhwi->bhwj", rot, normal_world)
 
 
 def normal_polish_loss(rendered_cam: Tensor, target_cam: Tensor, foreground: Tensor) -> tuple[Tensor, Tensor]:

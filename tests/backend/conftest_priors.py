@@ -38,6 +38,7 @@ def tiny_model_set(root: Path) -> ModelSet:
         zero123=ModelSpec("zero123", local=str(root / "zero123")),
         normals=ModelSpec("normals", local=str(root / "normals")),
         intrinsics=ModelSpec("intrinsics", local=str(root / "intrinsics")),
+        depth=ModelSpec("depth", local=str(root / "depth")),
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from dreampolish.protocol import PROTOCOL_VERSION, codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.frames import FrameWriter
+from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import CameraSpec, MeshPayload, TexturePayload
 
@@ -60,7 +61,8 @@ def _mesh() -> MeshPayload:
 
 def _spec() -> JobSpec:
     return JobSpec("a vase", stages=["reference"], pause_after=["reference"], options={"nerf.steps": 3},
-                   cameras=[CameraSpec(np.eye(4, dtype=np.float32))], input_mesh=_mesh())
+                   cameras=[CameraSpec(np.eye(4, dtype=np.float32))], input_mesh=_mesh(),
+                   image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)))
 
 
 def _full(cls: type) -> m.Message:

