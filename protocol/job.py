@@ -142,8 +142,8 @@ def validate_spec(spec: JobSpec) -> JobSpec:
         if not isinstance(key, str) or isinstance(value, (list, dict, tuple)) or value is None:
             raise ValidationError(f"option {key!r} must be a bool, number or string keyed by a name")
     _check_cameras(spec)
-    _check_input_mesh(spec)
     _check_image(spec)
+    _check_input_mesh(spec)
     return spec
 
 
