@@ -203,7 +203,9 @@ def decode_image(image: ReferenceImage) -> np.ndarray:
 def image_mask(rgba: np.ndarray, config: ReferenceConfig) -> np.ndarray:
     """float (H,W) foreground in [0,1]: the alpha where it has transparent pixels, else background removal."""
     alpha = rgba[..., 3]
-    if float(alpha.min()) < 0.5 <= float(alpha.max()):
+    if float(alpha.max()) < 0.5:
+        raise JobFailed("empty_reference", "the reference image is fully transparent: there is no object in it")
+    if float(alpha.min()) < 0.5:
         return alpha
     rgb = rgba[..., :3]
     if config.background_removal == "rembg":
