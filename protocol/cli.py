@@ -2,6 +2,7 @@
 
     dreampolish generate "a ceramic teapot" --backend tcp://127.0.0.1:5557 --out teapot.glb
     dreampolish generate "a stone gargoyle" --mesh rough.glb --mode geometry --out gargoyle.glb
+    dreampolish generate --image concept.png ["a bronze owl"] --out owl.glb   (the picture is the front view)
     dreampolish jobs
     dreampolish fetch JOB_ID --out results/
     dreampolish cancel JOB_ID
@@ -24,8 +25,9 @@ from pathlib import Path
 
 from . import messages as m
 from .client import BackendClient, ClientError, VersionMismatch
-from .errors import ProtocolError
+from .errors import ProtocolError, ValidationError
 from .gltf import glb_to_mesh, mesh_to_glb
+from .image import PNG_SIGNATURE, ReferenceImage
 from .job import JOB_MODES, STAGES, JobSpec, parse_option, validate_spec
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser(
         "generate", parents=[common], help="make a textured mesh from a prompt (or refine a mesh)"
     )
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", nargs="?", default="", help="what to make (optional with --image)")
+    gen.add_argument("--image", type=Path, default=None,
+                     help="a PNG picture of the object as the reference (front) view; transparency is its mask")
     gen.add_argument("--out", type=Path, required=True, help="final .glb; stage meshes go to OUT.<stage>.glb")
     gen.add_argument("--preset", default=None, help="backend preset (default: the backend's default)")
     gen.add_argument("--seed", type=int, default=0)
@@ -134,9 +138,21 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _read_image(path: Path | None) -> ReferenceImage | None:
+    """--image FILE as a checked ReferenceImage (before anything is sent); ProtocolError says what is wrong."""
+    if path is None:
+        return None
+    data = path.read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValidationError(f"--image {path} is not a PNG file; convert it to PNG first (any colour type, "
+                              "with transparency where the object is not)")
+    return ReferenceImage(png=data).validate()
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     mesh = glb_to_mesh(args.mesh.read_bytes()) if args.mesh else None
     mode = args.mode or ("geometry" if mesh is not None else "generate")
+    image = _read_image(args.image)
     with _client(args) as client:
         spec = JobSpec(
             prompt=args.prompt,
@@ -148,6 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             pause_after=args.pause_after,
             options=dict(args.option),
             input_mesh=mesh,
+            image=image,
         )
         validate_spec(spec)  # the backend's own first check, here before anything is sent
         job_id = client.submit(spec)
