@@ -3,6 +3,7 @@ requests to the backend are queued on the connection (bridge.py) and return at o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import secrets
@@ -14,12 +15,12 @@ import numpy as np
 from bpy.props import BoolProperty, StringProperty
 from mathutils import Vector
 
-from . import bridge, camera_rig, client_key, job_events, materials, mesh_io
+from . import bridge, camera_rig, client_key, job_events, materials, mesh_io, reference_image
 from .job_cache import JobRecord
 from .preferences import prefs, user_dir
 from .protocol.client import ClientError, RequestRejected, load_server_public_key
 from .protocol.errors import ProtocolError, ValidationError
-from .protocol.job import JobSpec, parse_options, variant_specs
+from .protocol.job import JobSpec, parse_options, validate_spec, variant_specs
 from .protocol.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def _job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
     cameras = camera_rig.scene_rig(context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views))
     if placement is not None:
         cameras = camera_rig.rig_about(cameras, placement)
-    return JobSpec(
+    picture = reference_image.chosen_image(context.scene) if mode == "generate" else None
+    spec = JobSpec(
         prompt=s.prompt,
         negative_prompt=s.negative_prompt,
         seed=s.seed,
@@ -124,9 +126,14 @@ def _job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
         # A pause after the last stage run would never be resumed into anything.
         pause_after=[st for st in plan[:-1] if st in s.pause_after],
         options=parse_overrides(s.overrides),
-        cameras=cameras,
+        cameras=cameras,  # the active camera first: the reference view, and the image's view
         input_mesh=input_mesh,
+        image=None if picture is None else reference_image.reference_payload(picture, _backend_limits()),
     )
+    # The backend's own first check, before anything is sent (an empty preset, still connecting, is the
+    # backend's default once it has answered).
+    validate_spec(dataclasses.replace(spec, preset=spec.preset or "default"))
+    return spec
 
 
 def triangle_count(mesh: bpy.types.Mesh) -> int:
@@ -218,15 +225,20 @@ class DREAMPOLISH_OT_disconnect(bpy.types.Operator):
 
 
 class DREAMPOLISH_OT_generate(bpy.types.Operator):
-    """Make a new object from the prompt"""
+    """Make a new object from the prompt, or from the reference image seen by the active camera"""
 
     bl_idname = "dreampolish.generate"
     bl_label = "Generate"
 
     @classmethod
     def poll(cls, context):
-        if not context.scene.dreampolish.prompt.strip():
-            cls.poll_message_set("Write a prompt first")
+        s = context.scene.dreampolish
+        if s.reference_source != "NONE" and reference_image.chosen_image(context.scene) is None:
+            cls.poll_message_set("Choose a reference image first" if s.reference_source == "IMAGE"
+                                 else "The active camera has no background image")
+            return False
+        if s.reference_source == "NONE" and not s.prompt.strip():
+            cls.poll_message_set("Write a prompt first (or choose a reference image)")
             return False
         if context.window_manager.dreampolish.job_state == "submitting":
             cls.poll_message_set("Sending the last job: wait for the backend's answer")
@@ -243,6 +255,33 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         return _submit(context, spec, placement=placement)
+
+
+class DREAMPOLISH_OT_open_reference_image(bpy.types.Operator):
+    """Open a picture of the object as the reference view (seen from the active camera)"""
+
+    bl_idname = "dreampolish.open_reference_image"
+    bl_label = "Open Reference Image"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        try:
+            image = bpy.data.images.load(self.filepath, check_existing=True)
+        except RuntimeError as exc:  # Blender's message names the file and why it cannot be read
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        image.preview_ensure()
+        s = context.scene.dreampolish
+        s.reference_image, s.reference_source = image, "IMAGE"
+        return {"FINISHED"}
 
 
 VARIANT_SPACING = 1.5
@@ -846,6 +885,7 @@ classes = (
     DREAMPOLISH_OT_connect,
     DREAMPOLISH_OT_disconnect,
     DREAMPOLISH_OT_generate,
+    DREAMPOLISH_OT_open_reference_image,
     DREAMPOLISH_OT_generate_variants,
     DREAMPOLISH_OT_pick_variant,
     DREAMPOLISH_OT_refine_selected,

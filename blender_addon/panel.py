@@ -6,6 +6,7 @@ import bpy
 
 from .progress import format_eta
 from .properties import USER_STAGES
+from .reference_image import chosen_image
 
 
 class _DreamPolishPanel:
@@ -40,6 +41,27 @@ class DREAMPOLISH_PT_main(_DreamPolishPanel, bpy.types.Panel):
             box.label(text=rt.failure, icon="ERROR")
 
 
+def draw_reference(layout, context) -> None:
+    """The reference source, the image it names (shown), and the camera that sees it."""
+    s = context.scene.dreampolish
+    layout.prop(s, "reference_source", text="Reference")
+    if s.reference_source == "NONE":
+        return
+    if s.reference_source == "IMAGE":
+        row = layout.row(align=True)
+        row.prop(s, "reference_image", text="")
+        row.operator("dreampolish.open_reference_image", text="", icon="FILEBROWSER")
+    image = chosen_image(context.scene)
+    camera = context.scene.camera
+    if image is None:
+        layout.label(text="No image" if s.reference_source == "IMAGE" else "The active camera has no background image",
+                     icon="ERROR")
+        return
+    layout.template_icon(icon_value=layout.icon(image), scale=6.0)
+    layout.label(text=f"Seen from {camera.name}" if camera is not None else "Seen from the front (no active camera)",
+                 icon="CAMERA_DATA")
+
+
 class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
     bl_idname = "DREAMPOLISH_PT_prompt"
     bl_label = "Generate"
@@ -50,6 +72,7 @@ class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
         s = context.scene.dreampolish
         layout.prop(s, "prompt", text="")
         layout.prop(s, "negative_prompt")
+        draw_reference(layout, context)
         row = layout.row(align=True)
         row.prop(s, "seed")
         row.operator("dreampolish.randomize_seed", text="", icon="FILE_REFRESH")

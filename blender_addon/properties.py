@@ -15,6 +15,7 @@ from bpy.props import (
 )
 
 from .protocol.job import MAX_VARIANTS, STAGES
+from .reference_image import SOURCES as REFERENCE_SOURCES
 
 # Stages the artist can toggle: export is the backend's own last step and always runs.
 USER_STAGES = tuple(s for s in STAGES if s != "export")
@@ -69,7 +70,14 @@ def _set_preset(self, value: int) -> None:
 class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     """What to make and how; saved with the scene."""
 
-    prompt: StringProperty(name="Prompt", description="What to make (or what the selected mesh is)", default="")
+    prompt: StringProperty(name="Prompt", description="What to make (or what the selected mesh is); optional "
+                           "with a reference image", default="")
+    reference_source: EnumProperty(
+        name="Reference", description="Where the reference view comes from; an image is seen from the active "
+        "camera", items=REFERENCE_SOURCES, default="NONE")
+    reference_image: PointerProperty(
+        name="Reference Image", type=bpy.types.Image,
+        description="The artist's picture of the object, seen from the active camera (transparency is its mask)")
     negative_prompt: StringProperty(name="Negative", description="What to avoid", default="")
     seed: IntProperty(name="Seed", description="Seed of every random choice", default=0, min=0)
     preset: EnumProperty(name="Preset", description="Backend preset (quality vs. time); the backend announces them",

@@ -271,10 +271,16 @@ def build_depth(folder: Path, cfg: TinyModelConfig) -> None:
     shutil.rmtree(folder / "_tokenizer_src")
 
 
+TINY_MODELS = ("text_to_image", "zero123", "normals", "intrinsics", "depth")
+"""The folders a build writes under its root (build_tiny_models' builders, in order)."""
+
+
 def tiny_models_present(root: Path | None = None) -> bool:
+    """A complete build of this format: the marker says so and every model folder is there (a marker
+    written by another version of the builder into a shared cache must not hide a missing model)."""
     root = root or tiny_model_dir()
     marker = root / BUILD_MARKER
-    if not marker.is_file():
+    if not marker.is_file() or not all((root / name).is_dir() for name in TINY_MODELS):
         return False
     try:
         return json.loads(marker.read_text()).get("format") == TINY_FORMAT_VERSION
@@ -295,9 +301,10 @@ def build_tiny_models(root: Path | None = None, cfg: TinyModelConfig | None = No
         return root
     root.mkdir(parents=True, exist_ok=True)
     (root / BUILD_MARKER).unlink(missing_ok=True)
-    builders = (("text_to_image", build_text_to_image), ("zero123", build_zero123), ("normals", build_normals),
-                ("intrinsics", build_intrinsics), ("depth", build_depth))
-    for name, build in builders:
+    builders = {"text_to_image": build_text_to_image, "zero123": build_zero123, "normals": build_normals,
+                "intrinsics": build_intrinsics, "depth": build_depth}
+    for name in TINY_MODELS:
+        build = builders[name]
         staging = root / f".{name}.building"
         shutil.rmtree(staging, ignore_errors=True)
         build(staging, cfg)

@@ -97,3 +97,18 @@ def test_reference_normal_loss_is_zero_when_rendered_normals_match_and_two_when_
     # Off by default (DreamCraft3D's lambda_normal 0): no term.
     _, terms = reference_losses(away, ref, dataclasses.replace(weights, normal=Ramp(0.0)), step=0)
     assert "ref_normal" not in terms
+
+
+def test_a_build_marker_without_the_depth_model_is_not_a_complete_build(tiny_model_root, tmp_path):
+    import json
+    import shutil
+
+    from dreampolish.backend.models.tiny import BUILD_MARKER, TINY_FORMAT_VERSION, TINY_MODELS, tiny_models_present
+
+    assert tiny_models_present(tiny_model_root)
+    # What another version of the builder may leave in a shared cache: a marker of this format, no depth/.
+    root = tmp_path / "tiny"
+    for name in [n for n in TINY_MODELS if n != "depth"]:
+        shutil.copytree(tiny_model_root / name, root / name)
+    (root / BUILD_MARKER).write_text(json.dumps({"format": TINY_FORMAT_VERSION, "seed": 0}))
+    assert not tiny_models_present(root)
