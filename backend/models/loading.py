@@ -335,6 +335,12 @@ class PriorModels:
             self._loaded["normals"] = load_normals(self.model_set.normals, self.device, self.dtype)
         return self._loaded["normals"]
 
+    def unload(self, role: str) -> None:
+        """Drop a loaded model (it loads again on next use): the reference depth estimator runs once per
+        job, and kept resident it would add its 2.6 GB (bf16) to every later stage's peak."""
+        if self._loaded.pop(role, None) is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @property
     def intrinsics(self) -> MarigoldIntrinsicsPipeline:
         if "intrinsics" not in self._loaded:

@@ -134,6 +134,7 @@ class DiffusionPriors:
         depth, normal = estimate_geometry(models.depth if wants_depth else None,
                                           models.normals if wants_normals else None, rgb, mask, cfg.estimator,
                                           seed % (2**31))
+        models.unload("depth")  # used once per job: not resident through the later stages
         return ReferenceView(rgb=rgb, mask=mask, camera=cam, depth=depth, normal=normal)
 
     def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,

@@ -112,3 +112,19 @@ def test_a_build_marker_without_the_depth_model_is_not_a_complete_build(tiny_mod
         shutil.copytree(tiny_model_root / name, root / name)
     (root / BUILD_MARKER).write_text(json.dumps({"format": TINY_FORMAT_VERSION, "seed": 0}))
     assert not tiny_models_present(root)
+
+
+def test_the_depth_model_is_not_kept_loaded_after_the_reference(monkeypatch, model_cache_dir):
+    from dreampolish.backend.models.specs import MODEL_DIR_ENV
+    from dreampolish.backend.pipeline.frame import job_frame
+    from dreampolish.backend.pipeline.priors import DiffusionPriors
+    from dreampolish.protocol.job import JobSpec
+
+    monkeypatch.setenv(MODEL_DIR_ENV, str(model_cache_dir))
+    preset = get_preset("tiny")
+    spec = JobSpec("a vase", preset="tiny")
+    priors = DiffusionPriors(torch.device("cpu"))
+    view = priors.reference(spec, preset, job_frame(spec, preset), seed=0)
+    assert view.depth is not None and view.depth.shape[:2] == view.mask.shape[:2]
+    # Used once per job; resident it would add its weights to every later stage's peak memory.
+    assert "depth" not in priors.models(preset)._loaded and "text_to_image" in priors.models(preset)._loaded
