@@ -103,7 +103,12 @@ def test_a_build_marker_without_the_depth_model_is_not_a_complete_build(tiny_mod
     import json
     import shutil
 
-    from dreampolish.backend.models.tiny import BUILD_MARKER, TINY_FORMAT_VERSION, TINY_MODELS, tiny_models_present
+    from dreampolish.backend.models.tiny import (
+        BUILD_MARKER,
+        TINY_FORMAT_VERSION,
+        TINY_MODELS,
+        tiny_models_present,
+    )
 
     assert tiny_models_present(tiny_model_root)
     # What another version of the builder may leave in a shared cache: a marker of this format, no depth/.
