@@ -21,6 +21,15 @@ _LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
+def no_seeded_block_beside() -> Iterator[None]:
+    """Inside, no other thread's seeded block runs. For loading checkpoints: diffusers' and transformers'
+    from_pretrained build modules on `meta` through a process-wide patch (accelerate's init_empty_weights
+    replaces nn.Module.register_parameter), which would put another thread's new modules on `meta` too."""
+    with _LOCK:
+        yield
+
+
+@contextlib.contextmanager
 def global_rng_seeded(seed: int) -> Iterator[None]:
     """Inside, the global generators (CPU and every CUDA device) start from `seed` and no other
     thread's seeded block runs; after it they are as they were."""

@@ -34,6 +34,7 @@ from diffusers import (
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..errors import JobFailed
+from ..rng import no_seeded_block_beside
 from .camera_projection import CLIPCameraProjection
 from .hub_files import ROLE_COMPONENTS, WEIGHTED_COMPONENTS, PullPlan, plan_pull, weights_variant
 from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
@@ -179,7 +180,8 @@ def _load(spec: ModelSpec, cls: Any, subfolder: str | None, **kwargs: Any) -> An
         if variant:
             base["variant"] = variant
     try:
-        return cls.from_pretrained(source, **base, **kwargs)
+        with no_seeded_block_beside():  # a model loads while another job builds its modules (backend/rng.py)
+            return cls.from_pretrained(source, **base, **kwargs)
     except (OSError, ValueError) as exc:
         # OSError covers huggingface_hub's "not in the cache / cannot reach the hub" errors.
         raise ModelNotFoundError(spec, f"{type(exc).__name__} loading {subfolder or 'pipeline'}") from exc
