@@ -65,8 +65,8 @@ def test_the_presets_ask_for_reference_depth_not_normals():
     # DreamCraft3D: lambda_depth_rel 0.05 in the NeRF and NeuS stages, lambda_normal 0 in every config.
     for name in ("tiny", "standard"):
         preset = get_preset(name)
-        assert preset.nerf.reference.depth.peak() == pytest.approx(0.05)
-        assert preset.neus.reference.depth.peak() == pytest.approx(0.05)
+        assert preset.nerf.reference.depth.final() == pytest.approx(0.05)
+        assert preset.neus.reference.depth.final() == pytest.approx(0.05)
         assert reference_needs(preset) == (True, False)
     normals_on = get_preset("tiny", {"nerf.reference.normal.start": 0.5})
     assert reference_needs(normals_on) == (True, True)
@@ -89,13 +89,13 @@ def test_reference_normal_loss_is_zero_when_rendered_normals_match_and_two_when_
     world_x = torch.zeros(1, 8, 8, 3)
     world_x[..., 0] = 1
     render = StageRender(rgb=torch.ones(1, 8, 8, 3), opacity=ref.mask, normal=world_x)
-    total, terms = reference_losses(render, ref, weights, step=0)
+    total, terms = reference_losses(render, ref, weights, 0.0)
     assert terms["ref_normal"] == pytest.approx(0.0, abs=1e-5)
     away = dataclasses.replace(render, normal=-world_x)
-    total, terms = reference_losses(away, ref, weights, step=0)
+    total, terms = reference_losses(away, ref, weights, 0.0)
     assert terms["ref_normal"] == pytest.approx(2.0, abs=1e-5) and float(total) == pytest.approx(2.0, abs=1e-5)
     # Off by default (DreamCraft3D's lambda_normal 0): no term.
-    _, terms = reference_losses(away, ref, dataclasses.replace(weights, normal=Ramp(0.0)), step=0)
+    _, terms = reference_losses(away, ref, dataclasses.replace(weights, normal=Ramp(0.0)), 0.0)
     assert "ref_normal" not in terms
 
 
