@@ -106,6 +106,9 @@ class MetaIntrinsics:
         fg = (opacity.detach() > 0).to(rgb)
         return IntrinsicMaps(0.5 * fg.expand_as(rgb), 0.5 * fg, 0.0 * fg)
 
+    def close(self) -> None:
+        """The full-size model stays resident: the dry run counts every model as the backend loaded it."""
+
 
 def _disc_reference(camera: CameraBatch) -> ReferenceView:
     h, w = camera.height, camera.width

@@ -51,6 +51,10 @@ class Decomposer(Protocol):
 
     def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> IntrinsicMaps: ...
 
+    def close(self) -> None:
+        """The bake is done: let go of what the decomposer holds (the model, used once per job)."""
+        ...
+
 
 @dataclass
 class IntrinsicsConfig:
@@ -62,8 +66,10 @@ class IntrinsicsConfig:
     """Predictions averaged per image (Marigold's test-time ensembling, median)."""
     processing_resolution: int | None = ranged(None, 0, 4096)
     """Side the model works at; None = the checkpoint's default_processing_resolution."""
-    batch_size: int = ranged(4, 1, 256)
-    """Views decomposed per call."""
+    batch_size: int = ranged(1, 1, 256)
+    """Views decomposed per call. One: each view at the 768-pixel processing size costs about 3.5 GB
+    of activations (the dry run's Marigold figure), so four at once took the draft texture stage's
+    estimated peak from 14 to 24.3 GB; the views are few (8) and the bake runs once per job."""
     seed: int = ranged(0, 0, 2**63 - 1)
     """Seed of the model's initial noise."""
 
@@ -94,8 +100,11 @@ class MarigoldIntrinsics:
     `target_properties` attribute)."""
 
     def __init__(self, pipeline: Any, config: IntrinsicsConfig | None = None,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), on_close: Any = None):
+        """on_close: called by close(), e.g. to unload the model (it would stay resident for the
+        later stages and jobs otherwise: 2.6 GB in bf16 on every stage's peak)."""
         self.pipeline = pipeline
+        self.on_close = on_close
         self.config = config or IntrinsicsConfig()
         self.background = background
         self.channels = _target_channels(getattr(pipeline, "target_properties", None) or {})
@@ -128,6 +137,11 @@ class MarigoldIntrinsics:
 
         return IntrinsicMaps(pick("albedo"), pick("roughness"), pick("metallic"))
 
+    def close(self) -> None:
+        self.pipeline = None
+        if self.on_close is not None:
+            self.on_close()
+
 
 MaterialFunction = Callable[[Tensor], Tensor]
 """world points [N,3] -> [N,5] material: albedo rgb (display values), roughness, metallic."""
@@ -159,3 +173,6 @@ class OracleDecomposer:
         values = torch.zeros(*fg.shape, 5, device=cameras.device)
         values[fg] = self.material(out.world_pos[fg]).to(values)
         return IntrinsicMaps(values[..., :3], values[..., 3:4], values[..., 4:5])
+
+    def close(self) -> None:
+        """The oracle holds nothing to let go of."""

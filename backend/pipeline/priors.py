@@ -178,8 +178,10 @@ class DiffusionPriors:
     def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer:
         from ..guidance.intrinsics import MarigoldIntrinsics
 
-        return MarigoldIntrinsics(self.models(preset).intrinsics, _seeded(preset.texture.pbr.intrinsics, seed),
-                                  background=preset.texture.background)
+        models = self.models(preset)
+        # Used once per job, for the bake: unloaded after it, as the reference's depth model is.
+        return MarigoldIntrinsics(models.intrinsics, _seeded(preset.texture.pbr.intrinsics, seed),
+                                  background=preset.texture.background, on_close=lambda: models.unload("intrinsics"))
 
 
 class OraclePriors:

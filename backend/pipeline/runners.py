@@ -195,8 +195,12 @@ class TextureRunner(StageRunner):
         own_uvs = None if mesh.uvs is None else mesh.uvs.detach().cpu().numpy()
         only_colour = c.preset.base_color_only
         decomposer = None if only_colour or not c.preset.texture.pbr.decomposes else c.priors.intrinsics(c.preset, c.seed)
-        baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail, decomposer=decomposer,
-                             rasterizer=c.job.rasterizer, base_color_only=only_colour)
+        try:
+            baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail, decomposer=decomposer,
+                                 rasterizer=c.job.rasterizer, base_color_only=only_colour)
+        finally:
+            if decomposer is not None:
+                decomposer.close()
         c.carry.baked = baked
         textures = texture_payloads(baked.base_color, baked.normal_map, c.preset.export.normal_map_dtype,
                                     baked.roughness_metallic)

@@ -6,9 +6,11 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 from dreampolish.backend.bake import decode_png
 from dreampolish.backend.pipeline import DreamPolishPipeline, stage_seed
+from dreampolish.backend.presets import get_preset
 from dreampolish.protocol.job import JobSpec
 
 from tests.backend.pipeline_fixtures import RecordingContext, tiny_model_cache, tiny_models  # noqa: F401
@@ -50,6 +52,14 @@ def test_final_mesh_is_uv_mapped_and_textured_and_written_as_glb(prompt_job):
     assert glb.exists() and glb.parent == ctx.work_dir
     (mesh,) = trimesh.load(str(glb)).geometry.values()
     assert len(mesh.faces) == final.num_faces
+
+
+def test_models_used_once_per_job_are_not_kept_loaded_after_it(prompt_job):
+    # The reference's depth model and the bake's intrinsics model run once per job: kept resident
+    # they would add their weights to every later stage's peak, and to the next job's.
+    pipeline, _, _ = prompt_job
+    loaded = pipeline._priors_for(torch.device("cpu")).models(get_preset("tiny"))._loaded
+    assert "text_to_image" in loaded and "intrinsics" not in loaded and "depth" not in loaded, sorted(loaded)
 
 
 def test_progress_reports_losses_gradient_norms_and_previews(prompt_job):
