@@ -41,6 +41,14 @@ from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
 
 logger = logging.getLogger(__name__)
 
+MARIGOLD_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "tokenizer",
+    "scheduler/scheduler_config.json",
+)
 REQUIRED_FILES: dict[ModelRole, tuple[str, ...]] = {
     "text_to_image": (
         "unet/config.json",
@@ -56,30 +64,10 @@ REQUIRED_FILES: dict[ModelRole, tuple[str, ...]] = {
         "clip_camera_projection/config.json",
         "scheduler/scheduler_config.json",
     ),
-    "normals": (
-        "model_index.json",
-        "unet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-        "tokenizer",
-        "scheduler/scheduler_config.json",
-    ),
-    "intrinsics": (
-        "model_index.json",
-        "unet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-        "tokenizer",
-        "scheduler/scheduler_config.json",
-    ),
-    "depth": (
-        "model_index.json",
-        "unet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-        "tokenizer",
-        "scheduler/scheduler_config.json",
-    ),
+    # The Marigold pipelines (normals, intrinsics, depth) share the diffusers pipeline layout.
+    "normals": MARIGOLD_FILES,
+    "intrinsics": MARIGOLD_FILES,
+    "depth": MARIGOLD_FILES,
 }
 """What a checkpoint folder must hold for each role (the diffusers folder layout)."""
 

@@ -206,21 +206,27 @@ def build_zero123(folder: Path, cfg: TinyModelConfig) -> None:
     DDIMScheduler(**SD21_SCHEDULER).save_pretrained(folder / "scheduler")
 
 
-def build_normals(folder: Path, cfg: TinyModelConfig) -> None:
+def _save_marigold(folder: Path, cfg: TinyModelConfig, pipeline_cls: type, seed_offset: int, in_channels: int,
+                   out_channels: int = 4, **pipeline_options) -> None:
+    """A tiny Marigold pipeline of `pipeline_cls` (UNet, VAE, text encoder, tokenizer, DDIM), saved to folder."""
     tokenizer = write_tiny_tokenizer_files(folder / "_tokenizer_src")
-    pipe = MarigoldNormalsPipeline(
-        unet=_unet(cfg, in_channels=8, seed_offset=8),
-        vae=_vae(cfg, 9),
+    pipe = pipeline_cls(
+        unet=_unet(cfg, in_channels=in_channels, seed_offset=seed_offset, out_channels=out_channels),
+        vae=_vae(cfg, seed_offset + 1),
         scheduler=DDIMScheduler(**SD21_SCHEDULER),
         text_encoder=_text_encoder(cfg, tokenizer),
         tokenizer=tokenizer,
-        prediction_type="normals",
-        use_full_z_range=True,
         default_denoising_steps=1,
         default_processing_resolution=cfg.latent_size * 2,
+        **pipeline_options,
     )
     pipe.save_pretrained(folder)
     shutil.rmtree(folder / "_tokenizer_src")
+
+
+def build_normals(folder: Path, cfg: TinyModelConfig) -> None:
+    _save_marigold(folder, cfg, MarigoldNormalsPipeline, 8, in_channels=8, prediction_type="normals",
+                   use_full_z_range=True)
 
 
 IID_APPEARANCE_TARGETS = {
@@ -234,41 +240,16 @@ IID_APPEARANCE_TARGETS = {
 
 
 def build_intrinsics(folder: Path, cfg: TinyModelConfig) -> None:
-    tokenizer = write_tiny_tokenizer_files(folder / "_tokenizer_src")
     n_targets = len(IID_APPEARANCE_TARGETS["target_names"])
-    pipe = MarigoldIntrinsicsPipeline(
-        # The image latent and one latent per target in, one latent per target out (as the real UNet: 12 -> 8).
-        unet=_unet(cfg, in_channels=4 * (1 + n_targets), seed_offset=10, out_channels=4 * n_targets),
-        vae=_vae(cfg, 11),
-        scheduler=DDIMScheduler(**SD21_SCHEDULER),
-        text_encoder=_text_encoder(cfg, tokenizer),
-        tokenizer=tokenizer,
-        prediction_type="intrinsics",
-        target_properties=IID_APPEARANCE_TARGETS,
-        default_denoising_steps=1,
-        default_processing_resolution=cfg.latent_size * 2,
-    )
-    pipe.save_pretrained(folder)
-    shutil.rmtree(folder / "_tokenizer_src")
+    # The image latent and one latent per target in, one latent per target out (as the real UNet: 12 -> 8).
+    _save_marigold(folder, cfg, MarigoldIntrinsicsPipeline, 10, in_channels=4 * (1 + n_targets),
+                   out_channels=4 * n_targets, prediction_type="intrinsics", target_properties=IID_APPEARANCE_TARGETS)
 
 
 def build_depth(folder: Path, cfg: TinyModelConfig) -> None:
-    tokenizer = write_tiny_tokenizer_files(folder / "_tokenizer_src")
     # prediction_type, scale_invariant and shift_invariant as in prs-eth/marigold-depth-v1-1's model_index.json
-    pipe = MarigoldDepthPipeline(
-        unet=_unet(cfg, in_channels=8, seed_offset=12),
-        vae=_vae(cfg, 13),
-        scheduler=DDIMScheduler(**SD21_SCHEDULER),
-        text_encoder=_text_encoder(cfg, tokenizer),
-        tokenizer=tokenizer,
-        prediction_type="depth",
-        scale_invariant=True,
-        shift_invariant=True,
-        default_denoising_steps=1,
-        default_processing_resolution=cfg.latent_size * 2,
-    )
-    pipe.save_pretrained(folder)
-    shutil.rmtree(folder / "_tokenizer_src")
+    _save_marigold(folder, cfg, MarigoldDepthPipeline, 12, in_channels=8, prediction_type="depth",
+                   scale_invariant=True, shift_invariant=True)
 
 
 TINY_MODELS = ("text_to_image", "zero123", "normals", "intrinsics", "depth")
