@@ -18,7 +18,7 @@ from .job_cache import JobCache, JobRecord
 from .materials import JOB_PROP
 from .preferences import user_dir
 from .progress import JobClock
-from .protocol.client import AccessRefused, BackendUnreachable
+from .protocol.client import AccessRefused, BackendUnreachable, UnknownJobError
 from .protocol.errors import VersionMismatch
 from .protocol.messages import (
     DEVICE_MEMORY_GB,
@@ -124,8 +124,7 @@ def _on_welcome(rt, welcome: Welcome) -> None:
     # Carry on following a job that was running before the reconnect; the backend's job list then
     # brings the history up to date and, after a restart of Blender, re-attaches a job still going.
     if rt.job_id and rt.job_state in GOING_STATES:
-        job_id, last_seq = rt.job_id, rt.last_seq
-        bridge.request("attach", lambda c: c.attach_flow(job_id, last_seq))
+        _attach_request(rt.job_id, rt.last_seq)
     cache = job_cache()
     for item in rt.jobs:
         if item.job_id != rt.job_id and item.state in GOING_STATES:
@@ -135,7 +134,28 @@ def _on_welcome(rt, welcome: Welcome) -> None:
 
 
 def _attach_request(job_id: str, last_seq: int) -> None:
-    bridge.request("attach", lambda c: c.attach_flow(job_id, last_seq))
+    def attach_flow(client):
+        try:
+            yield from client.attach_flow(job_id, last_seq)
+        except UnknownJobError:
+            return job_id  # deleted or expired on the backend: the reply says which job is gone
+        return None
+
+    bridge.request("attach", attach_flow)
+
+
+def _on_job_gone(rt, job_id: str) -> None:
+    """A job this Blender followed that the backend no longer has (deleted, expired, another store):
+    it is not shown as going on for ever."""
+    job_cache().update_record(job_id, status="failed")
+    item = _job_item(rt, job_id)
+    if item is not None:
+        item.state = "failed"
+    if rt.job_id == job_id:
+        rt.job_state = "failed"
+        report_failure(f"Job {job_id} is no longer on the backend (deleted, or expired there); "
+                       "its stages already imported stay in the scene.")
+    refresh_history(rt)
 
 
 def attach(rt, job_id: str) -> None:
@@ -197,6 +217,8 @@ def _on_reply(rt, request: str, payload) -> None:
         rt.message = f"{len(answers)} variants queued: pick one when they pause"
         if refused:
             rt.message = f"Only {len(answers)} variants queued; the next was refused: {refused}"
+    elif request == "attach" and payload:
+        _on_job_gone(rt, payload)
     elif request == "resume":
         rt.job_state = "running"
         rt.paused_stage = ""

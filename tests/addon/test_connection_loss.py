@@ -177,3 +177,17 @@ def test_a_cancel_queued_behind_a_failing_handshake_is_said_not_to_have_been_sen
     pump(addon, lambda: _rt().connection == "error", what="the handshake to fail")
     assert _rt().failure == "Cancel was not sent: the connection was lost", _rt().failure
     assert "no answer from tcp://127.0.0.1:9" in _rt().message
+
+
+def test_a_followed_job_the_backend_no_longer_has_stops_showing_as_running(addon, connected):
+    # The job was deleted or expired on the backend (or the store was wiped) while this Blender
+    # still had it as running: following it again must end, not wait for ever.
+    job_id = "20261201-000000-abcdef"
+    cache = addon.job_events.job_cache()
+    cache.save_record(addon.job_cache.JobRecord(job_id=job_id, prompt="gone", status="running"))
+    addon.job_events.attach(_rt(), job_id)
+    assert _rt().job_state in ("queued", "running")
+    pump(addon, lambda: _rt().job_state == "failed", what="the job to be found gone")
+    assert "no longer on the backend" in _rt().failure, _rt().failure
+    assert cache.load_record(job_id).status == "failed"
+    _rt().failure = ""
