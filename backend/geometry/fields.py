@@ -99,13 +99,20 @@ class _EncodedField(nn.Module):
 
     @staticmethod
     def _analytic_gradient(fn, x: Tensor) -> Tensor:
-        # Under grad mode the result stays differentiable w.r.t. the parameters (and x, when x has
-        # a graph of its own); under no_grad (previews, export) it is computed and detached.
+        return _EncodedField._with_analytic_gradient(lambda p: (fn(p),), x)[-1]
+
+    @staticmethod
+    def _with_analytic_gradient(fn, x: Tensor) -> tuple[Tensor, ...]:
+        """fn(x) -> (value [N], *more): (value, *more, grad value [N,3]) from one evaluation of fn and
+        one backward through it. Under grad mode all stay differentiable w.r.t. the parameters (and x,
+        when x has a graph of its own); under no_grad (previews, export) they are computed and detached."""
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(fn(xg).sum(), xg, create_graph=create_graph)
-        return grad if create_graph else grad.detach()
+            outputs = fn(xg)
+            (grad,) = torch.autograd.grad(outputs[0].sum(), xg, create_graph=create_graph)
+        results = (*outputs, grad)
+        return results if create_graph else tuple(t.detach() for t in results)
 
     def _raw_with_gradient(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(value [N], features [N,F], grad value [N,3]) from ONE evaluation of the encoding and the
@@ -114,14 +121,7 @@ class _EncodedField(nn.Module):
         if self.cfg.normals != "analytic":
             value, feat = self._raw(x)
             return value, feat, self._gradient(lambda p: self._raw(p)[0], x)
-        create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            xg = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-            value, feat = self._raw(xg)
-            (grad,) = torch.autograd.grad(value.sum(), xg, create_graph=create_graph)
-        if not create_graph:
-            return value.detach(), feat.detach(), grad.detach()
-        return value, feat, grad
+        return self._with_analytic_gradient(self._raw, x)
 
     def _stencil_gradient(self, fn, x: Tensor) -> Tensor:
         eps = self.cfg.normal_eps
