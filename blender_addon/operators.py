@@ -733,6 +733,20 @@ class DREAMPOLISH_OT_randomize_seed(bpy.types.Operator):
 # --- history -------------------------------------------------------------------------------------
 
 
+def _history_picked(operator: type, rt) -> bool:
+    """A job of the history list is picked (else the operator's poll message says to pick one)."""
+    if 0 <= rt.history_index < len(rt.history):
+        return True
+    operator.poll_message_set("Pick a job in the history list")
+    return False
+
+
+def _fetch_result(rt, job_id: str) -> None:
+    """Ask for every stage of the job; the reply (job_events) stores them and imports the latest."""
+    bridge.request("fetch_result", lambda client: client.fetch_result_flow(job_id))
+    rt.message = f"Fetching job {job_id} from the backend…"
+
+
 class DREAMPOLISH_OT_reimport(bpy.types.Operator):
     """Import the selected history job's latest result again, as a new object: fetched from the backend
     when connected (it may have newer stages than the cache), else from the cache"""
@@ -744,8 +758,7 @@ class DREAMPOLISH_OT_reimport(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         rt = context.window_manager.dreampolish
-        if not (0 <= rt.history_index < len(rt.history)):
-            cls.poll_message_set("Pick a job in the history list")
+        if not _history_picked(cls, rt):
             return False
         return True
 
@@ -755,15 +768,13 @@ class DREAMPOLISH_OT_reimport(bpy.types.Operator):
         if bridge.is_connected():
             # The reply (job_events) stores every stage and imports the latest one; the job this
             # window follows stays followed.
-            bridge.request("fetch_result", lambda client: client.fetch_result_flow(job_id))
-            rt.message = f"Fetching job {job_id} from the backend…"
+            _fetch_result(rt, job_id)
             return {"FINISHED"}
         if job_events.job_cache().load_stage(job_id) is not None:
             return bpy.ops.dreampolish.import_result(job_id=job_id, new_object=True)
         if not _ensure_connected(self, context):
             return {"CANCELLED"}
-        bridge.request("fetch_result", lambda client: client.fetch_result_flow(job_id))
-        rt.message = f"Fetching job {job_id} from the backend…"
+        _fetch_result(rt, job_id)
         return {"FINISHED"}
 
 
@@ -777,8 +788,7 @@ class DREAMPOLISH_OT_attach(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         rt = context.window_manager.dreampolish
-        if not (0 <= rt.history_index < len(rt.history)):
-            cls.poll_message_set("Pick a job in the history list")
+        if not _history_picked(cls, rt):
             return False
         if rt.history[rt.history_index].status not in job_events.GOING_STATES:
             cls.poll_message_set("That job is not running on the backend")
