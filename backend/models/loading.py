@@ -78,9 +78,12 @@ class ModelNotFoundError(JobFailed):
         if spec.hub_id:
             how = "run `dreampolish-backend models pull` on a machine with internet"
         else:
-            how = "run `dreampolish-backend models pull --tiny`" if "tiny" in str(spec.local) else (
-                "check the folder named in the models config"
-            )
+            if spec.in_package:
+                how = "the micro priors ship with the project; rebuild them with `make micro-priors`"
+            elif "tiny" in str(spec.local):
+                how = "run `dreampolish-backend models pull --tiny`"
+            else:
+                how = "check the folder named in the models config"
         message = f"model {spec.name} ({spec.role}) not found locally; {how}"
         if detail:
             message += f" ({detail})"

@@ -3,7 +3,8 @@
 A model set maps each role (text_to_image, zero123, normals, and optionally
 intrinsics and depth) to a ModelSpec: a hub id with a revision, or a local folder. The sets ship in defaults.json next
 to this module; `tiny` points at the randomly initialised models that
-`dreampolish-backend models pull --tiny` builds into the cache folder.
+`dreampolish-backend models pull --tiny` builds into the cache folder, and `micro` at the small priors
+trained on procedural renders that ship inside the package (backend/micro/).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def model_dir() -> Path:
     return Path(os.environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR).expanduser()
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+"""The installed backend package: `local` folders with `in_package` resolve against it (the shipped
+micro priors, backend/micro/weights)."""
+
+
 def tiny_model_dir() -> Path:
     """Where the tiny models live: <model cache>/tiny."""
     return model_dir() / "tiny"
@@ -58,7 +64,9 @@ class ModelSpec:
     revision: str = "main"
     """Hub revision (branch, tag or commit); pin a commit for reproducible results."""
     local: str | None = None
-    """A local folder; relative paths resolve against the model cache folder."""
+    """A local folder; relative paths resolve against the model cache folder (or the package, `in_package`)."""
+    in_package: bool = False
+    """`local` is a folder shipped inside the backend package (the micro priors), not in the model cache."""
     camera_encoding: CameraEncoding = "delta_radius"
     """Zero123 only: the 4th entry of the relative camera vector. Zero123/Zero123-XL use the change in
     camera distance; Stable-Zero123 uses the reference view's polar angle (radians)."""
@@ -78,16 +86,20 @@ class ModelSpec:
         if self.local is None:
             return None
         path = Path(self.local).expanduser()
-        return path if path.is_absolute() else model_dir() / path
+        if path.is_absolute():
+            return path
+        return (PACKAGE_DIR if self.in_package else model_dir()) / path
 
     @classmethod
     def from_dict(cls, role: ModelRole, data: dict) -> ModelSpec:
-        known = {"hub_id", "revision", "local", "camera_encoding", "description", "expect"}
+        known = {"hub_id", "revision", "local", "in_package", "camera_encoding", "description", "expect"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"model spec for {role!r} has unknown fields {sorted(unknown)}")
         if bool(data.get("hub_id")) == bool(data.get("local")):
             raise ValueError(f"model spec for {role!r} needs exactly one of 'hub_id' or 'local'")
+        if data.get("in_package") and not data.get("local"):
+            raise ValueError(f"model spec for {role!r}: in_package needs a 'local' folder")
         if data.get("camera_encoding", "delta_radius") not in ("delta_radius", "reference_polar"):
             raise ValueError(f"model spec for {role!r}: camera_encoding must be delta_radius or reference_polar")
         expect = data.get("expect", {})

@@ -50,3 +50,22 @@ def linear_to_srgb(linear: ArrayT) -> ArrayT:
     x = np.clip(np.asarray(linear), 0.0, 1.0)
     out = np.where(x <= _LINEAR_KNEE, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
     return out.astype(x.dtype if x.dtype.kind == "f" else np.float32)
+
+
+# CIE 1976 L*a*b* of sRGB colours (D65 white), for perceptual colour distances (ΔE*ab): IEC 61966-2-1's
+# linear-sRGB -> XYZ matrix, then CIE 15:2004's L*a*b* with its cube-root knee at (6/29)^3.
+_SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_lab(srgb: np.ndarray) -> np.ndarray:
+    """Display (sRGB) colours [..., 3] in [0, 1] -> CIELAB [..., 3] (L* 0-100)."""
+    xyz = srgb_to_linear(np.asarray(srgb, np.float64)) @ _SRGB_TO_XYZ.T / _D65_WHITE
+    delta = 6.0 / 29.0
+    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4.0 / 29.0)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def delta_e(srgb_a: np.ndarray, srgb_b: np.ndarray) -> np.ndarray:
+    """CIE76 colour difference ΔE*ab between display colours (about 2.3: just noticeable)."""
+    return np.linalg.norm(srgb_to_lab(srgb_a) - srgb_to_lab(srgb_b), axis=-1)
