@@ -159,21 +159,44 @@ class _Recorder:
         return out
 
 
+def front_azimuth_deg(prompt: str, seed: int = 0, preset: str = "micro", options: dict | None = None) -> float:
+    """Azimuth of the job's reference camera (the pipeline's front) for a request without cameras."""
+    from dreampolish.protocol.job import JobSpec
+
+    from ..pipeline.frame import job_frame
+    from ..presets import get_preset
+
+    spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}))
+    return float(job_frame(spec, get_preset(preset, spec.options)).reference_camera.azimuth_deg[0])
+
+
 def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int = 0, preset: str = "micro",
              priors=None, stages: list[str] | None = None) -> Generation:
     """Run the pipeline (the real one: stages, priors loaded through `from_pretrained`) on one prompt."""
     from dreampolish.protocol.job import JobSpec
 
     from ..pipeline import DreamPolishPipeline
-    from ..pipeline.frame import job_frame
-    from ..presets import get_preset
 
     spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), stages=stages)
     pipeline = DreamPolishPipeline(priors=priors) if priors is not None else DreamPolishPipeline()
     ctx = _Recorder(Path(work_dir))
     pipeline.run(spec, ctx)
-    frame = job_frame(spec, get_preset(preset, spec.options))
     # the last mesh with faces: the export stage may end on files alone
     final = [m for m in ctx.results.values() if m.faces is not None and len(m.faces)][-1]
-    return Generation(final, dict(ctx.results), ctx.seconds(), float(frame.reference_camera.azimuth_deg[0]),
+    return Generation(final, dict(ctx.results), ctx.seconds(), front_azimuth_deg(prompt, seed, preset, options),
                       ctx.last_losses, ctx.previews)
+
+
+def normal_error_deg(estimator, colour: str, shape: str, views: int = 8, size: int = 64) -> tuple[float, float]:
+    """(mean angular error in degrees of `estimator`'s normals on the world's object from held-out views,
+    the same for the guess "every normal faces the camera"), over fully covered pixels. `estimator` is a
+    NormalTargets (guidance/base.py), e.g. MarigoldNormalTargets on the micro normals pipeline."""
+    cams = HELD_OUT_CAMERAS.sample(views, size, size, torch.Generator().manual_seed(HELD_OUT_SEED))
+    r = world.render_object(world.coloured_mesh(colour, shape), cams)
+    n = estimator(r.rgb, r.mask, cams)
+    fg = (r.mask[..., 0] > 0.99) & (n.norm(dim=-1) > 0)
+
+    def error(pred: torch.Tensor) -> float:
+        return float(torch.rad2deg(torch.acos((pred * r.normal).sum(-1)[fg].clamp(-1, 1))).mean())
+
+    return error(n), error(torch.tensor([0.0, 0.0, 1.0]).expand_as(r.normal))

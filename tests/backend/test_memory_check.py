@@ -33,7 +33,8 @@ def test_a_preset_above_the_card_s_memory_is_reported_and_one_below_is_not():
 def test_only_cuda_cards_and_presets_with_a_figure_are_checked():
     assert check_memory("standard", torch.device("cpu")) is None  # no card: nothing to compare
     assert check_memory("tiny", torch.device("cuda", 0), card(1)) is None
-    assert set(PRESET_PEAK_GB) == set(preset_names()) - {"tiny"}
+    assert check_memory("micro", torch.device("cuda", 0), card(1)) is None
+    assert set(PRESET_PEAK_GB) == set(preset_names()) - {"tiny", "micro"}
 
 
 def test_the_job_s_first_progress_event_carries_the_shortfall(tmp_path, monkeypatch):

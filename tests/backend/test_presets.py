@@ -25,12 +25,14 @@ from tests.backend.pipeline_fixtures import box_payload
 
 
 def test_presets_are_named_and_scale_up():
-    assert preset_names() == ["tiny", "draft", "standard", "high"]
-    tiny, draft, standard, high = (get_preset(n) for n in preset_names())
-    assert tiny.model_set == "tiny" and standard.model_set == "default"
+    assert preset_names() == ["tiny", "micro", "draft", "standard", "high"]
+    tiny, micro, draft, standard, high = (get_preset(n) for n in preset_names())
+    assert tiny.model_set == "tiny" and micro.model_set == "micro" and standard.model_set == "default"
     for stage in ("nerf", "neus", "dmtet", "polish", "texture"):
-        steps = [getattr(p, stage).steps for p in (tiny, draft, standard, high)]
+        steps = [getattr(p, stage).steps for p in (tiny, micro, draft, standard, high)]
         assert steps == sorted(steps) and steps[0] < 10, stage
+    # The micro model set has no intrinsics model: its preset bakes the base colour alone.
+    assert micro.base_color_only and micro.rasterizer == "torch"
     # The method's settings (METHOD.md).
     assert standard.nerf.steps == 5000 and standard.dmtet.grid_resolution == 128
     assert standard.texture.guidance.objective == "dsd" and standard.polish.fovy_range_deg == (15.0, 60.0)
