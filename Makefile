@@ -5,10 +5,11 @@ VENV := .venv
 BVENV := .venv-blender
 BVENV313 := .venv-blender313
 TORCH_PIN := torch==2.13.0
-PROMPT ?= a ceramic teapot with a blue glaze
+# Empty: the demo picks a prompt the chosen preset knows (scripts/demo.py).
+PROMPT ?=
 PRESET ?= auto
 
-.PHONY: test demo addon bench lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
+.PHONY: test demo addon bench micro-priors lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
   test-addon-lts clean gltf-validator
 
 $(VENV)/.stamp: pyproject.toml
@@ -90,6 +91,10 @@ test: venv venv-blender venv-blender313 addon lint gltf-validator
 
 demo: venv venv-blender addon
 	$(VENV)/bin/python scripts/demo.py --prompt "$(PROMPT)" --preset "$(PRESET)" --blender-python $(BVENV)/bin/python
+
+# Retrain the micro priors that ship in backend/micro/weights (about 50 minutes on two CPU cores; seeded).
+micro-priors: venv
+	$(VENV)/bin/python -m dreampolish.backend.micro.train --out backend/micro/weights
 
 bench: venv venv-blender addon
 	bench/run_cpu.sh

@@ -384,13 +384,13 @@ def _micro_field(f: FieldConfig) -> FieldConfig:
 
 def micro_preset() -> PipelinePreset:
     """The micro priors (backend/micro/: small models trained on renders of a procedural world) through the
-    whole method on the CPU in about three minutes on two cores: the CPU demo, and the quality test that shows
+    whole method on the CPU in under two minutes on two cores: the CPU demo, and the quality test that shows
     whether score distillation turns a prompt of that world into the right object. Every stage keeps the
     method's losses and priors; steps, grids and renders are cut to the priors' 64 px world."""
     p = shrink_to_tiny(standard_preset())
     nerf, neus, dmtet = p.nerf, p.neus, p.dmtet
     return replace(
-        p, description="micro priors on the CPU, about three minutes (CPU demo, quality tests)",
+        p, description="micro priors on the CPU, under two minutes (CPU demo, quality tests)",
         model_set="micro", preview_every=20, preview_size=64, base_color_only=True,
         reference=replace(p.reference, size=64, generation=replace(p.reference.generation, num_inference_steps=20)),
         # Both priors at 0.2 (DreamCraft3D's configs: 0.1 each beside reference RGB 1000 and mask 100). At the tiny

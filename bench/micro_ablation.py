@@ -4,9 +4,8 @@ full geometry by DSD (the method) against SDS, VSD and BSD.
 
     .venv/bin/python bench/micro_ablation.py [--prompts "a green torus" "a red cone"] [--seed 0]
 
-Geometry rows run the whole chain (reference -> ... -> export) with the `micro` preset and the row's
-options. Texture rows keep the full-geometry row's polished mesh and run a texture job on it (the same
-geometry for every objective). Figures (backend/micro/quality.py): Chamfer in % of the diagonal and
+Every row runs the whole chain (reference -> ... -> export) with the `micro` preset and the row's options;
+the texture rows change only the texture's objective, so their geometry is the full row's. Figures (backend/micro/quality.py): Chamfer in % of the diagonal and
 silhouette IoU over held-out views against the world's object, and ΔE*ab of the seen colour against
 the prompt's. Prints one line per row and prompt, the mean per row, then one JSON line.
 """
@@ -27,15 +26,13 @@ import numpy as np
 import torch
 from dreampolish.backend.guidance import zero123
 from dreampolish.backend.micro import quality, world
-from dreampolish.backend.pipeline import DreamPolishPipeline
-from dreampolish.protocol.job import JobSpec
 
 GEOMETRY_ROWS: dict[str, dict] = {
     "text SDS only": {"guidance.zero123_weight": 0.0, "polish.steps": 1, "polish.normal_weight": 0.0,
                       "polish.consistency_weight": 0.0, "polish.laplacian_weight": 0.0},
     "+ Zero123": {"polish.steps": 1, "polish.normal_weight": 0.0, "polish.consistency_weight": 0.0,
                   "polish.laplacian_weight": 0.0},
-    "+ polish (full geometry)": {},
+    "+ polish (full geometry; texture DSD, the method)": {},
 }
 """Geometry rows: options on the micro preset. "No polish" keeps the stage (the chain is fixed) with one
 step and every loss at 0, so the mesh passes through unchanged."""
@@ -61,21 +58,23 @@ def flipped_polar() -> Iterator[None]:
 
 
 TEXTURE_ROWS: dict[str, dict] = {
-    "texture DSD (method)": {},
     "texture SDS": {"texture.guidance.objective": "sds"},
     "texture VSD": {"texture.guidance.objective": "vsd"},
     "texture BSD": {"texture.guidance.objective": "bsd"},
 }
-"""Texture rows: the texture job's options, on the full geometry row's polished mesh."""
+"""Texture rows: the whole chain again with another texture objective. Every stage before the texture is
+seeded by the job's seed, so the geometry is the full-geometry row's (its Chamfer and IoU repeat); that row
+is the method's DSD texture. (A texture-only job on the polished mesh would not do: it has no reference
+view, so its colours follow the prior's guidance alone.)"""
 
 
-def texture_on(mesh, prompt: str, options: dict, seed: int, work: Path) -> tuple[quality.Generation, float]:
-    recorder = quality._Recorder(work)
-    spec = JobSpec(prompt, preset="micro", seed=seed, mode="texture", input_mesh=mesh, options=options)
-    t = time.monotonic()
-    DreamPolishPipeline().run(spec, recorder)
-    final = [m for m in recorder.results.values() if m.faces is not None and len(m.faces)][-1]
-    return final, time.monotonic() - t
+def run_row(prompt: str, colour: str, shape: str, options: dict, seed: int) -> tuple[dict, quality.Generation]:
+    with tempfile.TemporaryDirectory() as work:
+        t = time.monotonic()
+        gen = quality.generate(prompt, Path(work), options, seed=seed)
+        seconds = time.monotonic() - t
+    figures = {**quality.score(gen.final, colour, shape, gen.front_azimuth_deg).as_dict(), "seconds": round(seconds, 1)}
+    return figures, gen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,45 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     table: dict[str, list[dict]] = {}
+    rows = {**GEOMETRY_ROWS, **TEXTURE_ROWS}
     for prompt in args.prompts:
         colour, shape = world.parse_prompt(prompt)
-        polished = None
-        front = quality.front_azimuth_deg(prompt, args.seed)
-        wants_texture = not args.rows or any(r in TEXTURE_ROWS for r in args.rows)
-        for row, options in GEOMETRY_ROWS.items():
-            needed = row.startswith("+ polish") and wants_texture  # the texture rows start from its mesh
-            if args.rows and row not in args.rows and not needed:
-                continue
-            with tempfile.TemporaryDirectory() as work:
-                t = time.monotonic()
-                gen = quality.generate(prompt, Path(work), options, seed=args.seed)
-                seconds = time.monotonic() - t
-            figures = {**quality.score(gen.final, colour, shape, front).as_dict(), "seconds": round(seconds, 1)}
-            table.setdefault(row, []).append(figures)
-            print(f"{row:28s} {prompt:18s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
-            if row.startswith("+ polish"):
-                polished = gen.stages["polish"]
-        if args.bug:
-            with tempfile.TemporaryDirectory() as work, flipped_polar():
-                t = time.monotonic()
-                gen = quality.generate(prompt, Path(work), {}, seed=args.seed)
-                seconds = time.monotonic() - t
-            figures = {**quality.score(gen.final, colour, shape, front).as_dict(), "seconds": round(seconds, 1)}
-            table.setdefault(BUG_ROW, []).append(figures)
-            print(f"{BUG_ROW:28s} {prompt:18s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
-        for row, options in TEXTURE_ROWS.items():
+        for row, options in rows.items():
             if args.rows and row not in args.rows:
                 continue
-            with tempfile.TemporaryDirectory() as work:
-                final, seconds = texture_on(polished, prompt, options, args.seed, Path(work))
-            figures = {**quality.score(final, colour, shape, front).as_dict(), "seconds": round(seconds, 1)}
+            figures, _ = run_row(prompt, colour, shape, options, args.seed)
             table.setdefault(row, []).append(figures)
-            print(f"{row:28s} {prompt:18s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
+            print(f"{row:30s} {prompt:16s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
+        if args.bug:
+            with flipped_polar():
+                figures, _ = run_row(prompt, colour, shape, {}, args.seed)
+            table.setdefault(BUG_ROW, []).append(figures)
+            print(f"{BUG_ROW:30s} {prompt:16s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
     print("\nmean over prompts:")
     means = {row: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for row, rows in table.items()}
     for row, m in means.items():
         print(f"{row:28s} " + " ".join(f"{k}={v:.3g}" for k, v in m.items()))
-    print(json.dumps({"prompts": args.prompts, "seed": args.seed, "rows": table, "means": means}))
+    print(json.dumps({"benchmark": "micro_ablation", "prompts": args.prompts, "seed": args.seed, "rows": table, "means": means}))
     return 0
 
 

@@ -29,5 +29,7 @@ run $py bench/store_faults.py
 run $py bench/raster_cpu.py
 run $py bench/hashgrid.py
 run $py bench/gpu_raster.py
+# The micro priors' ablation on held-out prompts (backend/micro/): about 45 minutes on two cores.
+run $py bench/micro_ablation.py --bug
 echo; echo "JSON lines: $report"
 exit $status

@@ -1,6 +1,8 @@
 """`make demo`: the whole product on this machine, with real parts.
 
-1. choose the preset (draft on a CUDA GPU with the real model weights present, tiny otherwise);
+1. choose the preset (draft on a CUDA GPU with the real model weights present, micro otherwise: the
+   micro priors that ship with the project, trained on renders of a procedural world) and, when none
+   is given, a prompt the preset's priors know;
 2. start the real backend (`dreampolish-backend serve`) on a free loopback port, in the background;
 3. run scripts/blender_demo.py inside Blender's Python (the `bpy` module) with the built extension:
    generate from the prompt through the add-on's operators, import every stage, bake to material,
@@ -40,15 +42,36 @@ def choose_preset(requested: str) -> tuple[str, str]:
         return requested, "asked for"
     import torch
 
+    micro = ("the micro priors on the CPU: small models trained on renders of procedural objects, which know "
+             "only their world's shapes and colours (an instrument for the CPU demo and tests, not the real models)")
     if not torch.cuda.is_available():
-        return "tiny", "no CUDA GPU here: tiny models on the CPU (the shapes are not meaningful)"
+        return "micro", "no CUDA GPU here: " + micro
     check = subprocess.run(
         [sys.executable, "-m", "dreampolish.backend.cli", "models", "check"],
         capture_output=True, text=True, cwd=REPO,
     )
     if check.returncode != 0:
-        return "tiny", "a CUDA GPU is here but the real model weights are not (run `dreampolish-backend models pull`)"
+        return "micro", "a CUDA GPU is here but the real model weights are not (run `dreampolish-backend models pull`): " + micro
     return "draft", f"CUDA GPU ({torch.cuda.get_device_name(0)}) and model weights present"
+
+
+DEFAULT_PROMPT = "a ceramic teapot with a blue glaze"
+"""The prompt when none is given, for presets with the real priors."""
+MICRO_DEFAULT_PROMPT = "a green torus"
+"""The micro priors' default: a pair of their world held out of their training (backend/micro/world.py)."""
+
+
+def choose_prompt(requested: str | None, preset: str) -> str:
+    if preset != "micro":
+        return requested or DEFAULT_PROMPT
+    from dreampolish.backend.micro.world import COLOURS, SHAPES, parse_prompt
+
+    if not requested:
+        return MICRO_DEFAULT_PROMPT
+    if parse_prompt(requested) is None:
+        log.warning("the micro priors know one colour (%s) and one shape (%s) per prompt; %r names none of "
+                    "each, so its result will not follow it", ", ".join(COLOURS), ", ".join(SHAPES), requested)
+    return requested
 
 
 def prepare_models(preset: str) -> None:
@@ -103,8 +126,8 @@ def stop_backend(proc: subprocess.Popen) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompt", default="a ceramic teapot with a blue glaze")
-    p.add_argument("--preset", default="auto", help="auto, tiny, draft, standard or high")
+    p.add_argument("--prompt", default="", help="the prompt (default: one the chosen preset's priors know)")
+    p.add_argument("--preset", default="auto", help="auto, micro, tiny, draft, standard or high")
     p.add_argument("--blender-python", default=str(REPO / ".venv-blender" / "bin" / "python"))
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     p.add_argument("--frames", type=int, default=8)
@@ -124,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     preset, why = choose_preset(args.preset)
     log.info("preset %s: %s", preset, why)
+    args.prompt = choose_prompt(args.prompt, preset)
     prepare_models(preset)
     address = f"tcp://127.0.0.1:{free_port()}"
     backend = start_backend(address, store, preset, out / "backend.log")

@@ -48,7 +48,6 @@ from diffusers import (
 )
 from torch import Tensor
 from transformers import (
-    CLIPImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
@@ -58,7 +57,7 @@ from transformers import (
 
 from ..guidance.zero123 import CLIP_MEAN, CLIP_STD, ReferenceView, relative_camera
 from ..models.camera_projection import CLIPCameraProjection
-from ..models.tiny import SD21_SCHEDULER, _bytes_to_unicode
+from ..models.tiny import SD21_SCHEDULER, _bytes_to_unicode, save_zero123_folder
 from . import world
 
 logger = logging.getLogger(__name__)
@@ -371,15 +370,7 @@ def save_text_to_image(folder: Path, vae: AutoencoderKL, tokenizer: CLIPTokenize
 
 def save_zero123(folder: Path, vae: AutoencoderKL, unet: UNet2DConditionModel,
                  image_encoder: CLIPVisionModelWithProjection, projection: CLIPCameraProjection) -> None:
-    """The layout of the diffusers Zero123 conversions (models/tiny.py build_zero123 writes the same)."""
-    _half(unet).save_pretrained(folder / "unet")
-    _half(vae).save_pretrained(folder / "vae")
-    _half(image_encoder).save_pretrained(folder / "image_encoder")
-    side = image_encoder.config.image_size
-    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(
-        folder / "feature_extractor")
-    _half(projection).save_pretrained(folder / "clip_camera_projection")
-    DDIMScheduler(**SD21_SCHEDULER).save_pretrained(folder / "scheduler")
+    save_zero123_folder(folder, _half(unet), _half(vae), _half(image_encoder), _half(projection))
 
 
 def save_normals(folder: Path, vae: AutoencoderKL, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel,

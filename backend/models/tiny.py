@@ -196,12 +196,18 @@ def build_zero123(folder: Path, cfg: TinyModelConfig) -> None:
     )
     torch.manual_seed(cfg.seed + 5)
     projection = CLIPCameraProjection(embedding_dim=cfg.text_width, additional_embeddings=4)
-    _unet(cfg, in_channels=8, seed_offset=6).save_pretrained(folder / "unet")
-    _vae(cfg, 7).save_pretrained(folder / "vae")
+    save_zero123_folder(folder, _unet(cfg, in_channels=8, seed_offset=6), _vae(cfg, 7), image_encoder, projection)
+
+
+def save_zero123_folder(folder: Path, unet: UNet2DConditionModel, vae: AutoencoderKL,
+                        image_encoder: CLIPVisionModelWithProjection, projection: CLIPCameraProjection) -> None:
+    """The folder layout of the diffusers Zero123 conversions (what loading.load_zero123 reads)."""
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
     image_encoder.save_pretrained(folder / "image_encoder")
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(
-        folder / "feature_extractor"
-    )
+    side = int(image_encoder.config.image_size)
+    CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}).save_pretrained(
+        folder / "feature_extractor")
     projection.save_pretrained(folder / "clip_camera_projection")
     DDIMScheduler(**SD21_SCHEDULER).save_pretrained(folder / "scheduler")
 

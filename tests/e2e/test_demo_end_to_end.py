@@ -1,6 +1,7 @@
-"""The main job end to end: the real backend process with the tiny preset, real ZeroMQ on loopback, real
-Blender (the bpy module, in its own environment) with the add-on installed from the built zip, driven by the
-add-on's own operators — exactly what `make demo` runs, at the smallest size."""
+"""The main job end to end: exactly what `make demo` runs on a machine without a GPU — its own choice of preset
+(micro: the shipped micro priors) and prompt ("a green torus"), the real backend process, real ZeroMQ on
+loopback, real Blender (the bpy module, in its own environment) with the add-on installed from the built zip,
+driven by the add-on's own operators — with a small turntable."""
 
 from __future__ import annotations
 
@@ -41,12 +42,35 @@ def demo_run(tmp_path_factory) -> Path:
         pytest.skip("no built extension in build/: run `make addon`")
     out = tmp_path_factory.mktemp("demo")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--preset", "tiny", "--prompt", "a small wooden stool",
-         "--out", str(out), "--frames", "2", "--size", "64", "--samples", "4", "--blender-python", str(BLENDER_PY)],
+        [sys.executable, str(REPO / "scripts" / "demo.py"),
+         "--out", str(out), "--frames", "2", "--size", "96", "--samples", "8", "--blender-python", str(BLENDER_PY)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    (out / "demo_stdout.txt").write_text(proc.stdout)
     return out
+
+
+def test_without_a_gpu_the_demo_runs_the_micro_priors_on_a_prompt_they_know(demo_run: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("with a CUDA GPU the demo chooses by the weights present")
+    stdout = (demo_run / "demo_stdout.txt").read_text()
+    assert "preset 'micro'" in stdout and "prompt:          a green torus" in stdout, stdout[-2000:]
+
+
+def test_the_contact_sheet_shows_an_object_of_the_prompts_colour(demo_run: Path):
+    # "a green torus": the rendered object's pixels (those unlike the sheet's background) are green.
+    import numpy as np
+    from PIL import Image
+
+    px = np.asarray(Image.open(demo_run / "contact_sheet.png").convert("RGB"), dtype=np.float32)
+    background = np.median(px.reshape(-1, 3), axis=0)
+    obj = px[np.abs(px - background).sum(-1) > 40]
+    assert len(obj) > 200, "no object in the contact sheet"
+    r, g, b = obj.mean(0)
+    assert g > r + 10 and g > b + 10, (r, g, b)
 
 
 def test_every_stage_arrives_in_one_object_per_job(demo_run: Path):
