@@ -392,7 +392,8 @@ def micro_preset() -> PipelinePreset:
     return replace(
         p, description="micro priors on the CPU, under two minutes (CPU demo, quality tests)",
         model_set="micro", preview_every=20, preview_size=64, base_color_only=True,
-        reference=replace(p.reference, size=64, generation=replace(p.reference.generation, num_inference_steps=20)),
+        reference=replace(p.reference, size=64, generation=replace(p.reference.generation, num_inference_steps=20,
+                                                                    square=True)),
         # Both priors at 0.2 (DreamCraft3D's configs: 0.1 each beside reference RGB 1000 and mask 100). At the tiny
         # preset's 1.0 they pull the silhouette off the reference (NeuS reference-mask MSE 0.10 against 0.012 at
         # 0.2, "a red cone", seed 0), and the object loses the shape the reference image shows.

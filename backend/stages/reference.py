@@ -99,6 +99,10 @@ class ReferenceConfig:
     """rembg's model name (e.g. "u2net", "isnet-general-use", "birefnet-general")."""
     estimator: ReferenceEstimatorConfig = field(default_factory=ReferenceEstimatorConfig)
     """Marigold settings for the reference depth and normals."""
+    square: bool = False
+    """Generate a square image at the model's native size and fit it into the camera's frame by its shorter
+    side, the rest filled with the image's background colour, instead of generating at the camera's aspect:
+    for priors trained on square images only (the micro priors make noise at 64 x 32)."""
 
 
 def generation_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
@@ -151,7 +155,10 @@ def generate_reference(
     t2i = models.text_to_image
     # Latent sides must survive the VAE and every UNet downsampling; the pipeline also wants multiples of 8.
     multiple = math.lcm(8, t2i.vae_scale_factor * 2 ** (len(t2i.unet.config.block_out_channels) - 1))
-    gen_w, gen_h = generation_size(width, height, t2i.native_resolution, multiple)
+    if config.square:
+        gen_w = gen_h = generation_size(1, 1, t2i.native_resolution, multiple)[0]
+    else:
+        gen_w, gen_h = generation_size(width, height, t2i.native_resolution, multiple)
     text = view_prompt(prompt, "front")
     if config.background_prompt:
         text = f"{text}, {config.background_prompt}"
@@ -167,7 +174,9 @@ def generate_reference(
         output_type="pt",
     ).images  # [1,3,gen_h,gen_w] in [0,1]
     image = image.float()
-    if (gen_h, gen_w) != (height, width):
+    if config.square and width != height:
+        image = _fit_square(image, width, height)
+    elif (gen_h, gen_w) != (height, width):
         downsample = gen_h > height or gen_w > width
         image = F.interpolate(image, (height, width), mode="bilinear", align_corners=False, antialias=downsample)
     rgb = image[0].permute(1, 2, 0).clamp(0, 1).cpu()
@@ -175,6 +184,18 @@ def generate_reference(
     logger.info("reference image %dx%d (generated at %dx%d), foreground %.1f%%", width, height, gen_w, gen_h,
                 100 * float(mask.mean()))
     return rgb.to(device), mask.to(device)
+
+
+def _fit_square(image: Tensor, width: int, height: int) -> Tensor:
+    """[1,3,S,S] -> [1,3,height,width]: the square scaled to the shorter side and centred, the rest filled
+    with the median colour of the square's border (its background)."""
+    side = min(width, height)
+    small = F.interpolate(image, (side, side), mode="bilinear", align_corners=False, antialias=True)
+    border = torch.cat([image[0, :, 0], image[0, :, -1], image[0, :, :, 0], image[0, :, :, -1]], dim=1)
+    out = border.median(dim=1).values.reshape(1, 3, 1, 1).expand(1, 3, height, width).clone()
+    top, left = (height - side) // 2, (width - side) // 2
+    out[:, :, top:top + side, left:left + side] = small
+    return out
 
 
 # --- the artist's image ---------------------------------------------------------------------------
