@@ -232,7 +232,14 @@ def _fit(name: str, params: list[torch.nn.Parameter], steps: int, lr: float, los
 # -- training ------------------------------------------------------------------------------------------------
 
 
-def train_vae(cfg: MicroTrainConfig, data: WorldData, g: torch.Generator) -> AutoencoderKL:
+@torch.no_grad()
+def _latents(vae: AutoencoderKL, images: Tensor) -> Tensor:
+    return torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
+
+
+def train_vae(cfg: MicroTrainConfig, data: WorldData, g: torch.Generator) -> tuple[AutoencoderKL, Tensor]:
+    """The trained VAE (its scaling factor set) and the colour renders' latents [N,4,h,w] (unscaled posterior
+    modes), which every prior trains on: encoded once here."""
     vae = _vae(cfg)
     images = torch.cat([data.rgb * 2 - 1, data.normal_image])
 
@@ -245,17 +252,11 @@ def train_vae(cfg: MicroTrainConfig, data: WorldData, g: torch.Generator) -> Aut
 
     _fit("vae", list(vae.parameters()), cfg.vae_steps, 2 * cfg.lr, loss)
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        z = torch.cat([vae.encode(data.rgb[i:i + 256] * 2 - 1).latent_dist.mode() for i in range(0, len(data.rgb), 256)])
+    z = _latents(vae, data.rgb * 2 - 1)
     # SD's practice: scale latents to unit variance (SD's 0.18215 was found the same way).
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     logger.info("vae scaling factor %.4f", vae.config.scaling_factor)
-    return vae
-
-
-@torch.no_grad()
-def _latents(vae: AutoencoderKL, images: Tensor) -> Tensor:
-    return torch.cat([vae.encode(images[i:i + 256]).latent_dist.mode() for i in range(0, len(images), 256)])
+    return vae, z
 
 
 def _noisy(scheduler: DDIMScheduler, x0: Tensor, g: torch.Generator, t: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,11 +266,11 @@ def _noisy(scheduler: DDIMScheduler, x0: Tensor, g: torch.Generator, t: Tensor |
     return scheduler.add_noise(x0, noise, t), noise, t
 
 
-def train_text_to_image(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, tokenizer: CLIPTokenizer,
-                        g: torch.Generator) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+def train_text_to_image(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, rgb_latents: Tensor,
+                        tokenizer: CLIPTokenizer, g: torch.Generator) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     unet, text_encoder = _unet(cfg, 4), _text_encoder(cfg, tokenizer)
     scheduler = DDIMScheduler(**SD21_SCHEDULER)
-    latents = _latents(vae, data.rgb * 2 - 1) * vae.config.scaling_factor
+    latents = rgb_latents * vae.config.scaling_factor
     background = ", isolated on a plain white background"
 
     def tokens(idx: Tensor) -> Tensor:
@@ -297,12 +298,12 @@ def _clip_input(rgb: Tensor, side: int) -> Tensor:
     return (x - mean) / std
 
 
-def train_zero123(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, g: torch.Generator
+def train_zero123(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, rgb_latents: Tensor, g: torch.Generator
                   ) -> tuple[UNet2DConditionModel, CLIPVisionModelWithProjection, CLIPCameraProjection]:
     unet, image_encoder = _unet(cfg, 8), _image_encoder(cfg)
     projection = CLIPCameraProjection(embedding_dim=cfg.width, additional_embeddings=4)
     scheduler = DDIMScheduler(**SD21_SCHEDULER)
-    unscaled = _latents(vae, data.rgb * 2 - 1)
+    unscaled = rgb_latents
     scaled = unscaled * vae.config.scaling_factor
     clip_in = _clip_input(data.rgb, image_encoder.config.image_size)
     views = cfg.world.views_per_object
@@ -329,11 +330,11 @@ def train_zero123(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, g:
     return unet, image_encoder, projection
 
 
-def train_normals(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, empty_text: Tensor,
+def train_normals(cfg: MicroTrainConfig, data: WorldData, vae: AutoencoderKL, rgb_latents: Tensor, empty_text: Tensor,
                   g: torch.Generator) -> UNet2DConditionModel:
     unet = _unet(cfg, 8, cfg.normals_channels)
     scheduler = DDIMScheduler(**MARIGOLD_SCHEDULER)
-    image_latents = _latents(vae, data.rgb * 2 - 1) * vae.config.scaling_factor
+    image_latents = rgb_latents * vae.config.scaling_factor
     normal_latents = _latents(vae, data.normal_image) * vae.config.scaling_factor
     last = scheduler.config.num_train_timesteps - 1
 
@@ -394,15 +395,15 @@ def train_all(out: Path, cfg: MicroTrainConfig) -> Path:
     data = render_data(cfg.world)
     logger.info("rendered %d views of %d objects (%.0f s)", len(data.captions), len(data.colours), time.monotonic() - start)
     tokenizer = write_word_tokenizer(staging / "tokenizer", world.vocabulary_words(), cfg.max_tokens)
-    vae = train_vae(cfg, data, g)
-    unet, text_encoder = train_text_to_image(cfg, data, vae, tokenizer, g)
+    vae, rgb_latents = train_vae(cfg, data, g)
+    unet, text_encoder = train_text_to_image(cfg, data, vae, rgb_latents, tokenizer, g)
     # The models are trained in float32 and saved in float16; a float32 copy keeps training the others.
     save_text_to_image(staging / "text_to_image", copy.deepcopy(vae), tokenizer, unet, copy.deepcopy(text_encoder))
-    save_zero123(staging / "zero123", copy.deepcopy(vae), *train_zero123(cfg, data, vae, g))
+    save_zero123(staging / "zero123", copy.deepcopy(vae), *train_zero123(cfg, data, vae, rgb_latents, g))
     text_encoder.eval().requires_grad_(False)
     with torch.no_grad():
         empty = text_encoder(tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids)[0]
-    normals_unet = train_normals(cfg, data, vae, empty, g)
+    normals_unet = train_normals(cfg, data, vae, rgb_latents, empty, g)
     save_normals(staging / "normals", vae, tokenizer, text_encoder, normals_unet, cfg.world.size)
     shutil.rmtree(staging / "tokenizer")
     (staging / "micro_priors.json").write_text(json.dumps(
