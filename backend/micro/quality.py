@@ -71,18 +71,22 @@ def base_colour_image(payload: MeshPayload) -> torch.Tensor | None:
     return torch.from_numpy(rgb)
 
 
+def _covered_mean(rgb: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Mean colour [3] over the fully covered pixels (coverage > 0.99) of renders [B,H,W,3], NaN if none."""
+    inside = mask[..., 0] > 0.99
+    return rgb[inside].mean(0).numpy() if bool(inside.any()) else np.full(3, np.nan)
+
+
 def _seen_colour(mesh: TriMesh, texture: torch.Tensor | None, cameras, rasterizer: MeshRasterizer) -> np.ndarray:
     """Mean display colour over the fully covered pixels of the mesh's views."""
     tgt = OracleTarget(mesh, rasterizer, texture).render(cameras)
-    inside = (tgt.mask[..., 0] > 0.99)
-    return tgt.albedo[inside].mean(0).numpy() if bool(inside.any()) else np.full(3, np.nan)
+    return _covered_mean(tgt.albedo, tgt.mask)
 
 
 def world_colour(colour: str, shape: str, cameras, rasterizer: MeshRasterizer) -> np.ndarray:
     """Mean colour the world's renders of the object show from these cameras (lit, as the priors saw it)."""
     r = world.render_object(world.coloured_mesh(colour, shape), cameras, rasterizer)
-    inside = r.mask[..., 0] > 0.99
-    return r.rgb[inside].mean(0).numpy()
+    return _covered_mean(r.rgb, r.mask)
 
 
 def score(payload: MeshPayload, colour: str, shape: str, front_azimuth_deg: float, views: int = 8,

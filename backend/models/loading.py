@@ -77,13 +77,12 @@ class ModelNotFoundError(JobFailed):
     def __init__(self, spec: ModelSpec, detail: str = ""):
         if spec.hub_id:
             how = "run `dreampolish-backend models pull` on a machine with internet"
+        elif spec.in_package:
+            how = "the micro priors ship with the project; rebuild them with `make micro-priors`"
+        elif "tiny" in str(spec.local):
+            how = "run `dreampolish-backend models pull --tiny`"
         else:
-            if spec.in_package:
-                how = "the micro priors ship with the project; rebuild them with `make micro-priors`"
-            elif "tiny" in str(spec.local):
-                how = "run `dreampolish-backend models pull --tiny`"
-            else:
-                how = "check the folder named in the models config"
+            how = "check the folder named in the models config"
         message = f"model {spec.name} ({spec.role}) not found locally; {how}"
         if detail:
             message += f" ({detail})"

@@ -105,6 +105,11 @@ class ReferenceConfig:
     for priors trained on square images only (the micro priors make noise at 64 x 32)."""
 
 
+def border_colour(rgb: np.ndarray) -> np.ndarray:
+    """[3] the median colour of an (H,W,3) image's border: what the mask takes for its background."""
+    return np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+
+
 def generation_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
     """(w, h) with the aspect of width:height, the longer side = native, each a multiple of `multiple`."""
     scale = native / max(width, height)
@@ -117,8 +122,7 @@ def foreground_mask(rgb: np.ndarray, config: ReferenceConfig | None = None) -> n
     """rgb float (H,W,3) in [0,1] -> bool (H,W) foreground, by background flood fill (module docstring)."""
     config = config or ReferenceConfig()
     h, w, _ = rgb.shape
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    background_colour = np.median(border, axis=0)
+    background_colour = border_colour(rgb)
     near = np.linalg.norm(rgb - background_colour, axis=-1) < config.background_tolerance
     labels, _ = ndimage.label(near)  # 4-connectivity: background must not leak through diagonal edges
     border_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -188,11 +192,11 @@ def generate_reference(
 
 def _fit_square(image: Tensor, width: int, height: int) -> Tensor:
     """[1,3,S,S] -> [1,3,height,width]: the square scaled to the shorter side and centred, the rest filled
-    with the median colour of the square's border (its background)."""
+    with the square's border colour, the colour the mask then takes for the background."""
     side = min(width, height)
     small = F.interpolate(image, (side, side), mode="bilinear", align_corners=False, antialias=True)
-    border = torch.cat([image[0, :, 0], image[0, :, -1], image[0, :, :, 0], image[0, :, :, -1]], dim=1)
-    out = border.median(dim=1).values.reshape(1, 3, 1, 1).expand(1, 3, height, width).clone()
+    fill = torch.from_numpy(border_colour(image[0].permute(1, 2, 0).cpu().numpy())).to(image)
+    out = fill.reshape(1, 3, 1, 1).expand(1, 3, height, width).clone()
     top, left = (height - side) // 2, (width - side) // 2
     out[:, :, top:top + side, left:left + side] = small
     return out
