@@ -13,18 +13,14 @@ the prompt's. Prints one line per row and prompt, the mean per row, then one JSO
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
-from dreampolish.backend.guidance import zero123
 from dreampolish.backend.micro import quality, world
 
 GEOMETRY_ROWS: dict[str, dict] = {
@@ -36,35 +32,11 @@ GEOMETRY_ROWS: dict[str, dict] = {
 }
 """Geometry rows: options on the micro preset. "No polish" keeps the stage (the chain is fixed) with one
 step and every loss at 0, so the mesh passes through unchanged."""
-def _flip_polar(camera: torch.Tensor) -> torch.Tensor:
-    return torch.cat([-camera[..., :1], camera[..., 1:]], dim=-1)
 
-
-def _as_reference(camera: torch.Tensor) -> torch.Tensor:
-    same = torch.zeros_like(camera)
-    same[..., 2] = 1.0  # Δpolar 0, sin Δazimuth 0, cos Δazimuth 1, Δradius 0
-    return same
-
-
-BUG_ROWS = {
-    "Zero123 camera, polar sign flipped (a method bug)": _flip_polar,
-    "Zero123 camera removed: every view as the reference (a method bug)": _as_reference,
-}
-"""Full geometry with a wrong camera given to Zero123 (guidance/zero123.py relative_camera, rewritten):
-what a quality test would have to catch. With the micro priors neither changes the figures (BENCHMARKS.md):
-their Zero123 does not use its camera."""
-
-
-@contextlib.contextmanager
-def wrong_camera(rewrite) -> Iterator[None]:
-    """Zero123 conditioned on `rewrite(camera)` instead of the relative camera."""
-    original = zero123.relative_camera
-    zero123.relative_camera = lambda *args, **kwargs: rewrite(original(*args, **kwargs))
-    try:
-        yield
-    finally:
-        zero123.relative_camera = original
-
+BUG_ROWS = {f"Zero123 camera {name} (a method bug)": rewrite for name, rewrite in quality.CAMERA_BUGS.items()}
+"""Full geometry with a wrong camera given to Zero123 (backend/micro/quality.py CAMERA_BUGS). With text prompts
+they leave the figures where they were (BENCHMARKS.md says why); the novel-view check in
+tests/backend/micro/test_micro_models.py is what catches them."""
 
 TEXTURE_ROWS: dict[str, dict] = {
     "texture SDS": {"texture.guidance.objective": "sds"},
@@ -77,10 +49,15 @@ is the method's DSD texture. (A texture-only job on the polished mesh would not 
 view, so its colours follow the prior's guidance alone.)"""
 
 
-def run_row(prompt: str, colour: str, shape: str, options: dict, seed: int) -> tuple[dict, quality.Generation]:
+def run_row(prompt: str, colour: str, shape: str, options: dict, seed: int,
+            image_elevation: float | None = None) -> tuple[dict, quality.Generation]:
+    picture = {}
+    if image_elevation is not None:  # image to 3D: the world's picture of the object's front, with its camera
+        image, camera = quality.world_picture(colour, shape, image_elevation)
+        picture = {"image": image, "cameras": [camera]}
     with tempfile.TemporaryDirectory() as work:
         t = time.monotonic()
-        gen = quality.generate(prompt, Path(work), options, seed=seed)
+        gen = quality.generate(prompt, Path(work), options, seed=seed, **picture)
         seconds = time.monotonic() - t
     figures = {**quality.score(gen.final, colour, shape, gen.front_azimuth_deg).as_dict(), "seconds": round(seconds, 1)}
     return figures, gen
@@ -92,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (by name)")
     p.add_argument("--bug", action="store_true", help="add the wrong-camera rows (BUG_ROWS)")
+    p.add_argument("--image-elevation", type=float, default=None,
+                   help="image to 3D: each prompt's object as the world renders it from this elevation, with its camera")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     table: dict[str, list[dict]] = {}
@@ -101,19 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         for row, options in rows.items():
             if args.rows and row not in args.rows:
                 continue
-            figures, _ = run_row(prompt, colour, shape, options, args.seed)
+            figures, _ = run_row(prompt, colour, shape, options, args.seed, args.image_elevation)
             table.setdefault(row, []).append(figures)
             print(f"{row:30s} {prompt:16s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
         for row, rewrite in BUG_ROWS.items() if args.bug else ():
-            with wrong_camera(rewrite):
-                figures, _ = run_row(prompt, colour, shape, {}, args.seed)
+            with quality.wrong_camera(rewrite):
+                figures, _ = run_row(prompt, colour, shape, {}, args.seed, args.image_elevation)
             table.setdefault(row, []).append(figures)
             print(f"{row:30s} {prompt:16s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
     print("\nmean over prompts:")
     means = {row: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for row, rows in table.items()}
     for row, m in means.items():
         print(f"{row:28s} " + " ".join(f"{k}={v:.3g}" for k, v in m.items()))
-    print(json.dumps({"benchmark": "micro_ablation", "prompts": args.prompts, "seed": args.seed, "rows": table, "means": means}))
+    print(json.dumps({"benchmark": "micro_ablation", "prompts": args.prompts, "seed": args.seed,
+                      "image_elevation": args.image_elevation, "rows": table, "means": means}))
     return 0
 
 

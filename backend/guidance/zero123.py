@@ -189,12 +189,12 @@ class Zero123Guidance:
         with torch.no_grad():
             return self.models.camera_projection(token)
 
-    def latent_gradient(self, latents: Tensor, t: Tensor, noise: Tensor, context: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """g = w(t)·(ε̂ − ε) on the scaled render latents [B,4,h,w]."""
+    def noise_prediction(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        """ε̂ = ε_uncond + s·(ε_cond − ε_uncond) for noisy scaled latents x_t [B,4,h,w] at timesteps t [B]
+        (on the CPU), conditioned on `context` [B,1,D] (from `conditioning`) and the reference latent."""
         m = self.models
-        latents = latents.detach().float()
-        b = latents.shape[0]
-        x_t = add_noise(self.scheduler, latents, noise.float(), t)
+        x_t = x_t.float()
+        b = x_t.shape[0]
         concat = self.reference_latent.expand(b, -1, -1, -1)
         x_in = torch.cat([torch.cat([x_t.to(m.dtype), torch.zeros_like(concat)], 1), torch.cat([x_t.to(m.dtype), concat], 1)])
         ctx = torch.cat([torch.zeros_like(context), context])
@@ -202,7 +202,13 @@ class Zero123Guidance:
             pred = m.unet(x_in, torch.cat([t, t]).to(m.device), encoder_hidden_states=ctx).sample
         pred = to_epsilon(self.scheduler, pred.float(), torch.cat([x_t, x_t]), torch.cat([t, t]))
         eps_uncond, eps_cond = pred.chunk(2)
-        eps_hat = eps_uncond + self.config.guidance_scale * (eps_cond - eps_uncond)
+        return eps_uncond + self.config.guidance_scale * (eps_cond - eps_uncond)
+
+    def latent_gradient(self, latents: Tensor, t: Tensor, noise: Tensor, context: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """g = w(t)·(ε̂ − ε) on the scaled render latents [B,4,h,w]."""
+        latents = latents.detach().float()
+        x_t = add_noise(self.scheduler, latents, noise.float(), t)
+        eps_hat = self.noise_prediction(x_t, t, context)
         w = timestep_weight(self.scheduler, t, self.config.weighting).to(latents)
         grad = clean_gradient(w * (eps_hat - noise), self.config.grad_clip)
         return grad, {"grad_norm": scalar(grad.norm()), "t": float(t.float().mean()) / self.num_train_timesteps}

@@ -17,21 +17,25 @@ pipeline: the objects come out of score distillation with the micro priors.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from dreampolish.protocol.scene import MeshPayload
+from dreampolish.protocol.image import ReferenceImage
+from dreampolish.protocol.scene import CameraSpec, MeshPayload
 from PIL import Image
 
 from ..geometry.mesh import TriMesh, normalize_to_unit
 from ..geometry.metrics import chamfer_fraction, silhouette_iou
+from ..guidance import zero123
 from ..guidance.oracle import OracleTarget
-from ..render.cameras import ViewSampler
+from ..render.cameras import ViewSampler, orbit_cameras
 from ..render.colour import delta_e
 from ..render.rasterize import MeshRasterizer
 from . import world
@@ -163,32 +167,55 @@ class _Recorder:
         return out
 
 
-def front_azimuth_deg(prompt: str, seed: int = 0, preset: str = "micro", options: dict | None = None) -> float:
-    """Azimuth of the job's reference camera (the pipeline's front) for a request without cameras."""
+def front_azimuth_deg(prompt: str, seed: int = 0, preset: str = "micro", options: dict | None = None,
+                      cameras: list[CameraSpec] | None = None) -> float:
+    """Azimuth of the job's reference camera (the pipeline's front): the default front camera for a request
+    without cameras, else the first camera's."""
     from dreampolish.protocol.job import JobSpec
 
     from ..pipeline.frame import job_frame
     from ..presets import get_preset
 
-    spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}))
+    spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), cameras=list(cameras or []))
     return float(job_frame(spec, get_preset(preset, spec.options)).reference_camera.azimuth_deg[0])
 
 
 def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int = 0, preset: str = "micro",
-             priors=None, stages: list[str] | None = None) -> Generation:
-    """Run the pipeline (the real one: stages, priors loaded through `from_pretrained`) on one prompt."""
+             priors=None, stages: list[str] | None = None, image: ReferenceImage | None = None,
+             cameras: list[CameraSpec] | None = None) -> Generation:
+    """Run the pipeline (the real one: stages, priors loaded through `from_pretrained`) on one prompt, with
+    the artist's `image` seen from `cameras[0]` when given (image to 3D)."""
     from dreampolish.protocol.job import JobSpec
 
     from ..pipeline import DreamPolishPipeline
 
-    spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), stages=stages)
+    spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), stages=stages, image=image,
+                   cameras=list(cameras or []))
     pipeline = DreamPolishPipeline(priors=priors) if priors is not None else DreamPolishPipeline()
     ctx = _Recorder(Path(work_dir))
     pipeline.run(spec, ctx)
     # the last mesh with faces: the export stage may end on files alone
     final = [m for m in ctx.results.values() if m.faces is not None and len(m.faces)][-1]
-    return Generation(final, dict(ctx.results), ctx.seconds(), front_azimuth_deg(prompt, seed, preset, options),
-                      ctx.last_losses, ctx.previews)
+    return Generation(final, dict(ctx.results), ctx.seconds(),
+                      front_azimuth_deg(prompt, seed, preset, options, cameras), ctx.last_losses, ctx.previews)
+
+
+def world_picture(colour: str, shape: str, elevation_deg: float, azimuth_deg: float = 0.0,
+                  size: int = 64) -> tuple[ReferenceImage, CameraSpec]:
+    """The world's render of the object from an orbit view (azimuth 0 faces the object's front, +X), as an
+    artist's picture (RGBA PNG), and the Blender camera that took it (the prior views' 20° field of view), for
+    an image-to-3D request; `generate` with it scores against the object turned as the camera saw it."""
+    cams = orbit_cameras(torch.tensor([elevation_deg]), torch.tensor([azimuth_deg]), torch.tensor([world.VIEW_DISTANCE]),
+                         torch.tensor([world.VIEW_FOVY_DEG]), size, size)
+    r = world.render_object(world.coloured_mesh(colour, shape), cams)
+    rgba = (torch.cat([r.rgb[0], r.mask[0]], -1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    # VERTICAL fit: fovy = 2 atan(sensor_height / 2 / lens)
+    lens = 12.0 / math.tan(math.radians(world.VIEW_FOVY_DEG) / 2)
+    camera = CameraSpec(matrix_world=cams.c2w[0].numpy().astype(np.float32), lens_mm=lens, sensor_height_mm=24.0,
+                        sensor_fit="VERTICAL", resolution=(size, size), name="world view")
+    return ReferenceImage(png=buf.getvalue()), camera
 
 
 def normal_error_deg(estimator, colour: str, shape: str, views: int = 8, size: int = 64) -> tuple[float, float]:
@@ -204,3 +231,78 @@ def normal_error_deg(estimator, colour: str, shape: str, views: int = 8, size: i
         return float(torch.rad2deg(torch.acos((pred * r.normal).sum(-1)[fg].clamp(-1, 1))).mean())
 
     return error(n), error(torch.tensor([0.0, 0.0, 1.0]).expand_as(r.normal))
+
+
+# -- what the view-conditioned prior does with its camera ----------------------------------------------------
+
+NOVEL_REFERENCE = (15.0, 0.0)
+"""(elevation, azimuth) of the reference view the novel-view check conditions on."""
+NOVEL_VIEWS = ((55.0, 0.0), (55.0, 90.0), (15.0, 90.0), (15.0, 180.0), (-10.0, 45.0), (40.0, -120.0))
+"""The views it asks for: Δpolar −40° and +25°, Δazimuth up to 180°, inside the world's orbits."""
+
+
+@torch.no_grad()
+def novel_views(models, colour: str, shape: str, reference: tuple[float, float] = NOVEL_REFERENCE,
+                views: tuple[tuple[float, float], ...] = NOVEL_VIEWS, steps: int = 20, guidance_scale: float = 3.0,
+                seed: int = 0, size: int = world.WorldConfig.size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Zero123's DDIM samples of `views` [V,H,W,3], the world's renders there [V,H,W,3]), both over white, from
+    the world's render of the object at `reference`. `models` are Zero123Models; the conditioning and the
+    CFG noise prediction are guidance/zero123.py's, so a wrong camera there shows here."""
+    from diffusers import DDIMScheduler
+
+    el = torch.tensor([reference[0]] + [v[0] for v in views])
+    az = torch.tensor([reference[1]] + [v[1] for v in views])
+    n = len(el)
+    cams = orbit_cameras(el, az, torch.full((n,), world.VIEW_DISTANCE), torch.full((n,), world.VIEW_FOVY_DEG),
+                         size, size)
+    r = world.render_object(world.coloured_mesh(colour, shape), cams)
+    rgb = zero123.white_background(r.rgb, r.mask)
+    guidance = zero123.Zero123Guidance(models, rgb[0], r.mask[0],
+                                       zero123.ReferenceView(reference[0], reference[1], world.VIEW_DISTANCE),
+                                       zero123.Zero123GuidanceConfig(guidance_scale=guidance_scale))
+    context = guidance.conditioning(el[1:], az[1:], torch.full((n - 1,), world.VIEW_DISTANCE))
+    scheduler = DDIMScheduler.from_config(models.scheduler.config)  # set_timesteps must not touch the guidance's
+    scheduler.set_timesteps(steps)
+    side = guidance.resolution // 2 ** (len(models.vae.config.block_out_channels) - 1)
+    x = torch.randn((n - 1, 4, side, side), generator=torch.Generator().manual_seed(seed))
+    for t in scheduler.timesteps:
+        eps = guidance.noise_prediction(x, torch.full((n - 1,), int(t)), context)
+        x = scheduler.step(eps, t, x).prev_sample
+    image = models.vae.decode((x / models.vae.config.scaling_factor).to(models.dtype)).sample.float()
+    return ((image + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1), rgb[1:]
+
+
+def novel_view_error(models, colour: str, shape: str, **kwargs) -> float:
+    """Mean squared colour error of `novel_views` against the world's renders (lower is better)."""
+    samples, truth = novel_views(models, colour, shape, **kwargs)
+    return float(((samples - truth) ** 2).mean())
+
+
+def flip_polar(camera: torch.Tensor) -> torch.Tensor:
+    """The Zero123 camera [..,4] with its polar difference's sign flipped (elevation taken for polar angle)."""
+    return torch.cat([-camera[..., :1], camera[..., 1:]], dim=-1)
+
+
+def reference_camera(camera: torch.Tensor) -> torch.Tensor:
+    """Every view's Zero123 camera as the reference's own (the camera left out of the condition)."""
+    same = torch.zeros_like(camera)
+    same[..., 2] = 1.0  # Δpolar 0, sin Δazimuth 0, cos Δazimuth 1, Δradius 0
+    return same
+
+
+CAMERA_BUGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "polar sign flipped": flip_polar,
+    "camera removed (every view as the reference)": reference_camera,
+}
+"""Method bugs in the Zero123 camera, which the figures here must catch."""
+
+
+@contextlib.contextmanager
+def wrong_camera(rewrite: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Zero123 conditioned on `rewrite(camera)` instead of guidance/zero123.py's relative camera."""
+    original = zero123.relative_camera
+    zero123.relative_camera = lambda *args, **kwargs: rewrite(original(*args, **kwargs))
+    try:
+        yield
+    finally:
+        zero123.relative_camera = original
