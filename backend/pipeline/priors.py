@@ -94,8 +94,9 @@ def given_reference(spec: JobSpec, preset: PipelinePreset, frame: JobFrame) -> t
     cam = frame.reference_camera
     if spec.image is None:  # the callers check; a bad call must still fail clearly
         raise ValueError("the request has no reference image")
-    return prepare_image(spec.image, cam.width, cam.height, preset.reference.fill_margin,
-                         preset.reference.generation, cam.device)
+    ref = preset.reference
+    return prepare_image(spec.image, cam.width, cam.height, ref.fill_margin / ref.image_fill, ref.generation,
+                         cam.device)
 
 
 def _seeded(cfg: Any, seed: int) -> Any:

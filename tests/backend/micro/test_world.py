@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+import pytest
 import torch
 from dreampolish.backend.guidance.text_prior import VIEW_DIRECTIONS
 from dreampolish.backend.micro import world
 from dreampolish.backend.micro.train import write_word_tokenizer
 from dreampolish.backend.render.cameras import orbit_cameras
+from PIL import Image
 
 
 def test_every_object_is_in_the_pipelines_object_frame():
@@ -58,3 +63,29 @@ def test_every_vocabulary_word_is_one_token_and_other_text_still_tokenizes(tmp_p
         assert tok.tokenize(w) == [w + "</w>"], w
     assert len(tok("a ceramic teapot").input_ids) > 4  # unknown words fall back to bytes
     assert set(VIEW_DIRECTIONS) <= set(words)
+
+
+def test_a_world_picture_is_an_image_request_seen_from_its_camera():
+    # The image-to-3D request the micro bench makes: the pipeline places its reference camera where the
+    # world's render was taken (elevation, azimuth, the prior views' 20 degrees), and reads the picture's alpha.
+    from dreampolish.backend.micro.quality import world_picture
+    from dreampolish.backend.pipeline.frame import job_frame
+    from dreampolish.backend.presets import get_preset
+    from dreampolish.protocol.job import JobSpec, validate_spec
+
+    image, camera = world_picture("red", "cone", 30.0, 20.0)
+    spec = validate_spec(JobSpec("a red cone", preset="micro", image=image, cameras=[camera]))
+    ref = job_frame(spec, get_preset("micro")).reference_camera
+    assert float(ref.elevation_deg[0]) == pytest.approx(30.0, abs=1e-3)
+    assert float(ref.azimuth_deg[0]) == pytest.approx(20.0, abs=1e-3)
+    assert float(ref.fovy_deg[0]) == pytest.approx(world.VIEW_FOVY_DEG, abs=1e-3)
+    alpha = np.asarray(Image.open(io.BytesIO(image.png)))[..., 3]
+    assert 0.05 < (alpha > 127).mean() < 0.6  # the cone, on a transparent background
+
+
+def test_the_silhouette_span_the_micro_preset_frames_pictures_to_is_the_worlds():
+    from dreampolish.backend.presets import get_preset
+
+    assert min(world.silhouette_spans().values()) == pytest.approx(world.SILHOUETTE_SPAN, abs=0.005)
+    assert get_preset("micro").reference.image_fill == world.SILHOUETTE_SPAN
+    assert get_preset("standard").reference.image_fill == 1.0  # the real priors keep DreamCraft3D's framing
