@@ -57,8 +57,9 @@ def choose_preset(requested: str) -> tuple[str, str]:
 
 DEFAULT_PROMPT = "a ceramic teapot with a blue glaze"
 """The prompt when none is given, for presets with the real priors."""
-MICRO_DEFAULT_PROMPT = "a green torus"
-"""The micro priors' default: a pair of their world held out of their training (backend/micro/world.py)."""
+MICRO_DEFAULT_PROMPT = "a red cone"
+"""The micro priors' default: a pair of their world held out of their training (backend/micro/world.py), whose
+shape the micro chain makes well (BENCHMARKS.md, "Micro priors": the green torus comes out without its hole)."""
 
 
 def choose_prompt(requested: str | None, preset: str) -> str:
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", default="", help="the prompt (default: one the chosen preset's priors know)")
     p.add_argument("--preset", default="auto", help="auto, micro, tiny, draft, standard or high")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the job's seed (0: the micro quality test's; the micro chain's cone depends on it, BENCHMARKS.md)")
     p.add_argument("--blender-python", default=str(REPO / ".venv-blender" / "bin" / "python"))
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     p.add_argument("--frames", type=int, default=8)
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         blender = subprocess.run(
             [args.blender_python, str(REPO / "scripts" / "blender_demo.py"), "--zip", str(zips[-1]),
              "--backend", address, "--prompt", args.prompt, "--preset", preset, "--out", str(out),
-             "--frames", str(args.frames), "--size", str(args.size), "--samples", str(args.samples)],
+             "--seed", str(args.seed), "--frames", str(args.frames), "--size", str(args.size),
+             "--samples", str(args.samples)],
             cwd=REPO,
         )
     finally:
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "",
         f"DreamPolish demo finished in {time.monotonic() - t0:.0f} s with preset {preset!r} ({why}).",
-        f"  prompt:          {args.prompt}",
+        f"  prompt:          {args.prompt} (seed {args.seed})",
         f"  stages imported: {', '.join(summary['stages_seen'])}",
         f"  Blender file:    {summary['blend']}  (textures packed: {', '.join(summary['images']) or 'none'})",
         f"  contact sheet:   {summary['contact_sheet']}",
