@@ -294,7 +294,8 @@ CAMERA_BUGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "polar sign flipped": flip_polar,
     "camera removed (every view as the reference)": reference_camera,
 }
-"""Method bugs in the Zero123 camera, which the figures here must catch."""
+"""Method bugs in the Zero123 camera: `novel_view_error` catches both; the geometry figures of a text prompt do
+not (its reference is at elevation 0 and the world's shapes are symmetric: BENCHMARKS.md)."""
 
 
 @contextlib.contextmanager
