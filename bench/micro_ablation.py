@@ -13,6 +13,7 @@ the prompt's. Prints one line per row and prompt, the mean per row, then one JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -33,7 +34,7 @@ GEOMETRY_ROWS: dict[str, dict] = {
 """Geometry rows: options on the micro preset. "No polish" keeps the stage (the chain is fixed) with one
 step and every loss at 0, so the mesh passes through unchanged."""
 
-BUG_ROWS = {f"Zero123 camera {name} (a method bug)": rewrite for name, rewrite in quality.CAMERA_BUGS.items()}
+BUG_ROWS = {f"Zero123 {name} (a method bug)": rewrite for name, rewrite in quality.CAMERA_BUGS.items()}
 """Full geometry with a wrong camera given to Zero123 (backend/micro/quality.py CAMERA_BUGS). With text prompts
 they leave the figures where they were (BENCHMARKS.md says why); the novel-view check in
 tests/backend/micro/test_micro_models.py is what catches them."""
@@ -74,18 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     table: dict[str, list[dict]] = {}
-    rows = {**GEOMETRY_ROWS, **TEXTURE_ROWS}
+    # (row, options, camera rewrite or None): the option rows, then the wrong-camera rows on the full method
+    rows = [(row, options, None) for row, options in {**GEOMETRY_ROWS, **TEXTURE_ROWS}.items()
+            if not args.rows or row in args.rows]
+    rows += [(row, {}, rewrite) for row, rewrite in BUG_ROWS.items()] if args.bug else []
     for prompt in args.prompts:
         colour, shape = world.parse_prompt(prompt)
-        for row, options in rows.items():
-            if args.rows and row not in args.rows:
-                continue
-            figures, _ = run_row(prompt, colour, shape, options, args.seed, args.image_elevation)
-            table.setdefault(row, []).append(figures)
-            print(f"{row:30s} {prompt:16s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
-        for row, rewrite in BUG_ROWS.items() if args.bug else ():
-            with quality.wrong_camera(rewrite):
-                figures, _ = run_row(prompt, colour, shape, {}, args.seed, args.image_elevation)
+        for row, options, rewrite in rows:
+            with quality.wrong_camera(rewrite) if rewrite else contextlib.nullcontext():
+                figures, _ = run_row(prompt, colour, shape, options, args.seed, args.image_elevation)
             table.setdefault(row, []).append(figures)
             print(f"{row:30s} {prompt:16s} " + " ".join(f"{k}={v:.3g}" for k, v in figures.items()), flush=True)
     print("\nmean over prompts:")

@@ -35,7 +35,7 @@ from ..geometry.mesh import TriMesh, normalize_to_unit
 from ..geometry.metrics import chamfer_fraction, silhouette_iou
 from ..guidance import zero123
 from ..guidance.oracle import OracleTarget
-from ..render.cameras import ViewSampler, orbit_cameras
+from ..render.cameras import ViewSampler
 from ..render.colour import delta_e
 from ..render.rasterize import MeshRasterizer
 from . import world
@@ -167,19 +167,6 @@ class _Recorder:
         return out
 
 
-def front_azimuth_deg(prompt: str, seed: int = 0, preset: str = "micro", options: dict | None = None,
-                      cameras: list[CameraSpec] | None = None) -> float:
-    """Azimuth of the job's reference camera (the pipeline's front): the default front camera for a request
-    without cameras, else the first camera's."""
-    from dreampolish.protocol.job import JobSpec
-
-    from ..pipeline.frame import job_frame
-    from ..presets import get_preset
-
-    spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), cameras=list(cameras or []))
-    return float(job_frame(spec, get_preset(preset, spec.options)).reference_camera.azimuth_deg[0])
-
-
 def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int = 0, preset: str = "micro",
              priors=None, stages: list[str] | None = None, image: ReferenceImage | None = None,
              cameras: list[CameraSpec] | None = None) -> Generation:
@@ -188,6 +175,8 @@ def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int
     from dreampolish.protocol.job import JobSpec
 
     from ..pipeline import DreamPolishPipeline
+    from ..pipeline.frame import job_frame
+    from ..presets import get_preset
 
     spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), stages=stages, image=image,
                    cameras=list(cameras or []))
@@ -196,8 +185,9 @@ def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int
     pipeline.run(spec, ctx)
     # the last mesh with faces: the export stage may end on files alone
     final = [m for m in ctx.results.values() if m.faces is not None and len(m.faces)][-1]
-    return Generation(final, dict(ctx.results), ctx.seconds(),
-                      front_azimuth_deg(prompt, seed, preset, options, cameras), ctx.last_losses, ctx.previews)
+    # the pipeline's front: the azimuth of the job's reference camera (the default front camera without cameras)
+    front = float(job_frame(spec, get_preset(preset, spec.options)).reference_camera.azimuth_deg[0])
+    return Generation(final, dict(ctx.results), ctx.seconds(), front, ctx.last_losses, ctx.previews)
 
 
 def world_picture(colour: str, shape: str, elevation_deg: float, azimuth_deg: float = 0.0,
@@ -205,8 +195,7 @@ def world_picture(colour: str, shape: str, elevation_deg: float, azimuth_deg: fl
     """The world's render of the object from an orbit view (azimuth 0 faces the object's front, +X), as an
     artist's picture (RGBA PNG), and the Blender camera that took it (the prior views' 20° field of view), for
     an image-to-3D request; `generate` with it scores against the object turned as the camera saw it."""
-    cams = orbit_cameras(torch.tensor([elevation_deg]), torch.tensor([azimuth_deg]), torch.tensor([world.VIEW_DISTANCE]),
-                         torch.tensor([world.VIEW_FOVY_DEG]), size, size)
+    cams = world.view_cameras(torch.tensor([elevation_deg]), torch.tensor([azimuth_deg]), size)
     r = world.render_object(world.coloured_mesh(colour, shape), cams)
     rgba = (torch.cat([r.rgb[0], r.mask[0]], -1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     buf = io.BytesIO()
@@ -253,10 +242,8 @@ def novel_views(models, colour: str, shape: str, reference: tuple[float, float] 
     el = torch.tensor([reference[0]] + [v[0] for v in views])
     az = torch.tensor([reference[1]] + [v[1] for v in views])
     n = len(el)
-    cams = orbit_cameras(el, az, torch.full((n,), world.VIEW_DISTANCE), torch.full((n,), world.VIEW_FOVY_DEG),
-                         size, size)
-    r = world.render_object(world.coloured_mesh(colour, shape), cams)
-    rgb = zero123.white_background(r.rgb, r.mask)
+    r = world.render_object(world.coloured_mesh(colour, shape), world.view_cameras(el, az, size))
+    rgb = r.rgb  # already over white (world.BACKGROUND)
     guidance = zero123.Zero123Guidance(models, rgb[0], r.mask[0],
                                        zero123.ReferenceView(reference[0], reference[1], world.VIEW_DISTANCE),
                                        zero123.Zero123GuidanceConfig(guidance_scale=guidance_scale))
@@ -291,7 +278,7 @@ def reference_camera(camera: torch.Tensor) -> torch.Tensor:
 
 
 CAMERA_BUGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "polar sign flipped": flip_polar,
+    "camera polar sign flipped": flip_polar,
     "camera removed (every view as the reference)": reference_camera,
 }
 """Method bugs in the Zero123 camera: `novel_view_error` catches both; the geometry figures of a text prompt do

@@ -62,6 +62,14 @@ that no shape comes out larger than the world showed it: larger, the micro prior
 from the front at 1.11 times its world size: Chamfer 4.6 %, IoU 0.60; at its size 1.2 % and 0.885)."""
 
 
+def view_cameras(elevation_deg: Tensor, azimuth_deg: Tensor, size: int) -> CameraBatch:
+    """Square cameras of side `size` on the prior views' orbit (VIEW_DISTANCE, VIEW_FOVY_DEG), elevations and
+    azimuths [B] in degrees."""
+    n = elevation_deg.shape[0]
+    return orbit_cameras(elevation_deg, azimuth_deg, torch.full((n,), VIEW_DISTANCE), torch.full((n,), VIEW_FOVY_DEG),
+                         size, size)
+
+
 # -- meshes ------------------------------------------------------------------------------------------------
 
 
@@ -290,10 +298,8 @@ def silhouette_spans(size: int = 256) -> dict[str, float]:
     """The measurement behind SILHOUETTE_SPAN, per shape: the mean over views from azimuths 0, 45, 90, 180 at
     elevations 0, 15, 30 of the silhouette's bounding box's longer side over the bounding sphere's projected
     diameter."""
-    el = torch.tensor([0.0, 15.0, 30.0]).repeat(4)
-    az = torch.tensor([0.0, 45.0, 90.0, 180.0]).repeat_interleave(3)
-    n = len(el)
-    cams = orbit_cameras(el, az, torch.full((n,), VIEW_DISTANCE), torch.full((n,), VIEW_FOVY_DEG), size, size)
+    cams = view_cameras(torch.tensor([0.0, 15.0, 30.0]).repeat(4),
+                        torch.tensor([0.0, 45.0, 90.0, 180.0]).repeat_interleave(3), size)
     sphere_px = size * math.tan(math.asin(0.5 / VIEW_DISTANCE)) / math.tan(math.radians(VIEW_FOVY_DEG) / 2)
     rasterizer = MeshRasterizer("torch")
     spans = {}
@@ -336,7 +342,7 @@ def training_objects(config: WorldConfig) -> list[tuple[str, str]]:
 def sample_views(n: int, config: WorldConfig, generator: torch.Generator) -> CameraBatch:
     el = config.elevation_range[0] + (config.elevation_range[1] - config.elevation_range[0]) * torch.rand(n, generator=generator)
     az = -180.0 + 360.0 * torch.rand(n, generator=generator)
-    return orbit_cameras(el, az, torch.full((n,), VIEW_DISTANCE), torch.full((n,), VIEW_FOVY_DEG), config.size, config.size)
+    return view_cameras(el, az, config.size)
 
 
 @dataclass

@@ -10,7 +10,6 @@ import torch
 from dreampolish.backend.guidance.text_prior import VIEW_DIRECTIONS
 from dreampolish.backend.micro import world
 from dreampolish.backend.micro.train import write_word_tokenizer
-from dreampolish.backend.render.cameras import orbit_cameras
 from PIL import Image
 
 
@@ -24,8 +23,7 @@ def test_every_object_is_in_the_pipelines_object_frame():
 
 def test_faces_point_outwards_so_the_renders_normals_face_the_camera():
     # Seen from any side, a visible surface's camera-frame normal points towards the viewer (+Z).
-    cams = orbit_cameras(torch.tensor([0.0, 30.0, 60.0]), torch.tensor([0.0, 120.0, -100.0]),
-                         torch.full((3,), world.VIEW_DISTANCE), torch.full((3,), world.VIEW_FOVY_DEG), 48, 48)
+    cams = world.view_cameras(torch.tensor([0.0, 30.0, 60.0]), torch.tensor([0.0, 120.0, -100.0]), 48)
     for shape in world.SHAPES:
         r = world.render_object(world.coloured_mesh("red", shape), cams)
         fg = r.mask[..., 0] > 0.99
