@@ -278,6 +278,9 @@ class PipelinePreset:
     """Mesh rasteriser: nvdiffrast on CUDA when installed ("auto"), else the PyTorch one."""
     preview_every: int = ranged(100, 0, 200_000)
     """Steps between preview images (0: none)."""
+    report_every: int = ranged(10, 1, 200_000)
+    """Steps between progress reports, whose losses are read back from the device (issue 28): the steps in
+    between never make the host wait for the GPU. A stage's last step always reports."""
     preview_size: int = ranged(256, 16, 2048)
     """Longer side in pixels of preview images."""
     reference: ReferenceStageConfig = field(default_factory=ReferenceStageConfig)
@@ -365,7 +368,7 @@ def shrink_to_tiny(preset: PipelinePreset) -> PipelinePreset:
     renders: what the tiny preset is made of, and what GPU smoke benchmarks shrink other presets with."""
     p = copy.deepcopy(preset)
     return replace(
-        p, model_set="tiny", rasterizer="torch", preview_every=2, preview_size=48,
+        p, model_set="tiny", rasterizer="torch", preview_every=2, report_every=1, preview_size=48,
         reference=replace(p.reference, size=64, generation=replace(p.reference.generation, num_inference_steps=2)),
         guidance=replace(p.guidance, zero123_weight=1.0, text_weight=1.0),
         **_tiny_geometry(p),

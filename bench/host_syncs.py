@@ -1,0 +1,62 @@
+"""Host syncs per optimisation step of every stage (issue 28), counted on the CPU.
+
+Runs one generate job of the `tiny` preset through the real pipeline (tiny models, PyTorch rasteriser)
+under backend/host_syncs.HostSyncCounter and prints, per stage, the syncs of each reported step and where
+the steady-state ones come from. Syncs inside the PyTorch rasteriser (nvdiffrast's stand-in on the CPU)
+are counted apart. Ends with one JSON line.
+
+    .venv/bin/python bench/host_syncs.py [--steps 8] [--report-every 4] [--stacks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from dreampolish.backend.host_syncs import CPU_ONLY_FILES, HostSyncCounter, StepSyncRecorder  # noqa: E402
+from dreampolish.backend.models.specs import MODEL_DIR_ENV  # noqa: E402
+from dreampolish.backend.models.tiny import build_tiny_models  # noqa: E402
+from dreampolish.backend.pipeline import DreamPolishPipeline  # noqa: E402
+from dreampolish.protocol.job import JobSpec  # noqa: E402
+
+STAGES = ("nerf", "neus", "dmtet", "polish", "texture")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--report-every", type=int, default=4)
+    ap.add_argument("--stacks", action="store_true", help="list where each steady-state sync comes from")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="host-syncs-"))
+    build_tiny_models(tmp / "tiny")
+    os.environ[MODEL_DIR_ENV] = str(tmp)
+    options: dict = {f"{s}.steps": args.steps for s in STAGES}
+    options.update({"preview_every": 0, "report_every": args.report_every})
+    counter = HostSyncCounter(keep_stacks=args.stacks, excuse=CPU_ONLY_FILES)
+    rec = StepSyncRecorder(counter, tmp / "job")
+    with counter:
+        DreamPolishPipeline().run(JobSpec(prompt="a red cone", preset="tiny", options=options), rec)
+    report = {}
+    print(f"{'stage':8} {'syncs per reported step':40} steady-state median")
+    for stage in STAGES:
+        per_step = [(step, sum(c.values())) for step, c in rec.steps[stage]]
+        steady = [n for step, n in per_step[1:]]
+        median = statistics.median(steady) if steady else None
+        report[stage] = {"per_step": per_step, "steady_median": median}
+        print(f"{stage:8} {str([n for _, n in per_step]):40} {median}")
+        if args.stacks:
+            for where, n in rec.stacks[stage].most_common(30):
+                print(f"    {n:4d} {where}")
+    print(json.dumps({"bench": "host_syncs", "steps": args.steps, "report_every": args.report_every,
+                      "stages": report}))
+
+
+if __name__ == "__main__":
+    main()
