@@ -276,6 +276,10 @@ class PipelinePreset:
     """Model set (models/defaults.json) of the text-to-image, Zero123 and normal-estimator priors."""
     rasterizer: Literal["auto", "torch", "nvdiffrast"] = "auto"
     """Mesh rasteriser: nvdiffrast on CUDA when installed ("auto"), else the PyTorch one."""
+    compile_guidance: Literal["auto", "on", "off"] = "auto"
+    """torch.compile of the priors' per-step model calls: the UNet passes, the VAE encoder and the LoRA
+    adapter's training step (guidance/compiled.py). "auto" compiles on CUDA only (on the CPU compiling
+    takes longer than the steps it speeds up); "off" runs them eagerly everywhere."""
     preview_every: int = ranged(100, 0, 200_000)
     """Steps between preview images (0: none)."""
     report_every: int = ranged(10, 1, 200_000)
