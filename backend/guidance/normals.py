@@ -9,10 +9,12 @@ conversion is the identity matrix below plus a layout change; it is written
 out so that an estimator with another convention (StableNormal, a different
 checkpoint) changes one matrix.
 
-The estimate depends on the image only, and the polish stage shows the
-estimator the same few views again and again, so estimates are cached by view
+The estimate depends on the image only, so estimates are cached by view
 (camera pose, field of view, image size); `clear()` drops them, e.g. when the
-renders change enough to warrant fresh estimates.
+renders change enough to warrant fresh estimates. Forming the key reads the
+camera back from the device (a host sync per call): the polish stage keeps its
+fixed view pool's targets itself (stages/polish.py PoolTargets) and calls in
+only for views it has not estimated yet.
 """
 
 from __future__ import annotations

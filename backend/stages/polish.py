@@ -16,6 +16,7 @@ The optimised variables are per-vertex offsets δ of the input mesh (topology is
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +32,7 @@ from ..guidance.normals import NormalEstimatorConfig
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.rasterize import MeshRasterizer, RasterOutput
 from .base import ReferenceView, StageReporter, normals_to_camera
+from .step import draw_seed
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +113,54 @@ class PolishState:
     mesh: TriMesh
 
 
+class PoolTargets:
+    """The estimator's targets of the fixed view pool, kept on the device and estimated once per view, when the
+    view is first drawn (from the mesh as it is then, masked by its coverage then).
+
+    Which views are drawn is decided on the host (`draw`, a Python RNG seeded once from the job's generator),
+    so that a step whose views all have targets neither reads anything back nor calls the estimator: the
+    estimator's own cache (guidance/normals.py) keys views by their camera values, which it must read back
+    from the device, a host sync per call. Only the steps that draw a view for the first time call it."""
+
+    def __init__(self, cameras: CameraBatch, generator: torch.Generator | None):
+        self.cameras = cameras
+        self.rng = random.Random(draw_seed(generator))
+        self.targets: Tensor | None = None
+        """[P,H,W,3] camera-frame targets; rows of views not yet estimated are unused."""
+        self.estimated: set[int] = set()
+
+    def draw(self, n: int) -> list[int]:
+        return [self.rng.randrange(self.cameras.batch_size) for _ in range(n)]
+
+    def fill(self, views: list[int], rgb: Tensor, opacity: Tensor, cameras: CameraBatch,
+             estimator: NormalTargets) -> None:
+        """Estimate the targets of the views in `views` (the batch's pool indices, rendered as rgb/opacity at
+        `cameras`) that have none yet."""
+        first: dict[int, int] = {}  # pool index -> first batch row showing it
+        for j, i in enumerate(views):
+            if i not in self.estimated:
+                first.setdefault(i, j)
+        if not first:
+            return
+        rows = torch.tensor(list(first.values()), device=rgb.device)
+        with torch.no_grad():
+            estimate = estimator(rgb[rows], opacity[rows], cameras[rows])
+        if self.targets is None:
+            self.targets = estimate.new_zeros((self.cameras.batch_size, *estimate.shape[1:]))
+        self.targets[torch.tensor(list(first), device=estimate.device)] = estimate
+        self.estimated.update(first)
+
+    def __getitem__(self, views: list[int]) -> Tensor:
+        assert self.targets is not None  # fill() ran on these views first
+        return self.targets[torch.tensor(views, device=self.targets.device)]
+
+
 def _estimator_losses(cfg: PolishConfig, current: TriMesh, offsets: Tensor, cameras: CameraBatch,
-                      targets: NormalTargets, rasterizer: MeshRasterizer) -> tuple[Tensor, dict[str, Tensor]]:
-    """The method's loss (module docstring) on one batch of views."""
-    raster = rasterizer.rasterize(current, cameras, smooth_normals=cfg.rendered_normals == "smooth")
-    rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
-    with torch.no_grad():
-        target = targets(rgb, opacity, cameras).to(raster.normal.dtype)
+                      target: Tensor, raster: RasterOutput) -> tuple[Tensor, dict[str, Tensor]]:
+    """The method's loss (module docstring) on one batch of views, rasterised as `raster`, against `target`."""
     rendered = normals_to_camera(raster.normal, cameras)
     losses: dict[str, Tensor] = {}
-    losses["normal"], _ = normal_polish_loss(rendered, target, raster.foreground)
+    losses["normal"], _ = normal_polish_loss(rendered, target.to(rendered.dtype), raster.foreground)
     losses["normal_consistency"] = mesh_normal_consistency(current.vertices, current.faces)
     losses["laplacian"] = mesh_laplacian(offsets, current.faces)
     total = (cfg.normal_weight * losses["normal"]
@@ -142,11 +182,15 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
     mesh = mesh.detach().to(device)
     base = mesh.vertices.clone()
     offsets = torch.zeros_like(base, requires_grad=True)
-    optimiser = torch.optim.Adam([offsets], lr=cfg.lr)
+    # fused: one kernel per step, step count on the parameters' device. The default Adam reads its step count
+    # (.item()) every step; that count is a CPU tensor, so no device sync, but the sync counter cannot tell.
+    optimiser = torch.optim.Adam([offsets], lr=cfg.lr, fused=True)
     sampler = polish_view_sampler(cfg)
     pool = None
     if cfg.view_pool > 0 and cfg.loss == "normal_estimator":
-        pool = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
+        pool = PoolTargets(sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device),
+                           generator)
+    smooth = cfg.rendered_normals == "smooth"
     state = PolishState(mesh)
     reporter.watch(state)
     for step in range(cfg.steps):
@@ -154,20 +198,31 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
         current = mesh.with_vertices(base + offsets)
         if cfg.loss == "normal_estimator" and targets is not None:
             if pool is not None:
-                cameras = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
+                views = pool.draw(cfg.batch_size)
+                cameras = pool.cameras[torch.tensor(views, device=device)]
+                raster = rasterizer.rasterize(current, cameras, smooth_normals=smooth)
+                if not pool.estimated.issuperset(views):
+                    rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
+                    pool.fill(views, rgb, opacity, cameras, targets)
+                target = pool[views]
             else:
                 cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
-            total, losses = _estimator_losses(cfg, current, offsets, cameras, targets, rasterizer)
+                raster = rasterizer.rasterize(current, cameras, smooth_normals=smooth)
+                rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
+                with torch.no_grad():
+                    target = targets(rgb, opacity, cameras)
+            total, losses = _estimator_losses(cfg, current, offsets, cameras, target, raster)
         else:
             losses = {"normal_consistency": mesh_normal_consistency(current.vertices, current.faces)}
             total = cfg.smoothness_weight * losses["normal_consistency"]
         optimiser.zero_grad(set_to_none=True)
         total.backward()
-        grad_norm = float(offsets.grad.norm()) if offsets.grad is not None else 0.0
+        grad_norm = offsets.grad.detach().norm() if offsets.grad is not None else torch.zeros((), device=device)
         optimiser.step()
         state.mesh = mesh.with_vertices((base + offsets).detach())
-        report = {k: float(v.detach()) for k, v in losses.items()}
-        report["total"] = float(total.detach())
+        # 0-dim device tensors: the reporter reads them back at its reporting steps only.
+        report: dict[str, Tensor | float] = {k: v.detach() for k, v in losses.items()}
+        report["total"] = total.detach()
         report["grad_norm"] = grad_norm
         reporter.progress(step + 1, cfg.steps, report)
     return mesh.with_vertices((base + offsets).detach())
