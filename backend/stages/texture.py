@@ -191,18 +191,20 @@ class SurfaceViews:
 
 
 def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tensor) -> Tensor:
-    """The colour field on the surface, composited over the background -> rgb [B,H,W,3]."""
-    fg, pos, opacity = views.foreground, views.world_pos, views.opacity
-    rgb = torch.zeros_like(pos)
-    if bool(fg.any()):
-        rgb = rgb.index_put((fg,), color_field.color(pos[fg]))
-        # Pixels only partly covered at the silhouette take the colour of their nearest covered neighbour:
-        # a 3x3 max-pool of covered colours is enough for the one-pixel antialiasing band.
-        partial = (opacity.squeeze(-1) > 0) & ~fg
-        if bool(partial.any()):
-            spread = torch.nn.functional.max_pool2d(
-                (rgb * fg.unsqueeze(-1)).permute(0, 3, 1, 2), 3, stride=1, padding=1).permute(0, 2, 3, 1)
-            rgb = torch.where(partial.unsqueeze(-1), spread, rgb)
+    """The colour field on the surface, composited over the background -> rgb [B,H,W,3].
+
+    The field is evaluated at every pixel, background included, and the background's colours are dropped:
+    gathering only the covered pixels (`pos[fg]`) sizes the field's input by the coverage, which the host
+    must read back from the device every step. The fixed shape costs B·H·W field evaluations instead of the
+    covered pixels' count: a sphere of the object's radius (0.5) covers 44 % of a training view (20°, distance
+    3.8), so at least 2.3 times as many."""
+    fg, pos, opacity = views.foreground.unsqueeze(-1), views.world_pos, views.opacity
+    rgb = torch.where(fg, color_field.color(pos.reshape(-1, 3)).reshape(pos.shape), 0.0)
+    # Pixels only partly covered at the silhouette take the colour of their nearest covered neighbour:
+    # a 3x3 max-pool of covered colours is enough for the one-pixel antialiasing band.
+    partial = (opacity > 0) & ~fg
+    spread = torch.nn.functional.max_pool2d(rgb.permute(0, 3, 1, 2), 3, stride=1, padding=1).permute(0, 2, 3, 1)
+    rgb = torch.where(partial, spread, rgb)
     return rgb * opacity + background * (1.0 - opacity)
 
 
@@ -251,7 +253,9 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     with seeded_init(generator):  # the field's initial tables come from the job's generator
         color_field = ColorField(cfg.field)
     color_field = color_field.to(device)
-    optimiser = torch.optim.Adam(color_field.parameters(), lr=cfg.lr, eps=1e-15)
+    # fused: one kernel per step, step count on the parameters' device. The default Adam reads its step count
+    # (.item()) every step; that count is a CPU tensor, so no device sync, but the sync counter cannot tell.
+    optimiser = torch.optim.Adam(color_field.parameters(), lr=cfg.lr, eps=1e-15, fused=True)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
     sampler = ViewSampler(elevation_range=cfg.elevation_range_deg, distance_range=(cfg.camera_distance,) * 2,
                           fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
@@ -276,19 +280,20 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         out = guidance(GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras, shading="albedo",
                                      step=step, total_steps=cfg.steps))
         total = out.loss
-        report = {"guidance": float(out.loss.detach())}
+        # 0-dim device tensors: the reporter reads them back at its reporting steps only.
+        report: dict[str, Tensor | float] = {"guidance": out.loss.detach()}
         if target is not None and step % max(cfg.reference_every, 1) == 0:
             ref_loss = target.loss(color_field, background)
             total = total + cfg.reference_weight * ref_loss
-            report["reference_rgb"] = float(ref_loss.detach())
+            report["reference_rgb"] = ref_loss.detach()
         optimiser.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in color_field.parameters()
                                    if p.grad is not None))
         optimiser.step()
-        report["total"] = float(total.detach())
-        report["grad_norm"] = float(grad_norm)
-        report.update({f"guidance_{k}": float(v) for k, v in out.diagnostics.items()})
+        report["total"] = total.detach()
+        report["grad_norm"] = grad_norm
+        report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
         reporter.progress(step + 1, cfg.steps, report)
     return state
 
