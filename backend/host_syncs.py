@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -115,6 +116,9 @@ class HostSyncCounter:
         if self.keep_stacks:
             ours = [f for f in stack if "/backend/" in f.filename or "dreampolish" in f.filename]
             where = f"{ours[-1].filename.rsplit('/', 2)[-1]}:{ours[-1].lineno}" if ours else "?"
+            node = torch._C._current_autograd_node()  # inside backward: which op's gradient
+            if node is not None:
+                where += f" ({node.name()})"
             self.stacks[f"{op} @ {where}"] += 1
 
     def take(self) -> collections.Counter[str]:
@@ -136,9 +140,10 @@ class HostSyncCounter:
 
 
 class StepSyncRecorder:
-    """A pipeline_api.JobContext that counts each step's host syncs: every progress report closes the
-    interval since the previous one, so `steps[stage]` lists (step, syncs) per report. Wraps another
-    context (`inner`, or none) and forwards everything to it, outside the count."""
+    """A pipeline_api.JobContext that counts each optimisation step's host syncs. StageProgress calls its
+    `step_end(stage, step, total, reported)` after every step of every stage (pipeline/previews.py), which
+    closes the interval since the previous step: `steps[stage]` lists one StepSyncs per step. Wraps another
+    context (`inner`, or none) and forwards the rest to it."""
 
     def __init__(self, counter: HostSyncCounter, work_dir: Any, inner: Any = None):
         self.counter = counter
@@ -146,13 +151,22 @@ class StepSyncRecorder:
         self.inner = inner
         self.job_id = getattr(inner, "job_id", "sync-count")
         self.device = getattr(inner, "device", "cpu")
-        self.steps: dict[str, list[tuple[int, collections.Counter[str]]]] = collections.defaultdict(list)
+        self.steps: dict[str, list[StepSyncs]] = collections.defaultdict(list)
         self.stacks: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        """Per stage, where the syncs of its steady-state steps come from (with keep_stacks)."""
+
+    def step_end(self, stage: str, step: int, total: int, reported: bool) -> None:
+        syncs = self.counter.take()
+        self.steps[stage].append(StepSyncs(step, total, reported, syncs))
+        if not reported and step > 1:
+            self.stacks[stage].update(self.counter.stacks)
+        self.counter.stacks.clear()
+
+    def steady_state(self, stage: str) -> list[StepSyncs]:
+        """The stage's steps that neither report nor come first."""
+        return [s for s in self.steps[stage] if not s.reported and s.step > 1]
 
     def progress(self, stage: str, step: int, total: int, losses: Any = None, preview_png: Any = None) -> None:
-        self.steps[stage].append((int(step), self.counter.take()))
-        self.stacks[stage].update(self.counter.stacks)
-        self.counter.stacks.clear()
         if self.inner is not None:
             self.inner.progress(stage, step, total, losses, preview_png)
 
@@ -163,3 +177,18 @@ class StepSyncRecorder:
     def check_cancel(self) -> None:
         if self.inner is not None:
             self.inner.check_cancel()
+
+
+@dataclass
+class StepSyncs:
+    """One step's count (StepSyncRecorder)."""
+
+    step: int
+    total: int
+    reported: bool
+    """The step reported its losses (or a preview), so it may read values back."""
+    syncs: collections.Counter[str]
+
+    @property
+    def count(self) -> int:
+        return sum(self.syncs.values())

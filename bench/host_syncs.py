@@ -44,13 +44,14 @@ def main() -> None:
     with counter:
         DreamPolishPipeline().run(JobSpec(prompt="a red cone", preset="tiny", options=options), rec)
     report = {}
-    print(f"{'stage':8} {'syncs per reported step':40} steady-state median")
+    print(f"{'stage':8} {'syncs per step (* = reporting step)':50} steady-state median")
     for stage in STAGES:
-        per_step = [(step, sum(c.values())) for step, c in rec.steps[stage]]
-        steady = [n for step, n in per_step[1:]]
+        per_step = [(s.step, s.count, s.reported) for s in rec.steps[stage]]
+        steady = [s.count for s in rec.steady_state(stage)]
         median = statistics.median(steady) if steady else None
         report[stage] = {"per_step": per_step, "steady_median": median}
-        print(f"{stage:8} {str([n for _, n in per_step]):40} {median}")
+        shown = " ".join(f"{n}{'*' if r else ''}" for _, n, r in per_step)
+        print(f"{stage:8} {shown:50} {median}")
         if args.stacks:
             for where, n in rec.stacks[stage].most_common(30):
                 print(f"    {n:4d} {where}")

@@ -197,7 +197,8 @@ class DreamPolishPipeline:
         seed = stage_seed(job.spec.seed, stage)
         # The stage draws from this generator, and builds its modules inside seeded blocks of it
         # (stages/step.py seeded_init, backend/rng.py): never from the global RNG as it happens to be.
-        reporter = StageProgress(ctx, stage, job.preset.preview_every, job.frame.preview_cameras, job.device)
+        reporter = StageProgress(ctx, stage, job.preset.preview_every, job.frame.preview_cameras, job.device,
+                                 report_every=job.preset.report_every)
         return StageContext(job, carry, priors, reporter, torch.Generator().manual_seed(seed), seed)
 
     @staticmethod

@@ -50,7 +50,10 @@ class ResolutionSchedule:
 class StageReporter(Protocol):
     """The pipeline adapts its JobContext to this."""
 
-    def progress(self, step: int, total: int, losses: dict[str, float]) -> None: ...
+    def progress(self, step: int, total: int, losses: dict[str, Tensor | float]) -> None:
+        """Called after every step; `losses` may hold device tensors (0-dim, detached), which the reporter
+        reads back only when it reports (StageProgress: every preset.report_every steps)."""
+        ...
 
     def check_cancel(self) -> None: ...
 
@@ -69,10 +72,10 @@ class LoggingReporter:
         self.every = every
         self.last: dict[str, float] = {}
 
-    def progress(self, step: int, total: int, losses: dict[str, float]) -> None:
+    def progress(self, step: int, total: int, losses: dict[str, Tensor | float]) -> None:
         self.last = losses
         if step % self.every == 0 or step == total:
-            terms = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            terms = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
             log.info("%s %d/%d %s", self.stage, step, total, terms)
 
     def check_cancel(self) -> None:
@@ -161,14 +164,20 @@ def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
     return ScaledReference(cam, resize(reference.rgb), resize(reference.mask), depth, normal)
 
 
+def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
+    """sum(w·x) / sum(w), 0 where the weights are all 0: a mean over a mask without indexing by it (a
+    boolean index sizes its output by the mask's count, which makes the host wait for the GPU)."""
+    return (x * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
 def pearson_depth_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """1 - corr(pred, target) over pixels with mask > 0.5 (scale and shift invariant)."""
-    m = mask[..., 0] > 0.5
-    if int(m.sum()) < 2:
-        return pred.sum() * 0
-    p, t = pred[..., 0][m], target[..., 0][m]
-    p, t = p - p.mean(), t - t.mean()
-    return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
+    """1 - corr(pred, target) over pixels with mask > 0.5 (scale and shift invariant); 0 with fewer than two
+    such pixels. Written with the mask as weights, so the shapes stay fixed (no host sync)."""
+    m = (mask[..., 0] > 0.5).to(pred.dtype).expand_as(pred[..., 0])
+    p = (pred[..., 0] - masked_mean(pred[..., 0], m)) * m
+    t = (target[..., 0] - masked_mean(target[..., 0], m)) * m
+    loss = 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
+    return torch.where(m.sum() >= 2, loss, pred.sum() * 0)
 
 
 def normals_to_camera(normal_world: Tensor, cameras: CameraBatch) -> Tensor:
@@ -184,30 +193,30 @@ def reference_normal_loss(render_normal: Tensor, ref: ScaledReference) -> Tensor
     if ref.normal is None:
         return render_normal.sum() * 0
     rendered = normals_to_camera(render_normal, ref.camera.to(render_normal.device))
-    valid = (ref.mask[..., 0] > 0.5) & (ref.normal.norm(dim=-1) > 0.5)
-    if int(valid.sum()) == 0:
-        return render_normal.sum() * 0
-    return 1 - F.cosine_similarity(rendered[valid], ref.normal[valid], dim=-1, eps=1e-8).mean()
+    valid = ((ref.mask[..., 0] > 0.5) & (ref.normal.norm(dim=-1) > 0.5)).to(rendered.dtype).expand_as(rendered[..., 0])
+    cos = F.cosine_similarity(rendered, ref.normal.expand_as(rendered), dim=-1, eps=1e-8)
+    return torch.where(valid.sum() > 0, 1 - masked_mean(cos, valid), render_normal.sum() * 0)
 
 
 def reference_losses(render: StageRender, ref: ScaledReference, weights: ReferenceWeights, progress: float
-                     ) -> tuple[Tensor, dict[str, float]]:
-    """Weighted reference-view loss and its terms, for a render at the reference camera, at `progress`
-    (schedules.stage_progress) through the stage."""
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted reference-view loss and its terms (detached 0-dim tensors, read back only when the stage
+    reports), for a render at the reference camera, at `progress` (schedules.stage_progress) through the
+    stage."""
     rgb_l = F.mse_loss(render.rgb * ref.mask, ref.rgb * ref.mask)
     mask_l = F.mse_loss(render.opacity, ref.mask)
     total = weights.rgb.at(progress) * rgb_l + weights.mask.at(progress) * mask_l
-    terms = {"ref_rgb": rgb_l.item(), "ref_mask": mask_l.item()}
+    terms = {"ref_rgb": rgb_l.detach(), "ref_mask": mask_l.detach()}
     w_depth = weights.depth.at(progress)
     if ref.depth is not None and w_depth > 0 and render.depth is not None:
         depth_l = pearson_depth_loss(render.depth, ref.depth, ref.mask)
         total = total + w_depth * depth_l
-        terms["ref_depth"] = depth_l.item()
+        terms["ref_depth"] = depth_l.detach()
     w_normal = weights.normal.at(progress)
     if ref.normal is not None and w_normal > 0 and render.normal is not None:
         normal_l = reference_normal_loss(render.normal, ref)
         total = total + w_normal * normal_l
-        terms["ref_normal"] = normal_l.item()
+        terms["ref_normal"] = normal_l.detach()
     return total, terms
 
 
@@ -219,5 +228,9 @@ def shade_normals(normal: Tensor, opacity: Tensor, background: float = 1.0) -> T
 
 
 def adam_groups(groups: list[tuple[list[torch.nn.Parameter], float]]) -> torch.optim.Adam:
-    """Adam over (parameters, learning rate) groups, skipping empty ones."""
-    return torch.optim.Adam([{"params": p, "lr": lr} for p, lr in groups if p], eps=1e-15)
+    """Adam over (parameters, learning rate) groups, skipping empty ones. Fused (one kernel for every
+    parameter, its step count kept on the device): the default for-each Adam reads each group's step count
+    back with `.item()` on every step. The dry run's `meta` parameters have no fused kernel."""
+    params = [{"params": p, "lr": lr} for p, lr in groups if p]
+    on_meta = any(q.device.type == "meta" for g in params for q in g["params"])
+    return torch.optim.Adam(params, eps=1e-15, fused=not on_meta)

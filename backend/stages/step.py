@@ -47,10 +47,14 @@ def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
 
 @dataclass
 class StepLoss:
-    """One step's loss: the weighted sum of its terms, and each term's value for the report."""
+    """One step's loss: the weighted sum of its terms, and each term's value for the report.
+
+    The terms stay on the device as detached 0-dim tensors: reading one back (`.item()`) would make the host
+    wait for the GPU on every step. The reporter reads them at its reporting steps only
+    (pipeline/previews.py StageProgress, issue 28)."""
 
     total: Tensor
-    terms: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, Tensor | float] = field(default_factory=dict)
 
     @classmethod
     def start(cls, device: torch.device | str) -> StepLoss:
@@ -59,7 +63,7 @@ class StepLoss:
     def add(self, name: str, weight: float, value: Tensor) -> None:
         """L += w · value, reported as `name` (unweighted)."""
         self.total = self.total + weight * value
-        self.terms[name] = value.item()
+        self.terms[name] = value.detach()
 
     def add_reference(self, render: Callable[[CameraBatch], StageRender], ref: ScaledReference | None,
                       weights: ReferenceWeights, progress: float) -> None:
@@ -75,18 +79,18 @@ class StepLoss:
         """2. The guidance loss on sampled views, with the guidance's own diagnostics."""
         g = guidance(inp)
         self.total = self.total + weight * g.loss
-        self.terms["guidance"] = g.loss.item()
+        self.terms["guidance"] = g.loss.detach()
         self.terms.update(g.diagnostics)
 
 
 def optimiser_step(optimiser: torch.optim.Optimizer, loss: StepLoss, reporter: StageReporter, step: int,
-                   steps: int, extra: dict[str, float] | None = None) -> None:
+                   steps: int, extra: dict[str, Tensor | float] | None = None) -> None:
     """Step the optimiser on the loss (skipped when nothing in it depends on the parameters, e.g. an empty
     DMTet surface), then report every term, the total as "loss", and `extra`."""
     optimiser.zero_grad(set_to_none=True)
     if loss.total.requires_grad:
         loss.total.backward()
         optimiser.step()
-    loss.terms["loss"] = loss.total.item()
+    loss.terms["loss"] = loss.total.detach()
     loss.terms.update(extra or {})
     reporter.progress(step + 1, steps, loss.terms)
