@@ -21,6 +21,7 @@ from dreampolish.protocol.scene import CameraSpec
 from torch import Tensor
 
 from ..config_fields import ranged
+from ..device import to_device
 
 
 @dataclass
@@ -58,10 +59,11 @@ class CameraBatch:
         return self.c2w.device
 
     def to(self, device: torch.device | str) -> CameraBatch:
+        """On `device`; host → GPU without waiting for the GPU (backend/device.py)."""
         return CameraBatch(
-            self.c2w.to(device), self.proj.to(device), self.width, self.height,
-            self.elevation_deg.to(device), self.azimuth_deg.to(device),
-            self.distance.to(device), self.fovy_deg.to(device),
+            to_device(self.c2w, device), to_device(self.proj, device), self.width, self.height,
+            to_device(self.elevation_deg, device), to_device(self.azimuth_deg, device),
+            to_device(self.distance, device), to_device(self.fovy_deg, device),
         )
 
     def __getitem__(self, idx: slice | Tensor | int) -> CameraBatch:
