@@ -3,8 +3,10 @@
     models list  [--set NAME]          what each role of the set points at
     models check [--set NAME] [--tiny] which of them are present on this machine, and whether each folder is
                                        the architecture its role expects (exit 1 if any is missing or wrong)
-    models pull  [--set NAME] [--dry-run]  list the files loading uses and their total size, then fetch only
-                                       those into the local hub cache (needs internet)
+    models pull  [--set NAME] [--dry-run] [--precision half|full]
+                                       list the files loading uses and their total size, then fetch only
+                                       those into the local hub cache (needs internet); half (the default)
+                                       takes the fp16 weights where a repository has them
     models pull  --tiny [--force]      build the tiny random models into <model cache>/tiny (no internet)
 
 The model cache folder is $DREAMPOLISH_MODEL_DIR (default ~/.cache/dreampolish/models);
@@ -33,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if name == "pull":
             q.add_argument("--force", action="store_true", help="with --tiny: rebuild even if already built")
             q.add_argument("--dry-run", action="store_true", help="only list the files and their total size")
+            q.add_argument("--precision", choices=("half", "full"), default="half",
+                           help="half (default): the fp16 weights where the repository has them, as the GPU runs "
+                                "the priors in bf16/fp16 (half the download); full: the full-precision files")
         q.set_defaults(run=run)
 
 
@@ -102,7 +107,7 @@ def _pull(models, set_name: str, args: argparse.Namespace, api, download) -> int
         if spec.hub_id is None:
             continue
         try:
-            plans[spec.role] = plan_pull(spec, api)
+            plans[spec.role] = plan_pull(spec, api, args.precision)
         except (PullPlanError, OSError, ValueError) as exc:
             failed += 1
             log.error("cannot plan the download of %s: %s", spec.name, exc)

@@ -6,9 +6,12 @@ checkpoints at the root (`v2-1_512-ema-pruned.ckpt`), `.bin` beside
 EMA / non-EMA variants (`.ema.`, `.non_ema.`, `.nonema.`), other frameworks'
 weights. Fetching the whole snapshot of SD 2.1-base is about 20 GB. The plan
 here keeps, for each component folder the role loads (loading.py), its config
-and tokenizer files and ONE set of safetensors weights: the plain (full
-precision) file if the repository has it, else the fp16 variant. Loading then
-finds that variant from the folder (`weights_variant`).
+and tokenizer files and ONE set of safetensors weights: by default the fp16
+variant where the repository has one, else the plain file (`precision="half"`:
+the backend runs the priors in bf16, or fp16 on older cards, so full-precision
+weights only double the download and the load; issue 28), or the plain file
+first (`precision="full"`, for fp32 runs). Loading then finds that variant
+from the folder (`weights_variant`).
 
 Sizes come from the hub's metadata (huggingface_hub `HfApi.model_info(...,
 files_metadata=True)`), before anything is downloaded.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .specs import ModelRole, ModelSpec
 
@@ -42,9 +45,12 @@ ROOT_FILES = ("model_index.json",)
 CONFIG_SUFFIXES = (".json", ".txt")
 """Configs, tokenizer vocabularies and merges."""
 
-PRECISION_PREFERENCE: tuple[str | None, ...] = (None, "fp16")
-"""Weights kept per component: the plain file first, else the fp16 variant. EMA / non-EMA variants are
-other weights, not another precision, and are never fetched."""
+Precision = Literal["half", "full"]
+
+PRECISION_PREFERENCE: dict[str, tuple[str | None, ...]] = {"half": ("fp16", None), "full": (None, "fp16")}
+"""Weights kept per component, in order of preference, for each precision: "half" takes the fp16 variant
+where there is one (the priors run in bf16/fp16 on a GPU: loading.choose_dtype), "full" the plain file.
+EMA / non-EMA variants are other weights, not another precision, and are never fetched."""
 
 _WEIGHT = re.compile(r"^(?P<stem>[^.]+?)(?:-\d{5}-of-\d{5})?(?:\.(?P<variant>[^.]+))?\.safetensors$")
 _INDEX = re.compile(r"^(?P<stem>[^.]+)\.safetensors\.index(?:\.(?P<variant>[^.]+))?\.json$")
@@ -109,7 +115,8 @@ def _weight_variant(name: str) -> tuple[bool, str | None]:
     return False, None
 
 
-def _component_files(component: str, files: dict[str, int], spec: ModelSpec) -> tuple[list[HubFile], str | None]:
+def _component_files(component: str, files: dict[str, int], spec: ModelSpec, precision: Precision
+                     ) -> tuple[list[HubFile], str | None]:
     prefix = component + "/"
     inside = {p[len(prefix):]: s for p, s in files.items() if p.startswith(prefix) and "/" not in p[len(prefix):]}
     configs = [HubFile(prefix + n, s) for n, s in sorted(inside.items())
@@ -121,7 +128,7 @@ def _component_files(component: str, files: dict[str, int], spec: ModelSpec) -> 
         is_weight, variant = _weight_variant(name)
         if is_weight:
             by_variant.setdefault(variant, []).append(HubFile(prefix + name, size))
-    for variant in PRECISION_PREFERENCE:
+    for variant in PRECISION_PREFERENCE[precision]:
         if variant in by_variant:
             return configs + by_variant[variant], variant
     raise PullPlanError(
@@ -129,8 +136,11 @@ def _component_files(component: str, files: dict[str, int], spec: ModelSpec) -> 
         f"(found {sorted(inside) or 'nothing'})")
 
 
-def plan_pull(spec: ModelSpec, api: HubApi) -> PullPlan:
-    """The files of `spec` that loading reads, with their sizes (one metadata request, no download)."""
+def plan_pull(spec: ModelSpec, api: HubApi, precision: Precision = "half") -> PullPlan:
+    """The files of `spec` that loading reads at `precision`, with their sizes (one metadata request, no
+    download)."""
+    if precision not in PRECISION_PREFERENCE:
+        raise PullPlanError(f"precision must be one of {', '.join(PRECISION_PREFERENCE)}, got {precision!r}")
     if spec.hub_id is None:
         raise PullPlanError(f"{spec.name} is a local folder; nothing to fetch")
     info = api.model_info(spec.hub_id, revision=spec.revision, files_metadata=True)
@@ -138,7 +148,7 @@ def plan_pull(spec: ModelSpec, api: HubApi) -> PullPlan:
     plan = PullPlan(spec)
     plan.files += [HubFile(p, files[p]) for p in ROOT_FILES if p in files]
     for component in ROLE_COMPONENTS[spec.role]:
-        chosen, variant = _component_files(component, files, spec)
+        chosen, variant = _component_files(component, files, spec, precision)
         if not chosen:
             raise PullPlanError(f"{spec.hub_id}@{spec.revision}: no {component}/ folder (needed by {spec.role})")
         plan.files += chosen
@@ -147,13 +157,14 @@ def plan_pull(spec: ModelSpec, api: HubApi) -> PullPlan:
     return plan
 
 
-def weights_variant(component_dir: Path) -> str | None:
-    """The weights variant a downloaded component folder holds: None when it has plain safetensors (or
-    any non-safetensors weights: then from_pretrained decides), else the variant of what is there."""
+def weights_variant(component_dir: Path, precision: Precision = "full") -> str | None:
+    """The weights variant to load from a downloaded component folder: None for plain safetensors (or when
+    there are none: then from_pretrained decides), else a variant that is there, by `precision`'s
+    preference when the folder holds several (a pull at each precision)."""
     variants = {_weight_variant(p.name)[1] for p in component_dir.glob("*.safetensors")}
-    if not variants or None in variants:
+    if not variants:
         return None
-    for variant in PRECISION_PREFERENCE:
+    for variant in PRECISION_PREFERENCE[precision]:
         if variant in variants:
             return variant
     return sorted(v for v in variants if v)[0]

@@ -150,14 +150,17 @@ def _source(spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     return spec.hub_id, kwargs
 
 
-def _variant(spec: ModelSpec, subfolder: str | None) -> str | None:
+def _variant(spec: ModelSpec, subfolder: str | None, dtype: torch.dtype | None) -> str | None:
     """The weights variant `models pull` kept for this component (or, for a whole pipeline, for any of its
-    weighted components), read from the local folder; None when plain weights are there or it is not local."""
+    weighted components), read from the local folder; None when plain weights are there or it is not local.
+    Where a folder holds both, a half-precision load takes the fp16 file (half the bytes read) and a
+    full-precision one the plain file."""
     folder = local_checkpoint_dir(spec)
     if folder is None:
         return None
+    precision = "half" if dtype in (torch.float16, torch.bfloat16) else "full"
     components = [subfolder] if subfolder else [c for c in ROLE_COMPONENTS[spec.role] if c in WEIGHTED_COMPONENTS]
-    variants = {weights_variant(folder / c) for c in components if (folder / c).is_dir()}
+    variants = {weights_variant(folder / c, precision) for c in components if (folder / c).is_dir()}
     return next((v for v in variants if v), None)
 
 
@@ -166,7 +169,7 @@ def _load(spec: ModelSpec, cls: Any, subfolder: str | None, **kwargs: Any) -> An
     if subfolder is not None:
         base["subfolder"] = subfolder
     if subfolder is None or subfolder in WEIGHTED_COMPONENTS:
-        variant = _variant(spec, subfolder)
+        variant = _variant(spec, subfolder, kwargs.get("dtype"))
         if variant:
             base["variant"] = variant
     try:

