@@ -16,11 +16,12 @@ from dreampolish.protocol.messages import DEVICE_MEMORY_GB, MEMORY_NEEDED_GB
 
 GB = 1e9
 
-PRESET_PEAK_GB: dict[str, float] = {"draft": 12.98, "standard": 22.68, "high": 22.68}
+PRESET_PEAK_GB: dict[str, float] = {"draft": 12.98, "standard": 22.68, "high": 22.68, "refine": 12.98}
 """Peak GPU memory by preset in GB, from `dreampolish-backend dryrun` (BENCHMARKS.md, "Will it fit"),
 2026-12-01: `standard` at full geometry 22.68 GB (polish dominates). `draft` was measured with small
 geometry only (12.98 GB, the priors' share; its own stages are smaller than standard's), and `high` has
-standard's grids with larger polish renders and atlas, so both figures are lower bounds. `tiny` and
+standard's grids with larger polish renders and atlas, so both figures are lower bounds. `refine` runs
+draft's DMTet, polish and texture sizes with fewer steps and no NeRF or NeuS: draft's figure. `tiny` and
 `micro` run on the CPU and have no entry. A table rather than a dry run at serve start: one takes a minute or more per
 preset on a CPU. Request options that enlarge a stage are not counted."""
 

@@ -305,6 +305,9 @@ class PipelinePreset:
     """Final artefacts."""
     base_color_only: bool = False
     """Bake the texture field's colours alone: no de-lighting, metallic-roughness or normal map."""
+    refines_only: bool = False
+    """The preset refines a mesh the request sends (modes geometry and texture) and refuses to generate one
+    from a prompt: its short stages start from the artist's surface, not from nothing."""
 
 
 def standard_preset() -> PipelinePreset:
@@ -339,6 +342,23 @@ def high_preset() -> PipelinePreset:
         dmtet=replace(p.dmtet, steps=8000),
         polish=replace(p.polish, steps=600, render_size=768),
         texture=replace(p.texture, steps=8000, atlas_size=2048, normal_map=True, simplify_to_faces=60000),
+    )
+
+
+def refine_preset() -> PipelinePreset:
+    """The fast lane for a mesh that already exists (an artist's model, or one a feed-forward generator made
+    and the artist imported into Blender): DMTet fits the grid to it briefly, then polish and DSD texture, at
+    draft's resolutions. No NeRF or NeuS, so about a third of draft's guidance steps (bench/projected_time.py
+    projects it; issue 28's target is three minutes on one H100)."""
+    p = draft_preset()
+    return replace(
+        p, description="refine a mesh you already have: short DMTet, polish and texture (GPU, a few minutes)",
+        refines_only=True,
+        # DMTet starts from the input's own SDF (dmtet.input_shape_weight keeps it): the steps fit the grid to
+        # the surface and let the priors fix what it lacks, rather than grow a shape.
+        dmtet=replace(p.dmtet, steps=300),
+        polish=replace(p.polish, steps=150, render_size=384),
+        texture=replace(p.texture, steps=600, atlas_size=1024),
     )
 
 
@@ -439,6 +459,7 @@ PRESETS: dict[str, Callable[[], PipelinePreset]] = {
     "draft": draft_preset,
     "standard": standard_preset,
     "high": high_preset,
+    "refine": refine_preset,
 }
 """Built-in presets by name (fresh instances each call)."""
 

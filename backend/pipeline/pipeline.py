@@ -106,7 +106,12 @@ class DreamPolishPipeline:
         validate_spec(spec)
         if spec.preset not in self.presets():
             raise ValidationError(f"unknown preset {spec.preset!r}; choose one of {', '.join(self.presets())}")
-        self._check_preset(self.resolve_preset(spec))
+        preset = self.resolve_preset(spec)
+        self._check_preset(preset)
+        if preset.refines_only and spec.mode == "generate":
+            raise ValidationError(f"preset {spec.preset!r} refines a mesh you send (Refine Selected, or "
+                                  "`dreampolish generate --mesh`); to make an object from a prompt or a picture "
+                                  "choose draft or standard")
         mode_stages = self.mode_stages(spec.mode)
         for label, names in (("stages", spec.stages or []), ("pause_after", spec.pause_after)):
             for stage in names:

@@ -25,8 +25,8 @@ from tests.backend.pipeline_fixtures import box_payload
 
 
 def test_presets_are_named_and_scale_up():
-    assert preset_names() == ["tiny", "micro", "draft", "standard", "high"]
-    tiny, micro, draft, standard, high = (get_preset(n) for n in preset_names())
+    assert preset_names() == ["tiny", "micro", "draft", "standard", "high", "refine"]
+    tiny, micro, draft, standard, high = (get_preset(n) for n in ("tiny", "micro", "draft", "standard", "high"))
     assert tiny.model_set == "tiny" and micro.model_set == "micro" and standard.model_set == "default"
     for stage in ("nerf", "neus", "dmtet", "polish", "texture"):
         steps = [getattr(p, stage).steps for p in (tiny, micro, draft, standard, high)]
@@ -37,6 +37,18 @@ def test_presets_are_named_and_scale_up():
     assert standard.nerf.steps == 5000 and standard.dmtet.grid_resolution == 128
     assert standard.texture.guidance.objective == "dsd" and standard.polish.fovy_range_deg == (15.0, 60.0)
     assert standard.polish.loss == "normal_estimator"
+
+
+def test_the_refine_preset_is_a_short_lane_for_a_mesh_the_artist_sends():
+    draft, refine = get_preset("draft"), get_preset("refine")
+    assert refine.refines_only and not draft.refines_only
+    assert refine.dmtet.steps < draft.dmtet.steps and refine.texture.steps < draft.texture.steps
+    assert refine.polish.steps == draft.polish.steps and refine.polish.render_size == draft.polish.render_size
+    pipeline = DreamPolishPipeline()
+    pipeline.check(JobSpec(prompt="a worn bronze statue", preset="refine", mode="geometry", input_mesh=box_payload()))
+    pipeline.check(JobSpec(prompt="worn bronze", preset="refine", mode="texture", input_mesh=box_payload(with_uvs=True)))
+    with pytest.raises(ValidationError, match="refines a mesh you send"):
+        pipeline.check(JobSpec(prompt="a worn bronze statue", preset="refine"))
 
 
 def test_preset_round_trips_through_plain_json(tmp_path):
