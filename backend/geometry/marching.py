@@ -5,7 +5,10 @@
   change sign, at the zero of the linear interpolant:
   p = (p_a s_b - p_b s_a) / (s_b - s_a).
   On a conforming grid (tets.make_tet_grid) the result is watertight; vertices
-  are shared through the unique-edge table.
+  are shared between tets through their edges' keys. Optimisation steps use
+  marching_tetrahedra_padded, whose buffers have fixed sizes (a capacity of
+  crossing tets, grown by SurfaceCapacity), so that no step waits for the GPU;
+  marching_tetrahedra compacts it for one-off extractions.
 - marching_cubes: scikit-image's, for implicit fields sampled on a lattice
   (NeRF/NeuS extraction); not differentiable.
 
@@ -15,11 +18,18 @@ the convention that the field is negative inside.
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 from scipy import ndimage
 from skimage import measure
 from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 # Tet edges as vertex pairs: 0:(0,1) 1:(0,2) 2:(0,3) 3:(1,2) 4:(1,3) 5:(2,3)
 _TET_EDGES = torch.tensor([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]], dtype=torch.long)
@@ -43,61 +53,212 @@ _TRIANGLE_TABLE = torch.tensor([
     [2, 0, 1, -1, -1, -1],
     [-1, -1, -1, -1, -1, -1],
 ], dtype=torch.long)
-_NUM_TRIANGLES = torch.tensor([0, 1, 1, 2, 1, 2, 2, 1, 1, 2, 2, 1, 2, 1, 1, 0], dtype=torch.long)
 
 
-def marching_tetrahedra(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, Tensor]:
-    """vertices [V,3], sdf [V] (negative inside), tets [T,4] -> (surface vertices [N,3], faces [F,3] int64).
+def _tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(_TET_EDGES, _TRIANGLE_TABLE, inside-case bit weights) on `device`, copied there once: a copy from
+    host memory in every step would wait for the device."""
+    key = str(device)
+    if key not in _DEVICE_TABLES:
+        _DEVICE_TABLES[key] = (_TET_EDGES.to(device), _TRIANGLE_TABLE.to(device),
+                               (2 ** torch.arange(4)).to(device))
+    return _DEVICE_TABLES[key]
+
+
+_DEVICE_TABLES: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+
+@dataclass
+class PaddedSurface:
+    """A marching-tetrahedra surface in buffers whose sizes depend only on `capacity`, so that extracting
+    it in an optimisation step never makes the host wait for the device (issue 28).
+
+    Why crossing tets compacted into a fixed capacity (torch.nonzero_static) rather than two triangle slots
+    for every tet: at the standard grid_resolution 128 the grid has 6·128³ = 12.6M tets, two slots each are
+    25M faces (604 MB of int64 indices alone, and every rasterised view sets all of them up), while a sphere
+    of radius 0.45 crosses about 145k of them (1.2 %); a capacity of 256k tets keeps 512k face slots. And why
+    no per-grid unique-edge table: it would hold about 15M edges (plus 6 edge ids for each of the 12.6M tets,
+    about 0.5 GB); deduplicating the at most 6·capacity cut edges of the crossing tets by one sort per step
+    costs memory and time in proportion to the capacity, not to the grid."""
+
+    vertices: Tensor
+    """[C,3] surface vertices: the first `num_vertices` rows in the order of their edges' keys
+    a·V + b (a < b, the grid vertices at the edge's ends), the rest 0."""
+    faces: Tensor
+    """[2C,3] int64, two slots per crossing tet in the order of the tets. Slots without a triangle (the
+    second slot of a one-triangle tet, every slot past the crossing tets) are (0, 0, 0): degenerate, so that
+    neither rasteriser draws them and the mesh regularisers weigh them 0 (regularisers.real_faces)."""
+    num_vertices: Tensor
+    """0-dim int64: surface vertices (cut edges) the grid has."""
+    needed: Tensor
+    """0-dim int64: the capacity this surface needs, max(crossing tets, surface vertices)."""
+    capacity: int
+    """C: the most crossing tets and surface vertices the buffers hold. Beyond it the surface loses faces
+    (`overflow`); SurfaceCapacity grows it."""
+
+    @property
+    def overflow(self) -> Tensor:
+        """0-dim bool: the surface did not fit and lost faces."""
+        return self.needed > self.capacity
+
+    def vertex_weights(self) -> Tensor:
+        """[C] 1.0 for surface vertices, 0.0 for the padding rows."""
+        return (torch.arange(self.capacity, device=self.vertices.device) < self.num_vertices).to(
+            self.vertices.dtype)
+
+    def compact(self) -> tuple[Tensor, Tensor]:
+        """(vertices [N,3], faces [F,3]) without the padding. Reads the counts back: one-off use only."""
+        if bool(self.overflow):
+            raise ValueError(f"the surface needs a capacity of {int(self.needed)}, it has {self.capacity}")
+        real = self.faces[:, 0] != self.faces[:, 1]
+        return self.vertices[: int(self.num_vertices)], self.faces[real]
+
+
+def marching_tetrahedra_padded(vertices: Tensor, sdf: Tensor, tets: Tensor, capacity: int) -> PaddedSurface:
+    """vertices [V,3], sdf [V] (negative inside), tets [T,4] -> the surface in buffers of `capacity` crossing
+    tets and surface vertices (PaddedSurface); nothing in it reads device data back.
 
     Gradients flow from the surface vertices into `vertices` and `sdf`."""
+    if capacity < 1:
+        raise ValueError(f"marching tetrahedra capacity must be >= 1, got {capacity}")
     dev = vertices.device
+    n_v = vertices.shape[0]
+    tet_edges, triangle_table, bits = _tables(dev)
+    sentinel = n_v * n_v  # larger than every edge key a·V + b
     with torch.no_grad():
         inside = sdf < 0
         inside_t = inside[tets]  # [T,4]
         count = inside_t.sum(-1)
         crossing = (count > 0) & (count < 4)
-        tets_c = tets[crossing]
-        inside_c = inside_t[crossing]
-        if tets_c.shape[0] == 0:
-            return vertices.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=dev)
-        edges = tets_c[:, _TET_EDGES.to(dev)].reshape(-1, 2)  # [6Tc,2]
-        edges = torch.sort(edges, dim=1).values
-        n_v = vertices.shape[0]
-        keys = edges[:, 0] * n_v + edges[:, 1]
-        unique_keys, edge_of_slot = torch.unique(keys, return_inverse=True)
-        unique_edges = torch.stack([unique_keys // n_v, unique_keys % n_v], dim=-1)
-        cut = inside[unique_edges[:, 0]] != inside[unique_edges[:, 1]]
-        surface_index = torch.full((unique_edges.shape[0],), -1, dtype=torch.long, device=dev)
-        surface_index[cut] = torch.arange(int(cut.sum()), device=dev)
-        slot_vertex = surface_index[edge_of_slot].reshape(-1, 6)  # [Tc,6]
-        cut_edges = unique_edges[cut]
-        case = (inside_c.long() * (2 ** torch.arange(4, device=dev))).sum(-1)
-        n_tri = _NUM_TRIANGLES.to(dev)[case]
-        table = _TRIANGLE_TABLE.to(dev)[case]
-        one, two = n_tri == 1, n_tri == 2
-        faces = torch.cat([
-            torch.gather(slot_vertex[one], 1, table[one][:, :3]),
-            torch.gather(slot_vertex[two], 1, table[two]).reshape(-1, 3),
-        ])
-        face_tet = torch.cat([tets_c[one], tets_c[two].repeat_interleave(2, dim=0)])
-        face_inside = torch.cat([inside_c[one], inside_c[two].repeat_interleave(2, dim=0)])
+        tet_id = torch.nonzero_static(crossing, size=capacity, fill_value=-1).squeeze(1)  # [C]
+        real_tet = tet_id >= 0
+        tet_id = tet_id.clamp_min(0)
+        tets_c = tets.index_select(0, tet_id)  # [C,4]
+        inside_c = inside_t.index_select(0, tet_id) & real_tet[:, None]  # padding slots: case 0, no triangles
+        # the cut edges of the crossing tets, deduplicated by their keys: surface vertex = rank of the key
+        ends = torch.sort(tets_c[:, tet_edges], dim=-1).values  # [C,6,2]
+        cut = inside_c[:, tet_edges[:, 0]] != inside_c[:, tet_edges[:, 1]]  # [C,6]
+        keys = torch.where(cut, ends[..., 0] * n_v + ends[..., 1], sentinel).reshape(-1)
+        sorted_keys, order = torch.sort(keys)
+        new_vertex = torch.cat([sorted_keys[:1] != sentinel,
+                                (sorted_keys[1:] != sorted_keys[:-1]) & (sorted_keys[1:] != sentinel)])
+        rank = torch.cumsum(new_vertex, 0) - 1
+        num_vertices = new_vertex.sum()
+        slot_vertex = torch.empty_like(rank).scatter_(0, order, rank).view(capacity, 6)  # [C,6]
+        # vertex buffer: the key of each rank (ranks past the capacity land in a dropped extra row)
+        row = torch.where(new_vertex & (rank < capacity), rank, capacity)
+        edge_key = torch.full((capacity + 1,), sentinel, device=dev).scatter_(0, row, sorted_keys)[:capacity]
+        real_vertex = edge_key != sentinel
+        edge_ends = torch.stack([torch.where(real_vertex, edge_key // n_v, 0),
+                                 torch.where(real_vertex, edge_key % n_v, 0)], dim=-1)  # [C,2]
+        case = (inside_c.long() * bits).sum(-1)
+        table = triangle_table[case].view(capacity, 2, 3)
+        corners = torch.gather(slot_vertex, 1, table.clamp_min(0).view(capacity, 6)).view(capacity, 2, 3)
+        has_triangle = (table[..., 0] >= 0) & (corners < capacity).all(-1)  # [C,2]
+        faces = torch.where(has_triangle[..., None], corners, 0)
 
-    ends = vertices[cut_edges]  # [E,2,3]
-    s = sdf[cut_edges]  # [E,2]
-    # p = (p_a s_b - p_b s_a) / (s_b - s_a)
+    ends_p = vertices[edge_ends]  # [C,2,3]
+    s = sdf[edge_ends]  # [C,2]
+    # p = (p_a s_b - p_b s_a) / (s_b - s_a); padding rows (a = b = 0) divide by 1 and are set to 0
     w = torch.stack([s[:, 1], -s[:, 0]], dim=-1)
-    surface = (ends * w[..., None]).sum(1) / (s[:, 1] - s[:, 0])[:, None]
+    denominator = torch.where(real_vertex, s[:, 1] - s[:, 0], torch.ones_like(s[:, 0]))
+    surface = (ends_p * w[..., None]).sum(1) / denominator[:, None]
+    surface = torch.where(real_vertex[:, None], surface, torch.zeros_like(surface))
 
     with torch.no_grad():
         # orient each triangle so that its normal points from the tet's inside vertices to its outside ones
-        tv = vertices[face_tet]  # [F,4,3]
-        fi = face_inside.float()[..., None]
-        outward = (tv * (1 - fi)).sum(1) / (1 - fi).sum(1) - (tv * fi).sum(1) / fi.sum(1)
-        p = surface[faces]
-        normal = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-        flip = (normal * outward).sum(-1) < 0
-        faces = torch.where(flip[:, None], faces[:, [0, 2, 1]], faces)
-    return surface, faces
+        tv = vertices[tets_c]  # [C,4,3]
+        fi = inside_c.to(tv.dtype)[..., None]
+        outward = ((tv * (1 - fi)).sum(1) / (1 - fi).sum(1).clamp_min(1)
+                   - (tv * fi).sum(1) / fi.sum(1).clamp_min(1))  # [C,3]
+        p = surface[faces]  # [C,2,3,3]
+        normal = torch.linalg.cross(p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :])
+        flip = (normal * outward[:, None]).sum(-1) < 0
+        swapped = torch.stack([faces[..., 0], faces[..., 2], faces[..., 1]], dim=-1)
+        faces = torch.where(flip[..., None], swapped, faces).view(2 * capacity, 3)
+    needed = torch.maximum(crossing.sum(), num_vertices)
+    return PaddedSurface(surface, faces, num_vertices, needed, capacity)
+
+
+def marching_tetrahedra(vertices: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, Tensor]:
+    """vertices [V,3], sdf [V] (negative inside), tets [T,4] -> (surface vertices [N,3], faces [F,3] int64),
+    compacted: reads counts back from the device, for one-off extractions (marching_tetrahedra_padded in
+    optimisation steps).
+
+    Gradients flow from the surface vertices into `vertices` and `sdf`."""
+    surface = marching_tetrahedra_padded(vertices, sdf, tets, needed_capacity(vertices, sdf, tets))
+    return surface.compact()
+
+
+def needed_capacity(vertices: Tensor, sdf: Tensor, tets: Tensor) -> int:
+    """The smallest capacity that holds the whole surface (reads back from the device)."""
+    with torch.no_grad():
+        count = (sdf < 0)[tets].sum(-1)
+        capacity = max(int(((count > 0) & (count < 4)).sum()), 1)
+        # surface vertices may outnumber crossing tets (rarely: isolated inside vertices)
+        return max(int(marching_tetrahedra_padded(vertices, sdf, tets, capacity).needed), capacity)
+
+
+class SurfaceCapacity:
+    """The capacity of a padded surface that changes while it is optimised.
+
+    Steps `track` each surface's need on the device; at reporting steps `request` copies the largest need
+    since the last request to the host without waiting, and `poll` (every step) reads it once it has landed
+    and grows the capacity when the surface did not fit. Steps between an overflow and the growth rendered
+    the surface without the faces past the capacity; the first growth says so in the log."""
+
+    HEADROOM = 1.5
+    """Capacity = the next power of two above HEADROOM × the need: room for the surface to grow while
+    it is optimised (and few distinct shapes for the allocator)."""
+    MINIMUM = 1024
+
+    def __init__(self, needed: int):
+        self.capacity = self.fitting(needed)
+        self._needed: Tensor | None = None
+        self._host: Tensor | None = None
+        self._event: Any = None
+        self._warned = False
+
+    @classmethod
+    def fitting(cls, needed: int) -> int:
+        return max(cls.MINIMUM, 1 << max(math.ceil(cls.HEADROOM * needed) - 1, 0).bit_length())
+
+    def track(self, surface: PaddedSurface) -> None:
+        """Keep the surface's need (on the device) until the next request."""
+        needed = surface.needed.detach()
+        self._needed = needed if self._needed is None else torch.maximum(self._needed, needed)
+
+    def request(self) -> None:
+        """Start reading back the largest need since the last request (reporting steps; waits on nothing)."""
+        if self._needed is None or self._event is not None:
+            return
+        if self._needed.device.type == "cuda":
+            self._host = torch.empty((), dtype=torch.long, pin_memory=True)
+            self._host.copy_(self._needed, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = self._needed
+        self._needed = None
+        self.poll()
+
+    def poll(self) -> bool:
+        """Grow the capacity if a requested need has landed and exceeds it; whether it grew."""
+        if self._host is None or (self._event is not None and not self._event.query()):
+            return False
+        needed = int(self._host)  # host memory by now (the event has passed): no wait
+        self._host, self._event = None, None
+        if needed <= self.capacity:
+            return False
+        grown = self.fitting(needed)
+        level = logging.INFO if self._warned else logging.WARNING
+        log.log(level, "surface outgrew its buffers (%d crossing tets or vertices, capacity %d): capacity now %d%s",
+                needed, self.capacity, grown,
+                "" if self._warned else "; steps since the last report rendered it without the faces past "
+                                        "the capacity")
+        self._warned = True
+        self.capacity = grown
+        return True
 
 
 def marching_cubes(values: np.ndarray, bound: float, level: float = 0.0, inside: str = "below"

@@ -5,6 +5,12 @@ nvdiffrast (NVIDIA Source Code License, non-commercial use only) is optional: in
 backend needs it. Outputs follow rasterize.py's conventions exactly: nvdiffrast's image
 row 0 is the bottom (OpenGL), so clip-space y is negated before rasterising, which puts
 row 0 at the top (nvdiffrast draws both windings, so the mirrored winding is harmless).
+
+Degenerate triangles (all three corners one vertex: the padding of marching.PaddedSurface) cover no
+pixel, and nvdiffrast's antialias skips them when it builds its edge table (AntialiasFwdMeshKernel).
+Nothing here reads device data back; nvdiffrast's CUDA rasteriser itself does, though: every
+`rasterize` ends in a cudaStreamSynchronize (cudaraster RasterImpl::launchStages, to check its bin and
+tile buffers for overflow), which no caller can avoid.
 """
 
 from __future__ import annotations
@@ -25,8 +31,6 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-_FLIP_Y = torch.tensor([1.0, -1.0, 1.0, 1.0])
-
 
 class NvdiffrastRasterizer:
     """Holds one nvdiffrast CUDA context per device."""
@@ -42,11 +46,13 @@ class NvdiffrastRasterizer:
         self._dr: Any = dr
         self.device = device
         self._context = dr.RasterizeCudaContext(device=device)
+        # on the device once: `.to(device)` of a host tensor in every call would wait for the GPU
+        self._flip_y = torch.tensor([1.0, -1.0, 1.0, 1.0], device=device)
         log.info("nvdiffrast rasteriser on %s", device)
 
     def _clip(self, mesh: TriMesh, cameras: CameraBatch) -> Tensor:
         clip = clip_positions(mesh.vertices, cameras)
-        return (clip * _FLIP_Y.to(clip)).contiguous()
+        return (clip * self._flip_y.to(clip.dtype)).contiguous()
 
     def rasterize(self, mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = True) -> RasterOutput:
         dr = self._dr

@@ -14,6 +14,11 @@ and an optional Laplacian term on the extracted mesh. Refining a given mesh adds
 surface near the input shape (`input_shape_loss`): without it nothing holds the artist's object, and the
 guidance and the smoothing terms re-shape it freely.
 
+A step extracts the surface into fixed-size buffers (`step_surface`, marching.PaddedSurface: degenerate
+padding faces, which the rasterisers do not draw and the regularisers weigh 0), so that it never waits
+for the GPU; the buffers' capacity is read back and grown at reporting steps (marching.SurfaceCapacity).
+Extractions outside the steps (`surface`, `extract_mesh`, previews) are compacted exactly.
+
 Continuing from a DmtetState (polish, texture):
 - `state.surface()` is the current mesh as a TriMesh whose vertices are differentiable
   w.r.t. `state.sdf` and `state.deform` (the grid parameters): polish can fine-tune those
@@ -37,7 +42,14 @@ from torch import Tensor, nn
 from ..config_fields import ranged
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
-from ..geometry.marching import keep_main_solid, marching_tetrahedra
+from ..geometry.marching import (
+    PaddedSurface,
+    SurfaceCapacity,
+    keep_main_solid,
+    marching_tetrahedra,
+    marching_tetrahedra_padded,
+    needed_capacity,
+)
 from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
 from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
 from ..geometry.tets import TetGrid, make_tet_grid
@@ -141,6 +153,8 @@ class DmtetState:
         self.rasterizer = MeshRasterizer(cfg.rasterizer)
         self.input_sdf: Tensor | None = None
         """[V] the input mesh's signed distance at the grid vertices when refining a given mesh, else None."""
+        self.capacity: SurfaceCapacity | None = None
+        """Buffer size of `step_surface`, set from the surface at its first call."""
         self.steps_done = 0
         self.seconds = 0.0
 
@@ -149,9 +163,22 @@ class DmtetState:
         return self.grid.vertices + self.cfg.deformation_scale * self.grid.spacing * torch.tanh(self.deform)
 
     def surface(self) -> TriMesh:
-        """Marching-tetrahedra mesh, differentiable w.r.t. `sdf` and `deform` (no clean-up, no colours)."""
+        """Marching-tetrahedra mesh, differentiable w.r.t. `sdf` and `deform` (no clean-up, no colours);
+        compacted, which reads counts back from the device (one-off use; steps use `step_surface`)."""
         verts, faces = marching_tetrahedra(self.deformed_vertices(), self.sdf, self.grid.tets)
         return TriMesh(verts, faces)
+
+    def step_surface(self) -> PaddedSurface:
+        """The surface of an optimisation step, differentiable like `surface` but in buffers of a fixed
+        capacity, so that it reads nothing back (the first call sizes them from the surface, which does).
+        The step's need is kept for `capacity.request` at the next reporting step."""
+        vertices = self.deformed_vertices()
+        if self.capacity is None:
+            self.capacity = SurfaceCapacity(needed_capacity(vertices.detach(), self.sdf.detach(), self.grid.tets))
+        self.capacity.poll()
+        surface = marching_tetrahedra_padded(vertices, self.sdf, self.grid.tets, self.capacity.capacity)
+        self.capacity.track(surface)
+        return surface
 
     def render(self, cameras: CameraBatch, mesh: TriMesh | None = None) -> StageRender:
         """Rasterised surface: albedo over the background, opacity, world normals (background 0), depth."""
@@ -188,14 +215,18 @@ class DmtetState:
         """[sdf, deform]: what polish may fine-tune through `surface()`."""
         return [self.sdf, self.deform]
 
-    def input_shape_loss(self, vertices: Tensor) -> Tensor:
-        """The input-shape term (DmtetConfig.input_shape_weight) at surface vertices [N,3]; 0 without an
-        input mesh or a surface."""
+    def input_shape_loss(self, vertices: Tensor, weights: Tensor | None = None) -> Tensor:
+        """The input-shape term (DmtetConfig.input_shape_weight) at surface vertices [N,3], averaged with
+        `weights` [N] when given (PaddedSurface.vertex_weights: 0 on padding rows); 0 without an input
+        mesh or a surface."""
         if self.input_sdf is None or vertices.shape[0] == 0:
             return vertices.sum() * 0
         r = self.cfg.grid_resolution + 1
         distance = sample_volume(self.input_sdf.reshape(r, r, r), self.cfg.grid_bound, vertices).abs()
-        return (torch.relu(distance - self.cfg.input_shape_tolerance) / self.grid.spacing).square().mean()
+        per_vertex = (torch.relu(distance - self.cfg.input_shape_tolerance) / self.grid.spacing).square()
+        if weights is None:
+            return per_vertex.mean()
+        return (per_vertex * weights).sum() / weights.sum().clamp_min(1.0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sdf": self.sdf.detach().cpu(), "deform": self.deform.detach().cpu(),
@@ -261,11 +292,15 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
     opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
                        (list(state.color_field.parameters()), cfg.lr_color)])
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
+    # the surface buffers' need is read back when the reporter reads the losses back (StageProgress.reports),
+    # or every step for reporters that do not say when (the log, tests: no GPU to wait for)
+    reports = getattr(reporter, "reports", None)
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
         state.color_field.update_progress(p)
-        mesh = state.surface()
+        surface = state.step_surface()
+        mesh = TriMesh(surface.vertices, surface.faces)
         loss = StepLoss.start(device)
         loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, p)
         # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise;
@@ -286,7 +321,10 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
         if w_lap > 0:
             loss.add("laplacian", w_lap, mesh_laplacian(mesh.vertices, mesh.faces))
         if state.input_sdf is not None and cfg.input_shape_weight > 0:
-            loss.add("input_shape", cfg.input_shape_weight, state.input_shape_loss(mesh.vertices))
+            loss.add("input_shape", cfg.input_shape_weight,
+                     state.input_shape_loss(mesh.vertices, surface.vertex_weights()))
+        if state.capacity is not None and (reports is None or reports(step + 1, cfg.steps)):
+            state.capacity.request()
         optimiser_step(opt, loss, reporter, step, cfg.steps)
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
