@@ -145,12 +145,14 @@ class StepSyncRecorder:
     closes the interval since the previous step: `steps[stage]` lists one StepSyncs per step. Wraps another
     context (`inner`, or none) and forwards the rest to it."""
 
-    def __init__(self, counter: HostSyncCounter, work_dir: Any, inner: Any = None):
+    def __init__(self, counter: HostSyncCounter, work_dir: Any, inner: Any = None, device: str | None = None):
         self.counter = counter
         self.work_dir = work_dir
         self.inner = inner
         self.job_id = getattr(inner, "job_id", "sync-count")
-        self.device = getattr(inner, "device", "cpu")
+        self.device = device or getattr(inner, "device", "cpu")
+        self.on_step: Any = None
+        """Called as on_step(stage, StepSyncs) after each step (an instrument's own per-step figures)."""
         self.steps: dict[str, list[StepSyncs]] = collections.defaultdict(list)
         self.stacks: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         """Per stage, where the syncs of its steady-state steps come from (with keep_stacks)."""
@@ -158,6 +160,8 @@ class StepSyncRecorder:
     def step_end(self, stage: str, step: int, total: int, reported: bool) -> None:
         syncs = self.counter.take()
         self.steps[stage].append(StepSyncs(step, total, reported, syncs))
+        if self.on_step is not None:
+            self.on_step(stage, self.steps[stage][-1])
         if not reported and step > 1:
             self.stacks[stage].update(self.counter.stacks)
         self.counter.stacks.clear()

@@ -40,6 +40,7 @@ run() {
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || log "(exit $rc)"
 }
+run 120 bench/host_syncs.py --device cuda --steps 8 --report-every 4
 run 90 bench/gpu_raster.py
 run 60 bench/hashgrid.py
 run 150 bench/gpu_guidance.py

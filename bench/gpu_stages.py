@@ -7,10 +7,14 @@ shared with bench/gpu_guidance.py), Zero123-XL (SD 1.x UNet with 8 input channel
 encoder, camera projection) and Marigold normals v1.1 (SD 2 UNet with 8 input channels). A job then runs
 through the real DreamPolishPipeline (reference -> nerf -> neus -> dmtet -> polish -> texture -> export)
 with the preset's real resolutions, batches, grids and guidance, but only a few steps per stage. From the
-time of each progress report it derives, per stage:
+time at the end of each step (the pipeline's `step_end` hook) it derives, per stage:
 
     ms/step     mean over the steps after `--warmup` warm-up steps (per resolution phase when the
-                stage switches its render size, e.g. NeRF's 128 -> 384 px);
+                stage switches its render size, e.g. NeRF's 128 -> 384 px). The clock synchronises
+                the GPU only at the edges of each timed window, never inside it, so the steps run as in
+                a job: without host syncs, losses read back every `report_every` steps without
+                blocking, and the guidance compiled where the preset says so (its compilation falls in
+                the warm-up steps and is reported as part of fixed_s);
     fixed_s     the stage's time outside its step loop (initialisation, NeuS/DMTet hand-over fits,
                 mesh extraction, UV bake), measured once;
     projected_s fixed_s + Σ_phase preset_steps_phase · ms/step_phase, plus for polish the normal
@@ -254,17 +258,19 @@ class StageRecord:
     start: float
     """perf_counter when the stage began (the end of the one before)."""
     steps: list[tuple[int, float, float]] = field(default_factory=list)
-    """(step, perf_counter, estimator seconds so far) at each progress report."""
+    """(step, perf_counter, estimator seconds so far) at the end of each step."""
     end: float | None = None
     peak_bytes: int | None = None
     faces: int | None = None
 
 
 class StageClock:
-    """JobContext (pipeline_api) that timestamps every progress report, records each stage's peak GPU
-    memory, and cancels the job when the benchmark's deadline passes."""
+    """JobContext (pipeline_api) that timestamps the end of every step (`step_end`, called by the pipeline's
+    StageProgress), records each stage's peak GPU memory, and cancels the job when the benchmark's deadline
+    passes. It synchronises the GPU only at the steps in `sync_at` (the edges of the timed windows)."""
 
-    def __init__(self, work_dir: Path, device: torch.device, deadline: float):
+    def __init__(self, work_dir: Path, device: torch.device, deadline: float,
+                 sync_at: dict[str, set[int]] | None = None):
         self.job_id = "bench"
         self.work_dir = work_dir
         self.device = str(device)
@@ -277,6 +283,8 @@ class StageClock:
         """Estimator seconds at each stage's start (the end of the one before)."""
         self._estimator_at_last_end = 0.0
         self._last_end = time.perf_counter()
+        self.sync_at = sync_at or {}
+        """Per stage, the 1-based steps after which the clock waits for the GPU before reading the time."""
 
     def sync(self) -> None:
         if self.cuda:
@@ -308,10 +316,13 @@ class StageClock:
             record.peak_bytes = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
 
+    def step_end(self, stage: str, step: int, total: int, reported: bool) -> None:
+        if step in self.sync_at.get(stage, ()) or stage in FIXED_STAGES:
+            self.sync()
+        self._record(stage).steps.append((int(step), time.perf_counter(), self.estimator_s()))
+
     def progress(self, stage: str, step: int, total: int, losses: dict[str, float] | None = None,
                  preview_png: bytes | None = None) -> None:
-        self.sync()
-        self._record(stage).steps.append((int(step), time.perf_counter(), self.estimator_s()))
         if stage in FIXED_STAGES and step >= total:
             self._finish(stage)  # stages without a mesh end with their last progress report
 
@@ -386,6 +397,19 @@ def run_preset(name: str, settings: BenchSettings) -> tuple[PipelinePreset, Pipe
     return preset, run, phases
 
 
+def window_edges(phases: dict[str, list[Phase]], settings: BenchSettings) -> dict[str, set[int]]:
+    """Per stage, the steps where the clock synchronises: the first (the stage's setup ends there), and the
+    start and end of each phase's timed window."""
+    edges: dict[str, set[int]] = {}
+    for stage, stage_phases_ in phases.items():
+        first, steps = 0, {1}
+        for phase in stage_phases_:
+            steps |= {first + settings.warmup_steps, first + phase.run_steps}
+            first += phase.run_steps
+        edges[stage] = steps
+    return edges
+
+
 # -- 4. turning timestamps into figures -------------------------------------------------------------------
 
 
@@ -411,11 +435,12 @@ def stage_figures(stage: str, record: StageRecord, phases: list[Phase], preset: 
     first = 0
     loop_s = 0.0
     for phase in phases:
-        # Step k (1-based) takes t_k − t_{k−1}, less the estimator's time in it (counted per view below).
-        timed = range(first + settings.warmup_steps + 1, first + phase.run_steps + 1)
-        intervals = [(times[k][0] - times[k - 1][0]) - (times[k][1] - times[k - 1][1])
-                     for k in timed if k in times and k - 1 in times]
-        ms = 1000 * sum(intervals) / len(intervals) if intervals else None
+        # The window (a, b] of timed steps, with the GPU synchronised at a and b only: its steps take
+        # t_b − t_a, less the estimator's time in them (counted per view below).
+        a, b = first + settings.warmup_steps, first + phase.run_steps
+        ms = None
+        if a in times and b in times and b > a:
+            ms = 1000 * ((times[b][0] - times[a][0]) - (times[b][1] - times[a][1])) / (b - a)
         phase_rows.append({"phase": phase.name, "resolution": phase.resolution, "preset_steps": phase.preset_steps,
                            "ms_per_step": None if ms is None else round(ms, 2)})
         first += phase.run_steps
@@ -490,7 +515,7 @@ def measure_preset(name: str, models: PriorModels, device: torch.device, deadlin
     spec = JobSpec(prompt=settings.prompt, preset=f"bench-{name}", seed=0)
     note = None
     with tempfile.TemporaryDirectory(prefix="dreampolish-gpu-stages-") as tmp:
-        clock = StageClock(Path(tmp), device, deadline)
+        clock = StageClock(Path(tmp), device, deadline, window_edges(phases, settings))
         pipeline = DreamPolishPipeline(presets={f"bench-{name}": lambda: run}, priors=BenchPriors(models, clock))
         pipeline.check(spec)
         clock.begin()
