@@ -97,6 +97,8 @@ class HashGridEncoding(nn.Module):
             offsets.append(offsets[-1] + size)
         self.resolutions = resolutions
         self.level_sizes = sizes
+        # host copies of the layout: reading the device buffers in the step would make the host wait (issue 28)
+        self.level_starts = offsets[:-1]
         self.register_buffer("level_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
         # the layout as the Triton kernels read it: resolution, size and dense flag per level
         self.register_buffer("level_resolutions", torch.tensor(resolutions, dtype=torch.long), persistent=False)
@@ -128,13 +130,13 @@ class HashGridEncoding(nn.Module):
         else:
             idx = (cell[..., 0] * _PRIMES[0]) ^ (cell[..., 1] * _PRIMES[1]) ^ (cell[..., 2] * _PRIMES[2])
             idx = idx % size
-        return idx + self.level_offsets[level]
+        return idx + self.level_starts[level]
 
     def _dense_level(self, level: int, x: Tensor) -> Tensor:
         """Trilinear lookup in a level stored as a dense (N+1)^3 lattice, [N,F]."""
         r = self.resolutions[level] + 1
         f = self.cfg.n_features_per_level
-        start = int(self.level_offsets[level])
+        start = self.level_starts[level]
         # rows are x-major (x, y, z) -> volume [1,F,D=x,H=y,W=z]; grid_sample's coordinates are (W, H, D)
         vol = self.table[start:start + r**3].reshape(r, r, r, f).permute(3, 0, 1, 2)[None]
         grid = (x * 2 - 1).flip(-1).reshape(1, 1, 1, -1, 3)

@@ -5,10 +5,12 @@ centres, row 0 at the top, unprojected through the inverse OpenGL projection so
 that lens shift and non-square images are honoured). Each ray is clipped to the
 field's box [-bound, bound]^3 and sampled at `n_samples` stratified depths.
 
-Cost control on the CPU: an occupancy grid over the box marks the cells where
-the field may be non-empty (refreshed by the stage every few steps, dilated by
-one cell); samples in empty cells are never sent to the field. Only the kept
-samples are evaluated, then scattered back into the per-ray arrays.
+Fixed shapes (issue 28): every ray and every sample is evaluated, so that no step waits for the device
+to count hits. Rays that miss the box get a zero-length interval and no weight; an occupancy grid over
+the box marks the cells where the field may be non-empty (refreshed by the stage every few steps,
+dilated by one cell), and its verdict zeroes alpha in empty cells, so they add nothing to a ray and send
+no gradient to the field. Occupied samples get the same values and gradients as when only they were
+evaluated.
 
 Memory: with `recompute_chunks`, a training render keeps one chunk's field activations at a time
 (torch.utils.checkpoint per chunk; the sample positions are drawn outside it, so the recomputation
@@ -31,6 +33,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..config_fields import ranged
+from ..device import to_device
 from .cameras import CameraBatch
 
 
@@ -65,7 +68,8 @@ def camera_rays(cameras: CameraBatch) -> tuple[Tensor, Tensor, Tensor]:
     ys = 1 - (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / h * 2  # row 0 = top
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     ndc = torch.stack([xx, yy, -torch.ones_like(xx), torch.ones_like(xx)], dim=-1).reshape(-1, 4)
-    inv_proj = torch.linalg.inv(cameras.proj.float())  # [B,4,4]
+    # inv_ex: linalg.inv checks the result for singular matrices by reading a flag back (a host sync per render)
+    inv_proj = torch.linalg.inv_ex(cameras.proj.float()).inverse  # [B,4,4]
     p_cam = torch.einsum("bij,nj->bni", inv_proj, ndc)
     p_cam = p_cam[..., :3] / p_cam[..., 3:4]
     c2w = cameras.c2w.float()
@@ -104,7 +108,8 @@ class OccupancyGrid:
         dilates by one cell so that surfaces moving during the next steps are not cut off."""
         centres = self.cell_centres()
         cell = 2 * self.bound / self.resolution
-        jitter = (torch.rand(centres.shape, generator=generator, device="cpu").to(centres) - 0.5) * cell
+        draw_on = generator.device if generator is not None else "cpu"
+        jitter = (to_device(torch.rand(centres.shape, generator=generator, device=draw_on), centres.device) - 0.5) * cell
         occ = torch.zeros(centres.shape[0], dtype=torch.bool, device=centres.device)
         for pts in (centres, centres + jitter):
             occ |= torch.cat([occupied_fn(pts[i:i + chunk]) for i in range(0, pts.shape[0], chunk)])
@@ -120,43 +125,40 @@ class OccupancyGrid:
         return inside & self.cells[idx[:, 0], idx[:, 1], idx[:, 2]]
 
     @property
-    def fraction(self) -> float:
-        return float(self.cells.float().mean())
+    def fraction(self) -> Tensor:
+        """Share of occupied cells, 0-dim on the grid's device (read it back only where a report needs it)."""
+        return self.cells.float().mean()
 
 
 def _sample_rays(o: Tensor, d: Tensor, t_near: Tensor, t_far: Tensor, s: int,
                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
     """`s` samples per ray between near and far, one per equal bin (at its centre, or jittered inside
-    it with `generator`): (t [n,s], bin length delta [n,1], points [n,s,3])."""
+    it with `generator`, drawn on the generator's device): (t [n,s], bin length delta [n,1], points [n,s,3])."""
     n, dev = o.shape[0], o.device
     bins = (torch.arange(s, device=dev, dtype=torch.float32)[None] + 0.5).expand(n, s)
     if generator is not None:
-        bins = bins + (torch.rand(n, s, generator=generator, device="cpu").to(dev) - 0.5)
+        bins = bins + (to_device(torch.rand(n, s, generator=generator, device=generator.device), dev) - 0.5)
     delta = ((t_far - t_near) / s)[:, None]  # [n,1]
     t = t_near[:, None] + bins * delta  # [n,s]
     return t, delta, o[:, None, :] + t[..., None] * d[:, None, :]
 
 
 def _query_samples(field: VolumeField, occupancy: OccupancyGrid | None, pts: Tensor, d: Tensor, delta: Tensor,
-                   want_normals: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """The field at the samples [n,s,3] that the occupancy grid keeps (empty elsewhere):
-    (alpha [n,s], colour [n,s,3], normal [n,s,3], zero where the field gives none)."""
-    n, s, dev = pts.shape[0], pts.shape[1], pts.device
+                   hit: Tensor, want_normals: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The field at all samples [n,s,3], alpha zeroed on rays that miss the box (`hit` [n] false) and in
+    the occupancy grid's empty cells: (alpha [n,s], colour [n,s,3], normal [n,s,3], zero where the
+    field gives none)."""
+    n, s = pts.shape[0], pts.shape[1]
     flat = pts.reshape(-1, 3)
-    keep = occupancy.lookup(flat) if occupancy is not None else torch.ones_like(flat[:, 0], dtype=torch.bool)
-    keep_idx = keep.nonzero().squeeze(-1)
-    alpha = torch.zeros(n * s, device=dev)
-    color = torch.zeros(n * s, 3, device=dev)
-    normal = torch.zeros(n * s, 3, device=dev)
-    if keep_idx.numel() > 0:
-        a_k, c_k, n_k = field.query(
-            flat[keep_idx], d.repeat_interleave(s, dim=0)[keep_idx],
-            delta.expand(n, s).reshape(-1)[keep_idx], want_normals,
-        )
-        alpha = alpha.index_put((keep_idx,), a_k)
-        color = color.index_put((keep_idx,), c_k)
-        if n_k is not None:
-            normal = normal.index_put((keep_idx,), n_k)
+    alpha, color, normal = field.query(flat, d[:, None, :].expand(n, s, 3).reshape(-1, 3),
+                                       delta.expand(n, s).reshape(-1), want_normals)
+    keep = hit[:, None].expand(n, s).reshape(-1)
+    if occupancy is not None:
+        keep = keep & occupancy.lookup(flat)
+    # where, not a product: an empty sample gets alpha 0 and a zero gradient even where the field is not finite
+    alpha = torch.where(keep, alpha, torch.zeros((), device=alpha.device, dtype=alpha.dtype))
+    if normal is None:
+        normal = torch.zeros_like(color)
     return alpha.reshape(n, s), color.reshape(n, s, 3), normal.reshape(n, s, 3)
 
 
@@ -180,9 +182,10 @@ def _composite(alpha: Tensor, color: Tensor, normal: Tensor, t: Tensor, d: Tenso
 
 
 def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_normals: bool, t: Tensor,
-                  delta: Tensor, pts: Tensor, d: Tensor, cos_fwd: Tensor, bg: Tensor) -> tuple[Tensor, ...]:
+                  delta: Tensor, pts: Tensor, d: Tensor, hit: Tensor, cos_fwd: Tensor, bg: Tensor
+                  ) -> tuple[Tensor, ...]:
     """One chunk of rays, from its samples to its per-ray values (what _composite returns)."""
-    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, want_normals)
+    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, hit, want_normals)
     return _composite(alpha, color, normal, t, d, cos_fwd, bg)
 
 
@@ -199,7 +202,9 @@ def render_volume(
     """-> {"rgb": [B,H,W,3], "opacity": [B,H,W,1], "depth": [B,H,W,1] (camera z-depth, 0 on background),
     "normal": [B,H,W,3] (opacity-weighted world normals, background zero) and "orientation": [B,H,W,1]
     (per-ray Ref-NeRF penalty), both only with want_normals}.
-    `generator` jitters the samples (training); None samples at bin centres (evaluation)."""
+    `generator` jitters the samples (training); None samples at bin centres (evaluation). The jitter is
+    drawn on the generator's device: one on the cameras' device spares the host n_rays * n_samples draws
+    and their copy each render."""
     origins, dirs, forward = camera_rays(cameras)
     b, h, w, _ = origins.shape
     o = origins.reshape(-1, 3)
@@ -208,23 +213,21 @@ def render_volume(
     cos_fwd = (dirs * forward[:, None, None, :]).sum(-1).reshape(-1)
     n_rays, dev = o.shape[0], o.device
     near, far, hit = ray_box(o, d, bound)
-    bg = torch.tensor(cfg.background, device=dev, dtype=torch.float32)
+    # a ray that misses the box gets the zero-length interval [0, 0] (finite sample points, no weight)
+    zero = torch.zeros((), device=dev)
+    near, far = torch.where(hit, near, zero), torch.where(hit, far, zero)
+    bg = to_device(torch.tensor(cfg.background, dtype=torch.float32), dev)
 
-    # rgb, opacity, depth, normal, orientation per ray; rays that miss the box keep these values.
-    outs = [bg.expand(n_rays, 3).clone(), torch.zeros(n_rays, 1, device=dev), torch.zeros(n_rays, 1, device=dev),
-            torch.zeros(n_rays, 3, device=dev), torch.zeros(n_rays, 1, device=dev)]
-    ray_ids = hit.nonzero().squeeze(-1)
-    recompute = cfg.recompute_chunks and torch.is_grad_enabled() and ray_ids.numel() > cfg.chunk_rays
+    recompute = cfg.recompute_chunks and torch.is_grad_enabled() and n_rays > cfg.chunk_rays
     pieces = []
-    for start in range(0, ray_ids.numel(), cfg.chunk_rays):
-        ids = ray_ids[start:start + cfg.chunk_rays]
+    for start in range(0, n_rays, cfg.chunk_rays):
+        ids = slice(start, start + cfg.chunk_rays)
         t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, generator)
-        args = (field, occupancy, want_normals, t, delta, pts, d[ids], cos_fwd[ids], bg)
-        values = checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args)
-        pieces.append((ids, values))
-    for ids, values in pieces:
-        outs = [out.index_put((ids,), v) for out, v in zip(outs, values)]
-    rgb_out, opacity_out, depth_out, normal_out, orient_out = outs
+        args = (field, occupancy, want_normals, t, delta, pts, d[ids], hit[ids], cos_fwd[ids], bg)
+        pieces.append(checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args))
+    # rgb, opacity, depth, normal, orientation per ray
+    rgb_out, opacity_out, depth_out, normal_out, orient_out = (
+        values[0] if len(pieces) == 1 else torch.cat(values) for values in zip(*pieces))
     out = {
         "rgb": rgb_out.reshape(b, h, w, 3),
         "opacity": opacity_out.reshape(b, h, w, 1),

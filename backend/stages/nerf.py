@@ -148,6 +148,18 @@ def _finish_mesh(verts: np.ndarray, faces: np.ndarray, color_fn, device, normali
     return mesh
 
 
+def draw_generator(generator: torch.Generator, device: torch.device | str) -> torch.Generator:
+    """The generator for a step's per-sample random draws (ray jitter, eikonal points): `generator` itself
+    where it lives on `device` (a CPU run keeps its random stream), else one on `device` seeded once from it,
+    so that the millions of numbers a render jitters by are drawn where they are used, not by the host and
+    copied (issue 28)."""
+    dev = torch.device(device)
+    if generator.device.type == dev.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(dev).manual_seed(seed)
+
+
 def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | None, reporter: StageReporter,
              *, generator: torch.Generator, device: torch.device | str) -> NerfState:
     start = time.perf_counter()
@@ -159,6 +171,7 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
                        (list(density.geometry_net.parameters()) + list(density.color_net.parameters()),
                         cfg.lr_network)])
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
+    draws = draw_generator(generator, device)
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
@@ -170,10 +183,10 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
         loss = StepLoss.start(device)
         # normals on the reference view only for the reference normal loss
         loss.add_reference(functools.partial(state.render, want_normals=cfg.reference.normal.at(p) > 0,
-                                             generator=generator), ref, cfg.reference, p)
+                                             generator=draws), ref, cfg.reference, p)
         res = cfg.resolution.at(p)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
-        out = state.render(cams, want_normals=want_normals, generator=generator)
+        out = state.render(cams, want_normals=want_normals, generator=draws)
         loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams,
                                                   normal=out.normal if cfg.guidance_normals else None,
                                                   shading="albedo", step=step, total_steps=cfg.steps),

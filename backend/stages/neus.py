@@ -42,7 +42,7 @@ from .base import (
     adam_groups,
     reference_at,
 )
-from .nerf import NerfState, _finish_mesh
+from .nerf import NerfState, _finish_mesh, draw_generator
 from .step import StepLoss, optimiser_step, seeded_init
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
                        (list(sdf.geometry_net.parameters()) + list(sdf.color_net.parameters()), cfg.lr_network)])
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     bound = sdf.bound
+    draws = draw_generator(generator, device)
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
@@ -190,16 +191,16 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
         if step > 0 and step % cfg.occupancy_every == 0:
             state.update_occupancy(generator)
         loss = StepLoss.start(device)
-        loss.add_reference(lambda cam: state.render(cam, generator=generator), ref, cfg.reference, p)
+        loss.add_reference(lambda cam: state.render(cam, generator=draws), ref, cfg.reference, p)
         res = cfg.resolution.at(p)
         cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
-        out = state.render(cams, generator=generator)
+        out = state.render(cams, generator=draws)
         loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams, normal=out.normal, shading="albedo",
                                                   step=step, total_steps=cfg.steps), cfg.guidance_weight.at(p))
         # 3. eikonal regulariser at random points of the box
         w_eik = cfg.eikonal_weight.at(p)
         if w_eik > 0:
-            x = (torch.rand(cfg.eikonal_points, 3, generator=generator).to(device) * 2 - 1) * bound
+            x = (torch.rand(cfg.eikonal_points, 3, generator=draws, device=draws.device).to(device) * 2 - 1) * bound
             loss.add("eikonal", w_eik, eikonal_loss(sdf.gradient(x)))
         optimiser_step(opt, loss, reporter, step, cfg.steps, {"sharpness": state.sharpness})
     state.steps_done = cfg.steps

@@ -1,15 +1,20 @@
-"""Volume renderer: coverage, depth and normals of an analytic ball; occupancy culling; NeuS alpha."""
+"""Volume renderer: coverage, depth and normals of an analytic ball; occupancy culling; NeuS alpha;
+fixed shapes without host syncs, equal to evaluating only the kept samples."""
 
 from __future__ import annotations
 
 import torch
+from dreampolish.backend.host_syncs import HostSyncCounter
 from dreampolish.backend.render.cameras import orbit_cameras
 from dreampolish.backend.render.volume import (
     NerfVolume,
     NeusVolume,
     OccupancyGrid,
     VolumeRenderConfig,
+    _composite,
+    _sample_rays,
     camera_rays,
+    ray_box,
     render_volume,
 )
 
@@ -72,7 +77,7 @@ def test_ball_renders_as_a_disc_with_depth_and_outward_normals():
     assert float(out["orientation"].sum()) < 1e-3  # front faces only
 
 
-def test_occupancy_culling_keeps_the_image_and_skips_empty_cells():
+def test_occupancy_culling_keeps_the_image():
     cam = _camera()
     cfg = VolumeRenderConfig(n_samples=64)
     full = render_volume(Ball(), cam, 0.6, cfg)
@@ -156,3 +161,76 @@ def test_recomputed_chunks_give_the_same_gradients_and_keep_far_less_for_backwar
         for ga, gb in zip(grads_a, grads_b):
             assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-6), type(volume).__name__
         assert sum(recomputed) < 0.25 * sum(kept), (type(volume).__name__, sum(recomputed), sum(kept))
+
+
+def _compacted_render(volume, cam, bound, cfg, occupancy):
+    """The renderer as it was before fixed shapes (issue 28): only rays that hit the box and samples the
+    occupancy grid keeps are sent to the field, then scattered back (boolean counts read by the host)."""
+    origins, dirs, forward = camera_rays(cam)
+    o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    cos_fwd = (dirs * forward[:, None, None, :]).sum(-1).reshape(-1)
+    near, far, hit = ray_box(o, d, bound)
+    ids = hit.nonzero().squeeze(-1)
+    t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, None)
+    n, s = pts.shape[:2]
+    flat = pts.reshape(-1, 3)
+    keep = occupancy.lookup(flat).nonzero().squeeze(-1)
+    a_k, c_k, n_k = volume.query(flat[keep], d[ids].repeat_interleave(s, dim=0)[keep],
+                                 delta.expand(n, s).reshape(-1)[keep], True)
+    alpha = torch.zeros(n * s).index_put((keep,), a_k).reshape(n, s)
+    color = torch.zeros(n * s, 3).index_put((keep,), c_k).reshape(n, s, 3)
+    normal = torch.zeros(n * s, 3).index_put((keep,), n_k).reshape(n, s, 3)
+    bg = torch.tensor(cfg.background)
+    values = _composite(alpha, color, normal, t, d[ids], cos_fwd[ids], bg)
+    outs = [bg.expand(o.shape[0], 3).clone()] + [torch.zeros(o.shape[0], v.shape[1]) for v in values[1:]]
+    return [out.index_put((ids,), v) for out, v in zip(outs, values)]
+
+
+def test_every_sample_evaluated_gives_the_values_and_gradients_of_the_kept_samples_alone():
+    # Empty cells and rays that miss the box are evaluated and weighted zero instead of being left out:
+    # the image and every parameter gradient stay those of evaluating the kept samples only.
+    cam = orbit_cameras(*(torch.tensor([v]) for v in (15.0, 40.0, 1.6, 50.0)), 16, 16)  # corners miss the box
+    cfg = VolumeRenderConfig(n_samples=24, chunk_rays=100)
+    for volume in _tiny_fields():
+        occ = OccupancyGrid(0.6, 8, "cpu")
+        occ.update(lambda x: x.norm(dim=-1) < 0.45)
+        assert 0.1 < float(occ.fraction) < 0.9
+        params = [p for p in volume.field.parameters() if p.requires_grad]
+        out = render_volume(volume, cam, 0.6, cfg, occ, want_normals=True)
+        fixed = [out[k].reshape(-1, out[k].shape[-1]) for k in ("rgb", "opacity", "depth", "normal", "orientation")]
+        compacted = _compacted_render(volume, cam, 0.6, cfg, occ)
+        assert not ray_box(*(t.reshape(-1, 3) for t in camera_rays(cam)[:2]), 0.6)[2].all()
+        for name, a, b in zip(("rgb", "opacity", "depth", "normal", "orientation"), fixed, compacted):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        weights = [torch.rand(v.shape, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(fixed)]
+        grads_fixed = torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, fixed)), params)
+        grads_compacted = torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, compacted)), params)
+        for a, b in zip(grads_fixed, grads_compacted):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_rays_that_miss_the_box_show_the_background_even_under_neus_alpha():
+    # NeuS alpha is not zero on a zero-length interval (its 1e-5 terms), so the miss must be masked.
+    cam = orbit_cameras(*(torch.tensor([v]) for v in (0.0, 0.0, 2.0, 90.0)), 16, 16)
+    origins, dirs, _ = camera_rays(cam)
+    miss = ~ray_box(origins.reshape(-1, 3), dirs.reshape(-1, 3), 0.6)[2].reshape(16, 16)
+    assert miss.any() and not miss.all()
+    out = render_volume(NeusVolume(SphereSdf(), sharpness=5.0), cam, 0.6, VolumeRenderConfig(n_samples=16),
+                        want_normals=True)
+    assert (out["opacity"][0][miss] == 0).all() and (out["depth"][0][miss] == 0).all()
+    assert (out["rgb"][0][miss] == 1).all() and (out["normal"][0][miss] == 0).all()
+
+
+def test_a_training_render_and_its_backward_make_the_host_wait_for_nothing():
+    cam = _camera(16)
+    cfg = VolumeRenderConfig(n_samples=16, chunk_rays=100)
+    gen = torch.Generator().manual_seed(0)
+    for volume in _tiny_fields():
+        occ = OccupancyGrid(0.6, 8, "cpu")
+        occ.update(lambda x: x.norm(dim=-1) < 0.45, gen)
+        params = [p for p in volume.field.parameters() if p.requires_grad]
+        with HostSyncCounter(keep_stacks=True) as syncs:
+            out = render_volume(volume, cam, 0.6, cfg, occ, want_normals=True, generator=gen)
+            loss = out["rgb"].square().sum() + out["orientation"].sum() + out["opacity"].sum()
+            torch.autograd.grad(loss, params)
+        assert syncs.total == 0, (type(volume).__name__, syncs.by_op)
