@@ -45,8 +45,15 @@ log = logging.getLogger(__name__)
 
 
 def _nerf_field() -> FieldConfig:
+    # DreamCraft3D's coarse NeRF takes normals by forward differences at 0.01 world units
+    # (configs/dreamcraft3d-coarse-nerf.yaml `normal_type: "finite_difference"`, which its
+    # threestudio/models/geometry/implicit_volume.py computes as (f(x + eps e_i) - f(x)) / eps); they are one
+    # option away. The default stays analytic: with the fused double backward it is the cheaper of the two
+    # (one NeRF training render + backward at 128 px, 64 samples: 45.9 GFLOP analytic, 84.6 forward
+    # differences, FlopCounterMode; 3.3 s against 6.0 s on the CPU at 32 px).
     return FieldConfig(grid=HashGridConfig(n_levels=16, log2_hashmap_size=19, base_resolution=16,
-                                           start_levels=8, unlock_until=0.8))
+                                           start_levels=8, unlock_until=0.8),
+                       normal_stencil="forward", normal_eps=0.01)
 
 
 def _reference_weights() -> ReferenceWeights:
@@ -76,7 +83,7 @@ class NerfConfig:
     guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
     """Weight of the guidance loss."""
     guidance_normals: bool = False
-    """Render normals for the guidance (4 extra field evaluations per sample)."""
+    """Render normals for the guidance (their cost per sample: density.normals)."""
     orientation_weight: Ramp = field(default_factory=lambda: Ramp(1.0, 10.0))
     """Ref-NeRF orientation penalty (needs normals; 0 skips them)."""
     sparsity_weight: Ramp = field(default_factory=lambda: Ramp(0.1, 10.0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from dreampolish.backend.geometry.fields import (
@@ -105,13 +107,62 @@ def test_analytic_normals_agree_with_finite_differences():
         assert float(cos.median()) > 0.95, cls
 
 
-def test_finite_difference_option_is_the_tetrahedral_stencil():
+def test_finite_difference_stencils_are_their_formulas():
     f = _textured(SdfField, "finite_difference", eps=0.01)
     x = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
     k = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]],
                      dtype=torch.float64)
     expected = sum(kk * f.sdf(x + 0.01 * kk)[:, None] for kk in k) / (4 * 0.01)
-    torch.testing.assert_close(f.gradient(x), expected)
+    torch.testing.assert_close(f.gradient(x), expected)  # the default stencil: tetrahedral
+    e = torch.eye(3, dtype=torch.float64)
+    f.cfg.normal_stencil = "central"
+    central = torch.stack([(f.sdf(x + 0.01 * ei) - f.sdf(x - 0.01 * ei)) / 0.02 for ei in e], dim=-1)
+    torch.testing.assert_close(f.gradient(x), central)
+    f.cfg.normal_stencil = "forward"
+    forward = torch.stack([(f.sdf(x + 0.01 * ei) - f.sdf(x)) / 0.01 for ei in e], dim=-1)
+    torch.testing.assert_close(f.gradient(x), forward)
+    torch.testing.assert_close(f.forward_with_gradient(x)[2], forward)
+
+
+class _SmoothDensity(DensityField):
+    """A smooth analytic density (the blob plus waves), so that differences and derivatives can be compared
+    without the hash grid's cell-wise trilinear kinks."""
+
+    def _raw(self, x):
+        wave = torch.sin(4 * x[:, 0]) * torch.cos(3 * x[:, 1]) + 0.5 * torch.sin(5 * x[:, 2])
+        return torch.nn.functional.softplus(self._blob(x) - 1.0 + wave), x.new_zeros(x.shape[0], self.cfg.n_feature_dims)
+
+
+@pytest.mark.parametrize("stencil", ["tetrahedral", "central", "forward"])
+def test_finite_difference_normals_agree_with_analytic_normals_on_a_smooth_density(stencil):
+    # at DreamCraft3D's step (0.01 world units) every stencil points where the analytic gradient does
+    x = torch.rand(2048, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    x = x[(x.norm(dim=-1) > 0.15) & (x.norm(dim=-1) < 0.65)]
+    analytic = _SmoothDensity(replace(SMALL, normals="analytic")).normal(x)
+    fd_field = _SmoothDensity(replace(SMALL, normals="finite_difference", normal_stencil=stencil, normal_eps=0.01))
+    fd = fd_field.normal(x)
+    cos = torch.nn.functional.cosine_similarity(analytic, fd, dim=-1)
+    assert float(cos.min()) > 0.99, (stencil, float(cos.min()))
+    torch.testing.assert_close(fd_field.forward_with_normals(x)[2], fd)
+    if stencil == "central":  # second-order accurate: far closer than the first-order stencils
+        assert float((1 - cos).max()) < 1e-4
+
+
+def test_finite_difference_normals_train_the_hash_grid_without_a_double_backward():
+    torch.manual_seed(0)
+    f = DensityField(replace(SMALL, normals="finite_difference", normal_stencil="forward", normal_eps=0.01))
+    torch.nn.init.normal_(f.geometry_net[-1].weight, std=0.5)
+    inputs_need_grad = []
+    f.encoding.register_forward_hook(lambda _m, args, _out: inputs_need_grad.append(args[0].requires_grad))
+    x = (torch.rand(256, 3) * 2 - 1) * 0.5
+    _, _, normals = f.forward_with_normals(x)
+    view = torch.nn.functional.normalize(torch.ones(3), dim=0)
+    penalty = torch.relu((normals * view).sum(-1)).square().sum()  # an orientation-style loss on the normals
+    table_grad, weight_grad = torch.autograd.grad(penalty, [f.encoding.table, f.geometry_net[0].weight])
+    assert torch.isfinite(table_grad).all() and table_grad.abs().sum() > 0
+    assert weight_grad.abs().sum() > 0
+    # no encoding input carries a graph to the positions: nothing is differentiated twice
+    assert inputs_need_grad and not any(inputs_need_grad)
 
 
 class _GradientOf(torch.nn.Module):
@@ -146,27 +197,32 @@ def test_analytic_gradient_trains_the_field_through_a_double_backward():
     torch.testing.assert_close(detached, g.detach())
 
 
-def _small_field_config(normals: str) -> FieldConfig:
+def _small_field_config(normals: str, stencil: str = "tetrahedral") -> FieldConfig:
     return FieldConfig(grid=HashGridConfig(n_levels=4, log2_hashmap_size=10, start_levels=4), hidden_dim=16,
-                       normals=normals)
+                       normals=normals, normal_stencil=stencil)
 
 
-@pytest.mark.parametrize("normals", ["analytic", "finite_difference"])
-def test_value_and_gradient_together_equal_the_separate_calls_from_one_evaluation(normals):
+@pytest.mark.parametrize(("normals", "stencil", "extra_points"), [
+    ("analytic", "tetrahedral", 0), ("finite_difference", "tetrahedral", 4), ("finite_difference", "central", 6),
+    ("finite_difference", "forward", 3)])
+def test_value_and_gradient_together_equal_the_separate_calls_from_one_evaluation(normals, stencil, extra_points):
     torch.manual_seed(0)
-    x = torch.rand(256, 3) - 0.5
+    # float64: a difference quotient's table gradients cancel by 1/eps, which float32 rounding would dominate
+    x = (torch.rand(256, 3) - 0.5).double()
     for field, together, separate in (
-        (nerf := DensityField(_small_field_config(normals)), nerf.forward_with_normals,
+        (nerf := DensityField(_small_field_config(normals, stencil)).double(), nerf.forward_with_normals,
          lambda p: (*nerf(p), nerf.normal(p))),
-        (neus := SdfField(_small_field_config(normals)), neus.forward_with_gradient,
+        (neus := SdfField(_small_field_config(normals, stencil)).double(), neus.forward_with_gradient,
          lambda p: (*neus(p), neus.gradient(p))),
     ):
         torch.nn.init.normal_(field.geometry_net[-1].weight, std=0.5)  # a field with some shape
         calls = []
-        hook = field.encoding.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        hook = field.encoding.register_forward_hook(lambda _m, args, _out, calls=calls: calls.append(len(args[0])))
         got = together(x)
         evaluations = len(calls)
         hook.remove()
+        # the sample itself, then the stencil's points in one batch (the forward stencil reuses the sample's value)
+        assert calls == [len(x)] + ([extra_points * len(x)] if extra_points else []), (type(field).__name__, calls)
         want = separate(x)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
@@ -178,6 +234,6 @@ def test_value_and_gradient_together_equal_the_separate_calls_from_one_evaluatio
             torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
         with torch.no_grad():
             assert all(not t.requires_grad for t in together(x))
-        # Analytic: one evaluation of the encoding (the gradient is a backward through it); the
-        # stencil evaluates its 4 points besides the sample itself.
+        # Analytic: one evaluation of the encoding (the gradient is a backward through it); a stencil
+        # evaluates its points besides the sample itself.
         assert evaluations == (1 if normals == "analytic" else 2), (type(field).__name__, evaluations)
