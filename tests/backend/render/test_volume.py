@@ -139,12 +139,13 @@ def _field_loss_and_grads(volume, params, recompute: bool, saved: list[int] | No
     return loss.detach(), torch.autograd.grad(loss, params)
 
 
-def _tiny_fields():
+def _tiny_fields(normals: str = "analytic"):
     from dreampolish.backend.geometry.fields import DensityField, FieldConfig, SdfField
     from dreampolish.backend.geometry.hashgrid import HashGridConfig
 
     torch.manual_seed(0)
-    cfg = FieldConfig(bound=0.6, grid=HashGridConfig(n_levels=4, log2_hashmap_size=10, start_levels=4), hidden_dim=16)
+    cfg = FieldConfig(bound=0.6, grid=HashGridConfig(n_levels=4, log2_hashmap_size=10, start_levels=4), hidden_dim=16,
+                      normals=normals, normal_stencil="forward", normal_eps=0.01)
     return [NerfVolume(DensityField(cfg)), NeusVolume(SdfField(cfg), sharpness=20.0, cos_anneal=0.5)]
 
 
@@ -225,7 +226,7 @@ def test_a_training_render_and_its_backward_make_the_host_wait_for_nothing():
     cam = _camera(16)
     cfg = VolumeRenderConfig(n_samples=16, chunk_rays=100)
     gen = torch.Generator().manual_seed(0)
-    for volume in _tiny_fields():
+    for volume in _tiny_fields() + _tiny_fields("finite_difference"):
         occ = OccupancyGrid(0.6, 8, "cpu")
         occ.update(lambda x: x.norm(dim=-1) < 0.45, gen)
         params = [p for p in volume.field.parameters() if p.requires_grad]
