@@ -3,8 +3,11 @@
 stands in for them in tests and benchmarks.
 
 A Guidance takes what a stage rendered at a batch of cameras and returns a
-scalar loss whose gradient flows into the render, plus float diagnostics
-(e.g. "grad_norm", "t") that go into progress messages. The reference view that
+scalar loss whose gradient flows into the render, plus diagnostics (e.g.
+"grad_norm", "t") that go into progress messages. A step never reads a value
+back from the device (issue 28): diagnostics computed on the device stay
+detached 0-dim tensors, read at reporting steps, and the per-step random draws
+come from a generator on the device (`step_generator`). The reference view that
 the stages fit and the oracle renders lives here too, below the stages that use it.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import torch
 from torch import Tensor
 
 from ..render.cameras import CameraBatch
@@ -54,7 +58,19 @@ class GuidanceInput:
 class GuidanceOutput:
     loss: Tensor
     """Scalar; backpropagates into GuidanceInput tensors."""
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Tensor | float] = field(default_factory=dict)
+    """Detached 0-dim tensors for values computed on the device (read back only when reported), Python
+    floats for values the host knows (schedule weights)."""
+
+
+def step_generator(device: torch.device, seed: int) -> torch.Generator | None:
+    """The generator of a guidance's per-step draws (timesteps, noise), on the device that uses them: a
+    draw on the host followed by `.to(device)` is a blocking copy from pageable memory, which waits for the
+    device's queue. On the CPU this is the CPU generator seeded as before, so a seed draws what it drew.
+    None on `meta` (the dry run), which has no generator and no values to draw."""
+    if device.type == "meta":
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class Guidance(Protocol):

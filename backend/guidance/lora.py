@@ -12,6 +12,13 @@ UNet weights serves the frozen model and every variational copy: frozen passes
 run inside `frozen_unet(unet)`, which disables all adapters. The last layer of
 the camera MLP and peft's LoRA B matrices start at zero, so ε_φ starts equal to
 the frozen model.
+
+A training step reads nothing back from the device (issue 28): its draws come from
+a generator on the device, its loss is returned as a 0-dim tensor, and the
+optimiser is a fused AdamW, which takes GradScaler's inf check as a device tensor
+(`_step_supports_amp_scaling`) instead of reading it on the host before stepping.
+The UNet passes go through `unet_prediction` and `adapter_loss`, which the
+guidance compiles (guidance/compiled.py).
 """
 
 from __future__ import annotations
@@ -23,12 +30,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from peft import LoraConfig as PeftLoraConfig
 from torch import Tensor
 
 from ..config_fields import ranged
 from ..rng import global_rng_seeded
+from .base import step_generator
+from .compiled import GuidanceCompile
+from .noise_schedule import NoiseTable
 
 CAMERA_FEATURES = 16
 """Camera condition: the flattened 4x4 camera-to-world matrix."""
@@ -63,6 +74,22 @@ def camera_features(c2w: Tensor) -> Tensor:
     return c2w.reshape(c2w.shape[0], CAMERA_FEATURES)
 
 
+def unet_prediction(unet: UNet2DConditionModel, x_t: Tensor, t: Tensor, text: Tensor, labels: Tensor | None) -> Tensor:
+    """The UNet's output [B,4,h,w] as its adapters stand, with class labels (the camera MLP's input) or none.
+    Compiled by the guidance (compiled.py)."""
+    return unet(x_t, t, encoder_hidden_states=text, class_labels=labels, return_dict=False)[0]
+
+
+def adapter_loss(unet: UNet2DConditionModel, table: NoiseTable, latents: Tensor, noise: Tensor, t: Tensor,
+                 text: Tensor, labels: Tensor | None) -> Tensor:
+    """The diffusion loss ‖ε_φ(x_t; y, c) − target‖² (mean) of the active adapter at timesteps t [B] for
+    injected noise [B,4,h,w]; the target is ε, or v for a v-prediction UNet. Compiled by the guidance."""
+    x_t = table.add_noise(latents, noise, t)
+    pred = unet(x_t, t, encoder_hidden_states=text, class_labels=labels, return_dict=False)[0]
+    target = table.velocity(latents, noise, t) if table.v_prediction else noise
+    return F.mse_loss(pred.float(), target.float())
+
+
 @contextlib.contextmanager
 def frozen_unet(unet: UNet2DConditionModel) -> Iterator[UNet2DConditionModel]:
     """Run the pretrained UNet: every LoRA adapter on it is switched off inside this block."""
@@ -86,20 +113,35 @@ class VariationalCopy:
         config: LoraConfig,
         seed: int = 0,
         name: str | None = None,
+        compile: GuidanceCompile | None = None,
     ):
+        """compile: how the adapter's UNet passes run (default: compiled on CUDA only)."""
         self.unet = unet
         self.scheduler = scheduler
         self.config = config
         self.name = name or f"variational_{next(_adapter_ids)}"
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
         device = unet.device
+        self.table = NoiseTable.of(scheduler, device)
+        self.generator = step_generator(device, seed)
+        self.compile = compile or GuidanceCompile.choose("auto", device)
+        self._prediction = self.compile(unet_prediction)
+        self._loss = self.compile(adapter_loss)
         # The adapter's and the camera MLP's initial weights come from `seed` (peft initialises
         # lora_A with the global RNG), whatever other jobs in the process do meanwhile.
         with global_rng_seeded(seed):
             self.lora_parameters = self._add_adapter(unet, config)
             self.camera_mlp = self._camera_mlp(unet, config, device)
+        if self.camera_mlp is not None and unet.class_embedding is None:
+            # The UNet's class-embedding slot starts as a plain None attribute; `_active` assigns a module to
+            # it and restores None into the registered slot, a change Dynamo's guards would see on the next
+            # frozen pass (one more compilation of it). Register the empty slot now, before any pass runs.
+            unet.class_embedding = torch.nn.Identity()
+            unet.class_embedding = None
         params = list(self.lora_parameters) + (list(self.camera_mlp.parameters()) if self.camera_mlp else [])
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        # Fused where torch has the kernel (CUDA, CPU; not `meta`): one launch per step, its step counts on
+        # the device, and GradScaler's found_inf is read inside the kernel rather than by the host.
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0,
+                                           fused=device.type in ("cuda", "cpu"))
         # The adapter's weights are fp32, but in fp16 (cards without bf16) its gradient flows back through the
         # UNet's fp16 activations, where small values flush to zero: dynamic loss scaling, as torch.amp does
         # for mixed precision. bf16 has fp32's exponent range and needs none.
@@ -162,46 +204,45 @@ class VariationalCopy:
         finally:
             self.unet.class_embedding = previous
 
-    def _forward(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
-        labels = None
-        if self.camera_mlp is not None:
-            labels = torch.zeros(x_t.shape[0], CAMERA_FEATURES, device=x_t.device) if camera is None else camera
-            labels = labels.to(device=x_t.device, dtype=torch.float32)
-        return self.unet(x_t, t, encoder_hidden_states=text, class_labels=labels).sample
+    def _labels(self, camera: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """The camera MLP's input [B,16] (zeros for the camera-free score), or None without the MLP."""
+        if self.camera_mlp is None:
+            return None
+        labels = torch.zeros(batch, CAMERA_FEATURES, device=device) if camera is None else camera
+        return labels.to(device=device, dtype=torch.float32)
 
     @torch.no_grad()
     def predict(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
-        """ε_φ(x_t; y, c) [B,4,h,w]; camera [B,16] or None (the camera-free score)."""
+        """ε_φ(x_t; y, c) [B,4,h,w] (the UNet's output: ε or v); camera [B,16] or None (the camera-free score)."""
         with self._active():
-            return self._forward(x_t, t, text, camera)
+            labels = self._labels(camera, x_t.shape[0], x_t.device)
+            return self._prediction(self.unet, x_t, t.to(x_t.device), text, labels)
 
-    def train_step(self, latents: Tensor, text: Tensor, camera: Tensor | None, steps: int | None = None) -> float:
+    def train_step(self, latents: Tensor, text: Tensor, camera: Tensor | None, steps: int | None = None) -> Tensor:
         """`steps` (default config.train_steps) diffusion-loss steps on detached render latents [B,4,h,w];
-        returns the mean loss over them."""
+        returns the mean loss over them as a detached 0-dim tensor (0 without steps)."""
         latents = latents.detach()
+        device = latents.device
         n_train = self.scheduler.config.num_train_timesteps
         lo, hi = (int(n_train * f) for f in self.config.train_t_range)
-        losses = []
+        b = latents.shape[0]
+        total = torch.zeros((), device=device)
+        n = self.config.train_steps if steps is None else steps
         with self._active():
-            for _ in range(self.config.train_steps if steps is None else steps):
-                b = latents.shape[0]
-                t = torch.randint(lo, max(hi, lo + 1), (b,), generator=self.generator).to(latents.device)
-                noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-                x_t = self.scheduler.add_noise(latents, noise, t)
+            for _ in range(n):
+                t = torch.randint(lo, max(hi, lo + 1), (b,), generator=self.generator, device=device)
+                noise = torch.randn(latents.shape, generator=self.generator, device=device).to(latents)
                 cam = camera
                 if cam is not None:
-                    keep = torch.rand(b, generator=self.generator) >= self.config.camera_dropout
+                    keep = torch.rand(b, generator=self.generator, device=device) >= self.config.camera_dropout
                     cam = cam * keep.to(cam)[:, None]
-                pred = self._forward(x_t, t, text.detach(), cam)
-                if self.scheduler.config.prediction_type == "v_prediction":
-                    target = self.scheduler.get_velocity(latents, noise, t)
-                else:
-                    target = noise
-                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                loss = self._loss(self.unet, self.table, latents, noise, t, text.detach(),
+                                  self._labels(cam, b, device))
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)  # unscales first; skips the step if anything overflowed
+                # A fused optimiser takes the scale and the inf check as device tensors and skips its own
+                # update if anything overflowed; no read-back (GradScaler.step, `_step_supports_amp_scaling`).
+                self.scaler.step(self.optimizer)
                 self.scaler.update()
-                # no value on the `meta` device (the dry run), which holds no data
-                losses.append(float("nan") if loss.device.type == "meta" else float(loss.detach()))
-        return sum(losses) / max(len(losses), 1)
+                total = total + loss.detach().float()
+        return total / max(n, 1)

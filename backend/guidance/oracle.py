@@ -87,17 +87,17 @@ class OracleGuidance:
         tgt = self.oracle.render(inp.cameras)
         opacity_l = F.mse_loss(inp.opacity, tgt.mask)
         loss = self.weights.opacity * opacity_l
-        diag = {"oracle_opacity": opacity_l.item()}
+        diag: dict[str, Tensor | float] = {"oracle_opacity": opacity_l.detach()}
         if inp.normal is not None and self.weights.normal > 0:
             normal_l = F.mse_loss(inp.normal, tgt.normal * tgt.mask)
             loss = loss + self.weights.normal * normal_l
-            diag["oracle_normal"] = normal_l.item()
+            diag["oracle_normal"] = normal_l.detach()
         if inp.shading == "albedo" and self.weights.rgb > 0:
             # fully covered pixels only: at silhouettes the render blends in the stage's background
             interior = (tgt.mask > 0.99).to(inp.rgb.dtype)
             rgb_l = F.mse_loss(inp.rgb * interior, tgt.albedo * interior)
             loss = loss + self.weights.rgb * rgb_l
-            diag["oracle_rgb"] = rgb_l.item()
+            diag["oracle_rgb"] = rgb_l.detach()
         return GuidanceOutput(loss, diag)
 
 

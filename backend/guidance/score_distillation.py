@@ -28,6 +28,12 @@ toy bench (bench/guidance_toy2d.py) the teacher, refined and trained on its
 own CFG-7.5 output, still drifts towards saturated colours (31% of values
 pinned, 40% with a one-step x̂₀ refinement); the knobs are the CFG scale,
 `interval` and `train_steps`.
+
+A step reads nothing back from the device (issue 28): timesteps and noise are
+drawn on the device, ᾱ_t is read from a table on the device (NoiseTable), and
+the diagnostics stay 0-dim tensors. The model calls (VAE encoder, UNet passes,
+the adapter's diffusion loss) run under torch.compile where the preset asks for
+it (guidance/compiled.py).
 """
 
 from __future__ import annotations
@@ -44,13 +50,14 @@ from torch import Tensor
 from ..config_fields import ranged
 from ..models.loading import TextToImageModels
 from ..schedules import Ramp
-from .base import GuidanceInput, GuidanceOutput
+from .base import GuidanceInput, GuidanceOutput, step_generator
+from .compiled import GuidanceCompile
 from .lora import LoraConfig, VariationalCopy, camera_features, frozen_unet
+from .noise_schedule import NoiseTable, Weighting
 from .text_prior import PromptEmbeddings
 
 Objective = Literal["sds", "csd", "vsd", "bsd", "dsd"]
 OBJECTIVES: tuple[str, ...] = ("sds", "csd", "vsd", "bsd", "dsd")
-Weighting = Literal["sds", "uniform"]
 
 
 def method_dsd_weights(guidance_scale: float = 7.5) -> tuple[Ramp, Ramp]:
@@ -88,12 +95,16 @@ class TimestepSchedule:
         """The range the stage ends with."""
         return self.t_range if self.t_range_end is None else self.t_range_end
 
-    def sample(self, progress: float, batch: int, num_train_timesteps: int, generator: torch.Generator) -> Tensor:
-        """[B] integer timesteps drawn uniformly from the range at `progress`."""
+    def sample(self, progress: float, batch: int, num_train_timesteps: int, generator: torch.Generator | None,
+               device: torch.device | str | None = None) -> Tensor:
+        """[B] integer timesteps drawn uniformly from the range at `progress`, on `device` (default: the
+        generator's). The range is the host's arithmetic on `progress`; nothing is read from the device."""
         lo, hi = self.range_at(progress)
         lo_i = int(round(lo * num_train_timesteps))
         hi_i = max(int(round(hi * num_train_timesteps)), lo_i + 1)
-        return torch.randint(lo_i, min(hi_i, num_train_timesteps), (batch,), generator=generator)
+        if device is None:
+            device = generator.device if generator is not None else "cpu"
+        return torch.randint(lo_i, min(hi_i, num_train_timesteps), (batch,), generator=generator, device=device)
 
 
 @dataclass
@@ -152,29 +163,13 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 
 def timestep_weight(scheduler: DDIMScheduler, t: Tensor, weighting: Weighting) -> Tensor:
-    """[B,1,1,1] w(t)."""
-    if weighting == "uniform":
-        return torch.ones(t.shape[0], 1, 1, 1)
-    alpha_bar = scheduler.alphas_cumprod[t.cpu()]
-    return (1.0 - alpha_bar).reshape(-1, 1, 1, 1)
-
-
-def to_epsilon(scheduler: DDIMScheduler, prediction: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-    """The UNet's output as a noise prediction (v-prediction: ε = √ᾱ v + √(1−ᾱ) x_t)."""
-    if scheduler.config.prediction_type != "v_prediction":
-        return prediction
-    alpha_bar = scheduler.alphas_cumprod[t.cpu()].to(x_t).reshape(-1, 1, 1, 1)
-    return alpha_bar.sqrt() * prediction + (1 - alpha_bar).sqrt() * x_t
+    """[B,1,1,1] w(t), on t's device. For callers with a scheduler at hand; the guidance reads its NoiseTable."""
+    return NoiseTable.of(scheduler, t.device).weight(t, weighting)
 
 
 def add_noise(scheduler: DDIMScheduler, latents: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    alpha_bar = scheduler.alphas_cumprod[t.cpu()].to(latents).reshape(-1, 1, 1, 1)
-    return alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-
-
-def scalar(x: Tensor) -> float:
-    """A diagnostic's value; NaN on the `meta` device, which holds no data (the dry run)."""
-    return float("nan") if x.device.type == "meta" else float(x)
+    """x_t (NoiseTable.add_noise) for callers with a scheduler at hand; the guidance reads its NoiseTable."""
+    return NoiseTable.of(scheduler, latents.device).add_noise(latents, noise, t)
 
 
 def clean_gradient(grad: Tensor, clip: float | None) -> Tensor:
@@ -210,7 +205,7 @@ class _GradScale(torch.autograd.Function):
 
 def encode_render(vae: AutoencoderKL, rgb: Tensor, resolution: int) -> Tensor:
     """rgb [B,H,W,3] in [0,1] -> scaled latents [B,4,h,w] (differentiable; the posterior mean).
-    An fp16 VAE gets its backward loss-scaled (FP16_GRAD_SCALE)."""
+    An fp16 VAE gets its backward loss-scaled (FP16_GRAD_SCALE). Compiled by the guidance (compiled.py)."""
     image = rgb.permute(0, 3, 1, 2)
     if image.shape[-2:] != (resolution, resolution):
         downsample = image.shape[-1] > resolution or image.shape[-2] > resolution
@@ -219,28 +214,48 @@ def encode_render(vae: AutoencoderKL, rgb: Tensor, resolution: int) -> Tensor:
     if scaled:
         image = _GradScale.apply(image, 1.0 / FP16_GRAD_SCALE)
     image = image.to(vae.dtype) * 2.0 - 1.0
-    latents = vae.encode(image).latent_dist.mean * vae.config.scaling_factor
+    # return_dict=False: the posterior itself, not diffusers' output dataclass around it
+    latents = vae.encode(image, return_dict=False)[0].mean * vae.config.scaling_factor
     return _GradScale.apply(latents, FP16_GRAD_SCALE) if scaled else latents
+
+
+def frozen_cfg_eps(unet: torch.nn.Module, table: NoiseTable, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor,
+                   dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(ε(x_t; ∅), ε(x_t; y)) [B,4,h,w] each from one batched pass of `unet` as it is (the caller switches
+    its adapters off). Compiled by the guidance (compiled.py)."""
+    x_in = torch.cat([x_t, x_t])
+    t_in = torch.cat([t, t])
+    pred = unet(x_in.to(dtype), t_in, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
+    eps_uncond, eps_cond = table.to_epsilon(pred.float(), x_in.float(), t_in).chunk(2)
+    return eps_uncond, eps_cond
 
 
 class ScoreDistillation:
     """Guidance from a text-to-image prior with one of the score distillation objectives."""
 
-    def __init__(self, models: TextToImageModels, prompts: PromptEmbeddings, config: ScoreDistillationConfig):
+    def __init__(self, models: TextToImageModels, prompts: PromptEmbeddings, config: ScoreDistillationConfig,
+                 compile: GuidanceCompile | None = None):
+        """compile: how the model calls run (default: compiled on CUDA only, GuidanceCompile.choose("auto"))."""
         self.models = models
         self.prompts = prompts
         self.config = config
         self.scheduler = models.scheduler
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.table = NoiseTable.of(self.scheduler, models.device)
+        self.generator = step_generator(models.device, config.seed)
         self.resolution = config.vae_resolution or models.native_resolution
+        self.compile = compile or GuidanceCompile.choose("auto", models.device)
+        self._encode = self.compile(encode_render)
+        self._cfg_pair = self.compile(frozen_cfg_eps)
         self.variational: VariationalCopy | None = None
         self.teacher: VariationalCopy | None = None
         if config.objective in ("vsd", "bsd", "dsd"):
-            self.variational = VariationalCopy(models.unet, self.scheduler, config.lora, seed=config.seed + 1)
+            self.variational = VariationalCopy(models.unet, self.scheduler, config.lora, seed=config.seed + 1,
+                                               compile=self.compile)
         if config.objective == "bsd":
             self.teacher = VariationalCopy(
-                models.unet, self.scheduler, config.bootstrap.lora, seed=config.seed + 2, name=f"bootstrap_{id(self)}"
+                models.unet, self.scheduler, config.bootstrap.lora, seed=config.seed + 2, name=f"bootstrap_{id(self)}",
+                compile=self.compile,
             )
         self._teacher_refreshed_at: int | None = None
 
@@ -256,19 +271,14 @@ class ScoreDistillation:
 
     def _frozen_cfg_pair(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
         """(ε(x_t; ∅), ε(x_t; y)) from one batched pass of the pretrained UNet."""
-        unet = self.models.unet
-        with torch.no_grad(), frozen_unet(unet), autocast(self.models.device, self.models.dtype):
-            x_in = torch.cat([x_t, x_t]).to(self.models.dtype)
-            t_in = torch.cat([t, t]).to(self.models.device)
-            pred = unet(x_in, t_in, encoder_hidden_states=torch.cat([uncond, cond])).sample
-        pred = to_epsilon(self.scheduler, pred.float(), torch.cat([x_t, x_t]).float(), torch.cat([t, t]))
-        eps_uncond, eps_cond = pred.chunk(2)
-        return eps_uncond, eps_cond
+        m = self.models
+        with torch.no_grad(), frozen_unet(m.unet), autocast(m.device, m.dtype):
+            return self._cfg_pair(m.unet, self.table, x_t, t, cond, uncond, m.dtype)
 
     def _adapter_eps(self, copy: VariationalCopy, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
         with autocast(self.models.device, self.models.dtype):
-            pred = copy.predict(x_t.to(self.models.dtype), t.to(self.models.device), text, camera)
-        return to_epsilon(self.scheduler, pred.float(), x_t.float(), t)
+            pred = copy.predict(x_t.to(self.models.dtype), t, text, camera)
+        return self.table.to_epsilon(pred.float(), x_t.float(), t)
 
     # -- the objective -----------------------------------------------------------------------------
 
@@ -281,15 +291,17 @@ class ScoreDistillation:
         uncond: Tensor,
         camera: Tensor | None,
         progress: float = 0.0,
-    ) -> tuple[Tensor, dict[str, float]]:
-        """g [B,4,h,w] on the latents x for timesteps t [B] and injected noise ε [B,4,h,w]."""
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """g [B,4,h,w] on the latents x for timesteps t [B] (on the models' device) and injected noise
+        ε [B,4,h,w]."""
         cfg = self.config
         latents = latents.detach().float()
-        x_t = add_noise(self.scheduler, latents, noise.float(), t)
+        t = t.to(self.models.device)
+        x_t = self.table.add_noise(latents, noise.float(), t)
         eps_uncond, eps_cond = self._frozen_cfg_pair(x_t, t, cond, uncond)
-        w = timestep_weight(self.scheduler, t, cfg.weighting).to(latents)
+        w = self.table.weight(t, cfg.weighting).to(latents)
         s = cfg.guidance_scale
-        diagnostics: dict[str, float] = {}
+        diagnostics: dict[str, Tensor | float] = {}
         if cfg.objective == "sds":
             eps_hat = eps_uncond + s * (eps_cond - eps_uncond)
             grad = w * (eps_hat - noise)
@@ -311,12 +323,13 @@ class ScoreDistillation:
             grad = w * (lam_cfg * (eps_cond - eps_uncond) + lam_var * (eps_cond - eps_phi))
             diagnostics.update(lambda_cfg=lam_cfg, lambda_var=lam_var)
         grad = clean_gradient(grad, cfg.grad_clip)
-        diagnostics["grad_norm"] = scalar(grad.norm())
-        diagnostics["t"] = float(t.float().mean()) / self.num_train_timesteps
+        diagnostics["grad_norm"] = grad.norm()
+        diagnostics["t"] = t.float().mean() / self.num_train_timesteps
         return grad, diagnostics
 
-    def _refresh_teacher(self, latents: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor | None) -> float:
-        """Refine the current renders with the teacher (img2img from refine_t with CFG) and fine-tune it on them."""
+    def _refresh_teacher(self, latents: Tensor, cond: Tensor, uncond: Tensor, camera: Tensor | None) -> Tensor:
+        """Refine the current renders with the teacher (img2img from refine_t with CFG) and fine-tune it on them.
+        A refresh step, every `interval` steps: the host reads the DDIM schedule here, a table on the CPU."""
         boot = self.config.bootstrap
         # The steps below are fed ε̂ (adapter outputs go through to_epsilon), so this DDIM must read its input
         # as ε whatever the checkpoint predicts: with a v-prediction config it would take ε̂ for v.
@@ -326,11 +339,11 @@ class ScoreDistillation:
         timesteps = [int(t) for t in ddim.timesteps if int(t) <= start][: boot.refine_steps]
         if not timesteps:
             timesteps = [int(ddim.timesteps[-1])]
-        b = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-        x = add_noise(self.scheduler, latents.float(), noise.float(), torch.full((b,), timesteps[0]))
+        b, device = latents.shape[0], latents.device
+        noise = torch.randn(latents.shape, generator=self.generator, device=device).to(latents)
+        x = self.table.add_noise(latents.float(), noise.float(), torch.full((b,), timesteps[0], device=device))
         for t_int in timesteps:
-            t = torch.full((b,), t_int, dtype=torch.long)
+            t = torch.full((b,), t_int, dtype=torch.long, device=device)
             eps_u = self._adapter_eps(self.teacher, x, t, uncond, camera)
             eps_c = self._adapter_eps(self.teacher, x, t, cond, camera)
             eps_hat = eps_u + self.config.guidance_scale * (eps_c - eps_u)
@@ -339,21 +352,21 @@ class ScoreDistillation:
         return self.teacher.train_step(x.detach().to(self.models.dtype), cond, camera, steps=boot.train_steps)
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
+        m = self.models
         b = inp.rgb.shape[0]
         progress = inp.progress()
-        with autocast(self.models.device, self.models.dtype):
-            latents = encode_render(self.models.vae, inp.rgb.to(self.models.device), self.resolution).float()
+        with autocast(m.device, m.dtype):
+            latents = self._encode(m.vae, inp.rgb.to(m.device), self.resolution).float()
         cond, uncond = self.prompts.for_cameras(inp.cameras)
-        camera = camera_features(inp.cameras.c2w.to(self.models.device).float())
-        t = self.config.timesteps.sample(progress, b, self.num_train_timesteps, self.generator)
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-        diagnostics: dict[str, float] = {}
+        camera = camera_features(inp.cameras.c2w.to(m.device).float())
+        t = self.config.timesteps.sample(progress, b, self.num_train_timesteps, self.generator, m.device)
+        noise = torch.randn(latents.shape, generator=self.generator, device=m.device).to(latents)
+        diagnostics: dict[str, Tensor | float] = {}
         if self.teacher is not None:
             interval = self.config.bootstrap.interval
             if self._teacher_refreshed_at is None or inp.step - self._teacher_refreshed_at >= interval:
                 diagnostics["teacher_loss"] = self._refresh_teacher(latents.detach(), cond, uncond, camera)
                 self._teacher_refreshed_at = inp.step
-        # t stays on the CPU: it indexes the scheduler's tables there and is moved for each UNet call.
         grad, grad_diag = self.latent_gradient(latents, t, noise, cond, uncond, camera, progress)
         diagnostics.update(grad_diag)
         loss = reparameterised_loss(latents, grad)

@@ -47,14 +47,15 @@ def view_prompt(prompt: str, direction: str) -> str:
 
 
 def view_directions(elevation_deg: Tensor, azimuth_deg: Tensor, cfg: ViewPromptConfig) -> Tensor:
-    """[B] index into VIEW_DIRECTIONS for each camera."""
+    """[B] index into VIEW_DIRECTIONS for each camera, on the cameras' device. Overhead wins over back, back
+    over front, front over side; chosen with torch.where (a boolean-mask assignment would read the mask's
+    count back to the host)."""
     # Signed azimuth difference to the front, wrapped into [-180, 180).
-    rel = torch.remainder(azimuth_deg - cfg.front_azimuth_deg + 180.0, 360.0) - 180.0
+    rel = (torch.remainder(azimuth_deg - cfg.front_azimuth_deg + 180.0, 360.0) - 180.0).abs()
     index = torch.full_like(rel, VIEW_DIRECTIONS.index("side"), dtype=torch.long)
-    index[rel.abs() < cfg.front_half_angle_deg] = VIEW_DIRECTIONS.index("front")
-    index[rel.abs() > 180.0 - cfg.back_half_angle_deg] = VIEW_DIRECTIONS.index("back")
-    index[elevation_deg > cfg.overhead_elevation_deg] = VIEW_DIRECTIONS.index("overhead")
-    return index
+    index = torch.where(rel < cfg.front_half_angle_deg, VIEW_DIRECTIONS.index("front"), index)
+    index = torch.where(rel > 180.0 - cfg.back_half_angle_deg, VIEW_DIRECTIONS.index("back"), index)
+    return torch.where(elevation_deg > cfg.overhead_elevation_deg, VIEW_DIRECTIONS.index("overhead"), index)
 
 
 @torch.no_grad()
@@ -82,9 +83,10 @@ class PromptEmbeddings:
     config: ViewPromptConfig
 
     def for_cameras(self, cameras: CameraBatch) -> tuple[Tensor, Tensor]:
-        """(conditional [B,L,D], unconditional [B,L,D]) for a batch of views."""
-        index = view_directions(cameras.elevation_deg.cpu(), cameras.azimuth_deg.cpu(), self.config)
-        cond = self.conditional[index.to(self.conditional.device)]
+        """(conditional [B,L,D], unconditional [B,L,D]) for a batch of views, gathered on the device."""
+        device = self.conditional.device
+        index = view_directions(cameras.elevation_deg.to(device), cameras.azimuth_deg.to(device), self.config)
+        cond = self.conditional.index_select(0, index)
         return cond, self.unconditional.expand(cond.shape[0], -1, -1)
 
 

@@ -18,6 +18,11 @@ for Zero123 and Zero123-XL ("delta_radius"). Stable-Zero123 replaces the last
 entry with the reference view's polar angle θ_ref ("reference_polar"); the
 model spec says which one a checkpoint uses. The reference image is shown on a
 white background, which is what Zero123 was trained on.
+
+As the text prior's guidance (score_distillation.py), a step reads nothing back
+from the device: draws on the device, ᾱ_t from a NoiseTable, diagnostics as
+0-dim tensors; the VAE encoder and the CFG pass run compiled where the preset
+asks for it (guidance/compiled.py).
 """
 
 from __future__ import annotations
@@ -32,18 +37,15 @@ from torch import Tensor
 from ..config_fields import ranged
 from ..models.loading import Zero123Models
 from ..models.specs import CameraEncoding
-from .base import GuidanceInput, GuidanceOutput
+from .base import GuidanceInput, GuidanceOutput, step_generator
+from .compiled import GuidanceCompile
+from .noise_schedule import NoiseTable, Weighting
 from .score_distillation import (
     TimestepSchedule,
-    Weighting,
-    add_noise,
     autocast,
     clean_gradient,
     encode_render,
     reparameterised_loss,
-    scalar,
-    timestep_weight,
-    to_epsilon,
 )
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -123,19 +125,36 @@ def relative_camera(
 ) -> Tensor:
     """[B,4] Zero123 camera condition of views relative to the reference view (see the module docstring)."""
     polar = torch.deg2rad(90.0 - elevation_deg.float())
-    # On the views' device: a CPU scalar stacked with CUDA tensors fails on the first step.
-    polar_ref = torch.deg2rad(torch.tensor(90.0 - reference.elevation_deg, device=polar.device))
+    # The reference's angle as a Python number: a tensor made from it on the host would be a copy to the
+    # device every step (and a CPU tensor stacked with CUDA ones fails on the first step).
+    polar_ref = math.radians(90.0 - reference.elevation_deg)
     d_az = torch.deg2rad(azimuth_deg.float() - reference.azimuth_deg)
     if encoding == "delta_radius":
         last = distance.float() - reference.distance
     else:
-        last = polar_ref.expand_as(polar)
+        last = torch.full_like(polar, polar_ref)
     return torch.stack([polar - polar_ref, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
 
 
 def white_background(rgb: Tensor, mask: Tensor) -> Tensor:
     """[...,3] colour composited over white with coverage mask [...,1]."""
     return rgb * mask + (1.0 - mask)
+
+
+def zero123_cfg_eps(unet: torch.nn.Module, table: NoiseTable, x_t: Tensor, t: Tensor, context: Tensor,
+                    reference_latent: Tensor, guidance_scale: float, dtype: torch.dtype) -> Tensor:
+    """ε̂ = ε_uncond + s·(ε_cond − ε_uncond) [B,4,h,w] from one batched pass: the conditional half sees the
+    reference latent and `context`, the unconditional half zeros for both (Zero123's CFG). Compiled by the
+    guidance (compiled.py)."""
+    b = x_t.shape[0]
+    concat = reference_latent.expand(b, -1, -1, -1)
+    x = x_t.to(dtype)
+    x_in = torch.cat([torch.cat([x, torch.zeros_like(concat)], 1), torch.cat([x, concat], 1)])
+    ctx = torch.cat([torch.zeros_like(context), context])
+    t_in = torch.cat([t, t])
+    pred = unet(x_in, t_in, encoder_hidden_states=ctx, return_dict=False)[0]
+    eps_uncond, eps_cond = table.to_epsilon(pred.float(), torch.cat([x_t, x_t]), t_in).chunk(2)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
 
 class Zero123Guidance:
@@ -148,8 +167,10 @@ class Zero123Guidance:
         reference_mask: Tensor,
         reference_view: ReferenceView,
         config: Zero123GuidanceConfig | None = None,
+        compile: GuidanceCompile | None = None,
     ):
-        """reference_rgb [H,W,3] in [0,1] and reference_mask [H,W,1] in [0,1] from the reference stage."""
+        """reference_rgb [H,W,3] in [0,1] and reference_mask [H,W,1] in [0,1] from the reference stage.
+        compile: how the model calls run (default: compiled on CUDA only, GuidanceCompile.choose("auto"))."""
         self.models = models
         self.config = config or Zero123GuidanceConfig()
         # The prior sees the reference framed as its sampled views, and from their distance (Δr = 0).
@@ -159,7 +180,11 @@ class Zero123Guidance:
                                             self.config.view_distance)
         self.scheduler = models.scheduler
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        self.table = NoiseTable.of(self.scheduler, models.device)
+        self.generator = step_generator(models.device, self.config.seed)
+        self.compile = compile or GuidanceCompile.choose("auto", models.device)
+        self._encode = self.compile(encode_render)
+        self._cfg_eps = self.compile(zero123_cfg_eps)
         vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
         self.resolution = self.config.image_resolution or int(models.unet.config.sample_size) * vae_factor
         self.image_embedding, self.reference_latent = self._encode_reference(reference_rgb, reference_mask)
@@ -190,39 +215,33 @@ class Zero123Guidance:
             return self.models.camera_projection(token)
 
     def noise_prediction(self, x_t: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        """ε̂ = ε_uncond + s·(ε_cond − ε_uncond) for noisy scaled latents x_t [B,4,h,w] at timesteps t [B]
-        (on the CPU), conditioned on `context` [B,1,D] (from `conditioning`) and the reference latent."""
+        """ε̂ = ε_uncond + s·(ε_cond − ε_uncond) for noisy scaled latents x_t [B,4,h,w] at timesteps t [B],
+        conditioned on `context` [B,1,D] (from `conditioning`) and the reference latent."""
         m = self.models
-        x_t = x_t.float()
-        b = x_t.shape[0]
-        concat = self.reference_latent.expand(b, -1, -1, -1)
-        x_in = torch.cat([torch.cat([x_t.to(m.dtype), torch.zeros_like(concat)], 1), torch.cat([x_t.to(m.dtype), concat], 1)])
-        ctx = torch.cat([torch.zeros_like(context), context])
         with torch.no_grad(), autocast(m.device, m.dtype):
-            pred = m.unet(x_in, torch.cat([t, t]).to(m.device), encoder_hidden_states=ctx).sample
-        pred = to_epsilon(self.scheduler, pred.float(), torch.cat([x_t, x_t]), torch.cat([t, t]))
-        eps_uncond, eps_cond = pred.chunk(2)
-        return eps_uncond + self.config.guidance_scale * (eps_cond - eps_uncond)
+            return self._cfg_eps(m.unet, self.table, x_t.float(), t.to(m.device), context, self.reference_latent,
+                                 self.config.guidance_scale, m.dtype)
 
-    def latent_gradient(self, latents: Tensor, t: Tensor, noise: Tensor, context: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def latent_gradient(self, latents: Tensor, t: Tensor, noise: Tensor, context: Tensor
+                        ) -> tuple[Tensor, dict[str, Tensor | float]]:
         """g = w(t)·(ε̂ − ε) on the scaled render latents [B,4,h,w]."""
         latents = latents.detach().float()
-        x_t = add_noise(self.scheduler, latents, noise.float(), t)
+        t = t.to(self.models.device)
+        x_t = self.table.add_noise(latents, noise.float(), t)
         eps_hat = self.noise_prediction(x_t, t, context)
-        w = timestep_weight(self.scheduler, t, self.config.weighting).to(latents)
+        w = self.table.weight(t, self.config.weighting).to(latents)
         grad = clean_gradient(w * (eps_hat - noise), self.config.grad_clip)
-        return grad, {"grad_norm": scalar(grad.norm()), "t": float(t.float().mean()) / self.num_train_timesteps}
+        return grad, {"grad_norm": grad.norm(), "t": t.float().mean() / self.num_train_timesteps}
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         m = self.models
         rgb = inp.colour_render()  # Zero123 is trained on colour images, never on shaded normals
         b = rgb.shape[0]
         with autocast(m.device, m.dtype):
-            latents = encode_render(m.vae, rgb.to(m.device), self.resolution).float()
+            latents = self._encode(m.vae, rgb.to(m.device), self.resolution).float()
         cams = inp.cameras
         context = self.conditioning(cams.elevation_deg, cams.azimuth_deg, cams.distance)
-        t = self.config.timesteps.sample(inp.progress(), b, self.num_train_timesteps, self.generator)
-        noise = torch.randn(latents.shape, generator=self.generator).to(latents)
-        # t stays on the CPU: it indexes the scheduler's tables there and is moved for the UNet call.
+        t = self.config.timesteps.sample(inp.progress(), b, self.num_train_timesteps, self.generator, m.device)
+        noise = torch.randn(latents.shape, generator=self.generator, device=m.device).to(latents)
         grad, diagnostics = self.latent_gradient(latents, t, noise, context)
         return GuidanceOutput(loss=reparameterised_loss(latents, grad), diagnostics=diagnostics)

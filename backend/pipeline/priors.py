@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..geometry.mesh import TriMesh
 from ..guidance.base import Guidance, GuidanceInput, GuidanceOutput, NormalTargets, ReferenceView
+from ..guidance.compiled import GuidanceCompile
 from ..guidance.intrinsics import Decomposer
 from ..presets import PipelinePreset
 from ..render.rasterize import MeshRasterizer
@@ -38,12 +39,13 @@ class CombinedGuidance:
 
     def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
         total: Tensor | None = None
-        diagnostics: dict[str, float] = {}
+        diagnostics: dict[str, Tensor | float] = {}
         for name, weight, guidance in self.parts:
             out = guidance(inp)
             total = weight * out.loss if total is None else total + weight * out.loss
-            diagnostics[f"{name}_loss"] = float(out.loss.detach())
-            diagnostics.update({f"{name}_{k}": float(v) for k, v in out.diagnostics.items()})
+            # kept on the device (0-dim, detached): read back only at reporting steps (issue 28)
+            diagnostics[f"{name}_loss"] = out.loss.detach()
+            diagnostics.update({f"{name}_{k}": v for k, v in out.diagnostics.items()})
         if total is None:
             total = inp.rgb.sum() * 0.0
         return GuidanceOutput(total, diagnostics)
@@ -146,6 +148,7 @@ class DiffusionPriors:
 
         g = preset.guidance.for_stage(stage)  # each stage its own timestep schedule per prior
         models = self.models(preset)
+        compile = GuidanceCompile.choose(preset.compile_guidance, self.device)
         parts: list[tuple[str, float, Guidance]] = []
         view_prompts = front_view_prompts(g.view_prompts, frame)
         if reference is not None:
@@ -153,11 +156,11 @@ class DiffusionPriors:
             if g.zero123_weight:
                 orbit = zero123_reference_view(cam)
                 parts.append(("zero123", g.zero123_weight, Zero123Guidance(
-                    models.zero123, reference.rgb, reference.mask, orbit, _seeded(g.zero123, seed))))
+                    models.zero123, reference.rgb, reference.mask, orbit, _seeded(g.zero123, seed), compile)))
         if g.text_weight and spec.prompt.strip():  # an image job may come without a prompt
             prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt, view_prompts)
             parts.append(("text", g.text_weight,
-                          ScoreDistillation(models.text_to_image, prompts, _seeded(g.text, seed + 1))))
+                          ScoreDistillation(models.text_to_image, prompts, _seeded(g.text, seed + 1), compile)))
         return CombinedGuidance(parts)
 
     def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets:
@@ -174,7 +177,8 @@ class DiffusionPriors:
         prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt,
                                  front_view_prompts(preset.guidance.view_prompts, frame))
         return CombinedGuidance([("texture", 1.0, ScoreDistillation(
-            models.text_to_image, prompts, _seeded(preset.texture.guidance, seed)))])
+            models.text_to_image, prompts, _seeded(preset.texture.guidance, seed),
+            GuidanceCompile.choose(preset.compile_guidance, self.device)))])
 
     def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer:
         from ..guidance.intrinsics import MarigoldIntrinsics

@@ -311,13 +311,20 @@ def _lora_grads_of_one_step(root, dtype):
     step = copy.optimizer.step
 
     def spy(*a, **k):
-        seen["grad"] = torch.cat([p.grad.flatten().float() for p in copy.lora_parameters])
+        # The fused AdamW unscales inside its kernel: GradScaler hands it the scale (and the inf check) as
+        # device tensors, so what it steps on is the gradient divided by `grad_scale`.
+        scale = getattr(copy.optimizer, "grad_scale", None)
+        seen["scale"] = scale
+        grad = torch.cat([p.grad.flatten().float() for p in copy.lora_parameters])
+        seen["grad"] = grad if scale is None else grad / scale.float()
         return step(*a, **k)
 
     copy.optimizer.step = spy
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).to(dtype)
     text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(2))
     copy.train_step(latents, text.to(dtype), None)
+    if dtype == torch.float16:
+        assert seen["scale"] is not None and copy.optimizer.defaults["fused"]
     return copy, seen["grad"]
 
 
