@@ -181,7 +181,7 @@ def run_objective(objective: str, models: TextToImageModels, prompts: PromptEmbe
         jitter.append(float(((current - previous) ** 2).mean().sqrt()))
         previous = current
         losses.append(float(out.loss.detach()))
-        grad_norms.append(out.diagnostics["grad_norm"])
+        grad_norms.append(float(out.diagnostics["grad_norm"]))
     seconds = time.perf_counter() - start
     final = torch.sigmoid(logits).detach()
     q = max(args.opt_steps // 4, 1)

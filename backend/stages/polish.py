@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config_fields import ranged
+from ..device import to_device
 from ..geometry.mesh import TriMesh
 from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
 from ..guidance.base import NormalTargets
@@ -114,45 +115,42 @@ class PolishState:
 
 
 class PoolTargets:
-    """The estimator's targets of the fixed view pool, kept on the device and estimated once per view, when the
-    view is first drawn (from the mesh as it is then, masked by its coverage then).
+    """The estimator's targets of the fixed view pool, estimated once per view before the first step (from the
+    stage's starting mesh, masked by its coverage) and kept on the device.
 
-    Which views are drawn is decided on the host (`draw`, a Python RNG seeded once from the job's generator),
-    so that a step whose views all have targets neither reads anything back nor calls the estimator: the
-    estimator's own cache (guidance/normals.py) keys views by their camera values, which it must read back
-    from the device, a host sync per call. Only the steps that draw a view for the first time call it."""
+    Estimating is a diffusion pipeline's own sampling loop, which reads values back as it goes; done up front,
+    in batches, no optimisation step calls it, so the steps never wait for the device (issue 28). Which views
+    a step draws is decided on the host (a Python RNG seeded once from the job's generator) and their indices
+    go to the device without waiting (backend/device.py). A pool of P views drawn N times shows the
+    estimator P·(1 − (1 − 1/P)^N) distinct views when it estimates on first draw (all 32, to 0.001, for the
+    standard preset's 300 steps of 4), so estimating all P up front costs the same."""
 
     def __init__(self, cameras: CameraBatch, generator: torch.Generator | None):
         self.cameras = cameras
         self.rng = random.Random(draw_seed(generator))
         self.targets: Tensor | None = None
-        """[P,H,W,3] camera-frame targets; rows of views not yet estimated are unused."""
-        self.estimated: set[int] = set()
+        """[P,H,W,3] camera-frame targets, one per pool view."""
 
-    def draw(self, n: int) -> list[int]:
-        return [self.rng.randrange(self.cameras.batch_size) for _ in range(n)]
-
-    def fill(self, views: list[int], rgb: Tensor, opacity: Tensor, cameras: CameraBatch,
-             estimator: NormalTargets) -> None:
-        """Estimate the targets of the views in `views` (the batch's pool indices, rendered as rgb/opacity at
-        `cameras`) that have none yet."""
-        first: dict[int, int] = {}  # pool index -> first batch row showing it
-        for j, i in enumerate(views):
-            if i not in self.estimated:
-                first.setdefault(i, j)
-        if not first:
-            return
-        rows = torch.tensor(list(first.values()), device=rgb.device)
+    def estimate_all(self, mesh: TriMesh, rasterizer: MeshRasterizer, estimator: NormalTargets, batch: int,
+                     smooth: bool) -> None:
+        """Every pool view's target, from renders of `mesh`, `batch` views an estimator call."""
+        rows = []
         with torch.no_grad():
-            estimate = estimator(rgb[rows], opacity[rows], cameras[rows])
-        if self.targets is None:
-            self.targets = estimate.new_zeros((self.cameras.batch_size, *estimate.shape[1:]))
-        self.targets[torch.tensor(list(first), device=estimate.device)] = estimate
-        self.estimated.update(first)
+            for start in range(0, self.cameras.batch_size, max(batch, 1)):
+                cameras = self.cameras[start:start + max(batch, 1)]
+                raster = rasterizer.rasterize(mesh, cameras, smooth_normals=smooth)
+                rgb, opacity = shade_for_estimator(mesh, raster, cameras, rasterizer)
+                rows.append(estimator(rgb, opacity, cameras))
+        self.targets = torch.cat(rows)
 
-    def __getitem__(self, views: list[int]) -> Tensor:
-        assert self.targets is not None  # fill() ran on these views first
-        return self.targets[torch.tensor(views, device=self.targets.device)]
+    def draw(self, n: int) -> Tensor:
+        """The pool indices of the next `n` views, on the pool's device."""
+        views = [self.rng.randrange(self.cameras.batch_size) for _ in range(n)]
+        return to_device(torch.tensor(views), self.cameras.c2w.device)
+
+    def __getitem__(self, views: Tensor) -> Tensor:
+        assert self.targets is not None  # estimate_all ran before the first step
+        return self.targets[views]
 
 
 def _estimator_losses(cfg: PolishConfig, current: TriMesh, offsets: Tensor, cameras: CameraBatch,
@@ -191,6 +189,8 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
         pool = PoolTargets(sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device),
                            generator)
     smooth = cfg.rendered_normals == "smooth"
+    if pool is not None:
+        pool.estimate_all(mesh, rasterizer, targets, cfg.batch_size, smooth)
     state = PolishState(mesh)
     reporter.watch(state)
     for step in range(cfg.steps):
@@ -199,11 +199,8 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
         if cfg.loss == "normal_estimator" and targets is not None:
             if pool is not None:
                 views = pool.draw(cfg.batch_size)
-                cameras = pool.cameras[torch.tensor(views, device=device)]
+                cameras = pool.cameras[views]
                 raster = rasterizer.rasterize(current, cameras, smooth_normals=smooth)
-                if not pool.estimated.issuperset(views):
-                    rgb, opacity = shade_for_estimator(current, raster, cameras, rasterizer)
-                    pool.fill(views, rgb, opacity, cameras, targets)
                 target = pool[views]
             else:
                 cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
