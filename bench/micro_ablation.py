@@ -3,6 +3,8 @@ figures 6 and 7, in numbers): geometry from text SDS only, + Zero123, + polish; 
 full geometry by DSD (the method) against SDS, VSD and BSD.
 
     .venv/bin/python bench/micro_ablation.py [--prompts "a green torus" "a red cone"] [--seed 0]
+    .venv/bin/python bench/micro_ablation.py --cheaper --rows "+ polish (full geometry; texture DSD, the method)" \
+        "NeRF normals: forward differences" "text encode at render size"   # issue 28 item 3
 
 Every row runs the whole chain (reference -> ... -> export) with the `micro` preset and the row's options;
 the texture rows change only the texture's objective, so their geometry is the full row's. Figures (backend/micro/quality.py): Chamfer in % of the diagonal and
@@ -50,6 +52,17 @@ is the method's DSD texture. (A texture-only job on the polished mesh would not 
 view, so its colours follow the prior's guidance alone.)"""
 
 
+CHEAPER_ROWS: dict[str, dict] = {
+    "NeRF normals: forward differences": {"nerf.density.normals": "finite_difference",
+                                          "nerf.density.normal_stencil": "forward", "nerf.density.normal_eps": 0.01},
+    "text encode at render size": {"guidance.text.encode_size": "render"},
+}
+"""Cheaper choices where the method may not care (issue 28 item 3), each against the full method's row:
+NeRF normals by DreamCraft3D's forward differences at 0.01 world units instead of the analytic double
+backward (fields.py), and the geometry stages' text prior encoding a render at its own size instead of
+resizing it to the model's native side first (score_distillation.py encode_size)."""
+
+
 def run_row(prompt: str, colour: str, shape: str, options: dict, seed: int,
             image_elevation: float | None = None) -> tuple[dict, quality.Generation]:
     picture = {}
@@ -70,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (by name)")
     p.add_argument("--bug", action="store_true", help="add the wrong-camera rows (BUG_ROWS)")
+    p.add_argument("--cheaper", action="store_true", help="add the cheaper-choice rows (CHEAPER_ROWS)")
     p.add_argument("--image-elevation", type=float, default=None,
                    help="image to 3D: each prompt's object as the world renders it from this elevation, with its camera")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     table: dict[str, list[dict]] = {}
     # (row, options, camera rewrite or None): the option rows, then the wrong-camera rows on the full method
-    rows = [(row, options, None) for row, options in {**GEOMETRY_ROWS, **TEXTURE_ROWS}.items()
-            if not args.rows or row in args.rows]
+    option_rows = {**GEOMETRY_ROWS, **TEXTURE_ROWS, **(CHEAPER_ROWS if args.cheaper else {})}
+    rows = [(row, options, None) for row, options in option_rows.items() if not args.rows or row in args.rows]
     rows += [(row, {}, rewrite) for row, rewrite in BUG_ROWS.items()] if args.bug else []
     for prompt in args.prompts:
         colour, shape = world.parse_prompt(prompt)

@@ -39,6 +39,7 @@ it (guidance/compiled.py).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +59,7 @@ from .text_prior import PromptEmbeddings
 
 Objective = Literal["sds", "csd", "vsd", "bsd", "dsd"]
 OBJECTIVES: tuple[str, ...] = ("sds", "csd", "vsd", "bsd", "dsd")
+EncodeSize = Literal["native", "render"]
 
 
 def method_dsd_weights(guidance_scale: float = 7.5) -> tuple[Ramp, Ramp]:
@@ -137,6 +139,18 @@ class ScoreDistillationConfig:
     """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
     vae_resolution: int | None = ranged(None, 32, 2048)
     """Side the render is resized to before the VAE encoder; None = the model's native resolution."""
+    encode_size: EncodeSize = "native"
+    """"native": every render is resized to vae_resolution (or the model's native side) before the VAE
+    encoder, as threestudio's guidance does (threestudio/models/guidance/stable_diffusion_guidance.py
+    `__call__`: F.interpolate(rgb_BCHW, (512, 512)) whatever the render size): the method's behaviour.
+    "render": a render smaller than that is encoded at its own side, rounded up to encode_multiple (so that
+    the latents pass every UNet downsampling; never below one multiple); larger renders are still resized down
+    to it. The trade: the UNet then runs on latents smaller than it was trained at (SD 2.1-base: 64²), for a
+    step that costs in proportion to the encoded area (bench/guidance_flops.py, full-size SD 2.1-base, one
+    view, VAE encoder forward + backward + the UNet's CFG pair: 3.88 TFLOP at 512, 2.10 at 384, 0.91 at 256,
+    0.23 at 128, the VAE 59-60 % of each). It applies to every stage this config guides (with the geometry
+    stages' `guidance.text`: the NeRF's 128 px low phase and 384 px high phase, NeuS's 256 px; DMTet renders
+    above 512 and is unchanged). Its quality on the micro priors: BENCHMARKS.md, "Cheaper choices"."""
     lambda_cfg: Ramp = field(default_factory=lambda: method_dsd_weights(7.5)[0])
     """Weight of the CFG direction ε(y) − ε(∅) (csd, dsd); the default is method_dsd_weights' for s = 7.5."""
     lambda_var: Ramp = field(default_factory=lambda: method_dsd_weights(7.5)[1])
@@ -219,6 +233,21 @@ def encode_render(vae: AutoencoderKL, rgb: Tensor, resolution: int) -> Tensor:
     return _GradScale.apply(latents, FP16_GRAD_SCALE) if scaled else latents
 
 
+def encode_multiple(models: TextToImageModels) -> int:
+    """Image side the encoder's input must be a multiple of: the VAE's downsampling times the UNet's (it halves
+    the latent once per block but the last), and 8 for the diffusers pipelines (stages/reference.py sizes the
+    reference image the same way). SD 2.1-base: 8 x 8 = 64."""
+    unet_factor = 2 ** (len(models.unet.config.block_out_channels) - 1)
+    return math.lcm(8, models.vae_scale_factor * unet_factor)
+
+
+def render_encode_side(render_side: int, largest: int, multiple: int) -> int:
+    """Side a render of `render_side` pixels is encoded at under encode_size="render": rounded up to `multiple`
+    (at least one multiple, the smallest input whose latents survive the UNet's downsampling), at most
+    `largest` (the side encode_size="native" uses)."""
+    return min(largest, max(multiple, -(-render_side // multiple) * multiple))
+
+
 def frozen_cfg_eps(unet: torch.nn.Module, table: NoiseTable, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor,
                    dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(ε(x_t; ∅), ε(x_t; y)) [B,4,h,w] each from one batched pass of `unet` as it is (the caller switches
@@ -244,6 +273,7 @@ class ScoreDistillation:
         self.table = NoiseTable.of(self.scheduler, models.device)
         self.generator = step_generator(models.device, config.seed)
         self.resolution = config.vae_resolution or models.native_resolution
+        self._multiple = encode_multiple(models)
         self.compile = compile or GuidanceCompile.choose("auto", models.device)
         self._encode = self.compile(encode_render)
         self._cfg_pair = self.compile(frozen_cfg_eps)
@@ -258,6 +288,13 @@ class ScoreDistillation:
                 compile=self.compile,
             )
         self._teacher_refreshed_at: int | None = None
+
+    def encode_side(self, rgb: Tensor) -> int:
+        """Side the render rgb [B,H,W,3] is encoded at (config.encode_size); read from its shape, no host sync.
+        Compiled encodes specialise on it: one graph per render size a stage uses."""
+        if self.config.encode_size == "render":
+            return render_encode_side(max(rgb.shape[1], rgb.shape[2]), self.resolution, self._multiple)
+        return self.resolution
 
     def release(self) -> None:
         """Remove this objective's LoRA adapters from the shared UNet. Call it when the stage ends: the UNet
@@ -356,7 +393,7 @@ class ScoreDistillation:
         b = inp.rgb.shape[0]
         progress = inp.progress()
         with autocast(m.device, m.dtype):
-            latents = self._encode(m.vae, inp.rgb.to(m.device), self.resolution).float()
+            latents = self._encode(m.vae, inp.rgb.to(m.device), self.encode_side(inp.rgb)).float()
         cond, uncond = self.prompts.for_cameras(inp.cameras)
         camera = camera_features(inp.cameras.c2w.to(m.device).float())
         t = self.config.timesteps.sample(progress, b, self.num_train_timesteps, self.generator, m.device)
