@@ -4,7 +4,8 @@ full geometry by DSD (the method) against SDS, VSD and BSD.
 
     .venv/bin/python bench/micro_ablation.py [--prompts "a green torus" "a red cone"] [--seed 0]
     .venv/bin/python bench/micro_ablation.py --cheaper --rows "+ polish (full geometry; texture DSD, the method)" \
-        "NeRF normals: forward differences" "text encode at render size"   # issue 28 item 3
+        "text encode at render size" "NeRF orientation on, analytic normals" \
+        "NeRF orientation on, normals by forward differences"   # issue 28 item 3
 
 Every row runs the whole chain (reference -> ... -> export) with the `micro` preset and the row's options;
 the texture rows change only the texture's objective, so their geometry is the full row's. Figures (backend/micro/quality.py): Chamfer in % of the diagonal and
@@ -52,15 +53,20 @@ is the method's DSD texture. (A texture-only job on the polished mesh would not 
 view, so its colours follow the prior's guidance alone.)"""
 
 
+_ORIENTATION_ON = {"nerf.orientation_weight.start": 1.0, "nerf.orientation_weight.end": 10.0}
 CHEAPER_ROWS: dict[str, dict] = {
-    "NeRF normals: forward differences": {"nerf.density.normals": "finite_difference",
-                                          "nerf.density.normal_stencil": "forward", "nerf.density.normal_eps": 0.01},
     "text encode at render size": {"guidance.text.encode_size": "render"},
+    "NeRF orientation on, analytic normals": _ORIENTATION_ON,
+    "NeRF orientation on, normals by forward differences": {
+        **_ORIENTATION_ON, "nerf.density.normals": "finite_difference", "nerf.density.normal_stencil": "forward",
+        "nerf.density.normal_eps": 0.01},
 }
-"""Cheaper choices where the method may not care (issue 28 item 3), each against the full method's row:
-NeRF normals by DreamCraft3D's forward differences at 0.01 world units instead of the analytic double
-backward (fields.py), and the geometry stages' text prior encoding a render at its own size instead of
-resizing it to the model's native side first (score_distillation.py encode_size)."""
+"""Cheaper choices where the method may not care (issue 28 item 3). The geometry stages' text prior encoding a
+render at its own size instead of resizing it to the model's native side first (score_distillation.py
+encode_size), against the full method's row. NeRF normals by DreamCraft3D's forward differences at 0.01 world
+units instead of the analytic double backward (fields.py), against the same chain with analytic normals: the
+micro preset, like tiny, sets the NeRF's orientation weight to 0, and no other micro NeRF loss asks for normals,
+so both normal rows turn the orientation term on at the standard preset's ramp (1 -> 10)."""
 
 
 def run_row(prompt: str, colour: str, shape: str, options: dict, seed: int,
