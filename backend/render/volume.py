@@ -10,7 +10,7 @@ to count hits. Rays that miss the box get a zero-length interval and no weight; 
 the box marks the cells where the field may be non-empty (refreshed by the stage every few steps,
 dilated by one cell), and its verdict zeroes alpha in empty cells, so they add nothing to a ray and send
 no gradient to the field. Occupied samples get the same values and gradients as when only they were
-evaluated.
+evaluated, which `empty_space="compact"` does (cheaper where waiting for the device costs nothing: the CPU).
 
 Memory: with `recompute_chunks`, a training render keeps one chunk's field activations at a time
 (torch.utils.checkpoint per chunk; the sample positions are drawn outside it, so the recomputation
@@ -25,7 +25,7 @@ alpha_i = max((Phi_s(f_i^-) - Phi_s(f_i^+)) / Phi_s(f_i^-), 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,12 @@ class VolumeRenderConfig:
     """When training renders more than one chunk, keep only each chunk's per-ray results for the
     backward pass and evaluate its samples again there (activation checkpointing per chunk), so that
     training memory is one chunk's field graph, not every chunk's: NeRF at 384^2 is 9 chunks."""
+    empty_space: Literal["mask", "compact"] = "mask"
+    """"mask": every sample is evaluated and empty ones weigh zero, with fixed shapes, so the host never
+    waits for the device (issue 28). "compact": only the samples the box and the occupancy grid keep are
+    evaluated, which costs the host a wait for their count every render: nothing on the CPU, where a micro
+    preset NeRF render + backward is 3-8 times faster for it (13-32 % of cells occupied), a host sync on a
+    GPU. Both give the same images and gradients."""
 
 
 class VolumeField(Protocol):
@@ -144,21 +150,40 @@ def _sample_rays(o: Tensor, d: Tensor, t_near: Tensor, t_far: Tensor, s: int,
 
 
 def _query_samples(field: VolumeField, occupancy: OccupancyGrid | None, pts: Tensor, d: Tensor, delta: Tensor,
-                   hit: Tensor, want_normals: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """The field at all samples [n,s,3], alpha zeroed on rays that miss the box (`hit` [n] false) and in
-    the occupancy grid's empty cells: (alpha [n,s], colour [n,s,3], normal [n,s,3], zero where the
-    field gives none)."""
+                   hit: Tensor, want_normals: bool, compact: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The field at the samples [n,s,3], alpha zero on rays that miss the box (`hit` [n] false) and in the
+    occupancy grid's empty cells: (alpha [n,s], colour [n,s,3], normal [n,s,3], zero where the field gives
+    none). All samples are evaluated, or with `compact` only the kept ones (VolumeRenderConfig.empty_space)."""
     n, s = pts.shape[0], pts.shape[1]
     flat = pts.reshape(-1, 3)
-    alpha, color, normal = field.query(flat, d[:, None, :].expand(n, s, 3).reshape(-1, 3),
-                                       delta.expand(n, s).reshape(-1), want_normals)
+    flat_dirs = d[:, None, :].expand(n, s, 3).reshape(-1, 3)
+    flat_delta = delta.expand(n, s).reshape(-1)
     keep = hit[:, None].expand(n, s).reshape(-1)
     if occupancy is not None:
         keep = keep & occupancy.lookup(flat)
+    if compact:
+        return _query_kept(field, flat, flat_dirs, flat_delta, keep, want_normals, n, s)
+    alpha, color, normal = field.query(flat, flat_dirs, flat_delta, want_normals)
     # where, not a product: an empty sample gets alpha 0 and a zero gradient even where the field is not finite
     alpha = torch.where(keep, alpha, torch.zeros((), device=alpha.device, dtype=alpha.dtype))
     if normal is None:
         normal = torch.zeros_like(color)
+    return alpha.reshape(n, s), color.reshape(n, s, 3), normal.reshape(n, s, 3)
+
+
+def _query_kept(field: VolumeField, flat: Tensor, flat_dirs: Tensor, flat_delta: Tensor, keep: Tensor,
+                want_normals: bool, n: int, s: int) -> tuple[Tensor, Tensor, Tensor]:
+    """_query_samples at the kept samples only, scattered back (the host reads their count)."""
+    idx = keep.nonzero().squeeze(-1)
+    alpha = flat.new_zeros(n * s)
+    color = flat.new_zeros(n * s, 3)
+    normal = flat.new_zeros(n * s, 3)
+    if idx.numel() > 0:
+        a_k, c_k, n_k = field.query(flat[idx], flat_dirs[idx], flat_delta[idx], want_normals)
+        alpha = alpha.index_put((idx,), a_k)
+        color = color.index_put((idx,), c_k)
+        if n_k is not None:
+            normal = normal.index_put((idx,), n_k)
     return alpha.reshape(n, s), color.reshape(n, s, 3), normal.reshape(n, s, 3)
 
 
@@ -181,11 +206,11 @@ def _composite(alpha: Tensor, color: Tensor, normal: Tensor, t: Tensor, d: Tenso
     return rgb, acc, depth, nrm, orient
 
 
-def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_normals: bool, t: Tensor,
-                  delta: Tensor, pts: Tensor, d: Tensor, hit: Tensor, cos_fwd: Tensor, bg: Tensor
+def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_normals: bool, compact: bool,
+                  t: Tensor, delta: Tensor, pts: Tensor, d: Tensor, hit: Tensor, cos_fwd: Tensor, bg: Tensor
                   ) -> tuple[Tensor, ...]:
     """One chunk of rays, from its samples to its per-ray values (what _composite returns)."""
-    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, hit, want_normals)
+    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, hit, want_normals, compact)
     return _composite(alpha, color, normal, t, d, cos_fwd, bg)
 
 
@@ -218,12 +243,15 @@ def render_volume(
     near, far = torch.where(hit, near, zero), torch.where(hit, far, zero)
     bg = to_device(torch.tensor(cfg.background, dtype=torch.float32), dev)
 
+    if cfg.empty_space not in ("mask", "compact"):
+        raise ValueError(f"unknown empty_space {cfg.empty_space!r}: 'mask' or 'compact'")
+    compact = cfg.empty_space == "compact"
     recompute = cfg.recompute_chunks and torch.is_grad_enabled() and n_rays > cfg.chunk_rays
     pieces = []
     for start in range(0, n_rays, cfg.chunk_rays):
         ids = slice(start, start + cfg.chunk_rays)
         t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, generator)
-        args = (field, occupancy, want_normals, t, delta, pts, d[ids], hit[ids], cos_fwd[ids], bg)
+        args = (field, occupancy, want_normals, compact, t, delta, pts, d[ids], hit[ids], cos_fwd[ids], bg)
         pieces.append(checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args))
     # rgb, opacity, depth, normal, orientation per ray
     rgb_out, opacity_out, depth_out, normal_out, orient_out = (

@@ -3,6 +3,8 @@ fixed shapes without host syncs, equal to evaluating only the kept samples."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from dreampolish.backend.host_syncs import HostSyncCounter
 from dreampolish.backend.render.cameras import orbit_cameras
@@ -203,11 +205,17 @@ def test_every_sample_evaluated_gives_the_values_and_gradients_of_the_kept_sampl
         assert not ray_box(*(t.reshape(-1, 3) for t in camera_rays(cam)[:2]), 0.6)[2].all()
         for name, a, b in zip(("rgb", "opacity", "depth", "normal", "orientation"), fixed, compacted):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        # the option that evaluates the kept samples only (empty_space="compact") is that render too
+        out = render_volume(volume, cam, 0.6, replace(cfg, empty_space="compact"), occ, want_normals=True)
+        option = [out[k].reshape(-1, out[k].shape[-1]) for k in ("rgb", "opacity", "depth", "normal", "orientation")]
         weights = [torch.rand(v.shape, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(fixed)]
-        grads_fixed = torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, fixed)), params)
-        grads_compacted = torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, compacted)), params)
-        for a, b in zip(grads_fixed, grads_compacted):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        grads = [torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, values)), params)
+                 for values in (fixed, compacted, option)]
+        for name, a, b in zip(("rgb", "opacity", "depth", "normal", "orientation"), option, compacted):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        for other in grads[1:]:
+            for a, b in zip(grads[0], other):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_rays_that_miss_the_box_show_the_background_even_under_neus_alpha():
