@@ -35,6 +35,7 @@ SYNC_ATEN_OPS = frozenset({
     "aten.masked_select",
     "aten.is_nonzero",
     "aten.equal",                 # torch.equal returns a Python bool
+    "aten._linalg_check_errors",  # torch.linalg.inv/cholesky/solve read their info flag back (use *_ex)
     "aten.repeat_interleave.Tensor",  # output size read from the data unless output_size is given
 })
 """aten ops (overload packets, or an exact overload) that read device data back to the host."""
