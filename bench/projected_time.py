@@ -117,7 +117,9 @@ STANDIN_LAUNCHES: dict[str, tuple[str, int, int]] = {
     "raster": ("nvdiffrast", 2, 2),
     "hashgrid": ("Triton hash grid", 1, 1),
 }
-"""CPU-only code: (what runs on a GPU, kernel launches per call forward, per call backward)."""
+"""CPU-only code: (what runs on a GPU, kernel launches per call forward, per backward: first and double
+backward alike). nvdiffrast: rasterise or antialias, with its attribute interpolation; the hash grid's
+kernels (geometry/hashgrid_triton.py) are one each."""
 STANDIN_CODE = {
     "raster": ("render/raster_torch.py", None),
     "hashgrid": ("geometry/hashgrid.py", frozenset({"_torch_forward", "_dense_level", "_corner_index"})),
