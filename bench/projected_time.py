@@ -753,7 +753,18 @@ def run_job(preset: Any, steps: int, keep_stacks: bool = False) -> tuple[Project
     options.update({option: 1 for option in SAMPLING_LOOPS})
     faces = preset.texture.simplify_to_faces
     options["texture.simplify_to_faces"] = min(faces, UNWRAP_FACES) if faces else UNWRAP_FACES
-    spec = JobSpec(prompt="a projection of the preset", preset="projection", options=options)
+    if preset.refines_only:
+        # A refine preset runs on a mesh the artist sends: a sphere of the object frame's size stands in.
+        import numpy as np
+        import trimesh
+        from dreampolish.protocol.scene import MeshPayload
+
+        sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+        mesh = MeshPayload(vertices=np.asarray(sphere.vertices, np.float32), faces=np.asarray(sphere.faces, np.uint32))
+        spec = JobSpec(prompt="a projection of the preset", preset="projection", mode="geometry", input_mesh=mesh,
+                       options=options)
+    else:
+        spec = JobSpec(prompt="a projection of the preset", preset="projection", options=options)
     counts = Counts()
     priors = projection_priors(model_set(preset.model_set), counts)
     pipeline = DreamPolishPipeline(presets={"projection": lambda: preset}, priors=priors)
