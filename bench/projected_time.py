@@ -942,7 +942,10 @@ def project(name: str, steps: int = 3, geometry: str = "scaled", keep_stacks: bo
     preset = preset_for(name, geometry)
     ctx, counts, priors, wall = run_job(preset, steps, keep_stacks)
     stages = stage_figures(ctx, preset, priors, steps, SCALE**2 if geometry == "scaled" else 1.0)
-    missing = [s for s in STAGES if s not in stages]
+    from dreampolish.backend.pipeline import DreamPolishPipeline
+
+    expected = DreamPolishPipeline().mode_stages("geometry" if preset.refines_only else "generate")
+    missing = [s for s in STAGES if s in expected and s not in stages]
     if missing:
         raise RuntimeError(f"the job ended before stage(s) {', '.join(missing)} finished")
     return {
