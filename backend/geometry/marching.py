@@ -19,15 +19,15 @@ the convention that the field is negative inside.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 from skimage import measure
 from torch import Tensor
+
+from ..capacity import DeviceCapacity
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,10 @@ def needed_capacity(vertices: Tensor, sdf: Tensor, tets: Tensor) -> int:
         return max(int(marching_tetrahedra_padded(vertices, sdf, tets, capacity).needed), capacity)
 
 
-class SurfaceCapacity:
-    """The capacity of a padded surface that changes while it is optimised.
-
-    Steps `track` each surface's need on the device; at reporting steps `request` copies the largest need
-    since the last request to the host without waiting, and `poll` (every step) reads it once it has landed
-    and grows the capacity when the surface did not fit. Steps between an overflow and the growth rendered
-    the surface without the faces past the capacity; the first growth says so in the log."""
+class SurfaceCapacity(DeviceCapacity):
+    """The capacity of a padded surface that changes while it is optimised (backend/capacity.py): steps
+    `track` each surface's need, reporting steps `request` it, and `poll` grows the capacity when the surface
+    did not fit (it never shrinks: a surface's size changes slowly and a smaller one fits anyway)."""
 
     HEADROOM = 1.5
     """Capacity = the next power of two above HEADROOM × the need: room for the surface to grow while
@@ -213,52 +210,13 @@ class SurfaceCapacity:
     MINIMUM = 1024
 
     def __init__(self, needed: int):
+        super().__init__("surface (crossing tets or vertices)", headroom=self.HEADROOM, minimum=self.MINIMUM,
+                         power_of_two=True, shrinks=False, logger=log)
         self.capacity = self.fitting(needed)
-        self._needed: Tensor | None = None
-        self._host: Tensor | None = None
-        self._event: Any = None
-        self._warned = False
 
-    @classmethod
-    def fitting(cls, needed: int) -> int:
-        return max(cls.MINIMUM, 1 << max(math.ceil(cls.HEADROOM * needed) - 1, 0).bit_length())
-
-    def track(self, surface: PaddedSurface) -> None:
+    def track(self, surface: PaddedSurface) -> None:  # type: ignore[override]
         """Keep the surface's need (on the device) until the next request."""
-        needed = surface.needed.detach()
-        self._needed = needed if self._needed is None else torch.maximum(self._needed, needed)
-
-    def request(self) -> None:
-        """Start reading back the largest need since the last request (reporting steps; waits on nothing)."""
-        if self._needed is None or self._event is not None:
-            return
-        if self._needed.device.type == "cuda":
-            self._host = torch.empty((), dtype=torch.long, pin_memory=True)
-            self._host.copy_(self._needed, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-        else:
-            self._host = self._needed
-        self._needed = None
-        self.poll()
-
-    def poll(self) -> bool:
-        """Grow the capacity if a requested need has landed and exceeds it; whether it grew."""
-        if self._host is None or (self._event is not None and not self._event.query()):
-            return False
-        needed = int(self._host)  # host memory by now (the event has passed): no wait
-        self._host, self._event = None, None
-        if needed <= self.capacity:
-            return False
-        grown = self.fitting(needed)
-        level = logging.INFO if self._warned else logging.WARNING
-        log.log(level, "surface outgrew its buffers (%d crossing tets or vertices, capacity %d): capacity now %d%s",
-                needed, self.capacity, grown,
-                "" if self._warned else "; steps since the last report rendered it without the faces past "
-                                        "the capacity")
-        self._warned = True
-        self.capacity = grown
-        return True
+        super().track(surface.needed)
 
 
 def marching_cubes(values: np.ndarray, bound: float, level: float = 0.0, inside: str = "below"

@@ -5,12 +5,14 @@ centres, row 0 at the top, unprojected through the inverse OpenGL projection so
 that lens shift and non-square images are honoured). Each ray is clipped to the
 field's box [-bound, bound]^3 and sampled at `n_samples` stratified depths.
 
-Fixed shapes (issue 28): every ray and every sample is evaluated, so that no step waits for the device
-to count hits. Rays that miss the box get a zero-length interval and no weight; an occupancy grid over
-the box marks the cells where the field may be non-empty (refreshed by the stage every few steps,
-dilated by one cell), and its verdict zeroes alpha in empty cells, so they add nothing to a ray and send
-no gradient to the field. Occupied samples get the same values and gradients as when only they were
-evaluated, which `empty_space="compact"` does (cheaper where waiting for the device costs nothing: the CPU).
+Empty space without host syncs (issue 28): rays that miss the box get a zero-length interval and no
+weight; an occupancy grid over the box marks the cells where the field may be non-empty (refreshed by the
+stage every few steps, dilated by one cell), and empty cells add nothing to a ray and send no gradient to
+the field. How the kept samples are evaluated is `VolumeRenderConfig.empty_space`: gathered into a buffer of
+a fixed capacity ("gather", the default: the grid's `kept` capacity, resized at reporting steps without
+waiting, backend/capacity.py), all of them with empty ones weighted zero ("mask"), or gathered by their
+count ("compact": the host reads the count, a sync per render on a GPU). All three give the same values
+and gradients while the kept samples fit the capacity.
 
 Memory: with `recompute_chunks`, a training render keeps one chunk's field activations at a time
 (torch.utils.checkpoint per chunk; the sample positions are drawn outside it, so the recomputation
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..capacity import DeviceCapacity, gather_static
 from ..config_fields import ranged
 from ..device import to_device
 from .cameras import CameraBatch
@@ -51,12 +54,16 @@ class VolumeRenderConfig:
     """When training renders more than one chunk, keep only each chunk's per-ray results for the
     backward pass and evaluate its samples again there (activation checkpointing per chunk), so that
     training memory is one chunk's field graph, not every chunk's: NeRF at 384^2 is 9 chunks."""
-    empty_space: Literal["mask", "compact"] = "mask"
-    """"mask": every sample is evaluated and empty ones weigh zero, with fixed shapes, so the host never
-    waits for the device (issue 28). "compact": only the samples the box and the occupancy grid keep are
-    evaluated, which costs the host a wait for their count every render: nothing on the CPU, where a micro
-    preset NeRF render + backward is 3-8 times faster for it (13-32 % of cells occupied), a host sync on a
-    GPU. Both give the same images and gradients."""
+    empty_space: Literal["gather", "mask", "compact"] = "gather"
+    """"gather": the samples the box and the occupancy grid keep are gathered into a buffer of the grid's
+    `kept` capacity (torch.nonzero_static) and only they are evaluated; the count stays on the device and
+    is read back at reporting steps to resize the capacity (1.5 x the largest need seen), so the host never
+    waits (issue 28). Samples past the capacity (after the occupied space grew, until the next report) are
+    left out, and the log says so. A render without an occupancy grid evaluates every sample.
+    "mask": every sample is evaluated and empty ones weigh zero (fixed shapes, no sync, no capacity).
+    "compact": only the kept samples are evaluated, sized by their count, which costs the host a wait every
+    render: nothing on the CPU, where a micro preset NeRF render + backward is 3-8 times faster than
+    "mask" (13-32 % of cells occupied), a host sync on a GPU. All give the same images and gradients."""
 
 
 class VolumeField(Protocol):
@@ -98,10 +105,18 @@ def ray_box(origins: Tensor, dirs: Tensor, bound: float) -> tuple[Tensor, Tensor
 class OccupancyGrid:
     """Boolean cells over [-bound, bound]^3 where the field may be non-empty."""
 
+    KEPT_HEADROOM = 1.5
+    """The gather buffers hold 1.5 x the most kept samples seen between two reports: a training view's
+    count varies with its direction and distance, and the occupied space grows between refreshes."""
+
     def __init__(self, bound: float, resolution: int, device: torch.device | str):
         self.bound = bound
         self.resolution = resolution
         self.cells = torch.ones(resolution, resolution, resolution, dtype=torch.bool, device=device)
+        self.kept = DeviceCapacity("occupied volume samples (per chunk of rays)", headroom=self.KEPT_HEADROOM,
+                                   quantum=4096, minimum=4096)
+        """How many samples of one chunk of rays the grid keeps, at most: empty_space="gather"'s buffers.
+        Unknown (every sample) until the first reporting step; the stage requests it at reporting steps."""
 
     def cell_centres(self) -> Tensor:
         r = self.resolution
@@ -150,10 +165,12 @@ def _sample_rays(o: Tensor, d: Tensor, t_near: Tensor, t_far: Tensor, s: int,
 
 
 def _query_samples(field: VolumeField, occupancy: OccupancyGrid | None, pts: Tensor, d: Tensor, delta: Tensor,
-                   hit: Tensor, want_normals: bool, compact: bool) -> tuple[Tensor, Tensor, Tensor]:
+                   hit: Tensor, want_normals: bool, empty_space: str, gather_size: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
     """The field at the samples [n,s,3], alpha zero on rays that miss the box (`hit` [n] false) and in the
     occupancy grid's empty cells: (alpha [n,s], colour [n,s,3], normal [n,s,3], zero where the field gives
-    none). All samples are evaluated, or with `compact` only the kept ones (VolumeRenderConfig.empty_space)."""
+    none). Which samples are evaluated: VolumeRenderConfig.empty_space; "gather" gathers `gather_size`
+    (decided before the chunk, so that a recomputation for the backward pass gathers as many)."""
     n, s = pts.shape[0], pts.shape[1]
     flat = pts.reshape(-1, 3)
     flat_dirs = d[:, None, :].expand(n, s, 3).reshape(-1, 3)
@@ -161,14 +178,38 @@ def _query_samples(field: VolumeField, occupancy: OccupancyGrid | None, pts: Ten
     keep = hit[:, None].expand(n, s).reshape(-1)
     if occupancy is not None:
         keep = keep & occupancy.lookup(flat)
-    if compact:
+    if empty_space == "compact":
         return _query_kept(field, flat, flat_dirs, flat_delta, keep, want_normals, n, s)
+    if empty_space == "gather" and occupancy is not None:
+        if gather_size < n * s:
+            return _query_gathered(field, flat, flat_dirs, flat_delta, keep, want_normals, n, s, occupancy.kept,
+                                   gather_size)
+        occupancy.kept.track(keep.sum())  # capacity unknown or above the chunk: every sample, the need kept
     alpha, color, normal = field.query(flat, flat_dirs, flat_delta, want_normals)
     # where, not a product: an empty sample gets alpha 0 and a zero gradient even where the field is not finite
     alpha = torch.where(keep, alpha, torch.zeros((), device=alpha.device, dtype=alpha.dtype))
     if normal is None:
         normal = torch.zeros_like(color)
     return alpha.reshape(n, s), color.reshape(n, s, 3), normal.reshape(n, s, 3)
+
+
+def _query_gathered(field: VolumeField, flat: Tensor, flat_dirs: Tensor, flat_delta: Tensor, keep: Tensor,
+                    want_normals: bool, n: int, s: int, kept: DeviceCapacity, size: int
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """_query_samples at the kept samples only, gathered into `kept`'s capacity and scattered back; nothing
+    is read back (the count goes to `kept` on the device). Padding slots evaluate the last sample and are
+    scattered into a spare row that is dropped; kept samples past the capacity are left out (alpha 0)."""
+    idx, count = gather_static(keep, size)
+    kept.track(count)
+    at = idx.clamp_max(n * s - 1)
+    a_k, c_k, n_k = field.query(flat.index_select(0, at), flat_dirs.index_select(0, at),
+                                flat_delta.index_select(0, at), want_normals)
+    alpha = flat.new_zeros(n * s + 1).index_put((idx,), a_k)[:-1]
+    color = flat.new_zeros(n * s + 1, 3).index_put((idx,), c_k)[:-1]
+    normal = flat.new_zeros(n * s + 1, 3)
+    if n_k is not None:
+        normal = normal.index_put((idx,), n_k)
+    return alpha.reshape(n, s), color.reshape(n, s, 3), normal[:-1].reshape(n, s, 3)
 
 
 def _query_kept(field: VolumeField, flat: Tensor, flat_dirs: Tensor, flat_delta: Tensor, keep: Tensor,
@@ -206,11 +247,12 @@ def _composite(alpha: Tensor, color: Tensor, normal: Tensor, t: Tensor, d: Tenso
     return rgb, acc, depth, nrm, orient
 
 
-def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_normals: bool, compact: bool,
-                  t: Tensor, delta: Tensor, pts: Tensor, d: Tensor, hit: Tensor, cos_fwd: Tensor, bg: Tensor
+def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_normals: bool, empty_space: str,
+                  gather_size: int, t: Tensor, delta: Tensor, pts: Tensor, d: Tensor, hit: Tensor, cos_fwd: Tensor, bg: Tensor
                   ) -> tuple[Tensor, ...]:
     """One chunk of rays, from its samples to its per-ray values (what _composite returns)."""
-    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, hit, want_normals, compact)
+    alpha, color, normal = _query_samples(field, occupancy, pts, d, delta, hit, want_normals, empty_space,
+                                          gather_size)
     return _composite(alpha, color, normal, t, d, cos_fwd, bg)
 
 
@@ -243,15 +285,19 @@ def render_volume(
     near, far = torch.where(hit, near, zero), torch.where(hit, far, zero)
     bg = to_device(torch.tensor(cfg.background, dtype=torch.float32), dev)
 
-    if cfg.empty_space not in ("mask", "compact"):
-        raise ValueError(f"unknown empty_space {cfg.empty_space!r}: 'mask' or 'compact'")
-    compact = cfg.empty_space == "compact"
+    if cfg.empty_space not in ("gather", "mask", "compact"):
+        raise ValueError(f"unknown empty_space {cfg.empty_space!r}: 'gather', 'mask' or 'compact'")
+    if cfg.empty_space == "gather" and occupancy is not None:
+        occupancy.kept.poll()  # a need requested at a reporting step may have landed
     recompute = cfg.recompute_chunks and torch.is_grad_enabled() and n_rays > cfg.chunk_rays
     pieces = []
     for start in range(0, n_rays, cfg.chunk_rays):
         ids = slice(start, start + cfg.chunk_rays)
         t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, generator)
-        args = (field, occupancy, want_normals, compact, t, delta, pts, d[ids], hit[ids], cos_fwd[ids], bg)
+        rays = min(cfg.chunk_rays, n_rays - start)
+        gather_size = occupancy.kept.size(rays * cfg.n_samples) if occupancy is not None else rays * cfg.n_samples
+        args = (field, occupancy, want_normals, cfg.empty_space, gather_size, t, delta, pts, d[ids], hit[ids],
+                cos_fwd[ids], bg)
         pieces.append(checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args))
     # rgb, opacity, depth, normal, orientation per ray
     rgb_out, opacity_out, depth_out, normal_out, orient_out = (

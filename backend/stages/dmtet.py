@@ -292,9 +292,6 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
     opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
                        (list(state.color_field.parameters()), cfg.lr_color)])
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
-    # the surface buffers' need is read back when the reporter reads the losses back (StageProgress.reports),
-    # or every step for reporters that do not say when (the log, tests: no GPU to wait for)
-    reports = getattr(reporter, "reports", None)
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
@@ -323,9 +320,9 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
         if state.input_sdf is not None and cfg.input_shape_weight > 0:
             loss.add("input_shape", cfg.input_shape_weight,
                      state.input_shape_loss(mesh.vertices, surface.vertex_weights()))
-        if state.capacity is not None and (reports is None or reports(step + 1, cfg.steps)):
-            state.capacity.request()
-        optimiser_step(opt, loss, reporter, step, cfg.steps)
+        # the surface buffers' need is read back when the reporter reads the losses back
+        optimiser_step(opt, loss, reporter, step, cfg.steps,
+                       capacities=[state.capacity] if state.capacity is not None else [])
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
     return state

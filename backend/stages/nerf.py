@@ -205,7 +205,8 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
                             ("opacity", cfg.opacity_weight, opacity_entropy_loss)):
             if w.at(p) > 0:
                 loss.add(name, w.at(p), fn(out.opacity))
-        optimiser_step(opt, loss, reporter, step, cfg.steps)
+        # the gather buffers' need (VolumeRenderConfig.empty_space) is read back when the losses are
+        optimiser_step(opt, loss, reporter, step, cfg.steps, capacities=[state.occupancy.kept])
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
     return state

@@ -202,7 +202,8 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
         if w_eik > 0:
             x = (torch.rand(cfg.eikonal_points, 3, generator=draws, device=draws.device).to(device) * 2 - 1) * bound
             loss.add("eikonal", w_eik, eikonal_loss(sdf.gradient(x)))
-        optimiser_step(opt, loss, reporter, step, cfg.steps, {"sharpness": state.sharpness})
+        optimiser_step(opt, loss, reporter, step, cfg.steps, {"sharpness": state.sharpness},
+                       capacities=[state.occupancy.kept])
     state.steps_done = cfg.steps
     state.seconds = time.perf_counter() - start
     return state

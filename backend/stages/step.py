@@ -16,12 +16,13 @@ from the job's generator.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..capacity import DeviceCapacity
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch
 from ..rng import global_rng_seeded
@@ -83,10 +84,23 @@ class StepLoss:
         self.terms.update(g.diagnostics)
 
 
+def request_capacities(reporter: StageReporter, step: int, steps: int, capacities: Iterable[DeviceCapacity]) -> None:
+    """Start reading back the needs of the step's fixed-size buffers (backend/capacity.py) when the reporter
+    reads the losses back (StageProgress.reports), or every step for reporters that do not say when (the
+    log, tests: no GPU to wait for)."""
+    reports = getattr(reporter, "reports", None)
+    if reports is None or reports(step + 1, steps):
+        for capacity in capacities:
+            capacity.request()
+
+
 def optimiser_step(optimiser: torch.optim.Optimizer, loss: StepLoss, reporter: StageReporter, step: int,
-                   steps: int, extra: dict[str, Tensor | float] | None = None) -> None:
+                   steps: int, extra: dict[str, Tensor | float] | None = None,
+                   capacities: Iterable[DeviceCapacity] = ()) -> None:
     """Step the optimiser on the loss (skipped when nothing in it depends on the parameters, e.g. an empty
-    DMTet surface), then report every term, the total as "loss", and `extra`."""
+    DMTet surface), then report every term, the total as "loss", and `extra`; `capacities` are requested
+    at reporting steps (request_capacities)."""
+    request_capacities(reporter, step, steps, capacities)
     optimiser.zero_grad(set_to_none=True)
     if loss.total.requires_grad:
         loss.total.backward()

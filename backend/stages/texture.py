@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import bake
+from ..capacity import DeviceCapacity, gather_static
 from ..config_fields import ranged
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
@@ -44,7 +45,7 @@ from ..render.cameras import CameraBatch, ViewSampler, orbit_cameras
 from ..render.rasterize import MeshRasterizer
 from ..schedules import Ramp, stage_progress
 from .base import ReferenceView, StageReporter
-from .step import seeded_init
+from .step import request_capacities, seeded_init
 
 logger = logging.getLogger(__name__)
 
@@ -190,16 +191,41 @@ class SurfaceViews:
         return SurfaceViews(self.cameras[idx], self.world_pos[idx], self.foreground[idx], self.opacity[idx])
 
 
-def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tensor) -> Tensor:
+def covered_pixels(pool: SurfaceViews | None, batch_size: int) -> DeviceCapacity:
+    """The capacity of the covered pixels of a training batch (shade_albedo): with a view pool the most that
+    `batch_size` of its views can cover (it never needs to grow); without one unknown until the first
+    report, then 1.5 x the most covered since a report."""
+    if pool is None:
+        return DeviceCapacity("covered pixels of a training batch", headroom=1.5)
+    # views are drawn with replacement: a batch may be the most covered view batch_size times
+    most = batch_size * int(pool.foreground.flatten(1).sum(1).max())  # read back once, before the first step
+    return DeviceCapacity("covered pixels of a training batch", headroom=1.0, capacity=max(most, 1),
+                          shrinks=False)
+
+
+def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tensor,
+                 covered: DeviceCapacity | None = None) -> Tensor:
     """The colour field on the surface, composited over the background -> rgb [B,H,W,3].
 
-    The field is evaluated at every pixel, background included, and the background's colours are dropped:
-    gathering only the covered pixels (`pos[fg]`) sizes the field's input by the coverage, which the host
-    must read back from the device every step. The fixed shape costs B·H·W field evaluations instead of the
-    covered pixels' count: a sphere of the object's radius (0.5) covers 44 % of a training view (20°, distance
-    3.8), so at least 2.3 times as many."""
+    With `covered`, the covered pixels are gathered into a buffer of its capacity (torch.nonzero_static)
+    and only they are evaluated; their count stays on the device for the stage to read back at reporting
+    steps (backend/capacity.py), so the host never waits. Without it (or before the capacity is known) the
+    field is evaluated at every pixel and the background's colours are dropped, B·H·W evaluations where a
+    sphere of the object's radius (0.5) covers 44 % of a training view (20°, distance 3.8)."""
     fg, pos, opacity = views.foreground.unsqueeze(-1), views.world_pos, views.opacity
-    rgb = torch.where(fg, color_field.color(pos.reshape(-1, 3)).reshape(pos.shape), 0.0)
+    flat = pos.reshape(-1, 3)
+    n = flat.shape[0]
+    size = n if covered is None else covered.size(n)
+    if size < n:
+        idx, count = gather_static(views.foreground.reshape(-1), size)
+        covered.track(count)
+        colours = color_field.color(flat.index_select(0, idx.clamp_max(n - 1)))
+        # the padding (index n) lands in a spare row; covered pixels past the capacity stay 0
+        rgb = flat.new_zeros(n + 1, 3).index_put((idx,), colours.to(flat.dtype))[:-1].reshape(pos.shape)
+    else:
+        if covered is not None:
+            covered.track(views.foreground.sum())
+        rgb = torch.where(fg, color_field.color(flat).reshape(pos.shape), 0.0)
     # Pixels only partly covered at the silhouette take the colour of their nearest covered neighbour:
     # a 3x3 max-pool of covered colours is enough for the one-pixel antialiasing band.
     partial = (opacity > 0) & ~fg
@@ -268,6 +294,10 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         pool = SurfaceViews.rasterize(mesh, pool_cameras, rasterizer)
     state = TextureState(color_field, mesh)
     reporter.watch(state)
+    # the field runs on the covered pixels only, gathered into a fixed capacity (shade_albedo): from a view
+    # pool the most a batch can cover is known before the first step (one read-back here), otherwise the
+    # capacity follows the largest coverage read back at reporting steps
+    covered = covered_pixels(pool, cfg.batch_size)
     for step in range(cfg.steps):
         reporter.check_cancel()
         color_field.update_progress(stage_progress(step, cfg.steps))
@@ -276,7 +306,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         else:
             cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
             views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
-        rgb = shade_albedo(color_field, views, background)
+        rgb = shade_albedo(color_field, views, background, covered)
         out = guidance(GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras, shading="albedo",
                                      step=step, total_steps=cfg.steps))
         total = out.loss
@@ -294,6 +324,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         report["total"] = total.detach()
         report["grad_norm"] = grad_norm
         report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
+        request_capacities(reporter, step, cfg.steps, [covered])
         reporter.progress(step + 1, cfg.steps, report)
     return state
 

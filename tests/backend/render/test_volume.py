@@ -3,6 +3,7 @@ fixed shapes without host syncs, equal to evaluating only the kept samples."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import torch
@@ -216,6 +217,85 @@ def test_every_sample_evaluated_gives_the_values_and_gradients_of_the_kept_sampl
         for other in grads[1:]:
             for a, b in zip(grads[0], other):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def _values(out):
+    return [out[k].reshape(-1, out[k].shape[-1]) for k in ("rgb", "opacity", "depth", "normal", "orientation")]
+
+
+def test_gathered_samples_give_the_values_and_gradients_of_the_kept_samples_alone_and_report_their_count():
+    # empty_space="gather" (the default): the first render knows no capacity and evaluates every sample; a
+    # request reads the need back and the next renders gather the kept samples into 1.5 x the need,
+    # evaluating far fewer samples, with the values and gradients of evaluating the kept samples only.
+    cam = orbit_cameras(*(torch.tensor([v]) for v in (15.0, 40.0, 1.6, 50.0)), 16, 16)
+    cfg = VolumeRenderConfig(n_samples=24, chunk_rays=100)
+    assert cfg.empty_space == "gather"
+    for volume in _tiny_fields():
+        occ = OccupancyGrid(0.6, 8, "cpu")
+        occ.update(lambda x: x.norm(dim=-1) < 0.35)
+        occ.kept.minimum = occ.kept.quantum = 16  # sized for 16x16 rays (the defaults are for 16384 a chunk)
+        params = [p for p in volume.field.parameters() if p.requires_grad]
+        assert occ.kept.capacity is None
+        first = _values(render_volume(volume, cam, 0.6, cfg, occ, want_normals=True))
+        occ.kept.request()
+        need = max(int(occ.lookup(pts.reshape(-1, 3)).sum()) for pts in _chunk_points(cam, cfg))
+        assert occ.kept.capacity == occ.kept.fitting(need) < cfg.chunk_rays * cfg.n_samples
+        evaluated = []
+        volume.query = _counting(volume.query, evaluated)
+        gathered = _values(render_volume(volume, cam, 0.6, cfg, occ, want_normals=True))
+        del volume.query  # the class's method again
+        assert max(evaluated) == occ.kept.capacity  # 3 chunks of 100 rays, then 56
+        compacted = _compacted_render(volume, cam, 0.6, cfg, occ)
+        for name, a, b, c in zip(("rgb", "opacity", "depth", "normal", "orientation"), gathered, compacted, first):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-6, msg=name)
+        weights = [torch.rand(v.shape, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(gathered)]
+        grads = [torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, values)), params)
+                 for values in (gathered, compacted)]
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def _counting(query, evaluated):
+    def counted(points, *args):
+        evaluated.append(points.shape[0])
+        return query(points, *args)
+    return counted
+
+
+def _chunk_points(cam, cfg):
+    origins, dirs, _ = camera_rays(cam)
+    o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    near, far, hit = ray_box(o, d, 0.6)
+    near, far = torch.where(hit, near, 0.0), torch.where(hit, far, 0.0)
+    for start in range(0, o.shape[0], cfg.chunk_rays):
+        ids = slice(start, start + cfg.chunk_rays)
+        yield _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, None)[2][hit[ids]]
+
+
+def test_samples_past_a_full_capacity_are_left_out_until_a_report_grows_it(caplog):
+    # The occupied space grew past the capacity: the render leaves the samples past it out (the last rays
+    # of the chunk lose opacity), the log says so once, and the next request grows the capacity so that
+    # the render is whole again. No step waits for the device meanwhile.
+    cam = _camera(16)
+    cfg = VolumeRenderConfig(n_samples=24, chunk_rays=256)
+    volume = NerfVolume(_tiny_fields()[0].field)
+    ball = Ball()
+    occ = OccupancyGrid(0.6, 8, "cpu")
+    occ.update(lambda x: x.norm(dim=-1) < 0.45)
+    whole = render_volume(ball, cam, 0.6, replace(cfg, empty_space="mask"), occ)["opacity"]
+    occ.kept.minimum = occ.kept.quantum = 1
+    occ.kept.capacity = 64
+    with HostSyncCounter() as syncs:
+        cut = render_volume(ball, cam, 0.6, cfg, occ)["opacity"]
+    assert syncs.total == 0, syncs.by_op
+    assert cut.sum() < 0.5 * whole.sum() and cut.reshape(-1)[-16:].sum() == 0  # the bottom rows went missing
+    with caplog.at_level(logging.INFO, logger="dreampolish.backend.capacity"):
+        occ.kept.request()
+    assert occ.kept.capacity > 64 and occ.kept.overflows == 1
+    assert [r.levelno for r in caplog.records if "outgrew" in r.getMessage()] == [logging.WARNING]
+    torch.testing.assert_close(render_volume(ball, cam, 0.6, cfg, occ)["opacity"], whole)
+    del volume
 
 
 def test_rays_that_miss_the_box_show_the_background_even_under_neus_alpha():

@@ -15,6 +15,8 @@ import torch
 from dreampolish.backend.host_syncs import CPU_ONLY_FILES, HostSyncCounter, StepSyncRecorder
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.pipeline.previews import StageProgress
+from dreampolish.backend.render import volume
+from dreampolish.backend.stages import texture
 from dreampolish.protocol.job import JobSpec
 
 from tests.backend.pipeline_fixtures import RecordingContext, tiny_model_cache, tiny_models  # noqa: F401
@@ -31,8 +33,19 @@ def counted_job(tiny_models, tmp_path_factory):  # noqa: F811
     recorder = StepSyncRecorder(counter, work, inner=ctx)
     options = {f"{s}.steps": STEPS for s in STAGES}
     options.update({"report_every": REPORT_EVERY, "preview_every": 0})
-    with counter:
+    gathers: dict[str, int] = {"volume": 0, "texture": 0}
+
+    def spy(where, real):
+        def gather(keep, size):
+            gathers[where] += 1
+            return real(keep, size)
+        return gather
+
+    with pytest.MonkeyPatch.context() as mp, counter:
+        for module in (volume, texture):
+            mp.setattr(module, "gather_static", spy(module.__name__.rsplit(".")[-1], module.gather_static))
         DreamPolishPipeline().run(JobSpec(prompt="a red cone", preset="tiny", seed=2, options=options), recorder)
+    ctx.gathers = gathers
     return recorder, ctx
 
 
@@ -45,6 +58,14 @@ def test_a_steady_state_step_never_waits_for_the_device(counted_job, stage):
     counts = {s.step: s.count for s in steady}
     where = "\n".join(f"{n:4d} {k}" for k, n in recorder.stacks[stage].most_common(20))
     assert all(n == 0 for n in counts.values()), f"{stage}: syncs per steady-state step {counts}\n{where}"
+
+
+@pytest.mark.slow
+def test_the_fields_ran_on_the_occupied_samples_and_covered_pixels_only(counted_job):
+    # without a host sync, and without evaluating the empty space: the volume renders and the texture's
+    # shading gathered what they evaluate into fixed capacities (backend/capacity.py)
+    _, ctx = counted_job
+    assert ctx.gathers["volume"] > 0 and ctx.gathers["texture"] > 0, ctx.gathers
 
 
 @pytest.mark.slow

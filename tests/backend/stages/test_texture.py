@@ -164,3 +164,44 @@ def back_psnr(mesh: TriMesh, texture: np.ndarray, target: TriMesh, raster: MeshR
     m = want.mask > 0.99
     mse = float(((got.albedo - want.albedo) ** 2)[m.expand_as(got.albedo)].mean())
     return 10 * np.log10(1.0 / max(mse, 1e-10))
+
+
+def test_the_colour_field_runs_on_the_covered_pixels_only_with_the_image_and_gradients_unchanged(coloured_sphere):
+    # shade_albedo gathers the covered pixels into a fixed capacity: from a view pool the most a batch can
+    # cover (read once before the first step); the image and the field's gradients are those of evaluating
+    # every pixel, with 2-3x fewer field evaluations and no host sync in the step.
+    from dreampolish.backend.capacity import DeviceCapacity
+    from dreampolish.backend.geometry.fields import ColorField
+    from dreampolish.backend.host_syncs import HostSyncCounter
+    from dreampolish.backend.stages.texture import SurfaceViews, covered_pixels, shade_albedo
+
+    torch.manual_seed(0)
+    field = ColorField(SMALL_FIELD)
+    cams = ViewSampler(distance_range=(3.8, 3.8), fovy_range=(20.0, 20.0)).sample(
+        6, 32, 32, torch.Generator().manual_seed(1), "cpu")
+    pool = SurfaceViews.rasterize(coloured_sphere, cams, MeshRasterizer("torch"))
+    views = pool[torch.tensor([0, 3])]
+    covered = covered_pixels(pool, batch_size=2)
+    assert covered.capacity == 2 * int(pool.foreground.flatten(1).sum(1).max()) < 0.6 * 2 * 32 * 32
+    bg = torch.ones(3)
+    seen = []
+    original = field.color
+    field.color = lambda p: (seen.append(p.shape[0]), original(p))[1]  # type: ignore[method-assign]
+    with HostSyncCounter() as syncs:
+        gathered = shade_albedo(field, views, bg, covered)
+    assert syncs.total == 0, syncs.by_op
+    assert seen == [covered.capacity]
+    everywhere = shade_albedo(field, views, bg)
+    field.color = original  # type: ignore[method-assign]
+    torch.testing.assert_close(gathered, everywhere)
+    params = list(field.parameters())
+    weights = torch.rand(gathered.shape, generator=torch.Generator().manual_seed(2))
+    for a, b in zip(torch.autograd.grad((weights * gathered).sum(), params),
+                    torch.autograd.grad((weights * everywhere).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # without a pool the capacity follows the coverage read back at a report
+    fresh = DeviceCapacity("covered pixels", headroom=1.5, quantum=16, minimum=16)
+    shade_albedo(field, views, bg, fresh)
+    fresh.request()
+    assert fresh.capacity == fresh.fitting(int(views.foreground.sum()))
+    torch.testing.assert_close(shade_albedo(field, views, bg, fresh), everywhere)
