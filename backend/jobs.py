@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import ProtocolError, ValidationError
+from dreampolish.protocol.fields import MAX_ID_CHARS, MAX_MESSAGE_CHARS
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
@@ -515,7 +516,7 @@ class JobManager:
             log.exception("job %s failed", job.job_id)
         else:
             log.warning("job %s failed (%s): %s", job.job_id, code, message)
-        failed = m.Failed(code=code[: m.MAX_ID_CHARS], message=message[: m.MAX_MESSAGE_CHARS])
+        failed = m.Failed(code=code[:MAX_ID_CHARS], message=message[:MAX_MESSAGE_CHARS])
         self._finish(job, "failed", failed, error=message, error_code=code)
 
     def _finish(self, job: Job, state: str, event: m.Message, error: str = "", error_code: str = "") -> None:

@@ -20,9 +20,10 @@ import msgpack
 
 from . import PROTOCOL_VERSION
 from .errors import DecodeError, LimitExceeded, ProtocolError, ValidationError, VersionMismatch
+from .fields import MAX_ID_CHARS, read_int, read_str
 from .frames import FrameReader, FrameWriter
 from .limits import LIMITS
-from .messages import MAX_ID_CHARS, MESSAGE_TYPES, Message, read_int, read_str
+from .messages import MESSAGE_TYPES, Message
 from .names import check_file_name
 
 _counter = itertools.count(1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgpack
 import numpy as np
-from dreampolish.protocol import PROTOCOL_VERSION, codec
+from dreampolish.protocol import PROTOCOL_VERSION, codec, payloads
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.frames import FrameWriter
 from dreampolish.protocol.image import ReferenceImage
@@ -131,8 +131,8 @@ def _payload(title: str) -> set[str]:
 
 def test_payload_keys_on_the_wire_are_exactly_those_the_page_documents():
     w = FrameWriter()
-    mesh = m.mesh_to_wire(_mesh(), w)
-    spec = m.spec_to_wire(_spec(), w)
+    mesh = payloads.mesh_to_wire(_mesh(), w)
+    spec = payloads.spec_to_wire(_spec(), w)
     wire = {
         "mesh": set(mesh), "texture": set().union(*(set(t) for t in mesh["textures"])),
         "camera": set(spec["cameras"][0]), "spec": set(spec),

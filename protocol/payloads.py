@@ -1,0 +1,197 @@
+"""The wire maps of the payloads that messages carry: textures, meshes, cameras, the reference
+image and the job spec.
+
+Each payload has a `*_to_wire(payload, frames)` that returns its map, with arrays and blobs moved
+into frames (frames.py), and a `*_from_wire(map, frames)` that checks every field (fields.py) and
+returns the validated payload (scene.py, image.py, job.py). The maps are part of the wire format:
+README.md specifies them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import LimitExceeded, ValidationError
+from .fields import (
+    MAX_MESSAGE_CHARS,
+    MAX_NAME_CHARS,
+    MAX_OPTIONS,
+    read_float,
+    read_int,
+    read_list,
+    read_map,
+    read_required,
+    read_str,
+    read_str_list,
+)
+from .frames import FrameReader, FrameWriter
+from .image import ReferenceImage
+from .job import STAGES, JobSpec, check_mode, check_seed, check_stage_names
+from .limits import LIMITS
+from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
+
+
+def texture_to_wire(t: TexturePayload, w: FrameWriter) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": t.role}
+    if t.png is not None:
+        out["png"] = w.blob(t.png)
+    if t.array is not None:
+        out["array"] = w.array(t.array)
+    return out
+
+
+def texture_from_wire(d: object, r: FrameReader) -> TexturePayload:
+    if not isinstance(d, dict):
+        raise ValidationError("texture must be a map")
+    role = read_str(d, "role")
+    if role not in TEXTURE_ROLES:
+        raise ValidationError(f"texture role must be one of {TEXTURE_ROLES}, got {role!r}")
+    png = r.blob(d["png"], f"texture {role!r} png") if d.get("png") is not None else None
+    array = r.array(d["array"], f"texture {role!r} array") if d.get("array") is not None else None
+    return TexturePayload(role=role, png=png, array=array).validate()
+
+
+def mesh_to_wire(m: MeshPayload, w: FrameWriter) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "vertices": w.array(m.vertices),
+        "faces": w.array(m.faces),
+        "transform": w.array(m.transform),
+        "textures": [texture_to_wire(t, w) for t in m.textures],
+    }
+    for name in ("uvs", "normals", "colors"):
+        a = getattr(m, name)
+        if a is not None:
+            out[name] = w.array(a)
+    return out
+
+
+def mesh_from_wire(d: object, r: FrameReader, *, require_faces: bool = True) -> MeshPayload:
+    if not isinstance(d, dict):
+        raise ValidationError("mesh must be a map")
+
+    def optional(name: str) -> np.ndarray | None:
+        return r.array(d[name], f"mesh.{name}") if d.get(name) is not None else None
+
+    transform = optional("transform")
+    textures = read_list(d, "textures", [], max_items=len(TEXTURE_ROLES))
+    mesh = MeshPayload(
+        vertices=r.array(read_required(d, "vertices"), "mesh.vertices"),
+        faces=r.array(read_required(d, "faces"), "mesh.faces"),
+        uvs=optional("uvs"),
+        normals=optional("normals"),
+        colors=optional("colors"),
+        transform=transform if transform is not None else np.eye(4, dtype=np.float32),
+        textures=[texture_from_wire(t, r) for t in textures],
+    )
+    return mesh.validate(require_faces=require_faces)
+
+
+def camera_to_wire(c: CameraSpec, w: FrameWriter) -> dict[str, Any]:
+    return {
+        "matrix_world": w.array(c.matrix_world),
+        "lens_mm": float(c.lens_mm),
+        "sensor_width_mm": float(c.sensor_width_mm),
+        "sensor_height_mm": float(c.sensor_height_mm),
+        "sensor_fit": c.sensor_fit,
+        "resolution": [int(c.resolution[0]), int(c.resolution[1])],
+        "shift": [float(c.shift[0]), float(c.shift[1])],
+        "name": c.name,
+    }
+
+
+def camera_from_wire(d: object, r: FrameReader) -> CameraSpec:
+    if not isinstance(d, dict):
+        raise ValidationError("camera must be a map")
+    res = read_list(d, "resolution", [512, 512], max_items=2)
+    shift = read_list(d, "shift", [0.0, 0.0], max_items=2)
+    if len(res) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in res):
+        raise ValidationError("camera.resolution must be two integers")
+    if len(shift) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in shift):
+        raise ValidationError("camera.shift must be two numbers")
+    fit = read_str(d, "sensor_fit", "AUTO")
+    if fit not in SENSOR_FITS:
+        raise ValidationError(f"camera.sensor_fit must be one of {SENSOR_FITS}, got {fit!r}")
+    cam = CameraSpec(
+        matrix_world=r.array(read_required(d, "matrix_world"), "camera.matrix_world"),
+        lens_mm=read_float(d, "lens_mm", 50.0),
+        sensor_width_mm=read_float(d, "sensor_width_mm", 36.0),
+        sensor_height_mm=read_float(d, "sensor_height_mm", 24.0),
+        sensor_fit=fit,
+        resolution=(res[0], res[1]),
+        shift=(float(shift[0]), float(shift[1])),
+        name=read_str(d, "name", ""),
+    )
+    return cam.validate()
+
+
+def image_to_wire(image: ReferenceImage, w: FrameWriter) -> dict[str, Any]:
+    if image.png is not None:
+        return {"png": w.blob(image.png)}
+    return {"array": w.array(image.array)}
+
+
+def image_from_wire(d: object, r: FrameReader) -> ReferenceImage:
+    if not isinstance(d, dict):
+        raise ValidationError("spec.image must be a map")
+    png = r.blob(d["png"], "spec.image.png") if d.get("png") is not None else None
+    array = r.array(d["array"], "spec.image.array") if d.get("array") is not None else None
+    return ReferenceImage(png=png, array=array).validate()
+
+
+def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "prompt": s.prompt,
+        "negative_prompt": s.negative_prompt,
+        "seed": int(s.seed),
+        "preset": s.preset,
+        "mode": s.mode,
+        "stages": list(s.stages) if s.stages is not None else None,
+        "pause_after": list(s.pause_after),
+        "options": dict(s.options),
+        "cameras": [camera_to_wire(c, w) for c in s.cameras],
+        "reference_camera": int(s.reference_camera),
+    }
+    if s.input_mesh is not None:
+        out["input_mesh"] = mesh_to_wire(s.input_mesh, w)
+    if s.image is not None:
+        out["image"] = image_to_wire(s.image, w)
+    return out
+
+
+def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
+    if not isinstance(d, dict):
+        raise ValidationError("spec must be a map")
+    # The field rules are job.py's, which validate_spec applies to the whole request at submit.
+    mode = check_mode(read_str(d, "mode", "generate"))
+    stages = read_str_list(d, "stages", None, max_items=len(STAGES)) if d.get("stages") is not None else None
+    pause_after = read_str_list(d, "pause_after", [], max_items=len(STAGES))
+    check_stage_names("stages", stages or [])
+    check_stage_names("pause_after", pause_after)
+    options = read_map(d, "options", {})
+    if len(options) > MAX_OPTIONS:
+        raise LimitExceeded(f"spec.options has {len(options)} entries; the limit is {MAX_OPTIONS}")
+    for k, v in options.items():
+        if not isinstance(k, str) or len(k) > MAX_NAME_CHARS:
+            raise ValidationError("spec.options keys must be short strings")
+        if not isinstance(v, (bool, int, float, str)) or (isinstance(v, str) and len(v) > MAX_MESSAGE_CHARS):
+            raise ValidationError(f"spec.options[{k!r}] must be a bool, number or short string")
+    cameras = read_list(d, "cameras", [], max_items=LIMITS.max_cameras)
+    reference_camera = read_int(d, "reference_camera", 0, hi=max(len(cameras) - 1, 0))
+    input_mesh = mesh_from_wire(d["input_mesh"], r) if d.get("input_mesh") is not None else None
+    image = image_from_wire(d["image"], r) if d.get("image") is not None else None
+    return JobSpec(
+        prompt=read_str(d, "prompt", max_chars=LIMITS.max_prompt_chars),
+        negative_prompt=read_str(d, "negative_prompt", "", max_chars=LIMITS.max_prompt_chars),
+        seed=check_seed(read_int(d, "seed", 0, lo=-(2**63), hi=2**63 - 1)),
+        preset=read_str(d, "preset", "tiny"),
+        mode=mode,  # type: ignore[arg-type]
+        stages=stages,
+        pause_after=pause_after,
+        options=dict(options),
+        cameras=[camera_from_wire(c, r) for c in cameras],
+        reference_camera=reference_camera,
+        input_mesh=input_mesh,
+        image=image,
+    )
