@@ -26,8 +26,10 @@ from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
 from .executor import Executor, WorkerLost
-from .job_store import SEQ_STEP, DiskFull, Job, JobStore, StoreError
+from .job_store import JobStore
 from .pipeline_api import JobCancelled, JobFailed, Pipeline, ResumePoint, RunOutcome
+from .store_records import DiskFull, StoreError
+from .stored_job import SEQ_STEP, Job
 
 __all__ = ["DiskFull", "Job", "JobManager", "JobStore", "StoreError", "classify_failure"]
 
