@@ -40,20 +40,56 @@ log = logging.getLogger(__name__)
 RasterBackend = Literal["auto", "torch", "nvdiffrast"]
 
 
-def _nvdiffrast_available() -> bool:
-    try:
-        import nvdiffrast.torch  # noqa: F401
-    except Exception:  # an import of a CUDA extension can fail in many ways; all mean "not usable"
-        return False
-    return True
+_PROBED: dict[str, NvdiffrastRasterizer | str] = {}
+"""Per CUDA device: the nvdiffrast rasteriser that passed the probe, or why it failed."""
+
+
+def nvdiffrast_problem(device: torch.device) -> str | None:
+    """Why nvdiffrast cannot rasterise on `device`, or None when it can.
+
+    That nvdiffrast imports proves little: the wheel we install (diffrp-nvdiffrast) compiles its CUDA code
+    on first use and needs nvcc and ninja, so on a machine with only the CUDA runtime the import succeeds
+    and the first rasterisation fails (issue 27: about 15 minutes into `standard`, at DMTet's first step).
+    So the probe creates a context and rasterises and antialiases one triangle, once per device (the
+    answer is cached; its context is reused), as the Triton hash grid compiles and checks itself before
+    it is used (geometry/hashgrid.py)."""
+    key = str(device)
+    if key not in _PROBED:
+        try:
+            _PROBED[key] = _probe_nvdiffrast(device)
+        except Exception as exc:  # a CUDA extension fails in many ways (import, build, context, launch)
+            reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+            log.warning("nvdiffrast is not usable on %s (%s): meshes are rasterised with PyTorch (slower)",
+                        device, reason)
+            _PROBED[key] = reason
+    probed = _PROBED[key]
+    return probed if isinstance(probed, str) else None
+
+
+def _probe_nvdiffrast(device: torch.device) -> NvdiffrastRasterizer:
+    from dreampolish.backend.render.cameras import orbit_cameras
+
+    nv = NvdiffrastRasterizer(device)
+    one = torch.ones(1)
+    cameras = orbit_cameras(0 * one, 0 * one, 2.0 * one, 40 * one, 16, 16).to(device)
+    # a tetrahedron at the origin: seen from any camera direction, it covers pixels
+    vertices = torch.tensor([[0.5, 0.5, 0.5], [0.5, -0.5, -0.5], [-0.5, 0.5, -0.5], [-0.5, -0.5, 0.5]], device=device)
+    faces = torch.tensor([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]], device=device)
+    tetrahedron = TriMesh(vertices, faces)
+    out = nv.rasterize(tetrahedron, cameras)
+    shaded = nv.antialias(out.mask.contiguous(), out, tetrahedron, cameras)
+    covered = float(out.mask.sum())  # waits for the device: once per device, before any job's first step
+    if not covered > 0 or not torch.isfinite(shaded).all():
+        raise RuntimeError(f"the probe's tetrahedron covered {covered:g} pixels")
+    return nv
 
 
 class MeshRasterizer:
     """Rasterise a TriMesh into a CameraBatch.
 
     backend: "torch" (any device), "nvdiffrast" (CUDA only; `pip install diffrp-nvdiffrast`,
-    NVIDIA's non-commercial licence), or "auto": nvdiffrast for CUDA meshes when it imports,
-    else torch.
+    NVIDIA's non-commercial licence), or "auto": nvdiffrast for CUDA meshes when it works there
+    (nvdiffrast_problem: it rasterised a triangle), else torch.
     """
 
     def __init__(self, backend: RasterBackend = "auto"):
@@ -70,11 +106,19 @@ class MeshRasterizer:
             if device.type != "cuda":
                 raise ValueError("the nvdiffrast rasteriser needs CUDA tensors; use backend='torch' on the CPU")
             return "nvdiffrast"
-        return "nvdiffrast" if device.type == "cuda" and _nvdiffrast_available() else "torch"
+        return "nvdiffrast" if device.type == "cuda" and nvdiffrast_problem(device) is None else "torch"
+
+    def fallback(self, device: torch.device | str) -> str | None:
+        """Why "auto" rasterises with PyTorch on this CUDA device (nvdiffrast failed its probe), or None."""
+        device = torch.device(device)
+        if self.backend != "auto" or device.type != "cuda":
+            return None
+        return nvdiffrast_problem(device)
 
     def _nv(self, device: torch.device) -> Any:
         if self._nvdiffrast is None:
-            self._nvdiffrast = NvdiffrastRasterizer(device)
+            probed = _PROBED.get(str(device))
+            self._nvdiffrast = probed if isinstance(probed, NvdiffrastRasterizer) else NvdiffrastRasterizer(device)
         return self._nvdiffrast
 
     def rasterize(self, mesh: TriMesh, cameras: CameraBatch, *, smooth_normals: bool = True) -> RasterOutput:

@@ -253,6 +253,48 @@ def test_backend_choice():
         MeshRasterizer("opengl")  # type: ignore[arg-type]
 
 
+def _stand_in_nvdiffrast(monkeypatch, context):
+    """An `nvdiffrast.torch` that imports but whose RasterizeCudaContext is `context` (as the wheel we install
+    behaves on a machine without nvcc: the import works, the first use fails)."""
+    import sys
+    import types
+
+    from dreampolish.backend.render import rasterize
+
+    package, module = types.ModuleType("nvdiffrast"), types.ModuleType("nvdiffrast.torch")
+    module.RasterizeCudaContext = context
+    package.torch = module
+    monkeypatch.setitem(sys.modules, "nvdiffrast", package)
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch", module)
+    monkeypatch.setattr(rasterize, "_PROBED", {})
+
+
+def test_auto_picks_nvdiffrast_only_once_it_has_rasterised_and_falls_back_with_one_warning(monkeypatch, caplog):
+    # nvdiffrast imports, but creating its context fails (no nvcc to build its CUDA code): "auto" must
+    # rasterise with PyTorch, say why once, and not try again for every mesh.
+    import logging
+
+    tries = []
+
+    def context(device=None):
+        tries.append(device)
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    _stand_in_nvdiffrast(monkeypatch, context)
+    cuda = torch.device("cuda:0")
+    auto = MeshRasterizer("auto")
+    with caplog.at_level(logging.WARNING, logger="dreampolish.backend.render.rasterize"):
+        assert auto.resolve_backend(cuda) == "torch"
+        assert auto.resolve_backend(cuda) == "torch" and MeshRasterizer().resolve_backend(cuda) == "torch"
+    assert len(tries) == 1, "the probe's answer is kept per device"
+    assert "Ninja is required" in auto.fallback(cuda)
+    assert auto.fallback("cpu") is None and MeshRasterizer("torch").fallback(cuda) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "PyTorch" in warnings[0] and "Ninja" in warnings[0]
+    # asked for by name, nvdiffrast is not second-guessed: its own error reaches the caller
+    assert MeshRasterizer("nvdiffrast").resolve_backend(cuda) == "nvdiffrast"
+
+
 def test_face_neighbours_of_closed_and_open_meshes():
     from dreampolish.backend.render.raster_torch import face_neighbours
 
