@@ -67,7 +67,8 @@ class Zero123GuidanceConfig:
     weighting: Weighting = "sds"
     """w(t): "sds" = 1 − ᾱ_t, "uniform" = 1."""
     image_resolution: int | None = ranged(None, 32, 2048)
-    """Side of the model's images (256 for Zero123); None = the UNet's native resolution."""
+    """Side of the images the model sees; None = the size its model set states (ModelSpec.image_size: 256
+    for Zero123, Zero123-XL, Stable-Zero123)."""
     grad_clip: float | None = ranged(None, 0, 1e6)
     """Clamp each element of the gradient to ±grad_clip; None = only non-finite values are zeroed."""
     seed: int = ranged(0, 0, 2**63 - 1)
@@ -185,8 +186,10 @@ class Zero123Guidance:
         self.compile = compile or GuidanceCompile.choose("auto", models.device)
         self._encode = self.compile(encode_render)
         self._cfg_eps = self.compile(zero123_cfg_eps)
-        vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
-        self.resolution = self.config.image_resolution or int(models.unet.config.sample_size) * vae_factor
+        self.resolution = self.config.image_resolution or models.spec.image_size
+        if self.resolution is None:
+            raise ValueError(f"the Zero123 model {models.spec.name} states no image_size (the side of the images "
+                             "it was trained on: 256 for Zero123, Zero123-XL, Stable-Zero123); add it to its spec")
         self.image_embedding, self.reference_latent = self._encode_reference(reference_rgb, reference_mask)
 
     @torch.no_grad()

@@ -90,6 +90,27 @@ class ModelNotFoundError(JobFailed):
         self.spec = spec
 
 
+class ModelMismatchError(JobFailed):
+    """A loaded checkpoint's configs contradict what its spec's `expect` pins (defaults.json)."""
+
+    def __init__(self, spec: ModelSpec, problems: list[str]):
+        super().__init__("model_mismatch", f"model {spec.name} ({spec.role}) is not the checkpoint its set "
+                                           f"expects: {'; '.join(problems)}; fix the models config")
+        self.spec = spec
+
+
+def check_expected(spec: ModelSpec, unet: Any, scheduler: Any) -> None:
+    """Raise ModelMismatchError, one clause per field (its name, the value found, the value expected), when
+    the loaded UNet's or scheduler's config contradicts the spec's `expect` (specs.EXPECT_KEYS); `models
+    check` reads the same fields from the files before anything is loaded (checks.architecture_problems)."""
+    found = {"sample_size": unet.config.get("sample_size"),
+             "cross_attention_dim": unet.config.get("cross_attention_dim"),
+             "prediction_type": scheduler.config.get("prediction_type")}
+    problems = [f"{key} is {found[key]!r}, expected {value!r}" for key, value in spec.expect if found[key] != value]
+    if problems:
+        raise ModelMismatchError(spec, problems)
+
+
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE asks for no network access."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -251,12 +272,15 @@ class Zero123Models:
 def load_text_to_image(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> TextToImageModels:
     device = torch.device(device)
     dtype = dtype or choose_dtype(device)
+    unet = _load_frozen(spec, UNet2DConditionModel, "unet", device, dtype)
+    scheduler = _load(spec, DDIMScheduler, "scheduler")
+    check_expected(spec, unet, scheduler)
     return TextToImageModels(
-        unet=_load_frozen(spec, UNet2DConditionModel, "unet", device, dtype),
+        unet=unet,
         vae=_load_frozen(spec, AutoencoderKL, "vae", device, dtype),
         text_encoder=_load_frozen(spec, CLIPTextModel, "text_encoder", device, dtype),
         tokenizer=_load(spec, CLIPTokenizer, "tokenizer"),
-        scheduler=_load(spec, DDIMScheduler, "scheduler"),
+        scheduler=scheduler,
         device=device,
         dtype=dtype,
         spec=spec,
@@ -266,12 +290,15 @@ def load_text_to_image(spec: ModelSpec, device: torch.device | str, dtype: torch
 def load_zero123(spec: ModelSpec, device: torch.device | str, dtype: torch.dtype | None = None) -> Zero123Models:
     device = torch.device(device)
     dtype = dtype or choose_dtype(device)
+    unet = _load_frozen(spec, UNet2DConditionModel, "unet", device, dtype)
+    scheduler = _load(spec, DDIMScheduler, "scheduler")
+    check_expected(spec, unet, scheduler)
     return Zero123Models(
-        unet=_load_frozen(spec, UNet2DConditionModel, "unet", device, dtype),
+        unet=unet,
         vae=_load_frozen(spec, AutoencoderKL, "vae", device, dtype),
         image_encoder=_load_frozen(spec, CLIPVisionModelWithProjection, "image_encoder", device, dtype),
         camera_projection=_load_frozen(spec, CLIPCameraProjection, "clip_camera_projection", device, dtype),
-        scheduler=_load(spec, DDIMScheduler, "scheduler"),
+        scheduler=scheduler,
         camera_encoding=spec.camera_encoding,
         device=device,
         dtype=dtype,
@@ -283,6 +310,7 @@ def _load_marigold(spec: ModelSpec, cls: Any, device: torch.device | str, dtype:
     device = torch.device(device)
     dtype = dtype or choose_dtype(device)
     pipe = _load(spec, cls, None, dtype=dtype)
+    check_expected(spec, pipe.unet, pipe.scheduler)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         _freeze(module, device, dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -70,6 +70,12 @@ class ModelSpec:
     camera_encoding: CameraEncoding = "delta_radius"
     """Zero123 only: the 4th entry of the relative camera vector. Zero123/Zero123-XL use the change in
     camera distance; Stable-Zero123 uses the reference view's polar angle (radians)."""
+    image_size: int | None = None
+    """Zero123 only, and required there: the side in pixels of the images the checkpoint was trained on and
+    is run at (Zero123, Zero123-XL and Stable-Zero123: 256, the renders' size in their training data; as
+    threestudio's zero123 guidance resizes every render to (256, 256)). Stated, not derived from the UNet's
+    sample_size: a config with 64 latents would otherwise run Zero123 at 512 px, out of its training range
+    and at 4 times the cost."""
     description: str = ""
     """One line for `models list`."""
     expect: tuple[tuple[str, object], ...] = ()
@@ -92,7 +98,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, role: ModelRole, data: dict) -> ModelSpec:
-        known = {"hub_id", "revision", "local", "in_package", "camera_encoding", "description", "expect"}
+        known = {"hub_id", "revision", "local", "in_package", "camera_encoding", "image_size", "description",
+                 "expect"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"model spec for {role!r} has unknown fields {sorted(unknown)}")
@@ -102,6 +109,12 @@ class ModelSpec:
             raise ValueError(f"model spec for {role!r}: in_package needs a 'local' folder")
         if data.get("camera_encoding", "delta_radius") not in ("delta_radius", "reference_polar"):
             raise ValueError(f"model spec for {role!r}: camera_encoding must be delta_radius or reference_polar")
+        size = data.get("image_size")
+        if role == "zero123" and (isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 2048):
+            raise ValueError(f"model spec for {role!r} needs image_size, the side in pixels of the images the "
+                             f"checkpoint was trained on (256 for Zero123, Zero123-XL, Stable-Zero123); got {size!r}")
+        if role != "zero123" and size is not None:
+            raise ValueError(f"model spec for {role!r}: image_size is a Zero123 field")
         expect = data.get("expect", {})
         if not isinstance(expect, dict) or set(expect) - set(EXPECT_KEYS):
             raise ValueError(f"model spec for {role!r}: expect must be an object with keys from {EXPECT_KEYS}")

@@ -35,7 +35,7 @@ def tiny_model_set(root: Path) -> ModelSet:
     return ModelSet(
         name="tiny",
         text_to_image=ModelSpec("text_to_image", local=str(root / "text_to_image")),
-        zero123=ModelSpec("zero123", local=str(root / "zero123")),
+        zero123=ModelSpec("zero123", local=str(root / "zero123"), image_size=32),  # defaults.json: tiny
         normals=ModelSpec("normals", local=str(root / "normals")),
         intrinsics=ModelSpec("intrinsics", local=str(root / "intrinsics")),
         depth=ModelSpec("depth", local=str(root / "depth")),

@@ -40,6 +40,40 @@ def test_a_spec_needs_exactly_one_source():
         ModelSpec.from_dict("normals", {"hub_id": "a/b", "revison": "main"})
 
 
+def test_a_zero123_spec_states_the_image_size_it_was_trained_at():
+    # Derived from the UNet's sample_size, a config with 64 latents would run Zero123 at 512 px: out of its
+    # training range (256) at 4x the cost. So every set says it, and a spec without it is refused.
+    for name, models in load_model_sets().items():
+        assert models.zero123.image_size == {"tiny": 32, "micro": 64}.get(name, 256), name
+    with pytest.raises(ValueError, match="needs image_size"):
+        ModelSpec.from_dict("zero123", {"hub_id": "a/zero123"})
+    with pytest.raises(ValueError, match="needs image_size"):
+        ModelSpec.from_dict("zero123", {"hub_id": "a/zero123", "image_size": 16})
+    with pytest.raises(ValueError, match="Zero123 field"):
+        ModelSpec.from_dict("normals", {"hub_id": "a/b", "image_size": 256})
+
+
+def test_a_checkpoint_that_contradicts_its_expect_entries_is_refused_when_it_loads(tiny_model_root):
+    # defaults.json's `expect` was read by `models check` only: a wrong checkpoint loaded and ran. Now the
+    # load names each field, the value found and the value expected.
+    from dreampolish.backend.models.loading import ModelMismatchError, load_depth, load_zero123
+
+    right = ModelSpec("text_to_image", local=str(tiny_model_root / "text_to_image"),
+                      expect=(("prediction_type", "epsilon"), ("sample_size", 16)))
+    assert load_text_to_image(right, "cpu").unet.config.sample_size == 16
+    wrong = ModelSpec("zero123", local=str(tiny_model_root / "zero123"), image_size=32,
+                      expect=(("cross_attention_dim", 768), ("prediction_type", "epsilon"), ("sample_size", 32)))
+    with pytest.raises(ModelMismatchError) as caught:
+        load_zero123(wrong, "cpu")
+    message = str(caught.value)
+    assert "sample_size is 16, expected 32" in message and "prediction_type" not in message
+    assert "cross_attention_dim is 32, expected 768" in message  # the tiny Zero123's (backend/models/tiny.py)
+    assert caught.value.code == "model_mismatch"
+    marigold = ModelSpec("depth", local=str(tiny_model_root / "depth"), expect=(("prediction_type", "v_prediction"),))
+    with pytest.raises(ModelMismatchError, match="prediction_type is 'epsilon', expected 'v_prediction'"):
+        load_depth(marigold, "cpu")
+
+
 def test_tiny_models_load_as_the_real_classes_through_the_shared_loader(tiny_priors):
     t2i = tiny_priors.text_to_image
     assert isinstance(t2i.unet, UNet2DConditionModel) and t2i.unet.config.in_channels == 4

@@ -235,7 +235,7 @@ def test_models_check_says_in_one_line_when_a_folder_is_the_wrong_model(monkeypa
         shutil.copytree(tiny_model_root / "text_to_image" / rel, zero123 / rel)
     data = {"sets": {"mixed": {
         "text_to_image": {"local": str(zero123), "expect": {"sample_size": 64}},
-        "zero123": {"local": str(tiny_model_root / "zero123")},
+        "zero123": {"local": str(tiny_model_root / "zero123"), "image_size": 32},
         "normals": {"local": str(tiny_model_root / "normals")},
     }}}
     config = tmp_path / "models.json"
