@@ -4,7 +4,7 @@ that names a file, kept beside the field's default and docstring.
     steps: int = ranged(5000, 1, 200_000)
     # docstring of the field on the next line, as everywhere
 
-The metadata is read by presets.apply_options / from_json_dict, which refuse a request's value outside
+The metadata is read by config_values.apply_options / from_json_dict, which refuse a request's value outside
 it with a ValidationError naming the field and the range. For a tuple field the range holds for each
 item. Ranges bound what a real run needs (every built-in preset lies well inside) and keep a request
 from holding the GPU for ever or allocating more memory than any card has.

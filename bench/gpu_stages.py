@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dreampolish.backend.config_values import apply_options
 from dreampolish.backend.guidance.base import NormalTargets
 from dreampolish.backend.models.full_size import (
     CLIP_VIT_L14_VISION,
@@ -71,7 +72,7 @@ from dreampolish.backend.models.loading import PriorModels
 from dreampolish.backend.models.tiny import SD21_SCHEDULER
 from dreampolish.backend.pipeline import DiffusionPriors, DreamPolishPipeline
 from dreampolish.backend.pipeline_api import JobCancelled, JobFailed
-from dreampolish.backend.presets import PipelinePreset, apply_options, get_preset, shrink_to_tiny
+from dreampolish.backend.presets import PipelinePreset, get_preset, shrink_to_tiny
 from dreampolish.backend.render.cameras import CameraBatch
 from dreampolish.backend.schedules import stage_progress
 from dreampolish.backend.stages.base import ResolutionSchedule

@@ -719,7 +719,8 @@ def preset_for(name: str, geometry: str) -> Any:
     "small": its stages' own work at the tiny preset's sizes and the priors at full size (as `dryrun
     --geometry small`), the preset's step counts kept."""
     from dreampolish.backend.commands.dryrun import _small_geometry
-    from dreampolish.backend.presets import apply_options, get_preset
+    from dreampolish.backend.config_values import apply_options
+    from dreampolish.backend.presets import get_preset
 
     preset = get_preset(name)
     if geometry == "scaled":

@@ -54,13 +54,6 @@ VIEW_FOVY_DEG = 20.0
 
 BACKGROUND = 1.0
 
-SILHOUETTE_SPAN = 0.74
-"""Share of its bounding sphere's diameter that the silhouette of the world's least spread-out shapes spans in
-its renders (`silhouette_spans`: the cube 0.737 and the table 0.742 on average; the cone 0.78, the sphere and the
-torus 1.0). The micro preset frames an artist's picture to it (presets.py ReferenceStageConfig.image_fill), so
-that no shape comes out larger than the world showed it: larger, the micro priors flatten it (the red cone
-from the front at 1.11 times its world size: Chamfer 4.6 %, IoU 0.60; at its size 1.2 % and 0.885)."""
-
 
 def view_cameras(elevation_deg: Tensor, azimuth_deg: Tensor, size: int) -> CameraBatch:
     """Square cameras of side `size` on the prior views' orbit (VIEW_DISTANCE, VIEW_FOVY_DEG), elevations and
@@ -295,9 +288,9 @@ def render_object(mesh: TriMesh, cameras: CameraBatch, rasterizer: MeshRasterize
 
 
 def silhouette_spans(size: int = 256) -> dict[str, float]:
-    """The measurement behind SILHOUETTE_SPAN, per shape: the mean over views from azimuths 0, 45, 90, 180 at
-    elevations 0, 15, 30 of the silhouette's bounding box's longer side over the bounding sphere's projected
-    diameter."""
+    """Per shape, the mean over views from azimuths 0, 45, 90, 180 at elevations 0, 15, 30 of the silhouette's
+    bounding box's longer side over the bounding sphere's projected diameter. The micro preset frames an artist's
+    picture to the least of these (presets.py MICRO_SILHOUETTE_SPAN), the size the micro priors know."""
     cams = view_cameras(torch.tensor([0.0, 15.0, 30.0]).repeat(4),
                         torch.tensor([0.0, 45.0, 90.0, 180.0]).repeat_interleave(3), size)
     sphere_px = size * math.tan(math.asin(0.5 / VIEW_DISTANCE)) / math.tan(math.radians(VIEW_FOVY_DEG) / 2)

@@ -35,10 +35,11 @@ from dreampolish.protocol.job import JobSpec, validate_spec
 
 from .. import memory_check
 from ..checkpoints import CheckpointStore
+from ..config_values import apply_options
 from ..geometry.mesh import TriMesh
 from ..models.specs import load_model_sets
 from ..pipeline_api import JobContext, ResumePoint, RunOutcome
-from ..presets import PipelinePreset, apply_options, get_preset, preset_names
+from ..presets import PipelinePreset, get_preset, preset_names
 from ..render.rasterize import MeshRasterizer
 from .context import JobSetup, StageCarry, StageContext
 from .frame import job_frame

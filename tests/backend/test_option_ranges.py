@@ -9,8 +9,9 @@ import typing
 
 import pytest
 from dreampolish.backend.config_fields import FILE_NAME_KEY, RANGE_KEY
+from dreampolish.backend.config_values import apply_options
 from dreampolish.backend.pipeline import DreamPolishPipeline
-from dreampolish.backend.presets import PRESETS, apply_options, get_preset, load_preset
+from dreampolish.backend.presets import PRESETS, get_preset, load_preset
 from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec

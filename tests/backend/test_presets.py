@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dreampolish.backend.config_values import apply_options, field_paths, to_json_dict
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.presets import (
     PipelinePreset,
-    apply_options,
-    field_paths,
     get_preset,
     load_preset,
     preset_names,
     save_preset,
-    to_json_dict,
 )
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec

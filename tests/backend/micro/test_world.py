@@ -82,8 +82,8 @@ def test_a_world_picture_is_an_image_request_seen_from_its_camera():
 
 
 def test_the_silhouette_span_the_micro_preset_frames_pictures_to_is_the_worlds():
-    from dreampolish.backend.presets import get_preset
+    from dreampolish.backend.presets import MICRO_SILHOUETTE_SPAN, get_preset
 
-    assert min(world.silhouette_spans().values()) == pytest.approx(world.SILHOUETTE_SPAN, abs=0.005)
-    assert get_preset("micro").reference.image_fill == world.SILHOUETTE_SPAN
+    assert min(world.silhouette_spans().values()) == pytest.approx(MICRO_SILHOUETTE_SPAN, abs=0.005)
+    assert get_preset("micro").reference.image_fill == MICRO_SILHOUETTE_SPAN
     assert get_preset("standard").reference.image_fill == 1.0  # the real priors keep DreamCraft3D's framing
