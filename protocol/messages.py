@@ -269,6 +269,9 @@ MEMORY_NEEDED_GB = "memory_needed_gb"
 DEVICE_MEMORY_GB = "device_memory_gb"
 """The two losses of a job's first progress event (step 0 of 0) when its preset needs more GPU memory
 than the card it runs on has: the preset's estimated peak and the card's memory, in GB."""
+SLOW_RASTERIZER = "slow_rasterizer"
+"""A loss of a job's first progress event (step 0 of 0), 1.0 when the fast CUDA rasteriser (nvdiffrast) is not
+usable on the job's card and meshes are rasterised with the slower PyTorch one (the backend's log says why)."""
 
 
 @dataclass

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec, validate_spec
+from dreampolish.protocol.messages import SLOW_RASTERIZER
 
 from .. import memory_check
 from ..checkpoints import CheckpointStore
@@ -180,12 +181,18 @@ class DreamPolishPipeline:
         # 5. Load the priors (lazily: each stage asks for what it needs).
         priors = self._priors_for(device)
 
-        # 6. Say so when the preset will not fit the card (memory_check.py), then run the remaining stages:
-        #    checkpoint first, then the result (module docstring).
+        # 6. Say so when the preset will not fit the card (memory_check.py) or meshes are rasterised without
+        #    nvdiffrast (render/rasterize.py), then run the remaining stages: checkpoint first, then the
+        #    result (module docstring).
+        notes: dict[str, float] = {}
         shortfall = memory_check.check_memory(spec.preset, device)
         if shortfall is not None:
             logger.warning("job %s: %s", ctx.job_id, shortfall.message())
-            ctx.progress(remaining[0].name, 0, 0, shortfall.losses())
+            notes.update(shortfall.losses())
+        if rasterizer.fallback(device) is not None:
+            notes[SLOW_RASTERIZER] = 1.0
+        if notes:
+            ctx.progress(remaining[0].name, 0, 0, notes)
         for runner in remaining:
             ctx.check_cancel()
             stage_ctx = self._stage_context(runner.name, job, carry, priors, ctx)

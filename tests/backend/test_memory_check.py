@@ -11,7 +11,7 @@ from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.presets import preset_names
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import BackendStopped, RecordingContext
+from tests.backend.pipeline_fixtures import BackendStopped, RecordingContext, tiny_model_cache  # noqa: F401
 
 GB = 10**9
 
@@ -52,3 +52,31 @@ def test_a_job_that_fits_starts_without_a_notice(tmp_path, monkeypatch):
     with pytest.raises(BackendStopped):
         DreamPolishPipeline().run(JobSpec("a vase", preset="standard"), ctx)
     assert ctx.progress_events == []
+
+
+def test_a_job_on_a_card_where_nvdiffrast_fails_completes_with_pytorch_and_says_so(tmp_path, monkeypatch,
+                                                                                     tiny_model_cache):  # noqa: F811
+    # nvdiffrast imports but cannot create its context (no nvcc to build its CUDA code): the job's first
+    # progress event says the slower rasteriser is in use, and the job completes with it. Only the device
+    # the rasteriser is asked about is a card's: the job itself runs on the CPU.
+    import sys
+    import types
+
+    from dreampolish.backend.render import rasterize
+    from dreampolish.protocol.messages import SLOW_RASTERIZER
+
+    def no_context(device=None):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    package, module = types.ModuleType("nvdiffrast"), types.ModuleType("nvdiffrast.torch")
+    module.RasterizeCudaContext, package.torch = no_context, module
+    monkeypatch.setitem(sys.modules, "nvdiffrast", package)
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch", module)
+    monkeypatch.setattr(rasterize, "_PROBED", {})
+    on_card = rasterize.MeshRasterizer.fallback
+    monkeypatch.setattr(rasterize.MeshRasterizer, "fallback", lambda self, device: on_card(self, "cuda:0"))
+    ctx = RecordingContext(tmp_path)
+    options = {"rasterizer": "auto", **{f"{s}.steps": 2 for s in ("nerf", "neus", "dmtet", "polish", "texture")}}
+    DreamPolishPipeline().run(JobSpec("a red cone", preset="tiny", options=options), ctx)
+    assert ctx.progress_events[0][:4] == ("reference", 0, 0, {SLOW_RASTERIZER: 1.0})
+    assert [r[0] for r in ctx.results][-2:] == ["texture", "export"]  # the job completed
