@@ -1,11 +1,12 @@
 """The backend's front door: a ZeroMQ ROUTER socket, request dispatch and live event delivery.
 
 One thread owns both sockets: the ROUTER that clients (DEALER sockets) talk to,
-and an inproc PULL socket on which job workers publish events. Workers never
-touch a client socket and never wait for one: every event is already in the job
-store when it is published, sends to clients never block (per-peer high-water
-marks), and a client that falls behind or misses events is caught up from the
-store, so memory stays bounded however slow or absent the clients are.
+and an inproc PULL socket on which job workers publish events, which the loop
+forwards to the job's followers (event_delivery.py). Workers never touch a client
+socket and never wait for one: every event is already in the job store when it is
+published, sends to clients never block (per-peer high-water marks), and a client
+that falls behind or misses events is caught up from the store, so memory stays
+bounded however slow or absent the clients are.
 
 Every request gets a reply or an Error; a malformed message is answered (or
 dropped when it cannot even be answered) and never stops the loop.
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import DecodeError, ProtocolError, VersionMismatch
 from dreampolish.protocol.limits import LIMITS
 
+from .event_delivery import Followers, send_to_peer
 from .executor import Executor, LocalExecutor
 from .jobs import JobManager, JobStore, QueueLimits
 from .pipeline_api import Pipeline
@@ -136,35 +138,6 @@ class ServerConfig:
     """Longest wait of the loop; bounds the delay of stop and of catching up slow clients."""
 
 
-@dataclass
-class _Subscriber:
-    last_sent: int
-    """Seq of the last event sent to this client."""
-    behind: bool = False
-    """True when a send was deferred or an event skipped: catch up from the store."""
-    retry_at: float = 0.0
-    """Monotonic time of the next catch-up attempt."""
-    backoff_s: float = 0.005
-    """Grows while the client reads nothing, so a stalled client costs next to nothing."""
-
-
-@dataclass
-class _Subscriptions:
-    by_job: dict[str, dict[bytes, _Subscriber]] = field(default_factory=dict)
-
-    def add(self, job_id: str, peer: bytes, last_seq: int) -> _Subscriber:
-        sub = _Subscriber(last_sent=last_seq, behind=True)
-        self.by_job.setdefault(job_id, {})[peer] = sub
-        return sub
-
-    def remove(self, job_id: str, peer: bytes) -> None:
-        peers = self.by_job.get(job_id)
-        if peers is not None:
-            peers.pop(peer, None)
-            if not peers:
-                del self.by_job[job_id]
-
-
 @dataclass(frozen=True)
 class Caller:
     """The client a request came from: its key (ZAP User-Id) and whether it is an admin."""
@@ -228,7 +201,7 @@ class BackendServer:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self._subs = _Subscriptions()
+        self._subs = Followers(self.manager)
         self._startup_error: BaseException | None = None
 
     # running -------------------------------------------------------------------------------------
@@ -318,15 +291,7 @@ class BackendServer:
         timeout_ms = int(self.config.poll_interval_s * 1000)
         while not self._stop.is_set():
             # A client that is behind is retried soon: its queue drains as it reads.
-            retry = min(
-                (
-                    sub.retry_at
-                    for peers in self._subs.by_job.values()
-                    for sub in peers.values()
-                    if sub.behind
-                ),
-                default=None,
-            )
+            retry = self._subs.next_retry()
             wait_ms = (
                 timeout_ms
                 if retry is None
@@ -347,9 +312,9 @@ class BackendServer:
                     except zmq.Again:
                         break
                     if job_id.bytes:  # an empty job id only wakes the loop for _completions
-                        self._forward(router, job_id.bytes.decode(), int(seq.bytes), frames)
+                        self._subs.forward(router, job_id.bytes.decode(), int(seq.bytes), frames)
             self._run_completions(router)
-            self._catch_up(router)
+            self._subs.catch_up(router)
             self._expire()
 
     def _expire(self) -> None:
@@ -364,7 +329,7 @@ class BackendServer:
         if n:
             log.info("deleted %d finished jobs older than %.1f days", n, self.config.expire_after_s / 86400)
 
-    # event delivery ------------------------------------------------------------------------------
+    # events from the workers, work from the submit thread -----------------------------------------
 
     def _publish(self, job_id: str, seq: int, frames: list[bytes | memoryview]) -> None:
         """Called on worker threads (JobManager.emit). Never blocks; a dropped event is caught up from the store."""
@@ -405,63 +370,6 @@ class BackendServer:
             except queue.Empty:
                 return
             work(router)
-
-    def _send(self, router: zmq.Socket, peer: bytes, frames: Sequence[object]) -> bool | None:
-        """True sent, False deferred (peer's queue full), None peer gone."""
-        try:
-            router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return None
-            raise
-
-    def _deliver(
-        self, router: zmq.Socket, job_id: str, peer: bytes, sub: _Subscriber, seq: int, frames
-    ) -> None:
-        sent = self._send(router, peer, frames)
-        if sent is None:
-            self._subs.remove(job_id, peer)
-        elif not sent:
-            sub.behind = True
-        else:
-            sub.last_sent = seq
-            if self.manager.event_type(job_id, seq) in m.FINAL_EVENTS:
-                self._subs.remove(job_id, peer)  # nothing follows a final event
-
-    def _forward(self, router: zmq.Socket, job_id: str, seq: int, frames: list[zmq.Frame]) -> None:
-        for peer, sub in list(self._subs.by_job.get(job_id, {}).items()):
-            if sub.behind or seq <= sub.last_sent:
-                continue
-            if seq > sub.last_sent + 1:
-                sub.behind = True  # an event went missing on the way here: replay from the store
-                continue
-            self._deliver(router, job_id, peer, sub, seq, frames)
-
-    def _catch_up(self, router: zmq.Socket) -> None:
-        now = time.monotonic()
-        for job_id, peers in list(self._subs.by_job.items()):
-            for peer, sub in list(peers.items()):
-                if not sub.behind or sub.retry_at > now:
-                    continue
-                try:
-                    self._replay(router, job_id, peer, sub, now)
-                except Exception:  # the loop outlives any one job's files; that follower is dropped
-                    log.exception("cannot replay job %s to %s; it stops following", job_id, peer.hex())
-                    self._subs.remove(job_id, peer)
-
-    def _replay(self, router: zmq.Socket, job_id: str, peer: bytes, sub: _Subscriber, now: float) -> None:
-        sub.behind = False
-        start = sub.last_sent
-        for seq, frames in self.manager.events_after(job_id, sub.last_sent):
-            self._deliver(router, job_id, peer, sub, seq, frames)
-            if sub.behind or peer not in self._subs.by_job.get(job_id, {}):
-                break
-        if sub.behind:
-            sub.backoff_s = 0.005 if sub.last_sent > start else min(sub.backoff_s * 2, 0.5)
-            sub.retry_at = now + sub.backoff_s
 
     # requests ------------------------------------------------------------------------------------
 
@@ -546,7 +454,7 @@ class BackendServer:
         return Caller(user=user, admin=self.access.is_admin(user))
 
     def _reply(self, router: zmq.Socket, peer: bytes, msg: m.Message) -> None:
-        if self._send(router, peer, codec.encode(msg)) is False:
+        if send_to_peer(router, peer, codec.encode(msg)) is False:
             log.warning("reply %s to %s dropped: the client is not reading", msg.TYPE, peer.hex())
 
     def _dispatch(
@@ -600,7 +508,7 @@ class BackendServer:
                 self._subs.add(msg.job_id, peer, msg.last_seq)
         elif isinstance(msg, m.DeleteJob):
             self.manager.delete(msg.job_id)
-            self._subs.by_job.pop(msg.job_id, None)
+            self._subs.forget_job(msg.job_id)
             self._reply(router, peer, m.Accepted(job_id=msg.job_id, re=re))
         elif isinstance(msg, m.FetchResult):
             state, results = self.manager.stage_results(msg.job_id)
