@@ -1,18 +1,52 @@
 """DreamPolish for Blender: text or a selected mesh to a polished, textured, editable object.
 
 This module only registers: the classes in dependency order, and in reverse on unregister.
+Where things are: backend_operators (connect, the local backend), job_operators (Generate, Refine,
+Resume, Cancel) building their requests in job_request, scene_operators (import, bake, export),
+history; what the backend sends is applied by connection (the connection's own events), job_follow
+(the jobs followed) and job_events (a job's events, by message class); bridge carries it all.
 """
 
 from __future__ import annotations
 
 import bpy
 
-from . import bridge, job_events, operators, panel, preferences, properties
+from . import (
+    backend_operators,
+    bridge,
+    connection,
+    history,
+    job_operators,
+    panel,
+    preferences,
+    properties,
+    reporting,
+    scene_operators,
+)
 
 _classes = (
     *properties.classes,
     *preferences.classes,
-    *operators.classes,
+    backend_operators.DREAMPOLISH_OT_connect,
+    backend_operators.DREAMPOLISH_OT_disconnect,
+    job_operators.DREAMPOLISH_OT_generate,
+    job_operators.DREAMPOLISH_OT_open_reference_image,
+    job_operators.DREAMPOLISH_OT_generate_variants,
+    job_operators.DREAMPOLISH_OT_pick_variant,
+    job_operators.DREAMPOLISH_OT_refine_selected,
+    job_operators.DREAMPOLISH_OT_cancel,
+    job_operators.DREAMPOLISH_OT_resume,
+    scene_operators.DREAMPOLISH_OT_import_result,
+    scene_operators.DREAMPOLISH_OT_bake_to_material,
+    scene_operators.DREAMPOLISH_OT_export_glb,
+    reporting.DREAMPOLISH_OT_report,
+    backend_operators.DREAMPOLISH_OT_copy_client_key,
+    job_operators.DREAMPOLISH_OT_randomize_seed,
+    history.DREAMPOLISH_OT_reimport,
+    history.DREAMPOLISH_OT_attach,
+    history.DREAMPOLISH_OT_refresh_history,
+    backend_operators.DREAMPOLISH_OT_backend_start,
+    backend_operators.DREAMPOLISH_OT_backend_stop,
     *panel.classes,
 )
 
@@ -21,15 +55,15 @@ def register() -> None:
     for cls in _classes:
         bpy.utils.register_class(cls)
     properties.register_properties()
-    bridge.set_handler(job_events.handle_event, job_events.on_apply_failed)
+    bridge.set_listener(connection.listener())
     bridge.register()
-    job_events.register()
+    history.register()
 
 
 def unregister() -> None:
-    job_events.unregister()
+    history.unregister()
     bridge.unregister()
-    operators.stop_backend()
+    backend_operators.stop_backend()
     properties.unregister_properties()
     for cls in reversed(_classes):
         bpy.utils.unregister_class(cls)

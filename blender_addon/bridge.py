@@ -5,8 +5,14 @@ GIL released and may then act on Python's thread state as if no other thread ran
 of ours that took the GIL at that moment crashed Blender (it did, in tests, within a hundred undo
 pushes). So the socket is read on the main thread, never waiting: a `bpy.app.timers` function calls
 `drain()` while Blender is idle, and drain() reads what has arrived (protocol.nonblocking), turns it
-into BridgeEvents and hands each to the handler installed by job_events.py. Headless scripts (and
-tests), where timers do not fire while the script runs, call `drain()` themselves.
+into BridgeEvents and applies each. Headless scripts (and tests), where timers do not fire while the
+script runs, call `drain()` themselves.
+
+A request carries its own handlers: `request("Cancel", start, on_reply=..., on_error=...)` runs
+on_reply with the flow's return value, or on_error with the exception it ended with (RequestLost
+when the connection took it along). What concerns the connection itself (the welcome, a backend
+event, a failed handshake, a lost connection, the end) goes to the one Listener the add-on
+installs (connection.py). Each kind of BridgeEvent is a class that knows whom it goes to.
 
 Every connection gets a new generation number; events of an older connection still waiting in
 the queue are dropped, so a reconnect never applies a stale result.
@@ -24,12 +30,12 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import bpy
 
 from .protocol.client import AccessRefused, BackendClient, BackendUnreachable, ClientError
-from .protocol.messages import Welcome
+from .protocol.messages import Message, Welcome
 from .protocol.nonblocking import RequestQueue, StartFlow
 
 log = logging.getLogger(__name__)
@@ -40,12 +46,6 @@ RECONNECT_INTERVAL_S = 2.0
 """Pause between reconnection tries after a connection was lost."""
 MAX_MESSAGES_PER_DRAIN = 64
 """Messages read by one drain(), so that a busy backend cannot hold Blender's main thread."""
-
-EventKind = Literal["welcome", "message", "reply", "error", "closed"]
-Request = StartFlow
-"""A request: fn(client) returning one of the client's flows (client.attach_flow(...), or a
-generator function that `yield from`s them)."""
-
 
 @dataclass
 class ConnectionSettings:
@@ -62,27 +62,124 @@ class ConnectionSettings:
     an allow-list serves only the keys it knows."""
 
 
+@dataclass(eq=False)
+class Request:
+    """A request to the backend and what to do with its outcome (both handlers run on the main thread)."""
+
+    what: str
+    """What it asks for, as the artist reads it ("Cancel"): names it when it is lost or its reply cannot be applied."""
+    start: StartFlow
+    on_reply: Callable[[Any], None]
+    """Called with the flow's return value."""
+    on_error: Callable[[BaseException], None]
+    """Called with the exception the flow ended with (RequestLost when the connection took it along)."""
+
+
+@dataclass
+class Listener:
+    """What the add-on does with what concerns the connection rather than one request (connection.py)."""
+
+    on_welcome: Callable[[Welcome], None]
+    on_message: Callable[[Message], None]
+    """A backend event (progress, a stage result, the end of a job...)."""
+    on_connection_error: Callable[[BaseException, bool], None]
+    """(exception, lost): the handshake failed (lost=False) or a welcomed connection was lost."""
+    on_closed: Callable[[], None]
+    on_apply_failed: Callable[[str, BaseException], None]
+    """(what was applied, exception): applying an event raised."""
+    after_events: Callable[[], None]
+    """Called once a drain() has applied events (the panel redraws)."""
+
+
 @dataclass
 class BridgeEvent:
-    """Something the connection learnt, for the handler."""
+    """Something the connection learnt, applied on the main thread by drain()."""
 
     generation: int
-    """The connection it belongs to."""
-    kind: EventKind
-    """welcome: the handshake answer; message: a backend event; reply/error: the outcome of a
-    queued request; closed: the connection ended."""
-    request: str
-    """Name of the request a reply or error answers (\"connect\" for the handshake)."""
-    payload: Any
-    """The decoded message, the request's return value, or the exception."""
+    """The connection it belongs to: events of an older one are dropped."""
+
+    def apply(self, listener: Listener) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What it is, for the log and for the artist when applying it fails."""
+        raise NotImplementedError
+
+
+@dataclass
+class Welcomed(BridgeEvent):
+    welcome: Welcome
+
+    def apply(self, listener: Listener) -> None:
+        listener.on_welcome(self.welcome)
+
+    def describe(self) -> str:
+        return "welcome"
+
+
+@dataclass
+class Received(BridgeEvent):
+    message: Message
+
+    def apply(self, listener: Listener) -> None:
+        listener.on_message(self.message)
+
+    def describe(self) -> str:
+        return f"{self.message.TYPE} event"
+
+
+@dataclass
+class Answered(BridgeEvent):
+    request: Request
+    value: Any
+
+    def apply(self, listener: Listener) -> None:
+        self.request.on_reply(self.value)
+
+    def describe(self) -> str:
+        return f"answer to {self.request.what}"
+
+
+@dataclass
+class RequestFailed(BridgeEvent):
+    request: Request
+    error: BaseException
+
+    def apply(self, listener: Listener) -> None:
+        self.request.on_error(self.error)
+
+    def describe(self) -> str:
+        return f"refusal of {self.request.what}"
+
+
+@dataclass
+class ConnectionFailed(BridgeEvent):
+    error: BaseException
+    lost: bool
+    """False: the handshake failed; True: a welcomed connection was lost."""
+
+    def apply(self, listener: Listener) -> None:
+        listener.on_connection_error(self.error, self.lost)
+
+    def describe(self) -> str:
+        return "lost connection" if self.lost else "failed handshake"
+
+
+@dataclass
+class Closed(BridgeEvent):
+    def apply(self, listener: Listener) -> None:
+        listener.on_closed()
+
+    def describe(self) -> str:
+        return "closed connection"
 
 
 class RequestLost(ClientError):
     """A request that the connection took with it when it was lost (unsent, or without an answer)."""
 
 
-def _spoken(request: str) -> str:
-    return request.replace("_", " ").capitalize()
+def _unused(_: object) -> None:
+    """The handshake's handlers: its outcome becomes the connection's own event instead."""
 
 
 class Connection:
@@ -100,62 +197,69 @@ class Connection:
             client_name="dreampolish-blender",
             client_key=(settings.client_key or None) if settings.server_key else None,
         )
-        self.requests = RequestQueue(self.client, MAX_MESSAGES_PER_DRAIN)
+        self.requests: RequestQueue = RequestQueue(self.client, MAX_MESSAGES_PER_DRAIN)
+        """Runs the Request objects in turn (RequestQueue hands each back with its outcome)."""
         self.welcomed = False
-        self._before_welcome: list[tuple[str, Request]] = []
+        self._before_welcome: list[Request] = []
         """Requests made while the handshake runs: sent once it has succeeded, in their order."""
         self.closed = False
         self.client.open()
-        self.requests.add("connect", lambda c: c.hello_flow())
+        # Its outcome is the connection's own (a Welcomed or ConnectionFailed event), not a handler's.
+        self._handshake = Request("Connect", lambda c: c.hello_flow(), on_reply=_unused, on_error=_unused)
+        self.requests.add(self._handshake, self._handshake.start)
 
-    def request(self, name: str, fn: Request) -> None:
+    def request(self, request: Request) -> None:
         if self.welcomed:
-            self.requests.add(name, fn)
+            self.requests.add(request, request.start)
         else:
-            self._before_welcome.append((name, fn))
+            self._before_welcome.append(request)
+
+    def pending(self) -> list[Request]:
+        """The requests not answered yet, in their order."""
+        return [r for r in self.requests.pending() if r is not self._handshake] + self._before_welcome
 
     def step(self) -> list[BridgeEvent]:
-        """What has arrived since the last step, as events; a lost connection ends with closed."""
+        """What has arrived since the last step, as events; a lost connection ends with Closed."""
         try:
             items = self.requests.step()
         except Exception as exc:  # noqa: BLE001 - the connection is gone; say why
-            return self._close("connection" if self.welcomed else "connect", exc)
+            return self._close(exc, lost=self.welcomed)
         events: list[BridgeEvent] = []
         for item in items:
-            if item.request == "connect":
+            if item.kind == "event":
+                events.append(Received(self.generation, item.payload))
+            elif item.request is self._handshake:
                 if item.kind == "error":
-                    return events + self._close("connect", item.payload)
+                    return events + self._close(item.payload, lost=False)
                 self.welcomed = True
-                for name, fn in self._before_welcome:
-                    self.requests.add(name, fn)
+                for request in self._before_welcome:
+                    self.requests.add(request, request.start)
                 self._before_welcome.clear()
-                events.append(self._event("welcome", "connect", item.payload))
+                events.append(Welcomed(self.generation, item.payload))
+            elif item.kind == "reply":
+                events.append(Answered(self.generation, item.request, item.payload))
             else:
-                events.append(self._event("message" if item.kind == "event" else item.kind,
-                                          item.request, item.payload))
+                events.append(RequestFailed(self.generation, item.request, item.payload))
         return events
 
-    def _close(self, request: str, exc: BaseException) -> list[BridgeEvent]:
-        if request == "connect" and isinstance(exc, BackendUnreachable) and not isinstance(exc, AccessRefused):
+    def _close(self, exc: BaseException, lost: bool) -> list[BridgeEvent]:
+        if not lost and isinstance(exc, BackendUnreachable) and not isinstance(exc, AccessRefused):
             exc = BackendUnreachable(f"no answer from {self.settings.address} within {self.settings.timeout_s:g} s")
-        elif request == "connection":
+        elif lost:
             log.warning("connection lost: %s", exc)
         self.close()
-        return [*self._abandoned(), self._event("error", request, exc), self._event("closed", "", None)]
+        return [*self._abandoned(), ConnectionFailed(self.generation, exc, lost), Closed(self.generation)]
 
     def _abandoned(self) -> list[BridgeEvent]:
         """A RequestLost error for each request the lost connection takes with it, so that none
         vanishes unsaid (a Cancel queued behind a reconnection's handshake, a submit unanswered)."""
         sent, unsent = self.requests.abandon()
-        unsent += [name for name, _ in self._before_welcome]
+        unsent += self._before_welcome
         self._before_welcome.clear()
-        lost = [] if sent in (None, "connect") else [(sent, RequestLost(
-            f"{_spoken(sent)}: no answer before the connection was lost (the backend may have received it)"))]
-        lost += [(name, RequestLost(f"{_spoken(name)} was not sent: the connection was lost")) for name in unsent]
-        return [self._event("error", name, exc) for name, exc in lost]
-
-    def _event(self, kind: EventKind, request: str, payload: Any) -> BridgeEvent:
-        return BridgeEvent(self.generation, kind, request, payload)
+        lost = [] if sent is None or sent is self._handshake else [(sent, RequestLost(
+            f"{sent.what}: no answer before the connection was lost (the backend may have received it)"))]
+        lost += [(r, RequestLost(f"{r.what} was not sent: the connection was lost")) for r in unsent]
+        return [RequestFailed(self.generation, request, exc) for request, exc in lost]
 
     def close(self) -> None:
         if not self.closed:
@@ -175,16 +279,13 @@ _keep_connected = False
 """A connection was made and not closed by disconnect(): a lost one is tried again."""
 _retry_at: float | None = None
 """time.monotonic() of the next reconnection try, or None."""
-_handler: Callable[[BridgeEvent], None] | None = None
-_failure_handler: Callable[[BridgeEvent, BaseException], None] | None = None
+_listener: Listener | None = None
 
 
-def set_handler(handler: Callable[[BridgeEvent], None] | None,
-                on_failure: Callable[[BridgeEvent, BaseException], None] | None = None) -> None:
-    """Install the function that applies events (job_events.handle_event), and the one that tells
-    the artist when applying an event raised."""
-    global _handler, _failure_handler
-    _handler, _failure_handler = handler, on_failure
+def set_listener(listener: Listener | None) -> None:
+    """Install what the add-on does with the connection's own events (connection.listener())."""
+    global _listener
+    _listener = listener
 
 
 def current_welcome() -> Welcome | None:
@@ -214,9 +315,9 @@ def generation() -> int:
     return _generation
 
 
-def pending_requests() -> list[str]:
-    """The names of the current connection's requests that have no answer yet."""
-    return _conn.requests.pending() if _conn is not None else []
+def is_pending(request: Request | None) -> bool:
+    """The request is queued on the current connection and has no answer yet."""
+    return _conn is not None and request is not None and any(r is request for r in _conn.pending())
 
 
 def connect(settings: ConnectionSettings, wait: bool = False) -> None:
@@ -244,8 +345,8 @@ def _start(settings: ConnectionSettings) -> None:
     try:
         _conn = Connection(settings, _generation)
     except Exception as exc:  # noqa: BLE001 - e.g. a malformed address or key: the artist hears why
-        _events.put(BridgeEvent(_generation, "error", "connect", exc))
-        _events.put(BridgeEvent(_generation, "closed", "", None))
+        _events.put(ConnectionFailed(_generation, exc, lost=False))
+        _events.put(Closed(_generation))
     _ensure_timer()
 
 
@@ -266,13 +367,16 @@ def _close_connection() -> None:
     _clear_queue()
 
 
-def request(name: str, fn: Request) -> bool:
-    """Queue fn(client)'s flow on the connection; False when there is none. Its messages are sent
-    from here on, in turn; the reply (or error) arrives as an event."""
+def request(what: str, start: StartFlow, *, on_reply: Callable[[Any], None],
+            on_error: Callable[[BaseException], None]) -> Request | None:
+    """Queue start(client)'s flow on the connection; None when there is none. Its messages are sent
+    from here on, in turn; on_reply (or on_error) is called from drain() with its outcome.
+    `what` names it for the artist ("Cancel")."""
     if _conn is None:
-        return False
-    _conn.request(name, fn)
-    return True
+        return None
+    queued = Request(what, start, on_reply, on_error)
+    _conn.request(queued)
+    return queued
 
 
 def drain(max_events: int = 1000) -> int:
@@ -295,6 +399,8 @@ def drain(max_events: int = 1000) -> int:
         if event.generation == _generation:
             _apply(event)
             applied += 1
+    if applied and _listener is not None:
+        _listener.after_events()
     return applied
 
 
@@ -307,26 +413,25 @@ def _drop(conn: Connection) -> None:
 
 def _apply(event: BridgeEvent) -> None:
     global _welcome, _keep_connected, _retry_at
-    if event.kind == "welcome":
-        _welcome = event.payload
+    if isinstance(event, Welcomed):
+        _welcome = event.welcome
         _keep_connected = True
-    elif event.kind == "closed" and _keep_connected:
+    elif isinstance(event, Closed) and _keep_connected:
         _retry_at = time.monotonic() + RECONNECT_INTERVAL_S
-    if _handler is not None:
-        try:
-            _handler(event)
-        except Exception as exc:  # noqa: BLE001 - an exception here would unregister the timer for good
-            log.exception("applying a %s event failed", event.kind)
-            _report_failure(event, exc)
-
-
-def _report_failure(event: BridgeEvent, exc: BaseException) -> None:
-    if _failure_handler is None:
+    if _listener is None:
         return
     try:
-        _failure_handler(event, exc)
+        event.apply(_listener)
+    except Exception as exc:  # noqa: BLE001 - an exception here would unregister the timer for good
+        log.exception("applying the %s failed", event.describe())
+        _report_failure(_listener, event, exc)
+
+
+def _report_failure(listener: Listener, event: BridgeEvent, exc: BaseException) -> None:
+    try:
+        listener.on_apply_failed(event.describe(), exc)
     except Exception:  # noqa: BLE001 - reporting must not break the drain loop either
-        log.exception("reporting a failed %s event failed", event.kind)
+        log.exception("reporting the failed %s failed", event.describe())
 
 
 def _clear_queue() -> None:
@@ -371,4 +476,4 @@ def unregister() -> None:
     if _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
     shutdown()
-    set_handler(None)
+    set_listener(None)

@@ -7,6 +7,7 @@ No bpy here beyond the folder's location, which the caller passes in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -104,19 +105,33 @@ class JobCache:
 
     # --- stage results --------------------------------------------------------------------------
 
-    def save_stage(self, job_id: str, stage: str, mesh: MeshPayload) -> None:
-        folder = self.job_dir(job_id)
-        arrays = {name: getattr(mesh, name) for name in MESH_ARRAYS if getattr(mesh, name) is not None}
-        np.savez(folder / f"{stage}.npz", **arrays)
-        for tex in mesh.textures:
-            if tex.png is not None:
-                (folder / f"{stage}_{tex.role}.png").write_bytes(bytes(tex.png))
-            else:
-                np.save(folder / f"{stage}_{tex.role}.npy", np.asarray(tex.array))
+    def record_stage(self, job_id: str, stage: str, **changes: object) -> JobRecord:
+        """Add `stage` to the job's stages received (once) and apply `changes`, in one write."""
         record = self.load_record(job_id) or JobRecord(job_id=job_id)
         if stage not in record.stages:
             record.stages.append(stage)
+        for key, value in changes.items():
+            setattr(record, key, value)
         self.save_record(record)
+        return record
+
+    def save_stage(self, job_id: str, stage: str, mesh: MeshPayload, **changes: object) -> tuple[CachedStage, JobRecord]:
+        """Store a stage result as it arrived and record it (with `changes` to the record, in the same
+        write). Returns what load_stage would read back, without reading it, and the record."""
+        folder = self.job_dir(job_id)
+        arrays = {name: getattr(mesh, name) for name in MESH_ARRAYS if getattr(mesh, name) is not None}
+        np.savez(folder / f"{stage}.npz", **arrays)
+        textures = {}
+        for tex in mesh.textures:
+            if tex.png is not None:
+                path = folder / f"{stage}_{tex.role}.png"
+                path.write_bytes(bytes(tex.png))
+            else:
+                path = folder / f"{stage}_{tex.role}.npy"
+                np.save(path, np.asarray(tex.array))
+            textures[tex.role] = path
+        record = self.record_stage(job_id, stage, **changes)
+        return CachedStage(stage=stage, mesh=dataclasses.replace(mesh, textures=[]), texture_files=textures), record
 
     def load_stage(self, job_id: str, stage: str = "") -> CachedStage | None:
         """A stage's result, or the latest one when `stage` is empty; None if nothing is cached."""

@@ -4,6 +4,7 @@ that cannot be sent does not interrupt it."""
 
 from __future__ import annotations
 
+import importlib
 import time
 
 from tests.addon.blender_env import MODULE, backend_process, bpy, connect_when_up, pump
@@ -74,7 +75,7 @@ def test_disabling_the_add_on_with_a_request_in_flight_and_enabling_it_follows_t
     bpy.ops.dreampolish.generate()
     pump(addon, lambda: _rt().job_state == "running", what="the job to start")
     job_id = _rt().job_id
-    assert addon.bridge.request("list_jobs", lambda c: c.list_jobs_flow())
+    assert addon.job_follow.request_job_list()
     addon.bridge.drain()  # the list request is sent; its reply and the job's events are on their way
     addon_utils.disable(MODULE, default_set=True)
     try:
@@ -115,13 +116,14 @@ def test_after_a_restart_a_second_job_still_going_is_shown_and_no_stage_lands_tw
     from tests.conftest import free_tcp_port
 
     applied: list[tuple[str, int]] = []
-    real = addon.job_events._on_stage_result
+    stage_result = importlib.import_module(f"{MODULE}.protocol.messages").StageResult
+    real = addon.job_events.HANDLERS[stage_result]
 
-    def recording(rt, msg, follow):
+    def recording(rt, msg, item, shown):
         applied.append((msg.job_id, msg.seq))
-        real(rt, msg, follow)
+        real(rt, msg, item, shown)
 
-    monkeypatch.setattr(addon.job_events, "_on_stage_result", recording)
+    monkeypatch.setitem(addon.job_events.HANDLERS, stage_result, recording)
     # The add-on comes back after A has made a stage or two on the restarted backend.
     monkeypatch.setattr(addon.bridge, "RECONNECT_INTERVAL_S", 6.0)
     prefs = bpy.context.preferences.addons[MODULE].preferences
@@ -172,8 +174,8 @@ def test_a_cancel_queued_behind_a_failing_handshake_is_said_not_to_have_been_sen
     # it stopped).
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.backend_address, prefs.timeout_s = "tcp://127.0.0.1:9", 1.0  # nothing listens there
-    addon.bridge.connect(addon.operators._settings(bpy.context), wait=False)
-    assert addon.bridge.request("cancel", lambda client: client.cancel_flow("20261201-000000-abcdef"))
+    addon.bridge.connect(addon.connection.settings(bpy.context), wait=False)
+    assert addon.job_request.cancel("20261201-000000-abcdef")
     pump(addon, lambda: _rt().connection == "error", what="the handshake to fail")
     assert _rt().failure == "Cancel was not sent: the connection was lost", _rt().failure
     assert "no answer from tcp://127.0.0.1:9" in _rt().message
@@ -183,9 +185,9 @@ def test_a_followed_job_the_backend_no_longer_has_stops_showing_as_running(addon
     # The job was deleted or expired on the backend (or the store was wiped) while this Blender
     # still had it as running: following it again must end, not wait for ever.
     job_id = "20261201-000000-abcdef"
-    cache = addon.job_events.job_cache()
+    cache = addon.job_follow.job_cache()
     cache.save_record(addon.job_cache.JobRecord(job_id=job_id, prompt="gone", status="running"))
-    addon.job_events.attach(_rt(), job_id)
+    addon.job_follow.attach(_rt(), job_id)
     assert _rt().job_state in ("queued", "running")
     pump(addon, lambda: _rt().job_state == "failed", what="the job to be found gone")
     assert "no longer on the backend" in _rt().failure, _rt().failure

@@ -194,6 +194,6 @@ def test_the_backends_memory_warning_reaches_the_panel(addon, fresh_scene):
     rt.job_id, rt.job_state, rt.failure = "20261201-000000-abcdef", "queued", ""
     warning = messages.Progress(job_id=rt.job_id, seq=1, stage="nerf", step=0, total=0,
                                 losses={messages.MEMORY_NEEDED_GB: 22.68, messages.DEVICE_MEMORY_GB: 15.9})
-    addon.job_events.handle_event(addon.bridge.BridgeEvent(addon.bridge.generation(), "message", "", warning))
+    addon.job_events.on_message(warning)
     assert "needs about 22.7 GB of GPU memory" in rt.failure and "has 15.9 GB" in rt.failure, rt.failure
     rt.job_id, rt.job_state, rt.failure = "", "", ""

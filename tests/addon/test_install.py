@@ -63,7 +63,7 @@ def test_disable_closes_the_connection_and_timer_and_enable_again(addon, fresh_s
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.timeout_s = 30.0  # keep the handshake waiting while we disable
     prefs.backend_address = "tcp://127.0.0.1:9"  # nothing listens: the handshake keeps waiting
-    bridge.connect(addon.operators._settings(bpy.context), wait=False)
+    bridge.connect(addon.connection.settings(bpy.context), wait=False)
     bridge.drain()
     assert bridge.is_connecting(), "the handshake did not start"
     assert bpy.app.timers.is_registered(bridge._timer)
@@ -75,8 +75,8 @@ def test_disable_closes_the_connection_and_timer_and_enable_again(addon, fresh_s
         assert not bridge.is_connecting() and not bridge.is_connected(), "a connection outlived the add-on"
         assert not bpy.app.timers.is_registered(bridge._timer)
         assert bridge._on_load_pre not in bpy.app.handlers.load_pre
-        assert addon.job_events._on_load_post not in bpy.app.handlers.load_post
-        assert not bpy.app.timers.is_registered(addon.job_events._refresh_once)
+        assert addon.history._on_load_post not in bpy.app.handlers.load_post
+        assert not bpy.app.timers.is_registered(addon.history._refresh_once)
         assert not hasattr(bpy.types, "DREAMPOLISH_PT_main")
         assert not hasattr(bpy.types.Scene, "dreampolish")
     finally:
@@ -89,7 +89,7 @@ def test_closing_the_file_closes_the_connection(addon, fresh_scene):
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.timeout_s = 30.0
     prefs.backend_address = "tcp://127.0.0.1:9"
-    addon.bridge.connect(addon.operators._settings(bpy.context), wait=False)
+    addon.bridge.connect(addon.connection.settings(bpy.context), wait=False)
     assert addon.bridge.is_connecting()
     bpy.ops.wm.read_homefile(use_empty=True)
     assert not addon.bridge.is_connecting()

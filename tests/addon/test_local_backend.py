@@ -24,7 +24,7 @@ def test_start_connect_and_stop_a_local_backend(addon, fresh_scene, monkeypatch)
     try:
         assert bpy.ops.dreampolish.backend_start() == {"FINISHED"}
         assert not bpy.ops.dreampolish.backend_start.poll(), "one local backend at a time"
-        process = addon.operators._backend_process
+        process = addon.backend_operators._backend_process
         deadline = time.monotonic() + 60.0
         while connect_and_wait() != "connected":
             assert process.poll() is None, "the backend exited"
@@ -36,6 +36,6 @@ def test_start_connect_and_stop_a_local_backend(addon, fresh_scene, monkeypatch)
         assert process.poll() is not None, "the backend process is still running"
         assert rt.connection == "disconnected" and not rt.backend_running
     finally:
-        addon.operators.stop_backend()
+        addon.backend_operators.stop_backend()
     # The job store of a local backend lives under the extension's user directory.
     assert addon.preferences.user_dir("store").is_dir()

@@ -98,7 +98,7 @@ def test_stage_colours_arrive_linear_and_the_stage_material_shows_them(addon, fr
     linear = _srgb_to_linear(srgb).astype(np.float32)
     payload = _payload(addon, with_extras=False)
     payload.colors = np.tile(linear, (payload.num_vertices, 1))
-    cache = addon.job_events.job_cache()
+    cache = addon.job_follow.job_cache()
     cache.save_record(addon.job_cache.JobRecord(job_id="colourjob", prompt="a red pyramid"))
     cache.save_stage("colourjob", "nerf", payload)
     assert bpy.ops.dreampolish.import_result(job_id="colourjob", stage="nerf") == {"FINISHED"}

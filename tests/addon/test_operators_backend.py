@@ -278,7 +278,7 @@ def test_texture_only_refine_keeps_the_artists_uv_map_and_materials(addon, conne
 
 
 def test_reimport_fetches_newer_stages_and_keeps_following_the_running_job(addon, connected):
-    cache = addon.job_events.job_cache()
+    cache = addon.job_follow.job_cache()
     job_a = _generate(addon, run_until="neus", overrides="test.steps=3, test.step_s=0.1")
     pump(addon, lambda: cache.load_stage(job_a) is not None, what="the first stage result")
     # Blender crashes: no more events reach this window, and what it followed is lost.

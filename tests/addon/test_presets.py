@@ -38,7 +38,7 @@ def test_an_untouched_dropdown_sends_the_backends_default(addon, fresh_scene, fa
     s.prompt = "a teapot"
     assert bpy.ops.dreampolish.generate() == {"FINISHED"}
     pump(addon, lambda: _rt().job_state not in ("", "submitting"), what="the job to be accepted")
-    assert addon.job_events.job_cache().load_record(_rt().job_id).preset == "fast"
+    assert addon.job_follow.job_cache().load_record(_rt().job_id).preset == "fast"
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
 
 
@@ -49,10 +49,10 @@ def test_a_chosen_preset_is_kept_by_name(addon, fresh_scene, fast_default_backen
     s = bpy.context.scene.dreampolish
     s.preset = "tiny"
     assert (s.preset_name, s.preset) == ("tiny", "tiny")
-    assert addon.operators._preset_for(addon.bridge.current_welcome()) == "tiny"
+    assert addon.job_request.preset_for(addon.bridge.current_welcome()) == "tiny"
     # A preset this backend does not offer shows, and is sent, as the backend's default.
     s.preset_name = "high"
     assert s.preset == addon.properties.BACKEND_DEFAULT
-    assert addon.operators._preset_for(addon.bridge.current_welcome()) == "fast"
+    assert addon.job_request.preset_for(addon.bridge.current_welcome()) == "fast"
     s.preset = addon.properties.BACKEND_DEFAULT
-    assert s.preset_name == "" and addon.operators._preset_for(addon.bridge.current_welcome()) == "fast"
+    assert s.preset_name == "" and addon.job_request.preset_for(addon.bridge.current_welcome()) == "fast"

@@ -47,15 +47,15 @@ def test_a_leftover_pause_after_nerf_does_not_break_refine_selected(addon, conne
     bpy.ops.mesh.primitive_cube_add(size=1.0)
     job_id = _submit(addon, bpy.ops.dreampolish.refine_selected, refine_mode="geometry",
                      prompt="a crate", pause_after={"nerf", "polish"})
-    spec_pause = addon.job_events.job_cache().load_record(job_id)
+    spec_pause = addon.job_follow.job_cache().load_record(job_id)
     assert spec_pause is not None
     _cancel_and_wait(addon)
 
 
 def test_run_up_to_sends_an_unbroken_chain_the_backend_accepts(addon, connected_tiny):
     s = bpy.context.scene.dreampolish
-    assert addon.operators.stage_plan("generate", "neus") == ["reference", "nerf", "neus"]
-    assert addon.operators.stage_plan("geometry", "polish") == ["dmtet", "polish"]
+    assert addon.job_request.stage_plan("generate", "neus") == ["reference", "nerf", "neus"]
+    assert addon.job_request.stage_plan("geometry", "polish") == ["dmtet", "polish"]
     _generate(addon, run_until="neus", pause_after={"texture"})
     _cancel_and_wait(addon)
     # A refine that would end before its own first stage is greyed out, saying why.
@@ -85,7 +85,7 @@ def test_stage_meshes_show_their_colours_and_the_final_mesh_arrives_once(addon, 
     assert len(roles) == len(set(roles)), f"one image per texture role, got {new_images}"
     assert _base_color_link(obj.active_material).from_node.type == "TEX_IMAGE"
     # export repeats the texture stage's mesh: it is not stored or imported a second time.
-    cache = addon.job_events.job_cache()
+    cache = addon.job_follow.job_cache()
     assert cache.load_record(job_id).stages[-2:] == ["texture", "export"]
     assert not (cache.job_dir(job_id) / "export.npz").exists()
     assert cache.load_stage(job_id).stage == "texture"
@@ -109,7 +109,7 @@ def _override_examples(addon) -> list[tuple[str, str]]:
     sources = {
         "README.md": (REPO_ROOT / "README.md").read_text(encoding="utf-8"),
         "Overrides tooltip": bpy.context.scene.dreampolish.bl_rna.properties["overrides"].description,
-        "parse_overrides docstring": addon.operators.parse_overrides.__doc__,
+        "parse_overrides docstring": addon.job_request.parse_overrides.__doc__,
     }
     return [(example, where) for where, text in sources.items() for example in OVERRIDE_EXAMPLE.findall(text)
             if example != "stage.field=value"]  # the form itself, not an example

@@ -32,7 +32,7 @@ def _camera(scene) -> bpy.types.Object:
 
 def test_an_image_data_block_becomes_the_request_image_top_row_first(addon, fresh_scene):
     img = artist_image()
-    payload = addon.reference_image.reference_payload(img, addon.operators._backend_limits())
+    payload = addon.reference_image.reference_payload(img, addon.job_request.backend_limits())
     a = payload.array
     assert a.dtype == np.uint8 and a.shape == (64, 96, 4)
     assert tuple(a[10, 70]) == (204, 51, 26, 255) and a[60, 10, 3] == 0  # the block is at the top
@@ -41,12 +41,12 @@ def test_an_image_data_block_becomes_the_request_image_top_row_first(addon, fres
 def test_a_float_image_is_sent_in_srgb_and_a_huge_one_is_reduced(addon, fresh_scene):
     img = bpy.data.images.new("linear", 32, 32, float_buffer=True)
     img.pixels.foreach_set(np.full(32 * 32 * 4, 0.2140, np.float32))  # linear 0.214 = sRGB 0.5
-    a = addon.reference_image.reference_payload(img, addon.operators._backend_limits()).array
+    a = addon.reference_image.reference_payload(img, addon.job_request.backend_limits()).array
     assert abs(int(a[0, 0, 0]) - 128) <= 1
     assert addon.reference_image.box_reduce(np.zeros((9000, 300, 4)), 4096).shape == (3000, 100, 4)
     tiny = bpy.data.images.new("speck", 4, 4)
     with pytest.raises(addon.protocol.errors.ValidationError, match="at least 16"):
-        addon.reference_image.reference_payload(tiny, addon.operators._backend_limits())
+        addon.reference_image.reference_payload(tiny, addon.job_request.backend_limits())
 
 
 def test_generate_needs_a_prompt_or_an_image_and_the_camera_background_is_one(addon, fresh_scene):
@@ -64,7 +64,7 @@ def test_generate_needs_a_prompt_or_an_image_and_the_camera_background_is_one(ad
     bg.image = artist_image("plate")
     assert addon.reference_image.chosen_image(fresh_scene).name == "plate"
     assert bpy.ops.dreampolish.generate.poll()
-    spec = addon.operators._job_spec(bpy.context, "generate")
+    spec = addon.job_request.job_spec(bpy.context, "generate")
     assert spec.image is not None and spec.prompt == "" and spec.cameras[0].name == "Shot"
     assert spec.reference_camera == 0
 

@@ -69,7 +69,7 @@ def test_baked_object_renders_with_its_texture_after_reopening(addon, connected,
 
     blend = tmp_path / "scene.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    shutil.rmtree(addon.job_events.job_cache().job_dir(job_id))
+    shutil.rmtree(addon.job_follow.job_cache().job_dir(job_id))
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     r2, g2, b2 = _object_colour(_render(tmp_path / "reopened.png"))
     np.testing.assert_allclose((r2, g2, b2), (r, g, b), atol=0.02)

@@ -1,0 +1,223 @@
+"""What the job operators send: the JobSpec built from the panel (its stage plan, preset, cameras,
+reference image), the JobRecord kept for it on disk, and the job requests with their handlers
+(submit, cancel, resume). Requests are queued on the connection (bridge.py) and return at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import bpy
+
+from . import bridge, camera_rig, reference_image
+from .job_cache import JobRecord
+from .job_follow import follow, job_cache, refresh_history
+from .protocol.client import RequestRejected
+from .protocol.errors import ValidationError
+from .protocol.job import JobSpec, parse_options, validate_spec
+from .protocol.limits import Limits
+from .reporting import button_request_failed, runtime
+
+log = logging.getLogger(__name__)
+
+MODE_CHAINS: dict[str, tuple[str, ...]] = {
+    "generate": ("reference", "nerf", "neus", "dmtet", "polish", "texture"),
+    "geometry": ("dmtet", "polish", "texture"),
+    "texture": ("texture",),
+}
+"""The stages each job mode runs, in order, without export (which follows texture by itself): the
+backend's MODE_STAGES (backend/pipeline.py). It accepts an unbroken run from the mode's first stage."""
+
+_submitting: bridge.Request | None = None
+"""The last submit queued: while it has no answer, Generate and Refine wait for it."""
+
+
+def stage_plan(mode: str, run_until: str) -> list[str]:
+    """The stages a job of `mode` runs when the artist asks to run up to `run_until`."""
+    chain = MODE_CHAINS[mode]
+    if run_until not in chain:
+        raise ValidationError(
+            f"Run Up To is {run_until.capitalize()}, before a {mode} refine's first stage "
+            f"({chain[0].capitalize()}): pick {chain[0].capitalize()} or a later stage")
+    return list(chain[: chain.index(run_until) + 1])
+
+
+def parse_overrides(text: str) -> dict[str, bool | int | float | str]:
+    """The panel's "Overrides" field: "nerf.steps=500, texture.guidance.objective=sds" -> options of the JobSpec."""
+    return parse_options(text)
+
+
+def backend_limits() -> Limits:
+    """The limits the connected backend announced (the protocol's defaults before a welcome)."""
+    welcome = bridge.current_welcome()
+    if welcome is None:
+        return Limits()
+    known = {k: v for k, v in welcome.limits.items() if k in Limits.__dataclass_fields__}
+    return Limits(**known)
+
+
+def preset_for(welcome) -> str:
+    """The preset the artist chose, or the backend's announced default."""
+    chosen = bpy.context.scene.dreampolish.preset_name
+    if welcome is None:
+        return chosen  # still connecting: an empty name is filled in once the backend has answered
+    if chosen and chosen not in welcome.presets:
+        # The dropdown shows "Backend Default" for a preset this backend does not offer: send that.
+        log.info("preset %r is not offered by this backend; using its default %r", chosen, welcome.default_preset)
+        return welcome.default_preset
+    return chosen or welcome.default_preset
+
+
+def job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
+    """The request; a generate job's cameras are sent about `placement`, where its object will be."""
+    s = context.scene.dreampolish
+    plan = stage_plan(mode, s.run_until)
+    cameras = camera_rig.scene_rig(context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views))
+    if placement is not None:
+        cameras = camera_rig.rig_about(cameras, placement)
+    picture = reference_image.chosen_image(context.scene) if mode == "generate" else None
+    spec = JobSpec(
+        prompt=s.prompt,
+        negative_prompt=s.negative_prompt,
+        seed=s.seed,
+        preset=preset_for(bridge.current_welcome()),
+        mode=mode,
+        stages=None if plan == list(MODE_CHAINS[mode]) else plan,
+        # A pause after the last stage run would never be resumed into anything.
+        pause_after=[st for st in plan[:-1] if st in s.pause_after],
+        options=parse_overrides(s.overrides),
+        cameras=cameras,  # the active camera first: the reference view, and the image's view
+        input_mesh=input_mesh,
+        image=None if picture is None else reference_image.reference_payload(picture, backend_limits()),
+    )
+    # The backend's own first check, before anything is sent (an empty preset, still connecting, is the
+    # backend's default once it has answered).
+    validate_spec(dataclasses.replace(spec, preset=spec.preset or "default"))
+    return spec
+
+
+def triangle_count(mesh: bpy.types.Mesh) -> int:
+    """Triangles of a mesh once triangulated: a polygon of k corners makes k - 2 (no per-face loop)."""
+    return len(mesh.loops) - 2 * len(mesh.polygons)
+
+
+def over_limits(obj: bpy.types.Object, limits: Limits) -> str:
+    """Why the object is too large for the backend, or ""."""
+    mesh = obj.data
+    n_tris = triangle_count(mesh)
+    if len(mesh.vertices) > limits.max_vertices:
+        return f"mesh too large: {len(mesh.vertices)} vertices; the backend accepts at most {limits.max_vertices}"
+    if n_tris > limits.max_faces:
+        return f"mesh too large: {n_tris} triangles; the backend accepts at most {limits.max_faces}"
+    return ""
+
+
+def job_record(spec: JobSpec, target_object: str = "", placement=None, variant_group: str = "") -> JobRecord:
+    """What the history keeps of the job (its id is filled in once the backend has answered)."""
+    return JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
+                     mode=spec.mode, target_object=target_object,
+                     placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
+                     plan=list(spec.stages) if spec.stages else list(MODE_CHAINS[spec.mode]),
+                     variant_group=variant_group)
+
+
+# --- the requests -------------------------------------------------------------------------------
+
+
+def submit_pending() -> bool:
+    """A submit queued on the current connection has no answer yet."""
+    return bridge.is_pending(_submitting)
+
+
+def _submit_failed(exc: BaseException) -> None:
+    runtime().job_state = ""
+    button_request_failed(exc)
+
+
+def _with_default_preset(client, spec: JobSpec, record: JobRecord) -> None:
+    # Sent after the handshake: an empty preset is the default that backend announced.
+    if not spec.preset and client.welcome is not None:
+        spec.preset = record.preset = client.welcome.default_preset
+
+
+def submit(context, spec: JobSpec, record: JobRecord) -> set[str]:
+    """Queue the submit on the connection; the job is followed once the backend has named it."""
+    global _submitting
+    rt = context.window_manager.dreampolish
+    rt.job_state = "submitting"
+    rt.message = "Submitting…"
+
+    def submit_flow(client):
+        _with_default_preset(client, spec, record)
+        return (yield from client.submit_flow(spec))
+
+    def submitted(job_id: str) -> None:
+        record.job_id = job_id
+        job_cache().save_record(record)
+        rt = runtime()
+        follow(rt, job_id, "queued", target=record.target_object)
+        refresh_history(rt)
+        rt.message = f"Job {job_id} queued"
+
+    _submitting = bridge.request("Submit", submit_flow, on_reply=submitted, on_error=_submit_failed)
+    return {"FINISHED"}
+
+
+def submit_variants(context, jobs: list[tuple[JobSpec, JobRecord]]) -> set[str]:
+    """Queue the seed variants' submits as one request: a refusal (e.g. queue_full) after the first
+    leaves those queued so far going."""
+    global _submitting
+    rt = context.window_manager.dreampolish
+    rt.job_state = "submitting"
+    rt.message = f"Submitting {len(jobs)} variants…"
+
+    def submit_flow(client):
+        answers = []
+        for spec, record in jobs:
+            _with_default_preset(client, spec, record)
+            try:
+                answers.append(((yield from client.submit_flow(spec)), record))
+            except RequestRejected as exc:
+                if not answers:
+                    raise
+                return answers, str(exc)
+        return answers, ""
+
+    def submitted(outcome: tuple[list[tuple[str, JobRecord]], str]) -> None:
+        answers, refused = outcome
+        rt = runtime()
+        cache = job_cache()
+        for job_id, record in answers:
+            record.job_id = job_id
+            cache.save_record(record)
+            follow(rt, job_id, "queued")  # the last one stays the job shown in full; all are followed
+        refresh_history(rt)
+        rt.message = f"{len(answers)} variants queued: pick one when they pause"
+        if refused:
+            rt.message = f"Only {len(answers)} variants queued; the next was refused: {refused}"
+
+    _submitting = bridge.request("Submit variants", submit_flow, on_reply=submitted, on_error=_submit_failed)
+    return {"FINISHED"}
+
+
+def _resumed(_: object) -> None:
+    rt = runtime()
+    rt.job_state = "running"
+    rt.paused_stage = ""
+
+
+def resume(job_id: str, mesh=None, cancel_others: tuple[str, ...] = ()) -> bool:
+    """Continue the paused job (from `mesh`, the artist's edit, when given), then cancel the jobs in
+    cancel_others (a picked variant's siblings). False when not connected."""
+    def resume_flow(client):
+        yield from client.resume_flow(job_id, mesh)
+        for other in cancel_others:
+            yield from client.cancel_flow(other)
+
+    return bridge.request("Resume", resume_flow, on_reply=_resumed, on_error=button_request_failed) is not None
+
+
+def cancel(job_id: str) -> bool:
+    """Cancel the job; its end arrives as an event. False when not connected."""
+    return bridge.request("Cancel", lambda client: client.cancel_flow(job_id),
+                          on_reply=lambda _: None, on_error=button_request_failed) is not None

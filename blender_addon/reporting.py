@@ -1,0 +1,98 @@
+"""Telling the artist: the panel's message and red failure box, the status bar (through the report
+operator), and a failed request put in words they can act on."""
+
+from __future__ import annotations
+
+import logging
+
+import bpy
+from bpy.props import StringProperty
+
+from .bridge import RequestLost
+from .protocol.client import AccessRefused, BackendUnreachable
+from .protocol.errors import VersionMismatch
+
+log = logging.getLogger(__name__)
+
+REFUSED_PREFIX = "Refused: "
+"""Starts the message of a refused connection (AccessRefused), which a later welcome clears."""
+
+
+def runtime(context: bpy.types.Context | None = None):
+    """The window manager's runtime properties (properties.DreamPolishRuntime): what the panel shows."""
+    return (context or bpy.context).window_manager.dreampolish
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message an artist can act on, naming what failed."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, AccessRefused):
+        # The backend answered, and said why: not "unreachable", and nothing to add to its line but
+        # where the key is.
+        if "client key" in text:
+            return (f"{REFUSED_PREFIX}{text}. "
+                    "Send the public key in the add-on's preferences to the backend's administrator.")
+        return f"{REFUSED_PREFIX}{text}."
+    if isinstance(exc, BackendUnreachable):
+        return f"Backend unreachable: {text}. Is it running, and is the address in the preferences right?"
+    if isinstance(exc, VersionMismatch):
+        return f"Version mismatch: {text}. Update the add-on or the backend so that both match."
+    return text
+
+
+def report_failure(text: str, status_bar: bool = True) -> None:
+    """Tell the artist: in the panel (a red box) and in the status bar (an operator report; pass
+    status_bar=False when an operator has reported it already)."""
+    rt = runtime()
+    rt.message = rt.failure = text
+    log.error("%s", text)
+    if not status_bar:
+        return
+    wm = bpy.context.window_manager
+    window = bpy.context.window or (wm.windows[0] if wm.windows else None)
+    try:
+        with bpy.context.temp_override(window=window):
+            bpy.ops.dreampolish.report("EXEC_DEFAULT", message=text)
+    except RuntimeError:
+        pass  # headless Blender raises the reported error back at the caller: it is already shown
+
+
+def button_request_failed(exc: BaseException) -> None:
+    """on_error of a request an artist's button sent (submit, cancel, resume, fetch): the panel says
+    why, and a request the connection took along is said loudly (the button did nothing)."""
+    rt = runtime()
+    rt.message = describe_error(exc)
+    if isinstance(exc, RequestLost):
+        report_failure(rt.message)
+    log.warning("request failed: %s", rt.message)
+
+
+def background_request_failed(exc: BaseException) -> None:
+    """on_error of a request the add-on makes by itself (attach, list jobs; made again after each
+    welcome): the panel's message says why."""
+    rt = runtime()
+    rt.message = describe_error(exc)
+    log.warning("request failed: %s", rt.message)
+
+
+def redraw() -> None:
+    """Redraw the areas that show DreamPolish (the 3D view's sidebar, the preferences)."""
+    wm = bpy.context.window_manager
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()
+
+
+class DREAMPOLISH_OT_report(bpy.types.Operator):
+    """Show a failure in the status bar and the Info log"""
+
+    bl_idname = "dreampolish.report"
+    bl_label = "Report"
+    bl_options = {"INTERNAL"}
+
+    message: StringProperty(name="Message")
+
+    def execute(self, context):
+        self.report({"ERROR"}, self.message)
+        return {"CANCELLED"}
