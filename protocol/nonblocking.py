@@ -26,13 +26,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import messages as m
-from .client import BackendClient, BackendUnreachable, ClientError, Flow, checked_reply
+from .client import BackendClient, Flow
+from .client_errors import BackendUnreachable, ClientError, checked_reply
 
 __all__ = ["Item", "RequestQueue", "StartFlow"]
 
 StartFlow = Callable[[BackendClient], Flow[Any]]
 """What a request is: a function of the client that returns the flow to run (a generator function
 taking the client works, so does `lambda c: c.attach_flow(job_id)`)."""
+RequestKey = Any
+"""What a request is added with and handed back with its outcome: a name, or the caller's own
+request object (the add-on's bridge.Request, which carries its handlers)."""
 
 
 @dataclass
@@ -41,15 +45,15 @@ class Item:
 
     kind: Literal["event", "reply", "error"]
     """event: a backend event; reply/error: a request's result or the exception it ended with."""
-    request: str
-    """The name the request was added with ("" for an event)."""
+    request: RequestKey
+    """The key the request was added with ("" for an event)."""
     payload: Any
     """The event, the request's result, or the exception."""
 
 
 @dataclass
 class _InFlight:
-    name: str
+    name: RequestKey
     flow: Flow[Any]
     msg: m.Message
     msg_id: str
@@ -63,10 +67,10 @@ class RequestQueue:
         self.client = client
         self.max_messages_per_step = max_messages_per_step
         """Messages read by one step(), so that a busy backend cannot hold the caller for long."""
-        self._waiting: collections.deque[tuple[str, StartFlow]] = collections.deque()
+        self._waiting: collections.deque[tuple[RequestKey, StartFlow]] = collections.deque()
         self._current: _InFlight | None = None
 
-    def add(self, name: str, start: StartFlow) -> None:
+    def add(self, name: RequestKey, start: StartFlow) -> None:
         """Queue a request; it is sent by the next step() once those before it have their answers."""
         self._waiting.append((name, start))
 
@@ -74,9 +78,9 @@ class RequestQueue:
         """A request is waiting for its reply or for its turn."""
         return self._current is not None or bool(self._waiting)
 
-    def abandon(self) -> tuple[str | None, list[str]]:
+    def abandon(self) -> tuple[RequestKey | None, list[RequestKey]]:
         """Drop every request (the connection is gone): (the one sent and unanswered, or None; the
-        names of those never sent), so that the caller can say what became of each."""
+        keys of those never sent), so that the caller can say what became of each."""
         sent = self._current.name if self._current is not None else None
         if self._current is not None:
             self._current.flow.close()
@@ -84,8 +88,8 @@ class RequestQueue:
         self._current, self._waiting = None, collections.deque()
         return sent, unsent
 
-    def pending(self) -> list[str]:
-        """The names of the requests not answered yet, in their order."""
+    def pending(self) -> list[RequestKey]:
+        """The keys of the requests not answered yet, in their order."""
         return ([self._current.name] if self._current is not None else []) + [name for name, _ in self._waiting]
 
     def step(self) -> list[Item]:
@@ -126,7 +130,7 @@ class RequestQueue:
                 continue
             self._send(out, name, flow, msg)
 
-    def _send(self, out: list[Item], name: str, flow: Flow[Any], msg: m.Message) -> bool:
+    def _send(self, out: list[Item], name: RequestKey, flow: Flow[Any], msg: m.Message) -> bool:
         """Send the flow's message; False when this message cannot be sent (the request fails alone)."""
         try:
             msg_id = self.client.send_request(msg)
