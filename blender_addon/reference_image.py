@@ -2,7 +2,7 @@
 .blend), or the active camera's background image. The active camera is its view (the rig's reference camera).
 
 Blender keeps pixels bottom row first, as floats in [0,1]: for 8-bit images the stored (sRGB) values, for
-float images scene-linear values, which go through the sRGB transfer function here (IEC 61966-2-1), as the
+float images scene-linear values, which go through the sRGB curve (protocol/colour.py), as the
 wire wants sRGB. An image larger than the backend's limit is reduced by whole-pixel box averaging, so the
 artist's data-block is never changed.
 """
@@ -14,6 +14,7 @@ import math
 import bpy
 import numpy as np
 
+from .protocol.colour import linear_to_srgb
 from .protocol.errors import ValidationError
 from .protocol.image import ReferenceImage
 from .protocol.limits import Limits
@@ -44,12 +45,6 @@ def chosen_image(scene: bpy.types.Scene) -> bpy.types.Image | None:
     if s.reference_source == "CAMERA_BACKGROUND":
         return camera_background_image(scene)
     return None
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1: 12.92·x below 0.0031308, else 1.055·x^(1/2.4) − 0.055."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
 
 
 def box_reduce(pixels: np.ndarray, max_side: int) -> np.ndarray:
