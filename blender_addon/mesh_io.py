@@ -69,8 +69,9 @@ def payload_from_object(
     """Triangulated mesh of `obj` as it looks in the viewport (modifiers evaluated).
 
     world_space=True bakes the object's world transform into the vertices (transform = identity),
-    so that the mesh lines up with the camera rig; otherwise vertices stay in object space and
-    `transform` carries the object's world matrix.
+    so that the mesh lines up with the camera rig, by the protocol's one object-to-world rule
+    (MeshPayload.in_world: a mirrored object's faces are turned to keep pointing outward);
+    otherwise vertices stay in object space and `transform` carries the object's world matrix.
     """
     if obj is None:
         raise ValidationError("nothing selected: select a mesh object")
@@ -111,17 +112,13 @@ def _payload_from_mesh(mesh: bpy.types.Mesh, matrix_world: np.ndarray, world_spa
         uv_layer.data.foreach_get("uv", loop_uv)
         uvs = np.ascontiguousarray(loop_uv.reshape(-1, 2)[tri_loops].reshape(n_tris, 3, 2))
 
-    transform = matrix_world.astype(np.float32)
-    if world_space:
-        # x_world = R x + t for every vertex; the transform then becomes the identity.
-        co = co @ transform[:3, :3].T + transform[:3, 3]
-        transform = np.eye(4, dtype=np.float32)
-    return MeshPayload(
+    payload = MeshPayload(
         vertices=np.ascontiguousarray(co, dtype=np.float32),
         faces=tris.reshape(n_tris, 3).astype(np.uint32),
         uvs=uvs,
-        transform=transform,
-    ).validate()
+        transform=matrix_world.astype(np.float32),
+    )
+    return (payload.in_world() if world_space else payload).validate()
 
 
 def set_matrix(obj: bpy.types.Object, transform: np.ndarray) -> None:

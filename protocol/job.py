@@ -14,7 +14,7 @@ import numpy as np
 from .errors import ValidationError
 from .image import ReferenceImage
 from .limits import LIMITS
-from .scene import CameraSpec, MeshPayload
+from .scene import CameraSpec, MeshPayload, object_to_world
 
 STAGES: tuple[str, ...] = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
 """Every stage of the DreamPolish pipeline, in order."""
@@ -179,9 +179,8 @@ def _check_input_mesh(spec: JobSpec) -> None:
     mesh = spec.input_mesh.validate(require_faces=True)
     # The stages see the mesh placed in the world (its transform applied), so that is what must have a
     # size: a zero scale or an overflow there would leave nothing to normalise.
-    t = mesh.transform.astype(np.float64)
     with np.errstate(all="ignore"):
-        world = mesh.vertices.astype(np.float64) @ t[:3, :3].T + t[:3, 3]
+        world = object_to_world(mesh.vertices, mesh.transform)
     # The stages place it in float32: beyond float32's range a coordinate becomes infinite there.
     if not np.all(np.abs(world) < np.finfo(np.float32).max):
         raise ValidationError("input_mesh is not finite once its transform is applied (float32)")

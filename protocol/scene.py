@@ -124,6 +124,19 @@ class TexturePayload:
         return self
 
 
+def object_to_world(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """float64 (N,3) world positions of object-space points (N,3) under a 4x4 object-to-world
+    transform M: x_world = M[:3,:3] x + M[:3,3] (in float64, so that an overflow of float32 shows)."""
+    m = np.asarray(transform, np.float64)
+    return np.asarray(points, np.float64) @ m[:3, :3].T + m[:3, 3]
+
+
+def mirrors(transform: np.ndarray) -> bool:
+    """The transform mirrors the object (negative determinant): its faces' winding must flip in the
+    world, so that they keep pointing outward."""
+    return bool(np.linalg.det(np.asarray(transform, np.float64)[:3, :3]) < 0)
+
+
 @dataclass
 class MeshPayload:
     """A triangle mesh in Blender's world convention (see module docstring)."""
@@ -146,6 +159,29 @@ class MeshPayload:
 
     def texture(self, role: str) -> TexturePayload | None:
         return next((t for t in self.textures if t.role == role), None)
+
+    def in_world(self) -> MeshPayload:
+        """The same mesh with its transform applied and an identity transform: the one object-to-world
+        rule, used wherever a mesh is placed in the world (the add-on sending a selected object, the
+        backend reading an input mesh or writing a file of world positions). Vertices by
+        object_to_world; normals by the inverse transpose of the linear part (dropped when it has no
+        inverse); a mirroring transform flips the winding and the per-corner UVs with it."""
+        linear = np.asarray(self.transform, np.float64)[:3, :3]
+        normals = None
+        if self.normals is not None:
+            try:
+                n = self.normals.astype(np.float64) @ np.linalg.inv(linear)
+            except np.linalg.LinAlgError:
+                n = None
+            if n is not None:
+                normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        faces, uvs = self.faces, self.uvs
+        if mirrors(self.transform):
+            faces = np.ascontiguousarray(faces[:, ::-1])
+            uvs = None if uvs is None else np.ascontiguousarray(uvs[:, ::-1])
+        return MeshPayload(vertices=object_to_world(self.vertices, self.transform).astype(np.float32), faces=faces,
+                           uvs=uvs, normals=normals, colors=self.colors, transform=np.eye(4, dtype=np.float32),
+                           textures=list(self.textures))
 
     def validate(self, *, require_faces: bool = True) -> MeshPayload:
         v = _check_array("mesh.vertices", self.vertices, "float32", (None, 3))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import trimesh
 from dreampolish.protocol.gltf import blender_to_gltf, gltf_to_blender, mesh_to_glb
-from dreampolish.protocol.scene import MeshPayload, TexturePayload
+from dreampolish.protocol.scene import MeshPayload, TexturePayload, mirrors
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -107,18 +107,11 @@ class TriMesh:
         """A mesh from the wire; with `apply_transform` the object transform is baked into the
         vertices so that they are in world coordinates (where the protocol's cameras live)."""
         payload.validate()
-        vertices = payload.vertices.astype(np.float64)
         if apply_transform:
-            m = payload.transform.astype(np.float64)
-            vertices = vertices @ m[:3, :3].T + m[:3, 3]
-            if np.linalg.det(m[:3, :3]) < 0:
+            if mirrors(payload.transform):
                 log.info("mesh transform mirrors the object; flipping face winding to keep normals outward")
-                faces = payload.faces[:, ::-1]
-                uvs = None if payload.uvs is None else payload.uvs[:, ::-1]
-            else:
-                faces, uvs = payload.faces, payload.uvs
-        else:
-            faces, uvs = payload.faces, payload.uvs
+            payload = payload.in_world()
+        vertices, faces, uvs = payload.vertices, payload.faces, payload.uvs
         # The wire's colours are linear; the backend works in display values.
         colors = None if payload.colors is None else linear_to_srgb(payload.colors[:, :3].astype(np.float32))
         return cls(

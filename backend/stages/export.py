@@ -68,27 +68,6 @@ class ExportResult:
     """Artefacts in the job folder, e.g. {"glb": path}."""
 
 
-def world_payload(payload: MeshPayload) -> MeshPayload:
-    """The payload with its transform applied to the vertices (and normals) and an identity transform:
-    what a file that holds world positions stores. A mirroring transform flips the winding, so that
-    faces keep pointing outward."""
-    m = np.asarray(payload.transform, np.float64)
-    linear = m[:3, :3]
-    vertices = payload.vertices.astype(np.float64) @ linear.T + m[:3, 3]
-    normals = None
-    if payload.normals is not None:
-        # Normals transform by the inverse transpose of the linear part.
-        n = payload.normals.astype(np.float64) @ np.linalg.inv(linear)
-        normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    faces, uvs = payload.faces, payload.uvs
-    if np.linalg.det(linear) < 0:
-        faces = np.ascontiguousarray(faces[:, ::-1])
-        uvs = None if uvs is None else np.ascontiguousarray(uvs[:, ::-1])
-    return MeshPayload(vertices=vertices.astype(np.float32), faces=faces, uvs=uvs, normals=normals,
-                       colors=payload.colors, transform=np.eye(4, dtype=np.float32),
-                       textures=list(payload.textures))
-
-
 def _glb_textures(payload: MeshPayload) -> list[TexturePayload]:
     """The payload's textures as a .glb holds them: images only, so the raw normal map (unit vectors
     in [-1, 1]) is encoded as the usual 8-bit normal texture, n * 0.5 + 0.5."""
@@ -110,7 +89,7 @@ def run_export(cfg: ExportConfig, payload: MeshPayload, work_dir: Path) -> Expor
     payload.validate()
     files: dict[str, Path] = {}
     if cfg.write_glb:
-        world = world_payload(payload)
+        world = payload.in_world()  # a .glb holds world positions
         world.textures = _glb_textures(payload)
         # The name may come from a request: it must stay a plain file name inside the job's folder.
         path = Path(work_dir) / check_file_name(cfg.glb_name, "export.glb_name", suffix=".glb")

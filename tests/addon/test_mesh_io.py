@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy, mathutils
+from tests.support.blender_env import bpy, mathutils
 
 Matrix = mathutils.Matrix
 
@@ -65,6 +65,20 @@ def test_selected_object_is_sent_evaluated_triangulated_and_in_world_space(addon
     object_space = addon.mesh_io.payload_from_object(cube, depsgraph, world_space=False)
     np.testing.assert_allclose(object_space.vertices, local, atol=1e-6)
     np.testing.assert_allclose(object_space.transform, m, atol=1e-6)
+
+
+def test_a_mirrored_object_is_sent_with_its_faces_pointing_outward(addon, fresh_scene):
+    # A negative scale mirrors the object: placed in the world by the protocol's one rule
+    # (MeshPayload.in_world), its triangles' winding flips, so that they still face outward.
+    bpy.ops.mesh.primitive_cube_add(size=2.0, location=(3.0, 0.0, 0.0))
+    cube = bpy.context.active_object
+    cube.scale = (-1.0, 1.0, 1.0)
+    bpy.context.view_layer.update()
+    payload = addon.mesh_io.payload_from_object(cube, bpy.context.evaluated_depsgraph_get(), world_space=True)
+    tri = payload.vertices[payload.faces.astype(np.int64)]
+    normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    outward = tri.mean(axis=1) - np.array([3.0, 0.0, 0.0], np.float32)
+    assert (np.einsum("ij,ij->i", normals, outward) > 0).all()
 
 
 def test_updating_in_place_keeps_the_objects_transform(addon, fresh_scene):
