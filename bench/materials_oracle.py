@@ -2,7 +2,7 @@
 
   .venv/bin/python bench/materials_oracle.py [--device cpu|cuda] [--steps N] [--atlas N] [--views N]
 
-Target (tests/backend/materials_target.py): a sphere of three materials (polished gold, rough red
+Target (tests/support/materials_target.py): a sphere of three materials (polished gold, rough red
 plastic, satin blue paint; azimuth sectors) under one known light. The texture stage fits its colour field
 to the target's LIT look (the oracle prior shows it lit, as a 2D prior's images carry lighting); the bake
 renders the result from the decomposition views, decomposes them with the oracle decomposer (which knows
@@ -36,7 +36,7 @@ from dreampolish.backend.render.rasterize import MeshRasterizer  # noqa: E402
 from dreampolish.backend.stages.base import LoggingReporter  # noqa: E402
 from dreampolish.backend.stages.texture import MaterialBakeConfig, TextureConfig, bake_texture, run_texture  # noqa: E402
 
-from tests.backend.materials_target import lit_colour, material_at  # noqa: E402
+from tests.support.materials_target import lit_colour, material_at  # noqa: E402
 
 
 def main() -> None:

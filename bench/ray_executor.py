@@ -36,7 +36,7 @@ from dreampolish.backend.server import BackendServer, ServerConfig  # noqa: E402
 from dreampolish.protocol import messages as m  # noqa: E402
 from dreampolish.protocol.job import JobSpec  # noqa: E402
 
-from tests.pipelines import connected_client  # noqa: E402
+from tests.support.pipelines import connected_client  # noqa: E402
 
 RESOURCE = "bench_gpu"
 
@@ -90,12 +90,12 @@ def throughput(workers: list[int], jobs: int, store: Path) -> list[dict]:
 
 
 def latency(events: int, repeats: int, store: Path) -> dict:
-    from tests.pipelines import ScriptedPipeline
+    from tests.support.pipelines import ScriptedPipeline
 
     spec = JobSpec("a cup", preset="tiny", stages=["nerf"], options={"test.steps": events})
     out = {}
     for name in ("local", "ray"):
-        executor = RayExecutor("tests.pipelines:ScriptedPipeline", resource=RESOURCE, workers=1) \
+        executor = RayExecutor("tests.support.pipelines:ScriptedPipeline", resource=RESOURCE, workers=1) \
             if name == "ray" else None
         server = backend(executor, ScriptedPipeline, store / name)
         try:

@@ -34,7 +34,7 @@ from dreampolish.protocol import messages as m  # noqa: E402
 from dreampolish.protocol.client import BackendClient  # noqa: E402
 from dreampolish.protocol.job import JobSpec  # noqa: E402
 
-from tests.pipelines import ScriptedPipeline, octahedron, running_backend  # noqa: E402
+from tests.support.pipelines import ScriptedPipeline, octahedron, running_backend  # noqa: E402
 
 
 def flip(path: Path) -> None:

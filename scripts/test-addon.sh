@@ -2,7 +2,7 @@
 # Runs the add-on's tests inside one Blender Python (the bpy module): scripts/test-addon.sh VENV [PYTEST ARGS]
 # A crash of Blender fails the run like any failing test: the add-on must never crash it.
 # Each backend the tests start leaves <pid>.pid in $DREAMPOLISH_TEST_PID_DIR while it runs
-# (tests/addon/blender_env.py): when the run ends, however it ends, exactly those processes that
+# (tests/support/blender_env.py): when the run ends, however it ends, exactly those processes that
 # are still running are stopped, by PID.
 set -u
 venv="$1"

@@ -4,7 +4,6 @@ live in tests/<suite>/conftest.py."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -12,15 +11,11 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Test pipelines (tests/pipelines.py) are importable as `tests.pipelines` from the repository root.
+# Helpers (tests/support/) are importable as `tests.support.*` from the repository root.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_tcp_port  # noqa: E402
 
 
 @pytest.fixture

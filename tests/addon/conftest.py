@@ -1,4 +1,4 @@
-"""Fixtures for the add-on's tests (inside the bpy module); the set-up they share is in blender_env.py."""
+"""Fixtures for the add-on's tests (inside the bpy module); the set-up they share is in tests/support/blender_env.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 def _env():
     """The shared set-up, imported only inside fixtures: under an interpreter without bpy the test
     modules are reported as skipped instead of this conftest failing to load."""
-    from tests.addon import blender_env
+    from tests.support import blender_env
 
     return blender_env
 

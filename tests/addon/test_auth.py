@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.addon.blender_env import (
+from tests.support.blender_env import (
     BACKEND_EXE,
     MODULE,
     REPO_ROOT,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy, mathutils
+from tests.support.blender_env import bpy, mathutils
 
 Euler, Matrix, Vector = mathutils.Euler, mathutils.Matrix, mathutils.Vector
 
@@ -131,7 +131,7 @@ def _camera_looking_away_from_the_origin(focus_distance: float):
 
 
 def test_a_generated_object_appears_where_the_camera_looks(addon, connected):
-    from tests.addon.blender_env import pump
+    from tests.support.blender_env import pump
 
     _camera_looking_away_from_the_origin(5.0)
     s = bpy.context.scene.dreampolish
@@ -154,7 +154,7 @@ def test_a_generated_object_appears_where_the_camera_looks(addon, connected):
 def test_the_real_pipeline_sizes_the_object_by_the_distance_to_where_the_camera_looks(addon, connected_tiny):
     import math
 
-    from tests.addon.blender_env import pump
+    from tests.support.blender_env import pump
 
     cam = _camera_looking_away_from_the_origin(5.0)
     s = bpy.context.scene.dreampolish

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from tests.addon.blender_env import (
+from tests.support.blender_env import (
     BACKEND_EXE,
     MODULE,
     REPO_ROOT,
@@ -22,7 +22,7 @@ from tests.addon.blender_env import (
     bpy,
     connect_and_wait,
 )
-from tests.addon.test_panel import _PreferencesView
+from tests.support.blender_ui import PreferencesView
 
 
 def _key_folder() -> Path:
@@ -44,7 +44,7 @@ def sys_module():
 def _draw_preferences() -> list[str]:
     drawn: list[str] = []
     prefs = bpy.context.preferences.addons[MODULE].preferences
-    type(prefs).draw(_PreferencesView(prefs, drawn), bpy.context)
+    type(prefs).draw(PreferencesView(prefs, drawn), bpy.context)
     return drawn
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import time
 
-from tests.addon.blender_env import MODULE, backend_process, bpy, connect_when_up, pump
+from tests.support.blender_env import MODULE, backend_process, bpy, connect_when_up, pump
 
 STAGES = ["nerf", "neus", "dmtet", "polish", "texture"]
 
@@ -23,7 +23,7 @@ def _job_objects(job_id: str) -> list[bpy.types.Object]:
 def test_a_backend_restarted_at_once_mid_job_is_noticed_and_the_job_lands_in_its_object(addon, fresh_scene, tmp_path):
     # A supervisor restarts the backend within a second: ZeroMQ reconnects by itself and the new
     # backend answers pings, so silence never tells; the job's events must still come back.
-    from tests.conftest import free_tcp_port
+    from tests.support.ports import free_tcp_port
 
     prefs = bpy.context.preferences.addons[MODULE].preferences
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
@@ -67,7 +67,7 @@ def test_blender_busy_for_longer_than_the_timeout_loses_neither_the_submit_nor_t
 def test_disabling_the_add_on_with_a_request_in_flight_and_enabling_it_follows_the_job_again(addon, connected):
     import threading
 
-    from tests.addon.blender_env import addon_utils, connect_when_up
+    from tests.support.blender_env import addon_utils, connect_when_up
 
     threads_before = set(threading.enumerate())
     s = bpy.context.scene.dreampolish
@@ -113,7 +113,7 @@ def test_after_a_restart_a_second_job_still_going_is_shown_and_no_stage_lands_tw
     # the restart the add-on attaches A again from its last stage, and the job list (A still going,
     # B ended) makes A the job shown: that must not attach A a second time, which replayed the
     # stages A made while the backend was away once more (each imported twice).
-    from tests.conftest import free_tcp_port
+    from tests.support.ports import free_tcp_port
 
     applied: list[tuple[str, int]] = []
     stage_result = importlib.import_module(f"{MODULE}.protocol.messages").StageResult
@@ -152,7 +152,7 @@ def test_after_a_restart_a_second_job_still_going_is_shown_and_no_stage_lands_tw
 
 
 def test_disconnect_with_a_submit_unanswered_does_not_keep_generate_greyed_out(addon, connected):
-    from tests.addon.blender_env import connect_and_wait
+    from tests.support.blender_env import connect_and_wait
 
     s = bpy.context.scene.dreampolish
     s.prompt = "a teapot"

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.addon.blender_env import MODULE, bpy, connect_and_wait, pump
+from tests.support.blender_env import MODULE, bpy, connect_and_wait, pump
 
 
 def _prefs():
@@ -22,7 +22,7 @@ def _rt():
 
 
 def test_backend_unreachable(addon, fresh_scene):
-    from tests.conftest import free_tcp_port
+    from tests.support.ports import free_tcp_port
 
     _prefs().backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
     _prefs().timeout_s = 1.0
@@ -151,7 +151,7 @@ def test_a_failed_import_is_reported_in_the_panel(addon, connected, monkeypatch)
 def test_connect_returns_at_once_and_the_handshake_ends_later(addon, fresh_scene):
     import time
 
-    from tests.conftest import free_tcp_port
+    from tests.support.ports import free_tcp_port
 
     _prefs().backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
     _prefs().timeout_s = 3.0
@@ -164,8 +164,8 @@ def test_connect_returns_at_once_and_the_handshake_ends_later(addon, fresh_scene
 
 
 def test_the_connection_comes_back_after_the_backend_restarts(addon, fresh_scene, tmp_path):
-    from tests.addon.blender_env import backend_process, connect_when_up
-    from tests.conftest import free_tcp_port
+    from tests.support.blender_env import backend_process, connect_when_up
+    from tests.support.ports import free_tcp_port
 
     address = f"tcp://127.0.0.1:{free_tcp_port()}"
     store = tmp_path / "store"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import zipfile
 
-from tests.addon.blender_env import ADDON_ID, MODULE, addon_utils, bpy, built_zip
+from tests.support.blender_env import ADDON_ID, MODULE, addon_utils, bpy, built_zip
 
 OPERATORS = (
     "connect", "disconnect", "generate", "refine_selected", "cancel", "resume", "import_result",

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from tests.addon.blender_env import BACKEND_EXE, MODULE, REPO_ROOT, TEST_PIPELINE, bpy, connect_and_wait
+from tests.support.blender_env import BACKEND_EXE, MODULE, REPO_ROOT, TEST_PIPELINE, bpy, connect_and_wait
 
 
 def test_start_connect_and_stop_a_local_backend(addon, fresh_scene, monkeypatch):
     if not BACKEND_EXE.exists():
         pytest.skip("the backend environment .venv is absent: run `make venv`")
-    from tests.conftest import free_tcp_port
+    from tests.support.ports import free_tcp_port
 
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))  # the test pipeline lives in tests/
     prefs = bpy.context.preferences.addons[MODULE].preferences

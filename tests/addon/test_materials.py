@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy, render_cycles_linear
+from tests.support.blender_env import bpy, render_cycles_linear
 
 
 def test_maps_are_wired_into_a_principled_bsdf_and_pack_into_the_file(addon, fresh_scene, tmp_path):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import (
+from tests.support.blender_env import (
     MODULE,
     backend_process,
     bmesh,

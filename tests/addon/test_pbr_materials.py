@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy, render_cycles_linear
+from tests.support.blender_env import bpy, render_cycles_linear
 
 ROLES = ("base_color", "normal", "roughness_metallic")
 
@@ -127,12 +127,12 @@ def test_cycles_lights_the_maps_as_a_pbr_material_not_as_baked_shading(addon, fr
 def test_a_tiny_job_arrives_with_every_map_wired_with_its_colour_space(addon, connected_tiny):
     """The real pipeline (tiny preset): the final object's material holds the base colour (sRGB), the
     metallic-roughness map (Non-Color, G and B) and the normal map (Non-Color, through a Normal Map node)."""
-    from tests.addon.blender_env import pump
-    from tests.addon.test_real_pipeline import _generate, _job_objects, _rt
+    from tests.support.addon_jobs import generate, job_objects, rt
+    from tests.support.blender_env import pump
 
-    job_id = _generate(addon)
-    pump(addon, lambda: _rt().job_state == "done", timeout_s=300, what="the job to finish")
-    (obj,) = _job_objects(job_id)
+    job_id = generate(addon)
+    pump(addon, lambda: rt().job_state == "done", timeout_s=300, what="the job to finish")
+    (obj,) = job_objects(job_id)
     wiring = _wiring(obj.active_material)
     assert wiring["Base Color"] == (["TEX_IMAGE"], "Color", "sRGB")
     assert wiring["Roughness"] == (["SEPARATE_COLOR", "TEX_IMAGE"], "Green", "Non-Color")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.addon.blender_env import MODULE, backend_process, bpy, connect_when_up, pump
+from tests.support.blender_env import MODULE, backend_process, bpy, connect_when_up, pump
 
 
 @pytest.fixture(scope="module")

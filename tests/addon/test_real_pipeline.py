@@ -8,29 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import REPO_ROOT, bpy, pump
-
-
-def _rt():
-    return bpy.context.window_manager.dreampolish
-
-
-def _job_objects(job_id: str) -> list[bpy.types.Object]:
-    return [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == job_id]
-
-
-def _submit(addon, operator, **settings) -> str:
-    s = bpy.context.scene.dreampolish
-    for key, value in settings.items():
-        setattr(s, key, value)
-    assert operator() == {"FINISHED"}
-    pump(addon, lambda: _rt().job_state != "submitting", what="the backend's answer to the submit")
-    assert _rt().job_id, f"the backend refused the job: {_rt().message}"
-    return _rt().job_id
-
-
-def _generate(addon, prompt: str = "a small wooden stool", **settings) -> str:
-    return _submit(addon, bpy.ops.dreampolish.generate, prompt=prompt, **settings)
+from tests.support.addon_jobs import generate, job_objects, rt, submit
+from tests.support.blender_env import REPO_ROOT, bpy, pump
 
 
 def _base_color_link(mat: bpy.types.Material):
@@ -40,12 +19,12 @@ def _base_color_link(mat: bpy.types.Material):
 
 def _cancel_and_wait(addon) -> None:
     assert bpy.ops.dreampolish.cancel() == {"FINISHED"}
-    pump(addon, lambda: _rt().job_state in ("cancelled", "done"), timeout_s=120, what="the cancel")
+    pump(addon, lambda: rt().job_state in ("cancelled", "done"), timeout_s=120, what="the cancel")
 
 
 def test_a_leftover_pause_after_nerf_does_not_break_refine_selected(addon, connected_tiny):
     bpy.ops.mesh.primitive_cube_add(size=1.0)
-    job_id = _submit(addon, bpy.ops.dreampolish.refine_selected, refine_mode="geometry",
+    job_id = submit(addon, bpy.ops.dreampolish.refine_selected, refine_mode="geometry",
                      prompt="a crate", pause_after={"nerf", "polish"})
     spec_pause = addon.job_follow.job_cache().load_record(job_id)
     assert spec_pause is not None
@@ -56,7 +35,7 @@ def test_run_up_to_sends_an_unbroken_chain_the_backend_accepts(addon, connected_
     s = bpy.context.scene.dreampolish
     assert addon.job_request.stage_plan("generate", "neus") == ["reference", "nerf", "neus"]
     assert addon.job_request.stage_plan("geometry", "polish") == ["dmtet", "polish"]
-    _generate(addon, run_until="neus", pause_after={"texture"})
+    generate(addon, run_until="neus", pause_after={"texture"})
     _cancel_and_wait(addon)
     # A refine that would end before its own first stage is greyed out, saying why.
     bpy.ops.mesh.primitive_cube_add(size=1.0)
@@ -67,9 +46,9 @@ def test_run_up_to_sends_an_unbroken_chain_the_backend_accepts(addon, connected_
 
 
 def test_stage_meshes_show_their_colours_and_the_final_mesh_arrives_once(addon, connected_tiny):
-    job_id = _generate(addon, pause_after={"nerf"})
-    pump(addon, lambda: _rt().job_state == "paused", timeout_s=120, what="the pause after nerf")
-    (obj,) = _job_objects(job_id)
+    job_id = generate(addon, pause_after={"nerf"})
+    pump(addon, lambda: rt().job_state == "paused", timeout_s=120, what="the pause after nerf")
+    (obj,) = job_objects(job_id)
     colors = obj.data.color_attributes
     assert colors.active_color is not None, "the nerf stage sends vertex colours"
     link = _base_color_link(obj.active_material)
@@ -77,8 +56,8 @@ def test_stage_meshes_show_their_colours_and_the_final_mesh_arrives_once(addon, 
 
     images_before = set(bpy.data.images.keys())
     assert bpy.ops.dreampolish.resume() == {"FINISHED"}
-    pump(addon, lambda: _rt().job_state == "done", timeout_s=180, what="the job to finish")
-    (obj,) = _job_objects(job_id)
+    pump(addon, lambda: rt().job_state == "done", timeout_s=180, what="the job to finish")
+    (obj,) = job_objects(job_id)
     assert obj["dreampolish_stage"] == "export"
     new_images = sorted(set(bpy.data.images.keys()) - images_before)
     roles = [name.rsplit(" ", 1)[-1] for name in new_images]
@@ -92,9 +71,9 @@ def test_stage_meshes_show_their_colours_and_the_final_mesh_arrives_once(addon, 
 
 
 def test_object_per_stage_keeps_each_stage_in_a_job_collection(addon, connected_tiny):
-    job_id = _generate(addon, import_mode="per_stage", run_until="neus")
-    pump(addon, lambda: _rt().job_state == "done", timeout_s=120, what="the job to finish")
-    objects = _job_objects(job_id)
+    job_id = generate(addon, import_mode="per_stage", run_until="neus")
+    pump(addon, lambda: rt().job_state == "done", timeout_s=120, what="the job to finish")
+    objects = job_objects(job_id)
     # The reference stage ends with an image, not a mesh: nothing to import for it.
     assert sorted(o["dreampolish_stage"] for o in objects) == ["nerf", "neus"]
     assert all(o.users_collection[0].name == f"DreamPolish {job_id}" for o in objects)
@@ -122,18 +101,18 @@ def test_every_overrides_example_is_accepted_by_the_real_pipeline(addon, connect
         s = bpy.context.scene.dreampolish
         s.prompt, s.overrides, s.run_until = "a teapot", example, "reference"
         assert bpy.ops.dreampolish.generate() == {"FINISHED"}
-        pump(addon, lambda: _rt().job_state != "submitting", what=f"the answer to {example!r}")
-        assert _rt().job_id, f"{where}: the backend refused {example!r}: {_rt().message}"
-        pump(addon, lambda: _rt().job_state == "done", timeout_s=60, what=f"the job of {example!r}")
-        _rt().job_id = ""
+        pump(addon, lambda: rt().job_state != "submitting", what=f"the answer to {example!r}")
+        assert rt().job_id, f"{where}: the backend refused {example!r}: {rt().message}"
+        pump(addon, lambda: rt().job_state == "done", timeout_s=60, what=f"the job of {example!r}")
+        rt().job_id = ""
 
 
 def test_pause_edit_in_edit_mode_and_resume_the_next_stage_starts_from_the_edit(addon, connected_tiny):
-    from tests.addon.blender_env import bmesh
+    from tests.support.blender_env import bmesh
 
-    job_id = _generate(addon, run_until="polish", pause_after={"dmtet"})
-    pump(addon, lambda: _rt().job_state == "paused", timeout_s=180, what="the pause after dmtet")
-    (obj,) = _job_objects(job_id)
+    job_id = generate(addon, run_until="polish", pause_after={"dmtet"})
+    pump(addon, lambda: rt().job_state == "paused", timeout_s=180, what="the pause after dmtet")
+    (obj,) = job_objects(job_id)
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")
     bm = bmesh.from_edit_mesh(obj.data)
@@ -154,9 +133,9 @@ def test_pause_edit_in_edit_mode_and_resume_the_next_stage_starts_from_the_edit(
     bmesh.update_edit_mesh(obj.data)
 
     assert bpy.ops.dreampolish.resume() == {"FINISHED"}  # still in Edit Mode
-    pump(addon, lambda: _rt().job_state == "done", timeout_s=180, what="the resumed job to finish")
+    pump(addon, lambda: rt().job_state == "done", timeout_s=180, what="the resumed job to finish")
     bpy.ops.object.mode_set(mode="OBJECT")
-    polished = next(o for o in _job_objects(job_id) if o["dreampolish_stage"] == "polish")
+    polished = next(o for o in job_objects(job_id) if o["dreampolish_stage"] == "polish")
     # Polish keeps the topology it is given: the edited mesh's, triangulated.
     assert (len(polished.data.vertices), len(polished.data.polygons)) == (edited_verts, edited_tris)
     got = np.array([v.co[:] for v in polished.data.vertices])

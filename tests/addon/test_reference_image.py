@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.addon.blender_env import bpy, pump
-from tests.addon.test_panel import _Drawable
+from tests.support.blender_env import bpy, pump
+from tests.support.blender_ui import Drawable
 
 ARTIST_COLOUR = (0.8, 0.2, 0.1)
 
@@ -79,7 +79,7 @@ def test_the_panel_shows_the_reference_image_and_its_camera(addon, fresh_scene, 
     s = fresh_scene.dreampolish
     assert s.reference_source == "IMAGE" and s.reference_image.filepath == str(path)
     drawn: list[str] = []
-    bpy.types.DREAMPOLISH_PT_prompt.draw(_Drawable(drawn), bpy.context)
+    bpy.types.DREAMPOLISH_PT_prompt.draw(Drawable(drawn), bpy.context)
     assert "Seen from Shot" in drawn and "dreampolish.open_reference_image" in drawn
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.addon.blender_env import bpy, pump
+from tests.support.blender_env import bpy, pump
 
 
 def _render(path: Path) -> np.ndarray:

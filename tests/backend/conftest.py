@@ -1,20 +1,18 @@
-"""Fixtures for the diffusion-prior tests: the tiny models (built once per test session) and orbit cameras.
-
-Test modules load this file with `pytest_plugins = ("tests.backend.conftest_priors",)` and get the camera
-and model-set helpers through the `orbit` and `fresh_priors` fixtures.
-"""
+"""The backend suite's shared fixtures: the tiny models (built once per test session) as a model cache and
+as loaded priors, and orbit cameras. Helpers that are not fixtures live in tests/support/."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from dreampolish.backend.models.loading import PriorModels
-from dreampolish.backend.models.specs import ModelSet, ModelSpec
+from dreampolish.backend.models.specs import MODEL_DIR_ENV
 from dreampolish.backend.models.tiny import build_tiny_models
-from dreampolish.backend.render.cameras import CameraBatch
+
+from tests.support.priors import orbit_camera_batch, tiny_model_set
 
 
 @pytest.fixture(scope="session")
@@ -31,69 +29,33 @@ def tiny_model_root(model_cache_dir: Path) -> Path:
     return model_cache_dir / "tiny"
 
 
-def tiny_model_set(root: Path) -> ModelSet:
-    return ModelSet(
-        name="tiny",
-        text_to_image=ModelSpec("text_to_image", local=str(root / "text_to_image")),
-        zero123=ModelSpec("zero123", local=str(root / "zero123"), image_size=32),  # defaults.json: tiny
-        normals=ModelSpec("normals", local=str(root / "normals")),
-        intrinsics=ModelSpec("intrinsics", local=str(root / "intrinsics")),
-        depth=ModelSpec("depth", local=str(root / "depth")),
-    )
-
-
 @pytest.fixture
 def tiny_priors(tiny_model_root: Path) -> PriorModels:
     """Freshly loaded tiny models on the CPU (fresh per test: guidance adds LoRA adapters to the UNet)."""
     return PriorModels(tiny_model_set(tiny_model_root), torch.device("cpu"))
 
 
-def look_at_c2w(position: torch.Tensor) -> torch.Tensor:
-    """[4,4] Blender-convention camera-to-world looking at the origin from `position`, world Z up."""
-    forward = -position / position.norm()  # the camera looks down its -Z
-    up = torch.tensor([0.0, 0.0, 1.0])
-    if torch.cross(forward, up, dim=0).norm() < 1e-6:
-        up = torch.tensor([0.0, 1.0, 0.0])
-    right = torch.linalg.cross(forward, up)
-    right = right / right.norm()
-    true_up = torch.linalg.cross(right, forward)
-    c2w = torch.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, true_up, -forward, position
-    return c2w
-
-
-def orbit_cameras(
-    elevation_deg: list[float],
-    azimuth_deg: list[float],
-    distance: float = 3.8,
-    fovy_deg: float = 20.0,
-    size: int = 32,
-) -> CameraBatch:
-    """Cameras on an orbit (cameras.py's definition of elevation and azimuth), looking at the origin."""
-    el = torch.tensor(elevation_deg, dtype=torch.float32)
-    az = torch.tensor(azimuth_deg, dtype=torch.float32)
-    er, ar = torch.deg2rad(el), torch.deg2rad(az)
-    pos = distance * torch.stack([er.cos() * ar.cos(), er.cos() * ar.sin(), er.sin()], dim=-1)
-    c2w = torch.stack([look_at_c2w(p) for p in pos])
-    f = 1.0 / math.tan(math.radians(fovy_deg) / 2)
-    near, far = 0.1, 100.0
-    proj = torch.tensor(
-        [[f, 0, 0, 0], [0, f, 0, 0], [0, 0, (far + near) / (near - far), 2 * far * near / (near - far)], [0, 0, -1, 0]]
-    ).expand(len(el), 4, 4)
-    n = len(el)
-    return CameraBatch(
-        c2w=c2w, proj=proj.clone(), width=size, height=size, elevation_deg=el, azimuth_deg=az,
-        distance=torch.full((n,), distance), fovy_deg=torch.full((n,), fovy_deg),
-    )
-
-
 @pytest.fixture
 def orbit():
-    """orbit_cameras(elevation_deg, azimuth_deg, distance=3.8, fovy_deg=20, size=32) -> CameraBatch."""
-    return orbit_cameras
+    """orbit_camera_batch(elevation_deg, azimuth_deg, distance=3.8, fovy_deg=20, size=32) -> CameraBatch."""
+    return orbit_camera_batch
 
 
 @pytest.fixture
 def fresh_priors(tiny_model_root: Path):
     """A factory of independently loaded tiny models (a second UNet, for side-by-side objectives)."""
     return lambda: PriorModels(tiny_model_set(tiny_model_root), torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cache(model_cache_dir: Path) -> Path:
+    """The model cache holding the tiny models (the same folder as model_cache_dir)."""
+    return model_cache_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_model_cache: Path) -> Iterator[Path]:
+    """The tiny models as the model cache that the `tiny` preset's model set loads from."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(MODEL_DIR_ENV, str(tiny_model_cache))
+        yield tiny_model_cache

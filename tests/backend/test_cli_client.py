@@ -10,7 +10,7 @@ import pytest
 from dreampolish.protocol.cli import main
 from dreampolish.protocol.gltf import glb_to_mesh, mesh_to_glb
 
-from tests.pipelines import MODE_STAGES, free_tcp_endpoint, octahedron, running_backend
+from tests.support.pipelines import MODE_STAGES, free_tcp_endpoint, octahedron, running_backend
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.gltf import glb_to_mesh
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.pipelines import octahedron
+from tests.support.pipelines import octahedron
 
 
 def _results(job_id: str) -> list[m.StageResult]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from dreampolish.protocol.cli import main
 
-from tests.pipelines import running_backend
-from tests.protocol.test_reference_image import png_bytes, rgba
+from tests.support.images import png_bytes, rgba
+from tests.support.pipelines import running_backend
 
 pytestmark = pytest.mark.timeout(60)
 

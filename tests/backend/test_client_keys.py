@@ -14,7 +14,7 @@ from dreampolish.backend.security import InsecureBindRefused, check_bind_allowed
 from dreampolish.protocol.client import AccessRefused, BackendClient, BackendUnreachable
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import backend_command, repo_env, running_backend
+from tests.support.pipelines import backend_command, repo_env, running_backend
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -19,8 +19,7 @@ from dreampolish.backend.server import BackendServer, ServerConfig
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import tiny_model_cache  # noqa: F401
-from tests.pipelines import connected_client, repo_env
+from tests.support.pipelines import connected_client, repo_env
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make venv installs it)")
 from dreampolish.backend.executor_ray import RayExecutor  # noqa: E402
@@ -29,12 +28,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 REPO = str(Path(__file__).resolve().parents[2])
 RESOURCE = "test_gpu"
-PIPELINE = "tests.pipelines:ScriptedPipeline"
+PIPELINE = "tests.support.pipelines:ScriptedPipeline"
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tiny_model_cache):  # noqa: F811
-    # Workers import tests.pipelines from the repository, as the head does, and load the tiny models.
+    # Workers import tests.support.pipelines from the repository, as the head does, and load the tiny models.
     env = {"PYTHONPATH": REPO, MODEL_DIR_ENV: str(tiny_model_cache)}
     ray.init(num_cpus=4, resources={RESOURCE: 2}, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": env})

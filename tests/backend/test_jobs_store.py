@@ -11,7 +11,7 @@ from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import OutOfMemoryError, ScriptedPipeline
+from tests.support.pipelines import OutOfMemoryError, ScriptedPipeline
 
 
 def manager_for(root, published):

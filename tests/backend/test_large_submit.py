@@ -12,7 +12,7 @@ from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.pipelines import running_backend
+from tests.support.pipelines import running_backend
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,7 @@ from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.job import STAGES, JobSpec
 from dreampolish.protocol.limits import LIMITS
 
-from tests.pipelines import running_backend
+from tests.support.pipelines import running_backend
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.presets import preset_names
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import BackendStopped, RecordingContext, tiny_model_cache  # noqa: F401
+from tests.support.recording import BackendStopped, RecordingContext
 
 GB = 10**9
 

@@ -16,7 +16,7 @@ from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import running_backend
+from tests.support.pipelines import running_backend
 
 REFUSED = [
     ({"nerf.steps": 1e9}, r"nerf\.steps must be in \[1, 200000\], got 1000000000"),

@@ -12,7 +12,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import running_backend
+from tests.support.pipelines import running_backend
 
 pytestmark = pytest.mark.timeout(120)
 

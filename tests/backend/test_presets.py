@@ -19,7 +19,7 @@ from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.limits import LIMITS
 from dreampolish.protocol.scene import CameraSpec, MeshPayload
 
-from tests.backend.pipeline_fixtures import box_payload
+from tests.support.recording import box_payload
 
 
 def test_presets_are_named_and_scale_up():

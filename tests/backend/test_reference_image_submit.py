@@ -8,8 +8,8 @@ from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import running_backend
-from tests.protocol.test_reference_image import BAD_IMAGES, rgba
+from tests.support.images import BAD_IMAGES, rgba
+from tests.support.pipelines import running_backend
 
 pytestmark = pytest.mark.timeout(120)
 

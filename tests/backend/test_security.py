@@ -12,7 +12,7 @@ from dreampolish.backend.security import InsecureBindRefused, is_loopback_endpoi
 from dreampolish.protocol.client import BackendClient, BackendUnreachable, load_server_public_key
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import ScriptedPipeline, backend_command, repo_env, running_backend
+from tests.support.pipelines import ScriptedPipeline, backend_command, repo_env, running_backend
 
 pytestmark = pytest.mark.timeout(60)
 

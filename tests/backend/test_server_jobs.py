@@ -22,7 +22,7 @@ from dreampolish.protocol.client import (
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.pipelines import (
+from tests.support.pipelines import (
     MODE_STAGES,
     connected_client,
     free_tcp_endpoint,
@@ -279,7 +279,7 @@ def test_results_that_do_not_fit_one_message_arrive_in_parts_and_are_joined(tmp_
     from dreampolish.protocol.limits import LIMITS
     from dreampolish.protocol.scene import TexturePayload
 
-    from tests.pipelines import octahedron, png_rgb
+    from tests.support.pipelines import octahedron, png_rgb
 
     full = octahedron()
     full.normals = full.vertices.copy()

@@ -15,7 +15,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.client import RequestRejected
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import backend_command, connected_client, repo_env, running_backend
+from tests.support.pipelines import backend_command, connected_client, repo_env, running_backend
 
 pytestmark = pytest.mark.timeout(120)
 

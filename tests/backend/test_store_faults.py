@@ -24,7 +24,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.client import BackendClient, BackendUnreachable, JobFailedError, RequestRejected
 from dreampolish.protocol.job import JobSpec
 
-from tests.pipelines import (
+from tests.support.pipelines import (
     MODE_STAGES,
     ScriptedPipeline,
     backend_command,
@@ -58,7 +58,7 @@ def backend(store: Path, endpoint: str, pipeline: str) -> subprocess.Popen:
 )
 def test_kill_at_a_stage_boundary_sends_every_stage_once(tmp_path, pipeline, point):
     endpoint = free_tcp_endpoint()
-    target = f"tests.backend.store_fault_pipelines:{pipeline}"
+    target = f"tests.support.store_fault_pipelines:{pipeline}"
     proc = backend(tmp_path, endpoint, target)
     seen: dict[int, m.Message] = {}
     try:

@@ -20,9 +20,8 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.client import BackendClient, BackendUnreachable
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import tiny_model_cache  # noqa: F401
-from tests.backend.store_fault_pipelines import CRASH_ENV
-from tests.pipelines import free_tcp_endpoint, start_backend_process
+from tests.support.pipelines import free_tcp_endpoint, start_backend_process
+from tests.support.store_fault_pipelines import CRASH_ENV
 
 LONG_ENV = "DREAMPOLISH_LONG_FAULTS"
 # Four backend starts (torch and the tiny models each time) and three real jobs: 7 minutes on the
@@ -36,7 +35,7 @@ SPEC = JobSpec("a stone lantern", preset="tiny", seed=3)
 
 
 def start(store, endpoint, cache, crash: str = "") -> subprocess.Popen:
-    return start_backend_process(store, endpoint, pipeline="tests.backend.store_fault_pipelines:CrashingDreamPolish",
+    return start_backend_process(store, endpoint, pipeline="tests.support.store_fault_pipelines:CrashingDreamPolish",
                                  env={MODEL_DIR_ENV: str(cache), CRASH_ENV: crash}, timeout_s=60)
 
 

@@ -10,7 +10,7 @@ from dreampolish.protocol.errors import DecodeError
 from dreampolish.protocol.gltf import glb_to_mesh, mesh_to_glb
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
-from tests.pipelines import octahedron, png_rgb
+from tests.support.pipelines import octahedron, png_rgb
 
 trimesh = pytest.importorskip("trimesh")
 

@@ -23,7 +23,7 @@ from dreampolish.protocol.client import (
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.nonblocking import Item, RequestQueue
 
-from tests.pipelines import free_tcp_endpoint, running_backend, start_backend_process
+from tests.support.pipelines import free_tcp_endpoint, running_backend, start_backend_process
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipelines import running_backend
+from tests.support.pipelines import running_backend
 
 REPO = Path(__file__).resolve().parents[2]
 BLENDER_PYTHON = REPO / ".venv-blender" / "bin" / "python"

@@ -36,7 +36,7 @@ REPO_NAME = "dreampolish_test"
 ADDON_ID = "dreampolish"
 MODULE = f"bl_ext.{REPO_NAME}.{ADDON_ID}"
 BACKEND_EXE = REPO_ROOT / ".venv" / "bin" / "dreampolish-backend"
-TEST_PIPELINE = "tests.pipelines:ScriptedPipeline"
+TEST_PIPELINE = "tests.support.pipelines:ScriptedPipeline"
 PID_DIR_ENV = "DREAMPOLISH_TEST_PID_DIR"
 """Folder where each backend a test starts leaves <pid>.pid while it runs (set by scripts/test-addon.sh)."""
 
@@ -97,7 +97,7 @@ def backend_process(*extra_args: str, pipeline: str | None = TEST_PIPELINE,
     named test pipeline. `store` and `address` let a restarted backend take over the same jobs."""
     if not (REPO_ROOT / ".venv").exists():
         pytest.skip("the backend environment .venv is absent: run `make venv`")
-    from tests.conftest import free_tcp_port
+    from tests.support.ports import free_tcp_port
 
     address = address or f"tcp://127.0.0.1:{free_tcp_port()}"
     own_store = store is None

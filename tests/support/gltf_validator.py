@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "gltf-validator"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "gltf-validator"
 
 
 def validate_glb(path: Path) -> dict:

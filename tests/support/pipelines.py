@@ -2,7 +2,7 @@
 
 Start a backend with one of them from the repository root:
 
-    PYTHONPATH=. .venv/bin/dreampolish-backend serve --store /tmp/jobs --pipeline tests.pipelines:ScriptedPipeline
+    PYTHONPATH=. .venv/bin/dreampolish-backend serve --store /tmp/jobs --pipeline tests.support.pipelines:ScriptedPipeline
 
 ScriptedPipeline is steered by JobSpec.options, so one backend serves every scenario:
 
@@ -176,7 +176,7 @@ def running_backend(store: Path, pipeline: type = ScriptedPipeline, **config: An
         server.stop()
 
 
-def backend_command(store: Path, *args: str, pipeline: str = "tests.pipelines:ScriptedPipeline") -> list[str]:
+def backend_command(store: Path, *args: str, pipeline: str = "tests.support.pipelines:ScriptedPipeline") -> list[str]:
     """argv of a real `dreampolish-backend serve` process (run it with PYTHONPATH=repo: `repo_env()`)."""
     return [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(store),
             "--pipeline", pipeline, "--device", "cpu", *args]
@@ -197,7 +197,7 @@ def wait_until_serving(endpoint: str, proc: subprocess.Popen, timeout_s: float =
     return False
 
 
-def start_backend_process(store: Path, endpoint: str, *, pipeline: str = "tests.pipelines:ScriptedPipeline",
+def start_backend_process(store: Path, endpoint: str, *, pipeline: str = "tests.support.pipelines:ScriptedPipeline",
                           env: dict[str, str] | None = None, timeout_s: float = 30) -> subprocess.Popen:
     """A real backend process on `endpoint`, started and answering; the caller stops it by its PID."""
     proc = subprocess.Popen(backend_command(store, "--bind", endpoint, pipeline=pipeline),
@@ -221,8 +221,8 @@ def free_tcp_endpoint() -> str:
 
 
 def repo_env() -> dict[str, str]:
-    """Environment for a subprocess that imports tests.pipelines."""
-    root = str(Path(__file__).resolve().parent.parent)
+    """Environment for a subprocess that imports tests.support.pipelines."""
+    root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env

@@ -1,17 +1,14 @@
-"""Shared by the pipeline tests: a recording JobContext, the tiny models as the model cache, test meshes."""
+"""Shared by the pipeline tests: a JobContext that records every report, and a test mesh. (The tiny
+models as a model cache are fixtures: tests/backend/conftest.py.)"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pytest
 import trimesh
-from dreampolish.backend.models.specs import MODEL_DIR_ENV
-from dreampolish.backend.models.tiny import build_tiny_models
 from dreampolish.protocol.scene import MeshPayload
 
 
@@ -74,21 +71,6 @@ class RecordingContext:
     @property
     def result_stages(self) -> list[str]:
         return [s for s, _, _ in self.results]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.getbasetemp() / "model-cache"
-    build_tiny_models(cache / "tiny")
-    return cache
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tiny_model_cache: Path) -> Iterator[Path]:
-    """The tiny models as the model cache that the `tiny` preset's model set loads from."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(MODEL_DIR_ENV, str(tiny_model_cache))
-        yield tiny_model_cache
 
 
 def box_payload(offset=(2.0, 0.0, 1.0), with_uvs: bool = False) -> MeshPayload:

@@ -26,7 +26,7 @@ from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.pipelines import OPTION_KEYS, ScriptedPipeline, octahedron
+from tests.support.pipelines import OPTION_KEYS, ScriptedPipeline, octahedron
 
 
 def _crash_here(ctx: JobContext, spec: JobSpec, stage: str, point: str) -> None:

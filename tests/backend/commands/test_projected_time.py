@@ -14,8 +14,6 @@ import torch
 from dreampolish.backend.presets import get_preset
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.backend.pipeline_fixtures import tiny_model_cache, tiny_models  # noqa: F401
-
 SCRIPT = Path(__file__).resolve().parents[3] / "bench" / "projected_time.py"
 GUIDED = ("nerf", "neus", "dmtet", "texture")
 

@@ -1,6 +1,6 @@
 """The fused Triton hash encoding agrees with the PyTorch one: values, gradients w.r.t. the table and the
 positions, and the double backward that analytic normals need, with the kernels run by Triton's
-interpreter on the CPU. The checks run in a subprocess (hashgrid_triton_cases.py) because
+interpreter on the CPU. The checks run in a subprocess (tests/support/hashgrid_triton_cases.py) because
 TRITON_INTERPRET must be set before Triton is first imported, and must not leak into other tests.
 
 Tolerance: relative to the reference's largest magnitude, 1e-5 in float32 (the kernels blend and
@@ -20,7 +20,7 @@ import torch
 from dreampolish.backend.geometry import hashgrid
 from dreampolish.backend.geometry.hashgrid import HashGridConfig, HashGridEncoding
 
-CASES = Path(__file__).with_name("hashgrid_triton_cases.py")
+CASES = Path(__file__).resolve().parents[2] / "support" / "hashgrid_triton_cases.py"
 TOL = 1e-5
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (pip install -e .[dev] brings it on Linux)")

@@ -15,8 +15,6 @@ from dreampolish.backend.guidance.score_distillation import (
 )
 from dreampolish.backend.guidance.text_prior import encode_prompts
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 
 def encoded_sides(priors, orbit, config: ScoreDistillationConfig, render_side: int) -> tuple[list[int], torch.Tensor]:
     """Image sides the VAE encoder was given in one guidance step on a render of `render_side`, and the render's

@@ -18,8 +18,6 @@ from dreampolish.backend.guidance.score_distillation import ScoreDistillation, S
 from dreampolish.backend.guidance.text_prior import encode_prompts
 from dreampolish.backend.guidance.zero123 import ReferenceView, Zero123Guidance
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 SIZE = 32
 
 

@@ -7,8 +7,6 @@ from types import SimpleNamespace
 import torch
 from dreampolish.backend.guidance.normals import MarigoldNormalTargets
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 
 class TruthEstimator:
     """Stands in for MarigoldNormalsPipeline: returns a known normal map in Marigold's output format

@@ -28,8 +28,6 @@ from dreampolish.backend.guidance.text_prior import (
 )
 from dreampolish.backend.schedules import Ramp
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 SIZE = 32
 
 

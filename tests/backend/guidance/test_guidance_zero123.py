@@ -14,8 +14,6 @@ from dreampolish.backend.guidance.zero123 import (
     relative_camera,
 )
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 
 @pytest.mark.parametrize(
     ("reference", "view", "expected"),

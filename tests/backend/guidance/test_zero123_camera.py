@@ -15,8 +15,6 @@ from dreampolish.backend.pipeline.frame import job_frame
 from dreampolish.backend.pipeline.priors import zero123_reference_view
 from dreampolish.backend.presets import PRESETS
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 # Zero123 (Liu et al. 2023) renders Objaverse at radius 1.5-2.2 for both views, so |Δr| <= 0.7.
 ZERO123_MAX_DELTA_R = 0.7
 

@@ -19,8 +19,6 @@ from dreampolish.backend.models.specs import MODEL_DIR_ENV, ModelSpec, load_mode
 from dreampolish.backend.models.tiny import TinyModelConfig, build_text_to_image
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 
 def test_defaults_name_every_role_and_tiny_points_into_the_model_cache(monkeypatch, tmp_path):
     monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path))

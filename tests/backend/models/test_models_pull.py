@@ -17,8 +17,6 @@ from dreampolish.backend.models.checks import architecture_problems
 from dreampolish.backend.models.hub_files import PullPlanError, plan_pull, weights_variant
 from dreampolish.backend.models.specs import MODEL_DIR_ENV, MODELS_CONFIG_ENV, ModelSpec, load_model_sets
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 GB = 10**9
 
 # The layout of a Stable Diffusion 2.x repository on the hub: root checkpoints, .bin beside .safetensors,

@@ -28,7 +28,7 @@ from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.job import JobSpec
 from PIL import Image
 
-from tests.backend.pipeline_fixtures import RecordingContext
+from tests.support.recording import RecordingContext
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from dreampolish.backend.pipeline import DreamPolishPipeline, stage_seed
 from dreampolish.backend.presets import get_preset
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import RecordingContext, tiny_model_cache, tiny_models  # noqa: F401
+from tests.support.recording import RecordingContext
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,7 @@ def test_tiny_job_returns_pbr_maps_on_the_wire_and_in_a_valid_glb(prompt_job):
     and the GLB passes the Khronos validator."""
     from dreampolish.protocol.gltf import glb_to_mesh
 
-    from tests.gltf_validator import validate_glb
+    from tests.support.gltf_validator import validate_glb
 
     _, ctx, outcome = prompt_job
     final = ctx.result("texture")

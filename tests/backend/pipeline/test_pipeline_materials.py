@@ -7,7 +7,7 @@ from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.protocol.gltf import glb_to_mesh
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import RecordingContext, box_payload, tiny_model_cache, tiny_models  # noqa: F401
+from tests.support.recording import RecordingContext, box_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_models")]
 

@@ -10,8 +10,8 @@ from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.codec import encode
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import box_payload, tiny_model_cache, tiny_models  # noqa: F401
-from tests.pipelines import running_backend
+from tests.support.pipelines import running_backend
+from tests.support.recording import box_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_models"), pytest.mark.timeout(600)]
 

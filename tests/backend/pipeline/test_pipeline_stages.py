@@ -16,7 +16,7 @@ from dreampolish.backend.pipeline.context import JobSetup, StageCarry, StageCont
 from dreampolish.backend.pipeline_api import ResumePoint
 from dreampolish.protocol.job import STAGES, JobSpec
 
-from tests.backend.pipeline_fixtures import RecordingContext, box_payload
+from tests.support.recording import RecordingContext, box_payload
 
 # Small enough for a few seconds on the CPU; the oracle needs no model weights.
 FAST = {"dmtet.steps": 2, "dmtet.grid_resolution": 12, "polish.steps": 2, "polish.render_size": 32,

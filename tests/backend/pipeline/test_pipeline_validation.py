@@ -16,8 +16,8 @@ from dreampolish.protocol.errors import ProtocolError, ValidationError
 from dreampolish.protocol.job import JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.backend.pipeline_fixtures import box_payload
-from tests.pipelines import ScriptedPipeline, running_backend
+from tests.support.pipelines import ScriptedPipeline, running_backend
+from tests.support.recording import box_payload
 
 
 def _flat_mesh() -> MeshPayload:

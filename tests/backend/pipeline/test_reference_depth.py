@@ -7,7 +7,7 @@ import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import RecordingContext, tiny_model_cache, tiny_models  # noqa: F401
+from tests.support.recording import RecordingContext
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_models")]
 

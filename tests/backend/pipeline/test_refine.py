@@ -9,13 +9,7 @@ from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.pipeline_api import ResumePoint
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import (  # noqa: F401
-    BackendStopped,
-    RecordingContext,
-    box_payload,
-    tiny_model_cache,
-    tiny_models,
-)
+from tests.support.recording import BackendStopped, RecordingContext, box_payload
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tiny_models")]
 

@@ -13,8 +13,6 @@ from dreampolish.backend.pipeline.priors import DiffusionPriors
 from dreampolish.backend.presets import get_preset, preset_names
 from dreampolish.backend.render.cameras import ViewSampler
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 EXPECTED = {  # stage -> prior -> (first-step range, last-step range)
     "nerf": {"text": ((0.7, 0.85), (0.2, 0.5)), "zero123": ((0.7, 0.85), (0.2, 0.5))},
     "neus": {"text": ((0.2, 0.5), (0.2, 0.5)), "zero123": ((0.2, 0.5), (0.2, 0.5))},

@@ -16,7 +16,7 @@ from dreampolish.backend.stages import dmtet
 from dreampolish.backend.stages.base import ResolutionSchedule
 from dreampolish.backend.stages.dmtet import DmtetConfig, run_dmtet
 
-from tests.backend.stages.test_stages_geometry import Recorder, _torus
+from tests.support.stages import Recorder, torus
 
 GRID = HashGridConfig(n_levels=3, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5, start_levels=2)
 
@@ -55,7 +55,7 @@ def test_an_overflowing_surface_grows_its_capacity_at_the_next_reporting_step(mo
         return GuidanceOutput((inp.rgb * inp.opacity).mean())
 
     with caplog.at_level(logging.INFO, logger=marching.__name__):
-        state = run_dmtet(cfg, _torus(), guidance, None, ReportsAt({3, 6}), generator=torch.Generator().manual_seed(0),
+        state = run_dmtet(cfg, torus(), guidance, None, ReportsAt({3, 6}), generator=torch.Generator().manual_seed(0),
                           device="cpu")
     # steps 1-3 ran at capacity 2 and lost faces; step 3 reported, so step 4 on fit the surface
     assert capacities[:3] == [2, 2, 2] and overflowed[:3] == [True, True, True]

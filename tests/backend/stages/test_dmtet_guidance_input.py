@@ -13,9 +13,7 @@ from dreampolish.backend.render.cameras import ViewSampler
 from dreampolish.backend.stages.base import Ramp, ReferenceWeights, ResolutionSchedule
 from dreampolish.backend.stages.dmtet import DmtetConfig, run_dmtet
 
-from tests.backend.stages.test_stages_geometry import Recorder, _torus
-
-pytest_plugins = ("tests.backend.conftest_priors",)
+from tests.support.stages import Recorder, torus
 
 GRID = HashGridConfig(n_levels=3, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5, start_levels=2,
                       unlock_until=0.5)
@@ -36,7 +34,7 @@ def test_dmtet_gives_the_colour_render_alongside_every_normal_shaded_one():
                       reference=ReferenceWeights(Ramp(1.0), Ramp(1.0), Ramp(0.0), 16), color_init_steps=2,
                       rasterizer="torch")
     spy = Spy()
-    run_dmtet(cfg, _torus(), spy, None, Recorder(), generator=torch.Generator().manual_seed(0), device="cpu")
+    run_dmtet(cfg, torus(), spy, None, Recorder(), generator=torch.Generator().manual_seed(0), device="cpu")
     assert [i.shading for i in spy.inputs] == ["normal", "normal", "normal", "albedo"]
     for inp in spy.inputs[:3]:
         colour = inp.colour_render()

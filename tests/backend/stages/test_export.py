@@ -88,7 +88,7 @@ def test_export_refuses_a_glb_name_that_leaves_the_job_folder(textured_box, tmp_
 
 
 def test_glb_carries_every_pbr_map_and_passes_the_khronos_validator(textured_box, tmp_path):
-    from tests.gltf_validator import validate_glb
+    from tests.support.gltf_validator import validate_glb
 
     mesh, image, normal_map = textured_box
     rm = np.ones((64, 64, 3), np.float32)

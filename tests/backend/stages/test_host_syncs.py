@@ -19,7 +19,7 @@ from dreampolish.backend.render import volume
 from dreampolish.backend.stages import texture
 from dreampolish.protocol.job import JobSpec
 
-from tests.backend.pipeline_fixtures import RecordingContext, tiny_model_cache, tiny_models  # noqa: F401
+from tests.support.recording import RecordingContext
 
 STAGES = ("nerf", "neus", "dmtet", "polish", "texture")
 STEPS, REPORT_EVERY = 6, 3

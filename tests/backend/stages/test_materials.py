@@ -25,10 +25,8 @@ from dreampolish.backend.stages.texture import (
     run_texture,
 )
 
-from tests.backend.materials_target import lit_colour, material_at
-from tests.backend.stages.test_texture import ViewMemo
-
-pytest_plugins = ("tests.backend.conftest_priors",)
+from tests.support.materials_target import lit_colour, material_at
+from tests.support.stages import ViewMemo
 
 SMALL_FIELD = FieldConfig(grid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8,
                                               per_level_scale=1.6, start_levels=6), hidden_dim=32)

@@ -11,8 +11,6 @@ from dreampolish.backend.stages.reference import (
     generation_size,
 )
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 
 def disk_image(h: int = 64, w: int = 80) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:h, 0:w]

@@ -20,8 +20,6 @@ from dreampolish.backend.stages.base import (
 )
 from dreampolish.backend.stages.reference import estimate_geometry
 
-pytest_plugins = ("tests.backend.conftest_priors",)
-
 
 def test_tiny_depth_model_loads_through_from_pretrained_and_predicts_depth(tiny_priors):
     pipe = tiny_priors.depth

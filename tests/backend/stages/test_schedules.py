@@ -20,7 +20,7 @@ from dreampolish.backend.schedules import Ramp, stage_progress
 from dreampolish.backend.stages.base import LoggingReporter, ResolutionSchedule
 from dreampolish.backend.stages.neus import NeusConfig, run_neus
 
-from tests.backend.stages.test_stages_geometry import FIELD, REF, RENDER, VIEWS
+from tests.support.stages import FIELD, REF, RENDER, VIEWS
 
 ICOSPHERE = trimesh.creation.icosphere(2, radius=0.4)
 

@@ -4,55 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-import trimesh
 from dreampolish.backend.geometry.fields import FieldConfig
 from dreampolish.backend.geometry.hashgrid import HashGridConfig
-from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.geometry.metrics import chamfer_fraction
 from dreampolish.backend.guidance.oracle import OracleGuidance, oracle_reference
-from dreampolish.backend.render.cameras import ViewSampler
 from dreampolish.backend.render.rasterize import MeshRasterizer
-from dreampolish.backend.render.volume import VolumeRenderConfig
 from dreampolish.backend.stages.base import Ramp, ReferenceWeights, ResolutionSchedule
 from dreampolish.backend.stages.dmtet import DmtetConfig, DmtetState, run_dmtet
 from dreampolish.backend.stages.nerf import NerfConfig, NerfState, run_nerf
 from dreampolish.backend.stages.neus import NeusConfig, run_neus
 
-GRID = HashGridConfig(n_levels=3, log2_hashmap_size=15, base_resolution=8, per_level_scale=1.5, start_levels=2,
-                      unlock_until=0.5)
-FIELD = FieldConfig(grid=GRID, hidden_dim=16, n_feature_dims=3, normal_eps=0.02)
-VIEWS = ViewSampler(elevation_range=(-30.0, 60.0))
-REF = ReferenceWeights(rgb=Ramp(1.0), mask=Ramp(1.0), depth=Ramp(0.1), resolution=12)
-RENDER = VolumeRenderConfig(n_samples=12, occupancy_resolution=8)
-
-
-class Recorder:
-    def __init__(self, cancel_at: int | None = None):
-        self.calls: list[tuple[int, int, dict[str, float]]] = []
-        self.cancel_checks = 0
-        self.cancel_at = cancel_at
-
-    def progress(self, step, total, losses):
-        self.calls.append((step, total, losses))
-
-    def watch(self, state):
-        self.watched = state
-
-    def check_cancel(self):
-        self.cancel_checks += 1
-        if self.cancel_at is not None and self.cancel_checks > self.cancel_at:
-            raise RuntimeError("cancelled")
-
-
-def _torus() -> TriMesh:
-    t = trimesh.creation.torus(0.33, 0.14, major_sections=32, minor_sections=16)
-    v = torch.tensor(t.vertices, dtype=torch.float32)
-    return TriMesh(v, torch.tensor(t.faces), vertex_colors=torch.tensor([0.8, 0.3, 0.2]).expand(v.shape[0], 3).clone())
+from tests.support.stages import FIELD, GRID, REF, RENDER, VIEWS, Recorder, torus
 
 
 @pytest.fixture(scope="module")
 def oracle_setup():
-    target = _torus()
+    target = torus()
     raster = MeshRasterizer("torch")
     ref = oracle_reference(target, VIEWS.reference(24, 24), raster)
     return target, raster, OracleGuidance(target, raster), ref

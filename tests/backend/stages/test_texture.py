@@ -17,24 +17,10 @@ from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.backend.stages.base import LoggingReporter
 from dreampolish.backend.stages.texture import TextureConfig, bake_texture, erode_mask, run_texture
 
+from tests.support.stages import ViewMemo
+
 SMALL_FIELD = FieldConfig(grid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8,
                                               per_level_scale=1.6, start_levels=6), hidden_dim=32)
-
-
-class ViewMemo:
-    """The oracle's renders memoised per camera: the texture stage draws from a fixed pool of views, so
-    each target render is made once (keeps this CPU test short)."""
-
-    def __init__(self, oracle: OracleTarget):
-        self.render_target = oracle.render
-        self.cache: dict[bytes, object] = {}
-        oracle.render = self  # type: ignore[method-assign]
-
-    def __call__(self, cameras):
-        key = cameras.c2w.numpy().tobytes() + cameras.proj.numpy().tobytes()
-        if key not in self.cache:
-            self.cache[key] = self.render_target(cameras)
-        return self.cache[key]
 
 
 def texture_psnr(mesh: TriMesh, texture: np.ndarray, target: TriMesh, raster: MeshRasterizer) -> float:
