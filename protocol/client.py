@@ -41,9 +41,11 @@ API (every call may raise BackendUnreachable, AccessRefused or VersionMismatch):
   handshake, and attach() again to every job this client follows that has not ended, from the last seq it
   saw, so no event is lost or repeated.
 - following: the ids of jobs whose events this client receives and that have not ended.
+- connection: the socket's side (connection.BackendConnection): address, public_key (this client's
+  CURVE key, Z85), heartbeat_s and dead_after_s.
 - close(); the client is also a context manager.
 
-Liveness: while waiting, the client pings the backend every heartbeat_s of silence and raises
+Liveness (connection.py): while waiting, the client pings the backend every heartbeat_s of silence and raises
 BackendUnreachable when nothing at all came back for dead_after_s after it sent something (dead
 process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as silence). Once the
 connection was made, its dropping raises BackendUnreachable at once, and again on every call until
@@ -69,7 +71,21 @@ import zmq
 
 from . import PROTOCOL_VERSION, codec
 from . import messages as m
-from .errors import ProtocolError, VersionMismatch
+
+# The errors and key loaders are part of the client's API (__all__): callers, the add-on's vendored
+# copy among them, import everything a client needs from this one module.
+from .client_errors import (
+    AccessRefused,
+    BackendUnreachable,
+    ClientError,
+    JobCancelledError,
+    JobFailedError,
+    RequestRejected,
+    UnknownJobError,
+    checked_reply,
+)
+from .connection import BackendConnection, load_client_key, load_server_public_key
+from .errors import VersionMismatch
 from .job import JobSpec, variant_specs
 from .scene import MeshPayload
 
@@ -89,101 +105,9 @@ __all__ = [
     "load_server_public_key",
 ]
 
-# ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH (zmq.h): one side speaks CURVE, the other does not.
-_MECHANISM_MISMATCH = 0x11000002
-_HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_DISCONNECTED
-)
-
-
-class ClientError(Exception):
-    """Base of the client's own errors."""
-
-
-class BackendUnreachable(ClientError):
-    """No answer from the backend: not running, wrong address, network down, or wrong CURVE server key."""
-
-
-class AccessRefused(BackendUnreachable):
-    """The backend refused the connection itself: it does not know this client's key, or the client
-    and the backend disagree on CURVE. The message is one line that says which."""
-
-
-class RequestRejected(ClientError):
-    """The backend answered a request with an Error (code + message)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-
-
-class UnknownJobError(RequestRejected):
-    """The backend has no job with that id."""
-
-
-class JobFailedError(ClientError):
-    def __init__(self, job_id: str, code: str, message: str):
-        super().__init__(f"job {job_id} failed: {message} ({code})")
-        self.job_id = job_id
-        self.code = code
-        self.message = message
-
-
-class JobCancelledError(ClientError):
-    def __init__(self, job_id: str):
-        super().__init__(f"job {job_id} was cancelled")
-        self.job_id = job_id
-
-
-def load_server_public_key(value: str | bytes | Path) -> bytes:
-    """A CURVE public key from its Z85 text, or from a NAME.key file written by `dreampolish-backend keys`."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii")
-    text = str(value).strip()
-    if len(text) == 40 and not Path(text).exists():
-        return text.encode("ascii")
-    path = Path(text).expanduser()
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line.startswith("public-key"):
-                return line.split("=", 1)[1].strip().strip('"').encode("ascii")
-        raise ClientError(f"{path} holds no public-key line")
-    raise ClientError("the server key must be 40 Z85 characters or the path of a .key file")
-
-
-def load_client_key(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) Z85 keys from a NAME.key_secret certificate (`dreampolish keys`)."""
-    import zmq.auth
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ClientError(f"client key file {file} does not exist")
-    try:
-        public, secret = zmq.auth.load_certificate(str(file))
-    except (OSError, ValueError) as exc:
-        raise ClientError(f"{file} is not a ZeroMQ certificate: {exc}") from exc
-    if not secret:
-        raise ClientError(f"{file} holds no secret key; pass the .key_secret file, not the .key file")
-    return public, secret
-
-
 T = TypeVar("T")
 Flow = Generator[m.Message, m.Message, T]
 """A request: yields each message to send, receives its reply, returns the request's result."""
-
-
-def checked_reply(reply: m.Message) -> m.Message:
-    """The reply itself, or the exception an Error reply stands for."""
-    if isinstance(reply, m.Error):
-        if reply.code == VersionMismatch.code:
-            raise VersionMismatch(reply.message)
-        if reply.code == "unknown_job":
-            raise UnknownJobError(reply.code, reply.message)
-        raise RequestRejected(reply.code, reply.message)
-    return reply
 
 
 class BackendClient:
@@ -201,37 +125,20 @@ class BackendClient:
         """client_key: this client's CURVE key pair, a .key_secret file or (public, secret); without
         one a CURVE client makes a pair for this connection only (served only by a backend that
         serves any client key)."""
-        self.address = address
-        self.server_public_key = load_server_public_key(server_public_key) if server_public_key else None
-        if client_key is None or isinstance(client_key, tuple):
-            self.client_key = client_key
-        else:
-            self.client_key = load_client_key(client_key)
-        self._monitor: zmq.Socket | None = None
-        self._own_pair: tuple[bytes, bytes] | None = None
+        self.connection = BackendConnection(
+            address, server_public_key, client_key, heartbeat_s, dead_after_s, context
+        )
+        """The socket, its keys and its liveness (heartbeat_s, dead_after_s)."""
         self.timeout_s = timeout_s
         """Longest wait for the reply to a request."""
-        self.heartbeat_s = heartbeat_s
-        self.dead_after_s = dead_after_s
         self.client_name = client_name
         self.welcome: m.Welcome | None = None
         self.last_seq: dict[str, int] = {}
         """Seq of the last event delivered to the caller, per job."""
-        self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
         self._events: collections.deque[m.Message] = collections.deque()
         self._repairing: set[str] = set()
         self.following: set[str] = set()
         """Jobs this client submitted, resumed or attached to, until their final event arrives."""
-        self._last_heard = 0.0
-        self._last_ping = 0.0
-        self._silent_since: float | None = None
-        """Monotonic time of the first message sent since the backend was last heard; None when not waiting."""
-        self._session_up = False
-        """The socket's connection to the backend completed its handshake."""
-        self._lost: str = ""
-        """Why this socket's connection was lost ("" while it is not): said by every receive until
-        reconnect(), since the backend on the other side has forgotten this client."""
 
     # connection ----------------------------------------------------------------------------------
 
@@ -243,26 +150,7 @@ class BackendClient:
     def open(self) -> None:
         """Open the DEALER socket (no waiting: ZeroMQ connects in the background and keeps what is
         sent until then). connect() is open() and the hello_flow()."""
-        if self._socket is None:
-            sock = self._context.socket(zmq.DEALER)
-            sock.linger = 0
-            if self.server_public_key is not None:
-                if self.client_key is None:
-                    # A pair for this client object only (kept across reconnects).
-                    self._own_pair = self._own_pair or zmq.curve_keypair()
-                public, secret = self.client_key or self._own_pair
-                sock.curve_serverkey = self.server_public_key
-                sock.curve_publickey = public
-                sock.curve_secretkey = secret
-            # Handshake events tell a refused key from a dead backend, which both look like silence.
-            self._monitor = sock.get_monitor_socket(
-                _HANDSHAKE_EVENTS, f"inproc://dreampolish-client-monitor-{id(self)}-{time.monotonic_ns()}"
-            )
-            sock.connect(self.address)
-            self._socket = sock
-            self._session_up, self._lost = False, ""
-        self._last_heard = time.monotonic()
-        self._silent_since = None
+        self.connection.open()
 
     def hello_flow(self) -> Flow[m.Welcome]:
         reply = yield m.Hello(client=f"{self.client_name} (protocol {PROTOCOL_VERSION})")
@@ -281,55 +169,7 @@ class BackendClient:
         return welcome
 
     def close(self) -> None:
-        if self._socket is not None:
-            if self._monitor is not None:
-                self._socket.disable_monitor()
-                self._monitor.close(linger=0)
-                self._monitor = None
-            self._socket.close(linger=0)
-            self._socket = None
-
-    @property
-    def public_key(self) -> str:
-        """This client's CURVE public key (Z85), or "" when it has no key pair of its own."""
-        return self.client_key[0].decode("ascii") if self.client_key else ""
-
-    def _check_handshake(self) -> None:
-        """Raise AccessRefused when the backend refused the handshake (ZAP 400 or mechanism mismatch),
-        BackendUnreachable once an established connection has dropped."""
-        from zmq.utils.monitor import recv_monitor_message
-
-        mon = self._monitor
-        while not self._lost and mon is not None and mon.poll(0):
-            event = recv_monitor_message(mon)
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._session_up = True
-            elif event["event"] == zmq.EVENT_DISCONNECTED and self._session_up:
-                # ZeroMQ reconnects by itself, and a restarted backend even answers pings, but the
-                # backend now sees a new peer: its replies to what was sent and every job this client
-                # follows are gone. Only a new handshake and attach bring them back (reconnect()).
-                self._lost = (f"the connection to the backend at {self.address} was lost "
-                              "(the backend stopped, restarted or dropped it)")
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                raise AccessRefused(self._refusal_line())
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MECHANISM_MISMATCH:
-                if self.server_public_key is None:
-                    raise AccessRefused(
-                        f"the backend at {self.address} uses CURVE encryption: set its server key"
-                    )
-                raise AccessRefused(
-                    f"the backend at {self.address} does not use CURVE encryption: clear the server key"
-                )
-        if self._lost:
-            raise BackendUnreachable(self._lost)
-
-    def _refusal_line(self) -> str:
-        if self.client_key is None:
-            return (
-                "this backend does not know your client key (this client has none of its own: "
-                "create one with `dreampolish keys` and pass --client-key)"
-            )
-        return f"this backend does not know your client key {self.public_key[:8]}"
+        self.connection.close()
 
     def __enter__(self) -> BackendClient:
         return self
@@ -515,39 +355,18 @@ class BackendClient:
 
     # internals -----------------------------------------------------------------------------------
 
-    def _require_socket(self) -> zmq.Socket:
-        if self._socket is None:
-            raise ClientError("not connected: call connect() first")
-        return self._socket
-
-    def _send(self, msg: m.Message) -> None:
-        sock = self._require_socket()
-        try:
-            frames = codec.encode(msg)
-        except Exception as exc:  # noqa: BLE001 - msgpack raises several types (TypeError, OverflowError)
-            # A value that cannot go on the wire (an integer over 64 bits, an object) is this
-            # request's fault, not the connection's: a ClientError, not BackendUnreachable.
-            raise ClientError(f"cannot send {msg.TYPE}: {exc}") from exc
-        now = time.monotonic()
-        if self._silent_since is None:
-            self._silent_since = now
-        try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again as exc:
-            raise BackendUnreachable(
-                f"cannot send to {self.address}: the connection is not taking messages"
-            ) from exc
-
     def send_request(self, msg: m.Message) -> str:
         """Send a request without waiting; returns the msg_id its reply will carry in `re`."""
         if not isinstance(msg, m.Message):
             raise ClientError(f"a request is a protocol message, not {type(msg).__name__}")
         msg.msg_id = codec.new_message_id()
-        self._send(msg)
+        self.connection.send(msg)
         return msg.msg_id
 
     def no_reply(self, msg: m.Message) -> BackendUnreachable:
-        return BackendUnreachable(f"no reply to {msg.TYPE} from {self.address} within {self.timeout_s:.0f} s")
+        return BackendUnreachable(
+            f"no reply to {msg.TYPE} from {self.connection.address} within {self.timeout_s:.0f} s"
+        )
 
     def buffer_event(self, msg: m.Message) -> None:
         """Keep an event for the next poll() (it arrived while a reply was awaited)."""
@@ -571,58 +390,12 @@ class BackendClient:
 
     def receive(self, deadline: float) -> m.Message | None:
         """The next message (an event this client accepts, or a reply to any request), or None at
-        the deadline; a deadline already past checks the socket once without waiting. Drives the
-        heartbeat and raises BackendUnreachable or AccessRefused."""
-        sock = self._require_socket()
+        the deadline; a deadline already past checks the socket once without waiting. Raises
+        BackendUnreachable or AccessRefused (connection.py)."""
         while True:
-            self._check_handshake()
-            # What has arrived is read before silence is judged: the caller may have been away for
-            # longer than dead_after_s (a Blender busy rendering calls no timer).
-            if not self._wait_readable(sock, 0):
-                now = time.monotonic()
-                self._check_alive(now)
-                wait_ms = max(0, int(min(deadline - now, self.heartbeat_s / 2) * 1000))
-                if wait_ms == 0 and now >= deadline:
-                    return None
-                if not self._wait_readable(sock, wait_ms):
-                    continue
-            msg = self._read(sock)
-            if msg is None:
-                continue
-            if not msg.IS_EVENT or self._accept_event(msg):
+            msg = self.connection.receive(deadline)
+            if msg is None or not msg.IS_EVENT or self._accept_event(msg):
                 return msg
-
-    def _check_alive(self, now: float) -> None:
-        """Raise when the backend has been silent too long; ping it after heartbeat_s of silence."""
-        if self._silent_since is not None and now - self._silent_since > self.dead_after_s:
-            raise BackendUnreachable(
-                f"the backend at {self.address} has not answered for {self.dead_after_s:.0f} s "
-                f"(is it running{', and is the server key right' if self.server_public_key else ''}?)"
-            )
-        if now - self._last_heard >= self.heartbeat_s and now - self._last_ping >= self.heartbeat_s:
-            self._last_ping = now
-            self._send(m.Ping())
-
-    def _read(self, sock: zmq.Socket) -> m.Message | None:
-        frames = sock.recv_multipart(copy=False)
-        self._last_heard = time.monotonic()
-        self._silent_since = None
-        try:
-            return codec.decode(frames)
-        except VersionMismatch:
-            raise
-        except ProtocolError as exc:
-            log.warning("dropped a malformed message from the backend: %s", exc)
-            return None
-
-    def _wait_readable(self, sock: zmq.Socket, wait_ms: int) -> bool:
-        """Wait for a message, waking early for a handshake event (checked by the caller's loop)."""
-        if self._monitor is None:
-            return bool(sock.poll(wait_ms, zmq.POLLIN))
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        return sock in dict(poller.poll(wait_ms))
 
     def _accept_event(self, msg: m.Message) -> bool:
         """Exactly-once, in-order delivery per job: drop duplicates, repair gaps by re-attaching."""
@@ -633,7 +406,7 @@ class BackendClient:
             if msg.job_id not in self._repairing:
                 self._repairing.add(msg.job_id)
                 log.info("job %s: missed events %d..%d, re-attaching", msg.job_id, last + 1, msg.seq - 1)
-                self._send(m.Attach(job_id=msg.job_id, last_seq=last, msg_id=codec.new_message_id()))
+                self.connection.send(m.Attach(job_id=msg.job_id, last_seq=last, msg_id=codec.new_message_id()))
             return False
         self._repairing.discard(msg.job_id)
         self.last_seq[msg.job_id] = msg.seq

@@ -76,7 +76,7 @@ def test_allowed_key_is_served_and_its_jobs_run(served, keyring):
 def test_unknown_key_is_refused_with_one_line_naming_it(served, keyring):
     with client_for(served, keyring, keyring["bob"]) as bob:
         line = refusal(bob)
-        assert line == f"this backend does not know your client key {bob.public_key[:8]}"
+        assert line == f"this backend does not know your client key {bob.connection.public_key[:8]}"
         assert "\n" not in line
     assert served.manager.list() == []
 
@@ -96,7 +96,7 @@ def test_plain_client_against_curve_server_is_told_to_set_the_server_key(served,
 def test_wrong_server_key_is_unreachable_not_served(served, keyring):
     wrong = zmq.curve_keypair()[0]
     with client_for(served, keyring, keyring["alice"], server_public_key=wrong) as c:
-        c.dead_after_s, c.heartbeat_s = 1.5, 0.3
+        c.connection.dead_after_s, c.connection.heartbeat_s = 1.5, 0.3
         with pytest.raises(BackendUnreachable) as info:
             c.connect()
             c.submit(JobSpec("should not run"))

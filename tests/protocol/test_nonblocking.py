@@ -86,7 +86,7 @@ def test_step_never_waits_and_an_unanswered_request_times_out_alone():
     # Nothing listens: the hello stays unanswered. Each step returns at once; after the client's
     # timeout the request fails with the same words as the blocking client, and the queue goes on.
     client, queue = _opened(free_tcp_endpoint(), timeout_s=0.3)
-    client.dead_after_s = 60.0  # judge the request's own timeout here, not the silence of the link
+    client.connection.dead_after_s = 60.0  # judge the request's own timeout here, not the silence of the link
     try:
         queue.add("connect", lambda c: c.hello_flow())
         queue.add("after", lambda c: iter(()))  # a flow with nothing to send finishes at once
@@ -108,7 +108,7 @@ def test_step_never_waits_and_an_unanswered_request_times_out_alone():
 
 def test_a_silent_backend_ends_the_connection(tmp_path):
     client, queue = _opened(free_tcp_endpoint(), timeout_s=30.0)
-    client.dead_after_s = 0.5
+    client.connection.dead_after_s = 0.5
     try:
         queue.add("connect", lambda c: c.hello_flow())
         with pytest.raises(BackendUnreachable, match="has not answered"):
@@ -129,7 +129,7 @@ def test_a_reply_that_came_while_the_caller_was_away_is_taken_and_the_link_survi
     # timeout and dead_after_s, while the backend answered long ago. The reply is in the socket.
     with running_backend(tmp_path / "store") as server:
         client, queue = _opened(server.endpoint, timeout_s=0.4)
-        client.dead_after_s = 0.4
+        client.connection.dead_after_s = 0.4
         try:
             queue.add("connect", lambda c: c.hello_flow())
             queue.add("ping", lambda c: c.ping_flow())
@@ -159,7 +159,7 @@ def test_a_backend_restarted_mid_job_ends_the_connection_and_the_job_goes_on_fro
     proc = start_backend_process(tmp_path / "store", endpoint)
     try:
         client, queue = _opened(endpoint)
-        client.dead_after_s = 60.0  # the loss is told by the connection itself, not by silence
+        client.connection.dead_after_s = 60.0  # the loss is told by the connection itself, not by silence
         queue.add("connect", lambda c: c.hello_flow())
         queue.add("submit", lambda c: c.submit_flow(
             JobSpec("across a restart", options={"test.steps": 10, "test.step_s": 0.05})))
@@ -415,7 +415,7 @@ def test_a_backend_that_dies_with_a_request_in_flight_ends_the_connection_at_onc
 
     with _ScriptedBackend(answer) as backend:
         client, queue = _opened(backend.endpoint, timeout_s=30)
-        client.dead_after_s = 60.0
+        client.connection.dead_after_s = 60.0
         try:
             queue.add("connect", lambda c: c.hello_flow())
             _run_until(queue, lambda got: len(got) >= 1, timeout_s=10)
