@@ -23,6 +23,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import ProtocolError, ValidationError
 from dreampolish.protocol.fields import MAX_ID_CHARS, MAX_MESSAGE_CHARS
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.payloads import FINAL_STATES, JobInfo
 from dreampolish.protocol.scene import MeshPayload
 
 from .executor import Executor, WorkerLost
@@ -290,7 +291,7 @@ class JobManager:
         job = self.get(job_id)
         with job.lock:
             state = job.state
-            if state in m.FINAL_STATES:
+            if state in FINAL_STATES:
                 raise BadJobState(f"job {job_id} is already {state}")
             job.cancel_requested.set()
             if state == "running":
@@ -324,7 +325,7 @@ class JobManager:
             raise ValidationError(
                 f"attach: last_seq {last_seq} is past the end of job {job_id}, whose last event is {last}"
             )
-        return not (state in m.FINAL_STATES and last_seq == last)
+        return not (state in FINAL_STATES and last_seq == last)
 
     def events_after(self, job_id: str, last_seq: int) -> Iterator[tuple[int, list[memoryview]]]:
         job = self.get(job_id)
@@ -355,7 +356,7 @@ class JobManager:
                 results.append(msg)
         return job.state, results
 
-    def list(self) -> list[m.JobInfo]:
+    def list(self) -> list[JobInfo]:
         """Every job, oldest first (the backend's own view; clients get list_page)."""
         with self._lock:
             jobs = sorted(self.jobs.values(), key=lambda j: (j.created_unix, j.job_id))
@@ -363,7 +364,7 @@ class JobManager:
 
     def list_page(
         self, user: str, admin: bool, after: str = "", limit: int = LISTING_PAGE
-    ) -> tuple[list[m.JobInfo], str]:
+    ) -> tuple[list[JobInfo], str]:
         """One page of the jobs user may see, oldest first, after the page token `after`; returns the
         rows (prompt and error cut to LISTING_TEXT_CHARS) and the next page's token ("" at the end)."""
         start = _parse_page_token(after)
@@ -385,7 +386,7 @@ class JobManager:
         """Remove a finished job and its folder (the caller checked ownership)."""
         job = self.get(job_id)
         with job.lock:
-            if job.state not in m.FINAL_STATES:
+            if job.state not in FINAL_STATES:
                 raise BadJobState(f"job {job_id} is {job.state}; only a finished job can be deleted (cancel it first)")
             with self._lock:
                 self.jobs.pop(job_id, None)
@@ -396,7 +397,7 @@ class JobManager:
         """Delete every finished job created more than older_than_s ago; returns how many."""
         cutoff = (time.time() if now is None else now) - older_than_s
         with self._lock:
-            old = [j.job_id for j in self.jobs.values() if j.state in m.FINAL_STATES and j.created_unix < cutoff]
+            old = [j.job_id for j in self.jobs.values() if j.state in FINAL_STATES and j.created_unix < cutoff]
         for job_id in old:
             try:
                 self.delete(job_id)

@@ -17,6 +17,7 @@ from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import ProtocolError
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.payloads import FINAL_STATES, JOB_STATES
 
 from .pipeline_api import ResumePoint
 from .store_records import (
@@ -65,7 +66,7 @@ def read_state(folder: Path) -> tuple[dict[str, object] | None, str]:
         return None, "state.json missing"
     except (OSError, ValueError) as exc:
         return None, f"state.json unreadable ({type(exc).__name__})"
-    if not isinstance(raw, dict) or raw.get("state") not in m.JOB_STATES:
+    if not isinstance(raw, dict) or raw.get("state") not in JOB_STATES:
         return None, "state.json has no valid state"
     crc = raw.pop("crc32", None)
     if crc is not None and crc != state_crc(raw):  # files written before the checksum have none
@@ -243,13 +244,13 @@ class JobLoader:
                 job.error, job.error_code = str(body.get("message", "")), str(body.get("code", ""))
             return
         job.state = str(state["state"])
-        if from_log in m.FINAL_STATES and job.state != from_log:
+        if from_log in FINAL_STATES and job.state != from_log:
             job.state = from_log  # the final event is stored; state.json was not rewritten after it
         elif from_log == "paused" and job.state == "running":
             job.state = "paused"  # likewise for the pause: the job must not run past its gate
         elif job.state == "paused" and last_type == m.Resumed.TYPE:
             job.state = "queued"  # resumed, and state.json was not rewritten after it
-        elif (job.state in m.FINAL_STATES and from_log not in m.FINAL_STATES) or (
+        elif (job.state in FINAL_STATES and from_log not in FINAL_STATES) or (
             job.state == "paused" and from_log != "paused"
         ):
             self.tail = rebuilt_event(job, job.state if job.state != "paused" else m.Paused.TYPE)
@@ -320,7 +321,7 @@ class JobLoader:
         self.notes.append(f"{problem}: the edited mesh is lost; paused again, resume it again")
 
     def _spec_lost(self, job: Job, problem: str) -> None:
-        if job.state in m.FINAL_STATES:
+        if job.state in FINAL_STATES:
             self.notes.append(f"{problem}: the request is lost, its results are kept")
             return
         job.state, job.resume = "failed", None

@@ -17,6 +17,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import ProtocolError
 from dreampolish.protocol.fields import MAX_ID_CHARS, MAX_MESSAGE_CHARS
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.payloads import JobInfo
 
 from .pipeline_api import ResumePoint
 from .store_records import read_frames
@@ -86,11 +87,11 @@ class Job:
             notes.append(f"events {spans(sorted(self.live_damage))} damaged while the backend ran (rebuilt)")
         return ("store damage: " + "; ".join(notes)) if notes else ""
 
-    def info(self) -> m.JobInfo:
+    def info(self) -> JobInfo:
         error = self.error
         if self.damage or self.live_damage:
             error = f"{error} ({self.damage_line()})" if error else self.damage_line()
-        return m.JobInfo(
+        return JobInfo(
             job_id=self.job_id,
             state=self.state,
             prompt=self.spec.prompt,

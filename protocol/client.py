@@ -87,6 +87,7 @@ from .client_errors import (
 from .connection import BackendConnection, load_client_key, load_server_public_key
 from .errors import VersionMismatch
 from .job import JobSpec, variant_specs
+from .payloads import JobInfo
 from .scene import MeshPayload
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,12 @@ class BackendClient:
         yield m.Attach(job_id=job_id, last_seq=seq)
         self.following.add(job_id)
 
-    def list_jobs(self) -> list[m.JobInfo]:
+    def list_jobs(self) -> list[JobInfo]:
         """Every job this client may see (its own; an admin: all), oldest first, page by page."""
         return self.run_flow(self.list_jobs_flow())
 
-    def list_jobs_flow(self) -> Flow[list[m.JobInfo]]:
-        jobs: list[m.JobInfo] = []
+    def list_jobs_flow(self) -> Flow[list[JobInfo]]:
+        jobs: list[JobInfo] = []
         page = ""
         while True:
             part, page = yield from self.list_jobs_page_flow(page)
@@ -256,11 +257,11 @@ class BackendClient:
             if not page:
                 return jobs
 
-    def list_jobs_page(self, page: str = "", limit: int = 0) -> tuple[list[m.JobInfo], str]:
+    def list_jobs_page(self, page: str = "", limit: int = 0) -> tuple[list[JobInfo], str]:
         """One page of jobs and the token of the next ("" after the last page)."""
         return self.run_flow(self.list_jobs_page_flow(page, limit))
 
-    def list_jobs_page_flow(self, page: str = "", limit: int = 0) -> Flow[tuple[list[m.JobInfo], str]]:
+    def list_jobs_page_flow(self, page: str = "", limit: int = 0) -> Flow[tuple[list[JobInfo], str]]:
         reply = yield m.ListJobs(page=page, limit=limit)
         if not isinstance(reply, m.JobList):
             raise ClientError(f"expected job_list, got {reply.TYPE}")

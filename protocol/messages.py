@@ -26,7 +26,6 @@ from .fields import (
     MAX_NAME_CHARS,
     MAX_OPTIONS,
     read_bool,
-    read_float,
     read_int,
     read_list,
     read_map,
@@ -38,14 +37,8 @@ from .fields import (
 from .frames import FrameReader, FrameWriter
 from .job import STAGES, JobSpec
 from .limits import LIMITS
-from .names import check_file_name
-from .payloads import mesh_from_wire, mesh_to_wire, spec_from_wire, spec_to_wire
+from .payloads import JOB_STATES, JobInfo, mesh_from_wire, mesh_to_wire, spec_from_wire, spec_to_wire
 from .scene import MeshPayload
-
-JOB_STATES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
-"""Lifecycle of a job. done, failed and cancelled are final."""
-FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
-
 
 # --- messages ------------------------------------------------------------------------------------
 
@@ -422,57 +415,6 @@ class Cancelled(Message):
 
     TYPE: ClassVar[str] = "cancelled"
     IS_EVENT: ClassVar[bool] = True
-
-
-@dataclass
-class JobInfo:
-    """One row of JobList."""
-
-    job_id: str
-    state: str
-    prompt: str = ""
-    mode: str = "generate"
-    preset: str = ""
-    created_unix: float = 0.0
-    """Submit time, seconds since the epoch (for display only)."""
-    last_seq: int = 0
-    """Sequence number of the job's latest event."""
-    stages_done: list[str] = field(default_factory=list)
-    """Stages whose result is stored, in order."""
-    error: str = ""
-    """The failure message of a failed job."""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "state": self.state,
-            "prompt": self.prompt,
-            "mode": self.mode,
-            "preset": self.preset,
-            "created_unix": float(self.created_unix),
-            "last_seq": self.last_seq,
-            "stages_done": list(self.stages_done),
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_wire(cls, d: object) -> JobInfo:
-        if not isinstance(d, dict):
-            raise ValidationError("job info must be a map")
-        state = read_str(d, "state")
-        if state not in JOB_STATES:
-            raise ValidationError(f"job state must be one of {JOB_STATES}, got {state!r}")
-        return cls(
-            job_id=check_file_name(read_str(d, "job_id", max_chars=MAX_ID_CHARS), "field 'job_id'"),
-            state=state,
-            prompt=read_str(d, "prompt", "", max_chars=LIMITS.max_prompt_chars),
-            mode=read_str(d, "mode", "generate"),
-            preset=read_str(d, "preset", ""),
-            created_unix=read_float(d, "created_unix", 0.0),
-            last_seq=read_int(d, "last_seq", 0),
-            stages_done=read_str_list(d, "stages_done", []),
-            error=read_str(d, "error", "", max_chars=MAX_MESSAGE_CHARS),
-        )
 
 
 @dataclass

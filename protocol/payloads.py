@@ -1,5 +1,5 @@
 """The wire maps of the payloads that messages carry: textures, meshes, cameras, the reference
-image and the job spec.
+image, the job spec, and a job's row in a job list (JobInfo, with the states of a job).
 
 Each payload has a `*_to_wire(payload, frames)` that returns its map, with arrays and blobs moved
 into frames (frames.py), and a `*_from_wire(map, frames)` that checks every field (fields.py) and
@@ -9,12 +9,14 @@ README.md specifies them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import LimitExceeded, ValidationError
 from .fields import (
+    MAX_ID_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_NAME_CHARS,
     MAX_OPTIONS,
@@ -30,7 +32,12 @@ from .frames import FrameReader, FrameWriter
 from .image import ReferenceImage
 from .job import STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
+from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
+
+JOB_STATES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
+"""Lifecycle of a job. done, failed and cancelled are final."""
+FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 
 def texture_to_wire(t: TexturePayload, w: FrameWriter) -> dict[str, Any]:
@@ -195,3 +202,54 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
         input_mesh=input_mesh,
         image=image,
     )
+
+
+@dataclass
+class JobInfo:
+    """One row of JobList."""
+
+    job_id: str
+    state: str
+    prompt: str = ""
+    mode: str = "generate"
+    preset: str = ""
+    created_unix: float = 0.0
+    """Submit time, seconds since the epoch (for display only)."""
+    last_seq: int = 0
+    """Sequence number of the job's latest event."""
+    stages_done: list[str] = field(default_factory=list)
+    """Stages whose result is stored, in order."""
+    error: str = ""
+    """The failure message of a failed job."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "prompt": self.prompt,
+            "mode": self.mode,
+            "preset": self.preset,
+            "created_unix": float(self.created_unix),
+            "last_seq": self.last_seq,
+            "stages_done": list(self.stages_done),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_wire(cls, d: object) -> JobInfo:
+        if not isinstance(d, dict):
+            raise ValidationError("job info must be a map")
+        state = read_str(d, "state")
+        if state not in JOB_STATES:
+            raise ValidationError(f"job state must be one of {JOB_STATES}, got {state!r}")
+        return cls(
+            job_id=check_file_name(read_str(d, "job_id", max_chars=MAX_ID_CHARS), "field 'job_id'"),
+            state=state,
+            prompt=read_str(d, "prompt", "", max_chars=LIMITS.max_prompt_chars),
+            mode=read_str(d, "mode", "generate"),
+            preset=read_str(d, "preset", ""),
+            created_unix=read_float(d, "created_unix", 0.0),
+            last_seq=read_int(d, "last_seq", 0),
+            stages_done=read_str_list(d, "stages_done", []),
+            error=read_str(d, "error", "", max_chars=MAX_MESSAGE_CHARS),
+        )

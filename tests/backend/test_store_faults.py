@@ -23,6 +23,7 @@ from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.client import BackendClient, BackendUnreachable, JobFailedError, RequestRejected
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.payloads import JobInfo
 
 from tests.support.pipelines import (
     MODE_STAGES,
@@ -156,7 +157,7 @@ def pristine(tmp_path_factory):
     return root, done, paused, neighbour, infos
 
 
-def _restart_and_check(store: Path, job: str, neighbour: str, infos: dict) -> m.JobInfo:
+def _restart_and_check(store: Path, job: str, neighbour: str, infos: dict) -> JobInfo:
     with running_backend(store) as server, connected_client(server.endpoint, heartbeat_s=0.3) as client:
         listed = {j.job_id: j for j in client.list_jobs()}
         assert listed[neighbour].error == "" and listed[neighbour].last_seq == infos[neighbour].last_seq

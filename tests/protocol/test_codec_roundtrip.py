@@ -11,6 +11,7 @@ from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import DecodeError, LimitExceeded, ValidationError, VersionMismatch
 from dreampolish.protocol.job import JOB_MODES, STAGES, JobSpec
+from dreampolish.protocol.payloads import JOB_STATES, JobInfo
 from dreampolish.protocol.scene import SENSOR_FITS, CameraSpec, MeshPayload, TexturePayload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -98,9 +99,9 @@ def specs(draw) -> JobSpec:
 common = {"msg_id": ids, "re": st.just("") | ids, "job_id": st.just("") | job_ids}
 event_common = {**common, "job_id": job_ids, "seq": st.integers(1, 10**9)}
 job_infos = st.builds(
-    m.JobInfo,
+    JobInfo,
     job_id=job_ids,
-    state=st.sampled_from(m.JOB_STATES),
+    state=st.sampled_from(JOB_STATES),
     prompt=st.text(max_size=50),
     created_unix=st.floats(0, 2e9),
     last_seq=st.integers(0, 10**6),
@@ -151,7 +152,7 @@ STRATEGIES: dict[type[m.Message], st.SearchStrategy[m.Message]] = {
     m.JobList: st.builds(m.JobList, jobs=st.lists(job_infos, max_size=4), next_page=names, **common),
     m.Result: st.builds(
         m.Result,
-        state=st.sampled_from(m.JOB_STATES),
+        state=st.sampled_from(JOB_STATES),
         stage_results=st.lists(stage_results, max_size=3),
         more_from=st.integers(0, 100),
         **common,

@@ -41,7 +41,7 @@ def test_page_states_the_current_version_and_has_a_changelog_entry_for_it():
 
 
 def test_job_states_are_documented():
-    for state in m.JOB_STATES:
+    for state in payloads.JOB_STATES:
         assert f"`{state}`" in PAGE
 
 
@@ -68,7 +68,7 @@ def _spec() -> JobSpec:
 def _full(cls: type) -> m.Message:
     """An instance of message type `cls` with every optional field present."""
     event = {"job_id": "j", "seq": 1}
-    info = m.JobInfo("j", "done", "a vase", created_unix=1.0, stages_done=["reference"], error="")
+    info = payloads.JobInfo("j", "done", "a vase", created_unix=1.0, stages_done=["reference"], error="")
     result = m.StageResult(stage="nerf", index=1, mesh=_mesh(), **event)
     examples = {
         m.Hello: dict(client="test"), m.Submit: dict(spec=_spec()), m.Resume: dict(mesh=_mesh(), job_id="j"),
