@@ -54,6 +54,8 @@ class FairQueue:
         """Clients with queued jobs, the one whose turn is next first."""
         self._cond = threading.Condition()
         self._closed = False
+        self._closed_event = threading.Event()
+        """Set by close(), for wait_closed (a second waiter on _cond could take a put's notify)."""
 
     def put(self, job_id: str, client: str = "") -> int:
         """Queue job_id; returns how many queued jobs will be taken before it."""
@@ -99,6 +101,10 @@ class FairQueue:
         with self._cond:
             return self._closed
 
+    def wait_closed(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s for close(); True once closed."""
+        return self._closed_event.wait(timeout_s)
+
     def close(self) -> None:
         """Drop every queued job (they stay "queued" in the store) and wake every waiting get()."""
         with self._cond:
@@ -106,6 +112,7 @@ class FairQueue:
             self._by_client.clear()
             self._turns.clear()
             self._cond.notify_all()
+        self._closed_event.set()
 
 
 class WorkerLost(Exception):

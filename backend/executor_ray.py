@@ -16,8 +16,11 @@ needed.
 A lost worker (its process or node gone mid-job): the head's call raises a RayActorError, the job
 system queues the job again (WorkerLost) and another actor resumes it from its last finished stage;
 the stage results it reports again are dropped by the store (recorded once per (stage, index)). Ray
-restarts a lost actor where the cluster has a free GPU (max_restarts=-1); an actor killed for good
-retires its thread.
+restarts a lost actor where the cluster has a free GPU (max_restarts=-1), and its thread takes jobs
+again once it answers. Only the cluster's own record says which lost actors come back: a probe sent
+while Ray has not yet noticed the death fails like a probe to an actor killed for good, so the head
+retires a thread only when the cluster records its actor as DEAD (killed for good, or out of
+restarts), never on a failed probe alone (RayExecutor.device_usable).
 
 Cancel: a watcher thread on the head polls the job's flags (cancel, backend stopping) and tells the
 actor, whose JobContext raises at the pipeline's next check_cancel (within one step). The actor is
@@ -60,6 +63,9 @@ READY_TIMEOUT_S = 300.0
 """How long the actors may take to start (building a pipeline may load models)."""
 PROBE_TIMEOUT_S = 10.0
 """Wait for a lost actor to answer again (Ray restarting it) before asking once more."""
+PROBE_RETRY_S = 0.5
+"""Pause before probing again a lost actor whose probe failed at once (Ray has not yet noticed the
+death, or is between restarts)."""
 
 
 # --- work folders travel between the store and the actors ----------------------------------------
@@ -334,6 +340,37 @@ def check_reachable(address: str | None) -> None:
                               f"`ray start --head` and give its address") from exc
 
 
+AUTH_HINT = (
+    "If the cluster's head uses Ray's token authentication (it does when its machine had a token in "
+    "~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN when `ray start --head` ran), this "
+    "machine needs the same token there"
+)
+
+
+def connect(address: str | None) -> None:
+    """ray.init for serve: to the cluster at address (None: RAY_ADDRESS, a cluster started on this
+    machine, or a new local one).
+
+    Ray 2.60 decides per process whether to authenticate. `ray start --head` turns token
+    authentication on when the machine has a token (Ray writes ~/.ray/auth_token the first time any
+    local cluster starts), and ray.init with address=None or "auto" presents that token; ray.init with
+    an explicit HOST:PORT presents none unless RAY_AUTH_MODE=token is set, so `serve --ray-address
+    HOST:PORT` was refused (InvalidAuthToken) by a head started on a machine where Ray ran before.
+    Here an explicit address is treated as "auto" is: a token this machine has (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is presented, unless RAY_AUTH_MODE says otherwise (a head
+    without authentication ignores it). Ray 2.61 does the same for every address."""
+    if address and "://" not in address and address != "auto":
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as exc:
+        raise ConnectionError(f"{exc}. {AUTH_HINT} (README: Running on a cluster)") from exc
+
+
 class RayExecutor(QueueWorkers):
     """One PipelineWorker actor per GPU of a Ray cluster, fed from one FairQueue on the head.
 
@@ -347,7 +384,7 @@ class RayExecutor(QueueWorkers):
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             check_reachable(address)
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            connect(address)
         try:
             count = int(ray.cluster_resources().get(resource, 0)) if workers is None else workers
             if count < 1:
@@ -402,19 +439,43 @@ class RayExecutor(QueueWorkers):
             self._lost.add(device)
 
     def device_usable(self, device: str) -> bool:
-        """A device whose actor was lost takes jobs again once Ray has restarted it; never if it died
-        for good (killed, or out of restarts)."""
+        """A device whose actor was lost takes jobs again once Ray has restarted it; never if the cluster
+        records it as dead for good (killed, or out of restarts).
+
+        The head's probe and Ray's restart may come in either order: a probe sent before Ray has
+        noticed the death (or while it restarts the actor) may fail at once, exactly as one sent to an
+        actor killed for good. So a failed probe is never the verdict: the cluster's record of the
+        actor is, and until it says DEAD the head keeps asking."""
         while device in self._lost and not self._queue_closed():
             try:
-                ray.get(self._actors[device].info.remote(), timeout=PROBE_TIMEOUT_S)
+                self._probe(device)
             except ray.exceptions.GetTimeoutError:
                 continue  # Ray is still restarting it (or waits for a node with a free GPU)
-            except _LOST:
-                return False
+            except _LOST as exc:
+                state = self._actor_state(device)
+                if state == "DEAD":
+                    return False
+                log.info("worker %s is not back yet (%s; the cluster says %s)", device, type(exc).__name__, state)
+                self._queue.wait_closed(PROBE_RETRY_S)
+                continue
             with self._count_lock:
                 self._lost.discard(device)
             log.info("worker %s is back", device)
         return not self._queue_closed()
+
+    def _probe(self, device: str) -> None:
+        """Returns once the device's actor answers; raises what a call to a lost actor raises, or
+        GetTimeoutError after PROBE_TIMEOUT_S."""
+        ray.get(self._actors[device].info.remote(), timeout=PROBE_TIMEOUT_S)
+
+    def _actor_state(self, device: str) -> str:
+        """The cluster's (GCS's) record of the device's actor: ALIVE, RESTARTING, PENDING_CREATION,
+        DEPENDENCIES_UNREADY or DEAD ("" if it has none). Read from the GCS itself: Ray's state API
+        (ray.util.state) needs the dashboard, which the head does not start."""
+        from ray._private.state import actors
+
+        record = actors(actor_id=self._actors[device]._actor_id.hex())
+        return str(record.get("State", "")) if record else ""
 
     def _queue_closed(self) -> bool:
         return self._queue.closed

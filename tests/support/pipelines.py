@@ -162,6 +162,20 @@ class ScriptedPipeline:
         return mesh
 
 
+START_GATE_ENV = "DREAMPOLISH_TEST_START_GATE"
+"""A file path: while that file exists, GatedScriptedPipeline waits in its constructor."""
+
+
+class GatedScriptedPipeline(ScriptedPipeline):
+    """ScriptedPipeline whose construction waits while the file named by $DREAMPOLISH_TEST_START_GATE
+    exists: a test holds a Ray worker's (re)start by creating the file and lets it go by removing it."""
+
+    def __init__(self) -> None:
+        gate = os.environ.get(START_GATE_ENV)
+        while gate and Path(gate).exists():
+            time.sleep(0.02)
+
+
 # --- starting a backend in tests -----------------------------------------------------------------
 
 
