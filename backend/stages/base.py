@@ -102,6 +102,12 @@ class ReferenceWeights:
     (DreamCraft3D systems/dreamcraft3d.py, loss "normal"; lambda_normal is 0.0 in all four of its configs
     dreamcraft3d-coarse-nerf / -coarse-neus / -geometry / -texture.yaml, so 0 here too). Above 0, the
     reference stage estimates the reference normals and the stage renders normals on the reference view."""
+    alternate_every: int = ranged(0, 0, 1000)
+    """Which steps carry the reference losses and which the guidance (DreamCraft3D's `freq.ref_or_guidance`,
+    systems/dreamcraft3d.py training_step): 0, both on every step ("accumulate", its geometry/DMTet stage);
+    N >= 2, every N-th step is reference-only and the others guidance-only ("alternate" with n_ref = N: its
+    coarse NeRF and NeuS stages and its texture stage use n_ref 2, so half their steps run no guidance).
+    Jobs without a reference view run the guidance on every step (reference_or_guidance)."""
 
 
 @dataclass

@@ -76,7 +76,7 @@ from .base import (
     shade_normals,
 )
 from .neus import NeusState
-from .step import StepLoss, optimiser_step, seeded_init
+from .step import StepLoss, optimiser_step, reference_or_guidance, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -292,25 +292,30 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
     opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
                        (list(state.color_field.parameters()), cfg.lr_color)])
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
+    loss: StepLoss | None = None
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
         state.color_field.update_progress(p)
         surface = state.step_surface()
         mesh = TriMesh(surface.vertices, surface.faces)
-        loss = StepLoss.start(device)
-        loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, p)
-        # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise;
-        # the colour render rides along for Zero123
-        res = cfg.resolution.at(p)
-        cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
-        out = state.render(cams, mesh)
-        normal_step = step % 4 < cfg.normal_steps_of_4
-        shown = shade_normals(out.normal, out.opacity, cfg.background) if normal_step else out.rgb
-        loss.add_guidance(guidance, GuidanceInput(shown, out.opacity, cams, normal=out.normal,
-                                                  shading="normal" if normal_step else "albedo", step=step,
-                                                  colour=out.rgb if normal_step else None,
-                                                  total_steps=cfg.steps), cfg.guidance_weight.at(p))
+        loss = StepLoss.start(device, loss)
+        # DreamCraft3D's geometry stage accumulates (reference and guidance every step): alternate_every 0
+        do_reference, do_guidance = reference_or_guidance(step, cfg.reference.alternate_every, ref is not None)
+        if do_reference:
+            loss.add_reference(functools.partial(state.render, mesh=mesh), ref, cfg.reference, p)
+        if do_guidance:
+            # 2. guidance: normal-shaded renders on `normal_steps_of_4` of every 4 steps, albedo otherwise;
+            # the colour render rides along for Zero123
+            res = cfg.resolution.at(p)
+            cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
+            out = state.render(cams, mesh)
+            normal_step = step % 4 < cfg.normal_steps_of_4
+            shown = shade_normals(out.normal, out.opacity, cfg.background) if normal_step else out.rgb
+            loss.add_guidance(guidance, GuidanceInput(shown, out.opacity, cams, normal=out.normal,
+                                                      shading="normal" if normal_step else "albedo", step=step,
+                                                      colour=out.rgb if normal_step else None,
+                                                      total_steps=cfg.steps), cfg.guidance_weight.at(p))
         # 3. mesh regularisers
         w_nc, w_lap = cfg.normal_consistency_weight.at(p), cfg.laplacian_weight.at(p)
         if w_nc > 0:

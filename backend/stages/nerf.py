@@ -39,7 +39,7 @@ from .base import (
     adam_groups,
     reference_at,
 )
-from .step import StepLoss, optimiser_step, seeded_init
+from .step import StepLoss, optimiser_step, reference_or_guidance, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def _nerf_field() -> FieldConfig:
 
 
 def _reference_weights() -> ReferenceWeights:
-    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=128)
+    # DreamCraft3D configs/dreamcraft3d-coarse-nerf.yaml: lambda_rgb 1000, lambda_mask 100, lambda_depth_rel
+    # 0.05; freq.ref_or_guidance "alternate", n_ref 2
+    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=128, alternate_every=2)
 
 
 @dataclass
@@ -179,6 +181,7 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
                         cfg.lr_network)])
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     draws = draw_generator(generator, device)
+    loss: StepLoss | None = None
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
@@ -187,24 +190,27 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
             state.occupancy.update(lambda x: density.density(x) > cfg.occupancy_density, generator)
         w_orient = cfg.orientation_weight.at(p)
         want_normals = cfg.guidance_normals or w_orient > 0
-        loss = StepLoss.start(device)
-        # normals on the reference view only for the reference normal loss
-        loss.add_reference(functools.partial(state.render, want_normals=cfg.reference.normal.at(p) > 0,
-                                             generator=draws), ref, cfg.reference, p)
-        res = cfg.resolution.at(p)
-        cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
-        out = state.render(cams, want_normals=want_normals, generator=draws)
-        loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams,
-                                                  normal=out.normal if cfg.guidance_normals else None,
-                                                  shading="albedo", step=step, total_steps=cfg.steps),
-                          cfg.guidance_weight.at(p))
-        # 3. regularisers
-        if w_orient > 0 and out.orientation is not None:
-            loss.add("orientation", w_orient, orientation_loss(out.orientation, out.opacity))
-        for name, w, fn in (("sparsity", cfg.sparsity_weight, sparsity_loss),
-                            ("opacity", cfg.opacity_weight, opacity_entropy_loss)):
-            if w.at(p) > 0:
-                loss.add(name, w.at(p), fn(out.opacity))
+        loss = StepLoss.start(device, loss)
+        do_reference, do_guidance = reference_or_guidance(step, cfg.reference.alternate_every, ref is not None)
+        if do_reference:
+            # normals on the reference view only for the reference normal loss
+            loss.add_reference(functools.partial(state.render, want_normals=cfg.reference.normal.at(p) > 0,
+                                                 generator=draws), ref, cfg.reference, p)
+        if do_guidance:
+            res = cfg.resolution.at(p)
+            cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
+            out = state.render(cams, want_normals=want_normals, generator=draws)
+            loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams,
+                                                      normal=out.normal if cfg.guidance_normals else None,
+                                                      shading="albedo", step=step, total_steps=cfg.steps),
+                              cfg.guidance_weight.at(p))
+            # 3. regularisers, on the sampled views
+            if w_orient > 0 and out.orientation is not None:
+                loss.add("orientation", w_orient, orientation_loss(out.orientation, out.opacity))
+            for name, w, fn in (("sparsity", cfg.sparsity_weight, sparsity_loss),
+                                ("opacity", cfg.opacity_weight, opacity_entropy_loss)):
+                if w.at(p) > 0:
+                    loss.add(name, w.at(p), fn(out.opacity))
         # the gather buffers' need (VolumeRenderConfig.empty_space) is read back when the losses are
         optimiser_step(opt, loss, reporter, step, cfg.steps, capacities=[state.occupancy.kept])
     state.steps_done = cfg.steps

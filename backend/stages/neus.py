@@ -43,7 +43,7 @@ from .base import (
     reference_at,
 )
 from .nerf import NerfState, _finish_mesh, draw_generator
-from .step import StepLoss, optimiser_step, seeded_init
+from .step import StepLoss, optimiser_step, reference_or_guidance, seeded_init
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def _neus_field() -> FieldConfig:
 
 
 def _reference_weights() -> ReferenceWeights:
-    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=128)
+    # DreamCraft3D configs/dreamcraft3d-coarse-neus.yaml: lambda_rgb 1000, lambda_mask 100, lambda_depth_rel
+    # 0.05; freq.ref_or_guidance "alternate", n_ref 2
+    return ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=128, alternate_every=2)
 
 
 @dataclass
@@ -182,6 +184,7 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
     bound = sdf.bound
     draws = draw_generator(generator, device)
+    loss: StepLoss | None = None
     for step in range(cfg.steps):
         reporter.check_cancel()
         p = stage_progress(step, cfg.steps)
@@ -190,13 +193,17 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
         state.cos_anneal = cfg.cos_anneal.at(p)
         if step > 0 and step % cfg.occupancy_every == 0:
             state.update_occupancy(generator)
-        loss = StepLoss.start(device)
-        loss.add_reference(lambda cam: state.render(cam, generator=draws), ref, cfg.reference, p)
-        res = cfg.resolution.at(p)
-        cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
-        out = state.render(cams, generator=draws)
-        loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams, normal=out.normal, shading="albedo",
-                                                  step=step, total_steps=cfg.steps), cfg.guidance_weight.at(p))
+        loss = StepLoss.start(device, loss)
+        do_reference, do_guidance = reference_or_guidance(step, cfg.reference.alternate_every, ref is not None)
+        if do_reference:
+            loss.add_reference(lambda cam: state.render(cam, generator=draws), ref, cfg.reference, p)
+        if do_guidance:
+            res = cfg.resolution.at(p)
+            cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
+            out = state.render(cams, generator=draws)
+            loss.add_guidance(guidance, GuidanceInput(out.rgb, out.opacity, cams, normal=out.normal,
+                                                      shading="albedo", step=step, total_steps=cfg.steps),
+                              cfg.guidance_weight.at(p))
         # 3. eikonal regulariser at random points of the box
         w_eik = cfg.eikonal_weight.at(p)
         if w_eik > 0:

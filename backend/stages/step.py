@@ -58,8 +58,10 @@ class StepLoss:
     terms: dict[str, Tensor | float] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, device: torch.device | str) -> StepLoss:
-        return cls(torch.zeros((), device=device))
+    def start(cls, device: torch.device | str, earlier: StepLoss | None = None) -> StepLoss:
+        """A zero loss; with `earlier`, its terms are reported again until this step replaces them (steps that
+        alternate between reference and guidance terms report the latest of both)."""
+        return cls(torch.zeros((), device=device), dict(earlier.terms) if earlier is not None else {})
 
     def add(self, name: str, weight: float, value: Tensor) -> None:
         """L += w · value, reported as `name` (unweighted)."""
@@ -82,6 +84,18 @@ class StepLoss:
         self.total = self.total + weight * g.loss
         self.terms["guidance"] = g.loss.detach()
         self.terms.update(g.diagnostics)
+
+
+def reference_or_guidance(step: int, alternate_every: int, has_reference: bool) -> tuple[bool, bool]:
+    """(whether the step adds the reference losses, whether it runs the guidance): both every step when
+    alternate_every is 0 or there is no reference, else a reference-only step every alternate_every-th step
+    (step 0 first, as DreamCraft3D's `true_global_step % n_ref == 0`) and guidance-only steps between."""
+    if not has_reference:
+        return False, True
+    if alternate_every < 2:
+        return True, True
+    reference = step % alternate_every == 0
+    return reference, not reference
 
 
 def request_capacities(reporter: StageReporter, step: int, steps: int, capacities: Iterable[DeviceCapacity]) -> None:

@@ -45,7 +45,7 @@ from ..render.cameras import CameraBatch, ViewSampler, orbit_cameras
 from ..render.rasterize import MeshRasterizer
 from ..schedules import Ramp, stage_progress
 from .base import ReferenceView, StageReporter
-from .step import request_capacities, seeded_init
+from .step import reference_or_guidance, request_capacities, seeded_init
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,10 @@ class TextureConfig:
     reference_erosion: float = ranged(4 / 1024, 0, 0.25)
     """The reference mask is eroded by this fraction of the image width before the L1 loss, so that the
     silhouette's mixed pixels do not pull background into the texture (DreamCraft3D: 4 px at 1024)."""
-    reference_every: int = ranged(1, 1, 1_000_000)
-    """Apply the reference loss every this many steps."""
+    alternate_every: int = ranged(2, 0, 1000)
+    """0: the reference loss and the guidance on every step; N >= 2: every N-th step reference-only, the
+    others guidance-only (DreamCraft3D configs/dreamcraft3d-texture.yaml: freq.ref_or_guidance "alternate",
+    n_ref 2; stages/base.py ReferenceWeights.alternate_every)."""
     background: tuple[float, float, float] = ranged((1.0, 1.0, 1.0), 0, 1)
     """Background colour behind the object in training renders."""
     view_pool: int = ranged(0, 0, 4096)
@@ -194,9 +196,11 @@ class SurfaceViews:
 def covered_pixels(pool: SurfaceViews | None, batch_size: int) -> DeviceCapacity:
     """The capacity of the covered pixels of a training batch (shade_albedo): with a view pool the most that
     `batch_size` of its views can cover (it never needs to grow); without one unknown until the first
-    report, then 1.5 x the most covered since a report."""
+    report, then 1.5 x the most covered seen (it only grows)."""
     if pool is None:
-        return DeviceCapacity("covered pixels of a training batch", headroom=1.5)
+        # grows only: the mesh is fixed, so the most a view covers is soon seen, and a capacity that shrank
+        # after a window of small views would drop pixels of the next large one
+        return DeviceCapacity("covered pixels of a training batch", headroom=1.5, shrinks=False)
     # views are drawn with replacement: a batch may be the most covered view batch_size times
     most = batch_size * int(pool.foreground.flatten(1).sum(1).max())  # read back once, before the first step
     return DeviceCapacity("covered pixels of a training batch", headroom=1.0, capacity=max(most, 1),
@@ -298,21 +302,26 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     # pool the most a batch can cover is known before the first step (one read-back here), otherwise the
     # capacity follows the largest coverage read back at reporting steps
     covered = covered_pixels(pool, cfg.batch_size)
+    report: dict[str, Tensor | float] = {}
     for step in range(cfg.steps):
         reporter.check_cancel()
         color_field.update_progress(stage_progress(step, cfg.steps))
-        if pool is not None:
-            views = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
-        else:
-            cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
-            views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
-        rgb = shade_albedo(color_field, views, background, covered)
-        out = guidance(GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras, shading="albedo",
-                                     step=step, total_steps=cfg.steps))
-        total = out.loss
-        # 0-dim device tensors: the reporter reads them back at its reporting steps only.
-        report: dict[str, Tensor | float] = {"guidance": out.loss.detach()}
-        if target is not None and step % max(cfg.reference_every, 1) == 0:
+        do_reference, do_guidance = reference_or_guidance(step, cfg.alternate_every, target is not None)
+        total = torch.zeros((), device=device)
+        # 0-dim device tensors, the latest of each term: the reporter reads them back at its reporting steps only
+        if do_guidance:
+            if pool is not None:
+                views = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
+            else:
+                cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
+                views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
+            rgb = shade_albedo(color_field, views, background, covered)
+            out = guidance(GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras, shading="albedo",
+                                         step=step, total_steps=cfg.steps))
+            total = total + out.loss
+            report["guidance"] = out.loss.detach()
+            report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
+        if do_reference:
             ref_loss = target.loss(color_field, background)
             total = total + cfg.reference_weight * ref_loss
             report["reference_rgb"] = ref_loss.detach()
@@ -323,9 +332,8 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         optimiser.step()
         report["total"] = total.detach()
         report["grad_norm"] = grad_norm
-        report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
         request_capacities(reporter, step, cfg.steps, [covered])
-        reporter.progress(step + 1, cfg.steps, report)
+        reporter.progress(step + 1, cfg.steps, dict(report))
     return state
 
 

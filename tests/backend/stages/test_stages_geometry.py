@@ -61,6 +61,34 @@ def test_nerf_neus_chain_reports_every_loss_each_step_and_checkpoints(oracle_set
     assert neus.extract_mesh().num_faces > 0
 
 
+def test_nerf_and_neus_alternate_reference_and_guidance_steps_as_dreamcraft3d_and_report_both(oracle_setup):
+    # DreamCraft3D's coarse stages (freq.ref_or_guidance "alternate", n_ref 2): step 0, 2, 4 reference-only,
+    # 1, 3, 5 guidance-only, so half the steps run no guidance; the reports carry the latest of both kinds.
+    from dataclasses import replace
+
+    from dreampolish.backend.stages.nerf import NerfConfig as _Nerf
+    from dreampolish.backend.stages.neus import NeusConfig as _Neus
+
+    assert _Nerf().reference.alternate_every == 2 and _Neus().reference.alternate_every == 2
+    assert DmtetConfig().reference.alternate_every == 0  # its geometry stage accumulates
+    target, raster, guidance, ref = oracle_setup
+    calls = []
+
+    def counting(inp):
+        calls.append(inp.step)
+        return guidance(inp)
+
+    rec = Recorder()
+    cfg = replace(_nerf_cfg(steps=6), reference=replace(REF, alternate_every=2))
+    run_nerf(cfg, counting, ref, rec, generator=torch.Generator().manual_seed(0), device="cpu")
+    assert calls == [1, 3, 5]
+    assert "ref_rgb" in rec.calls[0][2] and "guidance" not in rec.calls[0][2]
+    assert all({"ref_rgb", "guidance", "orientation"} <= set(terms) for _, _, terms in rec.calls[1:])
+    calls.clear()
+    run_nerf(cfg, counting, None, Recorder(), generator=torch.Generator().manual_seed(0), device="cpu")
+    assert calls == list(range(6)), "without a reference view every step runs the guidance"
+
+
 def test_cancel_stops_a_stage_within_one_step(oracle_setup):
     _, _, guidance, ref = oracle_setup
     rec = Recorder(cancel_at=1)
