@@ -151,6 +151,7 @@ def test_a_generated_object_appears_where_the_camera_looks(addon, connected):
     np.testing.assert_allclose(np.array(obj.matrix_world.translation), (-3.0, 1.0, 0.5), atol=1e-5)
 
 
+@pytest.mark.slow  # the real pipeline (tiny preset) through the add-on
 def test_the_real_pipeline_sizes_the_object_by_the_distance_to_where_the_camera_looks(addon, connected_tiny):
     import math
 

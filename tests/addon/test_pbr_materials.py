@@ -124,6 +124,7 @@ def test_cycles_lights_the_maps_as_a_pbr_material_not_as_baked_shading(addon, fr
     assert metal_over > 2.0 * rough_over, "the smooth metal should mirror the overhead sun into the camera"
 
 
+@pytest.mark.slow  # the real pipeline (tiny preset) through the add-on
 def test_a_tiny_job_arrives_with_every_map_wired_with_its_colour_space(addon, connected_tiny):
     """The real pipeline (tiny preset): the final object's material holds the base colour (sRGB), the
     metallic-roughness map (Non-Color, G and B) and the normal map (Non-Color, through a Normal Map node)."""

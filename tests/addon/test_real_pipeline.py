@@ -11,6 +11,9 @@ import pytest
 from tests.support.addon_jobs import generate, job_objects, rt, submit
 from tests.support.blender_env import REPO_ROOT, bpy, pump
 
+# Each test runs the real pipeline (tiny preset) through the add-on: in make test, not make test-fast.
+pytestmark = pytest.mark.slow
+
 
 def _base_color_link(mat: bpy.types.Material):
     bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")

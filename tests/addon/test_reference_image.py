@@ -87,6 +87,7 @@ def _rt():
     return bpy.context.window_manager.dreampolish
 
 
+@pytest.mark.slow  # the real pipeline (tiny preset) through the add-on
 def test_an_image_job_runs_on_the_real_pipeline_and_the_panel_shows_the_artists_reference(addon, connected_tiny):
     scene = bpy.context.scene
     _camera(scene)
