@@ -47,6 +47,7 @@ RECONNECT_INTERVAL_S = 2.0
 MAX_MESSAGES_PER_DRAIN = 64
 """Messages read by one drain(), so that a busy backend cannot hold Blender's main thread."""
 
+
 @dataclass
 class ConnectionSettings:
     """How to reach the backend (read from the preferences)."""
@@ -69,6 +70,8 @@ class Request:
     what: str
     """What it asks for, as the artist reads it ("Cancel"): names it when it is lost or its reply cannot be applied."""
     start: StartFlow
+    """fn(client) returning the flow to run: one of the client's flows (client.cancel_flow(job_id)), or a
+    generator function that `yield from`s several."""
     on_reply: Callable[[Any], None]
     """Called with the flow's return value."""
     on_error: Callable[[BaseException], None]
