@@ -112,6 +112,9 @@ Flow = Generator[m.Message, m.Message, T]
 
 
 class BackendClient:
+    """Requests to one backend, as flows run here (blocking) or by nonblocking.RequestQueue, and the
+    events of the jobs it follows, each once and in order; the socket side is self.connection."""
+
     def __init__(
         self,
         address: str,
