@@ -10,11 +10,12 @@ on the CPU. The guidance is the production one (priors.CombinedGuidance over the
 Zero123Guidance objects the dry run's priors build); the reference image and the Marigold estimators are
 the dry run's meta stand-ins of the production loops.
 
-Every optimisation stage runs `--steps` steps (default 3), so that every schedule runs from its start to
+Every optimisation stage runs `--steps` steps (default 4), so that every schedule runs from its start to
 its end; a step's figures are the mean over the steps after the first (which builds optimiser state), so
 they sample the stage's phases at evenly spaced points (NeRF: its 128 px renders, then its larger ones;
-DMTet: 3 steps of 4 render normals, which 3 counted steps always sample, --steps 5 samples an albedo one
-too). The reference stage (its diffusion sampling) and the export count as one step each.
+DMTet: 3 steps of 4 render normals, its counted steps 1-3 two normal ones and an albedo one). Stages that
+alternate reference-only and guidance-only steps (NeRF, NeuS, texture with a reference view) count the
+steps after their first two (_warm_up_steps): one of each kind. The reference stage (its diffusion sampling) and the export count as one step each.
 
 Geometry (--geometry): a NeRF step at 384 px takes minutes on one CPU core, so by default ("scaled") the
 stages render at 1/SCALE of the preset's sides with the same number of ray chunks (so the same ops), and
@@ -825,7 +826,7 @@ def stage_figures(ctx: ProjectionContext, preset: Any, priors: Any, measured_ste
             continue
         inside = [e for e in ctx.events if first.clock <= e.clock <= last.clock
                   and (e.stage == stage or e.kind == "start of step")]
-        step, counted = _mean_step(inside, preset, measured_steps)
+        step, counted = _mean_step(inside, preset, measured_steps, _warm_up_steps(stage, preset))
         once = _diff(last.snapshot, first.snapshot).minus(counted)
         step.flops += (pixel_scale - 1) * step.geometry_flops
         step.geometry_flops *= pixel_scale
@@ -836,16 +837,31 @@ def stage_figures(ctx: ProjectionContext, preset: Any, priors: Any, measured_ste
     return out
 
 
-def _mean_step(inside: list[Event], preset: Any, measured_steps: int) -> tuple[Tally, Tally]:
-    """The mean of a stage's steps after the first ("main" bucket), and the counts of all its steps
-    together. Syncs: the steps that report (read losses back) weigh 1/report_every, as in a stage of the
-    preset's length."""
+def _warm_up_steps(stage: str, preset: Any) -> int:
+    """Steps of a stage not counted in its mean: the first, which builds optimiser state; in a stage that
+    alternates reference-only and guidance-only steps (stages/step.py reference_or_guidance) the first
+    period, so that the first guidance step (the guidance's own set-up: LoRA adapters, their optimiser) is
+    not counted either, and the counted steps hold both kinds in the stage's proportion."""
+    cfg = getattr(preset, stage)
+    every = cfg.alternate_every if stage == "texture" else getattr(getattr(cfg, "reference", None),
+                                                                    "alternate_every", 0)
+    has_reference = not preset.refines_only  # a refine job has no reference view: guidance every step
+    return every if every >= 2 and has_reference else 1
+
+
+def _mean_step(inside: list[Event], preset: Any, measured_steps: int, warm_up: int = 1) -> tuple[Tally, Tally]:
+    """The mean of a stage's steps after its `warm_up` first ("main" bucket), and the counts of all its
+    steps together. Syncs: the steps that report (read losses back) weigh 1/report_every, as in a stage of
+    the preset's length."""
     ends = [e for e in inside if e.kind == "step"]
     if not ends:  # code without the step_end hook reported every step
         ends = [e for e in inside if e.kind == "progress" and 1 <= e.step <= measured_steps]
     starts = [e for e in inside if e.kind == "start of step" and e.clock <= ends[0].clock]
     first = starts[-1] if starts else inside[0]
-    per_step = [(e.reported, _diff(e.snapshot, prev.snapshot)) for prev, e in zip(ends, ends[1:])]
+    if len(ends) <= warm_up:
+        raise RuntimeError(f"{len(ends)} steps measured, {warm_up} of them warm-up: raise --steps")
+    per_step = [(e.reported, _diff(e.snapshot, prev.snapshot))
+                for prev, e in zip(ends[warm_up - 1:], ends[warm_up:])]
     step = _mean([t for _, t in per_step])
     plain = [t for reported, t in per_step if not reported]
     reporting = [t for reported, t in per_step if reported]
@@ -1017,7 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="standard", help="a preset's name, or all (draft, standard, high, refine)")
-    parser.add_argument("--steps", type=int, default=3, help="steps counted per optimisation stage (at least 3)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="steps run per optimisation stage (at least 3; stages that alternate reference and "
+                             "guidance steps count the steps after their first two)")
     parser.add_argument("--geometry", choices=("scaled", "full", "small"), default="scaled",
                         help="the stages' renders at 1/8 of the preset's sides, FLOPs scaled (default); at the "
                              "preset's sizes (hours on a CPU); or at the tiny preset's, not scaled")

@@ -57,7 +57,8 @@ def test_the_training_script_writes_loadable_folders(tmp_path):
     cfg = MicroTrainConfig(world=world.WorldConfig(views_per_object=2, size=64)).scaled(0.002)
     out = train_all(tmp_path / "weights", cfg)
     for role, load in (("text_to_image", load_text_to_image), ("zero123", load_zero123), ("normals", load_normals)):
-        load(ModelSpec.from_dict(role, {"local": str(out / role)}), "cpu")
+        size = {"image_size": 64} if role == "zero123" else {}  # the micro Zero123's images (defaults.json)
+        load(ModelSpec.from_dict(role, {"local": str(out / role), **size}), "cpu")
     assert not (tmp_path / "weights.building").exists()
 
 
