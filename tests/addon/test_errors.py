@@ -154,10 +154,11 @@ def test_connect_returns_at_once_and_the_handshake_ends_later(addon, fresh_scene
     from tests.support.ports import free_tcp_port
 
     _prefs().backend_address = f"tcp://127.0.0.1:{free_tcp_port()}"
-    _prefs().timeout_s = 3.0
+    _prefs().timeout_s = 6.0
     started = time.monotonic()
     assert bpy.ops.dreampolish.connect() == {"FINISHED"}
-    assert time.monotonic() - started < 0.5, "Connect held Blender up"
+    # Far below the handshake's timeout (what waiting for it would take), with room for a loaded machine.
+    assert time.monotonic() - started < 3.0, "Connect held Blender up"
     assert _rt().connection == "connecting"
     pump(addon, lambda: _rt().connection == "error", what="the handshake to give up")
     assert "Backend unreachable" in _rt().message

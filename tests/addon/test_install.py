@@ -71,7 +71,8 @@ def test_disable_closes_the_connection_and_timer_and_enable_again(addon, fresh_s
     started = time.monotonic()
     addon_utils.disable(MODULE, default_set=True)
     try:
-        assert time.monotonic() - started < 2.0, "disabling waited for the handshake's timeout"
+        # Far below the handshake's 30 s timeout, with room for a loaded machine.
+        assert time.monotonic() - started < 10.0, "disabling waited for the handshake's timeout"
         assert not bridge.is_connecting() and not bridge.is_connected(), "a connection outlived the add-on"
         assert not bpy.app.timers.is_registered(bridge._timer)
         assert bridge._on_load_pre not in bpy.app.handlers.load_pre

@@ -11,6 +11,10 @@ ScriptedPipeline is steered by JobSpec.options, so one backend serves every scen
     test.fail_stage   stage in which to raise, at its first step
     test.fail_kind    "error" (RuntimeError), "oom" (an OutOfMemoryError like torch's), "job_failed"
     test.preview      true: send a preview PNG with every progress report
+    test.hold_while   a file path: before reporting step test.hold_at_step (default 1) of its first
+                      stage, the job waits while that file exists (checking cancel), so a test decides
+                      when it goes on instead of guessing how long it takes
+    test.hold_at_step see test.hold_while
 
 It emits, after each stage, an octahedron (or the spec's input_mesh) scaled by
 1 + 0.25 * stage index (so results are known exactly; texture mode keeps the
@@ -47,7 +51,8 @@ MODE_STAGES: dict[str, tuple[str, ...]] = {
     "geometry": ("dmtet", "polish", "texture"),
     "texture": ("texture",),
 }
-OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind", "test.preview")
+OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind", "test.preview", "test.hold_while",
+               "test.hold_at_step")
 
 
 class OutOfMemoryError(RuntimeError):
@@ -106,6 +111,9 @@ class ScriptedPipeline:
         steps = int(spec.options.get("test.steps", 3))
         step_s = float(spec.options.get("test.step_s", 0.0))
         preview = bool(spec.options.get("test.preview", False))
+        hold = Path(spec.options["test.hold_while"]) if "test.hold_while" in spec.options else None
+        hold_at = int(spec.options.get("test.hold_at_step", 1))
+        first = 0
         checkpoint = ctx.work_dir / "checkpoint.json"
         state = json.loads(checkpoint.read_text()) if resume is not None and checkpoint.exists() else {}
         done: list[str] = state.get("done", [])
@@ -129,6 +137,10 @@ class ScriptedPipeline:
                     raise RuntimeError(f"scripted failure in {stage}")
                 if step_s:
                     time.sleep(step_s)
+                if hold is not None and index == first and step + 1 == hold_at:
+                    while hold.exists():
+                        ctx.check_cancel()
+                        time.sleep(0.02)
                 png = png_rgb(4, 4, (index * 40 % 256, 128, 200)) if preview else None
                 ctx.progress(stage, step + 1, steps, {"loss": 1.0 / (step + 1)}, png)
             mesh = self._stage_mesh(ctx, spec, index, stage, edited_faces)
