@@ -25,6 +25,7 @@ from .materials import JOB_PROP
 from .protocol.messages import (
     DEVICE_MEMORY_GB,
     MEMORY_NEEDED_GB,
+    SLOW_RASTERIZER,
     Cancelled,
     Done,
     Error,
@@ -73,6 +74,7 @@ def _on_progress(rt, msg: Progress, item, shown: bool) -> None:
     rt.progress = fraction
     _clock_progress(rt, msg)
     _warn_memory(msg)
+    _note_slow_rasterizer(rt, msg)
     if msg.preview_png is not None:
         _show_preview(rt, msg.job_id, msg.preview_png)
 
@@ -216,6 +218,15 @@ def _warn_memory(msg: Progress) -> None:
         report_failure(f"This preset needs about {needed:.1f} GB of GPU memory and the backend's card has "
                        f"{have:.1f} GB: the job will probably run out of memory. Cancel it and choose a smaller "
                        "preset, or let it run to see.")
+
+
+def _note_slow_rasterizer(rt, msg: Progress) -> None:
+    """The backend's note, in the job's first progress event, that its card cannot run nvdiffrast
+    (backend/render/rasterize.py): the job runs, more slowly. Said in the panel, not as a failure."""
+    if msg.losses.get(SLOW_RASTERIZER):
+        rt.message = ("The backend's GPU cannot run nvdiffrast (its log says why): meshes are rasterised with "
+                      "PyTorch, so the mesh stages run slower than they could.")
+        log.warning("%s", rt.message)
 
 
 def _clock_progress(rt, msg: Progress) -> None:

@@ -198,3 +198,16 @@ def test_the_backends_memory_warning_reaches_the_panel(addon, fresh_scene):
     addon.job_events.on_message(warning)
     assert "needs about 22.7 GB of GPU memory" in rt.failure and "has 15.9 GB" in rt.failure, rt.failure
     rt.job_id, rt.job_state, rt.failure = "", "", ""
+
+
+def test_the_backends_slow_rasteriser_note_reaches_the_panel_without_failing_the_job(addon, fresh_scene):
+    # backend/render/rasterize.py: nvdiffrast failed its probe on the backend's card; the job runs on.
+    messages = importlib.import_module(f"{MODULE}.protocol.messages")
+    rt = bpy.context.window_manager.dreampolish
+    rt.job_id, rt.job_state, rt.failure, rt.message = "20261201-000000-abcdef", "queued", "", ""
+    note = messages.Progress(job_id=rt.job_id, seq=1, stage="nerf", step=0, total=0,
+                             losses={messages.SLOW_RASTERIZER: 1.0})
+    addon.job_events.on_message(note)
+    assert "nvdiffrast" in rt.message and "slower" in rt.message, rt.message
+    assert rt.failure == "" and rt.job_state == "running"
+    rt.job_id, rt.job_state, rt.message = "", "", ""
