@@ -87,6 +87,7 @@ def test_limits_are_announced_and_a_full_queue_loses_nothing(tmp_path, keys):
         bob.close()
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_a_thousand_jobs_of_one_client_leave_anothers_near_the_front(tmp_path, keys):
     config, server_key, secrets = keys
     with running_backend(tmp_path / "store", max_queued_per_client=1000, **config) as server:

@@ -62,6 +62,7 @@ def test_smoke_run_reports_every_stage_with_a_projection_to_the_preset():
     assert "preset draft:" in stdout and "projected job" in stdout
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_spent_budget_skips_the_measurements_with_a_note():
     result, _ = run_bench("--budget-s", "1", timeout=180)
 

@@ -32,6 +32,7 @@ def _report(out: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_dryrun_draft_runs_every_stage_with_full_size_priors(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
     monkeypatch.setenv("DREAMPOLISH_MODEL_DIR", str(tmp_path))

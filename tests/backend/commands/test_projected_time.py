@@ -37,6 +37,7 @@ def tiny_projection(tiny_models):  # noqa: F811
     return projected_time.project("tiny", steps=4, geometry="full")
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_every_stage_is_projected_with_the_presets_steps(tiny_projection):
     report = tiny_projection
     line = json.loads(projected_time.json_line(report))
@@ -57,6 +58,7 @@ def test_every_stage_is_projected_with_the_presets_steps(tiny_projection):
     assert line["total_eager_s"] == pytest.approx(sum(s["eager_s"] for s in line["stages"].values()), abs=0.2)
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_cpu_only_code_counts_as_its_gpu_kernels(tiny_projection):
     # the PyTorch rasteriser (DMTet, polish, texture) and the hash grid's PyTorch path (the fields) are
     # nvdiffrast's and the Triton kernels' stand-ins on the CPU

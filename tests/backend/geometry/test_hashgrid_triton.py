@@ -35,6 +35,7 @@ def cases() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 @needs_triton
 @pytest.mark.parametrize("name", ["mixed", "three"])
 def test_values_and_gradients_match_the_pytorch_encoding(cases, name):
@@ -46,17 +47,20 @@ def test_values_and_gradients_match_the_pytorch_encoding(cases, name):
     assert c["reference_grad_x_scale"] > 1  # the position gradients compared are not trivially zero
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 @needs_triton
 def test_double_backward_matches_the_pytorch_encoding(cases):
     c = cases["double"]
     assert max(c.values()) < TOL, c
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 @needs_triton
 def test_fused_encoding_passes_gradcheck_and_gradgradcheck(cases):
     assert cases["gradgradcheck"] == {"gradcheck": True, "gradgradcheck": True}
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 @needs_triton
 def test_fields_analytic_normals_agree_between_encodings(cases):
     for name in ("density", "sdf"):
@@ -64,6 +68,7 @@ def test_fields_analytic_normals_agree_between_encodings(cases):
         assert c["value"] < TOL and c["dloss_dtable"] < TOL and c["dloss_dtable_scale"] > 0.1, c
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 @needs_triton
 def test_kernels_compile_for_the_gpu_without_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -75,6 +80,7 @@ def test_kernels_compile_for_the_gpu_without_one(tmp_path):
     assert result["variants"] == result["compiled"] == 7
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 @needs_triton
 def test_the_self_check_auto_runs_before_trusting_the_kernels_passes(cases):
     assert cases["self_check"] == {"f2": None, "f3": None}

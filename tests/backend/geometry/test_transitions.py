@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 from dreampolish.backend.geometry.fields import FieldConfig, SdfField, grid_points
@@ -49,6 +50,7 @@ def test_a_mesh_with_a_hole_keeps_its_inside():
     assert torch.equal((d < 0)[away_from_hole], exact_inside[away_from_hole])
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_mesh_to_dmtet_to_mesh_round_trip_keeps_the_shape_and_colour():
     torus = _mesh(trimesh.creation.torus(0.33, 0.14, major_sections=48, minor_sections=24), (0.9, 0.2, 0.1))
     cfg = DmtetConfig(grid_resolution=28, grid_bound=0.6, color=SMALL_COLOR, color_init_steps=60, rasterizer="torch")

@@ -64,6 +64,7 @@ def assert_no_breaks(counter: GraphCounter, graphs: int) -> None:
     assert all(sum("conv" in op for op in ops) >= 2 for ops in counter.graphs), [len(g) for g in counter.graphs]
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_text_sds_step_compiles_to_whole_graphs(tiny_priors, orbit, counter):
     models = tiny_priors.text_to_image
     guidance = ScoreDistillation(models, encode_prompts(models, "a red teapot", ""),
@@ -72,6 +73,7 @@ def test_text_sds_step_compiles_to_whole_graphs(tiny_priors, orbit, counter):
     assert_no_breaks(counter, graphs=2)  # VAE encoder, frozen CFG pair
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_dsd_step_and_its_lora_training_compile_to_whole_graphs(tiny_priors, orbit, counter):
     models = tiny_priors.text_to_image
     config = ScoreDistillationConfig(objective="dsd", lora=LoraConfig(train_steps=1))
@@ -83,6 +85,7 @@ def test_dsd_step_and_its_lora_training_compile_to_whole_graphs(tiny_priors, orb
     guidance.release()
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_zero123_step_compiles_to_whole_graphs(tiny_priors, orbit, counter):
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
     mask = ((xx**2 + yy**2) < 0.5).float()[..., None]

@@ -52,6 +52,7 @@ def test_shipped_weights_load_as_the_real_classes_and_stay_small():
     assert [tuple(p) for p in meta["held_out"]] == list(world.HELD_OUT)
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_the_training_script_writes_loadable_folders(tmp_path):
     # A smoke run of the real script: few views, a few steps; the folders load as the shipped ones do.
     cfg = MicroTrainConfig(world=world.WorldConfig(views_per_object=2, size=64)).scaled(0.002)
@@ -62,6 +63,7 @@ def test_the_training_script_writes_loadable_folders(tmp_path):
     assert not (tmp_path / "weights.building").exists()
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_the_micro_normal_estimator_knows_the_held_out_objects_normals():
     from dreampolish.backend.guidance.normals import MarigoldNormalTargets, NormalEstimatorConfig
     from dreampolish.backend.micro.quality import normal_error_deg
@@ -74,6 +76,7 @@ def test_the_micro_normal_estimator_knows_the_held_out_objects_normals():
         assert estimated < 20.0 and estimated < facing / 2, (colour, shape, estimated, facing)
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_the_micro_text_prior_draws_the_prompts_colour_for_a_held_out_pair():
     from dreampolish.backend.models.loading import PriorModels
     from dreampolish.backend.render.colour import delta_e
@@ -90,6 +93,7 @@ def test_the_micro_text_prior_draws_the_prompts_colour_for_a_held_out_pair():
         assert min(distances, key=distances.get) == colour, (colour, distances)
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_a_wide_camera_gets_the_square_image_the_micro_prior_knows_fitted_in_its_frame():
     # The micro text prior was trained on squares: generated at 64 x 32 it makes noise. The micro preset
     # generates a square and fits it into the camera's frame by its shorter side (reference.generation.square).
@@ -109,6 +113,7 @@ def test_a_wide_camera_gets_the_square_image_the_micro_prior_knows_fitted_in_its
     assert min(distances, key=distances.get) == "green", distances
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_the_micro_zero123_draws_the_view_its_camera_asks_for():
     # Held-out views sampled through guidance/zero123.py's own conditioning and CFG: with the right camera they
     # are much closer to the world's renders than with a wrong one, so a camera bug in the method shows on the CPU.

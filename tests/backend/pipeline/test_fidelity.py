@@ -42,6 +42,7 @@ def test_reduced_fidelity_on_a_sphere_meets_the_thresholds_and_each_stage_keeps_
         assert stages[cur]["silhouette_iou"] >= stages[prev]["silhouette_iou"] - 0.005
 
 
+@pytest.mark.slow  # see BENCHMARKS.md, Test durations
 def test_fidelity_command_line_writes_a_report(tmp_path, monkeypatch):
     s = trimesh.creation.icosphere(2)
     path = save_mesh(TriMesh(torch.tensor(s.vertices, dtype=torch.float32), torch.tensor(s.faces)),
