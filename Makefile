@@ -1,4 +1,4 @@
-# Two commands matter: `make demo` (the main job) and `make test`.
+# Two commands matter: `make demo` (the main job) and `make test` (`make test-fast` while you work).
 # Each creates the environments it needs, so both work on a fresh clone.
 PY ?= python3.11
 VENV := .venv
@@ -9,7 +9,7 @@ TORCH_PIN := torch==2.13.0
 PROMPT ?=
 PRESET ?= auto
 
-.PHONY: test demo addon bench micro-priors lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
+.PHONY: test test-fast demo addon bench micro-priors lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
   test-addon-lts clean gltf-validator
 
 $(VENV)/.stamp: pyproject.toml
@@ -88,6 +88,12 @@ test-addon: venv venv-blender venv-blender313 addon
 test: venv venv-blender venv-blender313 addon lint gltf-validator
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e tests/test_*.py -q
 	$(ADDON_TESTS)
+
+# Every test not marked slow: the protocol and backend suites, then the add-on inside Blender 5.0 (within
+# 5 minutes on two cores). `make test` runs these and the slow ones.
+test-fast: venv venv-blender addon gltf-validator
+	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/test_*.py -q -m "not slow"
+	scripts/test-addon.sh $(BVENV) -m "not slow"
 
 demo: venv venv-blender addon
 	$(VENV)/bin/python scripts/demo.py --prompt "$(PROMPT)" --preset "$(PRESET)" --blender-python $(BVENV)/bin/python
