@@ -357,8 +357,11 @@ def connect(address: str | None) -> None:
     an explicit HOST:PORT presents none unless RAY_AUTH_MODE=token is set, so `serve --ray-address
     HOST:PORT` was refused (InvalidAuthToken) by a head started on a machine where Ray ran before.
     Here an explicit address is treated as "auto" is: a token this machine has (RAY_AUTH_TOKEN,
-    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is presented, unless RAY_AUTH_MODE says otherwise (a head
-    without authentication ignores it). Ray 2.61 does the same for every address."""
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is presented, unless RAY_AUTH_MODE says otherwise. Ray
+    2.61 does the same for every address. Token mode is the whole process's, its own servers included:
+    against a head started without authentication (its machine had no token then), such a serve
+    connects but its workers never start (seen here), so that head needs RAY_AUTH_MODE=disabled for
+    serve, or a restart with the token (README's recipe makes sure the head has one)."""
     if address and "://" not in address and address != "auto":
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
