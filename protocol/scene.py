@@ -66,6 +66,14 @@ class CameraSpec:
     def validate(self) -> CameraSpec:
         m = _check_array("camera.matrix_world", self.matrix_world, "float32", (4, 4))
         _finite("camera.matrix_world", m)
+        # Rows, not columns: matrix_world[i][j] is row i, column j, the translation in the last column and
+        # [0, 0, 0, 1] as the last row (Blender's Matrix). A column-major matrix (three.js, glm) has the
+        # translation in its last row: refused here rather than read as another view.
+        if not np.allclose(m[3], (0.0, 0.0, 0.0, 1.0), atol=1e-6):
+            likely = (" (it looks transposed: the translation is in the last row; send the matrix row by row, "
+                      "the translation in the last column)" if np.allclose(m[:3, 3], 0.0, atol=1e-6) else "")
+            raise ValidationError(f"camera.matrix_world's last row must be [0, 0, 0, 1], got "
+                                  f"{[round(float(v), 4) for v in m[3]]}{likely}")
         # A camera whose rotation-scale part cannot be inverted has no view (its world-to-camera
         # matrix would be NaN or infinite further on): say so here, by name.
         if abs(float(np.linalg.det(m[:3, :3].astype(np.float64)))) < 1e-12:

@@ -62,8 +62,9 @@ def cameras(draw) -> CameraSpec:
     matrix = draw(f32((4, 4)))
     if abs(np.linalg.det(matrix[:3, :3].astype(np.float64))) < 1e-12:
         # A singular camera is refused with its own message (test_clear_messages.py); keep the draw's
-        # translation and row 4, and give it an invertible rotation-scale part.
+        # translation and give it an invertible rotation-scale part.
         matrix[:3, :3] = np.diag(draw(hnp.arrays(np.float32, 3, elements=st.floats(0.125, 64.0, width=32))))
+    matrix[3] = (0.0, 0.0, 0.0, 1.0)  # an affine camera-to-world: any other last row is refused (rows, not columns)
     return CameraSpec(
         matrix_world=matrix,
         lens_mm=draw(st.floats(1, 500)),
