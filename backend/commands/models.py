@@ -92,6 +92,14 @@ def _pull(models, set_name: str, args: argparse.Namespace, api, download) -> int
     from ..models.tiny import build_tiny_models
 
     if set_name == "tiny":
+        if getattr(args, "dry_run", False):  # --dry-run writes nothing: say what a build would do
+            from ..models.specs import tiny_model_dir
+            from ..models.tiny import TINY_MODELS, tiny_models_present
+
+            root = tiny_model_dir()
+            state = "already built" if tiny_models_present(root) and not args.force else "would be built"
+            print(f"tiny models ({', '.join(TINY_MODELS)}) {state} in {root}; nothing downloaded, nothing written")
+            return 0
         root = build_tiny_models(force=args.force)
         print(f"tiny models ready in {root}")
         return 0

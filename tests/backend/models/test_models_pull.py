@@ -169,6 +169,17 @@ def test_pull_dry_run_shows_the_smaller_total_of_the_fp16_weights(monkeypatch, c
     assert totals["half"] < 0.55 * totals["full"], totals
 
 
+def test_pull_tiny_dry_run_writes_nothing(monkeypatch, tmp_path, capsys):
+    # Its help says --dry-run only lists: it used to build the tiny models anyway.
+    from dreampolish.backend.models.specs import MODEL_DIR_ENV
+
+    monkeypatch.setenv(MODEL_DIR_ENV, str(tmp_path / "cache"))
+    args = build_parser().parse_args(["models", "pull", "--tiny", "--dry-run"])
+    assert models_command.run(args) == 0
+    assert "would be built" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+
+
 def test_loading_finds_the_variant_a_folder_holds(tmp_path):
     (tmp_path / "fp16").mkdir()
     (tmp_path / "fp16" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"")
