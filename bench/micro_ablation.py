@@ -60,6 +60,7 @@ CHEAPER_ROWS: dict[str, dict] = {
     "NeRF orientation on, normals by forward differences": {
         **_ORIENTATION_ON, "nerf.density.normals": "finite_difference", "nerf.density.normal_stencil": "forward",
         "nerf.density.normal_eps": 0.01},
+    "texture from the geometry's colours (DreamCraft3D)": {"texture.inherit_colours": True},
     "reference and guidance alternating (DreamCraft3D, the GPU presets)": {
         "nerf.reference.alternate_every": 2, "neus.reference.alternate_every": 2, "texture.alternate_every": 2},
 }
@@ -70,7 +71,9 @@ units instead of the analytic double backward (fields.py), against the same chai
 micro preset, like tiny, sets the NeRF's orientation weight to 0, and no other micro NeRF loss asks for normals,
 so both normal rows turn the orientation term on at the standard preset's ramp (1 -> 10). Reference-only and
 guidance-only steps alternating in NeRF, NeuS and texture, as DreamCraft3D and the GPU presets do (half the
-guidance work; issues 28 and 29), against the micro preset, which keeps both on every step at its small budgets."""
+guidance work; issues 28 and 29), against the micro preset, which keeps both on every step at its small budgets.
+The texture's colour field regressed onto the mesh's vertex colours first, with DreamCraft3D's lower texture
+timesteps (TextureConfig.inherit_colours, issue 29), against the random start."""
 
 
 def run_row(prompt: str, colour: str, shape: str, options: dict, seed: int,

@@ -9,6 +9,7 @@ once, in order, and each says which job modes run it. docs/adding-a-stage.md sho
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from ..stages.export import mesh_payload, run_export, texture_payloads
 from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
-from ..stages.texture import BakedTexture, bake_texture, run_texture
+from ..stages.texture import BakedTexture, bake_texture, inherits_colours, run_texture
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext
 from .previews import render_preview, render_state
@@ -184,7 +185,12 @@ class TextureRunner(StageRunner):
     def run(self, c: StageContext) -> Checkpoint:
         keep_topology = c.spec.mode == "texture" and c.carry.mesh is None
         mesh = self._mesh(c, keep_topology)
-        guidance = c.priors.texture_guidance(c.spec, c.preset, c.frame, c.seed)
+        preset = c.preset
+        if inherits_colours(preset.texture, mesh):  # DreamCraft3D's lower timesteps on inherited colours
+            texture = preset.texture
+            preset = dataclasses.replace(preset, texture=dataclasses.replace(
+                texture, guidance=dataclasses.replace(texture.guidance, timesteps=texture.inherited_timesteps)))
+        guidance = c.priors.texture_guidance(c.spec, preset, c.frame, c.seed)
         c.reporter.preview = lambda state, step: render_preview(
             mesh, c.reporter.camera(step), c.job.rasterizer, state.color_field.color)
         try:

@@ -37,6 +37,7 @@ from ..config_fields import ranged
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.mesh import TriMesh
+from ..geometry.transitions import fit_color_field, vertex_color_function
 from ..guidance.base import Guidance, GuidanceInput
 from ..guidance.intrinsics import Decomposer, IntrinsicsConfig
 from ..guidance.lora import LoraConfig
@@ -122,6 +123,19 @@ class TextureConfig:
     reference_erosion: float = ranged(4 / 1024, 0, 0.25)
     """The reference mask is eroded by this fraction of the image width before the L1 loss, so that the
     silhouette's mixed pixels do not pull background into the texture (DreamCraft3D: 4 px at 1024)."""
+    inherit_colours: bool = False
+    """Start the colour field from the mesh's vertex colours (the geometry stages' albedo, or the artist's),
+    regressed onto them for `inherit_steps` steps, and sample the guidance's timesteps from
+    `inherited_timesteps` (DreamCraft3D's texture stage inherits the geometry's colours,
+    configs/dreamcraft3d-texture.yaml `geometry_convert_inherit_texture: true`, and anneals t only from 0.5
+    down: `min_step_percent: 0.05`, `max_step_percent: [0, 0.5, 0.2, 5000]`). Off: the field starts from
+    its random initialisation and the guidance's own schedule (issue 29; measured in BENCHMARKS.md). A mesh
+    without vertex colours always starts from the random field."""
+    inherit_steps: int = ranged(200, 1, 100_000)
+    """Regression steps onto the vertex colours (batches of 4096 surface points) with inherit_colours."""
+    inherited_timesteps: TimestepSchedule = dataclasses.field(  # `field` is the colour field here
+        default_factory=lambda: TimestepSchedule(t_range=(0.05, 0.5), t_range_end=(0.05, 0.2), anneal_until=1.0))
+    """The guidance's timestep schedule when the colours are inherited (DreamCraft3D's texture stage)."""
     alternate_every: int = ranged(2, 0, 1000)
     """0: the reference loss and the guidance on every step; N >= 2: every N-th step reference-only, the
     others guidance-only (DreamCraft3D configs/dreamcraft3d-texture.yaml: freq.ref_or_guidance "alternate",
@@ -191,6 +205,26 @@ class SurfaceViews:
 
     def __getitem__(self, idx: Tensor) -> SurfaceViews:
         return SurfaceViews(self.cameras[idx], self.world_pos[idx], self.foreground[idx], self.opacity[idx])
+
+
+def inherits_colours(cfg: TextureConfig, mesh: TriMesh) -> bool:
+    """Whether the stage starts from the mesh's colours (TextureConfig.inherit_colours)."""
+    return cfg.inherit_colours and mesh.vertex_colors is not None
+
+
+def surface_samples(mesh: TriMesh, n: int, generator: torch.Generator | None) -> Tensor:
+    """[V + n, 3] the mesh's vertices and n uniform points on its faces (by area)."""
+    v, f = mesh.vertices.detach(), mesh.faces
+    tri = v[f]  # [F,3,3]
+    area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1)
+    if f.shape[0] == 0 or float(area.sum()) <= 0:
+        return v
+    pick = torch.multinomial(area.cpu(), n, replacement=True, generator=generator).to(v.device)
+    r = torch.rand(n, 2, generator=generator).to(v.device)
+    flip = r.sum(-1) > 1
+    r = torch.where(flip[:, None], 1 - r, r)
+    t = tri[pick]
+    return torch.cat([v, t[:, 0] + r[:, :1] * (t[:, 1] - t[:, 0]) + r[:, 1:] * (t[:, 2] - t[:, 0])])
 
 
 def covered_pixels(pool: SurfaceViews | None, batch_size: int) -> DeviceCapacity:
@@ -283,6 +317,10 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     with seeded_init(generator):  # the field's initial tables come from the job's generator
         color_field = ColorField(cfg.field)
     color_field = color_field.to(device)
+    if inherits_colours(cfg, mesh):
+        # jittered points on the surface (vertices and face interiors), coloured by the nearest vertex
+        fit_color_field(color_field, vertex_color_function(mesh), surface_samples(mesh, 8192, generator),
+                        steps=cfg.inherit_steps, batch=4096, lr=cfg.lr, generator=generator or torch.Generator())
     # fused: one kernel per step, step count on the parameters' device. The default Adam reads its step count
     # (.item()) every step; that count is a CPU tensor, so no device sync, but the sync counter cannot tell.
     optimiser = torch.optim.Adam(color_field.parameters(), lr=cfg.lr, eps=1e-15, fused=True)

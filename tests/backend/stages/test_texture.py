@@ -191,3 +191,27 @@ def test_the_colour_field_runs_on_the_covered_pixels_only_with_the_image_and_gra
     fresh.request()
     assert fresh.capacity == fresh.fitting(int(views.foreground.sum()))
     torch.testing.assert_close(shade_albedo(field, views, bg, fresh), everywhere)
+
+
+def test_the_texture_can_start_from_the_geometry_s_colours(coloured_sphere):
+    # DreamCraft3D's texture stage inherits the geometry's colours (issue 29): with inherit_colours the
+    # field starts as the mesh's vertex colours, before any guidance; without, from its random tables.
+    from dataclasses import replace
+
+    from dreampolish.backend.guidance.base import GuidanceOutput
+    from dreampolish.backend.stages.texture import surface_samples
+
+    def no_guidance(inp):
+        return GuidanceOutput((inp.rgb * 0.0).sum())
+
+    cfg = TextureConfig(steps=1, render_size=32, view_pool=2, field=SMALL_FIELD, reference_weight=0.0)
+    points = surface_samples(coloured_sphere, 2048, torch.Generator().manual_seed(3))
+    want = 0.5 + 0.4 * torch.sin(5.0 * points + torch.tensor([0.0, 2.0, 4.0]))  # the fixture's colour function
+    errors = {}
+    for inherit in (False, True):
+        state = run_texture(replace(cfg, inherit_colours=inherit, inherit_steps=300), coloured_sphere, no_guidance,
+                            None, LoggingReporter("texture"), generator=torch.Generator().manual_seed(0),
+                            rasterizer=MeshRasterizer("torch"))
+        with torch.no_grad():
+            errors[inherit] = float((state.color_field.color(points) - want).abs().mean())
+    assert errors[True] < 0.06 < errors[False], errors
