@@ -22,7 +22,7 @@ from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import ProtocolError, ValidationError
 from dreampolish.protocol.fields import MAX_ID_CHARS, MAX_MESSAGE_CHARS
-from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.job import JobSpec, check_mesh_to_refine
 from dreampolish.protocol.payloads import FINAL_STATES, JobInfo
 from dreampolish.protocol.scene import MeshPayload
 
@@ -305,6 +305,8 @@ class JobManager:
 
     def resume(self, job_id: str, mesh: MeshPayload | None) -> int:
         job = self.get(job_id)
+        if mesh is not None:  # refused as a submitted input mesh is, before the job changes state
+            check_mesh_to_refine(mesh, "resume.mesh")
         with job.lock:
             if job.state != "paused":
                 raise BadJobState(f"job {job_id} is {job.state}, not paused; only a paused job can resume")

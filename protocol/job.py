@@ -176,19 +176,26 @@ def _check_input_mesh(spec: JobSpec) -> None:
         return
     if spec.input_mesh is None:
         raise ValidationError(f"mode {spec.mode!r} refines a mesh: input_mesh is missing")
-    mesh = spec.input_mesh.validate(require_faces=True)
+    check_mesh_to_refine(spec.input_mesh, "input_mesh")
+
+
+def check_mesh_to_refine(mesh: MeshPayload, name: str) -> MeshPayload:
+    """A mesh the stages will refine (a job's input_mesh, or the edited mesh a resume carries): valid, with
+    faces, finite and with a surface once placed; ValidationError naming `name` and the rule it broke."""
+    mesh = mesh.validate(require_faces=True)
     # The stages see the mesh placed in the world (its transform applied), so that is what must have a
     # size: a zero scale or an overflow there would leave nothing to normalise.
     with np.errstate(all="ignore"):
         world = object_to_world(mesh.vertices, mesh.transform)
     # The stages place it in float32: beyond float32's range a coordinate becomes infinite there.
     if not np.all(np.abs(world) < np.finfo(np.float32).max):
-        raise ValidationError("input_mesh is not finite once its transform is applied (float32)")
+        raise ValidationError(f"{name} is not finite once its transform is applied (float32)")
     extent = float(np.linalg.norm(np.ptp(world, axis=0)))
     if extent <= 0:
-        raise ValidationError("input_mesh has no extent: all its vertices coincide")
+        raise ValidationError(f"{name} has no extent: all its vertices coincide")
     tri = world[mesh.faces.astype(np.int64)]
     area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1).sum())
     # Relative to the mesh's size: float32 vertices resolve areas down to about 1e-7 of extent².
     if area <= 1e-10 * extent * extent:
-        raise ValidationError(f"input_mesh has no surface: its {mesh.num_faces} faces all have zero area")
+        raise ValidationError(f"{name} has no surface: its {mesh.num_faces} faces all have zero area")
+    return mesh

@@ -203,6 +203,12 @@ def test_pause_then_resume_with_an_edited_mesh(tmp_path):
             vertices=np.random.default_rng(0).random((10, 3), dtype=np.float32),
             faces=np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [7, 8, 9]], np.uint32),
         )
+        # A degenerate edit (every vertex at the origin) is refused as a submitted mesh would be, naming the
+        # rule, and the job stays paused: it used to fail the job with "invalid multinomial distribution".
+        collapsed = MeshPayload(vertices=np.zeros((10, 3), np.float32), faces=edited.faces)
+        with pytest.raises(RequestRejected, match="resume.mesh has no extent"):
+            client.resume(job, collapsed)
+        assert next(j for j in client.list_jobs() if j.job_id == job).state == "paused"
         client.resume(job, edited)
         later = [e for e in client.events(job, timeout_s=30) if isinstance(e, m.StageResult)]
         assert [e.stage for e in later] == ["polish", "texture"]
