@@ -109,7 +109,19 @@ class DeviceCapacity:
 
 def gather_static(keep: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """The indices of the first `size` true elements of the 1-D bool `keep`, padded with keep.numel()
-    (one past the end: a caller scatters the padding into a spare last row), and their count needed
+    (one past the end: scatter_rows drops the padding into a spare last row), and their count needed
     (0-dim, on the device). Nothing is read back."""
     idx = torch.nonzero_static(keep, size=size, fill_value=keep.numel()).squeeze(1)
     return idx, keep.sum()
+
+
+def gather_rows(idx: Tensor, n: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The rows `idx` (gather_static's, over n rows) of each tensor; padding slots take the last row."""
+    at = idx.clamp_max(n - 1)
+    return tuple(t.index_select(0, at) for t in tensors)
+
+
+def scatter_rows(idx: Tensor, values: Tensor, n: int) -> Tensor:
+    """[n, ...] zeros with `values` at the rows `idx` (gather_static's): the padding slots land in a spare
+    last row, which is dropped."""
+    return values.new_zeros((n + 1, *values.shape[1:])).index_put((idx,), values)[:-1]

@@ -21,7 +21,8 @@ from .mesh import TriMesh
 
 def sample_surface(mesh: TriMesh, n: int, generator: torch.Generator | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Area-uniform samples: (points [n,3], unit face normals [n,3]) as float64 numpy arrays."""
+    """Area-uniform samples: (points [n,3], unit face normals [n,3]) as float64 numpy arrays; none for a
+    mesh without faces or without area."""
     v = mesh.vertices.detach().cpu().double()
     f = mesh.faces.detach().cpu()
     if f.shape[0] == 0:
@@ -29,6 +30,8 @@ def sample_surface(mesh: TriMesh, n: int, generator: torch.Generator | None = No
     p = v[f]
     cross = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     area = cross.norm(dim=-1)
+    if not float(area.sum()) > 0:
+        return np.zeros((0, 3)), np.zeros((0, 3))
     normals = cross / area.clamp(min=1e-20)[:, None]
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     face = torch.multinomial(area / area.sum(), n, replacement=True, generator=gen)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..capacity import DeviceCapacity, gather_static
+from ..capacity import DeviceCapacity, gather_rows, gather_static, scatter_rows
 from ..config_fields import ranged
 from ..device import to_device
 from .cameras import CameraBatch
@@ -201,15 +201,10 @@ def _query_gathered(field: VolumeField, flat: Tensor, flat_dirs: Tensor, flat_de
     scattered into a spare row that is dropped; kept samples past the capacity are left out (alpha 0)."""
     idx, count = gather_static(keep, size)
     kept.track(count)
-    at = idx.clamp_max(n * s - 1)
-    a_k, c_k, n_k = field.query(flat.index_select(0, at), flat_dirs.index_select(0, at),
-                                flat_delta.index_select(0, at), want_normals)
-    alpha = flat.new_zeros(n * s + 1).index_put((idx,), a_k)[:-1]
-    color = flat.new_zeros(n * s + 1, 3).index_put((idx,), c_k)[:-1]
-    normal = flat.new_zeros(n * s + 1, 3)
-    if n_k is not None:
-        normal = normal.index_put((idx,), n_k)
-    return alpha.reshape(n, s), color.reshape(n, s, 3), normal[:-1].reshape(n, s, 3)
+    a_k, c_k, n_k = field.query(*gather_rows(idx, n * s, flat, flat_dirs, flat_delta), want_normals)
+    alpha, color = scatter_rows(idx, a_k, n * s), scatter_rows(idx, c_k, n * s)
+    normal = torch.zeros_like(color) if n_k is None else scatter_rows(idx, n_k, n * s)
+    return alpha.reshape(n, s), color.reshape(n, s, 3), normal.reshape(n, s, 3)
 
 
 def _query_kept(field: VolumeField, flat: Tensor, flat_dirs: Tensor, flat_delta: Tensor, keep: Tensor,

@@ -32,11 +32,12 @@ import torch
 from torch import Tensor
 
 from .. import bake
-from ..capacity import DeviceCapacity, gather_static
+from ..capacity import DeviceCapacity, gather_rows, gather_static, scatter_rows
 from ..config_fields import ranged
 from ..geometry.fields import ColorField, FieldConfig
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.mesh import TriMesh
+from ..geometry.metrics import sample_surface
 from ..geometry.transitions import fit_color_field, vertex_color_function
 from ..guidance.base import Guidance, GuidanceInput
 from ..guidance.intrinsics import Decomposer, IntrinsicsConfig
@@ -212,21 +213,6 @@ def inherits_colours(cfg: TextureConfig, mesh: TriMesh) -> bool:
     return cfg.inherit_colours and mesh.vertex_colors is not None
 
 
-def surface_samples(mesh: TriMesh, n: int, generator: torch.Generator | None) -> Tensor:
-    """[V + n, 3] the mesh's vertices and n uniform points on its faces (by area)."""
-    v, f = mesh.vertices.detach(), mesh.faces
-    tri = v[f]  # [F,3,3]
-    area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1)
-    if f.shape[0] == 0 or float(area.sum()) <= 0:
-        return v
-    pick = torch.multinomial(area.cpu(), n, replacement=True, generator=generator).to(v.device)
-    r = torch.rand(n, 2, generator=generator).to(v.device)
-    flip = r.sum(-1) > 1
-    r = torch.where(flip[:, None], 1 - r, r)
-    t = tri[pick]
-    return torch.cat([v, t[:, 0] + r[:, :1] * (t[:, 1] - t[:, 0]) + r[:, 1:] * (t[:, 2] - t[:, 0])])
-
-
 def covered_pixels(pool: SurfaceViews | None, batch_size: int) -> DeviceCapacity:
     """The capacity of the covered pixels of a training batch (shade_albedo): with a view pool the most that
     `batch_size` of its views can cover (it never needs to grow); without one unknown until the first
@@ -257,9 +243,9 @@ def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tenso
     if size < n:
         idx, count = gather_static(views.foreground.reshape(-1), size)
         covered.track(count)
-        colours = color_field.color(flat.index_select(0, idx.clamp_max(n - 1)))
-        # the padding (index n) lands in a spare row; covered pixels past the capacity stay 0
-        rgb = flat.new_zeros(n + 1, 3).index_put((idx,), colours.to(flat.dtype))[:-1].reshape(pos.shape)
+        (covered_pos,) = gather_rows(idx, n, flat)
+        # covered pixels past the capacity stay 0
+        rgb = scatter_rows(idx, color_field.color(covered_pos).to(flat.dtype), n).reshape(pos.shape)
     else:
         if covered is not None:
             covered.track(views.foreground.sum())
@@ -318,8 +304,10 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         color_field = ColorField(cfg.field)
     color_field = color_field.to(device)
     if inherits_colours(cfg, mesh):
-        # jittered points on the surface (vertices and face interiors), coloured by the nearest vertex
-        fit_color_field(color_field, vertex_color_function(mesh), surface_samples(mesh, 8192, generator),
+        # the vertices and area-uniform points on the faces, coloured by the nearest vertex
+        on_faces = torch.as_tensor(sample_surface(mesh, 8192, generator)[0], dtype=mesh.vertices.dtype,
+                                   device=mesh.device)
+        fit_color_field(color_field, vertex_color_function(mesh), torch.cat([mesh.vertices.detach(), on_faces]),
                         steps=cfg.inherit_steps, batch=4096, lr=cfg.lr, generator=generator or torch.Generator())
     # fused: one kernel per step, step count on the parameters' device. The default Adam reads its step count
     # (.item()) every step; that count is a CPU tensor, so no device sync, but the sync counter cannot tell.

@@ -198,14 +198,15 @@ def test_the_texture_can_start_from_the_geometry_s_colours(coloured_sphere):
     # field starts as the mesh's vertex colours, before any guidance; without, from its random tables.
     from dataclasses import replace
 
+    from dreampolish.backend.geometry.metrics import sample_surface
     from dreampolish.backend.guidance.base import GuidanceOutput
-    from dreampolish.backend.stages.texture import surface_samples
 
     def no_guidance(inp):
         return GuidanceOutput((inp.rgb * 0.0).sum())
 
     cfg = TextureConfig(steps=1, render_size=32, view_pool=2, field=SMALL_FIELD, reference_weight=0.0)
-    points = surface_samples(coloured_sphere, 2048, torch.Generator().manual_seed(3))
+    points = torch.as_tensor(sample_surface(coloured_sphere, 2048, torch.Generator().manual_seed(3))[0],
+                             dtype=torch.float32)
     want = 0.5 + 0.4 * torch.sin(5.0 * points + torch.tensor([0.0, 2.0, 4.0]))  # the fixture's colour function
     errors = {}
     for inherit in (False, True):
