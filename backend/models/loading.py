@@ -36,6 +36,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 from ..errors import JobFailed
 from ..rng import no_seeded_block_beside
 from .camera_projection import CLIPCameraProjection
+from .checks import EXPECT_FILES
 from .hub_files import ROLE_COMPONENTS, WEIGHTED_COMPONENTS, PullPlan, plan_pull, weights_variant
 from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
 
@@ -103,9 +104,9 @@ def check_expected(spec: ModelSpec, unet: Any, scheduler: Any) -> None:
     """Raise ModelMismatchError, one clause per field (its name, the value found, the value expected), when
     the loaded UNet's or scheduler's config contradicts the spec's `expect` (specs.EXPECT_KEYS); `models
     check` reads the same fields from the files before anything is loaded (checks.architecture_problems)."""
-    found = {"sample_size": unet.config.get("sample_size"),
-             "cross_attention_dim": unet.config.get("cross_attention_dim"),
-             "prediction_type": scheduler.config.get("prediction_type")}
+    # each key's component is the folder its config lives in (checks.EXPECT_FILES: "unet/...", "scheduler/...")
+    configs = {"unet": unet.config, "scheduler": scheduler.config}
+    found = {key: configs[EXPECT_FILES[key].split("/")[0]].get(key) for key, _ in spec.expect}
     problems = [f"{key} is {found[key]!r}, expected {value!r}" for key, value in spec.expect if found[key] != value]
     if problems:
         raise ModelMismatchError(spec, problems)

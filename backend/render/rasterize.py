@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.render import raster_torch
-from dreampolish.backend.render.cameras import CameraBatch
+from dreampolish.backend.render.cameras import CameraBatch, orbit_cameras
 from dreampolish.backend.render.raster_nvdiffrast import NvdiffrastRasterizer
 from dreampolish.backend.render.raster_output import (
     RasterOutput,
@@ -50,7 +50,7 @@ def nvdiffrast_problem(device: torch.device) -> str | None:
     That nvdiffrast imports proves little: the wheel we install (diffrp-nvdiffrast) compiles its CUDA code
     on first use and needs nvcc and ninja, so on a machine with only the CUDA runtime the import succeeds
     and the first rasterisation fails (issue 27: about 15 minutes into `standard`, at DMTet's first step).
-    So the probe creates a context and rasterises and antialiases one triangle, once per device (the
+    So the probe creates a context and rasterises and antialiases a tetrahedron, once per device (the
     answer is cached; its context is reused), as the Triton hash grid compiles and checks itself before
     it is used (geometry/hashgrid.py)."""
     key = str(device)
@@ -67,8 +67,6 @@ def nvdiffrast_problem(device: torch.device) -> str | None:
 
 
 def _probe_nvdiffrast(device: torch.device) -> NvdiffrastRasterizer:
-    from dreampolish.backend.render.cameras import orbit_cameras
-
     nv = NvdiffrastRasterizer(device)
     one = torch.ones(1)
     cameras = orbit_cameras(0 * one, 0 * one, 2.0 * one, 40 * one, 16, 16).to(device)
@@ -89,7 +87,7 @@ class MeshRasterizer:
 
     backend: "torch" (any device), "nvdiffrast" (CUDA only; `pip install diffrp-nvdiffrast`,
     NVIDIA's non-commercial licence), or "auto": nvdiffrast for CUDA meshes when it works there
-    (nvdiffrast_problem: it rasterised a triangle), else torch.
+    (nvdiffrast_problem: it rasterised a probe mesh), else torch.
     """
 
     def __init__(self, backend: RasterBackend = "auto"):
