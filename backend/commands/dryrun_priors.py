@@ -182,10 +182,18 @@ class DryRunPriors:
         cfg = preset.texture.pbr.intrinsics
         return MetaIntrinsics(self.models.intrinsics, cfg.num_inference_steps, cfg.batch_size)
 
-    def texture_guidance(self, spec, preset, frame, seed: int) -> MetaGuidance:
+    def texture_guidance(self, spec, preset, frame, seed: int, reference=None) -> MetaGuidance:
         from ..guidance.score_distillation import ScoreDistillation
         from ..guidance.text_prior import encode_prompts
+        from ..guidance.zero123 import ReferenceView as OrbitView
+        from ..guidance.zero123 import Zero123Guidance
 
+        if reference is not None and spec.image is not None and not spec.prompt.strip():  # as DiffusionPriors
+            cam = reference.camera
+            orbit = OrbitView(float(cam.elevation_deg[0]), float(cam.azimuth_deg[0]), float(cam.distance[0]))
+            return MetaGuidance([("texture", 1.0, Zero123Guidance(
+                self.models.zero123, reference.rgb.to(self.device), reference.mask.to(self.device), orbit,
+                _seeded(preset.texture.picture_guidance, seed)))], self.device)
         t2i = self.models.text_to_image
         prompts = encode_prompts(t2i, spec.prompt, spec.negative_prompt, self._view_prompts(preset, frame))
         return MetaGuidance([("texture", 1.0, ScoreDistillation(t2i, prompts, _seeded(preset.texture.guidance, seed)))],

@@ -61,8 +61,8 @@ class PriorSource(Protocol):
 
     def normal_targets(self, preset: PipelinePreset, seed: int) -> NormalTargets: ...
 
-    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
-                         ) -> CombinedGuidance: ...
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int,
+                         reference: ReferenceView | None = None) -> CombinedGuidance: ...
 
     def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer: ...
 
@@ -168,17 +168,24 @@ class DiffusionPriors:
 
         return MarigoldNormalTargets(self.models(preset).normals, _seeded(preset.polish.estimator, seed))
 
-    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
-                         ) -> CombinedGuidance:
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int,
+                         reference: ReferenceView | None = None) -> CombinedGuidance:
+        """DSD on the text prior; for a picture without a prompt, SDS on the view-conditioned prior
+        conditioned on the picture (TextureConfig.picture_guidance), as its geometry stages have."""
         from ..guidance.score_distillation import ScoreDistillation
         from ..guidance.text_prior import encode_prompts
+        from ..guidance.zero123 import Zero123Guidance
 
         models = self.models(preset)
+        compile = GuidanceCompile.choose(preset.compile_guidance, self.device)
+        if reference is not None and spec.image is not None and not spec.prompt.strip():
+            return CombinedGuidance([("texture", 1.0, Zero123Guidance(
+                models.zero123, reference.rgb, reference.mask, zero123_reference_view(reference.camera),
+                _seeded(preset.texture.picture_guidance, seed), compile))])
         prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt,
                                  front_view_prompts(preset.guidance.view_prompts, frame))
         return CombinedGuidance([("texture", 1.0, ScoreDistillation(
-            models.text_to_image, prompts, _seeded(preset.texture.guidance, seed),
-            GuidanceCompile.choose(preset.compile_guidance, self.device)))])
+            models.text_to_image, prompts, _seeded(preset.texture.guidance, seed), compile))])
 
     def intrinsics(self, preset: PipelinePreset, seed: int) -> Decomposer:
         from ..guidance.intrinsics import MarigoldIntrinsics
@@ -221,8 +228,8 @@ class OraclePriors:
 
         return OracleNormals(self.target, self.rasterizer)
 
-    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int
-                         ) -> CombinedGuidance:
+    def texture_guidance(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int,
+                         reference: ReferenceView | None = None) -> CombinedGuidance:
         from ..guidance.oracle import OracleGuidance
 
         return CombinedGuidance([("oracle", 1.0, OracleGuidance(self.target, self.rasterizer, texture=self.texture))])

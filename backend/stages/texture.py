@@ -43,6 +43,7 @@ from ..guidance.base import Guidance, GuidanceInput
 from ..guidance.intrinsics import Decomposer, IntrinsicsConfig
 from ..guidance.lora import LoraConfig
 from ..guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
+from ..guidance.zero123 import Zero123GuidanceConfig
 from ..render.cameras import CameraBatch, ViewSampler, orbit_cameras
 from ..render.rasterize import MeshRasterizer
 from ..schedules import Ramp, stage_progress
@@ -59,6 +60,13 @@ def _texture_guidance() -> ScoreDistillationConfig:
         timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.5), anneal_until=0.5),
         lambda_cfg=Ramp(6.5), lambda_var=Ramp(1.0), lora=LoraConfig(rank=4, learning_rate=1e-4),
     )
+
+
+def _picture_guidance() -> Zero123GuidanceConfig:
+    # DreamCraft3D configs/dreamcraft3d-texture.yaml keeps a view-conditioned prior for the texture stage
+    # (guidance_3d "stable-zero123-guidance", guidance_scale 5.0, min/max_step_percent 0.2/0.5), commented out
+    # there because every DreamCraft3D job has a prompt; ours is the prior of a job that has none.
+    return Zero123GuidanceConfig(guidance_scale=5.0, timesteps=TimestepSchedule(t_range=(0.2, 0.5)))
 
 
 def _texture_field() -> FieldConfig:
@@ -106,6 +114,10 @@ class TextureConfig:
     guidance: ScoreDistillationConfig = field(default_factory=_texture_guidance)
     """Score distillation on the text-to-image prior: guidance.objective is dsd (the method), or
     sds/vsd/bsd/csd for the ablation, with its weights and schedules."""
+    picture_guidance: Zero123GuidanceConfig = dataclasses.field(default_factory=_picture_guidance)
+    """A job with a picture and no prompt: score distillation on the view-conditioned prior, conditioned on
+    the picture, in place of `guidance` (the text prior on an empty prompt pulls every view towards a
+    generic image: issue 29)."""
     field: FieldConfig = field(default_factory=_texture_field)
     """The hash-grid colour field."""
     elevation_range_deg: tuple[float, float] = ranged((-10.0, 45.0), -90, 90)
