@@ -111,6 +111,38 @@ def score(payload: MeshPayload, colour: str, shape: str, front_azimuth_deg: floa
     )
 
 
+OVERHEAD_ELEVATIONS = (60.0, 75.0, 89.0)
+"""Views from above (azimuths 0°, 90°, 180°, 270° each): where a torus shows whether its hole was carved,
+which the held-out views (−10°…50°) hardly see (PITFALLS)."""
+
+
+def _object_frame(payload: MeshPayload) -> TriMesh:
+    """The payload's mesh as sent (object frame), without its colours, normalised to the unit sphere."""
+    raw = TriMesh.from_payload(payload, apply_transform=False)
+    return normalize_to_unit(TriMesh(raw.vertices, raw.faces, raw.uvs))[0]
+
+
+def _world_target(shape: str, front_azimuth_deg: float) -> TriMesh:
+    return normalize_to_unit(turned_to_front(world.shape_mesh(shape), front_azimuth_deg))[0]
+
+
+def shape_distances(payload: MeshPayload, front_azimuth_deg: float, samples: int = 8000) -> dict[str, float]:
+    """Chamfer distance (% of each target's diagonal) from the payload's mesh to every shape of the world,
+    each turned to the front and normalised as `score` does: the nearest names what the chain made."""
+    pred = _object_frame(payload)
+    return {shape: 100.0 * chamfer_fraction(pred, _world_target(shape, front_azimuth_deg), samples)
+            for shape in world.SHAPES}
+
+
+def overhead_iou(payload: MeshPayload, shape: str, front_azimuth_deg: float, size: int = 64) -> float:
+    """Silhouette IoU against the world's `shape` over the OVERHEAD_ELEVATIONS views."""
+    el = torch.tensor(OVERHEAD_ELEVATIONS).repeat_interleave(4)
+    az = torch.tensor([0.0, 90.0, 180.0, 270.0]).repeat(len(OVERHEAD_ELEVATIONS))
+    cams = world.view_cameras(el, az, size)
+    return silhouette_iou(_object_frame(payload), _world_target(shape, front_azimuth_deg), cams,
+                          MeshRasterizer("torch"))
+
+
 # -- one generation, in process ------------------------------------------------------------------------------
 
 
@@ -190,21 +222,27 @@ def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int
     return Generation(final, dict(ctx.results), ctx.seconds(), front, ctx.last_losses, ctx.previews)
 
 
+def world_camera(elevation_deg: float, azimuth_deg: float = 0.0, size: int = 64) -> CameraSpec:
+    """The Blender camera of an orbit view of the world (azimuth 0 faces the objects' front, +X; the prior
+    views' distance and 20° field of view): a request's reference camera."""
+    cams = world.view_cameras(torch.tensor([elevation_deg]), torch.tensor([azimuth_deg]), size)
+    # VERTICAL fit: fovy = 2 atan(sensor_height / 2 / lens)
+    lens = 12.0 / math.tan(math.radians(world.VIEW_FOVY_DEG) / 2)
+    return CameraSpec(matrix_world=cams.c2w[0].numpy().astype(np.float32), lens_mm=lens, sensor_height_mm=24.0,
+                      sensor_fit="VERTICAL", resolution=(size, size), name="world view")
+
+
 def world_picture(colour: str, shape: str, elevation_deg: float, azimuth_deg: float = 0.0,
                   size: int = 64) -> tuple[ReferenceImage, CameraSpec]:
     """The world's render of the object from an orbit view (azimuth 0 faces the object's front, +X), as an
-    artist's picture (RGBA PNG), and the Blender camera that took it (the prior views' 20° field of view), for
-    an image-to-3D request; `generate` with it scores against the object turned as the camera saw it."""
+    artist's picture (RGBA PNG), and the Blender camera that took it (`world_camera`), for an image-to-3D
+    request; `generate` with it scores against the object turned as the camera saw it."""
     cams = world.view_cameras(torch.tensor([elevation_deg]), torch.tensor([azimuth_deg]), size)
     r = world.render_object(world.coloured_mesh(colour, shape), cams)
     rgba = (torch.cat([r.rgb[0], r.mask[0]], -1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    # VERTICAL fit: fovy = 2 atan(sensor_height / 2 / lens)
-    lens = 12.0 / math.tan(math.radians(world.VIEW_FOVY_DEG) / 2)
-    camera = CameraSpec(matrix_world=cams.c2w[0].numpy().astype(np.float32), lens_mm=lens, sensor_height_mm=24.0,
-                        sensor_fit="VERTICAL", resolution=(size, size), name="world view")
-    return ReferenceImage(png=buf.getvalue()), camera
+    return ReferenceImage(png=buf.getvalue()), world_camera(elevation_deg, azimuth_deg, size)
 
 
 def normal_error_deg(estimator, colour: str, shape: str, views: int = 8, size: int = 64) -> tuple[float, float]:
