@@ -33,6 +33,16 @@ class Limits:
     """Largest reference image width or height."""
     min_reference_image_side: int = 16
     """Smallest reference image width or height (less shows too little to fit a shape to)."""
+    max_pending_requests_per_client: int = 8
+    """Requests carrying binary frames (a mesh, a reference image) one client may have waiting to be
+    checked; the backend checks one at a time per client (a PNG's check inflates its pixel data)."""
+    max_pending_requests_total: int = 64
+    """Such requests of all clients together."""
+    max_pending_bytes_per_client: int = 1024 * 1024 * 1024
+    """Bytes of such requests one client may have waiting to be checked and stored (two messages of
+    the largest size)."""
+    max_pending_bytes_total: int = 2 * 1024 * 1024 * 1024
+    """Bytes of such requests of all clients together."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
