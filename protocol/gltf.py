@@ -16,7 +16,11 @@ corner its own vertex, as glTF has no per-corner attributes. With a normal map,
 UVs and normals, TANGENT holds the tangent frame the normal map was baked in. Textures: PNG
 base colour -> baseColorTexture, normal -> normalTexture, roughness_metallic
 (G roughness, B metallic, as glTF packs them) -> metallicRoughnessTexture.
-Float-array textures cannot live in a .glb and are left out (logged).
+A texture sent as a float array (the backend sends the normal map so) is written as a 16-bit PNG
+(`texture_png`): a normal map as glTF 2.0 (3.9.3) stores one, tangent space with +Y along +v, each
+unit vector n as 0.5 n + 0.5; a base colour's linear values encoded sRGB; roughness_metallic as it is.
+Row 0 of an array is the top row of the image (v = 1 in Blender's UVs), as in a PNG. A normal map
+on a mesh without UVs has no tangent frame to live in and is left out (logged).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
 
+from .colour import linear_to_srgb
 from .errors import DecodeError, ValidationError
 from .scene import MeshPayload, TexturePayload
 
@@ -147,8 +153,41 @@ def corner_tangents(positions: np.ndarray, uvs: np.ndarray, normals: np.ndarray)
     return out.astype(np.float32)
 
 
+PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+"""PNG colour type for each channel count: grey, grey + alpha, RGB, RGBA (PNG specification, 11.2.2)."""
+
+
+def png_file(pixels: np.ndarray) -> bytes:
+    """An uncompressed-filter PNG file of uint8 or uint16 pixels [H,W,C] (C 1-4), row 0 at the top."""
+    height, width, channels = pixels.shape
+    depth = 16 if pixels.dtype == np.uint16 else 8
+    rows = np.ascontiguousarray(pixels.astype(">u2" if depth == 16 else np.uint8)).reshape(height, -1)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows.view(np.uint8)], axis=1)  # filter 0 per row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, depth, PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+            + chunk(b"IEND", b""))
+
+
+def texture_png(tex: TexturePayload) -> bytes:
+    """The texture as the PNG a .glb holds: its own PNG, or its float array as a 16-bit PNG in glTF's
+    encoding for its role (a normal map's unit vectors as 0.5 n + 0.5, a base colour sRGB-encoded)."""
+    if tex.png is not None:
+        return bytes(tex.png)
+    values = np.asarray(tex.array, np.float32)
+    if tex.role == "normal":
+        values = values[..., :3] * 0.5 + 0.5
+    elif tex.role == "base_color":
+        values = values.copy()
+        values[..., :3] = linear_to_srgb(values[..., :3])
+    return png_file(np.round(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16))
+
+
 def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
-    """One mesh, one node (carrying mesh.transform), one material with the PNG textures."""
+    """One mesh, one node (carrying mesh.transform), one material with the textures as PNGs."""
     mesh.validate(require_faces=False)
     v, f = mesh.vertices, mesh.faces.astype(np.uint32)
     if mesh.uvs is not None:
@@ -184,10 +223,10 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
     }
     material: dict[str, Any] = {"name": f"{name}_material", "pbrMetallicRoughness": pbr}
     for tex in mesh.textures:
-        if tex.png is None:
-            log.info("texture %r is a float array; .glb holds only images, so it is left out", tex.role)
+        if tex.role == "normal" and uvs is None:
+            log.info("the normal map is left out: a mesh without UVs has no tangent frame for it")
             continue
-        index = w.image(bytes(tex.png))
+        index = w.image(texture_png(tex))
         if tex.role == "base_color":
             pbr["baseColorTexture"] = {"index": index}
         elif tex.role == "normal":

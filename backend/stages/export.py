@@ -68,29 +68,13 @@ class ExportResult:
     """Artefacts in the job folder, e.g. {"glb": path}."""
 
 
-def _glb_textures(payload: MeshPayload) -> list[TexturePayload]:
-    """The payload's textures as a .glb holds them: images only, so the raw normal map (unit vectors
-    in [-1, 1]) is encoded as the usual 8-bit normal texture, n * 0.5 + 0.5."""
-    out = []
-    for tex in payload.textures:
-        if tex.role == "normal" and tex.png is None and tex.array is not None:
-            if payload.uvs is None:
-                continue  # a normal map without UVs has no tangent frame to live in
-            n = np.asarray(tex.array, np.float32)[..., :3]
-            out.append(TexturePayload(role="normal", png=bake.encode_png(n * 0.5 + 0.5)))
-        else:
-            out.append(tex)
-    return out
-
-
 def run_export(cfg: ExportConfig, payload: MeshPayload, work_dir: Path) -> ExportResult:
     """Write the final artefacts for a finished mesh payload (vertices, faces, per-corner UVs,
     textures and transform as they go to Blender)."""
     payload.validate()
     files: dict[str, Path] = {}
     if cfg.write_glb:
-        world = payload.in_world()  # a .glb holds world positions
-        world.textures = _glb_textures(payload)
+        world = payload.in_world()  # a .glb holds world positions; mesh_to_glb encodes the normal map
         # The name may come from a request: it must stay a plain file name inside the job's folder.
         path = Path(work_dir) / check_file_name(cfg.glb_name, "export.glb_name", suffix=".glb")
         path.parent.mkdir(parents=True, exist_ok=True)

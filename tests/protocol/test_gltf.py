@@ -79,3 +79,29 @@ def test_tangents_point_along_u_with_the_sign_that_makes_the_bitangent_point_alo
     mirrored[:, 0] = 1.0 - mirrored[:, 0]  # u runs along -X: cross(n, t) = -Y, but +v is +Y
     t = corner_tangents(positions, mirrored, normals)
     np.testing.assert_allclose(t, np.tile([-1.0, 0.0, 0.0, -1.0], (3, 1)), atol=1e-6)
+
+
+def test_float_textures_are_written_as_16_bit_pngs_in_gltfs_encoding_for_their_role():
+    # The backend sends the normal map as float16 unit vectors; a .glb holds images only, so the writer
+    # stores glTF's normal texture, 0.5 n + 0.5, and a linear float base colour sRGB-encoded.
+    image = pytest.importorskip("PIL.Image")
+    n = np.zeros((4, 6, 3), np.float32)
+    n[..., 0], n[..., 2] = 0.6, 0.8  # a tilt towards +u
+    n[0, 0] = (0.0, -1.0, 0.0)  # the top-left texel, along -v
+    mesh = octahedron()
+    mesh.normals = mesh.vertices.copy()
+    mesh.textures = [TexturePayload("normal", array=n.astype(np.float16)),
+                     TexturePayload("base_color", array=np.full((2, 2, 3), 0.2140411, np.float32))]
+    back = glb_to_mesh(mesh_to_glb(mesh))
+    assert sorted(t.role for t in back.textures) == ["base_color", "normal"]
+    png = back.texture("normal").png
+    assert png[24:26] == bytes([16, 2])  # IHDR: 16 bits a channel, RGB
+    with image.open(io.BytesIO(png)) as im:  # Pillow reads the top 8 bits of each channel
+        stored = np.asarray(im.convert("RGB"), np.float32) / 255.0
+    assert stored.shape == (4, 6, 3)
+    np.testing.assert_allclose(stored, n * 0.5 + 0.5, atol=1.5 / 255)
+    with image.open(io.BytesIO(back.texture("base_color").png)) as im:
+        np.testing.assert_allclose(np.asarray(im.convert("RGB"), np.float32) / 255.0, 0.5, atol=1.5 / 255)
+    # Without UVs there is no tangent frame for a normal map: it is left out, the rest is kept.
+    mesh.uvs = None
+    assert [t.role for t in glb_to_mesh(mesh_to_glb(mesh)).textures] == ["base_color"]
