@@ -158,11 +158,14 @@ PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
 
 
 def png_file(pixels: np.ndarray) -> bytes:
-    """An uncompressed-filter PNG file of uint8 or uint16 pixels [H,W,C] (C 1-4), row 0 at the top."""
+    """A PNG file of uint8 or uint16 pixels [H,W,C] (C 1-4), row 0 at the top. Every row has the Up filter
+    (PNG specification, 9.2: each byte minus the byte above it, modulo 256), which a smooth map such as a
+    normal map compresses far better with (about 4x at 16 bits)."""
     height, width, channels = pixels.shape
     depth = 16 if pixels.dtype == np.uint16 else 8
-    rows = np.ascontiguousarray(pixels.astype(">u2" if depth == 16 else np.uint8)).reshape(height, -1)
-    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows.view(np.uint8)], axis=1)  # filter 0 per row
+    rows = np.ascontiguousarray(pixels.astype(">u2" if depth == 16 else np.uint8)).reshape(height, -1).view(np.uint8)
+    above = np.concatenate([np.zeros_like(rows[:1]), rows[:-1]])
+    raw = np.concatenate([np.full((height, 1), 2, np.uint8), rows - above], axis=1)  # uint8: wraps modulo 256
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
