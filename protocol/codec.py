@@ -25,6 +25,7 @@ from .frames import FrameReader, FrameWriter
 from .limits import LIMITS
 from .messages import MESSAGE_TYPES, Message
 from .names import check_file_name
+from .wire_types import wire_type
 
 _counter = itertools.count(1)
 _prefix = os.urandom(4).hex()
@@ -78,9 +79,11 @@ def decode_header(frames: Sequence[Any]) -> dict[str, Any]:
     try:
         header = msgpack.unpackb(head, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
-        raise DecodeError(f"header is not valid msgpack: {exc}") from exc
+        # strict_map_key's own words name Python's types ("NoneType is not allowed for map key").
+        reason = "a map key is not a string" if "map key" in str(exc) else str(exc)
+        raise DecodeError(f"header is not valid msgpack: {reason}") from exc
     if not isinstance(header, dict):
-        raise DecodeError(f"header must be a map, got {type(header).__name__}")
+        raise DecodeError(f"header must be a map, got {wire_type(header)}")
     version = read_str(header, "v", max_chars=32)
     if major(version) != major(PROTOCOL_VERSION):
         raise VersionMismatch(
@@ -120,7 +123,7 @@ def decode(frames: Sequence[Any]) -> Message:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise ValidationError(f"body must be a map, got {type(body).__name__}")
+        raise ValidationError(f"body must be a map, got {wire_type(body)}")
     common = {
         "msg_id": read_str(header, "id", "", max_chars=MAX_ID_CHARS),
         "re": read_str(header, "re", "", max_chars=MAX_ID_CHARS),

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import DecodeError, LimitExceeded, ValidationError
 from .limits import LIMITS
+from .wire_types import wire_type
 
 WIRE_DTYPES: dict[str, np.dtype] = {
     np.dtype(name).newbyteorder("<").str: np.dtype(name).newbyteorder("<")
@@ -56,7 +57,7 @@ class FrameReader:
 
     def _frame(self, ref: object, name: str) -> tuple[dict[str, Any], memoryview]:
         if not isinstance(ref, dict):
-            raise ValidationError(f"{name} must be a frame reference, got {type(ref).__name__}")
+            raise ValidationError(f"{name} must be a frame reference, got {wire_type(ref)}")
         i = ref.get("frame")
         if not isinstance(i, int) or isinstance(i, bool) or not (1 <= i < len(self.frames)):
             raise DecodeError(f"{name} references frame {i!r}, but the message has {len(self.frames) - 1}")
@@ -67,7 +68,7 @@ class FrameReader:
         kind = ref.get("dtype")
         if not isinstance(kind, str):
             raise ValidationError(
-                f"{name}.dtype must be a type string such as '<f4', got {type(kind).__name__}"
+                f"{name}.dtype must be a type string such as '<f4', got {wire_type(kind)}"
             )
         dtype = WIRE_DTYPES.get(kind)
         if dtype is None:
@@ -78,7 +79,8 @@ class FrameReader:
             or len(shape) > MAX_NDIM
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape)
         ):
-            raise ValidationError(f"{name} has an invalid shape {shape!r}")
+            raise ValidationError(f"{name}.shape must be a list of at most {MAX_NDIM} non-negative integers, "
+                                  f"got {repr(shape)[:80]}")
         # Python ints do not overflow: a huge declared shape is caught here, before any allocation.
         nbytes = dtype.itemsize
         for s in shape:

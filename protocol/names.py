@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import ValidationError
+from .wire_types import wire_type
 
 MAX_FILE_NAME_CHARS = 128
 """Longest accepted name; well under the 255-byte component limit of common file systems even in UTF-8."""
@@ -24,7 +25,7 @@ def check_file_name(value: Any, field: str, suffix: str | None = None) -> str:
     With `suffix` (e.g. ".glb") the name must also end with it, so that it cannot take the name of
     another kind of file in the same folder."""
     if not isinstance(value, str):
-        raise ValidationError(f"{field} must be a file name (a string), got {type(value).__name__}")
+        raise ValidationError(f"{field} must be a file name (a string), got {wire_type(value)}")
     problem = _problem(value)
     if problem is None and suffix is not None and (not value.endswith(suffix) or value == suffix):
         problem = f"must end with {suffix!r}"

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ValidationError
 from .limits import LIMITS
+from .wire_types import wire_type
 
 SensorFit = Literal["AUTO", "HORIZONTAL", "VERTICAL"]
 SENSOR_FITS: tuple[str, ...] = ("AUTO", "HORIZONTAL", "VERTICAL")
@@ -35,7 +36,7 @@ def _finite(name: str, a: np.ndarray) -> None:
 
 def _check_array(name: str, a: object, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
     if not isinstance(a, np.ndarray):
-        raise ValidationError(f"{name} must be an array, got {type(a).__name__}")
+        raise ValidationError(f"{name} must be an array, got {wire_type(a)}")
     if a.dtype != np.dtype(dtype):
         raise ValidationError(f"{name} must be {dtype}, got {a.dtype}")
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):

@@ -43,5 +43,5 @@ def test_a_dtype_given_as_a_list_is_named_as_such():
     header = msgpack.unpackb(frames[0], raw=False)
     header["body"]["mesh"]["vertices"]["dtype"] = ["<f4"]
     frames[0] = msgpack.packb(header, use_bin_type=True)
-    with pytest.raises(ValidationError, match=r"vertices.dtype must be a type string such as '<f4', got list"):
+    with pytest.raises(ValidationError, match=r"vertices.dtype must be a type string such as '<f4', got a list"):
         codec.decode(frames)
