@@ -63,6 +63,10 @@ class ReferenceStageConfig:
     is recentred to image_fill · shorter side / fill_margin. 1.0 puts the box on the sphere, close to
     DreamCraft3D's preprocess_image.py (border_ratio 0.2 at its views' distance 3.8 and fovy 20: the box at
     80 % of their frame; ours at 75 %). Priors trained on objects inside the sphere want less (micro)."""
+    object_size: float = ranged(0.0, 0.0, 1000.0)
+    """A generated object's size in metres (the diameter of its frame's sphere); 0 = as large as fills the
+    reference camera's frame at its distance from the object. With a size, the reference view is seen from the
+    reference camera's side at the distance where that sphere fills the frame (pipeline/frame.py)."""
 
 
 @dataclass

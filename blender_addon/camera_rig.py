@@ -110,22 +110,92 @@ def scene_rig(
     return [camera_spec(o, scene) for o in objects]
 
 
+FILL_MARGIN = 1.15
+"""Frame-to-object size ratio of a size that fills the view: the backend's ReferenceStageConfig.fill_margin
+(the object's sphere spans the frame's shorter side over it)."""
+FALLBACK_DISTANCE = 4.0
+"""Metres down the view axis when the view centre meets nothing (an empty scene)."""
+SIZE_OPTION = "reference.object_size"
+"""The request option that sets a generated object's size in metres (backend ReferenceStageConfig)."""
+
+
+def _view_centre_ray(cam: bpy.types.Object, scene: bpy.types.Scene) -> tuple[Vector, Vector]:
+    """(origin, unit direction) in the world of the ray through the centre of the camera's frame (shift
+    moves it off the optical axis)."""
+    left, right, bottom, top = view_tangents(camera_spec(cam, scene))
+    local = Vector(((left + right) / 2, (bottom + top) / 2, -1.0))  # cameras look down local -Z
+    return cam.matrix_world.translation.copy(), (cam.matrix_world.to_quaternion() @ local).normalized()
+
+
+def _first_hit(scene: bpy.types.Scene, origin: Vector, direction: Vector) -> Vector | None:
+    hit, location, *_ = scene.ray_cast(bpy.context.evaluated_depsgraph_get(), origin, direction)
+    return location if hit else None
+
+
+def _aimed_point(cam: bpy.types.Object, scene: bpy.types.Scene) -> Vector:
+    """Where the camera looks: its focus object or focus distance when depth of field is on (the artist
+    set them), else what the centre of its view meets in the scene."""
+    dof = cam.data.dof
+    origin, direction = _view_centre_ray(cam, scene)
+    if dof.use_dof:
+        if dof.focus_object is not None:
+            return dof.focus_object.matrix_world.translation.copy()
+        return origin + direction * dof.focus_distance
+    hit = _first_hit(scene, origin, direction)
+    return hit if hit is not None else origin + direction * FALLBACK_DISTANCE
+
+
+def object_size(scene: bpy.types.Scene, point: Vector) -> float:
+    """A generated object's size in metres (its sphere's diameter): the artist's, or as large as fills the
+    active camera's frame at `point` (an object 2 r across fills it at distance d when
+    r = d sin(atan(tan(fov/2) / FILL_MARGIN)), the backend's own rule)."""
+    s = scene.dreampolish
+    cam = scene.camera
+    if s.size_mode == "SET":
+        return float(s.object_size)
+    if cam is None or cam.type != "CAMERA":
+        spec, distance = default_orbit(scene)[0], OrbitSettings().distance
+    else:
+        spec, distance = camera_spec(cam, scene), (point - cam.matrix_world.translation).length
+    half = math.radians(min(field_of_view_deg(spec))) / 2
+    return 2.0 * distance * math.sin(math.atan(math.tan(half) / FILL_MARGIN))
+
+
+def resting_point(scene: bpy.types.Scene, point: Vector) -> Vector:
+    """The object's centre standing on the surface below `point` (a ray cast straight down from just
+    above it): its sphere's lowest point on the surface, so nothing of it is under it. `point` itself
+    where there is no surface below."""
+    lift = Vector((0.0, 0.0, 1e-4 * max(1.0, abs(point.z))))
+    floor = _first_hit(scene, point + lift, Vector((0.0, 0.0, -1.0)))
+    if floor is None:
+        return point.copy()
+    centre = floor.copy()
+    for _ in range(4):  # the size (filling the view) depends on the distance to the centre: settle it
+        centre = floor + Vector((0.0, 0.0, object_size(scene, centre) / 2.0))
+    return centre
+
+
 def placement_point(scene: bpy.types.Scene, placement: str = "CAMERA") -> Vector:
-    """Where a generated object goes: on the active camera's view axis at its focus distance (its
-    focus object, if set), or at the 3D cursor ("CURSOR", and always when there is no camera)."""
+    """Where a generated object's centre goes: where the active camera looks ("CAMERA": _aimed_point) or
+    at the 3D cursor ("CURSOR", and always when there is no camera); standing on the surface below it
+    when the panel's Rest on Surface is on."""
     cam = scene.camera
     if placement == "CURSOR" or cam is None or cam.type != "CAMERA":
-        return scene.cursor.location.copy()
-    dof = cam.data.dof
-    if dof.focus_object is not None:
-        return dof.focus_object.matrix_world.translation.copy()
-    forward = cam.matrix_world.to_quaternion() @ Vector((0.0, 0.0, -1.0))  # cameras look down local -Z
-    return cam.matrix_world.translation + forward * dof.focus_distance
+        point = scene.cursor.location.copy()
+    else:
+        point = _aimed_point(cam, scene)
+    return resting_point(scene, point) if scene.dreampolish.rest_on_surface else point
+
+
+def placement_options(scene: bpy.types.Scene, point: Vector) -> dict[str, float]:
+    """The request options that make the object at `point` the size the panel says."""
+    return {SIZE_OPTION: round(object_size(scene, point), 6)}
 
 
 def rig_about(specs: list[CameraSpec], point: Vector) -> list[CameraSpec]:
     """The rig in a frame whose origin is `point`: the backend makes a generated object at its frame's
-    origin, sized by the reference camera's distance to it, so the object lands at `point`."""
+    origin (of the size placement_options sends), seen by the reference camera turned towards it, so the
+    object lands at `point` looking as the reference shows it."""
     offset = np.array(point, dtype=np.float32)
     for spec in specs:
         spec.matrix_world = spec.matrix_world.copy()

@@ -85,7 +85,9 @@ def job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
         stages=None if plan == list(MODE_CHAINS[mode]) else plan,
         # A pause after the last stage run would never be resumed into anything.
         pause_after=[st for st in plan[:-1] if st in s.pause_after],
-        options=parse_overrides(s.overrides),
+        # The object's size (camera_rig.placement_options) goes with its placement; the artist's overrides win.
+        options={**({} if placement is None else camera_rig.placement_options(context.scene, placement)),
+                 **parse_overrides(s.overrides)},
         cameras=cameras,  # the active camera first: the reference view, and the image's view
         input_mesh=input_mesh,
         image=None if picture is None else reference_image.reference_payload(picture, backend_limits()),

@@ -78,6 +78,11 @@ class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
         row.operator("dreampolish.randomize_seed", text="", icon="FILE_REFRESH")
         layout.prop(s, "preset")
         layout.prop(s, "placement")
+        row = layout.row(align=True)
+        row.prop(s, "size_mode", text="")
+        if s.size_mode == "SET":
+            row.prop(s, "object_size", text="")
+        layout.prop(s, "rest_on_surface")
         layout.operator("dreampolish.generate", icon="PLAY")
         row = layout.row(align=True)
         row.prop(s, "variants")

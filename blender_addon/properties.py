@@ -122,11 +122,29 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     placement: EnumProperty(
         name="Place At", description="Where Generate puts the new object",
         items=[
-            ("CAMERA", "Camera View", "On the active camera's view axis at its focus distance (or at its focus "
-             "object), sized to fill the view"),
-            ("CURSOR", "3D Cursor", "At the 3D cursor, sized by the active camera's distance to it"),
+            ("CAMERA", "Camera View", "Where the centre of the active camera's view meets the scene (at its focus "
+             "object or focus distance when its depth of field is on)"),
+            ("CURSOR", "3D Cursor", "At the 3D cursor, turned to the active camera as its reference view shows it"),
         ],
         default="CAMERA",
+    )
+    rest_on_surface: BoolProperty(
+        name="Rest on Surface",
+        description="Stand the new object on the surface below the placement point instead of centring it "
+        "on the point (nothing of it goes under the surface)",
+        default=True,
+    )
+    size_mode: EnumProperty(
+        name="Size", description="How large Generate makes the new object",
+        items=[
+            ("VIEW", "Fill the View", "As large as fills the active camera's frame at the placement distance"),
+            ("SET", "Set Size", "The size in metres set below (the object's largest extent at most)"),
+        ],
+        default="VIEW",
+    )
+    object_size: FloatProperty(
+        name="Object Size", description="The new object's size in metres: the diameter of the sphere it fits in",
+        default=1.0, min=0.01, max=1000.0, soft_max=20.0, subtype="DISTANCE", unit="LENGTH",
     )
     camera_collection: PointerProperty(
         name="Rig Cameras", type=bpy.types.Collection,

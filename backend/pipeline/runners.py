@@ -32,6 +32,7 @@ from ..stages.polish import run_polish
 from ..stages.texture import BakedTexture, bake_texture, inherits_colours, run_texture
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext
+from .frame import reference_as_seen
 from .previews import render_preview, render_state
 from .priors import CombinedGuidance
 
@@ -70,8 +71,10 @@ class ReferenceRunner(StageRunner):
         c.reporter.check_cancel()
         view = c.priors.reference(c.spec, c.preset, c.frame, c.seed)
         c.carry.reference = view
-        rgba = torch.cat([view.rgb, view.mask], -1).float().clamp(0, 1).cpu().numpy()
-        c.reporter.progress(1, 1, {}, bake.encode_png(rgba))
+        rgba = torch.cat([view.rgb, view.mask], -1).float().clamp(0, 1)
+        if c.frame.scene_camera is not None:  # the preview shows it where the scene camera will see it
+            rgba = reference_as_seen(rgba, c.frame.reference_camera, c.frame.scene_camera).clamp(0, 1)
+        c.reporter.progress(1, 1, {}, bake.encode_png(rgba.cpu().numpy()))
         return {"rgb": view.rgb.detach().cpu(), "mask": view.mask.detach().cpu(),
                 "depth": None if view.depth is None else view.depth.detach().cpu(),
                 "normal": None if view.normal is None else view.normal.detach().cpu()}

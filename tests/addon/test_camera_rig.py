@@ -124,7 +124,7 @@ def _camera_looking_away_from_the_origin(focus_distance: float):
     cam = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     cam.location = (10.0, 0.0, 2.0)
     cam.rotation_euler = (math.radians(90), 0.0, 0.0)  # -Z turned to +Y
-    cam.data.dof.focus_distance = focus_distance
+    cam.data.dof.use_dof, cam.data.dof.focus_distance = True, focus_distance  # Camera View: at the focus
     bpy.context.scene.collection.objects.link(cam)
     bpy.context.scene.camera = cam
     return cam

@@ -52,7 +52,9 @@ MODE_STAGES: dict[str, tuple[str, ...]] = {
     "texture": ("texture",),
 }
 OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind", "test.preview", "test.hold_while",
-               "test.hold_at_step")
+               "test.hold_at_step", "reference.object_size")
+"""The options this pipeline knows; reference.object_size (the add-on sends it with every generate job) is
+accepted and ignored."""
 
 
 class OutOfMemoryError(RuntimeError):
