@@ -10,7 +10,7 @@ PROMPT ?=
 PRESET ?= auto
 
 .PHONY: test test-fast demo addon bench micro-priors lint venv venv-blender venv-blender313 venv-blender-lts test-backend test-addon \
-  test-addon-lts clean gltf-validator
+  test-addon-lts clean gltf-validator node-client
 
 $(VENV)/.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -69,10 +69,20 @@ $(GLTF_VALIDATOR): tools/gltf-validator/package-lock.json
 
 gltf-validator: $(GLTF_VALIDATOR)
 
+# The protocol's second-language client (Node.js: npm's zeromq, whose package carries its prebuilt addon, and
+# @msgpack/msgpack, pinned in tools/node-client/package-lock.json), run against a real backend by
+# tests/backend/test_node_client.py.
+NODE_CLIENT := tools/node-client/node_modules/zeromq/package.json
+$(NODE_CLIENT): tools/node-client/package-lock.json
+	cd tools/node-client && npm ci --no-audit --no-fund --silent --ignore-scripts
+	touch $@
+
+node-client: $(NODE_CLIENT)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test-backend: venv gltf-validator
+test-backend: venv gltf-validator node-client
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/test_*.py -q
 
 # The add-on's tests, inside Blender 5.0 and, where its environment exists, Blender 5.3.
@@ -85,7 +95,7 @@ endef
 test-addon: venv venv-blender venv-blender313 addon
 	$(ADDON_TESTS)
 
-test: venv venv-blender venv-blender313 addon lint gltf-validator
+test: venv venv-blender venv-blender313 addon lint gltf-validator node-client
 	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e tests/test_*.py -q
 	$(ADDON_TESTS)
 
