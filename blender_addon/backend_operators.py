@@ -13,6 +13,7 @@ from .connection import start_connecting
 from .job_follow import refresh_history
 from .preferences import prefs, user_dir
 from .protocol.client import ClientError, load_server_public_key
+from .reporting import report_error
 
 _backend_process: subprocess.Popen | None = None
 """The backend this add-on started, or None."""
@@ -30,7 +31,7 @@ class DREAMPOLISH_OT_connect(bpy.types.Operator):
             try:
                 load_server_public_key(key)  # a malformed key is said at once, not after a handshake
             except ClientError as exc:
-                self.report({"ERROR"}, str(exc))
+                report_error(self, str(exc))
                 return {"CANCELLED"}
         # Returns at once: the handshake's outcome shows in the panel when it arrives.
         start_connecting(context)
@@ -97,7 +98,7 @@ class DREAMPOLISH_OT_backend_start(bpy.types.Operator):
         try:
             _backend_process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            self.report({"ERROR"}, f"Could not start {exe}: {exc}")
+            report_error(self, f"Could not start {exe}: {exc}")
             return {"CANCELLED"}
         context.window_manager.dreampolish.backend_running = True
         self.report({"INFO"}, f"Backend started on {p.backend_address}")

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 
-from . import bridge, client_key, job_events, job_request
+from . import backend_address, bridge, client_key, job_events, job_request
 from .job_follow import follow_again
 from .preferences import prefs
 from .protocol.client import AccessRefused
+from .protocol.errors import ValidationError
 from .protocol.messages import Welcome
-from .reporting import REFUSED_PREFIX, describe_error, redraw, report_failure, runtime
+from .reporting import connection_restored, describe_error, redraw, report_failure, runtime
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,19 @@ def settings(context) -> bridge.ConnectionSettings:
         except OSError as exc:
             # Still connect: a backend without an allow-list serves a key made for this connection.
             report_failure(f"Could not make this Blender's client key: {exc}")
-    return bridge.ConnectionSettings(address=p.backend_address, server_key=p.server_key, timeout_s=p.timeout_s,
+    return bridge.ConnectionSettings(address=p.backend_address.strip(), server_key=p.server_key, timeout_s=p.timeout_s,
                                      client_key=key)
 
 
 def start_connecting(context) -> None:
     rt = context.window_manager.dreampolish
+    address = prefs(context).backend_address.strip()
+    trouble = backend_address.problem(address)
+    if trouble:  # said in words before ZeroMQ answers "Invalid argument", or waits on port 99999
+        on_connection_error(ValidationError(trouble), lost=False)
+        return
     rt.connection = "connecting"
-    rt.message = f"Connecting to {prefs(context).backend_address}…"
+    rt.message = f"Connecting to {address}…"
     bridge.connect(settings(context))
 
 
@@ -50,8 +56,7 @@ def on_welcome(welcome: Welcome) -> None:
     rt.connection = "connected"
     rt.device = ", ".join(welcome.devices) or "unknown"
     rt.message = f"Connected (backend {welcome.backend_version})"
-    if rt.failure.startswith(REFUSED_PREFIX):
-        rt.failure = ""  # the refusal is over; a job's failure stays until the next job
+    connection_restored(rt)  # a refusal or a lost request is over; a job's failure stays until the next job
     if rt.job_state == "submitting" and not job_request.submit_pending():
         # The submit went with an earlier connection, closed (Disconnect, Connect again) before the
         # backend answered; waiting for its answer would keep Generate greyed out for good.

@@ -37,7 +37,7 @@ from .protocol.messages import (
     Resumed,
     StageResult,
 )
-from .reporting import report_failure, runtime
+from .reporting import failure_text, report_failure, runtime
 from .scene_operators import STAGE_PROP, import_stage
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _on_done(rt, msg: Done, item, shown: bool) -> None:
 def _on_failed(rt, msg: Failed, item, shown: bool) -> None:
     _ended(rt, msg, item, shown)
     if shown:
-        rt.message = f"Job failed ({msg.code}): {msg.message}"
+        rt.message = f"Job failed ({msg.code}): {failure_text(msg.code, msg.message)}"
 
 
 def _on_cancelled(rt, msg: Cancelled, item, shown: bool) -> None:

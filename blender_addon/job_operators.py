@@ -19,6 +19,7 @@ from .job_follow import GOING_STATES, follow_paused, job_cache
 from .job_request import backend_limits, job_record, job_spec, over_limits, stage_plan
 from .protocol.errors import ProtocolError, ValidationError
 from .protocol.job import variant_specs
+from .reporting import report_error
 from .scene_operators import job_object
 
 
@@ -49,7 +50,7 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
         try:
             spec = job_spec(context, "generate", placement=placement)
         except ProtocolError as exc:
-            self.report({"ERROR"}, str(exc))
+            report_error(self, str(exc))
             return {"CANCELLED"}
         return job_request.submit(context, spec, job_record(spec, placement=placement))
 
@@ -73,7 +74,7 @@ class DREAMPOLISH_OT_open_reference_image(bpy.types.Operator):
         try:
             image = bpy.data.images.load(self.filepath, check_existing=True)
         except RuntimeError as exc:  # Blender's message names the file and why it cannot be read
-            self.report({"ERROR"}, str(exc))
+            report_error(self, str(exc))
             return {"CANCELLED"}
         image.preview_ensure()
         s = context.scene.dreampolish
@@ -118,7 +119,7 @@ class DREAMPOLISH_OT_generate_variants(bpy.types.Operator):
                                       f"({s.run_until}): the variants would have nothing left to continue")
             variants = variant_specs(base, s.variants, s.variants_up_to)
         except ProtocolError as exc:
-            self.report({"ERROR"}, str(exc))
+            report_error(self, str(exc))
             return {"CANCELLED"}
         group = secrets.token_hex(4)
         jobs = []
@@ -166,7 +167,7 @@ class DREAMPOLISH_OT_pick_variant(bpy.types.Operator):
         # The picked variant becomes the job this window follows (its progress, its Resume/Cancel).
         follow_paused(rt, job_id)
         if not job_request.resume(job_id, cancel_others=tuple(others)):
-            self.report({"ERROR"}, "Not connected to the backend")
+            report_error(self, "Not connected to the backend")
             return {"CANCELLED"}
         rt.message = f"Continuing variant {job_id}" + (f"; cancelling {len(others)} others" if others else "")
         return {"FINISHED"}
@@ -211,11 +212,11 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
             mesh = mesh_io.payload_from_object(
                 obj, context.evaluated_depsgraph_get(), world_space=True, limits=backend_limits())
             if s.refine_mode == "texture" and mesh.uvs is None:
-                self.report({"ERROR"}, f"{obj.name!r} has no UV map: unwrap it, or use Geometry + Texture")
+                report_error(self, f"{obj.name!r} has no UV map: unwrap it, or use Geometry + Texture")
                 return {"CANCELLED"}
             spec = job_spec(context, s.refine_mode, input_mesh=mesh)
         except ProtocolError as exc:
-            self.report({"ERROR"}, str(exc))
+            report_error(self, str(exc))
             return {"CANCELLED"}
         if not spec.prompt:
             spec.prompt = obj.name
@@ -241,7 +242,7 @@ class DREAMPOLISH_OT_cancel(bpy.types.Operator):
         rt = context.window_manager.dreampolish
         job_id = rt.job_id
         if not job_request.cancel(job_id):
-            self.report({"ERROR"}, "Not connected to the backend")
+            report_error(self, "Not connected to the backend")
             return {"CANCELLED"}
         rt.message = "Cancelling…"
         return {"FINISHED"}
@@ -273,11 +274,11 @@ class DREAMPOLISH_OT_resume(bpy.types.Operator):
                     obj, context.evaluated_depsgraph_get(), world_space=False, limits=backend_limits())
                 mesh.transform = np.eye(4, dtype=np.float32)
             except ProtocolError as exc:
-                self.report({"ERROR"}, str(exc))
+                report_error(self, str(exc))
                 return {"CANCELLED"}
         job_id = rt.job_id
         if not job_request.resume(job_id, mesh):
-            self.report({"ERROR"}, "Not connected to the backend")
+            report_error(self, "Not connected to the backend")
             return {"CANCELLED"}
         rt.message = "Resuming" + (f" from {obj.name!r}" if obj is not None else "")
         return {"FINISHED"}

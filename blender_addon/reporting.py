@@ -4,6 +4,7 @@ operator), and a failed request put in words they can act on."""
 from __future__ import annotations
 
 import logging
+import re
 
 import bpy
 from bpy.props import StringProperty
@@ -40,6 +41,45 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
+_BYTES_ASKED = re.compile(r"allocate (?P<n>\d+) bytes")
+_GIB_ASKED = re.compile(r"allocate (?P<n>[\d.]+) GiB")
+_RAW_MARKERS = ("enforce fail", "DefaultCPUAllocator", "CUDA out of memory", "Tried to allocate")
+_ADVICE_STARTS = ("The GPU ran out of memory", "The computer ran out of memory")
+"""How the backend's own advice for an out-of-memory failure begins (backend/jobs.py OOM_HINT, CPU_OOM_HINT):
+what comes before it is the allocator's raw message."""
+
+
+def failure_text(code: str, message: str) -> str:
+    """A job's failure as the panel says it: an out-of-memory failure without the allocator's raw message
+    ("[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator ..."), with the size it asked for in GB."""
+    if code != "out_of_memory" or not any(raw in message for raw in _RAW_MARKERS):
+        return message  # the backend said it in its own words
+    starts = [i for i in (message.find(a) for a in _ADVICE_STARTS) if i >= 0]
+    advice = message[min(starts):] if starts else ("The backend ran out of memory. Try a smaller preset or fewer "
+                                                   "or smaller cameras, then submit again.")
+    asked = _BYTES_ASKED.search(message)
+    gigabytes = int(asked["n"]) / 1e9 if asked else None
+    if asked is None and (asked := _GIB_ASKED.search(message)):
+        gigabytes = float(asked["n"]) * 2**30 / 1e9
+    if gigabytes is not None:
+        advice = advice.replace(" ran out of memory.", f" ran out of memory (a step asked for {gigabytes:.1f} GB "
+                                                       "more).", 1)
+    return advice
+
+
+_connection_failure = ""
+"""The red box's text when the connection caused it (a refusal, a request the connection took along):
+a later welcome ends it (connection_restored)."""
+
+
+def connection_restored(rt) -> None:
+    """A welcome: the failures that the connection caused are over (a job's failure stays until the next job)."""
+    global _connection_failure
+    if rt.failure and (rt.failure == _connection_failure or rt.failure.startswith(REFUSED_PREFIX)):
+        rt.failure = ""
+    _connection_failure = ""
+
+
 def report_failure(text: str, status_bar: bool = True) -> None:
     """Tell the artist: in the panel (a red box) and in the status bar (an operator report; pass
     status_bar=False when an operator has reported it already)."""
@@ -57,13 +97,22 @@ def report_failure(text: str, status_bar: bool = True) -> None:
         pass  # headless Blender raises the reported error back at the caller: it is already shown
 
 
+def report_error(operator: bpy.types.Operator, text: str) -> None:
+    """An operator's error: in the panel's red box as well as the status bar (an artist with the sidebar
+    open does not look at the status bar)."""
+    report_failure(text, status_bar=False)
+    operator.report({"ERROR"}, text)
+
+
 def button_request_failed(exc: BaseException) -> None:
     """on_error of a request an artist's button sent (submit, cancel, resume, fetch): the panel says
     why, and a request the connection took along is said loudly (the button did nothing)."""
+    global _connection_failure
     rt = runtime()
     rt.message = describe_error(exc)
     if isinstance(exc, RequestLost):
         report_failure(rt.message)
+        _connection_failure = rt.message
     log.warning("request failed: %s", rt.message)
 
 

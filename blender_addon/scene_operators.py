@@ -24,7 +24,7 @@ from bpy.props import BoolProperty, StringProperty
 from . import materials, mesh_io
 from .job_cache import CachedStage, JobRecord
 from .job_follow import job_cache
-from .reporting import report_failure
+from .reporting import report_error, report_failure
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
             cache = job_cache()
             cached, record = cache.load_stage(self.job_id, self.stage), cache.load_record(self.job_id)
         if cached is None or record is None:
-            self.report({"ERROR"}, f"No stored result for job {self.job_id!r}: fetch it from the backend")
+            report_error(self, f"No stored result for job {self.job_id!r}: fetch it from the backend")
             return {"CANCELLED"}
         try:
             obj = self._import(context, cached, record)
         except Exception as exc:  # noqa: BLE001 - the artist is told, the add-on goes on
             log.exception("importing %s of job %s failed", cached.stage, self.job_id)
-            self.report({"ERROR"}, f"Could not import the {cached.stage} result of job {self.job_id}: {exc}")
+            report_error(self, f"Could not import the {cached.stage} result of job {self.job_id}: {exc}")
             return {"CANCELLED"}
         obj[JOB_PROP] = self.job_id
         obj[STAGE_PROP] = cached.stage
@@ -183,7 +183,7 @@ class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
         save_dir = None
         if self.save_beside:
             if not bpy.data.filepath:
-                self.report({"ERROR"}, "Save the .blend first, or pack the textures instead")
+                report_error(self, "Save the .blend first, or pack the textures instead")
                 return {"CANCELLED"}
             save_dir = Path(bpy.data.filepath).parent / "textures"
         n = materials.bake_images(images, save_dir)
@@ -220,7 +220,7 @@ class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
 
     def execute(self, context):
         if not self.filepath:
-            self.report({"ERROR"}, "Choose where to save the .glb")
+            report_error(self, "Choose where to save the .glb")
             return {"CANCELLED"}
         path = bpy.path.ensure_ext(bpy.path.abspath(self.filepath), ".glb")
         obj = context.active_object

@@ -9,7 +9,8 @@ ScriptedPipeline is steered by JobSpec.options, so one backend serves every scen
     test.steps        optimisation steps per stage (default 3)
     test.step_s       seconds each step sleeps (default 0.0)
     test.fail_stage   stage in which to raise, at its first step
-    test.fail_kind    "error" (RuntimeError), "oom" (an OutOfMemoryError like torch's), "job_failed"
+    test.fail_kind    "error" (RuntimeError), "oom" (an OutOfMemoryError like torch's), "cpu_oom" (torch's
+                      CPU allocator's RuntimeError), "job_failed"
     test.preview      true: send a preview PNG with every progress report
     test.hold_while   a file path: before reporting step test.hold_at_step (default 1) of its first
                       stage, the job waits while that file exists (checking cancel), so a test decides
@@ -134,6 +135,9 @@ class ScriptedPipeline:
                     kind = spec.options.get("test.fail_kind", "error")
                     if kind == "oom":
                         raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                    if kind == "cpu_oom":  # torch's CPU allocator, word for word
+                        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not "
+                                           "enough memory: you tried to allocate 18446744073 bytes.")
                     if kind == "job_failed":
                         raise JobFailed("model_missing", f"the {stage} model is not installed")
                     raise RuntimeError(f"scripted failure in {stage}")
