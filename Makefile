@@ -82,8 +82,14 @@ node-client: $(NODE_CLIENT)
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# The backend's suites run a module per worker on every core (pytest-xdist; tests/conftest.py groups them),
+# each worker with one torch thread (torch's default two threads a process made a tiny job 8-9 times slower
+# on a busy two-core machine).
+TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
 test-backend: venv gltf-validator node-client
-	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/test_*.py -q
+	$(PYTEST) tests/protocol tests/backend tests/test_*.py -q
 
 # The add-on's tests, inside Blender 5.0 and, where its environment exists, Blender 5.3.
 define ADDON_TESTS
@@ -96,13 +102,13 @@ test-addon: venv venv-blender venv-blender313 addon
 	$(ADDON_TESTS)
 
 test: venv venv-blender venv-blender313 addon lint gltf-validator node-client
-	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/e2e tests/test_*.py -q
+	$(PYTEST) tests/protocol tests/backend tests/e2e tests/test_*.py -q
 	$(ADDON_TESTS)
 
 # Every test not marked slow: the protocol and backend suites, then the add-on inside Blender 5.0 (within
 # 5 minutes on two cores). `make test` runs these and the slow ones.
 test-fast: venv venv-blender addon gltf-validator
-	$(VENV)/bin/python -m pytest tests/protocol tests/backend tests/test_*.py -q -m "not slow"
+	$(PYTEST) tests/protocol tests/backend tests/test_*.py -q -m "not slow"
 	scripts/test-addon.sh $(BVENV) -m "not slow"
 
 demo: venv venv-blender addon

@@ -27,3 +27,21 @@ def loopback_address() -> str:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+SHARED_GROUPS = {
+    "test_executor_ray.py": "ray-clusters",
+    "test_ray_cluster_recipe.py": "ray-clusters",
+}
+"""Modules whose tests must run in one worker one after another (pytest-xdist, `make test`'s -n): both start
+local Ray clusters, which would contend for Ray's fixed ports."""
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist's `--dist loadgroup`, a module's tests stay in one worker (its module-scoped
+    fixtures, such as a micro generation, are built once, not once per worker), and SHARED_GROUPS' modules in
+    one. Without xdist the marks change nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module.rsplit("/", 1)[-1], module)))

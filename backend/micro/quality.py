@@ -40,6 +40,13 @@ from ..render.colour import delta_e
 from ..render.rasterize import MeshRasterizer
 from . import world
 
+MAX_CHAMFER_PCT = 5.0
+MIN_IOU = 0.72
+MAX_DELTA_E = 20.0
+"""The quality tests' bounds on `score` (tests/backend/micro/): between what the method reaches on the held-out
+prompts (BENCHMARKS.md, "Micro priors") and what the wrong object scores. The robustness grid counts a cell's
+colour right under the same MAX_DELTA_E."""
+
 HELD_OUT_CAMERAS = ViewSampler(elevation_range=(-10.0, 50.0), distance_range=(world.VIEW_DISTANCE,) * 2,
                                fovy_range=(world.VIEW_FOVY_DEG,) * 2)
 """Where the held-out views come from: the prior views' orbit, drawn with a seed of their own."""

@@ -22,9 +22,6 @@ from pathlib import Path
 
 from . import quality, world
 
-MAX_DELTA_E = 20.0
-"""The quality test's colour bound (tests/backend/micro/test_micro_quality.py): kept where it is."""
-
 
 @dataclass(frozen=True)
 class Cell:
@@ -121,7 +118,7 @@ def score_cell(cell: Cell, gen: quality.Generation, seconds: float = 0.0) -> Cel
     nearest = min(distances, key=distances.get)
     q = quality.score(gen.final, cell.colour, cell.shape, gen.front_azimuth_deg)
     overhead = quality.overhead_iou(gen.final, cell.shape, gen.front_azimuth_deg)
-    return CellResult(cell, nearest, nearest == cell.shape and q.colour_delta_e < MAX_DELTA_E,
+    return CellResult(cell, nearest, nearest == cell.shape and q.colour_delta_e < quality.MAX_DELTA_E,
                       distances[cell.shape], q.iou, overhead, q.colour_delta_e, round(seconds, 1), distances)
 
 
