@@ -113,6 +113,8 @@ class DREAMPOLISH_OT_generate_variants(bpy.types.Operator):
         first = camera_rig.placement_point(context.scene, s.placement)
         try:
             base = job_spec(context, "generate")
+            # Each variant's size (and the surface it rests on) is the first one's.
+            base.options = {**camera_rig.placement_options(context.scene, first), **base.options}
             plan = stage_plan("generate", s.run_until)
             if s.variants_up_to not in plan[:-1]:
                 raise ValidationError(f"Stop After ({s.variants_up_to}) must be a stage before Run Up To "

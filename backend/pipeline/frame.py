@@ -10,8 +10,8 @@ the scene.
 
 A reference image shows its object centred (made from the prompt, or the artist's picture recentred),
 while the origin may lie anywhere in the scene camera's frame (Place At: 3D Cursor). So the reference
-view of a generated object is the scene camera turned to look at the origin, by the smallest rotation,
-without shift, and, with an object size, moved along that line to where the object fills its frame:
+view of a generated object is the scene camera turned to look at the origin (its roll kept), without
+shift, and, with an object size, moved along that line to where the object fills its frame:
 the object is made where the camera sees it. The reference preview is that image as the scene camera
 sees it (`reference_as_seen`).
 """
@@ -98,17 +98,32 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.eye(3) + k + k @ k / (1.0 + cos)
 
 
+def _level(forward: np.ndarray) -> np.ndarray | None:
+    """[3,3] the camera rotation looking along unit `forward` with its right axis level (world +Z up);
+    None when it looks straight up or down."""
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    if np.linalg.norm(right) < 1e-6:
+        return None
+    right /= np.linalg.norm(right)
+    return np.stack([right, np.cross(right, forward), -forward], axis=1)  # cameras look down local -Z
+
+
 def aimed_at_origin(spec: CameraSpec, distance: float | None = None) -> CameraSpec:
-    """The camera turned by the smallest rotation so that its optical axis passes through the world
-    origin, without shift (its image centred on the origin); at `distance` from it along that line when
-    given (module docstring)."""
+    """The camera turned so that its optical axis passes through the world origin, without shift (its
+    image centred on the origin), keeping its roll about its axis (a level camera stays level, so an
+    upright object in the reference image is upright in the world); at `distance` from the origin along
+    that line when given (module docstring)."""
     m = np.asarray(spec.matrix_world, np.float64).copy()
     position = m[:3, 3]
     if np.linalg.norm(position) < 1e-9:
         return spec  # at the origin itself: no direction to turn to
     rotation = m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0)  # Blender ignores a camera object's scale
     toward = -position / np.linalg.norm(position)
-    m[:3, :3] = _rotation_between(-rotation[:, 2], toward) @ rotation  # cameras look down local -Z
+    was, now = _level(-rotation[:, 2]), _level(toward)
+    if was is None or now is None:  # looking straight down or up: no level to keep; the smallest turn
+        m[:3, :3] = _rotation_between(-rotation[:, 2], toward) @ rotation
+    else:
+        m[:3, :3] = now @ (was.T @ rotation)  # the same roll about the new axis
     if distance is not None:
         m[:3, 3] = -toward * distance
     return dataclasses.replace(spec, matrix_world=m.astype(np.float32), shift=(0.0, 0.0))
