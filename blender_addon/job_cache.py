@@ -36,7 +36,16 @@ class JobRecord:
     mode: str = "generate"
     status: str = "queued"
     target_object: str = ""
-    """For texture-only refines: the object that receives the textures."""
+    """For refines: the name the refined object had at submit (shown to the artist; it is found by
+    target_key, which a rename keeps)."""
+    target_key: str = ""
+    """For refines: the value of the refined object's TARGET_PROP custom property (refine_target.py),
+    its identity through renames, undo and saving the .blend."""
+    target_slot: int = -1
+    """For texture-only refines: the material slot whose faces show the texture (-1: every face)."""
+    origin_matrix: list[float] = field(default_factory=list)
+    """For geometry refines: the refined object's world matrix at submit (16 floats, row by row). The
+    result gets this transform and origin, its mesh brought into that frame; empty for other jobs."""
     stages: list[str] = field(default_factory=list)
     """Stage results received, in order."""
     plan: list[str] = field(default_factory=list)

@@ -100,6 +100,9 @@ def _on_stage_result(rt, msg: StageResult, item, shown: bool) -> None:
 def _on_paused(rt, msg: Paused, item, shown: bool) -> None:
     if item is not None:
         item.state, item.paused_stage = "paused", msg.stage
+    # The history shows the record's state: a paused job says so there too (and after a restart).
+    job_cache().update_record(msg.job_id, status="paused")
+    refresh_history(rt)
     if shown:
         rt.job_state = "paused"
         rt.paused_stage = msg.stage
@@ -109,6 +112,8 @@ def _on_paused(rt, msg: Paused, item, shown: bool) -> None:
 def _on_resumed(rt, msg: Resumed, item, shown: bool) -> None:
     if item is not None:
         item.state, item.paused_stage = "running", ""
+    job_cache().update_record(msg.job_id, status="running")
+    refresh_history(rt)
     if shown:
         rt.job_state = "running"
         rt.paused_stage = ""

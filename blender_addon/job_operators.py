@@ -12,7 +12,7 @@ import numpy as np
 from bpy.props import BoolProperty, StringProperty
 from mathutils import Vector
 
-from . import camera_rig, job_request, materials, mesh_io, reference_image
+from . import camera_rig, job_request, materials, mesh_io, reference_image, refine_target
 from .connection import ensure_connected
 from .job_cache import JobRecord
 from .job_follow import GOING_STATES, follow_paused, job_cache
@@ -206,6 +206,17 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
             return False
         return True
 
+    def invoke(self, context, event):
+        if not context.scene.dreampolish.prompt.strip():
+            # Ask, rather than guess the object from its name ("Cube.001" makes a poor prompt).
+            return context.window_manager.invoke_props_dialog(self, title="What is this object?",
+                                                              confirm_text="Refine")
+        return self.execute(context)
+
+    def draw(self, context):
+        self.layout.label(text="The refine follows the prompt: describe the selected object")
+        self.layout.prop(context.scene.dreampolish, "prompt")
+
     def execute(self, context):
         obj = context.active_object
         s = context.scene.dreampolish
@@ -220,10 +231,25 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
         except ProtocolError as exc:
             report_error(self, str(exc))
             return {"CANCELLED"}
-        if not spec.prompt:
-            spec.prompt = obj.name
-        target = obj.name if s.refine_mode == "texture" else ""
-        return job_request.submit(context, spec, job_record(spec, target_object=target))
+        if not spec.prompt.strip():
+            report_error(self, "Prompt is empty: Refine Selected needs one; describe the selected object "
+                        f"(e.g. 'a wooden crate'), as its name {obj.name!r} may not")
+            return {"CANCELLED"}
+        return job_request.submit(context, spec, _refine_record(spec, obj, s.texture_faces))
+
+
+def _refine_record(spec, obj: bpy.types.Object, texture_faces: str) -> JobRecord:
+    """The record of a refine of `obj`: the object found again by its key, not its name
+    (refine_target.py); a texture-only refine's slot; a geometry refine's frame (scene_operators.py
+    gives the result the original's transform and origin)."""
+    record = job_record(spec, target_object=obj.name)
+    record.target_key = refine_target.mark(obj)
+    if spec.mode == "texture" and texture_faces == "ACTIVE_SLOT" and len(obj.material_slots):
+        record.target_slot = obj.active_material_index
+    matrix = np.array(obj.matrix_world, dtype=np.float64)
+    if spec.mode == "geometry" and abs(np.linalg.det(matrix[:3, :3])) > 1e-12:
+        record.origin_matrix = [float(x) for x in matrix.ravel()]
+    return record
 
 
 class DREAMPOLISH_OT_cancel(bpy.types.Operator):
@@ -271,10 +297,16 @@ class DREAMPOLISH_OT_resume(bpy.types.Operator):
             if obj.mode == "EDIT":
                 obj.update_from_editmode()  # resume from what the artist sees, without leaving Edit Mode
             try:
-                # The backend's frame is the mesh's own: the object's transform is the artist's.
+                # The object's transform is the artist's: the mesh goes back in the backend's frame, the
+                # mesh's own, or for a geometry refine the world as the original was sent (its frame at submit).
                 mesh = mesh_io.payload_from_object(
                     obj, context.evaluated_depsgraph_get(), world_space=False, limits=backend_limits())
-                mesh.transform = np.eye(4, dtype=np.float32)
+                record = job_cache().load_record(rt.job_id)
+                if record is not None and record.origin_matrix:
+                    mesh.transform = np.array(record.origin_matrix, dtype=np.float32).reshape(4, 4)
+                    mesh = mesh.in_world()
+                else:
+                    mesh.transform = np.eye(4, dtype=np.float32)
             except ProtocolError as exc:
                 report_error(self, str(exc))
                 return {"CANCELLED"}

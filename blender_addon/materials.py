@@ -25,8 +25,23 @@ NODE_PREFIX = "DreamPolish "
 
 
 def load_image(role: str, path: Path, name: str) -> bpy.types.Image:
-    """A Blender image for one cached texture map: a PNG file is loaded as is (it can be packed
-    later); a float array (.npy, rows top to bottom) becomes a float image in memory."""
+    """A Blender image for one cached texture map, packed into the .blend at once: a PNG file as
+    its bytes; a float array (.npy, rows top to bottom, e.g. the normal map) as a float image, which
+    Blender packs losslessly as OpenEXR.
+
+    Why packed, not saved as files beside the .blend: the maps must survive saving and reopening
+    without Bake to Material, on this machine and on another. The cache folder they come from is
+    the add-on's (it may be cleared, and it is not on the other machine); a float image made in
+    memory is not a file at all and reopens empty. Packing works for a .blend never saved yet and
+    travels with the one file the artist copies; files beside the .blend need a saved file first
+    and must be copied along (Bake to Material > Save Beside .blend moves them out when wanted).
+    """
+    img = _image_from_cache(role, path, name)
+    img.pack()
+    return img
+
+
+def _image_from_cache(role: str, path: Path, name: str) -> bpy.types.Image:
     if path.suffix == ".png":
         img = bpy.data.images.load(str(path), check_existing=False)
         img.name = name
@@ -142,7 +157,7 @@ def material_images(mat: bpy.types.Material) -> list[bpy.types.Image]:
 def assign_material(obj: bpy.types.Object, mat: bpy.types.Material) -> None:
     """Show `mat` on every face of `obj` (the baked textures cover the whole mesh). It takes the slot
     of an earlier DreamPolish material (one marked with JOB_PROP), else a new slot: the artist's
-    own materials stay in their slots."""
+    own materials stay in their slots. A material it replaces is kept in the file."""
     slots = obj.data.materials
     index = next((i for i, m in enumerate(slots) if m == mat), None)
     if index is None:
@@ -151,10 +166,31 @@ def assign_material(obj: bpy.types.Object, mat: bpy.types.Material) -> None:
             slots.append(mat)
             index = len(slots) - 1
         else:
-            slots[index] = mat
+            _replace(slots, index, mat)
     polygons = obj.data.polygons
     polygons.foreach_set("material_index", np.full(len(polygons), index, dtype=np.int32))
     obj.active_material_index = index
+
+
+def show_in_slot(obj: bpy.types.Object, mat: bpy.types.Material, slot: int) -> None:
+    """Show `mat` on the faces of material slot `slot` only, in that slot's place: the faces of the
+    other slots keep the artist's materials. The material the slot held is kept in the file. A slot
+    the object no longer has (or -1) means every face (assign_material)."""
+    slots = obj.data.materials
+    if not 0 <= slot < len(slots):
+        assign_material(obj, mat)
+        return
+    _replace(slots, slot, mat)
+    obj.active_material_index = slot
+
+
+def _replace(slots, index: int, mat: bpy.types.Material) -> None:
+    """Put `mat` in slot `index`; the material it replaces gets a fake user, so that saving the file
+    does not drop it: the artist can put it back from the material list."""
+    old = slots[index]
+    if old is not None and old != mat:
+        old.use_fake_user = True
+    slots[index] = mat
 
 
 def bake_images(images: list[bpy.types.Image], save_dir: Path | None = None) -> int:

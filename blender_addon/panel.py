@@ -122,6 +122,8 @@ class DREAMPOLISH_PT_refine(_DreamPolishPanel, bpy.types.Panel):
         layout = self.layout
         s = context.scene.dreampolish
         layout.prop(s, "refine_mode", expand=True)
+        if s.refine_mode == "texture":
+            layout.prop(s, "texture_faces")
         layout.operator("dreampolish.refine_selected", icon="MODIFIER")
         layout.operator("dreampolish.bake_to_material", icon="MATERIAL")
         layout.operator("dreampolish.export_glb", icon="EXPORT")

@@ -111,6 +111,15 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
         ],
         default="geometry",
     )
+    texture_faces: EnumProperty(
+        name="Texture Faces", description="Which faces show a Texture Only refine's texture",
+        items=[
+            ("ACTIVE_SLOT", "Active Slot", "The faces of the object's active material slot: the texture takes "
+             "that slot, and the material it held stays in the file (kept with a fake user)"),
+            ("ALL", "All Faces", "Every face, through a slot of its own: your materials stay in their slots"),
+        ],
+        default="ACTIVE_SLOT",
+    )
     import_mode: EnumProperty(
         name="Import", description="How stage results appear in the scene",
         items=[

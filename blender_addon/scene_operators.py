@@ -14,14 +14,17 @@ or Blender redoing the step).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import bpy
 import numpy as np
 from bpy.props import BoolProperty, StringProperty
 
-from . import materials, mesh_io
+from . import materials, mesh_io, refine_target
 from .job_cache import CachedStage, JobRecord
 from .job_follow import job_cache
 from .reporting import report_error, report_failure
@@ -42,6 +45,81 @@ def job_object(context, job_id: str, stage: str = "") -> bpy.types.Object | None
     if stage:
         found = [o for o in found if o.get(STAGE_PROP) == stage] or found
     return found[-1] if found else None
+
+
+def _origin(record: JobRecord) -> np.ndarray:
+    return np.array(record.origin_matrix, dtype=np.float64).reshape(4, 4)
+
+
+def _in_object_frame(mesh, record: JobRecord):
+    """The stage mesh in the frame of the object it fills. A geometry refine's mesh comes back in
+    world space (the original was sent so): it is brought into the original's frame at submit, so
+    that the result keeps the original's transform and origin. Other jobs' meshes are in theirs."""
+    if not record.origin_matrix:
+        return mesh
+    to_local = (np.linalg.inv(_origin(record)) @ mesh.transform).astype(np.float32)
+    return dataclasses.replace(mesh, transform=to_local).in_world()
+
+
+def _has_materials(obj: bpy.types.Object) -> bool:
+    return any(m is not None for m in getattr(obj.data, "materials", ()))
+
+
+def _job_material(obj: bpy.types.Object, job_id: str) -> bpy.types.Material | None:
+    """The material this job gave the object at an earlier stage (rewired in place by the next)."""
+    return next((m for m in obj.data.materials if m is not None and m.get(JOB_PROP) == job_id), None)
+
+
+def _stand_in_for(result: bpy.types.Object, original: bpy.types.Object, context) -> None:
+    """A geometry refine's result takes the original's place: the original's materials in its slots
+    (every face on the first, as the re-made mesh has no face to match the original's), and the
+    original hidden in the viewport and in renders, not deleted: it stays in the file, and Ctrl+Z
+    of the import shows it again."""
+    if isinstance(original.data, bpy.types.Mesh):
+        for mat in original.data.materials:
+            result.data.materials.append(mat)
+    original.hide_render = True
+    if original.name in context.view_layer.objects:
+        original.hide_set(True)
+
+
+@contextlib.contextmanager
+def _out_of_edit_mode(context, obj: bpy.types.Object | None) -> Iterator[None]:
+    """Update an object the artist has in Edit Mode (e.g. resumed from Edit Mode): Edit Mode keeps
+    its own copy of the mesh and writes it back on leaving, over any change made meanwhile, so the
+    object leaves Edit Mode for the update and is put back in it, showing the new stage."""
+    if obj is None or obj.mode != "EDIT":
+        yield
+        return
+    with context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                               selected_editable_objects=[obj]):
+        bpy.ops.object.mode_set(mode="OBJECT")
+    try:
+        yield
+    finally:
+        with context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                   selected_editable_objects=[obj]):
+            bpy.ops.object.mode_set(mode="EDIT")
+
+
+@contextlib.contextmanager
+def _mesh_named_as(obj: bpy.types.Object) -> Iterator[None]:
+    """The glTF exporter names a mesh by its mesh data, which keeps the name of the stage that made it
+    ("… nerf"): for the export the data carries the object's current name, then gets its own back. A
+    mesh already holding that name steps aside meanwhile (Blender's names are unique)."""
+    mesh, wanted = obj.data, obj.name
+    own = mesh.name
+    other = bpy.data.meshes.get(wanted)
+    other_name = other.name if other is not None and other != mesh else None
+    if other_name is not None:
+        other.name = other_name + " (exporting)"
+    mesh.name = wanted
+    try:
+        yield
+    finally:
+        mesh.name = own
+        if other_name is not None:
+            other.name = other_name
 
 
 def import_stage(stored: CachedStage, record: JobRecord, new_object: bool = False) -> bool:
@@ -97,44 +175,89 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
 
     def _import(self, context, cached, record: JobRecord) -> bpy.types.Object:
         label = (record.prompt or "DreamPolish")[:40]
-        target = bpy.data.objects.get(record.target_object) if record.mode == "texture" else None
-        if target is not None and not self.new_object:
-            obj = target  # texture-only: the artist's object keeps its own topology, UVs and materials
-        else:
-            obj = self._mesh_object(context, cached, record, label)
-        mine = next((m for m in obj.data.materials if m is not None and JOB_PROP in m), None)
-        if cached.texture_files:
-            images = {
-                role: materials.load_image(role, path, f"{label} {cached.stage} {role}")
-                for role, path in cached.texture_files.items()
-                if role in ("base_color", "normal", "roughness_metallic")
-            }
-            # The textures were baked on the UV map the payload carried: the mesh's active one.
-            uv = obj.data.uv_layers.active
-            mat = materials.textured_material(f"{label} material", images, mine,
-                                              uv_map=uv.name if uv is not None else mesh_io.UV_LAYER_NAME)
-        elif cached.mesh.colors is not None and obj is not target:
-            mat = materials.color_attribute_material(f"{label} material", mine)
-        else:
-            return obj
-        mat[JOB_PROP] = self.job_id
-        materials.assign_material(obj, mat)
+        refined = refine_target.find(record) if record.mode in ("texture", "geometry") else None
+        if record.mode == "texture" and not self.new_object:
+            if refined is None:
+                self._say(f"{record.target_object!r}, the object the texture was made for, is gone: "
+                          "the textured mesh is a new object")
+            else:
+                return self._texture_onto(refined, cached, record, label)
+        # A geometry refine's result stands in for the original (not a re-import from the history).
+        original = refined if record.mode == "geometry" and not self.new_object else None
+        obj = self._existing(context)
+        with _out_of_edit_mode(context, obj):
+            obj = self._mesh_object(context, cached, record, label, obj, original)
+            mine = _job_material(obj, self.job_id)
+            if cached.texture_files:
+                mat = self._textured(obj, cached, label, mine)
+            elif cached.mesh.colors is not None and not (original is not None and _has_materials(original)):
+                # A geometry refine of a mesh with materials keeps showing them until the texture arrives.
+                mat = materials.color_attribute_material(f"{label} material", mine)
+            else:
+                return obj
+            mat[JOB_PROP] = self.job_id
+            materials.assign_material(obj, mat)
         return obj
 
-    def _mesh_object(self, context, cached, record: JobRecord, label: str) -> bpy.types.Object:
-        per_stage = context.scene.dreampolish.import_mode == "per_stage"
-        obj = None if (self.new_object or per_stage) else job_object(context, self.job_id)
-        if obj is not None and obj.type == "MESH" and obj.mode != "EDIT":
-            mesh_io.fill_mesh(obj.data, cached.mesh)  # in place: the artist's transform stays
+    def _texture_onto(self, obj, cached, record: JobRecord, label: str) -> bpy.types.Object:
+        """Texture-only: the artist's object keeps its own topology, UVs and materials; the texture goes
+        on the faces of the slot chosen at submit (or on every face)."""
+        if not cached.texture_files:
             return obj
-        # (An object in Edit Mode is left alone: leaving Edit Mode would overwrite the new stage.)
-        mesh = mesh_io.new_mesh(f"{label} {cached.stage}", cached.mesh)
-        obj = bpy.data.objects.new(f"{label} {cached.stage}" if per_stage else label, mesh)
-        # The backend's transform is relative to the frame the cameras were sent in.
-        placed = np.eye(4, dtype=np.float32)
-        placed[:3, 3] = record.placement
-        mesh_io.set_matrix(obj, placed @ cached.mesh.transform)
-        self._collection(context, record.job_id if per_stage else "").objects.link(obj)
+        slot = record.target_slot
+        slots = obj.data.materials
+        held = slots[slot] if 0 <= slot < len(slots) else None
+        mine = held if held is not None and held.get(JOB_PROP) == self.job_id else None
+        mat = self._textured(obj, cached, label, mine)
+        mat[JOB_PROP] = self.job_id
+        materials.show_in_slot(obj, mat, slot)
+        return obj
+
+    def _textured(self, obj, cached, label: str, mine) -> bpy.types.Material:
+        images = {
+            role: materials.load_image(role, path, f"{label} {cached.stage} {role}")
+            for role, path in cached.texture_files.items()
+            if role in ("base_color", "normal", "roughness_metallic")
+        }
+        # The textures were baked on the UV map the payload carried: the mesh's active one.
+        uv = obj.data.uv_layers.active
+        return materials.textured_material(f"{label} material", images, mine,
+                                           uv_map=uv.name if uv is not None else mesh_io.UV_LAYER_NAME)
+
+    def _say(self, text: str) -> None:
+        """In the status bar and in the panel's box, where the job's end ("done") does not cover it."""
+        self.report({"WARNING"}, text)
+        report_failure(text, status_bar=False)
+
+    def _existing(self, context) -> bpy.types.Object | None:
+        """The job's object a stage result updates in place, or None for a new object."""
+        if self.new_object or context.scene.dreampolish.import_mode == "per_stage":
+            return None
+        obj = job_object(context, self.job_id)
+        return obj if obj is not None and obj.type == "MESH" else None
+
+    def _mesh_object(self, context, cached, record: JobRecord, label: str, obj, original) -> bpy.types.Object:
+        mesh = _in_object_frame(cached.mesh, record)
+        if obj is not None:
+            mesh_io.fill_mesh(obj.data, mesh)  # in place: the artist's transform stays
+            return obj
+        per_stage = context.scene.dreampolish.import_mode == "per_stage"
+        data = mesh_io.new_mesh(f"{label} {cached.stage}", mesh)
+        obj = bpy.data.objects.new(f"{label} {cached.stage}" if per_stage else label, data)
+        if record.origin_matrix:
+            mesh_io.set_matrix(obj, _origin(record))
+        else:
+            # The backend's transform is relative to the frame the cameras were sent in.
+            placed = np.eye(4, dtype=np.float32)
+            placed[:3, 3] = record.placement
+            mesh_io.set_matrix(obj, placed @ cached.mesh.transform)
+        collections = [self._collection(context, record.job_id if per_stage else "")]
+        if original is not None and not per_stage:
+            collections = list(original.users_collection) or collections
+        for collection in collections:
+            collection.objects.link(obj)
+        if original is not None:
+            _stand_in_for(obj, original, context)
         for other in context.view_layer.objects:
             other.select_set(False)
         obj.select_set(True)
@@ -187,7 +310,10 @@ class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
                 return {"CANCELLED"}
             save_dir = Path(bpy.data.filepath).parent / "textures"
         n = materials.bake_images(images, save_dir)
-        self.report({"INFO"}, f"{n} textures stored {'beside the file' if save_dir else 'in the file'}")
+        if n == 0 and save_dir is None:
+            self.report({"INFO"}, "The textures are in the file already (packed as they arrived)")
+        else:
+            self.report({"INFO"}, f"{n} textures stored {'beside the file' if save_dir else 'in the file'}")
         return {"FINISHED"}
 
 
@@ -231,9 +357,13 @@ class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
             for other in selected:
                 other.select_set(False)
             obj.select_set(True)
-            # The exporter converts Blender's Z-up to glTF's Y-up and applies the modifiers.
-            bpy.ops.export_scene.gltf(filepath=path, export_format="GLB", use_selection=True,
-                                      export_apply=True)
+            with _mesh_named_as(obj):
+                # The exporter converts Blender's Z-up to glTF's Y-up and applies the modifiers. Vertex
+                # colours go only where the material uses them: an earlier stage's colours, left on the
+                # mesh, are not written as a stale COLOR_1 (beside a made-up white COLOR_0).
+                bpy.ops.export_scene.gltf(filepath=path, export_format="GLB", use_selection=True,
+                                          export_apply=True, export_vertex_color="MATERIAL",
+                                          export_all_vertex_colors=False)
         finally:
             obj.select_set(False)
             for other in selected:

@@ -134,13 +134,13 @@ def test_refine_texture_only_keeps_the_objects_topology(addon, connected):
     assert not [o for o in bpy.context.scene.objects if o is not cube]
 
 
-def test_bake_to_material_packs_the_textures(addon, connected):
+def test_textures_arrive_packed_and_bake_to_material_keeps_them(addon, connected):
     job_id = _generate(addon)
     pump(addon, lambda: _rt().job_state == "done", what="the job to finish")
     (obj,) = _job_objects(job_id)
     bpy.context.view_layer.objects.active = obj
     img = _base_color_image(obj)
-    assert img.packed_file is None
+    assert img.packed_file is not None, "packed as it arrived: saving the .blend keeps it"
     assert bpy.ops.dreampolish.bake_to_material() == {"FINISHED"}
     assert img.packed_file is not None and img.packed_file.size > 0
 
@@ -191,7 +191,8 @@ def test_refine_geometry_sends_the_evaluated_mesh_in_world_space(addon, connecte
     assert result is not cube and len(cube.data.vertices) == 8, "the artist's object is left as it was"
     # The scripted pipeline returns the mesh it received, scaled by 1.5 at the texture stage (index 2).
     assert (len(result.data.vertices), len(result.data.polygons)) == (26, 48)
-    got = np.array([v.co for v in result.data.vertices])
+    # (The result takes the cube's transform: compared where it is in the world.)
+    got = np.array([result.matrix_world @ v.co for v in result.data.vertices])
     np.testing.assert_allclose(got, world * 1.5, atol=1e-4)
     assert result.data.uv_layers.active is not None
     assert _base_color_image(result) is not None
@@ -257,7 +258,7 @@ def test_texture_only_refine_keeps_the_artists_uv_map_and_materials(addon, conne
     for i, poly in enumerate(cube.data.polygons):
         poly.material_index = i % 2
     s = bpy.context.scene.dreampolish
-    s.refine_mode, s.prompt = "texture", "a wooden crate"
+    s.refine_mode, s.prompt, s.texture_faces = "texture", "a wooden crate", "ALL"
     assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
     pump(addon, lambda: _rt().job_state == "done", what="the texture job")
 
