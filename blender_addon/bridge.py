@@ -20,7 +20,8 @@ the queue are dropped, so a reconnect never applies a stale result.
 Connecting never blocks: the handshake is the first request of the connection and its outcome
 arrives as an event. Once a connection has been made, losing it (the backend restarted, the
 network dropped) starts another try every RECONNECT_INTERVAL_S until one succeeds or disconnect()
-is called.
+is called; connect() to the same backend meanwhile (a button pressed while it is down) is one
+more try, not the end of them.
 """
 
 from __future__ import annotations
@@ -327,10 +328,16 @@ def connect(settings: ConnectionSettings, wait: bool = False) -> None:
     """Open a connection for `settings`, replacing any earlier one; requests queued from now on
     are sent once the handshake has succeeded.
 
+    Connecting again to the same backend keeps reconnection going: a request made while it is
+    down connects on its way, and that try failing must not end the tries (it did, for good). A
+    different backend is only tried again once it has welcomed us.
+
     wait=True reads and applies events until the handshake ends (at most the timeout): for
     scripts only, never from the UI.
     """
-    disconnect()
+    global _keep_connected
+    if settings != _settings:
+        _keep_connected = False
     _start(settings)
     if wait:
         deadline = time.monotonic() + settings.timeout_s + 2.0

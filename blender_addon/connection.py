@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from . import backend_address, bridge, client_key, job_events, job_request
-from .job_follow import follow_again
+from .job_follow import follow_again, shown_job_state
 from .preferences import prefs
 from .protocol.client import AccessRefused
 from .protocol.errors import ValidationError
@@ -70,7 +70,7 @@ def on_connection_error(exc: BaseException, lost: bool) -> None:
     rt.message = describe_error(exc)
     rt.connection = "error"
     if rt.job_state == "submitting":
-        rt.job_state = ""  # the submit queued behind the handshake was never sent
+        rt.job_state = shown_job_state(rt)  # the submit queued behind the handshake was never sent
     if lost:
         rt.message = f"Connection lost: {rt.message} Reconnecting…"
     elif bridge.keeps_connected():

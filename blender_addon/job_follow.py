@@ -21,6 +21,9 @@ GOING_STATES = ("queued", "running", "paused")
 
 _clocks: dict[str, JobClock] = {}
 """The followed jobs' progress clocks, by job id."""
+_followed_on: dict[str, int] = {}
+"""The connection (bridge.generation()) on which each job's events were last asked for (its submit or
+an attach): a job is followed on that connection only, and must be attached again after any reconnect."""
 
 
 def job_cache() -> JobCache:
@@ -57,6 +60,15 @@ def follow(rt, job_id: str, state: str, target: str = "") -> None:
     item.job_id, item.state, item.stage, item.progress, item.paused_stage = job_id, state, "", 0.0, ""
     item.prompt = record.prompt if record is not None else ""
     _clocks[job_id] = JobClock(plan=list(record.plan) if record is not None and record.plan else [])
+    if bridge.is_connected():
+        _followed_on[job_id] = bridge.generation()  # submitted on this connection: its events come here
+
+
+def shown_job_state(rt) -> str:
+    """The state of the job shown in full as the jobs list has it ("" when it is not going): what the
+    panel shows again once a request that borrowed the job state (a submit) has failed."""
+    item = job_item(rt, rt.job_id) if rt.job_id else None
+    return item.state if item is not None and item.state in GOING_STATES else ""
 
 
 def follow_paused(rt, job_id: str) -> None:
@@ -74,10 +86,12 @@ def attach(rt, job_id: str) -> None:
     this Blender stored (its later events are replayed): its stages land in the job's objects."""
     record = job_cache().load_record(job_id)
     item = job_item(rt, job_id)
-    # A job still going in the list is followed on this connection already (submitted, or attached
-    # with the welcome): attaching it again from its last stage would replay what it sent since then,
-    # and a stage result among that would be imported twice.
-    followed = item is not None and item.state in GOING_STATES and bridge.is_connected()
+    # A job still going in the list and followed on this very connection (submitted, or attached with
+    # the welcome) is not attached again: that would replay what it sent since then, and a stage result
+    # among that would be imported twice. One followed on an earlier connection must be: its events
+    # went with that connection.
+    followed = (item is not None and item.state in GOING_STATES and bridge.is_connected()
+                and _followed_on.get(job_id) == bridge.generation())
     follow(rt, job_id, record.status if record is not None else "queued",
            target=record.target_object if record is not None else "")
     rt.last_seq = record.last_seq if record is not None else 0
@@ -99,20 +113,27 @@ def attach_request(job_id: str, last_seq: int) -> None:
         if not known:
             _job_gone(runtime(), job_id)
 
-    bridge.request("Attach", attach_flow, on_reply=attached, on_error=background_request_failed)
+    if bridge.request("Attach", attach_flow, on_reply=attached, on_error=background_request_failed) is not None:
+        _followed_on[job_id] = bridge.generation()
 
 
 def follow_again(rt) -> None:
-    """After a welcome: carry on following the jobs that were going before the reconnect; the
-    backend's job list then brings the history up to date and, after a restart of Blender,
-    re-attaches a job still going."""
-    if rt.job_id and rt.job_state in GOING_STATES:
-        attach_request(rt.job_id, rt.last_seq)
+    """After any welcome (a reconnection try, or Connect pressed): carry on following every job that
+    was going before it, the one shown in full too whatever a failed request left in the panel's job
+    state (a submit made while the backend was down clears it); the backend's job list then brings
+    the history up to date and, after a restart of Blender, re-attaches a job still going."""
+    if rt.job_id and rt.job_state not in GOING_STATES + ("submitting",):
+        rt.job_state = shown_job_state(rt) or rt.job_state
     cache = job_cache()
-    for item in rt.jobs:
-        if item.job_id != rt.job_id and item.state in GOING_STATES:
-            record = cache.load_record(item.job_id)
-            attach_request(item.job_id, record.last_seq if record is not None else 0)
+    going = [item.job_id for item in rt.jobs if item.state in GOING_STATES]
+    if rt.job_id and rt.job_state in GOING_STATES and rt.job_id not in going:
+        going.append(rt.job_id)
+    for job_id in going:
+        if job_id == rt.job_id:
+            attach_request(job_id, rt.last_seq)
+        else:
+            record = cache.load_record(job_id)
+            attach_request(job_id, record.last_seq if record is not None else 0)
     request_job_list()
 
 

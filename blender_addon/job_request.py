@@ -11,7 +11,7 @@ import bpy
 
 from . import bridge, camera_rig, reference_image
 from .job_cache import JobRecord
-from .job_follow import follow, job_cache, refresh_history
+from .job_follow import follow, job_cache, refresh_history, shown_job_state
 from .protocol.client import RequestRejected
 from .protocol.errors import ValidationError
 from .protocol.job import JobSpec, parse_options, validate_spec
@@ -132,7 +132,8 @@ def submit_pending() -> bool:
 
 
 def _submit_failed(exc: BaseException) -> None:
-    runtime().job_state = ""
+    rt = runtime()
+    rt.job_state = shown_job_state(rt)  # the job followed before the submit is still going
     button_request_failed(exc)
 
 
