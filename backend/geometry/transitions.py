@@ -11,13 +11,14 @@
   through a k-d tree of dense surface samples; the sign comes from the generalised
   winding number (Jacobson et al. 2013), w(p) = sum_f Omega_f(p) / 4 pi with the
   triangle solid angle of Van Oosterom & Strackee, inside where w > 1/2. The winding
-  number stays meaningful for meshes with holes or several pieces, where ray parity fails.
+  number stays meaningful for meshes with holes or several pieces, where ray parity fails. Its
+  sign is found in memory bounded whatever the face count, at a cost near points x sqrt(faces)
+  (winding.py).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +28,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from . import winding
 from .fields import ColorField, DensityField, SdfField, evaluate_on_grid, grid_points
 from .mesh import TriMesh
 from .metrics import sample_surface
@@ -60,18 +62,16 @@ def point_triangle_distance(p: Tensor, a: Tensor, b: Tensor, c: Tensor) -> Tenso
     return torch.where(inside, plane.abs(), edge)
 
 
-def winding_number(points: Tensor, mesh: TriMesh, chunk: int = 4096) -> Tensor:
-    """Generalised winding number of `mesh` at points [N,3] -> [N] (about 1 inside, 0 outside)."""
-    tri = mesh.vertices[mesh.faces].to(points)  # [F,3,3]
-    out = []
-    for i in range(0, points.shape[0], chunk):
-        p = points[i:i + chunk]
-        a, b, c = (tri[None, :, k] - p[:, None] for k in range(3))  # [n,F,3]
-        la, lb, lc = a.norm(dim=-1), b.norm(dim=-1), c.norm(dim=-1)
-        det = (a * torch.linalg.cross(b, c)).sum(-1)
-        denom = la * lb * lc + (a * b).sum(-1) * lc + (a * c).sum(-1) * lb + (b * c).sum(-1) * la
-        out.append((2 * torch.atan2(det, denom)).sum(-1) / (4 * math.pi))
-    return torch.cat(out)
+def winding_number(points: Tensor, mesh: TriMesh) -> Tensor:
+    """Generalised winding number of `mesh` at points [N,3] -> [N] (about 1 inside, 0 outside); exact,
+    in memory bounded whatever the face count (winding.py)."""
+    return winding.winding_number(points, mesh.vertices[mesh.faces].to(points))
+
+
+def inside_mesh(points: Tensor, mesh: TriMesh) -> Tensor:
+    """Winding number above 1/2 at points [N,3] -> bool [N]: the exact sign, at a cost near
+    O(points x sqrt(faces)) (winding.py: Barill et al. 2018's far-field expansion, bounded error)."""
+    return winding.inside_mesh(points, mesh.vertices[mesh.faces].to(points))
 
 
 def mesh_unsigned_distance(mesh: TriMesh, points: Tensor, k: int = 8, samples_per_face: int = 8,
@@ -111,36 +111,43 @@ def mesh_signed_distance(mesh: TriMesh, points: Tensor, lattice_resolution: int 
     pts = points.detach().float()
     mesh_d = mesh.to(points.device)
     if lattice_resolution is None or spacing is None:
-        inside = winding_number(pts, mesh_d) > 0.5
+        inside = inside_mesh(pts, mesh_d)
         return torch.where(inside, -unsigned, unsigned)
     r = lattice_resolution
     inside = torch.zeros(pts.shape[0], dtype=torch.bool, device=points.device)
     band = unsigned <= 1.5 * spacing
     if band.any():
-        inside[band] = winding_number(pts[band], mesh_d) > 0.5
+        inside[band] = inside_mesh(pts[band], mesh_d)
     labels, n = ndimage.label((~band).reshape(r, r, r).cpu().numpy())
     labels = torch.as_tensor(labels.reshape(-1), device=points.device)
     gen = torch.Generator().manual_seed(0)
     for comp in range(1, n + 1):
         idx = (labels == comp).nonzero().squeeze(-1)
         probe = idx[torch.randperm(idx.numel(), generator=gen)[:32].to(idx.device)]
-        votes = winding_number(pts[probe], mesh_d) > 0.5
+        votes = inside_mesh(pts[probe], mesh_d)
         agreement = float(votes.float().mean())
         if agreement in (0.0, 1.0):
             inside[idx] = bool(agreement == 1.0)
         else:
-            inside[idx] = winding_number(pts[idx], mesh_d) > 0.5
+            inside[idx] = inside_mesh(pts[idx], mesh_d)
     return torch.where(inside, -unsigned, unsigned)
 
 
-def _faces_of_samples(tri: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """The triangle each surface sample lies on (nearest centroid among the 16 closest, by exact distance)."""
+def _faces_of_samples(tri: np.ndarray, samples: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The triangle each surface sample lies on (nearest centroid among the 16 closest, by exact distance),
+    in blocks of `chunk` samples (all at once took [8 F, 16, 3, 3] float64: 18 GB at 2M triangles)."""
     centroids = tri.mean(1)
-    _, cand = cKDTree(centroids).query(samples, k=min(16, len(centroids)))
-    cand = cand.reshape(len(samples), -1)
-    t = torch.as_tensor(tri)[torch.as_tensor(cand)]
-    d = point_triangle_distance(torch.as_tensor(samples)[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :])
-    return cand[np.arange(len(samples)), d.argmin(-1).numpy()]
+    tree = cKDTree(centroids)
+    tri_t = torch.as_tensor(tri)
+    out = np.empty(len(samples), dtype=np.int64)
+    for i in range(0, len(samples), chunk):
+        s = samples[i:i + chunk]
+        _, cand = tree.query(s, k=min(16, len(centroids)))
+        cand = cand.reshape(len(s), -1)
+        t = tri_t[torch.as_tensor(cand)]
+        d = point_triangle_distance(torch.as_tensor(s)[:, None], t[..., 0, :], t[..., 1, :], t[..., 2, :])
+        out[i:i + chunk] = cand[np.arange(len(s)), d.argmin(-1).numpy()]
+    return out
 
 
 # -- NeRF -> NeuS ----------------------------------------------------------------------------
