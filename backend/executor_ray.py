@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import ray
+from dreampolish.protocol.errors import BAD_WORKER_FILE
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
@@ -99,7 +100,7 @@ def write_files(root: Path, files: WorkFiles) -> None:
     for name, data in files:
         rel = PurePosixPath(name)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise JobFailed("bad_worker_file", f"a worker sent a file outside the job's folder: {name!r}")
+            raise JobFailed(BAD_WORKER_FILE, f"a worker sent a file outside the job's folder: {name!r}")
         path = root.joinpath(*rel.parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".sync.tmp")

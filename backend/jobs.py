@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.errors import ProtocolError, ValidationError
+from dreampolish.protocol.errors import (
+    BAD_STATE,
+    INTERNAL_ERROR,
+    NOT_YOUR_JOB,
+    OUT_OF_MEMORY,
+    QUEUE_FULL,
+    UNKNOWN_JOB,
+    ProtocolError,
+    ValidationError,
+)
 from dreampolish.protocol.fields import MAX_ID_CHARS, MAX_MESSAGE_CHARS
 from dreampolish.protocol.job import JobSpec, check_mesh_to_refine
 from dreampolish.protocol.payloads import FINAL_STATES, JobInfo
@@ -41,23 +50,23 @@ Publish = Callable[[str, int, list[bytes | memoryview]], None]
 
 
 class UnknownJob(ProtocolError):
-    code = "unknown_job"
+    code = UNKNOWN_JOB
 
 
 class BadJobState(ProtocolError):
-    code = "bad_state"
+    code = BAD_STATE
 
 
 class NotYourJob(ProtocolError):
     """The job belongs to another client key (only its owner or an admin may touch it)."""
 
-    code = "not_your_job"
+    code = NOT_YOUR_JOB
 
 
 class QueueFull(ProtocolError):
     """The client's queue, or the backend's, holds as many queued jobs as it may; nothing was lost."""
 
-    code = "queue_full"
+    code = QUEUE_FULL
 
 
 @dataclass(frozen=True)
@@ -129,10 +138,10 @@ def classify_failure(exc: BaseException) -> tuple[str, str]:
     if (torch_oom is not None and isinstance(exc, torch_oom)) or (
         isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
     ):
-        return "out_of_memory", f"{exc} {OOM_HINT}".strip()
+        return OUT_OF_MEMORY, f"{exc} {OOM_HINT}".strip()
     if isinstance(exc, MemoryError) or _is_cpu_allocation_failure(exc):
-        return "out_of_memory", f"{exc} {CPU_OOM_HINT}".strip()
-    return "internal_error", f"{type(exc).__name__}: {exc}"
+        return OUT_OF_MEMORY, f"{exc} {CPU_OOM_HINT}".strip()
+    return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
 
 
 class StoreJobContext:
@@ -517,7 +526,7 @@ class JobManager:
 
     def _fail(self, job: Job, exc: Exception) -> None:
         code, message = classify_failure(exc)
-        if code == "internal_error":
+        if code == INTERNAL_ERROR:
             log.exception("job %s failed", job.job_id)
         else:
             log.warning("job %s failed (%s): %s", job.job_id, code, message)

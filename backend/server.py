@@ -29,7 +29,7 @@ from pathlib import Path
 import zmq
 from dreampolish.protocol import PROTOCOL_VERSION, codec
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.errors import DecodeError, ProtocolError, VersionMismatch
+from dreampolish.protocol.errors import INTERNAL_ERROR, DecodeError, ProtocolError, VersionMismatch
 from dreampolish.protocol.limits import LIMITS
 
 from .event_delivery import Followers, send_to_peer
@@ -184,6 +184,10 @@ class BackendServer:
         # Optional: a pipeline may name its models (`models() -> list[str]`) for the welcome message.
         models = getattr(first, "models", None)
         self.models = [str(x) for x in models()] if callable(models) else []
+        # And the stage chain of each job mode (`stage_chains() -> dict[str, list[str]]`): what clients
+        # offer as stages (the add-on's Run Up To); {} when it does not say.
+        chains = getattr(first, "stage_chains", None)
+        self.stage_chains = {mode: list(names) for mode, names in chains().items()} if callable(chains) else {}
         self.zmq = zmq.Context()
         self._events_endpoint = f"inproc://dreampolish-events-{id(self)}"
         self._local = threading.local()
@@ -401,7 +405,7 @@ class BackendServer:
             self._reply(
                 router,
                 peer,
-                m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id),
+                m.Error(code=INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}", re=request_id),
             )
 
     def _handle_large(self, peer: bytes, caller: Caller, body: list[zmq.Frame]) -> None:
@@ -430,7 +434,7 @@ class BackendServer:
             reply, follow = m.Error(code=exc.code, message=str(exc), re=request_id), ""
         except Exception as exc:  # this thread too outlives any bug in one request
             log.exception("error serving a large request")
-            reply = m.Error(code="internal_error", message=f"{type(exc).__name__}: {exc}", re=request_id)
+            reply = m.Error(code=INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}", re=request_id)
             follow = ""
 
         def finish(router: zmq.Socket) -> None:
@@ -487,6 +491,7 @@ class BackendServer:
             presets=self.presets,
             default_preset=self.default_preset,
             models=self.models,
+            stage_chains=self.stage_chains,
             limits=LIMITS.to_dict(),
             max_queued_per_client=self.manager.limits.per_client,
             max_queued_total=self.manager.limits.total,

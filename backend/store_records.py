@@ -18,19 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dreampolish.protocol.errors import ProtocolError
+from dreampolish.protocol.errors import DISK_FULL, INTERNAL_ERROR, ProtocolError
 
 
 class StoreError(ProtocolError):
     """A write to the job store failed (the job or request it served cannot go on)."""
 
-    code = "internal_error"
+    code = INTERNAL_ERROR
 
 
 class DiskFull(StoreError):
     """The store's disk is full (ENOSPC) or over quota (EDQUOT)."""
 
-    code = "disk_full"
+    code = DISK_FULL
 
 
 def store_error(exc: OSError, what: str) -> StoreError:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.errors import ProtocolError
+from dreampolish.protocol.errors import SPEC_LOST, ProtocolError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.payloads import FINAL_STATES, JOB_STATES
 
@@ -325,7 +325,7 @@ class JobLoader:
             self.notes.append(f"{problem}: the request is lost, its results are kept")
             return
         job.state, job.resume = "failed", None
-        job.error_code = "spec_lost"
+        job.error_code = SPEC_LOST
         job.error = f"{problem}: the request is lost; submit it again"
         self.notes.append(problem)
         self.repairs.append(m.Failed(code=job.error_code, message=job.error))

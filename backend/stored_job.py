@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.errors import ProtocolError
+from dreampolish.protocol.errors import INTERNAL_ERROR, ProtocolError
 from dreampolish.protocol.fields import MAX_ID_CHARS, MAX_MESSAGE_CHARS
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.payloads import JobInfo
@@ -152,7 +152,7 @@ def rebuilt_event(job: Job, kind: str) -> m.Message | None:
         return m.Cancelled()
     if kind == m.Failed.TYPE:
         return m.Failed(
-            code=(job.error_code or "internal_error")[: MAX_ID_CHARS],
+            code=(job.error_code or INTERNAL_ERROR)[: MAX_ID_CHARS],
             message=(job.error or "the failure message was lost")[: MAX_MESSAGE_CHARS],
         )
     if kind == m.Paused.TYPE and job.stages_done:

@@ -12,7 +12,7 @@ import numpy as np
 from bpy.props import BoolProperty, StringProperty
 from mathutils import Vector
 
-from . import camera_rig, job_request, materials, mesh_io, reference_image, refine_target
+from . import camera_rig, job_request, materials, mesh_io, reference_image, refine_target, stage_choices
 from .connection import ensure_connected
 from .job_cache import JobRecord
 from .job_follow import GOING_STATES, follow_paused, job_cache
@@ -105,6 +105,10 @@ class DREAMPOLISH_OT_generate_variants(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
+        why = stage_choices.why_no_choice()  # Stop After is one of the stages the backend lists
+        if why:
+            cls.poll_message_set(why)
+            return False
         return DREAMPOLISH_OT_generate.poll(context)
 
     def execute(self, context):
@@ -195,7 +199,7 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
             cls.poll_message_set("Sending the last job: wait for the backend's answer")
             return False
         try:
-            stage_plan(context.scene.dreampolish.refine_mode, context.scene.dreampolish.run_until)
+            job_request.planned_stages(context.scene.dreampolish.refine_mode, context.scene.dreampolish)
         except ValidationError as exc:
             cls.poll_message_set(str(exc))
             return False
@@ -305,8 +309,8 @@ class DREAMPOLISH_OT_resume(bpy.types.Operator):
                 if record is not None and record.origin_matrix:
                     mesh.transform = np.array(record.origin_matrix, dtype=np.float32).reshape(4, 4)
                     mesh = mesh.in_world()
-                else:
-                    mesh.transform = np.eye(4, dtype=np.float32)
+                else:  # the mesh data is the stage result's, in the job's frame: send that frame with it
+                    mesh.transform = job_request.job_frame(rt.job_id, rt.paused_stage)
             except ProtocolError as exc:
                 report_error(self, str(exc))
                 return {"CANCELLED"}

@@ -8,8 +8,9 @@ import dataclasses
 import logging
 
 import bpy
+import numpy as np
 
-from . import bridge, camera_rig, reference_image
+from . import bridge, camera_rig, reference_image, stage_choices
 from .job_cache import JobRecord
 from .job_follow import follow, job_cache, refresh_history, shown_job_state
 from .protocol.client import RequestRejected
@@ -20,26 +21,20 @@ from .reporting import button_request_failed, runtime
 
 log = logging.getLogger(__name__)
 
-MODE_CHAINS: dict[str, tuple[str, ...]] = {
-    "generate": ("reference", "nerf", "neus", "dmtet", "polish", "texture"),
-    "geometry": ("dmtet", "polish", "texture"),
-    "texture": ("texture",),
-}
-"""The stages each job mode runs, in order, without export (which follows texture by itself): the
-backend's MODE_STAGES (backend/pipeline.py). It accepts an unbroken run from the mode's first stage."""
-
 _submitting: bridge.Request | None = None
 """The last submit queued: while it has no answer, Generate and Refine wait for it."""
 
+stage_plan = stage_choices.stage_plan
 
-def stage_plan(mode: str, run_until: str) -> list[str]:
-    """The stages a job of `mode` runs when the artist asks to run up to `run_until`."""
-    chain = MODE_CHAINS[mode]
-    if run_until not in chain:
-        raise ValidationError(
-            f"Run Up To is {run_until.capitalize()}, before a {mode} refine's first stage "
-            f"({chain[0].capitalize()}): pick {chain[0].capitalize()} or a later stage")
-    return list(chain[: chain.index(run_until) + 1])
+
+def planned_stages(mode: str, settings) -> list[str] | None:
+    """The `stages` of the request: the run the artist chose from the backend's chain of `mode`
+    (stage_choices.py), or None for the whole chain. Nothing chosen is the whole chain, also before the
+    backend has listed its stages; a choice needs its list (ValidationError saying so)."""
+    if stage_choices.why_no_choice() and not settings.run_until_name and not settings.pause_after_names:
+        return None
+    plan = stage_plan(mode, settings.run_until)
+    return None if plan == stage_choices.mode_chain(mode) else plan
 
 
 def parse_overrides(text: str) -> dict[str, bool | int | float | str]:
@@ -71,7 +66,7 @@ def preset_for(welcome) -> str:
 def job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
     """The request; a generate job's cameras are sent about `placement`, where its object will be."""
     s = context.scene.dreampolish
-    plan = stage_plan(mode, s.run_until)
+    plan = planned_stages(mode, s)
     cameras = camera_rig.scene_rig(context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views))
     if placement is not None:
         cameras = camera_rig.rig_about(cameras, placement)
@@ -82,9 +77,10 @@ def job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
         seed=s.seed,
         preset=preset_for(bridge.current_welcome()),
         mode=mode,
-        stages=None if plan == list(MODE_CHAINS[mode]) else plan,
+        stages=plan,
         # A pause after the last stage run would never be resumed into anything.
-        pause_after=[st for st in plan[:-1] if st in s.pause_after],
+        pause_after=[] if plan is None and not s.pause_after_names else
+        [st for st in (plan or stage_choices.mode_chain(mode))[:-1] if st in s.pause_after],
         # The object's size (camera_rig.placement_options) goes with its placement; the artist's overrides win.
         options={**({} if placement is None else camera_rig.placement_options(context.scene, placement)),
                  **parse_overrides(s.overrides)},
@@ -114,12 +110,21 @@ def over_limits(obj: bpy.types.Object, limits: Limits) -> str:
     return ""
 
 
+def _announced_chain(mode: str) -> list[str]:
+    """The mode's whole chain as announced; [] before a welcome (the submit fills it in:
+    _with_default_preset)."""
+    try:
+        return stage_choices.mode_chain(mode)
+    except ValidationError:
+        return []
+
+
 def job_record(spec: JobSpec, target_object: str = "", placement=None, variant_group: str = "") -> JobRecord:
     """What the history keeps of the job (its id is filled in once the backend has answered)."""
     return JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
                      mode=spec.mode, target_object=target_object,
                      placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
-                     plan=list(spec.stages) if spec.stages else list(MODE_CHAINS[spec.mode]),
+                     plan=list(spec.stages) if spec.stages else _announced_chain(spec.mode),
                      variant_group=variant_group)
 
 
@@ -138,9 +143,12 @@ def _submit_failed(exc: BaseException) -> None:
 
 
 def _with_default_preset(client, spec: JobSpec, record: JobRecord) -> None:
-    # Sent after the handshake: an empty preset is the default that backend announced.
+    # Sent after the handshake: an empty preset is the default that backend announced, and a job built
+    # before it answered runs its mode's whole chain, as announced.
     if not spec.preset and client.welcome is not None:
         spec.preset = record.preset = client.welcome.default_preset
+    if not record.plan and client.welcome is not None:
+        record.plan = list(client.welcome.stage_chains.get(spec.mode, []))
 
 
 def submit(context, spec: JobSpec, record: JobRecord) -> set[str]:
@@ -207,6 +215,14 @@ def _resumed(_: object) -> None:
     rt = runtime()
     rt.job_state = "running"
     rt.paused_stage = ""
+
+
+def job_frame(job_id: str, stage: str):
+    """The job's object-to-world transform, as its stage result carried it (the frame its object's mesh
+    data is in): what an edited mesh sent back with resume carries, so that the backend takes it from
+    there into the job's frame (protocol/README.md, mesh). Identity when nothing is cached."""
+    cached = job_cache().load_stage(job_id, stage)
+    return np.eye(4, dtype=np.float32) if cached is None else np.asarray(cached.mesh.transform, np.float32)
 
 
 def resume(job_id: str, mesh=None, cancel_others: tuple[str, ...] = ()) -> bool:

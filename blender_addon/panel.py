@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import bpy
 
+from . import stage_choices
 from .progress import format_eta
-from .properties import USER_STAGES
 from .reference_image import chosen_image
 
 
@@ -86,7 +86,8 @@ class DREAMPOLISH_PT_prompt(_DreamPolishPanel, bpy.types.Panel):
         layout.operator("dreampolish.generate", icon="PLAY")
         row = layout.row(align=True)
         row.prop(s, "variants")
-        row.prop(s, "variants_up_to", text="")
+        if stage_choices.announced_stages():  # else Generate Variants is greyed out, saying why
+            row.prop(s, "variants_up_to", text="")
         layout.operator("dreampolish.generate_variants", icon="MOD_ARRAY")
 
 
@@ -98,14 +99,17 @@ class DREAMPOLISH_PT_stages(_DreamPolishPanel, bpy.types.Panel):
 
     def draw(self, context):
         s = context.scene.dreampolish
-        # The backend runs an unbroken chain of stages: the artist picks where it ends, and where
-        # it pauses on the way (a refine starts at its own first stage).
-        self.layout.prop(s, "run_until")
-        col = self.layout.column(align=True)
-        col.label(text="Pause After")
-        last = USER_STAGES.index(s.run_until)
-        for stage in USER_STAGES[:last]:
-            col.prop_enum(s, "pause_after", stage)
+        # The backend runs an unbroken chain of stages, which it lists (stage_choices.py): the artist
+        # picks where it ends, and where it pauses on the way (a refine starts at its own first stage).
+        stages = stage_choices.announced_stages()
+        if stages:
+            self.layout.prop(s, "run_until")
+            col = self.layout.column(align=True)
+            col.label(text="Pause After")
+            for stage in stages[: stages.index(s.run_until)]:
+                col.prop_enum(s, "pause_after", stage)
+        else:
+            self.layout.label(text=stage_choices.why_no_choice(), icon="INFO")
         self.layout.prop(s, "overrides")
         self.layout.prop(s, "import_mode")
         self.layout.prop(s, "camera_collection")

@@ -14,12 +14,9 @@ from bpy.props import (
     StringProperty,
 )
 
-from .protocol.job import MAX_VARIANTS, STAGES
+from . import stage_choices
+from .protocol.job import MAX_VARIANTS
 from .reference_image import SOURCES as REFERENCE_SOURCES
-
-# Stages the artist can toggle: export is the backend's own last step and always runs.
-USER_STAGES = tuple(s for s in STAGES if s != "export")
-STAGE_ITEMS = [(s, s.capitalize(), f"The {s} stage") for s in USER_STAGES]
 
 BACKEND_DEFAULT = "BACKEND_DEFAULT"
 """The preset item that sends the backend's own default (what `serve --preset` announced)."""
@@ -67,6 +64,52 @@ def _set_preset(self, value: int) -> None:
 
 
 
+# -- the stages: the connected backend's (stage_choices.py), chosen by name -------------------------------
+# Like the preset, a stage choice is stored by name (run_until_name ...): the items come from the backend's
+# welcome, and an item's number would point at another stage as soon as a backend announces other chains.
+
+_stage_items_cache: list[tuple[str, str, str, int]] = []
+_stage_flag_items_cache: list[tuple[str, str, str, int]] = []
+
+
+def _stage_items(self, context):
+    _stage_items_cache[:] = [(s, s.capitalize(), f"The {s} stage", i)
+                             for i, s in enumerate(stage_choices.announced_stages())]
+    return _stage_items_cache  # Blender keeps only pointers to these strings
+
+
+def _stage_flag_items(self, context):
+    _stage_flag_items_cache[:] = [(s, s.capitalize(), f"The {s} stage", 1 << i)
+                                  for i, s in enumerate(stage_choices.announced_stages())]
+    return _stage_flag_items_cache
+
+
+def _index_getter(name_prop: str, fallback):
+    def get(self) -> int:
+        stages = stage_choices.announced_stages()
+        name = getattr(self, name_prop) or fallback()
+        return stages.index(name) if name in stages else max(len(stages) - 1, 0)
+    return get
+
+
+def _index_setter(name_prop: str):
+    def set_(self, value: int) -> None:
+        stages = stage_choices.announced_stages()
+        if 0 <= value < len(stages):
+            setattr(self, name_prop, stages[value])
+    return set_
+
+
+def _get_pause_after(self) -> int:
+    stages = stage_choices.announced_stages()
+    chosen = set(self.pause_after_names.split(",")) if self.pause_after_names else set()
+    return sum(1 << i for i, s in enumerate(stages) if s in chosen)
+
+
+def _set_pause_after(self, value: int) -> None:
+    self.pause_after_names = ",".join(s for i, s in enumerate(stage_choices.announced_stages()) if value & (1 << i))
+
+
 class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     """What to make and how; saved with the scene."""
 
@@ -86,14 +129,19 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
                                 default="")
     run_until: EnumProperty(
         name="Run Up To", description="Last stage to run (each stage starts from the one before it); "
-        "a refine starts at its own first stage",
-        items=STAGE_ITEMS, default=USER_STAGES[-1],
+        "a refine starts at its own first stage. The backend lists its stages",
+        items=_stage_items, get=_index_getter("run_until_name", stage_choices.default_run_until),
+        set=_index_setter("run_until_name"),
     )
+    run_until_name: StringProperty(name="Run Up To Stage", description="The chosen last stage; empty: all of "
+                                   "them", default="")
     pause_after: EnumProperty(
         name="Pause After", description="Stop after these stages so the mesh can be edited before resuming "
         "(only stages the job runs count)",
-        items=STAGE_ITEMS, options={"ENUM_FLAG"}, default=set(),
+        items=_stage_flag_items, options={"ENUM_FLAG"}, get=_get_pause_after, set=_set_pause_after,
     )
+    pause_after_names: StringProperty(name="Pause After Stages", description="The chosen stage gates, comma "
+                                      "separated", default="")
     variants: IntProperty(
         name="Variants", description="Seeds Generate Variants tries side by side (Seed, Seed + 1, …); each "
         "stops after Stop After for you to pick one to continue",
@@ -101,8 +149,12 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     )
     variants_up_to: EnumProperty(
         name="Stop After", description="The stage after which the variants wait for your pick",
-        items=STAGE_ITEMS, default="dmtet",
+        items=_stage_items, get=_index_getter("variants_up_to_name", lambda: ""),
+        set=_index_setter("variants_up_to_name"),
     )
+    variants_up_to_name: StringProperty(name="Stop After Stage", description="The stage the variants stop "
+                                        "after (DMTet when the backend has one and nothing was chosen)",
+                                        default="dmtet")
     refine_mode: EnumProperty(
         name="Refine", description="What Refine Selected does",
         items=[

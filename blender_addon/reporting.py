@@ -11,7 +11,7 @@ from bpy.props import StringProperty
 
 from .bridge import RequestLost
 from .protocol.client import AccessRefused, BackendUnreachable
-from .protocol.errors import VersionMismatch
+from .protocol.errors import OUT_OF_MEMORY, VersionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ what comes before it is the allocator's raw message."""
 def failure_text(code: str, message: str) -> str:
     """A job's failure as the panel says it: an out-of-memory failure without the allocator's raw message
     ("[enforce fail at alloc_cpu.cpp:127] ... DefaultCPUAllocator ..."), with the size it asked for in GB."""
-    if code != "out_of_memory" or not any(raw in message for raw in _RAW_MARKERS):
+    if code != OUT_OF_MEMORY or not any(raw in message for raw in _RAW_MARKERS):
         return message  # the backend said it in its own words
     starts = [i for i in (message.find(a) for a in _ADVICE_STARTS) if i >= 0]
     advice = message[min(starts):] if starts else ("The backend ran out of memory. Try a smaller preset or fewer "

@@ -28,7 +28,7 @@ from .client import BackendClient, ClientError, VersionMismatch
 from .errors import ProtocolError, ValidationError
 from .gltf import glb_to_mesh, mesh_to_glb
 from .image import PNG_SIGNATURE, ReferenceImage
-from .job import JOB_MODES, STAGES, JobSpec, parse_option, validate_spec
+from .job import JOB_MODES, JobSpec, parse_option, validate_spec
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
 
@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--mode", choices=JOB_MODES, default=None, help="default: generate, or geometry with --mesh"
     )
-    gen.add_argument("--stage", action="append", choices=STAGES, dest="stages", help="run only these stages")
-    gen.add_argument("--pause-after", action="append", choices=STAGES, default=[], help="stage gate")
+    # The backend names its stages (welcome.stage_chains) and refuses one its chain does not have.
+    gen.add_argument("--stage", action="append", dest="stages", metavar="STAGE",
+                     help="run only these stages (e.g. nerf; the backend's welcome lists its stages)")
+    gen.add_argument("--pause-after", action="append", default=[], metavar="STAGE", help="stage gate")
     gen.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
     gen.set_defaults(run=cmd_generate)
 

@@ -9,7 +9,7 @@ JobCancelledError end a followed job. Wire-level errors are errors.py's Protocol
 from __future__ import annotations
 
 from . import messages as m
-from .errors import VersionMismatch
+from .errors import UNKNOWN_JOB, VersionMismatch
 
 
 class ClientError(Exception):
@@ -57,7 +57,7 @@ def checked_reply(reply: m.Message) -> m.Message:
     if isinstance(reply, m.Error):
         if reply.code == VersionMismatch.code:
             raise VersionMismatch(reply.message)
-        if reply.code == "unknown_job":
+        if reply.code == UNKNOWN_JOB:
             raise UnknownJobError(reply.code, reply.message)
         raise RequestRejected(reply.code, reply.message)
     return reply

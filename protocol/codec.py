@@ -2,7 +2,7 @@
 
 Frame 0 is the header, a msgpack map:
 
-    {"v": "1.0", "type": "submit", "id": "c1-7", "re": "", "job": "", "seq": 0, "body": {...}}
+    {"v": "1.1", "type": "submit", "id": "c1-7", "re": "", "job": "", "seq": 0, "body": {...}}
 
 Frames 1..n are the binary buffers the body references (frames.py). Decoding
 checks the published limits before it touches the content, never copies an
@@ -20,10 +20,10 @@ import msgpack
 
 from . import PROTOCOL_VERSION
 from .errors import DecodeError, LimitExceeded, ProtocolError, ValidationError, VersionMismatch
-from .fields import MAX_ID_CHARS, read_int, read_str
+from .fields import MAX_ID_CHARS, read_int, read_str, refuse_unknown_fields
 from .frames import FrameReader, FrameWriter
 from .limits import LIMITS
-from .messages import MESSAGE_TYPES, Message
+from .messages import CLIENT_MESSAGES, MESSAGE_TYPES, Message
 from .names import check_file_name
 from .wire_types import wire_type
 
@@ -133,6 +133,8 @@ def decode(frames: Sequence[Any]) -> Message:
     if common["job_id"]:
         check_file_name(common["job_id"], "header field 'job'")  # a job id names its folder in the store
     cls = MESSAGE_TYPES[header["type"]]
+    if cls in CLIENT_MESSAGES:  # a request: only the fields this version defines (README.md, Frames)
+        refuse_unknown_fields(body, cls.BODY_FIELDS, f"{cls.TYPE}'s body")
     try:
         return cls.from_body(body, FrameReader(views), **common)
     except ProtocolError:

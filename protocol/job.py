@@ -16,8 +16,15 @@ from .image import ReferenceImage
 from .limits import LIMITS
 from .scene import CameraSpec, MeshPayload, object_to_world
 
-STAGES: tuple[str, ...] = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
-"""Every stage of the DreamPolish pipeline, in order."""
+MAX_STAGES = 32
+"""Most stages in one mode's chain: the bound of a stage index and of a request's stage lists."""
+
+MAX_STAGE_NAME_CHARS = 32
+"""Longest stage name."""
+
+# The protocol does not list the stages: each backend announces the stage chain of every mode in
+# `welcome.stage_chains` (its pipeline's runners define them), and refuses a request that names a stage
+# its chain does not have. Here a stage name is only checked for its form.
 
 JobMode = Literal["generate", "geometry", "texture"]
 JOB_MODES: tuple[str, ...] = ("generate", "geometry", "texture")
@@ -43,7 +50,7 @@ class JobSpec:
     """Name of a backend preset (welcome lists them)."""
     mode: JobMode = "generate"
     stages: list[str] | None = None
-    """Subset of STAGES to run, None = all that the mode uses."""
+    """The stages to run (an unbroken run of the mode's chain, welcome.stage_chains), None = the whole chain."""
     pause_after: list[str] = field(default_factory=list)
     """Stages after which the job pauses until a resume message (stage gates)."""
     options: dict[str, OptionValue] = field(default_factory=dict)
@@ -68,8 +75,7 @@ def variant_specs(spec: JobSpec, count: int, up_to: str) -> list[JobSpec]:
     on free GPUs; the artist resumes the one to continue and cancels the others."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_VARIANTS:
         raise ValidationError(f"variants must be an integer in [1, {MAX_VARIANTS}], got {count!r}")
-    if up_to not in STAGES:
-        raise ValidationError(f"variants: up_to must be a stage ({', '.join(STAGES)}), got {up_to!r}")
+    check_stage_names("variants' up_to", [up_to])
     seed = check_seed(spec.seed)
     gates = list(dict.fromkeys([*spec.pause_after, up_to]))
     return [replace(spec, seed=(seed + i) % SEED_LIMIT, pause_after=list(gates), options=dict(spec.options),
@@ -116,10 +122,21 @@ def check_mode(mode: object) -> str:
     return str(mode)
 
 
+def check_stage_name(stage: object, label: str) -> str:
+    """A stage name of the right form: lower-case letters, digits and "_", starting with a letter, at most
+    MAX_STAGE_NAME_CHARS (whether the backend has such a stage is the backend's check)."""
+    if (not isinstance(stage, str) or not 0 < len(stage) <= MAX_STAGE_NAME_CHARS or not stage[0].isalpha()
+            or not all(ch.isdigit() or ch == "_" or "a" <= ch <= "z" for ch in stage)):
+        raise ValidationError(f"{label}: {stage!r} is not a stage name (lower-case letters, digits and '_', "
+                              f"at most {MAX_STAGE_NAME_CHARS} characters)")
+    return stage
+
+
 def check_stage_names(label: str, names: list[str]) -> list[str]:
+    if len(names) > MAX_STAGES:
+        raise ValidationError(f"{label} names {len(names)} stages; the limit is {MAX_STAGES}")
     for stage in names:
-        if stage not in STAGES:
-            raise ValidationError(f"unknown stage {stage!r} in {label}; stages are {', '.join(STAGES)}")
+        check_stage_name(stage, label)
     return names
 
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import LimitExceeded, ValidationError
+from .errors import INTERNAL_ERROR, PROTOCOL_ERROR, LimitExceeded, ValidationError
 from .fields import (
     MAX_ID_CHARS,
     MAX_LIST_ITEMS,
@@ -31,13 +31,22 @@ from .fields import (
     read_map,
     read_required,
     read_stage,
+    read_stage_chains,
     read_str,
     read_str_list,
 )
 from .frames import FrameReader, FrameWriter
-from .job import STAGES, JobSpec
+from .job import MAX_STAGES, JobSpec
 from .limits import LIMITS
-from .payloads import JOB_STATES, JobInfo, mesh_from_wire, mesh_to_wire, spec_from_wire, spec_to_wire
+from .payloads import (
+    JOB_STATES,
+    JobInfo,
+    mesh_from_wire,
+    mesh_to_wire,
+    refuse_unknown_mesh_fields,
+    spec_from_wire,
+    spec_to_wire,
+)
 from .scene import MeshPayload
 
 # --- messages ------------------------------------------------------------------------------------
@@ -50,6 +59,8 @@ class Message:
     TYPE: ClassVar[str] = ""
     IS_EVENT: ClassVar[bool] = False
     """Job events carry job_id and seq, are stored in the job's event log and replayed on attach."""
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """A request's body fields: the backend refuses a request whose body holds any other (codec.decode)."""
 
     msg_id: str = field(default="", kw_only=True)
     """Unique per sender; set by the codec when empty."""
@@ -75,6 +86,7 @@ class Hello(Message):
     """Opens a session; the backend answers Welcome, or Error(version_mismatch)."""
 
     TYPE: ClassVar[str] = "hello"
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ("client",)
     client: str = ""
     """Free text naming the client and its version, for the backend's log."""
 
@@ -91,6 +103,7 @@ class Submit(Message):
     """Queue a job. Answered by Accepted (with the new job id) or Error."""
 
     TYPE: ClassVar[str] = "submit"
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ("spec",)
     spec: JobSpec = field(default_factory=lambda: JobSpec(prompt=""))
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
@@ -113,6 +126,7 @@ class Resume(Message):
     """Continue paused job job_id, optionally from an edited mesh. Answered by Accepted or Error."""
 
     TYPE: ClassVar[str] = "resume"
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ("mesh",)
     mesh: MeshPayload | None = None
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
@@ -120,6 +134,7 @@ class Resume(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> Resume:
+        refuse_unknown_mesh_fields(body.get("mesh"), "resume.mesh")
         mesh = mesh_from_wire(body["mesh"], r) if body.get("mesh") is not None else None
         return cls(mesh=mesh, **common)
 
@@ -129,6 +144,7 @@ class Attach(Message):
     """Follow job job_id: the backend replays every stored event with seq > last_seq, then streams new ones."""
 
     TYPE: ClassVar[str] = "attach"
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ("last_seq",)
     last_seq: int = 0
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
@@ -144,6 +160,7 @@ class ListJobs(Message):
     """Ask for one page of the jobs this client may see (its own; an admin's: all). Answered by JobList."""
 
     TYPE: ClassVar[str] = "list_jobs"
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ("page", "limit")
     page: str = ""
     """"" for the first page; else the `next_page` of the previous job_list."""
     limit: int = 0
@@ -174,6 +191,7 @@ class FetchResult(Message):
     """Ask for the stage results of job job_id, from position `first` on. Answered by Result or Error."""
 
     TYPE: ClassVar[str] = "fetch_result"
+    BODY_FIELDS: ClassVar[tuple[str, ...]] = ("first",)
     first: int = 0
     """Position in the job's list of stage results to start from (Result.more_from of the previous part)."""
 
@@ -213,6 +231,10 @@ class Welcome(Message):
     """Most queued (not yet running) jobs of one client; a submit past it gets queue_full. 0: not said."""
     max_queued_total: int = 0
     """Most queued jobs of all clients together. 0: not said."""
+    stage_chains: dict[str, list[str]] = field(default_factory=dict)
+    """Job mode -> the stages a job of that mode runs, in order, that a request may name (`stages`,
+    `pause_after`): its pipeline's runners define them. Stages that follow by themselves (export after
+    texture) are left out. Empty from a 1.0 backend, which does not say."""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
         return {
@@ -224,6 +246,7 @@ class Welcome(Message):
             "limits": self.limits,
             "max_queued_per_client": self.max_queued_per_client,
             "max_queued_total": self.max_queued_total,
+            "stage_chains": self.stage_chains,
         }
 
     @classmethod
@@ -238,6 +261,7 @@ class Welcome(Message):
             limits={k: v for k, v in limits.items() if isinstance(k, str) and isinstance(v, int)},
             max_queued_per_client=read_int(body, "max_queued_per_client", 0),
             max_queued_total=read_int(body, "max_queued_total", 0),
+            stage_chains=read_stage_chains(body, "stage_chains"),
             **common,
         )
 
@@ -342,7 +366,7 @@ class StageResult(Message):
     def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> StageResult:
         return cls(
             stage=read_stage(body, "stage"),
-            index=read_int(body, "index", hi=len(STAGES)),
+            index=read_int(body, "index", hi=MAX_STAGES),
             mesh=mesh_from_wire(read_required(body, "mesh"), r, require_faces=False),
             **common,
         )
@@ -394,7 +418,7 @@ class Failed(Message):
 
     TYPE: ClassVar[str] = "failed"
     IS_EVENT: ClassVar[bool] = True
-    code: str = "internal_error"
+    code: str = INTERNAL_ERROR
     message: str = ""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
@@ -403,7 +427,7 @@ class Failed(Message):
     @classmethod
     def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> Failed:
         return cls(
-            code=read_str(body, "code", "internal_error", max_chars=MAX_ID_CHARS),
+            code=read_str(body, "code", INTERNAL_ERROR, max_chars=MAX_ID_CHARS),
             message=read_str(body, "message", "", max_chars=MAX_MESSAGE_CHARS),
             **common,
         )
@@ -465,13 +489,13 @@ class Result(Message):
         if state not in JOB_STATES:
             raise ValidationError(f"result.state must be one of {JOB_STATES}, got {state!r}")
         results = []
-        for d in read_list(body, "stage_results", [], max_items=len(STAGES) * 4):
+        for d in read_list(body, "stage_results", [], max_items=MAX_STAGES * 4):
             if not isinstance(d, dict):
                 raise ValidationError("stage result must be a map")
             results.append(
                 StageResult(
                     stage=read_stage(d, "stage"),
-                    index=read_int(d, "index", hi=len(STAGES)),
+                    index=read_int(d, "index", hi=MAX_STAGES),
                     mesh=mesh_from_wire(read_required(d, "mesh"), r, require_faces=False),
                     job_id=common.get("job_id", ""),
                     seq=read_int(d, "seq", 0),
@@ -483,11 +507,11 @@ class Result(Message):
 
 @dataclass
 class Error(Message):
-    """A request could not be served. code: an errors.ProtocolError code, or unknown_job, bad_state,
-    busy; message says what to change."""
+    """A request could not be served. code: one of errors.ERROR_CODES (README.md lists them); message
+    says what to change."""
 
     TYPE: ClassVar[str] = "error"
-    code: str = "protocol_error"
+    code: str = PROTOCOL_ERROR
     message: str = ""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
@@ -496,7 +520,7 @@ class Error(Message):
     @classmethod
     def from_body(cls, body: dict[str, Any], r: FrameReader, **common: Any) -> Error:
         return cls(
-            code=read_str(body, "code", "protocol_error", max_chars=MAX_ID_CHARS),
+            code=read_str(body, "code", PROTOCOL_ERROR, max_chars=MAX_ID_CHARS),
             message=read_str(body, "message", "", max_chars=MAX_MESSAGE_CHARS),
             **common,
         )

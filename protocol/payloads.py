@@ -27,13 +27,47 @@ from .fields import (
     read_required,
     read_str,
     read_str_list,
+    refuse_unknown_fields,
 )
 from .frames import FrameReader, FrameWriter
 from .image import ReferenceImage
-from .job import STAGES, JobSpec, check_mode, check_seed, check_stage_names
+from .job import MAX_STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
 from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
+
+# The fields of each payload map, as a request may carry them: the backend refuses any other field in a
+# request (refuse_unknown_fields); replies and events are read leniently, so that a backend of a later
+# minor version may add fields.
+TEXTURE_FIELDS = ("role", "png", "array")
+MESH_FIELDS = ("vertices", "faces", "uvs", "normals", "colors", "transform", "textures")
+CAMERA_FIELDS = ("matrix_world", "lens_mm", "sensor_width_mm", "sensor_height_mm", "sensor_fit", "resolution",
+                 "shift", "name")
+IMAGE_FIELDS = ("png", "array")
+SPEC_FIELDS = ("prompt", "negative_prompt", "seed", "preset", "mode", "stages", "pause_after", "options", "cameras",
+               "reference_camera", "input_mesh", "image")
+
+
+def refuse_unknown_mesh_fields(d: object, where: str) -> None:
+    """A mesh in a request (input_mesh, resume's edit): its map and its textures' hold only known fields."""
+    if isinstance(d, dict):
+        refuse_unknown_fields(d, MESH_FIELDS, where)
+        textures = d.get("textures")
+        for i, texture in enumerate(textures if isinstance(textures, list) else []):
+            if isinstance(texture, dict):
+                refuse_unknown_fields(texture, TEXTURE_FIELDS, f"{where}.textures[{i}]")
+
+
+def refuse_unknown_spec_fields(d: dict[str, Any]) -> None:
+    refuse_unknown_fields(d, SPEC_FIELDS, "spec")
+    cameras = d.get("cameras")
+    for i, camera in enumerate(cameras if isinstance(cameras, list) else []):
+        if isinstance(camera, dict):
+            refuse_unknown_fields(camera, CAMERA_FIELDS, f"spec.cameras[{i}]")
+    refuse_unknown_mesh_fields(d.get("input_mesh"), "spec.input_mesh")
+    if isinstance(d.get("image"), dict):
+        refuse_unknown_fields(d["image"], IMAGE_FIELDS, "spec.image")
+
 
 JOB_STATES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
 """Lifecycle of a job. done, failed and cancelled are final."""
@@ -171,9 +205,10 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
     if not isinstance(d, dict):
         raise ValidationError("spec must be a map")
     # The field rules are job.py's, which validate_spec applies to the whole request at submit.
+    refuse_unknown_spec_fields(d)
     mode = check_mode(read_str(d, "mode", "generate"))
-    stages = read_str_list(d, "stages", None, max_items=len(STAGES)) if d.get("stages") is not None else None
-    pause_after = read_str_list(d, "pause_after", [], max_items=len(STAGES))
+    stages = read_str_list(d, "stages", None, max_items=MAX_STAGES) if d.get("stages") is not None else None
+    pause_after = read_str_list(d, "pause_after", [], max_items=MAX_STAGES)
     check_stage_names("stages", stages or [])
     check_stage_names("pause_after", pause_after)
     options = read_map(d, "options", {})

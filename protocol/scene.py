@@ -192,6 +192,26 @@ class MeshPayload:
                            uvs=uvs, normals=normals, colors=self.colors, transform=np.eye(4, dtype=np.float32),
                            textures=list(self.textures))
 
+    def in_frame(self, transform: np.ndarray) -> MeshPayload:
+        """The same mesh with its vertices in the frame that `transform` (object-to-world, invertible) maps
+        to the world, and `transform` as its transform: the receiver's side of "every mesh on the wire is
+        vertices plus their object-to-world transform" (the backend takes an edited mesh into its job's
+        frame with it). The mesh is placed in the world first (in_world), then taken into the frame by the
+        inverse transform; normals by the inverse transpose, and a mirroring frame flips the winding back."""
+        world = self.in_world()
+        m = np.asarray(transform, np.float64)
+        vertices = object_to_world(world.vertices, np.linalg.inv(m)).astype(np.float32)
+        normals = None
+        if world.normals is not None:  # the inverse transpose of inv(M)'s linear part is M's transpose
+            n = world.normals.astype(np.float64) @ m[:3, :3]
+            normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        faces, uvs = world.faces, world.uvs
+        if mirrors(m):
+            faces = np.ascontiguousarray(faces[:, ::-1])
+            uvs = None if uvs is None else np.ascontiguousarray(uvs[:, ::-1])
+        return MeshPayload(vertices=vertices, faces=faces, uvs=uvs, normals=normals, colors=world.colors,
+                           transform=m.astype(np.float32), textures=list(world.textures))
+
     def validate(self, *, require_faces: bool = True) -> MeshPayload:
         v = _check_array("mesh.vertices", self.vertices, "float32", (None, 3))
         f = _check_array("mesh.faces", self.faces, "uint32", (None, 3))

@@ -41,9 +41,6 @@ from torch.utils._pytree import tree_leaves
 
 log = logging.getLogger(__name__)
 
-STAGES = ("reference", "nerf", "neus", "dmtet", "polish", "texture", "export")
-"""The stages of a generate job, in order (the dry run's report lists them all)."""
-
 TWO_STEPS: dict[str, Any] = {
     "nerf.steps": 2, "neus.steps": 2, "dmtet.steps": 2, "polish.steps": 2, "texture.steps": 2,
     "reference.generation.num_inference_steps": 2, "preview_every": 0,
@@ -178,14 +175,17 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
                 log.exception("dry run failed in stage %s", ctx.current)
     return {
         "preset": preset, "device": "meta", "dtype": str(dtype).removeprefix("torch."), "geometry": geometry,
-        "stages": _stage_reports(ctx, counter, error), "peak_gb": round(counter.peak / GB, 3),
+        "stages": _stage_reports(pipeline.mode_stages("generate"), ctx, counter, error),
+        "peak_gb": round(counter.peak / GB, 3),
         "weights_gb": {k: round(v / GB, 3) for k, v in priors.models.parameter_bytes().items()},
     }
 
 
-def _stage_reports(ctx: DryRunContext, counter: LiveBytes, error: str | None) -> dict[str, dict[str, Any]]:
+def _stage_reports(chain: list[str], ctx: DryRunContext, counter: LiveBytes,
+                   error: str | None) -> dict[str, dict[str, Any]]:
+    """One line per stage of the generate chain (the pipeline's runners), in order."""
     stages: dict[str, dict[str, Any]] = {}
-    for stage in STAGES:
+    for stage in chain:
         if stage in ctx.peaks:
             stages[stage] = {"ok": True, "peak_gb": round(ctx.peaks[stage] / GB, 3),
                              "seconds": round(ctx.seconds[stage], 1)}

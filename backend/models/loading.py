@@ -31,6 +31,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from dreampolish.protocol.errors import MODEL_MISSING
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from ..errors import JobFailed
@@ -87,7 +88,7 @@ class ModelNotFoundError(JobFailed):
         message = f"model {spec.name} ({spec.role}) not found locally; {how}"
         if detail:
             message += f" ({detail})"
-        super().__init__("model_missing", message)
+        super().__init__(MODEL_MISSING, message)
         self.spec = spec
 
 
@@ -369,7 +370,7 @@ class PriorModels:
     def intrinsics(self) -> MarigoldIntrinsicsPipeline:
         if "intrinsics" not in self._loaded:
             if self.model_set.intrinsics is None:
-                raise JobFailed("model_missing", f"model set {self.model_set.name!r} has no intrinsics model (the "
+                raise JobFailed(MODEL_MISSING, f"model set {self.model_set.name!r} has no intrinsics model (the "
                                 "PBR bake's Marigold-IID); add one to the models config or set base_color_only")
             self._loaded["intrinsics"] = load_intrinsics(self.model_set.intrinsics, self.device, self.dtype)
         return self._loaded["intrinsics"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from dreampolish.protocol.errors import ValidationError
-from dreampolish.protocol.job import JobSpec, validate_spec
+from dreampolish.protocol.job import JOB_MODES, JobSpec, validate_spec
 from dreampolish.protocol.messages import SLOW_RASTERIZER
 
 from .. import memory_check
@@ -91,15 +91,25 @@ class DreamPolishPipeline:
         """The stages a job of `mode` runs, in order, when its request names no subset."""
         return [r.name for r in self.runners if mode in r.modes]
 
+    def stage_chains(self) -> dict[str, list[str]]:
+        """welcome.stage_chains: for each job mode, the stages a request may name, in order (the runners'
+        chains without their automatic stages)."""
+        automatic = {r.name for r in self.runners if r.automatic}
+        return {mode: [s for s in self.mode_stages(mode) if s not in automatic] for mode in JOB_MODES}
+
     def stage_plan(self, spec: JobSpec) -> list[str]:
-        """The stages this request runs, in order."""
+        """The stages this request runs, in order: the named ones, then the automatic stages that follow
+        the last of them (export after texture)."""
         mode_stages = self.mode_stages(spec.mode)
         if spec.stages is None:
             return mode_stages
         wanted = set(spec.stages)
         plan = [s for s in mode_stages if s in wanted]
-        if "export" in mode_stages and "export" not in plan and plan and plan[-1] == "texture":
-            plan.append("export")  # a textured result is always exported
+        automatic = {r.name for r in self.runners if r.automatic}
+        for name in mode_stages[mode_stages.index(plan[-1]) + 1:] if plan else []:
+            if name not in automatic or name in plan:
+                break
+            plan.append(name)
         return plan
 
     def check(self, spec: JobSpec) -> None:
@@ -240,12 +250,13 @@ class DreamPolishPipeline:
         edited = resume.edited_mesh if resume is not None else None
         if edited is None:
             return
-        edited.validate(require_faces=True)
+        # The edit is vertices plus their object-to-world transform (protocol/README.md, mesh): placed in
+        # the world by it, then taken into the job's frame, where the stages work.
+        edited = edited.validate(require_faces=True).in_frame(job.frame.transform)
         carry.mesh = TriMesh.from_payload(edited, apply_transform=False, device=job.device)
         carry.geometry = None  # the next stage starts from the edited mesh, not from the old state
         if carry.payload is not None:
-            carry.payload = dataclasses.replace(edited, transform=job.frame.transform,
-                                                textures=list(carry.payload.textures))
+            carry.payload = dataclasses.replace(edited, textures=list(carry.payload.textures))
         logger.info("job %s resumes from an edited mesh (%d faces)", ctx.job_id, carry.mesh.num_faces)
 
     @staticmethod

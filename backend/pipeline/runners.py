@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from dreampolish.protocol.errors import EMPTY_GEOMETRY, NO_GEOMETRY, NO_TEXTURE
 from dreampolish.protocol.job import JOB_MODES
 from dreampolish.protocol.scene import MeshPayload
 
@@ -46,9 +47,12 @@ class StageRunner(ABC):
     """One stage of the pipeline (module docstring)."""
 
     name: ClassVar[str]
-    """The stage's name on the wire (protocol.job.STAGES) and in checkpoints."""
+    """The stage's name on the wire and in checkpoints (a lower-case identifier: protocol.job.check_stage_name)."""
     modes: ClassVar[tuple[str, ...]] = JOB_MODES
     """The job modes whose chain includes this stage."""
+    automatic: ClassVar[bool] = False
+    """The stage runs by itself whenever the stage before it in the chain ends a job's plan (export after
+    texture): a request need not name it, and welcome.stage_chains leaves it out."""
 
     @abstractmethod
     def run(self, c: StageContext) -> Checkpoint:
@@ -99,7 +103,7 @@ class GeometryRunner(StageRunner):
             guidance.release()
         mesh = state.extract_mesh(normalize=False)  # stay in the job's object frame
         if mesh.num_faces == 0:
-            raise JobFailed("empty_geometry", f"the {self.name} stage ended with no surface; try another seed or "
+            raise JobFailed(EMPTY_GEOMETRY, f"the {self.name} stage ended with no surface; try another seed or "
                                               "more steps")
         c.carry.geometry, c.carry.mesh = state, mesh
         return {"state": state.state_dict(), "mesh": mesh_to_ckpt(mesh)}
@@ -164,7 +168,7 @@ class PolishRunner(StageRunner):
     def run(self, c: StageContext) -> Checkpoint:
         mesh = c.carry.mesh if c.carry.mesh is not None else c.frame.input_mesh
         if mesh is None:
-            raise JobFailed("no_geometry", "the polish stage has no mesh to polish")
+            raise JobFailed(NO_GEOMETRY, "the polish stage has no mesh to polish")
         targets = c.priors.normal_targets(c.preset, c.seed) if c.preset.polish.loss == "normal_estimator" else None
         c.reporter.preview = lambda state, step: render_preview(state.mesh, c.reporter.camera(step),
                                                                 c.job.rasterizer)
@@ -236,7 +240,7 @@ class TextureRunner(StageRunner):
         cfg = c.preset.texture
         mesh = c.frame.input_mesh if keep_topology else c.carry.mesh
         if mesh is None:
-            raise JobFailed("no_geometry", "the texture stage has no mesh to texture")
+            raise JobFailed(NO_GEOMETRY, "the texture stage has no mesh to texture")
         if cfg.simplify_to_faces and not keep_topology and mesh.num_faces > cfg.simplify_to_faces:
             detail_faces = mesh.num_faces
             mesh = simplify_mesh(mesh, cfg.simplify_to_faces)
@@ -248,7 +252,7 @@ class TextureRunner(StageRunner):
         """Texture only: the input's vertices, faces, UVs and transform go back exactly as they came."""
         source = c.spec.input_mesh
         if source is None:  # the request check refuses this; a stage must not crash on it either
-            raise JobFailed("no_geometry", "a texture-only job needs input_mesh")
+            raise JobFailed(NO_GEOMETRY, "a texture-only job needs input_mesh")
         uvs = source.uvs
         if uvs is None:
             # New xatlas UVs, in the input's own corner order (TriMesh.from_payload reverses the corners of
@@ -261,11 +265,12 @@ class TextureRunner(StageRunner):
 
 class ExportRunner(StageRunner):
     name = "export"
+    automatic = True  # a textured result is always exported
 
     def run(self, c: StageContext) -> Checkpoint:
         c.reporter.check_cancel()
         if c.carry.payload is None:
-            raise JobFailed("no_texture", "export needs the texture stage's result")
+            raise JobFailed(NO_TEXTURE, "export needs the texture stage's result")
         result = run_export(c.preset.export, c.carry.payload, c.job.work_dir)
         c.carry.files.update(result.files)
         c.reporter.progress(1, 1, {})
@@ -284,5 +289,6 @@ class ExportRunner(StageRunner):
 STAGE_RUNNERS: tuple[StageRunner, ...] = (
     ReferenceRunner(), NerfRunner(), NeusRunner(), DmtetRunner(), PolishRunner(), TextureRunner(), ExportRunner(),
 )
-"""The DreamPolish stages, in order. A job runs those of its mode (StageRunner.modes), or the subset
-its request names."""
+"""The DreamPolish stages, in order: the one definition of each mode's stage chain (StageRunner.modes),
+which the backend announces in welcome.stage_chains and the add-on's Run Up To lists. A job runs the
+chain of its mode, or the unbroken run of it that its request names."""

@@ -49,7 +49,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dreampolish.protocol.errors import ValidationError
+from dreampolish.protocol.errors import (
+    BACKGROUND_REMOVAL_FAILED,
+    EMPTY_REFERENCE,
+    MISSING_PACKAGE,
+    ValidationError,
+)
 from dreampolish.protocol.image import ReferenceImage
 from PIL import Image
 from scipy import ndimage
@@ -229,7 +234,7 @@ def image_mask(rgba: np.ndarray, config: ReferenceConfig) -> np.ndarray:
     """float (H,W) foreground in [0,1]: the alpha where it has transparent pixels, else background removal."""
     alpha = rgba[..., 3]
     if float(alpha.max()) < 0.5:
-        raise JobFailed("empty_reference", "the reference image is fully transparent: there is no object in it")
+        raise JobFailed(EMPTY_REFERENCE, "the reference image is fully transparent: there is no object in it")
     if float(alpha.min()) < 0.5:
         return alpha
     rgb = rgba[..., :3]
@@ -243,13 +248,13 @@ def rembg_mask(rgb: np.ndarray, model: str) -> np.ndarray:
     try:
         from rembg import new_session, remove
     except ImportError:
-        raise JobFailed("missing_package", "reference.generation.background_removal is 'rembg', but the rembg "
+        raise JobFailed(MISSING_PACKAGE, "reference.generation.background_removal is 'rembg', but the rembg "
                                            "package is not installed (pip install rembg)") from None
     try:
         session = new_session(model)
         mask = remove(Image.fromarray((rgb * 255).round().astype(np.uint8)), session=session, only_mask=True)
     except Exception as exc:  # rembg raises what onnxruntime or its downloader raise
-        raise JobFailed("background_removal_failed", f"rembg ({model}) could not segment the image: {exc}; its "
+        raise JobFailed(BACKGROUND_REMOVAL_FAILED, f"rembg ({model}) could not segment the image: {exc}; its "
                                                      "weights must be in $U2NET_HOME when offline") from None
     return np.asarray(mask, dtype=np.float32) / 255.0
 
@@ -259,7 +264,7 @@ def recentre(rgb: Tensor, mask: Tensor, width: int, height: int, fill_margin: fl
     and scaled so that its longer side is min(width, height) / fill_margin (module docstring)."""
     ys, xs = torch.nonzero(mask[..., 0] > 0.5, as_tuple=True)
     if len(ys) == 0:
-        raise JobFailed("empty_reference", "the reference image has no foreground (its mask is empty)")
+        raise JobFailed(EMPTY_REFERENCE, "the reference image has no foreground (its mask is empty)")
     top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     both = torch.cat([rgb * mask, mask], -1)[top:bottom, left:right].permute(2, 0, 1)[None]
     scale = min(width, height) / fill_margin / max(bottom - top, right - left)

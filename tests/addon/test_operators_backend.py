@@ -452,12 +452,13 @@ def test_seed_variants_stand_side_by_side_and_the_picked_one_continues(addon, co
 def test_variants_a_full_queue_refuses_go_on_as_far_as_they_were_queued(addon, fresh_scene):
     # One queued job per client: the first variant runs, the second waits, the third is refused.
     s = bpy.context.scene.dreampolish
-    s.prompt, s.variants, s.variants_up_to = "a test octahedron", 4, "nerf"
+    s.prompt, s.variants = "a test octahedron", 4
     s.overrides = "test.steps=40, test.step_s=0.05"
     with backend_process("--max-queued-per-client", "1") as address:
         prefs = bpy.context.preferences.addons[MODULE].preferences
         prefs.backend_address, prefs.timeout_s = address, 5.0
         connect_when_up()
+        s.variants_up_to = "nerf"  # one of the stages the backend listed (there are none before)
         assert bpy.ops.dreampolish.generate_variants() == {"FINISHED"}
         pump(addon, lambda: _rt().job_state != "submitting", what="the variants' submits")
         queued = [item.job_id for item in _rt().jobs]

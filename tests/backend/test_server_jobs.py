@@ -314,7 +314,7 @@ def test_results_that_do_not_fit_one_message_arrive_in_parts_and_are_joined(tmp_
 
 
 class BadStagePipeline:
-    """Reports progress for a stage that does not exist."""
+    """Reports progress under a name no stage can have (stage names are lower-case identifiers)."""
 
     def presets(self) -> list[str]:
         return ["tiny"]
@@ -323,7 +323,7 @@ class BadStagePipeline:
         pass
 
     def run(self, spec, ctx, resume=None):
-        ctx.progress("warp_drive", 1, 1, {"loss": float("nan")})
+        ctx.progress("Warp Drive!", 1, 1, {"loss": float("nan")})
 
 
 def test_an_event_clients_could_not_decode_fails_the_job_instead_of_being_stored(tmp_path):
@@ -332,5 +332,5 @@ def test_an_event_clients_could_not_decode_fails_the_job_instead_of_being_stored
         connected_client(server.endpoint) as client,
     ):
         job = client.submit(JobSpec("bad stage"))
-        with pytest.raises(JobFailedError, match="invalid progress.*warp_drive"):
+        with pytest.raises(JobFailedError, match="invalid progress.*Warp Drive!"):
             client.wait(job, timeout_s=30)

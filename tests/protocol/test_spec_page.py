@@ -114,7 +114,7 @@ def _documented(text: str, start: str, stops: tuple[str, ...]) -> set[str]:
 def test_body_keys_on_the_wire_are_exactly_those_the_page_documents():
     for name, text in sections().items():
         wire = _keys(_wire(_full(m.MESSAGE_TYPES[name]))["body"])
-        page = _documented(text, "Body:", ("Reply:", "Codes:", "Send `", "Previews travel"))
+        page = _documented(text, "Body:", ("Reply:", "Codes:", "Send `", "Previews travel", "Chains:", "Indices:"))
         assert wire == page, f"{name}: on the wire only {sorted(wire - page)}, on the page only {sorted(page - wire)}"
 
 
@@ -150,3 +150,24 @@ def test_the_page_and_the_camera_code_describe_lens_shift_alike():
     field_doc = Path(scene.__file__).read_text().split("shift: tuple[float, float]", 1)[1].split('"""')[1]
     for text in (page, field_doc, scene.__doc__ or ""):
         assert wording in " ".join(text.split()), text
+
+
+def test_every_submit_field_is_in_the_table_with_the_default_the_decoder_gives_it():
+    import json
+
+    import pytest
+    from dreampolish.protocol.errors import ValidationError
+    from dreampolish.protocol.frames import FrameReader
+
+    table = PAGE.split("Submit fields, their types and defaults", 1)[1].split("\n\n", 2)[1]
+    rows = {m_.group(1): [c.strip() for c in m_.group(2).split("|")]
+            for m_ in re.finditer(r"^\| `(\w+)` \|(.*)\|$", table, flags=re.M)}
+    assert list(rows) == list(payloads.SPEC_FIELDS)
+    decoded = payloads.spec_from_wire({"prompt": "x"}, FrameReader([]))
+    for name, (_type, required, default, _meaning) in rows.items():
+        if required == "yes":
+            with pytest.raises(ValidationError, match=f"'{name}' is required"):
+                payloads.spec_from_wire({}, FrameReader([]))
+            continue
+        value = None if default == "nil" else json.loads(default.strip("`"))
+        assert getattr(decoded, name) == value, name

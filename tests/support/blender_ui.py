@@ -3,6 +3,8 @@ the panels' and preferences' draw() targets built on it (inside the bpy module o
 
 from __future__ import annotations
 
+import re
+
 from tests.support.blender_env import bpy
 
 UI_FUNCTIONS = bpy.types.UILayout.bl_rna.functions
@@ -40,6 +42,8 @@ class CheckingLayout:
             self._check_refs(name, bound)
             if name in ("label", "operator"):
                 self.drawn.append(bound.get("text") or bound.get("operator", ""))
+            if name == "prop_enum":  # one button of an enum, as "property:value" (Pause After's stages)
+                self.drawn.append(f"{bound['property']}:{bound['value']}")
             if name == "icon":
                 return 0
             return CheckingLayout(self.drawn)
@@ -52,7 +56,7 @@ class CheckingLayout:
             data, prop = bound["data"], bound["property"]
             assert prop in data.bl_rna.properties, f"{data.bl_rna.identifier} has no property {prop!r}"
             if name == "prop_enum":
-                assert bound["value"] in data.bl_rna.properties[prop].enum_items.keys()
+                assert bound["value"] in enum_identifiers(data, prop), f"{prop} has no item {bound['value']!r}"
         elif name == "operator":
             category, op = bound["operator"].split(".")
             assert op in dir(getattr(bpy.ops, category)), f"no operator {bound['operator']}"
@@ -62,6 +66,22 @@ class CheckingLayout:
             assert bound["active_propname"] in bound["active_dataptr"].bl_rna.properties
         elif name == "progress":
             assert 0.0 <= bound["factor"] <= 1.0
+
+
+def enum_identifiers(data, prop: str) -> list[str]:
+    """The items an enum property of `data` offers now: its fixed ones, or, for items the add-on makes
+    at run time (the backend's stages), those Blender lists when it refuses an assignment of a bad one."""
+    fixed = list(data.bl_rna.properties[prop].enum_items.keys())
+    if fixed:
+        return fixed
+    # A dynamic enum: Blender lists the items its callback returns in the error of a bad assignment.
+    flag = data.bl_rna.properties[prop].is_enum_flag
+    try:
+        setattr(data, prop, {"\x01"} if flag else "\x01")
+    except (TypeError, ValueError) as exc:  # "enum "x" not found in ('a', 'b')" (the wording varies)
+        text = str(exc)
+        return re.findall(r"'([^']*)'", text.split("not found in", 1)[1]) if "not found in" in text else []
+    return []
 
 
 class Drawable:

@@ -43,15 +43,23 @@ import numpy as np
 from dreampolish.backend.pipeline_api import JobContext, JobFailed, ResumePoint, RunOutcome
 from dreampolish.backend.server import BackendServer, ServerConfig
 from dreampolish.protocol.client import BackendClient
-from dreampolish.protocol.errors import ValidationError
-from dreampolish.protocol.job import STAGES, JobSpec, validate_spec
+from dreampolish.protocol.errors import MODEL_MISSING, ValidationError
+from dreampolish.protocol.job import JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
-MODE_STAGES: dict[str, tuple[str, ...]] = {
-    "generate": ("nerf", "neus", "dmtet", "polish", "texture"),
+STAGE_CHAINS: dict[str, tuple[str, ...]] = {
+    "generate": ("reference", "nerf", "neus", "dmtet", "polish", "texture"),
     "geometry": ("dmtet", "polish", "texture"),
     "texture": ("texture",),
 }
+"""The chains this pipeline announces in welcome.stage_chains: the DreamPolish pipeline's own, which its
+runners define (backend/pipeline/runners.py). Importing those (torch, diffusers) would take seconds at
+every test backend's start, so they are written out here and tests/backend/pipeline/test_pipeline_stages.py
+keeps them equal to DreamPolishPipeline.stage_chains()."""
+MODE_STAGES: dict[str, tuple[str, ...]] = {
+    mode: tuple(s for s in chain if s != "reference") for mode, chain in STAGE_CHAINS.items()
+}
+"""The stages whose results this pipeline sends (the reference stage's is an image, sent as a preview)."""
 OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind", "test.preview", "test.hold_while",
                "test.hold_at_step", "reference.object_size")
 """The options this pipeline knows; reference.object_size (the add-on sends it with every generate job) is
@@ -106,9 +114,16 @@ class ScriptedPipeline:
         for key in spec.options:
             if key not in OPTION_KEYS:
                 raise ValidationError(f"unknown option {key!r}; known: {OPTION_KEYS}")
+        chain = (*STAGE_CHAINS[spec.mode], "export")
+        for stage in [*(spec.stages or []), *spec.pause_after]:
+            if stage not in chain:
+                raise ValidationError(f"stage {stage!r} is not part of a {spec.mode!r} job ({', '.join(chain)})")
+
+    def stage_chains(self) -> dict[str, list[str]]:
+        return {mode: list(chain) for mode, chain in STAGE_CHAINS.items()}
 
     def stages(self, spec: JobSpec) -> list[str]:
-        return [s for s in STAGES if s in (spec.stages or MODE_STAGES[spec.mode])]
+        return [s for s in MODE_STAGES[spec.mode] if spec.stages is None or s in spec.stages]
 
     def run(self, spec: JobSpec, ctx: JobContext, resume: ResumePoint | None = None) -> RunOutcome:
         steps = int(spec.options.get("test.steps", 3))
@@ -122,7 +137,8 @@ class ScriptedPipeline:
         done: list[str] = state.get("done", [])
         edited_faces: int | None = state.get("edited_faces")
         edited = resume.edited_mesh if resume is not None else None
-        if edited is not None:
+        if edited is not None:  # into this pipeline's job frame, which is the world (its results' transform)
+            edited = edited.in_world()
             np.save(ctx.work_dir / "edited_vertices.npy", edited.vertices)
             np.save(ctx.work_dir / "edited_faces.npy", edited.faces)
             edited_faces = int(edited.faces.shape[0])
@@ -139,7 +155,7 @@ class ScriptedPipeline:
                         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not "
                                            "enough memory: you tried to allocate 18446744073 bytes.")
                     if kind == "job_failed":
-                        raise JobFailed("model_missing", f"the {stage} model is not installed")
+                        raise JobFailed(MODEL_MISSING, f"the {stage} model is not installed")
                     raise RuntimeError(f"scripted failure in {stage}")
                 if step_s:
                     time.sleep(step_s)

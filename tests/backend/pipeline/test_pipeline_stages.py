@@ -14,8 +14,9 @@ from dreampolish.backend.pipeline import STAGE_RUNNERS, DreamPolishPipeline, Ora
 from dreampolish.backend.pipeline.checkpoint_format import mesh_from_ckpt, mesh_to_ckpt
 from dreampolish.backend.pipeline.context import JobSetup, StageCarry, StageContext
 from dreampolish.backend.pipeline_api import ResumePoint
-from dreampolish.protocol.job import STAGES, JobSpec
+from dreampolish.protocol.job import JobSpec
 
+from tests.support.pipelines import ScriptedPipeline
 from tests.support.recording import RecordingContext, box_payload
 
 # Small enough for a few seconds on the CPU; the oracle needs no model weights.
@@ -33,12 +34,21 @@ def _oracle_pipeline(**kw) -> DreamPolishPipeline:
     return DreamPolishPipeline(priors=OraclePriors(target), **kw)
 
 
-def test_the_runners_are_the_wire_stages_in_order():
-    assert tuple(r.name for r in STAGE_RUNNERS) == STAGES
+def test_the_runners_are_the_stages_in_order():
+    stages = ["reference", "nerf", "neus", "dmtet", "polish", "texture", "export"]
+    assert [r.name for r in STAGE_RUNNERS] == stages
     pipeline = DreamPolishPipeline()
-    assert pipeline.mode_stages("generate") == list(STAGES)
+    assert pipeline.mode_stages("generate") == stages
     assert pipeline.mode_stages("geometry") == ["dmtet", "polish", "texture", "export"]
     assert pipeline.mode_stages("texture") == ["texture", "export"]
+
+
+def test_welcome_announces_the_runners_chains_and_the_test_pipeline_announces_the_same():
+    # welcome.stage_chains: the stages a request may name; export follows texture by itself.
+    chains = DreamPolishPipeline().stage_chains()
+    assert chains == {"generate": ["reference", "nerf", "neus", "dmtet", "polish", "texture"],
+                      "geometry": ["dmtet", "polish", "texture"], "texture": ["texture"]}
+    assert ScriptedPipeline().stage_chains() == chains  # tests/support/pipelines.py's written-out copy
 
 
 # -- the worked example of docs/adding-a-stage.md --------------------------------------------------------

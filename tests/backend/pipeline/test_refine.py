@@ -56,7 +56,8 @@ def test_geometry_refine_pauses_resumes_from_the_edit_and_survives_a_restart(tmp
     # 2. The artist edits the mesh (squashes it along Z) and resumes; the backend stops during texture.
     edited = dmtet
     edited.vertices = (dmtet.vertices * np.float32([1.0, 1.0, 0.5])).astype(np.float32)
-    edited.transform = np.eye(4, dtype=np.float32)  # as the add-on sends it: mesh data only
+    # Its transform stays the job's, which the dmtet result carried: as the add-on sends it (the object's
+    # mesh data, in the job's frame).
     second = RecordingContext(tmp_path, stop_in="texture")
     with pytest.raises(BackendStopped):
         pipeline.run(spec, second, ResumePoint(edited_mesh=edited))
