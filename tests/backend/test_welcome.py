@@ -1,0 +1,21 @@
+"""What a backend's welcome announces is what the spec's tables and the pipeline say: every key of
+`welcome.limits` is in the spec's limits table, and `welcome.stage_chains` is the pipeline's."""
+
+from __future__ import annotations
+
+import re
+
+from dreampolish.protocol.client import BackendClient
+
+from tests.support import spec_tables
+from tests.support.pipelines import ScriptedPipeline, running_backend
+
+
+def test_welcome_announces_the_spec_tables_limits_and_the_pipelines_stage_chains(tmp_path):
+    table = spec_tables.page_table(spec_tables.PAGE.read_text(), "limits")
+    documented = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.M))
+    with running_backend(tmp_path) as server, BackendClient(server.endpoint, timeout_s=5) as client:
+        welcome = client.connect()
+    assert set(welcome.limits) == documented
+    assert welcome.stage_chains == ScriptedPipeline().stage_chains()
+    assert welcome.stage_chains["geometry"] == ["dmtet", "polish", "texture"]
