@@ -7,6 +7,7 @@ Blender's camera convention (looks down local -Z, +Y up), with any object scale 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from mathutils import Matrix, Vector
 
 from .protocol.errors import ValidationError
 from .protocol.limits import LIMITS
-from .protocol.scene import CameraSpec
+from .protocol.scene import CameraSpec, MeshPayload
 
 
 @dataclass
@@ -201,6 +202,19 @@ def rig_about(specs: list[CameraSpec], point: Vector) -> list[CameraSpec]:
         spec.matrix_world = spec.matrix_world.copy()
         spec.matrix_world[:3, 3] -= offset
     return specs
+
+
+def scale_applied(mesh: MeshPayload) -> MeshPayload:
+    """A generated object's stage mesh with its frame's scale (and any rotation) in its vertices and only
+    the translation left in its transform, as Blender's Apply Scale leaves an object: the object's scale
+    reads 1 and its size is in its mesh. An edit sent back with Resume is in this frame (the cached
+    transform), which the backend takes into the job's frame."""
+    linear = np.eye(4, dtype=np.float32)
+    linear[:3, :3] = np.asarray(mesh.transform, np.float32)[:3, :3]
+    baked = dataclasses.replace(mesh, transform=linear).in_world()
+    baked.transform = np.eye(4, dtype=np.float32)
+    baked.transform[:3, 3] = np.asarray(mesh.transform, np.float32)[:3, 3]
+    return baked
 
 
 def view_tangents(spec: CameraSpec) -> tuple[float, float, float, float]:

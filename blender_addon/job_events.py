@@ -11,6 +11,7 @@ result goes to the job cache on disk and into the scene through the import opera
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 import bpy
 import numpy as np
 
+from . import camera_rig
 from .job_cache import JobCache
 from .job_follow import clock, job_cache, job_item, refresh_history
 from .materials import JOB_PROP
@@ -85,6 +87,7 @@ def _on_stage_result(rt, msg: StageResult, item, shown: bool) -> None:
     if shown:
         rt.stage = msg.stage
     cache = job_cache()
+    msg = _scale_applied(cache, msg)
     if _repeats_texture(cache, msg):
         cache.record_stage(msg.job_id, msg.stage, status="running", last_seq=msg.seq)
         _relabel_exported(msg.job_id)
@@ -95,6 +98,15 @@ def _on_stage_result(rt, msg: StageResult, item, shown: bool) -> None:
         return  # the reference stage sends only an image
     import_stage(stored, record)
     refresh_history(rt)
+
+
+def _scale_applied(cache: JobCache, msg: StageResult) -> StageResult:
+    """A generated object's stage mesh as it is stored and imported: its frame's scale in its vertices
+    (camera_rig.scale_applied), so that the object's scale reads 1."""
+    record = cache.load_record(msg.job_id)
+    if record is None or record.mode != "generate" or msg.mesh.num_vertices == 0:
+        return msg
+    return dataclasses.replace(msg, mesh=camera_rig.scale_applied(msg.mesh))
 
 
 def _on_paused(rt, msg: Paused, item, shown: bool) -> None:

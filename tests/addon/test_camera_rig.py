@@ -166,9 +166,13 @@ def test_the_real_pipeline_sizes_the_object_by_the_distance_to_where_the_camera_
     (obj,) = [o for o in bpy.context.scene.objects if o.get("dreampolish_job") == rt.job_id]
     loc, _rot, scale = obj.matrix_world.decompose()
     np.testing.assert_allclose(np.array(loc), (10.0, 5.0, 2.0), atol=1e-4)
-    # backend/pipeline.py job_frame: the unit frame (radius 0.5) is scaled by 2 r, r = d sin(atan(tan(fov/2) / m)),
-    # with d the reference camera's distance to the frame's origin and m = ReferenceConfig.fill_margin (1.15).
+    # backend/pipeline/frame.py: the unit frame (the cube around the radius-0.5 sphere) is scaled by 2 r,
+    # r = d sin(atan(tan(fov/2) / m)), with d the reference camera's distance to the frame's origin and
+    # m = ReferenceStageConfig.fill_margin (1.15); the add-on applies that scale to the mesh (scale reads 1).
     spec = addon.camera_rig.camera_spec(cam, bpy.context.scene)
     half = math.radians(min(addon.camera_rig.field_of_view_deg(spec))) / 2
     expected = 2 * 5.0 * math.sin(math.atan(math.tan(half) / 1.15))
-    np.testing.assert_allclose(np.array(scale), expected, rtol=1e-3)
+    np.testing.assert_allclose(np.array(scale), 1.0, atol=1e-6)
+    local = np.array([v.co[:] for v in obj.data.vertices])
+    assert np.abs(local).max() <= expected / 2 * 1.001
+    assert np.abs(local).max() >= expected / 2 * 0.25, "the mesh is not in metres"

@@ -192,3 +192,17 @@ def test_an_object_placed_at_the_cursor_off_the_cameras_axis_matches_its_referen
     assert vertices[:, 2].min() >= -1e-4, "part of the object is under the floor"
     assert vertices[:, 2].min() <= 0.05, "the object floats above the floor"
     assert max(obj.dimensions) == pytest.approx(1.0, rel=0.1)  # the artist's size
+
+
+@pytest.mark.slow  # a backend of its own
+def test_a_generated_objects_scale_reads_1_and_its_size_is_the_artists(addon, connected_hull):
+    _ordinary_scene(percent=20)
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.run_until, s.placement = "a ball", "nerf", "CAMERA"
+    s.reference_source, s.reference_image = "IMAGE", _ball_picture()
+    s.size_mode, s.object_size = "SET", 0.4
+    obj = _generate(addon)
+    np.testing.assert_allclose(np.array(obj.scale), 1.0, atol=1e-6)
+    assert max(obj.dimensions) == pytest.approx(0.4, rel=0.1)
+    vertices = np.array([obj.matrix_world @ v.co for v in obj.data.vertices])
+    assert vertices[:, 2].min() >= -1e-4, "part of the object is under the floor"
