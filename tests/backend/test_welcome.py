@@ -19,3 +19,16 @@ def test_welcome_announces_the_spec_tables_limits_and_the_pipelines_stage_chains
     assert set(welcome.limits) == documented
     assert welcome.stage_chains == ScriptedPipeline().stage_chains()
     assert welcome.stage_chains["geometry"] == ["dmtet", "polish", "texture"]
+
+
+def test_a_welcome_from_a_1_0_backend_reads_as_one_that_lists_no_stages():
+    import msgpack
+    from dreampolish.protocol import codec
+    from dreampolish.protocol import messages as m
+
+    frames = [bytes(f) for f in codec.encode(m.Welcome(presets=["tiny"], stage_chains={"generate": ["nerf"]}))]
+    header = msgpack.unpackb(frames[0], raw=False)
+    del header["body"]["stage_chains"]
+    header["v"] = "1.0"
+    welcome = codec.decode([msgpack.packb(header, use_bin_type=True)])
+    assert isinstance(welcome, m.Welcome) and welcome.stage_chains == {} and welcome.presets == ["tiny"]
