@@ -74,11 +74,18 @@ def inside_mesh(points: Tensor, mesh: TriMesh) -> Tensor:
     return winding.inside_mesh(points, mesh.vertices[mesh.faces].to(points))
 
 
+MAX_SURFACE_SAMPLES = 2_000_000
+"""Most area-uniform surface samples for the distance's candidate search. Every triangle is a candidate
+through its centroid; the samples find large triangles near their corners, and by area they go to
+the large ones. 8 per face would be 16M samples at 2M faces (some 2 GB of arrays and trees) for
+triangles whose centroids are already denser than any grid."""
+
+
 def mesh_unsigned_distance(mesh: TriMesh, points: Tensor, k: int = 8, samples_per_face: int = 8,
                            chunk: int = 4096) -> Tensor:
     """Distance of points [N,3] to the surface of `mesh` -> [N] (on the points' device)."""
     m = mesh.to("cpu")
-    n_samples = max(samples_per_face * m.num_faces, 20000)
+    n_samples = max(min(samples_per_face * m.num_faces, MAX_SURFACE_SAMPLES), 20000)
     samples, _ = sample_surface(m, n_samples, torch.Generator().manual_seed(0))
     # each surface sample remembers its triangle; centroids are added so small triangles are never missed
     tri = m.vertices[m.faces].double().numpy()
