@@ -132,6 +132,7 @@ class RequestIntake:
                 log.exception("error checking a request")
             finally:
                 self._done(client, item)
+                del item  # its frames (a mesh, a picture) are not kept while this thread waits
 
     def _done(self, client: Hashable, item: _Pending) -> None:
         with self._cond:

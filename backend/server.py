@@ -21,7 +21,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,6 +33,7 @@ from dreampolish.protocol.limits import LIMITS
 
 from .event_delivery import Followers, send_to_peer
 from .executor import Executor, LocalExecutor
+from .intake import IntakeLimits, RequestIntake
 from .jobs import JobManager, JobStore, QueueLimits
 from .pipeline_api import Pipeline
 from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed, start_authenticator
@@ -41,9 +41,6 @@ from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed, st
 log = logging.getLogger(__name__)
 
 PipelineFactory = Callable[[], Pipeline]
-OFFLOAD_BYTES = 1 << 20
-"""A request whose frames carry more than this (a submitted or edited mesh) is decoded, checked and
-stored on the submit thread, so that the loop keeps answering every other client meanwhile."""
 EXPIRY_CHECK_S = 60.0
 """How often the loop looks for expired jobs (serve --expire-after)."""
 
@@ -105,6 +102,11 @@ def results_that_fit(results: Sequence[m.StageResult]) -> list[m.StageResult]:
     return part
 
 
+def log_refusal(peer: bytes, request_id: str, exc: ProtocolError) -> None:
+    """One line for each refused request: who sent it, its id, the code and the reason."""
+    log.info("refused request %r from %s: %s: %s", request_id, peer.hex(), exc.code, str(exc)[:300])
+
+
 @dataclass
 class ServerConfig:
     bind: str = "tcp://127.0.0.1:5557"
@@ -136,6 +138,9 @@ class ServerConfig:
     """Events queued between workers and the server thread."""
     poll_interval_s: float = 0.1
     """Longest wait of the loop; bounds the delay of stop and of catching up slow clients."""
+    intake_limits: IntakeLimits = IntakeLimits()
+    """Requests with binary frames (meshes, images) waiting to be checked, per client and overall
+    (intake.py; announced in welcome.limits)."""
 
 
 @dataclass(frozen=True)
@@ -198,9 +203,9 @@ class BackendServer:
             store or JobStore(config.store_dir), self.executor, pipelines, self._publish, limits
         )
         self._next_expiry = 0.0
-        self._offload = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backend-submit")
+        self._intake = RequestIntake(config.intake_limits)
         self._completions: queue.SimpleQueue[Callable[[zmq.Socket], None]] = queue.SimpleQueue()
-        """Work the submit thread hands back to the loop (replies: only the loop touches the ROUTER)."""
+        """Work the intake threads hand back to the loop (replies: only the loop touches the ROUTER)."""
         self.endpoint: str = ""
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -254,7 +259,7 @@ class BackendServer:
             self._ready.set()
             self._loop(router, pull)
         finally:
-            self._offload.shutdown(wait=True, cancel_futures=True)
+            self._intake.close()
             self.manager.stop()
             router.close(linger=0)
             pull.close(linger=0)
@@ -272,8 +277,9 @@ class BackendServer:
         router.linger = 0
         router.sndhwm = self.config.peer_send_hwm
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # The transport drops a peer that sends more than this, before any of it is buffered.
-        router.setsockopt(zmq.MAXMSGSIZE, LIMITS.max_message_bytes)
+        # The transport drops a peer that announces a frame larger than this, before any of it is
+        # buffered (libzmq checks MAXMSGSIZE against each frame's declared size, not the message's).
+        router.setsockopt(zmq.MAXMSGSIZE, LIMITS.max_frame_bytes)
         if self.config.curve_keys is not None:
             if self._authenticator is None:
                 self._authenticator = start_authenticator(self.zmq, self.access)
@@ -379,8 +385,8 @@ class BackendServer:
 
     def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         peer, body = frames[0].bytes, frames[1:]
-        if len(body) > 1 and sum(f.buffer.nbytes for f in body[1:]) > OFFLOAD_BYTES:
-            self._offload.submit(self._handle_large, peer, self._caller(body[0]), body)
+        if len(body) > 1:  # binary frames (a mesh, an image): checked on an intake thread (intake.py)
+            self._take_in(router, peer, body)
             return
 
         def serve() -> None:
@@ -398,7 +404,7 @@ class BackendServer:
             log.warning("refused a client: %s", exc)
             self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
         except ProtocolError as exc:
-            log.debug("bad request from %s: %s", peer.hex(), exc)
+            log_refusal(peer, request_id, exc)
             self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
         except Exception as exc:  # the loop outlives any bug in one request
             log.exception("error serving a request")
@@ -408,9 +414,21 @@ class BackendServer:
                 m.Error(code=INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}", re=request_id),
             )
 
-    def _handle_large(self, peer: bytes, caller: Caller, body: list[zmq.Frame]) -> None:
-        """On the submit thread: decode, check and store a large submit or resume; the reply (and the
-        subscription to the new job) go back to the loop."""
+    def _take_in(self, router: zmq.Socket, peer: bytes, body: list[zmq.Frame]) -> None:
+        """Queue a request with binary frames for an intake thread, or refuse it (limit_exceeded) when
+        its client, or all clients, have as much waiting as they may."""
+        caller = self._caller(body[0])
+        request_id = codec.peek_message_id(body)
+        nbytes = sum(f.buffer.nbytes for f in body)
+        try:
+            self._intake.offer(caller.user or peer, nbytes, "request", lambda: self._check_request(peer, caller, body))
+        except ProtocolError as exc:
+            log_refusal(peer, request_id, exc)
+            self._reply(router, peer, m.Error(code=exc.code, message=str(exc), re=request_id))
+
+    def _check_request(self, peer: bytes, caller: Caller, body: list[zmq.Frame]) -> None:
+        """On an intake thread: decode, check and store a submit or resume that carries frames; the
+        reply (and the subscription to the new job) go back to the loop."""
         request_id = codec.peek_message_id(body)
         try:
             msg = codec.decode(body)
@@ -430,7 +448,7 @@ class BackendServer:
                 )
                 return
         except ProtocolError as exc:
-            log.debug("bad request from %s: %s", peer.hex(), exc)
+            log_refusal(peer, request_id, exc)
             reply, follow = m.Error(code=exc.code, message=str(exc), re=request_id), ""
         except Exception as exc:  # this thread too outlives any bug in one request
             log.exception("error serving a large request")
@@ -492,7 +510,7 @@ class BackendServer:
             default_preset=self.default_preset,
             models=self.models,
             stage_chains=self.stage_chains,
-            limits=LIMITS.to_dict(),
+            limits={**LIMITS.to_dict(), **self._intake.limits.published()},
             max_queued_per_client=self.manager.limits.per_client,
             max_queued_total=self.manager.limits.total,
             re=re,
