@@ -47,7 +47,7 @@ class Job:
     folder: Path
     state: str = "queued"
     spec_on_disk: bool = False
-    """True when spec holds no input mesh because spec.msg has it (JobStore.full_spec reads it)."""
+    """True when spec holds no input mesh or image because spec.msg has them (JobStore.full_spec reads it)."""
     owner: str = ""
     """The submitting client's key (ZAP User-Id); "" without CURVE (the one user)."""
     created_unix: float = field(default_factory=time.time)
@@ -125,10 +125,11 @@ def spans(seqs: Sequence[int]) -> str:
 
 
 def keep_mesh_on_disk(job: Job) -> None:
-    """Drop the input mesh from the job in memory once spec.msg holds it: a submitted mesh (tens of
-    MB, viewing the received frames) is not held for the life of the process."""
-    if job.spec.input_mesh is not None:
-        job.spec = dataclasses.replace(job.spec, input_mesh=None)
+    """Drop the input mesh and the reference image from the job in memory once spec.msg holds them: a
+    submitted mesh or picture (tens to hundreds of MB, viewing the received frames) is not held while
+    the job waits, nor after it is cancelled or ends; the run reads them back (JobStore.full_spec)."""
+    if job.spec.input_mesh is not None or job.spec.image is not None:
+        job.spec = dataclasses.replace(job.spec, input_mesh=None, image=None)
         job.spec_on_disk = True
 
 
