@@ -11,7 +11,11 @@ stage again after a restart (restored from its checkpoint) sends nothing twice.
 from __future__ import annotations
 
 import collections
+import ctypes
+import errno
+import gc
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -22,6 +26,7 @@ from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import (
     BAD_STATE,
+    DISK_FULL,
     INTERNAL_ERROR,
     NOT_YOUR_JOB,
     OUT_OF_MEMORY,
@@ -128,20 +133,54 @@ def _is_cpu_allocation_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "DefaultCPUAllocator" in str(exc)
 
 
-def classify_failure(exc: BaseException) -> tuple[str, str]:
-    """(code, message) for the failed event of a job whose pipeline raised exc."""
+DISK_FULL_HINT = "The backend's disk is full. Free some space, then submit the job again."
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True when exc, or an error it was raised from, is a full disk (ENOSPC) or quota (EDQUOT): a
+    pipeline's own write (a checkpoint, an export) fails with the same OSError as the store's."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def classify_failure(exc: BaseException, where: str = "") -> tuple[str, str]:
+    """(code, message) for the failed event of a job whose pipeline raised exc; where: the stage and its
+    settings in words (StoreJobContext.where), for an out-of-memory failure. The allocator's own text goes
+    to the log only."""
     if isinstance(exc, JobFailed):
         return exc.code, exc.message
     if isinstance(exc, ProtocolError):  # ValidationError, DiskFull, StoreError: their code says it
         return exc.code, str(exc)
+    if _disk_full(exc):
+        return DISK_FULL, DISK_FULL_HINT
     torch_oom = _torch_oom_type()
     if (torch_oom is not None and isinstance(exc, torch_oom)) or (
         isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
     ):
-        return OUT_OF_MEMORY, f"{exc} {OOM_HINT}".strip()
+        return OUT_OF_MEMORY, f"out of memory{where}. {OOM_HINT}"
     if isinstance(exc, MemoryError) or _is_cpu_allocation_failure(exc):
-        return OUT_OF_MEMORY, f"{exc} {CPU_OOM_HINT}".strip()
+        return OUT_OF_MEMORY, f"out of memory{where}. {CPU_OOM_HINT}"
     return INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def release_memory() -> None:
+    """Give back what a failed job allocated, once its exception (and the frames holding its tensors) is
+    gone: CUDA's caching allocator keeps freed blocks for reuse and glibc keeps freed heap pages, so both
+    are asked to return them to the system."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 class StoreJobContext:
@@ -150,6 +189,9 @@ class StoreJobContext:
     def __init__(self, manager: JobManager, job: Job, device: str) -> None:
         self._manager = manager
         self._job = job
+        self.stage = ""
+        """The stage that reported last (a progress or its result), for a failure's words."""
+        self.stage_done = False
         self.job_id = job.job_id
         self.work_dir = job.work_dir
         self.device = device
@@ -162,6 +204,7 @@ class StoreJobContext:
         losses: dict[str, float] | None = None,
         preview_png: bytes | None = None,
     ) -> None:
+        self.stage, self.stage_done = stage, False
         msg = m.Progress(
             stage=stage, step=int(step), total=int(total), losses=dict(losses or {}), preview_png=preview_png
         )
@@ -170,7 +213,18 @@ class StoreJobContext:
     def stage_result(self, stage: str, index: int, mesh: MeshPayload) -> None:
         """Durable and idempotent per (stage, index): reporting a recorded stage again sends nothing."""
         mesh.validate(require_faces=False)
+        self.stage, self.stage_done = stage, True
         self._manager.emit(self._job, m.StageResult(stage=stage, index=int(index), mesh=mesh))
+
+    def where(self, spec: JobSpec) -> str:
+        """' in stage nerf at nerf.batch_size=64, nerf.render.n_samples=1024' (the request's options for
+        that stage, else its preset): where a job was when it failed."""
+        if not self.stage:
+            return f" at preset {spec.preset!r}"
+        stage = self.stage
+        place = f" in the stage after {stage}" if self.stage_done else f" in stage {stage}"
+        options = [f"{k}={v!r}" for k, v in sorted(spec.options.items()) if k.startswith(f"{stage}.")]
+        return place + (f" at {', '.join(options)}" if options and not self.stage_done else f" at preset {spec.preset!r}")
 
     def check_cancel(self) -> None:
         if self._job.cancel_requested.is_set():
@@ -199,6 +253,8 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self.stopping = threading.Event()
         self._lock = threading.Lock()
+        self._device_bytes: dict[str, int | None] | None = None
+        """Memory of each device (memory_check.device_memory), read at the first submit that needs it."""
         self._storing: collections.Counter[str] = collections.Counter()
         """Submits being written to the store now, per owner (they count against the queue limits)."""
 
@@ -215,7 +271,9 @@ class JobManager:
             self.jobs[job.job_id] = job
         self.executor.start(self.run_job)
         for job in sorted(self.jobs.values(), key=lambda j: j.created_unix):
-            if job.state in ("queued", "running"):
+            if job.state == "running" and not job.work_dir.exists():
+                self._settle_unrecorded_failure(job)
+            elif job.state in ("queued", "running"):
                 interrupted = job.state == "running"
                 job.state = "queued"
                 if job.resume is None and (interrupted or job.events):
@@ -229,6 +287,14 @@ class JobManager:
                         log.warning("job %s: resumed event not stored: %s", job.job_id, exc)
                 self.executor.enqueue(job.job_id, job.owner)
         log.info("job store %s: %d jobs", self.store.root, len(self.jobs))
+
+    def _settle_unrecorded_failure(self, job: Job) -> None:
+        """A job that was running and has no work folder ended while the disk was full: _record_final
+        removed its work files, and neither its final event nor its state could be written. It failed
+        (clients heard `failed` then); it is recorded as failed now instead of resuming."""
+        log.warning("job %s ended on a full disk before its failure was recorded; recorded as failed", job.job_id)
+        failed = m.Failed(code=DISK_FULL, message=DISK_FULL_HINT)
+        self._finish(job, "failed", failed, error=DISK_FULL_HINT, error_code=DISK_FULL)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.stopping.set()
@@ -280,8 +346,9 @@ class JobManager:
     ) -> tuple[Job, int]:
         """Check the spec with the pipeline (raises ValidationError) and the queue limits (QueueFull),
         store it and queue it (raises DiskFull when it cannot be stored: nothing is left behind).
-        Thread-safe: large submits are stored on the server's submit thread."""
+        Thread-safe: submits with frames are stored on the server's intake threads."""
         self.checker.check(spec)
+        self._check_fits(spec)
         with self._lock:
             self._check_queue(owner)
             self._storing[owner] += 1
@@ -295,6 +362,19 @@ class JobManager:
         ahead = self.executor.enqueue(job.job_id, owner)
         log.info("job %s queued (%d ahead): %r", job.job_id, ahead, spec.prompt[:80])
         return job, ahead
+
+    def _check_fits(self, spec: JobSpec) -> None:
+        """Refuse a request whose options make a stage it runs need more memory than any device here holds
+        (memory_check.check_request_fits, a lower bound); a pipeline without resolved presets passes."""
+        resolve = getattr(self.checker, "resolve_preset", None)
+        plan = getattr(self.checker, "stage_plan", None)
+        if not callable(resolve) or not callable(plan):
+            return
+        from .memory_check import check_request_fits, device_memory  # torch: only for pipelines that use it
+
+        if self._device_bytes is None:
+            self._device_bytes = {d: device_memory(d) for d in self.executor.devices}
+        check_request_fits(resolve(spec), self._device_bytes, list(plan(spec)))
 
     def cancel(self, job_id: str) -> None:
         job = self.get(job_id)
@@ -464,36 +544,42 @@ class JobManager:
     # the worker side -----------------------------------------------------------------------------
 
     def run_job(self, job_id: str, device: str) -> None:
-        """Executor callback: run one job to its next rest (done, failed, cancelled, paused, interrupted)."""
+        """Executor callback: run one job to its next rest (done, failed, cancelled, paused, interrupted).
+        After a failure, the memory the job held is given back (release_memory)."""
+        if self._run_job(job_id, device):
+            release_memory()
+
+    def _run_job(self, job_id: str, device: str) -> bool:
+        """run_job's work; True when the job failed (its exception and frames are gone on return)."""
         job = self.jobs.get(job_id)
         if job is None:
             log.warning("executor asked for unknown job %s", job_id)
-            return
+            return False
         with job.lock:
             if job.state != "queued":
-                return  # cancelled (or resumed twice) while it waited
+                return False  # cancelled (or resumed twice) while it waited
             if self.stopping.is_set():
-                return
+                return False
             job.state = "running"
             resume = job.resume
         log.info("job %s running on %s%s", job_id, device, " (resuming)" if resume else "")
+        ctx, spec = StoreJobContext(self, job, device), job.spec
         try:
             self.store.save_state(job)
-            outcome: RunOutcome = self.pipelines[device].run(
-                self.store.full_spec(job), StoreJobContext(self, job, device), resume
-            )
+            spec = self.store.full_spec(job)
+            outcome: RunOutcome = self.pipelines[device].run(spec, ctx, resume)
         except JobInterrupted:
             log.info("job %s interrupted by shutdown; it resumes after a restart", job_id)
-            return  # state stays "running": start() queues it again
+            return False  # state stays "running": start() queues it again
         except WorkerLost as exc:
             self._requeue_lost(job, exc)
-            return
+            return False
         except JobCancelled:
             self._finish(job, "cancelled", m.Cancelled())
-            return
+            return False
         except Exception as exc:  # a pipeline failure ends this job only
-            self._fail(job, exc)
-            return
+            self._fail(job, exc, ctx.where(spec))
+            return True
         if outcome.paused_after is not None and job.cancel_requested.is_set():
             # Cancelled during the stage that ended at the gate: the cancel wins over the pause.
             self._finish(job, "cancelled", m.Cancelled())
@@ -502,6 +588,7 @@ class JobManager:
             log.info("job %s paused after %s", job_id, outcome.paused_after)
         else:
             self._finish(job, "done", m.Done())
+        return False
 
     def _requeue_lost(self, job: Job, exc: WorkerLost) -> None:
         """The worker running job went away: queue it again to resume from its last finished stage
@@ -524,10 +611,12 @@ class JobManager:
             log.warning("job %s: resumed event not stored: %s", job.job_id, store_exc)
         self.executor.enqueue(job.job_id, job.owner)
 
-    def _fail(self, job: Job, exc: Exception) -> None:
-        code, message = classify_failure(exc)
+    def _fail(self, job: Job, exc: Exception, where: str = "") -> None:
+        code, message = classify_failure(exc, where)
         if code == INTERNAL_ERROR:
             log.exception("job %s failed", job.job_id)
+        elif code == OUT_OF_MEMORY:  # the allocator's own words, for whoever reads the log
+            log.warning("job %s failed (%s): %s [%s: %s]", job.job_id, code, message, type(exc).__name__, exc)
         else:
             log.warning("job %s failed (%s): %s", job.job_id, code, message)
         failed = m.Failed(code=code[:MAX_ID_CHARS], message=message[:MAX_MESSAGE_CHARS])
@@ -541,7 +630,31 @@ class JobManager:
             job.error = error
             job.error_code = error_code
             job.resume = None
-        self.emit(job, event, final=True)
+        if state not in FINAL_STATES:
+            self.emit(job, event, final=True)
+        else:
+            self._record_final(job, event)
         self.store.clear_resume(job)
-        self._save_state(job)
+        if not self._save_state(job) and state in FINAL_STATES and self._drop_work_files(job):
+            self._save_state(job)
         log.info("job %s %s", job.job_id, state)
+
+    def _record_final(self, job: Job, event: m.Message) -> None:
+        """Store a final event; when the store is full, the job's work files (its checkpoints: a finished
+        job never runs again) are removed to make room, and then it is stored or kept in memory. A job
+        left without its work folder is settled as failed at the next start (start()), never resumed,
+        so the final word a client heard stays final."""
+        try:
+            self.emit(job, event)
+        except StoreError as exc:
+            log.warning("job %s: its %s event was not stored (%s)", job.job_id, event.TYPE, exc)
+            self._drop_work_files(job)
+            self.emit(job, event, final=True)
+
+    def _drop_work_files(self, job: Job) -> bool:
+        """Remove a finished job's work folder (no space is needed to remove); True if it was there."""
+        if not job.work_dir.exists():
+            return False
+        shutil.rmtree(job.work_dir, ignore_errors=True)
+        log.warning("job %s: its work files were removed to make room on a full disk", job.job_id)
+        return True

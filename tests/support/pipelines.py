@@ -10,7 +10,8 @@ ScriptedPipeline is steered by JobSpec.options, so one backend serves every scen
     test.step_s       seconds each step sleeps (default 0.0)
     test.fail_stage   stage in which to raise, at its first step
     test.fail_kind    "error" (RuntimeError), "oom" (an OutOfMemoryError like torch's), "cpu_oom" (torch's
-                      CPU allocator's RuntimeError), "job_failed"
+                      CPU allocator's RuntimeError), "job_failed",
+                      "disk_full" (OSError ENOSPC, as a checkpoint written to a full disk)
     test.preview      true: send a preview PNG with every progress report
     test.hold_while   a file path: before reporting step test.hold_at_step (default 1) of its first
                       stage, the job waits while that file exists (checking cancel), so a test decides
@@ -27,6 +28,7 @@ ctx.work_dir and skips them when run again with a ResumePoint.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -156,6 +158,8 @@ class ScriptedPipeline:
                                            "enough memory: you tried to allocate 18446744073 bytes.")
                     if kind == "job_failed":
                         raise JobFailed(MODEL_MISSING, f"the {stage} model is not installed")
+                    if kind == "disk_full":  # the pipeline's own write (a checkpoint) finds the disk full
+                        raise OSError(errno.ENOSPC, "No space left on device", str(checkpoint))
                     raise RuntimeError(f"scripted failure in {stage}")
                 if step_s:
                     time.sleep(step_s)
