@@ -26,7 +26,8 @@ geometry only (12.98 GB, the priors' share; its own stages are smaller than stan
 standard's grids with larger polish renders and atlas, so both figures are lower bounds. `refine` runs
 draft's DMTet, polish and texture sizes with fewer steps and no NeRF or NeuS: draft's figure. `tiny` and
 `micro` run on the CPU and have no entry. A table rather than a dry run at serve start: one takes a minute or more per
-preset on a CPU. Request options that enlarge a stage are not counted."""
+preset on a CPU. Request options that enlarge a stage are not counted here; check_request_fits (below)
+refuses at submit those that cannot fit by a lower bound."""
 
 
 def device_total_memory(device: torch.device) -> int | None:
