@@ -197,7 +197,7 @@ class TextureRunner(StageRunner):
             texture = preset.texture
             preset = dataclasses.replace(preset, texture=dataclasses.replace(
                 texture, guidance=dataclasses.replace(texture.guidance, timesteps=texture.inherited_timesteps)))
-        guidance = c.priors.texture_guidance(c.spec, preset, c.frame, c.seed)
+        guidance = c.priors.texture_guidance(c.spec, preset, c.frame, c.seed, c.carry.reference)
         c.reporter.preview = lambda state, step: render_preview(
             mesh, c.reporter.camera(step), c.job.rasterizer, state.color_field.color)
         try:
