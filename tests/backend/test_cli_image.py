@@ -20,7 +20,8 @@ def test_generate_from_an_image_sends_it_and_needs_no_prompt(tmp_path, capsys):
         assert out.exists()
         assert main(["generate", "a bronze owl", "--image", str(picture), "--backend", server.endpoint,
                      "--out", str(tmp_path / "owl2.glb")]) == 0
-        specs = [job.spec for job in server.manager.jobs.values()]
+        # What the backend stored (a job keeps its picture on disk only, not in memory).
+        specs = [server.manager.store.full_spec(job) for job in server.manager.jobs.values()]
         assert sorted(s.prompt for s in specs) == ["", "a bronze owl"]
         assert all(s.image.png == picture.read_bytes() and s.mode == "generate" for s in specs)
 
