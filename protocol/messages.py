@@ -48,6 +48,7 @@ from .payloads import (
     spec_to_wire,
 )
 from .scene import MeshPayload
+from .wire_types import wire_type
 
 # --- messages ------------------------------------------------------------------------------------
 
@@ -491,7 +492,7 @@ class Result(Message):
         results = []
         for d in read_list(body, "stage_results", [], max_items=MAX_STAGES * 4):
             if not isinstance(d, dict):
-                raise ValidationError("stage result must be a map")
+                raise ValidationError(f"stage result must be a map, got {wire_type(d)}")
             results.append(
                 StageResult(
                     stage=read_stage(d, "stage"),

@@ -35,6 +35,7 @@ from .job import MAX_STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
 from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
+from .wire_types import wire_type
 
 # The fields of each payload map, as a request may carry them: the backend refuses any other field in a
 # request (refuse_unknown_fields); replies and events are read leniently, so that a backend of a later
@@ -85,7 +86,7 @@ def texture_to_wire(t: TexturePayload, w: FrameWriter) -> dict[str, Any]:
 
 def texture_from_wire(d: object, r: FrameReader) -> TexturePayload:
     if not isinstance(d, dict):
-        raise ValidationError("texture must be a map")
+        raise ValidationError(f"texture must be a map, got {wire_type(d)}")
     role = read_str(d, "role")
     if role not in TEXTURE_ROLES:
         raise ValidationError(f"texture role must be one of {TEXTURE_ROLES}, got {role!r}")
@@ -110,7 +111,7 @@ def mesh_to_wire(m: MeshPayload, w: FrameWriter) -> dict[str, Any]:
 
 def mesh_from_wire(d: object, r: FrameReader, *, require_faces: bool = True) -> MeshPayload:
     if not isinstance(d, dict):
-        raise ValidationError("mesh must be a map")
+        raise ValidationError(f"mesh must be a map, got {wire_type(d)}")
 
     def optional(name: str) -> np.ndarray | None:
         return r.array(d[name], f"mesh.{name}") if d.get(name) is not None else None
@@ -144,7 +145,7 @@ def camera_to_wire(c: CameraSpec, w: FrameWriter) -> dict[str, Any]:
 
 def camera_from_wire(d: object, r: FrameReader) -> CameraSpec:
     if not isinstance(d, dict):
-        raise ValidationError("camera must be a map")
+        raise ValidationError(f"camera must be a map, got {wire_type(d)}")
     res = read_list(d, "resolution", [512, 512], max_items=2)
     shift = read_list(d, "shift", [0.0, 0.0], max_items=2)
     if len(res) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in res):
@@ -175,7 +176,7 @@ def image_to_wire(image: ReferenceImage, w: FrameWriter) -> dict[str, Any]:
 
 def image_from_wire(d: object, r: FrameReader) -> ReferenceImage:
     if not isinstance(d, dict):
-        raise ValidationError("spec.image must be a map")
+        raise ValidationError(f"spec.image must be a map, got {wire_type(d)}")
     png = r.blob(d["png"], "spec.image.png") if d.get("png") is not None else None
     array = r.array(d["array"], "spec.image.array") if d.get("array") is not None else None
     return ReferenceImage(png=png, array=array).validate()
@@ -203,7 +204,7 @@ def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
 
 def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
     if not isinstance(d, dict):
-        raise ValidationError("spec must be a map")
+        raise ValidationError(f"spec must be a map, got {wire_type(d)}")
     # The field rules are job.py's, which validate_spec applies to the whole request at submit.
     refuse_unknown_spec_fields(d)
     mode = check_mode(read_str(d, "mode", "generate"))
@@ -273,7 +274,7 @@ class JobInfo:
     @classmethod
     def from_wire(cls, d: object) -> JobInfo:
         if not isinstance(d, dict):
-            raise ValidationError("job info must be a map")
+            raise ValidationError(f"job info must be a map, got {wire_type(d)}")
         state = read_str(d, "state")
         if state not in JOB_STATES:
             raise ValidationError(f"job state must be one of {JOB_STATES}, got {state!r}")
