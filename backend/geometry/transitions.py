@@ -140,7 +140,7 @@ def mesh_signed_distance(mesh: TriMesh, points: Tensor, lattice_resolution: int 
     return torch.where(inside, -unsigned, unsigned)
 
 
-def _faces_of_samples(tri: np.ndarray, samples: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def _faces_of_samples(tri: np.ndarray, samples: np.ndarray, chunk: int = 16384) -> np.ndarray:
     """The triangle each surface sample lies on (nearest centroid among the 16 closest, by exact distance),
     in blocks of `chunk` samples (all at once took [8 F, 16, 3, 3] float64: 18 GB at 2M triangles)."""
     centroids = tri.mean(1)

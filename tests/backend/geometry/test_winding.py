@@ -135,3 +135,20 @@ def test_memory_stays_bounded_on_a_mesh_of_hundreds_of_thousands_of_triangles():
         exact = winding_number(points[:20], mesh)
     assert guard.peak <= limit, guard.peak
     assert torch.equal(exact > 0.5, inside[:20])
+
+
+@pytest.mark.slow  # about 15 s here: the candidate search over 400k surface samples
+def test_the_signed_distance_of_a_large_mesh_stays_within_bounded_memory():
+    # The whole hand-over of a refine: candidates from surface samples (whose triangles were found all
+    # at once: [8 F, 16, 3, 3] float64, 18 GB at 2M faces), exact distances, then the sign.
+    from dreampolish.backend.geometry.tets import make_tet_grid
+    from dreampolish.backend.geometry.transitions import mesh_signed_distance
+
+    mesh = _mesh(trimesh.creation.torus(0.33, 0.14, major_sections=125, minor_sections=200))  # 50,000 faces
+    grid = make_tet_grid(8, 0.6)
+    limit = 4 * mesh.num_faces * 3 * 3 * 4 + 160 * 2**20
+    with _guard(limit) as guard:
+        sdf = mesh_signed_distance(mesh, grid.vertices, 9, grid.spacing)
+    assert guard.peak <= limit, guard.peak
+    radial = (grid.vertices[:, :2].norm(dim=-1) - 0.33).hypot(grid.vertices[:, 2])
+    assert (sdf - (radial - 0.14)).abs().max() < 0.01
