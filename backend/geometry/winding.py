@@ -19,7 +19,7 @@ memory is O(PAIR_BUDGET) plus the mesh itself, never points x faces (a [4096 x F
   exact integrals over flat triangles), used where p is farther than beta times the group's radius r.
   Where they build a deep tree, we use one level of clusters (faces in Morton order of their
   centroids, cut into runs of equal length): a flat structure that vectorises on the GPU and the CPU
-  alike, about sqrt(F) clusters. Near clusters are summed exactly.
+  alike, runs of about sqrt(F) / (beta + 1) faces (`cluster_size`). Near clusters are summed exactly.
   Exactness where the sign matters: K's second derivative is at most 6 / |y|^4 (over unit vectors), so
   a cluster's error is at most 3 r^2 A / (d - r)^4 / 4 pi, A its area and d = |y|. A point whose
   approximate w lies within the summed bound of 1/2 is evaluated again with beta doubled (more
@@ -38,7 +38,8 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 PAIR_BUDGET = 1 << 20
-"""(point, triangle) pairs evaluated at once: about 16 temporaries of 4 bytes each, so some 70 MB."""
+"""(point, triangle) pairs evaluated at once. Counted on the CPU, `inside_mesh` peaked at 132 MiB for a
+50k-face mesh and 145 MiB at 300k (the mesh's own arrays included), whatever the number of points."""
 FAR_FACTOR = 4.0
 """beta: a cluster is replaced by its expansion seen from farther than beta times its radius. Barill et
 al. use 2, judging accuracy on average; the bound wants more room: summed over a flat surface of
