@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 PAIR_BUDGET = 1 << 20
 """(point, triangle) pairs evaluated at once. Counted on the CPU, `inside_mesh` peaked at 132 MiB for a
-50k-face mesh and 145 MiB at 300k (the mesh's own arrays included), whatever the number of points."""
+100k-face mesh and 145 MiB at 300k (the mesh's own arrays included), whatever the number of points."""
 FAR_FACTOR = 4.0
 """beta: a cluster is replaced by its expansion seen from farther than beta times its radius. Barill et
 al. use 2, judging accuracy on average; the bound wants more room: summed over a flat surface of
