@@ -36,7 +36,7 @@ def _run(args: tuple[robustness.Cell, dict]) -> robustness.CellResult:
 
 def _line(r: robustness.CellResult) -> str:
     mark = "right" if r.right else f"WRONG ({r.nearest})"
-    return (f"{r.cell.name:48s} {mark:18s} chamfer={r.chamfer_pct:.2f} iou={r.iou:.3f} "
+    return (f"{r.cell.name:48s} {mark:18s} reference={r.reference:8s} chamfer={r.chamfer_pct:.2f} iou={r.iou:.3f} "
             f"iou_overhead={r.iou_overhead:.3f} dE={r.colour_delta_e:.1f} s={r.seconds:.0f}")
 
 

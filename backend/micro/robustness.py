@@ -55,6 +55,9 @@ class CellResult:
     seconds: float
     distances: dict[str, float]
     """Chamfer % to every shape of the world."""
+    reference: str = ""
+    """The shape the job's reference image shows (`reference_shape`): a wrong one there means the text prior
+    drew the wrong object and the chain rebuilt it faithfully; a right one, that the chain lost it."""
 
     def as_dict(self) -> dict:
         return {**asdict(self), "cell": self.cell.name}
@@ -110,16 +113,44 @@ def run_cell(cell: Cell, options: dict | None = None, work_dir: Path | None = No
         t = time.monotonic()
         gen = quality.generate(prompt, Path(work), options, seed=cell.seed, **request)
         seconds = time.monotonic() - t
-    return score_cell(cell, gen, seconds)
+    return score_cell(cell, gen, seconds, reference_shape(cell, prompt, request.get("cameras")))
 
 
-def score_cell(cell: Cell, gen: quality.Generation, seconds: float = 0.0) -> CellResult:
+def reference_shape(cell: Cell, prompt: str, cameras: list | None) -> str:
+    """The world's shape whose silhouette from the job's reference camera best overlaps (IoU) the reference
+    image's mask: the text prior's picture, drawn again as the pipeline draws it (same priors, same stage
+    seed). A picture cell's reference is the world's own render of the named shape."""
+    import torch
+    from dreampolish.protocol.job import JobSpec
+
+    from ..geometry.metrics import mask_iou
+    from ..pipeline.frame import job_frame
+    from ..pipeline.priors import DiffusionPriors
+    from ..presets import get_preset
+    from ..render.rasterize import MeshRasterizer
+    from ..pipeline.pipeline import stage_seed
+
+    if cell.picture:
+        return cell.shape
+    spec = JobSpec(prompt, preset="micro", seed=cell.seed, cameras=list(cameras or []))
+    preset = get_preset("micro", spec.options)
+    frame = job_frame(spec, preset)
+    ref = DiffusionPriors(torch.device("cpu")).reference(spec, preset, frame, stage_seed(cell.seed, "reference"))
+    cam, rasterizer = frame.reference_camera, MeshRasterizer("torch")
+    front = float(cam.azimuth_deg[0])
+    ious = {shape: mask_iou(rasterizer.rasterize(quality.turned_to_front(world.shape_mesh(shape), front), cam).mask,
+                            ref.mask[None]) for shape in world.SHAPES}
+    return max(ious, key=ious.get)
+
+
+def score_cell(cell: Cell, gen: quality.Generation, seconds: float = 0.0, reference: str = "") -> CellResult:
     distances = quality.shape_distances(gen.final, gen.front_azimuth_deg)
     nearest = min(distances, key=distances.get)
     q = quality.score(gen.final, cell.colour, cell.shape, gen.front_azimuth_deg)
     overhead = quality.overhead_iou(gen.final, cell.shape, gen.front_azimuth_deg)
     return CellResult(cell, nearest, nearest == cell.shape and q.colour_delta_e < quality.MAX_DELTA_E,
-                      distances[cell.shape], q.iou, overhead, q.colour_delta_e, round(seconds, 1), distances)
+                      distances[cell.shape], q.iou, overhead, q.colour_delta_e, round(seconds, 1), distances,
+                      reference)
 
 
 def success_rate(results: list[CellResult]) -> float:
