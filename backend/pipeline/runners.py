@@ -125,8 +125,23 @@ class NerfRunner(GeometryRunner):
     modes = ("generate",)
 
     def optimise(self, c: StageContext, guidance: CombinedGuidance) -> NerfState:
-        return run_nerf(c.preset.nerf, guidance, c.carry.reference, c.reporter, generator=c.generator,
-                        device=c.device)
+        state = run_nerf(c.preset.nerf, guidance, c.carry.reference, c.reporter, generator=c.generator,
+                         device=c.device, picture=c.spec.image is not None)
+        self._aligned_reference(state, c.carry)
+        return state
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        super().restore(ckpt, job, carry)
+        self._aligned_reference(carry.geometry, carry)
+
+    @staticmethod
+    def _aligned_reference(state: NerfState, carry: StageCarry) -> None:
+        """The stages after NeRF see the picture where NeRF learnt it to be (stages/alignment.py)."""
+        if state.alignment is not None and carry.reference is not None:
+            t, s = state.alignment.shift_scale()
+            logger.info("the picture's object sits %.3f, %.3f off its silhouette's centre, at %.3f times its size",
+                     float(t[0]), float(t[1]), float(s))
+            carry.reference = state.alignment.apply_to_view(carry.reference)
 
     def state_from_dict(self, preset: PipelinePreset, state: Checkpoint, device: torch.device) -> NerfState:
         return NerfState.from_state_dict(preset.nerf, state, device)

@@ -29,6 +29,7 @@ from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
 from ..render.volume import NerfVolume, OccupancyGrid, VolumeRenderConfig, render_volume
 from ..schedules import stage_progress
+from .alignment import AlignmentConfig, ReferenceAlignment
 from .base import (
     Ramp,
     ReferenceView,
@@ -82,6 +83,8 @@ class NerfConfig:
     """Adam learning rate of the MLPs."""
     reference: ReferenceWeights = field(default_factory=_reference_weights)
     """Reference-view loss weights."""
+    align: AlignmentConfig = field(default_factory=AlignmentConfig)
+    """Learn where an artist's picture puts its object (stages/alignment.py): off by default."""
     guidance_weight: Ramp = field(default_factory=lambda: Ramp(1.0))
     """Weight of the guidance loss."""
     guidance_normals: bool = False
@@ -111,6 +114,8 @@ class NerfState:
     occupancy: OccupancyGrid
     steps_done: int = 0
     seconds: float = 0.0
+    alignment: ReferenceAlignment | None = None
+    """The picture's learnt shift and scale (NerfConfig.align), or None."""
 
     def render(self, cameras: CameraBatch, *, want_normals: bool = True,
                generator: torch.Generator | None = None) -> StageRender:
@@ -131,7 +136,8 @@ class NerfState:
 
     def state_dict(self) -> dict[str, Any]:
         return {"field": self.field.state_dict(), "occupancy": self.occupancy.cells.cpu(),
-                "steps_done": self.steps_done, "active_levels": self.field.encoding.active_levels}
+                "steps_done": self.steps_done, "active_levels": self.field.encoding.active_levels,
+                "alignment": None if self.alignment is None else self.alignment.raw.detach().cpu()}
 
     @classmethod
     def from_state_dict(cls, cfg: NerfConfig, state: dict[str, Any], device: torch.device | str = "cpu"
@@ -141,7 +147,9 @@ class NerfState:
         f.encoding.active_levels = int(state["active_levels"])
         occ = OccupancyGrid(cfg.density.bound, cfg.render.occupancy_resolution, device)
         occ.cells = state["occupancy"].to(device)
-        return cls(f, cfg, occ, int(state["steps_done"]))
+        raw = state.get("alignment")
+        alignment = None if raw is None else ReferenceAlignment(cfg.align, raw).to(device)
+        return cls(f, cfg, occ, int(state["steps_done"]), alignment=alignment)
 
 
 def _finish_mesh(verts: np.ndarray, faces: np.ndarray, color_fn, device, normalize: bool) -> TriMesh:
@@ -170,16 +178,21 @@ def draw_generator(generator: torch.Generator, device: torch.device | str) -> to
 
 
 def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | None, reporter: StageReporter,
-             *, generator: torch.Generator, device: torch.device | str) -> NerfState:
+             *, generator: torch.Generator, device: torch.device | str, picture: bool = False) -> NerfState:
+    """The stage; when the reference is an artist's `picture` and cfg.align.enabled, the picture's shift and
+    scale are learnt with the field (stages/alignment.py) and kept in the state."""
     start = time.perf_counter()
     with seeded_init(generator):  # MLP initialisation
         density = DensityField(cfg.density).to(device)
     state = NerfState(density, cfg, OccupancyGrid(cfg.density.bound, cfg.render.occupancy_resolution, device))
     reporter.watch(state)
-    opt = adam_groups([(list(density.encoding.parameters()), cfg.lr_encoding),
-                       (list(density.geometry_net.parameters()) + list(density.color_net.parameters()),
-                        cfg.lr_network)])
+    groups = [(list(density.encoding.parameters()), cfg.lr_encoding),
+              (list(density.geometry_net.parameters()) + list(density.color_net.parameters()), cfg.lr_network)]
     ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
+    if picture and cfg.align.enabled and ref is not None:
+        state.alignment = ReferenceAlignment(cfg.align).to(device)
+        groups.append((list(state.alignment.parameters()), cfg.align.lr))
+    opt = adam_groups(groups)
     draws = draw_generator(generator, device)
     loss: StepLoss | None = None
     for step in range(cfg.steps):
@@ -195,7 +208,8 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
         if do_reference:
             # normals on the reference view only for the reference normal loss
             loss.add_reference(functools.partial(state.render, want_normals=cfg.reference.normal.at(p) > 0,
-                                                 generator=draws), ref, cfg.reference, p)
+                                                 generator=draws),
+                               ref if state.alignment is None else state.alignment.apply(ref), cfg.reference, p)
         if do_guidance:
             res = cfg.resolution.at(p)
             cams = cfg.views.sample(cfg.batch_size, res, res, generator, device)
