@@ -96,8 +96,8 @@ def _nan_mesh() -> MeshPayload:
 @pytest.mark.parametrize("spec, message", [
     (_spec(prompt="   "), "prompt is empty"),
     (_spec(preset="ultra"), "unknown preset 'ultra'"),
-    (_spec(stages=["reference", "nerf", "sculpt"]), "unknown stage 'sculpt'"),
-    (_spec(pause_after=["glaze"]), "unknown stage 'glaze'"),
+    (_spec(stages=["reference", "nerf", "sculpt"]), "stage 'sculpt' in stages is not part of a 'generate' job"),
+    (_spec(pause_after=["glaze"]), "stage 'glaze' in pause_after is not part of"),
     (_spec(stages=["reference", "neus"]), "skip a stage"),
     (_spec(mode="geometry"), "input_mesh is missing"),
     (_spec(mode="geometry", input_mesh=_nan_mesh()), "NaN"),
