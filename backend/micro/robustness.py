@@ -125,10 +125,10 @@ def reference_shape(cell: Cell, prompt: str, cameras: list | None) -> str:
 
     from ..geometry.metrics import mask_iou
     from ..pipeline.frame import job_frame
+    from ..pipeline.pipeline import stage_seed
     from ..pipeline.priors import DiffusionPriors
     from ..presets import get_preset
     from ..render.rasterize import MeshRasterizer
-    from ..pipeline.pipeline import stage_seed
 
     if cell.picture:
         return cell.shape
