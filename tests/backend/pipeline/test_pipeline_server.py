@@ -27,7 +27,7 @@ def test_bad_requests_get_clear_errors_and_the_backend_keeps_serving(tmp_path):
             for spec, message in [
                 (JobSpec("  "), "prompt is empty"),
                 (JobSpec("a vase", preset="ultra"), "unknown preset"),
-                (JobSpec("a vase", stages=["reference", "carve"]), "unknown stage"),
+                (JobSpec("a vase", stages=["reference", "carve"]), "stage .carve. in stages is not part of"),
                 (JobSpec("a vase", options={"polish.stepz": 2}), "no field 'stepz'"),
                 (JobSpec("a vase", mode="texture", input_mesh=nan_mesh), "NaN"),
             ]:
