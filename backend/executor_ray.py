@@ -46,7 +46,7 @@ from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
 
 from .executor import QueueWorkers, WorkerLost
-from .jobs import classify_failure
+from .failures import classify_failure
 from .pipeline_api import JobCancelled, JobContext, JobFailed, Pipeline, ResumePoint, RunOutcome
 
 log = logging.getLogger(__name__)

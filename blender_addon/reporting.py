@@ -45,7 +45,7 @@ _BYTES_ASKED = re.compile(r"allocate (?P<n>\d+) bytes")
 _GIB_ASKED = re.compile(r"allocate (?P<n>[\d.]+) GiB")
 _RAW_MARKERS = ("enforce fail", "DefaultCPUAllocator", "CUDA out of memory", "Tried to allocate")
 _ADVICE_STARTS = ("The GPU ran out of memory", "The computer ran out of memory")
-"""How the backend's own advice for an out-of-memory failure begins (backend/jobs.py OOM_HINT, CPU_OOM_HINT):
+"""How the backend's own advice for an out-of-memory failure begins (backend/failures.py OOM_HINT, CPU_OOM_HINT):
 what comes before it is the allocator's raw message."""
 
 
