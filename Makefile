@@ -86,7 +86,7 @@ lint: venv
 # each worker with one torch thread (torch's default two threads a process made a tiny job 8-9 times slower
 # on a busy two-core machine).
 TEST_WORKERS ?= auto
-PYTEST := OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-backend: venv gltf-validator node-client
 	$(PYTEST) tests/protocol tests/backend tests/test_*.py -q

@@ -29,19 +29,13 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-SHARED_GROUPS = {
-    "test_executor_ray.py": "ray-clusters",
-    "test_ray_cluster_recipe.py": "ray-clusters",
-}
-"""Modules whose tests must run in one worker one after another (pytest-xdist, `make test`'s -n): both start
-local Ray clusters, which would contend for Ray's fixed ports."""
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`-n N --dist loadscope` (make test): one unit per module, the Ray modules together, the longest units
+    first (tests/support/module_scheduler.py says why xdist's own loadgroup cannot). Blender's interpreter has
+    no xdist: the hook is optional there."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.support.module_scheduler import make_scheduler
 
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist's `--dist loadgroup`, a module's tests stay in one worker (its module-scoped
-    fixtures, such as a micro generation, are built once, not once per worker), and SHARED_GROUPS' modules in
-    one. Without xdist the marks change nothing."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            module = item.nodeid.split("::", 1)[0]
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module.rsplit("/", 1)[-1], module)))
+    return make_scheduler(config, log)
