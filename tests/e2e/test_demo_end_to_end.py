@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hang_guards import MICRO_GENERATION_S
+
 REPO = Path(__file__).resolve().parents[2]
 BLENDER_PY = REPO / ".venv-blender" / "bin" / "python"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MICRO_GENERATION_S)]
 
 CHECK_BLEND = r"""
 import json, sys
@@ -44,7 +46,7 @@ def demo_run(tmp_path_factory) -> Path:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"),
          "--out", str(out), "--frames", "2", "--size", "96", "--samples", "8", "--blender-python", str(BLENDER_PY)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        cwd=REPO, capture_output=True, text=True, timeout=MICRO_GENERATION_S,
     )
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     (out / "demo_stdout.txt").write_text(proc.stdout)

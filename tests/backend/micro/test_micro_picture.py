@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 from dreampolish.backend.micro import quality
 
+from tests.support.hang_guards import MICRO_GENERATION_S
+
 MAX_CHAMFER_PCT, MIN_IOU, MAX_DELTA_E = quality.MAX_CHAMFER_PCT, quality.MIN_IOU, quality.MAX_DELTA_E
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MICRO_GENERATION_S)]
 
 
 def test_an_artists_picture_of_a_held_out_object_makes_that_object(tmp_path):

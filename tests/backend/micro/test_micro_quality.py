@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from dreampolish.backend.micro import quality, world
 
-pytestmark = pytest.mark.slow
+from tests.support.hang_guards import MICRO_GENERATION_S
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MICRO_GENERATION_S)]
 
 PROMPTS = (("green", "torus"), ("red", "cone"))
 """Two of world.HELD_OUT: about two minutes each on two cores."""
