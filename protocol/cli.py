@@ -2,6 +2,8 @@
 
     dreampolish generate "a ceramic teapot" --backend tcp://127.0.0.1:5557 --out teapot.glb
     dreampolish generate "a stone gargoyle" --mesh rough.glb --mode geometry --out gargoyle.glb
+    dreampolish generate "a mug" --mesh mug.glb --mode texture --mask handle.npy --feather 0.01 \
+        --mask-prompt "worn brass handle" --out mug_brass.glb   (one float32 weight per vertex, .npy)
     dreampolish generate --image concept.png ["a bronze owl"] --out owl.glb   (the picture is the front view)
     dreampolish jobs
     dreampolish fetch JOB_ID --out results/
@@ -23,12 +25,16 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import messages as m
 from .client import BackendClient, ClientError, VersionMismatch
 from .errors import ProtocolError, ValidationError
 from .gltf import glb_to_mesh, mesh_to_glb
 from .image import PNG_SIGNATURE, ReferenceImage
 from .job import JOB_MODES, JobSpec, parse_option, validate_spec
+from .refine_mask import RefineMask, check_mask
+from .scene import MeshPayload
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
 
@@ -83,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only these stages (e.g. nerf; the backend's welcome lists its stages)")
     gen.add_argument("--pause-after", action="append", default=[], metavar="STAGE", help="stage gate")
     gen.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
+    gen.add_argument("--mask", type=Path, default=None, metavar="WEIGHTS.npy",
+                     help="refine only part of --mesh: a float32 .npy of one weight in [0, 1] per vertex of the "
+                          "GLB's first mesh, in its POSITION order (its primitives one after another)")
+    gen.add_argument("--feather", type=float, default=0.0, metavar="WIDTH",
+                     help="with --mask: the border where the change fades out, in the mesh's units (default 0)")
+    gen.add_argument("--mask-prompt", default="", help="with --mask: what the masked region becomes")
+    gen.add_argument("--mask-negative", default="", help="with --mask: the region's negative prompt")
     gen.set_defaults(run=cmd_generate)
 
     keys = sub.add_parser("keys", help="create this client's CURVE key pair (NAME.key, NAME.key_secret)")
@@ -151,10 +164,25 @@ def _read_image(path: Path | None) -> ReferenceImage | None:
     return ReferenceImage(png=data).validate()
 
 
+def _read_mask(args: argparse.Namespace, mode: str, mesh: MeshPayload | None) -> RefineMask | None:
+    """--mask FILE as a RefineMask checked against --mesh (before anything is sent)."""
+    if args.mask is None:
+        return None
+    try:
+        weights = np.load(args.mask, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"--mask {args.mask} is not a .npy array ({exc}); save the weights with "
+                              "numpy.save as float32, one per vertex") from exc
+    mask = RefineMask(weights, feather=args.feather, prompt=args.mask_prompt, negative_prompt=args.mask_negative)
+    check_mask(mode, mask, mesh)
+    return mask
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     mesh = glb_to_mesh(args.mesh.read_bytes()) if args.mesh else None
     mode = args.mode or ("geometry" if mesh is not None else "generate")
     image = _read_image(args.image)
+    mask = _read_mask(args, mode, mesh)
     with _client(args) as client:
         spec = JobSpec(
             prompt=args.prompt,
@@ -167,6 +195,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             options=dict(args.option),
             input_mesh=mesh,
             image=image,
+            mask=mask,
         )
         validate_spec(spec)  # the backend's own first check, here before anything is sent
         job_id = client.submit(spec)

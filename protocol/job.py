@@ -14,6 +14,7 @@ import numpy as np
 from .errors import ValidationError
 from .image import ReferenceImage
 from .limits import LIMITS
+from .refine_mask import RefineMask, check_mask
 from .scene import CameraSpec, MeshPayload, object_to_world
 
 MAX_STAGES = 32
@@ -63,6 +64,9 @@ class JobSpec:
     image: ReferenceImage | None = None
     """The artist's picture as the reference view (generate mode): seen from cameras[reference_camera]
     (or the default front camera); the reference stage prepares it instead of making one from the prompt."""
+    mask: RefineMask | None = None
+    """A masked refine (refine_mask.py): per-vertex weights of input_mesh, a feathered border and the region's
+    own prompt; outside mask and border the result is the input, bit for bit."""
 
 
 MAX_VARIANTS = 8
@@ -161,6 +165,7 @@ def validate_spec(spec: JobSpec) -> JobSpec:
     _check_cameras(spec)
     _check_image(spec)
     _check_input_mesh(spec)
+    check_mask(spec.mode, spec.mask, spec.input_mesh)
     return spec
 
 

@@ -33,6 +33,7 @@ from .frames import FrameReader, FrameWriter
 from .image import ReferenceImage
 from .job import MAX_STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
+from .mask_wire import mask_from_wire, mask_to_wire
 from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
 from .wire_types import wire_type
@@ -46,7 +47,7 @@ CAMERA_FIELDS = ("matrix_world", "lens_mm", "sensor_width_mm", "sensor_height_mm
                  "shift", "name")
 IMAGE_FIELDS = ("png", "array")
 SPEC_FIELDS = ("prompt", "negative_prompt", "seed", "preset", "mode", "stages", "pause_after", "options", "cameras",
-               "reference_camera", "input_mesh", "image")
+               "reference_camera", "input_mesh", "image", "mask")
 
 
 def refuse_unknown_mesh_fields(d: object, where: str) -> None:
@@ -199,6 +200,8 @@ def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
         out["input_mesh"] = mesh_to_wire(s.input_mesh, w)
     if s.image is not None:
         out["image"] = image_to_wire(s.image, w)
+    if s.mask is not None:
+        out["mask"] = mask_to_wire(s.mask, w)
     return out
 
 
@@ -224,6 +227,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
     reference_camera = read_int(d, "reference_camera", 0, hi=max(len(cameras) - 1, 0))
     input_mesh = mesh_from_wire(d["input_mesh"], r) if d.get("input_mesh") is not None else None
     image = image_from_wire(d["image"], r) if d.get("image") is not None else None
+    mask = mask_from_wire(d["mask"], r) if d.get("mask") is not None else None
     return JobSpec(
         prompt=read_str(d, "prompt", max_chars=LIMITS.max_prompt_chars),
         negative_prompt=read_str(d, "negative_prompt", "", max_chars=LIMITS.max_prompt_chars),
@@ -237,6 +241,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
         reference_camera=reference_camera,
         input_mesh=input_mesh,
         image=image,
+        mask=mask,
     )
 
 

@@ -91,6 +91,15 @@ class DreamPolishPipeline:
         """The stages a job of `mode` runs, in order, when its request names no subset."""
         return [r.name for r in self.runners if mode in r.modes]
 
+    def spec_stages(self, spec: JobSpec) -> list[str]:
+        """The chain of this request's mode: a masked refine keeps the input's topology, so it leaves out the
+        stages that re-mesh (DMTet; backend/refine_mask.py)."""
+        chain = self.mode_stages(spec.mode)
+        if spec.mask is None:
+            return chain
+        remeshing = {r.name for r in self.runners if r.remeshes}
+        return [s for s in chain if s not in remeshing]
+
     def stage_chains(self) -> dict[str, list[str]]:
         """welcome.stage_chains: for each job mode, the stages a request may name, in order (the runners'
         chains without their automatic stages)."""
@@ -100,7 +109,7 @@ class DreamPolishPipeline:
     def stage_plan(self, spec: JobSpec) -> list[str]:
         """The stages this request runs, in order: the named ones, then the automatic stages that follow
         the last of them (export after texture)."""
-        mode_stages = self.mode_stages(spec.mode)
+        mode_stages = self.spec_stages(spec)
         if spec.stages is None:
             return mode_stages
         wanted = set(spec.stages)
@@ -124,11 +133,12 @@ class DreamPolishPipeline:
             raise ValidationError(f"preset {spec.preset!r} refines a mesh you send (Refine Selected, or "
                                   "`dreampolish generate --mesh`); to make an object from a prompt or a picture "
                                   "choose draft or standard")
-        mode_stages = self.mode_stages(spec.mode)
+        mode_stages = self.spec_stages(spec)
+        kind = f"masked {spec.mode!r}" if spec.mask is not None else repr(spec.mode)
         for label, names in (("stages", spec.stages or []), ("pause_after", spec.pause_after)):
             for stage in names:
                 if stage not in mode_stages:
-                    raise ValidationError(f"stage {stage!r} in {label} is not part of a {spec.mode!r} job "
+                    raise ValidationError(f"stage {stage!r} in {label} is not part of a {kind} job "
                                           f"({', '.join(mode_stages)})")
         if spec.stages is not None and not self.stage_plan(spec):
             raise ValidationError("stages selects nothing to run")
@@ -144,7 +154,7 @@ class DreamPolishPipeline:
 
     def _check_stage_chain(self, spec: JobSpec) -> None:
         """A subset must be a contiguous run of the mode's chain: each stage starts from the last."""
-        chain = self.mode_stages(spec.mode)
+        chain = self.spec_stages(spec)
         plan = self.stage_plan(spec)
         idx = [chain.index(s) for s in plan]
         if idx != list(range(idx[0], idx[0] + len(idx))):

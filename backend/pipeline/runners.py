@@ -20,7 +20,7 @@ from dreampolish.protocol.errors import EMPTY_GEOMETRY, NO_GEOMETRY, NO_TEXTURE
 from dreampolish.protocol.job import JOB_MODES
 from dreampolish.protocol.scene import MeshPayload
 
-from .. import bake
+from .. import bake, refine_mask
 from ..geometry.mesh import TriMesh, simplify_mesh
 from ..guidance.base import ReferenceView
 from ..pipeline_api import JobFailed
@@ -53,6 +53,9 @@ class StageRunner(ABC):
     automatic: ClassVar[bool] = False
     """The stage runs by itself whenever the stage before it in the chain ends a job's plan (export after
     texture): a request need not name it, and welcome.stage_chains leaves it out."""
+    remeshes: ClassVar[bool] = False
+    """The stage makes a new mesh of its own (DMTet): a masked refine, which keeps the input's topology,
+    skips it (backend/refine_mask.py)."""
 
     @abstractmethod
     def run(self, c: StageContext) -> Checkpoint:
@@ -164,6 +167,7 @@ class NeusRunner(GeometryRunner):
 class DmtetRunner(GeometryRunner):
     name = "dmtet"
     modes = ("generate", "geometry")
+    remeshes = True
 
     def optimise(self, c: StageContext, guidance: CombinedGuidance) -> DmtetState:
         init: Any = c.carry.geometry
@@ -188,7 +192,8 @@ class PolishRunner(StageRunner):
         c.reporter.preview = lambda state, step: render_preview(state.mesh, c.reporter.camera(step),
                                                                 c.job.rasterizer)
         polished = run_polish(c.preset.polish, mesh, targets, c.carry.reference, c.reporter,
-                              generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
+                              generator=c.generator, device=c.device, rasterizer=c.job.rasterizer,
+                              move_weights=refine_mask.vertex_weights(c.spec, c.frame.transform, c.device))
         c.carry.mesh = c.carry.detail = polished
         c.carry.geometry = None
         return {"mesh": mesh_to_ckpt(polished)}
@@ -205,14 +210,16 @@ class TextureRunner(StageRunner):
     name = "texture"
 
     def run(self, c: StageContext) -> Checkpoint:
-        keep_topology = c.spec.mode == "texture" and c.carry.mesh is None
+        # a masked refine keeps the input's topology too (its carry mesh, after polish, has the input's)
+        keep_topology = (c.spec.mode == "texture" and c.carry.mesh is None) or c.spec.mask is not None
         mesh = self._mesh(c, keep_topology)
         preset = c.preset
         if inherits_colours(preset.texture, mesh):  # DreamCraft3D's lower timesteps on inherited colours
             texture = preset.texture
             preset = dataclasses.replace(preset, texture=dataclasses.replace(
                 texture, guidance=dataclasses.replace(texture.guidance, timesteps=texture.inherited_timesteps)))
-        guidance = c.priors.texture_guidance(c.spec, preset, c.frame, c.seed, c.carry.reference)
+        guidance = c.priors.texture_guidance(refine_mask.region_spec(c.spec), preset, c.frame, c.seed,
+                                             c.carry.reference)
         c.reporter.preview = lambda state, step: render_preview(
             mesh, c.reporter.camera(step), c.job.rasterizer, state.color_field.color)
         try:
@@ -220,6 +227,10 @@ class TextureRunner(StageRunner):
                                 generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
         finally:
             guidance.release()
+        if refine_mask.repaints(c.spec):  # the input's own map, repainted inside the mask only
+            c.carry.payload = refine_mask.repainted_payload(c.spec, c.frame.transform, mesh, state.colors_at)
+            return {"mesh": mesh_to_ckpt(c.carry.mesh if c.carry.mesh is not None else mesh),
+                    "payload": payload_to_ckpt(c.carry.payload), "field": state.state_dict()}
         own_uvs = None if mesh.uvs is None else mesh.uvs.detach().cpu().numpy()
         only_colour = c.preset.base_color_only
         decomposer = None if only_colour or not c.preset.texture.pbr.decomposes else c.priors.intrinsics(c.preset, c.seed)
@@ -253,7 +264,7 @@ class TextureRunner(StageRunner):
     @staticmethod
     def _mesh(c: StageContext, keep_topology: bool) -> TriMesh:
         cfg = c.preset.texture
-        mesh = c.frame.input_mesh if keep_topology else c.carry.mesh
+        mesh = c.frame.input_mesh if keep_topology and c.carry.mesh is None else c.carry.mesh
         if mesh is None:
             raise JobFailed(NO_GEOMETRY, "the texture stage has no mesh to texture")
         if cfg.simplify_to_faces and not keep_topology and mesh.num_faces > cfg.simplify_to_faces:
@@ -274,7 +285,10 @@ class TextureRunner(StageRunner):
             # a mirrored object).
             same_order = np.array_equal(mesh.faces.cpu().numpy().astype(np.uint32), source.faces)
             uvs = baked.uvs if same_order else np.ascontiguousarray(baked.uvs[:, ::-1])
-        return MeshPayload(vertices=source.vertices, faces=source.faces, uvs=uvs, normals=source.normals,
+        vertices, normals = source.vertices, source.normals
+        if c.spec.mask is not None:  # only the weighted vertices moved (backend/refine_mask.py)
+            vertices, normals = refine_mask.masked_vertices(c.spec, c.frame.transform, mesh)
+        return MeshPayload(vertices=vertices, faces=source.faces, uvs=uvs, normals=normals,
                            colors=source.colors, transform=source.transform, textures=textures).validate()
 
 

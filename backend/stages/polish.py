@@ -169,17 +169,25 @@ def _estimator_losses(cfg: PolishConfig, current: TriMesh, offsets: Tensor, came
 
 def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, reference: ReferenceView | None,
                reporter: StageReporter, *, generator: torch.Generator | None = None,
-               device: torch.device | str = "cpu", rasterizer: MeshRasterizer | None = None) -> TriMesh:
+               device: torch.device | str = "cpu", rasterizer: MeshRasterizer | None = None,
+               move_weights: Tensor | None = None) -> TriMesh:
     """Polish `mesh` (object frame, radius 0.5) and return the polished mesh (same topology).
 
     The geometry stages' signature: `targets` (the normal estimator) is the guidance, and may be None only
-    for the smoothness ablation; the reference view is not used (the estimator sees every view alike)."""
+    for the smoothness ablation; the reference view is not used (the estimator sees every view alike).
+    `move_weights` [V] (a masked refine, backend/refine_mask.py) scales each vertex's offset: a vertex of
+    weight 0 stays exactly where it is."""
     if cfg.loss == "normal_estimator" and targets is None:
         raise ValueError("the normal_estimator polish loss needs a NormalTargets provider")
     rasterizer = rasterizer or MeshRasterizer()
     mesh = mesh.detach().to(device)
     base = mesh.vertices.clone()
     offsets = torch.zeros_like(base, requires_grad=True)
+    scale = None if move_weights is None else move_weights.to(device=device, dtype=base.dtype)[:, None]
+
+    def moved() -> Tensor:
+        return base + (offsets if scale is None else scale * offsets)
+
     # fused: one kernel per step, step count on the parameters' device. The default Adam reads its step count
     # (.item()) every step; that count is a CPU tensor, so no device sync, but the sync counter cannot tell.
     optimiser = torch.optim.Adam([offsets], lr=cfg.lr, fused=True)
@@ -195,7 +203,7 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
     reporter.watch(state)
     for step in range(cfg.steps):
         reporter.check_cancel()
-        current = mesh.with_vertices(base + offsets)
+        current = mesh.with_vertices(moved())
         if cfg.loss == "normal_estimator" and targets is not None:
             if pool is not None:
                 views = pool.draw(cfg.batch_size)
@@ -216,10 +224,10 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
         total.backward()
         grad_norm = offsets.grad.detach().norm() if offsets.grad is not None else torch.zeros((), device=device)
         optimiser.step()
-        state.mesh = mesh.with_vertices((base + offsets).detach())
+        state.mesh = mesh.with_vertices(moved().detach())
         # 0-dim device tensors: the reporter reads them back at its reporting steps only.
         report: dict[str, Tensor | float] = {k: v.detach() for k, v in losses.items()}
         report["total"] = total.detach()
         report["grad_norm"] = grad_norm
         reporter.progress(step + 1, cfg.steps, report)
-    return mesh.with_vertices((base + offsets).detach())
+    return mesh.with_vertices(moved().detach())

@@ -17,6 +17,7 @@ from dreampolish.protocol.frames import FrameWriter
 from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.payloads import CAMERA_FIELDS, MESH_FIELDS, SPEC_FIELDS, mesh_to_wire, spec_to_wire
+from dreampolish.protocol.refine_mask import RefineMask
 from dreampolish.protocol.scene import CameraSpec, MeshPayload, TexturePayload
 
 from tests.support.pipelines import png_rgb, running_backend
@@ -32,7 +33,8 @@ def _mesh() -> MeshPayload:
 def _full_spec() -> JobSpec:
     return JobSpec("a vase", negative_prompt="blur", seed=3, preset="tiny", mode="geometry", stages=["dmtet"],
                    pause_after=["dmtet"], options={"nerf.steps": 3}, cameras=[CameraSpec(np.eye(4, dtype=np.float32))],
-                   input_mesh=_mesh(), image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)))
+                   input_mesh=_mesh(), image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
+                   mask=RefineMask(np.ones(3, np.float32), feather=0.1, prompt="brass", negative_prompt="rust"))
 
 
 def _with(msg: m.Message, edit) -> list[bytes]:
@@ -69,6 +71,7 @@ def test_every_request_the_client_sends_holds_only_known_fields():
     ("spec.input_mesh", lambda h: h["body"]["spec"]["input_mesh"].update(scale=2.0)),
     (r"spec.input_mesh.textures\[0\]", lambda h: h["body"]["spec"]["input_mesh"]["textures"][0].update(srgb=True)),
     ("spec.image", lambda h: h["body"]["spec"]["image"].update(mask=True)),
+    ("spec.mask", lambda h: h["body"]["spec"]["mask"].update(radius=0.2)),
 ])
 def test_an_unknown_field_in_a_submit_is_refused_by_name(where, edit):
     frames = _with(m.Submit(spec=_full_spec()), edit)

@@ -1,0 +1,68 @@
+"""A masked refine through the real pipeline (tiny preset, CPU): outside the mask and its border the result is
+the input bit for bit (vertices and texels), inside it changes; a masked geometry refine polishes and textures
+the input's own topology, without DMTet."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from dreampolish.backend.pipeline import DreamPolishPipeline
+from dreampolish.protocol.errors import ValidationError
+from dreampolish.protocol.job import JobSpec
+
+from tests.support.masked_mesh import masked_box, texels
+from tests.support.recording import RecordingContext
+
+pytestmark = [pytest.mark.usefixtures("tiny_models")]
+
+
+def _assert_kept(final, box):
+    """Vertices and texels outside mask and border are the input's, exactly; the input's arrays come back."""
+    source = box.payload
+    np.testing.assert_array_equal(final.faces, source.faces)
+    np.testing.assert_array_equal(final.uvs, source.uvs)
+    np.testing.assert_array_equal(final.transform, source.transform)
+    np.testing.assert_array_equal(final.vertices[box.kept_vertices], source.vertices[box.kept_vertices])
+    before, after = texels(source), texels(final)
+    assert after.shape == before.shape and box.kept_texels.sum() > 1000
+    np.testing.assert_array_equal(after[box.kept_texels], before[box.kept_texels])
+    return before, after
+
+
+def test_masked_texture_refine_repaints_only_inside_the_mask_and_border(tmp_path):
+    box = masked_box()
+    ctx = RecordingContext(tmp_path)
+    spec = JobSpec(prompt="a box", preset="tiny", mode="texture", input_mesh=box.payload, mask=box.mask)
+    DreamPolishPipeline().run(spec, ctx)
+    assert ctx.result_stages == ["texture", "export"]
+    final = ctx.result("texture")
+    before, after = _assert_kept(final, box)
+    np.testing.assert_array_equal(final.vertices, box.payload.vertices)  # a texture refine moves nothing
+    changed = (after != before).any(-1)
+    assert changed[box.masked_texels].mean() > 0.9  # the tiny prior paints something else there
+    assert [t.role for t in final.textures] == ["base_color"]  # the input's maps, no others added
+
+
+def test_masked_geometry_refine_moves_only_weighted_vertices_without_dmtet(tmp_path):
+    box = masked_box()
+    ctx = RecordingContext(tmp_path)
+    spec = JobSpec(prompt="a box", preset="tiny", mode="geometry", input_mesh=box.payload, mask=box.mask)
+    DreamPolishPipeline().run(spec, ctx)
+    assert ctx.result_stages == ["polish", "texture", "export"]  # no DMTet: the input's topology throughout
+    final = ctx.result("texture")
+    before, after = _assert_kept(final, box)
+    weighted = box.mask.weights > 0
+    moved = np.abs(final.vertices - box.payload.vertices).max(1) > 0
+    assert moved[weighted].mean() > 0.9 and not moved[box.kept_vertices].any()
+    assert (after != before).any(-1)[box.masked_texels].mean() > 0.9
+
+
+def test_a_masked_refine_names_no_remeshing_stage():
+    box = masked_box()
+    spec = JobSpec(prompt="a box", preset="tiny", mode="geometry", input_mesh=box.payload, mask=box.mask,
+                   stages=["dmtet", "polish"])
+    with pytest.raises(ValidationError, match="'dmtet' in stages is not part of a masked 'geometry' job"):
+        DreamPolishPipeline().check(spec)
+    assert DreamPolishPipeline().stage_plan(dataclasses.replace(spec, stages=None)) == ["polish", "texture", "export"]
