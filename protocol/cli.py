@@ -35,6 +35,7 @@ from .image import PNG_SIGNATURE, ReferenceImage
 from .job import JOB_MODES, JobSpec, parse_option, validate_spec
 from .refine_mask import RefineMask, check_mask
 from .scene import MeshPayload
+from .variants import texture_set_specs, texture_sets_glb
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
 
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --mask: the border where the change fades out, in the mesh's units (default 0)")
     gen.add_argument("--mask-prompt", default="", help="with --mask: what the masked region becomes")
     gen.add_argument("--mask-negative", default="", help="with --mask: the region's negative prompt")
+    gen.add_argument("--texture-sets", type=int, default=0, metavar="N",
+                     help="with --mesh and --mode texture: N texture sets (seeds SEED..SEED+N-1) on the mesh's own "
+                          "UVs, written to OUT as one .glb with KHR_materials_variants")
+    gen.add_argument("--set-prompt", action="append", default=None, metavar="TEXT",
+                     help="with --texture-sets: one prompt per set, in order, instead of the prompt")
     gen.set_defaults(run=cmd_generate)
 
     keys = sub.add_parser("keys", help="create this client's CURVE key pair (NAME.key, NAME.key_secret)")
@@ -198,6 +204,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             mask=mask,
         )
         validate_spec(spec)  # the backend's own first check, here before anything is sent
+        if args.texture_sets:
+            return _texture_sets(client, spec, args)
         job_id = client.submit(spec)
         print(f"job {job_id} queued on {args.backend} (preset {spec.preset})", flush=True)
         try:
@@ -206,6 +214,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
             client.cancel(job_id)
             print(f"\ncancel requested for job {job_id}", file=sys.stderr)
             return 130
+
+
+def _texture_sets(client: BackendClient, spec: JobSpec, args: argparse.Namespace) -> int:
+    """--texture-sets N: N texture-only jobs of the mesh, each followed to its end (OUT.set<i>.glb), then OUT
+    as one .glb holding the N sets as KHR_materials_variants (protocol/variants.py)."""
+    specs = texture_set_specs(spec, args.texture_sets, args.set_prompt)
+    jobs = [client.submit(s) for s in specs]
+    print(f"{len(jobs)} texture sets queued on {args.backend}: {', '.join(jobs)}", flush=True)
+    paths = [args.out.with_name(f"{args.out.stem}.set{i}{args.out.suffix}") for i in range(len(jobs))]
+    for job_id, path in zip(jobs, paths):
+        code = _follow(client, job_id, path)
+        if code:
+            return code
+    names = [f"seed {s.seed}" if args.set_prompt is None else s.prompt for s in specs]
+    _write(args.out, texture_sets_glb([glb_to_mesh(p.read_bytes()) for p in paths], names))
+    print(f"{len(jobs)} texture sets -> {args.out} (KHR_materials_variants: {', '.join(names)})")
+    return 0
 
 
 def _follow(client: BackendClient, job_id: str, out: Path) -> int:
