@@ -22,6 +22,7 @@ from . import (
     properties,
     reporting,
     scene_operators,
+    texture_sets,
 )
 
 _classes = (
@@ -47,6 +48,7 @@ _classes = (
     history.DREAMPOLISH_OT_refresh_history,
     backend_operators.DREAMPOLISH_OT_backend_start,
     backend_operators.DREAMPOLISH_OT_backend_stop,
+    *texture_sets.classes,
     *panel.classes,
 )
 

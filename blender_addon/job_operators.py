@@ -12,7 +12,16 @@ import numpy as np
 from bpy.props import BoolProperty, StringProperty
 from mathutils import Vector
 
-from . import camera_rig, job_request, materials, mesh_io, reference_image, refine_target, stage_choices
+from . import (
+    camera_rig,
+    job_request,
+    materials,
+    mesh_io,
+    reference_image,
+    refine_mask,
+    refine_target,
+    stage_choices,
+)
 from .connection import ensure_connected
 from .job_cache import JobRecord
 from .job_follow import GOING_STATES, follow_paused, job_cache
@@ -231,7 +240,8 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
             if s.refine_mode == "texture" and mesh.uvs is None:
                 report_error(self, f"{obj.name!r} has no UV map: unwrap it, or use Geometry + Texture")
                 return {"CANCELLED"}
-            spec = job_spec(context, s.refine_mode, input_mesh=mesh)
+            mask = refine_mask.request_mask(context, obj, mesh, s.refine_mode)
+            spec = job_spec(context, s.refine_mode, input_mesh=mesh, mask=mask)
         except ProtocolError as exc:
             report_error(self, str(exc))
             return {"CANCELLED"}

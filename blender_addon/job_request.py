@@ -63,8 +63,9 @@ def preset_for(welcome) -> str:
     return chosen or welcome.default_preset
 
 
-def job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
-    """The request; a generate job's cameras are sent about `placement`, where its object will be."""
+def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None) -> JobSpec:
+    """The request; a generate job's cameras are sent about `placement`, where its object will be; `mask`, a
+    refine's (refine_mask.py)."""
     s = context.scene.dreampolish
     plan = planned_stages(mode, s)
     cameras = camera_rig.scene_rig(context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views))
@@ -87,6 +88,7 @@ def job_spec(context, mode: str, input_mesh=None, placement=None) -> JobSpec:
         cameras=cameras,  # the active camera first: the reference view, and the image's view
         input_mesh=input_mesh,
         image=None if picture is None else reference_image.reference_payload(picture, backend_limits()),
+        mask=mask,
     )
     # The backend's own first check, before anything is sent (an empty preset, still connecting, is the
     # backend's default once it has answered).
@@ -174,13 +176,13 @@ def submit(context, spec: JobSpec, record: JobRecord) -> set[str]:
     return {"FINISHED"}
 
 
-def submit_variants(context, jobs: list[tuple[JobSpec, JobRecord]]) -> set[str]:
-    """Queue the seed variants' submits as one request: a refusal (e.g. queue_full) after the first
-    leaves those queued so far going."""
+def submit_variants(context, jobs: list[tuple[JobSpec, JobRecord]], what: str = "variants") -> set[str]:
+    """Queue the seed variants' submits (or texture sets': `what`) as one request: a refusal (e.g. queue_full)
+    after the first leaves those queued so far going."""
     global _submitting
     rt = context.window_manager.dreampolish
     rt.job_state = "submitting"
-    rt.message = f"Submitting {len(jobs)} variants…"
+    rt.message = f"Submitting {len(jobs)} {what}…"
 
     def submit_flow(client):
         answers = []
@@ -203,9 +205,10 @@ def submit_variants(context, jobs: list[tuple[JobSpec, JobRecord]]) -> set[str]:
             cache.save_record(record)
             follow(rt, job_id, "queued")  # the last one stays the job shown in full; all are followed
         refresh_history(rt)
-        rt.message = f"{len(answers)} variants queued: pick one when they pause"
+        rt.message = (f"{len(answers)} variants queued: pick one when they pause" if what == "variants" else
+                      f"{len(answers)} {what} queued")
         if refused:
-            rt.message = f"Only {len(answers)} variants queued; the next was refused: {refused}"
+            rt.message = f"Only {len(answers)} {what} queued; the next was refused: {refused}"
 
     _submitting = bridge.request("Submit variants", submit_flow, on_reply=submitted, on_error=_submit_failed)
     return {"FINISHED"}

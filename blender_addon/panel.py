@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import stage_choices
+from . import refine_mask, stage_choices, texture_sets
 from .progress import format_eta
 from .reference_image import chosen_image
 
@@ -128,7 +128,9 @@ class DREAMPOLISH_PT_refine(_DreamPolishPanel, bpy.types.Panel):
         layout.prop(s, "refine_mode", expand=True)
         if s.refine_mode == "texture":
             layout.prop(s, "texture_faces")
+        refine_mask.draw(layout, context)
         layout.operator("dreampolish.refine_selected", icon="MODIFIER")
+        texture_sets.draw(layout, context)
         layout.operator("dreampolish.bake_to_material", icon="MATERIAL")
         layout.operator("dreampolish.export_glb", icon="EXPORT")
 

@@ -163,6 +163,23 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
         ],
         default="geometry",
     )
+    # -- a masked refine (refine_mask.py): a vertex group of the selected mesh, its border and prompts
+    mask_group: StringProperty(
+        name="Mask", description="Refine only this vertex group of the selected mesh (assign it in Edit Mode or "
+        "paint it in Weight Paint); empty refines the whole object. Outside the group and its border nothing "
+        "changes", default="")
+    mask_feather: FloatProperty(
+        name="Border", description="Width of the border around the mask where the change fades out (0: a hard "
+        "edge); at most the object's size", default=0.0, min=0.0, soft_max=1.0, subtype="DISTANCE", unit="LENGTH")
+    mask_prompt: StringProperty(
+        name="Region Prompt", description="What the masked region becomes (e.g. 'worn brass'); empty uses the "
+        "prompt", default="")
+    mask_negative_prompt: StringProperty(
+        name="Region Negative", description="What the masked region should not become; empty uses the negative "
+        "prompt", default="")
+    texture_sets: IntProperty(
+        name="Texture Sets", description="How many texture sets Texture Sets makes (seeds Seed, Seed + 1, …)",
+        default=3, min=2, max=8)
     texture_faces: EnumProperty(
         name="Texture Faces", description="Which faces show a Texture Only refine's texture",
         items=[

@@ -103,7 +103,10 @@ def backend_process(*extra_args: str, pipeline: str | None = TEST_PIPELINE,
     own_store = store is None
     store = Path(tempfile.mkdtemp(prefix="dreampolish-store-")) if store is None else store
     store.mkdir(parents=True, exist_ok=True)
-    backend_env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    # The repository first (tests.support), then any import root the caller set (a checkout whose package is
+    # not the installed one): the backend runs the same code as the tests that started it.
+    backend_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p))
     backend_env.pop("BLENDER_USER_RESOURCES", None)
     if pipeline is None:
         ensure_tiny_models()

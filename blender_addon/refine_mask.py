@@ -1,0 +1,103 @@
+"""Refine Selected on part of an object: the mask is a vertex group of the selected mesh (assigned in Edit
+Mode, or painted in Weight Paint), sent as one weight per vertex with the mesh, with a feathered border and
+the region's own prompt (protocol/refine_mask.py). A masked Texture Only refine sends the object's own
+base-colour image too: the backend repaints it inside the mask and returns every other texel as it was.
+
+Every check here runs before anything is sent and changes nothing of the object: a group that is gone or
+names no vertex, a mask on an object that is not a mesh, a border wider than the object (validate_spec), a
+masked Texture Only refine of an object without an image texture on its base colour."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+from .protocol.errors import ValidationError
+from .protocol.gltf import png_file
+from .protocol.refine_mask import RefineMask
+from .protocol.scene import MeshPayload, TexturePayload
+
+
+def draw(layout, context) -> None:
+    """The mask's rows of the Refine panel: the vertex group, and with one its border and prompts."""
+    s = context.scene.dreampolish
+    obj = context.active_object
+    if obj is None or obj.type != "MESH":
+        layout.label(text="Mask: select a mesh (a vertex group of it)", icon="INFO")
+        return
+    layout.prop_search(s, "mask_group", obj, "vertex_groups", text="Mask")
+    if s.mask_group:
+        col = layout.column(align=True)
+        col.prop(s, "mask_feather")
+        col.prop(s, "mask_prompt")
+        col.prop(s, "mask_negative_prompt")
+
+
+def group_weights(obj: bpy.types.Object, depsgraph, name: str) -> np.ndarray:
+    """float32 [V]: the weight of every vertex of the object's mesh as sent (modifiers evaluated, the order
+    mesh_io.payload_from_object sends) in vertex group `name`; 0 where a vertex is not in it."""
+    group = obj.vertex_groups.get(name)
+    if group is None:
+        raise ValidationError(f"{obj.name!r} has no vertex group {name!r} (renamed or deleted?): pick the mask's "
+                              "group again in the Refine panel, or clear Mask")
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        weights = np.zeros(len(mesh.vertices), np.float32)
+        index = group.index
+        for v in mesh.vertices:
+            for g in v.groups:
+                if g.group == index:
+                    weights[v.index] = g.weight
+    finally:
+        evaluated.to_mesh_clear()
+    if not np.any(weights > 0):
+        raise ValidationError(f"vertex group {name!r} of {obj.name!r} names no vertex with a weight above 0: assign "
+                              "vertices to it (Edit Mode, Object Data > Vertex Groups > Assign) or paint it in "
+                              "Weight Paint, then refine")
+    return weights
+
+
+def base_color_image(obj: bpy.types.Object) -> bpy.types.Image | None:
+    """The image of the Image Texture node that feeds the Principled BSDF's Base Color of the object's active
+    material, or None."""
+    mat = obj.active_material
+    if mat is None or not mat.use_nodes or mat.node_tree is None:
+        return None
+    for node in mat.node_tree.nodes:
+        if node.type == "BSDF_PRINCIPLED":
+            links = node.inputs["Base Color"].links
+            if links and links[0].from_node.type == "TEX_IMAGE" and links[0].from_node.image is not None:
+                return links[0].from_node.image
+    return None
+
+
+def image_texture(image: bpy.types.Image) -> TexturePayload:
+    """The image's texels as an 8-bit PNG, row 0 at the top: the bytes an 8-bit image holds, unchanged."""
+    w, h = image.size
+    if w == 0 or h == 0:
+        raise ValidationError(f"image {image.name!r} has no pixels (a missing file?): reload it, or refine without "
+                              "a mask")
+    pixels = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    rgba = np.clip(np.round(pixels.reshape(h, w, 4)[::-1] * 255.0), 0, 255).astype(np.uint8)
+    return TexturePayload("base_color", png=png_file(np.ascontiguousarray(rgba[..., :3])))
+
+
+def request_mask(context, obj: bpy.types.Object, mesh: MeshPayload, mode: str) -> RefineMask | None:
+    """The panel's mask for a refine of `obj` sent as `mesh` (None without one); a masked Texture Only refine
+    gets the object's base-colour image added to `mesh`. ValidationError says what is wrong."""
+    s = context.scene.dreampolish
+    if not s.mask_group:
+        return None
+    if obj is None or obj.type != "MESH":
+        raise ValidationError("a mask is a vertex group of a mesh: select the mesh to refine, or clear Mask")
+    weights = group_weights(obj, context.evaluated_depsgraph_get(), s.mask_group)
+    if mode == "texture":
+        image = base_color_image(obj)
+        if image is None:
+            raise ValidationError(f"a masked Texture Only refine repaints {obj.name!r}'s texture inside the mask: "
+                                  "give its material an Image Texture on Base Color, or use Geometry + Texture")
+        mesh.textures = [t for t in mesh.textures if t.role != "base_color"] + [image_texture(image)]
+    return RefineMask(weights, feather=float(s.mask_feather), prompt=s.mask_prompt,
+                      negative_prompt=s.mask_negative_prompt)

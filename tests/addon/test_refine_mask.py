@@ -1,0 +1,61 @@
+"""Refine Selected on a vertex group (a masked refine) through the panel, against the real pipeline at the tiny
+preset: only the group and its border change; each bad mask is refused before anything is sent, the object
+untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.support.addon_jobs import rt
+from tests.support.blender_box import base_color_image, image_texels, textured_box
+from tests.support.blender_env import bpy, pump
+from tests.support.masked_mesh import half_regions
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_masked_texture_refine_repaints_only_the_vertex_group(addon, connected_tiny):
+    obj, _ = textured_box(addon)
+    sent = addon.mesh_io.payload_from_object(obj, bpy.context.evaluated_depsgraph_get())
+    kept = half_regions(sent.vertices, sent.faces, sent.uvs, 0.0, 0.1)  # from the mesh as the add-on sends it
+    before = image_texels(base_color_image(obj))
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt, s.texture_faces = "texture", "a box", "ACTIVE_SLOT"
+    s.mask_group, s.mask_feather, s.mask_prompt = "Half", 0.1, "a blue box"
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: rt().job_state in ("done", "failed"), timeout_s=180, what="the masked texture job")
+    assert rt().job_state == "done", rt().message
+    after = image_texels(base_color_image(obj))
+    assert after.shape == before.shape
+    np.testing.assert_array_equal(after[kept.kept_texels], before[kept.kept_texels])
+    assert (after != before).any(-1)[kept.masked_texels].mean() > 0.9
+    assert len(obj.data.vertices) == len(sent.vertices)
+
+
+@pytest.mark.parametrize(("setup", "says"), [
+    ("empty group", "names no vertex with a weight above 0"),
+    ("gone group", "has no vertex group 'Gone'"),
+    ("wide border", "is wider than the object"),
+    ("no image", "give its material an Image Texture on Base Color"),
+])
+def test_a_bad_mask_is_refused_in_the_panel_and_changes_nothing(addon, connected_tiny, setup, says):
+    obj, _ = textured_box(addon)
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt, s.mask_group, s.mask_feather = "texture", "a box", "Half", 0.0
+    if setup == "empty group":
+        s.mask_group = "Nothing"
+    elif setup == "gone group":
+        s.mask_group = "Gone"
+    elif setup == "wide border":
+        s.mask_feather = 5.0
+    else:
+        obj.data.materials.clear()
+    vertices = np.array([v.co[:] for v in obj.data.vertices])
+    groups = [g.name for g in obj.vertex_groups]
+    jobs_before = rt().job_id
+    with pytest.raises(RuntimeError, match=says):
+        bpy.ops.dreampolish.refine_selected()
+    assert rt().job_id == jobs_before and rt().job_state != "submitting", "nothing was sent"
+    np.testing.assert_array_equal(np.array([v.co[:] for v in obj.data.vertices]), vertices)
+    assert [g.name for g in obj.vertex_groups] == groups and obj.get("dreampolish_refine_target") is None
