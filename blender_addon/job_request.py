@@ -17,6 +17,7 @@ from .protocol.client import RequestRejected
 from .protocol.errors import ValidationError
 from .protocol.job import JobSpec, parse_options, validate_spec
 from .protocol.limits import Limits
+from .protocol.refine_mask import masked_chain
 from .reporting import button_request_failed, runtime
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None) -> 
     refine's (refine_mask.py)."""
     s = context.scene.dreampolish
     plan = planned_stages(mode, s)
+    if mask is not None and plan is not None:  # a masked refine skips the stages that re-mesh
+        if not masked_chain(plan):
+            raise ValidationError(f"a masked refine keeps the mesh and does not run {', '.join(plan)}: set Run Up "
+                                  "To to a later stage, or clear Mask")
+        plan = masked_chain(plan)
     cameras = camera_rig.scene_rig(context.scene, s.camera_collection, camera_rig.OrbitSettings(views=s.orbit_views))
     if placement is not None:
         cameras = camera_rig.rig_about(cameras, placement)
@@ -81,7 +87,8 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None) -> 
         stages=plan,
         # A pause after the last stage run would never be resumed into anything.
         pause_after=[] if plan is None and not s.pause_after_names else
-        [st for st in (plan or stage_choices.mode_chain(mode))[:-1] if st in s.pause_after],
+        [st for st in (plan or stage_choices.mode_chain(mode))[:-1] if st in s.pause_after
+         and (mask is None or st in masked_chain([st]))],
         # The object's size (camera_rig.placement_options) goes with its placement; the artist's overrides win.
         options={**({} if placement is None else camera_rig.placement_options(context.scene, placement)),
                  **parse_overrides(s.overrides)},
@@ -126,7 +133,8 @@ def job_record(spec: JobSpec, target_object: str = "", placement=None, variant_g
     return JobRecord(job_id="", prompt=spec.prompt, seed=spec.seed, preset=spec.preset,
                      mode=spec.mode, target_object=target_object,
                      placement=[0.0, 0.0, 0.0] if placement is None else [float(x) for x in placement],
-                     plan=list(spec.stages) if spec.stages else _announced_chain(spec.mode),
+                     plan=list(spec.stages) if spec.stages else (
+                         _announced_chain(spec.mode) if spec.mask is None else masked_chain(_announced_chain(spec.mode))),
                      variant_group=variant_group)
 
 
@@ -150,7 +158,8 @@ def _with_default_preset(client, spec: JobSpec, record: JobRecord) -> None:
     if not spec.preset and client.welcome is not None:
         spec.preset = record.preset = client.welcome.default_preset
     if not record.plan and client.welcome is not None:
-        record.plan = list(client.welcome.stage_chains.get(spec.mode, []))
+        chain = list(client.welcome.stage_chains.get(spec.mode, []))
+        record.plan = chain if spec.mask is None else masked_chain(chain)
 
 
 def submit(context, spec: JobSpec, record: JobRecord) -> set[str]:

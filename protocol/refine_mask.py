@@ -23,6 +23,15 @@ from .scene import MeshPayload, object_to_world
 MASK_MODES: tuple[str, ...] = ("geometry", "texture")
 """The job modes a mask applies to (the refines)."""
 
+REMESHING_STAGES: tuple[str, ...] = ("dmtet",)
+"""The stages of a mode's chain (welcome.stage_chains) that a masked job leaves out: they make a new mesh, and a
+masked refine keeps the input's topology (the backend's runners that re-mesh; a test holds the two equal)."""
+
+
+def masked_chain(chain: list[str]) -> list[str]:
+    """A mode's announced chain as a masked job runs it."""
+    return [s for s in chain if s not in REMESHING_STAGES]
+
 
 @dataclass
 class RefineMask:

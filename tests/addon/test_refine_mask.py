@@ -59,3 +59,28 @@ def test_a_bad_mask_is_refused_in_the_panel_and_changes_nothing(addon, connected
     assert rt().job_id == jobs_before and rt().job_state != "submitting", "nothing was sent"
     np.testing.assert_array_equal(np.array([v.co[:] for v in obj.data.vertices]), vertices)
     assert [g.name for g in obj.vertex_groups] == groups and obj.get("dreampolish_refine_target") is None
+
+
+def test_a_masked_geometry_refine_moves_only_the_group_and_takes_the_objects_place(addon, connected_tiny):
+    obj, regions = textured_box(addon)
+    before = np.array([v.co[:] for v in obj.data.vertices], np.float32)
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt, s.mask_group, s.mask_feather = "geometry", "a box", "Half", 0.1
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: rt().job_state in ("done", "failed"), timeout_s=180, what="the masked geometry job")
+    assert rt().job_state == "done", rt().message
+    assert addon.job_follow.job_cache().load_record(rt().job_id).plan == ["polish", "texture"]
+    result = bpy.context.view_layer.objects.active
+    after = np.array([v.co[:] for v in result.data.vertices], np.float32)
+    assert after.shape == before.shape, "the object's own topology: no re-meshing"
+    np.testing.assert_array_equal(after[regions.kept_vertices], before[regions.kept_vertices])
+    assert (np.abs(after - before).max(1) > 0)[regions.weights > 0].mean() > 0.9
+
+
+def test_a_mask_needs_a_mesh_selected(addon, connected_tiny):
+    bpy.ops.object.empty_add()
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt, s.mask_group = "texture", "a box", "Half"
+    assert not bpy.ops.dreampolish.refine_selected.poll()
+    with pytest.raises(RuntimeError, match="is a empty, not a mesh"):
+        bpy.ops.dreampolish.refine_selected()

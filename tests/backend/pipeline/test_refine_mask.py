@@ -11,6 +11,7 @@ import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.refine_mask import REMESHING_STAGES, masked_chain
 
 from tests.support.masked_mesh import masked_box, texels
 from tests.support.recording import RecordingContext
@@ -66,3 +67,13 @@ def test_a_masked_refine_names_no_remeshing_stage():
     with pytest.raises(ValidationError, match="'dmtet' in stages is not part of a masked 'geometry' job"):
         DreamPolishPipeline().check(spec)
     assert DreamPolishPipeline().stage_plan(dataclasses.replace(spec, stages=None)) == ["polish", "texture", "export"]
+
+
+def test_the_stages_a_masked_job_leaves_out_are_the_protocols_list():
+    pipeline = DreamPolishPipeline()
+    assert sorted(r.name for r in pipeline.runners if r.remeshes) == sorted(REMESHING_STAGES)
+    box = masked_box()
+    for mode in ("geometry", "texture"):
+        spec = JobSpec(prompt="a box", preset="tiny", mode=mode, input_mesh=box.payload, mask=box.mask)
+        chain = pipeline.stage_chains()[mode]
+        assert [s for s in pipeline.stage_plan(spec) if s in chain] == masked_chain(chain)
