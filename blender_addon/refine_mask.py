@@ -1,7 +1,8 @@
 """Refine Selected on part of an object: the mask is a vertex group of the selected mesh (assigned in Edit
 Mode, or painted in Weight Paint), sent as one weight per vertex with the mesh, with a feathered border and
-the region's own prompt (protocol/refine_mask.py). A masked Texture Only refine sends the object's own
-base-colour image too: the backend repaints it inside the mask and returns every other texel as it was.
+the region's own prompt (protocol/refine_mask.py). A masked refine sends the object's own base-colour image too
+(Texture Only needs one; Geometry + Texture sends it when there is one): the backend repaints it inside the
+mask and returns every other texel as it was.
 
 Every check here runs before anything is sent and changes nothing of the object: a group that is gone or
 names no vertex, a mask on an object that is not a mesh, a border wider than the object (validate_spec), a
@@ -93,11 +94,11 @@ def request_mask(context, obj: bpy.types.Object, mesh: MeshPayload, mode: str) -
     if obj is None or obj.type != "MESH":
         raise ValidationError("a mask is a vertex group of a mesh: select the mesh to refine, or clear Mask")
     weights = group_weights(obj, context.evaluated_depsgraph_get(), s.mask_group)
-    if mode == "texture":
-        image = base_color_image(obj)
-        if image is None:
-            raise ValidationError(f"a masked Texture Only refine repaints {obj.name!r}'s texture inside the mask: "
-                                  "give its material an Image Texture on Base Color, or use Geometry + Texture")
+    image = base_color_image(obj) if mesh.uvs is not None else None
+    if mode == "texture" and image is None:
+        raise ValidationError(f"a masked Texture Only refine repaints {obj.name!r}'s texture inside the mask: "
+                              "give its material an Image Texture on Base Color, or use Geometry + Texture")
+    if image is not None:  # a masked geometry refine keeps the texture outside the mask too, when there is one
         mesh.textures = [t for t in mesh.textures if t.role != "base_color"] + [image_texture(image)]
     return RefineMask(weights, feather=float(s.mask_feather), prompt=s.mask_prompt,
                       negative_prompt=s.mask_negative_prompt)

@@ -47,6 +47,22 @@ def _option(text: str) -> tuple[str, bool | int | float | str]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _add_part_options(gen: argparse.ArgumentParser) -> None:
+    """generate's options for refining part of a mesh (--mask) and for texture sets (--texture-sets)."""
+    gen.add_argument("--mask", type=Path, default=None, metavar="WEIGHTS.npy",
+                     help="refine only part of --mesh: a float32 .npy of one weight in [0, 1] per vertex of the "
+                          "GLB's first mesh, in its POSITION order (its primitives one after another)")
+    gen.add_argument("--feather", type=float, default=0.0, metavar="WIDTH",
+                     help="with --mask: the border where the change fades out, in the mesh's units (default 0)")
+    gen.add_argument("--mask-prompt", default="", help="with --mask: what the masked region becomes")
+    gen.add_argument("--mask-negative", default="", help="with --mask: the region's negative prompt")
+    gen.add_argument("--texture-sets", type=int, default=0, metavar="N",
+                     help="with --mesh and --mode texture: N texture sets (seeds SEED..SEED+N-1) on the mesh's own "
+                          "UVs, written to OUT as one .glb with KHR_materials_variants")
+    gen.add_argument("--set-prompt", action="append", default=None, metavar="TEXT",
+                     help="with --texture-sets: one prompt per set, in order, instead of the prompt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -90,18 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run only these stages (e.g. nerf; the backend's welcome lists its stages)")
     gen.add_argument("--pause-after", action="append", default=[], metavar="STAGE", help="stage gate")
     gen.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE")
-    gen.add_argument("--mask", type=Path, default=None, metavar="WEIGHTS.npy",
-                     help="refine only part of --mesh: a float32 .npy of one weight in [0, 1] per vertex of the "
-                          "GLB's first mesh, in its POSITION order (its primitives one after another)")
-    gen.add_argument("--feather", type=float, default=0.0, metavar="WIDTH",
-                     help="with --mask: the border where the change fades out, in the mesh's units (default 0)")
-    gen.add_argument("--mask-prompt", default="", help="with --mask: what the masked region becomes")
-    gen.add_argument("--mask-negative", default="", help="with --mask: the region's negative prompt")
-    gen.add_argument("--texture-sets", type=int, default=0, metavar="N",
-                     help="with --mesh and --mode texture: N texture sets (seeds SEED..SEED+N-1) on the mesh's own "
-                          "UVs, written to OUT as one .glb with KHR_materials_variants")
-    gen.add_argument("--set-prompt", action="append", default=None, metavar="TEXT",
-                     help="with --texture-sets: one prompt per set, in order, instead of the prompt")
+    _add_part_options(gen)
     gen.set_defaults(run=cmd_generate)
 
     keys = sub.add_parser("keys", help="create this client's CURVE key pair (NAME.key, NAME.key_secret)")

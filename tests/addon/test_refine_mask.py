@@ -75,6 +75,12 @@ def test_a_masked_geometry_refine_moves_only_the_group_and_takes_the_objects_pla
     assert after.shape == before.shape, "the object's own topology: no re-meshing"
     np.testing.assert_array_equal(after[regions.kept_vertices], before[regions.kept_vertices])
     assert (np.abs(after - before).max(1) > 0)[regions.weights > 0].mean() > 0.9
+    # the object's own texture came along: outside the mask and its border its texels are the input's
+    sent_texels = image_texels(bpy.data.images["Paint"])
+    ours = next(m for m in result.data.materials if m is not None and m.get("dreampolish_job") == rt().job_id)
+    bsdf = next(n for n in ours.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    got = image_texels(bsdf.inputs["Base Color"].links[0].from_node.image)
+    np.testing.assert_array_equal(got[regions.kept_texels], sent_texels[regions.kept_texels])
 
 
 def test_a_mask_needs_a_mesh_selected(addon, connected_tiny):
