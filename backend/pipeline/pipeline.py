@@ -262,7 +262,16 @@ class DreamPolishPipeline:
             return
         # The edit is vertices plus their object-to-world transform (protocol/README.md, mesh): placed in
         # the world by it, then taken into the job's frame, where the stages work.
-        edited = edited.validate(require_faces=True).in_frame(job.frame.transform)
+        edited = edited.validate(require_faces=True)
+        source = job.spec.input_mesh
+        if job.spec.mask is not None and source is not None and (edited.vertices.shape, edited.faces.shape) != (
+                source.vertices.shape, source.faces.shape):
+            # the mask weighs the input's vertices, and the result is the input's own arrays outside it
+            raise ValidationError(f"a masked refine keeps the input's topology: the edited mesh has "
+                                  f"{edited.num_vertices} vertices and {edited.num_faces} faces where the input "
+                                  f"had {source.num_vertices} and {source.num_faces}; move vertices, do not add or "
+                                  "delete them")
+        edited = edited.in_frame(job.frame.transform)
         carry.mesh = TriMesh.from_payload(edited, apply_transform=False, device=job.device)
         carry.geometry = None  # the next stage starts from the edited mesh, not from the old state
         if carry.payload is not None:

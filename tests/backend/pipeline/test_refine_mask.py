@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
+from dreampolish.backend.pipeline_api import ResumePoint
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.refine_mask import REMESHING_STAGES, masked_chain
@@ -77,3 +78,20 @@ def test_the_stages_a_masked_job_leaves_out_are_the_protocols_list():
         spec = JobSpec(prompt="a box", preset="tiny", mode=mode, input_mesh=box.payload, mask=box.mask)
         chain = pipeline.stage_chains()[mode]
         assert [s for s in pipeline.stage_plan(spec) if s in chain] == masked_chain(chain)
+
+
+def test_a_masked_job_resumes_from_an_edit_of_its_topology_and_refuses_another(tmp_path):
+    box = masked_box()
+    spec = JobSpec(prompt="a box", preset="tiny", mode="geometry", input_mesh=box.payload, mask=box.mask,
+                   pause_after=["polish"])
+    pipeline = DreamPolishPipeline()
+    first = RecordingContext(tmp_path)
+    assert pipeline.run(spec, first).paused_after == "polish"
+    polished = first.result("polish")
+    grown = dataclasses.replace(polished, vertices=np.concatenate([polished.vertices, polished.vertices[:1]]),
+                                normals=None)
+    with pytest.raises(ValidationError, match="keeps the input's topology: the edited mesh has 99 vertices"):
+        pipeline.run(spec, RecordingContext(tmp_path), ResumePoint(edited_mesh=grown))
+    second = RecordingContext(tmp_path)
+    assert pipeline.run(spec, second, ResumePoint(edited_mesh=polished)).paused_after is None
+    _assert_kept(second.result("texture"), box)
