@@ -26,6 +26,7 @@ LONGEST_FIRST = (
     "ray-clusters",
     "tests/backend/geometry/test_hashgrid_triton.py",
     "tests/backend/commands/test_dryrun.py",
+    "tests/backend/micro/test_micro_masked_refine.py",
     "tests/backend/micro/test_micro_models.py",
     "tests/backend/commands/test_projected_time.py",
 )
