@@ -35,6 +35,7 @@ from .image import PNG_SIGNATURE, ReferenceImage
 from .job import JOB_MODES, JobSpec, parse_option, validate_spec
 from .refine_mask import RefineMask, check_mask
 from .scene import MeshPayload
+from .udim import face_tiles
 from .variants import texture_set_specs, texture_sets_glb
 
 DEFAULT_BACKEND = "tcp://127.0.0.1:5557"
@@ -56,6 +57,9 @@ def _add_part_options(gen: argparse.ArgumentParser) -> None:
                      help="with --mask: the border where the change fades out, in the mesh's units (default 0)")
     gen.add_argument("--mask-prompt", default="", help="with --mask: what the masked region becomes")
     gen.add_argument("--mask-negative", default="", help="with --mask: the region's negative prompt")
+    gen.add_argument("--udim", default="", metavar="TILES",
+                     help="with --mesh and --mode texture: the UDIM tiles its UVs span (e.g. 1001,1002; 'auto': "
+                          "those its faces lie in); one image per tile, OUT.base_color.<tile>.png")
     gen.add_argument("--texture-sets", type=int, default=0, metavar="N",
                      help="with --mesh and --mode texture: N texture sets (seeds SEED..SEED+N-1) on the mesh's own "
                           "UVs, written to OUT as one .glb with KHR_materials_variants")
@@ -189,11 +193,26 @@ def _read_mask(args: argparse.Namespace, mode: str, mesh: MeshPayload | None) ->
     return mask
 
 
+def _udim_tiles(text: str, mesh: MeshPayload | None) -> list[int]:
+    """--udim: "1001,1002" -> [1001, 1002]; "auto": the tiles the mesh's faces lie in."""
+    if not text:
+        return []
+    if text == "auto":
+        if mesh is None or mesh.uvs is None:
+            raise ValidationError("--udim auto needs --mesh with UVs")
+        return sorted(set(face_tiles(mesh.uvs).tolist()))
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ValidationError(f"--udim {text!r} must be tile numbers separated by commas, or auto") from exc
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     mesh = glb_to_mesh(args.mesh.read_bytes()) if args.mesh else None
     mode = args.mode or ("geometry" if mesh is not None else "generate")
     image = _read_image(args.image)
     mask = _read_mask(args, mode, mesh)
+    udim_tiles = _udim_tiles(args.udim, mesh)
     with _client(args) as client:
         spec = JobSpec(
             prompt=args.prompt,
@@ -207,6 +226,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             input_mesh=mesh,
             image=image,
             mask=mask,
+            udim_tiles=udim_tiles,
         )
         validate_spec(spec)  # the backend's own first check, here before anything is sent
         if args.texture_sets:
@@ -275,6 +295,9 @@ def _follow(client: BackendClient, job_id: str, out: Path) -> int:
                 print(f"job {job_id} finished without a mesh", file=sys.stderr)
                 return 1
             _write(out, mesh_to_glb(last.mesh, name="DreamPolish"))
+            for tile in (t for t in last.mesh.textures if t.tile and t.png is not None):
+                # the UDIM tiles the .glb cannot hold, named as Blender finds a tiled image's files
+                _write(out.with_name(f"{out.stem}.{tile.role}.{tile.tile}.png"), tile.png)
             print(f"done: {out}")
     return 0
 

@@ -226,6 +226,9 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
     }
     material: dict[str, Any] = {"name": f"{name}_material", "pbrMetallicRoughness": pbr}
     for tex in mesh.textures:
+        if tex.tile:  # glTF has no UDIM tiles (a texture covers the 0-1 square, repeated): mesh and UVs only
+            log.info("the UDIM tile %d's %s map is left out of the .glb", tex.tile, tex.role)
+            continue
         if tex.role == "normal" and uvs is None:
             log.info("the normal map is left out: a mesh without UVs has no tangent frame for it")
             continue

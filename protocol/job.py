@@ -16,6 +16,7 @@ from .image import ReferenceImage
 from .limits import LIMITS
 from .refine_mask import RefineMask, check_mask
 from .scene import CameraSpec, MeshPayload, object_to_world
+from .udim import check_udim_tiles
 
 MAX_STAGES = 32
 """Most stages in one mode's chain: the bound of a stage index and of a request's stage lists."""
@@ -64,6 +65,9 @@ class JobSpec:
     image: ReferenceImage | None = None
     """The artist's picture as the reference view (generate mode): seen from cameras[reference_camera]
     (or the default front camera); the reference stage prepares it instead of making one from the prompt."""
+    udim_tiles: list[int] = field(default_factory=list)
+    """Texture-only refines of a mesh whose UVs span UDIM tiles: the tiles (1001..1100) it is textured on, one
+    base-colour map each (udim.py); empty: the UV square 0-1."""
     mask: RefineMask | None = None
     """A masked refine (refine_mask.py): per-vertex weights of input_mesh, a feathered border and the region's
     own prompt; outside mask and border the result is the input, bit for bit."""
@@ -166,6 +170,8 @@ def validate_spec(spec: JobSpec) -> JobSpec:
     _check_image(spec)
     _check_input_mesh(spec)
     check_mask(spec.mode, spec.mask, spec.input_mesh)
+    check_udim_tiles(spec.mode, list(spec.udim_tiles), None if spec.input_mesh is None else spec.input_mesh.uvs,
+                     spec.mask is not None)
     return spec
 
 

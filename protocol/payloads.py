@@ -36,18 +36,19 @@ from .limits import LIMITS
 from .mask_wire import mask_from_wire, mask_to_wire
 from .names import check_file_name
 from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload
+from .udim import check_tile
 from .wire_types import wire_type
 
 # The fields of each payload map, as a request may carry them: the backend refuses any other field in a
 # request (refuse_unknown_fields); replies and events are read leniently, so that a backend of a later
 # minor version may add fields.
-TEXTURE_FIELDS = ("role", "png", "array")
+TEXTURE_FIELDS = ("role", "png", "array", "tile")
 MESH_FIELDS = ("vertices", "faces", "uvs", "normals", "colors", "transform", "textures")
 CAMERA_FIELDS = ("matrix_world", "lens_mm", "sensor_width_mm", "sensor_height_mm", "sensor_fit", "resolution",
                  "shift", "name")
 IMAGE_FIELDS = ("png", "array")
 SPEC_FIELDS = ("prompt", "negative_prompt", "seed", "preset", "mode", "stages", "pause_after", "options", "cameras",
-               "reference_camera", "input_mesh", "image", "mask")
+               "reference_camera", "input_mesh", "image", "mask", "udim_tiles")
 
 
 def refuse_unknown_mesh_fields(d: object, where: str) -> None:
@@ -82,6 +83,8 @@ def texture_to_wire(t: TexturePayload, w: FrameWriter) -> dict[str, Any]:
         out["png"] = w.blob(t.png)
     if t.array is not None:
         out["array"] = w.array(t.array)
+    if t.tile:
+        out["tile"] = int(t.tile)
     return out
 
 
@@ -93,7 +96,7 @@ def texture_from_wire(d: object, r: FrameReader) -> TexturePayload:
         raise ValidationError(f"texture role must be one of {TEXTURE_ROLES}, got {role!r}")
     png = r.blob(d["png"], f"texture {role!r} png") if d.get("png") is not None else None
     array = r.array(d["array"], f"texture {role!r} array") if d.get("array") is not None else None
-    return TexturePayload(role=role, png=png, array=array).validate()
+    return TexturePayload(role=role, png=png, array=array, tile=read_int(d, "tile", 0)).validate()
 
 
 def mesh_to_wire(m: MeshPayload, w: FrameWriter) -> dict[str, Any]:
@@ -202,6 +205,8 @@ def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
         out["image"] = image_to_wire(s.image, w)
     if s.mask is not None:
         out["mask"] = mask_to_wire(s.mask, w)
+    if s.udim_tiles:
+        out["udim_tiles"] = [int(t) for t in s.udim_tiles]
     return out
 
 
@@ -242,6 +247,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
         input_mesh=input_mesh,
         image=image,
         mask=mask,
+        udim_tiles=[check_tile(t, "spec.udim_tiles[]") for t in read_list(d, "udim_tiles", [], max_items=100)],
     )
 
 

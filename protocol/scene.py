@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import ValidationError
 from .limits import LIMITS
+from .udim import check_tile
 from .wire_types import wire_type
 
 SensorFit = Literal["AUTO", "HORIZONTAL", "VERTICAL"]
@@ -108,10 +109,14 @@ class TexturePayload:
     png: bytes | None = None
     array: np.ndarray | None = None
     """float16/float32 (H,W,C) in linear values, where precision matters (normal maps)."""
+    tile: int = 0
+    """0: the map covers the UV square 0-1; 1001..1100: the UDIM tile it covers (udim.py)."""
 
     def validate(self) -> TexturePayload:
         if self.role not in TEXTURE_ROLES:
             raise ValidationError(f"texture role must be one of {TEXTURE_ROLES}, got {self.role!r}")
+        if self.tile != 0:
+            check_tile(self.tile, f"texture {self.role!r} tile")
         if (self.png is None) == (self.array is None):
             raise ValidationError(f"texture {self.role!r} needs exactly one of png or array")
         if self.png is not None:

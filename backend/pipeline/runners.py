@@ -31,6 +31,7 @@ from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
 from ..stages.texture import BakedTexture, bake_texture, inherits_colours, run_texture
+from ..udim_bake import bake_tiles
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext
 from .frame import reference_as_seen
@@ -227,6 +228,13 @@ class TextureRunner(StageRunner):
                                 generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
         finally:
             guidance.release()
+        if c.spec.udim_tiles:  # one map per UDIM tile, on the input's own UVs
+            textures = bake_tiles(mesh.vertices.detach().cpu().numpy(), c.spec.input_mesh.faces.astype(np.int64),
+                                  c.spec.input_mesh.uvs, list(c.spec.udim_tiles), state.colors_at,
+                                  c.preset.texture.atlas_size, c.preset.texture.dilation_texels or None)
+            c.carry.payload = self._input_payload(c, mesh, None, textures)
+            return {"mesh": mesh_to_ckpt(mesh), "payload": payload_to_ckpt(c.carry.payload),
+                    "field": state.state_dict()}
         if refine_mask.repaints(c.spec):  # the input's own map, repainted inside the mask only
             c.carry.payload = refine_mask.repainted_payload(c.spec, c.frame.transform, mesh, state.colors_at)
             return {"mesh": mesh_to_ckpt(c.carry.mesh if c.carry.mesh is not None else mesh),
@@ -274,7 +282,7 @@ class TextureRunner(StageRunner):
         return mesh
 
     @staticmethod
-    def _input_payload(c: StageContext, mesh: TriMesh, baked: BakedTexture, textures: list) -> MeshPayload:
+    def _input_payload(c: StageContext, mesh: TriMesh, baked: BakedTexture | None, textures: list) -> MeshPayload:
         """Texture only: the input's vertices, faces, UVs and transform go back exactly as they came."""
         source = c.spec.input_mesh
         if source is None:  # the request check refuses this; a stage must not crash on it either

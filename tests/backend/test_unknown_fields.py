@@ -34,7 +34,8 @@ def _full_spec() -> JobSpec:
     return JobSpec("a vase", negative_prompt="blur", seed=3, preset="tiny", mode="geometry", stages=["dmtet"],
                    pause_after=["dmtet"], options={"nerf.steps": 3}, cameras=[CameraSpec(np.eye(4, dtype=np.float32))],
                    input_mesh=_mesh(), image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
-                   mask=RefineMask(np.ones(3, np.float32), feather=0.1, prompt="brass", negative_prompt="rust"))
+                   mask=RefineMask(np.ones(3, np.float32), feather=0.1, prompt="brass", negative_prompt="rust"),
+                   udim_tiles=[1001, 1002])
 
 
 def _with(msg: m.Message, edit) -> list[bytes]:

@@ -13,6 +13,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.frames import FrameWriter
 from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.refine_mask import RefineMask
 from dreampolish.protocol.scene import CameraSpec, MeshPayload, TexturePayload
 
 PAGE = (Path(m.__file__).parent / "README.md").read_text()
@@ -55,14 +56,16 @@ def _mesh() -> MeshPayload:
         vertices=np.zeros((3, 3), np.float32), faces=np.array([[0, 1, 2]], np.uint32),
         uvs=np.zeros((1, 3, 2), np.float32), normals=np.zeros((3, 3), np.float32),
         colors=np.zeros((3, 4), np.float32),
-        textures=[TexturePayload("base_color", png=PNG), TexturePayload("normal", array=np.zeros((2, 2, 3), np.float16))],
+        textures=[TexturePayload("base_color", png=PNG, tile=1001),
+                  TexturePayload("normal", array=np.zeros((2, 2, 3), np.float16))],
     )
 
 
 def _spec() -> JobSpec:
     return JobSpec("a vase", stages=["reference"], pause_after=["reference"], options={"nerf.steps": 3},
                    cameras=[CameraSpec(np.eye(4, dtype=np.float32))], input_mesh=_mesh(),
-                   image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)))
+                   image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
+                   mask=RefineMask(np.ones(3, np.float32), feather=0.1), udim_tiles=[1001])
 
 
 def _full(cls: type) -> m.Message:
