@@ -132,6 +132,10 @@ class JobCache:
         np.savez(folder / f"{stage}.npz", **arrays)
         textures = {}
         for tex in mesh.textures:
+            if tex.tile and tex.png is not None:  # a UDIM tile: one file each, found again by Blender's <UDIM>
+                (folder / f"{stage}_{tex.role}.{tex.tile}.png").write_bytes(bytes(tex.png))
+                textures[tex.role] = folder / f"{stage}_{tex.role}.{UDIM_TOKEN}.png"
+                continue
             if tex.png is not None:
                 path = folder / f"{stage}_{tex.role}.png"
                 path.write_bytes(bytes(tex.png))
@@ -161,8 +165,13 @@ class JobCache:
         textures = {}
         for p in sorted(folder.glob(f"{stage}_*.*")):
             if p.suffix in (".png", ".npy"):
-                textures[p.stem[len(stage) + 1:]] = p
+                role, _, tile = p.stem[len(stage) + 1:].partition(".")
+                textures[role] = p if not tile else folder / f"{stage}_{role}.{UDIM_TOKEN}.png"
         return CachedStage(stage=stage, mesh=mesh, texture_files=textures)
+
+
+UDIM_TOKEN = "<UDIM>"
+"""Where a tiled image's file names hold the tile number (Blender's convention: name.<UDIM>.png)."""
 
 
 def _record_from_json(path: Path) -> JobRecord | None:

@@ -21,6 +21,7 @@ from . import (
     refine_mask,
     refine_target,
     stage_choices,
+    udim,
 )
 from .connection import ensure_connected
 from .job_cache import JobRecord
@@ -241,7 +242,8 @@ class DREAMPOLISH_OT_refine_selected(bpy.types.Operator):
                 report_error(self, f"{obj.name!r} has no UV map: unwrap it, or use Geometry + Texture")
                 return {"CANCELLED"}
             mask = refine_mask.request_mask(context, obj, mesh, s.refine_mode)
-            spec = job_spec(context, s.refine_mode, input_mesh=mesh, mask=mask)
+            spec = job_spec(context, s.refine_mode, input_mesh=mesh, mask=mask,
+                            udim_tiles=udim.request_tiles(mesh, s.refine_mode))
         except ProtocolError as exc:
             report_error(self, str(exc))
             return {"CANCELLED"}

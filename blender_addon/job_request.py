@@ -64,9 +64,9 @@ def preset_for(welcome) -> str:
     return chosen or welcome.default_preset
 
 
-def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None) -> JobSpec:
-    """The request; a generate job's cameras are sent about `placement`, where its object will be; `mask`, a
-    refine's (refine_mask.py)."""
+def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None, udim_tiles=()) -> JobSpec:
+    """The request; a generate job's cameras are sent about `placement`, where its object will be; `mask` and
+    `udim_tiles`, a refine's (refine_mask.py, udim.py)."""
     s = context.scene.dreampolish
     plan = planned_stages(mode, s)
     if mask is not None and plan is not None:  # a masked refine skips the stages that re-mesh
@@ -96,6 +96,7 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None) -> 
         input_mesh=input_mesh,
         image=None if picture is None else reference_image.reference_payload(picture, backend_limits()),
         mask=mask,
+        udim_tiles=list(udim_tiles),
     )
     # The backend's own first check, before anything is sent (an empty preset, still connecting, is the
     # backend's default once it has answered).

@@ -42,6 +42,13 @@ def load_image(role: str, path: Path, name: str) -> bpy.types.Image:
 
 
 def _image_from_cache(role: str, path: Path, name: str) -> bpy.types.Image:
+    if "<UDIM>" in path.name:  # UDIM tiles (protocol/udim.py): one tiled image of every tile's file
+        first = sorted(path.parent.glob(path.name.replace("<UDIM>", "[0-9][0-9][0-9][0-9]")))[0]
+        img = bpy.data.images.load(str(first), check_existing=False)
+        img.source = "TILED"  # Blender finds the other tiles' files by the number in the name
+        img.name = name
+        _set_colorspace(img, role)
+        return img
     if path.suffix == ".png":
         img = bpy.data.images.load(str(path), check_existing=False)
         img.name = name
