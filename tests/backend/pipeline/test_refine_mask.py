@@ -33,6 +33,7 @@ def _assert_kept(final, box):
     return before, after
 
 
+@pytest.mark.slow  # the tiny pipeline, as tests/backend/pipeline/test_refine.py
 def test_masked_texture_refine_repaints_only_inside_the_mask_and_border(tmp_path):
     box = masked_box()
     ctx = RecordingContext(tmp_path)
@@ -47,6 +48,7 @@ def test_masked_texture_refine_repaints_only_inside_the_mask_and_border(tmp_path
     assert [t.role for t in final.textures] == ["base_color"]  # the input's maps, no others added
 
 
+@pytest.mark.slow  # the tiny pipeline, as tests/backend/pipeline/test_refine.py
 def test_masked_geometry_refine_moves_only_weighted_vertices_without_dmtet(tmp_path):
     box = masked_box()
     ctx = RecordingContext(tmp_path)
@@ -80,6 +82,7 @@ def test_the_stages_a_masked_job_leaves_out_are_the_protocols_list():
         assert [s for s in pipeline.stage_plan(spec) if s in chain] == masked_chain(chain)
 
 
+@pytest.mark.slow  # the tiny pipeline, as tests/backend/pipeline/test_refine.py
 def test_a_masked_job_resumes_from_an_edit_of_its_topology_and_refuses_another(tmp_path):
     box = masked_box()
     spec = JobSpec(prompt="a box", preset="tiny", mode="geometry", input_mesh=box.payload, mask=box.mask,

@@ -28,6 +28,7 @@ def two_tile_box() -> MeshPayload:
     return MeshPayload(vertices, faces, uvs=uvs)
 
 
+@pytest.mark.slow  # the tiny pipeline
 @pytest.mark.usefixtures("tiny_models")
 def test_a_two_tile_mesh_gets_one_map_per_tile_on_its_own_uvs(tmp_path):
     source = two_tile_box()
