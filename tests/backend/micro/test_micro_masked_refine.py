@@ -12,9 +12,10 @@ from dreampolish.backend.render.colour import delta_e
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.protocol.job import JobSpec
 
+from tests.support.hang_guards import MICRO_GENERATION_S
 from tests.support.masked_mesh import masked_box, texels
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MICRO_GENERATION_S)]
 
 TEXTURE_STEPS = 240
 
