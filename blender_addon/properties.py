@@ -180,6 +180,9 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
     texture_sets: IntProperty(
         name="Texture Sets", description="How many texture sets Texture Sets makes (seeds Seed, Seed + 1, …)",
         default=3, min=2, max=8)
+    texture_set_prompts: StringProperty(
+        name="Set Prompts", description="One prompt per texture set, separated by ';' (e.g. 'red paint; blue "
+        "paint; bare wood'): as many sets as prompts; empty: Texture Sets seeds of the prompt", default="")
     texture_faces: EnumProperty(
         name="Texture Faces", description="Which faces show a Texture Only refine's texture",
         items=[

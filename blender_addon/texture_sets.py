@@ -43,6 +43,7 @@ def draw(layout, context) -> None:
     row = layout.row(align=True)
     row.operator("dreampolish.texture_sets", icon="MATERIAL")
     row.prop(context.scene.dreampolish, "texture_sets", text="×")
+    layout.prop(context.scene.dreampolish, "texture_set_prompts")
     slot, sets = set_materials(context.active_object)
     if sets:
         shown = context.active_object.data.materials[slot]
@@ -55,7 +56,8 @@ def draw(layout, context) -> None:
 
 class DREAMPOLISH_OT_texture_sets(bpy.types.Operator):
     """Make Texture Sets × N of the selected mesh on its own UVs: N texture-only refines with seeds Seed, Seed + 1,
-    …, each arriving as a material of the object that the panel switches between"""
+    … (and one Set Prompt each, when given), each arriving as a material of the object that the panel switches
+    between"""
 
     bl_idname = "dreampolish.texture_sets"
     bl_label = "Texture Sets"
@@ -83,7 +85,9 @@ class DREAMPOLISH_OT_texture_sets(bpy.types.Operator):
             if mesh.uvs is None:
                 report_error(self, f"{obj.name!r} has no UV map: texture sets share the object's UVs; unwrap it")
                 return {"CANCELLED"}
-            specs = texture_set_specs(job_request.job_spec(context, "texture", input_mesh=mesh), s.texture_sets)
+            prompts = [p.strip() for p in s.texture_set_prompts.split(";") if p.strip()] or None
+            specs = texture_set_specs(job_request.job_spec(context, "texture", input_mesh=mesh),
+                                      len(prompts) if prompts else s.texture_sets, prompts)
         except ProtocolError as exc:
             report_error(self, str(exc))
             return {"CANCELLED"}

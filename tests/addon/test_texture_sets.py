@@ -18,7 +18,7 @@ def test_three_texture_sets_arrive_as_materials_of_the_object_and_switch(addon, 
     uvs = np.empty(len(obj.data.loops) * 2, np.float32)
     obj.data.uv_layers.active.data.foreach_get("uv", uvs)
     s = bpy.context.scene.dreampolish
-    s.prompt, s.seed, s.texture_sets, s.texture_faces = "a box", 7, 3, "ACTIVE_SLOT"
+    s.prompt, s.seed, s.texture_sets, s.texture_faces, s.texture_set_prompts = "a box", 7, 3, "ACTIVE_SLOT", ""
     assert bpy.ops.dreampolish.texture_sets() == {"FINISHED"}
     pump(addon, lambda: rt().job_state != "submitting", what="the backend's answer to the submits")
     assert rt().message == "3 texture sets queued"
@@ -44,3 +44,16 @@ def test_three_texture_sets_arrive_as_materials_of_the_object_and_switch(addon, 
     obj.data.uv_layers.active.data.foreach_get("uv", after)
     np.testing.assert_array_equal(after, uvs)  # one UV layout: the object's own
     assert all(m.users >= 1 for m in sets), "the sets not shown stay in the file"
+
+
+def test_set_prompts_make_one_set_per_prompt(addon, connected_tiny):
+    obj, _ = textured_box(addon)
+    s = bpy.context.scene.dreampolish
+    s.prompt, s.seed, s.texture_sets, s.texture_set_prompts = "a box", 0, 3, "red paint; bare wood"
+    assert bpy.ops.dreampolish.texture_sets() == {"FINISHED"}
+    pump(addon, lambda: rt().job_state != "submitting", what="the backend's answer to the submits")
+    assert rt().message == "2 texture sets queued"
+    cache = addon.job_follow.job_cache()
+    pump(addon, lambda: len(addon.texture_sets.set_materials(obj)[1]) == 2, timeout_s=300, what="two texture sets")
+    _, sets = addon.texture_sets.set_materials(obj)
+    assert [cache.load_record(m["dreampolish_job"]).prompt for m in sets] == ["red paint", "bare wood"]
