@@ -12,34 +12,44 @@ from mathutils import Matrix
 
 from .protocol.errors import LimitExceeded, ValidationError
 from .protocol.limits import Limits
-from .protocol.scene import MeshPayload
+from .protocol.scene import MeshPayload, polygon_starts
 
 UV_LAYER_NAME = "UVMap"
 COLOR_ATTRIBUTE_NAME = "Color"
 
 
 def fill_mesh(mesh: bpy.types.Mesh, payload: MeshPayload) -> bpy.types.Mesh:
-    """Replace the geometry of `mesh` by the payload's triangles, per-corner UVs, normals and colours.
+    """Replace the geometry of `mesh` by the payload's faces (its polygons as they are: a quad stays a quad;
+    triangles otherwise), per-corner UVs, normals and colours.
 
     Objects using `mesh` keep their own transform: only the mesh data changes.
     """
     payload.validate()
-    n_verts, n_faces = payload.num_vertices, payload.num_faces
+    n_verts = payload.num_vertices
+    if payload.has_polygons:
+        sizes = payload.face_sizes.astype(np.int64)
+        corner_verts, uvs = payload.face_corners, payload.corner_uvs()
+        loop_starts = polygon_starts(sizes)
+    else:
+        sizes = np.full(payload.num_faces, 3, np.int64)
+        corner_verts, uvs = payload.faces, payload.uvs
+        loop_starts = np.arange(0, 3 * payload.num_faces, 3)
+    n_faces = int(sizes.shape[0])
     mesh.clear_geometry()
     mesh.vertices.add(n_verts)
-    mesh.loops.add(3 * n_faces)
+    mesh.loops.add(int(sizes.sum()))
     mesh.polygons.add(n_faces)
     # Write through the generic attribute API: it copies the arrays straight into Blender's storage,
     # several times faster than the legacy per-element collections on large meshes (bench/blender_import.py).
     attrs = mesh.attributes
     attrs["position"].data.foreach_set("vector", np.ascontiguousarray(payload.vertices, dtype=np.float32).ravel())
-    attrs[".corner_vert"].data.foreach_set("value", np.ascontiguousarray(payload.faces, dtype=np.int32).ravel())
-    mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * n_faces, 3, dtype=np.int32))
+    attrs[".corner_vert"].data.foreach_set("value", np.ascontiguousarray(corner_verts, dtype=np.int32).ravel())
+    mesh.polygons.foreach_set("loop_start", np.ascontiguousarray(loop_starts, dtype=np.int32))
 
-    if payload.uvs is not None:
+    if uvs is not None:
         # A 2D float corner attribute is a UV map in Blender 4.x and 5.x.
         layer = attrs.new(UV_LAYER_NAME, "FLOAT2", "CORNER")
-        layer.data.foreach_set("vector", np.ascontiguousarray(payload.uvs, dtype=np.float32).ravel())
+        layer.data.foreach_set("vector", np.ascontiguousarray(uvs, dtype=np.float32).ravel())
         mesh.uv_layers.active = mesh.uv_layers[UV_LAYER_NAME]
         mesh.uv_layers[UV_LAYER_NAME].active_render = True
     if payload.colors is not None:

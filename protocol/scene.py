@@ -11,6 +11,10 @@ turns these into header fields and binary frames. Conventions (see README.md):
 - Mesh: vertices float32 (N,3), triangles uint32 (M,3), optional per-corner UVs
   float32 (M,3,2), optional per-vertex normals float32 (N,3) and colours
   float32 (N,3|4) in linear RGB, an object-to-world transform float32 (4,4).
+- Polygons (optional): Blender's own face data, a corner count per face uint32 (P,) and the vertex
+  of every corner uint32 (L,), faces in order. A polygon mesh's `faces` are then its fan
+  triangulation (`fan_triangulation`: face p's triangles are (c0, c[j+1], c[j+2])), and its UVs are
+  per corner of those triangles as for any mesh; on the wire they travel per polygon corner (L,2).
 """
 
 from __future__ import annotations
@@ -151,9 +155,67 @@ def mirrors(transform: np.ndarray) -> bool:
     return bool(np.linalg.det(np.asarray(transform, np.float64)[:3, :3]) < 0)
 
 
+def polygon_starts(sizes: np.ndarray) -> np.ndarray:
+    """int64 (P,) index of every polygon's first corner in the corner array."""
+    sizes = np.asarray(sizes, np.int64)
+    return np.cumsum(sizes) - sizes
+
+
+def fan_triangulation(sizes: np.ndarray) -> np.ndarray:
+    """int64 (M,3) corner indices (into the polygons' corner array) of the fan triangulation of polygons
+    of `sizes` corners, M = sum(sizes - 2): polygon p with corners c0..c(n-1) gives the triangles
+    (c0, c[j+1], c[j+2]), j = 0..n-3, in order, keeping its winding. glTF and every triangle consumer
+    read a polygon mesh so."""
+    sizes = np.asarray(sizes, np.int64)
+    per = sizes - 2
+    polygon = np.repeat(np.arange(sizes.shape[0]), per)
+    j = np.arange(polygon.shape[0]) - np.repeat(np.cumsum(per) - per, per)
+    start = polygon_starts(sizes)[polygon]
+    return np.stack([start, start + j + 1, start + j + 2], 1)
+
+
+def triangle_corner_of_polygon_corner(sizes: np.ndarray) -> np.ndarray:
+    """int64 (L,) flat index (triangle * 3 + slot) into the fan triangulation's corners of each polygon
+    corner: corners 0 and 1 are slots 0 and 1 of the polygon's first triangle, corner k >= 2 slot 2 of
+    its triangle k - 2."""
+    sizes = np.asarray(sizes, np.int64)
+    first_triangle = np.cumsum(sizes - 2) - (sizes - 2)
+    polygon = np.repeat(np.arange(sizes.shape[0]), sizes)
+    k = np.arange(polygon.shape[0]) - np.repeat(polygon_starts(sizes), sizes)
+    triangle = first_triangle[polygon] + np.maximum(k - 2, 0)
+    return triangle * 3 + np.minimum(k, 2)
+
+
+def check_polygons(sizes: object, corners: object, n_vertices: int) -> None:
+    """Polygons as Blender stores them: 3..max corners each, corners summing up, vertices in range, and
+    no face that uses one vertex twice (degenerate: Blender refuses it, glTF would get a sliver)."""
+    s = _check_array("mesh.face_sizes", sizes, "uint32", (None,))
+    c = _check_array("mesh.face_corners", corners, "uint32", (None,))
+    if s.size and (int(s.min()) < 3 or int(s.max()) > MAX_POLYGON_CORNERS):
+        bad = int(np.flatnonzero((s < 3) | (s > MAX_POLYGON_CORNERS))[0])
+        raise ValidationError(f"mesh.face_sizes[{bad}] is {int(s[bad])}; a face has 3 to {MAX_POLYGON_CORNERS} "
+                              "corners")
+    if int(s.sum(dtype=np.int64)) != c.shape[0]:
+        raise ValidationError(f"mesh.face_sizes add up to {int(s.sum(dtype=np.int64))} corners but "
+                              f"mesh.face_corners has {c.shape[0]}")
+    if c.size and int(c.max()) >= n_vertices:
+        raise ValidationError(f"mesh.face_corners index vertex {int(c.max())} but there are only {n_vertices}")
+    polygon = np.repeat(np.arange(s.shape[0], dtype=np.int64), s.astype(np.int64))
+    key = np.sort(polygon * max(n_vertices, 1) + c.astype(np.int64))
+    repeated = np.flatnonzero(np.diff(key) == 0)
+    if repeated.size:
+        raise ValidationError(f"mesh face {int(key[repeated[0]] // max(n_vertices, 1))} uses vertex "
+                              f"{int(key[repeated[0]] % max(n_vertices, 1))} twice (a degenerate face)")
+
+
+MAX_POLYGON_CORNERS = 64
+"""Most corners of one polygon on the wire (an n-gon beyond it is no game mesh's face)."""
+
+
 @dataclass
 class MeshPayload:
-    """A triangle mesh in Blender's world convention (see module docstring)."""
+    """A triangle mesh in Blender's world convention (see module docstring), optionally with the polygons
+    its triangles come from (`face_sizes`, `face_corners`; `from_polygons` builds one)."""
 
     vertices: np.ndarray
     faces: np.ndarray
@@ -162,6 +224,27 @@ class MeshPayload:
     colors: np.ndarray | None = None
     transform: np.ndarray = field(default_factory=lambda: np.eye(4, dtype=np.float32))
     textures: list[TexturePayload] = field(default_factory=list)
+    face_sizes: np.ndarray | None = None
+    """uint32 (P,) corners of every polygon, or None for a triangle mesh; `faces` is then their fan."""
+    face_corners: np.ndarray | None = None
+    """uint32 (L,) the vertex of every polygon corner, polygon after polygon (Blender's corner_verts)."""
+
+    @classmethod
+    def from_polygons(cls, vertices: np.ndarray, face_sizes: np.ndarray, face_corners: np.ndarray,
+                      corner_uvs: np.ndarray | None = None, **fields: object) -> MeshPayload:
+        """A polygon mesh: `faces` (and per-triangle-corner UVs from `corner_uvs`, float32 (L,2) one per
+        polygon corner) made by the fan triangulation. Other fields are passed on."""
+        sizes = np.ascontiguousarray(face_sizes, np.uint32)
+        corners = np.ascontiguousarray(face_corners, np.uint32)
+        fan = fan_triangulation(sizes) if sizes.size else np.zeros((0, 3), np.int64)
+        if fan.size and int(fan.max()) >= corners.shape[0]:
+            raise ValidationError(f"mesh.face_sizes add up to more corners than mesh.face_corners has "
+                                  f"({corners.shape[0]})")
+        uvs = None
+        if corner_uvs is not None:
+            uvs = np.ascontiguousarray(np.asarray(corner_uvs, np.float32).reshape(-1, 2)[fan])
+        return cls(vertices=vertices, faces=np.ascontiguousarray(corners[fan], np.uint32), uvs=uvs,
+                   face_sizes=sizes, face_corners=corners, **fields)  # type: ignore[arg-type]
 
     @property
     def num_vertices(self) -> int:
@@ -169,7 +252,38 @@ class MeshPayload:
 
     @property
     def num_faces(self) -> int:
+        """Triangles (the fan triangulation of a polygon mesh)."""
         return int(self.faces.shape[0])
+
+    @property
+    def num_polygons(self) -> int:
+        """Faces as Blender counts them: polygons, or triangles for a triangle mesh."""
+        return self.num_faces if self.face_sizes is None else int(self.face_sizes.shape[0])
+
+    @property
+    def has_polygons(self) -> bool:
+        return self.face_sizes is not None
+
+    def corner_uvs(self) -> np.ndarray | None:
+        """float32 (L,2) UVs per polygon corner (polygon meshes), read from the fan's triangle corners."""
+        if self.uvs is None or self.face_sizes is None:
+            return None
+        return np.ascontiguousarray(self.uvs.reshape(-1, 2)[triangle_corner_of_polygon_corner(self.face_sizes)])
+
+    def _winding_flipped(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(faces, uvs, face_corners) with every face's corners in reverse order (a mirroring transform);
+        a polygon keeps its first corner first, so that its fan stays the fan of the reversed polygon."""
+        if self.face_sizes is None:
+            uvs = None if self.uvs is None else np.ascontiguousarray(self.uvs[:, ::-1])
+            return np.ascontiguousarray(self.faces[:, ::-1]), uvs, None
+        sizes = self.face_sizes.astype(np.int64)
+        start = np.repeat(polygon_starts(sizes), sizes)
+        k = np.arange(start.shape[0]) - start
+        order = start + (np.repeat(sizes, sizes) - k) % np.repeat(sizes, sizes)
+        corner_uvs = self.corner_uvs()
+        flipped = MeshPayload.from_polygons(self.vertices, self.face_sizes, self.face_corners[order],
+                                            None if corner_uvs is None else corner_uvs[order])
+        return flipped.faces, flipped.uvs, flipped.face_corners
 
     def texture(self, role: str) -> TexturePayload | None:
         return next((t for t in self.textures if t.role == role), None)
@@ -189,13 +303,12 @@ class MeshPayload:
                 n = None
             if n is not None:
                 normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-        faces, uvs = self.faces, self.uvs
+        faces, uvs, corners = self.faces, self.uvs, self.face_corners
         if mirrors(self.transform):
-            faces = np.ascontiguousarray(faces[:, ::-1])
-            uvs = None if uvs is None else np.ascontiguousarray(uvs[:, ::-1])
+            faces, uvs, corners = self._winding_flipped()
         return MeshPayload(vertices=object_to_world(self.vertices, self.transform).astype(np.float32), faces=faces,
                            uvs=uvs, normals=normals, colors=self.colors, transform=np.eye(4, dtype=np.float32),
-                           textures=list(self.textures))
+                           textures=list(self.textures), face_sizes=self.face_sizes, face_corners=corners)
 
     def in_frame(self, transform: np.ndarray) -> MeshPayload:
         """The same mesh with its vertices in the frame that `transform` (object-to-world, invertible) maps
@@ -210,12 +323,12 @@ class MeshPayload:
         if world.normals is not None:  # the inverse transpose of inv(M)'s linear part is M's transpose
             n = world.normals.astype(np.float64) @ m[:3, :3]
             normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-        faces, uvs = world.faces, world.uvs
+        faces, uvs, corners = world.faces, world.uvs, world.face_corners
         if mirrors(m):
-            faces = np.ascontiguousarray(faces[:, ::-1])
-            uvs = None if uvs is None else np.ascontiguousarray(uvs[:, ::-1])
+            faces, uvs, corners = world._winding_flipped()
         return MeshPayload(vertices=vertices, faces=faces, uvs=uvs, normals=normals, colors=world.colors,
-                           transform=m.astype(np.float32), textures=list(world.textures))
+                           transform=m.astype(np.float32), textures=list(world.textures),
+                           face_sizes=world.face_sizes, face_corners=corners)
 
     def validate(self, *, require_faces: bool = True) -> MeshPayload:
         v = _check_array("mesh.vertices", self.vertices, "float32", (None, 3))
@@ -229,6 +342,13 @@ class MeshPayload:
         _finite("mesh.vertices", v)
         if f.size and int(f.max()) >= v.shape[0]:
             raise ValidationError(f"mesh.faces index vertex {int(f.max())} but there are only {v.shape[0]}")
+        if (self.face_sizes is None) != (self.face_corners is None):
+            raise ValidationError("mesh.face_sizes and mesh.face_corners come together (a polygon mesh has both)")
+        if self.face_sizes is not None:
+            check_polygons(self.face_sizes, self.face_corners, v.shape[0])
+            if not np.array_equal(self.face_corners[fan_triangulation(self.face_sizes)], f):
+                raise ValidationError("mesh.faces are not the fan triangulation of the polygons "
+                                      "(MeshPayload.from_polygons makes them)")
         if self.uvs is not None:
             _finite("mesh.uvs", _check_array("mesh.uvs", self.uvs, "float32", (f.shape[0], 3, 2)))
         if self.normals is not None:

@@ -44,6 +44,29 @@ def test_payload_becomes_a_mesh_with_the_same_triangles_uvs_and_colours(addon, f
     assert mesh.validate() is False, "Blender found nothing to fix in the mesh we built"
 
 
+def test_a_polygon_payload_becomes_quads_with_their_uvs_per_corner(addon, fresh_scene):
+    # A pyramid of one quad and four triangles, sent as polygons (issue 30): Blender gets the quad itself.
+    scene = addon.protocol.scene
+    v = np.array([[0, 0, 1], [1, 1, 0], [-1, 1, 0], [-1, -1, 0], [1, -1, 0]], np.float32)
+    sizes = np.array([3, 3, 3, 3, 4], np.uint32)
+    corners = np.array([0, 1, 2, 0, 2, 3, 0, 3, 4, 0, 4, 1, 1, 4, 3, 2], np.uint32)
+    uvs = np.random.default_rng(1).random((16, 2)).astype(np.float32)
+    payload = scene.MeshPayload.from_polygons(v, sizes, corners, uvs)
+    assert payload.num_faces == 6  # its triangles, for every triangle consumer
+    mesh = addon.mesh_io.new_mesh("pyramid", payload)
+    assert (len(mesh.vertices), len(mesh.polygons), len(mesh.loops)) == (5, 5, 16)
+    totals = np.empty(5, np.int32)
+    mesh.polygons.foreach_get("loop_total", totals)
+    np.testing.assert_array_equal(totals, sizes)
+    got = np.empty(16, np.int32)
+    mesh.loops.foreach_get("vertex_index", got)
+    np.testing.assert_array_equal(got, corners)
+    uv = np.empty(32, np.float32)
+    mesh.uv_layers["UVMap"].data.foreach_get("uv", uv)
+    np.testing.assert_allclose(uv.reshape(16, 2), uvs)
+    assert mesh.validate() is False, "Blender found nothing to fix in the mesh we built"
+
+
 def test_selected_object_is_sent_evaluated_triangulated_and_in_world_space(addon, fresh_scene):
     bpy.ops.mesh.primitive_cube_add(size=2.0, location=(1.0, 2.0, 3.0), rotation=(0.0, 0.0, math.radians(30)))
     cube = bpy.context.active_object

@@ -47,15 +47,15 @@ def meshes(draw, min_faces: int = 1) -> MeshPayload:
                 "normal", array=draw(hnp.arrays(np.float16, (4, 4, 3), elements=st.floats(-1, 1, width=16)))
             )
         )
-    return MeshPayload(
-        vertices=draw(f32((n, 3))),
-        faces=faces,
-        uvs=draw(st.none() | f32((k, 3, 2))),
-        normals=draw(st.none() | f32((n, 3))),
-        colors=draw(st.none() | f32((n, draw(st.sampled_from((3, 4)))))),
-        transform=draw(f32((4, 4))),
-        textures=textures,
-    )
+    fields = {"normals": draw(st.none() | f32((n, 3))),
+              "colors": draw(st.none() | f32((n, draw(st.sampled_from((3, 4)))))),
+              "transform": draw(f32((4, 4))), "textures": textures}
+    if n >= 3 and draw(st.booleans()):  # a polygon mesh: faces of 3 to 6 distinct corners
+        sizes = draw(st.lists(st.integers(3, min(6, n)), min_size=min_faces, max_size=12))
+        corners = [v for size in sizes for v in draw(st.permutations(range(n)))[:size]]
+        return MeshPayload.from_polygons(draw(f32((n, 3))), np.array(sizes, np.uint32), np.array(corners, np.uint32),
+                                         draw(st.none() | f32((len(corners), 2))), **fields)
+    return MeshPayload(vertices=draw(f32((n, 3))), faces=faces, uvs=draw(st.none() | f32((k, 3, 2))), **fields)
 
 
 @st.composite
