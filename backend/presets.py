@@ -29,6 +29,7 @@ from .guidance.text_prior import ViewPromptConfig
 from .guidance.zero123 import Zero123GuidanceConfig
 from .stages.dmtet import DmtetConfig
 from .stages.export import ExportConfig
+from .stages.finish import FinishConfig
 from .stages.nerf import NerfConfig
 from .stages.neus import NeusConfig
 from .stages.polish import PolishConfig
@@ -147,6 +148,9 @@ class PipelinePreset:
     """DMTet stage (mesh geometry)."""
     polish: PolishConfig = field(default_factory=PolishConfig)
     """Surface polishing with the normal estimator."""
+    finish: FinishConfig = field(default_factory=FinishConfig)
+    """Game-ready output (issue 30): the polished surface remeshed to a face budget, with UVs and LODs; off
+    while finish.faces is 0."""
     texture: TextureConfig = field(default_factory=TextureConfig)
     """Texture by score distillation and UV bake."""
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -290,6 +290,13 @@ than the card it runs on has: the preset's estimated peak and the card's memory,
 SLOW_RASTERIZER = "slow_rasterizer"
 """A loss of a job's first progress event (step 0 of 0), 1.0 when the fast CUDA rasteriser (nvdiffrast) is not
 usable on the job's card and meshes are rasterised with the slower PyTorch one (the backend's log says why)."""
+REMESH_FALLBACK = "remesh_fallback"
+"""A loss of the finish stage's progress, 1.0 when the remesher failed, ran past its time limit or missed the
+face budget by more than the tolerance, and quadric decimation made the mesh instead (the backend's log says
+which)."""
+BUDGET_CAPPED = "budget_capped"
+"""A loss of the finish stage's progress, 1.0 when the face budget was more than the polished mesh's own face
+count and the stage used that count instead."""
 
 
 @dataclass

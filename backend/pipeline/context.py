@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload
@@ -46,6 +47,11 @@ class StageCarry:
     """The last stage's mesh (object frame)."""
     detail: TriMesh | None = None
     """The detailed geometry a normal map is baked from (the polish mesh)."""
+    face_sizes: np.ndarray | None = None
+    """The finish stage's faces (int64 corners per face) of `mesh`, whose triangles are their fans; None: a
+    triangle mesh."""
+    lods: list[tuple[TriMesh, np.ndarray]] = field(default_factory=list)
+    """The finish stage's levels of detail (LOD1...), each a mesh with UVs and its face sizes."""
     baked: BakedTexture | None = None
     """The texture stage's atlas."""
     payload: MeshPayload | None = None

@@ -42,6 +42,7 @@ from ..models.specs import load_model_sets
 from ..pipeline_api import JobContext, ResumePoint, RunOutcome
 from ..presets import PipelinePreset, get_preset, preset_names
 from ..render.rasterize import MeshRasterizer
+from ..stages.finish import check_finish
 from .context import JobSetup, StageCarry, StageContext
 from .frame import job_frame
 from .previews import StageProgress
@@ -106,10 +107,18 @@ class DreamPolishPipeline:
         automatic = {r.name for r in self.runners if r.automatic}
         return {mode: [s for s in self.mode_stages(mode) if s not in automatic] for mode in JOB_MODES}
 
+    def request_stages(self, spec: JobSpec) -> list[str]:
+        """The request's chain (spec_stages) without the stages its preset turns off (StageRunner.skipped: the
+        finishing stage while finish.faces is 0)."""
+        preset = self.resolve_preset(spec)
+        skipped = {r.name for r in self.runners if r.skipped(preset)}
+        return [s for s in self.spec_stages(spec) if s not in skipped]
+
     def stage_plan(self, spec: JobSpec) -> list[str]:
         """The stages this request runs, in order: the named ones, then the automatic stages that follow
-        the last of them (export after texture)."""
-        mode_stages = self.spec_stages(spec)
+        the last of them (export after texture). A stage the preset turns off is left out (a request that
+        names it runs the rest)."""
+        mode_stages = self.request_stages(spec)
         if spec.stages is None:
             return mode_stages
         wanted = set(spec.stages)
@@ -140,6 +149,7 @@ class DreamPolishPipeline:
                 if stage not in mode_stages:
                     raise ValidationError(f"stage {stage!r} in {label} is not part of a {kind} job "
                                           f"({', '.join(mode_stages)})")
+        check_finish(preset.finish, spec)
         if spec.stages is not None and not self.stage_plan(spec):
             raise ValidationError("stages selects nothing to run")
         if spec.stages is not None:
@@ -154,7 +164,7 @@ class DreamPolishPipeline:
 
     def _check_stage_chain(self, spec: JobSpec) -> None:
         """A subset must be a contiguous run of the mode's chain: each stage starts from the last."""
-        chain = self.spec_stages(spec)
+        chain = self.request_stages(spec)
         plan = self.stage_plan(spec)
         idx = [chain.index(s) for s in plan]
         if idx != list(range(idx[0], idx[0] + len(idx))):

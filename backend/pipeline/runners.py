@@ -26,7 +26,8 @@ from ..guidance.base import ReferenceView
 from ..pipeline_api import JobFailed
 from ..presets import PipelinePreset
 from ..stages.dmtet import DmtetState, run_dmtet
-from ..stages.export import mesh_payload, run_export, texture_payloads
+from ..stages.export import mesh_payload, polygon_payload, run_export, texture_payloads
+from ..stages.finish import run_finish
 from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
@@ -57,6 +58,11 @@ class StageRunner(ABC):
     remeshes: ClassVar[bool] = False
     """The stage makes a new mesh of its own (DMTet): a masked refine, which keeps the input's topology,
     skips it (backend/refine_mask.py)."""
+
+    def skipped(self, preset: PipelinePreset) -> bool:
+        """The request's preset turns the stage off: its jobs leave it out of their plan (the chains announced
+        in welcome keep it)."""
+        return False
 
     @abstractmethod
     def run(self, c: StageContext) -> Checkpoint:
@@ -204,6 +210,41 @@ class PolishRunner(StageRunner):
         carry.geometry = None
 
 
+class FinishRunner(StageRunner):
+    """Game-ready output (stages/finish.py): the polished mesh remeshed to the budget with its UVs; the
+    polished mesh stays the detail that texture bakes into the normal map."""
+
+    name = "finish"
+    modes = ("generate", "geometry")
+
+    def skipped(self, preset: PipelinePreset) -> bool:
+        return preset.finish.faces == 0
+
+    def run(self, c: StageContext) -> Checkpoint:
+        mesh = c.carry.mesh if c.carry.mesh is not None else c.frame.input_mesh
+        if mesh is None:
+            raise JobFailed(NO_GEOMETRY, "the finish stage has no mesh to finish")
+        texture = c.preset.texture
+        result = run_finish(c.preset.finish, mesh, c.reporter, atlas_size=texture.atlas_size,
+                            padding=texture.chart_padding, seed=c.seed, device=c.device)
+        c.carry.detail = c.carry.detail if c.carry.detail is not None else mesh
+        c.carry.mesh, c.carry.face_sizes = result.low.mesh, result.low.sizes
+        c.carry.lods = [(lod.mesh, lod.sizes) for lod in result.lods]
+        return {"mesh": mesh_to_ckpt(result.low.mesh), "face_sizes": torch.from_numpy(result.low.sizes),
+                "lods": [{"mesh": mesh_to_ckpt(lod.mesh), "face_sizes": torch.from_numpy(lod.sizes)}
+                         for lod in result.lods],
+                "detail": mesh_to_ckpt(c.carry.detail), "chamfer": result.chamfer}
+
+    def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
+        carry.mesh = mesh_from_ckpt(ckpt["mesh"], job.device)
+        carry.face_sizes = ckpt["face_sizes"].numpy()
+        carry.detail = mesh_from_ckpt(ckpt["detail"], job.device)
+        carry.lods = [(mesh_from_ckpt(d["mesh"], job.device), d["face_sizes"].numpy()) for d in ckpt["lods"]]
+
+    def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
+        return polygon_payload(mesh_payload(carry.mesh, job.frame.transform), carry.face_sizes)
+
+
 class TextureRunner(StageRunner):
     """Texture: optimise a colour field on the fixed mesh, bake it into an atlas. Texture-only jobs keep
     the input's topology, UVs and transform exactly."""
@@ -243,8 +284,10 @@ class TextureRunner(StageRunner):
         only_colour = c.preset.base_color_only
         decomposer = None if only_colour or not c.preset.texture.pbr.decomposes else c.priors.intrinsics(c.preset, c.seed)
         try:
+            # a finished (game-ready) mesh always gets the polished detail as its normal map
             baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail, decomposer=decomposer,
-                                 rasterizer=c.job.rasterizer, base_color_only=only_colour)
+                                 rasterizer=c.job.rasterizer, base_color_only=only_colour,
+                                 normal_map=True if c.carry.face_sizes is not None else None)
         finally:
             if decomposer is not None:
                 decomposer.close()
@@ -257,13 +300,14 @@ class TextureRunner(StageRunner):
             textured = TriMesh(mesh.vertices, mesh.faces, torch.as_tensor(baked.uvs, device=mesh.device),
                                mesh.vertex_colors)
             c.carry.mesh = textured
-            c.carry.payload = mesh_payload(textured, c.frame.transform, textures)
+            c.carry.payload = polygon_payload(mesh_payload(textured, c.frame.transform, textures), c.carry.face_sizes)
         return {"mesh": mesh_to_ckpt(c.carry.mesh if c.carry.mesh is not None else mesh),
                 "payload": payload_to_ckpt(c.carry.payload), "field": state.state_dict()}
 
     def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
         carry.mesh = mesh_from_ckpt(ckpt["mesh"], job.device)
         carry.payload = payload_from_ckpt(ckpt["payload"])
+        carry.face_sizes = None if carry.payload.face_sizes is None else carry.payload.face_sizes.astype(np.int64)
         carry.baked = None
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
@@ -275,7 +319,8 @@ class TextureRunner(StageRunner):
         mesh = c.frame.input_mesh if keep_topology and c.carry.mesh is None else c.carry.mesh
         if mesh is None:
             raise JobFailed(NO_GEOMETRY, "the texture stage has no mesh to texture")
-        if cfg.simplify_to_faces and not keep_topology and mesh.num_faces > cfg.simplify_to_faces:
+        finished = c.carry.face_sizes is not None  # the finish stage's low mesh is the final topology
+        if cfg.simplify_to_faces and not keep_topology and not finished and mesh.num_faces > cfg.simplify_to_faces:
             detail_faces = mesh.num_faces
             mesh = simplify_mesh(mesh, cfg.simplify_to_faces)
             logger.info("texture: mesh simplified from %d to %d faces", detail_faces, mesh.num_faces)
@@ -324,7 +369,8 @@ class ExportRunner(StageRunner):
 
 
 STAGE_RUNNERS: tuple[StageRunner, ...] = (
-    ReferenceRunner(), NerfRunner(), NeusRunner(), DmtetRunner(), PolishRunner(), TextureRunner(), ExportRunner(),
+    ReferenceRunner(), NerfRunner(), NeusRunner(), DmtetRunner(), PolishRunner(), FinishRunner(), TextureRunner(),
+    ExportRunner(),
 )
 """The DreamPolish stages, in order: the one definition of each mode's stage chain (StageRunner.modes),
 which the backend announces in welcome.stage_chains and the add-on's Run Up To lists. A job runs the

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 from dreampolish.protocol.gltf import mesh_to_glb
 from dreampolish.protocol.names import check_file_name
-from dreampolish.protocol.scene import MeshPayload, TexturePayload
+from dreampolish.protocol.scene import MeshPayload, TexturePayload, triangle_corner_of_polygon_corner
 
 from .. import bake
 from ..config_fields import file_name
@@ -58,6 +58,18 @@ def texture_payloads(base_color: np.ndarray | None, normal_map: np.ndarray | Non
 def mesh_payload(mesh: TriMesh, transform: np.ndarray, textures: list[TexturePayload] | None = None) -> MeshPayload:
     """The mesh (object frame) with its object-to-world transform, for the wire (linear vertex colours)."""
     return mesh.to_payload(textures=textures, transform=np.asarray(transform, np.float32))
+
+
+def polygon_payload(payload: MeshPayload, sizes: np.ndarray | None) -> MeshPayload:
+    """`payload` as the polygon mesh it is when its triangles are the fans of faces of `sizes` corners (the
+    finish stage's mesh); unchanged when `sizes` is None."""
+    if sizes is None:
+        return payload
+    corner = triangle_corner_of_polygon_corner(sizes)
+    return MeshPayload.from_polygons(
+        payload.vertices, np.asarray(sizes, np.uint32), payload.faces.reshape(-1)[corner],
+        None if payload.uvs is None else payload.uvs.reshape(-1, 2)[corner], normals=payload.normals,
+        colors=payload.colors, transform=payload.transform, textures=payload.textures).validate()
 
 
 @dataclass

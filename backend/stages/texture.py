@@ -436,11 +436,13 @@ def bake_materials(cfg: TextureConfig, state: TextureState, uvs: np.ndarray, dec
 
 def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | None = None,
                  detail: TriMesh | None = None, decomposer: Decomposer | None = None,
-                 rasterizer: MeshRasterizer | None = None, base_color_only: bool = False) -> BakedTexture:
+                 rasterizer: MeshRasterizer | None = None, base_color_only: bool = False,
+                 normal_map: bool | None = None) -> BakedTexture:
     """Bake the colour field into an atlas on `uvs` (the mesh's own per-corner UVs [F,3,2]) or, when
     None, on new xatlas charts; with cfg.normal_map and a `detail` mesh, also a normal map; with a
     `decomposer` and cfg.pbr, the de-lit base colour and the metallic-roughness map. `base_color_only`
-    bakes the field's colours alone."""
+    bakes the field's colours alone; `normal_map` True or False overrides cfg.normal_map (and base_color_only
+    for the normal map: a finished low mesh always carries the polished detail)."""
     vertices = state.mesh.vertices.detach().cpu().numpy().astype(np.float32)
     faces = state.mesh.faces.detach().cpu().numpy().astype(np.int64)
     if uvs is None:
@@ -448,12 +450,13 @@ def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | N
     padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
     base_color = bake.bake_color(vertices, faces, uvs, state.colors_at, cfg.atlas_size, padding)
     baked = BakedTexture(np.ascontiguousarray(uvs, dtype=np.float32), base_color)
-    if base_color_only:
-        return baked
-    if cfg.normal_map and detail is not None:
+    wants_normals = (cfg.normal_map and not base_color_only) if normal_map is None else normal_map
+    if wants_normals and detail is not None:
         baked.normal_map = bake.bake_normal_map(
             vertices, faces, uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(),
             cfg.atlas_size, padding)
+    if base_color_only:
+        return baked
     if decomposer is not None and cfg.pbr.decomposes:
         albedo, rm = bake_materials(cfg, state, baked.uvs, decomposer, rasterizer or MeshRasterizer(), base_color)
         if cfg.pbr.delit_base_color:

@@ -10,7 +10,7 @@ from tests.support.addon_jobs import generate, job_objects, rt
 from tests.support.blender_env import MODULE, bpy, pump
 from tests.support.blender_ui import Drawable, enum_identifiers
 
-DREAMPOLISH_GENERATE = ["reference", "nerf", "neus", "dmtet", "polish", "texture"]
+DREAMPOLISH_GENERATE = ["reference", "nerf", "neus", "dmtet", "polish", "finish", "texture"]
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ from dreampolish.protocol.job import JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
 
 STAGE_CHAINS: dict[str, tuple[str, ...]] = {
-    "generate": ("reference", "nerf", "neus", "dmtet", "polish", "texture"),
-    "geometry": ("dmtet", "polish", "texture"),
+    "generate": ("reference", "nerf", "neus", "dmtet", "polish", "finish", "texture"),
+    "geometry": ("dmtet", "polish", "finish", "texture"),
     "texture": ("texture",),
 }
 """The chains this pipeline announces in welcome.stage_chains: the DreamPolish pipeline's own, which its
@@ -59,9 +59,10 @@ runners define (backend/pipeline/runners.py). Importing those (torch, diffusers)
 every test backend's start, so they are written out here and tests/backend/pipeline/test_pipeline_stages.py
 keeps them equal to DreamPolishPipeline.stage_chains()."""
 MODE_STAGES: dict[str, tuple[str, ...]] = {
-    mode: tuple(s for s in chain if s != "reference") for mode, chain in STAGE_CHAINS.items()
+    mode: tuple(s for s in chain if s not in ("reference", "finish")) for mode, chain in STAGE_CHAINS.items()
 }
-"""The stages whose results this pipeline sends (the reference stage's is an image, sent as a preview)."""
+"""The stages whose results this pipeline sends (the reference stage's is an image, sent as a preview; finish
+is off, as in every preset while its option finish.faces is 0)."""
 OPTION_KEYS = ("test.steps", "test.step_s", "test.fail_stage", "test.fail_kind", "test.preview", "test.hold_while",
                "test.hold_at_step", "reference.object_size")
 """The options this pipeline knows; reference.object_size (the add-on sends it with every generate job) is

@@ -35,19 +35,19 @@ def _oracle_pipeline(**kw) -> DreamPolishPipeline:
 
 
 def test_the_runners_are_the_stages_in_order():
-    stages = ["reference", "nerf", "neus", "dmtet", "polish", "texture", "export"]
+    stages = ["reference", "nerf", "neus", "dmtet", "polish", "finish", "texture", "export"]
     assert [r.name for r in STAGE_RUNNERS] == stages
     pipeline = DreamPolishPipeline()
     assert pipeline.mode_stages("generate") == stages
-    assert pipeline.mode_stages("geometry") == ["dmtet", "polish", "texture", "export"]
+    assert pipeline.mode_stages("geometry") == ["dmtet", "polish", "finish", "texture", "export"]
     assert pipeline.mode_stages("texture") == ["texture", "export"]
 
 
 def test_welcome_announces_the_runners_chains_and_the_test_pipeline_announces_the_same():
     # welcome.stage_chains: the stages a request may name; export follows texture by itself.
     chains = DreamPolishPipeline().stage_chains()
-    assert chains == {"generate": ["reference", "nerf", "neus", "dmtet", "polish", "texture"],
-                      "geometry": ["dmtet", "polish", "texture"], "texture": ["texture"]}
+    assert chains == {"generate": ["reference", "nerf", "neus", "dmtet", "polish", "finish", "texture"],
+                      "geometry": ["dmtet", "polish", "finish", "texture"], "texture": ["texture"]}
     assert ScriptedPipeline().stage_chains() == chains  # tests/support/pipelines.py's written-out copy
 
 

@@ -1,0 +1,226 @@
+"""Finishing stage (issue 30): the polished surface as a game-ready low mesh at the artist's face budget,
+quad-dominant (or triangles on request), with UVs made for it, and optional LODs.
+
+Between polish and texture. The polished mesh stays the job's detail (carry.detail): the texture stage
+optimises the colours on the low mesh's own UVs and bakes the detail into a tangent-space normal map on
+them, so nothing is resampled. The budget counts faces as Blender does (a quad is one face).
+
+Steps: remesh to the budget (geometry/remesh.py: Instant Meshes in its own process under a time limit,
+quadric decimation as the fallback, said in the stage's progress as `remesh_fallback`), unwrap the low
+mesh's triangles with xatlas (bake.unwrap_uv), and keep as polygons only the faces whose triangles the
+unwrap kept in one piece (a face whose fan a seam cuts becomes its triangles: a polygon has one UV per
+corner). LODs: remeshed again at `lod_ratio`, `lod_ratio`^2, ... of the budget, each with its own UVs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from dreampolish.protocol.errors import ValidationError
+from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.messages import BUDGET_CAPPED, REMESH_FALLBACK
+
+from .. import bake
+from ..config_fields import ranged
+from ..geometry.mesh import TriMesh
+from ..geometry.metrics import chamfer_fraction
+from ..geometry.remesh import PolyMesh, remesh_to_budget
+from .base import StageReporter
+
+logger = logging.getLogger(__name__)
+
+MIN_FACES = 500
+"""The smallest budget a request may ask for: below it a generated object loses its shape (issue 30)."""
+FINISH_MAX_FACES = 1_000_000
+"""The largest budget a request may ask for (FinishConfig.faces' range)."""
+MIN_LOD_FACES = 100
+"""An LOD is not made below this many faces."""
+
+
+@dataclass
+class FinishConfig:
+    faces: int = ranged(0, 0, FINISH_MAX_FACES)
+    """The face budget of the game-ready mesh, counted as Blender counts faces (a quad is one face); 0 turns the
+    stage off. A request's budget must lie between 500 and the polished mesh's own face count."""
+    quads: bool = True
+    """Quad-dominant faces; False: triangles."""
+    lods: int = ranged(0, 0, 3)
+    """Levels of detail made beside the mesh (LOD1..LOD3), each `lod_ratio` of the faces of the one before."""
+    lod_ratio: float = ranged(0.5, 0.05, 0.95)
+    """Faces of each LOD as a fraction of the level before it."""
+    remesher: Literal["instant_meshes", "quadriflow", "quadric"] = "instant_meshes"
+    """The remesher (compared on our meshes in BENCHMARKS.md); quadric is the fallback's decimation itself."""
+    time_limit_s: float = ranged(120.0, 1.0, 3600.0)
+    """Time limit of the remesher's tries for one mesh; past it the fallback is taken."""
+    tolerance: float = ranged(0.10, 0.0, 1.0)
+    """The largest miss of the budget, as a fraction, before the fallback is taken."""
+
+
+@dataclass
+class FinishedMesh:
+    """One finished mesh: its fan triangles with UVs (what rendering and baking take) and its faces' sizes."""
+
+    mesh: TriMesh
+    """The fan triangulation of the polygons, with per-corner UVs equal on every corner a polygon shares."""
+    sizes: np.ndarray
+    """int64 (P,) corners of every face, in the order of the triangles' fans."""
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.sizes.shape[0])
+
+    @property
+    def quad_share(self) -> float:
+        return float(np.mean(self.sizes == 4)) if self.sizes.size else 0.0
+
+
+@dataclass
+class FinishResult:
+    low: FinishedMesh
+    lods: list[FinishedMesh] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fell_back: bool = False
+    chamfer: float = 0.0
+    """Symmetric Chamfer distance of the low mesh to the polished surface, as a fraction of its bbox diagonal."""
+
+
+def split_cut_faces(sizes: np.ndarray, uvs: np.ndarray) -> np.ndarray:
+    """The face sizes after every face whose fan triangles disagree on a shared corner's UV (a seam through
+    the face) is split into those triangles; the triangles themselves stay as they are, in order."""
+    sizes = np.asarray(sizes, np.int64)
+    per = sizes - 2
+    polygon = np.repeat(np.arange(sizes.shape[0]), per)
+    first = np.cumsum(per) - per
+    later = np.flatnonzero(np.arange(polygon.shape[0]) != first[polygon])  # triangles after a fan's first
+    # triangle j > 0 of a fan shares its corner 0 with triangle j-1's corner 0 and its corner 1 with its corner 2
+    cut = ~(np.all(uvs[later, 0] == uvs[later - 1, 0], -1) & np.all(uvs[later, 1] == uvs[later - 1, 2], -1))
+    broken = np.zeros(sizes.shape[0], bool)
+    broken[polygon[later[cut]]] = True
+    return np.repeat(np.where(broken, 3, sizes), np.where(broken, per, 1))
+
+
+def mend_cut_faces(vertices: np.ndarray, sizes: np.ndarray, triangles: np.ndarray, uvs: np.ndarray) -> np.ndarray:
+    """Per-corner UVs [M,3,2] in which every face's fan lies in one chart: each triangle after a fan's first
+    whose shared corners disagree with the triangle before it is unfolded into that triangle's chart across
+    their shared edge (its third corner placed by the 3D triangle's shape, with the chart's orientation).
+    The charts then overlap where they grew: repack them (pack_charts)."""
+    uvs = uvs.astype(np.float64).copy()
+    sizes = np.asarray(sizes, np.int64)
+    per = sizes - 2
+    polygon = np.repeat(np.arange(sizes.shape[0]), per)
+    j = np.arange(polygon.shape[0]) - (np.cumsum(per) - per)[polygon]
+    p = vertices[triangles].astype(np.float64)
+    for step in range(1, int(j.max(initial=0)) + 1):
+        t = np.flatnonzero(j == step)
+        prev = t - 1
+        cut = ~(np.all(uvs[t, 0] == uvs[prev, 0], -1) & np.all(uvs[t, 1] == uvs[prev, 2], -1))
+        t, prev = t[cut], prev[cut]
+        u0, u1 = uvs[prev, 0], uvs[prev, 2]
+        e = p[t, 1] - p[t, 0]
+        w = p[t, 2] - p[t, 0]
+        length2 = np.maximum(np.sum(e * e, -1), 1e-30)
+        x = np.sum(w * e, -1) / length2
+        y = np.linalg.norm(np.cross(e, w), axis=-1) / length2
+        a, b, c = uvs[prev, 0], uvs[prev, 1], uvs[prev, 2]
+        orient = np.sign((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+        d = u1 - u0
+        perp = np.stack([-d[:, 1], d[:, 0]], -1) * np.where(orient == 0, 1.0, orient)[:, None]
+        uvs[t, 0], uvs[t, 1] = u0, u1
+        uvs[t, 2] = u0 + x[:, None] * d + y[:, None] * perp
+    return uvs.astype(np.float32)
+
+
+def pack_charts(vertices: np.ndarray, triangles: np.ndarray, uvs: np.ndarray, atlas_size: int,
+                padding: int) -> np.ndarray:
+    """The charts of per-corner UVs [M,3,2] packed anew by xatlas without overlaps (its input-UV mode: a
+    chart is the triangles connected through corners that share a vertex and a UV), keeping each chart's
+    shape. Returns per-corner UVs [M,3,2] of the same triangles."""
+    import xatlas
+
+    key = np.concatenate([triangles.reshape(-1, 1).astype(np.float64), uvs.reshape(-1, 2).astype(np.float64)], 1)
+    unique, inverse = np.unique(key, axis=0, return_inverse=True)
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices[unique[:, 0].astype(np.int64)], np.float32),
+                   np.ascontiguousarray(inverse.reshape(-1, 3), np.uint32), None,
+                   np.ascontiguousarray(unique[:, 1:], np.float32))
+    charts = xatlas.ChartOptions()
+    charts.use_input_mesh_uvs = True
+    pack = xatlas.PackOptions()
+    pack.resolution, pack.padding, pack.bilinear = int(atlas_size), int(padding), True
+    atlas.generate(charts, pack)
+    _, indices, packed = atlas[0]
+    if indices.shape[0] != triangles.shape[0]:
+        raise RuntimeError("xatlas changed the faces of the mesh it packed")
+    return np.ascontiguousarray(packed[indices], np.float32)
+
+
+def finished_mesh(poly: PolyMesh, atlas_size: int, padding: int, device: torch.device | str) -> FinishedMesh:
+    """The polygon mesh unwrapped: xatlas charts of its fan triangles, every face brought whole into one chart
+    (mend_cut_faces), the charts packed anew (pack_charts); a face the packing still cuts is split into its
+    triangles (split_cut_faces)."""
+    triangles = poly.triangles()
+    cfg = bake.UnwrapConfig(resolution=atlas_size, padding=padding)
+    uvs = bake.unwrap_uv(poly.vertices, triangles, cfg)
+    mended = mend_cut_faces(poly.vertices, poly.sizes, triangles, uvs)
+    if not np.array_equal(mended, uvs):
+        uvs = pack_charts(poly.vertices, triangles, mended, atlas_size, padding)
+    sizes = split_cut_faces(poly.sizes, uvs)
+    mesh = TriMesh(torch.as_tensor(poly.vertices, dtype=torch.float32, device=device),
+                   torch.as_tensor(triangles, dtype=torch.int64, device=device),
+                   torch.as_tensor(uvs, dtype=torch.float32, device=device))
+    return FinishedMesh(mesh, sizes)
+
+
+def run_finish(cfg: FinishConfig, mesh: TriMesh, reporter: StageReporter, *, atlas_size: int = 1024,
+               padding: int = 4, seed: int = 0, device: torch.device | str = "cpu") -> FinishResult:
+    """The low mesh (and its LODs) of the polished `mesh` (object frame), with the stages' reporter."""
+    vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+    faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
+    budgets = [min(cfg.faces, mesh.num_faces)]  # more faces than the polished mesh has would add nothing
+    capped = budgets[0] < cfg.faces
+    for _ in range(cfg.lods):
+        nxt = int(round(budgets[-1] * cfg.lod_ratio))
+        if nxt < MIN_LOD_FACES:
+            break
+        budgets.append(nxt)
+    total = len(budgets)
+    made: list[FinishedMesh] = []
+    notes: list[str] = []
+    fell_back = False
+    for i, budget in enumerate(budgets):
+        reporter.check_cancel()
+        out = remesh_to_budget(vertices, faces, budget, quads=cfg.quads, method=cfg.remesher, seed=seed,
+                               time_limit_s=cfg.time_limit_s, tolerance=cfg.tolerance)
+        label = "mesh" if i == 0 else f"LOD{i}"
+        notes += [f"{label}: {n}" for n in out.notes]
+        fell_back |= out.fell_back
+        made.append(finished_mesh(out.mesh, atlas_size, padding, device))
+        losses = {"faces": float(made[-1].num_faces), "quads": made[-1].quad_share,
+                  REMESH_FALLBACK: float(out.fell_back), BUDGET_CAPPED: float(capped)}
+        reporter.progress(i + 1, total, losses)
+    if capped:
+        notes.insert(0, f"the budget of {cfg.faces} faces is more than the polished mesh's {mesh.num_faces}: "
+                        f"capped at {budgets[0]}")
+    for note in notes:
+        logger.info("finish: %s", note)
+    low = made[0]
+    chamfer = chamfer_fraction(low.mesh.to("cpu"), mesh.detach().to("cpu"))
+    logger.info("finish: %d faces (%.0f %% quads), Chamfer %.4f of the bbox diagonal to the polished surface",
+                low.num_faces, 100 * low.quad_share, chamfer)
+    return FinishResult(low, made[1:], notes, fell_back, chamfer)
+
+
+def check_finish(cfg: FinishConfig, spec: JobSpec) -> None:
+    """At submit: a budget outside MIN_FACES..FINISH_MAX_FACES is refused with the range. The polished mesh's
+    own face count is known only once polish has made it (DMTet extracts the surface anew, also from a refine
+    job's input): a budget above it is capped there, and the stage's progress says so (BUDGET_CAPPED)."""
+    if cfg.faces == 0 or spec.mode == "texture":
+        return
+    if not MIN_FACES <= cfg.faces <= FINISH_MAX_FACES:
+        raise ValidationError(f"finish.faces is {cfg.faces}: a game-ready mesh keeps its shape with {MIN_FACES} to "
+                              f"{FINISH_MAX_FACES} faces (and at most the polished mesh's own count); 0 turns the "
+                              "game-ready output off")
