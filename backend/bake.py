@@ -214,6 +214,59 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return (vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def _nearest_vertex_normals(points: np.ndarray, detail_vertices: np.ndarray, detail_normals: np.ndarray,
+                            neighbours: int) -> np.ndarray:
+    """The inverse-distance blend of the normals of each point's `neighbours` nearest detail vertices."""
+    from scipy.spatial import cKDTree
+
+    k = min(neighbours, detail_vertices.shape[0])
+    dist, idx = cKDTree(detail_vertices.astype(np.float64)).query(points.astype(np.float64), k=k)
+    dist, idx = dist.reshape(points.shape[0], k), idx.reshape(points.shape[0], k)
+    wts = 1.0 / np.maximum(dist, 1e-9)
+    return np.einsum("nk,nkc->nc", wts, detail_normals[idx]) / wts.sum(1, keepdims=True)
+
+
+def ray_cast_normals(points: np.ndarray, directions: np.ndarray, detail_vertices: np.ndarray,
+                     detail_faces: np.ndarray, detail_normals: np.ndarray, max_distance: float,
+                     candidates: int = 24, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """The detail surface found along each point's direction (the low mesh's normal), either way, within
+    `max_distance` (the cage): the nearest hit's smooth normal (the detail's vertex normals interpolated at
+    the hit), and a mask of the points that hit. The triangles tried are the `candidates` whose centroids
+    lie nearest the point (Moller-Trumbore on each)."""
+    from scipy.spatial import cKDTree
+
+    tri = detail_vertices[detail_faces].astype(np.float64)
+    tree = cKDTree(tri.mean(1))
+    k = min(candidates, tri.shape[0])
+    normals = np.zeros((points.shape[0], 3), np.float64)
+    hit_any = np.zeros(points.shape[0], bool)
+    for s in range(0, points.shape[0], chunk):
+        o = points[s:s + chunk].astype(np.float64)
+        d = directions[s:s + chunk].astype(np.float64)
+        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+        idx = tree.query(o, k=k)[1].reshape(o.shape[0], k)
+        v0, v1, v2 = tri[idx, 0], tri[idx, 1], tri[idx, 2]
+        e1, e2 = v1 - v0, v2 - v0
+        pvec = np.cross(d[:, None], e2)
+        det = np.sum(e1 * pvec, -1)
+        inv = np.where(np.abs(det) > 1e-14, 1.0 / np.where(det == 0, 1.0, det), 0.0)
+        tvec = o[:, None] - v0
+        u = np.sum(tvec * pvec, -1) * inv
+        qvec = np.cross(tvec, e1)
+        v = np.sum(d[:, None] * qvec, -1) * inv
+        t = np.sum(e2 * qvec, -1) * inv
+        hit = (inv != 0) & (u >= -1e-9) & (v >= -1e-9) & (u + v <= 1 + 1e-9) & (np.abs(t) <= max_distance)
+        best = np.argmin(np.where(hit, np.abs(t), np.inf), 1)
+        rows = np.arange(o.shape[0])
+        ok = hit[rows, best]
+        f = idx[rows, best]
+        w = np.stack([1 - u[rows, best] - v[rows, best], u[rows, best], v[rows, best]], -1)
+        n = np.einsum("nk,nkc->nc", w, detail_normals[detail_faces[f]])
+        normals[s:s + chunk][ok] = n[ok]
+        hit_any[s:s + chunk] = ok
+    return normals, hit_any
+
+
 def bake_normal_map(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -223,25 +276,27 @@ def bake_normal_map(
     size: int,
     padding: int | None = None,
     neighbours: int = 4,
+    ray_distance: float | None = None,
 ) -> np.ndarray:
     """Tangent-space normal map (OpenGL convention, +Y along +v) that gives the exported mesh the
     shading normals of a more detailed mesh covering the same surface (the DMTet/polish mesh).
 
-    The detail normal at each texel's surface point is the inverse-distance blend of the normals of its
-    `neighbours` nearest detail vertices. Returns [size,size,3] float32 unit vectors in [-1,1];
-    empty texels hold +Z (flat)."""
-    from scipy.spatial import cKDTree
-
+    With `ray_distance` (a low mesh far from its detail: the finish stage's), the detail normal of each texel
+    is the polished surface's smooth normal where the low mesh's interpolated normal through the texel's
+    surface point meets it, the nearest hit either way within `ray_distance` (the cage, as bakers do it:
+    ray_cast_normals); a texel whose ray meets nothing within it takes the blend of its `neighbours` nearest
+    detail vertices' normals, as every texel does without `ray_distance` (a mesh on its detail's vertices).
+    Returns [size,size,3] float32 unit vectors in [-1,1]; empty texels hold +Z (flat)."""
     coverage = rasterize_uv(uvs, size, size)
     points = texel_attribute(coverage, faces, vertices.astype(np.float32))
     low_n = texel_attribute(coverage, faces, vertex_normals(vertices, faces))
-    tree = cKDTree(detail_vertices.astype(np.float64))
-    k = min(neighbours, detail_vertices.shape[0])
-    dist, idx = tree.query(points.astype(np.float64), k=k)
-    dist, idx = dist.reshape(points.shape[0], k), idx.reshape(points.shape[0], k)
-    wts = 1.0 / np.maximum(dist, 1e-9)
     dn = vertex_normals(detail_vertices, detail_faces)
-    target = np.einsum("nk,nkc->nc", wts, dn[idx]) / wts.sum(1, keepdims=True)
+    target = _nearest_vertex_normals(points, detail_vertices, dn, neighbours)
+    if ray_distance is not None and points.shape[0]:
+        cast, hit = ray_cast_normals(points, low_n, detail_vertices, detail_faces, dn, ray_distance)
+        target[hit] = cast[hit]
+        logger.info("normal map: %d of %d texels found the detail within %.4g along the normal",
+                    int(hit.sum()), int(hit.shape[0]), ray_distance)
 
     tangent, bitangent = face_tangent_frames(vertices, faces, uvs)
     fid = coverage.face_id[coverage.filled]

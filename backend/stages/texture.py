@@ -166,6 +166,11 @@ class TextureConfig:
     """How far, in texels, the colours are dilated beyond the charts; 0 fills the whole atlas."""
     normal_map: bool = True
     """Also bake a tangent-space normal map from the detailed geometry (the DMTet/polish mesh)."""
+    normal_ray_distance: float = ranged(0.03, 0.0, 1.0)
+    """The cage of a finished (game-ready) low mesh's normal map: how far along the low mesh's normal, either
+    way, the polished surface is searched for each texel (object frame, radius 0.5). The remeshed surface
+    lies within about 0.02 of the bounding-box diagonal of the polished one (Hausdorff, BENCHMARKS.md), about
+    0.02 here; a texel whose ray finds nothing takes its nearest polished vertices' normals."""
     simplify_to_faces: int = ranged(0, 0, 4_000_000)
     """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
     detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
@@ -454,7 +459,7 @@ def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | N
     if wants_normals and detail is not None:
         baked.normal_map = bake.bake_normal_map(
             vertices, faces, uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(),
-            cfg.atlas_size, padding)
+            cfg.atlas_size, padding, ray_distance=cfg.normal_ray_distance if normal_map else None)
     if base_color_only:
         return baked
     if decomposer is not None and cfg.pbr.decomposes:

@@ -142,3 +142,52 @@ def test_glb_is_y_up_with_the_texture_and_uvs(tmp_path):
     back_to_blender = np.stack([mesh.vertices[:, 0], -mesh.vertices[:, 2], mesh.vertices[:, 1]], 1)
     sampled = _bilinear(tex, np.asarray(mesh.visual.uv))
     assert np.abs(sampled - _color(back_to_blender)).mean() < 0.03
+
+
+def test_the_cage_finds_the_detail_along_the_given_direction_within_its_distance():
+    # Detail: a sphere of radius 0.5. Points at radius 0.46 cast along a direction tilted 30 degrees off the
+    # radius: the hit is where that line meets the sphere, not the nearest point, and its smooth normal is
+    # the sphere's radial direction there. Points at radius 0.3 are beyond the cage of 0.05.
+    v, f = _sphere(5)
+    n = bake.vertex_normals(v, f)
+    rng = np.random.default_rng(0)
+    radial = rng.normal(size=(200, 3))
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    side = np.cross(radial, rng.normal(size=(200, 3)))
+    side /= np.linalg.norm(side, axis=1, keepdims=True)
+    direction = np.cos(np.radians(30)) * radial + np.sin(np.radians(30)) * side
+    points = 0.46 * radial
+    got, hit = bake.ray_cast_normals(points, direction, v, f, n, max_distance=0.08)
+    assert hit.all()
+    # the line p + t d meets |x| = 0.5 at t = -p.d + sqrt((p.d)^2 - |p|^2 + 0.25)
+    pd = np.sum(points * direction, 1)
+    t = -pd + np.sqrt(pd**2 - 0.46**2 + 0.25)
+    expected = points + t[:, None] * direction
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    cosine = np.sum(got / np.linalg.norm(got, axis=1, keepdims=True) * expected, 1)
+    assert np.degrees(np.arccos(np.clip(cosine, -1, 1))).max() < 1.0
+    nearest = points / 0.46  # the normal at the nearest point is the radial one, 2.6 degrees off
+    assert np.degrees(np.arccos(np.clip(np.sum(nearest * expected, 1), -1, 1))).min() > 2.0
+    _, far = bake.ray_cast_normals(0.3 * radial, radial, v, f, n, max_distance=0.05)
+    assert not far.any()
+
+
+def test_a_normal_map_baked_through_the_cage_carries_the_detail_onto_a_flat_mesh():
+    # A flat square of two triangles (UV = xy) under a finely tessellated z = 0.03 + a sin(kx): through the
+    # cage each texel gets the detail's normal straight above it.
+    n = 64
+    xs = np.linspace(0.0, 1.0, n + 1, dtype=np.float32)
+    gx, gy = np.meshgrid(xs, xs, indexing="xy")
+    quads = np.array([[i * (n + 1) + j, i * (n + 1) + j + 1, (i + 1) * (n + 1) + j + 1, (i + 1) * (n + 1) + j]
+                      for i in range(n) for j in range(n)])
+    detail_faces = np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]]).astype(np.int64)
+    amp, k = 0.02, 2 * np.pi * 3
+    detail = np.stack([gx.ravel(), gy.ravel(), 0.03 + amp * np.sin(k * gx.ravel())], 1).astype(np.float32)
+    low = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]], np.int64)
+    uvs = low[faces][..., :2].copy()
+    normal_map = bake.bake_normal_map(low, faces, uvs, detail, detail_faces, 64, ray_distance=0.1)
+    u = (np.arange(64) + 0.5) / 64
+    slope = -amp * k * np.cos(k * u)
+    assert np.abs(normal_map[32, :, 0] - slope / np.sqrt(1 + slope**2))[4:-4].max() < 0.05
+    assert np.abs(normal_map[..., 1]).max() < 0.05
