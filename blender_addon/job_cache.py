@@ -22,7 +22,7 @@ from .protocol.scene import MeshPayload
 log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MESH_ARRAYS = ("vertices", "faces", "uvs", "normals", "colors", "transform")
+MESH_ARRAYS = ("vertices", "faces", "uvs", "normals", "colors", "transform", "face_sizes", "face_corners")
 
 
 @dataclass
@@ -68,6 +68,8 @@ class CachedStage:
     """Geometry without textures; the textures are files, see texture_files."""
     texture_files: dict[str, Path]
     """Texture role -> .png (8-bit) or .npy (float array) file."""
+    lods: list[CachedStage] = field(default_factory=list)
+    """The mesh's levels of detail (LOD1...), each with its own texture files."""
 
 
 class JobCache:
@@ -128,23 +130,14 @@ class JobCache:
         """Store a stage result as it arrived and record it (with `changes` to the record, in the same
         write). Returns what load_stage would read back, without reading it, and the record."""
         folder = self.job_dir(job_id)
-        arrays = {name: getattr(mesh, name) for name in MESH_ARRAYS if getattr(mesh, name) is not None}
-        np.savez(folder / f"{stage}.npz", **arrays)
-        textures = {}
-        for tex in mesh.textures:
-            if tex.tile and tex.png is not None:  # a UDIM tile: one file each, found again by Blender's <UDIM>
-                (folder / f"{stage}_{tex.role}.{tex.tile}.png").write_bytes(bytes(tex.png))
-                textures[tex.role] = folder / f"{stage}_{tex.role}.{UDIM_TOKEN}.png"
-                continue
-            if tex.png is not None:
-                path = folder / f"{stage}_{tex.role}.png"
-                path.write_bytes(bytes(tex.png))
-            else:
-                path = folder / f"{stage}_{tex.role}.npy"
-                np.save(path, np.asarray(tex.array))
-            textures[tex.role] = path
+        cached = _save_mesh(folder, stage, stage, mesh)
+        lod_folder = folder / f"{stage}_lods"
+        if mesh.lods:
+            lod_folder.mkdir(exist_ok=True)
+        cached.lods = [_save_mesh(lod_folder, stage, f"LOD{i}", lod) for i, lod in enumerate(mesh.lods, start=1)]
+        cached.mesh = dataclasses.replace(cached.mesh, lods=[c.mesh for c in cached.lods])
         record = self.record_stage(job_id, stage, **changes)
-        return CachedStage(stage=stage, mesh=dataclasses.replace(mesh, textures=[]), texture_files=textures), record
+        return cached, record
 
     def load_stage(self, job_id: str, stage: str = "") -> CachedStage | None:
         """A stage's result, or the latest one when `stage` is empty; None if nothing is cached."""
@@ -156,18 +149,52 @@ class JobCache:
             if not stored:
                 return None
             stage = stored[-1]
-        path = folder / f"{stage}.npz"
-        if not path.is_file():
+        cached = _load_mesh(folder, stage, stage)
+        if cached is None:
             return None
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files}
-        mesh = MeshPayload(**arrays).validate(require_faces=False)
-        textures = {}
-        for p in sorted(folder.glob(f"{stage}_*.*")):
-            if p.suffix in (".png", ".npy"):
-                role, _, tile = p.stem[len(stage) + 1:].partition(".")
-                textures[role] = p if not tile else folder / f"{stage}_{role}.{UDIM_TOKEN}.png"
-        return CachedStage(stage=stage, mesh=mesh, texture_files=textures)
+        lod_folder = folder / f"{stage}_lods"
+        for i in range(1, 4):
+            lod = _load_mesh(lod_folder, stage, f"LOD{i}")
+            if lod is None:
+                break
+            cached.lods.append(lod)
+        cached.mesh = dataclasses.replace(cached.mesh, lods=[c.mesh for c in cached.lods])
+        return cached
+
+
+def _save_mesh(folder: Path, stage: str, name: str, mesh: MeshPayload) -> CachedStage:
+    """`name`.npz (the arrays) and `name`_<role>.png/.npy (the textures) in `folder`."""
+    arrays = {k: getattr(mesh, k) for k in MESH_ARRAYS if getattr(mesh, k) is not None}
+    np.savez(folder / f"{name}.npz", **arrays)
+    textures = {}
+    for tex in mesh.textures:
+        if tex.tile and tex.png is not None:  # a UDIM tile: one file each, found again by Blender's <UDIM>
+            (folder / f"{name}_{tex.role}.{tex.tile}.png").write_bytes(bytes(tex.png))
+            textures[tex.role] = folder / f"{name}_{tex.role}.{UDIM_TOKEN}.png"
+            continue
+        if tex.png is not None:
+            path = folder / f"{name}_{tex.role}.png"
+            path.write_bytes(bytes(tex.png))
+        else:
+            path = folder / f"{name}_{tex.role}.npy"
+            np.save(path, np.asarray(tex.array))
+        textures[tex.role] = path
+    return CachedStage(stage=stage, mesh=dataclasses.replace(mesh, textures=[], lods=[]), texture_files=textures)
+
+
+def _load_mesh(folder: Path, stage: str, name: str) -> CachedStage | None:
+    path = folder / f"{name}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    mesh = MeshPayload(**arrays).validate(require_faces=False)
+    textures = {}
+    for p in sorted(folder.glob(f"{name}_*.*")):
+        if p.suffix in (".png", ".npy"):
+            role, _, tile = p.stem[len(name) + 1:].partition(".")
+            textures[role] = p if not tile else folder / f"{name}_{role}.{UDIM_TOKEN}.png"
+    return CachedStage(stage=stage, mesh=mesh, texture_files=textures)
 
 
 UDIM_TOKEN = "<UDIM>"

@@ -110,6 +110,13 @@ class DREAMPOLISH_PT_stages(_DreamPolishPanel, bpy.types.Panel):
                 col.prop_enum(s, "pause_after", stage)
         else:
             self.layout.label(text=stage_choices.why_no_choice(), icon="INFO")
+        box = self.layout.box()
+        box.prop(s, "game_ready")
+        if s.game_ready:
+            row = box.row(align=True)
+            row.prop(s, "game_faces")
+            row.prop(s, "game_quads", toggle=True)
+            box.prop(s, "game_lods")
         self.layout.prop(s, "overrides")
         self.layout.prop(s, "import_mode")
         self.layout.prop(s, "camera_collection")

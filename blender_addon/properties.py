@@ -237,6 +237,21 @@ class DreamPolishSceneSettings(bpy.types.PropertyGroup):
         "(e.g. nerf.steps=500, texture.guidance.objective=sds)",
         default="",
     )
+    game_ready: BoolProperty(
+        name="Game-ready",
+        description="Also remesh the polished object to a face budget, with UVs made for it, the polished detail "
+        "in a normal map and optional levels of detail (the backend's finish stage)",
+        default=False,
+    )
+    game_faces: IntProperty(
+        name="Faces", description="The face budget, counted as Blender counts faces (a quad is one face)",
+        default=3000, min=500, max=1_000_000, soft_max=50_000,
+    )
+    game_quads: BoolProperty(name="Quads", description="Quad-dominant faces (off: triangles)", default=True)
+    game_lods: IntProperty(
+        name="LODs", description="Levels of detail made beside the object, each half the faces of the one before",
+        default=0, min=0, max=3,
+    )
     orbit_views: IntProperty(
         name="Orbit Views", description="Cameras of the default orbit used when the scene has no camera",
         default=4, min=1, max=32,

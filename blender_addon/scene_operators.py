@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 JOB_PROP = materials.JOB_PROP
 STAGE_PROP = "dreampolish_stage"
+LOD_PROP = "dreampolish_lod"
+"""On a level-of-detail object: its level (1 for LOD1)."""
 """Custom property naming the stage an object shows."""
 
 _handed_over: dict[tuple[str, str], tuple[CachedStage, JobRecord]] = {}
@@ -171,7 +173,32 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
             return {"CANCELLED"}
         obj[JOB_PROP] = self.job_id
         obj[STAGE_PROP] = cached.stage
+        if cached.lods and record.mode != "texture":
+            self._levels_of_detail(context, obj, cached, record)
         return {"FINISHED"}
+
+    def _levels_of_detail(self, context, obj, cached, record: JobRecord) -> None:
+        """The finish stage's LOD1... as objects `<name>_LOD1`..., children of the object at its place (the
+        same frame), each with its own UVs and material, hidden (they stand where the object stands)."""
+        lods = _in_object_frame(cached.mesh, record).lods
+        for i, (lod, stored) in enumerate(zip(lods, cached.lods), start=1):
+            child = next((c for c in obj.children if c.get(LOD_PROP) == i and c.get(JOB_PROP) == self.job_id), None)
+            if child is None:
+                child = bpy.data.objects.new(f"{obj.name}_LOD{i}", mesh_io.new_mesh(f"{obj.name}_LOD{i}", lod))
+                for collection in obj.users_collection:
+                    collection.objects.link(child)
+                child.parent = obj
+                child[JOB_PROP], child[LOD_PROP] = self.job_id, i
+            else:
+                mesh_io.fill_mesh(child.data, lod)
+            child.matrix_parent_inverse.identity()
+            child.matrix_basis.identity()
+            if stored.texture_files:
+                mat = self._textured(child, stored, child.name, _job_material(child, self.job_id))
+                mat[JOB_PROP] = self.job_id
+                materials.assign_material(child, mat)
+            child.hide_set(True)
+            child.hide_render = True
 
     def _import(self, context, cached, record: JobRecord) -> bpy.types.Object:
         label = (record.prompt or "DreamPolish")[:40]

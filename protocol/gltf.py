@@ -190,8 +190,26 @@ def texture_png(tex: TexturePayload) -> bytes:
 
 
 def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
-    """One mesh, one node (carrying mesh.transform), one material with the textures as PNGs."""
+    """One mesh, one node (carrying mesh.transform), one material with the textures as PNGs; each level of
+    detail (mesh.lods) a node of its own beside it, `<name>_LOD1` ..., with the same transform and its own
+    mesh and material. A polygon mesh is written as its triangles (MeshPayload.faces, the polygons' fans)."""
     mesh.validate(require_faces=False)
+    w = _GlbWriter()
+    w.gltf["materials"], w.gltf["meshes"], w.gltf["nodes"] = [], [], []
+    for i, part in enumerate([mesh, *mesh.lods]):
+        label = name if i == 0 else f"{name}_LOD{i}"
+        node: dict[str, Any] = {"name": label, "mesh": _add_mesh(w, part, label)}
+        if not np.allclose(mesh.transform, np.eye(4)):
+            t = BLENDER_TO_GLTF @ mesh.transform.astype(np.float32) @ GLTF_TO_BLENDER
+            node["matrix"] = t.T.reshape(-1).tolist()  # glTF matrices are column-major
+        w.gltf["nodes"].append(node)
+    w.gltf["scenes"] = [{"nodes": list(range(len(w.gltf["nodes"])))}]
+    w.gltf["scene"] = 0
+    return w.glb()
+
+
+def _add_mesh(w: _GlbWriter, mesh: MeshPayload, name: str) -> int:
+    """Write one mesh's primitive and its material into `w`; returns the mesh's index."""
     v, f = mesh.vertices, mesh.faces.astype(np.uint32)
     if mesh.uvs is not None:
         corners = f.reshape(-1)  # split: one vertex per face corner
@@ -202,7 +220,6 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
         indices = np.arange(corners.shape[0], dtype=np.uint32)
     else:
         positions, normals, colors, uvs, indices = v, mesh.normals, mesh.colors, None, f.reshape(-1)
-    w = _GlbWriter()
     attributes = {"POSITION": w.accessor(blender_to_gltf(positions), "VEC3", FLOAT, ARRAY_BUFFER, bounds=True)}
     if normals is not None:
         attributes["NORMAL"] = w.accessor(blender_to_gltf(normals), "VEC3", FLOAT, ARRAY_BUFFER)
@@ -240,17 +257,10 @@ def mesh_to_glb(mesh: MeshPayload, name: str = "DreamPolish") -> bytes:
         elif tex.role == "roughness_metallic":
             pbr["metallicRoughnessTexture"] = {"index": index}
             pbr["metallicFactor"] = pbr["roughnessFactor"] = 1.0
-    w.gltf["materials"] = [material]
-    primitive["material"] = 0
-    w.gltf["meshes"] = [{"name": name, "primitives": [primitive]}]
-    node: dict[str, Any] = {"name": name, "mesh": 0}
-    if not np.allclose(mesh.transform, np.eye(4)):
-        t = BLENDER_TO_GLTF @ mesh.transform.astype(np.float32) @ GLTF_TO_BLENDER
-        node["matrix"] = t.T.reshape(-1).tolist()  # glTF matrices are column-major
-    w.gltf["nodes"] = [node]
-    w.gltf["scenes"] = [{"nodes": [0]}]
-    w.gltf["scene"] = 0
-    return w.glb()
+    w.gltf["materials"].append(material)
+    primitive["material"] = len(w.gltf["materials"]) - 1
+    w.gltf["meshes"].append({"name": name, "primitives": [primitive]})
+    return len(w.gltf["meshes"]) - 1
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -35,7 +35,15 @@ from .job import MAX_STAGES, JobSpec, check_mode, check_seed, check_stage_names
 from .limits import LIMITS
 from .mask_wire import mask_from_wire, mask_to_wire
 from .names import check_file_name
-from .scene import SENSOR_FITS, TEXTURE_ROLES, CameraSpec, MeshPayload, TexturePayload, check_polygons
+from .scene import (
+    MAX_LODS,
+    SENSOR_FITS,
+    TEXTURE_ROLES,
+    CameraSpec,
+    MeshPayload,
+    TexturePayload,
+    check_polygons,
+)
 from .udim import check_tile
 from .wire_types import wire_type
 
@@ -43,7 +51,8 @@ from .wire_types import wire_type
 # request (refuse_unknown_fields); replies and events are read leniently, so that a backend of a later
 # minor version may add fields.
 TEXTURE_FIELDS = ("role", "png", "array", "tile")
-MESH_FIELDS = ("vertices", "faces", "uvs", "normals", "colors", "transform", "textures", "face_sizes", "face_corners")
+MESH_FIELDS = ("vertices", "faces", "uvs", "normals", "colors", "transform", "textures", "face_sizes", "face_corners",
+               "lods")
 CAMERA_FIELDS = ("matrix_world", "lens_mm", "sensor_width_mm", "sensor_height_mm", "sensor_fit", "resolution",
                  "shift", "name")
 IMAGE_FIELDS = ("png", "array")
@@ -99,6 +108,12 @@ def texture_from_wire(d: object, r: FrameReader) -> TexturePayload:
     return TexturePayload(role=role, png=png, array=array, tile=read_int(d, "tile", 0)).validate()
 
 
+def _lod_from_wire(d: object, r: FrameReader, i: int) -> MeshPayload:
+    if isinstance(d, dict) and d.get("lods"):
+        raise ValidationError(f"mesh.lods[{i}] has levels of detail of its own (they are not nested)")
+    return mesh_from_wire(d, r)
+
+
 def mesh_to_wire(m: MeshPayload, w: FrameWriter) -> dict[str, Any]:
     """A triangle mesh carries `faces` and per-triangle-corner `uvs`; a polygon mesh carries `face_sizes` and
     `face_corners` in their place and its `uvs` per polygon corner (L,2), as Blender keeps them: the receiver
@@ -121,6 +136,8 @@ def mesh_to_wire(m: MeshPayload, w: FrameWriter) -> dict[str, Any]:
         a = getattr(m, name)
         if a is not None:
             out[name] = w.array(a)
+    if m.lods:
+        out["lods"] = [mesh_to_wire(lod, w) for lod in m.lods]
     return out
 
 
@@ -152,9 +169,11 @@ def mesh_from_wire(d: object, r: FrameReader, *, require_faces: bool = True) -> 
 
     transform = optional("transform")
     textures = read_list(d, "textures", [], max_items=len(TEXTURE_ROLES))
+    lods = read_list(d, "lods", [], max_items=MAX_LODS)
     fields = {"normals": optional("normals"), "colors": optional("colors"),
               "transform": transform if transform is not None else np.eye(4, dtype=np.float32),
-              "textures": [texture_from_wire(t, r) for t in textures]}
+              "textures": [texture_from_wire(t, r) for t in textures],
+              "lods": [_lod_from_wire(lod, r, i) for i, lod in enumerate(lods)]}
     if d.get("face_sizes") is not None or d.get("face_corners") is not None:
         return _polygon_mesh(d, r, **fields).validate(require_faces=require_faces)
     mesh = MeshPayload(

@@ -19,6 +19,7 @@ turns these into header fields and binary frames. Conventions (see README.md):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -208,6 +209,8 @@ def check_polygons(sizes: object, corners: object, n_vertices: int) -> None:
                               f"{int(key[repeated[0]] % max(n_vertices, 1))} twice (a degenerate face)")
 
 
+MAX_LODS = 3
+"""Most levels of detail one mesh carries (LOD1-LOD3)."""
 MAX_POLYGON_CORNERS = 64
 """Most corners of one polygon on the wire (an n-gon beyond it is no game mesh's face)."""
 
@@ -228,6 +231,9 @@ class MeshPayload:
     """uint32 (P,) corners of every polygon, or None for a triangle mesh; `faces` is then their fan."""
     face_corners: np.ndarray | None = None
     """uint32 (L,) the vertex of every polygon corner, polygon after polygon (Blender's corner_verts)."""
+    lods: list[MeshPayload] = field(default_factory=list)
+    """Levels of detail (LOD1, LOD2, ...): meshes of fewer faces in the same frame (this mesh's transform),
+    each with its own UVs and textures; never nested (at most MAX_LODS)."""
 
     @classmethod
     def from_polygons(cls, vertices: np.ndarray, face_sizes: np.ndarray, face_corners: np.ndarray,
@@ -308,7 +314,8 @@ class MeshPayload:
             faces, uvs, corners = self._winding_flipped()
         return MeshPayload(vertices=object_to_world(self.vertices, self.transform).astype(np.float32), faces=faces,
                            uvs=uvs, normals=normals, colors=self.colors, transform=np.eye(4, dtype=np.float32),
-                           textures=list(self.textures), face_sizes=self.face_sizes, face_corners=corners)
+                           textures=list(self.textures), face_sizes=self.face_sizes, face_corners=corners,
+                           lods=[dataclasses.replace(lod, transform=self.transform).in_world() for lod in self.lods])
 
     def in_frame(self, transform: np.ndarray) -> MeshPayload:
         """The same mesh with its vertices in the frame that `transform` (object-to-world, invertible) maps
@@ -328,7 +335,8 @@ class MeshPayload:
             faces, uvs, corners = world._winding_flipped()
         return MeshPayload(vertices=vertices, faces=faces, uvs=uvs, normals=normals, colors=world.colors,
                            transform=m.astype(np.float32), textures=list(world.textures),
-                           face_sizes=world.face_sizes, face_corners=corners)
+                           face_sizes=world.face_sizes, face_corners=corners,
+                           lods=[lod.in_frame(transform) for lod in world.lods])
 
     def validate(self, *, require_faces: bool = True) -> MeshPayload:
         v = _check_array("mesh.vertices", self.vertices, "float32", (None, 3))
@@ -361,4 +369,10 @@ class MeshPayload:
         _finite("mesh.transform", _check_array("mesh.transform", self.transform, "float32", (4, 4)))
         for t in self.textures:
             t.validate()
+        if len(self.lods) > MAX_LODS:
+            raise ValidationError(f"mesh has {len(self.lods)} levels of detail; the most is {MAX_LODS}")
+        for i, lod in enumerate(self.lods):
+            if lod.lods:
+                raise ValidationError(f"mesh.lods[{i}] has levels of detail of its own (they are not nested)")
+            lod.validate()
         return self

@@ -33,6 +33,7 @@ def payload_to_ckpt(payload: MeshPayload) -> dict[str, Any]:
         "normals": t(payload.normals), "colors": t(payload.colors), "transform": t(payload.transform),
         "textures": [{"role": x.role, "png": x.png, "array": t(x.array)} for x in payload.textures],
         "face_sizes": t(payload.face_sizes), "face_corners": t(payload.face_corners),
+        "lods": [payload_to_ckpt(lod) for lod in payload.lods],
     }
 
 
@@ -45,4 +46,5 @@ def payload_from_ckpt(d: dict[str, Any]) -> MeshPayload:
         colors=a(d["colors"]), transform=a(d["transform"]),
         textures=[TexturePayload(role=x["role"], png=x["png"], array=a(x["array"])) for x in d["textures"]],
         face_sizes=a(d.get("face_sizes"), np.uint32), face_corners=a(d.get("face_corners"), np.uint32),
+        lods=[payload_from_ckpt(lod) for lod in d.get("lods", [])],
     )

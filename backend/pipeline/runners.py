@@ -31,7 +31,7 @@ from ..stages.finish import run_finish
 from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
-from ..stages.texture import BakedTexture, bake_texture, inherits_colours, run_texture
+from ..stages.texture import BakedTexture, TextureState, bake_texture, inherits_colours, run_texture
 from ..udim_bake import bake_tiles
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext
@@ -242,7 +242,9 @@ class FinishRunner(StageRunner):
         carry.lods = [(mesh_from_ckpt(d["mesh"], job.device), d["face_sizes"].numpy()) for d in ckpt["lods"]]
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
-        return polygon_payload(mesh_payload(carry.mesh, job.frame.transform), carry.face_sizes)
+        payload = polygon_payload(mesh_payload(carry.mesh, job.frame.transform), carry.face_sizes)
+        payload.lods = [polygon_payload(mesh_payload(mesh, job.frame.transform), sizes) for mesh, sizes in carry.lods]
+        return payload
 
 
 class TextureRunner(StageRunner):
@@ -288,6 +290,7 @@ class TextureRunner(StageRunner):
             baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail, decomposer=decomposer,
                                  rasterizer=c.job.rasterizer, base_color_only=only_colour,
                                  normal_map=True if c.carry.face_sizes is not None else None)
+            lods = self._lod_payloads(c, state, decomposer)
         finally:
             if decomposer is not None:
                 decomposer.close()
@@ -301,6 +304,7 @@ class TextureRunner(StageRunner):
                                mesh.vertex_colors)
             c.carry.mesh = textured
             c.carry.payload = polygon_payload(mesh_payload(textured, c.frame.transform, textures), c.carry.face_sizes)
+            c.carry.payload.lods = lods
         return {"mesh": mesh_to_ckpt(c.carry.mesh if c.carry.mesh is not None else mesh),
                 "payload": payload_to_ckpt(c.carry.payload), "field": state.state_dict()}
 
@@ -312,6 +316,23 @@ class TextureRunner(StageRunner):
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
         return carry.payload
+
+    @staticmethod
+    def _lod_payloads(c: StageContext, state: TextureState, decomposer: Any) -> list[MeshPayload]:
+        """The finish stage's levels of detail, each baked on its own UVs from the same colour field (and the
+        same decomposition, when the maps are de-lit), the polished detail in its normal map; each level's
+        atlas half the side of the one before."""
+        out = []
+        for i, (mesh, sizes) in enumerate(c.carry.lods, start=1):
+            cfg = dataclasses.replace(c.preset.texture, atlas_size=max(64, c.preset.texture.atlas_size >> i))
+            lod_state = TextureState(state.color_field, mesh.to(c.device))
+            baked = bake_texture(cfg, lod_state, uvs=mesh.uvs.detach().cpu().numpy(), detail=c.carry.detail,
+                                 decomposer=decomposer, rasterizer=c.job.rasterizer,
+                                 base_color_only=c.preset.base_color_only, normal_map=True)
+            textures = texture_payloads(baked.base_color, baked.normal_map, c.preset.export.normal_map_dtype,
+                                        baked.roughness_metallic)
+            out.append(polygon_payload(mesh_payload(mesh, c.frame.transform, textures), sizes))
+        return out
 
     @staticmethod
     def _mesh(c: StageContext, keep_topology: bool) -> TriMesh:

@@ -121,3 +121,42 @@ def test_a_glb_of_quads_is_their_triangles_and_passes_the_khronos_validator(tmp_
     back = glb_to_mesh(path.read_bytes())
     assert back.num_faces == 12 and back.face_sizes is None  # glTF holds triangles only
     np.testing.assert_allclose(back.vertices[back.faces], mesh.vertices[mesh.faces], atol=1e-6)
+
+
+def tetrahedron() -> MeshPayload:
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.uint32)
+    return MeshPayload(v, f, uvs=np.tile(np.array([[0, 0], [0.5, 0], [0, 0.5]], np.float32), (4, 1, 1)))
+
+
+def test_levels_of_detail_cross_the_wire_and_are_nodes_of_their_own_in_the_glb(tmp_path):
+    mesh = cube()
+    mesh.transform = np.diag([2, 2, 2, 1]).astype(np.float32)
+    mesh.lods = [tetrahedron()]
+    mesh.lods[0].textures = [TexturePayload("normal", array=np.tile(np.array([0, 0, 1], np.float16), (4, 4, 1)))]
+    mesh.lods[0].normals = np.tile(np.array([0, 0, 1], np.float32), (4, 1))
+    decoded = codec.decode([bytes(f) for f in codec.encode(m.StageResult(stage="texture", mesh=mesh, job_id="j"))]).mesh
+    assert len(decoded.lods) == 1 and decoded.lods[0].num_faces == 4 and decoded.lods[0].texture("normal") is not None
+    assert decoded.num_polygons == 6
+    path = tmp_path / "lods.glb"
+    path.write_bytes(mesh_to_glb(decoded, name="cube"))
+    validate_glb(path)
+    import json
+    import struct
+    data = path.read_bytes()
+    length = struct.unpack_from("<I", data, 12)[0]
+    gltf = json.loads(data[20:20 + length])
+    assert [n["name"] for n in gltf["nodes"]] == ["cube", "cube_LOD1"]
+    assert gltf["nodes"][0]["matrix"] == gltf["nodes"][1]["matrix"]
+    assert len(gltf["meshes"]) == 2 and len(gltf["materials"]) == 2
+    world = decoded.in_world()  # the levels of detail go into the world with their mesh
+    np.testing.assert_allclose(world.lods[0].vertices, tetrahedron().vertices * 2)
+
+
+def test_nested_levels_of_detail_are_refused():
+    mesh = cube()
+    inner = tetrahedron()
+    inner.lods = [tetrahedron()]
+    mesh.lods = [inner]
+    with pytest.raises(ValidationError, match=r"mesh.lods\[0\] has levels of detail of its own"):
+        codec.decode([bytes(f) for f in codec.encode(m.StageResult(stage="texture", mesh=mesh, job_id="j"))])

@@ -4,6 +4,8 @@ exports a .glb the Khronos validator accepts, and comes back from its checkpoint
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from dreampolish.backend.geometry.mesh import TriMesh, normalize_to_unit
@@ -50,7 +52,15 @@ def test_a_refine_job_with_a_budget_sends_quads_textured_on_their_uvs_with_a_nor
     np.testing.assert_allclose(textured.corner_uvs(), finished.corner_uvs())
     normal = textured.texture("normal")
     assert normal is not None and normal.array.shape == (128, 128, 3)
+    # LOD1: half the faces, its own UVs and maps, in the result and in the .glb as a node of its own
+    assert len(finished.lods) == 1 and len(textured.lods) == 1
+    lod = textured.lods[0]
+    assert lod.has_polygons and abs(lod.num_polygons - finished.num_polygons / 2) <= 0.15 * finished.num_polygons
+    assert lod.texture("normal").array.shape == (64, 64, 3) and lod.texture("base_color") is not None
     glb = outcome.result_files["glb"]
     validate_glb(glb)
+    length = int.from_bytes(glb.read_bytes()[12:16], "little")
+    nodes = json.loads(glb.read_bytes()[20:20 + length])["nodes"]
+    assert [n["name"] for n in nodes] == ["result", "result_LOD1"]
     back = glb_to_mesh(glb.read_bytes())
     assert back.num_faces == textured.num_faces  # the .glb holds the polygons' triangles

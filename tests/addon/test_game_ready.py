@@ -1,0 +1,64 @@
+"""A game-ready (finish stage) result in Blender (issue 30): the object arrives as quads with the UV map
+Blender names, the baked normal map wired through a Normal Map node on that UV map, and its levels of detail
+as hidden children `<name>_LOD1`... with their own UVs and materials; re-imported from the cache, the same."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.support.blender_env import bpy
+
+
+def _grid(addon, n: int, with_normal: bool):
+    """An n x n grid of quads in the xy plane, UVs = xy, with a base colour and (optionally) a normal map."""
+    scene = addon.protocol.scene
+    xs = np.linspace(0.0, 1.0, n + 1, dtype=np.float32)
+    gx, gy = np.meshgrid(xs, xs, indexing="xy")
+    v = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size, np.float32)], 1)
+    i = (np.arange(n)[:, None] * (n + 1) + np.arange(n)[None]).ravel()
+    corners = np.stack([i, i + 1, i + n + 2, i + n + 1], 1).ravel().astype(np.uint32)
+    textures = [scene.TexturePayload("base_color", png=_png(addon))]
+    if with_normal:
+        textures.append(scene.TexturePayload("normal", array=np.tile(np.array([0.2, 0, 0.98], np.float16), (8, 8, 1))))
+    return scene.MeshPayload.from_polygons(v, np.full(n * n, 4, np.uint32), corners, v[corners][:, :2],
+                                           normals=np.tile(np.array([0, 0, 1], np.float32), (len(v), 1)),
+                                           textures=textures)
+
+
+def _png(addon) -> bytes:
+    from tests.support.pipelines import png_rgb
+
+    return png_rgb(8, 8, (200, 40, 40))
+
+
+def _normal_map_wired(obj) -> bool:
+    mat = obj.data.materials[0]
+    nodes = [n for n in mat.node_tree.nodes if n.type == "NORMAL_MAP"]
+    if not nodes or nodes[0].uv_map != obj.data.uv_layers.active.name:
+        return False
+    image_in = nodes[0].inputs["Color"].links
+    bsdf_in = [link.to_node.type for link in nodes[0].outputs["Normal"].links]
+    return bool(image_in) and image_in[0].from_node.type == "TEX_IMAGE" and "BSDF_PRINCIPLED" in bsdf_in
+
+
+def test_a_finished_result_arrives_as_quads_with_its_normal_map_and_its_lods(addon, fresh_scene):
+    payload = _grid(addon, 8, with_normal=True)
+    payload.lods = [_grid(addon, 4, with_normal=True), _grid(addon, 2, with_normal=False)]
+    cache = addon.job_follow.job_cache()
+    cache.save_record(addon.job_cache.JobRecord(job_id="gamejob", prompt="a red tile"))
+    cache.save_stage("gamejob", "texture", payload)
+    for new_object in (False, True):  # as it arrives, and re-imported from the cache
+        assert bpy.ops.dreampolish.import_result(job_id="gamejob", stage="texture", new_object=new_object) == {"FINISHED"}
+        obj = bpy.context.active_object
+        mesh = obj.data
+        assert (len(mesh.polygons), len(mesh.loops)) == (64, 256)
+        assert all(p.loop_total == 4 for p in mesh.polygons)
+        assert mesh.uv_layers.active.name == "UVMap"
+        assert _normal_map_wired(obj)
+        lods = sorted(obj.children, key=lambda c: c.name)
+        assert [c.name for c in lods] == [f"{obj.name}_LOD1", f"{obj.name}_LOD2"]
+        assert [len(c.data.polygons) for c in lods] == [16, 4]
+        assert all(p.loop_total == 4 for c in lods for p in c.data.polygons)
+        assert all(c.hide_get() and c.hide_render for c in lods)
+        assert _normal_map_wired(lods[0]) and lods[1].data.uv_layers.active is not None
+        np.testing.assert_allclose(np.array(lods[0].matrix_world), np.array(obj.matrix_world), atol=1e-6)
