@@ -25,8 +25,10 @@ from .job_cache import JobCache
 from .job_follow import clock, job_cache, job_item, refresh_history
 from .materials import JOB_PROP
 from .protocol.messages import (
+    BUDGET_CAPPED,
     DEVICE_MEMORY_GB,
     MEMORY_NEEDED_GB,
+    REMESH_FALLBACK,
     SLOW_RASTERIZER,
     Cancelled,
     Done,
@@ -77,6 +79,7 @@ def _on_progress(rt, msg: Progress, item, shown: bool) -> None:
     _clock_progress(rt, msg)
     _warn_memory(msg)
     _note_slow_rasterizer(rt, msg)
+    _note_finish(rt, msg)
     if msg.preview_png is not None:
         _show_preview(rt, msg.job_id, msg.preview_png)
 
@@ -243,6 +246,20 @@ def _note_slow_rasterizer(rt, msg: Progress) -> None:
     if msg.losses.get(SLOW_RASTERIZER):
         rt.message = ("The backend's GPU cannot run nvdiffrast (its log says why): meshes are rasterised with "
                       "PyTorch, so the mesh stages run slower than they could.")
+        log.warning("%s", rt.message)
+
+
+def _note_finish(rt, msg: Progress) -> None:
+    """The finish stage's notes (issue 30): the remesher could not deliver and decimation made the game-ready
+    mesh, or the budget was more than the polished mesh has. Said in the panel, not as a failure."""
+    notes = []
+    if msg.losses.get(REMESH_FALLBACK):
+        notes.append("The quad remesher could not meet the face budget (the backend's log says why): quadric "
+                     "decimation made the game-ready mesh, with fewer quads.")
+    if msg.losses.get(BUDGET_CAPPED):
+        notes.append("The face budget is more than the polished object has: it keeps its own face count.")
+    if notes:
+        rt.message = " ".join(notes)
         log.warning("%s", rt.message)
 
 

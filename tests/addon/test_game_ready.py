@@ -62,3 +62,29 @@ def test_a_finished_result_arrives_as_quads_with_its_normal_map_and_its_lods(add
         assert all(c.hide_get() and c.hide_render for c in lods)
         assert _normal_map_wired(lods[0]) and lods[1].data.uv_layers.active is not None
         np.testing.assert_allclose(np.array(lods[0].matrix_world), np.array(obj.matrix_world), atol=1e-6)
+
+
+def test_the_finish_stages_fallback_reaches_the_panel_without_failing_the_job(addon, fresh_scene):
+    import importlib
+
+    from tests.support.blender_env import MODULE
+
+    messages = importlib.import_module(f"{MODULE}.protocol.messages")
+    rt = bpy.context.window_manager.dreampolish
+    rt.job_id, rt.job_state, rt.failure, rt.message = "20261201-000000-abcdef", "queued", "", ""
+    note = messages.Progress(job_id=rt.job_id, seq=1, stage="finish", step=1, total=1,
+                             losses={messages.REMESH_FALLBACK: 1.0, "faces": 3012.0})
+    addon.job_events.on_message(note)
+    assert "quadric decimation made the game-ready mesh" in rt.message, rt.message
+    assert rt.failure == "" and rt.job_state == "running"
+    rt.job_id, rt.job_state, rt.message = "", "", ""
+
+
+def test_the_game_ready_box_sends_the_finish_options(addon, fresh_scene):
+    s = bpy.context.scene.dreampolish
+    assert addon.job_request.game_ready_options(s, "generate") == {}
+    s.game_ready, s.game_faces, s.game_quads, s.game_lods = True, 3000, True, 2
+    assert addon.job_request.game_ready_options(s, "generate") == {"finish.faces": 3000, "finish.quads": True,
+                                                                   "finish.lods": 2}
+    assert addon.job_request.game_ready_options(s, "texture") == {}  # a texture-only job keeps its mesh
+    s.game_ready = False
