@@ -36,14 +36,16 @@ class Recorder:
         return None
 
 
-def bumpy_torus() -> TriMesh:
-    """A torus in the object frame (radius 0.5) with fine ripples: detail that a low mesh cannot keep."""
-    tm = trimesh.creation.torus(major_radius=0.32, minor_radius=0.14, major_sections=96, minor_sections=48)
+def bumpy_torus(ripples: int = 12, sections: tuple[int, int] = (96, 48)) -> TriMesh:
+    """A torus in the object frame (radius 0.5) with `ripples` ripples around its ring (6 % of the tube's
+    radius): detail that a low mesh cannot keep."""
+    tm = trimesh.creation.torus(major_radius=0.32, minor_radius=0.14, major_sections=sections[0],
+                                minor_sections=sections[1])
     v = np.asarray(tm.vertices, np.float64)
     angle = np.arctan2(v[:, 1], v[:, 0])
     ring = np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], 1) * 0.32
     out = v - ring
-    v = ring + out * (1 + 0.06 * np.sin(12 * angle))[:, None]
+    v = ring + out * (1 + 0.06 * np.sin(ripples * angle))[:, None]
     return TriMesh(torch.as_tensor(v, dtype=torch.float32), torch.as_tensor(np.asarray(tm.faces), dtype=torch.int64))
 
 
