@@ -175,7 +175,7 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
                 log.exception("dry run failed in stage %s", ctx.current)
     return {
         "preset": preset, "device": "meta", "dtype": str(dtype).removeprefix("torch."), "geometry": geometry,
-        "stages": _stage_reports(pipeline.mode_stages("generate"), ctx, counter, error),
+        "stages": _stage_reports(pipeline.request_stages(spec), ctx, counter, error),
         "peak_gb": round(counter.peak / GB, 3),
         "weights_gb": {k: round(v / GB, 3) for k, v in priors.models.parameter_bytes().items()},
     }
@@ -183,7 +183,7 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
 
 def _stage_reports(chain: list[str], ctx: DryRunContext, counter: LiveBytes,
                    error: str | None) -> dict[str, dict[str, Any]]:
-    """One line per stage of the generate chain (the pipeline's runners), in order."""
+    """One line per stage of the generate chain (the pipeline's runners the preset runs), in order."""
     stages: dict[str, dict[str, Any]] = {}
     for stage in chain:
         if stage in ctx.peaks:
