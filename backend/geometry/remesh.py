@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,20 +95,44 @@ def clean_polygons(mesh: PolyMesh) -> PolyMesh:
                     remap[corners].astype(np.int64))
 
 
+def _wait(process: subprocess.Popen, time_limit_s: float, check_cancel: Callable[[], None] | None) -> None:
+    """Wait for `process`, calling `check_cancel` every 0.2 s; past the time limit, or when check_cancel
+    raises (the job was cancelled), the process is killed (by its own handle) and waited for."""
+    deadline = time.monotonic() + time_limit_s
+    try:
+        while True:
+            try:
+                process.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                return
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+            if check_cancel is not None:
+                check_cancel()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+
+
 def run_remesher(method: str, vertices: np.ndarray, faces: np.ndarray, target: int, *, quads: bool, seed: int,
-                 time_limit_s: float) -> PolyMesh:
-    """One run of `method` in its own process (remesh_worker.py); RemeshFailed when it fails or times out."""
+                 time_limit_s: float, check_cancel: Callable[[], None] | None = None) -> PolyMesh:
+    """One run of `method` in its own process (remesh_worker.py); RemeshFailed when it fails or times out.
+    `check_cancel` is called while it runs (a cancelled job stops it at once)."""
     with tempfile.TemporaryDirectory(prefix="dreampolish-remesh-") as tmp:
-        source, result = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        source, result, log = Path(tmp) / "in.npz", Path(tmp) / "out.npz", Path(tmp) / "log.txt"
         np.savez(source, vertices=np.asarray(vertices, np.float32), faces=np.asarray(faces, np.int32),
                  method=method, target_faces=int(target), quads=int(quads), seed=int(seed))
-        try:
-            run = subprocess.run([sys.executable, str(WORKER), str(source), str(result)], capture_output=True,
-                                 text=True, timeout=time_limit_s, cwd=tmp)
-        except subprocess.TimeoutExpired as exc:  # subprocess.run kills the process it started
-            raise RemeshFailed(f"{method} ran past its time limit of {time_limit_s:g} s") from exc
-        if run.returncode != 0 or not result.exists():
-            last = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, str(WORKER), str(source), str(result)], stdout=out,
+                                       stderr=subprocess.STDOUT, cwd=tmp)
+            try:
+                _wait(process, time_limit_s, check_cancel)
+            except subprocess.TimeoutExpired as exc:
+                raise RemeshFailed(f"{method} ran past its time limit of {time_limit_s:g} s") from exc
+        if process.returncode != 0 or not result.exists():
+            lines = log.read_text(errors="replace").strip().splitlines()
+            last = (lines or [f"exit status {process.returncode}"])[-1]
             raise RemeshFailed(f"{method} failed ({last[:200]})")
         out = np.load(result)
         mesh = clean_polygons(PolyMesh(out["vertices"], out["sizes"].astype(np.int64),
@@ -196,7 +221,8 @@ class RemeshOutcome:
 
 def remesh_to_budget(vertices: np.ndarray, faces: np.ndarray, budget: int, *, quads: bool = True,
                      method: str = "instant_meshes", seed: int = 0, time_limit_s: float = 120.0,
-                     tolerance: float = 0.10, tries: int = 3) -> RemeshOutcome:
+                     tolerance: float = 0.10, tries: int = 3,
+                     check_cancel: Callable[[], None] | None = None) -> RemeshOutcome:
     """A low mesh of about `budget` faces (module docstring): `method`'s best try, or the fallback."""
     notes: list[str] = []
     if method != "quadric":
@@ -208,7 +234,8 @@ def remesh_to_budget(vertices: np.ndarray, faces: np.ndarray, budget: int, *, qu
             if left <= 1.0:
                 break
             try:
-                mesh = run_remesher(method, vertices, faces, target, quads=quads, seed=seed, time_limit_s=left)
+                mesh = run_remesher(method, vertices, faces, target, quads=quads, seed=seed, time_limit_s=left,
+                                    check_cancel=check_cancel)
             except RemeshFailed as exc:
                 failure = str(exc)
                 break

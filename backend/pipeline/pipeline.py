@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JOB_MODES, JobSpec, validate_spec
@@ -284,6 +285,8 @@ class DreamPolishPipeline:
         edited = edited.in_frame(job.frame.transform)
         carry.mesh = TriMesh.from_payload(edited, apply_transform=False, device=job.device)
         carry.geometry = None  # the next stage starts from the edited mesh, not from the old state
+        # its own faces: polygons when it sent them (the finish stage's quads), else triangles
+        carry.face_sizes = None if edited.face_sizes is None else edited.face_sizes.astype(np.int64)
         if carry.payload is not None:
             carry.payload = dataclasses.replace(edited, textures=list(carry.payload.textures))
         logger.info("job %s resumes from an edited mesh (%d faces)", ctx.job_id, carry.mesh.num_faces)

@@ -194,7 +194,8 @@ def run_finish(cfg: FinishConfig, mesh: TriMesh, reporter: StageReporter, *, atl
     for i, budget in enumerate(budgets):
         reporter.check_cancel()
         out = remesh_to_budget(vertices, faces, budget, quads=cfg.quads, method=cfg.remesher, seed=seed,
-                               time_limit_s=cfg.time_limit_s, tolerance=cfg.tolerance)
+                               time_limit_s=cfg.time_limit_s, tolerance=cfg.tolerance,
+                               check_cancel=reporter.check_cancel)
         label = "mesh" if i == 0 else f"LOD{i}"
         notes += [f"{label}: {n}" for n in out.notes]
         fell_back |= out.fell_back

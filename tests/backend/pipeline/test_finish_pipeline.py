@@ -13,6 +13,7 @@ from dreampolish.backend.pipeline import DreamPolishPipeline, OraclePriors
 from dreampolish.backend.pipeline_api import ResumePoint
 from dreampolish.protocol.gltf import glb_to_mesh
 from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.scene import MeshPayload
 
 from tests.support.gltf_validator import validate_glb
 from tests.support.recording import RecordingContext, box_payload
@@ -64,3 +65,27 @@ def test_a_refine_job_with_a_budget_sends_quads_textured_on_their_uvs_with_a_nor
     assert [n["name"] for n in nodes] == ["result", "result_LOD1"]
     back = glb_to_mesh(glb.read_bytes())
     assert back.num_faces == textured.num_faces  # the .glb holds the polygons' triangles
+
+
+@pytest.mark.parametrize("as_polygons", [True, False], ids=["quads", "triangles"])
+def test_an_edit_of_the_finished_mesh_is_textured_as_the_artist_sent_it(tmp_path, as_polygons):
+    # Paused after finish, the artist edits the quads and resumes: Blender may send them as polygons or
+    # triangulated; the texture stage textures what came, keeping its faces.
+    options = {**FAST, "finish.lods": 0}
+    spec = JobSpec(prompt="a box", preset="tiny", mode="geometry", input_mesh=box_payload(), options=options,
+                   pause_after=["finish"])
+    first = RecordingContext(tmp_path)
+    assert _pipeline().run(spec, first).paused_after == "finish"
+    finished = first.result("finish")
+    moved = finished.vertices + np.array([0, 0, 0.01], np.float32)
+    if as_polygons:
+        edit = MeshPayload.from_polygons(moved, finished.face_sizes, finished.face_corners, finished.corner_uvs(),
+                                         transform=finished.transform)
+    else:
+        edit = MeshPayload(moved, finished.faces, uvs=finished.uvs, transform=finished.transform)
+    second = RecordingContext(tmp_path)
+    _pipeline().run(spec, second, ResumePoint(edited_mesh=edit))
+    textured = second.result("texture")
+    assert textured.has_polygons == as_polygons and textured.num_faces == finished.num_faces
+    np.testing.assert_allclose(textured.vertices, moved, atol=1e-5)
+    assert textured.texture("normal") is not None

@@ -148,3 +148,27 @@ def test_a_polygon_payload_of_a_finished_mesh_round_trips_its_faces():
                                       payload.corner_uvs())
     np.testing.assert_array_equal(again.faces, payload.faces)
     np.testing.assert_array_equal(again.uvs, payload.uvs)
+
+
+class Cancelled(Exception):
+    pass
+
+
+class CancelsInTheRemesher(Recorder):
+    """Cancels at the second check: the first is the stage's own, the second comes while the remesher runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def check_cancel(self) -> None:
+        self.checks += 1
+        if self.checks == 2:
+            raise Cancelled
+
+
+def test_a_job_cancelled_while_the_remesher_runs_stops_it():
+    reporter = CancelsInTheRemesher()
+    with pytest.raises(Cancelled):
+        run_finish(FinishConfig(faces=1500), bumpy_torus(), reporter, atlas_size=256)
+    assert reporter.checks == 2 and reporter.reports == []  # stopped inside the first remesher run
