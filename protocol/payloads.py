@@ -42,7 +42,6 @@ from .scene import (
     CameraSpec,
     MeshPayload,
     TexturePayload,
-    check_polygons,
 )
 from .udim import check_tile
 from .wire_types import wire_type
@@ -115,49 +114,25 @@ def _lod_from_wire(d: object, r: FrameReader, i: int) -> MeshPayload:
 
 
 def mesh_to_wire(m: MeshPayload, w: FrameWriter) -> dict[str, Any]:
-    """A triangle mesh carries `faces` and per-triangle-corner `uvs`; a polygon mesh carries `face_sizes` and
-    `face_corners` in their place and its `uvs` per polygon corner (L,2), as Blender keeps them: the receiver
-    makes the triangles (MeshPayload.from_polygons)."""
+    """Every mesh carries its triangles (`faces`, per-triangle-corner `uvs`), so that a client of an earlier
+    minor version reads a polygon mesh as triangles; a polygon mesh adds `face_sizes` and `face_corners`
+    (its triangles are their fans: the reader checks that they agree)."""
     out: dict[str, Any] = {
         "vertices": w.array(m.vertices),
+        "faces": w.array(m.faces),
         "transform": w.array(m.transform),
         "textures": [texture_to_wire(t, w) for t in m.textures],
     }
     if m.has_polygons:
         out["face_sizes"] = w.array(m.face_sizes)
         out["face_corners"] = w.array(m.face_corners)
-        uvs = m.corner_uvs()
-    else:
-        out["faces"] = w.array(m.faces)
-        uvs = m.uvs
-    if uvs is not None:
-        out["uvs"] = w.array(uvs)
-    for name in ("normals", "colors"):
+    for name in ("uvs", "normals", "colors"):
         a = getattr(m, name)
         if a is not None:
             out[name] = w.array(a)
     if m.lods:
         out["lods"] = [mesh_to_wire(lod, w) for lod in m.lods]
     return out
-
-
-def _polygon_mesh(d: dict[str, Any], r: FrameReader, **fields: Any) -> MeshPayload:
-    """A polygon mesh's map (face_sizes, face_corners, uvs per polygon corner) as a MeshPayload with its fan
-    triangles; the polygons are checked before they are triangulated."""
-    if d.get("faces") is not None:
-        raise ValidationError("mesh has both faces and face_sizes: a polygon mesh sends face_sizes and "
-                              "face_corners in place of faces")
-    vertices = r.array(read_required(d, "vertices"), "mesh.vertices")
-    sizes = r.array(read_required(d, "face_sizes"), "mesh.face_sizes")
-    corners = r.array(read_required(d, "face_corners"), "mesh.face_corners")
-    MeshPayload(vertices, np.zeros((0, 3), np.uint32)).validate(require_faces=False)  # the vertices first
-    check_polygons(sizes, corners, vertices.shape[0])
-    uvs = r.array(d["uvs"], "mesh.uvs") if d.get("uvs") is not None else None
-    if uvs is not None and (not isinstance(uvs, np.ndarray) or uvs.dtype != np.float32
-                            or uvs.shape != (corners.shape[0], 2)):
-        raise ValidationError(f"mesh.uvs of a polygon mesh must be float32 ({corners.shape[0]}, 2), one per face "
-                              f"corner, got {getattr(uvs, 'dtype', type(uvs).__name__)} {getattr(uvs, 'shape', '')}")
-    return MeshPayload.from_polygons(vertices, sizes, corners, uvs, **fields)
 
 
 def mesh_from_wire(d: object, r: FrameReader, *, require_faces: bool = True) -> MeshPayload:
@@ -174,12 +149,12 @@ def mesh_from_wire(d: object, r: FrameReader, *, require_faces: bool = True) -> 
               "transform": transform if transform is not None else np.eye(4, dtype=np.float32),
               "textures": [texture_from_wire(t, r) for t in textures],
               "lods": [_lod_from_wire(lod, r, i) for i, lod in enumerate(lods)]}
-    if d.get("face_sizes") is not None or d.get("face_corners") is not None:
-        return _polygon_mesh(d, r, **fields).validate(require_faces=require_faces)
     mesh = MeshPayload(
         vertices=r.array(read_required(d, "vertices"), "mesh.vertices"),
         faces=r.array(read_required(d, "faces"), "mesh.faces"),
         uvs=optional("uvs"),
+        face_sizes=optional("face_sizes"),
+        face_corners=optional("face_corners"),
         **fields,
     )
     return mesh.validate(require_faces=require_faces)

@@ -14,7 +14,7 @@ turns these into header fields and binary frames. Conventions (see README.md):
 - Polygons (optional): Blender's own face data, a corner count per face uint32 (P,) and the vertex
   of every corner uint32 (L,), faces in order. A polygon mesh's `faces` are then its fan
   triangulation (`fan_triangulation`: face p's triangles are (c0, c[j+1], c[j+2])), and its UVs are
-  per corner of those triangles as for any mesh; on the wire they travel per polygon corner (L,2).
+  per corner of those triangles as for any mesh, equal where a face's triangles share a corner.
 """
 
 from __future__ import annotations
@@ -276,6 +276,15 @@ class MeshPayload:
             return None
         return np.ascontiguousarray(self.uvs.reshape(-1, 2)[triangle_corner_of_polygon_corner(self.face_sizes)])
 
+    def _check_polygon_uvs(self) -> None:
+        """A polygon has one UV per corner: its fan's triangles agree on the corners they share."""
+        per_corner = self.uvs.reshape(-1, 2)[triangle_corner_of_polygon_corner(self.face_sizes)]
+        differs = np.flatnonzero(np.any(per_corner[fan_triangulation(self.face_sizes)] != self.uvs, axis=(1, 2)))
+        if differs.size:
+            polygon = int(np.searchsorted(np.cumsum(self.face_sizes.astype(np.int64) - 2), differs[0], side="right"))
+            raise ValidationError(f"mesh face {polygon} has two UVs at one corner: a face's triangles must agree "
+                                  "on the UVs of the corners they share (one UV per face corner)")
+
     def _winding_flipped(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(faces, uvs, face_corners) with every face's corners in reverse order (a mirroring transform);
         a polygon keeps its first corner first, so that its fan stays the fan of the reversed polygon."""
@@ -354,11 +363,14 @@ class MeshPayload:
             raise ValidationError("mesh.face_sizes and mesh.face_corners come together (a polygon mesh has both)")
         if self.face_sizes is not None:
             check_polygons(self.face_sizes, self.face_corners, v.shape[0])
-            if not np.array_equal(self.face_corners[fan_triangulation(self.face_sizes)], f):
+            fan = fan_triangulation(self.face_sizes)
+            if fan.shape != f.shape or not np.array_equal(self.face_corners[fan], f):
                 raise ValidationError("mesh.faces are not the fan triangulation of the polygons "
                                       "(MeshPayload.from_polygons makes them)")
         if self.uvs is not None:
             _finite("mesh.uvs", _check_array("mesh.uvs", self.uvs, "float32", (f.shape[0], 3, 2)))
+            if self.face_sizes is not None:
+                self._check_polygon_uvs()
         if self.normals is not None:
             _finite("mesh.normals", _check_array("mesh.normals", self.normals, "float32", (v.shape[0], 3)))
         if self.colors is not None:

@@ -36,12 +36,14 @@ def test_the_fan_of_a_polygon_keeps_its_winding_and_first_corner():
     assert (np.sum(normal * (p.mean(1) - 0.5), 1) > 0).all()
 
 
-def test_a_polygon_mesh_crosses_the_wire_as_polygons_with_uvs_per_corner():
+def test_a_polygon_mesh_crosses_the_wire_as_polygons_beside_its_triangles():
+    # the triangles and their per-corner UVs as before (a client of protocol 1.1 reads them), the polygons beside
     mesh = cube()
     frames = codec.encode(m.StageResult(stage="texture", index=5, mesh=mesh, job_id="j", seq=1))
     header = msgpack.unpackb(frames[0])
     wire = header["body"]["mesh"] if "body" in header else header["mesh"]
-    assert "faces" not in wire and {"face_sizes", "face_corners", "uvs"} <= wire.keys()
+    assert {"faces", "uvs", "face_sizes", "face_corners"} <= wire.keys()
+    assert wire["uvs"]["shape"] == [12, 3, 2]
     decoded = codec.decode([bytes(f) for f in frames]).mesh
     np.testing.assert_array_equal(decoded.face_sizes, mesh.face_sizes)
     np.testing.assert_array_equal(decoded.face_corners, mesh.face_corners)
@@ -67,8 +69,10 @@ def _sent(mesh_map: dict) -> m.Message:
     return codec.decode([msgpack.packb(header), *[bytes(f) for f in frames[1:]], *arrays])
 
 
-GOOD = {"vertices": cube().vertices, "face_sizes": np.full(6, 4, np.uint32),
+GOOD = {"vertices": cube().vertices, "faces": cube().faces, "uvs": cube().uvs, "face_sizes": np.full(6, 4, np.uint32),
         "face_corners": cube().face_corners, "textures": []}
+TWO_UVS = cube().uvs.copy()
+TWO_UVS[1, 0] += 0.5  # face 0's second triangle disagrees on its first corner
 
 
 @pytest.mark.parametrize(("change", "words"), [
@@ -79,8 +83,8 @@ GOOD = {"vertices": cube().vertices, "face_sizes": np.full(6, 4, np.uint32),
     ({"face_corners": np.concatenate([[0, 1, 0, 2], cube().face_corners[4:]]).astype(np.uint32)},
      "mesh face 0 uses vertex 0 twice (a degenerate face)"),
     ({"face_sizes": np.full(6, 4, np.int32)}, "mesh.face_sizes must be uint32"),
-    ({"faces": cube().faces}, "both faces and face_sizes"),
-    ({"uvs": np.zeros((12, 3, 2), np.float32)}, "mesh.uvs of a polygon mesh must be float32 (24, 2)"),
+    ({"faces": np.ascontiguousarray(cube().faces[:, [1, 2, 0]])}, "not the fan triangulation of the polygons"),
+    ({"uvs": TWO_UVS}, "mesh face 0 has two UVs at one corner"),
     ({"face_corners": None}, "face_corners"),
 ])
 def test_bad_polygons_are_refused_in_words(change, words):
