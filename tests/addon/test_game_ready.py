@@ -5,6 +5,7 @@ as hidden children `<name>_LOD1`... with their own UVs and materials; re-importe
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.support.blender_env import bpy
 
@@ -125,6 +126,7 @@ def _render_alone(obj, others, path):
     return px
 
 
+@pytest.mark.slow  # the backend's finish and bake in a process of their own, and three Cycles renders
 def test_the_normal_map_brings_the_polished_shading_back_to_the_low_mesh(addon, fresh_scene, tmp_path):
     # The backend's finish stage and cage bake (tests/support/game_ready.py, run in the backend's Python) on a
     # rippled torus: 400 quads cannot hold its 20 ripples, the normal map can. Rendered with Cycles under the same

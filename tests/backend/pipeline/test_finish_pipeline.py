@@ -67,6 +67,7 @@ def test_a_refine_job_with_a_budget_sends_quads_textured_on_their_uvs_with_a_nor
     assert back.num_faces == textured.num_faces  # the .glb holds the polygons' triangles
 
 
+@pytest.mark.slow  # two refine jobs, 15-20 s each on the shared 2-core CPU
 @pytest.mark.parametrize("as_polygons", [True, False], ids=["quads", "triangles"])
 def test_an_edit_of_the_finished_mesh_is_textured_as_the_artist_sent_it(tmp_path, as_polygons):
     # Paused after finish, the artist edits the quads and resumes: Blender may send them as polygons or

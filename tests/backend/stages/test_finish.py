@@ -85,6 +85,7 @@ def test_a_remesher_past_its_time_limit_falls_back_to_decimation_and_says_so():
     assert reporter.reports[-1][2][REMESH_FALLBACK] == 1.0
 
 
+@pytest.mark.slow  # two tori of 9,216 faces each through the remesher: 15 s on the shared 2-core CPU
 def test_a_non_manifold_mesh_is_finished_not_failed():
     torus = bumpy_torus()
     v, f = torus.vertices.numpy(), torus.faces.numpy()
