@@ -29,7 +29,8 @@ from dreampolish.protocol.scene import fan_triangulation
 logger = logging.getLogger(__name__)
 
 REMESHERS = ("instant_meshes", "quadriflow", "quadric")
-"""The remeshers a preset may name; quadric (decimation, paired into quads) is also every fallback."""
+"""The remeshers remesh_to_budget runs: Instant Meshes (the finish stage's), QuadriFlow (only where
+`pyquadriflow` is installed: bench/remesh_compare.py compares it), quadric (also every fallback)."""
 WORKER = Path(__file__).with_name("remesh_worker.py")
 
 

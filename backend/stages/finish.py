@@ -52,8 +52,9 @@ class FinishConfig:
     """Levels of detail made beside the mesh (LOD1..LOD3), each `lod_ratio` of the faces of the one before."""
     lod_ratio: float = ranged(0.5, 0.05, 0.95)
     """Faces of each LOD as a fraction of the level before it."""
-    remesher: Literal["instant_meshes", "quadriflow", "quadric"] = "instant_meshes"
-    """The remesher (compared on our meshes in BENCHMARKS.md); quadric is the fallback's decimation itself."""
+    remesher: Literal["instant_meshes", "quadric"] = "instant_meshes"
+    """The remesher (chosen by the comparison in BENCHMARKS.md, where QuadriFlow, not a dependency, lost);
+    quadric is the fallback's decimation, paired into quads, itself."""
     time_limit_s: float = ranged(120.0, 1.0, 3600.0)
     """Time limit of the remesher's tries for one mesh; past it the fallback is taken."""
     tolerance: float = ranged(0.10, 0.0, 1.0)
