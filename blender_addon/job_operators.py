@@ -315,8 +315,10 @@ class DREAMPOLISH_OT_resume(bpy.types.Operator):
             try:
                 # The object's transform is the artist's: the mesh goes back in the backend's frame, the
                 # mesh's own, or for a geometry refine the world as the original was sent (its frame at submit).
+                # after the finish stage the artist edits the game-ready quads: they go back as quads
                 mesh = mesh_io.payload_from_object(
-                    obj, context.evaluated_depsgraph_get(), world_space=False, limits=backend_limits())
+                    obj, context.evaluated_depsgraph_get(), world_space=False, limits=backend_limits(),
+                    polygons=rt.paused_stage == "finish")
                 record = job_cache().load_record(rt.job_id)
                 if record is not None and record.origin_matrix:
                     mesh.transform = np.array(record.origin_matrix, dtype=np.float32).reshape(4, 4)

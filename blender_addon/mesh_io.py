@@ -12,7 +12,7 @@ from mathutils import Matrix
 
 from .protocol.errors import LimitExceeded, ValidationError
 from .protocol.limits import Limits
-from .protocol.scene import MeshPayload, polygon_starts
+from .protocol.scene import MAX_POLYGON_CORNERS, MeshPayload, polygon_starts
 
 UV_LAYER_NAME = "UVMap"
 COLOR_ATTRIBUTE_NAME = "Color"
@@ -75,8 +75,11 @@ def payload_from_object(
     *,
     world_space: bool = True,
     limits: Limits | None = None,
+    polygons: bool = False,
 ) -> MeshPayload:
-    """Triangulated mesh of `obj` as it looks in the viewport (modifiers evaluated).
+    """Triangulated mesh of `obj` as it looks in the viewport (modifiers evaluated); with `polygons`, its
+    faces as they are (quads stay quads, the triangles their fans: the artist's edit of a game-ready mesh)
+    when every face has at most MAX_POLYGON_CORNERS corners.
 
     world_space=True bakes the object's world transform into the vertices (transform = identity),
     so that the mesh lines up with the camera rig, by the protocol's one object-to-world rule
@@ -90,7 +93,9 @@ def payload_from_object(
     evaluated = obj.evaluated_get(depsgraph)
     mesh = evaluated.to_mesh()
     try:
-        return _payload_from_mesh(mesh, np.array(obj.matrix_world, dtype=np.float32), world_space, limits)
+        matrix_world = np.array(obj.matrix_world, dtype=np.float32)
+        payload = _payload_from_mesh(mesh, matrix_world, world_space, limits)  # checks the limits
+        return _as_polygons(mesh, payload, matrix_world, world_space) if polygons else payload
     finally:
         evaluated.to_mesh_clear()
 
@@ -128,6 +133,31 @@ def _payload_from_mesh(mesh: bpy.types.Mesh, matrix_world: np.ndarray, world_spa
         uvs=uvs,
         transform=matrix_world.astype(np.float32),
     )
+    return (payload.in_world() if world_space else payload).validate()
+
+
+def _as_polygons(mesh: bpy.types.Mesh, triangulated: MeshPayload, matrix_world: np.ndarray,
+                 world_space: bool) -> MeshPayload:
+    """The mesh's own faces with their UVs per corner, placed as `triangulated` was; `triangulated` itself
+    when the mesh has only triangles or a face of more than MAX_POLYGON_CORNERS corners."""
+    sizes = np.empty(len(mesh.polygons), dtype=np.int32)
+    mesh.polygons.foreach_get("loop_total", sizes)
+    if not sizes.size or sizes.max() <= 3 or sizes.max() > MAX_POLYGON_CORNERS:
+        return triangulated
+    starts = np.empty(len(mesh.polygons), dtype=np.int32)
+    mesh.polygons.foreach_get("loop_start", starts)
+    loops = (np.repeat(starts, sizes) + np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes))
+    corner_vert = np.empty(len(mesh.loops), dtype=np.int32)
+    mesh.loops.foreach_get("vertex_index", corner_vert)
+    uvs = None
+    if mesh.uv_layers.active is not None:
+        loop_uv = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+        mesh.uv_layers.active.data.foreach_get("uv", loop_uv)
+        uvs = loop_uv.reshape(-1, 2)[loops]
+    co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    mesh.vertices.foreach_get("co", co)
+    payload = MeshPayload.from_polygons(co.reshape(-1, 3), sizes.astype(np.uint32),
+                                        corner_vert[loops].astype(np.uint32), uvs, transform=matrix_world)
     return (payload.in_world() if world_space else payload).validate()
 
 

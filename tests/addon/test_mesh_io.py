@@ -90,6 +90,26 @@ def test_selected_object_is_sent_evaluated_triangulated_and_in_world_space(addon
     np.testing.assert_allclose(object_space.transform, m, atol=1e-6)
 
 
+def test_an_object_of_quads_is_sent_as_quads_when_asked(addon, fresh_scene):
+    # The artist's edit of a game-ready mesh goes back with its quads (resume after finish), in world space
+    # or with its transform; by default, triangles.
+    bpy.ops.mesh.primitive_cube_add(size=2.0, location=(1.0, 2.0, 3.0))
+    cube = bpy.context.active_object
+    cube.scale = (-1.0, 1.0, 1.0)  # mirrored: each face's corners turn, its first corner kept
+    bpy.context.view_layer.update()
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    triangles = addon.mesh_io.payload_from_object(cube, depsgraph, world_space=True)
+    assert triangles.face_sizes is None and triangles.num_faces == 12
+    for world_space in (True, False):
+        quads = addon.mesh_io.payload_from_object(cube, depsgraph, world_space=world_space, polygons=True)
+        assert quads.num_polygons == 6 and (quads.face_sizes == 4).all() and quads.num_faces == 12
+        assert quads.uvs is not None and quads.corner_uvs().shape == (24, 2)
+        world = quads.in_world()
+        tri = world.vertices[world.faces.astype(np.int64)]
+        normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        assert (np.sum(normals * (tri.mean(axis=1) - np.array([1.0, 2.0, 3.0])), axis=1) > 0).all()
+
+
 def test_a_mirrored_object_is_sent_with_its_faces_pointing_outward(addon, fresh_scene):
     # A negative scale mirrors the object: placed in the world by the protocol's one rule
     # (MeshPayload.in_world), its triangles' winding flips, so that they still face outward.
