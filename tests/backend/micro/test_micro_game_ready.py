@@ -30,6 +30,7 @@ def _tri(payload) -> TriMesh:
     return TriMesh(torch.as_tensor(payload.vertices), torch.as_tensor(payload.faces.astype(np.int64)))
 
 
+@pytest.mark.timeout(2400)  # one whole micro job: minutes on two idle cores, 17 on the shared machine
 def test_a_micro_job_game_ready_at_3000_quads(tmp_path):
     spec = JobSpec("a red cone", preset="micro", seed=0, options={"finish.faces": BUDGET, "finish.quads": True})
     ctx = RecordingContext(tmp_path)
