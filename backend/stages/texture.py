@@ -169,8 +169,9 @@ class TextureConfig:
     normal_ray_distance: float = ranged(0.03, 0.0, 1.0)
     """The cage of a finished (game-ready) low mesh's normal map: how far along the low mesh's normal, either
     way, the polished surface is searched for each texel (object frame, radius 0.5). The remeshed surface
-    lies within about 0.02 of the bounding-box diagonal of the polished one (Hausdorff, BENCHMARKS.md), about
-    0.02 here; a texel whose ray finds nothing takes its nearest polished vertices' normals."""
+    lies within about 0.02 of the bounding-box diagonal of the polished one (Hausdorff, BENCHMARKS.md): on the
+    micro cone and lamp at 3000 faces 99.99 % and 99.98 % of the texels find it within 0.03 (99.8 % and 98.0 %
+    within 0.01); a texel whose ray finds nothing takes its nearest polished vertices' normals."""
     simplify_to_faces: int = ranged(0, 0, 4_000_000)
     """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
     detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
