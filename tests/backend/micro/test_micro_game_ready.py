@@ -17,9 +17,10 @@ from dreampolish.protocol.job import JobSpec
 
 from tests.backend.stages.test_finish import uv_overlap
 from tests.support.gltf_validator import validate_glb
+from tests.support.hang_guards import MICRO_GENERATION_S
 from tests.support.recording import RecordingContext
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MICRO_GENERATION_S)]
 
 BUDGET = 3000
 MAX_CHAMFER = 0.006
@@ -30,7 +31,6 @@ def _tri(payload) -> TriMesh:
     return TriMesh(torch.as_tensor(payload.vertices), torch.as_tensor(payload.faces.astype(np.int64)))
 
 
-@pytest.mark.timeout(2400)  # one whole micro job: minutes on two idle cores, 17 on the shared machine
 def test_a_micro_job_game_ready_at_3000_quads(tmp_path):
     spec = JobSpec("a red cone", preset="micro", seed=0, options={"finish.faces": BUDGET, "finish.quads": True})
     ctx = RecordingContext(tmp_path)
