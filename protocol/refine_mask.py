@@ -23,7 +23,7 @@ from .scene import MeshPayload, object_to_world
 MASK_MODES: tuple[str, ...] = ("geometry", "texture")
 """The job modes a mask applies to (the refines)."""
 
-REMESHING_STAGES: tuple[str, ...] = ("dmtet",)
+REMESHING_STAGES: tuple[str, ...] = ("dmtet", "finish")
 """The stages of a mode's chain (welcome.stage_chains) that a masked job leaves out: they make a new mesh, and a
 masked refine keeps the input's topology (the backend's runners that re-mesh; a test holds the two equal)."""
 

@@ -216,6 +216,7 @@ class FinishRunner(StageRunner):
 
     name = "finish"
     modes = ("generate", "geometry")
+    remeshes = True  # a masked refine keeps the input's topology: no game-ready remesh
 
     def skipped(self, preset: PipelinePreset) -> bool:
         return preset.finish.faces == 0
