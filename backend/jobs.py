@@ -289,7 +289,8 @@ class JobManager:
 
     def _check_fits(self, spec: JobSpec) -> None:
         """Refuse a request whose options make a stage it runs need more memory than any device here holds
-        (memory_check.check_request_fits, a lower bound); a pipeline without resolved presets passes."""
+        (memory_check.check_request_fits, a lower bound), or whose preset does not fit the cards even with
+        its idle priors in host memory (the dry run's figures); a pipeline without resolved presets passes."""
         resolve = getattr(self.checker, "resolve_preset", None)
         plan = getattr(self.checker, "stage_plan", None)
         if not callable(resolve) or not callable(plan):
@@ -298,7 +299,7 @@ class JobManager:
 
         if self._device_bytes is None:
             self._device_bytes = {d: device_memory(d) for d in self.executor.devices}
-        check_request_fits(resolve(spec), self._device_bytes, list(plan(spec)))
+        check_request_fits(resolve(spec), self._device_bytes, list(plan(spec)), name=spec.preset)
 
     def cancel(self, job_id: str) -> None:
         job = self.get(job_id)

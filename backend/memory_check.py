@@ -1,10 +1,12 @@
 """Will the preset fit the card: before a job starts on a CUDA device, its preset's peak memory (the dry
-run's figures) is compared with the card's total memory, and a job that will not fit is announced in the
-log and to the client, before an hour is spent finding out.
+run's figures, backend/memory_figures.py) is compared with the card's total memory. A preset that fits
+only with its idle priors in host memory runs so (preset field `offload`, "auto"), and says so; one that
+would not fit even so is refused at submit (check_request_fits), before an hour is spent finding out.
 
 The client hears it as the job's first `progress` event: step 0 of 0 of the first stage to run, with the
-losses `memory_needed_gb` and `device_memory_gb` (a progress event's losses are an open map of numbers,
-so no message changes; the protocol CLI prints them)."""
+losses `memory_needed_gb` and `device_memory_gb` (when the figure is above the card's memory) and
+`priors_offloaded` (a progress event's losses are an open map of numbers, so no message changes; the
+protocol CLI prints them)."""
 
 from __future__ import annotations
 
@@ -15,19 +17,29 @@ from typing import Any
 
 import torch
 from dreampolish.protocol.errors import ValidationError
-from dreampolish.protocol.messages import DEVICE_MEMORY_GB, MEMORY_NEEDED_GB
+from dreampolish.protocol.messages import DEVICE_MEMORY_GB, MEMORY_NEEDED_GB, PRIORS_OFFLOADED
+
+from .memory_figures import DRY_RUN_GB
 
 GB = 1e9
 
-PRESET_PEAK_GB: dict[str, float] = {"draft": 12.98, "standard": 22.68, "high": 22.68, "refine": 12.98}
-"""Peak GPU memory by preset in GB, from `dreampolish-backend dryrun` (BENCHMARKS.md, "Will it fit"),
-2026-12-01: `standard` at full geometry 22.68 GB (polish dominates). `draft` was measured with small
-geometry only (12.98 GB, the priors' share; its own stages are smaller than standard's), and `high` has
-standard's grids with larger polish renders and atlas, so both figures are lower bounds. `refine` runs
-draft's DMTet, polish and texture sizes with fewer steps and no NeRF or NeuS: draft's figure. `tiny` and
-`micro` run on the CPU and have no entry. A table rather than a dry run at serve start: one takes a minute or more per
-preset on a CPU. Request options that enlarge a stage are not counted here; check_request_fits (below)
-refuses at submit those that cannot fit by a lower bound."""
+FIGURE_OF: dict[str, str] = {"refine": "draft"}
+"""Presets without a dry run of their own: `refine` runs draft's DMTet, polish and texture sizes with fewer
+steps and no NeRF or NeuS (a generate dry run cannot run it: it refuses to generate), so draft's figure is
+its bound. `tiny` and `micro` run on the CPU and have no figure."""
+HEADROOM_GB = 1.0
+"""What a card holds beside the dry run's figure: the CUDA context (about 0.5 GB) and the caching allocator's
+slack. The dry run does not see either (commands/dryrun.py)."""
+
+
+def preset_peak_gb(preset: str, offload: bool) -> float | None:
+    """The dry run's peak of `preset` in GB, with its idle priors in host memory or not; None without a
+    figure. The PyTorch rasteriser's figure: it bounds nvdiffrast's from above (memory_figures.py)."""
+    runs = DRY_RUN_GB.get(FIGURE_OF.get(preset, preset))
+    if runs is None:
+        return None
+    stages = runs.get("priors" if offload else "none")
+    return None if stages is None else max(stages.values())
 
 
 def device_total_memory(device: torch.device) -> int | None:
@@ -39,33 +51,76 @@ def device_total_memory(device: torch.device) -> int | None:
 
 
 @dataclass
-class MemoryShortfall:
-    """A preset that needs more memory than the card has."""
+class MemoryPlan:
+    """How a preset runs on a card: offloaded or not, and whether the figure fits."""
 
     preset: str
-    needed_gb: float
-    device_gb: float
+    offload: bool
+    needed_gb: float | None
+    """The dry run's peak as it will run (None: no figure)."""
+    device_gb: float | None
+    """The card's memory (None: not a CUDA card)."""
+    chosen: bool = False
+    """Offloading was chosen by "auto" because the card is too small without it."""
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_gb is None or self.device_gb is None or self.needed_gb + HEADROOM_GB <= self.device_gb
 
     def message(self) -> str:
-        return (f"preset {self.preset!r} needs about {self.needed_gb:.1f} GB of GPU memory (dry run) and this "
-                f"card has {self.device_gb:.1f} GB: the job will probably run out of memory; choose a smaller "
-                f"preset, or check with `dreampolish-backend dryrun --preset {self.preset}`")
+        how = " with its idle priors in host memory" if self.offload else ""
+        return (f"preset {self.preset!r} needs about {self.needed_gb:.1f} GB of GPU memory{how} (dry run, "
+                f"+{HEADROOM_GB:.0f} GB for the CUDA context) and this card has {self.device_gb:.1f} GB")
 
     def losses(self) -> dict[str, float]:
         """What the job's first progress event carries."""
-        return {MEMORY_NEEDED_GB: round(self.needed_gb, 2), DEVICE_MEMORY_GB: round(self.device_gb, 2)}
+        out: dict[str, float] = {}
+        if not self.fits:
+            out.update({MEMORY_NEEDED_GB: round(self.needed_gb or 0.0, 2), DEVICE_MEMORY_GB: round(self.device_gb or 0, 2)})
+        if self.chosen:
+            out[PRIORS_OFFLOADED] = 1.0
+        return out
+
+
+def plan_memory(preset: str, offload: str, device: torch.device,
+                total_memory: Callable[[torch.device], int | None] | None = None) -> MemoryPlan:
+    """Whether `preset` (its `offload` setting: none, priors, auto) runs with its idle priors in host
+    memory on `device`, and its figure against the card's memory. "auto" offloads exactly when the figure
+    without offloading does not fit the card and the one with it does better; off a CUDA card it does not
+    offload (nothing to gain)."""
+    total = (total_memory or device_total_memory)(device)
+    device_gb = None if total is None else total / GB
+    if offload != "auto":
+        return MemoryPlan(preset, offload == "priors", preset_peak_gb(preset, offload == "priors"), device_gb)
+    plain = MemoryPlan(preset, False, preset_peak_gb(preset, False), device_gb)
+    if plain.fits or device_gb is None:
+        return plain
+    return MemoryPlan(preset, True, preset_peak_gb(preset, True), device_gb, chosen=True)
 
 
 def check_memory(preset: str, device: torch.device,
-                 total_memory: Callable[[torch.device], int | None] | None = None) -> MemoryShortfall | None:
-    """The shortfall when `preset`'s dry-run peak exceeds `device`'s memory (`total_memory`, by default
-    device_total_memory); None when it fits, when the device is not a CUDA card, or when the preset has no
-    figure."""
-    needed = PRESET_PEAK_GB.get(preset)
-    total = (total_memory or device_total_memory)(device)
-    if needed is None or total is None or needed * GB <= total:
-        return None
-    return MemoryShortfall(preset, needed, total / GB)
+                 total_memory: Callable[[torch.device], int | None] | None = None,
+                 offload: str = "none") -> MemoryPlan | None:
+    """The plan when `preset` (with `offload`) does not fit `device`; None when it fits, when the device is
+    not a CUDA card, or when the preset has no figure."""
+    plan = plan_memory(preset, offload, device, total_memory)
+    return None if plan.fits else plan
+
+
+def check_preset_fits(preset: str, offload: str, devices: Mapping[str, int | None]) -> None:
+    """Refuse (ValidationError with the figure and the card's size) a preset that does not fit the largest
+    CUDA card here even with its idle priors in host memory (or, with offload=none, without)."""
+    cards = {d: n for d, n in devices.items() if d.startswith("cuda") and n is not None}
+    if not cards or len(cards) != len(devices):  # a CPU worker (or one of unknown size) runs it, slowly
+        return
+    device, largest = max(cards.items(), key=lambda kv: kv[1])
+    plan = plan_memory(preset, "priors" if offload == "auto" else offload, torch.device("cuda"),
+                       lambda _: largest)
+    if plan.fits:
+        return
+    hint = ("" if plan.offload else "; with offload=priors it would need "
+            f"{preset_peak_gb(preset, True) or 0:.1f} GB")
+    raise ValidationError(f"{plan.message()} ({device}): it cannot run here{hint}; choose a smaller preset")
 
 
 # --- what a request's options need at least ---------------------------------------------------------
@@ -130,10 +185,14 @@ def device_memory(device: str) -> int | None:
     return None
 
 
-def check_request_fits(preset: Any, devices: Mapping[str, int | None] | list[str], stages: list[str]) -> None:
+def check_request_fits(preset: Any, devices: Mapping[str, int | None] | list[str], stages: list[str],
+                       name: str | None = None) -> None:
     """Refuse (ValidationError naming the stage, its settings and both sizes) a request whose options make a
-    stage it runs need more memory than the largest of the devices holds. Devices of unknown size pass."""
+    stage it runs need more memory than the largest of the devices holds, or whose preset `name` does not
+    fit the cards even offloaded (check_preset_fits). Devices of unknown size pass."""
     sizes = devices if isinstance(devices, Mapping) else {d: device_memory(d) for d in devices}
+    if name is not None:
+        check_preset_fits(name, getattr(preset, "offload", "auto"), sizes)
     known = {d: n for d, n in sizes.items() if n is not None}
     if not known:
         return

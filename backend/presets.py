@@ -129,6 +129,10 @@ class PipelinePreset:
     """torch.compile of the priors' per-step model calls: the UNet passes, the VAE encoder and the LoRA
     adapter's training step (guidance/compiled.py). "auto" compiles on CUDA only (on the CPU compiling
     takes longer than the steps it speeds up); "off" runs them eagerly everywhere."""
+    offload: Literal["none", "priors", "auto"] = "auto"
+    """Keep on the GPU only the priors the current stage uses, the others in host memory between stages
+    (models/residency.py): "priors" always, "none" never, "auto" when the preset fits the card only so
+    (memory_check.plan_memory, from the dry run's figures). On the CPU nothing is moved."""
     preview_every: int = ranged(100, 0, 200_000)
     """Steps between preview images (0: none)."""
     report_every: int = ranged(10, 1, 200_000)

@@ -193,6 +193,11 @@ class BackendServer:
         # offer as stages (the add-on's Run Up To); {} when it does not say.
         chains = getattr(first, "stage_chains", None)
         self.stage_chains = {mode: list(names) for mode, names in chains().items()} if callable(chains) else {}
+        # And what each preset needs of the card (`preset_memory_gb(device) -> {preset: GB}`), for the
+        # welcome: the largest of the devices' figures.
+        memory = getattr(first, "preset_memory_gb", None)
+        figures = [memory(d) for d in self.executor.devices] if callable(memory) else []
+        self.preset_memory_gb = {p: max(f[p] for f in figures if p in f) for p in {k for f in figures for k in f}}
         self.zmq = zmq.Context()
         self._events_endpoint = f"inproc://dreampolish-events-{id(self)}"
         self._local = threading.local()
@@ -510,6 +515,7 @@ class BackendServer:
             default_preset=self.default_preset,
             models=self.models,
             stage_chains=self.stage_chains,
+            preset_memory_gb=self.preset_memory_gb,
             limits={**LIMITS.to_dict(), **self._intake.limits.published()},
             max_queued_per_client=self.manager.limits.per_client,
             max_queued_total=self.manager.limits.total,

@@ -2,8 +2,8 @@
 # One prepared GPU benchmark run for a fresh GPU machine without network access.
 #   bench/gpu_run.sh [REPORT_DIR]      (default: bench/out)
 # Missing Python packages are installed from wheels in bench/wheels/ (see bench/fetch_gpu_wheels.sh).
-# The whole run is bounded to about 8 minutes; each benchmark has its own time limit, and a report
-# file is written even when one of them fails.
+# The whole run is bounded to about 18 minutes (each benchmark has its own time limit; the dry runs on
+# the card come last and may be cut); a report file is written even when one of them fails.
 set -u
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -45,5 +45,26 @@ run 90 bench/gpu_raster.py
 run 60 bench/hashgrid.py
 run 150 bench/gpu_guidance.py
 run 200 bench/gpu_stages.py
+# 3. The dry run on the card (issue 27): each stage two steps with full-size random-weight priors and idle
+#    priors offloaded, the allocator's peak per stage (allocated_gb) beside the figures the CPU dry run
+#    counted (backend/memory_figures.py: peak_gb offloaded, resident_peak_gb without offloading).
+for preset in draft standard; do
+  run 240 -m dreampolish.backend.cli dryrun --device cuda --preset "$preset" --option offload=priors
+done
+log ""
+log "## dry run on the card against backend/memory_figures.py (GB; measured peak / table figure)"
+$py - "$report" <<'PY' 2>&1 | tee -a "$report"
+import json, sys
+from dreampolish.backend.memory_figures import DRY_RUN_GB
+for line in open(sys.argv[1]):
+    if not line.startswith('{"preset"'):
+        continue
+    r = json.loads(line)
+    table = DRY_RUN_GB.get(r["preset"], {}).get("priors", {})
+    for stage, measured in r.get("allocated_gb", {}).items():
+        print(f"{r['preset']:<9} {stage:<9} measured {measured:6.2f}  table {table.get(stage, float('nan')):6.2f}"
+              f"  moved before it {r['moved_gb'].get(stage, 0):5.2f} GB")
+    print(f"{r['preset']:<9} moving priors took {r.get('moving_seconds', 0):.2f} s in all")
+PY
 log ""
 log "report: $report"

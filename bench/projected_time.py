@@ -672,21 +672,21 @@ class OnMeta:
         return getattr(self.inner, name)
 
 
-def projection_priors(model_set: Any, counts: Counts) -> Any:
-    """The dry run's priors (backend/commands/dryrun_priors.py) with the production CombinedGuidance and
-    the estimator counted apart."""
-    from dreampolish.backend.commands.dryrun_priors import DryRunPriors
+def projection_priors(counts: Counts) -> Any:
+    """The dry run's priors (backend/commands/dryrun_meta.py: the production DiffusionPriors on `meta`) with
+    the production CombinedGuidance's parts counted and the estimator counted apart."""
+    from dreampolish.backend.commands.dryrun_meta import MetaDiffusionPriors
 
-    class ProjectionPriors(DryRunPriors):
+    class ProjectionPriors(MetaDiffusionPriors):
         def __init__(self) -> None:
-            super().__init__(model_set, torch.device("meta"), torch.bfloat16)
+            super().__init__(torch.bfloat16, None)
             self.estimator: CountedEstimator | None = None
 
         def geometry_guidance(self, *args: Any, **kwargs: Any) -> ProjectedGuidance:
-            return ProjectedGuidance(super().geometry_guidance(*args, **kwargs).parts, counts)
+            return ProjectedGuidance(super().geometry_guidance(*args, **kwargs).inner.parts, counts)
 
         def texture_guidance(self, *args: Any, **kwargs: Any) -> ProjectedGuidance:
-            return ProjectedGuidance(super().texture_guidance(*args, **kwargs).parts, counts)
+            return ProjectedGuidance(super().texture_guidance(*args, **kwargs).inner.parts, counts)
 
         def reference(self, *args: Any, **kwargs: Any) -> Any:
             with on_meta(counts, sampling=True):
@@ -744,7 +744,6 @@ def preset_for(name: str, geometry: str) -> Any:
 
 def run_job(preset: Any, steps: int, keep_stacks: bool = False) -> tuple[ProjectionContext, Counts, Any, float]:
     """Run `preset` with `steps` steps per optimisation stage under the counters."""
-    from dreampolish.backend.models.specs import model_set
     from dreampolish.backend.pipeline import DreamPolishPipeline
     from dreampolish.protocol.job import JobSpec
 
@@ -768,7 +767,7 @@ def run_job(preset: Any, steps: int, keep_stacks: bool = False) -> tuple[Project
     else:
         spec = JobSpec(prompt="a projection of the preset", preset="projection", options=options)
     counts = Counts()
-    priors = projection_priors(model_set(preset.model_set), counts)
+    priors = projection_priors(counts)
     pipeline = DreamPolishPipeline(presets={"projection": lambda: preset}, priors=priors)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dreampolish-projection-") as work:

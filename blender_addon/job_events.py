@@ -28,6 +28,7 @@ from .protocol.messages import (
     BUDGET_CAPPED,
     DEVICE_MEMORY_GB,
     MEMORY_NEEDED_GB,
+    PRIORS_OFFLOADED,
     REMESH_FALLBACK,
     SLOW_RASTERIZER,
     Cancelled,
@@ -78,6 +79,7 @@ def _on_progress(rt, msg: Progress, item, shown: bool) -> None:
     rt.progress = fraction
     _clock_progress(rt, msg)
     _warn_memory(msg)
+    _note_offloaded(rt, msg)
     _note_slow_rasterizer(rt, msg)
     _note_finish(rt, msg)
     if msg.preview_png is not None:
@@ -238,6 +240,15 @@ def _warn_memory(msg: Progress) -> None:
         report_failure(f"This preset needs about {needed:.1f} GB of GPU memory and the backend's card has "
                        f"{have:.1f} GB: the job will probably run out of memory. Cancel it and choose a smaller "
                        "preset, or let it run to see.")
+
+
+def _note_offloaded(rt, msg: Progress) -> None:
+    """The backend's note, in the job's first progress event, that the preset fits its card only with the
+    priors a stage does not use in host memory (backend/memory_check.py): the job runs, a little slower."""
+    if msg.losses.get(PRIORS_OFFLOADED):
+        rt.message = ("This preset fits the backend's GPU only with the models a stage does not use kept in "
+                      "the computer's memory: the job runs, with a short pause at each stage change.")
+        log.info("%s", rt.message)
 
 
 def _note_slow_rasterizer(rt, msg: Progress) -> None:

@@ -39,11 +39,30 @@ def _announced_default() -> str:
     return welcome.default_preset if welcome is not None else ""
 
 
+def preset_memory_gb() -> dict[str, float]:
+    """GPU memory each preset needs on the backend's card (welcome.preset_memory_gb; empty before a
+    connection, from a backend that does not say, and from one without a card)."""
+    from . import bridge
+
+    welcome = bridge.current_welcome()
+    return dict(getattr(welcome, "preset_memory_gb", None) or {}) if welcome is not None else {}
+
+
+def preset_label(name: str, memory: dict[str, float]) -> tuple[str, str]:
+    """(label, tooltip) of a preset in the dropdown: with the GPU memory it needs, where the backend says."""
+    gb = memory.get(name)
+    if gb is None:
+        return name, f"Backend preset {name!r}"
+    return f"{name} · {gb:.1f} GB", f"Backend preset {name!r}: needs about {gb:.1f} GB of the backend's GPU memory"
+
+
 def _preset_items(self, context):
     default = _announced_default()
-    items = [(BACKEND_DEFAULT, f"Backend Default ({default})" if default else "Backend Default",
+    memory = preset_memory_gb()
+    shown = preset_label(default, memory)[0] if default else ""
+    items = [(BACKEND_DEFAULT, f"Backend Default ({shown})" if default else "Backend Default",
               "The preset the backend was started with", 0)]
-    items += [(p, p, f"Backend preset {p!r}", i + 1) for i, p in enumerate(available_presets())]
+    items += [(p, *preset_label(p, memory), i + 1) for i, p in enumerate(available_presets())]
     # Blender keeps only pointers to these strings: hold the list at module level.
     _preset_items_cache[:] = items
     return _preset_items_cache

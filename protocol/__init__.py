@@ -3,5 +3,5 @@
 Imports inside this package are relative so that the add-on can vendor it as its own subpackage.
 """
 
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 """major.minor: a different major is refused at the handshake; minors are compatible."""

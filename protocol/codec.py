@@ -2,7 +2,7 @@
 
 Frame 0 is the header, a msgpack map:
 
-    {"v": "1.1", "type": "submit", "id": "c1-7", "re": "", "job": "", "seq": 0, "body": {...}}
+    {"v": "1.2", "type": "submit", "id": "c1-7", "re": "", "job": "", "seq": 0, "body": {...}}
 
 Frames 1..n are the binary buffers the body references (frames.py). Decoding
 checks the published limits before it touches the content, never copies an

@@ -236,6 +236,10 @@ class Welcome(Message):
     """Job mode -> the stages a job of that mode runs, in order, that a request may name (`stages`,
     `pause_after`): its pipeline's runners define them. Stages that follow by themselves (export after
     texture) are left out. Empty from a 1.0 backend, which does not say."""
+    preset_memory_gb: dict[str, float] = field(default_factory=dict)
+    """Preset -> the GPU memory it needs on this backend's card, in GB (its dry-run peak, with the idle priors
+    in host memory where the backend offloads them for that card), for presets the backend has a figure
+    of. Empty from a backend before 1.2, or one without figures."""
 
     def body(self, w: FrameWriter) -> dict[str, Any]:
         return {
@@ -248,6 +252,7 @@ class Welcome(Message):
             "max_queued_per_client": self.max_queued_per_client,
             "max_queued_total": self.max_queued_total,
             "stage_chains": self.stage_chains,
+            "preset_memory_gb": self.preset_memory_gb,
         }
 
     @classmethod
@@ -263,6 +268,8 @@ class Welcome(Message):
             max_queued_per_client=read_int(body, "max_queued_per_client", 0),
             max_queued_total=read_int(body, "max_queued_total", 0),
             stage_chains=read_stage_chains(body, "stage_chains"),
+            preset_memory_gb={k: float(v) for k, v in read_map(body, "preset_memory_gb", {}).items()
+                              if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)},
             **common,
         )
 
@@ -287,6 +294,10 @@ MEMORY_NEEDED_GB = "memory_needed_gb"
 DEVICE_MEMORY_GB = "device_memory_gb"
 """The two losses of a job's first progress event (step 0 of 0) when its preset needs more GPU memory
 than the card it runs on has: the preset's estimated peak and the card's memory, in GB."""
+PRIORS_OFFLOADED = "priors_offloaded"
+"""A loss of a job's first progress event (step 0 of 0), 1.0 when the preset fits the job's card only with the
+priors a stage does not use in host memory, and runs so (preset field `offload`: "auto"); each stage switch
+then moves models between the card and host memory (BENCHMARKS.md)."""
 SLOW_RASTERIZER = "slow_rasterizer"
 """A loss of a job's first progress event (step 0 of 0), 1.0 when the fast CUDA rasteriser (nvdiffrast) is not
 usable on the job's card and meshes are rasterised with the slower PyTorch one (the backend's log says why)."""

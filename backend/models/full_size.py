@@ -23,8 +23,9 @@ Sources (the fields that differ from diffusers' / transformers' defaults):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVi
 
 from .camera_projection import CLIPCameraProjection
 from .loading import TextToImageModels, Zero123Models, local_checkpoint_dir
+from .residency import Residency, bundle_modules, module_bytes
 from .specs import ModelRole, ModelSet, ModelSpec
 from .tiny import SD21_SCHEDULER
 
@@ -66,6 +68,13 @@ MARIGOLD_PROCESSING_RESOLUTION = 768
 """Marigold v1-1's default processing resolution (its model_index.json)."""
 MARIGOLD_DENOISING_STEPS = 4
 """Marigold normals v1-1's and depth v1-1's default_denoising_steps (their model_index.json)."""
+MARIGOLD_IID_APPEARANCE_TARGETS: dict[str, Any] = {
+    "target_names": ["albedo", "material"],
+    "albedo": {"prediction_space": "srgb"},
+    "material": {"prediction_space": "stack", "sub_target_names": ["roughness", "metallicity", ""]},
+}
+"""prs-eth/marigold-iid-appearance-v1-1's target_properties (its model_index.json): albedo, and roughness and
+metallicity stacked in one image."""
 
 BUILT_IN: dict[ModelRole, dict[str, dict[str, Any]]] = {
     "text_to_image": {"unet": SD21_UNET, "vae": SD_VAE, "text_encoder": SD21_TEXT_ENCODER},
@@ -138,81 +147,114 @@ class MarigoldShape:
     processing_resolution: int = MARIGOLD_PROCESSING_RESOLUTION
     denoising_steps: int = MARIGOLD_DENOISING_STEPS
 
+    depth_like: bool = False
+    """A depth model: one channel per prediction."""
+    target_properties: dict[str, Any] = field(default_factory=dict)
+    """As MarigoldIntrinsicsPipeline.target_properties (the intrinsics model's; empty for the others)."""
+
     @property
     def n_targets(self) -> int:
         """Predicted images per input (1 for normals; albedo and material for IID appearance)."""
         return int(self.unet.config.out_channels) // int(self.vae.config.latent_channels)
+
+    @torch.no_grad()
+    def __call__(self, image: torch.Tensor, num_inference_steps: int | None = None, ensemble_size: int = 1,
+                 processing_resolution: int | None = None, match_input_resolution: bool = True,
+                 output_type: str = "pt", generator: Any = None) -> Any:
+        """The Marigold pipelines' call (image [N,3,H,W] on this device): encode -> denoise -> decode at the
+        processing resolution, every target decoded, ensemble members batched as diffusers batches them;
+        `.prediction` [N*targets, C, H, W] (C = 1 for depth, 3 otherwise) on this device, no values."""
+        n, _, h, w = image.shape
+        side = processing_resolution or self.processing_resolution
+        scale = side / max(h, w)
+        size = (max(8, round(h * scale / 8) * 8), max(8, round(w * scale / 8) * 8))
+        b = n * ensemble_size
+        x = torch.nn.functional.interpolate(image.to(self.device), size, mode="bilinear").repeat(ensemble_size, 1, 1, 1)
+        latent = self.vae.encode(x.to(self.dtype) * 2 - 1).latent_dist.mode()
+        tokens = torch.full((1, 77), 49406, dtype=torch.long, device=self.device)
+        text = self.text_encoder(tokens)[0].expand(b, -1, -1)
+        noise = torch.randn(b, 4 * self.n_targets, *latent.shape[2:], dtype=latent.dtype).to(latent)
+        steps = num_inference_steps or self.denoising_steps
+        for t in range(steps):
+            t_in = torch.full((b,), 999 - t * (1000 // steps), dtype=torch.long, device=self.device)
+            noise = self.unet(torch.cat([latent, noise], 1), t_in, encoder_hidden_states=text).sample
+        decoded = self.vae.decode(noise.reshape(b * self.n_targets, 4, *noise.shape[2:])
+                                  / self.vae.config.scaling_factor).sample
+        channels = 1 if self.depth_like else 3
+        out = decoded[:, :channels].reshape(ensemble_size, n * self.n_targets, channels, *decoded.shape[2:])[0]
+        if match_input_resolution:
+            out = torch.nn.functional.interpolate(out.float(), (h, w), mode="bilinear")
+        return SimpleNamespace(prediction=out)
 
 
 class FullSizePriors:
     """The PriorModels interface (text_to_image / zero123 / normals) with full-size random models on
     `device`, built on first use and kept, as the backend keeps the loaded checkpoints."""
 
-    def __init__(self, model_set: ModelSet, device: torch.device | str = "meta", dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, model_set: ModelSet, device: torch.device | str = "meta", dtype: torch.dtype = torch.bfloat16,
+                 residency: Residency | None = None):
         self.model_set = model_set
         self.device = torch.device(device)
         self.dtype = dtype
         self._built: dict[str, Any] = {}
+        self._weights: dict[str, int] = {}
+        self.residency = residency or Residency(self.device)
+
+    def _get(self, role: str, build: Any) -> Any:
+        if role not in self._built:
+            self._built[role] = build()
+            self._weights[role] = sum(module_bytes(m) for m in bundle_modules(self._built[role]))
+        return self.residency.ready(role, self._built[role])
+
+    def place(self, keep: set[str]) -> int:
+        """As PriorModels.place: only the roles in `keep` on the device; the bytes moved."""
+        return self.residency.place(self._built, keep)
+
+    def _marigold(self, role: ModelRole, **extra: Any) -> MarigoldShape:
+        return MarigoldShape(unet=self._part(role, "unet"), vae=self._part(role, "vae"),
+                             text_encoder=self._part(role, "text_encoder"), device=self.device, dtype=self.dtype,
+                             **extra)
 
     def _part(self, role: ModelRole, component: str) -> torch.nn.Module:
         return _build(self.model_set.spec(role), component, self.device, self.dtype)
 
     @property
     def text_to_image(self) -> TextToImageModels:
-        if "text_to_image" not in self._built:
-            spec = self.model_set.text_to_image
-            self._built["text_to_image"] = TextToImageModels(
-                unet=self._part("text_to_image", "unet"), vae=self._part("text_to_image", "vae"),
-                text_encoder=self._part("text_to_image", "text_encoder"), tokenizer=ShapeTokenizer(),
-                scheduler=_scheduler(spec), device=self.device, dtype=self.dtype, spec=spec)
-        return self._built["text_to_image"]
+        spec = self.model_set.text_to_image
+        return self._get("text_to_image", lambda: TextToImageModels(
+            unet=self._part("text_to_image", "unet"), vae=self._part("text_to_image", "vae"),
+            text_encoder=self._part("text_to_image", "text_encoder"), tokenizer=ShapeTokenizer(),
+            scheduler=_scheduler(spec), device=self.device, dtype=self.dtype, spec=spec))
 
     @property
     def zero123(self) -> Zero123Models:
-        if "zero123" not in self._built:
-            spec = self.model_set.zero123
-            self._built["zero123"] = Zero123Models(
-                unet=self._part("zero123", "unet"), vae=self._part("zero123", "vae"),
-                image_encoder=self._part("zero123", "image_encoder"),
-                camera_projection=self._part("zero123", "clip_camera_projection"), scheduler=_scheduler(spec),
-                camera_encoding=spec.camera_encoding, device=self.device, dtype=self.dtype, spec=spec)
-        return self._built["zero123"]
+        spec = self.model_set.zero123
+        return self._get("zero123", lambda: Zero123Models(
+            unet=self._part("zero123", "unet"), vae=self._part("zero123", "vae"),
+            image_encoder=self._part("zero123", "image_encoder"),
+            camera_projection=self._part("zero123", "clip_camera_projection"), scheduler=_scheduler(spec),
+            camera_encoding=spec.camera_encoding, device=self.device, dtype=self.dtype, spec=spec))
 
     @property
     def normals(self) -> MarigoldShape:
-        if "normals" not in self._built:
-            self._built["normals"] = MarigoldShape(
-                unet=self._part("normals", "unet"), vae=self._part("normals", "vae"),
-                text_encoder=self._part("normals", "text_encoder"), device=self.device, dtype=self.dtype)
-        return self._built["normals"]
+        return self._get("normals", lambda: self._marigold("normals"))
 
     @property
     def intrinsics(self) -> MarigoldShape:
-        if "intrinsics" not in self._built:
-            self._built["intrinsics"] = MarigoldShape(
-                unet=self._part("intrinsics", "unet"), vae=self._part("intrinsics", "vae"),
-                text_encoder=self._part("intrinsics", "text_encoder"), device=self.device, dtype=self.dtype)
-        return self._built["intrinsics"]
+        return self._get("intrinsics",
+                         lambda: self._marigold("intrinsics", target_properties=MARIGOLD_IID_APPEARANCE_TARGETS))
 
     @property
     def depth(self) -> MarigoldShape | None:
         if self.model_set.depth is None:
             return None
-        if "depth" not in self._built:
-            self._built["depth"] = MarigoldShape(
-                unet=self._part("depth", "unet"), vae=self._part("depth", "vae"),
-                text_encoder=self._part("depth", "text_encoder"), device=self.device, dtype=self.dtype)
-        return self._built["depth"]
+        return self._get("depth", lambda: self._marigold("depth", depth_like=True))
 
     def unload(self, role: str) -> None:
         """Drop a built model, as PriorModels.unload drops a loaded one."""
+        self.residency.forget(role, self._built.get(role))
         self._built.pop(role, None)
 
     def parameter_bytes(self) -> dict[str, int]:
-        """Bytes of the weights built so far, per role."""
-        out = {}
-        for role, models in self._built.items():
-            modules = [getattr(models, n) for n in ("unet", "vae", "text_encoder", "image_encoder", "camera_projection")
-                       if isinstance(getattr(models, n, None), torch.nn.Module)]
-            out[role] = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-        return out
+        """Bytes of the weights (and buffers) of every model built so far, per role, unloaded ones included."""
+        return dict(self._weights)

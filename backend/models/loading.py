@@ -39,6 +39,7 @@ from ..rng import no_seeded_block_beside
 from .camera_projection import CLIPCameraProjection
 from .checks import EXPECT_FILES
 from .hub_files import ROLE_COMPONENTS, WEIGHTED_COMPONENTS, PullPlan, plan_pull, weights_variant
+from .residency import Residency
 from .specs import CameraEncoding, ModelRole, ModelSet, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -341,45 +342,53 @@ class PriorModels:
     dtype: torch.dtype | None = None
     """None: chosen from the device (choose_dtype)."""
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+    residency: Residency | None = field(default=None, repr=False)
+    """Which loaded models wait in host memory (offloading, models/residency.py)."""
+
+    def __post_init__(self) -> None:
+        if self.residency is None:
+            self.residency = Residency(torch.device(self.device))
+
+    def _get(self, role: str, load: Callable[[], Any]) -> Any:
+        if role not in self._loaded:
+            self._loaded[role] = load()
+        return self.residency.ready(role, self._loaded[role])
+
+    def place(self, keep: set[str]) -> int:
+        """Keep on the device only the loaded models of the roles in `keep`, the others in host memory;
+        the bytes moved."""
+        return self.residency.place(self._loaded, keep)
 
     @property
     def text_to_image(self) -> TextToImageModels:
-        if "text_to_image" not in self._loaded:
-            self._loaded["text_to_image"] = load_text_to_image(self.model_set.text_to_image, self.device, self.dtype)
-        return self._loaded["text_to_image"]
+        return self._get("text_to_image",
+                         lambda: load_text_to_image(self.model_set.text_to_image, self.device, self.dtype))
 
     @property
     def zero123(self) -> Zero123Models:
-        if "zero123" not in self._loaded:
-            self._loaded["zero123"] = load_zero123(self.model_set.zero123, self.device, self.dtype)
-        return self._loaded["zero123"]
+        return self._get("zero123", lambda: load_zero123(self.model_set.zero123, self.device, self.dtype))
 
     @property
     def normals(self) -> MarigoldNormalsPipeline:
-        if "normals" not in self._loaded:
-            self._loaded["normals"] = load_normals(self.model_set.normals, self.device, self.dtype)
-        return self._loaded["normals"]
+        return self._get("normals", lambda: load_normals(self.model_set.normals, self.device, self.dtype))
 
     def unload(self, role: str) -> None:
         """Drop a loaded model (it loads again on next use): the reference depth estimator runs once per
         job, and kept resident it would add its 2.6 GB (bf16) to every later stage's peak."""
+        self.residency.forget(role, self._loaded.get(role))
         if self._loaded.pop(role, None) is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     @property
     def intrinsics(self) -> MarigoldIntrinsicsPipeline:
-        if "intrinsics" not in self._loaded:
-            if self.model_set.intrinsics is None:
-                raise JobFailed(MODEL_MISSING, f"model set {self.model_set.name!r} has no intrinsics model (the "
-                                "PBR bake's Marigold-IID); add one to the models config or set base_color_only")
-            self._loaded["intrinsics"] = load_intrinsics(self.model_set.intrinsics, self.device, self.dtype)
-        return self._loaded["intrinsics"]
+        if self.model_set.intrinsics is None:
+            raise JobFailed(MODEL_MISSING, f"model set {self.model_set.name!r} has no intrinsics model (the "
+                            "PBR bake's Marigold-IID); add one to the models config or set base_color_only")
+        return self._get("intrinsics", lambda: load_intrinsics(self.model_set.intrinsics, self.device, self.dtype))
 
     @property
     def depth(self) -> MarigoldDepthPipeline | None:
         """The reference depth estimator; None when the model set names none."""
         if self.model_set.depth is None:
             return None
-        if "depth" not in self._loaded:
-            self._loaded["depth"] = load_depth(self.model_set.depth, self.device, self.dtype)
-        return self._loaded["depth"]
+        return self._get("depth", lambda: load_depth(self.model_set.depth, self.device, self.dtype))

@@ -115,6 +115,21 @@ class DreamPolishPipeline:
         skipped = {r.name for r in self.runners if r.skipped(preset)}
         return [s for s in self.spec_stages(spec) if s not in skipped]
 
+    def preset_memory_gb(self, device: str) -> dict[str, float]:
+        """welcome.preset_memory_gb for a worker on `device`: each preset's dry-run peak in GB as it would run
+        there (offloaded where its `offload` setting picks that for the card, memory_check.plan_memory);
+        {} off a CUDA card, where the figures do not apply."""
+        if not device.startswith("cuda"):
+            return {}
+        out: dict[str, float] = {}
+        for name in self.presets():
+            offload = self.resolve_preset(JobSpec("", preset=name)).offload
+            needed = memory_check.plan_memory(name, offload, torch.device(device),
+                                              lambda d: memory_check.device_memory(str(d))).needed_gb
+            if needed is not None:
+                out[name] = round(needed, 1)
+        return out
+
     def stage_plan(self, spec: JobSpec) -> list[str]:
         """The stages this request runs, in order: the named ones, then the automatic stages that follow
         the last of them (export after texture). A stage the preset turns off is left out (a request that
@@ -212,20 +227,25 @@ class DreamPolishPipeline:
         # 5. Load the priors (lazily: each stage asks for what it needs).
         priors = self._priors_for(device)
 
-        # 6. Say so when the preset will not fit the card (memory_check.py) or meshes are rasterised without
-        #    nvdiffrast (render/rasterize.py), then run the remaining stages: checkpoint first, then the
-        #    result (module docstring).
-        notes: dict[str, float] = {}
-        shortfall = memory_check.check_memory(spec.preset, device)
-        if shortfall is not None:
-            logger.warning("job %s: %s", ctx.job_id, shortfall.message())
-            notes.update(shortfall.losses())
+        # 6. Choose whether idle priors wait in host memory (preset.offload, memory_check.plan_memory); say
+        #    so, and when the preset will not fit the card or meshes are rasterised without nvdiffrast
+        #    (render/rasterize.py); then run the remaining stages: checkpoint first, then the result
+        #    (module docstring).
+        memory = memory_check.plan_memory(spec.preset, preset.offload, device)
+        if not memory.fits:
+            logger.warning("job %s: %s: it will probably run out of memory", ctx.job_id, memory.message())
+        if memory.chosen:
+            logger.info("job %s: offloading idle priors to host memory: %s", ctx.job_id, memory.message())
+        notes = memory.losses()
         if rasterizer.fallback(device) is not None:
             notes[SLOW_RASTERIZER] = 1.0
         if notes:
             ctx.progress(remaining[0].name, 0, 0, notes)
+        enter_stage = getattr(priors, "enter_stage", None)  # the diffusion priors place their models
         for runner in remaining:
             ctx.check_cancel()
+            if enter_stage is not None:
+                enter_stage(runner.name, spec, preset, memory.offload)
             stage_ctx = self._stage_context(runner.name, job, carry, priors, ctx)
             logger.info("job %s: stage %s", ctx.job_id, runner.name)
             store.save(runner.name, runner.run(stage_ctx))

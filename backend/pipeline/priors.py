@@ -7,6 +7,7 @@ draws exactly what it drew before.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +21,8 @@ from ..guidance.intrinsics import Decomposer
 from ..presets import PipelinePreset
 from ..render.rasterize import MeshRasterizer
 from .frame import JobFrame
+
+logger = logging.getLogger(__name__)
 
 
 class CombinedGuidance:
@@ -89,6 +92,29 @@ def reference_needs(preset: PipelinePreset) -> tuple[bool, bool]:
             any(max(w.normal.start, w.normal.final()) > 0 for w in weights))
 
 
+def stage_roles(stage: str, spec: JobSpec, preset: PipelinePreset) -> set[str]:
+    """The prior roles (models/specs.ModelRole) that DiffusionPriors' guidance for `stage` uses: with
+    offloading, only these stay on the device while the stage runs. It follows the assembly below: the
+    reference's image (text_to_image, without a picture) and estimates (reference_needs); the geometry
+    stages' Zero123 and text SDS where their weights are non-zero; polish's normal estimator; the texture's
+    DSD (text_to_image) or, for a picture without words, Zero123, and the bake's intrinsics model."""
+    has_prompt = bool(spec.prompt.strip())
+    if stage == "reference":
+        depth, normals = reference_needs(preset)
+        return {r for r, used in (("text_to_image", spec.image is None), ("depth", depth), ("normals", normals))
+                if used}
+    if stage in ("nerf", "neus", "dmtet"):
+        g = preset.guidance.for_stage(stage)
+        return {r for r, used in (("zero123", bool(g.zero123_weight)), ("text_to_image", bool(g.text_weight)
+                                                                          and has_prompt)) if used}
+    if stage == "polish":
+        return {"normals"} if preset.polish.loss == "normal_estimator" else set()
+    if stage == "texture":
+        picture_only = spec.image is not None and not has_prompt
+        return {"zero123" if picture_only else "text_to_image", "intrinsics"}
+    return set()
+
+
 def given_reference(spec: JobSpec, preset: PipelinePreset, frame: JobFrame) -> tuple[Tensor, Tensor]:
     """The request's image prepared as the reference view (rgb [H,W,3], mask [H,W,1] on the frame's device)."""
     from ..stages.reference import prepare_image
@@ -113,32 +139,62 @@ class DiffusionPriors:
     def __init__(self, device: torch.device):
         self.device = device
         self._models: dict[str, Any] = {}
+        self.moved: dict[str, int] = {}
+        """Bytes of priors moved between the device and host memory at each stage's start (offloading)."""
 
-    def models(self, preset: PipelinePreset):
+    def _load_models(self, name: str) -> Any:
+        """The models of model set `name` on this device, loaded on first use (models/loading.PriorModels)."""
         from ..models.loading import PriorModels
         from ..models.specs import model_set
 
+        return PriorModels(model_set(name), self.device)
+
+    def models(self, preset: PipelinePreset):
         if preset.model_set not in self._models:
-            self._models[preset.model_set] = PriorModels(model_set(preset.model_set), self.device)
+            self._models[preset.model_set] = self._load_models(preset.model_set)
         return self._models[preset.model_set]
+
+    def enter_stage(self, stage: str, spec: JobSpec, preset: PipelinePreset, offload: bool) -> int:
+        """Before `stage` runs: with `offload`, keep on the device only the priors it uses (stage_roles), the
+        others in host memory (models/residency.py); the bytes moved."""
+        if not offload:
+            return 0
+        moved = self.models(preset).place(stage_roles(stage, spec, preset))
+        self.moved[stage] = moved
+        if moved:
+            logger.info("offloading: %.2f GB of priors moved before stage %s", moved / 1e9, stage)
+        return moved
 
     def reference(self, spec: JobSpec, preset: PipelinePreset, frame: JobFrame, seed: int) -> ReferenceView:
         """The artist's image or one made from the prompt, with Marigold's depth and normals of it where a
         stage weighs their losses (stages/reference.py)."""
-        from ..stages.reference import estimate_geometry, generate_reference
-
-        cam, cfg, models = frame.reference_camera, preset.reference.generation, self.models(preset)
+        cam, models = frame.reference_camera, self.models(preset)
         if spec.image is not None:
             rgb, mask = given_reference(spec, preset, frame)
         else:
-            rgb, mask = generate_reference(models, spec.prompt, spec.negative_prompt, cam.width, cam.height,
-                                           seed % (2**31), self.device, cfg)
+            rgb, mask = self._generated_reference(models, spec, preset, frame, seed % (2**31))
         wants_depth, wants_normals = reference_needs(preset)
-        depth, normal = estimate_geometry(models.depth if wants_depth else None,
-                                          models.normals if wants_normals else None, rgb, mask, cfg.estimator,
-                                          seed % (2**31))
+        depth, normal = self._reference_geometry(models.depth if wants_depth else None,
+                                                 models.normals if wants_normals else None, rgb, mask, preset,
+                                                 seed % (2**31))
         models.unload("depth")  # used once per job: not resident through the later stages
         return ReferenceView(rgb=rgb, mask=mask, camera=cam, depth=depth, normal=normal)
+
+    def _generated_reference(self, models: Any, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
+                             seed: int) -> tuple[Tensor, Tensor]:
+        """(rgb, mask) the text-to-image model makes from the prompt (stages/reference.generate_reference)."""
+        from ..stages.reference import generate_reference
+
+        cam = frame.reference_camera
+        return generate_reference(models, spec.prompt, spec.negative_prompt, cam.width, cam.height, seed,
+                                  self.device, preset.reference.generation)
+
+    def _reference_geometry(self, depth_model: Any, normals_model: Any, rgb: Tensor, mask: Tensor,
+                            preset: PipelinePreset, seed: int) -> tuple[Tensor | None, Tensor | None]:
+        """(depth, normals) of the reference image by the estimators given (stages/reference.estimate_geometry)."""
+        from ..stages.reference import estimate_geometry
+
+        return estimate_geometry(depth_model, normals_model, rgb, mask, preset.reference.generation.estimator, seed)
 
     def geometry_guidance(self, stage: str, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance:

@@ -211,3 +211,17 @@ def test_the_backends_slow_rasteriser_note_reaches_the_panel_without_failing_the
     assert "nvdiffrast" in rt.message and "slower" in rt.message, rt.message
     assert rt.failure == "" and rt.job_state == "running"
     rt.job_id, rt.job_state, rt.message = "", "", ""
+
+
+def test_the_backends_offloading_note_reaches_the_panel_without_failing_the_job(addon, fresh_scene):
+    # backend/memory_check.py: the preset fits the backend's card only with its idle priors in host
+    # memory; the job runs so, and its first progress event says it.
+    messages = importlib.import_module(f"{MODULE}.protocol.messages")
+    rt = bpy.context.window_manager.dreampolish
+    rt.job_id, rt.job_state, rt.failure, rt.message = "20261201-000000-abcdef", "queued", "", ""
+    note = messages.Progress(job_id=rt.job_id, seq=1, stage="reference", step=0, total=0,
+                             losses={messages.PRIORS_OFFLOADED: 1.0})
+    addon.job_events.on_message(note)
+    assert "fits the backend's GPU only with" in rt.message, rt.message
+    assert rt.failure == "" and rt.job_state == "running"
+    rt.job_id, rt.job_state, rt.message = "", "", ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 import pytest
@@ -56,3 +57,19 @@ def test_a_chosen_preset_is_kept_by_name(addon, fresh_scene, fast_default_backen
     assert addon.job_request.preset_for(addon.bridge.current_welcome()) == "fast"
     s.preset = addon.properties.BACKEND_DEFAULT
     assert s.preset_name == "" and addon.job_request.preset_for(addon.bridge.current_welcome()) == "fast"
+
+
+def test_the_dropdown_shows_each_preset_s_memory_before_generate(addon, fresh_scene, monkeypatch):
+    # welcome.preset_memory_gb (protocol 1.2): what each preset needs of the backend's card, from the
+    # backend's dry-run figures, in the dropdown's labels and tooltips; a preset without a figure shows
+    # its name alone.
+    messages = importlib.import_module(f"{MODULE}.protocol.messages")
+    welcome = messages.Welcome(presets=["draft", "standard", "tiny"], default_preset="standard",
+                               preset_memory_gb={"draft": 11.4, "standard": 15.6})
+    monkeypatch.setattr(addon.bridge, "current_welcome", lambda: welcome)
+    items = {item[0]: item[1:3] for item in addon.properties._preset_items(bpy.context.scene.dreampolish,
+                                                                           bpy.context)}
+    assert items["draft"] == ("draft · 11.4 GB", "Backend preset 'draft': needs about 11.4 GB of the backend's "
+                                                 "GPU memory")
+    assert items["tiny"] == ("tiny", "Backend preset 'tiny'")
+    assert items[addon.properties.BACKEND_DEFAULT][0] == "Backend Default (standard · 15.6 GB)"

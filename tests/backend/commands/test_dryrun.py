@@ -36,19 +36,27 @@ def _report(out: str) -> dict:
 def test_dryrun_draft_runs_every_stage_with_full_size_priors(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may be fetched
     monkeypatch.setenv("DREAMPOLISH_MODEL_DIR", str(tmp_path))
-    assert backend_cli(["dryrun", "--preset", "draft", "--geometry", "small"]) == 0
+    assert backend_cli(["dryrun", "--preset", "draft", "--geometry", "small", "--option", "offload=priors"]) == 0
     report = _report(capsys.readouterr().out)
     assert report["preset"] == "draft" and report["device"] == "meta" and report["dtype"] == "bfloat16"
     assert list(report["stages"]) == ["reference", "nerf", "neus", "dmtet", "polish", "texture", "export"]
     assert all(s["ok"] for s in report["stages"].values()), report["stages"]
     # full-size weights: SD 2.1-base is 1.29 B parameters, 2.58 GB in bf16; Zero123-XL and Marigold alike
     assert report["weights_gb"]["text_to_image"] == pytest.approx(2.58, abs=0.01)
-    assert set(report["weights_gb"]) == {"text_to_image", "zero123", "normals", "intrinsics"}  # intrinsics: the PBR bake
-    weights = sum(report["weights_gb"].values())
-    assert report["peak_gb"] > weights
-    assert report["peak_gb"] == pytest.approx(max(s["peak_gb"] for s in report["stages"].values()), abs=1e-3)
+    # depth: the reference's estimate; intrinsics: the PBR bake (both unloaded after use, as a job does)
+    assert set(report["weights_gb"]) == {"text_to_image", "zero123", "normals", "intrinsics", "depth"}
+    resident = [s["resident_peak_gb"] for s in report["stages"].values()]
+    assert report["resident_peak_gb"] == pytest.approx(max(resident), abs=1e-3)
+    assert report["resident_peak_gb"] > 2.58 * 3  # three models resident at once without offloading
     # the texture stage trains a LoRA through the UNet and backpropagates through the VAE encoder
-    assert report["stages"]["texture"]["peak_gb"] > report["stages"]["reference"]["peak_gb"]
+    assert report["stages"]["texture"]["resident_peak_gb"] > report["stages"]["reference"]["resident_peak_gb"]
+    # offloaded: polish keeps only the normal estimator (text-to-image and Zero123 go to host memory, 5.08 GB),
+    # and no stage asked for a prior stage_roles had sent away
+    polish = report["stages"]["polish"]
+    assert polish["resident_peak_gb"] - polish["peak_gb"] == pytest.approx(2.58 + 2.50, abs=0.02)
+    assert report["moved_gb"]["polish"] == pytest.approx(2.58 + 2.50 + 0.0, abs=0.02)
+    assert report["late_priors"] == []
+    assert report["peak_gb"] < report["resident_peak_gb"]
 
 
 def test_dryrun_names_the_stage_a_device_slip_in_the_guidance_breaks(monkeypatch, capsys, tmp_path):
@@ -82,3 +90,32 @@ def test_the_second_step_renders_at_each_stage_s_largest_size():
         largest = schedule.high if schedule.high is not None else schedule.low
         assert getattr(dry, stage).resolution.at(stage_progress(1, 2)) == largest, stage
     assert dry.nerf.resolution.at(stage_progress(1, 2)) == 384 and dry.nerf.steps == 2
+
+
+def test_the_dry_run_assembles_the_priors_as_a_job_does(monkeypatch):
+    # The dry run's priors are the production DiffusionPriors (pipeline/priors.py) with models on `meta`:
+    # the same guidance parts, settings and reference orbit (with its field of view) as a job's.
+    from dreampolish.backend.commands.dryrun_meta import MetaDiffusionPriors
+    from dreampolish.backend.pipeline.frame import job_frame
+    from dreampolish.backend.pipeline.priors import DiffusionPriors
+    from dreampolish.backend.presets import get_preset
+    from dreampolish.backend.stages.base import ReferenceView
+    from dreampolish.protocol.job import JobSpec
+
+    framed = []
+    reframe = zero123_module.frame_like_views
+    monkeypatch.setattr(zero123_module, "frame_like_views", lambda rgb, mask, view, *a: (
+        framed.append(view.fovy_deg), reframe(rgb, mask, view, *a))[1])
+    priors = MetaDiffusionPriors(torch.bfloat16)
+    assert isinstance(priors, DiffusionPriors)
+    preset = get_preset("draft")
+    frame = job_frame(JobSpec("a vase", preset="draft"), preset, "cpu")
+    cam = frame.reference_camera
+    reference = ReferenceView(rgb=torch.ones(cam.height, cam.width, 3), mask=torch.ones(cam.height, cam.width, 1),
+                              camera=cam)
+    words = priors.geometry_guidance("nerf", JobSpec("a vase", preset="draft"), preset, frame, reference, 0)
+    assert [name for name, _, _ in words.inner.parts] == ["zero123", "text"]
+    assert framed == [pytest.approx(float(cam.fovy_deg[0]))]  # the orbit carries the reference's field of view
+    assert words.inner.parts[0][2].models.device.type == "meta"
+    picture_only = priors.geometry_guidance("nerf", JobSpec("", preset="draft"), preset, frame, reference, 0)
+    assert [name for name, _, _ in picture_only.inner.parts] == ["zero123"]  # no text guidance without words
