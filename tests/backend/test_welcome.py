@@ -32,3 +32,19 @@ def test_a_welcome_from_a_1_0_backend_reads_as_one_that_lists_no_stages():
     header["v"] = "1.0"
     welcome = codec.decode([msgpack.packb(header, use_bin_type=True)])
     assert isinstance(welcome, m.Welcome) and welcome.stage_chains == {} and welcome.presets == ["tiny"]
+
+
+def test_a_welcome_carries_each_preset_s_memory_and_one_from_a_1_1_backend_reads_as_none():
+    import msgpack
+    from dreampolish.protocol import codec
+    from dreampolish.protocol import messages as m
+
+    sent = m.Welcome(presets=["draft", "tiny"], preset_memory_gb={"draft": 11.4})
+    frames = [bytes(f) for f in codec.encode(sent)]
+    assert codec.decode(frames).preset_memory_gb == {"draft": 11.4}
+    header = msgpack.unpackb(frames[0], raw=False)
+    header["body"]["preset_memory_gb"] = {"draft": "a lot", "tiny": True, "high": 30}  # only numbers are read
+    assert codec.decode([msgpack.packb(header, use_bin_type=True)]).preset_memory_gb == {"high": 30.0}
+    del header["body"]["preset_memory_gb"]
+    header["v"] = "1.1"
+    assert codec.decode([msgpack.packb(header, use_bin_type=True)]).preset_memory_gb == {}
