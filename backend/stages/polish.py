@@ -71,6 +71,12 @@ class PolishConfig:
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
     """How the normal estimator (Marigold) is run and its estimates cached."""
+    estimator_batch: int = ranged(1, 1, 64)
+    """Pool views per estimator call when the pool's targets are estimated, before the first step. One: each
+    view at Marigold's 768-px processing size holds about 3.5 GB of activations (the dry run), so the
+    batch_size's four at once took standard's polish peak to 22.7 GB; estimated one at a time the stage
+    fits a 16 GB card with the idle priors offloaded (BENCHMARKS.md). Each view's estimate is the same
+    model call either way; only its initial noise is drawn per call."""
 
 
 def normal_polish_loss(rendered_cam: Tensor, target_cam: Tensor, foreground: Tensor) -> tuple[Tensor, Tensor]:
@@ -198,7 +204,7 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
                            generator)
     smooth = cfg.rendered_normals == "smooth"
     if pool is not None:
-        pool.estimate_all(mesh, rasterizer, targets, cfg.batch_size, smooth)
+        pool.estimate_all(mesh, rasterizer, targets, cfg.estimator_batch, smooth)
     state = PolishState(mesh)
     reporter.watch(state)
     for step in range(cfg.steps):

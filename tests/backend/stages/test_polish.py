@@ -89,3 +89,24 @@ def test_polish_is_deterministic_for_a_seed(sharp_box):
     runs = [run_polish(cfg, rounded, OracleNormals(target, raster), None, LoggingReporter("polish"), rasterizer=raster,
                        generator=torch.Generator().manual_seed(7)).vertices for _ in range(2)]
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
+
+
+def test_the_pool_is_estimated_one_view_a_call_whatever_the_step_batch(sharp_box):
+    # Marigold's activations grow with the views of one call (about 3.5 GB each at 768 px, the dry run):
+    # the pool's targets are estimated estimator_batch (one) at a time, not batch_size (four) at a time.
+    target, rounded = sharp_box
+    raster = MeshRasterizer("torch")
+    oracle = OracleNormals(target, raster)
+    seen: list[int] = []
+
+    def estimator(rgb, opacity, cameras):
+        seen.append(int(rgb.shape[0]))
+        return oracle(rgb, opacity, cameras)
+
+    cfg = PolishConfig(steps=1, render_size=32, batch_size=4, view_pool=6)
+    run_polish(cfg, rounded, estimator, None, LoggingReporter("polish"), rasterizer=raster,
+               generator=torch.Generator().manual_seed(0))
+    assert seen == [1] * 6
+    run_polish(PolishConfig(steps=1, render_size=32, batch_size=4, view_pool=6, estimator_batch=4), rounded,
+               estimator, None, LoggingReporter("polish"), rasterizer=raster, generator=torch.Generator().manual_seed(0))
+    assert seen[6:] == [4, 2]
