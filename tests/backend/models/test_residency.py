@@ -62,3 +62,23 @@ def test_the_stage_roles_follow_the_guidance_assembly():
     with_image = SimpleNamespace(prompt="", image=object())
     assert stage_roles("texture", with_image, preset) == {"zero123", "intrinsics"}
     assert "text_to_image" not in stage_roles("reference", with_image, preset)
+
+
+def test_an_offloaded_job_completes_and_no_stage_asks_for_a_prior_it_sent_away(tiny_priors, tmp_path):
+    # The tiny models through the production DiffusionPriors: with offload=priors every stage starts by
+    # placing the models (on the CPU host and device are one, so only the books move) and a stage that used
+    # a prior stage_roles had sent to host memory would show in `late`.
+    from dreampolish.backend.pipeline import DreamPolishPipeline
+
+    from tests.support.recording import RecordingContext
+
+    preset = get_preset("tiny")
+    priors = DiffusionPriors(torch.device("cpu"))
+    priors._models[preset.model_set] = tiny_priors  # the tiny models in place of a download
+    options = {"offload": "priors", **{f"{s}.steps": 2 for s in ("nerf", "neus", "dmtet", "polish", "texture")}}
+    ctx = RecordingContext(tmp_path)
+    DreamPolishPipeline(priors=priors).run(JobSpec("a red cone", preset="tiny", options=options), ctx)
+    assert [r[0] for r in ctx.results][-2:] == ["texture", "export"]  # the job completed
+    assert list(priors.moved) == ["reference", "nerf", "neus", "dmtet", "polish", "texture", "export"]
+    assert priors.moved["polish"] > 0 and tiny_priors.residency.hosted >= {"text_to_image", "zero123"}
+    assert tiny_priors.residency.late == []
