@@ -19,7 +19,7 @@ import torch
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.messages import DEVICE_MEMORY_GB, MEMORY_NEEDED_GB, PRIORS_OFFLOADED
 
-from .memory_figures import DRY_RUN_GB
+from .memory_figures import DRY_RUN_GB, GEOMETRY
 
 GB = 1e9
 
@@ -34,7 +34,9 @@ slack. The dry run does not see either (commands/dryrun.py)."""
 
 def preset_peak_gb(preset: str, offload: bool) -> float | None:
     """The dry run's peak of `preset` in GB, with its idle priors in host memory or not; None without a
-    figure. The PyTorch rasteriser's figure: it bounds nvdiffrast's from above (memory_figures.py)."""
+    figure. The PyTorch rasteriser's figure: it bounds nvdiffrast's from above (memory_figures.py). Where
+    memory_figures.GEOMETRY says "small", a lower bound (the stages' own work at the tiny preset's sizes): a
+    preset is then refused only when even that does not fit."""
     runs = DRY_RUN_GB.get(FIGURE_OF.get(preset, preset))
     if runs is None:
         return None
@@ -69,7 +71,8 @@ class MemoryPlan:
 
     def message(self) -> str:
         how = " with its idle priors in host memory" if self.offload else ""
-        return (f"preset {self.preset!r} needs about {self.needed_gb:.1f} GB of GPU memory{how} (dry run, "
+        about = "at least" if GEOMETRY.get(FIGURE_OF.get(self.preset, self.preset)) == "small" else "about"
+        return (f"preset {self.preset!r} needs {about} {self.needed_gb:.1f} GB of GPU memory{how} (dry run, "
                 f"+{HEADROOM_GB:.0f} GB for the CUDA context) and this card has {self.device_gb:.1f} GB")
 
     def losses(self) -> dict[str, float]:

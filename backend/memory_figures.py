@@ -1,6 +1,76 @@
-"""Peak GPU memory in GB per preset, offloading (none / priors) and stage: `dreampolish-backend dryrun` at
-full geometry with the PyTorch rasteriser, whose figure bounds nvdiffrast's from above (the dry run cannot run
-nvdiffrast). GENERATED from bench/dryrun/*.json by backend/commands/dryrun_table.py; do not edit by hand
-(tests/backend/test_memory_figures.py checks it against those reports). Read by backend/memory_check.py."""
+"""Peak GPU memory in GB per preset, offloading (none / priors) and stage: `dreampolish-backend dryrun`
+(GEOMETRY below says at which sizes) with the PyTorch rasteriser, whose figure bounds nvdiffrast's from
+above (the dry run cannot run nvdiffrast). GENERATED from bench/dryrun/*.json by
+backend/commands/dryrun_table.py; do not edit by hand (tests/backend/test_memory_figures.py checks it
+against those reports). Read by backend/memory_check.py."""
 
-DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {}
+DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
+    "draft": {
+        "none": {
+            "reference": 8.677,
+            "nerf": 8.591,
+            "neus": 8.608,
+            "dmtet": 8.591,
+            "polish": 11.174,
+            "texture": 13.754,
+            "export": 7.656
+        },
+        "priors": {
+            "reference": 8.677,
+            "nerf": 8.591,
+            "neus": 8.608,
+            "dmtet": 8.591,
+            "polish": 6.099,
+            "texture": 8.679,
+            "export": 2.58
+        }
+    },
+    "high": {
+        "none": {
+            "reference": 8.677,
+            "nerf": 8.591,
+            "neus": 8.608,
+            "dmtet": 8.591,
+            "polish": 11.174,
+            "texture": 13.754,
+            "export": 7.656
+        },
+        "priors": {
+            "reference": 8.677,
+            "nerf": 8.591,
+            "neus": 8.608,
+            "dmtet": 8.591,
+            "polish": 6.099,
+            "texture": 8.679,
+            "export": 2.58
+        }
+    },
+    "standard": {
+        "none": {
+            "reference": 8.677,
+            "nerf": 8.591,
+            "neus": 8.608,
+            "dmtet": 8.591,
+            "polish": 11.174,
+            "texture": 13.754,
+            "export": 7.656
+        },
+        "priors": {
+            "reference": 8.677,
+            "nerf": 8.591,
+            "neus": 8.608,
+            "dmtet": 8.591,
+            "polish": 6.099,
+            "texture": 8.679,
+            "export": 2.58
+        }
+    }
+}
+
+GEOMETRY: dict[str, str] = {
+    "draft": "small",
+    "high": "small",
+    "standard": "small"
+}
+"""Per preset: "full" (the preset's own sizes) or "small" (the stages' own work at the tiny preset's
+sizes, the priors at full size: the figures are lower bounds)."""

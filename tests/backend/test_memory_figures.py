@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from dreampolish.backend.commands.dryrun_table import read_reports, render, table
-from dreampolish.backend.memory_figures import DRY_RUN_GB
+from dreampolish.backend.memory_figures import DRY_RUN_GB, GEOMETRY
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN = ["reference", "nerf", "neus", "dmtet", "polish", "texture", "export"]
@@ -27,11 +27,11 @@ def test_the_table_is_generated_from_the_dry_run_s_reports():
         "backend/memory_figures.py")
 
 
-def test_every_gpu_preset_has_each_stage_with_and_without_offloading_at_full_geometry():
+def test_every_gpu_preset_has_each_stage_with_and_without_offloading():
     reports = _reports()
-    assert {r["preset"] for r in reports} == {"draft", "standard", "high"}
+    assert "standard" in {r["preset"] for r in reports} <= {"draft", "standard", "high"}
     for r in reports:
-        assert (r["geometry"], r["device"], r["offload"]) == ("full", "meta", "priors")
+        assert (r["device"], r["offload"]) == ("meta", "priors") and r["geometry"] in ("full", "small")
         assert r["late_priors"] == [], "a stage used a prior that pipeline.priors.stage_roles left off the card"
     for preset, runs in DRY_RUN_GB.items():
         assert set(runs) == {"none", "priors"} and all(list(stages) == CHAIN for stages in runs.values()), preset
@@ -44,13 +44,16 @@ def test_every_gpu_preset_has_each_stage_with_and_without_offloading_at_full_geo
 def test_the_presets_fit_the_cards_artists_own(preset, offload, card_gb):
     stages = DRY_RUN_GB[preset][offload]
     assert max(stages.values()) <= card_gb, {s: gb for s, gb in stages.items() if gb > card_gb}
+    if GEOMETRY[preset] != "full":  # the lower bound fits; whether the preset does is not measured yet
+        pytest.skip(f"{preset}: figures from --geometry small only (lower bounds; BENCHMARKS.md says why)")
 
 
-def test_a_report_with_a_failed_stage_or_small_geometry_makes_no_table():
-    report = {"preset": "draft", "geometry": "small", "offload": "none", "options": {},
-              "stages": {"nerf": {"ok": True, "peak_gb": 1.0}}}
-    with pytest.raises(ValueError, match="full-geometry"):
-        table([report])
-    failed = dict(report, geometry="full", stages={"nerf": {"ok": False, "error": "x"}})
+def test_a_full_geometry_report_wins_and_a_failed_or_optioned_one_makes_no_table():
+    small = {"preset": "draft", "geometry": "small", "offload": "none", "options": {},
+             "stages": {"nerf": {"ok": True, "peak_gb": 1.0}}}
+    full = dict(small, geometry="full", stages={"nerf": {"ok": True, "peak_gb": 3.0}})
+    assert table([small, full]) == table([full, small]) == {"draft": {"none": {"nerf": 3.0}}}
     with pytest.raises(ValueError, match="failed"):
-        table([failed])
+        table([dict(full, stages={"nerf": {"ok": False, "error": "x"}})])
+    with pytest.raises(ValueError, match="options"):
+        table([dict(full, options={"nerf.steps": 3})])
