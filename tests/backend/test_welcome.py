@@ -18,7 +18,7 @@ def test_welcome_announces_the_spec_tables_limits_and_the_pipelines_stage_chains
         welcome = client.connect()
     assert set(welcome.limits) == documented
     assert welcome.stage_chains == ScriptedPipeline().stage_chains()
-    assert welcome.stage_chains["geometry"] == ["dmtet", "polish", "texture"]
+    assert welcome.stage_chains["geometry"] == ["dmtet", "polish", "finish", "texture"]
 
 
 def test_a_welcome_from_a_1_0_backend_reads_as_one_that_lists_no_stages():
