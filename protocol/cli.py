@@ -5,6 +5,7 @@
     dreampolish generate "a mug" --mesh mug.glb --mode texture --mask handle.npy --feather 0.01 \
         --mask-prompt "worn brass handle" --out mug_brass.glb   (one float32 weight per vertex, .npy)
     dreampolish generate --image concept.png ["a bronze owl"] --out owl.glb   (the picture is the front view)
+    dreampolish generate --view front.png front.json --view top.png top.json --out owl.glb   (pictures, exact cameras)
     dreampolish jobs
     dreampolish fetch JOB_ID --out results/
     dreampolish cancel JOB_ID
@@ -28,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from . import messages as m
+from .camera_json import load_camera_json
 from .client import BackendClient, ClientError, VersionMismatch
 from .errors import ProtocolError, ValidationError
 from .gltf import glb_to_mesh, mesh_to_glb
 from .image import PNG_SIGNATURE, ReferenceImage
-from .job import JOB_MODES, JobSpec, parse_option, validate_spec
+from .job import JOB_MODES, JobSpec, PictureView, parse_option, validate_spec
 from .refine_mask import RefineMask, check_mask
 from .scene import MeshPayload
 from .udim import face_tiles
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", default="", help="what to make (optional with --image)")
     gen.add_argument("--image", type=Path, default=None,
                      help="a PNG picture of the object as the reference (front) view; transparency is its mask")
+    gen.add_argument("--view", nargs=2, action="append", default=[], type=Path, metavar=("PICTURE", "CAMERA"),
+                     help="a picture (PNG) and the camera that took it (JSON with the CameraSpec fields, as "
+                          "`dreampolish-backend render --camera` reads it); repeat for every picture, the first "
+                          "is the front")
     gen.add_argument("--out", type=Path, required=True, help="final .glb; stage meshes go to OUT.<stage>.glb")
     gen.add_argument("--preset", default=None, help="backend preset (default: the backend's default)")
     gen.add_argument("--seed", type=int, default=0)
@@ -168,13 +174,16 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_image(path: Path | None) -> ReferenceImage | None:
+def _read_image(path: Path | None, flag: str = "--image") -> ReferenceImage | None:
     """--image FILE as a checked ReferenceImage (before anything is sent); ProtocolError says what is wrong."""
     if path is None:
         return None
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValidationError(f"{flag} {path} cannot be read: {exc.strerror}") from None
     if not data.startswith(PNG_SIGNATURE):
-        raise ValidationError(f"--image {path} is not a PNG file; convert it to PNG first (any colour type, "
+        raise ValidationError(f"{flag} {path} is not a PNG file; convert it to PNG first (any colour type, "
                               "with transparency where the object is not)")
     return ReferenceImage(png=data).validate()
 
@@ -207,12 +216,24 @@ def _udim_tiles(text: str, mesh: MeshPayload | None) -> list[int]:
         raise ValidationError(f"--udim {text!r} must be tile numbers separated by commas, or auto") from exc
 
 
+def _read_views(pairs: list[list[Path]]) -> list[PictureView]:
+    """--view PICTURE CAMERA ..., each checked, the error naming the picture by its place on the line."""
+    views = []
+    for i, (picture, camera) in enumerate(pairs):
+        try:
+            views.append(PictureView(_read_image(picture, "--view"), load_camera_json(camera)))
+        except ValidationError as exc:
+            raise type(exc)(f"view {i} ({picture}): {exc}") from None
+    return views
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     mesh = glb_to_mesh(args.mesh.read_bytes()) if args.mesh else None
     mode = args.mode or ("geometry" if mesh is not None else "generate")
     image = _read_image(args.image)
     mask = _read_mask(args, mode, mesh)
     udim_tiles = _udim_tiles(args.udim, mesh)
+    views = _read_views(args.view)
     with _client(args) as client:
         spec = JobSpec(
             prompt=args.prompt,
@@ -227,6 +248,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             image=image,
             mask=mask,
             udim_tiles=udim_tiles,
+            views=views,
         )
         validate_spec(spec)  # the backend's own first check, here before anything is sent
         if args.texture_sets:

@@ -40,6 +40,15 @@ SEED_LIMIT = 2**63
 
 
 @dataclass
+class PictureView:
+    """One of the artist's pictures of the object with the camera that took it (a multi-view request)."""
+
+    image: ReferenceImage
+    camera: CameraSpec
+    """The Blender world camera the picture was taken from (exact: its position, lens and resolution)."""
+
+
+@dataclass
 class JobSpec:
     prompt: str
     """What to make; for refine modes, what the mesh is. May be empty when `image` is given (it then only
@@ -71,6 +80,10 @@ class JobSpec:
     mask: RefineMask | None = None
     """A masked refine (refine_mask.py): per-vertex weights of input_mesh, a feathered border and the region's
     own prompt; outside mask and border the result is the input, bit for bit."""
+    views: list[PictureView] = field(default_factory=list)
+    """Several pictures, each with its camera (generate mode, at most LIMITS.max_reference_views): every one is
+    a reference view, in one object frame found from their silhouettes; views[0]'s camera defines the front.
+    Exclusive with `image`; one view means what `image` seen from its camera means."""
 
 
 MAX_VARIANTS = 8
@@ -87,7 +100,17 @@ def variant_specs(spec: JobSpec, count: int, up_to: str) -> list[JobSpec]:
     seed = check_seed(spec.seed)
     gates = list(dict.fromkeys([*spec.pause_after, up_to]))
     return [replace(spec, seed=(seed + i) % SEED_LIMIT, pause_after=list(gates), options=dict(spec.options),
-                    cameras=list(spec.cameras)) for i in range(count)]
+                    cameras=list(spec.cameras), views=list(spec.views)) for i in range(count)]
+
+
+def reference_pictures(spec: JobSpec) -> list[tuple[ReferenceImage, CameraSpec | None]]:
+    """The request's pictures with their cameras, whichever way it sent them: `views`, or `image` seen from
+    cameras[reference_camera] (None: the default front camera); [] for a job from words alone."""
+    if spec.views:
+        return [(v.image, v.camera) for v in spec.views]
+    if spec.image is not None:
+        return [(spec.image, spec.cameras[spec.reference_camera] if spec.cameras else None)]
+    return []
 
 
 def parse_option(item: str) -> tuple[str, OptionValue]:
@@ -156,7 +179,7 @@ def validate_spec(spec: JobSpec) -> JobSpec:
         if len(text) > LIMITS.max_prompt_chars:
             raise ValidationError(f"{name} has {len(text)} characters; the limit is {LIMITS.max_prompt_chars}")
     check_mode(spec.mode)
-    if spec.mode == "generate" and not spec.prompt.strip() and spec.image is None:
+    if spec.mode == "generate" and not spec.prompt.strip() and spec.image is None and not spec.views:
         raise ValidationError("prompt is empty: say what to make, or give a reference image")
     check_seed(spec.seed)
     if not isinstance(spec.preset, str) or not spec.preset:
@@ -168,6 +191,7 @@ def validate_spec(spec: JobSpec) -> JobSpec:
             raise ValidationError(f"option {key!r} must be a bool, number or string keyed by a name")
     _check_cameras(spec)
     _check_image(spec)
+    _check_views(spec)
     _check_input_mesh(spec)
     check_mask(spec.mode, spec.mask, spec.input_mesh)
     check_udim_tiles(spec.mode, list(spec.udim_tiles), None if spec.input_mesh is None else spec.input_mesh.uvs,
@@ -185,6 +209,39 @@ def _check_image(spec: JobSpec) -> None:
     if spec.stages is not None and "reference" not in spec.stages:
         raise ValidationError("a job with a reference image runs the reference stage (it prepares the image)")
     spec.image.validate()
+
+
+def _check_views(spec: JobSpec) -> None:
+    """Each picture and its camera as `image` and a camera are checked, the error naming the picture by index."""
+    if not spec.views:
+        return
+    if not isinstance(spec.views, list):
+        raise ValidationError(f"views must be a list, got {type(spec.views).__name__}")
+    if len(spec.views) > LIMITS.max_reference_views:
+        raise ValidationError(f"views has {len(spec.views)} pictures; the limit is {LIMITS.max_reference_views}")
+    if spec.image is not None:
+        raise ValidationError("a request carries its pictures either as image or as views, not both")
+    if spec.mode != "generate":
+        raise ValidationError(f"reference pictures (views) are for generate jobs, not mode {spec.mode!r}")
+    if spec.stages is not None and "reference" not in spec.stages:
+        raise ValidationError("a job with reference pictures runs the reference stage (it prepares them)")
+    for i, view in enumerate(spec.views):
+        try:
+            if not isinstance(view, PictureView):
+                raise ValidationError(f"must be a PictureView, got {type(view).__name__}")
+            if not isinstance(view.image, ReferenceImage):
+                raise ValidationError(f"image must be a ReferenceImage, got {type(view.image).__name__}")
+            if not isinstance(view.camera, CameraSpec):
+                raise ValidationError(f"camera must be a CameraSpec, got {type(view.camera).__name__}")
+            view.image.validate()
+            view.camera.validate()
+        except ValidationError as exc:
+            raise type(exc)(f"{view_label(i, getattr(getattr(view, 'camera', None), 'name', ''))}: {exc}") from None
+
+
+def view_label(index: int, camera_name: object = "") -> str:
+    """How an error names a picture of `views`: by its index, and its camera's name where it has one."""
+    return f"views[{index}]" + (f" (camera {camera_name!r})" if isinstance(camera_name, str) and camera_name else "")
 
 
 def _check_cameras(spec: JobSpec) -> None:

@@ -33,6 +33,8 @@ class Limits:
     """Largest reference image width or height."""
     min_reference_image_side: int = 16
     """Smallest reference image width or height (less shows too little to fit a shape to)."""
+    max_reference_views: int = 8
+    """Most reference pictures (each with its camera) in one multi-view request (spec.views)."""
     max_pending_requests_per_client: int = 8
     """Requests carrying binary frames (a mesh, a reference image) one client may have waiting to be
     checked; the backend checks one at a time per client (a PNG's check inflates its pixel data)."""

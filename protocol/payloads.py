@@ -31,7 +31,7 @@ from .fields import (
 )
 from .frames import FrameReader, FrameWriter
 from .image import ReferenceImage
-from .job import MAX_STAGES, JobSpec, check_mode, check_seed, check_stage_names
+from .job import MAX_STAGES, JobSpec, PictureView, check_mode, check_seed, check_stage_names, view_label
 from .limits import LIMITS
 from .mask_wire import mask_from_wire, mask_to_wire
 from .names import check_file_name
@@ -55,8 +55,9 @@ MESH_FIELDS = ("vertices", "faces", "uvs", "normals", "colors", "transform", "te
 CAMERA_FIELDS = ("matrix_world", "lens_mm", "sensor_width_mm", "sensor_height_mm", "sensor_fit", "resolution",
                  "shift", "name")
 IMAGE_FIELDS = ("png", "array")
+VIEW_FIELDS = ("image", "camera")
 SPEC_FIELDS = ("prompt", "negative_prompt", "seed", "preset", "mode", "stages", "pause_after", "options", "cameras",
-               "reference_camera", "input_mesh", "image", "mask", "udim_tiles")
+               "reference_camera", "input_mesh", "image", "mask", "udim_tiles", "views")
 
 
 def refuse_unknown_mesh_fields(d: object, where: str) -> None:
@@ -78,6 +79,14 @@ def refuse_unknown_spec_fields(d: dict[str, Any]) -> None:
     refuse_unknown_mesh_fields(d.get("input_mesh"), "spec.input_mesh")
     if isinstance(d.get("image"), dict):
         refuse_unknown_fields(d["image"], IMAGE_FIELDS, "spec.image")
+    views = d.get("views")
+    for i, view in enumerate(views if isinstance(views, list) else []):
+        if isinstance(view, dict):
+            refuse_unknown_fields(view, VIEW_FIELDS, f"spec.views[{i}]")
+            if isinstance(view.get("image"), dict):
+                refuse_unknown_fields(view["image"], IMAGE_FIELDS, f"spec.views[{i}].image")
+            if isinstance(view.get("camera"), dict):
+                refuse_unknown_fields(view["camera"], CAMERA_FIELDS, f"spec.views[{i}].camera")
 
 
 JOB_STATES: tuple[str, ...] = ("queued", "running", "paused", "done", "failed", "cancelled")
@@ -204,12 +213,33 @@ def image_to_wire(image: ReferenceImage, w: FrameWriter) -> dict[str, Any]:
     return {"array": w.array(image.array)}
 
 
-def image_from_wire(d: object, r: FrameReader) -> ReferenceImage:
+def image_from_wire(d: object, r: FrameReader, where: str = "spec.image") -> ReferenceImage:
     if not isinstance(d, dict):
-        raise ValidationError(f"spec.image must be a map, got {wire_type(d)}")
-    png = r.blob(d["png"], "spec.image.png") if d.get("png") is not None else None
-    array = r.array(d["array"], "spec.image.array") if d.get("array") is not None else None
+        raise ValidationError(f"{where} must be a map, got {wire_type(d)}")
+    png = r.blob(d["png"], f"{where}.png") if d.get("png") is not None else None
+    array = r.array(d["array"], f"{where}.array") if d.get("array") is not None else None
     return ReferenceImage(png=png, array=array).validate()
+
+
+def view_to_wire(v: PictureView, w: FrameWriter) -> dict[str, Any]:
+    return {"image": image_to_wire(v.image, w), "camera": camera_to_wire(v.camera, w)}
+
+
+def views_from_wire(d: dict[str, Any], r: FrameReader) -> list[PictureView]:
+    """spec.views: each picture and its camera decoded as `image` and a camera are, errors naming the picture."""
+    views = read_list(d, "views", [], max_items=LIMITS.max_reference_views)
+    out = []
+    for i, item in enumerate(views):
+        try:
+            if not isinstance(item, dict):
+                raise ValidationError(f"must be a map, got {wire_type(item)}")
+            out.append(PictureView(image_from_wire(read_required(item, "image"), r, "image"),
+                                   camera_from_wire(read_required(item, "camera"), r)))
+        except ValidationError as exc:
+            camera = item.get("camera") if isinstance(item, dict) else None
+            raise type(exc)(f"spec.{view_label(i, camera.get('name') if isinstance(camera, dict) else '')}: "
+                            f"{exc}") from None
+    return out
 
 
 def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
@@ -233,6 +263,8 @@ def spec_to_wire(s: JobSpec, w: FrameWriter) -> dict[str, Any]:
         out["mask"] = mask_to_wire(s.mask, w)
     if s.udim_tiles:
         out["udim_tiles"] = [int(t) for t in s.udim_tiles]
+    if s.views:
+        out["views"] = [view_to_wire(v, w) for v in s.views]
     return out
 
 
@@ -274,6 +306,7 @@ def spec_from_wire(d: object, r: FrameReader) -> JobSpec:
         image=image,
         mask=mask,
         udim_tiles=[check_tile(t, "spec.udim_tiles[]") for t in read_list(d, "udim_tiles", [], max_items=100)],
+        views=views_from_wire(d, r),
     )
 
 

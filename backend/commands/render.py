@@ -18,14 +18,12 @@ It exists to check our camera conventions against Blender's own renders.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
+from dreampolish.protocol.camera_json import load_camera_json, save_camera_json  # noqa: F401 (this command's format)
 from dreampolish.protocol.errors import ValidationError
-from dreampolish.protocol.scene import CameraSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--face-normals", action="store_true", help="flat shading with face normals")
     p.set_defaults(run=run)
-
-
-def load_camera_json(path: Path) -> CameraSpec:
-    """A CameraSpec from a JSON file holding exactly its fields (unknown fields are an error)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"cannot read camera file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValidationError(f"camera file {path} must hold a JSON object")
-    known = {f.name for f in dataclasses.fields(CameraSpec)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValidationError(f"camera file {path} has unknown fields {unknown}; expected some of {sorted(known)}")
-    if "matrix_world" not in data:
-        raise ValidationError(f"camera file {path} has no matrix_world")
-    try:
-        fields = dict(data)
-        fields["matrix_world"] = np.asarray(data["matrix_world"], dtype=np.float32)
-        if "resolution" in fields:
-            fields["resolution"] = tuple(int(v) for v in fields["resolution"])
-        if "shift" in fields:
-            fields["shift"] = tuple(float(v) for v in fields["shift"])
-        spec = CameraSpec(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"camera file {path}: {exc}") from exc
-    return spec.validate()
-
-
-def save_camera_json(spec: CameraSpec, path: Path) -> Path:
-    """Write a CameraSpec in the format load_camera_json reads."""
-    data = dataclasses.asdict(spec)
-    data["matrix_world"] = np.asarray(spec.matrix_world, dtype=np.float64).tolist()
-    data["resolution"] = [int(v) for v in spec.resolution]
-    data["shift"] = [float(v) for v in spec.shift]
-    Path(path).write_text(json.dumps(data, indent=2))
-    return Path(path)
 
 
 def _to_u8(x: np.ndarray) -> np.ndarray:

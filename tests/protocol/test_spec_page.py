@@ -12,7 +12,7 @@ from dreampolish.protocol import PROTOCOL_VERSION, codec, payloads
 from dreampolish.protocol import messages as m
 from dreampolish.protocol.frames import FrameWriter
 from dreampolish.protocol.image import ReferenceImage
-from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.job import JobSpec, PictureView
 from dreampolish.protocol.refine_mask import RefineMask
 from dreampolish.protocol.scene import CameraSpec, MeshPayload, TexturePayload
 
@@ -65,7 +65,9 @@ def _spec() -> JobSpec:
     return JobSpec("a vase", stages=["reference"], pause_after=["reference"], options={"nerf.steps": 3},
                    cameras=[CameraSpec(np.eye(4, dtype=np.float32))], input_mesh=_mesh(),
                    image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
-                   mask=RefineMask(np.ones(3, np.float32), feather=0.1), udim_tiles=[1001])
+                   mask=RefineMask(np.ones(3, np.float32), feather=0.1), udim_tiles=[1001],
+                   views=[PictureView(ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
+                                      CameraSpec(np.eye(4, dtype=np.float32)))])
 
 
 def _full(cls: type) -> m.Message:
@@ -138,7 +140,7 @@ def test_payload_keys_on_the_wire_are_exactly_those_the_page_documents():
     spec = payloads.spec_to_wire(_spec(), w)
     wire = {
         "mesh": set(mesh), "texture": set().union(*(set(t) for t in mesh["textures"])),
-        "camera": set(spec["cameras"][0]), "spec": set(spec),
+        "camera": set(spec["cameras"][0]), "spec": set(spec), "view": set(spec["views"][0]),
     }
     for title, keys in wire.items():
         assert keys == _payload(title), f"{title}: wire {sorted(keys)} page {sorted(_payload(title))}"
