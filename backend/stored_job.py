@@ -128,8 +128,8 @@ def keep_mesh_on_disk(job: Job) -> None:
     """Drop the input mesh and the reference image from the job in memory once spec.msg holds them: a
     submitted mesh or picture (tens to hundreds of MB, viewing the received frames) is not held while
     the job waits, nor after it is cancelled or ends; the run reads them back (JobStore.full_spec)."""
-    if job.spec.input_mesh is not None or job.spec.image is not None:
-        job.spec = dataclasses.replace(job.spec, input_mesh=None, image=None)
+    if job.spec.input_mesh is not None or job.spec.image is not None or job.spec.views:
+        job.spec = dataclasses.replace(job.spec, input_mesh=None, image=None, views=[])
         job.spec_on_disk = True
 
 

@@ -101,3 +101,10 @@ class ReferenceView:
     normal: Tensor | None = None
     """[H,W,3] unit normals in the reference camera's frame (+X right, +Y up, +Z towards the viewer), zero
     where there is no estimate, for the reference normal loss."""
+    more: list[ReferenceView] = field(default_factory=list)
+    """The further pictures of a multi-view request, each a view of its own with its camera (their `more`
+    empty); this one, the first camera's, defines the front."""
+
+    def views(self) -> list[ReferenceView]:
+        """Every reference view: this one, then `more`."""
+        return [self, *self.more]

@@ -248,3 +248,50 @@ class Zero123Guidance:
         noise = torch.randn(latents.shape, generator=self.generator, device=m.device).to(latents)
         grad, diagnostics = self.latent_gradient(latents, t, noise, context)
         return GuidanceOutput(loss=reparameterised_loss(latents, grad), diagnostics=diagnostics)
+
+
+class NearestReference:
+    """Zero123 with several reference pictures: each sampled view is conditioned on the reference whose
+    camera is nearest to it in viewing direction (largest cosine between the directions from the object's
+    centre to the two cameras), one Zero123Guidance per reference. The loss is each part's loss weighted by
+    its share of the batch, so it is the batch mean as one guidance's is (score_distillation.py
+    reparameterised_loss divides by the batch). The nearest picture is the one the view shares most of its
+    surface with, so the one a view-conditioned prior has to invent least from (a blend of every reference's
+    prediction would mix in pictures that do not see the view's side)."""
+
+    def __init__(self, parts: list[tuple[Tensor, Zero123Guidance]]):
+        """parts: (unit direction [3] from the object's centre to the reference camera, its guidance)."""
+        self.directions = torch.stack([d.float() for d, _ in parts])
+        self.guidances = [g for _, g in parts]
+
+    def nearest(self, cameras) -> Tensor:
+        """[B] index of the nearest reference of each camera."""
+        positions = F.normalize(cameras.c2w[:, :3, 3].float(), dim=-1)
+        return (positions @ self.directions.to(positions.device).T).argmax(-1)
+
+    def __call__(self, inp: GuidanceInput) -> GuidanceOutput:
+        nearest = self.nearest(inp.cameras)
+        b = nearest.shape[0]
+        total: Tensor | None = None
+        diagnostics: dict[str, Tensor | float] = {}
+        for k, guidance in enumerate(self.guidances):
+            rows = torch.nonzero(nearest == k).flatten()
+            if rows.numel() == 0:
+                continue
+            part = guidance(_rows(inp, rows))
+            share = rows.numel() / b
+            total = share * part.loss if total is None else total + share * part.loss
+            for name, value in part.diagnostics.items():
+                diagnostics[name] = diagnostics.get(name, 0.0) + share * value
+        assert total is not None  # every view has a nearest reference
+        diagnostics["references_used"] = float(len(torch.unique(nearest)))
+        return GuidanceOutput(total, diagnostics)
+
+
+def _rows(inp: GuidanceInput, rows: Tensor) -> GuidanceInput:
+    """The guidance input of a subset of its views."""
+    def pick(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[rows]
+
+    return GuidanceInput(inp.rgb[rows], inp.opacity[rows], inp.cameras[rows], pick(inp.normal), inp.shading,
+                         pick(inp.colour), inp.step, inp.total_steps)

@@ -208,9 +208,10 @@ class _Recorder:
 
 def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int = 0, preset: str = "micro",
              priors=None, stages: list[str] | None = None, image: ReferenceImage | None = None,
-             cameras: list[CameraSpec] | None = None) -> Generation:
+             cameras: list[CameraSpec] | None = None, views: list | None = None) -> Generation:
     """Run the pipeline (the real one: stages, priors loaded through `from_pretrained`) on one prompt, with
-    the artist's `image` seen from `cameras[0]` when given (image to 3D)."""
+    the artist's `image` seen from `cameras[0]` when given (image to 3D), or several pictures with their
+    cameras (`views`, PictureView)."""
     from dreampolish.protocol.job import JobSpec
 
     from ..pipeline import DreamPolishPipeline
@@ -218,7 +219,7 @@ def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int
     from ..presets import get_preset
 
     spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), stages=stages, image=image,
-                   cameras=list(cameras or []))
+                   cameras=list(cameras or []), views=list(views or []))
     pipeline = DreamPolishPipeline(priors=priors) if priors is not None else DreamPolishPipeline()
     ctx = _Recorder(Path(work_dir))
     pipeline.run(spec, ctx)

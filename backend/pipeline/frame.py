@@ -14,6 +14,11 @@ view of a generated object is the scene camera turned to look at the origin (its
 shift, and, with an object size, moved along that line to where the object fills its frame:
 the object is made where the camera sees it. The reference preview is that image as the scene camera
 sees it (`reference_as_seen`).
+
+Several pictures with their cameras (`spec.views`, two or more) place the object where their silhouettes
+agree it is (views.py: the visual hull's centre and the smallest sphere that fits every silhouette), and
+every camera is used as it is: the pictures are not recentred, so each reference view is exactly what its
+camera saw. The first camera is the reference camera (the front).
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class JobFrame:
     scene_camera: CameraBatch | None = None
     """B=1 the request's reference camera as the scene has it, at the reference size: the view the
     reference preview is shown from (for a generated object the reference view itself is turned to it)."""
+    view_cameras: list[CameraBatch] | None = None
+    """A multi-view request's cameras (B=1 each, at the reference size; [0] is `reference_camera`), None
+    for one picture or none."""
 
 
 def _scaled_resolution(resolution: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -148,6 +156,11 @@ def _generated_frame(spec: JobSpec, ref_cfg: ReferenceStageConfig) -> tuple[np.n
 
 def job_frame(spec: JobSpec, preset: PipelinePreset, device: torch.device | str = "cpu") -> JobFrame:
     """Place the job: its object frame, the reference camera and the preview rig (module docstring)."""
+    from .views import one_view_as_image
+
+    if len(spec.views) >= 2:
+        return _views_frame(spec, preset, device)
+    spec = one_view_as_image(spec)
     ref_cfg = preset.reference
     size = ref_cfg.size
     input_mesh = None
@@ -169,6 +182,17 @@ def job_frame(spec: JobSpec, preset: PipelinePreset, device: torch.device | str 
     return JobFrame(transform, reference.to(device), [c.to(device) for c in rig],
                     None if input_mesh is None else input_mesh.to(device),
                     None if scene is None else scene.to(device))
+
+
+def _views_frame(spec: JobSpec, preset: PipelinePreset, device: torch.device | str) -> JobFrame:
+    """Several pictures: the frame of their visual hull, each camera exact (module docstring)."""
+    from .views import views_hull
+
+    transform = views_hull(spec, preset.reference.generation).transform()
+    cameras = [camera_in_object_frame(v.camera, transform, preset.reference.size).to(device) for v in spec.views]
+    rig = [camera_in_object_frame(c, transform, preset.preview_size).to(device)
+           for c in (spec.cameras or [v.camera for v in spec.views])]
+    return JobFrame(transform, cameras[0], rig, view_cameras=cameras)
 
 
 def reference_as_seen(rgba: torch.Tensor, reference: CameraBatch, seen_from: CameraBatch) -> torch.Tensor:

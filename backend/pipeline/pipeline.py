@@ -49,6 +49,7 @@ from .frame import job_frame
 from .previews import StageProgress
 from .priors import DiffusionPriors, PriorSource
 from .runners import STAGE_RUNNERS, StageRunner
+from .views import one_view_as_image, views_hull
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ class DreamPolishPipeline:
             raise ValidationError("stages selects nothing to run")
         if spec.stages is not None:
             self._check_stage_chain(spec)
+        if len(spec.views) >= 2:  # pictures that cannot show one object are refused now, naming the picture
+            views_hull(spec, preset.reference.generation)
 
     def _check_preset(self, preset: PipelinePreset) -> None:
         """Preset values that would only fail once the job runs and that the fields' own ranges do not
@@ -200,8 +203,10 @@ class DreamPolishPipeline:
         return self._diffusion[key]
 
     def run(self, spec: JobSpec, ctx: JobContext, resume: ResumePoint | None = None) -> RunOutcome:
-        # 1. Check the request (the job system checked it at submit; a restart may bring an old one).
+        # 1. Check the request (the job system checked it at submit; a restart may bring an old one). A
+        #    request with one view is the single-picture request.
         self.check(spec)
+        spec = one_view_as_image(spec)
         device = torch.device(ctx.device)
 
         # 2. Resolve the preset with the request's options.

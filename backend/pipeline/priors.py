@@ -127,6 +127,32 @@ def given_reference(spec: JobSpec, preset: PipelinePreset, frame: JobFrame) -> t
                          cam.device)
 
 
+def given_views(spec: JobSpec, preset: PipelinePreset, frame: JobFrame) -> list[tuple[Tensor, Tensor]]:
+    """A multi-view request's pictures, each as its camera (frame.view_cameras) took it: (rgb, mask) each."""
+    from ..stages.reference import prepare_exact
+
+    cams = frame.view_cameras or []
+    return [prepare_exact(v.image, c.width, c.height, preset.reference.generation, c.device)
+            for v, c in zip(spec.views, cams)]
+
+
+def picture_zero123(models: Any, reference: ReferenceView, config: Any, seed: int, compile: Any) -> Guidance:
+    """Zero123 conditioned on the reference picture; with several, each sampled view on the nearest one
+    (guidance/zero123.py NearestReference), each reference with a seed of its own."""
+    import torch.nn.functional as F
+
+    from ..guidance.zero123 import NearestReference, Zero123Guidance
+
+    def one(view: ReferenceView, k: int) -> Zero123Guidance:
+        return Zero123Guidance(models.zero123, view.rgb, view.mask, zero123_reference_view(view.camera),
+                               _seeded(config, seed + 7 * k), compile)
+
+    if not reference.more:
+        return one(reference, 0)
+    return NearestReference([(F.normalize(v.camera.c2w[0, :3, 3].float(), dim=0), one(v, k))
+                             for k, v in enumerate(reference.views())])
+
+
 def _seeded(cfg: Any, seed: int) -> Any:
     return dataclasses.replace(cfg, seed=seed % (2**31))
 
@@ -169,16 +195,21 @@ class DiffusionPriors:
         """The artist's image or one made from the prompt, with Marigold's depth and normals of it where a
         stage weighs their losses (stages/reference.py)."""
         cam, models = frame.reference_camera, self.models(preset)
-        if spec.image is not None:
-            rgb, mask = given_reference(spec, preset, frame)
+        if frame.view_cameras:
+            pictures = list(zip(given_views(spec, preset, frame), frame.view_cameras))
+        elif spec.image is not None:
+            pictures = [(given_reference(spec, preset, frame), cam)]
         else:
-            rgb, mask = self._generated_reference(models, spec, preset, frame, seed % (2**31))
+            pictures = [(self._generated_reference(models, spec, preset, frame, seed % (2**31)), cam)]
         wants_depth, wants_normals = reference_needs(preset)
-        depth, normal = self._reference_geometry(models.depth if wants_depth else None,
-                                                 models.normals if wants_normals else None, rgb, mask, preset,
-                                                 seed % (2**31))
+        views = []
+        for (rgb, mask), camera in pictures:  # the depth of each picture on its own (relative depth)
+            depth, normal = self._reference_geometry(models.depth if wants_depth else None,
+                                                     models.normals if wants_normals else None, rgb, mask, preset,
+                                                     seed % (2**31))
+            views.append(ReferenceView(rgb=rgb, mask=mask, camera=camera, depth=depth, normal=normal))
         models.unload("depth")  # used once per job: not resident through the later stages
-        return ReferenceView(rgb=rgb, mask=mask, camera=cam, depth=depth, normal=normal)
+        return dataclasses.replace(views[0], more=views[1:])
 
     def _generated_reference(self, models: Any, spec: JobSpec, preset: PipelinePreset, frame: JobFrame,
                              seed: int) -> tuple[Tensor, Tensor]:
@@ -200,19 +231,14 @@ class DiffusionPriors:
                           reference: ReferenceView | None, seed: int) -> CombinedGuidance:
         from ..guidance.score_distillation import ScoreDistillation
         from ..guidance.text_prior import encode_prompts
-        from ..guidance.zero123 import Zero123Guidance
 
         g = preset.guidance.for_stage(stage)  # each stage its own timestep schedule per prior
         models = self.models(preset)
         compile = GuidanceCompile.choose(preset.compile_guidance, self.device)
         parts: list[tuple[str, float, Guidance]] = []
         view_prompts = front_view_prompts(g.view_prompts, frame)
-        if reference is not None:
-            cam = reference.camera
-            if g.zero123_weight:
-                orbit = zero123_reference_view(cam)
-                parts.append(("zero123", g.zero123_weight, Zero123Guidance(
-                    models.zero123, reference.rgb, reference.mask, orbit, _seeded(g.zero123, seed), compile)))
+        if reference is not None and g.zero123_weight:
+            parts.append(("zero123", g.zero123_weight, picture_zero123(models, reference, g.zero123, seed, compile)))
         if g.text_weight and spec.prompt.strip():  # an image job may come without a prompt
             prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt, view_prompts)
             parts.append(("text", g.text_weight,
@@ -230,14 +256,12 @@ class DiffusionPriors:
         conditioned on the picture (TextureConfig.picture_guidance), as its geometry stages have."""
         from ..guidance.score_distillation import ScoreDistillation
         from ..guidance.text_prior import encode_prompts
-        from ..guidance.zero123 import Zero123Guidance
 
         models = self.models(preset)
         compile = GuidanceCompile.choose(preset.compile_guidance, self.device)
-        if reference is not None and spec.image is not None and not spec.prompt.strip():
-            return CombinedGuidance([("texture", 1.0, Zero123Guidance(
-                models.zero123, reference.rgb, reference.mask, zero123_reference_view(reference.camera),
-                _seeded(preset.texture.picture_guidance, seed), compile))])
+        if reference is not None and (spec.image is not None or spec.views) and not spec.prompt.strip():
+            return CombinedGuidance([("texture", 1.0, picture_zero123(
+                models, reference, preset.texture.picture_guidance, seed, compile))])
         prompts = encode_prompts(models.text_to_image, spec.prompt, spec.negative_prompt,
                                  front_view_prompts(preset.guidance.view_prompts, frame))
         return CombinedGuidance([("texture", 1.0, ScoreDistillation(
@@ -267,6 +291,10 @@ class OraclePriors:
         (without depth: the oracle has no estimator)."""
         from ..guidance.oracle import oracle_reference
 
+        if frame.view_cameras:
+            views = [ReferenceView(rgb=rgb, mask=mask, camera=c)
+                     for (rgb, mask), c in zip(given_views(spec, preset, frame), frame.view_cameras)]
+            return dataclasses.replace(views[0], more=views[1:])
         if spec.image is not None:
             rgb, mask = given_reference(spec, preset, frame)
             return ReferenceView(rgb=rgb, mask=mask, camera=frame.reference_camera)

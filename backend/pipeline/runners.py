@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from dreampolish.protocol.errors import EMPTY_GEOMETRY, NO_GEOMETRY, NO_TEXTURE
-from dreampolish.protocol.job import JOB_MODES
+from dreampolish.protocol.job import JOB_MODES, reference_pictures
 from dreampolish.protocol.scene import MeshPayload
 
 from .. import bake, refine_mask
@@ -89,13 +89,20 @@ class ReferenceRunner(StageRunner):
         if c.frame.scene_camera is not None:  # the preview shows it where the scene camera will see it
             rgba = reference_as_seen(rgba, c.frame.reference_camera, c.frame.scene_camera).clamp(0, 1)
         c.reporter.progress(1, 1, {}, bake.encode_png(rgba.cpu().numpy()))
+        # a multi-view request's further pictures follow the first (their cameras are the frame's)
+        return {**self._view_ckpt(view), "more": [self._view_ckpt(v) for v in view.more]}
+
+    @staticmethod
+    def _view_ckpt(view: ReferenceView) -> Checkpoint:
         return {"rgb": view.rgb.detach().cpu(), "mask": view.mask.detach().cpu(),
                 "depth": None if view.depth is None else view.depth.detach().cpu(),
                 "normal": None if view.normal is None else view.normal.detach().cpu()}
 
     def restore(self, ckpt: Checkpoint, job: JobSetup, carry: StageCarry) -> None:
-        carry.reference = ReferenceView(rgb=ckpt["rgb"], mask=ckpt["mask"], camera=job.frame.reference_camera,
-                                        depth=ckpt.get("depth"), normal=ckpt.get("normal"))
+        cameras = job.frame.view_cameras or [job.frame.reference_camera]
+        views = [ReferenceView(rgb=v["rgb"], mask=v["mask"], camera=cam, depth=v.get("depth"), normal=v.get("normal"))
+                 for v, cam in zip([ckpt, *ckpt.get("more", [])], cameras)]
+        carry.reference = dataclasses.replace(views[0], more=views[1:])
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
         return None  # an image, sent as the stage's preview
@@ -136,7 +143,7 @@ class NerfRunner(GeometryRunner):
 
     def optimise(self, c: StageContext, guidance: CombinedGuidance) -> NerfState:
         state = run_nerf(c.preset.nerf, guidance, c.carry.reference, c.reporter, generator=c.generator,
-                         device=c.device, picture=c.spec.image is not None)
+                         device=c.device, picture=bool(reference_pictures(c.spec)))
         self._aligned_reference(state, c.carry)
         return state
 

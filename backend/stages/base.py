@@ -170,6 +170,17 @@ def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
     return ScaledReference(cam, resize(reference.rgb), resize(reference.mask), depth, normal)
 
 
+def scaled_references(reference: ReferenceView | None, width: int, device: torch.device | str
+                      ) -> ScaledReference | list[ScaledReference] | None:
+    """The stage's reference view at `width` on `device`; with several pictures (ReferenceView.more) a list of
+    every one (StepLoss.add_reference averages their losses)."""
+    if reference is None:
+        return None
+    if not reference.more:
+        return reference_at(reference, width).to(device)
+    return [reference_at(v, width).to(device) for v in reference.views()]
+
+
 def masked_mean(x: Tensor, weight: Tensor) -> Tensor:
     """sum(w·x) / sum(w), 0 where the weights are all 0: a mean over a mask without indexing by it (a
     boolean index sizes its output by the mask's count, which makes the host wait for the GPU)."""

@@ -72,7 +72,7 @@ from .base import (
     StageRender,
     StageReporter,
     adam_groups,
-    reference_at,
+    scaled_references,
     shade_normals,
 )
 from .neus import NeusState
@@ -291,7 +291,7 @@ def run_dmtet(cfg: DmtetConfig, init: NeusState | TriMesh, guidance: Guidance, r
     reporter.watch(state)
     opt = adam_groups([([state.sdf], cfg.lr_sdf), ([state.deform], cfg.lr_deform),
                        (list(state.color_field.parameters()), cfg.lr_color)])
-    ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
+    ref = scaled_references(reference, cfg.reference.resolution, device)
     loss: StepLoss | None = None
     for step in range(cfg.steps):
         reporter.check_cancel()

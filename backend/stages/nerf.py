@@ -38,7 +38,7 @@ from .base import (
     StageRender,
     StageReporter,
     adam_groups,
-    reference_at,
+    scaled_references,
 )
 from .step import StepLoss, optimiser_step, reference_or_guidance, seeded_init
 
@@ -188,8 +188,8 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
     reporter.watch(state)
     groups = [(list(density.encoding.parameters()), cfg.lr_encoding),
               (list(density.geometry_net.parameters()) + list(density.color_net.parameters()), cfg.lr_network)]
-    ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
-    if picture and cfg.align.enabled and ref is not None:
+    ref = scaled_references(reference, cfg.reference.resolution, device)
+    if picture and cfg.align.enabled and ref is not None and not isinstance(ref, list):  # exact cameras: no shift
         state.alignment = ReferenceAlignment(cfg.align).to(device)
         groups.append((list(state.alignment.parameters()), cfg.align.lr))
     opt = adam_groups(groups)

@@ -40,7 +40,7 @@ from .base import (
     StageRender,
     StageReporter,
     adam_groups,
-    reference_at,
+    scaled_references,
 )
 from .nerf import NerfState, _finish_mesh, draw_generator
 from .step import StepLoss, optimiser_step, reference_or_guidance, seeded_init
@@ -181,7 +181,7 @@ def run_neus(cfg: NeusConfig, init: NerfState | TriMesh, guidance: Guidance, ref
     sdf = state.field
     opt = adam_groups([(list(sdf.encoding.parameters()), cfg.lr_encoding),
                        (list(sdf.geometry_net.parameters()) + list(sdf.color_net.parameters()), cfg.lr_network)])
-    ref = reference_at(reference, cfg.reference.resolution).to(device) if reference is not None else None
+    ref = scaled_references(reference, cfg.reference.resolution, device)
     bound = sdf.bound
     draws = draw_generator(generator, device)
     loss: StepLoss | None = None

@@ -296,6 +296,20 @@ def prepare_image(image: ReferenceImage, width: int, height: int, fill_margin: f
     return rgb.to(device), mask.to(device)
 
 
+def prepare_exact(image: ReferenceImage, width: int, height: int, config: ReferenceConfig | None = None,
+                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """A picture of a multi-view request as its camera took it, resized to width x height (its camera's
+    aspect: pipeline/views.py checks it), not recentred: (rgb [H,W,3] over white, mask [H,W,1])."""
+    config = config or ReferenceConfig()
+    rgba = decode_image(image)
+    mask = torch.from_numpy(np.ascontiguousarray(image_mask(rgba, config)))[None, None].float()
+    rgb = torch.from_numpy(np.ascontiguousarray(rgba[..., :3])).permute(2, 0, 1)[None].float()
+    both = F.interpolate(torch.cat([rgb * mask, mask], 1), (height, width), mode="area")[0].permute(1, 2, 0)
+    alpha = both[..., 3:].clamp(0, 1)
+    straight = (both[..., :3] / alpha.clamp(min=1e-6)).clamp(0, 1)
+    return (straight * alpha + (1 - alpha)).to(device), alpha.to(device)
+
+
 # --- depth and normals of the reference view ------------------------------------------------------
 
 

@@ -68,14 +68,21 @@ class StepLoss:
         self.total = self.total + weight * value
         self.terms[name] = value.detach()
 
-    def add_reference(self, render: Callable[[CameraBatch], StageRender], ref: ScaledReference | None,
-                      weights: ReferenceWeights, progress: float) -> None:
+    def add_reference(self, render: Callable[[CameraBatch], StageRender],
+                      ref: ScaledReference | list[ScaledReference] | None, weights: ReferenceWeights,
+                      progress: float) -> None:
         """1. The reference-view losses (RGB, mask, relative depth) when the stage has a reference, with
-        their weights at `progress` through the stage."""
+        their weights at `progress` through the stage; with several pictures, each view's losses (each at its
+        own camera, the relative depth per picture), averaged so that the reference weighs what one does."""
         if ref is None:
             return
-        loss, terms = reference_losses(render(ref.camera), ref, weights, progress)
-        self.total = self.total + loss
+        refs = ref if isinstance(ref, list) else [ref]
+        terms: dict[str, Tensor] = {}
+        for one in refs:
+            loss, part = reference_losses(render(one.camera), one, weights, progress)
+            self.total = self.total + loss / len(refs)
+            for name, value in part.items():
+                terms[name] = terms[name] + value / len(refs) if name in terms else value / len(refs)
         self.terms.update(terms)
 
     def add_guidance(self, guidance: Guidance, inp: GuidanceInput, weight: float) -> None:

@@ -333,9 +333,9 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
     sampler = ViewSampler(elevation_range=cfg.elevation_range_deg, distance_range=(cfg.camera_distance,) * 2,
                           fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
-    target = None
-    if reference is not None and cfg.reference_weight > 0:
-        target = ReferenceTarget.build(reference, mesh, rasterizer, device, cfg.reference_erosion)
+    targets: list[ReferenceTarget] = []
+    if reference is not None and cfg.reference_weight > 0:  # every picture of a multi-view request
+        targets = [ReferenceTarget.build(v, mesh, rasterizer, device, cfg.reference_erosion) for v in reference.views()]
     pool = None
     if cfg.view_pool > 0:
         pool_cameras = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
@@ -350,7 +350,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     for step in range(cfg.steps):
         reporter.check_cancel()
         color_field.update_progress(stage_progress(step, cfg.steps))
-        do_reference, do_guidance = reference_or_guidance(step, cfg.alternate_every, target is not None)
+        do_reference, do_guidance = reference_or_guidance(step, cfg.alternate_every, bool(targets))
         total = torch.zeros((), device=device)
         # 0-dim device tensors, the latest of each term: the reporter reads them back at its reporting steps only
         if do_guidance:
@@ -366,7 +366,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
             report["guidance"] = out.loss.detach()
             report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
         if do_reference:
-            ref_loss = target.loss(color_field, background)
+            ref_loss = sum(t.loss(color_field, background) for t in targets) / len(targets)
             total = total + cfg.reference_weight * ref_loss
             report["reference_rgb"] = ref_loss.detach()
         optimiser.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ def _texture_guidance(tiny_priors, prompt: str, image: object | None, colour=(0.
     mask = torch.zeros(32, 32, 1)
     mask[8:24, 8:24] = 1.0
     reference = ReferenceView(rgb=picture, mask=mask, camera=cam)
-    spec = SimpleNamespace(prompt=prompt, negative_prompt="", image=image)
+    spec = SimpleNamespace(prompt=prompt, negative_prompt="", image=image, views=[])
     frame = SimpleNamespace(reference_camera=cam)
     return priors.texture_guidance(spec, preset, frame, 0, reference), preset
 

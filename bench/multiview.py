@@ -1,0 +1,45 @@
+"""Several pictures with their cameras (issue 31): 1, 2 and 3 pictures of held-out objects through the micro
+chain (backend/micro/multiview.py TABLE), each scored: nearest shape, Chamfer %, silhouette IoU over held-out
+views and from above (60°-89°), ΔE of the seen colour.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/multiview.py                  # the whole table
+    OMP_NUM_THREADS=1 .venv/bin/python bench/multiview.py --only torus     # the cells whose name holds "torus"
+
+Prints a line per cell as it ends (and appends it as JSON to --out when given), then the table in Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from dreampolish.backend.micro import multiview
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the cells whose name holds this text")
+    parser.add_argument("--out", default="", help="append each cell's figures as a JSON line to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    rows = []
+    for cell in multiview.TABLE:
+        if args.only and args.only not in cell.name:
+            continue
+        r, _ = multiview.run_views_cell(cell)
+        row = {"cell": cell.name, "pictures": len(cell.views), "nearest": r.nearest, "chamfer_pct": r.chamfer_pct,
+               "iou": r.iou, "iou_overhead": r.iou_overhead, "delta_e": r.colour_delta_e, "seconds": r.seconds}
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        rows.append(row)
+    print("\n| pictures | cell | nearest | Chamfer % | IoU | IoU from above | ΔE |\n|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['pictures']} | {row['cell']} | {row['nearest']} | {row['chamfer_pct']:.2f} | {row['iou']:.3f} | "
+              f"{row['iou_overhead']:.3f} | {row['delta_e']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
