@@ -18,6 +18,7 @@ from . import (
     materials,
     mesh_io,
     reference_image,
+    reference_views,
     refine_mask,
     refine_target,
     stage_choices,
@@ -42,7 +43,12 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         s = context.scene.dreampolish
-        if s.reference_source != "NONE" and reference_image.chosen_image(context.scene) is None:
+        if s.reference_source == "CAMERAS":
+            found = reference_views.problems(context.scene)
+            if found:
+                cls.poll_message_set(found[0])
+                return False
+        elif s.reference_source != "NONE" and reference_image.chosen_image(context.scene) is None:
             cls.poll_message_set("Choose a reference image first" if s.reference_source == "IMAGE"
                                  else "The active camera has no background image")
             return False
@@ -56,7 +62,9 @@ class DREAMPOLISH_OT_generate(bpy.types.Operator):
 
     def execute(self, context):
         ensure_connected(context)
-        placement = camera_rig.placement_point(context.scene, context.scene.dreampolish.placement)
+        s = context.scene.dreampolish
+        placement = (reference_views.placement(context.scene) if s.reference_source == "CAMERAS"
+                     else camera_rig.placement_point(context.scene, s.placement))
         try:
             spec = job_spec(context, "generate", placement=placement)
         except ProtocolError as exc:

@@ -10,7 +10,7 @@ import logging
 import bpy
 import numpy as np
 
-from . import bridge, camera_rig, reference_image, stage_choices
+from . import bridge, camera_rig, reference_image, reference_views, stage_choices
 from .job_cache import JobRecord
 from .job_follow import follow, job_cache, refresh_history, shown_job_state
 from .protocol.client import RequestRejected
@@ -78,6 +78,10 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None, udi
     if placement is not None:
         cameras = camera_rig.rig_about(cameras, placement)
     picture = reference_image.chosen_image(context.scene) if mode == "generate" else None
+    views = (reference_views.views_payload(context.scene, backend_limits())
+             if mode == "generate" and s.reference_source == "CAMERAS" else [])
+    if placement is not None:  # the pictures' cameras about the placement too, as the rig's are
+        views = [dataclasses.replace(v, camera=camera_rig.rig_about([v.camera], placement)[0]) for v in views]
     spec = JobSpec(
         prompt=s.prompt,
         negative_prompt=s.negative_prompt,
@@ -97,6 +101,7 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None, udi
         image=None if picture is None else reference_image.reference_payload(picture, backend_limits()),
         mask=mask,
         udim_tiles=list(udim_tiles),
+        views=views,
     )
     # The backend's own first check, before anything is sent (an empty preset, still connecting, is the
     # backend's default once it has answered).

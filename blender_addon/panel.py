@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import refine_mask, stage_choices, texture_sets
+from . import reference_views, refine_mask, stage_choices, texture_sets
 from .progress import format_eta
 from .reference_image import chosen_image
 
@@ -46,6 +46,10 @@ def draw_reference(layout, context) -> None:
     s = context.scene.dreampolish
     layout.prop(s, "reference_source", text="Reference")
     if s.reference_source == "NONE":
+        return
+    if s.reference_source == "CAMERAS":
+        layout.prop(s, "camera_collection")
+        reference_views.draw(layout, context.scene)
         return
     if s.reference_source == "IMAGE":
         row = layout.row(align=True)

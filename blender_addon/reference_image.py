@@ -23,6 +23,8 @@ SOURCES = (
     ("NONE", "Prompt Only", "Make the reference view from the prompt"),
     ("IMAGE", "Image", "An image opened from a file or already in Blender is the reference view"),
     ("CAMERA_BACKGROUND", "Camera Background", "The active camera's background image is the reference view"),
+    ("CAMERAS", "Cameras", "Every camera of the Rig Cameras collection that has a background image: each picture "
+     "seen from its camera"),
 )
 
 
