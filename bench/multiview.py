@@ -14,22 +14,29 @@ import argparse
 import json
 import logging
 
-from dreampolish.backend.micro import multiview
+from dreampolish.backend.micro import multiview, quality
+from dreampolish.protocol.job import parse_option
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the cells whose name holds this text")
     parser.add_argument("--out", default="", help="append each cell's figures as a JSON line to this file")
+    parser.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                        help="a preset override for every cell (a method row)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     rows = []
     for cell in multiview.TABLE:
         if args.only and args.only not in cell.name:
             continue
-        r, _ = multiview.run_views_cell(cell)
-        row = {"cell": cell.name, "pictures": len(cell.views), "nearest": r.nearest, "chamfer_pct": r.chamfer_pct,
-               "iou": r.iou, "iou_overhead": r.iou_overhead, "delta_e": r.colour_delta_e, "seconds": r.seconds}
+        r, gen = multiview.run_views_cell(cell, dict(args.option))
+        # where the view from above is won or lost: each geometry stage's mesh, scored as the final one
+        stages = {stage: round(quality.overhead_iou(mesh, cell.shape, gen.front_azimuth_deg), 3)
+                  for stage, mesh in gen.stages.items() if stage in ("nerf", "neus", "dmtet", "polish")}
+        row = {"cell": cell.name, "pictures": len(cell.views), "options": dict(args.option), "nearest": r.nearest,
+               "chamfer_pct": r.chamfer_pct, "iou": r.iou, "iou_overhead": r.iou_overhead,
+               "delta_e": r.colour_delta_e, "seconds": r.seconds, "iou_overhead_by_stage": stages}
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:

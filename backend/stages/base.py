@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,10 @@ class ReferenceWeights:
     (DreamCraft3D systems/dreamcraft3d.py, loss "normal"; lambda_normal is 0.0 in all four of its configs
     dreamcraft3d-coarse-nerf / -coarse-neus / -geometry / -texture.yaml, so 0 here too). Above 0, the
     reference stage estimates the reference normals and the stage renders normals on the reference view."""
+    views: Literal["mean", "sum"] = "mean"
+    """How several reference pictures' losses add up (spec.views): "mean", each picture's losses over their
+    number, so that the pictures weigh what one picture does against the guidance; "sum", each picture at
+    the full weight."""
     alternate_every: int = ranged(0, 0, 1000)
     """Which steps carry the reference losses and which the guidance (DreamCraft3D's `freq.ref_or_guidance`,
     systems/dreamcraft3d.py training_step): 0, both on every step ("accumulate", its geometry/DMTet stage);

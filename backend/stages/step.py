@@ -77,11 +77,12 @@ class StepLoss:
         if ref is None:
             return
         refs = ref if isinstance(ref, list) else [ref]
+        share = 1.0 if weights.views == "sum" else 1.0 / len(refs)
         terms: dict[str, Tensor] = {}
         for one in refs:
             loss, part = reference_losses(render(one.camera), one, weights, progress)
-            self.total = self.total + loss / len(refs)
-            for name, value in part.items():
+            self.total = self.total + loss * share
+            for name, value in part.items():  # reported as the mean over the pictures either way
                 terms[name] = terms[name] + value / len(refs) if name in terms else value / len(refs)
         self.terms.update(terms)
 
