@@ -144,8 +144,9 @@ def connect_and_wait(timeout_s: float = 30.0) -> str:
     return rt.connection
 
 
-def connect_when_up(timeout_s: float = 60.0) -> None:
-    """Press Connect until the backend process has started (its start-up takes a few seconds)."""
+def connect_when_up(timeout_s: float = 180.0) -> None:
+    """Press Connect until the backend process has started (its start-up takes a few seconds; importing
+    torch and the models' libraries took 80 s on a 2-core machine shared by several test runs)."""
     deadline = time.monotonic() + timeout_s
     while connect_and_wait() != "connected":
         if time.monotonic() > deadline:
