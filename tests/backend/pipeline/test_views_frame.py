@@ -132,3 +132,30 @@ def test_the_backend_refuses_them_at_submit_and_keeps_serving(tmp_path):
         with BackendClient(server.endpoint, timeout_s=30) as again:
             again.connect()
             assert again.list_jobs() == []
+
+
+def test_a_paused_job_resumes_with_every_picture_at_its_camera(tmp_path):
+    # The reference stage's checkpoint holds every picture; restored after a pause, each goes back to its
+    # own camera (the frame's view cameras), and NeRF fits them all.
+    from dreampolish.backend.micro import world
+    from dreampolish.backend.micro.quality import _Recorder
+    from dreampolish.backend.pipeline import DreamPolishPipeline
+    from dreampolish.backend.pipeline.priors import OraclePriors
+    from dreampolish.backend.pipeline_api import ResumePoint
+
+    seen: list[tuple[str, list[float], float]] = []
+
+    class Watching(OraclePriors):
+        def geometry_guidance(self, stage, spec, preset, frame, reference, seed):
+            seen.append((stage, [round(float(v.camera.elevation_deg[0])) for v in reference.views()],
+                         float(reference.more[0].mask.mean())))
+            return super().geometry_guidance(stage, spec, preset, frame, reference, seed)
+
+    spec = JobSpec("", preset="micro", views=pictures("green", "torus", [(0.0, 0.0), (89.0, 0.0)]),
+                   stages=["reference", "nerf"], pause_after=["reference"], options={"nerf.steps": 2})
+    pipeline = DreamPolishPipeline(priors=Watching(world.shape_mesh("torus")))
+    assert pipeline.run(spec, _Recorder(tmp_path)).paused_after == "reference"
+    pipeline.run(spec, _Recorder(tmp_path), ResumePoint())
+    [(stage, elevations, top_cover)] = seen
+    assert stage == "nerf" and abs(elevations[0]) <= 1 and elevations[1] >= 85
+    assert 0.05 < top_cover < 0.6  # the overhead picture's ring, restored from the checkpoint
