@@ -28,6 +28,7 @@ the quality measures' turn), as a single picture's does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -37,7 +38,6 @@ import torch.nn.functional as F
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.job import JobSpec, view_label
-from dreampolish.protocol.scene import CameraSpec
 from torch import Tensor
 
 from ..render.cameras import CameraBatch, camera_from_blender
@@ -118,8 +118,6 @@ def silhouettes(spec: JobSpec, config=None) -> list[Silhouette]:
         small = F.interpolate(mask[None, None].float(), size=size, mode="area")[0, 0] > 0.5
         if not bool(small.any()):
             raise ValidationError(f"{_label(spec, i)}: the picture has no foreground: there is no object in it")
-        import dataclasses
-
         camera = camera_from_blender(dataclasses.replace(view.camera, resolution=(size[1], size[0])))
         out.append(Silhouette(camera, small))
     return out
@@ -270,12 +268,7 @@ def one_view_as_image(spec: JobSpec) -> JobSpec:
     reference camera, put first in the rig)."""
     if len(spec.views) != 1:
         return spec
-    import dataclasses
-
     view = spec.views[0]
     return dataclasses.replace(spec, image=view.image, views=[], cameras=[view.camera, *spec.cameras],
                                reference_camera=0)
 
-
-def view_cameras(spec: JobSpec) -> list[CameraSpec]:
-    return [v.camera for v in spec.views]
