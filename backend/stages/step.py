@@ -73,7 +73,7 @@ class StepLoss:
                       progress: float) -> None:
         """1. The reference-view losses (RGB, mask, relative depth) when the stage has a reference, with
         their weights at `progress` through the stage; with several pictures, each view's losses (each at its
-        own camera, the relative depth per picture), averaged so that the reference weighs what one does."""
+        own camera, the relative depth per picture), each at its full weight or averaged (ReferenceWeights.views)."""
         if ref is None:
             return
         refs = ref if isinstance(ref, list) else [ref]

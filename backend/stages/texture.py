@@ -366,6 +366,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
             report["guidance"] = out.loss.detach()
             report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
         if do_reference:
+            # several pictures: their mean (λ_ref at 1e5 already holds each pixel of every picture to it)
             ref_loss = sum(t.loss(color_field, background) for t in targets) / len(targets)
             total = total + cfg.reference_weight * ref_loss
             report["reference_rgb"] = ref_loss.detach()

@@ -1,5 +1,5 @@
 """Several reference pictures in a stage step (issue 31): each picture's losses are taken at its own camera,
-with the relative depth per picture, and averaged (or summed, ReferenceWeights.views) into the step's loss;
+with the relative depth per picture, and summed (or averaged, ReferenceWeights.views) into the step's loss;
 a single picture's loss is what it was."""
 
 from __future__ import annotations
@@ -36,23 +36,23 @@ def _render_by_elevation(cameras) -> StageRender:
 WEIGHTS = ReferenceWeights(rgb=Ramp(1000.0), mask=Ramp(100.0), depth=Ramp(0.05), resolution=8)
 
 
-def test_each_picture_is_compared_at_its_own_camera_and_the_mean_is_the_loss():
+def test_each_picture_is_compared_at_its_own_camera_and_each_weighs_what_one_picture_does():
     front, top = _view(0.0, 0.0), _view(80.0, 0.2)
     reference = dataclasses.replace(front, more=[top])
     refs = scaled_references(reference, 8, "cpu")
     assert isinstance(refs, list) and [float(r.camera.elevation_deg[0]) for r in refs] == [0.0, 80.0]
     torch.manual_seed(0)
-    loss = StepLoss.start("cpu")
-    loss.add_reference(_render_by_elevation, refs, WEIGHTS, 0.5)
+    summed = StepLoss.start("cpu")
+    summed.add_reference(_render_by_elevation, refs, WEIGHTS, 0.5)  # the default: each at full weight
     torch.manual_seed(0)
     each = [reference_losses(_render_by_elevation(r.camera), r, WEIGHTS, 0.5)[0] for r in refs]
-    assert torch.isclose(loss.total, (each[0] + each[1]) / 2)
+    assert torch.isclose(summed.total, each[0] + each[1])
     # the renders differ per camera (grey 0 at the front, 0.8 at the top), so the two pictures' losses do too
     assert not torch.isclose(each[0], each[1])
     torch.manual_seed(0)
-    summed = StepLoss.start("cpu")
-    summed.add_reference(_render_by_elevation, refs, dataclasses.replace(WEIGHTS, views="sum"), 0.5)
-    assert torch.isclose(summed.total, each[0] + each[1])
+    mean = StepLoss.start("cpu")
+    mean.add_reference(_render_by_elevation, refs, dataclasses.replace(WEIGHTS, views="mean"), 0.5)
+    assert torch.isclose(mean.total, (each[0] + each[1]) / 2)
 
 
 def test_one_picture_is_one_scaled_reference_as_before():
