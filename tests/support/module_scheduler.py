@@ -24,6 +24,8 @@ LONGEST_FIRST = (
     "tests/backend/micro/test_micro_game_ready.py",  # one micro generation with its texture (issue 30)
     "tests/e2e/test_demo_end_to_end.py",
     "tests/backend/micro/test_robustness_slice.py",
+    "tests/backend/micro/test_multiview_torus.py",
+    "tests/backend/micro/test_multiview_cone.py",
     "ray-clusters",
     "tests/backend/geometry/test_hashgrid_triton.py",
     "tests/backend/commands/test_dryrun.py",

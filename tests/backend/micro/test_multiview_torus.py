@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 from dreampolish.backend.micro import multiview, quality
 
-pytestmark = pytest.mark.slow
+from tests.support.hang_guards import MICRO_GENERATION_S
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MICRO_GENERATION_S)]
 
 
 @pytest.fixture(scope="module")
