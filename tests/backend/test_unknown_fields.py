@@ -15,7 +15,7 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import INVALID_MESSAGE, ValidationError
 from dreampolish.protocol.frames import FrameWriter
 from dreampolish.protocol.image import ReferenceImage
-from dreampolish.protocol.job import JobSpec
+from dreampolish.protocol.job import JobSpec, PictureView
 from dreampolish.protocol.payloads import CAMERA_FIELDS, MESH_FIELDS, SPEC_FIELDS, mesh_to_wire, spec_to_wire
 from dreampolish.protocol.refine_mask import RefineMask
 from dreampolish.protocol.scene import CameraSpec, MeshPayload, TexturePayload
@@ -35,7 +35,9 @@ def _full_spec() -> JobSpec:
                    pause_after=["dmtet"], options={"nerf.steps": 3}, cameras=[CameraSpec(np.eye(4, dtype=np.float32))],
                    input_mesh=_mesh(), image=ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
                    mask=RefineMask(np.ones(3, np.float32), feather=0.1, prompt="brass", negative_prompt="rust"),
-                   udim_tiles=[1001, 1002])
+                   udim_tiles=[1001, 1002],
+                   views=[PictureView(ReferenceImage(array=np.zeros((16, 16, 4), np.uint8)),
+                                      CameraSpec(np.eye(4, dtype=np.float32), name="side"))])
 
 
 def _with(msg: m.Message, edit) -> list[bytes]:
@@ -73,6 +75,9 @@ def test_every_request_the_client_sends_holds_only_known_fields():
     (r"spec.input_mesh.textures\[0\]", lambda h: h["body"]["spec"]["input_mesh"]["textures"][0].update(srgb=True)),
     ("spec.image", lambda h: h["body"]["spec"]["image"].update(mask=True)),
     ("spec.mask", lambda h: h["body"]["spec"]["mask"].update(radius=0.2)),
+    (r"spec.views\[0\]", lambda h: h["body"]["spec"]["views"][0].update(depth=1)),
+    (r"spec.views\[0\].camera", lambda h: h["body"]["spec"]["views"][0]["camera"].update(fov=40.0)),
+    (r"spec.views\[0\].image", lambda h: h["body"]["spec"]["views"][0]["image"].update(mask=True)),
 ])
 def test_an_unknown_field_in_a_submit_is_refused_by_name(where, edit):
     frames = _with(m.Submit(spec=_full_spec()), edit)
