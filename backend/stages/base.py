@@ -108,7 +108,8 @@ class ReferenceWeights:
     each picture is an exact observation, as its one picture is); "mean", over their number, so that all
     of them weigh what one does against the guidance. Measured (BENCHMARKS.md, "Several pictures, several
     cameras"): the torus from 0° and 89° keeps its hole from above at 0.911 summed against 0.866 averaged;
-    the cone from 30° and 0° is the same either way."""
+    the cone from 30° and 0° is the same either way; but three pictures of the torus summed lost it from
+    above (0.79, NeRF 0.18) where averaged they kept 0.85: one seed each, an open question."""
     alternate_every: int = ranged(0, 0, 1000)
     """Which steps carry the reference losses and which the guidance (DreamCraft3D's `freq.ref_or_guidance`,
     systems/dreamcraft3d.py training_step): 0, both on every step ("accumulate", its geometry/DMTet stage);
