@@ -23,11 +23,15 @@ from dreampolish.protocol.scene import CameraSpec, MeshPayload, TexturePayload
 from tests.support.pipelines import png_rgb, running_backend
 
 
-def _mesh() -> MeshPayload:
+def _mesh(with_lod: bool = True) -> MeshPayload:
+    """A mesh with every optional field set: its one face as a polygon too (face_sizes, face_corners) and a
+    level of detail."""
     return MeshPayload(
         vertices=np.eye(3, dtype=np.float32), faces=np.array([[0, 1, 2]], np.uint32),
         uvs=np.zeros((1, 3, 2), np.float32), normals=np.eye(3, dtype=np.float32),
-        colors=np.ones((3, 3), np.float32), textures=[TexturePayload("base_color", png=png_rgb(2, 2, (1, 2, 3)))])
+        colors=np.ones((3, 3), np.float32), textures=[TexturePayload("base_color", png=png_rgb(2, 2, (1, 2, 3)))],
+        face_sizes=np.array([3], np.uint32), face_corners=np.array([0, 1, 2], np.uint32),
+        lods=[_mesh(with_lod=False)] if with_lod else [])
 
 
 def _full_spec() -> JobSpec:
