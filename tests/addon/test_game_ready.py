@@ -27,7 +27,7 @@ def _grid(addon, n: int, with_normal: bool):
 
 
 def _png(addon) -> bytes:
-    from tests.support.pipelines import png_rgb
+    from tests.support.png import png_rgb  # stdlib and numpy: Blender's Python has no dreampolish
 
     return png_rgb(8, 8, (200, 40, 40))
 

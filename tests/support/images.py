@@ -3,25 +3,11 @@ with the words the protocol's check answers each with."""
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 from dreampolish.protocol.image import ReferenceImage
 from dreampolish.protocol.limits import LIMITS
 
-
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
-def png_bytes(rgba: np.ndarray, ihdr_size: tuple[int, int] | None = None) -> bytes:
-    """An 8-bit RGB/RGBA PNG written by hand (filter 0 on every row); `ihdr_size` lies about its size."""
-    h, w, c = rgba.shape
-    raw = b"".join(b"\x00" + rgba[y].astype(np.uint8).tobytes() for y in range(h))
-    ww, hh = ihdr_size or (w, h)
-    ihdr = struct.pack(">IIBBBBB", ww, hh, 8, 6 if c == 4 else 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+from tests.support.png import png_bytes
 
 
 def rgba(h: int = 20, w: int = 30) -> np.ndarray:

@@ -32,11 +32,9 @@ import errno
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,8 @@ from dreampolish.protocol.client import BackendClient
 from dreampolish.protocol.errors import MODEL_MISSING, ValidationError
 from dreampolish.protocol.job import JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload
+
+from tests.support.png import png_rgb
 
 STAGE_CHAINS: dict[str, tuple[str, ...]] = {
     "generate": ("reference", "nerf", "neus", "dmtet", "polish", "finish", "texture"),
@@ -72,21 +72,6 @@ accepted and ignored."""
 class OutOfMemoryError(RuntimeError):
     """A RuntimeError with CUDA's out-of-memory message, as kernels outside torch's allocator raise
     it (torch's own allocator raises torch.OutOfMemoryError, which the job system knows by type)."""
-
-
-def png_rgb(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A solid-colour 8-bit RGB PNG (stdlib only)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" + bytes(rgb) * width
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
 
 
 def octahedron(scale: float = 1.0) -> MeshPayload:
