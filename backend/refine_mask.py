@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from dreampolish.protocol.gltf import png_file
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.scene import MeshPayload, TexturePayload, object_to_world
 from PIL import Image
@@ -33,6 +34,7 @@ from scipy.spatial import cKDTree
 
 from . import bake
 from .geometry.mesh import TriMesh
+from .png_samples import png_header, png_samples
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +157,18 @@ def repaints(spec: JobSpec) -> bool:
 
 
 def _read_map(texture: TexturePayload) -> np.ndarray:
-    """The map's texels as they came: uint8 [H,W,C] from a PNG (8-bit RGB or RGBA kept as is), or the array."""
+    """The map's texels as they came: from an 8-bit PNG uint8 [H,W,C] (RGB or RGBA kept as is, other kinds
+    converted to RGB(A)); from a 16-bit PNG uint16, every bit of every sample (backend/png_samples.py: Pillow
+    would drop the low bytes), grey as RGB; or the array."""
     if texture.array is not None:
         return np.array(texture.array)
-    with Image.open(io.BytesIO(bytes(texture.png))) as im:
+    png = bytes(texture.png)
+    if png_header(png).bit_depth == 16:
+        samples = png_samples(png)
+        if samples.shape[2] <= 2:  # grey (+ alpha) as RGB(A), as Pillow's conversion below makes an 8-bit one
+            samples = np.concatenate([np.repeat(samples[..., :1], 3, axis=-1), samples[..., 1:]], axis=-1)
+        return samples
+    with Image.open(io.BytesIO(png)) as im:
         if im.mode not in ("RGB", "RGBA"):
             im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
         return np.array(im)
@@ -167,6 +177,8 @@ def _read_map(texture: TexturePayload) -> np.ndarray:
 def _write_map(role: str, texels: np.ndarray, like: TexturePayload) -> TexturePayload:
     if like.array is not None:
         return TexturePayload(role=role, array=np.ascontiguousarray(texels.astype(like.array.dtype)))
+    if texels.dtype == np.uint16:  # a 16-bit PNG in, a 16-bit PNG out (Pillow writes no 16-bit RGB)
+        return TexturePayload(role=role, png=png_file(np.ascontiguousarray(texels)))
     buf = io.BytesIO()
     Image.fromarray(texels).save(buf, format="PNG")
     return TexturePayload(role=role, png=buf.getvalue())
@@ -197,10 +209,11 @@ def repainted_payload(spec: JobSpec, frame_transform: np.ndarray, mesh: TriMesh,
     new = bake.dilate(new, filled)
     texels = old.copy()
     inside = weight > 0
-    scale = 255.0 if original.png is not None else 1.0
+    # a PNG's samples are integers of its bit depth: full scale 255 (8-bit) or 65535 (16-bit)
+    scale = float(np.iinfo(old.dtype).max) if original.png is not None else 1.0
     alpha = weight[inside][:, None]
-    mixed = alpha * new[inside] * scale + (1.0 - alpha) * old[inside][:, :3].astype(np.float32)
-    texels[..., :3][inside] = np.clip(np.round(mixed), 0, 255) if original.png is not None else mixed
+    mixed = alpha * new[inside] * scale + (1.0 - alpha) * old[inside][:, :3].astype(np.float64)
+    texels[..., :3][inside] = np.clip(np.round(mixed), 0, scale) if original.png is not None else mixed
     logger.info("masked refine: %d of %d texels repainted", int(inside.sum()), h * w)
     vertices, normals = masked_vertices(spec, frame_transform, mesh)
     textures = [_write_map("base_color", texels, original) if t.role == "base_color" else t for t in source.textures]
