@@ -13,8 +13,10 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+from .protocol.colour import linear_to_srgb
 from .protocol.errors import ValidationError
 from .protocol.gltf import png_file
+from .protocol.image import PNG_SIGNATURE
 from .protocol.refine_mask import RefineMask
 from .protocol.scene import MeshPayload, TexturePayload
 
@@ -74,15 +76,46 @@ def base_color_image(obj: bpy.types.Object) -> bpy.types.Image | None:
 
 
 def image_texture(image: bpy.types.Image) -> TexturePayload:
-    """The image's texels as an 8-bit PNG, row 0 at the top: the bytes an 8-bit image holds, unchanged."""
+    """The image's texels as a PNG, row 0 at the top, for the backend to repaint inside the mask and return
+    unchanged outside it.
+
+    An image that is a PNG file as Blender loaded it (packed, or on disk; not painted since) goes as the file's
+    own bytes: every sample as stored, at its bit depth. That matters for 16 bits: Blender holds a 16-bit PNG as
+    scene-linear floats (it converts the file's sRGB samples on loading), from which the file's samples do not
+    come back exactly. Any other image goes as its pixels: an 8-bit one as its bytes, unchanged; a float one
+    (scene linear) encoded to sRGB (unless it is data, Non-Color) as a 16-bit PNG."""
     w, h = image.size
     if w == 0 or h == 0:
         raise ValidationError(f"image {image.name!r} has no pixels (a missing file?): reload it, or refine without "
                               "a mask")
+    own = _png_file_bytes(image)
+    if own is not None:
+        return TexturePayload("base_color", png=own)
     pixels = np.empty(w * h * 4, np.float32)
     image.pixels.foreach_get(pixels)
-    rgba = np.clip(np.round(pixels.reshape(h, w, 4)[::-1] * 255.0), 0, 255).astype(np.uint8)
-    return TexturePayload("base_color", png=png_file(np.ascontiguousarray(rgba[..., :3])))
+    rgb = pixels.reshape(h, w, 4)[::-1, :, :3]
+    if not image.is_float:
+        rgb8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+        return TexturePayload("base_color", png=png_file(np.ascontiguousarray(rgb8)))
+    if not image.colorspace_settings.is_data:
+        rgb = linear_to_srgb(rgb)
+    rgb16 = np.clip(np.round(rgb * 65535.0), 0, 65535).astype(np.uint16)
+    return TexturePayload("base_color", png=png_file(np.ascontiguousarray(rgb16)))
+
+
+def _png_file_bytes(image: bpy.types.Image) -> bytes | None:
+    """The PNG file the image was loaded from, when its pixels are still that file's (else None)."""
+    if image.source != "FILE" or image.is_dirty or image.file_format != "PNG":
+        return None
+    if image.packed_file is not None:
+        data = bytes(image.packed_file.data)
+    else:
+        try:
+            with open(bpy.path.abspath(image.filepath, library=image.library), "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+    return data if data[:8] == PNG_SIGNATURE else None
 
 
 def request_mask(context, obj: bpy.types.Object, mesh: MeshPayload, mode: str) -> RefineMask | None:

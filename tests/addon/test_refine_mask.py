@@ -33,6 +33,42 @@ def test_a_masked_texture_refine_repaints_only_the_vertex_group(addon, connected
     assert len(obj.data.vertices) == len(sent.vertices)
 
 
+def _float_texels(image) -> np.ndarray:
+    w, h = image.size
+    px = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(px)
+    return px.reshape(h, w, 4)[::-1]
+
+
+def test_a_16_bit_image_keeps_every_texel_outside_the_group(addon, connected_tiny, tmp_path):
+    obj, _ = textured_box(addon)
+    sent = addon.mesh_io.payload_from_object(obj, bpy.context.evaluated_depsgraph_get())
+    kept = half_regions(sent.vertices, sent.faces, sent.uvs, 0.0, 0.1)
+    # the box's colours as a 16-bit PNG file, its low bytes noise of their own, loaded and packed as an artist's
+    # image is; on the Image Texture that feeds Base Color
+    rgb8 = image_texels(base_color_image(obj)).astype(np.uint16)
+    samples = rgb8 * 257 + np.random.default_rng(8).integers(0, 250, rgb8.shape).astype(np.uint16)
+    path = tmp_path / "paint16.png"
+    path.write_bytes(addon.protocol.gltf.png_file(samples))
+    image = bpy.data.images.load(str(path))
+    image.pack()
+    bsdf = next(n for n in obj.active_material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    bsdf.inputs["Base Color"].links[0].from_node.image = image
+    before = _float_texels(image)
+    s = bpy.context.scene.dreampolish
+    s.refine_mode, s.prompt, s.texture_faces = "texture", "a box", "ACTIVE_SLOT"
+    s.mask_group, s.mask_feather, s.mask_prompt = "Half", 0.1, "a blue box"
+    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
+    pump(addon, lambda: rt().job_state in ("done", "failed"), timeout_s=180, what="the masked texture job")
+    assert rt().job_state == "done", rt().message
+    result = base_color_image(obj)
+    assert result != image and result.is_float, "a 16-bit image comes back as one"
+    after = _float_texels(result)
+    # Blender turns each 16-bit sample into the same float: equal floats are equal samples
+    np.testing.assert_array_equal(after[kept.kept_texels], before[kept.kept_texels])
+    assert (after != before).any(-1)[kept.masked_texels].mean() > 0.9
+
+
 @pytest.mark.parametrize(("setup", "says"), [
     ("empty group", "names no vertex with a weight above 0"),
     ("gone group", "has no vertex group 'Gone'"),
