@@ -1,6 +1,7 @@
 """DreamPolish for Blender: text or a selected mesh to a polished, textured, editable object.
 
-This module only registers: the classes in dependency order, and in reverse on unregister.
+This module only registers: the classes in dependency order, and in reverse on unregister (and it names the
+glTF exporter's callback, which the exporter looks for on an add-on's own module).
 Where things are: backend_operators (connect, the local backend), job_operators (Generate, Refine,
 Resume, Cancel) building their requests in job_request, scene_operators (import, bake, export),
 history; what the backend sends is applied by connection (the connection's own events), job_follow
@@ -8,6 +9,8 @@ history; what the backend sends is applied by connection (the connection's own e
 """
 
 from __future__ import annotations
+
+import logging
 
 import bpy
 
@@ -24,6 +27,8 @@ from . import (
     scene_operators,
     texture_sets,
 )
+
+log = logging.getLogger(__name__)
 
 _classes = (
     *properties.classes,
@@ -51,6 +56,17 @@ _classes = (
     *texture_sets.classes,
     *panel.classes,
 )
+
+
+def glTF2_pre_export_callback(export_settings) -> None:
+    """Blender's glTF exporter calls this (a function of this name on an enabled add-on's module,
+    io_scene_gltf2/__init__.py) before it reads the scene: the texture sets become its variant data, up to
+    date, so that File > Export > glTF 2.0 writes them as KHR_materials_variants (gltf_variants.py). A failure
+    here is logged and the export goes on without them: the artist's export must not fail for the sets."""
+    try:
+        texture_sets.sync_gltf_variants()
+    except Exception:  # noqa: BLE001 - inside Blender's exporter, which would fail the whole export
+        log.exception("the texture sets could not be written as glTF variants")
 
 
 def register() -> None:

@@ -24,7 +24,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, StringProperty
 
-from . import materials, mesh_io, refine_target
+from . import materials, mesh_io, refine_target, texture_sets
 from .job_cache import CachedStage, JobRecord
 from .job_follow import job_cache
 from .reporting import report_error, report_failure
@@ -175,6 +175,8 @@ class DREAMPOLISH_OT_import_result(bpy.types.Operator):
         obj[STAGE_PROP] = cached.stage
         if cached.lods and record.mode != "texture":
             self._levels_of_detail(context, obj, cached, record)
+        if record.variant_group:  # a texture set arrived (or came back from the history): glTF's variants too
+            texture_sets.sync_gltf_variants()
         return {"FINISHED"}
 
     def _levels_of_detail(self, context, obj, cached, record: JobRecord) -> None:
@@ -346,7 +348,7 @@ class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
 
 class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
     """Save the selected DreamPolish object as a .glb through Blender's glTF exporter (your edits,
-    modifiers and material included)"""
+    modifiers and material included; its texture sets as glTF material variants)"""
 
     bl_idname = "dreampolish.export_glb"
     bl_label = "Export GLB"
@@ -380,6 +382,9 @@ class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
         if obj.mode == "EDIT":
             obj.update_from_editmode()
         selected = [o for o in context.view_layer.objects if o.select_get()]
+        # The texture sets as glTF's own variant data, up to date (a set's material renamed or deleted since),
+        # with the exporter's Material Variants on: its switch for writing KHR_materials_variants.
+        texture_sets.sync_gltf_variants()
         try:
             for other in selected:
                 other.select_set(False)

@@ -10,32 +10,84 @@ import secrets
 
 import bpy
 
-from . import job_request, materials, mesh_io, refine_target
+from . import gltf_variants, job_request, materials, mesh_io, refine_target
+from .job_cache import JobRecord
 from .job_follow import job_cache
 from .protocol.errors import ProtocolError
 from .protocol.variants import texture_set_specs
 from .reporting import report_error
 
 
-def set_materials(obj: bpy.types.Object | None) -> tuple[int, list[bpy.types.Material]]:
-    """(the slot showing one of the object's texture sets, every material of that set group, in seed order);
-    (-1, []) when the object shows none."""
+def set_records() -> dict[bpy.types.Material, JobRecord]:
+    """Every texture-set material of the file with its job's record (a texture-only job of a set group)."""
+    cache = job_cache()
+    out = {}
+    for mat in bpy.data.materials:
+        job_id = mat.get(materials.JOB_PROP)
+        record = cache.load_record(job_id) if job_id else None
+        if record is not None and record.variant_group and record.mode == "texture":
+            out[mat] = record
+    return out
+
+
+def set_materials(obj: bpy.types.Object | None, records: dict[bpy.types.Material, JobRecord] | None = None,
+                  shown: dict[bpy.types.Material, set[str]] | None = None) -> tuple[int, list[bpy.types.Material]]:
+    """(the slot showing one of the object's texture sets, one material per set of that group, in seed order);
+    (-1, []) when the object shows none. `records` (set_records()) and `shown` (shown_on()), when the caller
+    has them already.
+
+    The sets are the object's when it is the one they were made for (or that one is gone). A set job
+    re-imported from the history is a copy of its material on an object of its own: each set counts once,
+    as the material this object shows, else one that no other object shows (the sets not shown)."""
     if obj is None or obj.type != "MESH":
         return -1, []
-    cache = job_cache()
+    records = set_records() if records is None else records
     for slot, mat in enumerate(obj.data.materials):
-        job_id = mat.get(materials.JOB_PROP) if mat is not None else None
-        record = cache.load_record(job_id) if job_id else None
-        if record is None or not record.variant_group or record.mode != "texture":
+        record = records.get(mat) if mat is not None else None
+        if record is None or refine_target.find(record) not in (obj, None):
             continue
-        group = []
-        for other in bpy.data.materials:
-            other_job = other.get(materials.JOB_PROP)
-            other_record = cache.load_record(other_job) if other_job else None
-            if other_record is not None and other_record.variant_group == record.variant_group:
-                group.append((other_record.seed, other))
-        return slot, [m for _, m in sorted(group, key=lambda sm: sm[0])]
+        shown = shown_on() if shown is None else shown
+        by_job: dict[str, list[bpy.types.Material]] = {}
+        for other, other_record in records.items():
+            if other_record.variant_group == record.variant_group:
+                by_job.setdefault(other_record.job_id, []).append(other)
+        chosen = [mat if mat in copies else next((m for m in copies if not shown.get(m, set()) - {obj.name}),
+                                                 copies[0])
+                  for copies in by_job.values()]
+        return slot, sorted(chosen, key=lambda m: records[m].seed)
     return -1, []
+
+
+def shown_on() -> dict[bpy.types.Material, set[str]]:
+    """material -> the names of the objects whose material slots show it."""
+    out: dict[bpy.types.Material, set[str]] = {}
+    for obj in bpy.data.objects:
+        for slot in obj.material_slots:
+            if slot.material is not None:
+                out.setdefault(slot.material, set()).add(obj.name)
+    return out
+
+
+def set_names(records: list[JobRecord]) -> list[str]:
+    """The sets' names, as the command-line client names them in its .glb (protocol/cli.py, _texture_sets):
+    each set's prompt when the sets have prompts of their own, else "seed N"."""
+    if len({r.prompt for r in records}) == len(records) > 1:
+        return [r.prompt for r in records]
+    return [f"seed {r.seed}" for r in records]
+
+
+def sync_gltf_variants() -> None:
+    """Blender's glTF exporter's variant data made to say every object's texture sets (gltf_variants.py): one
+    variant per set, named set_names, each mapping the set's material onto the slot that shows the sets."""
+    records, shown = set_records(), shown_on()
+    sets: gltf_variants.SetsOfMesh = {}
+    for obj in bpy.data.objects:
+        if obj.type != "MESH" or obj.data in sets:
+            continue
+        slot, mats = set_materials(obj, records, shown)
+        if mats:
+            sets[obj.data] = (slot, list(zip(mats, set_names([records[m] for m in mats]))))
+    gltf_variants.write(sets)
 
 
 def draw(layout, context) -> None:
@@ -118,6 +170,7 @@ class DREAMPOLISH_OT_show_texture_set(bpy.types.Operator):
             report_error(self, "The active object shows no texture set of that number")
             return {"CANCELLED"}
         materials.show_in_slot(obj, sets[self.index], slot)
+        sync_gltf_variants()
         return {"FINISHED"}
 
 
