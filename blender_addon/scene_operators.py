@@ -346,6 +346,14 @@ class DREAMPOLISH_OT_bake_to_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _drops_variants(obj: bpy.types.Object) -> bool:
+    """The glTF exporter will drop obj's texture sets: before Blender 5.3 (5.0 checked) it reads the variant
+    data from the mesh it makes with the modifiers applied, which has none (io_scene_gltf2 5.0,
+    blender/exp/nodes.py: the copy made by to_mesh; 5.3 reads the object's own mesh)."""
+    return (bpy.app.version < (5, 3) and any(m.show_viewport for m in obj.modifiers)
+            and bool(texture_sets.set_materials(obj)[1]))
+
+
 class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
     """Save the selected DreamPolish object as a .glb through Blender's glTF exporter (your edits,
     modifiers and material included; its texture sets as glTF material variants)"""
@@ -385,6 +393,12 @@ class DREAMPOLISH_OT_export_glb(bpy.types.Operator):
         # The texture sets as glTF's own variant data, up to date (a set's material renamed or deleted since),
         # with the exporter's Material Variants on: its switch for writing KHR_materials_variants.
         texture_sets.sync_gltf_variants()
+        if _drops_variants(obj):
+            text = (f"Blender {bpy.app.version_string}'s glTF exporter leaves the texture sets (material variants) "
+                    f"out of an object whose modifiers it applies: apply {obj.name!r}'s modifiers (Ctrl+A) to "
+                    "export its sets")
+            self.report({"WARNING"}, text)
+            report_failure(text, status_bar=False)
         try:
             for other in selected:
                 other.select_set(False)

@@ -126,3 +126,20 @@ def test_set_prompts_name_the_variants_and_a_reimport_from_the_history_adds_none
     assert _variant_materials(gltf, "Box")[1] == {"red paint": sets[0].name, "bare wood": sets[1].name}
     copy_mesh = next(m for m in gltf["meshes"] if m["name"] != "Box")
     assert "extensions" not in copy_mesh["primitives"][0], "the copy shows its one texture, no variants"
+
+
+def test_export_glb_of_sets_with_modifiers_writes_them_or_says_why_not(addon, connected, tmp_path):
+    obj, _ = textured_box(addon)
+    sets = _texture_sets(addon, obj, seed=30)
+    obj.modifiers.new("Bevel", "BEVEL")
+    bpy.context.view_layer.objects.active = obj
+    path = tmp_path / "modified.glb"
+    assert bpy.ops.dreampolish.export_glb(filepath=str(path)) == {"FINISHED"}
+    validate_glb(path)
+    gltf = _glb_json(path)
+    if bpy.app.version >= (5, 3):
+        assert _variant_materials(gltf, "Box")[1] == {"seed 30": sets[0].name, "seed 31": sets[1].name,
+                                                      "seed 32": sets[2].name}
+    else:  # Blender 5.0's exporter reads the variants from its modifier-applied copy of the mesh, which has none
+        assert VARIANTS not in gltf.get("extensionsUsed", [])
+        assert "apply 'Box''s modifiers (Ctrl+A)" in rt().failure
