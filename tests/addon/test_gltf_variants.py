@@ -143,3 +143,15 @@ def test_export_glb_of_sets_with_modifiers_writes_them_or_says_why_not(addon, co
     else:  # Blender 5.0's exporter reads the variants from its modifier-applied copy of the mesh, which has none
         assert VARIANTS not in gltf.get("extensionsUsed", [])
         assert "apply 'Box''s modifiers (Ctrl+A)" in rt().failure
+
+
+def test_a_reopened_file_exports_its_sets_with_the_gltf_preference_off(addon, connected, tmp_path):
+    obj, _ = textured_box(addon)
+    names = [m.name for m in _texture_sets(addon, obj, seed=40)]
+    blend = tmp_path / "sets.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    # another session: glTF's Material Variants off, as in a fresh Blender
+    bpy.context.preferences.addons["io_scene_gltf2"].preferences.KHR_materials_variants_ui = False
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    gltf = _export(tmp_path / "reopened.glb")
+    assert _variant_materials(gltf, "Box")[1] == dict(zip(["seed 40", "seed 41", "seed 42"], names))
