@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.pipeline_api import ResumePoint
+from dreampolish.backend.png_samples import png_samples
 from dreampolish.protocol.errors import ValidationError
+from dreampolish.protocol.gltf import png_file
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.refine_mask import REMESHING_STAGES, masked_chain
+from dreampolish.protocol.scene import TexturePayload
 
 from tests.support.masked_mesh import masked_box, texels
 from tests.support.recording import RecordingContext
@@ -46,6 +49,22 @@ def test_masked_texture_refine_repaints_only_inside_the_mask_and_border(tmp_path
     changed = (after != before).any(-1)
     assert changed[box.masked_texels].mean() > 0.9  # the tiny prior paints something else there
     assert [t.role for t in final.textures] == ["base_color"]  # the input's maps, no others added
+
+
+@pytest.mark.slow  # the tiny pipeline, as tests/backend/pipeline/test_refine.py
+def test_a_16_bit_map_comes_back_16_bit_with_every_sample_outside_the_mask(tmp_path):
+    box = masked_box()
+    # the test colours at 16 bits, with low bytes of their own that an 8-bit read would lose
+    samples = (texels(box.payload).astype(np.uint16) * 257
+               + np.random.default_rng(6).integers(0, 250, (*box.kept_texels.shape, 3)).astype(np.uint16))
+    box.payload.textures = [TexturePayload("base_color", png=png_file(samples))]
+    ctx = RecordingContext(tmp_path)
+    spec = JobSpec(prompt="a box", preset="tiny", mode="texture", input_mesh=box.payload, mask=box.mask)
+    DreamPolishPipeline().run(spec, ctx)
+    after = png_samples(ctx.result("texture").texture("base_color").png)
+    assert after.dtype == np.uint16 and after.shape == samples.shape
+    np.testing.assert_array_equal(after[box.kept_texels], samples[box.kept_texels])
+    assert (after != samples).any(-1)[box.masked_texels].mean() > 0.9
 
 
 @pytest.mark.slow  # the tiny pipeline, as tests/backend/pipeline/test_refine.py
