@@ -4,6 +4,9 @@ untouched."""
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
@@ -67,6 +70,37 @@ def test_a_16_bit_image_keeps_every_texel_outside_the_group(addon, connected_tin
     # Blender turns each 16-bit sample into the same float: equal floats are equal samples
     np.testing.assert_array_equal(after[kept.kept_texels], before[kept.kept_texels])
     assert (after != before).any(-1)[kept.masked_texels].mean() > 0.9
+
+
+def _png_file_samples(png: bytes) -> np.ndarray:
+    """The samples of a 16-bit RGB PNG whose rows all use the Up filter (protocol/gltf.py's png_file)."""
+    width, height, depth, colour = struct.unpack(">IIBB", png[16:26])
+    assert (depth, colour) == (16, 2)
+    idat, pos = b"", 8
+    while pos < len(png):
+        (length,), kind = struct.unpack(">I", png[pos:pos + 4]), png[pos + 4:pos + 8]
+        idat += png[pos + 8:pos + 8 + length] if kind == b"IDAT" else b""
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, 1 + width * 6)
+    assert (rows[:, 0] == 2).all()
+    raw = np.cumsum(rows[:, 1:], axis=0, dtype=np.uint8)  # Up: each byte plus the byte above, modulo 256
+    return raw.view(">u2").astype(np.uint16).reshape(height, width, 3)
+
+
+def test_a_16_bit_image_goes_as_its_file_or_painted_as_16_bit_srgb(addon, fresh_scene, tmp_path):
+    samples = np.random.default_rng(9).integers(0, 65536, (32, 48, 3)).astype(np.uint16)
+    path = tmp_path / "paint16.png"
+    path.write_bytes(addon.protocol.gltf.png_file(samples))
+    image = bpy.data.images.load(str(path))
+    assert addon.refine_mask.image_texture(image).png == path.read_bytes(), "the file itself, every bit"
+    image.pack()
+    assert addon.refine_mask.image_texture(image).png == path.read_bytes(), "packed, the same bytes"
+    image.pixels[0] = image.pixels[0]  # painted in Blender: its pixels are floats now, not the file's samples
+    assert image.is_dirty
+    sent = _png_file_samples(addon.refine_mask.image_texture(image).png)
+    # Blender's scene-linear floats encoded back to sRGB: within one 16-bit step of the file (Blender's own
+    # sRGB curve is not exactly IEC 61966-2-1's inverse), where the add-on sent linear values at 8 bits before
+    assert np.abs(sent.astype(int) - samples).max() <= 1
 
 
 @pytest.mark.parametrize(("setup", "says"), [
