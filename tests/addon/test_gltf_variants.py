@@ -73,10 +73,9 @@ def test_file_export_writes_the_texture_sets_as_variants_through_switch_and_remo
     default, mapped = _variant_materials(gltf, "Box")
     assert mapped == {"seed 7": sets[0].name, "seed 8": sets[1].name, "seed 9": sets[2].name}
     assert default == shown.name, "the set the object shows is the primitive's own material"
-    images = {gltf["materials"][i]["pbrMetallicRoughness"]["baseColorTexture"]["index"]
-              for m in gltf["meshes"] for p in m["primitives"]
-              for i in [p["material"]] + [mp["material"] for mp in p["extensions"][VARIANTS]["mappings"]]}
-    assert len(images) == 3, "each set's material carries its own base-colour image"
+    by_name = {m["name"]: m for m in gltf["materials"]}
+    # a glTF material of its own per set, textured (the scripted sets share one PNG, which the exporter stores once)
+    assert all("baseColorTexture" in by_name[name]["pbrMetallicRoughness"] for name in mapped.values())
 
     # Switched in the panel: the same three variants; the primitive now shows the set picked.
     assert bpy.ops.dreampolish.show_texture_set(index=0) == {"FINISHED"}
