@@ -122,7 +122,8 @@ class HashGridEncoding(nn.Module):
         self.active_levels = self.cfg.levels_at(progress)
 
     def _corner_index(self, level: int, cell: Tensor) -> Tensor:
-        """cell [N,8,3] integer corner coordinates -> table rows [N,8]."""
+        """cell [N,8,3] integer corner coordinates -> table rows [N,8]: the rows' definition, one corner at a
+        time (the tests' reference; forward takes the same rows through _outer_index)."""
         res = self.resolutions[level]
         size = self.level_sizes[level]
         if (res + 1) ** 3 <= size:
@@ -131,6 +132,15 @@ class HashGridEncoding(nn.Module):
             idx = (cell[..., 0] * _PRIMES[0]) ^ (cell[..., 1] * _PRIMES[1]) ^ (cell[..., 2] * _PRIMES[2])
             idx = idx % size
         return idx + self.level_starts[level]
+
+    def _outer_index(self, level: int, axes: Tensor) -> Tensor:
+        """axes [N,2,3] (each axis's lower and upper integer coordinate) -> table rows [N,8] of the 8 corners,
+        the same rows as _corner_index (a hashed level's size is a power of two: the modulo is a mask)."""
+        size = self.level_sizes[level]
+        h = [axes[:, :, d] * _PRIMES[d] for d in range(3)]
+        idx = h[0][:, :, None, None] ^ h[1][:, None, :, None] ^ h[2][:, None, None, :]
+        idx = idx & (size - 1) if size & (size - 1) == 0 else idx % size
+        return idx.reshape(-1, 8) + self.level_starts[level]
 
     def _dense_level(self, level: int, x: Tensor) -> Tensor:
         """Trilinear lookup in a level stored as a dense (N+1)^3 lattice, [N,F]."""
@@ -182,13 +192,17 @@ class HashGridEncoding(nn.Module):
             pos = x * res
             base = pos.floor().clamp(max=res - 1)
             frac = pos - base  # [N,3], carries the gradient w.r.t. x
-            cell = base.long()[:, None, :] + self.corners[None]  # [N,8,3]
-            rows = self._corner_index(level, cell)
-            feats = self.table[rows]  # [N,8,F]
-            c = self.corners[None].to(x.dtype)
-            # trilinear weight of each corner: prod_d (frac_d if corner_d else 1 - frac_d)
-            w = (c * frac[:, None, :] + (1 - c) * (1 - frac[:, None, :])).prod(dim=-1)  # [N,8]
-            out.append((w[..., None] * feats).sum(dim=1))
+            # per axis: the two corner coordinates and their linear weights; the 8 corners are their outer
+            # products in the corners' order (x, y, z bits, x the highest), so nothing is built [N,8,3]
+            lo = base.long()
+            axes = torch.stack([lo, lo + 1], dim=1)  # [N,2,3]
+            weights = torch.stack([1 - frac, frac], dim=1)  # [N,2,3]
+            rows = self._outer_index(level, axes)  # [N,8]
+            w = (weights[:, :, None, None, 0] * weights[:, None, :, None, 1]
+                 * weights[:, None, None, :, 2]).reshape(n, 8)
+            # index_select's backward accumulates with index_add, cheaper on the CPU than indexing's index_put
+            feats = self.table.index_select(0, rows.reshape(-1)).view(n, 8, f)
+            out.append(torch.bmm(w[:, None, :], feats)[:, 0])
         return torch.cat(out, dim=-1)
 
 
