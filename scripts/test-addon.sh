@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the add-on's tests inside one Blender Python (the bpy module): scripts/test-addon.sh VENV [PYTEST ARGS]
+# Runs the add-on's tests inside one Blender Python (the bpy module): scripts/test-addon.sh VENV [FILES] [PYTEST ARGS]
 # A crash of Blender fails the run like any failing test: the add-on must never crash it.
 # Each backend the tests start leaves <pid>.pid in $DREAMPOLISH_TEST_PID_DIR while it runs
 # (tests/support/blender_env.py): when the run ends, however it ends, exactly those processes that
@@ -22,4 +22,15 @@ stop_left_backends() {
   done
 }
 
-"$venv/bin/python" -X faulthandler -m pytest tests/addon -q -p no:cacheprovider "${@:2}"
+# Test files or folders named after the environment replace tests/addon (scripts/test-addon.sh VENV
+# tests/addon/test_udim.py); any other argument goes to pytest as it is (-k EXPR, -m "not slow").
+targets=()
+for arg in "${@:2}"; do
+  case "$arg" in tests/*) targets+=("$arg") ;; esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=(tests/addon)
+args=()
+for arg in "${@:2}"; do
+  case "$arg" in tests/*) ;; *) args+=("$arg") ;; esac
+done
+"$venv/bin/python" -X faulthandler -m pytest "${targets[@]}" -q -p no:cacheprovider ${args[@]+"${args[@]}"}
