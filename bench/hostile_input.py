@@ -49,7 +49,6 @@ from dreampolish.protocol.client import BackendClient  # noqa: E402
 from dreampolish.protocol.image import ReferenceImage  # noqa: E402
 from dreampolish.protocol.job import JobSpec  # noqa: E402
 
-from tests.support.images import chunk  # noqa: E402
 from tests.support.malformed import PYTHON_WORDS, every_request, malformed, valid_messages  # noqa: E402
 from tests.support.pipelines import (  # noqa: E402
     ScriptedPipeline,
@@ -58,6 +57,7 @@ from tests.support.pipelines import (  # noqa: E402
     repo_env,
     wait_until_serving,
 )
+from tests.support.png import chunk  # noqa: E402
 
 MB = 1e6
 
