@@ -147,15 +147,3 @@ class ClientAccess:
 
     def is_admin(self, user: str) -> bool:
         return bool(user) and self.admins is not None and user in self.admins
-
-
-def start_authenticator(context: object, access: ClientAccess) -> object:
-    """A ZAP handler on context (every CURVE handshake on its sockets asks it); stop() it at shutdown.
-    ZAP's User-Id for a served client is its Z85 public key (zmq.auth's curve_user_id), which
-    the server reads from each message's "User-Id" property."""
-    from zmq.auth.thread import ThreadAuthenticator
-
-    auth = ThreadAuthenticator(context)  # type: ignore[arg-type]
-    auth.start()
-    auth.configure_curve_callback(domain="*", credentials_provider=access)
-    return auth

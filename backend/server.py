@@ -31,12 +31,13 @@ from dreampolish.protocol import messages as m
 from dreampolish.protocol.errors import INTERNAL_ERROR, DecodeError, ProtocolError, VersionMismatch
 from dreampolish.protocol.limits import LIMITS
 
+from .connections import ConnectionGate, ConnectionLimits
 from .event_delivery import Followers, send_to_peer
 from .executor import Executor, LocalExecutor
 from .intake import IntakeLimits, RequestIntake
 from .jobs import JobManager, JobStore, QueueLimits
 from .pipeline_api import Pipeline
-from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed, start_authenticator
+from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ class ServerConfig:
     intake_limits: IntakeLimits = IntakeLimits()
     """Requests with binary frames (meshes, images) waiting to be checked, per client and overall
     (intake.py; announced in welcome.limits)."""
+    connection_limits: ConnectionLimits = ConnectionLimits()
+    """Connections served at once, per peer address and overall (connections.py; announced in
+    welcome.limits); one more is refused in its handshake."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,7 @@ class BackendServer:
             admins=KeyFolder(config.curve_admins) if config.curve_admins else None,
             allow_any=config.curve_clients is None and config.curve_admins is None,
         )
-        self._authenticator: object | None = None
+        self._gate: ConnectionGate | None = None
         if config.max_queued_per_client < 1 or config.max_queued_total < 1:
             raise ValueError("the queue limits must be at least 1")
         if config.expire_after_s is not None and config.expire_after_s <= 0:
@@ -268,8 +272,8 @@ class BackendServer:
             self.manager.stop()
             router.close(linger=0)
             pull.close(linger=0)
-            if self._authenticator is not None:
-                self._authenticator.stop()  # type: ignore[attr-defined]
+            if self._gate is not None:
+                self._gate.stop()
             with self._push_lock:
                 for s in self._push_sockets:
                     s.close(linger=0)
@@ -286,12 +290,21 @@ class BackendServer:
         # buffered (libzmq checks MAXMSGSIZE against each frame's declared size, not the message's).
         router.setsockopt(zmq.MAXMSGSIZE, LIMITS.max_frame_bytes)
         if self.config.curve_keys is not None:
-            if self._authenticator is None:
-                self._authenticator = start_authenticator(self.zmq, self.access)
             router.curve_server = True
             router.curve_publickey = self.config.curve_keys.public
             router.curve_secretkey = self.config.curve_keys.secret
-        router.bind(self.config.bind)
+        # Every handshake asks the gate (ZAP): client keys with CURVE, and the connection limits.
+        self._gate = ConnectionGate(
+            self.zmq, router, self.config.connection_limits,
+            self.access if self.config.curve_keys is not None else None,
+        )
+        self._gate.start()
+        try:
+            router.bind(self.config.bind)
+        except zmq.ZMQError:
+            router.close(linger=0)
+            self._gate.stop()
+            raise
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         pull = self.zmq.socket(zmq.PULL)
         pull.linger = 0
@@ -516,7 +529,9 @@ class BackendServer:
             models=self.models,
             stage_chains=self.stage_chains,
             preset_memory_gb=self.preset_memory_gb,
-            limits={**LIMITS.to_dict(), **self._intake.limits.published()},
+            limits={
+                **LIMITS.to_dict(), **self._intake.limits.published(), **self.config.connection_limits.published()
+            },
             max_queued_per_client=self.manager.limits.per_client,
             max_queued_total=self.manager.limits.total,
             re=re,

@@ -17,7 +17,9 @@ API (every call may raise BackendUnreachable, AccessRefused or VersionMismatch):
   server_public_key: the backend's CURVE public key (Z85 text, 40 chars) when it runs with keys.
   client_key: this client's key pair (a NAME.key_secret file): a backend with an allow-list serves
   only the keys in it, and refuses others at once with AccessRefused ("this backend does not know
-  your client key XXXXXXXX").
+  your client key XXXXXXXX"); a backend serving as many connections as it may (welcome.limits
+  max_connections_*) refuses one more with AccessRefused ("... refused the connection: too many
+  connections ...").
 - connect() -> messages.Welcome: opens the DEALER socket and does the hello/welcome handshake.
 - submit(spec: JobSpec) -> str: queues a job; returns its id. RequestRejected if the backend refuses
   the spec (e.g. unknown preset), with the backend's message.

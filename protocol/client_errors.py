@@ -21,8 +21,9 @@ class BackendUnreachable(ClientError):
 
 
 class AccessRefused(BackendUnreachable):
-    """The backend refused the connection itself: it does not know this client's key, or the client
-    and the backend disagree on CURVE. The message is one line that says which."""
+    """The backend refused the connection itself: it does not know this client's key, the client and
+    the backend disagree on CURVE, or the backend serves as many connections as it may. The message
+    is one line that says which."""
 
 
 class RequestRejected(ClientError):

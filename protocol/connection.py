@@ -1,8 +1,8 @@
 """The client's connection to a backend: one DEALER socket, its CURVE keys, and its liveness.
 
 The connection tells the three ways a backend can be lost apart: a refused handshake (a key the
-backend does not serve, or CURVE on one side only: AccessRefused, from the socket monitor's
-handshake events), silence (no message for dead_after_s after something was sent, with a ping
+backend does not serve, CURVE on one side only, or as many connections as the backend serves:
+AccessRefused, from the socket monitor's handshake events), silence (no message for dead_after_s after something was sent, with a ping
 after every heartbeat_s of silence: BackendUnreachable), and a dropped connection once the
 handshake succeeded (BackendUnreachable on every receive until a new connection). It knows
 nothing of requests or jobs (client.py).
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH (zmq.h): one side speaks CURVE, the other does not.
 _MECHANISM_MISMATCH = 0x11000002
+# The ZAP status the backend refuses a connection past its connection limits with (backend/connections.py);
+# ZeroMQ passes a client the status code only (400: a client key it does not serve).
+_TOO_MANY_CONNECTIONS = 500
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -172,6 +175,12 @@ class BackendConnection:
                 # follows are gone. Only a new handshake and attach bring them back (BackendClient.reconnect()).
                 self._lost = (f"the connection to the backend at {self.address} was lost "
                               "(the backend stopped, restarted or dropped it)")
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == _TOO_MANY_CONNECTIONS:
+                raise AccessRefused(
+                    f"the backend at {self.address} refused the connection: too many connections (it serves "
+                    "max_connections_per_address from one address and max_connections_total in all; its log "
+                    "names the limit reached): close another client's connection or try again later"
+                )
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 raise AccessRefused(self._refusal_line())
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and event["value"] == _MECHANISM_MISMATCH:
@@ -213,6 +222,11 @@ class BackendConnection:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
+            # A refused handshake ends the socket's only pipe, so a send right after it finds no peer:
+            # the monitor says why (its event comes before the pipe ends).
+            if self._monitor is not None:
+                self._monitor.poll(100)
+            self._check_handshake()
             raise BackendUnreachable(
                 f"cannot send to {self.address}: the connection is not taking messages"
             ) from exc

@@ -45,6 +45,11 @@ class Limits:
     the largest size)."""
     max_pending_bytes_total: int = 2 * 1024 * 1024 * 1024
     """Bytes of such requests of all clients together."""
+    max_connections_per_address: int = 16
+    """Connections the backend serves at once from one peer address (IP); one more is refused in its
+    handshake. Each holds what it has sent of an unfinished message until the message's last frame."""
+    max_connections_total: int = 64
+    """Connections of all addresses together."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dreampolish.protocol.limits import LIMITS
+
 if TYPE_CHECKING:
     from ..executor import Executor
     from ..server import PipelineFactory
@@ -86,6 +88,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-queued", type=int, default=1000, help="queued jobs of all clients together (default 1000)"
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=LIMITS.max_connections_total,
+        help=f"connections served at once, of all clients (default {LIMITS.max_connections_total}); "
+        "one more is refused in its handshake",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=LIMITS.max_connections_per_address,
+        help=f"connections served at once from one peer address (default {LIMITS.max_connections_per_address})",
+    )
+    p.add_argument(
         "--expire-after",
         type=float,
         default=None,
@@ -128,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start the backend: %s", exc)
         return 2
 
+    from ..connections import ConnectionLimits
     from ..server import BackendServer, CannotBind, ServerConfig, resolve_devices
 
     try:
@@ -142,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
             allow_any_client=args.allow_any_client,
             max_queued_per_client=args.max_queued_per_client,
             max_queued_total=args.max_queued,
+            connection_limits=ConnectionLimits(per_address=args.max_connections_per_address,
+                                               total=args.max_connections),
             expire_after_s=args.expire_after * 86400 if args.expire_after is not None else None,
         )
         executor, factory = _executor(args)
