@@ -1,0 +1,176 @@
+"""Connections past the backend's limits are refused in their handshake, in words, and the backend keeps
+serving the others (issue 34 item 2: what unfinished messages hold is bounded by the connections)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import time
+
+import pytest
+from dreampolish.backend.commands import keys as keys_command
+from dreampolish.backend.connections import ConnectionLimits, LiveConnections
+from dreampolish.backend.security import load_server_keys
+from dreampolish.protocol.client import AccessRefused, BackendClient
+
+from tests.support.pipelines import running_backend
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def client(endpoint: str, **kw) -> BackendClient:
+    return BackendClient(endpoint, timeout_s=5, heartbeat_s=0.3, dead_after_s=4, **kw)
+
+
+def refusal(c: BackendClient) -> str:
+    """A refused connection raises AccessRefused at once; a silent one would be BackendUnreachable."""
+    with pytest.raises(AccessRefused) as info:
+        c.connect()
+    return str(info.value)
+
+
+def wait_for_live(server, n: int, timeout_s: float = 5.0) -> None:
+    """Until the backend counts n live connections (a closed one is counted off when ZeroMQ reports it)."""
+    deadline = time.monotonic() + timeout_s
+    while server._gate.live.count() != n:
+        assert time.monotonic() < deadline, f"{server._gate.live.count()} connections live, not {n}"
+        time.sleep(0.02)
+
+
+def test_a_connection_past_the_total_is_refused_in_words_and_the_others_are_still_served(tmp_path):
+    limits = ConnectionLimits(per_address=16, total=2)
+    with running_backend(tmp_path, connection_limits=limits) as server:
+        with client(server.endpoint) as first, client(server.endpoint) as second:
+            welcome = first.connect()
+            second.connect()
+            assert welcome.limits["max_connections_total"] == 2
+            assert welcome.limits["max_connections_per_address"] == 16
+            with client(server.endpoint) as third:
+                line = refusal(third)
+            assert "refused the connection: too many connections" in line
+            assert "max_connections_total" in line and "\n" not in line
+            assert first.ping() < 5 and second.ping() < 5
+
+
+def test_closing_a_connection_frees_its_place(tmp_path):
+    with running_backend(tmp_path, connection_limits=ConnectionLimits(per_address=16, total=1)) as server:
+        with client(server.endpoint) as first:
+            first.connect()
+            with client(server.endpoint) as second:
+                refusal(second)
+        wait_for_live(server, 0)
+        with client(server.endpoint) as third:
+            third.connect()
+            assert third.ping() < 5
+
+
+def test_one_address_may_hold_only_its_share(tmp_path):
+    with running_backend(tmp_path, connection_limits=ConnectionLimits(per_address=1, total=16)) as server:
+        port = server.endpoint.rsplit(":", 1)[1]
+        with client(server.endpoint) as here:
+            here.connect()
+            with client(server.endpoint) as again:
+                assert "too many connections" in refusal(again)
+            # Another address (all of 127/8 is loopback): ZeroMQ connects from it as "source;destination".
+            with client(f"tcp://127.0.0.2:0;127.0.0.1:{port}") as elsewhere:
+                elsewhere.connect()
+                assert elsewhere.ping() < 5
+            assert here.ping() < 5
+
+
+def raw_null_peer(endpoint: str) -> socket.socket:
+    """A ZMTP 3.0 DEALER written by hand: the greeting (NULL) and READY, nothing more."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31)
+    body = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    s.sendall(bytes([0x04, len(body)]) + body)
+    return s
+
+
+def handshake_answer(s: socket.socket) -> bytes:
+    """What the backend sends a raw peer in its handshake: its greeting, then READY or ERROR."""
+    data = b""
+    while b"READY" not in data and b"ERROR" not in data:
+        data += s.recv(4096)
+    return data
+
+
+def test_a_raw_peer_past_the_limit_is_refused_in_its_handshake_before_it_can_send_a_frame(tmp_path):
+    """The stalled peers of bench/hostile_input.py: one past the limit gets ZMTP's ERROR command with ZAP
+    status 500 where the others got READY, and ZeroMQ reads no message from it."""
+    with running_backend(tmp_path, connection_limits=ConnectionLimits(per_address=2, total=16)) as server:
+        held = [raw_null_peer(server.endpoint) for _ in range(2)]
+        assert all(b"\x05READY" in handshake_answer(s) for s in held)
+        wait_for_live(server, 2)
+        past = raw_null_peer(server.endpoint)
+        assert handshake_answer(past).endswith(b"\x05ERROR\x03500")
+        with client(server.endpoint) as c:
+            assert "too many connections" in refusal(c)
+        for s in held + [past]:
+            s.close()
+        wait_for_live(server, 0)
+        with client(server.endpoint) as c:
+            c.connect()
+            assert c.ping() < 5
+
+
+@pytest.fixture
+def curve_keys(tmp_path):
+    def pair(folder, name, client_name):
+        args = type("Args", (), {"out": folder, "name": name, "client": client_name, "force": False})
+        assert keys_command.run(args) == 0
+        return folder / f"{name}.key", folder / f"{name}.key_secret"
+
+    ring = tmp_path / "keys"
+    server_public, server_secret = pair(ring, "server", None)
+    alice_public, alice_secret = pair(ring / "alice", "alice", "alice")
+    _, bob_secret = pair(ring / "bob", "bob", "bob")
+    allowed = tmp_path / "clients"
+    allowed.mkdir()
+    shutil.copy(alice_public, allowed)
+    return {"server": load_server_keys(server_secret), "server_public": str(server_public),
+            "alice": alice_secret, "bob": bob_secret, "allowed": allowed}
+
+
+def test_with_an_allow_list_keys_are_checked_first_and_served_keys_count_against_the_limits(tmp_path, curve_keys):
+    limits = ConnectionLimits(per_address=1, total=16)
+    with running_backend(tmp_path / "store", curve_keys=curve_keys["server"], curve_clients=curve_keys["allowed"],
+                         connection_limits=limits) as server:
+        def keyed(key):
+            return client(server.endpoint, server_public_key=curve_keys["server_public"], client_key=key)
+
+        with keyed(curve_keys["alice"]) as alice:
+            alice.connect()
+            with keyed(curve_keys["bob"]) as bob:
+                assert refusal(bob).startswith("this backend does not know your client key")
+            with keyed(curve_keys["alice"]) as again:
+                assert "too many connections" in refusal(again)
+            assert alice.ping() < 5
+            alice_user = alice.connection.public_key
+        assert server.access.clients is not None and alice_user.encode() in server.access.clients
+
+
+def test_live_connections_count_each_connection_until_it_closes_and_name_the_limit_reached():
+    live = LiveConnections(ConnectionLimits(per_address=2, total=3))
+    live.opened(1, "a")
+    live.opened(2, "a")
+    assert live.refusal("a") == ""  # fd 2 asking: the second of "a"
+    live.opened(3, "a")
+    assert live.refusal("a").startswith("max_connections_per_address is 2: a has 2 connections open")
+    live.refused("a")
+    live.opened(4, "b")
+    assert live.refusal("b") == ""  # the refused fd 3, not yet closed, takes no place
+    live.opened(5, "c")
+    assert live.refusal("c").startswith("max_connections_total is 3: 3 connections are open")
+    live.refused("c")
+    # Whichever of an address's connections closes first, what is counted never falls below what is served.
+    live.closed(1)  # served fd 2 is left of "a", but the refused fd 3's place is taken back with fd 1's close
+    assert live.count("a") == 2 and live.count() == 3
+    live.closed(3)
+    live.closed(99)  # a descriptor never seen opened
+    assert live.count("a") == 1
+    for fd in (2, 4, 5):
+        live.closed(fd)
+    assert live.count() == 0 and live.refusal("a") == ""
