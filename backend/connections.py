@@ -20,6 +20,17 @@ command), and the client's socket monitor reports it as HANDSHAKE_FAILED_AUTH wi
 So the codes say which refusal it was: 400, a CURVE client key that is not in the allow-list; 500 (the
 one other code ZeroMQ passes on: 300 closes the connection silently), as many connections as the
 backend serves. protocol/connection.py turns each into words.
+
+One connection alone could still grow without bound: ZeroMQ takes any number of frames into a message
+that never ends (each under `max_frame_bytes`). UnfinishedMessages bounds that from outside ZeroMQ: the
+kernel counts the bytes each TCP connection has received (TCP_INFO, Linux), the server counts the bytes
+of the whole messages ZeroMQ has handed it from that connection (each message's file descriptor,
+ZMQ_SRCFD), and the difference is what the connection holds unfinished, give or take the handshake and
+the kernel's receive buffer. A connection over `max_message_bytes` (no message may be larger) that has
+handed over nothing since the last look is shut down (shutdown(2) on a duplicate of its descriptor;
+ZeroMQ sees the connection end and frees what it held). What it bounds is bytes on the wire: ZeroMQ
+keeps a 64-byte message per frame, so a peer sending empty frames (2 bytes each without CURVE, 35 with
+it) makes the backend hold up to 32 (without CURVE: loopback only) or 2 times (with CURVE) as much.
 """
 
 from __future__ import annotations
@@ -46,6 +57,13 @@ ZAP_DOMAIN = b"dreampolish"
 """Set on the ROUTER: with a domain, ZeroMQ asks ZAP in NULL handshakes too, not only in CURVE ones."""
 TOO_MANY_CONNECTIONS = b"500"
 UNKNOWN_KEY = b"400"
+UNFINISHED_ALLOWANCE = 16 * 1024 * 1024
+"""Bytes received beyond the largest message before a connection is shut down: its handshake, its
+heartbeats and the kernel's receive buffer (a few MiB) are counted as received but are no message."""
+CHECK_EVERY_S = 0.1
+"""How often the connections' unfinished bytes are looked at."""
+CURVE_FRAME_BYTES = 33
+"""CurveZMQ's MESSAGE command around each frame: its name (8 bytes), nonce (8), flags (1) and MAC (16)."""
 LOG_EVERY_S = 10.0
 """A refused peer's ZeroMQ tries again every 100 ms: one log line per address this often."""
 
@@ -56,6 +74,9 @@ class ConnectionLimits:
 
     per_address: int = LIMITS.max_connections_per_address
     total: int = LIMITS.max_connections_total
+    unfinished_bytes: int = LIMITS.max_message_bytes + UNFINISHED_ALLOWANCE
+    """Bytes a connection may have sent that make no whole message yet (not published: the limit is
+    max_message_bytes, and the allowance is the transport's)."""
 
     def __post_init__(self) -> None:
         if self.per_address < 1 or self.total < 1:
@@ -98,6 +119,9 @@ class LiveConnections:
         if self._refused[address] <= 0:
             del self._refused[address]
 
+    def address_of(self, fd: int) -> str:
+        return self._address_of.get(fd, "?")
+
     def count(self, address: str | None = None) -> int:
         """Live connections not refused: from address, or from every address."""
         if address is None:
@@ -117,6 +141,94 @@ class LiveConnections:
 
     def refused(self, address: str) -> None:
         self._refused[address] += 1
+
+
+def wire_bytes(frame_sizes: list[int], curve: bool) -> int:
+    """Bytes a message of these frames took on a ZMTP 3 connection: each frame with its header (flags
+    and a 1- or 8-byte size), inside CurveZMQ's MESSAGE command with CURVE."""
+    total = 0
+    for size in frame_sizes:
+        size += CURVE_FRAME_BYTES if curve else 0
+        total += size + (2 if size < 256 else 9)
+    return total
+
+
+def tcp_bytes_received(fd: int) -> int | None:
+    """Bytes the kernel has received on this TCP connection (TCP_INFO's tcpi_bytes_received, Linux 4.1
+    and later); None where it cannot say (another system, not a TCP socket, closed)."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return None
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            info = s.getsockopt(socket.IPPROTO_TCP, tcp_info, 256)
+    except OSError:
+        return None
+    if len(info) < 136:
+        return None
+    return int.from_bytes(info[128:136], "little")
+
+
+def shut_down(fd: int) -> None:
+    """End a connection that ZeroMQ owns: it reads the end, closes its side and frees what it held."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class UnfinishedMessages:
+    """Per connection (its file descriptor), the bytes it has sent that make no whole message yet.
+
+    The server thread calls delivered() for every message it reads; the gate's thread calls check().
+    A descriptor is reset when it is accepted again (ZeroMQ reuses them)."""
+
+    def __init__(self, limit: int, curve: bool) -> None:
+        self.limit = limit
+        self.curve = curve
+        self._lock = threading.Lock()
+        self._delivered: dict[int, int] = {}
+        self._seen: dict[int, int] = {}
+        """What was delivered at the last check: a connection that handed over a message since is moving."""
+
+    def opened(self, fd: int) -> None:
+        with self._lock:
+            self._delivered[fd] = 0
+            self._seen.pop(fd, None)
+
+    def closed(self, fd: int) -> None:
+        with self._lock:
+            self._delivered.pop(fd, None)
+            self._seen.pop(fd, None)
+
+    def delivered(self, fd: int, frame_sizes: list[int]) -> None:
+        with self._lock:
+            if fd in self._delivered:
+                self._delivered[fd] += wire_bytes(frame_sizes, self.curve)
+
+    def unfinished(self, fd: int) -> int | None:
+        received = tcp_bytes_received(fd)
+        with self._lock:
+            delivered = self._delivered.get(fd)
+        return None if received is None or delivered is None else received - delivered
+
+    def check(self) -> list[tuple[int, int]]:
+        """Shut down each connection over the limit that delivered nothing since the last check; returns
+        (descriptor, unfinished bytes) of each."""
+        dropped = []
+        with self._lock:
+            fds = list(self._delivered)
+        for fd in fds:
+            held = self.unfinished(fd)
+            with self._lock:
+                delivered = self._delivered.get(fd)
+                still = self._seen.get(fd) == delivered
+                self._seen[fd] = delivered if delivered is not None else 0
+            if held is not None and held > self.limit and still:
+                shut_down(fd)
+                dropped.append((fd, held))
+        return dropped
 
 
 def peer_address(fd: int) -> str:
@@ -144,6 +256,7 @@ class ConnectionGate:
                  access: ClientAccess | None = None) -> None:
         """access: the client keys served, for a CURVE ROUTER; None for NULL (every client is served)."""
         self.live = LiveConnections(limits)
+        self.unfinished = UnfinishedMessages(limits.unfinished_bytes, curve=access is not None)
         self._access = access
         self._context = context
         self._monitor_endpoint = f"inproc://dreampolish-connections-{id(self)}"
@@ -177,10 +290,16 @@ class ConnectionGate:
         poller = zmq.Poller()
         poller.register(zap, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
+        next_check = time.monotonic() + CHECK_EVERY_S
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(100))
                 self._read_monitor(monitor)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + CHECK_EVERY_S
+                    for fd, held in self.unfinished.check():
+                        log.warning("shut down connection %d (%s): %d bytes received that make no whole message, "
+                                    "over max_message_bytes", fd, self.live.address_of(fd), held)
                 if zap in ready:
                     for _ in range(100):
                         try:
@@ -203,8 +322,10 @@ class ConnectionGate:
                 return
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self.live.opened(event["value"], peer_address(event["value"]))
+                self.unfinished.opened(event["value"])
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.live.closed(event["value"])
+                self.unfinished.closed(event["value"])
 
     def _answer(self, zap: zmq.Socket, request: list[bytes]) -> None:
         """One ZAP request: [routing id, b"", version, request id, domain, address, identity,

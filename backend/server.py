@@ -403,6 +403,8 @@ class BackendServer:
 
     def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         peer, body = frames[0].bytes, frames[1:]
+        if body and self._gate is not None:  # what the connection sent is no longer unfinished
+            self._gate.unfinished.delivered(body[0].get(zmq.SRCFD), [f.buffer.nbytes for f in body])
         if len(body) > 1:  # binary frames (a mesh, an image): checked on an intake thread (intake.py)
             self._take_in(router, peer, body)
             return

@@ -174,3 +174,55 @@ def test_live_connections_count_each_connection_until_it_closes_and_name_the_lim
     for fd in (2, 4, 5):
         live.closed(fd)
     assert live.count() == 0 and live.refusal("a") == ""
+
+
+def test_a_message_that_never_ends_is_cut_off_and_whole_messages_of_the_same_size_are_not(tmp_path):
+    """bench/unfinished_messages.py: ZeroMQ takes any number of frames into a message that never ends.
+    Past the connection's limit (max_message_bytes and an allowance; 8 MiB here) the backend shuts the
+    connection down; a client sending many whole messages that add up to more is served throughout."""
+    import zmq
+    from dreampolish.protocol import codec
+    from dreampolish.protocol import messages as m
+
+    limits = ConnectionLimits(unfinished_bytes=8 << 20)
+    with running_backend(tmp_path, connection_limits=limits) as server:
+        honest = zmq.Context.instance().socket(zmq.DEALER)
+        honest.linger = 0
+        honest.connect(server.endpoint)
+        try:
+            for i in range(8):  # 8 x 3 MiB in whole messages (each refused: a ping carries no frames)
+                honest.send_multipart([*codec.encode(m.Ping(msg_id=f"big-{i}")), b"\0" * (3 << 20)])
+                assert honest.poll(10_000) and codec.decode(honest.recv_multipart()).re == f"big-{i}"
+        finally:
+            honest.close()
+        endless = raw_null_peer(server.endpoint)
+        assert b"READY" in handshake_answer(endless)
+        frame = bytes([0x03]) + struct.pack(">Q", 1 << 20) + b"\1" * (1 << 20)  # MORE, 1 MiB
+        sent, deadline = 0, time.monotonic() + 20
+        with pytest.raises(OSError):  # shut down: EPIPE or ECONNRESET
+            while time.monotonic() < deadline:
+                endless.sendall(frame)
+                sent += 1
+                time.sleep(0.01)
+        assert 8 <= sent < 100, sent
+        endless.close()
+        with client(server.endpoint) as c:
+            c.connect()
+            assert c.ping() < 5
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["null", "curve"])
+def test_whole_messages_leave_nothing_counted_unfinished_but_the_handshake(tmp_path, curve_keys, curve):
+    """The count of unfinished bytes is exact to the byte for each frame (ZMTP headers, CurveZMQ's MESSAGE
+    command), so a long-lived client does not drift towards the limit."""
+    config = {"curve_keys": curve_keys["server"], "curve_clients": curve_keys["allowed"]} if curve else {}
+    keys = {"server_public_key": curve_keys["server_public"], "client_key": curve_keys["alice"]} if curve else {}
+    with running_backend(tmp_path / "store", **config) as server, client(server.endpoint, **keys) as c:
+        c.connect()
+        for _ in range(200):
+            c.ping()
+        c.list_jobs()
+        time.sleep(0.3)  # the last replies' requests are counted before the check
+        (fd,) = list(server._gate.live._address_of)
+        held = server._gate.unfinished.unfinished(fd)
+        assert held is not None and 0 <= held < 2048, held
