@@ -28,7 +28,8 @@ of the whole messages ZeroMQ has handed it from that connection (each message's 
 ZMQ_SRCFD), and the difference is what the connection holds unfinished, give or take the handshake and
 the kernel's receive buffer. A connection over `max_message_bytes` (no message may be larger) that has
 handed over nothing since the last look is shut down (shutdown(2) on a duplicate of its descriptor;
-ZeroMQ sees the connection end and frees what it held). What it bounds is bytes on the wire: ZeroMQ
+ZeroMQ sees the connection end and frees what it held), and while all connections together hold more
+than `max_unfinished_bytes_total`, so is the one among them that has received nothing for longest. What it bounds is bytes on the wire: ZeroMQ
 keeps a 64-byte message per frame, so a peer sending empty frames (2 bytes each without CURVE, 35 with
 it) makes the backend hold up to 32 (without CURVE: loopback only) or 2 times (with CURVE) as much.
 """
@@ -77,6 +78,7 @@ class ConnectionLimits:
     unfinished_bytes: int = LIMITS.max_message_bytes + UNFINISHED_ALLOWANCE
     """Bytes a connection may have sent that make no whole message yet (not published: the limit is
     max_message_bytes, and the allowance is the transport's)."""
+    unfinished_total: int = LIMITS.max_unfinished_bytes_total
 
     def __post_init__(self) -> None:
         if self.per_address < 1 or self.total < 1:
@@ -84,7 +86,8 @@ class ConnectionLimits:
 
     def published(self) -> dict[str, int]:
         """These limits under their names in `welcome.limits`."""
-        return {"max_connections_per_address": self.per_address, "max_connections_total": self.total}
+        return {"max_connections_per_address": self.per_address, "max_connections_total": self.total,
+                "max_unfinished_bytes_total": self.unfinished_total}
 
 
 class LiveConnections:
@@ -153,9 +156,10 @@ def wire_bytes(frame_sizes: list[int], curve: bool) -> int:
     return total
 
 
-def tcp_bytes_received(fd: int) -> int | None:
-    """Bytes the kernel has received on this TCP connection (TCP_INFO's tcpi_bytes_received, Linux 4.1
-    and later); None where it cannot say (another system, not a TCP socket, closed)."""
+def tcp_received(fd: int) -> tuple[int, int] | None:
+    """(bytes the kernel has received on this TCP connection, milliseconds since the last of them): TCP_INFO's
+    tcpi_bytes_received (Linux 4.1 and later) and tcpi_last_data_recv; None where it cannot say (another
+    system, not a TCP socket, closed)."""
     tcp_info = getattr(socket, "TCP_INFO", None)
     if tcp_info is None:
         return None
@@ -166,7 +170,7 @@ def tcp_bytes_received(fd: int) -> int | None:
         return None
     if len(info) < 136:
         return None
-    return int.from_bytes(info[128:136], "little")
+    return int.from_bytes(info[128:136], "little"), int.from_bytes(info[52:56], "little")
 
 
 def shut_down(fd: int) -> None:
@@ -184,8 +188,9 @@ class UnfinishedMessages:
     The server thread calls delivered() for every message it reads; the gate's thread calls check().
     A descriptor is reset when it is accepted again (ZeroMQ reuses them)."""
 
-    def __init__(self, limit: int, curve: bool) -> None:
+    def __init__(self, limit: int, total_limit: int, curve: bool) -> None:
         self.limit = limit
+        self.total_limit = total_limit
         self.curve = curve
         self._lock = threading.Lock()
         self._delivered: dict[int, int] = {}
@@ -208,27 +213,38 @@ class UnfinishedMessages:
                 self._delivered[fd] += wire_bytes(frame_sizes, self.curve)
 
     def unfinished(self, fd: int) -> int | None:
-        received = tcp_bytes_received(fd)
+        received = tcp_received(fd)
         with self._lock:
             delivered = self._delivered.get(fd)
-        return None if received is None or delivered is None else received - delivered
+        return None if received is None or delivered is None else received[0] - delivered
 
-    def check(self) -> list[tuple[int, int]]:
-        """Shut down each connection over the limit that delivered nothing since the last check; returns
-        (descriptor, unfinished bytes) of each."""
-        dropped = []
+    def check(self) -> list[tuple[int, int, str]]:
+        """Shut down each connection over the limit, and while all together are over the total, the one
+        idle longest; only connections that delivered nothing since the last check. Returns (descriptor,
+        unfinished bytes, the limit) of each."""
         with self._lock:
             fds = list(self._delivered)
+        rows = []
         for fd in fds:
-            held = self.unfinished(fd)
+            received = tcp_received(fd)
             with self._lock:
                 delivered = self._delivered.get(fd)
                 still = self._seen.get(fd) == delivered
                 self._seen[fd] = delivered if delivered is not None else 0
-            if held is not None and held > self.limit and still:
-                shut_down(fd)
-                dropped.append((fd, held))
-        return dropped
+            if received is not None and delivered is not None:
+                rows.append((fd, received[0] - delivered, received[1], still))
+        over = [(fd, held, "max_message_bytes") for fd, held, _, still in rows if held > self.limit and still]
+        cut = {fd for fd, _, _ in over}
+        total = sum(max(0, held) for fd, held, _, _ in rows if fd not in cut)
+        idle_first = sorted((r for r in rows if r[0] not in cut and r[3] and r[1] > 0), key=lambda r: (-r[2], -r[1]))
+        for fd, held, _, _ in idle_first:
+            if total <= self.total_limit:
+                break
+            over.append((fd, held, "max_unfinished_bytes_total"))
+            total -= held
+        for fd, _, _ in over:
+            shut_down(fd)
+        return over
 
 
 def peer_address(fd: int) -> str:
@@ -256,7 +272,8 @@ class ConnectionGate:
                  access: ClientAccess | None = None) -> None:
         """access: the client keys served, for a CURVE ROUTER; None for NULL (every client is served)."""
         self.live = LiveConnections(limits)
-        self.unfinished = UnfinishedMessages(limits.unfinished_bytes, curve=access is not None)
+        self.unfinished = UnfinishedMessages(limits.unfinished_bytes, limits.unfinished_total,
+                                             curve=access is not None)
         self._access = access
         self._context = context
         self._monitor_endpoint = f"inproc://dreampolish-connections-{id(self)}"
@@ -297,9 +314,9 @@ class ConnectionGate:
                 self._read_monitor(monitor)
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + CHECK_EVERY_S
-                    for fd, held in self.unfinished.check():
+                    for fd, held, limit in self.unfinished.check():
                         log.warning("shut down connection %d (%s): %d bytes received that make no whole message, "
-                                    "over max_message_bytes", fd, self.live.address_of(fd), held)
+                                    "over %s", fd, self.live.address_of(fd), held, limit)
                 if zap in ready:
                     for _ in range(100):
                         try:

@@ -50,6 +50,10 @@ class Limits:
     handshake. Each holds what it has sent of an unfinished message until the message's last frame."""
     max_connections_total: int = 64
     """Connections of all addresses together."""
+    max_unfinished_bytes_total: int = 2 * 1024 * 1024 * 1024
+    """Bytes of messages still arriving (sent in part), of all connections together; past it the backend
+    shuts down the connection that has sent nothing for longest (a connection's own unfinished message
+    may hold `max_message_bytes`)."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -3,6 +3,7 @@ serving the others (issue 34 item 2: what unfinished messages hold is bounded by
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import struct
@@ -226,3 +227,25 @@ def test_whole_messages_leave_nothing_counted_unfinished_but_the_handshake(tmp_p
         (fd,) = list(server._gate.live._address_of)
         held = server._gate.unfinished.unfinished(fd)
         assert held is not None and 0 <= held < 2048, held
+
+
+def test_past_the_total_of_unfinished_bytes_the_connection_idle_longest_is_shut_down(tmp_path):
+    limits = ConnectionLimits(unfinished_bytes=64 << 20, unfinished_total=8 << 20)
+    with running_backend(tmp_path, connection_limits=limits) as server:
+        stalled, sending = raw_null_peer(server.endpoint), raw_null_peer(server.endpoint)
+        for s in (stalled, sending):
+            assert b"READY" in handshake_answer(s)
+            s.sendall(bytes([0x02]) + struct.pack(">Q", 100 << 20))  # one 100 MiB frame, the last
+        stalled.sendall(b"\1" * (5 << 20))
+        time.sleep(0.5)
+        for _ in range(50):  # 5 MiB more, while the other has sent nothing for half a second
+            sending.sendall(b"\1" * (100 << 10))
+            time.sleep(0.01)
+        time.sleep(0.5)
+        stalled.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert stalled.recv(1) == b""  # shut down
+        sending.setblocking(False)
+        with pytest.raises(BlockingIOError):  # still open, nothing to read
+            sending.recv(1)
+        assert server._gate.live.count() == 1
