@@ -11,7 +11,9 @@
 - cancel: the backend's memory (VmRSS) with six queued jobs holding reference images (three 67 MB arrays,
   three 50 MB PNGs), after cancelling them, and after deleting them.
 - partial: six peers that each announce one large frame and send 100 MiB of it, then wait: a frame
-  announced past max_frame_bytes (500 MiB), and one under it (200 MiB).
+  announced past max_frame_bytes (500 MiB), and one under it (200 MiB); then twenty such peers (past
+  max_connections_per_address).
+- endless: one peer sending 4 MiB frames with the MORE flag and never a last one, up to 1 GiB.
 - oom: the backend's memory after a job that filled 1 GB in 1 MB tensors and then ran out of memory
   (AllocatingPipeline, below), before the job, after its failure.
 
@@ -248,7 +250,7 @@ def bench_cancel(backend: Backend, store: Path) -> dict[str, float]:
 def zmtp_peer(endpoint: str, declared: int, send_bytes: int) -> socket.socket:
     """A raw ZMTP 3.0 (NULL) DEALER that announces one frame of `declared` bytes and sends send_bytes of it."""
     host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    s = socket.create_connection((host, int(port)))
+    s = socket.create_connection((host, int(port)), timeout=5)  # a refused peer is not read from: no hang
     s.sendall(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31)
     s.recv(64)
     props = b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
@@ -266,15 +268,37 @@ def zmtp_peer(endpoint: str, declared: int, send_bytes: int) -> socket.socket:
     return s
 
 
-def bench_partial(backend: Backend, declared: int) -> dict[str, float]:
+def bench_partial(backend: Backend, declared: int, count: int = 6) -> dict[str, float]:
     before = backend.rss_mb()
-    peers = [zmtp_peer(backend.endpoint, declared, 100 << 20) for _ in range(6)]
+    peers = [zmtp_peer(backend.endpoint, declared, 100 << 20) for _ in range(count)]
     time.sleep(2.0)
     during = backend.rss_mb()
     for p in peers:
         p.close()
     time.sleep(2.0)
-    return {"declared_mib": declared >> 20, "before": before, "six_peers": during, "after_close": backend.rss_mb()}
+    return {"declared_mib": declared >> 20, "peers": count, "before": before, "during": during,
+            "after_close": backend.rss_mb()}
+
+
+def bench_endless(backend: Backend, gib: float = 1.0) -> dict[str, float]:
+    """One peer sending 4 MiB frames with the MORE flag, never a last one, up to gib GiB (or until dropped)."""
+    before = backend.rss_mb()
+    s = zmtp_peer(backend.endpoint, 0, 0)  # an empty last frame: a (malformed) whole message, answered
+    frame = bytes([0x03]) + struct.pack(">Q", 4 << 20) + b"\1" * (4 << 20)
+    sent, peak = 0, before
+    try:
+        while sent < gib * 1024:
+            s.sendall(frame)
+            sent += 4
+            if sent % 64 == 0:
+                peak = max(peak, backend.rss_mb())
+    except OSError:
+        pass  # the backend shut the connection down
+    time.sleep(1.0)
+    peak = max(peak, backend.rss_mb())
+    s.close()
+    time.sleep(2.0)
+    return {"sent_mib": sent, "before": before, "peak": peak, "after_close": backend.rss_mb()}
 
 
 def bench_oom(server_path: Path | None) -> dict[str, float]:
@@ -298,7 +322,7 @@ def bench_oom(server_path: Path | None) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server-path", type=Path, default=None)
-    ap.add_argument("--only", default="ping,png,fuzz,cancel,partial,oom")
+    ap.add_argument("--only", default="ping,png,fuzz,cancel,partial,endless,oom")
     ap.add_argument("--fuzz", type=int, default=3000)
     ap.add_argument("--seconds", type=float, default=6.0)
     args = ap.parse_args()
@@ -331,11 +355,16 @@ def main() -> None:
                       f"after cancel {r['after_cancel']:.0f}, after delete {r['after_delete']:.0f} "
                       f"(PNG {r['png_mb']:.0f} MB, arrays 67 MB)")
             if "partial" in only:
-                for declared in (500 << 20, 200 << 20):
-                    r = bench_partial(backend, declared)
-                    report[f"rss_partial_{declared >> 20}_mib"] = {k: round(v) for k, v in r.items()}
-                    print(f"six peers announcing {r['declared_mib']} MiB, 100 MiB sent each: VmRSS {r['before']:.0f} "
-                          f"-> {r['six_peers']:.0f} MB, {r['after_close']:.0f} MB after they close")
+                for declared, count in ((500 << 20, 6), (200 << 20, 6), (200 << 20, 20)):
+                    r = bench_partial(backend, declared, count)
+                    report[f"rss_partial_{declared >> 20}_mib_{count}"] = {k: round(v) for k, v in r.items()}
+                    print(f"{count} peers announcing {r['declared_mib']} MiB, 100 MiB sent each: VmRSS "
+                          f"{r['before']:.0f} -> {r['during']:.0f} MB, {r['after_close']:.0f} MB after they close")
+            if "endless" in only:
+                r = bench_endless(backend)
+                report["rss_endless_mb"] = {k: round(v) for k, v in r.items()}
+                print(f"one peer sending 4 MiB MORE frames, never a last one: {r['sent_mib']} MiB sent, VmRSS "
+                      f"{r['before']:.0f} -> {r['peak']:.0f} MB at most, {r['after_close']:.0f} MB after it closes")
         finally:
             backend.stop()
     if "oom" in only:
