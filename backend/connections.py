@@ -310,21 +310,27 @@ class ConnectionGate:
         next_check = time.monotonic() + CHECK_EVERY_S
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(100))
-                self._read_monitor(monitor)
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + CHECK_EVERY_S
-                    for fd, held, limit in self.unfinished.check():
-                        log.warning("shut down connection %d (%s): %d bytes received that make no whole message, "
-                                    "over %s", fd, self.live.address_of(fd), held, limit)
-                if zap in ready:
-                    for _ in range(100):
-                        try:
-                            request = zap.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._read_monitor(monitor)  # the asking connection's ACCEPTED came before it
-                        self._answer(zap, request)
+                try:
+                    ready = dict(poller.poll(100))
+                    self._read_monitor(monitor)
+                    if time.monotonic() >= next_check:
+                        next_check = time.monotonic() + CHECK_EVERY_S
+                        for fd, held, limit in self.unfinished.check():
+                            log.warning("shut down connection %d (%s): %d bytes received that make no whole "
+                                        "message, over %s", fd, self.live.address_of(fd), held, limit)
+                    if zap in ready:
+                        for _ in range(100):
+                            try:
+                                request = zap.recv_multipart(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            self._read_monitor(monitor)  # the asking connection's ACCEPTED came before it
+                            self._answer(zap, request)
+                except zmq.ContextTerminated:
+                    raise
+                except Exception:  # without this thread every handshake fails: it outlives a bug
+                    log.exception("the connection gate failed a turn")
+                    time.sleep(0.1)
         except zmq.ContextTerminated:
             pass
         finally:
