@@ -65,6 +65,12 @@ CHECK_EVERY_S = 0.1
 """How often the connections' unfinished bytes are looked at."""
 CURVE_FRAME_BYTES = 33
 """CurveZMQ's MESSAGE command around each frame: its name (8 bytes), nonce (8), flags (1) and MAC (16)."""
+REFUSED_CLOSE_AFTER_S = 0.2
+"""A refused connection is shut down this long after its refusal: ZeroMQ has sent the client its ERROR
+by then, and keeps reading the peer until its handshake times out (it buffers a frame sent early)."""
+HANDSHAKE_S = 10.0
+"""ZMQ_HANDSHAKE_IVL of the ROUTER (ZeroMQ's default: 30 s): a connection that has not finished its
+handshake by then is dropped, a refused one among them where the gate could not tell which it was."""
 LOG_EVERY_S = 10.0
 """A refused peer's ZeroMQ tries again every 100 ms: one log line per address this often."""
 
@@ -103,17 +109,35 @@ class LiveConnections:
         self._address_of: dict[int, str] = {}
         self._live: collections.Counter[str] = collections.Counter()
         self._refused: collections.Counter[str] = collections.Counter()
+        self._unanswered: dict[str, set[int]] = collections.defaultdict(set)
+        """Per address, the connections whose handshake ZAP has not answered (as far as is known)."""
 
     def opened(self, fd: int, address: str) -> None:
         if fd in self._address_of:  # a descriptor reused before its close was read
             self.closed(fd)
         self._address_of[fd] = address
         self._live[address] += 1
+        self._unanswered[address].add(fd)
+
+    def asking(self, address: str) -> int | None:
+        """The connection from address whose handshake asks ZAP now, where that is known: the one of that
+        address still unanswered. None when there are several (a ZAP request names the address, not the
+        connection); they stay unanswered, as far as is known, until they close."""
+        waiting = self._unanswered.get(address)
+        if not waiting or len(waiting) != 1:
+            return None
+        fd = waiting.pop()
+        if not waiting:
+            del self._unanswered[address]
+        return fd
 
     def closed(self, fd: int) -> None:
         address = self._address_of.pop(fd, None)
         if address is None:
             return
+        self._unanswered.get(address, set()).discard(fd)
+        if address in self._unanswered and not self._unanswered[address]:
+            del self._unanswered[address]
         self._live[address] -= 1
         if self._live[address] <= 0:
             del self._live[address]
@@ -280,7 +304,10 @@ class ConnectionGate:
         router.zap_domain = ZAP_DOMAIN
         # Without a handler (this thread gone) ZeroMQ refuses every handshake instead of serving all.
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        router.handshake_ivl = int(HANDSHAKE_S * 1000)
         router.monitor(self._monitor_endpoint, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._close_at: dict[int, float] = {}
+        """Refused connections to shut down, and when."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_logged: dict[str, float] = {}
@@ -313,6 +340,7 @@ class ConnectionGate:
                 try:
                     ready = dict(poller.poll(100))
                     self._read_monitor(monitor)
+                    self._close_refused()
                     if time.monotonic() >= next_check:
                         next_check = time.monotonic() + CHECK_EVERY_S
                         for fd, held, limit in self.unfinished.check():
@@ -343,12 +371,28 @@ class ConnectionGate:
                 event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            fd = int(event["value"])  # the connection's file descriptor, for these two events
             if event["event"] == zmq.EVENT_ACCEPTED:
-                self.live.opened(event["value"], peer_address(event["value"]))
-                self.unfinished.opened(event["value"])
+                self.live.opened(fd, peer_address(fd))
+                self.unfinished.opened(fd)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self.live.closed(event["value"])
-                self.unfinished.closed(event["value"])
+                self.live.closed(fd)
+                self.unfinished.closed(fd)
+                self._close_at.pop(fd, None)  # closed: its descriptor may be another's soon
+
+    def _close_refused(self) -> None:
+        """Shut down the refused connections whose time has come (the monitor was read just before, so
+        a descriptor still listed is still that connection's)."""
+        now = time.monotonic()
+        for fd, when in list(self._close_at.items()):
+            if now >= when:
+                del self._close_at[fd]
+                shut_down(fd)
+
+    def _refuse(self, address: str, fd: int | None) -> None:
+        self.live.refused(address)
+        if fd is not None:
+            self._close_at[fd] = time.monotonic() + REFUSED_CLOSE_AFTER_S
 
     def _answer(self, zap: zmq.Socket, request: list[bytes]) -> None:
         """One ZAP request: [routing id, b"", version, request id, domain, address, identity,
@@ -363,22 +407,23 @@ class ConnectionGate:
             zap.send_multipart([route, b"", version, request_id, status, text, user, b""])
 
         address = zap_address(address_frame)
+        fd = self.live.asking(address)
         try:
             user = b""
             if self._access is not None:  # a CURVE socket: the client's key must be served
                 key = z85.encode(credentials[0]) if mechanism == b"CURVE" and len(credentials) == 1 else b""
                 if not key or not self._access.callback("", key):
-                    self.live.refused(address)
+                    self._refuse(address, fd)
                     reply(UNKNOWN_KEY, b"unknown client key")
                     return
                 user = key  # ZAP's User-Id: the server reads each message's owner from it
             elif mechanism != b"NULL":
-                self.live.refused(address)
+                self._refuse(address, fd)
                 reply(UNKNOWN_KEY, b"mechanism not served")
                 return
             why = self.live.refusal(address)
             if why:
-                self.live.refused(address)
+                self._refuse(address, fd)
                 self._log_refusal(address, why)
                 reply(TOO_MANY_CONNECTIONS, b"too many connections")
                 return
