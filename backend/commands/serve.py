@@ -78,6 +78,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve every client that holds the server key, off loopback too (no allow-list)",
     )
+    _add_limit_options(p)
+    p.add_argument(
+        "--expire-after",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="delete finished jobs submitted more than DAYS days ago (default: keep them)",
+    )
+    p.set_defaults(run=run)
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """How much the backend takes from its clients: queued jobs and connections."""
     p.add_argument(
         "--max-queued-per-client",
         type=int,
@@ -100,14 +113,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=LIMITS.max_connections_per_address,
         help=f"connections served at once from one peer address (default {LIMITS.max_connections_per_address})",
     )
-    p.add_argument(
-        "--expire-after",
-        type=float,
-        default=None,
-        metavar="DAYS",
-        help="delete finished jobs submitted more than DAYS days ago (default: keep them)",
-    )
-    p.set_defaults(run=run)
 
 
 def _executor(args: argparse.Namespace) -> tuple[Executor | None, PipelineFactory]:
