@@ -268,3 +268,21 @@ def test_past_the_total_of_unfinished_bytes_the_connection_idle_longest_is_shut_
         with pytest.raises(BlockingIOError):  # still open, nothing to read
             sending.recv(1)
         assert server._gate.live.count() == 1
+
+
+def test_serve_takes_the_limits_from_its_options(tmp_path):
+    import subprocess
+
+    from tests.support.pipelines import backend_command, free_tcp_endpoint, repo_env, wait_until_serving
+
+    endpoint = free_tcp_endpoint()
+    args = ("--bind", endpoint, "--max-connections", "3", "--max-connections-per-address", "2")
+    proc = subprocess.Popen(backend_command(tmp_path, *args), env=repo_env(), stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until_serving(endpoint, proc)
+        with client(endpoint) as c:
+            limits = c.connect().limits
+        assert (limits["max_connections_total"], limits["max_connections_per_address"]) == (3, 2)
+    finally:
+        proc.terminate()
+        proc.wait(20)
