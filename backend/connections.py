@@ -319,6 +319,9 @@ class ConnectionGate:
         zap.bind(ZAP_ENDPOINT)
         monitor = self._context.socket(zmq.PAIR)
         monitor.linger = 0
+        # No high-water mark: ZeroMQ drops monitor events past one, and a lost DISCONNECTED would hold
+        # its connection's place for ever.
+        monitor.rcvhwm = 0
         monitor.connect(self._monitor_endpoint)
         self._thread = threading.Thread(target=self._run, args=(zap, monitor), name="backend-connections",
                                         daemon=True)

@@ -98,6 +98,18 @@ def handshake_answer(s: socket.socket) -> bytes:
     return data
 
 
+def test_a_flood_of_connections_that_vanish_leaves_no_place_taken(tmp_path):
+    with running_backend(tmp_path, connection_limits=ConnectionLimits(per_address=4, total=4)) as server:
+        host, port = server.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        for i in range(2000):
+            with socket.create_connection((host, int(port))) as s:
+                if i % 2:
+                    s.sendall(b"\xff" + b"\0" * 8)  # half a greeting
+        wait_for_live(server, 0, timeout_s=20)
+        with client(server.endpoint) as c:
+            c.connect()
+
+
 def test_a_raw_peer_past_the_limit_is_refused_in_its_handshake_before_it_can_send_a_frame(tmp_path):
     """The stalled peers of bench/hostile_input.py: one past the limit gets ZMTP's ERROR command with ZAP
     status 500 where the others got READY, and ZeroMQ reads no message from it."""
