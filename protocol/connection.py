@@ -223,9 +223,8 @@ class BackendConnection:
             sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
             # A refused handshake ends the socket's only pipe, so a send right after it finds no peer:
-            # the monitor says why (its event comes before the pipe ends).
-            if self._monitor is not None:
-                self._monitor.poll(100)
+            # the monitor says why (ZeroMQ reports the refusal before it ends the pipe). No waiting here:
+            # the add-on sends from Blender's main thread.
             self._check_handshake()
             raise BackendUnreachable(
                 f"cannot send to {self.address}: the connection is not taking messages"
