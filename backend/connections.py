@@ -283,9 +283,10 @@ def peer_address(fd: int) -> str:
 
 
 def zap_address(address: bytes) -> str:
-    """ZAP's Address frame as peer_address writes it (ZeroMQ writes an IPC peer as ":uid:gid:pid")."""
+    """ZAP's Address frame as peer_address writes it (ZeroMQ 4.3 writes an IPC peer as
+    "localhost:uid:gid:pid"; every IPC peer is one address)."""
     text = address.decode("ascii", "replace")
-    return "ipc" if not text or text.startswith(":") else text
+    return "ipc" if not text or text.startswith((":", "localhost")) else text
 
 
 class ConnectionGate:

@@ -298,3 +298,23 @@ def test_serve_takes_the_limits_from_its_options(tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_ipc_clients_are_one_address(tmp_path):
+    from dreampolish.backend.server import BackendServer, ServerConfig
+
+    from tests.support.pipelines import ScriptedPipeline
+
+    endpoint = f"ipc://{tmp_path}/backend.sock"
+    limits = ConnectionLimits(per_address=1)
+    server = BackendServer(ServerConfig(bind=endpoint, store_dir=tmp_path / "store", connection_limits=limits),
+                           ScriptedPipeline)
+    server.start()
+    try:
+        with client(endpoint) as first:
+            first.connect()
+            with client(endpoint) as second:
+                assert "too many connections" in refusal(second)
+            assert first.ping() < 5
+    finally:
+        server.stop()
