@@ -197,11 +197,14 @@ def tcp_received(fd: int) -> tuple[int, int] | None:
     return int.from_bytes(info[128:136], "little"), int.from_bytes(info[52:56], "little")
 
 
-def shut_down(fd: int) -> None:
-    """End a connection that ZeroMQ owns: it reads the end, closes its side and frees what it held."""
+def shut_down(fd: int, peer: object) -> None:
+    """End a connection that ZeroMQ owns, if fd is still the connection to peer (getpeername): it reads
+    the end, closes its side and frees what it held. The check and the shutdown act on one duplicate of
+    the descriptor, so a descriptor closed and reused in between is never shut down."""
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
-            s.shutdown(socket.SHUT_RDWR)
+            if s.getpeername() == peer:
+                s.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 
@@ -218,23 +221,31 @@ class UnfinishedMessages:
         self.curve = curve
         self._lock = threading.Lock()
         self._delivered: dict[int, int] = {}
+        self._peer: dict[int, object] = {}
+        """Each connection's getpeername(), to shut down only that connection."""
         self._seen: dict[int, int] = {}
         """What was delivered at the last check: a connection that handed over a message since is moving."""
 
-    def opened(self, fd: int) -> None:
+    def opened(self, fd: int, peer: object) -> None:
         with self._lock:
             self._delivered[fd] = 0
+            self._peer[fd] = peer
             self._seen.pop(fd, None)
 
     def closed(self, fd: int) -> None:
         with self._lock:
             self._delivered.pop(fd, None)
+            self._peer.pop(fd, None)
             self._seen.pop(fd, None)
 
     def delivered(self, fd: int, frame_sizes: list[int]) -> None:
         with self._lock:
             if fd in self._delivered:
                 self._delivered[fd] += wire_bytes(frame_sizes, self.curve)
+
+    def peer(self, fd: int) -> object:
+        with self._lock:
+            return self._peer.get(fd)
 
     def unfinished(self, fd: int) -> int | None:
         received = tcp_received(fd)
@@ -267,23 +278,31 @@ class UnfinishedMessages:
             over.append((fd, held, "max_unfinished_bytes_total"))
             total -= held
         for fd, _, _ in over:
-            shut_down(fd)
+            with self._lock:
+                peer = self._peer.get(fd)
+            shut_down(fd, peer)
         return over
 
 
-def peer_address(fd: int) -> str:
-    """The peer's address of an accepted connection, as ZAP's Address names it ("?" when it is gone)."""
+def peer_name(fd: int) -> object:
+    """getpeername() of an accepted connection (None when it is gone)."""
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
-            if s.family == socket.AF_UNIX:
-                return "ipc"
-            return str(s.getpeername()[0])
+            return s.getpeername()
     except OSError:
-        return "?"
+        return None
+
+
+def address_key(peer: object) -> str:
+    """The address a connection counts under, as zap_address names it: the IP ("ipc" for every local
+    socket, "?" when it is gone)."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "?" if peer is None else "ipc"
 
 
 def zap_address(address: bytes) -> str:
-    """ZAP's Address frame as peer_address writes it (ZeroMQ 4.3 writes an IPC peer as
+    """ZAP's Address frame as address_key writes it (ZeroMQ 4.3 writes an IPC peer as
     "localhost:uid:gid:pid"; every IPC peer is one address)."""
     text = address.decode("ascii", "replace")
     return "ipc" if not text or text.startswith((":", "localhost")) else text
@@ -307,8 +326,8 @@ class ConnectionGate:
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         router.handshake_ivl = int(HANDSHAKE_S * 1000)
         router.monitor(self._monitor_endpoint, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._close_at: dict[int, float] = {}
-        """Refused connections to shut down, and when."""
+        self._close_at: dict[int, tuple[float, object]] = {}
+        """Refused connections to shut down: when, and their peer."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_logged: dict[str, float] = {}
@@ -377,8 +396,9 @@ class ConnectionGate:
                 return
             fd = int(event["value"])  # the connection's file descriptor, for these two events
             if event["event"] == zmq.EVENT_ACCEPTED:
-                self.live.opened(fd, peer_address(fd))
-                self.unfinished.opened(fd)
+                peer = peer_name(fd)
+                self.live.opened(fd, address_key(peer))
+                self.unfinished.opened(fd, peer)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self.live.closed(fd)
                 self.unfinished.closed(fd)
@@ -388,15 +408,15 @@ class ConnectionGate:
         """Shut down the refused connections whose time has come (the monitor was read just before, so
         a descriptor still listed is still that connection's)."""
         now = time.monotonic()
-        for fd, when in list(self._close_at.items()):
+        for fd, (when, peer) in list(self._close_at.items()):
             if now >= when:
                 del self._close_at[fd]
-                shut_down(fd)
+                shut_down(fd, peer)
 
     def _refuse(self, address: str, fd: int | None) -> None:
         self.live.refused(address)
         if fd is not None:
-            self._close_at[fd] = time.monotonic() + REFUSED_CLOSE_AFTER_S
+            self._close_at[fd] = (time.monotonic() + REFUSED_CLOSE_AFTER_S, self.unfinished.peer(fd))
 
     def _answer(self, zap: zmq.Socket, request: list[bytes]) -> None:
         """One ZAP request: [routing id, b"", version, request id, domain, address, identity,
