@@ -13,7 +13,8 @@ descriptor, so they count the live TCP connections exactly (LiveConnections), ea
 address (getpeername on the accepted descriptor). ZeroMQ reports ACCEPTED before the handshake asks
 ZAP, and the gate reads every monitor event before it answers, so the connection asking is already
 counted: it is refused when it is one too many. Connections still in their handshake count as well
-(ZeroMQ drops those that do not finish it within ZMQ_HANDSHAKE_IVL, 30 s).
+(ZeroMQ drops those that do not finish it within ZMQ_HANDSHAKE_IVL, here HANDSHAKE_S). A refused
+connection is shut down by the gate soon after (ZeroMQ would go on reading it until then).
 
 ZAP answers with a status code; ZeroMQ sends the client only the code, never its text (the ZMTP ERROR
 command), and the client's socket monitor reports it as HANDSHAKE_FAILED_AUTH with that code as value.
@@ -29,9 +30,10 @@ ZMQ_SRCFD), and the difference is what the connection holds unfinished, give or 
 the kernel's receive buffer. A connection over `max_message_bytes` (no message may be larger) that has
 handed over nothing since the last look is shut down (shutdown(2) on a duplicate of its descriptor;
 ZeroMQ sees the connection end and frees what it held), and while all connections together hold more
-than `max_unfinished_bytes_total`, so is the one among them that has received nothing for longest. What it bounds is bytes on the wire: ZeroMQ
-keeps a 64-byte message per frame, so a peer sending empty frames (2 bytes each without CURVE, 35 with
-it) makes the backend hold up to 32 (without CURVE: loopback only) or 2 times (with CURVE) as much.
+than `max_unfinished_bytes_total`, so is the one among them that has received nothing for longest.
+What this bounds is bytes on the wire: ZeroMQ keeps a 64-byte message per frame, so a peer sending
+empty frames (2 bytes each without CURVE, 35 with it) makes the backend hold up to 32 times as much
+without CURVE (loopback only: local processes) and about 2 times with it.
 """
 
 from __future__ import annotations
@@ -72,18 +74,18 @@ HANDSHAKE_S = 10.0
 """ZMQ_HANDSHAKE_IVL of the ROUTER (ZeroMQ's default: 30 s): a connection that has not finished its
 handshake by then is dropped, a refused one among them where the gate could not tell which it was."""
 LOG_EVERY_S = 10.0
-"""A refused peer's ZeroMQ tries again every 100 ms: one log line per address this often."""
+"""A refused peer may try again and again at once: one log line per address this often."""
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """How many connections the backend serves at once (each field a published limit)."""
+    """How many connections the backend serves at once, and what their unfinished messages may hold
+    (published in welcome.limits but unfinished_bytes, which is max_message_bytes and an allowance)."""
 
     per_address: int = LIMITS.max_connections_per_address
     total: int = LIMITS.max_connections_total
     unfinished_bytes: int = LIMITS.max_message_bytes + UNFINISHED_ALLOWANCE
-    """Bytes a connection may have sent that make no whole message yet (not published: the limit is
-    max_message_bytes, and the allowance is the transport's)."""
+    """Bytes a connection may have sent that make no whole message yet."""
     unfinished_total: int = LIMITS.max_unfinished_bytes_total
 
     def __post_init__(self) -> None:
