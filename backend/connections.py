@@ -30,7 +30,8 @@ ZMQ_SRCFD), and the difference is what the connection holds unfinished, give or 
 the kernel's receive buffer. A connection over `max_message_bytes` (no message may be larger) that has
 handed over nothing since the last look is shut down (shutdown(2) on a duplicate of its descriptor;
 ZeroMQ sees the connection end and frees what it held), and while all connections together hold more
-than `max_unfinished_bytes_total`, so is the one among them that has received nothing for longest.
+than `max_unfinished_bytes_total`, so is the one in a message's middle that has received nothing for
+longest (a connection between messages, holding only its handshake, frees nothing and is left alone).
 What this bounds is bytes on the wire: ZeroMQ keeps a 64-byte message per frame, so a peer sending
 empty frames (2 bytes each without CURVE, 35 with it) makes the backend hold up to 32 times as much
 without CURVE (loopback only: local processes) and about 2 times with it.
@@ -63,6 +64,12 @@ UNKNOWN_KEY = b"400"
 UNFINISHED_ALLOWANCE = 16 * 1024 * 1024
 """Bytes received beyond the largest message before a connection is shut down: its handshake, its
 heartbeats and the kernel's receive buffer (a few MiB) are counted as received but are no message."""
+IN_MESSAGE_BYTES = 1024 * 1024
+"""Unfinished bytes below which a connection is taken to be between messages (its handshake, 107 bytes
+with NULL and 567 with CURVE, and ZMTP commands): past max_unfinished_bytes_total only connections
+holding more are shut down, since shutting down one that holds less frees nothing and drops an idle
+client (a Blender busy rendering sends nothing for minutes). What those hold is at most this much per
+connection."""
 CHECK_EVERY_S = 0.1
 """How often the connections' unfinished bytes are looked at."""
 CURVE_FRAME_BYTES = 33
@@ -257,7 +264,8 @@ class UnfinishedMessages:
 
     def check(self) -> list[tuple[int, int, str]]:
         """Shut down each connection over the limit, and while all together are over the total, the one
-        idle longest; only connections that delivered nothing since the last check. Returns (descriptor,
+        idle longest among those holding more than IN_MESSAGE_BYTES; only connections that delivered
+        nothing since the last check. Returns (descriptor,
         unfinished bytes, the limit) of each."""
         with self._lock:
             fds = list(self._delivered)
@@ -273,7 +281,8 @@ class UnfinishedMessages:
         over = [(fd, held, "max_message_bytes") for fd, held, _, still in rows if held > self.limit and still]
         cut = {fd for fd, _, _ in over}
         total = sum(max(0, held) for fd, held, _, _ in rows if fd not in cut)
-        idle_first = sorted((r for r in rows if r[0] not in cut and r[3] and r[1] > 0), key=lambda r: (-r[2], -r[1]))
+        idle_first = sorted((r for r in rows if r[0] not in cut and r[3] and r[1] > IN_MESSAGE_BYTES),
+                            key=lambda r: (-r[2], -r[1]))
         for fd, held, _, _ in idle_first:
             if total <= self.total_limit:
                 break

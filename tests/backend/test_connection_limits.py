@@ -318,3 +318,24 @@ def test_ipc_clients_are_one_address(tmp_path):
             assert first.ping() < 5
     finally:
         server.stop()
+
+
+def test_past_the_total_of_unfinished_bytes_an_idle_client_holding_no_message_is_not_shut_down(tmp_path):
+    """An artist's Blender that sent nothing for a while (rendering: its timers do not run) holds only its
+    handshake's bytes: shutting it down frees nothing, and it must not be cut before the peer that holds
+    the unfinished bytes."""
+    limits = ConnectionLimits(unfinished_bytes=64 << 20, unfinished_total=8 << 20)
+    with running_backend(tmp_path, connection_limits=limits) as server:
+        with client(server.endpoint) as idle:
+            idle.connect()
+            idle.ping()
+            time.sleep(1.0)  # idle longer than the stalled peer below
+            stalled = raw_null_peer(server.endpoint)
+            assert b"READY" in handshake_answer(stalled)
+            stalled.sendall(bytes([0x02]) + struct.pack(">Q", 100 << 20) + b"\1" * (9 << 20))
+            stalled.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert stalled.recv(1) == b""  # shut down: it holds what is over the total
+            time.sleep(0.3)
+            assert idle.ping() < 5  # still the same connection: not lost
+            stalled.close()
