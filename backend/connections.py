@@ -80,6 +80,16 @@ by then, and keeps reading the peer until its handshake times out (it buffers a 
 HANDSHAKE_S = 10.0
 """ZMQ_HANDSHAKE_IVL of the ROUTER (ZeroMQ's default: 30 s): a connection that has not finished its
 handshake by then is dropped, a refused one among them where the gate could not tell which it was."""
+KEEPALIVE_IDLE_S = 60
+"""TCP keepalive of the ROUTER's connections: after this long without a packet the kernel asks the peer,
+KEEPALIVE_PROBES times every KEEPALIVE_INTERVAL_S, and ends the connection if it never answers. A peer
+that vanished without a word (its machine lost its network or power, a NAT forgot the mapping) otherwise
+holds its place for ever: the backend sends an idle client nothing, so nothing tells it, and the client
+connecting again from the same address would lock itself out at max_connections_per_address. A live
+client's kernel answers whatever the client does (a Blender rendering for an hour), and the probes
+carry no data, so they count as nothing unfinished."""
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 6
 LOG_EVERY_S = 10.0
 """A refused peer may try again and again at once: one log line per address this often."""
 
@@ -336,6 +346,10 @@ class ConnectionGate:
         # Without a handler (this thread gone) ZeroMQ refuses every handshake instead of serving all.
         router.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         router.handshake_ivl = int(HANDSHAKE_S * 1000)
+        router.tcp_keepalive = 1
+        router.tcp_keepalive_idle = KEEPALIVE_IDLE_S
+        router.tcp_keepalive_intvl = KEEPALIVE_INTERVAL_S
+        router.tcp_keepalive_cnt = KEEPALIVE_PROBES
         router.monitor(self._monitor_endpoint, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._close_at: dict[int, tuple[float, object]] = {}
         """Refused connections to shut down: when, and their peer."""

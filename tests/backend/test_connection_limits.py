@@ -339,3 +339,33 @@ def test_past_the_total_of_unfinished_bytes_an_idle_client_holding_no_message_is
             time.sleep(0.3)
             assert idle.ping() < 5  # still the same connection: not lost
             stalled.close()
+
+
+def vanish(s: socket.socket) -> None:
+    """Close s without a word to its peer (no FIN, no RST), as a machine that lost its network or power
+    does: TCP_REPAIR (Linux, CAP_NET_ADMIN). The peer learns only by sending to it."""
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, 19, 1)  # TCP_REPAIR
+    except OSError as exc:
+        pytest.skip(f"cannot close a connection silently here (TCP_REPAIR: {exc})")
+    s.close()
+
+
+def test_connections_whose_peer_vanished_give_their_places_back(tmp_path, monkeypatch):
+    """A Blender whose machine lost its network (a laptop that slept, a NAT that forgot an idle mapping)
+    connects again from the same address: the connection it left behind sends nothing and, unasked,
+    would hold its place for ever, until the address is locked out. The backend asks (TCP keepalive)."""
+    from dreampolish.backend import connections
+
+    monkeypatch.setattr(connections, "KEEPALIVE_IDLE_S", 1)
+    monkeypatch.setattr(connections, "KEEPALIVE_INTERVAL_S", 1)
+    monkeypatch.setattr(connections, "KEEPALIVE_PROBES", 2)
+    with running_backend(tmp_path, connection_limits=ConnectionLimits(per_address=2, total=16)) as server:
+        for _ in range(2):
+            gone = raw_null_peer(server.endpoint)
+            assert b"READY" in handshake_answer(gone)
+            vanish(gone)
+        wait_for_live(server, 0, timeout_s=15)
+        with client(server.endpoint) as again:
+            again.connect()
+            assert again.ping() < 5
