@@ -217,12 +217,14 @@ def tcp_received(fd: int) -> tuple[int, int] | None:
 
 
 def shut_down(fd: int, peer: object) -> None:
-    """End a connection that ZeroMQ owns, if fd is still the connection to peer (getpeername): it reads
+    """End a connection that ZeroMQ owns, if fd is still the connection peer_name() identified: it reads
     the end, closes its side and frees what it held. The check and the shutdown act on one duplicate of
     the descriptor, so a descriptor closed and reused in between is never shut down."""
+    if peer is None:
+        return
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
-            if s.getpeername() == peer:
+            if _identity(s) == peer:
                 s.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
@@ -241,7 +243,7 @@ class UnfinishedMessages:
         self._lock = threading.Lock()
         self._delivered: dict[int, int] = {}
         self._peer: dict[int, object] = {}
-        """Each connection's getpeername(), to shut down only that connection."""
+        """Each connection's peer_name(), to shut down only that connection."""
         self._seen: dict[int, int] = {}
         """What was delivered at the last check: a connection that handed over a message since is moving."""
 
@@ -305,21 +307,28 @@ class UnfinishedMessages:
         return over
 
 
+def _identity(s: socket.socket) -> tuple[int, object]:
+    return os.fstat(s.fileno()).st_ino, s.getpeername()
+
+
 def peer_name(fd: int) -> object:
-    """getpeername() of an accepted connection (None when it is gone)."""
+    """What identifies an accepted connection (None when it is gone): its socket's inode and its
+    getpeername(). The inode tells it from a connection that gets its descriptor later, also where the
+    peer's name does not: every Unix (IPC) socket's peer is ""."""
     try:
         with socket.socket(fileno=os.dup(fd)) as s:
-            return s.getpeername()
+            return _identity(s)
     except OSError:
         return None
 
 
 def address_key(peer: object) -> str:
-    """The address a connection counts under, as zap_address names it: the IP ("ipc" for every local
-    socket, "?" when it is gone)."""
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return "?" if peer is None else "ipc"
+    """The address a connection (peer_name) counts under, as zap_address names it: the IP ("ipc" for
+    every local socket, "?" when it is gone)."""
+    if not isinstance(peer, tuple):
+        return "?"
+    name = peer[1]
+    return str(name[0]) if isinstance(name, tuple) and name else "ipc"
 
 
 def zap_address(address: bytes) -> str:

@@ -4,6 +4,7 @@ serving the others (issue 34 item 2: what unfinished messages hold is bounded by
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import struct
@@ -369,3 +370,25 @@ def test_connections_whose_peer_vanished_give_their_places_back(tmp_path, monkey
         with client(server.endpoint) as again:
             again.connect()
             assert again.ping() < 5
+
+
+def test_a_descriptor_reused_by_another_local_socket_is_not_shut_down():
+    """The gate shuts down a refused connection 0.2 s later by its descriptor. If that connection closed
+    and its descriptor went to another one in between, the other must be left alone, also for IPC
+    (Unix) sockets, whose getpeername() is "" for every peer."""
+    from dreampolish.backend import connections
+
+    refused, its_peer = socket.socketpair()
+    fd = refused.fileno()
+    recorded = connections.peer_name(fd)  # as the gate records it when ZeroMQ accepts the connection
+    served, client_end = socket.socketpair()  # an artist's Blender over ipc://, served
+    os.dup2(served.fileno(), fd)  # the refused connection closed; its descriptor is now the served one's
+    try:
+        connections.shut_down(fd, recorded)
+        served.sendall(b"still here")
+        assert client_end.recv(16) == b"still here"
+    finally:
+        for s in (served, client_end, its_peer):
+            s.close()
+        os.close(fd)
+        refused.detach()
