@@ -52,8 +52,8 @@ class Limits:
     """Connections of all addresses together."""
     max_unfinished_bytes_total: int = 2 * 1024 * 1024 * 1024
     """Bytes of messages still arriving (sent in part), of all connections together; past it the backend
-    shuts down the connection that has sent nothing for longest (a connection's own unfinished message
-    may hold `max_message_bytes`)."""
+    shuts down the connection in the middle of a message that has sent nothing for longest (never one
+    between messages; a connection's own unfinished message may hold `max_message_bytes`)."""
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
