@@ -49,7 +49,9 @@ API (every call may raise BackendUnreachable, AccessRefused or VersionMismatch):
 
 Liveness (connection.py): while waiting, the client pings the backend every heartbeat_s of silence and raises
 BackendUnreachable when nothing at all came back for dead_after_s after it sent something (dead
-process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as silence). Once the
+process, wrong address, or a wrong CURVE server key, which ZeroMQ reports as silence). Both that and
+a request's timeout_s count from when what was sent has had time to go up on a slow link
+(connection.SLOWEST_UPLINK_BYTES_PER_S): a large mesh is not lost while it is still sending. Once the
 connection was made, its dropping raises BackendUnreachable at once, and again on every call until
 reconnect(): ZeroMQ would connect again by itself, but the backend (restarted, or seeing a new peer)
 no longer knows the requests and jobs of this client.
@@ -382,9 +384,14 @@ class BackendClient:
         events, self._events = list(self._events), collections.deque()
         return events
 
+    def reply_deadline(self) -> float:
+        """When a reply to what was just sent is overdue: timeout_s after it has gone up (the time a
+        large request needs on a slow link, connection.SLOWEST_UPLINK_BYTES_PER_S)."""
+        return max(time.monotonic(), self.connection.sending_until) + self.timeout_s
+
     def _request(self, msg: m.Message) -> m.Message:
         msg_id = self.send_request(msg)
-        deadline = time.monotonic() + self.timeout_s
+        deadline = self.reply_deadline()
         while True:
             reply = self.receive(deadline)
             if reply is None:

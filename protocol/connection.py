@@ -2,8 +2,8 @@
 
 The connection tells the three ways a backend can be lost apart: a refused handshake (a key the
 backend does not serve, CURVE on one side only, or as many connections as the backend serves:
-AccessRefused, from the socket monitor's handshake events), silence (no message for dead_after_s after something was sent, with a ping
-after every heartbeat_s of silence: BackendUnreachable), and a dropped connection once the
+AccessRefused, from the socket monitor's handshake events), silence (no message for dead_after_s after something was sent
+and had time to go up, with a ping after every heartbeat_s of silence: BackendUnreachable), and a dropped connection once the
 handshake succeeded (BackendUnreachable on every receive until a new connection). It knows
 nothing of requests or jobs (client.py).
 """
@@ -28,6 +28,11 @@ _MECHANISM_MISMATCH = 0x11000002
 # The ZAP status the backend refuses a connection past its connection limits with (backend/connections.py);
 # ZeroMQ passes a client the status code only (400: a client key it does not serve).
 _TOO_MANY_CONNECTIONS = 500
+SLOWEST_UPLINK_BYTES_PER_S = 250_000
+"""The slowest link (2 Mbit/s) a request is given the time to go up on: ZeroMQ says nothing while a
+message goes out, and the backend can answer only once all of it has arrived, so a request of N bytes
+may be silent N / this many seconds longer (a 36 MB mesh: 2.4 minutes). A backend that stops or drops
+the connection meanwhile is still seen at once (the connection ends)."""
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -94,7 +99,11 @@ class BackendConnection:
         self._last_heard = 0.0
         self._last_ping = 0.0
         self._silent_since: float | None = None
-        """Monotonic time of the first message sent since the backend was last heard; None when not waiting."""
+        """Monotonic time by which the first message sent since the backend was last heard has gone up
+        (sending_until then); None when not waiting."""
+        self.sending_until = 0.0
+        """Monotonic time by which what was sent has gone up, at SLOWEST_UPLINK_BYTES_PER_S: until then
+        silence is not the backend's (it cannot answer a message it has not got all of)."""
         self._session_up = False
         """The socket's connection to the backend completed its handshake."""
         self._lost: str = ""
@@ -217,8 +226,11 @@ class BackendConnection:
             # request's fault, not the connection's: a ClientError, not BackendUnreachable.
             raise ClientError(f"cannot send {msg.TYPE}: {exc}") from exc
         now = time.monotonic()
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        self.sending_until = max(self.sending_until, now) + nbytes / SLOWEST_UPLINK_BYTES_PER_S
         if self._silent_since is None:
-            self._silent_since = now
+            # The backend can answer once this message (and what was sent before it) has gone up.
+            self._silent_since = self.sending_until
         try:
             sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:

@@ -140,7 +140,7 @@ class RequestQueue:
             flow.close()
             out.append(Item("error", name, exc))
             return False
-        self._current = _InFlight(name, flow, msg, msg_id, time.monotonic() + self.client.timeout_s)
+        self._current = _InFlight(name, flow, msg, msg_id, self.client.reply_deadline())
         return True
 
     def _advance(self, out: list[Item], reply: m.Message) -> None:
