@@ -18,17 +18,22 @@ from tests.support.masked_mesh import half_regions
 pytestmark = pytest.mark.slow
 
 
-def test_a_masked_texture_refine_repaints_only_the_vertex_group(addon, connected_tiny):
-    obj, _ = textured_box(addon)
-    sent = addon.mesh_io.payload_from_object(obj, bpy.context.evaluated_depsgraph_get())
-    kept = half_regions(sent.vertices, sent.faces, sent.uvs, 0.0, 0.1)  # from the mesh as the add-on sends it
-    before = image_texels(base_color_image(obj))
+def _repaint_half_blue(addon) -> None:
+    """Refine Selected, Texture Only, masked by the vertex group "Half" with "a blue box", until it ends."""
     s = bpy.context.scene.dreampolish
     s.refine_mode, s.prompt, s.texture_faces = "texture", "a box", "ACTIVE_SLOT"
     s.mask_group, s.mask_feather, s.mask_prompt = "Half", 0.1, "a blue box"
     assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
     pump(addon, lambda: rt().job_state in ("done", "failed"), timeout_s=180, what="the masked texture job")
     assert rt().job_state == "done", rt().message
+
+
+def test_a_masked_texture_refine_repaints_only_the_vertex_group(addon, connected_tiny):
+    obj, _ = textured_box(addon)
+    sent = addon.mesh_io.payload_from_object(obj, bpy.context.evaluated_depsgraph_get())
+    kept = half_regions(sent.vertices, sent.faces, sent.uvs, 0.0, 0.1)  # from the mesh as the add-on sends it
+    before = image_texels(base_color_image(obj))
+    _repaint_half_blue(addon)
     after = image_texels(base_color_image(obj))
     assert after.shape == before.shape
     np.testing.assert_array_equal(after[kept.kept_texels], before[kept.kept_texels])
@@ -58,12 +63,7 @@ def test_a_16_bit_image_keeps_every_texel_outside_the_group(addon, connected_tin
     bsdf = next(n for n in obj.active_material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     bsdf.inputs["Base Color"].links[0].from_node.image = image
     before = _float_texels(image)
-    s = bpy.context.scene.dreampolish
-    s.refine_mode, s.prompt, s.texture_faces = "texture", "a box", "ACTIVE_SLOT"
-    s.mask_group, s.mask_feather, s.mask_prompt = "Half", 0.1, "a blue box"
-    assert bpy.ops.dreampolish.refine_selected() == {"FINISHED"}
-    pump(addon, lambda: rt().job_state in ("done", "failed"), timeout_s=180, what="the masked texture job")
-    assert rt().job_state == "done", rt().message
+    _repaint_half_blue(addon)
     result = base_color_image(obj)
     assert result != image and result.is_float, "a 16-bit image comes back as one"
     after = _float_texels(result)
