@@ -193,7 +193,7 @@ def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
 def scaled_references(reference: ReferenceView | None, width: int, device: torch.device | str
                       ) -> ScaledReference | list[ScaledReference] | None:
     """The stage's reference view at `width` on `device`; with several pictures (ReferenceView.more) a list of
-    every one (StepLoss.add_reference averages their losses)."""
+    every one (StepLoss.add_reference weighs their losses by ReferenceWeights.views)."""
     if reference is None:
         return None
     if not reference.more:
