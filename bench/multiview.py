@@ -4,6 +4,8 @@ views and from above (60°-89°), ΔE of the seen colour.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/multiview.py                  # the whole table
     OMP_NUM_THREADS=1 .venv/bin/python bench/multiview.py --only torus     # the cells whose name holds "torus"
+    OMP_NUM_THREADS=1 .venv/bin/python bench/multiview.py --only torus --seed 1 \
+        --option nerf.reference.views=mean --option neus.reference.views=mean --option dmtet.reference.views=mean
 
 Prints a line per cell as it ends (and appends it as JSON to --out when given), then the table in Markdown.
 """
@@ -11,6 +13,7 @@ Prints a line per cell as it ends (and appends it as JSON to --out when given), 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 
@@ -21,20 +24,27 @@ from dreampolish.protocol.job import parse_option
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the cells whose name holds this text")
+    parser.add_argument("--cell", default="", help="run only the cell of exactly this name (a 2-picture cell's "
+                        "name is part of its 3-picture cell's)")
     parser.add_argument("--out", default="", help="append each cell's figures as a JSON line to this file")
     parser.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="a preset override for every cell (a method row)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the job's seed for every cell (default: each cell's own, 0)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     rows = []
     for cell in multiview.TABLE:
-        if args.only and args.only not in cell.name:
+        if (args.only and args.only not in cell.name) or (args.cell and args.cell != cell.name):
             continue
+        if args.seed is not None:
+            cell = dataclasses.replace(cell, seed=args.seed)
         r, gen = multiview.run_views_cell(cell, dict(args.option))
         # where the view from above is won or lost: each geometry stage's mesh, scored as the final one
         stages = {stage: round(quality.overhead_iou(mesh, cell.shape, gen.front_azimuth_deg), 3)
                   for stage, mesh in gen.stages.items() if stage in ("nerf", "neus", "dmtet", "polish")}
-        row = {"cell": cell.name, "pictures": len(cell.views), "options": dict(args.option), "nearest": r.nearest,
+        row = {"cell": cell.name, "pictures": len(cell.views), "options": dict(args.option),
+               "seed": cell.seed, "nearest": r.nearest,
                "chamfer_pct": r.chamfer_pct, "iou": r.iou, "iou_overhead": r.iou_overhead,
                "delta_e": r.colour_delta_e, "seconds": r.seconds, "iou_overhead_by_stage": stages}
         print(json.dumps(row), flush=True)

@@ -11,6 +11,7 @@ Every geometry stage step does the same three things (stages/nerf.py, neus.py, d
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -102,20 +103,31 @@ class ReferenceWeights:
     (DreamCraft3D systems/dreamcraft3d.py, loss "normal"; lambda_normal is 0.0 in all four of its configs
     dreamcraft3d-coarse-nerf / -coarse-neus / -geometry / -texture.yaml, so 0 here too). Above 0, the
     reference stage estimates the reference normals and the stage renders normals on the reference view."""
-    views: Literal["mean", "sum"] = "sum"
-    """How several reference pictures' losses add up (spec.views): "sum", each picture at the full weight a
-    single picture has (DreamCraft3D's lambda_rgb / lambda_mask / lambda_depth_rel are per reference view:
-    each picture is an exact observation, as its one picture is); "mean", over their number, so that all
-    of them weigh what one does against the guidance. Measured (BENCHMARKS.md, "Several pictures, several
-    cameras"): the torus from 0° and 89° keeps its hole from above at 0.911 summed against 0.866 averaged;
-    the cone from 30° and 0° is the same either way; but three pictures of the torus summed lost it from
-    above (0.79, NeRF 0.18) where averaged they kept 0.85: one seed each, an open question."""
+    views: Literal["mean", "sum", "sqrt"] = "sum"
+    """How several reference pictures' losses add up (spec.views; picture_share gives each one's weight):
+    "sum", each picture at the full weight a single picture has (DreamCraft3D's lambda_rgb / lambda_mask /
+    lambda_depth_rel are per reference view: each picture is an exact observation, as its one picture is);
+    "mean", over their number N, so that all of them weigh what one does against the guidance; "sqrt",
+    each over √N, between the two (all N weigh √N pictures' worth: 1.41 for two, 1.73 for three), the
+    weighting being measured over seeds against the other two in BENCHMARKS.md, "Several pictures, several
+    cameras". Measured there at seed 0: the torus from 0° and 89° keeps its hole from above at 0.911
+    summed against 0.866 averaged; the cone from 30° and 0° is the same either way; but three pictures of
+    the torus summed lost it from above (0.79, NeRF 0.18) where averaged they kept 0.85."""
     alternate_every: int = ranged(0, 0, 1000)
     """Which steps carry the reference losses and which the guidance (DreamCraft3D's `freq.ref_or_guidance`,
     systems/dreamcraft3d.py training_step): 0, both on every step ("accumulate", its geometry/DMTet stage);
     N >= 2, every N-th step is reference-only and the others guidance-only ("alternate" with n_ref = N: its
     coarse NeRF and NeuS stages and its texture stage use n_ref 2, so half their steps run no guidance).
     Jobs without a reference view run the guidance on every step (reference_or_guidance)."""
+
+    def picture_share(self, n: int) -> float:
+        """The weight of each of `n` pictures' reference losses (`views`): 1 ("sum"), 1/n ("mean"), 1/√n
+        ("sqrt"); 1 for a single picture either way."""
+        if self.views == "sum":
+            return 1.0
+        if self.views == "mean":
+            return 1.0 / n
+        return 1.0 / math.sqrt(n)
 
 
 @dataclass
@@ -181,7 +193,7 @@ def reference_at(reference: ReferenceView, width: int) -> ScaledReference:
 def scaled_references(reference: ReferenceView | None, width: int, device: torch.device | str
                       ) -> ScaledReference | list[ScaledReference] | None:
     """The stage's reference view at `width` on `device`; with several pictures (ReferenceView.more) a list of
-    every one (StepLoss.add_reference averages their losses)."""
+    every one (StepLoss.add_reference weighs their losses by ReferenceWeights.views)."""
     if reference is None:
         return None
     if not reference.more:

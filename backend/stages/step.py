@@ -73,11 +73,12 @@ class StepLoss:
                       progress: float) -> None:
         """1. The reference-view losses (RGB, mask, relative depth) when the stage has a reference, with
         their weights at `progress` through the stage; with several pictures, each view's losses (each at its
-        own camera, the relative depth per picture), each at its full weight or averaged (ReferenceWeights.views)."""
+        own camera, the relative depth per picture), each at its full weight, averaged or over √N
+        (ReferenceWeights.views, .picture_share)."""
         if ref is None:
             return
         refs = ref if isinstance(ref, list) else [ref]
-        share = 1.0 if weights.views == "sum" else 1.0 / len(refs)
+        share = weights.picture_share(len(refs))
         terms: dict[str, Tensor] = {}
         for one in refs:
             loss, part = reference_losses(render(one.camera), one, weights, progress)

@@ -63,3 +63,18 @@ def test_one_picture_is_one_scaled_reference_as_before():
     loss.add_reference(_render_by_elevation, ref, WEIGHTS, 0.5)
     torch.manual_seed(0)
     assert torch.equal(loss.total, reference_losses(_render_by_elevation(ref.camera), ref, WEIGHTS, 0.5)[0])
+
+
+def test_each_of_n_pictures_weighs_1_or_1_over_n_or_1_over_root_n():
+    """ReferenceWeights.views: "sum" 1, "mean" 1/N, "sqrt" 1/√N per picture, as the step adds them."""
+    refs = scaled_references(dataclasses.replace(_view(0.0, 0.0), more=[_view(40.0, 0.1), _view(80.0, 0.2)]), 8, "cpu")
+    torch.manual_seed(0)
+    each = [reference_losses(_render_by_elevation(r.camera), r, WEIGHTS, 0.5)[0] for r in refs]
+    for views, share in (("sum", 1.0), ("mean", 1 / 3), ("sqrt", 3 ** -0.5)):
+        weights = dataclasses.replace(WEIGHTS, views=views)
+        assert [weights.picture_share(n) for n in (1, 2, 3, 4)] == [
+            {"sum": 1.0, "mean": 1.0 / n, "sqrt": 1.0 / n ** 0.5}[views] for n in (1, 2, 3, 4)]
+        torch.manual_seed(0)
+        loss = StepLoss.start("cpu")
+        loss.add_reference(_render_by_elevation, refs, weights, 0.5)
+        assert torch.isclose(loss.total, share * sum(each))
