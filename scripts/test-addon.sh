@@ -8,6 +8,10 @@ set -u
 venv="$1"
 pid_dir=$(mktemp -d)
 export DREAMPOLISH_TEST_PID_DIR="$pid_dir"
+# One torch thread in every backend the tests start, as the backend's own suites run: `make test` runs these
+# beside the backend's workers, and torch's default two threads a process on a busy two-core machine made a
+# tiny job 8-9 times slower (PITFALLS) — a loaded fresh-clone run timed out 16 real-pipeline tests that way.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 trap 'stop_left_backends; rm -rf "$pid_dir"' EXIT
 
 stop_left_backends() {
