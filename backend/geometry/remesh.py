@@ -38,16 +38,10 @@ class RemeshFailed(RuntimeError):
     """The remesher crashed, ran past its time limit, or made no usable mesh (the reason in words)."""
 
 
-@dataclass
-class PolyMesh:
-    """A polygon mesh as Blender keeps one: positions, corners per face, the vertex of every corner."""
+class FaceSizes:
+    """What a polygon mesh's `sizes` (corners of every face) say about it, for the meshes that carry them."""
 
-    vertices: np.ndarray
-    """float32 (V,3)."""
     sizes: np.ndarray
-    """int64 (P,) corners of every face (3 or more)."""
-    corners: np.ndarray
-    """int64 (L,) vertex of every corner, face after face, counter-clockwise seen from outside."""
 
     @property
     def num_faces(self) -> int:
@@ -56,6 +50,18 @@ class PolyMesh:
     @property
     def quad_share(self) -> float:
         return float(np.mean(self.sizes == 4)) if self.sizes.size else 0.0
+
+
+@dataclass
+class PolyMesh(FaceSizes):
+    """A polygon mesh as Blender keeps one: positions, corners per face, the vertex of every corner."""
+
+    vertices: np.ndarray
+    """float32 (V,3)."""
+    sizes: np.ndarray
+    """int64 (P,) corners of every face (3 or more)."""
+    corners: np.ndarray
+    """int64 (L,) vertex of every corner, face after face, counter-clockwise seen from outside."""
 
     def triangles(self) -> np.ndarray:
         """int64 (M,3) the fan triangulation (what the wire's `faces` of this polygon mesh are)."""

@@ -28,7 +28,7 @@ from .. import bake
 from ..config_fields import ranged
 from ..geometry.mesh import TriMesh
 from ..geometry.metrics import chamfer_fraction
-from ..geometry.remesh import PolyMesh, remesh_to_budget
+from ..geometry.remesh import FaceSizes, PolyMesh, remesh_to_budget
 from .base import StageReporter
 
 logger = logging.getLogger(__name__)
@@ -62,21 +62,13 @@ class FinishConfig:
 
 
 @dataclass
-class FinishedMesh:
+class FinishedMesh(FaceSizes):
     """One finished mesh: its fan triangles with UVs (what rendering and baking take) and its faces' sizes."""
 
     mesh: TriMesh
     """The fan triangulation of the polygons, with per-corner UVs equal on every corner a polygon shares."""
     sizes: np.ndarray
     """int64 (P,) corners of every face, in the order of the triangles' fans."""
-
-    @property
-    def num_faces(self) -> int:
-        return int(self.sizes.shape[0])
-
-    @property
-    def quad_share(self) -> float:
-        return float(np.mean(self.sizes == 4)) if self.sizes.size else 0.0
 
 
 @dataclass
