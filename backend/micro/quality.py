@@ -215,8 +215,6 @@ def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int
     from dreampolish.protocol.job import JobSpec
 
     from ..pipeline import DreamPolishPipeline
-    from ..pipeline.frame import job_frame
-    from ..presets import get_preset
 
     spec = JobSpec(prompt, preset=preset, seed=seed, options=dict(options or {}), stages=stages, image=image,
                    cameras=list(cameras or []), views=list(views or []))
@@ -225,9 +223,17 @@ def generate(prompt: str, work_dir: Path, options: dict | None = None, seed: int
     pipeline.run(spec, ctx)
     # the last mesh with faces: the export stage may end on files alone
     final = [m for m in ctx.results.values() if m.faces is not None and len(m.faces)][-1]
-    # the pipeline's front: the azimuth of the job's reference camera (the default front camera without cameras)
-    front = float(job_frame(spec, get_preset(preset, spec.options)).reference_camera.azimuth_deg[0])
-    return Generation(final, dict(ctx.results), ctx.seconds(), front, ctx.last_losses, ctx.previews)
+    return Generation(final, dict(ctx.results), ctx.seconds(), front_azimuth_deg(spec), ctx.last_losses,
+                      ctx.previews)
+
+
+def front_azimuth_deg(spec) -> float:
+    """The pipeline's front for a JobSpec: the azimuth of the job's reference camera (the default front camera
+    without cameras), which `score` turns the world's object to."""
+    from ..pipeline.frame import job_frame
+    from ..presets import get_preset
+
+    return float(job_frame(spec, get_preset(spec.preset, spec.options)).reference_camera.azimuth_deg[0])
 
 
 def world_camera(elevation_deg: float, azimuth_deg: float = 0.0, size: int = 64) -> CameraSpec:

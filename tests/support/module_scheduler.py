@@ -19,8 +19,8 @@ SHARED_UNITS = {
 }
 
 LONGEST_FIRST = (
-    "tests/backend/micro/test_micro_quality.py",
     "tests/backend/micro/test_micro_picture.py",
+    "tests/backend/micro/test_micro_quality.py",  # the green torus (the red cone is scored on the game-ready job)
     "tests/backend/micro/test_micro_game_ready.py",  # one micro generation with its texture (issue 30)
     "tests/e2e/test_demo_end_to_end.py",
     "tests/backend/micro/test_robustness_slice.py",
