@@ -31,7 +31,14 @@ from ..stages.finish import run_finish
 from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
-from ..stages.texture import BakedTexture, TextureState, bake_texture, inherits_colours, run_texture
+from ..stages.texture import (
+    BakedTexture,
+    TextureState,
+    bake_detail_normals,
+    bake_texture,
+    inherits_colours,
+    run_texture,
+)
 from ..udim_bake import bake_tiles
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext
@@ -274,9 +281,11 @@ class TextureRunner(StageRunner):
                                              c.carry.reference)
         c.reporter.preview = lambda state, step: render_preview(
             mesh, c.reporter.camera(step), c.job.rasterizer, state.color_field.color)
+        normals = self._low_mesh_normals(c, mesh)
         try:
             state = run_texture(c.preset.texture, mesh, guidance, c.carry.reference, c.reporter,
-                                generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
+                                generator=c.generator, device=c.device, rasterizer=c.job.rasterizer,
+                                normal_map=normals)
         finally:
             guidance.release()
         if c.spec.udim_tiles:  # one map per UDIM tile, on the input's own UVs
@@ -297,7 +306,7 @@ class TextureRunner(StageRunner):
             # a finished (game-ready) mesh always gets the polished detail as its normal map
             baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail, decomposer=decomposer,
                                  rasterizer=c.job.rasterizer, base_color_only=only_colour,
-                                 normal_map=True if c.carry.face_sizes is not None else None)
+                                 normal_map=True if c.carry.face_sizes is not None else None, normals=normals)
             lods = self._lod_payloads(c, state, decomposer)
         finally:
             if decomposer is not None:
@@ -324,6 +333,17 @@ class TextureRunner(StageRunner):
 
     def result(self, job: JobSetup, carry: StageCarry) -> MeshPayload | None:
         return carry.payload
+
+    @staticmethod
+    def _low_mesh_normals(c: StageContext, mesh: TriMesh) -> np.ndarray | None:
+        """A finished low mesh's normal map, baked from the polished surface before texturing (it depends on
+        the geometry alone), for the guidance to see the detail (run_texture) and for the result; None for
+        any other mesh, or a low mesh without UVs (an edit sent on resume without them: baked after)."""
+        if c.carry.face_sizes is None or c.carry.detail is None or mesh.uvs is None:
+            return None
+        cfg = c.preset.texture
+        return bake_detail_normals(cfg, mesh, mesh.uvs.detach().cpu().numpy(), c.carry.detail,
+                                   cfg.normal_ray_distance)
 
     @staticmethod
     def _lod_payloads(c: StageContext, state: TextureState, decomposer: Any) -> list[MeshPayload]:
