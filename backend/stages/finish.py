@@ -2,8 +2,8 @@
 quad-dominant (or triangles on request), with UVs made for it, and optional LODs.
 
 Between polish and texture. The polished mesh stays the job's detail (carry.detail): the texture stage
-optimises the colours on the low mesh's own UVs and bakes the detail into a tangent-space normal map on
-them, so nothing is resampled. The budget counts faces as Blender does (a quad is one face).
+bakes the detail into a tangent-space normal map on the low mesh's own UVs first, lights the guidance's views
+through it, and optimises the colours on those UVs, so nothing is resampled. The budget counts faces as Blender does (a quad is one face).
 
 Steps: remesh to the budget (geometry/remesh.py: Instant Meshes in its own process under a time limit,
 quadric decimation as the fallback, said in the stage's progress as `remesh_fallback`), unwrap the low
@@ -55,7 +55,8 @@ bound allows for: no object of the micro world comes within 0.66 of its bounding
 class FinishConfig:
     faces: int = ranged(0, 0, FINISH_MAX_FACES)
     """The face budget of the game-ready mesh, counted as Blender counts faces (a quad is one face); 0 turns the
-    stage off. A request's budget must lie between 500 and the polished mesh's own face count."""
+    stage off. A request's budget must lie between 500 and the most faces the job's surface can have
+    (check_finish: refused at submit above it; capped at run time at the polished mesh's own count)."""
     quads: bool = True
     """Quad-dominant faces; False: triangles."""
     lods: int = ranged(0, 0, 3)
@@ -183,7 +184,9 @@ def run_finish(cfg: FinishConfig, mesh: TriMesh, reporter: StageReporter, *, atl
     """The low mesh (and its LODs) of the polished `mesh` (object frame), with the stages' reporter."""
     vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
     faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
-    budgets = [min(cfg.faces, mesh.num_faces)]  # more faces than the polished mesh has would add nothing
+    # more faces than the polished mesh has would add nothing: a count that check_finish could bound at submit
+    # but not know (DMTet's surface, an edited mesh sent on resume)
+    budgets = [min(cfg.faces, mesh.num_faces)]
     capped = budgets[0] < cfg.faces
     for _ in range(cfg.lods):
         nxt = int(round(budgets[-1] * cfg.lod_ratio))

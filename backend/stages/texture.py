@@ -3,7 +3,9 @@ default), then baked into a UV atlas.
 
 Per step: sample views, rasterise the fixed mesh, colour every visible surface point with the
 field, composite over the background with the antialiased coverage, and hand the image to the
-guidance (GuidanceInput, shading="albedo"). With a reference view, an L1 loss on it is added:
+guidance (GuidanceInput, shading="albedo"). A finished low mesh (issue 30) comes with its normal map,
+baked from the polished surface before this stage: most of its views are then lit through the map's
+per-pixel normals (shading="lit", TextureConfig.lit_share), so the guidance sees the polished detail. With a reference view, an L1 loss on it is added:
     L = L_guidance + λ_ref · mean(erode(mask_ref) · |rgb − rgb_ref|)
 as DreamCraft3D's texture stage does (threestudio/systems/dreamcraft3d.py, stage "texture": F.l1_loss on
 the reference mask eroded by a 9×9 max-pool at 1024 px), at its weight relative to the guidance
