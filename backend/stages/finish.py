@@ -3,7 +3,8 @@ quad-dominant (or triangles on request), with UVs made for it, and optional LODs
 
 Between polish and texture. The polished mesh stays the job's detail (carry.detail): the texture stage
 bakes the detail into a tangent-space normal map on the low mesh's own UVs first, lights the guidance's views
-through it, and optimises the colours on those UVs, so nothing is resampled. The budget counts faces as Blender does (a quad is one face).
+through it, and optimises the colours on those UVs, so nothing is resampled. The budget counts faces as
+Blender does (a quad is one face).
 
 Steps: remesh to the budget (geometry/remesh.py: Instant Meshes in its own process under a time limit,
 quadric decimation as the fallback, said in the stage's progress as `remesh_fallback`), unwrap the low
