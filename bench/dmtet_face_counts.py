@@ -1,7 +1,7 @@
 """How many triangles the DMTet grid makes of an object, for the face budget's bound at submit (issue 30,
 stages/finish.py FACES_PER_CELL_AREA): marching tetrahedra on the grid (bound 0.7, as every preset's) at each
 resolution, of the object frame's sphere (radius 0.5: the convex object of the most surface in the frame) and of
-the micro world's shapes (each normalised to the frame, signed distance as DMTet's refine takes a mesh), after
+the micro world's shapes (`frame_sphere` the exact sphere, `sphere` the world's polygonal one; each normalised to the frame, signed distance as DMTet's refine takes a mesh), after
 the extraction's clean-up. Prints, per resolution, the counts and the sphere's triangles per cell face of area
 (h², h the cell's edge), then one JSON line.
 
@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for res in args.resolutions:
         grid = make_tet_grid(res, GRID_BOUND)
-        row = {"resolution": res, "sphere": faces_of(grid, grid.vertices.norm(dim=-1) - 0.5)}
-        row["per_cell_area"] = round(row["sphere"] * grid.spacing**2 / math.pi, 3)
+        row = {"resolution": res, "frame_sphere": faces_of(grid, grid.vertices.norm(dim=-1) - 0.5)}
+        row["per_cell_area"] = round(row["frame_sphere"] * grid.spacing**2 / math.pi, 3)
         for shape in args.shapes if res <= 32 else []:
             row[shape] = faces_of(grid, mesh_signed_distance(world.shape_mesh(shape), grid.vertices, res + 1,
                                                              grid.spacing))

@@ -43,10 +43,10 @@ FINISH_MAX_FACES = 1_000_000
 """The largest budget a request may ask for (FinishConfig.faces' range)."""
 MIN_LOD_FACES = 100
 """An LOD is not made below this many faces."""
-FACES_PER_CELL_AREA = 9.0
+FACES_PER_CELL_AREA = 9.1
 """Triangles that marching tetrahedra makes on the DMTet grid per cell face's worth of surface (h², h the cell's
-edge): measured on the object frame's sphere (radius 0.5) at 8 to 128 cells a side, 8.4 at 8 cells and 8.98 from
-64 on (BENCHMARKS.md, "Game-ready output": the face budget's bound)."""
+edge), a little above what it made of the object frame's sphere (radius 0.5) at 8 to 128 cells a side: 8.42 at 8
+cells, 9.02 at 32, 8.98 at 128 (BENCHMARKS.md, "Game-ready output": the face budget's bound)."""
 SURFACE_MARGIN = 2.0
 """How many times the surface a job's object is bounded by (its bounding sphere, or a refine's own mesh) the
 bound allows for: no object of the micro world comes within 0.66 of its bounding sphere's count (BENCHMARKS.md)."""
