@@ -226,19 +226,18 @@ def _nearest_vertex_normals(points: np.ndarray, detail_vertices: np.ndarray, det
     return np.einsum("nk,nkc->nc", wts, detail_normals[idx]) / wts.sum(1, keepdims=True)
 
 
-def ray_cast_normals(points: np.ndarray, directions: np.ndarray, detail_vertices: np.ndarray,
-                     detail_faces: np.ndarray, detail_normals: np.ndarray, max_distance: float,
-                     candidates: int = 24, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
-    """The detail surface found along each point's direction (the low mesh's normal), either way, within
-    `max_distance` (the cage): the nearest hit's smooth normal (the detail's vertex normals interpolated at
-    the hit), and a mask of the points that hit. The triangles tried are the `candidates` whose centroids
-    lie nearest the point (Moller-Trumbore on each)."""
+def ray_cast(points: np.ndarray, directions: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+             max_distance: float, candidates: int = 24, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The surface (vertices, faces) found along each point's direction, either way, within `max_distance` (the
+    cage): (face [N] int64, barycentrics [N,3] of the nearest hit, hit [N] bool). The triangles tried are the
+    `candidates` whose centroids lie nearest the point (Moller-Trumbore on each)."""
     from scipy.spatial import cKDTree
 
-    tri = detail_vertices[detail_faces].astype(np.float64)
+    tri = vertices[faces].astype(np.float64)
     tree = cKDTree(tri.mean(1))
     k = min(candidates, tri.shape[0])
-    normals = np.zeros((points.shape[0], 3), np.float64)
+    face = np.zeros(points.shape[0], np.int64)
+    bary = np.zeros((points.shape[0], 3), np.float64)
     hit_any = np.zeros(points.shape[0], bool)
     for s in range(0, points.shape[0], chunk):
         o = points[s:s + chunk].astype(np.float64)
@@ -258,13 +257,85 @@ def ray_cast_normals(points: np.ndarray, directions: np.ndarray, detail_vertices
         hit = (inv != 0) & (u >= -1e-9) & (v >= -1e-9) & (u + v <= 1 + 1e-9) & (np.abs(t) <= max_distance)
         best = np.argmin(np.where(hit, np.abs(t), np.inf), 1)
         rows = np.arange(o.shape[0])
-        ok = hit[rows, best]
-        f = idx[rows, best]
-        w = np.stack([1 - u[rows, best] - v[rows, best], u[rows, best], v[rows, best]], -1)
-        n = np.einsum("nk,nkc->nc", w, detail_normals[detail_faces[f]])
-        normals[s:s + chunk][ok] = n[ok]
-        hit_any[s:s + chunk] = ok
-    return normals, hit_any
+        face[s:s + chunk] = idx[rows, best]
+        bary[s:s + chunk] = np.stack([1 - u[rows, best] - v[rows, best], u[rows, best], v[rows, best]], -1)
+        hit_any[s:s + chunk] = hit[rows, best]
+    return face, bary, hit_any
+
+
+def ray_cast_normals(points: np.ndarray, directions: np.ndarray, detail_vertices: np.ndarray,
+                     detail_faces: np.ndarray, detail_normals: np.ndarray, max_distance: float,
+                     candidates: int = 24, chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+    """The detail surface found along each point's direction (the low mesh's normal), either way, within
+    `max_distance` (the cage, `ray_cast`): the nearest hit's smooth normal (the detail's vertex normals
+    interpolated at the hit), and a mask of the points that hit."""
+    face, bary, hit = ray_cast(points, directions, detail_vertices, detail_faces, max_distance, candidates, chunk)
+    normals = np.einsum("nk,nkc->nc", bary, detail_normals[detail_faces[face]].astype(np.float64))
+    normals[~hit] = 0.0
+    return normals, hit
+
+
+def nearest_on_faces(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
+                     candidates: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """About the nearest point of the surface to each point: (face [N], barycentrics [N,3]), each point projected
+    onto the planes of the `candidates` triangles whose centroids lie nearest, its barycentrics clamped onto the
+    triangle, the nearest of those kept."""
+    from scipy.spatial import cKDTree
+
+    tri = vertices[faces].astype(np.float64)
+    k = min(candidates, tri.shape[0])
+    idx = cKDTree(tri.mean(1)).query(points.astype(np.float64), k=k)[1].reshape(points.shape[0], k)
+    a, b, c = tri[idx, 0], tri[idx, 1], tri[idx, 2]
+    e1, e2, w = b - a, c - a, points[:, None].astype(np.float64) - a
+    d11, d12, d22 = np.sum(e1 * e1, -1), np.sum(e1 * e2, -1), np.sum(e2 * e2, -1)
+    w1, w2 = np.sum(w * e1, -1), np.sum(w * e2, -1)
+    det = np.where(np.abs(d11 * d22 - d12 * d12) > 1e-30, d11 * d22 - d12 * d12, 1e-30)
+    lam = np.stack([(d22 * w1 - d12 * w2) / det, (d11 * w2 - d12 * w1) / det], -1)
+    bary = np.clip(np.concatenate([1 - lam.sum(-1, keepdims=True), lam], -1), 0.0, None)
+    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+    near = np.einsum("nkj,nkjc->nkc", bary, tri[idx])
+    best = np.argmin(np.linalg.norm(near - points[:, None], axis=-1), 1)
+    rows = np.arange(points.shape[0])
+    return idx[rows, best], bary[rows, best]
+
+
+def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """image [H,W,C] read bilinearly at UVs [N,2] (texel centres at u = (c + 0.5) / W, v = 1 - (r + 0.5) / H;
+    clamped at the borders) -> [N,C]."""
+    h, w = image.shape[:2]
+    x = np.clip(uv[:, 0].astype(np.float64) * w - 0.5, 0, w - 1)
+    y = np.clip((1.0 - uv[:, 1].astype(np.float64)) * h - 0.5, 0, h - 1)
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def transfer_maps(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, source_vertices: np.ndarray,
+                  source_faces: np.ndarray, source_uvs: np.ndarray, maps: list[np.ndarray], size: int,
+                  padding: int | None = None, ray_distance: float = 0.03) -> list[np.ndarray]:
+    """Maps of a source mesh carried onto another mesh of the same surface (an LOD from the finished mesh):
+    every texel's surface point is found on the source along the mesh's interpolated normal, either way,
+    within `ray_distance` (the cage, `ray_cast`), else at about its nearest source point (`nearest_on_faces`),
+    and each source map [S,S,C] is read there bilinearly at the source's UV. Returns the maps [size,size,C],
+    dilated as the bakes dilate them."""
+    coverage = rasterize_uv(uvs, size, size)
+    points = texel_attribute(coverage, faces, vertices.astype(np.float32))
+    normals = texel_attribute(coverage, faces, vertex_normals(vertices, faces))
+    face, bary, hit = ray_cast(points, normals, source_vertices, source_faces, ray_distance)
+    if (~hit).any():
+        face[~hit], bary[~hit] = nearest_on_faces(points[~hit], source_vertices, source_faces)
+    logger.info("map transfer: %d of %d texels found the source within %.4g along the normal", int(hit.sum()),
+                int(hit.shape[0]), ray_distance)
+    at = np.einsum("nk,nkc->nc", bary, source_uvs[face].astype(np.float64))
+    out = []
+    for source in maps:
+        image = np.zeros((size, size, source.shape[-1]), np.float32)
+        image[coverage.filled] = sample_bilinear(source, at)
+        out.append(dilate(image, coverage.filled, padding))
+    return out
 
 
 def bake_normal_map(

@@ -32,8 +32,9 @@ class GuidanceInput:
     cameras: CameraBatch
     normal: Tensor | None = None
     """[B,H,W,3] rendered unit normals in WORLD space (background zero), when the stage has them."""
-    shading: Literal["albedo", "normal"] = "albedo"
-    """What `rgb` shows: the colour field, or normals shaded as colours ((n+1)/2, for geometry-only steps)."""
+    shading: Literal["albedo", "normal", "lit"] = "albedo"
+    """What `rgb` shows: the colour field, normals shaded as colours ((n+1)/2, for geometry-only steps), or the
+    colour field lit by a light through a normal map's normals (the texture stage of a finished low mesh)."""
     colour: Tensor | None = None
     """[B,H,W,3] the colour render when `rgb` is normal-shaded. Priors that must always see colour use
     `colour_render()`: DreamCraft3D (systems/dreamcraft3d.py, stage geometry) gives `comp_normal` to the text

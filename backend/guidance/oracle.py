@@ -6,7 +6,8 @@ It rasterises the target at the cameras a stage rendered and compares:
   the target's normals times its coverage (volume renders give opacity-weighted normals,
   so both sides are "normal x coverage");
 - colour (only when shading == "albedo"): MSE on the target's fully covered pixels between the
-  rendered albedo and the target's albedo (vertex colours, or a UV texture; grey otherwise).
+  rendered albedo and the target's albedo (vertex colours, or a UV texture; grey otherwise). Lit views (a
+  finished low mesh's texture stage) pull on nothing.
 With it the optimisation machinery can be tested and measured without pretrained weights.
 """
 
@@ -98,6 +99,8 @@ class OracleGuidance:
             rgb_l = F.mse_loss(inp.rgb * interior, tgt.albedo * interior)
             loss = loss + self.weights.rgb * rgb_l
             diag["oracle_rgb"] = rgb_l.detach()
+        elif inp.shading == "lit":  # the target's colours under a light it does not know: no pull, the graph kept
+            loss = loss + 0.0 * inp.rgb.sum()
         return GuidanceOutput(loss, diag)
 
 

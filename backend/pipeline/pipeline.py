@@ -166,7 +166,7 @@ class DreamPolishPipeline:
                 if stage not in mode_stages:
                     raise ValidationError(f"stage {stage!r} in {label} is not part of a {kind} job "
                                           f"({', '.join(mode_stages)})")
-        check_finish(preset.finish, spec)
+        check_finish(preset.finish, spec, self.stage_plan(spec), preset.dmtet)
         if spec.stages is not None and not self.stage_plan(spec):
             raise ValidationError("stages selects nothing to run")
         if spec.stages is not None:

@@ -31,7 +31,13 @@ from ..stages.finish import run_finish
 from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
-from ..stages.texture import BakedTexture, TextureState, bake_texture, inherits_colours, run_texture
+from ..stages.texture import (
+    BakedTexture,
+    bake_detail_normals,
+    bake_texture,
+    inherits_colours,
+    run_texture,
+)
 from ..udim_bake import bake_tiles
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext
@@ -274,9 +280,11 @@ class TextureRunner(StageRunner):
                                              c.carry.reference)
         c.reporter.preview = lambda state, step: render_preview(
             mesh, c.reporter.camera(step), c.job.rasterizer, state.color_field.color)
+        normals = self._low_mesh_normals(c, mesh)
         try:
             state = run_texture(c.preset.texture, mesh, guidance, c.carry.reference, c.reporter,
-                                generator=c.generator, device=c.device, rasterizer=c.job.rasterizer)
+                                generator=c.generator, device=c.device, rasterizer=c.job.rasterizer,
+                                normal_map=normals)
         finally:
             guidance.release()
         if c.spec.udim_tiles:  # one map per UDIM tile, on the input's own UVs
@@ -297,14 +305,14 @@ class TextureRunner(StageRunner):
             # a finished (game-ready) mesh always gets the polished detail as its normal map
             baked = bake_texture(c.preset.texture, state, uvs=own_uvs, detail=c.carry.detail, decomposer=decomposer,
                                  rasterizer=c.job.rasterizer, base_color_only=only_colour,
-                                 normal_map=True if c.carry.face_sizes is not None else None)
-            lods = self._lod_payloads(c, state, decomposer)
+                                 normal_map=True if c.carry.face_sizes is not None else None, normals=normals)
         finally:
             if decomposer is not None:
                 decomposer.close()
         c.carry.baked = baked
         textures = texture_payloads(baked.base_color, baked.normal_map, c.preset.export.normal_map_dtype,
                                     baked.roughness_metallic)
+        lods = self._lod_payloads(c, mesh, baked)
         if keep_topology:
             c.carry.payload = self._input_payload(c, mesh, baked, textures)
         else:
@@ -326,20 +334,38 @@ class TextureRunner(StageRunner):
         return carry.payload
 
     @staticmethod
-    def _lod_payloads(c: StageContext, state: TextureState, decomposer: Any) -> list[MeshPayload]:
-        """The finish stage's levels of detail, each baked on its own UVs from the same colour field (and the
-        same decomposition, when the maps are de-lit), the polished detail in its normal map; each level's
-        atlas half the side of the one before."""
+    def _low_mesh_normals(c: StageContext, mesh: TriMesh) -> np.ndarray | None:
+        """A finished low mesh's normal map, baked from the polished surface before texturing (it depends on
+        the geometry alone), for the guidance to see the detail (run_texture) and for the result; None for
+        any other mesh, or a low mesh without UVs (an edit sent on resume without them: baked after)."""
+        if c.carry.face_sizes is None or c.carry.detail is None or mesh.uvs is None:
+            return None
+        cfg = c.preset.texture
+        return bake_detail_normals(cfg, mesh, mesh.uvs.detach().cpu().numpy(), c.carry.detail,
+                                   cfg.normal_ray_distance)
+
+    @staticmethod
+    def _lod_payloads(c: StageContext, mesh: TriMesh, baked: BakedTexture) -> list[MeshPayload]:
+        """The finish stage's levels of detail, each on its own UVs with the finished mesh's own maps carried
+        over (bake.transfer_maps: its base colour and metallic-roughness, read where the level's surface meets
+        the finished mesh's), so every level shows the colours the texture stage gave the mesh, and the
+        polished detail baked into its own normal map; each level's atlas half the side of the one before."""
+        maps = [m for m in (baked.base_color, baked.roughness_metallic) if m is not None]
+        vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+        faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
         out = []
-        for i, (mesh, sizes) in enumerate(c.carry.lods, start=1):
+        for i, (lod, sizes) in enumerate(c.carry.lods, start=1):
             cfg = dataclasses.replace(c.preset.texture, atlas_size=max(64, c.preset.texture.atlas_size >> i))
-            lod_state = TextureState(state.color_field, mesh.to(c.device))
-            baked = bake_texture(cfg, lod_state, uvs=mesh.uvs.detach().cpu().numpy(), detail=c.carry.detail,
-                                 decomposer=decomposer, rasterizer=c.job.rasterizer,
-                                 base_color_only=c.preset.base_color_only, normal_map=True)
-            textures = texture_payloads(baked.base_color, baked.normal_map, c.preset.export.normal_map_dtype,
-                                        baked.roughness_metallic)
-            out.append(polygon_payload(mesh_payload(mesh, c.frame.transform, textures), sizes))
+            uvs = lod.uvs.detach().cpu().numpy()
+            lod_vertices = lod.vertices.detach().cpu().numpy().astype(np.float32)
+            carried = bake.transfer_maps(lod_vertices, lod.faces.detach().cpu().numpy().astype(np.int64), uvs,
+                                         vertices, faces, baked.uvs, maps, cfg.atlas_size,
+                                         None if cfg.dilation_texels <= 0 else cfg.dilation_texels,
+                                         cfg.normal_ray_distance)
+            normal = bake_detail_normals(cfg, lod, uvs, c.carry.detail, cfg.normal_ray_distance)
+            textures = texture_payloads(carried[0], normal, c.preset.export.normal_map_dtype,
+                                        carried[1] if len(carried) > 1 else None)
+            out.append(polygon_payload(mesh_payload(lod, c.frame.transform, textures), sizes))
         return out
 
     @staticmethod

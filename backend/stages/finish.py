@@ -2,8 +2,9 @@
 quad-dominant (or triangles on request), with UVs made for it, and optional LODs.
 
 Between polish and texture. The polished mesh stays the job's detail (carry.detail): the texture stage
-optimises the colours on the low mesh's own UVs and bakes the detail into a tangent-space normal map on
-them, so nothing is resampled. The budget counts faces as Blender does (a quad is one face).
+bakes the detail into a tangent-space normal map on the low mesh's own UVs first, lights the guidance's views
+through it, and optimises the colours on those UVs, so nothing is resampled. The budget counts faces as
+Blender does (a quad is one face).
 
 Steps: remesh to the budget (geometry/remesh.py: Instant Meshes in its own process under a time limit,
 quadric decimation as the fallback, said in the stage's progress as `remesh_fallback`), unwrap the low
@@ -15,6 +16,7 @@ corner). LODs: remeshed again at `lod_ratio`, `lod_ratio`^2, ... of the budget, 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +25,7 @@ import torch
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.messages import BUDGET_CAPPED, REMESH_FALLBACK
+from dreampolish.protocol.scene import MeshPayload
 
 from .. import bake
 from ..config_fields import ranged
@@ -30,6 +33,7 @@ from ..geometry.mesh import TriMesh
 from ..geometry.metrics import chamfer_fraction
 from ..geometry.remesh import FaceSizes, PolyMesh, remesh_to_budget
 from .base import StageReporter
+from .dmtet import DmtetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +43,21 @@ FINISH_MAX_FACES = 1_000_000
 """The largest budget a request may ask for (FinishConfig.faces' range)."""
 MIN_LOD_FACES = 100
 """An LOD is not made below this many faces."""
+FACES_PER_CELL_AREA = 9.1
+"""Triangles that marching tetrahedra makes on the DMTet grid per cell face's worth of surface (h², h the cell's
+edge), a little above what it made of the object frame's sphere (radius 0.5) at 8 to 128 cells a side: 8.42 at 8
+cells, 9.02 at 32, 8.98 at 128 (BENCHMARKS.md, "Game-ready output": the face budget's bound)."""
+SURFACE_MARGIN = 2.0
+"""How many times the surface a job's object is bounded by (its bounding sphere, or a refine's own mesh) the
+bound allows for: no object of the micro world comes within 0.66 of its bounding sphere's count (BENCHMARKS.md)."""
 
 
 @dataclass
 class FinishConfig:
     faces: int = ranged(0, 0, FINISH_MAX_FACES)
     """The face budget of the game-ready mesh, counted as Blender counts faces (a quad is one face); 0 turns the
-    stage off. A request's budget must lie between 500 and the polished mesh's own face count."""
+    stage off. A request's budget must lie between 500 and the most faces the job's surface can have
+    (check_finish: refused at submit above it; capped at run time at the polished mesh's own count)."""
     quads: bool = True
     """Quad-dominant faces; False: triangles."""
     lods: int = ranged(0, 0, 3)
@@ -173,7 +185,9 @@ def run_finish(cfg: FinishConfig, mesh: TriMesh, reporter: StageReporter, *, atl
     """The low mesh (and its LODs) of the polished `mesh` (object frame), with the stages' reporter."""
     vertices = mesh.vertices.detach().cpu().numpy().astype(np.float32)
     faces = mesh.faces.detach().cpu().numpy().astype(np.int64)
-    budgets = [min(cfg.faces, mesh.num_faces)]  # more faces than the polished mesh has would add nothing
+    # more faces than the polished mesh has would add nothing: a count that check_finish could bound at submit
+    # but not know (DMTet's surface, an edited mesh sent on resume)
+    budgets = [min(cfg.faces, mesh.num_faces)]
     capped = budgets[0] < cfg.faces
     for _ in range(cfg.lods):
         nxt = int(round(budgets[-1] * cfg.lod_ratio))
@@ -208,13 +222,68 @@ def run_finish(cfg: FinishConfig, mesh: TriMesh, reporter: StageReporter, *, atl
     return FinishResult(low, made[1:], notes, fell_back, chamfer)
 
 
-def check_finish(cfg: FinishConfig, spec: JobSpec) -> None:
-    """At submit: a budget outside MIN_FACES..FINISH_MAX_FACES is refused with the range. The polished mesh's
-    own face count is known only once polish has made it (DMTet extracts the surface anew, also from a refine
-    job's input): a budget above it is capped there, and the stage's progress says so (BUDGET_CAPPED)."""
+def object_frame_area(payload: MeshPayload) -> float:
+    """Surface area of a request's mesh in the object frame (placed by its transform, then scaled so that its
+    bounding sphere about the bounding-box centre has radius 0.5, as the job's frame places it)."""
+    vertices = payload.in_world().vertices.astype(np.float64)
+    lo, hi = vertices.min(0), vertices.max(0)
+    extent = np.linalg.norm(vertices - 0.5 * (lo + hi), axis=1).max()
+    p = vertices[np.asarray(payload.faces, np.int64)]
+    area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1).sum()
+    return float(area / max(extent / 0.5, 1e-30) ** 2)
+
+
+def dmtet_face_bound(dmtet: DmtetConfig, area: float) -> int:
+    """The most faces DMTet's grid makes of a surface of `area` (object frame): SURFACE_MARGIN times the
+    measured FACES_PER_CELL_AREA over the area in cell faces (h² with h the grid's cell edge)."""
+    spacing = 2.0 * dmtet.grid_bound / dmtet.grid_resolution
+    return int(math.ceil(SURFACE_MARGIN * FACES_PER_CELL_AREA * area / spacing**2))
+
+
+def polished_face_bound(spec: JobSpec, plan: list[str], dmtet: DmtetConfig) -> tuple[int, str] | None:
+    """The most faces the surface that the finish stage remeshes can have, as known at submit, and what says
+    so; None where the job's plan has no finish stage (a texture-only job, a masked refine, a plan that ends
+    before it). Polish keeps its input's topology, so that surface is DMTet's where the plan runs DMTet (a
+    generate job, a refine from its first stage), else the request's own mesh (a refine whose plan starts at
+    polish or finish)."""
+    if "finish" not in plan:
+        return None
+    if "dmtet" not in plan:
+        return spec.input_mesh.num_faces, "your mesh's own triangle count (the stages before finish keep it)"
+    grid = f"the {dmtet.grid_resolution}-cell DMTet grid"
+    if spec.input_mesh is None:
+        return (dmtet_face_bound(dmtet, math.pi),
+                f"the most {grid} makes of an object of the job's size (the object frame's sphere, twice over)")
+    area = object_frame_area(spec.input_mesh)
+    return (dmtet_face_bound(dmtet, max(area, math.pi)),
+            f"the most {grid} makes of your mesh's surface (its area, at least its bounding sphere's, twice over)")
+
+
+def check_finish(cfg: FinishConfig, spec: JobSpec, plan: list[str], dmtet: DmtetConfig) -> None:
+    """At submit: a budget outside MIN_FACES..FINISH_MAX_FACES, or above the most faces the surface it remeshes
+    can have (polished_face_bound), is refused with the range.
+
+    Which counts are known at submit: a refine whose plan starts at polish or finish remeshes the request's
+    own mesh (polish moves vertices only), whose triangle count is exact. Where the plan runs DMTet, the
+    surface is extracted anew and its count is known only once DMTet has run; the bound is then the most the
+    grid makes of the surface (dmtet_face_bound: a generate job's object fills at most the object frame's
+    sphere, a refine's is its mesh's surface), and a budget between the polished mesh's count and that
+    bound is capped at run time (run_finish, BUDGET_CAPPED in the stage's progress), as is a budget above the
+    count of a mesh the artist edited and sent on resume, which no submit sees. A texture-only job or a masked
+    refine (which keeps the input's topology) has no finish stage: the budget is not used there."""
     if cfg.faces == 0 or spec.mode == "texture":
         return
     if not MIN_FACES <= cfg.faces <= FINISH_MAX_FACES:
         raise ValidationError(f"finish.faces is {cfg.faces}: a game-ready mesh keeps its shape with {MIN_FACES} to "
                               f"{FINISH_MAX_FACES} faces (and at most the polished mesh's own count); 0 turns the "
                               "game-ready output off")
+    known = polished_face_bound(spec, plan, dmtet)
+    if known is None or cfg.faces <= known[0]:
+        return
+    most, why = known
+    if most < MIN_FACES:
+        raise ValidationError(f"finish.faces is {cfg.faces}, but the mesh it would remesh has at most {most} faces "
+                              f"({why}): fewer than the {MIN_FACES} a game-ready mesh needs; turn the game-ready "
+                              "output off (finish.faces 0)")
+    raise ValidationError(f"finish.faces is {cfg.faces}: this job's game-ready mesh can have {MIN_FACES} to {most} "
+                          f"faces ({why}); 0 turns the game-ready output off")

@@ -3,7 +3,9 @@ default), then baked into a UV atlas.
 
 Per step: sample views, rasterise the fixed mesh, colour every visible surface point with the
 field, composite over the background with the antialiased coverage, and hand the image to the
-guidance (GuidanceInput, shading="albedo"). With a reference view, an L1 loss on it is added:
+guidance (GuidanceInput, shading="albedo"). A finished low mesh (issue 30) comes with its normal map,
+baked from the polished surface before this stage: most of its views are then lit through the map's
+per-pixel normals (shading="lit", TextureConfig.lit_share), so the guidance sees the polished detail. With a reference view, an L1 loss on it is added:
     L = L_guidance + λ_ref · mean(erode(mask_ref) · |rgb − rgb_ref|)
 as DreamCraft3D's texture stage does (threestudio/systems/dreamcraft3d.py, stage "texture": F.l1_loss on
 the reference mask eroded by a 9×9 max-pool at 1024 px), at its weight relative to the guidance
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +48,7 @@ from ..guidance.lora import LoraConfig
 from ..guidance.score_distillation import ScoreDistillationConfig, TimestepSchedule
 from ..guidance.zero123 import Zero123GuidanceConfig
 from ..render.cameras import CameraBatch, ViewSampler, orbit_cameras
+from ..render.normal_map import TangentSpaceNormals
 from ..render.rasterize import MeshRasterizer
 from ..schedules import Ramp, stage_progress
 from .base import ReferenceView, StageReporter
@@ -172,6 +176,23 @@ class TextureConfig:
     lies within about 0.02 of the bounding-box diagonal of the polished one (Hausdorff, BENCHMARKS.md): on the
     micro cone and lamp at 3000 faces 99.99 % and 99.98 % of the texels find it within 0.03 (99.8 % and 98.0 %
     within 0.01); a texel whose ray finds nothing takes its nearest polished vertices' normals."""
+    # Lit guidance views of a finished low mesh (issue 30), after threestudio's textured-mesh stage
+    # (configs/magic3d-refine-sd.yaml: material "diffuse-with-point-light-material", ambient_only_steps 0,
+    # soft_shading true; models/materials/diffuse_with_point_light_material.py: diffuse_prob 0.75, the rest
+    # albedo; data/uncond.py light_sample_strategy "magic3d": the light within 60° of the direction to the
+    # camera). Its "textureless" renders are left out: on a fixed mesh they carry no gradient to the colours.
+    # DreamCraft3D's texture stage renders albedo only ("no-material"): a mesh without a normal map keeps that.
+    lit_share: float = ranged(0.75, 0, 1)
+    """With a normal map (a finished low mesh's, baked from the polished surface before texturing): the share of
+    guidance steps whose views are lit, albedo x (ambient + diffuse x max(0, n.l)) with n the map's normal per
+    pixel, so the guidance sees the polished detail; the others see the albedo (threestudio's diffuse_prob).
+    The reference-view loss always compares the albedo."""
+    light_cone_deg: float = ranged(60.0, 0, 90)
+    """A lit view's light comes from within this angle of the direction to its camera (uniform in angle and
+    azimuth about it), a directional light."""
+    light_strength: tuple[float, float] = ranged((0.0, 1.0), 0, 1)
+    """The diffuse light's share of a lit view, drawn uniformly per view; the ambient is the rest, so a normal
+    facing the light shows the albedo itself (threestudio's soft_shading)."""
     simplify_to_faces: int = ranged(0, 0, 4_000_000)
     """Decimate the mesh to about this many triangles before texturing (0 = keep it). With normal_map the
     detail the decimation removes comes back in the normal map; texture-only jobs always keep the input."""
@@ -214,16 +235,56 @@ class SurfaceViews:
     """[B,H,W] bool: pixel centres on the mesh."""
     opacity: Tensor
     """[B,H,W,1] antialiased coverage in [0,1]."""
+    normal: Tensor | None = None
+    """[B,H,W,3] the normal map's world normal per pixel (0 on the background) when the views were made with
+    one: what lit views are shaded with."""
 
     @classmethod
     @torch.no_grad()
-    def rasterize(cls, mesh: TriMesh, cameras: CameraBatch, rasterizer: MeshRasterizer) -> SurfaceViews:
+    def rasterize(cls, mesh: TriMesh, cameras: CameraBatch, rasterizer: MeshRasterizer,
+                  normals: TangentSpaceNormals | None = None) -> SurfaceViews:
         raster = rasterizer.rasterize(mesh, cameras)
+        normal = None if normals is None else normals.world_normals(raster.tri_id, raster.bary)
         return cls(cameras, raster.world_pos.detach(), raster.foreground.squeeze(-1),
-                   raster.mask.detach().clamp(0.0, 1.0))
+                   raster.mask.detach().clamp(0.0, 1.0), normal)
 
     def __getitem__(self, idx: Tensor) -> SurfaceViews:
-        return SurfaceViews(self.cameras[idx], self.world_pos[idx], self.foreground[idx], self.opacity[idx])
+        return SurfaceViews(self.cameras[idx], self.world_pos[idx], self.foreground[idx], self.opacity[idx],
+                            None if self.normal is None else self.normal[idx])
+
+
+@dataclass
+class Lights:
+    """One directional light per view of a lit batch."""
+
+    direction: Tensor
+    """[B,3] unit vectors towards the light (world)."""
+    strength: Tensor
+    """[B] the diffuse light's share; the ambient is 1 - strength."""
+
+    def shade(self, normal: Tensor) -> Tensor:
+        """[B,H,W,1] ambient + diffuse x max(0, n.l) at world normals [B,H,W,3]."""
+        s = self.strength.view(-1, 1, 1, 1)
+        cos = (normal * self.direction.view(-1, 1, 1, 3)).sum(-1, keepdim=True).clamp_min(0.0)
+        return (1.0 - s) + s * cos
+
+
+def draw_lights(cfg: TextureConfig, cameras: CameraBatch, generator: torch.Generator) -> Lights:
+    """A light per view within cfg.light_cone_deg of the direction from the object's centre to the camera,
+    its diffuse share drawn from cfg.light_strength (TextureConfig, "Lit guidance views")."""
+    b, dev = cameras.batch_size, cameras.device
+    z = torch.nn.functional.normalize(cameras.c2w[:, :3, 3].float().cpu(), dim=-1)
+    x = torch.stack([z[:, 1], -z[:, 0], torch.zeros_like(z[:, 0])], -1)
+    x = torch.where(x.norm(dim=-1, keepdim=True) < 1e-6, torch.tensor([1.0, 0.0, 0.0]), x)  # a camera overhead
+    x = torch.nn.functional.normalize(x, dim=-1)
+    y = torch.cross(z, x, dim=-1)
+    angle = torch.rand(b, generator=generator) * math.radians(cfg.light_cone_deg)
+    azimuth = (torch.rand(b, generator=generator) * 2 - 1) * math.pi
+    direction = (torch.cos(angle)[:, None] * z + torch.sin(angle)[:, None] * (
+        torch.cos(azimuth)[:, None] * x + torch.sin(azimuth)[:, None] * y))
+    lo, hi = cfg.light_strength
+    strength = lo + (hi - lo) * torch.rand(b, generator=generator)
+    return Lights(direction.to(dev), strength.to(dev))
 
 
 def inherits_colours(cfg: TextureConfig, mesh: TriMesh) -> bool:
@@ -246,8 +307,9 @@ def covered_pixels(pool: SurfaceViews | None, batch_size: int) -> DeviceCapacity
 
 
 def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tensor,
-                 covered: DeviceCapacity | None = None) -> Tensor:
-    """The colour field on the surface, composited over the background -> rgb [B,H,W,3].
+                 covered: DeviceCapacity | None = None, lights: Lights | None = None) -> Tensor:
+    """The colour field on the surface, composited over the background -> rgb [B,H,W,3]; with `lights` (and
+    views made with a normal map) the colours lit per pixel by the map's normals (Lights.shade).
 
     With `covered`, the covered pixels are gathered into a buffer of its capacity (torch.nonzero_static)
     and only they are evaluated; their count stays on the device for the stage to read back at reporting
@@ -268,6 +330,8 @@ def shade_albedo(color_field: ColorField, views: SurfaceViews, background: Tenso
         if covered is not None:
             covered.track(views.foreground.sum())
         rgb = torch.where(fg, color_field.color(flat).reshape(pos.shape), 0.0)
+    if lights is not None and views.normal is not None:
+        rgb = rgb * lights.shade(views.normal)
     # Pixels only partly covered at the silhouette take the colour of their nearest covered neighbour:
     # a 3x3 max-pool of covered colours is enough for the one-pixel antialiasing band.
     partial = (opacity > 0) & ~fg
@@ -310,12 +374,64 @@ def erode_mask(mask: Tensor, radius: int) -> Tensor:
     return (1 - background).permute(0, 2, 3, 1)
 
 
+LIGHT_SEED_OFFSET = 0x11697
+"""The lights of lit views are drawn from a generator of their own, seeded with the stage generator's seed plus
+this, so that lighting the views leaves the views themselves (drawn from the stage's generator) unchanged."""
+
+
+class GuidanceViews:
+    """The texture stage's training views of the fixed mesh: drawn from a pool rasterised once or afresh every
+    step, and what the guidance sees of them (the albedo, or with a normal map a lit view at cfg.lit_share)."""
+
+    def __init__(self, cfg: TextureConfig, mesh: TriMesh, rasterizer: MeshRasterizer, generator: torch.Generator | None,
+                 normal_map: np.ndarray | None = None):
+        self.cfg, self.mesh, self.rasterizer, self.generator = cfg, mesh, rasterizer, generator
+        self.device = mesh.device
+        self.normals = None if normal_map is None else TangentSpaceNormals.of(mesh, normal_map)
+        seed = LIGHT_SEED_OFFSET + (0 if generator is None else generator.initial_seed())
+        self.light_generator = torch.Generator().manual_seed(seed % 2**63)
+        self.sampler = ViewSampler(elevation_range=cfg.elevation_range_deg,
+                                   distance_range=(cfg.camera_distance,) * 2, fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
+        self.pool = None
+        if cfg.view_pool > 0:
+            cameras = self.sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, self.device)
+            self.pool = SurfaceViews.rasterize(mesh, cameras, rasterizer, self.normals)
+
+    def draw(self) -> SurfaceViews:
+        """A batch of views: from the pool, or rasterised afresh."""
+        cfg = self.cfg
+        if self.pool is not None:
+            return self.pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=self.generator).to(self.device)]
+        cameras = self.sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, self.generator, self.device)
+        return SurfaceViews.rasterize(self.mesh, cameras, self.rasterizer, self.normals)
+
+    def lights(self, views: SurfaceViews) -> Lights | None:
+        """The batch's lights when it is to be lit (always drawn with a normal map, so that every step draws
+        alike), else None."""
+        if self.normals is None:
+            return None
+        lit = float(torch.rand((), generator=self.light_generator)) < self.cfg.lit_share
+        lights = draw_lights(self.cfg, views.cameras, self.light_generator)
+        return lights if lit else None
+
+    def guidance_input(self, color_field: ColorField, background: Tensor, covered: DeviceCapacity, step: int
+                       ) -> GuidanceInput:
+        views = self.draw()
+        lights = self.lights(views)
+        rgb = shade_albedo(color_field, views, background, covered, lights)
+        return GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras,
+                             shading="albedo" if lights is None else "lit", step=step, total_steps=self.cfg.steps)
+
+
 def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference: ReferenceView | None,
                 reporter: StageReporter, *, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu", rasterizer: MeshRasterizer | None = None) -> TextureState:
+                device: torch.device | str = "cpu", rasterizer: MeshRasterizer | None = None,
+                normal_map: np.ndarray | None = None) -> TextureState:
     """Optimise a colour field on `mesh` (object frame, radius 0.5), with the geometry stages' signature.
 
-    With a reference view (and cfg.reference_weight > 0) the reference-view RGB loss is added."""
+    With a reference view (and cfg.reference_weight > 0) the reference-view RGB loss is added. With
+    `normal_map` (tangent space on mesh.uvs: a finished low mesh's, baked from the polished surface) the
+    guidance sees lit views at cfg.lit_share (GuidanceViews); the reference loss compares the albedo."""
     rasterizer = rasterizer or MeshRasterizer()
     mesh = mesh.detach().to(device)
     with seeded_init(generator):  # the field's initial tables come from the job's generator
@@ -331,21 +447,16 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
     # (.item()) every step; that count is a CPU tensor, so no device sync, but the sync counter cannot tell.
     optimiser = torch.optim.Adam(color_field.parameters(), lr=cfg.lr, eps=1e-15, fused=True)
     background = torch.tensor(cfg.background, dtype=torch.float32, device=device)
-    sampler = ViewSampler(elevation_range=cfg.elevation_range_deg, distance_range=(cfg.camera_distance,) * 2,
-                          fovy_range=(cfg.fovy_deg, cfg.fovy_deg))
     targets: list[ReferenceTarget] = []
     if reference is not None and cfg.reference_weight > 0:  # every picture of a multi-view request
         targets = [ReferenceTarget.build(v, mesh, rasterizer, device, cfg.reference_erosion) for v in reference.views()]
-    pool = None
-    if cfg.view_pool > 0:
-        pool_cameras = sampler.sample(cfg.view_pool, cfg.render_size, cfg.render_size, generator, device)
-        pool = SurfaceViews.rasterize(mesh, pool_cameras, rasterizer)
+    views = GuidanceViews(cfg, mesh, rasterizer, generator, normal_map)
     state = TextureState(color_field, mesh)
     reporter.watch(state)
     # the field runs on the covered pixels only, gathered into a fixed capacity (shade_albedo): from a view
     # pool the most a batch can cover is known before the first step (one read-back here), otherwise the
     # capacity follows the largest coverage read back at reporting steps
-    covered = covered_pixels(pool, cfg.batch_size)
+    covered = covered_pixels(views.pool, cfg.batch_size)
     report: dict[str, Tensor | float] = {}
     for step in range(cfg.steps):
         reporter.check_cancel()
@@ -354,14 +465,7 @@ def run_texture(cfg: TextureConfig, mesh: TriMesh, guidance: Guidance, reference
         total = torch.zeros((), device=device)
         # 0-dim device tensors, the latest of each term: the reporter reads them back at its reporting steps only
         if do_guidance:
-            if pool is not None:
-                views = pool[torch.randint(0, cfg.view_pool, (cfg.batch_size,), generator=generator).to(device)]
-            else:
-                cameras = sampler.sample(cfg.batch_size, cfg.render_size, cfg.render_size, generator, device)
-                views = SurfaceViews.rasterize(mesh, cameras, rasterizer)
-            rgb = shade_albedo(color_field, views, background, covered)
-            out = guidance(GuidanceInput(rgb=rgb, opacity=views.opacity, cameras=views.cameras, shading="albedo",
-                                         step=step, total_steps=cfg.steps))
+            out = guidance(views.guidance_input(color_field, background, covered, step))
             total = total + out.loss
             report["guidance"] = out.loss.detach()
             report.update({f"guidance_{k}": v for k, v in out.diagnostics.items()})
@@ -441,15 +545,27 @@ def bake_materials(cfg: TextureConfig, state: TextureState, uvs: np.ndarray, dec
     return (bake.dilate(np.clip(albedo, 0, 1), filled, padding), bake.dilate(np.clip(rm, 0, 1), filled, padding))
 
 
+def bake_detail_normals(cfg: TextureConfig, mesh: TriMesh, uvs: np.ndarray, detail: TriMesh,
+                        ray_distance: float | None) -> np.ndarray:
+    """The tangent-space normal map [S,S,3] of `detail` on `mesh`'s per-corner `uvs` (bake.bake_normal_map);
+    `ray_distance`: the cage of a low mesh far from its detail (None: nearest detail vertices)."""
+    padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
+    return bake.bake_normal_map(
+        mesh.vertices.detach().cpu().numpy().astype(np.float32), mesh.faces.detach().cpu().numpy().astype(np.int64),
+        uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(), cfg.atlas_size, padding,
+        ray_distance=ray_distance)
+
+
 def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | None = None,
                  detail: TriMesh | None = None, decomposer: Decomposer | None = None,
                  rasterizer: MeshRasterizer | None = None, base_color_only: bool = False,
-                 normal_map: bool | None = None) -> BakedTexture:
+                 normal_map: bool | None = None, normals: np.ndarray | None = None) -> BakedTexture:
     """Bake the colour field into an atlas on `uvs` (the mesh's own per-corner UVs [F,3,2]) or, when
     None, on new xatlas charts; with cfg.normal_map and a `detail` mesh, also a normal map; with a
     `decomposer` and cfg.pbr, the de-lit base colour and the metallic-roughness map. `base_color_only`
     bakes the field's colours alone; `normal_map` True or False overrides cfg.normal_map (and base_color_only
-    for the normal map: a finished low mesh always carries the polished detail)."""
+    for the normal map: a finished low mesh always carries the polished detail). `normals`: that normal map
+    already baked on `uvs` (a finished low mesh's, baked before texturing), kept as it is."""
     vertices = state.mesh.vertices.detach().cpu().numpy().astype(np.float32)
     faces = state.mesh.faces.detach().cpu().numpy().astype(np.int64)
     if uvs is None:
@@ -458,10 +574,11 @@ def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | N
     base_color = bake.bake_color(vertices, faces, uvs, state.colors_at, cfg.atlas_size, padding)
     baked = BakedTexture(np.ascontiguousarray(uvs, dtype=np.float32), base_color)
     wants_normals = (cfg.normal_map and not base_color_only) if normal_map is None else normal_map
-    if wants_normals and detail is not None:
-        baked.normal_map = bake.bake_normal_map(
-            vertices, faces, uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(),
-            cfg.atlas_size, padding, ray_distance=cfg.normal_ray_distance if normal_map else None)
+    if normals is not None:
+        baked.normal_map = normals
+    elif wants_normals and detail is not None:
+        baked.normal_map = bake_detail_normals(cfg, state.mesh, uvs, detail,
+                                               cfg.normal_ray_distance if normal_map else None)
     if base_color_only:
         return baked
     if decomposer is not None and cfg.pbr.decomposes:

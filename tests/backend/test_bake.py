@@ -191,3 +191,25 @@ def test_a_normal_map_baked_through_the_cage_carries_the_detail_onto_a_flat_mesh
     slope = -amp * k * np.cos(k * u)
     assert np.abs(normal_map[32, :, 0] - slope / np.sqrt(1 + slope**2))[4:-4].max() < 0.05
     assert np.abs(normal_map[..., 1]).max() < 0.05
+
+
+def test_maps_carried_onto_another_mesh_of_the_surface_show_the_source_s_colours_there():
+    # an LOD's maps from its finished mesh (bake.transfer_maps): the source's baked colours, read where the
+    # coarser mesh's texels meet the source, are the colour field there, up to the texels' spacing
+    v, f = _sphere(3)
+    uvs = bake.unwrap_uv(v, f)
+    source = bake.bake_color(v, f, uvs, _color, 256)
+    lv, lf = _sphere(2)
+    luvs = bake.unwrap_uv(lv, lf, bake.UnwrapConfig(resolution=128, padding=2))
+    (carried,) = bake.transfer_maps(lv, lf, luvs, v, f, uvs, [source], 128)
+    coverage = bake.rasterize_uv(luvs, 128, 128)
+    points = bake.texel_attribute(coverage, lf, lv)
+    # the source sphere's surface point along the coarse one's normal: the same direction, radius about 0.5
+    on_source = points / np.linalg.norm(points, axis=1, keepdims=True) * 0.5
+    error = np.abs(carried[coverage.inside] - _color(on_source[coverage.inside[coverage.filled]])).mean()
+    assert error < 0.01, error
+    # read with the source's UVs upside down the colours are wrong: the test sees where they come from
+    flipped = uvs.copy()
+    flipped[..., 1] = 1 - flipped[..., 1]
+    (wrong,) = bake.transfer_maps(lv, lf, luvs, v, f, flipped, [source], 128)
+    assert np.abs(wrong[coverage.inside] - _color(on_source[coverage.inside[coverage.filled]])).mean() > 4 * error

@@ -4,20 +4,28 @@ remesher cannot deliver, and bad budgets refused at submit with the range."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import trimesh
 from dreampolish.backend.bake import rasterize_uv
-from dreampolish.backend.geometry.mesh import TriMesh
+from dreampolish.backend.geometry.marching import marching_tetrahedra
+from dreampolish.backend.geometry.mesh import TriMesh, clean_mesh
 from dreampolish.backend.geometry.remesh import pair_triangles
+from dreampolish.backend.geometry.tets import make_tet_grid
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.stages.export import polygon_payload
-from dreampolish.backend.stages.finish import FinishConfig, run_finish
+from dreampolish.backend.stages.finish import FinishConfig, dmtet_face_bound, run_finish
+from dreampolish.protocol.client import BackendClient, RequestRejected
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.messages import REMESH_FALLBACK
+from dreampolish.protocol.refine_mask import RefineMask
 from dreampolish.protocol.scene import MeshPayload
+
+from tests.support.pipelines import running_backend
 
 
 class Recorder:
@@ -129,6 +137,90 @@ def test_a_budget_out_of_range_is_refused_at_submit_with_the_range(faces, words)
     spec = JobSpec("a red cone", preset="micro", options={"finish.faces": faces})
     with pytest.raises(ValidationError, match=words):
         DreamPolishPipeline().check(spec)
+
+
+def fine_box(subdivisions: int = 4) -> MeshPayload:
+    """A box of 12 * 4^subdivisions triangles (3,072 at 4), placed away from the origin as Refine Selected sends it."""
+    box = trimesh.creation.box((1.0, 0.6, 0.8))
+    for _ in range(subdivisions):
+        box = box.subdivide()
+    transform = np.eye(4, dtype=np.float32)
+    transform[:3, 3] = (2.0, 0.0, 1.0)
+    return MeshPayload(vertices=np.asarray(box.vertices, np.float32), faces=np.asarray(box.faces, np.uint32),
+                       transform=transform)
+
+
+def plates(count: int = 12) -> MeshPayload:
+    """`count` parallel unit squares 0.05 apart (open sheets): a surface of many times its bounding sphere's area
+    (5.3 in the object frame at 12, against the sphere's pi)."""
+    square = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], np.float32)
+    vertices = np.concatenate([square + np.array([0, 0, 0.05 * i], np.float32) for i in range(count)])
+    faces = np.concatenate([np.array([[0, 1, 2], [0, 2, 3]]) + 4 * i for i in range(count)]).astype(np.uint32)
+    return MeshPayload(vertices=vertices, faces=faces)
+
+
+REFUSED_OVER_THE_SURFACE = [
+    # a generate job: the most the micro preset's 32-cell grid makes of an object of the frame's sphere
+    (JobSpec("a red cone", preset="micro", options={"finish.faces": 30_000}),
+     r"finish.faces is 30000: this job's game-ready mesh can have 500 to 29873 faces \(the most the 32-cell "
+     r"DMTet grid makes of an object of the job's size"),
+    # a refine through DMTet: its mesh's surface (the box: less than its sphere, so the sphere's bound)
+    (JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(2), options={"finish.faces": 7_500}),
+     r"500 to 7469 faces \(the most the 16-cell DMTet grid makes of your mesh's surface"),
+    # a refine from polish: the request's own mesh is what finish remeshes, 3,072 triangles
+    (JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(4), stages=["polish", "finish", "texture"],
+             options={"finish.faces": 3_100}),
+     r"finish.faces is 3100: this job's game-ready mesh can have 500 to 3072 faces \(your mesh's own triangle count"),
+    (JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(1), stages=["finish", "texture"],
+             options={"finish.faces": 500}),
+     r"at most 48 faces \(your mesh's own triangle count.*fewer than the 500 a game-ready mesh needs"),
+]
+
+
+@pytest.mark.parametrize(("spec", "words"), REFUSED_OVER_THE_SURFACE, ids=["generate", "refine", "from polish", "too few"])
+def test_a_budget_above_what_the_surface_can_have_is_refused_at_submit_with_the_range(spec, words):
+    with pytest.raises(ValidationError, match=words):
+        DreamPolishPipeline().check(spec)
+
+
+def test_the_same_jobs_within_their_range_pass():
+    pipeline = DreamPolishPipeline()
+    pipeline.check(JobSpec("a red cone", preset="micro", options={"finish.faces": 29_873}))
+    pipeline.check(JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(2), options={"finish.faces": 7_469}))
+    pipeline.check(JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(4),
+                           stages=["polish", "finish", "texture"], options={"finish.faces": 3_072}))
+    # a mesh of more surface than its bounding sphere has a bound as much larger (12 plates: 5.3 against pi)
+    pipeline.check(JobSpec("plates", preset="tiny", mode="geometry", input_mesh=plates(), options={"finish.faces": 12_000}))
+    # a masked refine keeps the input's topology: no finish stage, so its budget is not used (nor refused)
+    mask = RefineMask(np.ones(fine_box(1).num_vertices, np.float32))
+    pipeline.check(JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(1), mask=mask,
+                           options={"finish.faces": 5_000}))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "micro"])
+def test_the_bound_is_twice_what_the_grid_makes_of_the_object_frame_s_sphere(preset):
+    # the sphere of radius 0.5 has the most surface of any convex object in the frame: marching tetrahedra on the
+    # preset's own grid makes it, and the bound allows twice its faces (at 9.1 triangles per h², a little above)
+    dmtet = DreamPolishPipeline().resolve_preset(JobSpec("a red cone", preset=preset)).dmtet
+    grid = make_tet_grid(dmtet.grid_resolution, dmtet.grid_bound)
+    vertices, faces = marching_tetrahedra(grid.vertices, grid.vertices.norm(dim=-1) - 0.5, grid.tets)
+    sphere = clean_mesh(TriMesh(vertices, faces)).num_faces
+    bound = dmtet_face_bound(dmtet, math.pi)
+    assert 2 * sphere <= bound <= 2.2 * sphere, (sphere, bound)
+
+
+@pytest.mark.timeout(120)
+def test_the_real_server_refuses_such_budgets_at_submit_and_keeps_serving(tmp_path):
+    with running_backend(tmp_path, pipeline=DreamPolishPipeline) as server:
+        client = BackendClient(server.endpoint, timeout_s=30, heartbeat_s=0.5, dead_after_s=30)
+        client.connect()
+        try:
+            for spec, words in REFUSED_OVER_THE_SURFACE:
+                with pytest.raises(RequestRejected, match=words):
+                    client.submit(spec)
+            assert client.list_jobs() == []  # nothing was queued
+        finally:
+            client.close()
 
 
 def test_the_stage_is_in_the_plan_only_with_a_budget():
