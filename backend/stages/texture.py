@@ -9,7 +9,9 @@ per-pixel normals (shading="lit", TextureConfig.lit_share), so the guidance sees
     L = L_guidance + λ_ref · mean(erode(mask_ref) · |rgb − rgb_ref|)
 as DreamCraft3D's texture stage does (threestudio/systems/dreamcraft3d.py, stage "texture": F.l1_loss on
 the reference mask eroded by a 9×9 max-pool at 1024 px), at its weight relative to the guidance
-(TextureConfig.reference_weight).
+(TextureConfig.reference_weight). A refine (texture or geometry mode) has no reference view: its guidance is
+TextureConfig.unanchored_guidance, SDS at CFG 2, which holds the colours near the prior's where DSD's CFG
+direction alone runs them into saturation.
 
 After optimisation `bake_texture` makes UVs (xatlas, unless the mesh has its own and the stage is
 told to keep them), evaluates the field at every texel's surface point, dilates the charts so no
@@ -66,6 +68,21 @@ def _texture_guidance() -> ScoreDistillationConfig:
     )
 
 
+def _unanchored_guidance() -> ScoreDistillationConfig:
+    # A texture stage with no reference view (texture and geometry refines, masked or not): SDS at DreamCraft3D's
+    # texture guidance scale (configs/dreamcraft3d-texture.yaml: guidance_scale 2.0), on the stage's timesteps.
+    # DSD's variational direction ε(y) − ε_φ is zero until the LoRA ε_φ has learnt the renders (its adapter and
+    # camera MLP start at zero: ε_φ = ε(y)), so early on DSD is its CFG direction ε(y) − ε(∅) alone, which has
+    # no fixed point: "bluer" is always more "blue". With a reference view the L1 loss holds the colours; without
+    # one a masked refine's colour reached the prior's blue in 20 steps, ran on into saturation and ended
+    # anywhere by seed (BENCHMARKS.md, "Masked refine"). SDS's noise residual ε(y) − ε pulls the render towards
+    # the prior's images, which gives the colour a fixed point; a low CFG scale keeps that near the prior's own.
+    return ScoreDistillationConfig(
+        objective="sds", guidance_scale=2.0,
+        timesteps=TimestepSchedule(t_range=(0.02, 0.98), t_range_end=(0.02, 0.5), anneal_until=0.5),
+    )
+
+
 def _picture_guidance() -> Zero123GuidanceConfig:
     # DreamCraft3D configs/dreamcraft3d-texture.yaml keeps a view-conditioned prior for the texture stage
     # (guidance_3d "stable-zero123-guidance", guidance_scale 5.0, min/max_step_percent 0.2/0.5), commented out
@@ -118,6 +135,11 @@ class TextureConfig:
     guidance: ScoreDistillationConfig = field(default_factory=_texture_guidance)
     """Score distillation on the text-to-image prior: guidance.objective is dsd (the method), or
     sds/vsd/bsd/csd for the ablation, with its weights and schedules."""
+    unanchored_guidance: ScoreDistillationConfig = dataclasses.field(default_factory=_unanchored_guidance)
+    """The text prior's guidance where the stage has no reference view to hold its colours (a refine: texture
+    or geometry mode, masked or not), in place of `guidance`. With only `guidance` (DSD at CFG 7.5) a masked
+    refine's colour overshot the prior's and ended anywhere in saturation, by seed (BENCHMARKS.md, "Masked
+    refine")."""
     picture_guidance: Zero123GuidanceConfig = dataclasses.field(default_factory=_picture_guidance)
     """A job with a picture and no prompt: score distillation on the view-conditioned prior, conditioned on
     the picture, in place of `guidance` (the text prior on an empty prompt pulls every view towards a

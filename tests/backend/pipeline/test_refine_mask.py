@@ -49,6 +49,9 @@ def test_masked_texture_refine_repaints_only_inside_the_mask_and_border(tmp_path
     changed = (after != before).any(-1)
     assert changed[box.masked_texels].mean() > 0.9  # the tiny prior paints something else there
     assert [t.role for t in final.textures] == ["base_color"]  # the input's maps, no others added
+    # no reference view: the texture is guided by TextureConfig.unanchored_guidance (SDS), not DSD and its LoRA
+    reported = [k for stage, _, _, losses, _ in ctx.progress_events if stage == "texture" for k in losses]
+    assert "guidance_texture_grad_norm" in reported and not any("lora" in k for k in reported)
 
 
 @pytest.mark.slow  # the tiny pipeline, as tests/backend/pipeline/test_refine.py
