@@ -255,7 +255,7 @@ def shrink_to_tiny(preset: PipelinePreset) -> PipelinePreset:
         polish=replace(p.polish, steps=4, render_size=32, batch_size=1, view_pool=4,
                        estimator=replace(p.polish.estimator, num_inference_steps=1)),
         texture=replace(p.texture, steps=4, render_size=32, view_pool=4, atlas_size=128, field=_tiny_field(p.texture.field),
-                        chart_padding=2, pbr=replace(p.texture.pbr, views=4, render_size=32)),
+                        chart_padding=2, pbr=replace(p.texture.pbr, views=4, render_size=32), unanchored=True),
     )
 
 

@@ -272,7 +272,8 @@ class TextureRunner(StageRunner):
         keep_topology = (c.spec.mode == "texture" and c.carry.mesh is None) or c.spec.mask is not None
         mesh = self._mesh(c, keep_topology)
         preset = c.preset
-        if c.carry.reference is None:  # a refine: nothing holds the colours (TextureConfig.unanchored_guidance)
+        if c.carry.reference is None and preset.texture.unanchored:  # a refine: nothing holds the colours
+            # (TextureConfig.unanchored_guidance)
             preset = dataclasses.replace(preset, texture=dataclasses.replace(
                 preset.texture, guidance=preset.texture.unanchored_guidance))
         if inherits_colours(preset.texture, mesh):  # DreamCraft3D's lower timesteps on inherited colours

@@ -70,7 +70,8 @@ def _texture_guidance() -> ScoreDistillationConfig:
 
 def _unanchored_guidance() -> ScoreDistillationConfig:
     # A texture stage with no reference view (texture and geometry refines, masked or not): SDS at DreamCraft3D's
-    # texture guidance scale (configs/dreamcraft3d-texture.yaml: guidance_scale 2.0), on the stage's timesteps.
+    # texture guidance scale (configs/dreamcraft3d-texture.yaml: guidance_scale 2.0, there for its bootstrapped
+    # score, stable-diffusion-bsd-guidance), on the stage's timesteps.
     # DSD's variational direction ε(y) − ε_φ is zero until the LoRA ε_φ has learnt the renders (its adapter and
     # camera MLP start at zero: ε_φ = ε(y)), so early on DSD is its CFG direction ε(y) − ε(∅) alone, which has
     # no fixed point: "bluer" is always more "blue". With a reference view the L1 loss holds the colours; without
@@ -139,7 +140,14 @@ class TextureConfig:
     """The text prior's guidance where the stage has no reference view to hold its colours (a refine: texture
     or geometry mode, masked or not), in place of `guidance`. With only `guidance` (DSD at CFG 7.5) a masked
     refine's colour overshot the prior's and ended anywhere in saturation, by seed (BENCHMARKS.md, "Masked
-    refine")."""
+    refine"). Used where `unanchored` is true."""
+    unanchored: bool = False
+    """Whether a stage with no reference view takes `unanchored_guidance` in place of `guidance`. On for the
+    tiny and micro presets (presets.shrink_to_tiny), where it was measured; off for the GPU presets until a
+    card measures it: there DSD's adapter learns the renders over hundreds of steps, which gives its
+    variational term the fixed point it lacks at the micro budget, and SDS at a low CFG scale is known to come
+    out soft on Stable Diffusion (DreamFusion needed CFG 100 for SDS; DreamCraft3D's scale 2 is for its
+    bootstrapped score, not plain SDS)."""
     picture_guidance: Zero123GuidanceConfig = dataclasses.field(default_factory=_picture_guidance)
     """A job with a picture and no prompt: score distillation on the view-conditioned prior, conditioned on
     the picture, in place of `guidance` (the text prior on an empty prompt pulls every view towards a
