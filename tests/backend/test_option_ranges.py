@@ -12,11 +12,11 @@ from dreampolish.backend.config_fields import FILE_NAME_KEY, RANGE_KEY
 from dreampolish.backend.config_values import apply_options
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.presets import PRESETS, get_preset, load_preset
-from dreampolish.protocol.client import BackendClient, RequestRejected
+from dreampolish.protocol.client import RequestRejected
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 
-from tests.support.pipelines import running_backend
+from tests.support.pipelines import production_client
 
 REFUSED = [
     ({"nerf.steps": 1e9}, r"nerf\.steps must be in \[1, 200000\], got 1000000000"),
@@ -85,19 +85,14 @@ def test_the_pipeline_check_refuses_out_of_range_options():
 
 
 def test_the_real_server_answers_invalid_message_and_keeps_serving(tmp_path):
-    with running_backend(tmp_path, pipeline=DreamPolishPipeline) as server:
-        client = BackendClient(server.endpoint, timeout_s=30, heartbeat_s=0.5, dead_after_s=30)
-        client.connect()
-        try:
-            for options, message in REFUSED:
-                if any(isinstance(v, list) for v in options.values()):
-                    continue  # the wire carries scalar options only
-                with pytest.raises(RequestRejected, match=message) as refused:
-                    client.submit(JobSpec("a vase", preset="tiny", options=options))
-                assert refused.value.code == "invalid_message"
-            with pytest.raises(RequestRejected, match="header field 'job'") as refused:
-                client.cancel("../../etc")
+    with production_client(tmp_path) as client:
+        for options, message in REFUSED:
+            if any(isinstance(v, list) for v in options.values()):
+                continue  # the wire carries scalar options only
+            with pytest.raises(RequestRejected, match=message) as refused:
+                client.submit(JobSpec("a vase", preset="tiny", options=options))
             assert refused.value.code == "invalid_message"
-            assert client.list_jobs() == []  # nothing was queued, so nothing was written
-        finally:
-            client.close()
+        with pytest.raises(RequestRejected, match="header field 'job'") as refused:
+            client.cancel("../../etc")
+        assert refused.value.code == "invalid_message"
+        assert client.list_jobs() == []  # nothing was queued, so nothing was written

@@ -214,6 +214,21 @@ def running_backend(store: Path, pipeline: type = ScriptedPipeline, **config: An
         server.stop()
 
 
+@contextlib.contextmanager
+def production_client(store: Path) -> Iterator[BackendClient]:
+    """A client connected to an in-process backend that runs the production pipeline (what it refuses at
+    submit is what an artist's request meets)."""
+    from dreampolish.backend.pipeline import DreamPolishPipeline
+
+    with running_backend(store, pipeline=DreamPolishPipeline) as server:
+        client = BackendClient(server.endpoint, timeout_s=30, heartbeat_s=0.5, dead_after_s=30)
+        client.connect()
+        try:
+            yield client
+        finally:
+            client.close()
+
+
 def backend_command(store: Path, *args: str, pipeline: str = "tests.support.pipelines:ScriptedPipeline") -> list[str]:
     """argv of a real `dreampolish-backend serve` process (run it with PYTHONPATH=repo: `repo_env()`)."""
     return [sys.executable, "-m", "dreampolish.backend.cli", "serve", "--store", str(store),

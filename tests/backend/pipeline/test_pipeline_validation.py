@@ -11,12 +11,12 @@ import pytest
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.protocol import codec
 from dreampolish.protocol import messages as m
-from dreampolish.protocol.client import BackendClient, RequestRejected
+from dreampolish.protocol.client import RequestRejected
 from dreampolish.protocol.errors import ProtocolError, ValidationError
 from dreampolish.protocol.job import JobSpec, validate_spec
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.support.pipelines import ScriptedPipeline, running_backend
+from tests.support.pipelines import ScriptedPipeline, production_client
 from tests.support.recording import box_payload
 
 
@@ -88,19 +88,14 @@ def test_a_good_refine_request_still_passes():
 
 @pytest.mark.timeout(120)
 def test_the_real_server_refuses_them_at_submit_and_keeps_serving(tmp_path):
-    with running_backend(tmp_path, pipeline=DreamPolishPipeline) as server:
-        client = BackendClient(server.endpoint, timeout_s=30, heartbeat_s=0.5, dead_after_s=30)
-        client.connect()
-        try:
-            for spec, message in [
-                (JobSpec("a vase", seed=-1), "seed must be an integer"),
-                (JobSpec("a vase", options={"model_set": "no-such-models"}), "model_set"),
-                (JobSpec("a vase", options={"preview_size": 0}), "preview_size"),
-                (JobSpec("a box", mode="geometry", input_mesh=_flat_mesh()), "zero area"),
-                (JobSpec("a box", mode="texture", input_mesh=_zero_scale_mesh()), "no extent"),
-            ]:
-                with pytest.raises(RequestRejected, match=message):
-                    client.submit(spec)
-            assert client.list_jobs() == []  # nothing was queued
-        finally:
-            client.close()
+    with production_client(tmp_path) as client:
+        for spec, message in [
+            (JobSpec("a vase", seed=-1), "seed must be an integer"),
+            (JobSpec("a vase", options={"model_set": "no-such-models"}), "model_set"),
+            (JobSpec("a vase", options={"preview_size": 0}), "preview_size"),
+            (JobSpec("a box", mode="geometry", input_mesh=_flat_mesh()), "zero area"),
+            (JobSpec("a box", mode="texture", input_mesh=_zero_scale_mesh()), "no extent"),
+        ]:
+            with pytest.raises(RequestRejected, match=message):
+                client.submit(spec)
+        assert client.list_jobs() == []  # nothing was queued

@@ -18,14 +18,14 @@ from dreampolish.backend.geometry.tets import make_tet_grid
 from dreampolish.backend.pipeline import DreamPolishPipeline
 from dreampolish.backend.stages.export import polygon_payload
 from dreampolish.backend.stages.finish import FinishConfig, dmtet_face_bound, run_finish
-from dreampolish.protocol.client import BackendClient, RequestRejected
+from dreampolish.protocol.client import RequestRejected
 from dreampolish.protocol.errors import ValidationError
 from dreampolish.protocol.job import JobSpec
 from dreampolish.protocol.messages import REMESH_FALLBACK
 from dreampolish.protocol.refine_mask import RefineMask
 from dreampolish.protocol.scene import MeshPayload
 
-from tests.support.pipelines import running_backend
+from tests.support.pipelines import production_client
 
 
 class Recorder:
@@ -211,16 +211,11 @@ def test_the_bound_is_twice_what_the_grid_makes_of_the_object_frame_s_sphere(pre
 
 @pytest.mark.timeout(120)
 def test_the_real_server_refuses_such_budgets_at_submit_and_keeps_serving(tmp_path):
-    with running_backend(tmp_path, pipeline=DreamPolishPipeline) as server:
-        client = BackendClient(server.endpoint, timeout_s=30, heartbeat_s=0.5, dead_after_s=30)
-        client.connect()
-        try:
-            for spec, words in REFUSED_OVER_THE_SURFACE:
-                with pytest.raises(RequestRejected, match=words):
-                    client.submit(spec)
-            assert client.list_jobs() == []  # nothing was queued
-        finally:
-            client.close()
+    with production_client(tmp_path) as client:
+        for spec, words in REFUSED_OVER_THE_SURFACE:
+            with pytest.raises(RequestRejected, match=words):
+                client.submit(spec)
+        assert client.list_jobs() == []  # nothing was queued
 
 
 def test_the_stage_is_in_the_plan_only_with_a_budget():
