@@ -95,7 +95,7 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None, udi
          and (mask is None or st in masked_chain([st]))],
         # The object's size (camera_rig.placement_options) goes with its placement; the artist's overrides win.
         options={**({} if placement is None else camera_rig.placement_options(context.scene, placement)),
-                 **game_ready_options(s, mode), **parse_overrides(s.overrides)},
+                 **game_ready_options(s, mode, masked=mask is not None), **parse_overrides(s.overrides)},
         cameras=cameras,  # the active camera first: the reference view, and the image's view
         input_mesh=input_mesh,
         image=None if picture is None else reference_image.reference_payload(picture, backend_limits()),
@@ -109,9 +109,10 @@ def job_spec(context, mode: str, input_mesh=None, placement=None, mask=None, udi
     return spec
 
 
-def game_ready_options(settings, mode: str) -> dict[str, bool | int]:
-    """The panel's Game-ready box as the backend's finish options (a texture-only job keeps its mesh)."""
-    if not settings.game_ready or mode == "texture":
+def game_ready_options(settings, mode: str, masked: bool = False) -> dict[str, bool | int]:
+    """The panel's Game-ready box as the backend's finish options (a texture-only job and a masked refine keep
+    their mesh's topology: the backend refuses a budget with a mask)."""
+    if not settings.game_ready or mode == "texture" or masked:
         return {}
     return {"finish.faces": int(settings.game_faces), "finish.quads": bool(settings.game_quads),
             "finish.lods": int(settings.game_lods)}

@@ -269,10 +269,15 @@ def check_finish(cfg: FinishConfig, spec: JobSpec, plan: list[str], dmtet: Dmtet
     grid makes of the surface (dmtet_face_bound: a generate job's object fills at most the object frame's
     sphere, a refine's is its mesh's surface), and a budget between the polished mesh's count and that
     bound is capped at run time (run_finish, BUDGET_CAPPED in the stage's progress), as is a budget above the
-    count of a mesh the artist edited and sent on resume, which no submit sees. A texture-only job or a masked
-    refine (which keeps the input's topology) has no finish stage: the budget is not used there."""
+    count of a mesh the artist edited and sent on resume, which no submit sees. A texture-only job has no finish
+    stage (the budget is not used there); a masked refine keeps the input's topology too, and a budget sent
+    with one is refused rather than ignored (the add-on leaves it out)."""
     if cfg.faces == 0 or spec.mode == "texture":
         return
+    if spec.mask is not None:
+        raise ValidationError(f"finish.faces is {cfg.faces}, but a masked refine keeps your mesh's topology, so it "
+                              "makes no game-ready mesh: set finish.faces to 0 (untick Game-ready), or clear the "
+                              "mask to refine the whole object")
     if not MIN_FACES <= cfg.faces <= FINISH_MAX_FACES:
         raise ValidationError(f"finish.faces is {cfg.faces}: a game-ready mesh keeps its shape with {MIN_FACES} to "
                               f"{FINISH_MAX_FACES} faces (and at most the polished mesh's own count); 0 turns the "

@@ -88,6 +88,7 @@ def test_the_game_ready_box_sends_the_finish_options(addon, fresh_scene):
     assert addon.job_request.game_ready_options(s, "generate") == {"finish.faces": 3000, "finish.quads": True,
                                                                    "finish.lods": 2}
     assert addon.job_request.game_ready_options(s, "texture") == {}  # a texture-only job keeps its mesh
+    assert addon.job_request.game_ready_options(s, "geometry", masked=True) == {}  # so does a masked refine
     s.game_ready = False
 
 

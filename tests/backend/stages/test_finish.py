@@ -174,10 +174,15 @@ REFUSED_OVER_THE_SURFACE = [
     (JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(1), stages=["finish", "texture"],
              options={"finish.faces": 500}),
      r"at most 48 faces \(your mesh's own triangle count.*fewer than the 500 a game-ready mesh needs"),
+    # a masked refine keeps the input's topology: a budget with it would be ignored, so it is refused
+    (JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(1),
+             mask=RefineMask(np.ones(fine_box(1).num_vertices, np.float32)), options={"finish.faces": 5_000}),
+     r"finish.faces is 5000, but a masked refine keeps your mesh's topology"),
 ]
 
 
-@pytest.mark.parametrize(("spec", "words"), REFUSED_OVER_THE_SURFACE, ids=["generate", "refine", "from polish", "too few"])
+@pytest.mark.parametrize(("spec", "words"), REFUSED_OVER_THE_SURFACE,
+                         ids=["generate", "refine", "from polish", "too few", "masked"])
 def test_a_budget_above_what_the_surface_can_have_is_refused_at_submit_with_the_range(spec, words):
     with pytest.raises(ValidationError, match=words):
         DreamPolishPipeline().check(spec)
@@ -191,10 +196,6 @@ def test_the_same_jobs_within_their_range_pass():
                            stages=["polish", "finish", "texture"], options={"finish.faces": 3_072}))
     # a mesh of more surface than its bounding sphere has a bound as much larger (12 plates: 5.3 against pi)
     pipeline.check(JobSpec("plates", preset="tiny", mode="geometry", input_mesh=plates(), options={"finish.faces": 12_000}))
-    # a masked refine keeps the input's topology: no finish stage, so its budget is not used (nor refused)
-    mask = RefineMask(np.ones(fine_box(1).num_vertices, np.float32))
-    pipeline.check(JobSpec("a box", preset="tiny", mode="geometry", input_mesh=fine_box(1), mask=mask,
-                           options={"finish.faces": 5_000}))
 
 
 @pytest.mark.parametrize("preset", ["tiny", "micro"])
