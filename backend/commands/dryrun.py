@@ -73,7 +73,11 @@ NeRF (neus.init_steps, geometry/transitions.fit_sdf_field) and DMTet's colour-fi
 (`init_batch` uniform + `init_batch` near-surface points; `batch` surface points) through the same ops, at a
 fixed hash-grid level (update_progress(0.0) before the loop), with one Adam created before the loop: the
 first step creates the Adam moments, and every later step holds exactly the tensors the second does. At
-the standard preset the 300 NeuS steps took 25 of a 40-minute dry run on two cores."""
+the standard preset the 300 NeuS steps took 25 of a 40-minute dry run on two cores.
+
+Within a step, the ray chunks of a NeRF or NeuS render are cut as well (render/volume.measured_chunks_only,
+set around the whole run): the first chunk and the last two are evaluated, the others are stand-ins that
+hold what a chunk holds, so the render's peak is the job's (render/volume._StandInChunk says why)."""
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GB = 1e9
@@ -211,6 +215,7 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
 
     from ..pipeline import DreamPolishPipeline
     from ..presets import get_preset
+    from ..render.volume import measured_chunks_only
     from .dryrun_meta import MetaDiffusionPriors
 
     base = get_preset(preset)
@@ -226,7 +231,7 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
     error: str | None = None
     with tempfile.TemporaryDirectory(prefix="dreampolish-dryrun-") as work:
         ctx = DryRunContext(Path(work), counter, "cpu" if device == "meta" else device)
-        with counter:
+        with counter, measured_chunks_only():
             try:
                 pipeline.run(spec, ctx)
             except Exception as exc:  # noqa: BLE001 - the report names the failing stage and the error
