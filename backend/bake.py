@@ -13,9 +13,11 @@ converts to glTF's Y up.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +62,39 @@ class TexelCoverage:
         return int(self.face_id.shape[1]), int(self.face_id.shape[0])
 
 
+_GRID_CHARTS: ContextVar[bool] = ContextVar("grid_charts", default=False)
+
+
+@contextlib.contextmanager
+def grid_charts() -> Iterator[None]:
+    """unwrap_uv lays every face out as half a cell of a square grid instead of calling xatlas: the dry run's
+    charts (commands/dryrun.py). xatlas is host work that holds no GPU memory, and took more than 22 minutes
+    of one core on the draft preset's DMTet mesh; what the bake holds on the GPU does not depend on the
+    charts (the colour field is evaluated on the covered texels in chunks of a fixed size, bake_color; the
+    materials are decomposed from renders of the mesh). Never set in a job."""
+    token = _GRID_CHARTS.set(True)
+    try:
+        yield
+    finally:
+        _GRID_CHARTS.reset(token)
+
+
+def grid_uv(n_faces: int) -> np.ndarray:
+    """Per-corner UVs [F,3,2] float32, face 2k and 2k+1 the two halves of cell k of a square grid over [0,1]²."""
+    side = max(1, int(np.ceil(np.sqrt((n_faces + 1) // 2))))
+    cell = np.arange(n_faces) // 2
+    x0, y0 = (cell % side) / side, (cell // side) / side
+    corners = np.array([[[0, 0], [1, 0], [0, 1]], [[1, 1], [0, 1], [1, 0]]], dtype=np.float64) / side
+    uvs = corners[np.arange(n_faces) % 2] + np.stack([x0, y0], -1)[:, None, :]
+    return np.ascontiguousarray(uvs, dtype=np.float32)
+
+
 def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, cfg: UnwrapConfig | None = None) -> np.ndarray:
     """xatlas charts for a mesh, returned as per-corner UVs [F,3,2] float32 of the SAME faces (the
-    mesh's vertices and faces are kept; seams live only in the per-corner UVs)."""
+    mesh's vertices and faces are kept; seams live only in the per-corner UVs). In the dry run, grid charts
+    of the same shape (grid_charts)."""
+    if _GRID_CHARTS.get():
+        return grid_uv(len(faces))
     import xatlas
 
     cfg = cfg or UnwrapConfig()

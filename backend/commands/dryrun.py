@@ -73,7 +73,12 @@ NeRF (neus.init_steps, geometry/transitions.fit_sdf_field) and DMTet's colour-fi
 (`init_batch` uniform + `init_batch` near-surface points; `batch` surface points) through the same ops, at a
 fixed hash-grid level (update_progress(0.0) before the loop), with one Adam created before the loop: the
 first step creates the Adam moments, and every later step holds exactly the tensors the second does. At
-the standard preset the 300 NeuS steps took 25 of a 40-minute dry run on two cores."""
+the standard preset the 300 NeuS steps took 25 of a 40-minute dry run on two cores.
+
+Within a step, the ray chunks of a NeRF or NeuS render are cut as well (render/volume.measured_chunks_only,
+set around the whole run): the first chunk and the last two are evaluated, the others are stand-ins that
+hold what a chunk holds, so the render's peak is the job's (render/volume._StandInChunk says why). The texture
+bake's charts are a grid instead of xatlas's (bake.grid_charts: host work, no GPU memory)."""
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 GB = 1e9
@@ -209,8 +214,10 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
     """Run every stage of `preset` (with `options`) for two steps; the report as a JSON-able dict."""
     from dreampolish.protocol.job import JobSpec
 
+    from ..bake import grid_charts
     from ..pipeline import DreamPolishPipeline
     from ..presets import get_preset
+    from ..render.volume import measured_chunks_only
     from .dryrun_meta import MetaDiffusionPriors
 
     base = get_preset(preset)
@@ -226,7 +233,7 @@ def dry_run(preset: str, options: dict[str, Any], dtype: torch.dtype, geometry: 
     error: str | None = None
     with tempfile.TemporaryDirectory(prefix="dreampolish-dryrun-") as work:
         ctx = DryRunContext(Path(work), counter, "cpu" if device == "meta" else device)
-        with counter:
+        with counter, measured_chunks_only(), grid_charts():
             try:
                 pipeline.run(spec, ctx)
             except Exception as exc:  # noqa: BLE001 - the report names the failing stage and the error

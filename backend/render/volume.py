@@ -26,18 +26,27 @@ alpha_i = max((Phi_s(f_i^-) - Phi_s(f_i^+)) / Phi_s(f_i^-), 0).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 from ..capacity import DeviceCapacity, gather_rows, gather_static, scatter_rows
 from ..config_fields import ranged
 from ..device import to_device
 from .cameras import CameraBatch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -251,6 +260,102 @@ def _render_chunk(field: VolumeField, occupancy: OccupancyGrid | None, want_norm
     return _composite(alpha, color, normal, t, d, cos_fwd, bg)
 
 
+_MEASURED_CHUNKS_ONLY: ContextVar[bool] = ContextVar("measured_chunks_only", default=False)
+
+
+@contextlib.contextmanager
+def measured_chunks_only() -> Iterator[None]:
+    """The dry run's renders (commands/dryrun.py) evaluate only the chunks that reach the render's memory peak
+    (`_measured_chunk`); every other chunk's per-ray results are a copy of the first chunk's. The images are
+    then wrong and their memory is not (_StandInChunk). Never set in a job."""
+    token = _MEASURED_CHUNKS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _MEASURED_CHUNKS_ONLY.reset(token)
+
+
+def _measured_chunk(index: int, count: int) -> bool:
+    """Whether chunk `index` of `count` is evaluated: always in a job; in the dry run the first and the last
+    two (_StandInChunk says why these reach the peak)."""
+    return not _MEASURED_CHUNKS_ONLY.get() or index == 0 or index >= count - 2
+
+
+class _StandInChunk(torch.autograd.Function):
+    """A chunk the dry run does not evaluate, as memory sees it: the render's peak is reached, exactly, in the
+    chunks it does evaluate (_measured_chunk).
+
+    Every chunk of a render holds the same tensors (`recompute_chunks`; a render without gradients is the
+    same without the backward pass): its samples from `_sample_rays` (t, delta, pts: new storages, kept by
+    the checkpoint for the recomputation until the chunk's backward has run), the field's activations at
+    chunk_rays x n_samples samples while it is evaluated (and again while it is recomputed in the backward
+    pass), and its per-ray results, kept until they are concatenated. Only the last chunk may be shorter.
+    So, in the forward pass, what is live grows by one chunk's samples and results per chunk, and the most
+    is at the last chunk's evaluation or, when the last is shorter, possibly at the one before it (the last
+    full chunk, with every earlier chunk's samples and results held). The backward pass recomputes the
+    chunks from the last to the first, freeing each one's samples after it; each chunk's backward adds its
+    gradient to the field's, which the first one recomputed (the last chunk) makes and every later one adds
+    to (one table-sized gradient more at once), so the most is at the recomputation of the last chunk or of
+    the one before it, the first to add with every earlier chunk's samples held. A stand-in holds what its
+    chunk holds between those moments, so evaluating the first chunk (what a chunk keeps is measured there)
+    and the last two gives the render's peak:
+    - its samples, saved here and freed when the backward pass reaches it, as the checkpoint frees a chunk's;
+    - its per-ray results, copies of the first chunk's (new storages of the same sizes); their gradient flows
+      into the first chunk's (a sum of a few megabytes there that a job does not make: the only excess);
+    - what the first chunk's evaluation left alive besides its results (`retained`, uninitialised bytes:
+      they cost no host memory), freed when the backward pass reaches it. A checkpointed chunk should keep
+      nothing but its inputs; it keeps more where the field's normals are a gradient taken inside it
+      (FieldConfig.normals "analytic": autograd.grad with create_graph unpacks, during the forward pass,
+      tensors the checkpoint had dropped, so the checkpoint recomputes them then and keeps them: the hash
+      grid's corner rows, int64 [samples, 8] per hashed level on the PyTorch encoding, about 0.8 kB a sample
+      of the standard NeRF field with every level active, BENCHMARKS.md). Each chunk keeps that until its own
+      backward pass, so a job's render holds it for every chunk at once.
+    Checked on the draft NeRF field with every level active (1,024 rays in 8 chunks: 280.5 MB at the peak
+    either way) and on small fields (tests/backend/render/test_volume.py): the dry run's peak equals the
+    job's, with a loss that uses every output (the stages' do: the orientation penalty uses the normals, NeuS's alpha its gradient). A loss
+    that leaves the normals unused leaves each chunk's recomputed normal graph alive after its backward
+    pass, which the stand-ins do not copy."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, delta: Tensor, pts: Tensor, retained: Tensor, *first: Tensor
+                ) -> tuple[Tensor, ...]:
+        ctx.save_for_backward(t, delta, pts, retained)
+        return tuple(x.clone() for x in first)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, None, None, None, *grads)
+
+
+class _RetainedBytes(TorchDispatchMode):
+    """The bytes of the storages that ops make inside it and that are still alive when asked (the dry run's
+    first chunk: _StandInChunk)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[int, weakref.ref] = {}
+        """id -> the storage, while it lives (a freed storage's id may be reused by a new one)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor):
+                storage = t.untyped_storage()
+                if storage._cdata in inputs:  # a view of an input (the hash table's slices): nothing new
+                    continue
+                known = self._made.get(id(storage))
+                if known is None or known() is None:
+                    self._made[id(storage)] = weakref.ref(storage)
+        return out
+
+    def alive(self, besides: tuple[Tensor, ...]) -> int:
+        """The bytes alive now that are not the storages of `besides`."""
+        skip = {id(t.untyped_storage()) for t in besides}
+        live = {key: s.nbytes() for key, s in ((key, r()) for key, r in self._made.items()) if s is not None}
+        return sum(n for key, n in live.items() if key not in skip)
+
+
 def render_volume(
     field: VolumeField,
     cameras: CameraBatch,
@@ -286,14 +391,26 @@ def render_volume(
         occupancy.kept.poll()  # a need requested at a reporting step may have landed
     recompute = cfg.recompute_chunks and torch.is_grad_enabled() and n_rays > cfg.chunk_rays
     pieces = []
-    for start in range(0, n_rays, cfg.chunk_rays):
+    count = -(-n_rays // cfg.chunk_rays)
+    stand_ins = (recompute or not torch.is_grad_enabled()) and count > 3  # one chunk's graph at a time
+    retained = 0  # the bytes the first chunk left alive besides its results (_StandInChunk)
+    for index, start in enumerate(range(0, n_rays, cfg.chunk_rays)):
         ids = slice(start, start + cfg.chunk_rays)
         t, delta, pts = _sample_rays(o[ids], d[ids], near[ids], far[ids], cfg.n_samples, generator)
         rays = min(cfg.chunk_rays, n_rays - start)
         gather_size = occupancy.kept.size(rays * cfg.n_samples) if occupancy is not None else rays * cfg.n_samples
+        if stand_ins and not _measured_chunk(index, count):
+            own = torch.empty(retained, dtype=torch.uint8, device=dev)  # each chunk keeps its own
+            pieces.append(_StandInChunk.apply(t, delta, pts, own, *pieces[0]))
+            continue
         args = (field, occupancy, want_normals, cfg.empty_space, gather_size, t, delta, pts, d[ids], hit[ids],
                 cos_fwd[ids], bg)
-        pieces.append(checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args))
+        with _RetainedBytes() if stand_ins and recompute and index == 0 else contextlib.nullcontext() as made:
+            pieces.append(checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args))
+        if made is not None:
+            retained = made.alive(pieces[0])
+            log.info("dry run: a chunk of %d rays x %d samples keeps %.3f GB until its backward pass", rays,
+                     cfg.n_samples, retained / 1e9)
     # rgb, opacity, depth, normal, orientation per ray
     rgb_out, opacity_out, depth_out, normal_out, orient_out = (
         values[0] if len(pieces) == 1 else torch.cat(values) for values in zip(*pieces))

@@ -213,3 +213,18 @@ def test_maps_carried_onto_another_mesh_of_the_surface_show_the_source_s_colours
     flipped[..., 1] = 1 - flipped[..., 1]
     (wrong,) = bake.transfer_maps(lv, lf, luvs, v, f, flipped, [source], 128)
     assert np.abs(wrong[coverage.inside] - _color(on_source[coverage.inside[coverage.filled]])).mean() > 4 * error
+
+
+def test_the_dry_run_s_grid_charts_keep_the_faces_and_cover_the_atlas_without_overlap():
+    # bake.grid_charts (the dry run's stand-in for xatlas): per-corner UVs of the same shape, every face its own
+    # triangle, so that the bake's host arrays and device chunks are as large as with real charts
+    box = trimesh.creation.box()
+    vertices, faces = np.asarray(box.vertices, np.float32), np.asarray(box.faces, np.int64)
+    with bake.grid_charts():
+        uvs = bake.unwrap_uv(vertices, faces, bake.UnwrapConfig(resolution=64))
+    assert uvs.shape == (len(faces), 3, 2) and uvs.dtype == np.float32
+    coverage = bake.rasterize_uv(uvs, 64, 64, border=0)
+    assert set(np.unique(coverage.face_id[coverage.inside])) == set(range(len(faces)))  # each face has texels
+    areas = 0.5 * np.abs(np.cross(uvs[:, 1] - uvs[:, 0], uvs[:, 2] - uvs[:, 0]))
+    assert areas.sum() <= 1.0 + 1e-6 and (areas > 0).all()  # inside [0,1]² (the grid's halves do not overlap)
+    assert bake.unwrap_uv(vertices, faces, bake.UnwrapConfig(resolution=64)).shape == uvs.shape  # xatlas outside

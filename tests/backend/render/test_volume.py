@@ -3,6 +3,7 @@ fixed shapes without host syncs, equal to evaluating only the kept samples."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from dreampolish.backend.render.volume import (
     _composite,
     _sample_rays,
     camera_rays,
+    measured_chunks_only,
     ray_box,
     render_volume,
 )
@@ -165,6 +167,32 @@ def test_recomputed_chunks_give_the_same_gradients_and_keep_far_less_for_backwar
         for ga, gb in zip(grads_a, grads_b):
             assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-6), type(volume).__name__
         assert sum(recomputed) < 0.25 * sum(kept), (type(volume).__name__, sum(recomputed), sum(kept))
+
+
+def _render_peak(volume, chunk_rays: int, grad: bool, dry_run: bool) -> int:
+    from dreampolish.backend.commands.dryrun import LiveBytes
+
+    cfg = VolumeRenderConfig(n_samples=16, chunk_rays=chunk_rays)
+    counter = LiveBytes()
+    with counter, measured_chunks_only() if dry_run else contextlib.nullcontext(), torch.set_grad_enabled(grad):
+        out = render_volume(volume, _camera(20), 0.6, cfg, want_normals=True, generator=torch.Generator().manual_seed(3))
+        if grad:
+            (out["rgb"].square().sum() + out["normal"].sum() + out["orientation"].sum()).backward()
+        del out
+    return counter.peak
+
+
+def test_the_dry_runs_chunks_reach_the_renders_peak():
+    # The dry run evaluates the first chunk and the last two and stands in for the others (_StandInChunk):
+    # the render's peak must be the job's, training (the chunks recomputed for the backward pass, each
+    # keeping what the analytic normals' inner backward saved) and not; 400 rays in chunks of 64 (the last
+    # one shorter) and of 50. Above the job's only by what the first chunk makes once (a few kB here).
+    for volume in _tiny_fields():
+        for chunk_rays in (64, 50):
+            job, dry = _render_peak(volume, chunk_rays, False, False), _render_peak(volume, chunk_rays, False, True)
+            assert dry == job, (type(volume).__name__, chunk_rays)
+            job, dry = _render_peak(volume, chunk_rays, True, False), _render_peak(volume, chunk_rays, True, True)
+            assert job <= dry <= 1.05 * job, (type(volume).__name__, chunk_rays, job, dry)
 
 
 def _compacted_render(volume, cam, bound, cfg, occupancy):
