@@ -7,7 +7,8 @@ with n_rendered the rendered world normals rotated into the camera frame (the fr
 answers in), L_nc the mesh normal consistency (1 − cos between faces sharing an edge) and L_lap the
 uniform Laplacian of the vertex offsets δ, so that the mesh moves smoothly rather than per vertex.
 
-With several reference pictures (a multi-view request: exact cameras), each step adds
+With several reference pictures (a multi-view request: exact cameras) and silhouette_weight above 0 (off by
+default), each step adds
     λ_sil · mean over the pictures of MSE(coverage at the picture's camera, the picture's mask)
 (silhouette_weight): the geometry stages carved what the pictures show (a torus's hole seen from above), and
 nothing in L above knows it (polish_silhouettes).
@@ -77,10 +78,12 @@ class PolishConfig:
     """λ_nc, the small normal-consistency term on the mesh."""
     laplacian_weight: float = ranged(1.0, 0, 1e6)
     """λ_lap, uniform Laplacian of the vertex offsets."""
-    silhouette_weight: float = ranged(SILHOUETTE_WEIGHT, 0, 1e6)
+    silhouette_weight: float = ranged(0.0, 0, 1e6)
     """λ_sil: with several reference pictures, weight of the mean over them of the MSE between the mesh's
-    antialiased coverage at each picture's camera and the picture's mask (0: off). One picture adds nothing
-    (its polish is the single-picture path, measured without it)."""
+    antialiased coverage at each picture's camera and the picture's mask (0: off, the default; SILHOUETTE_WEIGHT
+    is the measured value). One picture adds nothing. Off by default: it holds the pictures' silhouettes
+    (0.98-0.99 where the method's polish moves them to 0.92-0.97) but did not hold the torus's hole from
+    above over seeds (BENCHMARKS.md, "Several pictures, several cameras")."""
     smoothness_weight: float = ranged(1.0, 0, 1e6)
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)

@@ -15,6 +15,7 @@ from dreampolish.backend.render.cameras import orbit_cameras
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.backend.stages.base import LoggingReporter
 from dreampolish.backend.stages.polish import (
+    SILHOUETTE_WEIGHT,
     PolishConfig,
     normal_polish_loss,
     normals_to_camera,
@@ -133,7 +134,7 @@ def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimato
         seen, truth = raster.rasterize(mesh, top.camera).foreground, raster.rasterize(torus, top.camera).foreground
         return float((seen & truth).sum() / (seen | truth).sum())
 
-    cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4)
+    cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_weight=SILHOUETTE_WEIGHT)
     polished = {}
     for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
         polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
