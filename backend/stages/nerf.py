@@ -110,10 +110,10 @@ class NerfConfig:
     iso_fit: bool = False
     """With several reference pictures, take the surface at the level of ISO_LADDER × iso_density whose solid's
     silhouettes agree best with the pictures' masks (fit_iso_level) instead of at iso_density itself. One
-    picture keeps iso_density (its silhouette leaves the depth free). Off by default: over seeds it mends the
-    torus from three pictures at seed 0 (from above 0.70 -> 0.90) but the torus from two pictures, the
-    issue's case, then lost its hole from above at seeds 1 and 2 (0.931 -> 0.881, 0.902 -> 0.891; DMTet
-    ended lower from as good a NeuS), BENCHMARKS.md "Several pictures, several cameras"."""
+    picture keeps iso_density (its silhouette leaves the depth free). Off by default: it mends the torus from
+    three pictures at seed 0 (from above 0.70 -> 0.90), but from two pictures at seed 2 the hole from above
+    fell under the bound with it (0.902 -> 0.883; DMTet ended lower from as good a NeuS), BENCHMARKS.md
+    "Several pictures, several cameras"."""
     mesh_resolution: int = ranged(128, 8, 1024)
     """Lattice points per axis for marching cubes."""
 

@@ -82,8 +82,9 @@ class PolishConfig:
     """λ_sil: with several reference pictures, weight of the mean over them of the MSE between the mesh's
     antialiased coverage at each picture's camera and the picture's mask (0: off, the default; SILHOUETTE_WEIGHT
     is the measured value). One picture adds nothing. Off by default: it holds the pictures' silhouettes
-    (0.98-0.99 where the method's polish moves them to 0.92-0.97) but did not hold the torus's hole from
-    above over seeds (BENCHMARKS.md, "Several pictures, several cameras")."""
+    (0.98-0.99 where the method's polish moves them to 0.92-0.97) but not the torus's hole from above: from
+    two pictures, seed 1, the same DMTet mesh ended at 0.881 with it and 0.917 without it (BENCHMARKS.md,
+    "Several pictures, several cameras")."""
     smoothness_weight: float = ranged(1.0, 0, 1e6)
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
