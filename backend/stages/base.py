@@ -111,8 +111,9 @@ class ReferenceWeights:
     each over √N, between the two (all N weigh √N pictures' worth: 1.41 for two, 1.73 for three), the
     weighting being measured over seeds against the other two in BENCHMARKS.md, "Several pictures, several
     cameras". Measured there at seed 0: the torus from 0° and 89° keeps its hole from above at 0.911
-    summed against 0.866 averaged; the cone from 30° and 0° is the same either way; but three pictures of
-    the torus summed lost it from above (0.79, NeRF 0.18) where averaged they kept 0.85."""
+    summed against 0.866 averaged; the cone from 30° and 0° is the same either way. Three pictures of the
+    torus summed lost it from above at seed 0 (0.79, NeRF 0.18) with sum and sqrt alike: not the weight but
+    the NeRF surface's fixed density level (stages/nerf.py fit_iso_level), which cut the ring in two."""
     alternate_every: int = ranged(0, 0, 1000)
     """Which steps carry the reference losses and which the guidance (DreamCraft3D's `freq.ref_or_guidance`,
     systems/dreamcraft3d.py training_step): 0, both on every step ("accumulate", its geometry/DMTet stage);

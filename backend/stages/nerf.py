@@ -5,7 +5,9 @@ sampled views (albedo shading, with volume normals when the orientation term or 
 wants them), orientation / sparsity / opacity regularisers. The occupancy grid that lets the
 volume renderer skip empty space is refreshed every `occupancy_every` steps.
 
-The stage ends with NerfState.extract_mesh(): marching cubes on the density at `iso_density`.
+The stage ends with NerfState.extract_mesh(): marching cubes on the density at `iso_density`, or, with
+several reference pictures (exact cameras) and NerfConfig.iso_fit (off by default), at the level whose solid
+reproduces their silhouettes best (fit_iso_level); the NeuS stage starts from the solid at the same level.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
 from ..geometry.regularisers import opacity_entropy_loss, orientation_loss, sparsity_loss
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
+from ..render.rasterize import MeshRasterizer
 from ..render.volume import NerfVolume, OccupancyGrid, VolumeRenderConfig, render_volume
 from ..schedules import stage_progress
 from .alignment import AlignmentConfig, ReferenceAlignment
@@ -35,6 +38,7 @@ from .base import (
     ReferenceView,
     ReferenceWeights,
     ResolutionSchedule,
+    ScaledReference,
     StageRender,
     StageReporter,
     adam_groups,
@@ -102,7 +106,14 @@ class NerfConfig:
     occupancy_density: float = ranged(0.01, 0, 1e6)
     """Cells whose density stays below this are skipped."""
     iso_density: float = ranged(5.0, 0, 1e6)
-    """Density level of the extracted surface."""
+    """Density level of the extracted surface (and of the solid the NeuS stage starts from)."""
+    iso_fit: bool = False
+    """With several reference pictures, take the surface at the level of ISO_LADDER × iso_density whose solid's
+    silhouettes agree best with the pictures' masks (fit_iso_level) instead of at iso_density itself. One
+    picture keeps iso_density (its silhouette leaves the depth free). Off by default: it mends the torus from
+    three pictures at seed 0 (from above 0.70 -> 0.90), but from two pictures at seed 2 the hole from above
+    fell under the bound with it (0.902 -> 0.883; DMTet ended lower from as good a NeuS), BENCHMARKS.md
+    "Several pictures, several cameras"."""
     mesh_resolution: int = ranged(128, 8, 1024)
     """Lattice points per axis for marching cubes."""
 
@@ -116,6 +127,13 @@ class NerfState:
     seconds: float = 0.0
     alignment: ReferenceAlignment | None = None
     """The picture's learnt shift and scale (NerfConfig.align), or None."""
+    iso_level: float | None = None
+    """The surface's density level when fit_iso_level chose it; None: cfg.iso_density."""
+
+    @property
+    def level(self) -> float:
+        """The density level of the extracted surface and of the solid NeuS starts from."""
+        return float(self.cfg.iso_density if self.iso_level is None else self.iso_level)
 
     def render(self, cameras: CameraBatch, *, want_normals: bool = True,
                generator: torch.Generator | None = None) -> StageRender:
@@ -126,18 +144,18 @@ class NerfState:
 
     @torch.no_grad()
     def extract_mesh(self, normalize: bool = True) -> TriMesh:
-        """Marching-cubes surface at cfg.iso_density, cleaned, with vertex albedo; with `normalize`
+        """Marching-cubes surface at `level`, cleaned, with vertex albedo; with `normalize`
         in the object frame (bbox centre at the origin, bounding-sphere radius 0.5, Z up)."""
         dev = next(self.field.parameters()).device
         values = evaluate_on_grid(self.field.density, self.field.bound, self.cfg.mesh_resolution, dev)
-        lattice = keep_main_solid(values.cpu().numpy(), self.cfg.iso_density, inside="above")
-        verts, faces = marching_cubes(lattice, self.field.bound, self.cfg.iso_density, inside="above")
+        verts, faces = _main_surface(values.cpu().numpy(), self.field.bound, self.level)
         return _finish_mesh(verts, faces, self.field.color, dev, normalize)
 
     def state_dict(self) -> dict[str, Any]:
         return {"field": self.field.state_dict(), "occupancy": self.occupancy.cells.cpu(),
                 "steps_done": self.steps_done, "active_levels": self.field.encoding.active_levels,
-                "alignment": None if self.alignment is None else self.alignment.raw.detach().cpu()}
+                "alignment": None if self.alignment is None else self.alignment.raw.detach().cpu(),
+                "iso_level": self.iso_level}
 
     @classmethod
     def from_state_dict(cls, cfg: NerfConfig, state: dict[str, Any], device: torch.device | str = "cpu"
@@ -149,7 +167,57 @@ class NerfState:
         occ.cells = state["occupancy"].to(device)
         raw = state.get("alignment")
         alignment = None if raw is None else ReferenceAlignment(cfg.align, raw).to(device)
-        return cls(f, cfg, occ, int(state["steps_done"]), alignment=alignment)
+        return cls(f, cfg, occ, int(state["steps_done"]), alignment=alignment, iso_level=state.get("iso_level"))
+
+
+def _main_surface(values: np.ndarray, bound: float, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes of the main solid of a density lattice above `level` (keep_main_solid)."""
+    lattice = keep_main_solid(values, level, inside="above")
+    return marching_cubes(lattice, bound, level, inside="above")
+
+
+ISO_LADDER = (1.0,) + tuple(2.0 ** (k / 4) for k in range(-8, 5) if k != 0)
+"""The levels fit_iso_level tries, as multiples of iso_density: 1 first (kept on a tie), then 2^(k/4) for k in
+-8..4 (0.25 to 2 times, quarter octaves)."""
+
+
+@torch.no_grad()
+def fit_iso_level(state: NerfState, refs: list[ScaledReference], rasterizer: MeshRasterizer | None = None
+                  ) -> tuple[float, float]:
+    """(level, mean silhouette IoU): the density level of ISO_LADDER × iso_density whose main solid, seen from
+    each reference picture's camera, covers that picture's mask best (IoU of the covered pixels with
+    mask > 0.5, averaged over the pictures).
+
+    Why: the density's scale is what the stage's steps made of it, not a constant. In the micro preset's 160
+    steps it peaks at 6.4-6.8 (the torus from two and from three pictures, seed 0), just above iso_density 5,
+    and the solid above 5 is a few peaks: from three pictures it fell into two half rings (618 and 473 of
+    48³ cells), the main solid kept one, and the NeuS stage started from a broken ring (from above 0.18 after
+    NeRF, 0.70 after NeuS). The same field at level 3.5 is one ring with its hole (silhouette IoU 0.85 / 0.92 /
+    0.95 with the three pictures, 0.91 from above): the volume render had the object, the fixed level lost
+    it (BENCHMARKS.md, "Several pictures, several cameras"). With several exact cameras the pictures'
+    silhouettes pin the solid from several sides, so the level that reproduces them is measured, not
+    assumed; threestudio's own answer to the same problem is an "auto" isosurface threshold
+    (models/geometry/base.py, the mean of the density grid above 1e-5), which ignores the pictures."""
+    rasterizer = rasterizer or MeshRasterizer()
+    dev = next(state.field.parameters()).device
+    values = evaluate_on_grid(state.field.density, state.field.bound, state.cfg.mesh_resolution, dev).cpu().numpy()
+    best_level, best_iou = state.cfg.iso_density, -1.0
+    for factor in ISO_LADDER:
+        level = state.cfg.iso_density * factor
+        verts, faces = _main_surface(values, state.field.bound, level)
+        if len(faces) == 0:
+            continue
+        mesh = TriMesh(torch.as_tensor(verts, device=dev, dtype=torch.float32), torch.as_tensor(faces, device=dev))
+        ious = []
+        for ref in refs:
+            covered = rasterizer.rasterize(mesh, ref.camera.to(dev)).foreground[..., 0]
+            target = ref.mask[..., 0] > 0.5
+            union = (covered | target).sum().clamp_min(1)
+            ious.append((covered & target).sum() / union)
+        iou = float(torch.stack(ious).mean())
+        if iou > best_iou:
+            best_level, best_iou = level, iou
+    return best_level, best_iou
 
 
 def _finish_mesh(verts: np.ndarray, faces: np.ndarray, color_fn, device, normalize: bool) -> TriMesh:
@@ -228,5 +296,8 @@ def run_nerf(cfg: NerfConfig, guidance: Guidance, reference: ReferenceView | Non
         # the gather buffers' need (VolumeRenderConfig.empty_space) is read back when the losses are
         optimiser_step(opt, loss, reporter, step, cfg.steps, capacities=[state.occupancy.kept])
     state.steps_done = cfg.steps
+    if cfg.iso_fit and isinstance(ref, list) and len(ref) > 1:
+        state.iso_level, iou = fit_iso_level(state, ref)  # exact cameras: no alignment
+        log.info("NeRF surface at density %.3g (pictures' silhouette IoU %.3f)", state.iso_level, iou)
     state.seconds = time.perf_counter() - start
     return state

@@ -166,7 +166,7 @@ def neus_from_nerf(cfg: NeusConfig, init: NerfState | TriMesh, *, generator: tor
     if isinstance(init, TriMesh):
         sdf_field_from_mesh(init, sdf, **fit)
     else:
-        sdf_field_from_density(init.field, sdf, threshold=init.cfg.iso_density, **fit)
+        sdf_field_from_density(init.field, sdf, threshold=init.level, **fit)
     state = NeusState(sdf, cfg, OccupancyGrid(cfg.sdf.bound, cfg.render.occupancy_resolution, device),
                       sharpness=cfg.sharpness.at(0.0), cos_anneal=cfg.cos_anneal.at(0.0))
     state.update_occupancy(generator)

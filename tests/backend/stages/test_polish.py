@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import trimesh
 from dreampolish.backend.geometry.mesh import TriMesh, normalize_to_unit
 from dreampolish.backend.geometry.metrics import normal_consistency
+from dreampolish.backend.guidance.base import ReferenceView
 from dreampolish.backend.guidance.oracle import OracleNormals
 from dreampolish.backend.render.cameras import orbit_cameras
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.backend.stages.base import LoggingReporter
 from dreampolish.backend.stages.polish import (
+    SILHOUETTE_WEIGHT,
     PolishConfig,
     normal_polish_loss,
     normals_to_camera,
@@ -110,3 +114,30 @@ def test_the_pool_is_estimated_one_view_a_call_whatever_the_step_batch(sharp_box
     run_polish(PolishConfig(steps=1, render_size=32, batch_size=4, view_pool=6, estimator_batch=4), rounded,
                estimator, None, LoggingReporter("polish"), rasterizer=raster, generator=torch.Generator().manual_seed(0))
     assert seen[6:] == [4, 2]
+
+
+def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimator_would_fill_a_hole():
+    """Issue 31: the geometry stages carved a torus's hole that an overhead picture shows; an estimator that
+    takes the torus for a disc (its normals all up on top) fills the hole in polish, unless the pictures'
+    silhouettes are kept (PolishConfig.silhouette_weight)."""
+    raster = MeshRasterizer("torch")
+    torus = _mesh(trimesh.creation.torus(0.35, 0.12, major_sections=32, minor_sections=12))
+    disc = _mesh(trimesh.creation.cylinder(0.5, 0.24, sections=32))
+
+    def picture(elevation: float) -> ReferenceView:
+        cam = orbit_cameras(torch.tensor([elevation]), torch.tensor([0.0]), torch.tensor([3.8]), torch.tensor([20.0]), 32, 32)
+        return ReferenceView(rgb=torch.ones(32, 32, 3), mask=raster.rasterize(torus, cam).foreground.float()[0], camera=cam)
+
+    front, top = picture(0.0), picture(89.0)
+
+    def iou_from_above(mesh: TriMesh) -> float:
+        seen, truth = raster.rasterize(mesh, top.camera).foreground, raster.rasterize(torus, top.camera).foreground
+        return float((seen & truth).sum() / (seen | truth).sum())
+
+    cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_weight=SILHOUETTE_WEIGHT)
+    polished = {}
+    for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
+        polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
+                                    rasterizer=raster, generator=torch.Generator().manual_seed(0))
+    assert iou_from_above(polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
+    assert iou_from_above(polished["two pictures"]) > 0.95
