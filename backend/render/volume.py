@@ -276,9 +276,9 @@ def measured_chunks_only() -> Iterator[None]:
 
 
 def _measured_chunk(index: int, count: int) -> bool:
-    """Whether chunk `index` of `count` is evaluated: always in a job; in the dry run the first and the last
-    two (_StandInChunk says why these reach the peak)."""
-    return not _MEASURED_CHUNKS_ONLY.get() or index == 0 or index >= count - 2
+    """Whether the dry run evaluates chunk `index` of `count`: the first and the last two (_StandInChunk says
+    why these reach the peak)."""
+    return index == 0 or index >= count - 2
 
 
 class _StandInChunk(torch.autograd.Function):
@@ -392,7 +392,8 @@ def render_volume(
     recompute = cfg.recompute_chunks and torch.is_grad_enabled() and n_rays > cfg.chunk_rays
     pieces = []
     count = -(-n_rays // cfg.chunk_rays)
-    stand_ins = (recompute or not torch.is_grad_enabled()) and count > 3  # one chunk's graph at a time
+    # the dry run only (measured_chunks_only): a job evaluates every chunk, with nothing watching its ops
+    stand_ins = _MEASURED_CHUNKS_ONLY.get() and (recompute or not torch.is_grad_enabled()) and count > 3
     retained = 0  # the bytes the first chunk left alive besides its results (_StandInChunk)
     for index, start in enumerate(range(0, n_rays, cfg.chunk_rays)):
         ids = slice(start, start + cfg.chunk_rays)

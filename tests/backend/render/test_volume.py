@@ -195,6 +195,21 @@ def test_the_dry_runs_chunks_reach_the_renders_peak():
             assert job <= dry <= 1.05 * job, (type(volume).__name__, chunk_rays, job, dry)
 
 
+def test_a_jobs_render_evaluates_every_chunk_unwatched(caplog, monkeypatch):
+    # the dry run's bookkeeping (stand-ins, the first chunk's ops watched) is for the dry run alone: a job's
+    # render of many chunks runs each chunk, and no op of it passes through the bookkeeping's dispatch mode
+    from dreampolish.backend.render import volume as volume_module
+
+    watched = []
+    monkeypatch.setattr(volume_module._RetainedBytes, "__enter__", lambda self: watched.append(self) or self)
+    volume = _tiny_fields()[0]
+    with caplog.at_level("INFO", logger=volume_module.__name__):
+        out = render_volume(volume, _camera(20), 0.6, VolumeRenderConfig(n_samples=16, chunk_rays=50),
+                            want_normals=True, generator=torch.Generator().manual_seed(3))
+        (out["rgb"].square().sum() + out["normal"].sum() + out["orientation"].sum()).backward()
+    assert watched == [] and "dry run" not in caplog.text
+
+
 def _compacted_render(volume, cam, bound, cfg, occupancy):
     """The renderer as it was before fixed shapes (issue 28): only rays that hit the box and samples the
     occupancy grid keeps are sent to the field, then scattered back (boolean counts read by the host)."""
