@@ -294,7 +294,7 @@ class TextureRunner(StageRunner):
         if c.spec.udim_tiles:  # one map per UDIM tile, on the input's own UVs
             textures = bake_tiles(mesh.vertices.detach().cpu().numpy(), c.spec.input_mesh.faces.astype(np.int64),
                                   c.spec.input_mesh.uvs, list(c.spec.udim_tiles), state.colors_at,
-                                  c.preset.texture.atlas_size, c.preset.texture.dilation_texels or None)
+                                  c.preset.texture.atlas_size, c.preset.texture.dilation)
             c.carry.payload = self._input_payload(c, mesh, None, textures)
             return {"mesh": mesh_to_ckpt(mesh), "payload": payload_to_ckpt(c.carry.payload),
                     "field": state.state_dict()}
@@ -364,7 +364,7 @@ class TextureRunner(StageRunner):
             lod_vertices = lod.vertices.detach().cpu().numpy().astype(np.float32)
             carried = bake.transfer_maps(lod_vertices, lod.faces.detach().cpu().numpy().astype(np.int64), uvs,
                                          vertices, faces, baked.uvs, maps, cfg.atlas_size,
-                                         None if cfg.dilation_texels <= 0 else cfg.dilation_texels,
+                                         cfg.dilation,
                                          cfg.normal_ray_distance)
             normal = bake_detail_normals(cfg, lod, uvs, c.carry.detail, cfg.normal_ray_distance)
             textures = texture_payloads(carried[0], normal, c.preset.export.normal_map_dtype,

@@ -29,7 +29,7 @@ from dreampolish.protocol.scene import MeshPayload
 
 from .. import bake
 from ..config_fields import ranged
-from ..geometry.mesh import TriMesh
+from ..geometry.mesh import TriMesh, normalize_to_unit
 from ..geometry.metrics import chamfer_fraction
 from ..geometry.remesh import FaceSizes, PolyMesh, remesh_to_budget
 from .base import StageReporter
@@ -223,14 +223,12 @@ def run_finish(cfg: FinishConfig, mesh: TriMesh, reporter: StageReporter, *, atl
 
 
 def object_frame_area(payload: MeshPayload) -> float:
-    """Surface area of a request's mesh in the object frame (placed by its transform, then scaled so that its
-    bounding sphere about the bounding-box centre has radius 0.5, as the job's frame places it)."""
-    vertices = payload.in_world().vertices.astype(np.float64)
-    lo, hi = vertices.min(0), vertices.max(0)
-    extent = np.linalg.norm(vertices - 0.5 * (lo + hi), axis=1).max()
-    p = vertices[np.asarray(payload.faces, np.int64)]
-    area = 0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1).sum()
-    return float(area / max(extent / 0.5, 1e-30) ** 2)
+    """Surface area of a request's mesh in the object frame (placed by its transform, then normalised as the
+    job's frame places it: geometry/mesh.normalize_to_unit)."""
+    world = payload.in_world()
+    mesh = TriMesh(torch.as_tensor(world.vertices, dtype=torch.float64),
+                   torch.as_tensor(np.asarray(world.faces, np.int64)))
+    return 0.5 * float(normalize_to_unit(mesh)[0].face_normals(normalize=False).norm(dim=-1).sum())
 
 
 def dmtet_face_bound(dmtet: DmtetConfig, area: float) -> int:

@@ -229,6 +229,11 @@ class TextureConfig:
     pbr: MaterialBakeConfig = dataclasses.field(default_factory=MaterialBakeConfig)  # `field` is a field here
     """De-lit base colour and the metallic-roughness map (the preset's base_color_only turns all maps off)."""
 
+    @property
+    def dilation(self) -> int | None:
+        """dilation_texels as the bakes take it (bake.dilate): None fills the whole atlas."""
+        return self.dilation_texels or None
+
 
 @dataclass
 class TextureState:
@@ -571,18 +576,17 @@ def bake_materials(cfg: TextureConfig, state: TextureState, uvs: np.ndarray, dec
     rm[unseen, 1], rm[unseen, 2] = cfg.pbr.default_roughness, cfg.pbr.default_metallic
     logger.info("materials: %d of %d texels seen by %d views", int(seen.sum()), int(filled.sum()),
                 cameras.batch_size)
-    padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
-    return (bake.dilate(np.clip(albedo, 0, 1), filled, padding), bake.dilate(np.clip(rm, 0, 1), filled, padding))
+    return (bake.dilate(np.clip(albedo, 0, 1), filled, cfg.dilation),
+            bake.dilate(np.clip(rm, 0, 1), filled, cfg.dilation))
 
 
 def bake_detail_normals(cfg: TextureConfig, mesh: TriMesh, uvs: np.ndarray, detail: TriMesh,
                         ray_distance: float | None) -> np.ndarray:
     """The tangent-space normal map [S,S,3] of `detail` on `mesh`'s per-corner `uvs` (bake.bake_normal_map);
     `ray_distance`: the cage of a low mesh far from its detail (None: nearest detail vertices)."""
-    padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
     return bake.bake_normal_map(
         mesh.vertices.detach().cpu().numpy().astype(np.float32), mesh.faces.detach().cpu().numpy().astype(np.int64),
-        uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(), cfg.atlas_size, padding,
+        uvs, detail.vertices.detach().cpu().numpy(), detail.faces.detach().cpu().numpy(), cfg.atlas_size, cfg.dilation,
         ray_distance=ray_distance)
 
 
@@ -600,8 +604,7 @@ def bake_texture(cfg: TextureConfig, state: TextureState, *, uvs: np.ndarray | N
     faces = state.mesh.faces.detach().cpu().numpy().astype(np.int64)
     if uvs is None:
         uvs = bake.unwrap_uv(vertices, faces, bake.UnwrapConfig(resolution=cfg.atlas_size, padding=cfg.chart_padding))
-    padding = None if cfg.dilation_texels <= 0 else cfg.dilation_texels
-    base_color = bake.bake_color(vertices, faces, uvs, state.colors_at, cfg.atlas_size, padding)
+    base_color = bake.bake_color(vertices, faces, uvs, state.colors_at, cfg.atlas_size, cfg.dilation)
     baked = BakedTexture(np.ascontiguousarray(uvs, dtype=np.float32), base_color)
     wants_normals = (cfg.normal_map and not base_color_only) if normal_map is None else normal_map
     if normals is not None:
