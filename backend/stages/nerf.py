@@ -26,6 +26,7 @@ from ..geometry.fields import DensityField, FieldConfig, evaluate_on_grid
 from ..geometry.hashgrid import HashGridConfig
 from ..geometry.marching import keep_main_solid, marching_cubes
 from ..geometry.mesh import TriMesh, clean_mesh, normalize_to_unit
+from ..geometry.metrics import mask_iou
 from ..geometry.regularisers import opacity_entropy_loss, orientation_loss, sparsity_loss
 from ..guidance.base import Guidance, GuidanceInput
 from ..render.cameras import CameraBatch, ViewSampler
@@ -208,13 +209,8 @@ def fit_iso_level(state: NerfState, refs: list[ScaledReference], rasterizer: Mes
         if len(faces) == 0:
             continue
         mesh = TriMesh(torch.as_tensor(verts, device=dev, dtype=torch.float32), torch.as_tensor(faces, device=dev))
-        ious = []
-        for ref in refs:
-            covered = rasterizer.rasterize(mesh, ref.camera.to(dev)).foreground[..., 0]
-            target = ref.mask[..., 0] > 0.5
-            union = (covered | target).sum().clamp_min(1)
-            ious.append((covered & target).sum() / union)
-        iou = float(torch.stack(ious).mean())
+        iou = float(np.mean([mask_iou(rasterizer.rasterize(mesh, ref.camera.to(dev)).foreground.float(), ref.mask)
+                             for ref in refs]))
         if iou > best_iou:
             best_level, best_iou = level, iou
     return best_level, best_iou
