@@ -34,7 +34,8 @@ from dreampolish.backend.guidance.intrinsics import OracleDecomposer  # noqa: E4
 from dreampolish.backend.guidance.oracle import OracleGuidance  # noqa: E402
 from dreampolish.backend.render.rasterize import MeshRasterizer  # noqa: E402
 from dreampolish.backend.stages.base import LoggingReporter  # noqa: E402
-from dreampolish.backend.stages.texture import MaterialBakeConfig, TextureConfig, bake_texture, run_texture  # noqa: E402
+from dreampolish.backend.stages.texture import MaterialBakeConfig, TextureConfig, run_texture  # noqa: E402
+from dreampolish.backend.stages.texture_bake import bake_texture  # noqa: E402
 
 from tests.support.materials_target import lit_colour, material_at  # noqa: E402
 

@@ -34,10 +34,10 @@ from dreampolish.backend.stages.polish import PolishConfig, run_polish
 from dreampolish.backend.stages.texture import (
     SurfaceViews,
     TextureConfig,
-    bake_texture,
     run_texture,
     shade_albedo,
 )
+from dreampolish.backend.stages.texture_bake import bake_texture
 
 
 def target_box(subdivisions: int) -> tuple[TriMesh, TriMesh]:

@@ -15,7 +15,7 @@ from ..geometry.mesh import TriMesh
 from ..guidance.base import ReferenceView
 from ..presets import PipelinePreset
 from ..render.rasterize import MeshRasterizer
-from ..stages.texture import BakedTexture
+from ..stages.texture_bake import BakedTexture
 from .frame import JobFrame
 from .previews import StageProgress
 from .priors import PriorSource

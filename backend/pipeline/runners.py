@@ -31,13 +31,8 @@ from ..stages.finish import run_finish
 from ..stages.nerf import NerfState, run_nerf
 from ..stages.neus import NeusState, run_neus
 from ..stages.polish import run_polish
-from ..stages.texture import (
-    BakedTexture,
-    bake_detail_normals,
-    bake_texture,
-    inherits_colours,
-    run_texture,
-)
+from ..stages.texture import inherits_colours, run_texture
+from ..stages.texture_bake import BakedTexture, bake_detail_normals, bake_texture
 from ..udim_bake import bake_tiles
 from .checkpoint_format import mesh_from_ckpt, mesh_to_ckpt, payload_from_ckpt, payload_to_ckpt
 from .context import JobSetup, StageCarry, StageContext

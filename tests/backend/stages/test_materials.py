@@ -17,13 +17,8 @@ from dreampolish.backend.guidance.oracle import OracleGuidance
 from dreampolish.backend.render.cameras import orbit_cameras
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.backend.stages.base import LoggingReporter
-from dreampolish.backend.stages.texture import (
-    MaterialBakeConfig,
-    SurfaceViews,
-    TextureConfig,
-    bake_texture,
-    run_texture,
-)
+from dreampolish.backend.stages.texture import MaterialBakeConfig, SurfaceViews, TextureConfig, run_texture
+from dreampolish.backend.stages.texture_bake import bake_texture
 
 from tests.support.materials_target import lit_colour, material_at
 from tests.support.stages import ViewMemo

@@ -15,7 +15,8 @@ from dreampolish.backend.guidance.oracle import OracleGuidance, OracleTarget, Or
 from dreampolish.backend.render.cameras import ViewSampler, orbit_cameras
 from dreampolish.backend.render.rasterize import MeshRasterizer
 from dreampolish.backend.stages.base import LoggingReporter
-from dreampolish.backend.stages.texture import TextureConfig, bake_texture, erode_mask, run_texture
+from dreampolish.backend.stages.texture import TextureConfig, erode_mask, run_texture
+from dreampolish.backend.stages.texture_bake import bake_texture
 
 from tests.support.stages import ViewMemo
 
