@@ -140,7 +140,9 @@ class HashGridEncoding(nn.Module):
         h = [axes[:, :, d] * _PRIMES[d] for d in range(3)]
         idx = h[0][:, :, None, None] ^ h[1][:, None, :, None] ^ h[2][:, None, None, :]
         idx = idx & (size - 1) if size & (size - 1) == 0 else idx % size
-        return idx.reshape(-1, 8) + self.level_starts[level]
+        # int32 rows (the table has far fewer than 2^31): index_select keeps its index for the backward pass,
+        # so a training render holds these 32 bytes a point per hashed level instead of int64's 64
+        return (idx.reshape(-1, 8) + self.level_starts[level]).to(torch.int32)
 
     def _dense_level(self, level: int, x: Tensor) -> Tensor:
         """Trilinear lookup in a level stored as a dense (N+1)^3 lattice, [N,F]."""
