@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 from typing import Any
 
@@ -28,9 +29,11 @@ from ..guidance.base import GuidanceInput, GuidanceOutput
 from ..guidance.intrinsics import IntrinsicMaps
 from ..pipeline.priors import DiffusionPriors
 from ..render.cameras import CameraBatch
+from ..render.volume import RetainedBytes
 from ..stages.base import ReferenceView
 
 META = torch.device("meta")
+log = logging.getLogger(__name__)
 
 
 def _on(device: torch.device, t: Tensor | None, grad: bool = False) -> Tensor | None:
@@ -59,14 +62,46 @@ class MetaBridge:
 
 
 class MetaNormalsBridge:
-    """The production normal targets run on `meta`; normals facing the camera come back."""
+    """The production normal targets run on `meta`; normals facing the camera come back.
 
-    def __init__(self, inner: Any, device: torch.device):
+    With `pool_calls`, the calls that estimate the polish stage's view pool (stages/polish.PoolTargets
+    .estimate_all: one call per `estimator_batch` views, before the first step) are shortened as the ray chunks
+    are (render/volume.measured_chunks_only): the first and the last are run, the others stand in. On `meta` an
+    estimate is shapes only, so calls with the same input shapes do the same work and hold the same memory
+    whatever the view. Between calls the pool keeps each call's targets, and the estimator its cache entry
+    (guidance/normals.MarigoldNormalTargets), so what is live when a call starts grows call by call, and the
+    pool's peak is reached in its last call; the first is run because it is where what a call leaves alive is
+    measured (and where a first call's own work would show). A stand-in leaves alive what the first call left
+    besides its result (`RetainedBytes`; uninitialised bytes on `meta`, which cost no host memory) for as long
+    as the estimator lives, as its cache holds its entries. The renders the estimator is shown are still
+    rasterised for every view, by the stage itself: their memory depends on the view. A job never makes this
+    object (pipeline/priors.DiffusionPriors.normal_targets hands the stage the estimator itself)."""
+
+    def __init__(self, inner: Any, device: torch.device, pool_calls: int = 0):
         self.inner = inner
         self.device = device
+        self.pool_calls = pool_calls
+        self.calls = 0
+        self.estimated = 0
+        """Calls that ran the estimator."""
+        self._first_shape: torch.Size | None = None
+        self._retained = 0
+        self._kept: list[Tensor] = []
 
     def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> Tensor:
-        self.inner(_on(self.device, rgb), _on(self.device, opacity), cameras)
+        index, self.calls = self.calls, self.calls + 1
+        if 0 < index < self.pool_calls - 1 and rgb.shape == self._first_shape:
+            self._kept.append(torch.empty(self._retained, dtype=torch.uint8, device=self.device))
+        else:
+            with RetainedBytes() if index == 0 else contextlib.nullcontext() as made:
+                result = self.inner(_on(self.device, rgb), _on(self.device, opacity), cameras)
+            if made is not None:
+                self._first_shape, self._retained = rgb.shape, made.alive((result,))
+                if self.pool_calls > 2:
+                    log.info("dry run: %d of the view pool's %d estimates stand in (each keeps %.4f GB)",
+                             self.pool_calls - 2, self.pool_calls, self._retained / 1e9)
+            del result
+            self.estimated += 1
         normals = torch.zeros_like(rgb)
         normals[..., 2] = 1.0
         return normals * (opacity.detach() >= 0.5).to(normals)
@@ -177,7 +212,9 @@ class MetaDiffusionPriors(DiffusionPriors):
                           self.device)
 
     def normal_targets(self, preset, seed: int) -> MetaNormalsBridge:
-        return MetaNormalsBridge(super().normal_targets(preset, seed), self.device)
+        polish = preset.polish  # on `meta`, the view pool's estimates are shortened (MetaNormalsBridge)
+        pool_calls = -(-polish.view_pool // polish.estimator_batch) if self.device == META else 0
+        return MetaNormalsBridge(super().normal_targets(preset, seed), self.device, pool_calls)
 
     def intrinsics(self, preset, seed: int) -> MetaIntrinsicsBridge:
         return MetaIntrinsicsBridge(super().intrinsics(preset, seed), self.device)
