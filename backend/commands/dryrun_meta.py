@@ -29,7 +29,6 @@ from ..guidance.base import GuidanceInput, GuidanceOutput
 from ..guidance.intrinsics import IntrinsicMaps
 from ..pipeline.priors import DiffusionPriors
 from ..render.cameras import CameraBatch
-from ..render.volume import RetainedBytes
 from ..stages.base import ReferenceView
 
 META = torch.device("meta")
@@ -61,47 +60,58 @@ class MetaBridge:
         return GuidanceOutput(inp.rgb.sum() * 0.0, {})
 
 
+class MeasuredEstimates:
+    """A Marigold pipeline on `meta` (models/full_size.MarigoldShape) whose calls in a loop of `calls` are shortened
+    as the ray chunks are (render/volume.measured_chunks_only): the first and the last run, the others stand in
+    and hand back an uninitialised prediction of the first one's shape (no host memory on `meta`). The loops:
+    the polish stage's view pool (stages/polish.PoolTargets.estimate_all, one call per `estimator_batch` of its
+    32 views) and the PBR bake's decomposition (guidance/intrinsics.MarigoldIntrinsics, one call per
+    `batch_size` of its 8 views). Everything around the calls runs as in a job (the renders, the estimator's
+    frame conversion and cache, the loop's own list of results).
+
+    Why the loop's peak is kept: on `meta` a call is shapes only, so calls with the same input shape do the same
+    work, hold the same memory while they run, and leave nothing alive but their prediction (the pipeline keeps
+    no state); the loops keep each call's results, so what is live when a call starts never shrinks from call to
+    call, and the most is reached in the last one (or the first, if the loop frees). A call whose input differs
+    in shape from the first's (a shorter last batch) is run. A job never makes this object: on a card, or in a
+    job, every call runs (MetaDiffusionPriors wraps its pipelines on `meta` only)."""
+
+    def __init__(self, pipeline: Any, calls: int):
+        self.pipeline = pipeline
+        self.calls = calls
+        self.made = 0
+        self.ran = 0
+        """Calls that ran the pipeline."""
+        self._first: tuple[torch.Size, torch.Size, torch.dtype] | None = None
+        """The first call's input shape, and its prediction's shape and dtype."""
+
+    def __getattr__(self, name: str) -> Any:  # device, dtype, target_properties: the pipeline's
+        return getattr(self.pipeline, name)
+
+    def __call__(self, image: Tensor, **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+
+        index, self.made = self.made, self.made + 1
+        if 0 < index < self.calls - 1 and self._first is not None and image.shape == self._first[0]:
+            return SimpleNamespace(prediction=torch.empty(self._first[1], dtype=self._first[2], device=META))
+        out = self.pipeline(image, **kwargs)
+        self.ran += 1
+        if index == 0:
+            self._first = (image.shape, out.prediction.shape, out.prediction.dtype)
+            if self.calls > 2:
+                log.info("dry run: %d of %d estimates stand in for the first one", self.calls - 2, self.calls)
+        return out
+
+
 class MetaNormalsBridge:
-    """The production normal targets run on `meta`; normals facing the camera come back.
+    """The production normal targets run on `meta`; normals facing the camera come back."""
 
-    With `pool_calls`, the calls that estimate the polish stage's view pool (stages/polish.PoolTargets
-    .estimate_all: one call per `estimator_batch` views, before the first step) are shortened as the ray chunks
-    are (render/volume.measured_chunks_only): the first and the last are run, the others stand in. On `meta` an
-    estimate is shapes only, so calls with the same input shapes do the same work and hold the same memory
-    whatever the view. Between calls the pool keeps each call's targets, and the estimator its cache entry
-    (guidance/normals.MarigoldNormalTargets), so what is live when a call starts grows call by call, and the
-    pool's peak is reached in its last call; the first is run because it is where what a call leaves alive is
-    measured (and where a first call's own work would show). A stand-in leaves alive what the first call left
-    besides its result (`RetainedBytes`; uninitialised bytes on `meta`, which cost no host memory) for as long
-    as the estimator lives, as its cache holds its entries. The renders the estimator is shown are still
-    rasterised for every view, by the stage itself: their memory depends on the view. A job never makes this
-    object (pipeline/priors.DiffusionPriors.normal_targets hands the stage the estimator itself)."""
-
-    def __init__(self, inner: Any, device: torch.device, pool_calls: int = 0):
+    def __init__(self, inner: Any, device: torch.device):
         self.inner = inner
         self.device = device
-        self.pool_calls = pool_calls
-        self.calls = 0
-        self.estimated = 0
-        """Calls that ran the estimator."""
-        self._first_shape: torch.Size | None = None
-        self._retained = 0
-        self._kept: list[Tensor] = []
 
     def __call__(self, rgb: Tensor, opacity: Tensor, cameras: CameraBatch) -> Tensor:
-        index, self.calls = self.calls, self.calls + 1
-        if 0 < index < self.pool_calls - 1 and rgb.shape == self._first_shape:
-            self._kept.append(torch.empty(self._retained, dtype=torch.uint8, device=self.device))
-        else:
-            with RetainedBytes() if index == 0 else contextlib.nullcontext() as made:
-                result = self.inner(_on(self.device, rgb), _on(self.device, opacity), cameras)
-            if made is not None:
-                self._first_shape, self._retained = rgb.shape, made.alive((result,))
-                if self.pool_calls > 2:
-                    log.info("dry run: %d of the view pool's %d estimates stand in (each keeps %.4f GB)",
-                             self.pool_calls - 2, self.pool_calls, self._retained / 1e9)
-            del result
-            self.estimated += 1
+        self.inner(_on(self.device, rgb), _on(self.device, opacity), cameras)
         normals = torch.zeros_like(rgb)
         normals[..., 2] = 1.0
         return normals * (opacity.detach() >= 0.5).to(normals)
@@ -212,9 +222,15 @@ class MetaDiffusionPriors(DiffusionPriors):
                           self.device)
 
     def normal_targets(self, preset, seed: int) -> MetaNormalsBridge:
-        polish = preset.polish  # on `meta`, the view pool's estimates are shortened (MetaNormalsBridge)
-        pool_calls = -(-polish.view_pool // polish.estimator_batch) if self.device == META else 0
-        return MetaNormalsBridge(super().normal_targets(preset, seed), self.device, pool_calls)
+        targets = super().normal_targets(preset, seed)
+        if self.device == META:  # the view pool's estimates, shortened (MeasuredEstimates)
+            polish = preset.polish
+            targets.pipeline = MeasuredEstimates(targets.pipeline, -(-polish.view_pool // polish.estimator_batch))
+        return MetaNormalsBridge(targets, self.device)
 
     def intrinsics(self, preset, seed: int) -> MetaIntrinsicsBridge:
-        return MetaIntrinsicsBridge(super().intrinsics(preset, seed), self.device)
+        decomposer = super().intrinsics(preset, seed)
+        if self.device == META:  # the bake's decompositions, shortened (MeasuredEstimates)
+            pbr = preset.texture.pbr
+            decomposer.pipeline = MeasuredEstimates(decomposer.pipeline, -(-pbr.views // pbr.intrinsics.batch_size))
+        return MetaIntrinsicsBridge(decomposer, self.device)

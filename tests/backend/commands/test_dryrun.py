@@ -121,7 +121,7 @@ def test_the_dry_run_assembles_the_priors_as_a_job_does(monkeypatch):
     assert [name for name, _, _ in picture_only.inner.parts] == ["zero123"]  # no text guidance without words
 
 
-def _tiny_marigold_on_meta():
+def _tiny_marigold_on_meta(in_channels: int = 8, out_channels: int = 4, **extra):
     """A Marigold-shaped estimator (models/full_size.MarigoldShape) of tiny parts on `meta`."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from dreampolish.backend.models.full_size import MarigoldShape
@@ -129,44 +129,71 @@ def _tiny_marigold_on_meta():
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(
-            sample_size=8, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16)
+            sample_size=8, in_channels=in_channels, out_channels=out_channels, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+            norm_num_groups=16)
         vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                             block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16)
         text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                             num_attention_heads=4, max_position_embeddings=77))
     return MarigoldShape(unet=unet, vae=vae, text_encoder=text, device=torch.device("meta"), dtype=torch.float32,
-                         processing_resolution=48, denoising_steps=2)
+                         processing_resolution=48, denoising_steps=2, **extra)
 
 
-def _pool_estimate(pool_calls: int) -> tuple[int, int, int]:
-    """(peak, bytes live after the pool's estimates, estimator runs) of a polish view pool of 6 views."""
+def _views(n: int):
     import trimesh
-    from dreampolish.backend.commands.dryrun_meta import META, MetaNormalsBridge
     from dreampolish.backend.geometry.mesh import TriMesh
-    from dreampolish.backend.guidance.normals import MarigoldNormalTargets
-    from dreampolish.backend.render.rasterize import MeshRasterizer
-    from dreampolish.backend.stages.polish import PolishConfig, PoolTargets, polish_view_sampler
+    from dreampolish.backend.stages.polish import PolishConfig, polish_view_sampler
 
     t = trimesh.creation.icosphere(2, radius=0.45)
     mesh = TriMesh(torch.tensor(t.vertices, dtype=torch.float32), torch.tensor(t.faces))
-    cameras = polish_view_sampler(PolishConfig()).sample(6, 32, 32, torch.Generator().manual_seed(0), "cpu")
-    bridge = MetaNormalsBridge(MarigoldNormalTargets(_tiny_marigold_on_meta()), META, pool_calls)
+    return mesh, polish_view_sampler(PolishConfig()).sample(n, 32, 32, torch.Generator().manual_seed(0), "cpu")
+
+
+def _pool_estimates(calls: int) -> tuple[int, int, int]:
+    """(peak, bytes live after, estimator runs) of a polish view pool of 6 views estimated one at a time."""
+    from dreampolish.backend.commands.dryrun_meta import META, MeasuredEstimates, MetaNormalsBridge
+    from dreampolish.backend.guidance.normals import MarigoldNormalTargets
+    from dreampolish.backend.render.rasterize import MeshRasterizer
+    from dreampolish.backend.stages.polish import PoolTargets
+
+    mesh, cameras = _views(6)
+    estimates = MeasuredEstimates(_tiny_marigold_on_meta(), calls)
     pool = PoolTargets(cameras, torch.Generator().manual_seed(0))
     counter = LiveBytes()
     with counter:
-        pool.estimate_all(mesh, MeshRasterizer("torch"), bridge, batch=1, smooth=True)
+        pool.estimate_all(mesh, MeshRasterizer("torch"), MetaNormalsBridge(MarigoldNormalTargets(estimates), META),
+                          batch=1, smooth=True)
         live = counter.live
     assert pool.targets is not None and pool.targets.shape == (6, 32, 32, 3)
-    return counter.peak, live, bridge.estimated
+    return counter.peak, live, estimates.ran
 
 
-def test_the_dry_runs_view_pool_estimates_two_views_and_reaches_the_pools_peak():
-    # The dry run runs the first and the last of the polish view pool's estimates and stands in for the others
-    # (commands/dryrun_meta.MetaNormalsBridge): the pool's peak, and what it leaves alive (its targets, the
-    # estimator's cache), are the same as with every estimate run.
-    every_peak, every_live, every_run = _pool_estimate(pool_calls=0)
-    peak, live, run = _pool_estimate(pool_calls=6)
-    assert (every_run, run) == (6, 2)
-    assert peak == every_peak and live == every_live
+def _bake_decompositions(calls: int) -> tuple[int, int, int]:
+    """(peak, bytes live after, estimator runs) of the PBR bake's decomposition of 5 views, one at a time."""
+    from dreampolish.backend.commands.dryrun_meta import META, MeasuredEstimates, MetaIntrinsicsBridge
+    from dreampolish.backend.guidance.intrinsics import MarigoldIntrinsics
+    from dreampolish.backend.models.full_size import MARIGOLD_IID_APPEARANCE_TARGETS
+
+    _, cameras = _views(5)
+    estimates = MeasuredEstimates(_tiny_marigold_on_meta(
+        12, 8, target_properties=MARIGOLD_IID_APPEARANCE_TARGETS), calls)
+    counter = LiveBytes()
+    with counter:
+        maps = MetaIntrinsicsBridge(MarigoldIntrinsics(estimates), META)(
+            torch.rand(5, 32, 32, 3), torch.ones(5, 32, 32, 1), cameras)
+        live = counter.live
+    assert maps.albedo.shape == (5, 32, 32, 3)
+    return counter.peak, live, estimates.ran
+
+
+def test_the_dry_run_runs_the_first_and_last_estimate_of_a_loop_and_reaches_the_loops_peak():
+    # The dry run runs the first and the last of the polish view pool's estimates and of the PBR bake's
+    # decompositions and stands in for the others (commands/dryrun_meta.MeasuredEstimates): the loops' peaks,
+    # and what they leave alive (the pool's targets, the estimator's cache), are those with every estimate run.
+    for loop, calls in ((_pool_estimates, 6), (_bake_decompositions, 5)):
+        every_peak, every_live, every_ran = loop(0)
+        peak, live, ran = loop(calls)
+        assert (every_ran, ran) == (calls, 2), loop.__name__
+        assert (peak, live) == (every_peak, every_live), loop.__name__
