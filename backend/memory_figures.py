@@ -8,20 +8,20 @@ DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
     "draft": {
         "none": {
             "reference": 8.687,
-            "nerf": 13.511,
-            "neus": 11.318,
-            "dmtet": 13.071,
-            "polish": 12.041,
+            "nerf": 10.341,
+            "neus": 10.053,
+            "dmtet": 10.112,
+            "polish": 11.917,
             "texture": 14.091,
             "export": 7.798
         },
         "priors": {
             "reference": 8.687,
-            "nerf": 13.511,
-            "neus": 11.318,
-            "dmtet": 13.071,
-            "polish": 6.966,
-            "texture": 9.016,
+            "nerf": 10.341,
+            "neus": 10.053,
+            "dmtet": 10.112,
+            "polish": 6.842,
+            "texture": 9.015,
             "export": 2.702
         }
     },
