@@ -78,8 +78,9 @@ the standard preset the 300 NeuS steps took 25 of a 40-minute dry run on two cor
 Within a step, the ray chunks of a NeRF or NeuS render are cut as well (render/volume.measured_chunks_only,
 set around the whole run): the first chunk and the last two are evaluated, the others are stand-ins that
 hold what a chunk holds, so the render's peak is the job's (render/volume._StandInChunk says why). So are the
-polish stage's estimates of its view pool (32 views, one estimator call each): the first and the last are run,
-the others stand in, and the pool's peak is the job's (commands/dryrun_meta.MetaNormalsBridge). The texture
+Marigold calls of the polish stage's view pool (32 views, one call each) and of the PBR bake's decomposition
+(8 views): the first and the last are run, the others stand in, and the loops' peaks are the job's
+(commands/dryrun_meta.MeasuredEstimates). The texture
 bake's charts are a grid instead of xatlas's (bake.grid_charts: host work, no GPU memory)."""
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
