@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -89,8 +90,6 @@ class MeasuredEstimates:
         return getattr(self.pipeline, name)
 
     def __call__(self, image: Tensor, **kwargs: Any) -> Any:
-        from types import SimpleNamespace
-
         index, self.made = self.made, self.made + 1
         if 0 < index < self.calls - 1 and self._first is not None and image.shape == self._first[0]:
             return SimpleNamespace(prediction=torch.empty(self._first[1], dtype=self._first[2], device=META))

@@ -327,7 +327,7 @@ class _StandInChunk(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-class RetainedBytes(TorchDispatchMode):
+class _RetainedBytes(TorchDispatchMode):
     """The bytes of the storages that ops make inside it and that are still alive when asked (the dry run's
     first chunk: _StandInChunk)."""
 
@@ -406,7 +406,7 @@ def render_volume(
             continue
         args = (field, occupancy, want_normals, cfg.empty_space, gather_size, t, delta, pts, d[ids], hit[ids],
                 cos_fwd[ids], bg)
-        with RetainedBytes() if stand_ins and recompute and index == 0 else contextlib.nullcontext() as made:
+        with _RetainedBytes() if stand_ins and recompute and index == 0 else contextlib.nullcontext() as made:
             pieces.append(checkpoint(_render_chunk, *args, use_reentrant=False) if recompute else _render_chunk(*args))
         if made is not None:
             retained = made.alive(pieces[0])

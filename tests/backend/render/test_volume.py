@@ -201,7 +201,7 @@ def test_a_jobs_render_evaluates_every_chunk_unwatched(caplog, monkeypatch):
     from dreampolish.backend.render import volume as volume_module
 
     watched = []
-    monkeypatch.setattr(volume_module.RetainedBytes, "__enter__", lambda self: watched.append(self) or self)
+    monkeypatch.setattr(volume_module._RetainedBytes, "__enter__", lambda self: watched.append(self) or self)
     volume = _tiny_fields()[0]
     with caplog.at_level("INFO", logger=volume_module.__name__):
         out = render_volume(volume, _camera(20), 0.6, VolumeRenderConfig(n_samples=16, chunk_rays=50),
