@@ -179,8 +179,8 @@ def draft_preset() -> PipelinePreset:
     """A fast GPU preview of the whole method at reduced steps and resolution."""
     p = standard_preset()
     # Ray chunks of 8,192 instead of 16,384 (the same images and gradients, VolumeRenderConfig.chunk_rays): the
-    # backward pass recomputes one chunk's field graph at a time, and half a chunk's is what takes NeRF and NeuS
-    # under a 12 GB card with the two priors resident (the dry run, BENCHMARKS.md issue 27).
+    # backward pass recomputes one chunk's field graph at a time, and half a chunk's keeps NeRF, with its two
+    # priors resident, 1.7 GB under a 12 GB card (10.34 GB; the dry run, BENCHMARKS.md issue 27).
     return replace(
         p, description="fast GPU preview of the method (about a minute on one H100, projected)", preview_every=50,
         nerf=replace(p.nerf, steps=1200, resolution=replace(p.nerf.resolution, high=256, switch_at=2 / 3),
