@@ -28,6 +28,11 @@ kernels that differ on the GPU (nvdiffrast instead of the PyTorch rasteriser, fu
 needs less than the math attention counted here). It is an estimate to compare with the card, not a
 measurement.
 
+Host memory at full geometry (one torch thread, 2-core CPU): draft holds 5.3 GB resident and takes about 5
+minutes; standard passes 8 GB in NeRF's 384-px step unless glibc hands freed tensors back to the system
+(MALLOC_MMAP_THRESHOLD_=131072 in the environment: 6.7 GB, about 12 minutes, half of its CPU time then spent
+in the kernel mapping memory; BENCHMARKS.md, issue 27).
+
 `--geometry small` runs the stages' own (CPU) work at the tiny preset's resolutions while the priors stay
 full size; the priors see their own input size whatever the render size (the VAE resizes), so their share
 is unchanged, and the stages' share is then the small one. On a 2-core CPU the full-size geometry takes
