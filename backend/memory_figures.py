@@ -8,20 +8,20 @@ DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
     "draft": {
         "none": {
             "reference": 8.687,
-            "nerf": 13.511,
-            "neus": 11.318,
-            "dmtet": 13.071,
-            "polish": 12.041,
+            "nerf": 10.341,
+            "neus": 10.053,
+            "dmtet": 10.112,
+            "polish": 11.917,
             "texture": 14.091,
             "export": 7.798
         },
         "priors": {
             "reference": 8.687,
-            "nerf": 13.511,
-            "neus": 11.318,
-            "dmtet": 13.071,
-            "polish": 6.966,
-            "texture": 9.016,
+            "nerf": 10.341,
+            "neus": 10.053,
+            "dmtet": 10.112,
+            "polish": 6.842,
+            "texture": 9.015,
             "export": 2.702
         }
     },
@@ -47,22 +47,22 @@ DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
     },
     "standard": {
         "none": {
-            "reference": 8.677,
-            "nerf": 8.591,
-            "neus": 8.608,
-            "dmtet": 8.591,
-            "polish": 11.174,
-            "texture": 13.754,
-            "export": 7.656
+            "reference": 8.687,
+            "nerf": 13.6,
+            "neus": 10.144,
+            "dmtet": 10.112,
+            "polish": 12.015,
+            "texture": 14.091,
+            "export": 7.798
         },
         "priors": {
-            "reference": 8.677,
-            "nerf": 8.591,
-            "neus": 8.608,
-            "dmtet": 8.591,
-            "polish": 6.099,
-            "texture": 8.679,
-            "export": 2.58
+            "reference": 8.687,
+            "nerf": 13.6,
+            "neus": 10.144,
+            "dmtet": 10.112,
+            "polish": 6.939,
+            "texture": 9.015,
+            "export": 2.702
         }
     }
 }
@@ -70,7 +70,7 @@ DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
 GEOMETRY: dict[str, str] = {
     "draft": "full",
     "high": "small",
-    "standard": "small"
+    "standard": "full"
 }
 """Per preset: "full" (the preset's own sizes) or "small" (the stages' own work at the tiny preset's
 sizes, the priors at full size: the figures are lower bounds)."""

@@ -28,6 +28,11 @@ kernels that differ on the GPU (nvdiffrast instead of the PyTorch rasteriser, fu
 needs less than the math attention counted here). It is an estimate to compare with the card, not a
 measurement.
 
+Host memory at full geometry (one torch thread, 2-core CPU): draft holds 5.3 GB resident and takes about 5
+minutes; standard passes 8 GB in NeRF's 384-px step unless glibc hands freed tensors back to the system
+(MALLOC_MMAP_THRESHOLD_=131072 in the environment: 6.7 GB, about 12 minutes, half of its CPU time then spent
+in the kernel mapping memory; BENCHMARKS.md, issue 27).
+
 `--geometry small` runs the stages' own (CPU) work at the tiny preset's resolutions while the priors stay
 full size; the priors see their own input size whatever the render size (the VAE resizes), so their share
 is unchanged, and the stages' share is then the small one. On a 2-core CPU the full-size geometry takes
@@ -77,7 +82,10 @@ the standard preset the 300 NeuS steps took 25 of a 40-minute dry run on two cor
 
 Within a step, the ray chunks of a NeRF or NeuS render are cut as well (render/volume.measured_chunks_only,
 set around the whole run): the first chunk and the last two are evaluated, the others are stand-ins that
-hold what a chunk holds, so the render's peak is the job's (render/volume._StandInChunk says why). The texture
+hold what a chunk holds, so the render's peak is the job's (render/volume._StandInChunk says why). So are the
+Marigold calls of the polish stage's view pool (32 views, one call each) and of the PBR bake's decomposition
+(8 views): the first and the last are run, the others stand in, and the loops' peaks are the job's
+(commands/dryrun_meta.MeasuredEstimates). The texture
 bake's charts are a grid instead of xatlas's (bake.grid_charts: host work, no GPU memory)."""
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ from ..render.cameras import CameraBatch
 from ..stages.base import ReferenceView
 
 META = torch.device("meta")
+log = logging.getLogger(__name__)
 
 
 def _on(device: torch.device, t: Tensor | None, grad: bool = False) -> Tensor | None:
@@ -56,6 +59,47 @@ class MetaBridge:
         if loss.requires_grad:
             loss.backward()  # the VAE encoder's backward into the render, as the stage's backward would run it
         return GuidanceOutput(inp.rgb.sum() * 0.0, {})
+
+
+class MeasuredEstimates:
+    """A Marigold pipeline on `meta` (models/full_size.MarigoldShape) whose calls in a loop of `calls` are shortened
+    as the ray chunks are (render/volume.measured_chunks_only): the first and the last run, the others stand in
+    and hand back an uninitialised prediction of the first one's shape (no host memory on `meta`). The loops:
+    the polish stage's view pool (stages/polish.PoolTargets.estimate_all, one call per `estimator_batch` of its
+    32 views) and the PBR bake's decomposition (guidance/intrinsics.MarigoldIntrinsics, one call per
+    `batch_size` of its 8 views). Everything around the calls runs as in a job (the renders, the estimator's
+    frame conversion and cache, the loop's own list of results).
+
+    Why the loop's peak is kept: on `meta` a call is shapes only, so calls with the same input shape do the same
+    work, hold the same memory while they run, and leave nothing alive but their prediction (the pipeline keeps
+    no state); the loops keep each call's results, so what is live when a call starts never shrinks from call to
+    call, and the most is reached in the last one (or the first, if the loop frees). A call whose input differs
+    in shape from the first's (a shorter last batch) is run. A job never makes this object: on a card, or in a
+    job, every call runs (MetaDiffusionPriors wraps its pipelines on `meta` only)."""
+
+    def __init__(self, pipeline: Any, calls: int):
+        self.pipeline = pipeline
+        self.calls = calls
+        self.made = 0
+        self.ran = 0
+        """Calls that ran the pipeline."""
+        self._first: tuple[torch.Size, torch.Size, torch.dtype] | None = None
+        """The first call's input shape, and its prediction's shape and dtype."""
+
+    def __getattr__(self, name: str) -> Any:  # device, dtype, target_properties: the pipeline's
+        return getattr(self.pipeline, name)
+
+    def __call__(self, image: Tensor, **kwargs: Any) -> Any:
+        index, self.made = self.made, self.made + 1
+        if 0 < index < self.calls - 1 and self._first is not None and image.shape == self._first[0]:
+            return SimpleNamespace(prediction=torch.empty(self._first[1], dtype=self._first[2], device=META))
+        out = self.pipeline(image, **kwargs)
+        self.ran += 1
+        if index == 0:
+            self._first = (image.shape, out.prediction.shape, out.prediction.dtype)
+            if self.calls > 2:
+                log.info("dry run: %d of %d estimates stand in for the first one", self.calls - 2, self.calls)
+        return out
 
 
 class MetaNormalsBridge:
@@ -177,7 +221,15 @@ class MetaDiffusionPriors(DiffusionPriors):
                           self.device)
 
     def normal_targets(self, preset, seed: int) -> MetaNormalsBridge:
-        return MetaNormalsBridge(super().normal_targets(preset, seed), self.device)
+        targets = super().normal_targets(preset, seed)
+        if self.device == META:  # the view pool's estimates, shortened (MeasuredEstimates)
+            polish = preset.polish
+            targets.pipeline = MeasuredEstimates(targets.pipeline, -(-polish.view_pool // polish.estimator_batch))
+        return MetaNormalsBridge(targets, self.device)
 
     def intrinsics(self, preset, seed: int) -> MetaIntrinsicsBridge:
-        return MetaIntrinsicsBridge(super().intrinsics(preset, seed), self.device)
+        decomposer = super().intrinsics(preset, seed)
+        if self.device == META:  # the bake's decompositions, shortened (MeasuredEstimates)
+            pbr = preset.texture.pbr
+            decomposer.pipeline = MeasuredEstimates(decomposer.pipeline, -(-pbr.views // pbr.intrinsics.batch_size))
+        return MetaIntrinsicsBridge(decomposer, self.device)

@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config_fields import ranged
 from ..device import to_device
@@ -259,6 +260,16 @@ class ColorField(_EncodedField):
 
     def color(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.color_net(self.encode(x)))
+
+    def color_in_chunks(self, x: Tensor, chunk: int) -> Tensor:
+        """color(x) [N,3], `chunk` points at a time when gradients are on and N > chunk, each chunk's activations
+        dropped and recomputed in the backward pass (activation checkpointing, as the volume renderer's
+        recompute_chunks): the same values and gradients, and what waits for the backward pass is x and the
+        colours, not the encoding's activations (PyTorch hash grid: about 3 kB a point with 16 levels)."""
+        if not torch.is_grad_enabled() or x.shape[0] <= chunk:
+            return self.color(x)
+        return torch.cat([checkpoint(self.color, x[i:i + chunk], use_reentrant=False)
+                          for i in range(0, x.shape[0], chunk)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.color(x)

@@ -107,6 +107,11 @@ class DmtetConfig:
     """Largest vertex offset, in cell edge lengths."""
     color: FieldConfig = field(default_factory=_color_field)
     """Colour field (hash grid + MLP)."""
+    color_chunk: int = ranged(65536, 1, 1 << 24)
+    """Pixels whose colour is evaluated at once in a training render; beyond that, each chunk's colour-field
+    activations are recomputed for the backward pass (ColorField.color_in_chunks): the same images and
+    gradients. At 1,024 px the whole render's activations were 3.0 GB of the stage's peak (PyTorch hash grid,
+    the dry run's count), its colours at 16 chunks about 0.1 GB (BENCHMARKS.md, issue 27)."""
     lr_sdf: float = ranged(5e-3, 0, 1)
     """Adam learning rate of the vertex SDF values."""
     lr_deform: float = ranged(5e-3, 0, 1)
@@ -191,7 +196,8 @@ class DmtetState:
                                depth=z, normal=z.expand(b, h, w, 3))
         out = self.rasterizer.rasterize(mesh, cameras)
         fg = out.foreground.to(out.mask.dtype)
-        albedo = self.color_field.color(out.world_pos.reshape(-1, 3)).reshape(b, h, w, 3) * fg
+        albedo = self.color_field.color_in_chunks(out.world_pos.reshape(-1, 3), self.cfg.color_chunk)
+        albedo = albedo.reshape(b, h, w, 3) * fg
         rgb = albedo + self.cfg.background * (1 - fg)
         rgb = self.rasterizer.antialias(rgb, out, mesh, cameras)
         return StageRender(rgb=rgb, opacity=out.mask, depth=out.depth, normal=out.normal)

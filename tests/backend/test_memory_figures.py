@@ -39,14 +39,8 @@ def test_every_gpu_preset_has_each_stage_with_and_without_offloading():
             assert runs["priors"][stage] <= runs["none"][stage], (preset, stage)
 
 
-DRAFT_OVER_12_GB = pytest.mark.xfail(
-    strict=True, reason="measured at full geometry (bench/dryrun/draft-full.json): NeRF 13.51 GB and DMTet 13.07 GB "
-    "offloaded, both priors in use every step; the target of issue 27, not met yet (BENCHMARKS.md)")
-"""A known miss kept visible: strict, so the day draft fits 12 GB this test fails until the mark is removed."""
-
-
 @pytest.mark.parametrize(("preset", "offload", "card_gb"), [
-    pytest.param("draft", "priors", 12, marks=DRAFT_OVER_12_GB), ("standard", "priors", 16), ("standard", "none", 24)])
+    ("draft", "priors", 12), ("standard", "priors", 16), ("standard", "none", 24)])
 def test_the_presets_fit_the_cards_artists_own(preset, offload, card_gb):
     stages = DRY_RUN_GB[preset][offload]
     assert max(stages.values()) <= card_gb, {s: gb for s, gb in stages.items() if gb > card_gb}

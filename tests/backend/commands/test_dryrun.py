@@ -119,3 +119,81 @@ def test_the_dry_run_assembles_the_priors_as_a_job_does(monkeypatch):
     assert words.inner.parts[0][2].models.device.type == "meta"
     picture_only = priors.geometry_guidance("nerf", JobSpec("", preset="draft"), preset, frame, reference, 0)
     assert [name for name, _, _ in picture_only.inner.parts] == ["zero123"]  # no text guidance without words
+
+
+def _tiny_marigold_on_meta(in_channels: int = 8, out_channels: int = 4, **extra):
+    """A Marigold-shaped estimator (models/full_size.MarigoldShape) of tiny parts on `meta`."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from dreampolish.backend.models.full_size import MarigoldShape
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=in_channels, out_channels=out_channels, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+            norm_num_groups=16)
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=4, max_position_embeddings=77))
+    return MarigoldShape(unet=unet, vae=vae, text_encoder=text, device=torch.device("meta"), dtype=torch.float32,
+                         processing_resolution=48, denoising_steps=2, **extra)
+
+
+def _views(n: int):
+    import trimesh
+    from dreampolish.backend.geometry.mesh import TriMesh
+    from dreampolish.backend.stages.polish import PolishConfig, polish_view_sampler
+
+    t = trimesh.creation.icosphere(2, radius=0.45)
+    mesh = TriMesh(torch.tensor(t.vertices, dtype=torch.float32), torch.tensor(t.faces))
+    return mesh, polish_view_sampler(PolishConfig()).sample(n, 32, 32, torch.Generator().manual_seed(0), "cpu")
+
+
+def _pool_estimates(calls: int) -> tuple[int, int, int]:
+    """(peak, bytes live after, estimator runs) of a polish view pool of 6 views estimated one at a time."""
+    from dreampolish.backend.commands.dryrun_meta import META, MeasuredEstimates, MetaNormalsBridge
+    from dreampolish.backend.guidance.normals import MarigoldNormalTargets
+    from dreampolish.backend.render.rasterize import MeshRasterizer
+    from dreampolish.backend.stages.polish import PoolTargets
+
+    mesh, cameras = _views(6)
+    estimates = MeasuredEstimates(_tiny_marigold_on_meta(), calls)
+    pool = PoolTargets(cameras, torch.Generator().manual_seed(0))
+    counter = LiveBytes()
+    with counter:
+        pool.estimate_all(mesh, MeshRasterizer("torch"), MetaNormalsBridge(MarigoldNormalTargets(estimates), META),
+                          batch=1, smooth=True)
+        live = counter.live
+    assert pool.targets is not None and pool.targets.shape == (6, 32, 32, 3)
+    return counter.peak, live, estimates.ran
+
+
+def _bake_decompositions(calls: int) -> tuple[int, int, int]:
+    """(peak, bytes live after, estimator runs) of the PBR bake's decomposition of 5 views, one at a time."""
+    from dreampolish.backend.commands.dryrun_meta import META, MeasuredEstimates, MetaIntrinsicsBridge
+    from dreampolish.backend.guidance.intrinsics import MarigoldIntrinsics
+    from dreampolish.backend.models.full_size import MARIGOLD_IID_APPEARANCE_TARGETS
+
+    _, cameras = _views(5)
+    estimates = MeasuredEstimates(_tiny_marigold_on_meta(
+        12, 8, target_properties=MARIGOLD_IID_APPEARANCE_TARGETS), calls)
+    counter = LiveBytes()
+    with counter:
+        maps = MetaIntrinsicsBridge(MarigoldIntrinsics(estimates), META)(
+            torch.rand(5, 32, 32, 3), torch.ones(5, 32, 32, 1), cameras)
+        live = counter.live
+    assert maps.albedo.shape == (5, 32, 32, 3)
+    return counter.peak, live, estimates.ran
+
+
+def test_the_dry_run_runs_the_first_and_last_estimate_of_a_loop_and_reaches_the_loops_peak():
+    # The dry run runs the first and the last of the polish view pool's estimates and of the PBR bake's
+    # decompositions and stands in for the others (commands/dryrun_meta.MeasuredEstimates): the loops' peaks,
+    # and what they leave alive (the pool's targets, the estimator's cache), are those with every estimate run.
+    for loop, calls in ((_pool_estimates, 6), (_bake_decompositions, 5)):
+        every_peak, every_live, every_ran = loop(0)
+        peak, live, ran = loop(calls)
+        assert (every_ran, ran) == (calls, 2), loop.__name__
+        assert (peak, live) == (every_peak, every_live), loop.__name__

@@ -65,3 +65,17 @@ def test_gradient_with_respect_to_position_matches_finite_differences():
         with torch.no_grad():
             fd = (enc(x.detach() + dx).sum() - enc(x.detach() - dx).sum()) / (2 * eps)
         assert abs(float(fd) - float(x.grad[0, d])) < 1e-5
+
+
+def test_a_hashed_level_keeps_four_bytes_a_corner_for_the_backward_pass():
+    # The table rows a point reads are kept until the backward pass (index_select's backward scatters the
+    # gradient into them): per point and hashed level 8 rows, as int32 32 bytes, not int64's 64. In a NeRF
+    # training render with normals each chunk keeps them until its own backward pass (BENCHMARKS.md, issue 27).
+    enc = HashGridEncoding(HashGridConfig(n_levels=2, log2_hashmap_size=12, base_resolution=64, per_level_scale=2.0,
+                                          start_levels=2))
+    assert all((r + 1) ** 3 > n for r, n in zip(enc.resolutions, enc.level_sizes))  # both levels hashed
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        enc(torch.rand(1000, 3)).sum()
+    rows = [t for t in saved if not t.is_floating_point()]
+    assert len(rows) == 2 and sum(t.untyped_storage().nbytes() for t in rows) == 2 * 1000 * 8 * 4
