@@ -89,11 +89,13 @@ class PolishConfig:
     "Several pictures, several cameras")."""
     silhouette_hull: bool = False
     """With several reference pictures (exact cameras), after every step put each vertex that left the
-    pictures' visual hull back onto it (geometry/visual_hull.py VisualHull.project_inside). Off by default.
-    Why: on the torus from two pictures (seed 2) polish moved 700-800 vertices out of the pictures' silhouettes,
-    up to 0.02 (a picture's pixel), and the mesh's bounding sphere with them (0.504 -> 0.507), which the
-    score's normalisation turns into a smaller hole from above (BENCHMARKS.md, "Several pictures, several
-    cameras"). Unlike silhouette_weight it only bounds the mesh: inside the hull the method's loss acts alone."""
+    pictures' visual hull back onto it (geometry/visual_hull.py VisualHull.project_inside). Why: on the torus
+    from two pictures (seed 2) polish moved 700-800 vertices out of the pictures' silhouettes, up to 0.02 (a
+    picture's pixel), and the mesh's bounding sphere with them (0.504 -> 0.506), which the score's
+    normalisation turns into a smaller hole from above (0.900 -> 0.883; with the hull 0.906). Unlike
+    silhouette_weight it only bounds the mesh: inside the hull the method's loss acts alone. Off by default,
+    as DmtetConfig.silhouette_hull: the hull cuts the red cone's thin tip (BENCHMARKS.md, "Several pictures,
+    several cameras")."""
     smoothness_weight: float = ranged(1.0, 0, 1e6)
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
