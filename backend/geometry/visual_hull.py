@@ -40,7 +40,7 @@ pictures, seed 2, 0.890 from above against 0.900 at 0.5 (BENCHMARKS.md, "Several
 def silhouette_distance(mask: Tensor, cameras: CameraBatch, subpixels: int = SUBPIXELS,
                         coverage: float = COVERAGE) -> Tensor:
     """[H·s,W·s] signed distance of each sub-pixel centre (s = `subpixels`) to the edge of the silhouette
-    (coverage > 0.5, interpolated; negative inside), in image-plane units at depth 1 (tangent of the angle off
+    (interpolated coverage > `coverage`; negative inside), in image-plane units at depth 1 (tangent of the angle off
     the axis). The edge is taken half a sub-pixel from the centres on either side of it."""
     fine = F.interpolate(mask.detach().float().cpu()[None, None], scale_factor=subpixels, mode="bilinear",
                          align_corners=False)[0, 0]
