@@ -17,8 +17,17 @@ import dataclasses
 import json
 import logging
 
+from dreampolish.backend.geometry.mesh import TriMesh
 from dreampolish.backend.micro import multiview, quality
 from dreampolish.protocol.job import parse_option
+
+
+def bounding_radius(payload) -> float:
+    """The radius of the mesh's bounding sphere about its bounding box's centre, in the job's object frame (the
+    frame the pictures' cameras fix): what the score divides the mesh by (geometry.mesh.normalize_to_unit)."""
+    vertices = TriMesh.from_payload(payload, apply_transform=False).vertices
+    centre = 0.5 * (vertices.min(0).values + vertices.max(0).values)
+    return float((vertices - centre).norm(dim=-1).max())
 
 
 def main() -> None:
@@ -41,12 +50,16 @@ def main() -> None:
             cell = dataclasses.replace(cell, seed=args.seed)
         r, gen = multiview.run_views_cell(cell, dict(args.option))
         # where the view from above is won or lost: each geometry stage's mesh, scored as the final one
+        geometry = {stage: mesh for stage, mesh in gen.stages.items() if stage in ("nerf", "neus", "dmtet", "polish")}
         stages = {stage: round(quality.overhead_iou(mesh, cell.shape, gen.front_azimuth_deg), 3)
-                  for stage, mesh in gen.stages.items() if stage in ("nerf", "neus", "dmtet", "polish")}
+                  for stage, mesh in geometry.items()}
+        # the score normalises each mesh to its bounding sphere: a bump that grows that sphere shrinks the rest
+        radii = {stage: round(bounding_radius(mesh), 4) for stage, mesh in geometry.items()}
         row = {"cell": cell.name, "pictures": len(cell.views), "options": dict(args.option),
                "seed": cell.seed, "nearest": r.nearest,
                "chamfer_pct": r.chamfer_pct, "iou": r.iou, "iou_overhead": r.iou_overhead,
-               "delta_e": r.colour_delta_e, "seconds": r.seconds, "iou_overhead_by_stage": stages}
+               "delta_e": r.colour_delta_e, "seconds": r.seconds, "iou_overhead_by_stage": stages,
+               "bounding_radius_by_stage": radii}
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:

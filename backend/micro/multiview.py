@@ -34,11 +34,13 @@ class ViewsCell:
 
 TORUS_HOLE = ViewsCell("green", "torus", ((0.0, 0.0), (89.0, 0.0)))
 """A front and an overhead picture: the hole shows in the second."""
+TORUS_THREE = ViewsCell("green", "torus", ((0.0, 0.0), (89.0, 0.0), (30.0, 120.0)))
+"""TORUS_HOLE with a third picture from 30°, az 120°: the third must not lose what two carve."""
 CONE_ELEVATED = ViewsCell("red", "cone", ((30.0, 0.0), (0.0, 0.0)))
 """The picture from 30° that alone is framed off the cone, with one from the side."""
 
 TABLE = [
-    ViewsCell("green", "torus", ((0.0, 0.0),)), TORUS_HOLE, ViewsCell("green", "torus", ((0.0, 0.0), (89.0, 0.0), (30.0, 120.0))),
+    ViewsCell("green", "torus", ((0.0, 0.0),)), TORUS_HOLE, TORUS_THREE,
     ViewsCell("red", "cone", ((30.0, 0.0),)), ViewsCell("red", "cone", ((0.0, 0.0),)), CONE_ELEVATED,
     ViewsCell("red", "cone", ((30.0, 0.0), (0.0, 0.0), (10.0, 120.0))),
     ViewsCell("blue", "mug", ((30.0, 0.0),)), ViewsCell("blue", "mug", ((30.0, 0.0), (0.0, 90.0))),

@@ -112,9 +112,12 @@ class NerfConfig:
     """With several reference pictures, take the surface at the level of ISO_LADDER × iso_density whose solid's
     silhouettes agree best with the pictures' masks (fit_iso_level) instead of at iso_density itself. One
     picture keeps iso_density (its silhouette leaves the depth free). Off by default: it mends the torus from
-    three pictures at seed 0 (from above 0.70 -> 0.90), but from two pictures at seed 2 the hole from above
-    fell under the bound with it (0.902 -> 0.883; DMTet ended lower from as good a NeuS), BENCHMARKS.md
-    "Several pictures, several cameras"."""
+    three pictures at seed 0 (from above 0.70 -> 0.90), but alone it leaves the hole from above under the
+    bound at seed 2 (two pictures 0.883, three 0.859). Its DMTet "ends lower" not by a worse shape (in the NeuS
+    mesh's normalisation 0.952 against 0.938 without the fit) but because the fit makes NeuS's torus its true
+    size, and the bumps that DMTet and polish grow on the rim where no silhouette holds it then widen the
+    bounding sphere the score normalises by (DmtetConfig.silhouette_hull; BENCHMARKS.md, "Several pictures,
+    several cameras")."""
     mesh_resolution: int = ranged(128, 8, 1024)
     """Lattice points per axis for marching cubes."""
 

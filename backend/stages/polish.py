@@ -11,7 +11,8 @@ With several reference pictures (a multi-view request: exact cameras) and silhou
 default), each step adds
     λ_sil · mean over the pictures of MSE(coverage at the picture's camera, the picture's mask)
 (silhouette_weight): the geometry stages carved what the pictures show (a torus's hole seen from above), and
-nothing in L above knows it (polish_silhouettes).
+nothing in L above knows it (polish_silhouettes). With silhouette_hull (off by default), a vertex that a step
+moves out of the pictures' visual hull is put back onto it (polish_hull).
 
 Ablation ("smoothness"): no estimator at all, only λ_smooth · L_nc — the plain normal-smoothness
 loss that the paper shows is not enough.
@@ -34,6 +35,7 @@ from ..config_fields import ranged
 from ..device import to_device
 from ..geometry.mesh import TriMesh
 from ..geometry.regularisers import mesh_laplacian, mesh_normal_consistency
+from ..geometry.visual_hull import VisualHull
 from ..guidance.base import NormalTargets
 from ..guidance.normals import NormalEstimatorConfig
 from ..render.cameras import CameraBatch, ViewSampler
@@ -85,6 +87,15 @@ class PolishConfig:
     (0.98-0.99 where the method's polish moves them to 0.92-0.97) but not the torus's hole from above: from
     two pictures, seed 1, the same DMTet mesh ended at 0.881 with it and 0.917 without it (BENCHMARKS.md,
     "Several pictures, several cameras")."""
+    silhouette_hull: bool = False
+    """With several reference pictures (exact cameras), after every step put each vertex that left the
+    pictures' visual hull back onto it (geometry/visual_hull.py VisualHull.project_inside). Why: on the torus
+    from two pictures (seed 2) polish moved 700-800 vertices out of the pictures' silhouettes, up to 0.02 (a
+    picture's pixel), and the mesh's bounding sphere with them (0.504 -> 0.506), which the score's
+    normalisation turns into a smaller hole from above (0.900 -> 0.883; with the hull 0.906). Unlike
+    silhouette_weight it only bounds the mesh: inside the hull the method's loss acts alone. Off by default,
+    as DmtetConfig.silhouette_hull: the hull cuts the red cone's thin tip (BENCHMARKS.md, "Several pictures,
+    several cameras")."""
     smoothness_weight: float = ranged(1.0, 0, 1e6)
     """λ_smooth, weight of the normal-consistency loss in the smoothness ablation."""
     estimator: NormalEstimatorConfig = field(default_factory=NormalEstimatorConfig)
@@ -177,6 +188,15 @@ class PoolTargets:
         return self.targets[views]
 
 
+def polish_hull(reference: ReferenceView | None, device: torch.device | str) -> VisualHull | None:
+    """The pictures' visual hull (PolishConfig.silhouette_hull) from each picture at its own size; None for one
+    picture (its camera is placed, not exact) or none."""
+    if reference is None or not reference.more:
+        return None
+    views = reference.views()
+    return VisualHull([v.camera.to(device) for v in views], [v.mask[..., 0].to(device) for v in views])
+
+
 def polish_silhouettes(reference: ReferenceView | None, size: int, device: torch.device | str
                        ) -> list[ScaledReference]:
     """The pictures whose silhouettes polish keeps (module docstring): every picture of a multi-view request,
@@ -250,6 +270,7 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
                            generator)
     smooth = cfg.rendered_normals == "smooth"
     silhouettes = polish_silhouettes(reference, cfg.render_size, device) if cfg.silhouette_weight > 0 else []
+    hull = polish_hull(reference, device) if cfg.silhouette_hull else None
     if pool is not None:
         pool.estimate_all(mesh, rasterizer, targets, cfg.estimator_batch, smooth)
     state = PolishState(mesh)
@@ -280,6 +301,12 @@ def run_polish(cfg: PolishConfig, mesh: TriMesh, targets: NormalTargets | None, 
         total.backward()
         grad_norm = offsets.grad.detach().norm() if offsets.grad is not None else torch.zeros((), device=device)
         optimiser.step()
+        if hull is not None:
+            with torch.no_grad():
+                # the offset that puts the vertex where the hull allows (a vertex of move weight 0 never leaves)
+                inside = hull.project_inside(moved())
+                offsets.copy_(inside - base if scale is None
+                              else torch.where(scale > 0, (inside - base) / scale.clamp_min(1e-12), offsets))
         state.mesh = mesh.with_vertices(moved().detach())
         # 0-dim device tensors: the reporter reads them back at its reporting steps only.
         report: dict[str, Tensor | float] = {k: v.detach() for k, v in losses.items()}

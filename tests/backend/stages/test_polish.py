@@ -9,6 +9,7 @@ import torch
 import trimesh
 from dreampolish.backend.geometry.mesh import TriMesh, normalize_to_unit
 from dreampolish.backend.geometry.metrics import normal_consistency
+from dreampolish.backend.geometry.visual_hull import VisualHull
 from dreampolish.backend.guidance.base import ReferenceView
 from dreampolish.backend.guidance.oracle import OracleNormals
 from dreampolish.backend.render.cameras import orbit_cameras
@@ -141,3 +142,35 @@ def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimato
                                     rasterizer=raster, generator=torch.Generator().manual_seed(0))
     assert iou_from_above(polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
     assert iou_from_above(polished["two pictures"]) > 0.95
+
+
+def test_with_several_pictures_polish_keeps_the_mesh_inside_their_visual_hull():
+    """Issue 31: polish moved vertices of the torus from two pictures out of their silhouettes, and the mesh's
+    bounding sphere with them. With PolishConfig.silhouette_hull a vertex that leaves the pictures' visual hull
+    is put back: an estimator that takes the torus for a disc cannot fill the hole the overhead picture shows,
+    nor widen the ring past the silhouettes. One picture is not a hull (its camera is placed, not exact)."""
+    raster = MeshRasterizer("torch")
+    torus = _mesh(trimesh.creation.torus(0.35, 0.12, major_sections=32, minor_sections=12))
+    disc = _mesh(trimesh.creation.cylinder(0.55, 0.24, sections=32))
+
+    def picture(elevation: float) -> ReferenceView:
+        cam = orbit_cameras(torch.tensor([elevation]), torch.tensor([0.0]), torch.tensor([3.8]), torch.tensor([20.0]), 32, 32)
+        return ReferenceView(rgb=torch.ones(32, 32, 3), mask=raster.rasterize(torus, cam).mask[0], camera=cam)
+
+    front, top = picture(0.0), picture(89.0)
+    hull = VisualHull([front.camera, top.camera], [front.mask[..., 0], top.mask[..., 0]])
+
+    def iou_from_above(mesh: TriMesh) -> float:
+        seen, truth = raster.rasterize(mesh, top.camera).foreground, raster.rasterize(torus, top.camera).foreground
+        return float((seen & truth).sum() / (seen | truth).sum())
+
+    cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_hull=True)
+    polished = {}
+    for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
+        polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
+                                    rasterizer=raster, generator=torch.Generator().manual_seed(0))
+    assert iou_from_above(polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
+    assert float(hull.sdf(polished["one picture"].vertices).max()) > 0.02
+    assert iou_from_above(polished["two pictures"]) > 0.9
+    # no farther out than the torus itself reaches (the 32-px pictures place the hull's edge within 0.014)
+    assert float(hull.sdf(polished["two pictures"].vertices).max()) <= float(hull.sdf(torus.vertices).max())
