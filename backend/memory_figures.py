@@ -27,22 +27,22 @@ DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
     },
     "high": {
         "none": {
-            "reference": 8.677,
-            "nerf": 8.591,
-            "neus": 8.608,
-            "dmtet": 8.591,
-            "polish": 11.174,
-            "texture": 13.754,
-            "export": 7.656
+            "reference": 8.687,
+            "nerf": 13.6,
+            "neus": 10.144,
+            "dmtet": 10.112,
+            "polish": 12.294,
+            "texture": 14.093,
+            "export": 7.804
         },
         "priors": {
-            "reference": 8.677,
-            "nerf": 8.591,
-            "neus": 8.608,
-            "dmtet": 8.591,
-            "polish": 6.099,
-            "texture": 8.679,
-            "export": 2.58
+            "reference": 8.687,
+            "nerf": 13.6,
+            "neus": 10.144,
+            "dmtet": 10.112,
+            "polish": 7.219,
+            "texture": 9.018,
+            "export": 2.699
         }
     },
     "standard": {
@@ -69,7 +69,7 @@ DRY_RUN_GB: dict[str, dict[str, dict[str, float]]] = {
 
 GEOMETRY: dict[str, str] = {
     "draft": "full",
-    "high": "small",
+    "high": "full",
     "standard": "full"
 }
 """Per preset: "full" (the preset's own sizes) or "small" (the stages' own work at the tiny preset's

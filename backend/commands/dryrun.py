@@ -28,10 +28,11 @@ kernels that differ on the GPU (nvdiffrast instead of the PyTorch rasteriser, fu
 needs less than the math attention counted here). It is an estimate to compare with the card, not a
 measurement.
 
-Host memory at full geometry (one torch thread, 2-core CPU): draft holds 5.3 GB resident and takes about 5
-minutes; standard passes 8 GB in NeRF's 384-px step unless glibc hands freed tensors back to the system
-(MALLOC_MMAP_THRESHOLD_=131072 in the environment: 6.7 GB, about 12 minutes, half of its CPU time then spent
-in the kernel mapping memory; BENCHMARKS.md, issue 27).
+Host memory at full geometry (one torch thread, 2-core CPU, quiet): draft holds 5.3 GB resident and takes
+about 5 minutes, standard 9.0 GB and 7 minutes, high 9.1 GB and 8 minutes. On a machine with less memory to
+spare, MALLOC_MMAP_THRESHOLD_=131072 in the environment makes glibc hand freed tensors back to the system
+(standard: 6.7 GB) at about 1.7 times the time, most of it in the kernel mapping memory (BENCHMARKS.md,
+issue 27).
 
 `--geometry small` runs the stages' own (CPU) work at the tiny preset's resolutions while the priors stay
 full size; the priors see their own input size whatever the render size (the VAE resizes), so their share
