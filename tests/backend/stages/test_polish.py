@@ -117,6 +117,23 @@ def test_the_pool_is_estimated_one_view_a_call_whatever_the_step_batch(sharp_box
     assert seen[6:] == [4, 2]
 
 
+def _torus_pictures(raster: MeshRasterizer, torus: TriMesh, mask_of) -> tuple[ReferenceView, ReferenceView]:
+    """A front (0°) and an overhead (89°) 32-px picture of `torus` with exact cameras; `mask_of` takes the
+    picture's mask from its RasterOutput (hard foreground or antialiased coverage)."""
+
+    def picture(elevation: float) -> ReferenceView:
+        cam = orbit_cameras(torch.tensor([elevation]), torch.tensor([0.0]), torch.tensor([3.8]), torch.tensor([20.0]), 32, 32)
+        return ReferenceView(rgb=torch.ones(32, 32, 3), mask=mask_of(raster.rasterize(torus, cam)), camera=cam)
+
+    return picture(0.0), picture(89.0)
+
+
+def _iou_from_above(raster: MeshRasterizer, torus: TriMesh, top: ReferenceView, mesh: TriMesh) -> float:
+    """Silhouette IoU of `mesh` against `torus` from the overhead picture's camera: the hole shows there."""
+    seen, truth = raster.rasterize(mesh, top.camera).foreground, raster.rasterize(torus, top.camera).foreground
+    return float((seen & truth).sum() / (seen | truth).sum())
+
+
 def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimator_would_fill_a_hole():
     """Issue 31: the geometry stages carved a torus's hole that an overhead picture shows; an estimator that
     takes the torus for a disc (its normals all up on top) fills the hole in polish, unless the pictures'
@@ -125,23 +142,15 @@ def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimato
     torus = _mesh(trimesh.creation.torus(0.35, 0.12, major_sections=32, minor_sections=12))
     disc = _mesh(trimesh.creation.cylinder(0.5, 0.24, sections=32))
 
-    def picture(elevation: float) -> ReferenceView:
-        cam = orbit_cameras(torch.tensor([elevation]), torch.tensor([0.0]), torch.tensor([3.8]), torch.tensor([20.0]), 32, 32)
-        return ReferenceView(rgb=torch.ones(32, 32, 3), mask=raster.rasterize(torus, cam).foreground.float()[0], camera=cam)
-
-    front, top = picture(0.0), picture(89.0)
-
-    def iou_from_above(mesh: TriMesh) -> float:
-        seen, truth = raster.rasterize(mesh, top.camera).foreground, raster.rasterize(torus, top.camera).foreground
-        return float((seen & truth).sum() / (seen | truth).sum())
+    front, top = _torus_pictures(raster, torus, lambda out: out.foreground.float()[0])
 
     cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_weight=SILHOUETTE_WEIGHT)
     polished = {}
     for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
         polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
                                     rasterizer=raster, generator=torch.Generator().manual_seed(0))
-    assert iou_from_above(polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
-    assert iou_from_above(polished["two pictures"]) > 0.95
+    assert _iou_from_above(raster, torus, top, polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
+    assert _iou_from_above(raster, torus, top, polished["two pictures"]) > 0.95
 
 
 def test_with_several_pictures_polish_keeps_the_mesh_inside_their_visual_hull():
@@ -153,24 +162,16 @@ def test_with_several_pictures_polish_keeps_the_mesh_inside_their_visual_hull():
     torus = _mesh(trimesh.creation.torus(0.35, 0.12, major_sections=32, minor_sections=12))
     disc = _mesh(trimesh.creation.cylinder(0.55, 0.24, sections=32))
 
-    def picture(elevation: float) -> ReferenceView:
-        cam = orbit_cameras(torch.tensor([elevation]), torch.tensor([0.0]), torch.tensor([3.8]), torch.tensor([20.0]), 32, 32)
-        return ReferenceView(rgb=torch.ones(32, 32, 3), mask=raster.rasterize(torus, cam).mask[0], camera=cam)
-
-    front, top = picture(0.0), picture(89.0)
+    front, top = _torus_pictures(raster, torus, lambda out: out.mask[0])
     hull = VisualHull([front.camera, top.camera], [front.mask[..., 0], top.mask[..., 0]])
-
-    def iou_from_above(mesh: TriMesh) -> float:
-        seen, truth = raster.rasterize(mesh, top.camera).foreground, raster.rasterize(torus, top.camera).foreground
-        return float((seen & truth).sum() / (seen | truth).sum())
 
     cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_hull=True)
     polished = {}
     for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
         polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
                                     rasterizer=raster, generator=torch.Generator().manual_seed(0))
-    assert iou_from_above(polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
+    assert _iou_from_above(raster, torus, top, polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
     assert float(hull.sdf(polished["one picture"].vertices).max()) > 0.02
-    assert iou_from_above(polished["two pictures"]) > 0.9
+    assert _iou_from_above(raster, torus, top, polished["two pictures"]) > 0.9
     # no farther out than the torus itself reaches (the 32-px pictures place the hull's edge within 0.014)
     assert float(hull.sdf(polished["two pictures"].vertices).max()) <= float(hull.sdf(torus.vertices).max())
