@@ -33,8 +33,11 @@ ZeroMQ sees the connection end and frees what it held), and while all connection
 than `max_unfinished_bytes_total`, so is the one in a message's middle that has received nothing for
 longest (a connection between messages, holding only its handshake, frees nothing and is left alone).
 What this bounds is bytes on the wire: ZeroMQ keeps a 64-byte message per frame, so a peer sending
-empty frames (2 bytes each without CURVE, 35 with it) makes the backend hold up to 32 times as much
-without CURVE (loopback only: local processes) and about 2 times with it.
+empty frames (2 bytes each without CURVE, 35 with it) could make the backend hold 32 times as much
+without CURVE and about 2 times with it. Without CURVE the ROUTER is therefore reached through the
+relay of wire_guard.py, which bounds the frames of each message and counts its bytes exactly (the
+ROUTER's connections are then Unix sockets, where TCP_INFO says nothing); this gate's byte count serves
+CURVE connections, and NULL ones where the relay is turned off (ServerConfig.frame_relay).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from .intake import IntakeLimits, RequestIntake
 from .jobs import JobManager, JobStore, QueueLimits
 from .pipeline_api import Pipeline
 from .security import ClientAccess, CurveKeys, KeyFolder, check_bind_allowed
+from .wire_guard import WireGuard
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ class ServerConfig:
     connection_limits: ConnectionLimits = ConnectionLimits()
     """Connections served at once, per peer address and overall (connections.py; announced in
     welcome.limits); one more is refused in its handshake."""
+    frame_relay: bool = True
+    """Without CURVE, serve through the relay that bounds the frames of a message (wire_guard.py); False
+    binds the ROUTER itself, where the bytes gate alone bounds what an unfinished message holds (up to 32
+    times its bytes on the wire, in empty frames)."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,7 @@ class BackendServer:
             allow_any=config.curve_clients is None and config.curve_admins is None,
         )
         self._gate: ConnectionGate | None = None
+        self._guard: WireGuard | None = None
         if config.max_queued_per_client < 1 or config.max_queued_total < 1:
             raise ValueError("the queue limits must be at least 1")
         if config.expire_after_s is not None and config.expire_after_s <= 0:
@@ -272,6 +278,8 @@ class BackendServer:
             self.manager.stop()
             router.close(linger=0)
             pull.close(linger=0)
+            if self._guard is not None:
+                self._guard.stop()
             if self._gate is not None:
                 self._gate.stop()
             with self._push_lock:
@@ -293,19 +301,34 @@ class BackendServer:
             router.curve_server = True
             router.curve_publickey = self.config.curve_keys.public
             router.curve_secretkey = self.config.curve_keys.secret
-        # Every handshake asks the gate (ZAP): client keys with CURVE, and the connection limits.
+        # Every handshake asks the gate (ZAP): client keys with CURVE, and the connection limits (those the
+        # relay counts where there is one: every connection the ROUTER sees then comes from it).
+        guarded = (self.config.frame_relay and self.config.curve_keys is None
+                   and self.config.bind.startswith(("tcp://", "ipc://")))
+        limits = self.config.connection_limits
         self._gate = ConnectionGate(
-            self.zmq, router, self.config.connection_limits,
+            self.zmq, router, replace(limits, per_address=limits.total) if guarded else limits,
             self.access if self.config.curve_keys is not None else None,
         )
         self._gate.start()
+        # Without CURVE (local clients only) the ROUTER is reached through the relay that bounds the frames
+        # of a message before ZeroMQ holds them (wire_guard.py); with CURVE each frame costs its sender
+        # enough that the gate's byte count bounds it.
         try:
-            router.bind(self.config.bind)
-        except zmq.ZMQError:
+            if guarded:
+                self._guard = WireGuard(self.config.bind, self.config.connection_limits)
+                router.bind(self._guard.router_endpoint)
+                self.endpoint = self._guard.start()
+            else:
+                router.bind(self.config.bind)
+                self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        except (zmq.ZMQError, OSError):
             router.close(linger=0)
             self._gate.stop()
+            if self._guard is not None:
+                self._guard.stop()
+                self._guard = None
             raise
-        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         pull = self.zmq.socket(zmq.PULL)
         pull.linger = 0
         pull.rcvhwm = self.config.publish_hwm

@@ -37,8 +37,8 @@ def refusal(c: BackendClient) -> str:
 def wait_for_live(server, n: int, timeout_s: float = 5.0) -> None:
     """Until the backend counts n live connections (a closed one is counted off when ZeroMQ reports it)."""
     deadline = time.monotonic() + timeout_s
-    while server._gate.live.count() != n:
-        assert time.monotonic() < deadline, f"{server._gate.live.count()} connections live, not {n}"
+    while (counts := (server._gate.live.count(), server._guard.live.count() if server._guard else n)) != (n, n):
+        assert time.monotonic() < deadline, f"{counts} connections live (ROUTER, relay), not {n}"
         time.sleep(0.02)
 
 
@@ -212,7 +212,8 @@ def test_live_connections_count_each_connection_until_it_closes_and_name_the_lim
 
 
 @needs_tcp_info
-def test_a_message_that_never_ends_is_cut_off_and_whole_messages_of_the_same_size_are_not(tmp_path):
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "gate"])
+def test_a_message_that_never_ends_is_cut_off_and_whole_messages_of_the_same_size_are_not(tmp_path, relay):
     """bench/unfinished_messages.py: ZeroMQ takes any number of frames into a message that never ends.
     Past the connection's limit (max_message_bytes and an allowance; 8 MiB here) the backend shuts the
     connection down; a client sending many whole messages that add up to more is served throughout."""
@@ -221,7 +222,7 @@ def test_a_message_that_never_ends_is_cut_off_and_whole_messages_of_the_same_siz
     from dreampolish.protocol import messages as m
 
     limits = ConnectionLimits(unfinished_bytes=8 << 20)
-    with running_backend(tmp_path, connection_limits=limits) as server:
+    with running_backend(tmp_path, connection_limits=limits, frame_relay=relay) as server:
         honest = zmq.Context.instance().socket(zmq.DEALER)
         honest.linger = 0
         honest.connect(server.endpoint)
@@ -250,9 +251,11 @@ def test_a_message_that_never_ends_is_cut_off_and_whole_messages_of_the_same_siz
 @needs_tcp_info
 @pytest.mark.parametrize("curve", [False, True], ids=["null", "curve"])
 def test_whole_messages_leave_nothing_counted_unfinished_but_the_handshake(tmp_path, curve_keys, curve):
-    """The count of unfinished bytes is exact to the byte for each frame (ZMTP headers, CurveZMQ's MESSAGE
-    command), so a long-lived client does not drift towards the limit."""
-    config = {"curve_keys": curve_keys["server"], "curve_clients": curve_keys["allowed"]} if curve else {}
+    """The gate's count of unfinished bytes is exact to the byte for each frame (ZMTP headers, CurveZMQ's
+    MESSAGE command), so a long-lived client does not drift towards the limit (the relay's count is
+    tested below)."""
+    config = {"curve_keys": curve_keys["server"], "curve_clients": curve_keys["allowed"]} if curve \
+        else {"frame_relay": False}
     keys = {"server_public_key": curve_keys["server_public"], "client_key": curve_keys["alice"]} if curve else {}
     with running_backend(tmp_path / "store", **config) as server, client(server.endpoint, **keys) as c:
         c.connect()
@@ -266,13 +269,14 @@ def test_whole_messages_leave_nothing_counted_unfinished_but_the_handshake(tmp_p
 
 
 @needs_tcp_info
-def test_past_the_total_of_unfinished_bytes_the_connection_idle_longest_is_shut_down(tmp_path):
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "gate"])
+def test_past_the_total_of_unfinished_bytes_the_connection_idle_longest_is_shut_down(tmp_path, relay):
     limits = ConnectionLimits(unfinished_bytes=64 << 20, unfinished_total=8 << 20)
-    with running_backend(tmp_path, connection_limits=limits) as server:
+    with running_backend(tmp_path, connection_limits=limits, frame_relay=relay) as server:
         stalled, sending = raw_null_peer(server.endpoint), raw_null_peer(server.endpoint)
         for s in (stalled, sending):
             assert b"READY" in handshake_answer(s)
-            s.sendall(bytes([0x02]) + struct.pack(">Q", 100 << 20))  # one 100 MiB frame, the last
+            s.sendall(bytes([0x02]) + struct.pack(">Q", 32 << 20))  # one 32 MiB frame, the last
         stalled.sendall(b"\1" * (5 << 20))
         time.sleep(0.5)
         for _ in range(50):  # 5 MiB more, while the other has sent nothing for half a second
@@ -327,19 +331,20 @@ def test_ipc_clients_are_one_address(tmp_path):
 
 
 @needs_tcp_info
-def test_past_the_total_of_unfinished_bytes_an_idle_client_holding_no_message_is_not_shut_down(tmp_path):
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "gate"])
+def test_past_the_total_of_unfinished_bytes_an_idle_client_holding_no_message_is_not_shut_down(tmp_path, relay):
     """An artist's Blender that sent nothing for a while (rendering: its timers do not run) holds only its
     handshake's bytes: shutting it down frees nothing, and it must not be cut before the peer that holds
     the unfinished bytes."""
     limits = ConnectionLimits(unfinished_bytes=64 << 20, unfinished_total=8 << 20)
-    with running_backend(tmp_path, connection_limits=limits) as server:
+    with running_backend(tmp_path, connection_limits=limits, frame_relay=relay) as server:
         with client(server.endpoint) as idle:
             idle.connect()
             idle.ping()
             time.sleep(1.0)  # idle longer than the stalled peer below
             stalled = raw_null_peer(server.endpoint)
             assert b"READY" in handshake_answer(stalled)
-            stalled.sendall(bytes([0x02]) + struct.pack(">Q", 100 << 20) + b"\1" * (9 << 20))
+            stalled.sendall(bytes([0x02]) + struct.pack(">Q", 32 << 20) + b"\1" * (9 << 20))
             stalled.settimeout(5)
             with contextlib.suppress(ConnectionResetError):
                 assert stalled.recv(1) == b""  # shut down: it holds what is over the total
