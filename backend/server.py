@@ -307,7 +307,8 @@ class BackendServer:
                    and self.config.bind.startswith(("tcp://", "ipc://")))
         limits = self.config.connection_limits
         self._gate = ConnectionGate(
-            self.zmq, router, replace(limits, per_address=limits.total) if guarded else limits,
+            # The gate learns of a closed connection a moment after the relay: it gets room to lag.
+            self.zmq, router, replace(limits, per_address=2 * limits.total, total=2 * limits.total) if guarded else limits,
             self.access if self.config.curve_keys is not None else None,
         )
         self._gate.start()

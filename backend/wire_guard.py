@@ -20,6 +20,10 @@ it:
 - an unfinished message over ConnectionLimits.unfinished_bytes (the gate's rule, on exact counts here);
 - a frame over LIMITS.max_frame_bytes (ZeroMQ drops those too), reserved flag bits, a greeting that is not
   ZMTP 3 with the NULL mechanism;
+- a command other than the handshake's READY (once, first) and heartbeats (PING, PONG; at most
+  COMMANDS_PER_S a second): libzmq queues SUBSCRIBE and CANCEL as messages of their own, outside any
+  bound on frames, and reads any other command at once, so a flood of them would cost the relay's thread
+  far more than the peer;
 - while all connections' unfinished messages together hold more than ConnectionLimits.unfinished_total,
   the one in a message's middle that has sent nothing for longest (the gate's rule).
 
@@ -64,6 +68,11 @@ GREETING_BYTES = 64
 CHUNK = 256 * 1024
 MORE, LONG, COMMAND = 0x01, 0x02, 0x04
 LOG_EVERY_S = 10.0
+MAX_COMMAND_BYTES = 4096
+"""Largest command a client may send: READY with a routing id (at most 255 bytes) and its socket type."""
+COMMANDS_PER_S = 50
+"""Heartbeats a client may send in one second (the add-on sends one every few seconds, a test client
+every 0.3 s); a flood of them would keep the relay's thread busy for every client."""
 NULL_GREETING = b"\xff" + bytes(8) + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\0") + bytes(32)
 """A ZMTP 3.0 server's greeting with the NULL mechanism (as-server 0, as ZeroMQ sends it for NULL)."""
 REFUSAL = NULL_GREETING + bytes([COMMAND, 10]) + b"\x05ERROR\x03" + TOO_MANY_CONNECTIONS
@@ -84,11 +93,16 @@ class ZmtpReader:
     header: bytearray = field(default_factory=bytearray)
     body_left: int = 0
     command: bool = False
+    command_body: bytearray = field(default_factory=bytearray)
     more: bool = False
+    ready: bool = False
+    """The handshake's READY has come: from now on only messages, PING and PONG."""
     frames: int = 0
     """Frames of the message now arriving."""
     unfinished: int = 0
     """Bytes sent since the last whole message (frames of the message now arriving, with their headers)."""
+    commands_in_second: int = 0
+    second_start: float = 0.0
 
     @property
     def in_message(self) -> bool:
@@ -105,6 +119,8 @@ class ZmtpReader:
                 self._check_greeting()
             elif self.body_left:
                 take = min(self.body_left, n - i)
+                if self.command:
+                    self.command_body += data[i:i + take]
                 i += take
                 self.body_left -= take
                 self.unfinished += take
@@ -114,8 +130,8 @@ class ZmtpReader:
                 self.header.append(data[i])
                 i += 1
                 flags = self.header[0]
-                if flags & ~(MORE | LONG | COMMAND):
-                    raise Violation(f"a frame with reserved flag bits 0x{flags:02x} (not ZMTP 3)")
+                if flags & ~(MORE | LONG | COMMAND) or flags & COMMAND and flags & MORE:
+                    raise Violation(f"a frame with flags 0x{flags:02x} (reserved bits, or a command with MORE)")
                 need = 9 if flags & LONG else 2
                 if len(self.header) == need:
                     self._frame_start(flags, int.from_bytes(self.header[1:], "big"))
@@ -136,7 +152,13 @@ class ZmtpReader:
         if size > LIMITS.max_frame_bytes:
             raise Violation(f"a frame of {size} bytes (max_frame_bytes is {LIMITS.max_frame_bytes})")
         self.command = bool(flags & COMMAND)
-        if not self.command:
+        if self.command:
+            if size > MAX_COMMAND_BYTES:
+                raise Violation(f"a command of {size} bytes (the relay takes commands of up to {MAX_COMMAND_BYTES})")
+            self.command_body.clear()
+        else:
+            if not self.ready:
+                raise Violation("a message before the handshake's READY")
             self.more = bool(flags & MORE)
             self.frames += 1
             if self.frames > WIRE_FRAMES:
@@ -149,11 +171,36 @@ class ZmtpReader:
             self._frame_done()
 
     def _frame_done(self) -> None:
-        if self.command and self.frames:
-            return  # a command inside a message: the message goes on
+        if self.command:
+            self._check_command(bytes(self.command_body))
+            if self.frames:
+                return  # a command inside a message: the message goes on
         if self.command or not self.more:
             self.frames = 0
             self.unfinished = 0
+
+    def _check_command(self, body: bytes) -> None:
+        """A client's command (RFC 37, ZMTP 3.1): READY once, first (the NULL handshake), then PING or
+        PONG (heartbeats) only, at most COMMANDS_PER_S a second. libzmq keeps SUBSCRIBE and CANCEL in the
+        ROUTER's queue as 64-byte messages (they count as no frame of a message), and reads any other
+        command at once: a flood of them costs the relay's Python far more than the peer."""
+        name = body[1:1 + body[0]] if body else b""
+        if not self.ready:
+            if name != b"READY":
+                raise Violation(f"the command {name[:32]!r} in the handshake (NULL's is READY)")
+            self.ready = True
+            return
+        context = len(body) - 1 - len(name)
+        if name == b"PING" and 2 <= context <= 18 or name == b"PONG" and context <= 16:
+            now = time.monotonic()
+            if now - self.second_start >= 1.0:
+                self.second_start, self.commands_in_second = now, 0
+            self.commands_in_second += 1
+            if self.commands_in_second > COMMANDS_PER_S:
+                raise Violation(f"more than {COMMANDS_PER_S} heartbeats in a second")
+            return
+        raise Violation(f"the command {name[:32]!r} ({len(body)} bytes) after the handshake (a client sends "
+                        f"PING and PONG only)")
 
 
 class _Link:
@@ -301,6 +348,9 @@ class WireGuard:
                 _keepalive(client)
             self.live.opened(client.fileno(), address)
             why = self.live.refusal(address)
+            if why:  # those counted may have gone (a burst of connections that closed at once): look first
+                self._reap()
+                why = self.live.refusal(address)
             if why:  # counted no more: the relay knows which connections it refused (the gate cannot)
                 self.live.closed(client.fileno())
                 self._refuse(client, address, why)
@@ -435,6 +485,17 @@ class WireGuard:
             self._log(link.address, f"closed a connection from {link.address}: {link.reader.unfinished} bytes of "
                                     f"an unfinished message, over max_unfinished_bytes_total")
             self._close(link)
+
+    def _reap(self) -> None:
+        """Read what each counted client has sent, so that those already gone are closed and counted off
+        (their end is otherwise read on the next turn, after the connection asking now was refused)."""
+        for link in list(self._links):
+            for _ in range(4):
+                if link not in self._links or link.up is not None or link.ending:
+                    break
+                self._read_client(link)
+            if link in self._links:
+                self._settle(link)
 
     def _refuse(self, client: socket.socket, address: str, why: str) -> None:
         """Answer the client's handshake with the refusal, read (and drop) what it sends a moment, close."""

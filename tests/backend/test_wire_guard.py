@@ -41,7 +41,7 @@ def fed(data: bytes, limits: ConnectionLimits = ConnectionLimits(), step: int | 
 
 def test_the_reader_follows_messages_commands_and_sizes_split_anywhere():
     message = frame(b"header", more=True) + frame(b"x" * 1000, more=True) + frame(b"")
-    ping = bytes([0x04, 5]) + b"\x04PING"
+    ping = bytes([0x04, 7]) + b"\x04PING\x00\x0a"  # a heartbeat: its TTL, no context
     stream = HANDSHAKE + message + ping + message
     for step in (1, 3, 7, len(stream)):  # one byte at a time, and chunks cutting headers in two
         reader = fed(stream, step=step)
@@ -59,7 +59,14 @@ def test_a_message_of_more_frames_than_the_bound_is_refused_and_one_of_max_frame
 
 @pytest.mark.parametrize("data, words", [
     (HANDSHAKE + bytes([0x02]) + struct.pack(">Q", LIMITS.max_frame_bytes + 1), "max_frame_bytes"),
-    (HANDSHAKE + bytes([0x08, 0]), "reserved flag bits"),
+    (HANDSHAKE + bytes([0x08, 0]), "reserved bits"),
+    (NULL_GREETING + frame(b"header"), "before the handshake's READY"),
+    (HANDSHAKE + bytes([0x05, 10]) + b"\x09SUBSCRIBE", "a command with MORE"),
+    (HANDSHAKE + bytes([0x04, 10]) + b"\x09SUBSCRIBE", "SUBSCRIBE"),
+    (HANDSHAKE + bytes([0x04, 7]) + b"\x06CANCEL", "CANCEL"),
+    (HANDSHAKE + bytes([0x04, 1]) + b"\x00", "after the handshake"),
+    (HANDSHAKE + bytes([0x04, 5]) + b"\x04PING", "PING"),  # no TTL: libzmq answers with stale memory
+    (HANDSHAKE + bytes([0x06]) + struct.pack(">Q", 5000) + b"\x05READY", "a command of 5000 bytes"),
     (b"GET / HTTP/1.1\r\n", "not ZMTP"),
     (NULL_GREETING[:10] + bytes([2]) + NULL_GREETING[11:], "ZMTP version 2"),
     (NULL_GREETING[:12] + b"CURVE".ljust(20, b"\0") + NULL_GREETING[32:], "'CURVE' mechanism"),
@@ -67,6 +74,13 @@ def test_a_message_of_more_frames_than_the_bound_is_refused_and_one_of_max_frame
 def test_what_is_not_zmtp_3_null_within_the_limits_is_refused_in_words(data, words):
     with pytest.raises(Violation, match=words):
         fed(data)
+
+
+def test_heartbeats_are_taken_at_a_clients_pace_and_a_flood_of_them_is_not():
+    ping = bytes([0x04, 7]) + b"\x04PING\x00\x0a"
+    fed(HANDSHAKE + ping * 50)
+    with pytest.raises(Violation, match="heartbeats in a second"):
+        fed(HANDSHAKE + ping * 51)
 
 
 def test_a_message_over_the_unfinished_bytes_is_refused_when_its_frame_is_announced():
@@ -89,6 +103,23 @@ def test_an_endless_message_of_empty_frames_is_cut_off_and_others_are_served(tmp
                 sent += 1000
                 time.sleep(0.001)
         assert sent < 200_000, sent  # cut long before ZeroMQ had held a million frames
+        assert server._guard.cut == 1
+        with client(server.endpoint) as c:
+            c.connect()
+            assert c.ping() < 5
+
+
+def test_subscribe_commands_inside_a_message_are_cut_off(tmp_path):
+    """libzmq queues a SUBSCRIBE (or CANCEL) command as a 64-byte message of its own, outside any count of
+    frames: 8 million of them (96 MB sent) took a backend from 49 to 540 MB through the first relay."""
+    with running_backend(tmp_path) as server:
+        peer = raw_null_peer(server.endpoint)
+        assert b"READY" in handshake_answer(peer)
+        peer.sendall(frame(b"h", more=True))
+        with pytest.raises(OSError):
+            for _ in range(10_000):
+                peer.sendall((bytes([0x04, 10]) + b"\x09SUBSCRIBE") * 1000)
+                time.sleep(0.001)
         assert server._guard.cut == 1
         with client(server.endpoint) as c:
             c.connect()
