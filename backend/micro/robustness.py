@@ -114,10 +114,10 @@ def run_cell(cell: Cell, options: dict | None = None, work_dir: Path | None = No
         t = time.monotonic()
         gen = quality.generate(prompt, Path(work), options, seed=cell.seed, **request)
         seconds = time.monotonic() - t
-    return score_cell(cell, gen, seconds, reference_shape(cell, prompt, request.get("cameras")))
+    return score_cell(cell, gen, seconds, reference_shape(cell, prompt, request.get("cameras"), options))
 
 
-def reference_shape(cell: Cell, prompt: str, cameras: list | None) -> str:
+def reference_shape(cell: Cell, prompt: str, cameras: list | None, options: dict | None = None) -> str:
     """The world's shape whose silhouette from the job's reference camera best overlaps (IoU) the reference
     image's mask: the text prior's picture, drawn again as the pipeline draws it (same priors, same stage
     seed). A picture cell's reference is the world's own render of the named shape."""
@@ -133,7 +133,7 @@ def reference_shape(cell: Cell, prompt: str, cameras: list | None) -> str:
 
     if cell.picture:
         return cell.shape
-    spec = JobSpec(prompt, preset="micro", seed=cell.seed, cameras=list(cameras or []))
+    spec = JobSpec(prompt, preset="micro", seed=cell.seed, cameras=list(cameras or []), options=dict(options or {}))
     preset = get_preset("micro", spec.options)
     frame = job_frame(spec, preset)
     ref = DiffusionPriors(torch.device("cpu")).reference(spec, preset, frame, stage_seed(cell.seed, "reference"))
