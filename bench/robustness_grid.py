@@ -22,7 +22,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dreampolish.backend.micro import robustness
 from dreampolish.protocol.job import parse_option
 
-CELLS = {"grid": robustness.GRID, "quick": robustness.QUICK, "slice": robustness.SLICE}
+CELLS = {"grid": robustness.GRID, "quick": robustness.QUICK, "slice": robustness.SLICE, "demo": robustness.DEMO,
+         "quick+demo": robustness.QUICK + [c for c in robustness.DEMO if c not in robustness.QUICK] + robustness.SLICE}
 
 
 def _run(args: tuple[robustness.Cell, dict]) -> robustness.CellResult:
