@@ -386,17 +386,24 @@ class WireGuard:
         if link in self._links:
             self._settle(link)
 
-    def _read_client(self, link: _Link) -> None:
+    def _receive(self, link: _Link, sock: socket.socket) -> memoryview | None:
+        """One chunk from one side; None when there is none now, or when that side has ended (then
+        `link.ending`)."""
         try:
-            data = link.client.recv(CHUNK)
+            data = sock.recv(CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             link.ending = True
+            return None
+        return memoryview(data)
+
+    def _read_client(self, link: _Link) -> None:
+        view = self._receive(link, link.client)
+        if view is None:
             return
-        view = memoryview(data)
         try:
             link.reader.feed(view)
         except Violation as why:
@@ -411,16 +418,7 @@ class WireGuard:
             self._over_total()
 
     def _read_backend(self, link: _Link) -> None:
-        try:
-            data = link.backend.recv(CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            link.ending = True
-            return
-        link.down = memoryview(data)
+        link.down = self._receive(link, link.backend)
         self._flush(link, "down")
 
     def _flush(self, link: _Link, direction: str) -> bool:
