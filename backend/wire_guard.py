@@ -104,10 +104,6 @@ class ZmtpReader:
     commands_in_second: int = 0
     second_start: float = 0.0
 
-    @property
-    def in_message(self) -> bool:
-        return self.frames > 0
-
     def feed(self, data: memoryview) -> None:
         """Follow `data`; raises Violation before the bytes that break a bound are taken."""
         i, n = 0, len(data)
@@ -539,10 +535,6 @@ class WireGuard:
         if now - self._last_logged.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._last_logged[key] = now
             log.warning("%s", text)
-
-    @property
-    def connections(self) -> int:
-        return len(self._links)
 
 
 def _keepalive(client: socket.socket) -> None:

@@ -134,6 +134,16 @@ def _iou_from_above(raster: MeshRasterizer, torus: TriMesh, top: ReferenceView, 
     return float((seen & truth).sum() / (seen | truth).sum())
 
 
+def _polished_from_one_and_two_pictures(cfg, torus, disc, front, top, raster) -> dict:
+    """The torus polished by an estimator that takes it for `disc`, from the front picture alone ("one
+    picture") and from the front and overhead pictures ("two pictures"), at one seed."""
+    polished = {}
+    for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
+        polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
+                                    rasterizer=raster, generator=torch.Generator().manual_seed(0))
+    return polished
+
+
 def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimator_would_fill_a_hole():
     """Issue 31: the geometry stages carved a torus's hole that an overhead picture shows; an estimator that
     takes the torus for a disc (its normals all up on top) fills the hole in polish, unless the pictures'
@@ -145,10 +155,7 @@ def test_with_several_pictures_polish_keeps_their_silhouettes_where_the_estimato
     front, top = _torus_pictures(raster, torus, lambda out: out.foreground.float()[0])
 
     cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_weight=SILHOUETTE_WEIGHT)
-    polished = {}
-    for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
-        polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
-                                    rasterizer=raster, generator=torch.Generator().manual_seed(0))
+    polished = _polished_from_one_and_two_pictures(cfg, torus, disc, front, top, raster)
     assert _iou_from_above(raster, torus, top, polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
     assert _iou_from_above(raster, torus, top, polished["two pictures"]) > 0.95
 
@@ -166,10 +173,7 @@ def test_with_several_pictures_polish_keeps_the_mesh_inside_their_visual_hull():
     hull = VisualHull([front.camera, top.camera], [front.mask[..., 0], top.mask[..., 0]])
 
     cfg = PolishConfig(steps=20, lr=1e-2, render_size=32, batch_size=1, view_pool=4, silhouette_hull=True)
-    polished = {}
-    for name, reference in (("one picture", front), ("two pictures", dataclasses.replace(front, more=[top]))):
-        polished[name] = run_polish(cfg, torus, OracleNormals(disc, raster), reference, LoggingReporter("polish"),
-                                    rasterizer=raster, generator=torch.Generator().manual_seed(0))
+    polished = _polished_from_one_and_two_pictures(cfg, torus, disc, front, top, raster)
     assert _iou_from_above(raster, torus, top, polished["one picture"]) < 0.85  # one picture: the method's polish, the hole fills
     assert float(hull.sdf(polished["one picture"].vertices).max()) > 0.02
     assert _iou_from_above(raster, torus, top, polished["two pictures"]) > 0.9
